@@ -1,0 +1,559 @@
+/**
+ * HTTP/1.1 framing on bytes (RFC 9112), shared by the hub and the worker.
+ *
+ * Pure functions only: no I/O and no `Deno.*` calls, so every rule here is
+ * tested on byte arrays. Heads are decoded as ISO-8859-1 (one char per byte),
+ * which is what `Headers` accepts as a ByteString; bodies are never decoded.
+ *
+ * @module
+ */
+
+/** Size limits applied while parsing a head or a chunked body. */
+export interface HeadLimits {
+  /** Largest head (start line, fields and the empty line) in bytes. */
+  maxHeadSize: number;
+  /** Most header fields in one head (trailer fields count too). */
+  maxHeaders: number;
+  /** Longest chunk-size line (size plus extensions) in bytes. */
+  maxChunkLineSize: number;
+}
+
+/** The limits used when a caller gives none. */
+export const DEFAULT_LIMITS: Readonly<HeadLimits> = Object.freeze({
+  maxHeadSize: 64 * 1024,
+  maxHeaders: 128,
+  maxChunkLineSize: 1024,
+});
+
+/** Header fields in wire order; names lower-cased, values trimmed. */
+export type HeaderList = [name: string, value: string][];
+
+/** A parsed request head. */
+export interface RequestHead {
+  method: string;
+  target: string;
+  /** Minor HTTP version: 0 or 1. */
+  minor: number;
+  headers: HeaderList;
+}
+
+/** A parsed response head. */
+export interface ResponseHead {
+  status: number;
+  reason: string;
+  /** Minor HTTP version: 0 or 1. */
+  minor: number;
+  headers: HeaderList;
+}
+
+/** A parse result: the value and how many bytes it used. */
+export interface Parsed<T> {
+  value: T;
+  used: number;
+}
+
+/** How a message body is delimited (RFC 9112 §6.3). */
+export type Framing =
+  | { kind: "none" }
+  | { kind: "length"; length: number }
+  | { kind: "chunked" }
+  | { kind: "close" };
+
+const CR = 13;
+const LF = 10;
+
+// RFC 9110 §5.6.2 token characters.
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+// RFC 9110 §5.5 field-value: visible chars, SP, HTAB and obs-text; no CTLs.
+const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+const OWS_EDGES = /^[ \t]+|[ \t]+$/g;
+const STATUS_LINE =
+  /^HTTP\/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/;
+const REQUEST_LINE =
+  /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP\/1\.([01])$/;
+const DIGITS = /^[0-9]+$/;
+
+/**
+ * Decodes `buf[start, end)` as ISO-8859-1, one char per byte.
+ * (`TextDecoder("latin1")` is windows-1252, which maps 0x80-0x9f elsewhere.)
+ */
+export function latin1(buf: Uint8Array, start = 0, end = buf.length): string {
+  let out = "";
+  for (let i = start; i < end; i += 8192) {
+    out += String.fromCharCode.apply(
+      null,
+      buf.subarray(i, Math.min(end, i + 8192)) as unknown as number[],
+    );
+  }
+  return out;
+}
+
+/** Encodes a string of chars <= 0xff as ISO-8859-1 bytes into `out` at `at`. */
+function writeLatin1(s: string, out: Uint8Array, at: number): number {
+  for (let i = 0; i < s.length; i++) out[at++] = s.charCodeAt(i);
+  return at;
+}
+
+/**
+ * Finds the end of a head: the index just past the first CRLF CRLF in
+ * `buf[start, end)`, or -1 when more bytes are needed. Scanning resumes at
+ * `from` so a head that trickles in is not rescanned from the start.
+ *
+ * @throws {SyntaxError} on a bare LF (not preceded by CR).
+ * @throws {RangeError} when no head end lies within `maxHeadSize` bytes.
+ */
+export function findHeadEnd(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  maxHeadSize: number,
+  from: number = start,
+): number {
+  const limit = Math.min(end, start + maxHeadSize);
+  for (let i = Math.max(from, start); i < limit; i++) {
+    if (buf[i] !== LF) continue;
+    if (i === start || buf[i - 1] !== CR) {
+      throw new SyntaxError(
+        `Cannot parse head: bare LF at byte ${i - start}`,
+      );
+    }
+    if (i - start >= 3 && buf[i - 2] === LF && buf[i - 3] === CR) return i + 1;
+  }
+  if (end - start >= maxHeadSize) {
+    throw new RangeError(
+      `Cannot parse head: no end within ${maxHeadSize} bytes`,
+    );
+  }
+  return -1;
+}
+
+function parseFields(
+  lines: string[],
+  first: number,
+  maxHeaders: number,
+): HeaderList {
+  const headers: HeaderList = [];
+  for (let i = first; i < lines.length; i++) {
+    const line = lines[i];
+    if (line.length === 0) continue; // only the final empty line can be empty
+    const c = line.charCodeAt(0);
+    if (c === 32 || c === 9) {
+      throw new SyntaxError(
+        `Cannot parse header: obsolete line folding in ${JSON.stringify(line)}`,
+      );
+    }
+    const colon = line.indexOf(":");
+    const name = colon > 0 ? line.slice(0, colon) : "";
+    if (!TOKEN.test(name)) {
+      throw new SyntaxError(
+        `Cannot parse header: invalid field line ${JSON.stringify(line)}`,
+      );
+    }
+    const value = line.slice(colon + 1).replace(OWS_EDGES, "");
+    if (!FIELD_VALUE.test(value)) {
+      throw new SyntaxError(
+        `Cannot parse header: control character in value of "${name}"`,
+      );
+    }
+    if (headers.length >= maxHeaders) {
+      throw new RangeError(
+        `Cannot parse head: more than ${maxHeaders} header fields`,
+      );
+    }
+    headers.push([name.toLowerCase(), value]);
+  }
+  return headers;
+}
+
+function splitHead(buf: Uint8Array, start: number, stop: number): string[] {
+  // stop is just past CRLF CRLF; CR and LF elsewhere were checked by
+  // findHeadEnd (LF) or are caught by the line grammars (CR).
+  const lines = latin1(buf, start, stop - 4).split("\r\n");
+  for (const line of lines) {
+    if (line.includes("\r")) {
+      throw new SyntaxError(
+        `Cannot parse head: bare CR in ${JSON.stringify(line)}`,
+      );
+    }
+  }
+  return lines;
+}
+
+/**
+ * Parses a response head at `buf[start, end)`.
+ *
+ * @returns the head and the bytes it used, or `null` when more are needed.
+ * @throws {SyntaxError} on bytes that are not a valid HTTP/1.x response head.
+ * @throws {RangeError} when a size or count limit is exceeded.
+ */
+export function parseResponseHead(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  limits: HeadLimits = DEFAULT_LIMITS,
+  from?: number,
+): Parsed<ResponseHead> | null {
+  const stop = findHeadEnd(buf, start, end, limits.maxHeadSize, from);
+  if (stop < 0) return null;
+  const lines = splitHead(buf, start, stop);
+  const m = STATUS_LINE.exec(lines[0]);
+  if (m === null) {
+    throw new SyntaxError(
+      `Cannot parse status line: received ${JSON.stringify(lines[0])}`,
+    );
+  }
+  const status = Number(m[2]);
+  if (status < 100) {
+    throw new SyntaxError(
+      `Cannot parse status line: status ${status} is out of range`,
+    );
+  }
+  return {
+    value: {
+      status,
+      reason: m[3] ?? "",
+      minor: Number(m[1]),
+      headers: parseFields(lines, 1, limits.maxHeaders),
+    },
+    used: stop - start,
+  };
+}
+
+/**
+ * Parses a request head at `buf[start, end)`.
+ *
+ * @returns the head and the bytes it used, or `null` when more are needed.
+ * @throws {SyntaxError} on bytes that are not a valid HTTP/1.x request head.
+ * @throws {RangeError} when a size or count limit is exceeded.
+ */
+export function parseRequestHead(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  limits: HeadLimits = DEFAULT_LIMITS,
+  from?: number,
+): Parsed<RequestHead> | null {
+  const stop = findHeadEnd(buf, start, end, limits.maxHeadSize, from);
+  if (stop < 0) return null;
+  const lines = splitHead(buf, start, stop);
+  const m = REQUEST_LINE.exec(lines[0]);
+  if (m === null) {
+    throw new SyntaxError(
+      `Cannot parse request line: received ${JSON.stringify(lines[0])}`,
+    );
+  }
+  return {
+    value: {
+      method: m[1],
+      target: m[2],
+      minor: Number(m[3]),
+      headers: parseFields(lines, 1, limits.maxHeaders),
+    },
+    used: stop - start,
+  };
+}
+
+/** What the framing-related fields of a head say, checked for conflicts. */
+export interface FramingFields {
+  /** The Content-Length value, or -1 when absent. */
+  contentLength: number;
+  /** Transfer-Encoding is present (its only accepted value is `chunked`). */
+  chunked: boolean;
+  /** Lower-cased tokens of all Connection fields. */
+  connection: string[];
+}
+
+function parseContentLength(value: string, prior: number): number {
+  let n = prior;
+  for (const part of value.split(",")) {
+    const v = part.replace(OWS_EDGES, "");
+    if (!DIGITS.test(v) || v.length > 15) {
+      throw new SyntaxError(
+        `Cannot parse Content-Length: received ${JSON.stringify(value)}`,
+      );
+    }
+    const len = Number(v);
+    if (n !== -1 && n !== len) {
+      throw new SyntaxError(
+        `Cannot frame body: conflicting Content-Length values ${n} and ${len}`,
+      );
+    }
+    n = len;
+  }
+  return n;
+}
+
+/**
+ * Reads Content-Length, Transfer-Encoding and Connection from a header list.
+ *
+ * Rejects what could desynchronise the two ends (request smuggling, RFC 9112
+ * §6.3 and §11.2): differing Content-Length values, a Content-Length next to
+ * Transfer-Encoding, and any transfer coding but a single final `chunked`.
+ *
+ * @throws {SyntaxError} on an invalid or conflicting framing field.
+ */
+export function framingFields(headers: HeaderList): FramingFields {
+  let contentLength = -1;
+  let te: string[] | null = null;
+  const connection: string[] = [];
+  for (const [name, value] of headers) {
+    if (name === "content-length") {
+      contentLength = parseContentLength(value, contentLength);
+    } else if (name === "transfer-encoding") {
+      te ??= [];
+      for (const t of value.split(",")) {
+        const v = t.replace(OWS_EDGES, "").toLowerCase();
+        if (v !== "") te.push(v);
+      }
+    } else if (name === "connection") {
+      for (const t of value.split(",")) {
+        const v = t.replace(OWS_EDGES, "").toLowerCase();
+        if (v !== "") connection.push(v);
+      }
+    }
+  }
+  if (te !== null) {
+    if (te.length !== 1 || te[0] !== "chunked") {
+      throw new SyntaxError(
+        `Cannot frame body: unsupported Transfer-Encoding "${te.join(", ")}"`,
+      );
+    }
+    if (contentLength !== -1) {
+      throw new SyntaxError(
+        "Cannot frame body: both Content-Length and Transfer-Encoding present",
+      );
+    }
+  }
+  return { contentLength, chunked: te !== null, connection };
+}
+
+/**
+ * Decides how a request body is framed (RFC 9112 §6.3 rules 4-6): chunked,
+ * by length, or absent. A request never reads until close.
+ */
+export function requestFraming(fields: FramingFields): Framing {
+  if (fields.chunked) return { kind: "chunked" };
+  if (fields.contentLength > 0) {
+    return { kind: "length", length: fields.contentLength };
+  }
+  return { kind: "none" };
+}
+
+/**
+ * Decides how a response body is framed (RFC 9112 §6.3 rules 1-7): none for
+ * HEAD, 1xx, 204 and 304; then chunked, by length, or until close.
+ */
+export function responseFraming(
+  fields: FramingFields,
+  status: number,
+  requestMethod: string,
+): Framing {
+  if (
+    requestMethod === "HEAD" || status < 200 || status === 204 ||
+    status === 304
+  ) {
+    return { kind: "none" };
+  }
+  if (fields.chunked) return { kind: "chunked" };
+  if (fields.contentLength >= 0) {
+    return fields.contentLength === 0
+      ? { kind: "none" }
+      : { kind: "length", length: fields.contentLength };
+  }
+  return { kind: "close" };
+}
+
+/**
+ * Whether the connection stays open after this message (RFC 9112 §9.3):
+ * HTTP/1.1 unless `close` is named, HTTP/1.0 only with `keep-alive`.
+ */
+export function keepAlive(minor: number, connection: string[]): boolean {
+  if (connection.includes("close")) return false;
+  return minor >= 1 || connection.includes("keep-alive");
+}
+
+/**
+ * Parses a chunk-size line (RFC 9112 §7.1) at `buf[start, end)`, ignoring
+ * chunk extensions.
+ *
+ * @returns the chunk size and the bytes the line used, or `null` when more
+ *   are needed.
+ * @throws {SyntaxError} on an invalid size or line.
+ * @throws {RangeError} when the line is longer than `maxLine` bytes.
+ */
+export function parseChunkLine(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  maxLine: number,
+): Parsed<number> | null {
+  const limit = Math.min(end, start + maxLine);
+  let i = start;
+  let size = 0;
+  for (; i < limit; i++) {
+    const c = buf[i];
+    const d = c >= 48 && c <= 57
+      ? c - 48
+      : c >= 97 && c <= 102
+      ? c - 87
+      : c >= 65 && c <= 70
+      ? c - 55
+      : -1;
+    if (d < 0) break;
+    size = size * 16 + d;
+    if (size > Number.MAX_SAFE_INTEGER) {
+      throw new SyntaxError("Cannot parse chunk size: value overflows");
+    }
+  }
+  if (i === start && i < limit) throw badChunkLine(buf, start, limit);
+  for (let k = i; k < limit; k++) {
+    const c = buf[k];
+    if (c === CR) {
+      if (k + 1 >= end) return null;
+      if (buf[k + 1] !== LF) throw badChunkLine(buf, start, limit);
+      // Only `;` extensions (after optional whitespace) may follow the size.
+      let j = i;
+      while (j < k && (buf[j] === 32 || buf[j] === 9)) j++;
+      if (k !== i && buf[j] !== 59) throw badChunkLine(buf, start, limit);
+      return { value: size, used: k + 2 - start };
+    }
+    if (c === LF || (c < 32 && c !== 9) || c === 127) {
+      throw badChunkLine(buf, start, limit);
+    }
+  }
+  if (end - start >= maxLine) {
+    throw new RangeError(
+      `Cannot parse chunk size: line longer than ${maxLine} bytes`,
+    );
+  }
+  return null;
+}
+
+function badChunkLine(buf: Uint8Array, start: number, limit: number) {
+  return new SyntaxError(
+    `Cannot parse chunk size: invalid line ${
+      JSON.stringify(latin1(buf, start, Math.min(limit, start + 32)))
+    }`,
+  );
+}
+
+/**
+ * Parses the trailer section after the last chunk: zero or more field lines
+ * and an empty line. Trailer fields are validated and returned.
+ *
+ * @returns the fields and the bytes used, or `null` when more are needed.
+ */
+export function parseTrailers(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  limits: HeadLimits = DEFAULT_LIMITS,
+): Parsed<HeaderList> | null {
+  if (end - start < 2) return null;
+  if (buf[start] === CR && buf[start + 1] === LF) {
+    return { value: [], used: 2 };
+  }
+  const stop = findHeadEnd(buf, start, end, limits.maxHeadSize);
+  if (stop < 0) return null;
+  const lines = splitHead(buf, start, stop);
+  return {
+    value: parseFields(lines, 0, limits.maxHeaders),
+    used: stop - start,
+  };
+}
+
+/** Checks that `buf[start, start+2)` is CRLF after chunk data. */
+export function isCrlf(buf: Uint8Array, start: number): boolean {
+  return buf[start] === CR && buf[start + 1] === LF;
+}
+
+/**
+ * Serialises a head: a start line, header fields and the empty line, as
+ * ISO-8859-1 bytes, with room for `extra` more bytes after it (so a small
+ * body can go out in the same write).
+ *
+ * @returns the buffer and the length of the head in it.
+ */
+export function encodeHead(
+  startLine: string,
+  headers: Iterable<readonly [string, string]>,
+  extra = 0,
+): { buf: Uint8Array; length: number } {
+  let size = startLine.length + 4;
+  const flat: string[] = [];
+  for (const [name, value] of headers) {
+    flat.push(name, value);
+    size += name.length + value.length + 4;
+  }
+  const buf = new Uint8Array(size + extra);
+  let at = writeLatin1(startLine, buf, 0);
+  buf[at++] = CR;
+  buf[at++] = LF;
+  for (let i = 0; i < flat.length; i += 2) {
+    at = writeLatin1(flat[i], buf, at);
+    buf[at++] = 58; // ':'
+    buf[at++] = 32;
+    at = writeLatin1(flat[i + 1], buf, at);
+    buf[at++] = CR;
+    buf[at++] = LF;
+  }
+  buf[at++] = CR;
+  buf[at++] = LF;
+  return { buf, length: at };
+}
+
+/** Encodes one chunk of a chunked body: size line, data and CRLF. */
+export function encodeChunk(data: Uint8Array): Uint8Array {
+  const size = data.length.toString(16);
+  const out = new Uint8Array(size.length + 4 + data.length);
+  const at = writeLatin1(size, out, 0);
+  out[at] = CR;
+  out[at + 1] = LF;
+  out.set(data, at + 2);
+  out[at + 2 + data.length] = CR;
+  out[at + 3 + data.length] = LF;
+  return out;
+}
+
+/** The last chunk and an empty trailer section. */
+export const LAST_CHUNK: Uint8Array = new Uint8Array([48, 13, 10, 13, 10]);
+
+/** Standard reason phrases for the statuses POTHEAD writes itself. */
+export function reasonPhrase(status: number): string {
+  return REASONS[status] ?? "";
+}
+
+const REASONS: Record<number, string> = {
+  100: "Continue",
+  200: "OK",
+  201: "Created",
+  202: "Accepted",
+  204: "No Content",
+  206: "Partial Content",
+  301: "Moved Permanently",
+  302: "Found",
+  303: "See Other",
+  304: "Not Modified",
+  307: "Temporary Redirect",
+  308: "Permanent Redirect",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  408: "Request Timeout",
+  409: "Conflict",
+  410: "Gone",
+  411: "Length Required",
+  413: "Content Too Large",
+  414: "URI Too Long",
+  415: "Unsupported Media Type",
+  422: "Unprocessable Content",
+  429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};

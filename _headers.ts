@@ -1,0 +1,127 @@
+/**
+ * Reverse-proxy header rules (RFC 9110 §7.6): hop-by-hop fields are dropped
+ * in both directions and forwarding fields are set by the hub.
+ *
+ * @module
+ */
+
+// RFC 9110 §7.6.1 plus the fields older proxies treat as hop-by-hop.
+// content-length is here because each hop frames its own body.
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "content-length",
+]);
+
+/**
+ * Yields the end-to-end fields of `headers`: everything but the fixed
+ * hop-by-hop list and the fields the `Connection` field names.
+ */
+export function endToEnd(
+  headers: Iterable<[string, string]>,
+  connection: string | null,
+): [string, string][] {
+  let named: Set<string> | null = null;
+  if (connection !== null) {
+    for (const t of connection.split(",")) {
+      const v = t.trim().toLowerCase();
+      if (v !== "") (named ??= new Set()).add(v);
+    }
+  }
+  const out: [string, string][] = [];
+  for (const [name, value] of headers) {
+    if (HOP_BY_HOP.has(name) || named?.has(name)) continue;
+    out.push([name, value]);
+  }
+  return out;
+}
+
+/** Lower-case names of the forwarding fields the hub sets itself. */
+export const FORWARDED_FIELDS: ReadonlySet<string> = new Set([
+  "x-forwarded-for",
+  "x-forwarded-proto",
+  "x-forwarded-host",
+  "forwarded",
+]);
+
+/** What the hub knows about a consumer request, for the forwarding fields. */
+export interface ForwardInfo {
+  /** The consumer's address, when known. */
+  clientIp: string | null;
+  /** `http` or `https`: how the consumer reached the hub. */
+  proto: string;
+  /** The Host the consumer asked for. */
+  host: string;
+  /** The request id to send on. */
+  requestId: string;
+  /** Keep client-supplied X-Forwarded-* fields and append to them. */
+  trustForwarded: boolean;
+}
+
+/**
+ * Builds the fields the hub sends to a worker: the consumer's end-to-end
+ * fields, X-Forwarded-For/-Proto/-Host (client-supplied ones dropped unless
+ * trusted) and X-Request-Id. Host is kept as the consumer sent it.
+ */
+export function forwardRequestHeaders(
+  headers: Headers,
+  info: ForwardInfo,
+): [string, string][] {
+  const out = endToEnd(headers, headers.get("connection"));
+  let priorFor: string | null = null;
+  let priorProto: string | null = null;
+  let priorHost: string | null = null;
+  let hasHost = false;
+  let w = 0;
+  for (let r = 0; r < out.length; r++) {
+    const field = out[r];
+    const name = field[0];
+    if (name === "x-request-id") continue;
+    if (name === "host") hasHost = true;
+    if (FORWARDED_FIELDS.has(name)) {
+      if (!info.trustForwarded) continue;
+      if (name === "x-forwarded-for") priorFor = field[1];
+      else if (name === "x-forwarded-proto") priorProto = field[1];
+      else if (name === "x-forwarded-host") priorHost = field[1];
+      if (name !== "forwarded") continue;
+    }
+    out[w++] = field;
+  }
+  out.length = w;
+  if (!hasHost && info.host !== "") out.push(["host", info.host]);
+  const chain = [priorFor, info.clientIp].filter((v) => v).join(", ");
+  if (chain !== "") out.push(["x-forwarded-for", chain]);
+  out.push(["x-forwarded-proto", priorProto ?? info.proto]);
+  if (priorHost ?? info.host) {
+    out.push(["x-forwarded-host", priorHost ?? info.host]);
+  }
+  out.push(["x-request-id", info.requestId]);
+  return out;
+}
+
+/**
+ * Makes the `Headers` of a response to a consumer from what the worker sent:
+ * end-to-end fields only (framing is the consumer-side server's job).
+ */
+export function responseHeaders(
+  fields: [string, string][],
+): Headers {
+  let connection: string | null = null;
+  for (const [name, value] of fields) {
+    if (name === "connection") {
+      connection = connection === null ? value : `${connection}, ${value}`;
+    }
+  }
+  const headers = new Headers();
+  for (const [name, value] of endToEnd(fields, connection)) {
+    headers.append(name, value);
+  }
+  return headers;
+}

@@ -1,0 +1,146 @@
+/**
+ * The hub's FIFO of waiting requests.
+ *
+ * A doubly linked list, so that an entry whose consumer left is removed in
+ * O(1), and a request that must be retried goes back to the head. Queue
+ * timeouts use one timer for the oldest entry, armed only while something
+ * waits: a request that finds an idle worker never touches a timer.
+ *
+ * @module
+ */
+
+/** A queued item with its links and the time it joined. */
+export interface QueueNode<T> {
+  readonly value: T;
+  /** `performance.now()` when the value first joined the queue. */
+  readonly since: number;
+  prev: QueueNode<T> | null;
+  next: QueueNode<T> | null;
+  queued: boolean;
+}
+
+/** Options for {@linkcode WaitQueue}. */
+export interface WaitQueueOptions<T> {
+  /** Milliseconds a value may wait; 0 means forever. */
+  timeout: number;
+  /** Called for each value that waited longer than `timeout`, after removal. */
+  onTimeout(value: T): void;
+  /** Clock in milliseconds; `performance.now` by default (tests inject one). */
+  now?: () => number;
+}
+
+/** A FIFO with O(1) removal, re-queue at the head and a single expiry timer. */
+export class WaitQueue<T> {
+  #head: QueueNode<T> | null = null;
+  #tail: QueueNode<T> | null = null;
+  #size = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timeout: number;
+  #onTimeout: (value: T) => void;
+  #now: () => number;
+
+  constructor(options: WaitQueueOptions<T>) {
+    this.#timeout = options.timeout;
+    this.#onTimeout = options.onTimeout;
+    this.#now = options.now ?? (() => performance.now());
+  }
+
+  /** Number of waiting values. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** The oldest waiting node, if any. */
+  get head(): QueueNode<T> | null {
+    return this.#head;
+  }
+
+  /** Appends `value`; `since` defaults to now. */
+  push(value: T, since: number = this.#now()): QueueNode<T> {
+    const node: QueueNode<T> = {
+      value,
+      since,
+      prev: this.#tail,
+      next: null,
+      queued: true,
+    };
+    if (this.#tail) this.#tail.next = node;
+    else this.#head = node;
+    this.#tail = node;
+    this.#size++;
+    this.#arm();
+    return node;
+  }
+
+  /** Puts `value` back at the head, keeping the time it first joined. */
+  unshift(value: T, since: number): QueueNode<T> {
+    const node: QueueNode<T> = {
+      value,
+      since,
+      prev: null,
+      next: this.#head,
+      queued: true,
+    };
+    if (this.#head) this.#head.prev = node;
+    else this.#tail = node;
+    this.#head = node;
+    this.#size++;
+    this.#arm();
+    return node;
+  }
+
+  /** Removes and returns the oldest node. */
+  shift(): QueueNode<T> | null {
+    const node = this.#head;
+    if (node) this.delete(node);
+    return node;
+  }
+
+  /** Removes `node` if it is still queued; returns whether it was. */
+  delete(node: QueueNode<T>): boolean {
+    if (!node.queued) return false;
+    node.queued = false;
+    if (node.prev) node.prev.next = node.next;
+    else this.#head = node.next;
+    if (node.next) node.next.prev = node.prev;
+    else this.#tail = node.prev;
+    node.prev = node.next = null;
+    this.#size--;
+    if (this.#size === 0) this.#disarm();
+    return true;
+  }
+
+  /** Removes every node, oldest first, and stops the timer. */
+  drain(): T[] {
+    const out: T[] = [];
+    for (let n = this.shift(); n; n = this.shift()) out.push(n.value);
+    this.#disarm();
+    return out;
+  }
+
+  #arm(): void {
+    if (this.#timeout <= 0 || this.#timer !== undefined || !this.#head) return;
+    const wait = Math.max(0, this.#head.since + this.#timeout - this.#now());
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#expire();
+    }, Math.ceil(wait));
+  }
+
+  #disarm(): void {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  #expire(): void {
+    const now = this.#now();
+    while (this.#head && this.#head.since + this.#timeout <= now) {
+      const node = this.#head;
+      this.delete(node);
+      this.#onTimeout(node.value);
+    }
+    this.#arm();
+  }
+}

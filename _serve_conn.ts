@@ -1,0 +1,387 @@
+/**
+ * The worker's end of one connection: an HTTP/1.1 server on a connection the
+ * worker dialed. Requests are read one at a time, handed to a fetch handler
+ * as `Request`s, and the handler's `Response` is written back.
+ *
+ * @module
+ */
+
+import {
+  encodeChunk,
+  encodeHead,
+  framingFields,
+  type HeadLimits,
+  keepAlive,
+  LAST_CHUNK,
+  parseRequestHead,
+  reasonPhrase,
+  requestFraming,
+  type RequestHead,
+} from "./_codec.ts";
+import { bodyStream, writeBody } from "./_body.ts";
+import { BufferedReader, type Connection, writeAll } from "./_io.ts";
+import { endToEnd } from "./_headers.ts";
+
+/**
+ * What a handler gets next to the request; the same shape as
+ * `Deno.ServeHandlerInfo`, so `deno serve` handlers run unchanged.
+ */
+export interface WorkerHandlerInfo {
+  /** The consumer's address as the hub reported it (X-Forwarded-For). */
+  remoteAddr: Deno.NetAddr;
+  /** Resolves when the response has been written (or failed). */
+  completed: Promise<void>;
+}
+
+/** A fetch handler: the contract of `Deno.serve` and `deno serve`. */
+export type FetchHandler = (
+  request: Request,
+  info: WorkerHandlerInfo,
+) => Response | Promise<Response>;
+
+/** Options for {@linkcode serveConnection}. */
+export interface ServeConnectionOptions {
+  handler: FetchHandler;
+  limits: HeadLimits;
+  /**
+   * Aborting it drains the connection: a request in progress finishes and the
+   * connection closes; an idle connection is handed back with the
+   * "not started" 408 so a request crossing on the wire is not lost.
+   */
+  drain: AbortSignal;
+  /** Receives handler errors and protocol errors. */
+  onError(error: unknown, context: string): void;
+  /** The hub's address, used as `remoteAddr` when no client address is known. */
+  peer: Deno.NetAddr;
+}
+
+/** The response our runner sends to give back a connection it will not use. */
+export const NOT_STARTED_RESPONSE: Uint8Array = new TextEncoder().encode(
+  "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\n" +
+    "connection: close\r\ncontent-length: 0\r\n\r\n",
+);
+
+const NO_REQUEST_BODY = new Set(["GET", "HEAD"]);
+// Unread request body the runner reads and discards to keep a connection.
+const MAX_DISCARD = 1024 * 1024;
+
+/**
+ * Serves requests on `conn` until the hub closes it, a request asks to
+ * close, an error makes the stream unusable, or `drain` aborts. Closes `conn`
+ * before returning. Resolves with the number of requests served.
+ */
+export async function serveConnection(
+  conn: Connection,
+  options: ServeConnectionOptions,
+): Promise<number> {
+  const reader = new BufferedReader(conn);
+  let served = 0;
+  try {
+    while (true) {
+      const head = await nextHead(conn, reader, options);
+      if (head === null) break;
+      served++;
+      if (!(await serveOne(conn, reader, head, options))) break;
+      if (options.drain.aborted) break;
+    }
+  } catch (error) {
+    options.onError(error, "connection");
+  } finally {
+    try {
+      conn.close();
+    } catch {
+      // already closed
+    }
+  }
+  return served;
+}
+
+async function nextHead(
+  conn: Connection,
+  reader: BufferedReader,
+  options: ServeConnectionOptions,
+): Promise<RequestHead | null> {
+  let from = reader.start;
+  while (true) {
+    let parsed;
+    try {
+      parsed = parseRequestHead(
+        reader.buf,
+        reader.start,
+        reader.end,
+        options.limits,
+        from,
+      );
+    } catch (error) {
+      options.onError(error, "request head");
+      const status = error instanceof RangeError ? 431 : 400;
+      await writeAll(conn, simpleResponse(status, true)).catch(() => {});
+      return null;
+    }
+    if (parsed !== null) {
+      reader.consume(parsed.used);
+      return parsed.value;
+    }
+    from = Math.max(reader.start, reader.end - 3);
+    if (options.drain.aborted) {
+      await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+      return null;
+    }
+    const filled = reader.fill();
+    const { promise: drained, resolve } = Promise.withResolvers<"drain">();
+    const onDrain = () => resolve("drain");
+    options.drain.addEventListener("abort", onDrain, { once: true });
+    try {
+      const got = await Promise.race([filled, drained]);
+      if (got === "drain") {
+        filled.catch(() => {}); // rejects when conn closes below
+        await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+        return null;
+      }
+      if (!got) return null; // the hub closed the connection
+    } finally {
+      options.drain.removeEventListener("abort", onDrain);
+    }
+  }
+}
+
+function simpleResponse(status: number, close: boolean): Uint8Array {
+  const text = `${status} ${reasonPhrase(status)}\n`;
+  const { buf, length } = encodeHead(
+    `HTTP/1.1 ${status} ${reasonPhrase(status)}`,
+    [
+      ["content-type", "text/plain; charset=utf-8"],
+      ["content-length", String(text.length)],
+      ...(close ? [["connection", "close"] as [string, string]] : []),
+    ],
+    text.length,
+  );
+  for (let i = 0; i < text.length; i++) buf[length + i] = text.charCodeAt(i);
+  return buf;
+}
+
+function clientAddr(head: RequestHead, peer: Deno.NetAddr): Deno.NetAddr {
+  for (const [name, value] of head.headers) {
+    if (name === "x-forwarded-for") {
+      const last = value.slice(value.lastIndexOf(",") + 1).trim();
+      if (last !== "") return { transport: "tcp", hostname: last, port: 0 };
+    }
+  }
+  return peer;
+}
+
+// Serves one request; resolves whether the connection can carry another.
+async function serveOne(
+  conn: Connection,
+  reader: BufferedReader,
+  head: RequestHead,
+  options: ServeConnectionOptions,
+): Promise<boolean> {
+  let fields;
+  let framing;
+  try {
+    fields = framingFields(head.headers);
+    framing = requestFraming(fields);
+  } catch (error) {
+    options.onError(error, "request framing");
+    await writeAll(conn, simpleResponse(400, true)).catch(() => {});
+    return false;
+  }
+  const controller = new AbortController();
+  let bodyDone = framing.kind === "none";
+  // Once the request body is read, a read for the next request doubles as a
+  // watch: end of stream means the hub dropped the connection, so the
+  // handler's signal aborts.
+  const watch = () => {
+    reader.fill().then((more) => {
+      if (!more) controller.abort(new Error("Hub closed the connection"));
+    }, (error) => controller.abort(error));
+  };
+  let body = bodyStream(reader, framing, {
+    limits: options.limits,
+    onDone(error) {
+      if (error !== undefined) {
+        controller.abort(error);
+        return;
+      }
+      bodyDone = true;
+      if (!options.drain.aborted) watch();
+    },
+  });
+  if (body !== null && NO_REQUEST_BODY.has(head.method)) {
+    // `Request` cannot carry a GET or HEAD body; read and drop it.
+    if (!(await discard(body))) return false;
+    body = null;
+  }
+
+  let url: URL;
+  try {
+    let host = "localhost";
+    let proto = "http";
+    for (const [n, v] of head.headers) {
+      if (n === "host") host = v;
+      else if (n === "x-forwarded-proto" && v === "https") proto = v;
+    }
+    url = new URL(head.target, `${proto}://${host}`);
+  } catch (error) {
+    options.onError(error, "request target");
+    await writeAll(conn, simpleResponse(400, true)).catch(() => {});
+    return false;
+  }
+  const { promise: completed, resolve: complete } = Promise.withResolvers<
+    void
+  >();
+  let response: Response;
+  try {
+    const request = new Request(url, {
+      method: head.method,
+      headers: head.headers,
+      body,
+      signal: controller.signal,
+    });
+    response = await options.handler(request, {
+      remoteAddr: clientAddr(head, options.peer),
+      completed,
+    });
+    if (!(response instanceof Response)) {
+      throw new TypeError(
+        `Handler returned ${describe(response)}, expected a Response`,
+      );
+    }
+  } catch (error) {
+    options.onError(error, "handler");
+    response = new Response("500 Internal Server Error\n", {
+      status: 500,
+      headers: { "content-type": "text/plain; charset=utf-8" },
+    });
+  }
+
+  let reuse = keepAlive(head.minor, fields.connection) &&
+    !options.drain.aborted;
+  try {
+    await writeResponse(conn, head.method, response, !reuse);
+  } catch (error) {
+    controller.abort(error);
+    options.onError(error, "response");
+    complete();
+    return false;
+  }
+  complete();
+  if (!bodyDone && reuse && body !== null) {
+    // The handler did not read the whole upload: skip the rest if it is
+    // short, else close (the hub then drops this connection).
+    reuse = !body.locked && await discard(body, MAX_DISCARD);
+  }
+  return reuse && bodyDone;
+}
+
+async function discard(
+  body: ReadableStream<Uint8Array>,
+  max = Infinity,
+): Promise<boolean> {
+  let total = 0;
+  const r = body.getReader();
+  try {
+    while (true) {
+      const { done, value } = await r.read();
+      if (done) return true;
+      total += value.length;
+      if (total > max) {
+        r.cancel().catch(() => {});
+        return false;
+      }
+    }
+  } catch {
+    return false;
+  }
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (typeof value === "object") {
+    return `an object (${value.constructor?.name ?? "Object"})`;
+  }
+  return typeof value;
+}
+
+async function writeResponse(
+  conn: Connection,
+  method: string,
+  res: Response,
+  close: boolean,
+): Promise<void> {
+  const status = res.status;
+  const fields = endToEnd(res.headers, res.headers.get("connection"));
+  if (close) fields.push(["connection", "close"]);
+  const start = `HTTP/1.1 ${status} ${res.statusText || reasonPhrase(status)}`;
+  const noBody = method === "HEAD" || status === 204 || status === 304;
+  const declared = res.headers.get("content-length");
+  const length = declared !== null && /^[0-9]{1,15}$/.test(declared)
+    ? Number(declared)
+    : -1;
+  if (noBody || res.body === null) {
+    if (res.body !== null) res.body.cancel().catch(() => {});
+    if (noBody) {
+      if (method === "HEAD" && length >= 0 && status !== 204) {
+        fields.push(["content-length", String(length)]);
+      }
+    } else {
+      fields.push(["content-length", "0"]);
+    }
+    const { buf, length: n } = encodeHead(start, fields);
+    await writeAll(conn, buf.subarray(0, n));
+    return;
+  }
+  const reader = res.body.getReader();
+  try {
+    if (length >= 0) {
+      fields.push(["content-length", String(length)]);
+      const { buf, length: n } = encodeHead(start, fields);
+      await writeAll(conn, buf.subarray(0, n));
+      await writeBody(conn, reader, { kind: "length", length });
+      return;
+    }
+    // Unknown length: if the body turns out to be one chunk that is already
+    // there (a string or bytes), send it with Content-Length; otherwise send
+    // chunked and flush each chunk at once (server-sent events).
+    const first = await reader.read();
+    if (first.done) {
+      fields.push(["content-length", "0"]);
+      const { buf, length: n } = encodeHead(start, fields);
+      await writeAll(conn, buf.subarray(0, n));
+      return;
+    }
+    let second: ReadableStreamReadResult<Uint8Array> | undefined;
+    let secondError: unknown;
+    const pending = reader.read().then(
+      (v) => (second = v),
+      (e) => (secondError = e ?? new Error("body stream errored")),
+    );
+    for (let i = 0; i < 3 && second === undefined && !secondError; i++) {
+      await null;
+    }
+    if (secondError !== undefined) throw secondError;
+    if (second?.done) {
+      fields.push(["content-length", String(first.value.length)]);
+      const { buf, length: n } = encodeHead(start, fields, first.value.length);
+      buf.set(first.value, n);
+      await writeAll(conn, buf);
+      return;
+    }
+    fields.push(["transfer-encoding", "chunked"]);
+    const chunk = encodeChunk(first.value);
+    const { buf, length: n } = encodeHead(start, fields, chunk.length);
+    buf.set(chunk, n);
+    await writeAll(conn, buf);
+    await pending;
+    if (secondError !== undefined) throw secondError;
+    if (second === undefined || second.done) {
+      await writeAll(conn, LAST_CHUNK);
+    } else {
+      await writeBody(conn, reader, { kind: "chunked" }, second.value);
+    }
+  } catch (error) {
+    reader.cancel(error).catch(() => {});
+    throw error;
+  }
+}

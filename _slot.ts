@@ -1,0 +1,469 @@
+/**
+ * The hub's end of one worker connection: a slot that carries one request at
+ * a time. It writes the request, reads the response, and decides in one place
+ * ({@linkcode WorkerSlot.send}'s `settle`) whether the connection may carry
+ * another request.
+ *
+ * @module
+ */
+
+import {
+  encodeHead,
+  type Framing,
+  framingFields,
+  type HeaderList,
+  type HeadLimits,
+  keepAlive,
+  parseResponseHead,
+  responseFraming,
+} from "./_codec.ts";
+import { bodyStream, readFixed, writeBody } from "./_body.ts";
+import { BufferedReader, type Connection, writeAll } from "./_io.ts";
+
+/** Response header our worker runner puts on its "not started" 408. */
+export const NOT_STARTED_HEADER = "x-pothead-not-started";
+
+/** A request as the hub sends it down a worker connection. */
+export interface OutgoingRequest {
+  method: string;
+  /** Origin-form target: path and query. */
+  target: string;
+  /** End-to-end fields; the slot adds the framing fields. */
+  headers: [string, string][];
+  /** The body: bytes (replayable), a stream (sent once), or none. */
+  body: Uint8Array | ReadableStream<Uint8Array> | null;
+  /** Length of a stream body, or -1 when unknown (sent chunked). */
+  contentLength: number;
+}
+
+/** A response as the slot read it from the worker. */
+export interface IncomingResponse {
+  status: number;
+  reason: string;
+  /** All fields as received; hop-by-hop ones are the caller's to drop. */
+  headers: HeaderList;
+  /** The body: bytes when small and length-framed, else a stream, or none. */
+  body: Uint8Array | ReadableStream<Uint8Array> | null;
+  /** Body length when known, else -1. */
+  contentLength: number;
+}
+
+/** Why an exchange on a worker connection failed. */
+export type LinkErrorCode =
+  | "closed"
+  | "protocol"
+  | "timeout"
+  | "not-started"
+  | "aborted"
+  | "request-body";
+
+/** An exchange on a worker connection failed; the connection is closed. */
+export class WorkerLinkError extends Error {
+  /** What failed. */
+  readonly code: LinkErrorCode;
+  /**
+   * True when no byte of the request can have been processed by the worker
+   * and the request may go to another worker.
+   */
+  readonly retryable: boolean;
+
+  constructor(
+    code: LinkErrorCode,
+    message: string,
+    options: { retryable?: boolean; cause?: unknown } = {},
+  ) {
+    super(message, { cause: options.cause });
+    this.name = "WorkerLinkError";
+    this.code = code;
+    this.retryable = options.retryable ?? false;
+  }
+}
+
+/** Options for {@linkcode WorkerSlot}. */
+export interface SlotOptions {
+  limits: HeadLimits;
+  /** Milliseconds for the whole response head to arrive; 0 for no limit. */
+  headTimeout: number;
+  /** Largest response body in bytes; `Infinity` for no limit. */
+  maxBodySize: number;
+  /** Bodies up to this length are read whole and handed over as bytes. */
+  smallBody: number;
+  /** Called when an exchange ended and the slot may carry another request. */
+  onIdle(slot: WorkerSlot): void;
+  /** Called once when the connection is closed, for whatever reason. */
+  onClose(slot: WorkerSlot, reason: unknown): void;
+}
+
+const MAX_INTERIM = 16;
+const IDEMPOTENT = new Set([
+  "GET",
+  "HEAD",
+  "OPTIONS",
+  "TRACE",
+  "PUT",
+  "DELETE",
+]);
+
+let nextId = 1;
+
+/** One worker connection on the hub. */
+export class WorkerSlot {
+  /** A process-unique number, for logs. */
+  readonly id: number = nextId++;
+  /** Where the connection comes from, for logs. */
+  readonly peer: string;
+  #conn: Connection;
+  #reader: BufferedReader;
+  #options: SlotOptions;
+  #state: "idle" | "busy" | "closed" = "busy";
+  #closeReason: unknown = undefined;
+  /** Requests carried so far. */
+  served = 0;
+
+  constructor(conn: Connection, peer: string, options: SlotOptions) {
+    this.#conn = conn;
+    this.peer = peer;
+    this.#options = options;
+    this.#reader = new BufferedReader(conn);
+  }
+
+  /** `idle`, `busy` or `closed`. */
+  get state(): "idle" | "busy" | "closed" {
+    return this.#state;
+  }
+
+  /**
+   * Marks the slot idle and watches the connection: the worker closing it or
+   * sending anything while idle removes it at once.
+   */
+  idle(): void {
+    if (this.#state === "closed") return;
+    if (this.#reader.buffered > 0) {
+      this.close(
+        new WorkerLinkError("protocol", "Worker sent bytes after its response"),
+      );
+      return;
+    }
+    this.#state = "idle";
+    this.#reader.fill().then((more) => {
+      if (this.#state !== "idle") return; // now busy: the bytes are its response
+      this.close(
+        more
+          ? new WorkerLinkError(
+            "protocol",
+            "Worker sent bytes on an idle connection",
+          )
+          : new WorkerLinkError("closed", "Worker closed an idle connection"),
+      );
+    }, (error) => {
+      if (this.#state === "idle") this.close(error);
+    });
+  }
+
+  /** Closes the connection; pending work on it fails with `reason`. */
+  close(reason?: unknown): void {
+    if (this.#state === "closed") return;
+    this.#state = "closed";
+    this.#closeReason = reason;
+    try {
+      this.#conn.close();
+    } catch {
+      // already closed by the peer or runtime
+    }
+    this.#options.onClose(this, reason);
+  }
+
+  /**
+   * Sends `req` and resolves with the response head and a body. The body
+   * stream errors if the worker fails after the head. `signal` aborting (the
+   * consumer left) closes the connection.
+   *
+   * @throws {WorkerLinkError} when no valid response head arrives.
+   */
+  async send(
+    req: OutgoingRequest,
+    signal?: AbortSignal,
+  ): Promise<IncomingResponse> {
+    if (this.#state !== "idle") {
+      throw new WorkerLinkError("closed", "Worker connection is not idle", {
+        retryable: true,
+      });
+    }
+    this.#state = "busy";
+    this.served++;
+    const opts = this.#options;
+    const replayable = !(req.body instanceof ReadableStream);
+
+    let requestDone = replayable;
+    let responseDone = false;
+    let reusable = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const onAbort = () =>
+      this.close(
+        new WorkerLinkError("aborted", "Consumer went away", {
+          cause: signal?.reason,
+        }),
+      );
+    // The one place that decides whether the connection carries another
+    // request: response read to its end, request written to its end, and
+    // neither side asked to close.
+    const settle = (error?: unknown) => {
+      if (timer !== undefined) clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      if (error !== undefined) {
+        this.close(error);
+        return;
+      }
+      if (!responseDone || !requestDone || this.#state !== "busy") return;
+      if (reusable) opts.onIdle(this);
+      else this.close(new WorkerLinkError("closed", "Connection: close"));
+    };
+    if (signal?.aborted) {
+      onAbort();
+      throw this.#failure(false, false);
+    }
+    signal?.addEventListener("abort", onAbort, { once: true });
+    if (opts.headTimeout > 0) {
+      timer = setTimeout(() => {
+        timer = undefined;
+        this.close(
+          new WorkerLinkError(
+            "timeout",
+            `Worker sent no complete response head within ${opts.headTimeout} ms`,
+          ),
+        );
+      }, opts.headTimeout);
+    }
+
+    let head;
+    try {
+      await this.#writeRequest(req, (error) => {
+        if (error === undefined) {
+          requestDone = true;
+          settle();
+        } else {
+          settle(
+            error instanceof WorkerLinkError ? error : new WorkerLinkError(
+              "request-body",
+              `Cannot forward request body: ${errorText(error)}`,
+              { cause: error },
+            ),
+          );
+        }
+      });
+      head = await this.#readHead(req.method);
+    } catch (error) {
+      const received = this.#reader.buffered > 0;
+      settle(error);
+      throw this.#failure(
+        !received && replayable,
+        IDEMPOTENT.has(req.method),
+        error,
+      );
+    }
+    if (timer !== undefined) clearTimeout(timer), timer = undefined;
+
+    let fields;
+    let framing: Framing;
+    try {
+      fields = framingFields(head.headers);
+      framing = responseFraming(fields, head.status, req.method);
+    } catch (error) {
+      const e = new WorkerLinkError("protocol", errorText(error), {
+        cause: error,
+      });
+      settle(e);
+      throw e;
+    }
+    if (head.status === 408 && hasField(head.headers, NOT_STARTED_HEADER)) {
+      const e = new WorkerLinkError(
+        "not-started",
+        "Worker declined the request before starting it",
+        { retryable: replayable },
+      );
+      settle(e);
+      throw e;
+    }
+    reusable = keepAlive(head.minor, fields.connection) &&
+      framing.kind !== "close";
+    const contentLength = framing.kind === "length"
+      ? framing.length
+      : framing.kind === "none"
+      ? 0
+      : -1;
+    if (contentLength > opts.maxBodySize) {
+      const e = new WorkerLinkError(
+        "protocol",
+        `Worker response body of ${contentLength} bytes is over the limit of ${opts.maxBodySize}`,
+      );
+      settle(e);
+      throw e;
+    }
+    let body: Uint8Array | ReadableStream<Uint8Array> | null = null;
+    if (framing.kind === "length" && framing.length <= opts.smallBody) {
+      try {
+        body = await readFixed(this.#reader, framing.length);
+      } catch (error) {
+        const e = this.#failure(false, false, error);
+        settle(e);
+        throw e;
+      }
+      responseDone = true;
+      settle();
+    } else {
+      body = bodyStream(this.#reader, framing, {
+        limits: opts.limits,
+        maxBodySize: opts.maxBodySize,
+        onDone: (error) => {
+          if (error === undefined) {
+            responseDone = true;
+            settle();
+          } else {
+            settle(this.#closeReason ?? error);
+          }
+        },
+      });
+    }
+    return {
+      status: head.status,
+      reason: head.reason,
+      headers: head.headers,
+      body,
+      contentLength,
+    };
+  }
+
+  async #writeRequest(
+    req: OutgoingRequest,
+    onBodyDone: (error?: unknown) => void,
+  ): Promise<void> {
+    const fields: [string, string][] = req.headers.slice();
+    const body = req.body;
+    if (body instanceof Uint8Array) {
+      fields.push(["content-length", String(body.length)]);
+      const { buf, length } = encodeHead(
+        `${req.method} ${req.target} HTTP/1.1`,
+        fields,
+        body.length,
+      );
+      buf.set(body, length);
+      await writeAll(this.#conn, buf);
+      return;
+    }
+    if (body === null) {
+      const { buf, length } = encodeHead(
+        `${req.method} ${req.target} HTTP/1.1`,
+        fields,
+      );
+      await writeAll(this.#conn, buf.subarray(0, length));
+      return;
+    }
+    fields.push(
+      req.contentLength >= 0
+        ? ["content-length", String(req.contentLength)]
+        : ["transfer-encoding", "chunked"],
+    );
+    const { buf, length } = encodeHead(
+      `${req.method} ${req.target} HTTP/1.1`,
+      fields,
+    );
+    await writeAll(this.#conn, buf.subarray(0, length));
+    const reader = body.getReader();
+    writeBody(
+      this.#conn,
+      reader,
+      req.contentLength >= 0
+        ? { kind: "length", length: req.contentLength }
+        : { kind: "chunked" },
+    ).then(() => onBodyDone(), (error) => {
+      reader.cancel(error).catch(() => {});
+      onBodyDone(this.#closeReason ?? error);
+    });
+  }
+
+  async #readHead(method: string) {
+    const reader = this.#reader;
+    const limits = this.#options.limits;
+    let interim = 0;
+    let from = reader.start;
+    while (true) {
+      let parsed;
+      try {
+        parsed = parseResponseHead(
+          reader.buf,
+          reader.start,
+          reader.end,
+          limits,
+          from,
+        );
+      } catch (error) {
+        throw new WorkerLinkError(
+          "protocol",
+          `Invalid response from worker: ${errorText(error)}`,
+          { cause: error },
+        );
+      }
+      if (parsed === null) {
+        from = Math.max(reader.start, reader.end - 3);
+        if (!(await reader.fill())) {
+          throw new WorkerLinkError(
+            "closed",
+            reader.buffered > 0
+              ? "Worker closed the connection inside the response head"
+              : "Worker closed the connection before responding",
+          );
+        }
+        continue;
+      }
+      reader.consume(parsed.used);
+      from = reader.start;
+      const status = parsed.value.status;
+      if (status >= 200) return parsed.value;
+      if (status === 101) {
+        throw new WorkerLinkError(
+          "protocol",
+          `Invalid response from worker: 101 Switching Protocols to ${method}`,
+        );
+      }
+      if (++interim > MAX_INTERIM) {
+        throw new WorkerLinkError(
+          "protocol",
+          `Invalid response from worker: more than ${MAX_INTERIM} interim responses`,
+        );
+      }
+    }
+  }
+
+  // Maps a failure before the head to the error the hub acts on.
+  #failure(
+    nothingSent: boolean,
+    idempotent: boolean,
+    error?: unknown,
+  ): WorkerLinkError {
+    const reason = this.#closeReason ?? error;
+    if (reason instanceof WorkerLinkError) {
+      if (reason.code === "closed" && nothingSent && idempotent) {
+        return new WorkerLinkError(reason.code, reason.message, {
+          retryable: true,
+          cause: reason,
+        });
+      }
+      return reason;
+    }
+    return new WorkerLinkError(
+      "closed",
+      `Worker connection failed: ${errorText(reason)}`,
+      { retryable: nothingSent && idempotent, cause: reason },
+    );
+  }
+}
+
+function hasField(headers: HeaderList, name: string): boolean {
+  for (const [n] of headers) if (n === name) return true;
+  return false;
+}
+
+/** The message of an error, or its string form. */
+export function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
