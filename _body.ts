@@ -27,9 +27,10 @@ export interface BodyStreamOptions {
   /**
    * Called exactly once: with no argument when the body was read completely
    * and the reader sits at the next message, or with the reason it was not
-   * (error, early end of stream, or cancellation by the consumer).
+   * (error, early end of stream, or cancellation by the consumer). `bytes`
+   * is the number of body bytes read so far.
    */
-  onDone(error?: unknown): void;
+  onDone(error: unknown | undefined, bytes: number): void;
 }
 
 /** Thrown into a body stream when the peer ends the stream too early. */
@@ -50,7 +51,7 @@ export function bodyStream(
   options: BodyStreamOptions,
 ): ReadableStream<Uint8Array> | null {
   if (framing.kind === "none") {
-    options.onDone();
+    options.onDone(undefined, 0);
     return null;
   }
   const next = framing.kind === "length"
@@ -64,7 +65,7 @@ export function bodyStream(
   const finish = (error?: unknown) => {
     if (done) return;
     done = true;
-    options.onDone(error);
+    options.onDone(error, total);
   };
   return new ReadableStream<Uint8Array>({
     async pull(controller) {

@@ -53,6 +53,8 @@ export interface ServeConnectionOptions {
   onError(error: unknown, context: string): void;
   /** The hub's address, used as `remoteAddr` when no client address is known. */
   peer: Deno.NetAddr;
+  /** Requests to serve before closing the connection. Default: no limit. */
+  maxRequests?: number;
 }
 
 /** The response our runner sends to give back a connection it will not use. */
@@ -81,8 +83,9 @@ export async function serveConnection(
       const head = await nextHead(conn, reader, options);
       if (head === null) break;
       served++;
-      if (!(await serveOne(conn, reader, head, options))) break;
-      if (options.drain.aborted) break;
+      const last = served >= (options.maxRequests ?? Infinity);
+      if (!(await serveOne(conn, reader, head, options, last))) break;
+      if (options.drain.aborted || last) break;
     }
   } catch (error) {
     options.onError(error, "connection");
@@ -176,6 +179,7 @@ async function serveOne(
   reader: BufferedReader,
   head: RequestHead,
   options: ServeConnectionOptions,
+  last: boolean,
 ): Promise<boolean> {
   let fields;
   let framing;
@@ -257,7 +261,7 @@ async function serveOne(
   }
 
   let reuse = keepAlive(head.minor, fields.connection) &&
-    !options.drain.aborted;
+    !options.drain.aborted && !last;
   try {
     await writeResponse(conn, head.method, response, !reuse);
   } catch (error) {

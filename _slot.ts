@@ -183,6 +183,7 @@ export class WorkerSlot {
   async send(
     req: OutgoingRequest,
     signal?: AbortSignal,
+    onEnd?: (status: number, bytes: number, error?: unknown) => void,
   ): Promise<IncomingResponse> {
     if (this.#state !== "idle") {
       throw new WorkerLinkError("closed", "Worker connection is not idle", {
@@ -310,17 +311,23 @@ export class WorkerSlot {
       }
       responseDone = true;
       settle();
+      onEnd?.(head.status, body.length);
     } else {
       body = bodyStream(this.#reader, framing, {
         limits: opts.limits,
         maxBodySize: opts.maxBodySize,
-        onDone: (error) => {
+        onDone: (error, bytes) => {
           if (error === undefined) {
             responseDone = true;
             settle();
           } else {
             settle(this.#closeReason ?? error);
           }
+          onEnd?.(
+            head.status,
+            bytes,
+            error === undefined ? undefined : this.#closeReason ?? error,
+          );
         },
       });
     }

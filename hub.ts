@@ -58,6 +58,46 @@ export interface HubLogRecord {
   [field: string]: unknown;
 }
 
+/** How a consumer request ended, for access logs and metrics. */
+export type Outcome =
+  | "ok"
+  | "body-error"
+  | "queue-full"
+  | "queue-timeout"
+  | "worker-error"
+  | "worker-timeout"
+  | "abandoned"
+  | "bad-request"
+  | "shutting-down";
+
+/** One finished consumer request, as given to {@linkcode HubOptions.onAccess}. */
+export interface AccessRecord {
+  /** The request id (X-Request-Id). */
+  id: string;
+  /** Request method. */
+  method: string;
+  /** Path and query. */
+  path: string;
+  /** Status sent to the consumer (the hub's own 502/503/504 included). */
+  status: number;
+  /** How the request ended. */
+  outcome: Outcome;
+  /** Milliseconds from arrival to dispatch (to the final attempt), or to the answer if never dispatched. */
+  queueMs: number;
+  /** Milliseconds from dispatch to the response head; -1 if never dispatched. */
+  workerMs: number;
+  /** Milliseconds from arrival to the end of the response body from the worker. */
+  totalMs: number;
+  /** Request body bytes when known (buffered or Content-Length), else -1. */
+  bytesIn: number;
+  /** Response body bytes read from the worker. */
+  bytesOut: number;
+  /** The worker connection's peer address, or null. */
+  worker: string | null;
+  /** Times the request was sent again to another worker. */
+  retries: number;
+}
+
 /** Options for {@linkcode Hub}. Every field is optional. */
 export interface HubOptions {
   /**
@@ -108,6 +148,12 @@ export interface HubOptions {
   trustForwarded?: boolean;
   /** Receives log records. By default nothing is logged. */
   onLog?: (record: HubLogRecord) => void;
+  /**
+   * Called exactly once per consumer request when it is finished: answered
+   * by the hub, or the worker's response body fully read (or failed).
+   * For access logs and metrics; keep it cheap, it runs on the hot path.
+   */
+  onAccess?: (record: AccessRecord) => void;
 }
 
 /** Counters and gauges of a {@linkcode Hub}. */
@@ -150,6 +196,9 @@ interface Pending {
   id: string;
   since: number;
   attempts: number;
+  path: string;
+  queueMs: number;
+  workerMs: number;
   node: QueueNode<Pending> | null;
   resolve(res: Response): void;
   onAbort: (() => void) | null;
@@ -197,6 +246,7 @@ export class Hub {
   #limits: HeadLimits;
   #trust: boolean;
   #log: (record: HubLogRecord) => void;
+  #onAccess: ((record: AccessRecord) => void) | undefined;
   #queue: WaitQueue<Pending>;
   #idle = new Set<WorkerSlot>();
   #slots = new Set<WorkerSlot>();
@@ -247,22 +297,20 @@ export class Hub {
     for (const [k, v] of Object.entries(this.#limits)) checkOption(k, v, 1);
     this.#trust = options.trustForwarded ?? false;
     this.#log = options.onLog ?? (() => {});
+    this.#onAccess = options.onAccess;
     this.#queue = new WaitQueue<Pending>({
       timeout: queueTimeout,
       onTimeout: (p) => {
+        p.node = null;
         this.#stats.timedOutQueued++;
-        this.#answer(
+        this.#fail(
           p,
-          errorResponse(
-            503,
-            `request waited ${queueTimeout} ms in the queue without a free worker`,
-            p.id,
-            {
-              "retry-after": String(
-                Math.max(1, Math.ceil(queueTimeout / 1000)),
-              ),
-            },
-          ),
+          "queue-timeout",
+          503,
+          `request waited ${queueTimeout} ms in the queue without a free worker`,
+          {
+            "retry-after": String(Math.max(1, Math.ceil(queueTimeout / 1000))),
+          },
         );
       },
     });
@@ -335,10 +383,26 @@ export class Hub {
     const id = given !== null && REQUEST_ID.test(given)
       ? given
       : crypto.randomUUID();
-    if (this.#closed) {
-      return errorResponse(503, "hub is shutting down", id);
-    }
     const url = new URL(req.url);
+    const path = url.pathname + url.search;
+    const { promise, resolve } = Promise.withResolvers<Response>();
+    const pending: Pending = {
+      req,
+      out: null!,
+      id,
+      since,
+      attempts: 0,
+      path,
+      queueMs: 0,
+      workerMs: -1,
+      node: null,
+      resolve,
+      onAbort: null,
+    };
+    if (this.#closed) {
+      this.#fail(pending, "shutting-down", 503, "hub is shutting down");
+      return promise;
+    }
     const remote = info?.remoteAddr as { hostname?: string } | undefined;
     const headers = forwardRequestHeaders(req.headers, {
       clientIp: remote?.hostname ?? null,
@@ -358,49 +422,40 @@ export class Hub {
         try {
           body = await req.bytes();
         } catch (error) {
-          return errorResponse(
+          this.#fail(
+            pending,
+            "bad-request",
             400,
             `cannot read request body: ${errorText(error)}`,
-            id,
           );
+          return promise;
         }
       } else {
         body = req.body;
       }
     }
-    const out: OutgoingRequest = {
+    pending.out = {
       method: req.method,
-      target: url.pathname + url.search,
+      target: path,
       headers,
       body,
       contentLength,
     };
-    const { promise, resolve } = Promise.withResolvers<Response>();
-    const pending: Pending = {
-      req,
-      out,
-      id,
-      since,
-      attempts: 0,
-      node: null,
-      resolve,
-      onAbort: null,
-    };
     const slot = this.#takeIdle();
     if (slot !== undefined) {
       this.#dispatch(pending, slot);
-      return promise;
-    }
-    if (this.#queue.size >= this.#maxQueue) {
+    } else if (this.#queue.size >= this.#maxQueue) {
       this.#stats.rejectedFull++;
-      return errorResponse(
+      this.#fail(
+        pending,
+        "queue-full",
         503,
         `queue is full (${this.#maxQueue} requests waiting)`,
-        id,
         { "retry-after": "1" },
       );
+    } else {
+      this.#enqueue(pending, false);
     }
-    this.#enqueue(pending, false);
     return promise;
   }
 
@@ -413,7 +468,7 @@ export class Hub {
   async shutdown(grace = 30_000): Promise<void> {
     this.#closed = true;
     for (const p of this.#queue.drain()) {
-      this.#answer(p, errorResponse(503, "hub is shutting down", p.id));
+      this.#fail(p, "shutting-down", 503, "hub is shutting down");
     }
     for (const slot of [...this.#idle]) slot.close("hub shutting down");
     const deadline = performance.now() + grace;
@@ -441,20 +496,66 @@ export class Hub {
       // A consumer that leaves while queued never reaches a worker.
       p.onAbort = () => {
         if (p.node !== null && this.#queue.delete(p.node)) {
+          p.node = null;
           this.#stats.abandoned++;
-          p.resolve(errorResponse(499, "consumer went away", p.id));
+          this.#fail(p, "abandoned", 499, "consumer went away");
         }
       };
       p.req.signal.addEventListener("abort", p.onAbort, { once: true });
     }
   }
 
-  #answer(p: Pending, res: Response): void {
+  #unwatch(p: Pending): void {
     if (p.onAbort !== null) {
       p.req.signal.removeEventListener("abort", p.onAbort);
       p.onAbort = null;
     }
-    p.resolve(res);
+  }
+
+  // Answers with the hub's own error response and records it.
+  #fail(
+    p: Pending,
+    outcome: Outcome,
+    status: number,
+    message: string,
+    extra?: Record<string, string>,
+  ): void {
+    this.#unwatch(p);
+    const now = performance.now();
+    if (p.workerMs < 0) p.queueMs = now - p.since;
+    this.#record(p, status, outcome, now, 0, null);
+    p.resolve(errorResponse(status, message, p.id, extra));
+  }
+
+  #record(
+    p: Pending,
+    status: number,
+    outcome: Outcome,
+    now: number,
+    bytesOut: number,
+    worker: string | null,
+  ): void {
+    const onAccess = this.#onAccess;
+    if (onAccess === undefined) return;
+    const body = p.out?.body;
+    onAccess({
+      id: p.id,
+      method: p.req.method,
+      path: p.path,
+      status,
+      outcome,
+      queueMs: p.queueMs,
+      workerMs: p.workerMs,
+      totalMs: now - p.since,
+      bytesIn: body instanceof Uint8Array
+        ? body.length
+        : body === null || body === undefined
+        ? 0
+        : p.out.contentLength,
+      bytesOut,
+      worker,
+      retries: Math.max(0, p.attempts - 1),
+    });
   }
 
   // A slot is free: give it the head of the queue, or park it as idle.
@@ -470,27 +571,36 @@ export class Hub {
       this.#idle.add(slot);
       return;
     }
+    node.value.node = null;
     this.#dispatch(node.value, slot);
   }
 
   #dispatch(p: Pending, slot: WorkerSlot): void {
-    p.node = null;
     p.attempts++;
     const sentAt = performance.now();
-    const waited = sentAt - p.since;
+    p.queueMs = sentAt - p.since;
     const out = {
       ...p.out,
-      headers: [...p.out.headers, [QUEUE_TIME_HEADER, waited.toFixed(1)]] as [
-        string,
-        string,
-      ][],
+      headers: [
+        ...p.out.headers,
+        [QUEUE_TIME_HEADER, p.queueMs.toFixed(1)],
+      ] as [string, string][],
     };
-    slot.send(out, p.req.signal).then((res) => {
-      this.#stats.answered++;
-      this.#answer(
+    slot.send(out, p.req.signal, (status, bytes, error) => {
+      if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
+      this.#record(
         p,
-        this.#toResponse(p, res, waited, performance.now() - sentAt),
+        status,
+        error === undefined ? "ok" : "body-error",
+        performance.now(),
+        bytes,
+        slot.peer,
       );
+    }).then((res) => {
+      this.#stats.answered++;
+      if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
+      this.#unwatch(p);
+      p.resolve(this.#toResponse(p, res));
     }, (error) => this.#failed(p, slot, error));
   }
 
@@ -500,7 +610,7 @@ export class Hub {
       : new WorkerLinkError("protocol", errorText(error), { cause: error });
     if (e.code === "aborted" || p.req.signal.aborted) {
       this.#stats.abandoned++;
-      this.#answer(p, errorResponse(499, "consumer went away", p.id));
+      this.#fail(p, "abandoned", 499, "consumer went away");
       return;
     }
     if (e.retryable && p.attempts <= this.#maxRetries && !this.#closed) {
@@ -527,18 +637,17 @@ export class Hub {
       code: e.code,
       reason: e.message,
     });
-    this.#answer(
+    p.workerMs = performance.now() - p.since - p.queueMs;
+    const timeout = e.code === "timeout";
+    this.#fail(
       p,
-      errorResponse(e.code === "timeout" ? 504 : 502, e.message, p.id),
+      timeout ? "worker-timeout" : "worker-error",
+      timeout ? 504 : 502,
+      e.message,
     );
   }
 
-  #toResponse(
-    p: Pending,
-    res: IncomingResponse,
-    waited: number,
-    workerTime: number,
-  ): Response {
+  #toResponse(p: Pending, res: IncomingResponse): Response {
     const headers = responseHeaders(res.headers);
     if (p.out.method === "HEAD" || res.status === 304) {
       // No body on the wire, but the length describes the representation.
@@ -551,7 +660,7 @@ export class Hub {
     headers.set("x-request-id", p.id);
     headers.append(
       "server-timing",
-      `queue;dur=${waited.toFixed(2)}, worker;dur=${workerTime.toFixed(2)}`,
+      `queue;dur=${p.queueMs.toFixed(2)}, worker;dur=${p.workerMs.toFixed(2)}`,
     );
     try {
       return new Response(res.body as BodyInit | null, {

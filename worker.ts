@@ -89,6 +89,14 @@ export interface WorkerOptions {
   connect?: (hostname: string, port: number) => Promise<Connection>;
   /** Receives handler, protocol and connection errors. Default: ignored. */
   onError?: (error: unknown, context: string) => void;
+  /**
+   * Adaptive capacity: awaited before each slot (re)connects to the hub, so
+   * a slot is offered only when the gate opens (e.g. while CPU and memory
+   * have room; see the README). With a gate, each connection carries one
+   * request and then reconnects through the gate. The signal aborts when
+   * the worker drains or closes. Default: no gate.
+   */
+  gate?: (slot: number, signal: AbortSignal) => Promise<void>;
   /** Called after each successful connection to the hub. */
   onConnect?: (slot: number) => void;
 }
@@ -195,6 +203,10 @@ export function connectWorker(
     while (!stop.aborted) {
       let conn: Connection;
       try {
+        if (options.gate !== undefined) {
+          await options.gate(index, stop);
+          if (stop.aborted) break;
+        }
         conn = await connect(hostname, port);
       } catch (error) {
         failures++;
@@ -215,6 +227,7 @@ export function connectWorker(
         drain: stop,
         onError,
         peer,
+        maxRequests: options.gate === undefined ? Infinity : 1,
       });
       open.delete(conn);
       // A hub that accepts and drops connections at once gets backoff too.
