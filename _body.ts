@@ -216,7 +216,7 @@ export type WriteFraming = { kind: "length"; length: number } | {
  */
 export async function writeBody(
   conn: Connection,
-  body: ReadableStreamDefaultReader<Uint8Array>,
+  body: { read(): Promise<ReadableStreamReadResult<Uint8Array>> },
   framing: WriteFraming,
   first?: Uint8Array,
 ): Promise<void> {

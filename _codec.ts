@@ -387,7 +387,8 @@ export function parseChunkLine(
   end: number,
   maxLine: number,
 ): Parsed<number> | null {
-  const limit = Math.min(end, start + maxLine);
+  // Size and extensions may take `maxLine` bytes; the CR may follow them.
+  const limit = Math.min(end, start + maxLine + 1);
   let i = start;
   let size = 0;
   for (; i < limit; i++) {
@@ -421,7 +422,7 @@ export function parseChunkLine(
       throw badChunkLine(buf, start, limit);
     }
   }
-  if (end - start >= maxLine) {
+  if (end - start > maxLine) {
     throw new RangeError(
       `Cannot parse chunk size: line longer than ${maxLine} bytes`,
     );

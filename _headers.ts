@@ -18,6 +18,8 @@ const HOP_BY_HOP = new Set([
   "transfer-encoding",
   "upgrade",
   "content-length",
+  // The hub answers the consumer's expectation itself and sets its own.
+  "expect",
 ]);
 
 /**

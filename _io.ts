@@ -46,6 +46,8 @@ export class BufferedReader {
   end = 0;
   /** True once the peer has ended the stream. */
   eof = false;
+  /** `performance.now()` when the read in flight started, or 0 if none. */
+  readSince = 0;
   #conn: Connection;
   #pending: Promise<boolean> | null = null;
 
@@ -100,7 +102,13 @@ export class BufferedReader {
       bigger.set(this.buf.subarray(0, this.end));
       this.buf = bigger;
     }
-    const n = await this.#conn.read(this.buf.subarray(this.end));
+    this.readSince = performance.now();
+    let n;
+    try {
+      n = await this.#conn.read(this.buf.subarray(this.end));
+    } finally {
+      this.readSince = 0;
+    }
     if (n === null) {
       this.eof = true;
       return false;
@@ -119,7 +127,13 @@ export class BufferedReader {
     if (this.end > this.start) return this.take(max);
     if (this.eof) return null;
     const chunk = new Uint8Array(Math.min(max, 64 * 1024));
-    const n = await this.#conn.read(chunk);
+    this.readSince = performance.now();
+    let n;
+    try {
+      n = await this.#conn.read(chunk);
+    } finally {
+      this.readSince = 0;
+    }
     if (n === null) {
       this.eof = true;
       return null;

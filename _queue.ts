@@ -85,6 +85,8 @@ export class WaitQueue<T> {
     else this.#tail = node;
     this.#head = node;
     this.#size++;
+    // The new head may be due before the deadline the timer was armed for.
+    this.#disarm();
     this.#arm();
     return node;
   }

@@ -55,6 +55,14 @@ export interface ServeConnectionOptions {
   peer: Deno.NetAddr;
   /** Requests to serve before closing the connection. Default: no limit. */
   maxRequests?: number;
+  /**
+   * Called when a request has arrived, before it is started. Returning
+   * false declines it with the "not started" 408 (the hub sends it to
+   * another worker) and closes the connection. Default: always true.
+   */
+  acquire?: () => boolean;
+  /** Called after the response to an acquired request has been written. */
+  release?: () => void;
 }
 
 /** The response our runner sends to give back a connection it will not use. */
@@ -75,17 +83,26 @@ const MAX_DISCARD = 1024 * 1024;
 export async function serveConnection(
   conn: Connection,
   options: ServeConnectionOptions,
+  reader: BufferedReader = new BufferedReader(conn),
 ): Promise<number> {
-  const reader = new BufferedReader(conn);
   let served = 0;
   try {
     while (true) {
       const head = await nextHead(conn, reader, options);
       if (head === null) break;
+      if (options.acquire !== undefined && !options.acquire()) {
+        await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+        break;
+      }
       served++;
       const last = served >= (options.maxRequests ?? Infinity);
-      if (!(await serveOne(conn, reader, head, options, last))) break;
-      if (options.drain.aborted || last) break;
+      let reuse;
+      try {
+        reuse = await serveOne(conn, reader, head, options, last);
+      } finally {
+        options.release?.();
+      }
+      if (!reuse || options.drain.aborted || last) break;
     }
   } catch (error) {
     options.onError(error, "connection");
@@ -104,7 +121,7 @@ async function nextHead(
   reader: BufferedReader,
   options: ServeConnectionOptions,
 ): Promise<RequestHead | null> {
-  let from = reader.start;
+  let scanned = 0; // relative to reader.start: fill() may compact the buffer
   while (true) {
     let parsed;
     try {
@@ -113,7 +130,7 @@ async function nextHead(
         reader.start,
         reader.end,
         options.limits,
-        from,
+        reader.start + scanned,
       );
     } catch (error) {
       options.onError(error, "request head");
@@ -125,7 +142,7 @@ async function nextHead(
       reader.consume(parsed.used);
       return parsed.value;
     }
-    from = Math.max(reader.start, reader.end - 3);
+    scanned = Math.max(0, reader.buffered - 3);
     if (options.drain.aborted) {
       await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
       return null;
@@ -190,6 +207,15 @@ async function serveOne(
     options.onError(error, "request framing");
     await writeAll(conn, simpleResponse(400, true)).catch(() => {});
     return false;
+  }
+  if (framing.kind !== "none" && expectsContinue(head)) {
+    // The request is accepted: ask the hub for its body (RFC 9110 §10.1.1).
+    try {
+      await writeAll(conn, CONTINUE);
+    } catch (error) {
+      options.onError(error, "response");
+      return false;
+    }
   }
   const controller = new AbortController();
   let bodyDone = framing.kind === "none";
@@ -277,6 +303,15 @@ async function serveOne(
     reuse = !body.locked && await discard(body, MAX_DISCARD);
   }
   return reuse && bodyDone;
+}
+
+const CONTINUE = new TextEncoder().encode("HTTP/1.1 100 Continue\r\n\r\n");
+
+function expectsContinue(head: RequestHead): boolean {
+  for (const [name, value] of head.headers) {
+    if (name === "expect" && /^\s*100-continue\s*$/i.test(value)) return true;
+  }
+  return false;
 }
 
 async function discard(

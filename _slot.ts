@@ -19,6 +19,7 @@ import {
 } from "./_codec.ts";
 import { bodyStream, readFixed, writeBody } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
+import type { WorkerIdentity } from "./_handshake.ts";
 
 /** Response header our worker runner puts on its "not started" 408. */
 export const NOT_STARTED_HEADER = "x-pothead-not-started";
@@ -55,7 +56,8 @@ export type LinkErrorCode =
   | "timeout"
   | "not-started"
   | "aborted"
-  | "request-body";
+  | "request-body"
+  | "upload-timeout";
 
 /** An exchange on a worker connection failed; the connection is closed. */
 export class WorkerLinkError extends Error {
@@ -92,9 +94,22 @@ export interface SlotOptions {
   onIdle(slot: WorkerSlot): void;
   /** Called once when the connection is closed, for whatever reason. */
   onClose(slot: WorkerSlot, reason: unknown): void;
+  /**
+   * Milliseconds a response body may go without a byte from the worker
+   * while the hub waits for one; 0 for no limit.
+   */
+  bodyIdleTimeout?: number;
+  /**
+   * Milliseconds a streamed request body may go without a byte from the
+   * consumer; 0 for no limit.
+   */
+  uploadIdleTimeout?: number;
 }
 
 const MAX_INTERIM = 16;
+// How long a streamed body waits for 100 Continue before it is sent anyway
+// (RFC 9110 §10.1.1 lets a client stop waiting).
+const CONTINUE_WAIT = 1000;
 const IDEMPOTENT = new Set([
   "GET",
   "HEAD",
@@ -119,12 +134,63 @@ export class WorkerSlot {
   #closeReason: unknown = undefined;
   /** Requests carried so far. */
   served = 0;
+  /** The worker's declared identity (from the handshake), or null. */
+  readonly identity: WorkerIdentity | null;
+  #inBody = false;
+  #uploadSince = 0;
 
-  constructor(conn: Connection, peer: string, options: SlotOptions) {
+  /**
+   * @param reader a reader already used on `conn` (for the handshake); one
+   *   is made otherwise.
+   */
+  constructor(
+    conn: Connection,
+    peer: string,
+    options: SlotOptions,
+    reader?: BufferedReader,
+    identity: WorkerIdentity | null = null,
+  ) {
     this.#conn = conn;
     this.peer = peer;
     this.#options = options;
-    this.#reader = new BufferedReader(conn);
+    this.#reader = reader ?? new BufferedReader(conn);
+    this.identity = identity;
+  }
+
+  /**
+   * Closes the connection if a response body or a streamed upload has been
+   * stalled longer than its idle timeout. Called periodically by the hub
+   * for busy slots; returns whether it closed.
+   */
+  checkStalled(now: number): boolean {
+    if (this.#state !== "busy") return false;
+    const { bodyIdleTimeout = 0, uploadIdleTimeout = 0 } = this.#options;
+    const since = this.#reader.readSince;
+    if (
+      this.#inBody && bodyIdleTimeout > 0 && since > 0 &&
+      now - since > bodyIdleTimeout
+    ) {
+      this.close(
+        new WorkerLinkError(
+          "timeout",
+          `Worker sent no body byte for ${bodyIdleTimeout} ms`,
+        ),
+      );
+      return true;
+    }
+    if (
+      uploadIdleTimeout > 0 && this.#uploadSince > 0 &&
+      now - this.#uploadSince > uploadIdleTimeout
+    ) {
+      this.close(
+        new WorkerLinkError(
+          "upload-timeout",
+          `Consumer sent no request body byte for ${uploadIdleTimeout} ms`,
+        ),
+      );
+      return true;
+    }
+    return false;
   }
 
   /** `idle`, `busy` or `closed`. */
@@ -193,9 +259,16 @@ export class WorkerSlot {
     this.#state = "busy";
     this.served++;
     const opts = this.#options;
-    const replayable = !(req.body instanceof ReadableStream);
+    const streamed = req.body instanceof ReadableStream;
+    // A streamed body is sent only once the worker asks for it (100
+    // Continue) or after CONTINUE_WAIT; until then the request can still go
+    // to another worker.
+    let bodyStarted = false;
+    let startBody: () => void = () => {};
+    let continueTimer: ReturnType<typeof setTimeout> | undefined;
+    const replayable = () => !streamed || !bodyStarted;
 
-    let requestDone = replayable;
+    let requestDone = !streamed;
     let responseDone = false;
     let reusable = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -210,6 +283,7 @@ export class WorkerSlot {
     // neither side asked to close.
     const settle = (error?: unknown) => {
       if (timer !== undefined) clearTimeout(timer);
+      clearTimeout(continueTimer);
       signal?.removeEventListener("abort", onAbort);
       if (error !== undefined) {
         this.close(error);
@@ -238,7 +312,7 @@ export class WorkerSlot {
 
     let head;
     try {
-      await this.#writeRequest(req, (error) => {
+      const start = await this.#writeRequest(req, (error) => {
         if (error === undefined) {
           requestDone = true;
           settle();
@@ -252,17 +326,39 @@ export class WorkerSlot {
           );
         }
       });
-      head = await this.#readHead(req.method);
+      if (start !== null) {
+        startBody = () => {
+          if (bodyStarted || this.#state !== "busy") return;
+          bodyStarted = true;
+          clearTimeout(continueTimer);
+          start();
+        };
+        continueTimer = setTimeout(startBody, CONTINUE_WAIT);
+      }
+      head = await this.#readHead(req.method, () => startBody());
     } catch (error) {
       const received = this.#reader.buffered > 0;
       settle(error);
-      throw this.#failure(
-        !received && replayable,
+      const failure = this.#failure(
+        !received && replayable(),
         IDEMPOTENT.has(req.method),
         error,
       );
+      if (failure.retryable && !replayable()) {
+        throw new WorkerLinkError(failure.code, failure.message, {
+          cause: failure,
+        });
+      }
+      throw failure;
     }
     if (timer !== undefined) clearTimeout(timer), timer = undefined;
+    const bodyWithheld = streamed && !bodyStarted;
+    if (bodyWithheld) {
+      // A final answer before the worker asked for the body: the body is
+      // not sent, and the connection cannot carry another request.
+      clearTimeout(continueTimer);
+      requestDone = true;
+    }
 
     let fields;
     let framing: Framing;
@@ -280,13 +376,13 @@ export class WorkerSlot {
       const e = new WorkerLinkError(
         "not-started",
         "Worker declined the request before starting it",
-        { retryable: replayable },
+        { retryable: replayable() },
       );
       settle(e);
       throw e;
     }
     reusable = keepAlive(head.minor, fields.connection) &&
-      framing.kind !== "close";
+      framing.kind !== "close" && !bodyWithheld;
     const contentLength = framing.kind === "length"
       ? framing.length
       : framing.kind === "none"
@@ -313,10 +409,12 @@ export class WorkerSlot {
       settle();
       onEnd?.(head.status, body.length);
     } else {
+      this.#inBody = true;
       body = bodyStream(this.#reader, framing, {
         limits: opts.limits,
         maxBodySize: opts.maxBodySize,
         onDone: (error, bytes) => {
+          this.#inBody = false;
           if (error === undefined) {
             responseDone = true;
             settle();
@@ -340,10 +438,12 @@ export class WorkerSlot {
     };
   }
 
+  // Writes the head (and a bytes body). For a stream body, returns the
+  // function that starts sending it; the caller decides when.
   async #writeRequest(
     req: OutgoingRequest,
     onBodyDone: (error?: unknown) => void,
-  ): Promise<void> {
+  ): Promise<(() => void) | null> {
     const fields: [string, string][] = req.headers.slice();
     const body = req.body;
     if (body instanceof Uint8Array) {
@@ -355,7 +455,7 @@ export class WorkerSlot {
       );
       buf.set(body, length);
       await writeAll(this.#conn, buf);
-      return;
+      return null;
     }
     if (body === null) {
       const { buf, length } = encodeHead(
@@ -363,8 +463,9 @@ export class WorkerSlot {
         fields,
       );
       await writeAll(this.#conn, buf.subarray(0, length));
-      return;
+      return null;
     }
+    fields.push(["expect", "100-continue"]);
     fields.push(
       req.contentLength >= 0
         ? ["content-length", String(req.contentLength)]
@@ -375,10 +476,28 @@ export class WorkerSlot {
       fields,
     );
     await writeAll(this.#conn, buf.subarray(0, length));
+    return () => this.#pump(req, body, onBodyDone);
+  }
+
+  #pump(
+    req: OutgoingRequest,
+    body: ReadableStream<Uint8Array>,
+    onBodyDone: (error?: unknown) => void,
+  ): void {
     const reader = body.getReader();
+    const tracked = {
+      read: async () => {
+        this.#uploadSince = performance.now();
+        try {
+          return await reader.read();
+        } finally {
+          this.#uploadSince = 0;
+        }
+      },
+    };
     writeBody(
       this.#conn,
-      reader,
+      tracked,
       req.contentLength >= 0
         ? { kind: "length", length: req.contentLength }
         : { kind: "chunked" },
@@ -388,11 +507,11 @@ export class WorkerSlot {
     });
   }
 
-  async #readHead(method: string) {
+  async #readHead(method: string, onContinue: () => void) {
     const reader = this.#reader;
     const limits = this.#options.limits;
     let interim = 0;
-    let from = reader.start;
+    let scanned = 0; // relative to reader.start: fill() may compact the buffer
     while (true) {
       let parsed;
       try {
@@ -401,9 +520,19 @@ export class WorkerSlot {
           reader.start,
           reader.end,
           limits,
-          from,
+          reader.start + scanned,
         );
       } catch (error) {
+        if (this.served === 1 && interim === 0 && looksLikeRequest(reader)) {
+          // A handshake that came after the hub took this connection for a
+          // plain worker: the worker got our request where it expected a
+          // 101, so it cannot have started it.
+          throw new WorkerLinkError(
+            "not-started",
+            "Worker sent a handshake after the hub had sent a request",
+            { retryable: true, cause: error },
+          );
+        }
         throw new WorkerLinkError(
           "protocol",
           `Invalid response from worker: ${errorText(error)}`,
@@ -411,7 +540,7 @@ export class WorkerSlot {
         );
       }
       if (parsed === null) {
-        from = Math.max(reader.start, reader.end - 3);
+        scanned = Math.max(0, reader.buffered - 3);
         if (!(await reader.fill())) {
           throw new WorkerLinkError(
             "closed",
@@ -423,9 +552,10 @@ export class WorkerSlot {
         continue;
       }
       reader.consume(parsed.used);
-      from = reader.start;
+      scanned = 0;
       const status = parsed.value.status;
       if (status >= 200) return parsed.value;
+      if (status === 100) onContinue();
       if (status === 101) {
         throw new WorkerLinkError(
           "protocol",
@@ -463,6 +593,14 @@ export class WorkerSlot {
       { retryable: nothingSent && idempotent, cause: reason },
     );
   }
+}
+
+function looksLikeRequest(reader: BufferedReader): boolean {
+  const n = Math.min(reader.buffered, 16);
+  const text = String.fromCharCode(
+    ...reader.buf.subarray(reader.start, reader.start + n),
+  );
+  return /^[A-Z]+ \//.test(text);
 }
 
 function hasField(headers: HeaderList, name: string): boolean {

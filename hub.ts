@@ -1,5 +1,5 @@
 /**
- * The POTHEAD hub: one FIFO queue of consumer requests, sent one at a time
+ * The POTHEAD hub: FIFO queues of consumer requests, sent one at a time
  * down idle worker connections.
  *
  * {@linkcode Hub} is the logic as a fetch handler plus a method to attach
@@ -22,10 +22,9 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { DEFAULT_LIMITS, type HeadLimits, reasonPhrase } from "./_codec.ts";
 import { forwardRequestHeaders, responseHeaders } from "./_headers.ts";
-import type { Connection } from "./_io.ts";
+import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
   errorText,
@@ -35,15 +34,20 @@ import {
   WorkerSlot,
 } from "./_slot.ts";
 import {
-  flagOrEnv,
-  formatAddr,
-  parseDuration,
-  parseInteger,
-  UsageError,
-  VERSION,
-} from "./_cli.ts";
+  checkToken,
+  DEFAULT_POOL,
+  HandshakeError,
+  parseHandshake,
+  readHandshake,
+  refusal,
+  switchingProtocols,
+  type WorkerIdentity,
+} from "./_handshake.ts";
+import { main } from "./_hub_cli.ts";
 
 export type { Connection } from "./_io.ts";
+export type { WorkerIdentity } from "./_handshake.ts";
+export { main };
 
 /** Request header that tells the worker how long the request was queued. */
 export const QUEUE_TIME_HEADER = "x-pothead-queue-ms";
@@ -66,6 +70,7 @@ export type Outcome =
   | "queue-timeout"
   | "worker-error"
   | "worker-timeout"
+  | "upload-timeout"
   | "abandoned"
   | "bad-request"
   | "shutting-down";
@@ -74,6 +79,8 @@ export type Outcome =
 export interface AccessRecord {
   /** The request id (X-Request-Id). */
   id: string;
+  /** The pool the request was routed to. */
+  pool: string;
   /** Request method. */
   method: string;
   /** Path and query. */
@@ -92,17 +99,38 @@ export interface AccessRecord {
   bytesIn: number;
   /** Response body bytes read from the worker. */
   bytesOut: number;
-  /** The worker connection's peer address, or null. */
+  /** The worker's id (or its connection's peer address), or null. */
   worker: string | null;
   /** Times the request was sent again to another worker. */
   retries: number;
 }
 
+/**
+ * A routing rule: requests whose Host and path match go to `pool`. Rules are
+ * tried in order; requests matching none go to the `default` pool.
+ */
+export interface Route {
+  /** The pool to route to. */
+  pool: string;
+  /** Path prefix to match, such as `/images/`. Default: any path. */
+  pathPrefix?: string;
+  /** Host to match (without port, case-insensitive). Default: any host. */
+  host?: string;
+}
+
+/** Limits of one pool; unset fields take the hub-wide option. */
+export interface PoolOptions {
+  /** Most queued requests in this pool. */
+  maxQueue?: number;
+  /** Milliseconds a request may wait in this pool's queue; 0 = forever. */
+  queueTimeout?: number;
+}
+
 /** Options for {@linkcode Hub}. Every field is optional. */
 export interface HubOptions {
   /**
-   * Most requests that may wait in the queue. A request that finds the
-   * queue full is answered 503 with `Retry-After` at once.
+   * Most requests that may wait in a pool's queue. A request that finds
+   * the queue full is answered 503 with `Retry-After` at once.
    * @default {10000}
    */
   maxQueue?: number;
@@ -114,11 +142,26 @@ export interface HubOptions {
   queueTimeout?: number;
   /**
    * Milliseconds a worker has to send the complete response head once it has
-   * the request (covers the work itself); 0 for no limit. Exceeding it gives
-   * the consumer a 504 and closes that worker connection.
+   * the request (covers the work itself), however slowly it trickles; 0 for
+   * no limit. Exceeding it gives the consumer a 504 and closes that worker
+   * connection.
    * @default {300000}
    */
   headTimeout?: number;
+  /**
+   * Milliseconds a response body may go without a byte from the worker
+   * while the consumer is reading (the worker idle timeout); 0 for no
+   * limit. Server-sent-event streams should send something more often.
+   * @default {120000}
+   */
+  bodyIdleTimeout?: number;
+  /**
+   * Milliseconds a streamed upload may go without a byte from the consumer
+   * while a worker waits for it; 0 for no limit. The consumer gets a 408
+   * (or its response is cut) and the worker connection is closed.
+   * @default {60000}
+   */
+  uploadIdleTimeout?: number;
   /**
    * How many times a request may go to another worker when the first one
    * provably did not process it (see the README's retry rule).
@@ -146,6 +189,28 @@ export interface HubOptions {
    * @default {false}
    */
   trustForwarded?: boolean;
+  /**
+   * Bearer tokens a worker must present in the PTTH handshake. When any is
+   * set, a connection that has not passed the handshake never receives a
+   * request. Several may be valid at once, for rotation.
+   * @default {[]}
+   */
+  workerTokens?: string[];
+  /**
+   * Without tokens the handshake is optional: milliseconds a new worker
+   * connection may take to start one before it counts as a plain worker.
+   * @default {50}
+   */
+  handshakeWait?: number;
+  /**
+   * Milliseconds a worker has to complete its handshake.
+   * @default {10000}
+   */
+  handshakeTimeout?: number;
+  /** Routing rules from Host and path to pools. */
+  routes?: Route[];
+  /** Per-pool limits by pool name. */
+  pools?: Record<string, PoolOptions>;
   /** Receives log records. By default nothing is logged. */
   onLog?: (record: HubLogRecord) => void;
   /**
@@ -156,9 +221,41 @@ export interface HubOptions {
   onAccess?: (record: AccessRecord) => void;
 }
 
+/** Gauges of one pool. */
+export interface PoolStats {
+  /** The pool's name. */
+  name: string;
+  /** Requests waiting in its queue. */
+  queued: number;
+  /** Milliseconds the oldest queued request has waited (0 if none). */
+  oldestWaitMs: number;
+  /** Worker connections serving it. */
+  slots: number;
+  /** Of those, waiting for a request. */
+  idle: number;
+  /** Of those, carrying a request. */
+  busy: number;
+  /** Distinct workers (by id, or by address for plain workers). */
+  workers: number;
+}
+
+/** One worker as the hub sees it: its slots grouped by worker id. */
+export interface WorkerStats {
+  /** The worker's id, or `addr:<ip>` for plain workers. */
+  id: string;
+  /** The pool it serves. */
+  pool: string;
+  /** Its connections. */
+  slots: number;
+  /** Of those, carrying a request. */
+  busy: number;
+  /** Labels from its handshake. */
+  labels: Record<string, string>;
+}
+
 /** Counters and gauges of a {@linkcode Hub}. */
 export interface HubStats {
-  /** Requests waiting in the queue. */
+  /** Requests waiting, over all pools. */
   queued: number;
   /** Milliseconds the oldest queued request has waited (0 if none). */
   oldestWaitMs: number;
@@ -180,8 +277,14 @@ export interface HubStats {
   timedOutQueued: number;
   /** Requests that failed at a worker (502/504 or an errored body). */
   failed: number;
-  /** Queued requests whose consumer left before a worker was free. */
+  /** Requests whose consumer left before the response head. */
   abandoned: number;
+  /** Worker handshakes refused (bad or missing token, malformed). */
+  handshakesRefused: number;
+  /** Per-pool gauges. */
+  pools: PoolStats[];
+  /** Per-worker gauges. */
+  workers: WorkerStats[];
 }
 
 /** What {@linkcode Hub.fetch} accepts as its second argument. */
@@ -193,6 +296,7 @@ export interface HubRequestInfo {
 interface Pending {
   req: Request;
   out: OutgoingRequest;
+  pool: Pool;
   id: string;
   since: number;
   attempts: number;
@@ -204,18 +308,40 @@ interface Pending {
   onAbort: (() => void) | null;
 }
 
+interface Group {
+  key: string;
+  busy: number;
+  slots: number;
+  idle: Set<WorkerSlot>;
+  labels: Record<string, string>;
+}
+
+interface Pool {
+  name: string;
+  queue: WaitQueue<Pending>;
+  maxQueue: number;
+  groups: Map<string, Group>;
+  idle: number;
+  slots: number;
+}
+
 const DEFAULTS = {
   maxQueue: 10_000,
   queueTimeout: 30_000,
   headTimeout: 300_000,
+  bodyIdleTimeout: 120_000,
+  uploadIdleTimeout: 60_000,
   maxRetries: 2,
   maxResponseBodySize: Infinity,
   bufferRequestBody: 64 * 1024,
+  handshakeWait: 50,
+  handshakeTimeout: 10_000,
 };
 
 // Response bodies up to this length are read whole and passed as bytes.
 const SMALL_BODY = 64 * 1024;
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
+const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 function checkOption(name: string, value: number, min: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
@@ -238,18 +364,20 @@ function checkOption(name: string, value: number, min: number): number {
  * ```
  */
 export class Hub {
-  #maxQueue: number;
-  #headTimeout: number;
-  #maxRetries: number;
-  #maxBody: number;
-  #bufferBody: number;
+  #opts: Required<
+    Omit<HubOptions, "onLog" | "onAccess" | "limits" | "routes" | "pools">
+  >;
   #limits: HeadLimits;
-  #trust: boolean;
+  #routes: Route[];
+  #poolOptions: Record<string, PoolOptions>;
   #log: (record: HubLogRecord) => void;
   #onAccess: ((record: AccessRecord) => void) | undefined;
-  #queue: WaitQueue<Pending>;
-  #idle = new Set<WorkerSlot>();
+  #pools = new Map<string, Pool>();
   #slots = new Set<WorkerSlot>();
+  #busy = new Set<WorkerSlot>();
+  #slotGroup = new Map<WorkerSlot, Group>();
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #closing = false;
   #closed = false;
   #stats = {
     received: 0,
@@ -259,116 +387,369 @@ export class Hub {
     timedOutQueued: 0,
     failed: 0,
     abandoned: 0,
+    handshakesRefused: 0,
   };
 
-  /** Makes a hub; throws `RangeError` naming any invalid option. */
+  /** Makes a hub; throws `RangeError` or `TypeError` naming an invalid option. */
   constructor(options: HubOptions = {}) {
-    this.#maxQueue = checkOption(
-      "maxQueue",
-      options.maxQueue ?? DEFAULTS.maxQueue,
-      0,
-    );
-    const queueTimeout = checkOption(
-      "queueTimeout",
-      options.queueTimeout ?? DEFAULTS.queueTimeout,
-      0,
-    );
-    this.#headTimeout = checkOption(
-      "headTimeout",
-      options.headTimeout ?? DEFAULTS.headTimeout,
-      0,
-    );
-    this.#maxRetries = checkOption(
-      "maxRetries",
-      options.maxRetries ?? DEFAULTS.maxRetries,
-      0,
-    );
-    this.#maxBody = checkOption(
-      "maxResponseBodySize",
-      options.maxResponseBodySize ?? DEFAULTS.maxResponseBodySize,
-      0,
-    );
-    this.#bufferBody = checkOption(
-      "bufferRequestBody",
-      options.bufferRequestBody ?? DEFAULTS.bufferRequestBody,
-      0,
-    );
+    const numbers = {} as Record<keyof typeof DEFAULTS, number>;
+    for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
+      numbers[key] = checkOption(key, options[key] ?? DEFAULTS[key], 0);
+    }
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
     for (const [k, v] of Object.entries(this.#limits)) checkOption(k, v, 1);
-    this.#trust = options.trustForwarded ?? false;
+    const tokens = options.workerTokens ?? [];
+    for (const t of tokens) {
+      if (typeof t !== "string" || !/^[\x21-\x7e]{8,}$/.test(t)) {
+        throw new TypeError(
+          'Invalid option "workerTokens": each token must be 8 or more visible ASCII characters',
+        );
+      }
+    }
+    this.#opts = {
+      ...numbers,
+      trustForwarded: options.trustForwarded ?? false,
+      workerTokens: [...tokens],
+    };
+    this.#routes = (options.routes ?? []).map((r) => {
+      if (!POOL_NAME.test(r.pool)) {
+        throw new TypeError(
+          `Invalid option "routes": invalid pool name ${
+            JSON.stringify(r.pool)
+          }`,
+        );
+      }
+      return { ...r, host: r.host?.toLowerCase() };
+    });
+    this.#poolOptions = { ...options.pools };
+    for (const [name, p] of Object.entries(this.#poolOptions)) {
+      if (!POOL_NAME.test(name)) {
+        throw new TypeError(
+          `Invalid option "pools": invalid pool name ${JSON.stringify(name)}`,
+        );
+      }
+      if (p.maxQueue !== undefined) {
+        checkOption(`pools.${name}.maxQueue`, p.maxQueue, 0);
+      }
+      if (p.queueTimeout !== undefined) {
+        checkOption(`pools.${name}.queueTimeout`, p.queueTimeout, 0);
+      }
+    }
     this.#log = options.onLog ?? (() => {});
     this.#onAccess = options.onAccess;
-    this.#queue = new WaitQueue<Pending>({
-      timeout: queueTimeout,
-      onTimeout: (p) => {
-        p.node = null;
-        this.#stats.timedOutQueued++;
-        this.#fail(
-          p,
-          "queue-timeout",
-          503,
-          `request waited ${queueTimeout} ms in the queue without a free worker`,
-          {
-            "retry-after": String(Math.max(1, Math.ceil(queueTimeout / 1000))),
-          },
-        );
-      },
-    });
+    this.#pool(DEFAULT_POOL);
+    for (const r of this.#routes) this.#pool(r.pool);
   }
 
   /** A snapshot of the hub's counters and gauges. */
   get stats(): HubStats {
-    const head = this.#queue.head;
+    let queued = 0;
+    let oldest = 0;
+    let idle = 0;
+    const now = performance.now();
+    const pools: PoolStats[] = [];
+    const workers: WorkerStats[] = [];
+    for (const pool of this.#pools.values()) {
+      const head = pool.queue.head;
+      const wait = head ? now - head.since : 0;
+      queued += pool.queue.size;
+      idle += pool.idle;
+      oldest = Math.max(oldest, wait);
+      pools.push({
+        name: pool.name,
+        queued: pool.queue.size,
+        oldestWaitMs: wait,
+        slots: pool.slots,
+        idle: pool.idle,
+        busy: pool.slots - pool.idle,
+        workers: pool.groups.size,
+      });
+      for (const g of pool.groups.values()) {
+        workers.push({
+          id: g.key,
+          pool: pool.name,
+          slots: g.slots,
+          busy: g.busy,
+          labels: g.labels,
+        });
+      }
+    }
     return {
-      queued: this.#queue.size,
-      oldestWaitMs: head ? performance.now() - head.since : 0,
+      queued,
+      oldestWaitMs: oldest,
       slots: this.#slots.size,
-      idle: this.#idle.size,
-      busy: this.#slots.size - this.#idle.size,
+      idle,
+      busy: this.#slots.size - idle,
       ...this.#stats,
+      pools,
+      workers,
     };
+  }
+
+  #pool(name: string): Pool {
+    let pool = this.#pools.get(name);
+    if (pool !== undefined) return pool;
+    const limits = this.#poolOptions[name] ?? {};
+    const queueTimeout = limits.queueTimeout ?? this.#opts.queueTimeout;
+    const created: Pool = {
+      name,
+      maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
+      groups: new Map(),
+      idle: 0,
+      slots: 0,
+      queue: new WaitQueue<Pending>({
+        timeout: queueTimeout,
+        onTimeout: (p) => {
+          p.node = null;
+          this.#stats.timedOutQueued++;
+          this.#fail(
+            p,
+            "queue-timeout",
+            503,
+            `request waited ${queueTimeout} ms in the queue of pool "${name}" without a free worker`,
+            {
+              "retry-after": String(
+                Math.max(1, Math.ceil(queueTimeout / 1000)),
+              ),
+            },
+          );
+        },
+      }),
+    };
+    this.#pools.set(name, created);
+    pool = created;
+    return pool;
+  }
+
+  #route(req: Request, url: URL): Pool {
+    if (this.#routes.length === 0) return this.#pool(DEFAULT_POOL);
+    const hostField = req.headers.get("host") ?? url.host;
+    const host = hostField.replace(/:[0-9]+$/, "").toLowerCase();
+    for (const r of this.#routes) {
+      if (r.host !== undefined && r.host !== host) continue;
+      if (
+        r.pathPrefix !== undefined && !url.pathname.startsWith(r.pathPrefix)
+      ) {
+        continue;
+      }
+      return this.#pool(r.pool);
+    }
+    return this.#pool(DEFAULT_POOL);
   }
 
   /**
    * Attaches a worker connection: from now on it is one slot that carries one
-   * request at a time. The hub owns and eventually closes it.
+   * request at a time. The hub owns and eventually closes it. With worker
+   * tokens set, the connection must first pass the PTTH handshake.
    *
    * @param conn the connection the worker opened (a `Deno.Conn`, or anything
    *   with `read`, `write` and `close`).
    * @param peer a label for logs, such as the remote address.
    */
   addWorker(conn: Connection, peer = "worker"): void {
-    if (this.#closed) {
+    if (this.#closing) {
       conn.close();
       return;
     }
-    const slot = new WorkerSlot(conn, peer, {
-      limits: this.#limits,
-      headTimeout: this.#headTimeout,
-      maxBodySize: this.#maxBody,
-      smallBody: SMALL_BODY,
-      onIdle: (s) => this.#offer(s),
-      onClose: (s, reason) => {
-        this.#idle.delete(s);
-        this.#slots.delete(s);
-        this.#log({
-          level: "debug",
-          msg: "worker connection closed",
-          worker: s.peer,
-          slot: s.id,
-          served: s.served,
-          reason: errorText(reason),
-        });
-      },
+    this.#accept(conn, peer).catch((error) => {
+      this.#log({
+        level: "warn",
+        msg: "worker connection failed during setup",
+        worker: peer,
+        reason: errorText(error),
+      });
+      try {
+        conn.close();
+      } catch {
+        // already closed
+      }
     });
+  }
+
+  async #accept(conn: Connection, peer: string): Promise<void> {
+    const reader = new BufferedReader(conn);
+    const required = this.#opts.workerTokens.length > 0;
+    const wait = required
+      ? this.#opts.handshakeTimeout
+      : this.#opts.handshakeWait;
+    let identity: WorkerIdentity | null = null;
+    if (wait > 0) {
+      const first = reader.fill();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const got = await Promise.race([
+        first.then((more) => (more ? "data" : "eof"), () => "eof"),
+        new Promise<"timeout">((r) =>
+          timer = setTimeout(() => r("timeout"), wait)
+        ),
+      ]);
+      clearTimeout(timer);
+      if (got === "eof") {
+        conn.close();
+        return;
+      }
+      if (got === "timeout" && required) {
+        this.#refuse(
+          conn,
+          peer,
+          new HandshakeError(401, "Cannot accept worker: no handshake"),
+        );
+        return;
+      }
+      if (got === "data") {
+        identity = await this.#handshake(conn, reader, peer);
+        if (identity === null) return;
+      }
+    }
+    if (this.#closing) {
+      conn.close();
+      return;
+    }
+    this.#attach(conn, peer, reader, identity);
+  }
+
+  async #handshake(
+    conn: Connection,
+    reader: BufferedReader,
+    peer: string,
+  ): Promise<WorkerIdentity | null> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const head = await Promise.race([
+        readHandshake(reader),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new HandshakeError(
+                  408,
+                  "Cannot accept worker: handshake too slow",
+                ),
+              ),
+            this.#opts.handshakeTimeout,
+          );
+        }),
+      ]);
+      if (head === null) {
+        conn.close();
+        return null;
+      }
+      const identity = parseHandshake(head);
+      if (this.#opts.workerTokens.length > 0) {
+        await checkToken(head, this.#opts.workerTokens);
+      }
+      if (reader.buffered > 0) {
+        throw new HandshakeError(
+          400,
+          "Cannot accept worker: bytes after the handshake",
+        );
+      }
+      await writeAll(conn, switchingProtocols(identity.protocol));
+      this.#log({
+        level: "debug",
+        msg: "worker handshake accepted",
+        worker: identity.id ?? peer,
+        pool: identity.pool,
+      });
+      return identity;
+    } catch (error) {
+      const e = error instanceof HandshakeError
+        ? error
+        : new HandshakeError(400, `Cannot accept worker: ${errorText(error)}`);
+      this.#refuse(conn, peer, e);
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #refuse(conn: Connection, peer: string, error: HandshakeError): void {
+    this.#stats.handshakesRefused++;
+    // The message never contains the token, only what was wrong.
+    this.#log({
+      level: "warn",
+      msg: "worker handshake refused",
+      worker: peer,
+      status: error.status,
+      reason: error.message,
+    });
+    writeAll(conn, refusal(error)).catch(() => {}).finally(() => {
+      try {
+        conn.close();
+      } catch {
+        // already closed
+      }
+    });
+  }
+
+  #attach(
+    conn: Connection,
+    peer: string,
+    reader: BufferedReader,
+    identity: WorkerIdentity | null,
+  ): void {
+    const pool = this.#pool(identity?.pool ?? DEFAULT_POOL);
+    const key = identity?.id ?? `addr:${peer.replace(/:[0-9]+$/, "")}`;
+    let group = pool.groups.get(key);
+    if (group === undefined) {
+      group = {
+        key,
+        busy: 0,
+        slots: 0,
+        idle: new Set(),
+        labels: identity?.labels ?? {},
+      };
+      pool.groups.set(key, group);
+    }
+    const slot = new WorkerSlot(
+      conn,
+      peer,
+      {
+        limits: this.#limits,
+        headTimeout: this.#opts.headTimeout,
+        bodyIdleTimeout: this.#opts.bodyIdleTimeout,
+        uploadIdleTimeout: this.#opts.uploadIdleTimeout,
+        maxBodySize: this.#opts.maxResponseBodySize,
+        smallBody: SMALL_BODY,
+        onIdle: (s) => this.#offer(s),
+        onClose: (s, reason) => this.#detach(s, reason),
+      },
+      reader,
+      identity,
+    );
+    group.slots++;
+    pool.slots++;
     this.#slots.add(slot);
+    this.#slotGroup.set(slot, group);
     this.#log({
       level: "debug",
       msg: "worker connection attached",
-      worker: peer,
+      worker: key,
+      peer,
+      pool: pool.name,
       slot: slot.id,
     });
     this.#offer(slot);
+  }
+
+  #detach(slot: WorkerSlot, reason: unknown): void {
+    const group = this.#slotGroup.get(slot);
+    if (group === undefined) return;
+    const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
+    this.#slotGroup.delete(slot);
+    this.#slots.delete(slot);
+    if (group.idle.delete(slot)) pool.idle--;
+    if (this.#busy.delete(slot)) group.busy--;
+    group.slots--;
+    pool.slots--;
+    if (group.slots === 0) pool.groups.delete(group.key);
+    this.#log({
+      level: "debug",
+      msg: "worker connection closed",
+      worker: group.key,
+      slot: slot.id,
+      served: slot.served,
+      reason: errorText(reason),
+    });
   }
 
   /**
@@ -389,6 +770,7 @@ export class Hub {
     const pending: Pending = {
       req,
       out: null!,
+      pool: this.#route(req, url),
       id,
       since,
       attempts: 0,
@@ -399,7 +781,7 @@ export class Hub {
       resolve,
       onAbort: null,
     };
-    if (this.#closed) {
+    if (this.#closing) {
       this.#fail(pending, "shutting-down", 503, "hub is shutting down");
       return promise;
     }
@@ -409,7 +791,7 @@ export class Hub {
       proto: url.protocol === "https:" ? "https" : "http",
       host: req.headers.get("host") ?? url.host,
       requestId: id,
-      trustForwarded: this.#trust,
+      trustForwarded: this.#opts.trustForwarded,
     });
     let body: Uint8Array | ReadableStream<Uint8Array> | null = null;
     let contentLength = -1;
@@ -418,7 +800,7 @@ export class Hub {
       contentLength = declared !== null && /^[0-9]{1,15}$/.test(declared)
         ? Number(declared)
         : -1;
-      if (contentLength >= 0 && contentLength <= this.#bufferBody) {
+      if (contentLength >= 0 && contentLength <= this.#opts.bufferRequestBody) {
         try {
           body = await req.bytes();
         } catch (error) {
@@ -441,16 +823,17 @@ export class Hub {
       body,
       contentLength,
     };
-    const slot = this.#takeIdle();
+    const pool = pending.pool;
+    const slot = this.#takeIdle(pool);
     if (slot !== undefined) {
       this.#dispatch(pending, slot);
-    } else if (this.#queue.size >= this.#maxQueue) {
+    } else if (pool.queue.size >= pool.maxQueue) {
       this.#stats.rejectedFull++;
       this.#fail(
         pending,
         "queue-full",
         503,
-        `queue is full (${this.#maxQueue} requests waiting)`,
+        `queue of pool "${pool.name}" is full (${pool.maxQueue} requests waiting)`,
         { "retry-after": "1" },
       );
     } else {
@@ -460,42 +843,63 @@ export class Hub {
   }
 
   /**
-   * Stops taking requests: queued ones are answered 503, idle worker
-   * connections are closed, and requests in progress may finish. Resolves
-   * when no request is in progress any more or after `grace` milliseconds,
-   * then closes every remaining worker connection.
+   * Drains the hub: new requests get 503 at once; queued requests still go
+   * to workers as slots free up; requests in progress may finish. After
+   * `grace` milliseconds, requests still queued are answered 503 and every
+   * worker connection is closed (cutting what is still in progress).
    */
   async shutdown(grace = 30_000): Promise<void> {
-    this.#closed = true;
-    for (const p of this.#queue.drain()) {
-      this.#fail(p, "shutting-down", 503, "hub is shutting down");
-    }
-    for (const slot of [...this.#idle]) slot.close("hub shutting down");
+    if (this.#closed) return;
+    this.#closing = true;
     const deadline = performance.now() + grace;
-    while (this.#slots.size > this.#idle.size && performance.now() < deadline) {
+    const queued = () => {
+      let n = 0;
+      for (const pool of this.#pools.values()) n += pool.queue.size;
+      return n;
+    };
+    while (
+      (queued() > 0 || this.#busy.size > 0) && performance.now() < deadline
+    ) {
       await new Promise((r) => setTimeout(r, 20));
-      for (const slot of [...this.#idle]) slot.close("hub shutting down");
+    }
+    this.#closed = true;
+    for (const pool of this.#pools.values()) {
+      for (const p of pool.queue.drain()) {
+        p.node = null;
+        this.#fail(p, "shutting-down", 503, "hub is shutting down");
+      }
     }
     for (const slot of [...this.#slots]) slot.close("hub shut down");
+    this.#stopSweeper();
   }
 
-  #takeIdle(): WorkerSlot | undefined {
-    // The longest-idle connection first, which spreads work over workers.
-    for (const slot of this.#idle) {
-      this.#idle.delete(slot);
+  #takeIdle(pool: Pool): WorkerSlot | undefined {
+    if (pool.idle === 0) return undefined;
+    // The worker with the fewest requests in progress gets the request, so
+    // slots of several workers share the load evenly.
+    let best: Group | undefined;
+    for (const g of pool.groups.values()) {
+      if (g.idle.size > 0 && (best === undefined || g.busy < best.busy)) {
+        best = g;
+        if (g.busy === 0) break;
+      }
+    }
+    if (best === undefined) return undefined;
+    for (const slot of best.idle) {
+      best.idle.delete(slot);
+      pool.idle--;
       return slot;
     }
     return undefined;
   }
 
   #enqueue(p: Pending, front: boolean): void {
-    p.node = front
-      ? this.#queue.unshift(p, p.since)
-      : this.#queue.push(p, p.since);
+    const queue = p.pool.queue;
+    p.node = front ? queue.unshift(p, p.since) : queue.push(p, p.since);
     if (p.onAbort === null) {
       // A consumer that leaves while queued never reaches a worker.
       p.onAbort = () => {
-        if (p.node !== null && this.#queue.delete(p.node)) {
+        if (p.node !== null && queue.delete(p.node)) {
           p.node = null;
           this.#stats.abandoned++;
           this.#fail(p, "abandoned", 499, "consumer went away");
@@ -540,6 +944,7 @@ export class Hub {
     const body = p.out?.body;
     onAccess({
       id: p.id,
+      pool: p.pool.name,
       method: p.req.method,
       path: p.path,
       status,
@@ -558,17 +963,22 @@ export class Hub {
     });
   }
 
-  // A slot is free: give it the head of the queue, or park it as idle.
+  // A slot is free: give it the head of its pool's queue, or park it idle.
   #offer(slot: WorkerSlot): void {
+    const group = this.#slotGroup.get(slot);
+    if (group === undefined) return;
+    if (this.#busy.delete(slot)) group.busy--;
     slot.idle();
     if (slot.state !== "idle") return;
     if (this.#closed) {
-      slot.close("hub shutting down");
+      slot.close("hub shut down");
       return;
     }
-    const node = this.#queue.shift();
+    const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
+    const node = pool.queue.shift();
     if (node === null) {
-      this.#idle.add(slot);
+      group.idle.add(slot);
+      pool.idle++;
       return;
     }
     node.value.node = null;
@@ -576,6 +986,10 @@ export class Hub {
   }
 
   #dispatch(p: Pending, slot: WorkerSlot): void {
+    const group = this.#slotGroup.get(slot)!;
+    this.#busy.add(slot);
+    group.busy++;
+    this.#startSweeper();
     p.attempts++;
     const sentAt = performance.now();
     p.queueMs = sentAt - p.since;
@@ -586,6 +1000,7 @@ export class Hub {
         [QUEUE_TIME_HEADER, p.queueMs.toFixed(1)],
       ] as [string, string][],
     };
+    const worker = group.key;
     slot.send(out, p.req.signal, (status, bytes, error) => {
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
       this.#record(
@@ -594,17 +1009,17 @@ export class Hub {
         error === undefined ? "ok" : "body-error",
         performance.now(),
         bytes,
-        slot.peer,
+        worker,
       );
     }).then((res) => {
       this.#stats.answered++;
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
       this.#unwatch(p);
       p.resolve(this.#toResponse(p, res));
-    }, (error) => this.#failed(p, slot, error));
+    }, (error) => this.#failed(p, worker, error));
   }
 
-  #failed(p: Pending, slot: WorkerSlot, error: unknown): void {
+  #failed(p: Pending, worker: string, error: unknown): void {
     const e = error instanceof WorkerLinkError
       ? error
       : new WorkerLinkError("protocol", errorText(error), { cause: error });
@@ -613,17 +1028,17 @@ export class Hub {
       this.#fail(p, "abandoned", 499, "consumer went away");
       return;
     }
-    if (e.retryable && p.attempts <= this.#maxRetries && !this.#closed) {
+    if (e.retryable && p.attempts <= this.#opts.maxRetries && !this.#closed) {
       this.#stats.retries++;
       this.#log({
         level: "info",
         msg: "retrying request on another worker",
         id: p.id,
-        worker: slot.peer,
+        worker,
         attempt: p.attempts,
         reason: e.message,
       });
-      const next = this.#takeIdle();
+      const next = this.#takeIdle(p.pool);
       if (next !== undefined) this.#dispatch(p, next);
       else this.#enqueue(p, true);
       return;
@@ -633,18 +1048,17 @@ export class Hub {
       level: "warn",
       msg: "worker failed",
       id: p.id,
-      worker: slot.peer,
+      worker,
       code: e.code,
       reason: e.message,
     });
     p.workerMs = performance.now() - p.since - p.queueMs;
-    const timeout = e.code === "timeout";
-    this.#fail(
-      p,
-      timeout ? "worker-timeout" : "worker-error",
-      timeout ? 504 : 502,
-      e.message,
-    );
+    const [outcome, status]: [Outcome, number] = e.code === "timeout"
+      ? ["worker-timeout", 504]
+      : e.code === "upload-timeout"
+      ? ["upload-timeout", 408]
+      : ["worker-error", 502];
+    this.#fail(p, outcome, status, e.message);
   }
 
   #toResponse(p: Pending, res: IncomingResponse): Response {
@@ -677,6 +1091,40 @@ export class Hub {
         `Invalid response from worker: ${errorText(error)}`,
         p.id,
       );
+    }
+  }
+
+  // Stalled bodies and uploads are found by one coarse periodic check of
+  // busy slots, so no request pays for a timer of its own. It runs only
+  // while some slot is busy.
+  #startSweeper(): void {
+    if (this.#sweeper !== undefined) return;
+    if (this.#opts.bodyIdleTimeout <= 0 && this.#opts.uploadIdleTimeout <= 0) {
+      return;
+    }
+    const every = Math.max(
+      10,
+      Math.min(
+        1000,
+        ...[this.#opts.bodyIdleTimeout, this.#opts.uploadIdleTimeout]
+          .filter((t) => t > 0)
+          .map((t) => t / 4),
+      ),
+    );
+    this.#sweeper = setInterval(() => {
+      if (this.#busy.size === 0) {
+        this.#stopSweeper();
+        return;
+      }
+      const now = performance.now();
+      for (const slot of [...this.#busy]) slot.checkStalled(now);
+    }, every);
+  }
+
+  #stopSweeper(): void {
+    if (this.#sweeper !== undefined) {
+      clearInterval(this.#sweeper);
+      this.#sweeper = undefined;
     }
   }
 }
@@ -719,10 +1167,18 @@ export interface ServeHubOptions extends HubOptions {
    * @default {4040}
    */
   workerPort?: number;
+  /** PEM certificate chain for TLS on the consumer listener (with `key`). */
+  cert?: string;
+  /** PEM private key for TLS on the consumer listener. */
+  key?: string;
+  /** PEM certificate chain for TLS on the worker listener (with `workerKey`). */
+  workerCert?: string;
+  /** PEM private key for TLS on the worker listener. */
+  workerKey?: string;
   /** Aborting it shuts the hub down (see {@linkcode Hub.shutdown}). */
   signal?: AbortSignal;
   /**
-   * Milliseconds requests in progress get to finish on shutdown.
+   * Milliseconds queued and in-progress requests get to finish on shutdown.
    * @default {30000}
    */
   shutdownGrace?: number;
@@ -744,7 +1200,7 @@ export interface HubServer {
 
 /**
  * Runs a hub: consumers on `Deno.serve` at `port`, workers on `Deno.listen`
- * at `workerPort`.
+ * (or `Deno.listenTls`) at `workerPort`.
  *
  * @example
  * ```ts ignore
@@ -756,12 +1212,27 @@ export interface HubServer {
  */
 export function serveHub(options: ServeHubOptions = {}): HubServer {
   const hostname = options.hostname ?? "0.0.0.0";
+  if ((options.cert === undefined) !== (options.key === undefined)) {
+    throw new TypeError('Invalid options: "cert" and "key" go together');
+  }
+  if (
+    (options.workerCert === undefined) !== (options.workerKey === undefined)
+  ) {
+    throw new TypeError(
+      'Invalid options: "workerCert" and "workerKey" go together',
+    );
+  }
   const hub = new Hub(options);
-  const listener = Deno.listen({
-    hostname,
-    port: options.workerPort ?? 4040,
-    transport: "tcp",
-  });
+  const workerPort = options.workerPort ?? 4040;
+  const listener: Deno.Listener = options.workerCert !== undefined
+    ? Deno.listenTls({
+      hostname,
+      port: workerPort,
+      cert: options.workerCert,
+      key: options.workerKey!,
+      transport: "tcp",
+    })
+    : Deno.listen({ hostname, port: workerPort, transport: "tcp" });
   const abort = new AbortController();
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
@@ -770,6 +1241,9 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       port: options.port ?? 8080,
       signal: abort.signal,
       onListen() {},
+      ...(options.cert !== undefined
+        ? { cert: options.cert, key: options.key! }
+        : {}),
     }, (req, info) => hub.fetch(req, info));
   } catch (error) {
     listener.close();
@@ -779,12 +1253,12 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
     try {
       for await (const conn of listener) {
         try {
-          conn.setNoDelay(true);
-          conn.setKeepAlive(true);
+          (conn as Deno.TcpConn).setNoDelay?.(true);
+          (conn as Deno.TcpConn).setKeepAlive?.(true);
         } catch {
           // not fatal: the connection works without them
         }
-        const ra = conn.remoteAddr;
+        const ra = conn.remoteAddr as Deno.NetAddr;
         hub.addWorker(conn, `${ra.hostname}:${ra.port}`);
       }
     } catch (error) {
@@ -799,9 +1273,10 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       } catch {
         // already closed
       }
-      const draining = hub.shutdown(options.shutdownGrace ?? 30_000);
+      // Stop taking consumers first; Deno.serve then waits for responses in
+      // progress, which the hub's drain lets finish.
       abort.abort();
-      await draining;
+      await hub.shutdown(options.shutdownGrace ?? 30_000);
       await server.finished;
       await accepting;
     })();
@@ -813,167 +1288,6 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
     finished: Promise.all([server.finished, accepting]).then(() => {}),
     shutdown,
   };
-}
-
-const HELP =
-  `POTHEAD hub ${VERSION}: a queue of HTTP requests for workers that dial in.
-
-Usage: deno run -A jsr:@pothead/hub [options]
-
-Options (each also as the environment variable in brackets):
-  --hostname ADDR       address to bind both listeners [POTHEAD_HOSTNAME] (0.0.0.0)
-  --port N              consumer HTTP port [POTHEAD_PORT] (8080)
-  --worker-port N       worker port [POTHEAD_WORKER_PORT] (4040)
-  --max-queue N         most queued requests; more get 503 [POTHEAD_MAX_QUEUE] (10000)
-  --queue-timeout T     longest wait in the queue, then 503; 0 = forever
-                        [POTHEAD_QUEUE_TIMEOUT] (30s)
-  --head-timeout T      time a worker has to start its response, then 504;
-                        0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)
-  --max-retries N       resends of a request a worker provably did not start
-                        [POTHEAD_MAX_RETRIES] (2)
-  --shutdown-grace T    time requests in progress get on SIGTERM
-                        [POTHEAD_SHUTDOWN_GRACE] (30s)
-  --trust-forwarded     keep client X-Forwarded-* fields [POTHEAD_TRUST_FORWARDED]
-  --log-level L         debug, info, warn or error [POTHEAD_LOG_LEVEL] (info)
-  -h, --help            show this help
-  -V, --version         show the version
-
-Durations: 500ms, 30s, 2m, or a bare number of seconds.
-`;
-
-const LEVELS = ["debug", "info", "warn", "error"];
-
-/**
- * The hub command line. Returns the exit code.
- *
- * @param args command-line arguments, without the program name.
- */
-export async function main(args: string[] = Deno.args): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args,
-      options: {
-        hostname: { type: "string" },
-        port: { type: "string" },
-        "worker-port": { type: "string" },
-        "max-queue": { type: "string" },
-        "queue-timeout": { type: "string" },
-        "head-timeout": { type: "string" },
-        "max-retries": { type: "string" },
-        "shutdown-grace": { type: "string" },
-        "trust-forwarded": { type: "boolean" },
-        "log-level": { type: "string" },
-        help: { type: "boolean", short: "h" },
-        version: { type: "boolean", short: "V" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
-  } catch (error) {
-    console.error(`pothead: ${errorText(error)}\n\n${HELP}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  if (values.version) {
-    console.log(`pothead ${VERSION}`);
-    return 0;
-  }
-  let options: ServeHubOptions;
-  let level: number;
-  try {
-    const v = (flag: string, env: string) =>
-      flagOrEnv(values[flag as keyof typeof values] as string | undefined, env);
-    const levelName = v("log-level", "POTHEAD_LOG_LEVEL") ?? "info";
-    level = LEVELS.indexOf(levelName);
-    if (level < 0) {
-      throw new UsageError(
-        `Invalid --log-level: expected one of ${
-          LEVELS.join(", ")
-        }, got "${levelName}"`,
-      );
-    }
-    const trust = values["trust-forwarded"] ??
-      /^(1|true|yes)$/i.test(
-        flagOrEnv(undefined, "POTHEAD_TRUST_FORWARDED") ?? "",
-      );
-    options = {
-      hostname: v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0",
-      port: parseInteger(v("port", "POTHEAD_PORT"), "--port", 8080, 0, 65535),
-      workerPort: parseInteger(
-        v("worker-port", "POTHEAD_WORKER_PORT"),
-        "--worker-port",
-        4040,
-        0,
-        65535,
-      ),
-      maxQueue: parseInteger(
-        v("max-queue", "POTHEAD_MAX_QUEUE"),
-        "--max-queue",
-        DEFAULTS.maxQueue,
-      ),
-      queueTimeout: parseDuration(
-        v("queue-timeout", "POTHEAD_QUEUE_TIMEOUT"),
-        "--queue-timeout",
-        DEFAULTS.queueTimeout,
-      ),
-      headTimeout: parseDuration(
-        v("head-timeout", "POTHEAD_HEAD_TIMEOUT"),
-        "--head-timeout",
-        DEFAULTS.headTimeout,
-      ),
-      maxRetries: parseInteger(
-        v("max-retries", "POTHEAD_MAX_RETRIES"),
-        "--max-retries",
-        DEFAULTS.maxRetries,
-      ),
-      shutdownGrace: parseDuration(
-        v("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE"),
-        "--shutdown-grace",
-        30_000,
-      ),
-      trustForwarded: trust,
-      onLog: (record) => {
-        if (LEVELS.indexOf(record.level) < level) return;
-        const { level: lv, msg, ...fields } = record;
-        const extra = Object.entries(fields)
-          .map(([k, val]) => `${k}=${JSON.stringify(val)}`)
-          .join(" ");
-        console.error(
-          `${new Date().toISOString()} ${lv} ${msg}${extra ? " " + extra : ""}`,
-        );
-      },
-    };
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`pothead: ${error.message}`);
-    return 2;
-  }
-  let server: HubServer;
-  try {
-    server = serveHub(options);
-  } catch (error) {
-    console.error(`pothead: cannot listen: ${errorText(error)}`);
-    return 1;
-  }
-  console.log(`Listening on ${formatAddr("http", server.addr)} (consumers)`);
-  console.log(`Listening on ${formatAddr("tcp", server.workerAddr)} (workers)`);
-  let signals = 0;
-  const { promise: stopped, resolve: stop } = Promise.withResolvers<void>();
-  const onSignal = () => {
-    if (++signals > 1) Deno.exit(1);
-    console.error("pothead: shutting down (send the signal again to exit now)");
-    server.shutdown().then(stop);
-  };
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
-  await stopped;
-  Deno.removeSignalListener("SIGINT", onSignal);
-  Deno.removeSignalListener("SIGTERM", onSignal);
-  return 0;
 }
 
 if (import.meta.main) Deno.exit(await main());

@@ -25,26 +25,18 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { DEFAULT_LIMITS, type HeadLimits } from "./_codec.ts";
-import type { Connection } from "./_io.ts";
-import {
-  type FetchHandler,
-  serveConnection,
-} from "./_serve_conn.ts";
-import {
-  flagOrEnv,
-  parseDuration,
-  parseHostPort,
-  parseInteger,
-  UsageError,
-  VERSION,
-} from "./_cli.ts";
+import { BufferedReader, type Connection } from "./_io.ts";
+import { type FetchHandler, serveConnection } from "./_serve_conn.ts";
+import { Dialer, type Endpoint, type Target } from "./_dialer.ts";
+import { type HandshakeOptions, workerHandshake } from "./_handshake.ts";
+import { main } from "./_worker_cli.ts";
 
 export type { FetchHandler, WorkerHandlerInfo } from "./_serve_conn.ts";
 export { NOT_STARTED_RESPONSE } from "./_serve_conn.ts";
+export { main };
 
 /** A handler module's default export: a function or an object with `fetch`. */
 export type HandlerExport = FetchHandler | { fetch: FetchHandler };
@@ -52,18 +44,24 @@ export type HandlerExport = FetchHandler | { fetch: FetchHandler };
 /** Options for {@linkcode connectWorker}. Every field is optional. */
 export interface WorkerOptions {
   /**
-   * The hub's worker listener host.
+   * The hub's worker listener host (when `hubs` is not given).
    * @default {"127.0.0.1"}
    */
   hostname?: string;
   /**
-   * The hub's worker listener port.
+   * The hub's worker listener port (when `hubs` is not given).
    * @default {4040}
    */
   port?: number;
   /**
-   * Connections kept open to the hub, which is the most requests this worker
-   * runs at once.
+   * Several hubs as `host:port`. Names resolve to all their A and AAAA
+   * records, re-resolved every `resolveInterval`; the worker offers its free
+   * slots to every hub (see the README, "Many hubs").
+   */
+  hubs?: string[];
+  /**
+   * Most requests this worker runs at once (and connections it keeps open
+   * to each hub while idle).
    * @default {1}
    */
   concurrency?: number;
@@ -80,33 +78,58 @@ export interface WorkerOptions {
    * @default {5000}
    */
   maxBackoff?: number;
+  /**
+   * Milliseconds between DNS re-resolutions of hub names; 0 resolves once.
+   * @default {5000}
+   */
+  resolveInterval?: number;
+  /** DNS server to ask instead of the system's (e.g. for tests). */
+  nameServer?: { ipAddr: string; port?: number };
+  /** Connect with TLS; the certificate must match the hub's name. */
+  tls?: boolean;
+  /** Extra PEM root certificates for TLS (a private CA). */
+  caCerts?: string[];
+  /**
+   * Bearer token for the PTTH handshake. Giving a token, `workerId`,
+   * `pool` or `labels` makes the worker open each connection with the
+   * handshake; otherwise it is a plain worker (the original protocol).
+   */
+  token?: string;
+  /** Worker id sent in the handshake; groups this worker's slots. */
+  workerId?: string;
+  /** Pool to serve, sent in the handshake. */
+  pool?: string;
+  /** Labels sent in the handshake. */
+  labels?: Record<string, string>;
   /** Limits on request heads and chunk lines from the hub. */
   limits?: Partial<HeadLimits>;
   /**
-   * Opens one connection to the hub. By default a TCP connection with
-   * no-delay and keepalive on.
+   * Opens one connection to the hub. By default TCP (or TLS) with no-delay
+   * and keepalive on.
    */
   connect?: (hostname: string, port: number) => Promise<Connection>;
-  /** Receives handler, protocol and connection errors. Default: ignored. */
-  onError?: (error: unknown, context: string) => void;
   /**
-   * Adaptive capacity: awaited before each slot (re)connects to the hub, so
-   * a slot is offered only when the gate opens (e.g. while CPU and memory
-   * have room; see the README). With a gate, each connection carries one
-   * request and then reconnects through the gate. The signal aborts when
-   * the worker drains or closes. Default: no gate.
+   * Adaptive capacity: awaited before a connection beyond the first opens,
+   * so the worker offers another slot only when the gate opens (e.g. while
+   * CPU and memory have room; see `capacityGate`). With a gate, each
+   * connection carries one request and then reconnects through the gate.
+   * The signal aborts when the worker drains or closes. Default: no gate.
    */
   gate?: (slot: number, signal: AbortSignal) => Promise<void>;
-  /** Called after each successful connection to the hub. */
-  onConnect?: (slot: number) => void;
+  /** Receives handler, protocol and connection errors. Default: ignored. */
+  onError?: (error: unknown, context: string) => void;
+  /** Called after each successful connection to a hub. */
+  onConnect?: (hub: string) => void;
 }
 
 /** A running worker. */
 export interface WorkerHandle {
   /** Resolves when every connection has ended after a drain or close. */
   readonly finished: Promise<void>;
-  /** Connections open to the hub right now. */
+  /** Connections open to hubs right now. */
   readonly connected: number;
+  /** Requests in progress right now. */
+  readonly active: number;
   /**
    * Stops taking requests: idle connections are given back to the hub (with
    * the "not started" 408, so a request crossing on the wire goes to another
@@ -115,30 +138,6 @@ export interface WorkerHandle {
   drain(): Promise<void>;
   /** Closes every connection at once; handlers see their signals abort. */
   close(): void;
-}
-
-async function tcpConnect(hostname: string, port: number): Promise<Connection> {
-  const conn = await Deno.connect({ hostname, port, transport: "tcp" });
-  try {
-    conn.setNoDelay(true);
-    conn.setKeepAlive(true);
-  } catch {
-    // not fatal
-  }
-  return conn;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
 
 function toHandler(handler: HandlerExport): FetchHandler {
@@ -151,23 +150,32 @@ function toHandler(handler: HandlerExport): FetchHandler {
   );
 }
 
+function parseTarget(text: string): Target {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):([0-9]{1,5})$/.exec(text.trim());
+  const port = m === null ? NaN : Number(m[3]);
+  if (m === null || port < 1 || port > 65535) {
+    throw new TypeError(
+      `Invalid option "hubs": expected host:port, got ${JSON.stringify(text)}`,
+    );
+  }
+  return { hostname: m[1] ?? m[2], port };
+}
+
 /**
- * Connects `concurrency` slots to a hub and serves `handler` on them, each
- * slot one request at a time, reconnecting with jittered exponential backoff
- * whenever the hub is unreachable.
+ * Connects to one or more hubs and serves `handler` there, at most
+ * `concurrency` requests at a time, reconnecting with jittered exponential
+ * backoff whenever a hub is unreachable.
  *
  * @param handler a fetch handler, or an object with a `fetch` method.
- * @param options where the hub is and how many slots to keep.
+ * @param options where the hubs are and how many requests to run at once.
  * @returns a handle to drain or close the worker.
- * @throws {RangeError} naming an invalid option.
+ * @throws {RangeError} or {TypeError} naming an invalid option.
  */
 export function connectWorker(
   handler: HandlerExport,
   options: WorkerOptions = {},
 ): WorkerHandle {
   const fetch = toHandler(handler);
-  const hostname = options.hostname ?? "127.0.0.1";
-  const port = options.port ?? 4040;
   const concurrency = options.concurrency ?? 1;
   const minBackoff = options.minBackoff ?? 100;
   const maxBackoff = options.maxBackoff ?? 5000;
@@ -176,8 +184,19 @@ export function connectWorker(
       `Invalid option "concurrency": expected an integer >= 1, got ${concurrency}`,
     );
   }
-  if (!Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new RangeError(`Invalid option "port": got ${port}`);
+  const targets = options.hubs !== undefined
+    ? options.hubs.map(parseTarget)
+    : [{
+      hostname: options.hostname ?? "127.0.0.1",
+      port: options.port ?? 4040,
+    }];
+  if (targets.length === 0) {
+    throw new TypeError('Invalid option "hubs": no hub given');
+  }
+  for (const t of targets) {
+    if (!Number.isInteger(t.port) || t.port < 1 || t.port > 65535) {
+      throw new RangeError(`Invalid option "port": got ${t.port}`);
+    }
   }
   if (!(minBackoff > 0) || !(maxBackoff >= minBackoff)) {
     throw new RangeError(
@@ -185,64 +204,115 @@ export function connectWorker(
     );
   }
   const limits = { ...DEFAULT_LIMITS, ...options.limits };
-  const connect = options.connect ?? tcpConnect;
   const onError = options.onError ?? (() => {});
+  const handshake: Omit<HandshakeOptions, "host"> | null =
+    options.token !== undefined || options.workerId !== undefined ||
+      options.pool !== undefined || options.labels !== undefined
+      ? {
+        token: options.token,
+        workerId: options.workerId,
+        pool: options.pool,
+        labels: options.labels,
+      }
+      : null;
   const draining = new AbortController();
   const closing = new AbortController();
-  const stop = AbortSignal.any([draining.signal, closing.signal]);
-  const open = new Set<Connection>();
-  const peer: Deno.NetAddr = { transport: "tcp", hostname, port };
 
-  const backoff = (failures: number) => {
-    const ceiling = Math.min(maxBackoff, minBackoff * 2 ** (failures - 1));
-    return ceiling / 2 + Math.random() * ceiling / 2;
+  const open = async (endpoint: Endpoint): Promise<Connection> => {
+    if (options.connect !== undefined) {
+      return await options.connect(endpoint.address, endpoint.port);
+    }
+    const tcp = await Deno.connect({
+      hostname: endpoint.address,
+      port: endpoint.port,
+      transport: "tcp",
+    });
+    try {
+      tcp.setNoDelay(true);
+      tcp.setKeepAlive(true);
+    } catch {
+      // not fatal
+    }
+    if (!options.tls) return tcp;
+    try {
+      // Dial the resolved address but verify the certificate against the
+      // name the user gave.
+      return await Deno.startTls(tcp, {
+        hostname: endpoint.name,
+        caCerts: options.caCerts,
+      });
+    } catch (error) {
+      tcp.close();
+      throw error;
+    }
   };
 
-  async function slot(index: number): Promise<void> {
-    let failures = 0;
-    while (!stop.aborted) {
-      let conn: Connection;
-      try {
-        if (options.gate !== undefined) {
-          await options.gate(index, stop);
-          if (stop.aborted) break;
+  const dialer = new Dialer(
+    {
+      targets,
+      concurrency,
+      resolveInterval: options.resolveInterval ?? 5000,
+      minBackoff,
+      maxBackoff,
+      resolve: async (name) => {
+        if (name === "localhost") return ["127.0.0.1"];
+        const opts = options.nameServer
+          ? { nameServer: options.nameServer }
+          : {};
+        const found: string[] = [];
+        const errors: unknown[] = [];
+        for (const type of ["A", "AAAA"] as const) {
+          try {
+            found.push(...await Deno.resolveDns(name, type, opts));
+          } catch (error) {
+            errors.push(error);
+          }
         }
-        conn = await connect(hostname, port);
-      } catch (error) {
-        failures++;
-        onError(error, "connect");
-        await sleep(backoff(failures), stop);
-        continue;
-      }
-      if (stop.aborted) {
-        conn.close();
-        break;
-      }
-      open.add(conn);
-      options.onConnect?.(index);
-      const since = performance.now();
-      const served = await serveConnection(conn, {
-        handler: fetch,
-        limits,
-        drain: stop,
-        onError,
-        peer,
-        maxRequests: options.gate === undefined ? Infinity : 1,
-      });
-      open.delete(conn);
-      // A hub that accepts and drops connections at once gets backoff too.
-      if (served === 0 && performance.now() - since < 1000) {
-        failures++;
-        await sleep(backoff(failures), stop);
-      } else {
-        failures = 0;
-      }
-    }
-  }
+        if (found.length === 0 && errors.length === 2) throw errors[0];
+        return found;
+      },
+      async connect(endpoint) {
+        const conn = await open(endpoint);
+        if (handshake === null) return conn;
+        const reader = new BufferedReader(conn);
+        try {
+          await workerHandshake(conn, reader, {
+            ...handshake,
+            host: endpoint.name,
+          });
+        } catch (error) {
+          conn.close();
+          throw error;
+        }
+        // Requests that followed the 101 at once are in `reader`.
+        return Object.assign(conn, { [READER]: reader });
+      },
+      serve(conn, endpoint, hooks) {
+        const reader = (conn as { [READER]?: BufferedReader })[READER];
+        return serveConnection(conn, {
+          handler: fetch,
+          limits,
+          drain: hooks.withdraw,
+          onError,
+          peer: {
+            transport: "tcp",
+            hostname: endpoint.address,
+            port: endpoint.port,
+          },
+          maxRequests: options.gate === undefined ? Infinity : 1,
+          acquire: hooks.acquire,
+          release: hooks.release,
+        }, reader);
+      },
+      gate: options.gate,
+      onError,
+      onConnect: (e) => options.onConnect?.(e.key),
+    },
+    draining.signal,
+    closing.signal,
+  );
 
-  const slots: Promise<void>[] = [];
-  for (let i = 0; i < concurrency; i++) slots.push(slot(i));
-  const finished = Promise.all(slots).then(() => {});
+  const finished = dialer.run();
   options.signal?.addEventListener("abort", () => draining.abort(), {
     once: true,
   });
@@ -251,7 +321,10 @@ export function connectWorker(
   return {
     finished,
     get connected() {
-      return open.size;
+      return dialer.connected;
+    },
+    get active() {
+      return dialer.inUse;
     },
     drain() {
       draining.abort();
@@ -259,16 +332,11 @@ export function connectWorker(
     },
     close() {
       closing.abort();
-      for (const conn of open) {
-        try {
-          conn.close();
-        } catch {
-          // already closed
-        }
-      }
     },
   };
 }
+
+const READER = Symbol("reader");
 
 /**
  * Imports a handler module and returns its fetch handler: the default export
@@ -297,139 +365,6 @@ export async function loadHandler(specifier: string): Promise<FetchHandler> {
   throw new TypeError(
     `Cannot use handler module "${specifier}": found ${found}; expected a default export that is a function (request) => Response or an object with a fetch method`,
   );
-}
-
-const HELP = `POTHEAD worker ${VERSION}: serve a fetch handler through a hub.
-
-Usage: deno run -A worker.ts --connect HOST:PORT [options] HANDLER
-
-HANDLER is a module whose default export is a function (request, info) =>
-Response or an object with a fetch method (a file that runs under
-\`deno serve\` runs here unchanged).
-
-Options (each also as the environment variable in brackets):
-  --connect HOST:PORT   the hub's worker port [POTHEAD_CONNECT] (127.0.0.1:4040)
-  --concurrency N       connections kept open = most requests at once
-                        [POTHEAD_CONCURRENCY] (1)
-  --max-backoff T       longest reconnect delay [POTHEAD_MAX_BACKOFF] (5s)
-  -h, --help            show this help
-  -V, --version         show the version
-
-SIGINT or SIGTERM drains: requests in progress finish, then exit 0.
-A second signal exits at once.
-`;
-
-/**
- * The worker command line. Returns the exit code.
- *
- * @param args command-line arguments, without the program name.
- */
-export async function main(args: string[] = Deno.args): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      options: {
-        connect: { type: "string" },
-        concurrency: { type: "string" },
-        "max-backoff": { type: "string" },
-        help: { type: "boolean", short: "h" },
-        version: { type: "boolean", short: "V" },
-      },
-      strict: true,
-      allowPositionals: true,
-    });
-  } catch (error) {
-    console.error(`pothead-worker: ${(error as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  if (values.version) {
-    console.log(`pothead-worker ${VERSION}`);
-    return 0;
-  }
-  let target;
-  let concurrency;
-  let maxBackoff;
-  try {
-    if (positionals.length !== 1) {
-      throw new UsageError(
-        `expected exactly one handler module, got ${positionals.length}`,
-      );
-    }
-    target = parseHostPort(
-      flagOrEnv(values.connect, "POTHEAD_CONNECT") ?? "127.0.0.1:4040",
-      "--connect",
-    );
-    concurrency = parseInteger(
-      flagOrEnv(values.concurrency, "POTHEAD_CONCURRENCY"),
-      "--concurrency",
-      1,
-      1,
-      10_000,
-    );
-    maxBackoff = parseDuration(
-      flagOrEnv(values["max-backoff"], "POTHEAD_MAX_BACKOFF"),
-      "--max-backoff",
-      5000,
-    );
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`pothead-worker: ${error.message}\n\n${HELP}`);
-    return 2;
-  }
-  let handler: FetchHandler;
-  try {
-    handler = await loadHandler(positionals[0]);
-  } catch (error) {
-    console.error(`pothead-worker: ${(error as Error).message}`);
-    return 1;
-  }
-  let connectedOnce = false;
-  let lastConnectError = "";
-  const worker = connectWorker(handler, {
-    ...target,
-    concurrency,
-    maxBackoff: Math.max(100, maxBackoff),
-    onConnect() {
-      if (connectedOnce) return;
-      connectedOnce = true;
-      console.log(
-        `Connected to ${target.hostname}:${target.port} (concurrency ${concurrency})`,
-      );
-    },
-    onError(error, context) {
-      const text = (error as Error)?.message ?? String(error);
-      if (context === "connect") {
-        // One line per distinct failure, not one per retry.
-        if (text !== lastConnectError) {
-          console.error(`pothead-worker: cannot connect: ${text} (retrying)`);
-        }
-        lastConnectError = text;
-        return;
-      }
-      lastConnectError = "";
-      console.error(`pothead-worker: ${context}: ${text}`);
-    },
-  });
-  let signals = 0;
-  const onSignal = () => {
-    if (++signals > 1) Deno.exit(1);
-    console.error(
-      "pothead-worker: draining (send the signal again to exit now)",
-    );
-    worker.drain();
-  };
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
-  await worker.finished;
-  Deno.removeSignalListener("SIGINT", onSignal);
-  Deno.removeSignalListener("SIGTERM", onSignal);
-  return 0;
 }
 
 if (import.meta.main) Deno.exit(await main());

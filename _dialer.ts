@@ -1,0 +1,359 @@
+/**
+ * The worker's side of "how many connections, to which hubs".
+ *
+ * A worker with `concurrency` N has N permits. To every hub it knows it
+ * offers as many idle connections as it has free permits, so a hub with
+ * queued work is never starved while the worker idles elsewhere. When a
+ * request takes a permit, surplus idle connections at other hubs are handed
+ * back with the "not started" 408 (a request crossing that answer is sent
+ * to another worker by its hub); when the permit frees, they are reopened.
+ * With one hub this is simply N connections and no churn.
+ *
+ * Hub names are resolved to all their A and AAAA records and re-resolved
+ * periodically, so a worker follows hubs behind a headless Service.
+ *
+ * @module
+ */
+
+import type { Connection } from "./_io.ts";
+
+/** A hub address as given: a host name or IP literal and a port. */
+export interface Target {
+  hostname: string;
+  port: number;
+}
+
+/** One resolved hub address. */
+export interface Endpoint {
+  /** `address:port`, unique. */
+  readonly key: string;
+  /** The IP (or, if it could not be resolved here, the name) to dial. */
+  readonly address: string;
+  readonly port: number;
+  /** The name the user gave, for TLS verification and logs. */
+  readonly name: string;
+}
+
+/** What the dialer needs from its owner. */
+export interface DialerOptions {
+  targets: Target[];
+  concurrency: number;
+  /** Milliseconds between DNS re-resolutions; 0 to resolve once. */
+  resolveInterval: number;
+  minBackoff: number;
+  maxBackoff: number;
+  /** Resolves a name to addresses (A and AAAA). */
+  resolve(name: string): Promise<string[]>;
+  /** Opens a connection to an endpoint (TCP or TLS, handshake included). */
+  connect(endpoint: Endpoint): Promise<Connection>;
+  /**
+   * Serves requests on an open connection until it ends; calls `acquire`
+   * when a request arrives (false = decline it) and `release` after it.
+   * `withdraw` aborting hands the connection back once it is idle.
+   */
+  serve(
+    conn: Connection,
+    endpoint: Endpoint,
+    hooks: { withdraw: AbortSignal; acquire(): boolean; release(): void },
+  ): Promise<number>;
+  /** Adaptive capacity: awaited before a connection beyond the first opens. */
+  gate?: (slot: number, signal: AbortSignal) => Promise<void>;
+  onError(error: unknown, context: string): void;
+  onConnect?(endpoint: Endpoint): void;
+}
+
+interface Link {
+  endpoint: Endpoint;
+  conn: Connection | null;
+  busy: boolean;
+  withdraw: AbortController;
+}
+
+interface EndpointState {
+  endpoint: Endpoint;
+  links: Set<Link>;
+  opening: number;
+  failures: number;
+  retryAt: number;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  removed: boolean;
+}
+
+const IPV4 = /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/;
+
+/** Whether `host` is an IP literal (no DNS needed). */
+export function isIpLiteral(host: string): boolean {
+  return IPV4.test(host) || host.includes(":");
+}
+
+/** Keeps a worker's connections to one or more hubs. */
+export class Dialer {
+  #o: DialerOptions;
+  #states = new Map<string, EndpointState>();
+  #inUse = 0;
+  #stop: AbortSignal;
+  #kill: AbortSignal;
+  #resolver: ReturnType<typeof setInterval> | undefined;
+  #pending = new Set<Promise<unknown>>();
+  #idleWaiters: (() => void)[] = [];
+
+  constructor(options: DialerOptions, stop: AbortSignal, kill: AbortSignal) {
+    this.#o = options;
+    this.#stop = stop;
+    this.#kill = kill;
+    stop.addEventListener("abort", () => this.#shutdown(), { once: true });
+    kill.addEventListener("abort", () => this.#killAll(), { once: true });
+  }
+
+  /** Open connections right now. */
+  get connected(): number {
+    let n = 0;
+    for (const s of this.#states.values()) {
+      for (const l of s.links) if (l.conn !== null) n++;
+    }
+    return n;
+  }
+
+  /** Requests in progress. */
+  get inUse(): number {
+    return this.#inUse;
+  }
+
+  /** The endpoints currently known. */
+  get endpoints(): Endpoint[] {
+    return [...this.#states.values()].filter((s) => !s.removed).map((s) =>
+      s.endpoint
+    );
+  }
+
+  /** Resolves targets, opens connections; resolves when fully stopped. */
+  async run(): Promise<void> {
+    await this.#refresh();
+    const dynamic = this.#o.targets.some((t) => !isIpLiteral(t.hostname));
+    if (dynamic && this.#o.resolveInterval > 0 && !this.#stop.aborted) {
+      this.#resolver = setInterval(() => {
+        this.#track(this.#refresh());
+      }, this.#o.resolveInterval);
+    }
+    // Done once stopped and nothing is open or opening.
+    while (true) {
+      if (this.#stop.aborted || this.#kill.aborted) {
+        if (this.#resolver !== undefined) clearInterval(this.#resolver);
+        this.#resolver = undefined;
+        await Promise.allSettled([...this.#pending]);
+        if (this.#pending.size === 0) break;
+      }
+      await new Promise<void>((r) => this.#idleWaiters.push(r));
+    }
+    for (const s of this.#states.values()) clearTimeout(s.timer);
+  }
+
+  #wake(): void {
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  #track<T>(p: Promise<T>): void {
+    this.#pending.add(p);
+    p.finally(() => {
+      this.#pending.delete(p);
+      this.#wake();
+    }).catch(() => {});
+  }
+
+  async #refresh(): Promise<void> {
+    const found = new Map<string, Endpoint>();
+    for (const t of this.#o.targets) {
+      let addrs: string[] = [];
+      if (isIpLiteral(t.hostname)) {
+        addrs = [t.hostname];
+      } else {
+        try {
+          addrs = await this.#o.resolve(t.hostname);
+        } catch (error) {
+          this.#o.onError(error, `resolve ${t.hostname}`);
+        }
+        // Names DNS cannot answer here (e.g. from /etc/hosts) are dialed
+        // as names; connect resolves them.
+        if (addrs.length === 0) addrs = [t.hostname];
+      }
+      for (const address of addrs) {
+        const key = `${
+          address.includes(":") ? `[${address}]` : address
+        }:${t.port}`;
+        found.set(key, { key, address, port: t.port, name: t.hostname });
+      }
+    }
+    if (this.#stop.aborted) return;
+    for (const [key, s] of this.#states) {
+      if (!found.has(key) && !s.removed) {
+        s.removed = true;
+        clearTimeout(s.timer);
+        for (const l of s.links) l.withdraw.abort();
+      }
+    }
+    for (const [key, endpoint] of found) {
+      const s = this.#states.get(key);
+      if (s === undefined || s.removed) {
+        this.#states.set(key, {
+          endpoint,
+          links: s?.links ?? new Set(),
+          opening: 0,
+          failures: 0,
+          retryAt: 0,
+          timer: undefined,
+          removed: false,
+        });
+      }
+    }
+    this.#reconcile();
+  }
+
+  // Makes every endpoint's idle offer equal the free permits.
+  #reconcile(): void {
+    if (this.#stop.aborted || this.#kill.aborted) return;
+    const free = this.#o.concurrency - this.#inUse;
+    const now = performance.now();
+    for (const s of this.#states.values()) {
+      if (s.removed) continue;
+      let idle = 0;
+      for (const l of s.links) {
+        if (!l.busy && !l.withdraw.signal.aborted) idle++;
+      }
+      if (idle > free) {
+        for (const l of s.links) {
+          if (idle <= free) break;
+          if (!l.busy && !l.withdraw.signal.aborted) {
+            l.withdraw.abort();
+            idle--;
+          }
+        }
+      }
+      const want = free - idle - s.opening;
+      if (want <= 0) continue;
+      if (now < s.retryAt) {
+        if (s.timer === undefined) {
+          s.timer = setTimeout(() => {
+            s.timer = undefined;
+            this.#reconcile();
+          }, s.retryAt - now);
+        }
+        continue;
+      }
+      for (let i = 0; i < want; i++) this.#track(this.#open(s));
+    }
+  }
+
+  async #open(s: EndpointState): Promise<void> {
+    s.opening++;
+    const link: Link = {
+      endpoint: s.endpoint,
+      conn: null,
+      busy: false,
+      withdraw: new AbortController(),
+    };
+    let conn: Connection;
+    try {
+      if (this.#o.gate !== undefined) {
+        const slot = this.#inUse + this.#countLinks();
+        if (slot > 0) {
+          await this.#o.gate(slot, AbortSignal.any([this.#stop, this.#kill]));
+        }
+        if (this.#stop.aborted || this.#kill.aborted) return;
+      }
+      conn = await this.#o.connect(s.endpoint);
+    } catch (error) {
+      this.#failed(s, error);
+      return;
+    } finally {
+      s.opening--;
+    }
+    if (this.#stop.aborted || this.#kill.aborted || s.removed) {
+      conn.close();
+      this.#reconcile();
+      return;
+    }
+    link.conn = conn;
+    s.links.add(link);
+    this.#o.onConnect?.(s.endpoint);
+    const since = performance.now();
+    let served = 0;
+    try {
+      served = await this.#o.serve(conn, s.endpoint, {
+        withdraw: AbortSignal.any([link.withdraw.signal, this.#stop]),
+        acquire: () => {
+          if (this.#inUse >= this.#o.concurrency || this.#kill.aborted) {
+            link.withdraw.abort(); // declined, not a hub failure
+            return false;
+          }
+          this.#inUse++;
+          link.busy = true;
+          this.#reconcile();
+          return true;
+        },
+        release: () => {
+          this.#inUse--;
+          link.busy = false;
+          this.#reconcile();
+        },
+      });
+    } catch (error) {
+      this.#o.onError(error, "connection");
+    } finally {
+      s.links.delete(link);
+      link.conn = null;
+    }
+    // A hub that accepts and drops connections at once gets backoff too.
+    if (
+      served === 0 && performance.now() - since < 1000 &&
+      !link.withdraw.signal.aborted
+    ) {
+      this.#failed(s, new Error("hub closed the connection at once"));
+    } else {
+      s.failures = 0;
+      this.#reconcile();
+    }
+  }
+
+  #countLinks(): number {
+    let n = 0;
+    for (const s of this.#states.values()) n += s.links.size + s.opening;
+    return n;
+  }
+
+  #failed(s: EndpointState, error: unknown): void {
+    s.failures++;
+    this.#o.onError(error, `connect ${s.endpoint.key}`);
+    const ceiling = Math.min(
+      this.#o.maxBackoff,
+      this.#o.minBackoff * 2 ** Math.min(30, s.failures - 1),
+    );
+    s.retryAt = performance.now() + ceiling / 2 + Math.random() * ceiling / 2;
+    this.#reconcile();
+  }
+
+  #shutdown(): void {
+    for (const s of this.#states.values()) {
+      clearTimeout(s.timer);
+      s.timer = undefined;
+      for (const l of s.links) l.withdraw.abort();
+    }
+    this.#wake();
+  }
+
+  #killAll(): void {
+    for (const s of this.#states.values()) {
+      clearTimeout(s.timer);
+      s.timer = undefined;
+      for (const l of s.links) {
+        try {
+          l.conn?.close();
+        } catch {
+          // already closed
+        }
+      }
+    }
+    this.#wake();
+  }
+}

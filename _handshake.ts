@@ -1,0 +1,325 @@
+/**
+ * The Reverse HTTP (PTTH) handshake on the worker link, both ends.
+ *
+ * A worker may open its connection with an HTTP/1.1 request asking to
+ * upgrade to reverse HTTP, in the current IETF draft's form
+ * (draft-kazuho-ptth-ptth: `Upgrade: ptth`, `Connection: Upgrade`, an `ALPN`
+ * field naming `http%2F1.1`) or the 2009 form (draft-lentczner-rhttp:
+ * `Upgrade: PTTH/1.0`). It carries credentials (`Authorization: Bearer`)
+ * and what the worker declares about itself (`Pothead-Worker-Id`,
+ * `Pothead-Pool`, `Pothead-Labels`). The hub answers `101 Switching
+ * Protocols` and from then on sends requests on the connection, or answers
+ * 4xx and closes.
+ *
+ * @module
+ */
+
+import {
+  DEFAULT_LIMITS,
+  encodeHead,
+  framingFields,
+  type HeaderList,
+  parseRequestHead,
+  parseResponseHead,
+  type RequestHead,
+} from "./_codec.ts";
+import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
+
+/** What a worker declared in its handshake. */
+export interface WorkerIdentity {
+  /** The worker's id (groups its slots), or null if it gave none. */
+  id: string | null;
+  /** The pool it serves. */
+  pool: string;
+  /** Free-form labels, `key=value`. */
+  labels: Record<string, string>;
+  /** The upgrade token it asked for: `ptth` or `PTTH/1.0`. */
+  protocol: string;
+}
+
+/** The pool plain workers and workers that name none serve. */
+export const DEFAULT_POOL = "default";
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+/** A handshake the hub refuses: the status to answer and why. */
+export class HandshakeError extends Error {
+  /** 400, 401, 403 or 426. */
+  readonly status: number;
+  constructor(status: number, message: string) {
+    super(message);
+    this.name = "HandshakeError";
+    this.status = status;
+  }
+}
+
+function field(headers: HeaderList, name: string): string | null {
+  let out: string | null = null;
+  for (const [n, v] of headers) {
+    if (n === name) out = out === null ? v : `${out}, ${v}`;
+  }
+  return out;
+}
+
+function tokens(value: string | null): string[] {
+  if (value === null) return [];
+  return value.split(",").map((t) => t.trim()).filter((t) => t !== "");
+}
+
+/**
+ * Checks a handshake request head and returns what the worker declared.
+ * Credentials are checked separately by {@linkcode checkToken}.
+ *
+ * @throws {HandshakeError} with the status to answer.
+ */
+export function parseHandshake(head: RequestHead): WorkerIdentity {
+  const upgrade = tokens(field(head.headers, "upgrade"));
+  const protocol = upgrade.find((t) => /^ptth(\/1\.0)?$/i.test(t));
+  if (protocol === undefined) {
+    throw new HandshakeError(
+      426,
+      `Cannot accept worker: expected "Upgrade: ptth", got ${
+        JSON.stringify(upgrade.join(", "))
+      }`,
+    );
+  }
+  const connection = tokens(field(head.headers, "connection")).map((t) =>
+    t.toLowerCase()
+  );
+  if (!connection.includes("upgrade")) {
+    throw new HandshakeError(
+      400,
+      'Cannot accept worker: handshake lacks "Connection: Upgrade"',
+    );
+  }
+  if (head.minor !== 1) {
+    throw new HandshakeError(
+      400,
+      "Cannot accept worker: handshake not HTTP/1.1",
+    );
+  }
+  let fields;
+  try {
+    fields = framingFields(head.headers);
+  } catch (error) {
+    throw new HandshakeError(400, (error as Error).message);
+  }
+  if (fields.chunked || fields.contentLength > 0) {
+    throw new HandshakeError(400, "Cannot accept worker: handshake has a body");
+  }
+  const alpn = field(head.headers, "alpn");
+  if (alpn !== null) {
+    const protos = tokens(alpn).map((t) => decodeURIComponent(t).toLowerCase());
+    if (!protos.includes("http/1.1")) {
+      throw new HandshakeError(
+        400,
+        `Cannot accept worker: ALPN ${
+          JSON.stringify(alpn)
+        } does not offer http/1.1`,
+      );
+    }
+  }
+  const id = field(head.headers, "pothead-worker-id");
+  if (id !== null && !NAME.test(id)) {
+    throw new HandshakeError(
+      400,
+      `Cannot accept worker: invalid Pothead-Worker-Id ${JSON.stringify(id)}`,
+    );
+  }
+  const pool = field(head.headers, "pothead-pool") ?? DEFAULT_POOL;
+  if (!NAME.test(pool)) {
+    throw new HandshakeError(
+      400,
+      `Cannot accept worker: invalid Pothead-Pool ${JSON.stringify(pool)}`,
+    );
+  }
+  const labels: Record<string, string> = {};
+  for (const pair of tokens(field(head.headers, "pothead-labels"))) {
+    const eq = pair.indexOf("=");
+    const k = eq < 0 ? pair : pair.slice(0, eq).trim();
+    if (!NAME.test(k)) {
+      throw new HandshakeError(
+        400,
+        `Cannot accept worker: invalid label ${JSON.stringify(pair)}`,
+      );
+    }
+    labels[k] = eq < 0 ? "" : pair.slice(eq + 1).trim();
+  }
+  return { id, pool, labels, protocol };
+}
+
+async function digest(text: string): Promise<Uint8Array> {
+  return new Uint8Array(
+    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)),
+  );
+}
+
+/**
+ * Checks the `Authorization: Bearer` credential against every valid token.
+ * Both sides are hashed first and compared in full, so the time taken does
+ * not depend on where they differ or on their lengths; every token is
+ * compared, so it does not depend on which one matched either.
+ *
+ * @throws {HandshakeError} 401 when no bearer token was sent, 403 when it is
+ *   not valid.
+ */
+export async function checkToken(
+  head: RequestHead,
+  valid: readonly string[],
+): Promise<void> {
+  const auth = field(head.headers, "authorization");
+  const m = auth === null ? null : /^Bearer +(\S+)$/i.exec(auth);
+  if (m === null) {
+    throw new HandshakeError(
+      401,
+      "Cannot accept worker: no bearer token in the handshake",
+    );
+  }
+  const given = await digest(m[1]);
+  let ok = 0;
+  for (const token of valid) {
+    const want = await digest(token);
+    let diff = 0;
+    for (let i = 0; i < want.length; i++) diff |= want[i] ^ given[i];
+    ok |= diff === 0 ? 1 : 0;
+  }
+  if (ok !== 1) {
+    throw new HandshakeError(403, "Cannot accept worker: invalid token");
+  }
+}
+
+/** The hub's `101 Switching Protocols` answer. */
+export function switchingProtocols(protocol: string): Uint8Array {
+  const { buf, length } = encodeHead("HTTP/1.1 101 Switching Protocols", [
+    ["upgrade", protocol],
+    ["connection", "Upgrade"],
+  ]);
+  return buf.subarray(0, length);
+}
+
+/** The hub's refusal: a short response that closes the connection. */
+export function refusal(error: HandshakeError): Uint8Array {
+  const text = `${error.message}\n`;
+  const extra: [string, string][] = error.status === 401
+    ? [["www-authenticate", 'Bearer realm="pothead"']]
+    : error.status === 426
+    ? [["upgrade", "ptth"]]
+    : [];
+  const reason = { 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden" }[
+    error.status
+  ] ?? "Upgrade Required";
+  const body = new TextEncoder().encode(text);
+  const { buf, length } = encodeHead(`HTTP/1.1 ${error.status} ${reason}`, [
+    ...extra,
+    ["content-type", "text/plain; charset=utf-8"],
+    ["content-length", String(body.length)],
+    ["connection", "close"],
+  ], body.length);
+  buf.set(body, length);
+  return buf;
+}
+
+/** What a worker sends in its handshake. */
+export interface HandshakeOptions {
+  /** The hub's host name, for the Host field. */
+  host: string;
+  /** A bearer token, if the hub requires one. */
+  token?: string;
+  /** Worker id; groups this worker's slots at the hub. */
+  workerId?: string;
+  /** Pool to serve. */
+  pool?: string;
+  /** Labels, sent as `key=value` pairs. */
+  labels?: Record<string, string>;
+}
+
+/** Encodes a worker's handshake request (draft-kazuho-ptth-ptth form). */
+export function encodeHandshake(options: HandshakeOptions): Uint8Array {
+  const fields: [string, string][] = [
+    ["host", options.host],
+    ["upgrade", "ptth"],
+    ["connection", "Upgrade"],
+    ["alpn", "http%2F1.1"],
+  ];
+  if (options.token !== undefined) {
+    fields.push(["authorization", `Bearer ${options.token}`]);
+  }
+  if (options.workerId !== undefined) {
+    fields.push(["pothead-worker-id", options.workerId]);
+  }
+  if (options.pool !== undefined) fields.push(["pothead-pool", options.pool]);
+  const labels = Object.entries(options.labels ?? {});
+  if (labels.length > 0) {
+    fields.push([
+      "pothead-labels",
+      labels.map(([k, v]) => `${k}=${v}`).join(", "),
+    ]);
+  }
+  const { buf, length } = encodeHead("GET / HTTP/1.1", fields);
+  return buf.subarray(0, length);
+}
+
+/**
+ * Worker side: sends the handshake on `conn` and reads the hub's answer.
+ * Bytes after the 101 stay in `reader` (they are the first request).
+ *
+ * @throws {Error} naming the hub's status and message when refused.
+ */
+export async function workerHandshake(
+  conn: Connection,
+  reader: BufferedReader,
+  options: HandshakeOptions,
+): Promise<void> {
+  await writeAll(conn, encodeHandshake(options));
+  while (true) {
+    const parsed = parseResponseHead(
+      reader.buf,
+      reader.start,
+      reader.end,
+      DEFAULT_LIMITS,
+    );
+    if (parsed !== null) {
+      reader.consume(parsed.used);
+      const head = parsed.value;
+      if (head.status === 101) return;
+      const fields = framingFields(head.headers);
+      let text = "";
+      if (fields.contentLength > 0 && fields.contentLength < 4096) {
+        while (reader.buffered < fields.contentLength && await reader.fill());
+        text = new TextDecoder().decode(
+          reader.take(fields.contentLength),
+        ).trim();
+      }
+      throw new Error(
+        `Hub refused the handshake: ${head.status} ${head.reason}${
+          text ? `: ${text}` : ""
+        }`,
+      );
+    }
+    if (!(await reader.fill())) {
+      throw new Error("Hub closed the connection during the handshake");
+    }
+  }
+}
+
+/**
+ * Hub side: reads a handshake request head from `reader`.
+ * Resolves `null` if the connection ends first.
+ */
+export async function readHandshake(
+  reader: BufferedReader,
+): Promise<RequestHead | null> {
+  while (true) {
+    const parsed = parseRequestHead(
+      reader.buf,
+      reader.start,
+      reader.end,
+      { ...DEFAULT_LIMITS, maxHeadSize: 8 * 1024 },
+    );
+    if (parsed !== null) {
+      reader.consume(parsed.used);
+      return parsed.value;
+    }
+    if (!(await reader.fill())) return null;
+  }
+}

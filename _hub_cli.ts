@@ -1,0 +1,308 @@
+/**
+ * The hub command line: flags and `POTHEAD_*` variables to
+ * {@linkcode serveHub} options, logging to stderr, signal handling.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import type { HubLogRecord, HubServer, Route, ServeHubOptions } from "./hub.ts";
+import { serveHub } from "./hub.ts";
+import {
+  flagOrEnv,
+  formatAddr,
+  parseDuration,
+  parseInteger,
+  UsageError,
+  VERSION,
+} from "./_cli.ts";
+
+const HELP =
+  `POTHEAD hub ${VERSION}: a queue of HTTP requests for workers that dial in.
+
+Usage: deno run -A jsr:@pothead/hub [options]
+
+Options (each also as the environment variable in brackets):
+  --hostname ADDR          address to bind both listeners [POTHEAD_HOSTNAME] (0.0.0.0)
+  --port N                 consumer HTTP port [POTHEAD_PORT] (8080)
+  --worker-port N          worker port [POTHEAD_WORKER_PORT] (4040)
+  --max-queue N            most queued requests per pool; more get 503
+                           [POTHEAD_MAX_QUEUE] (10000)
+  --queue-timeout T        longest wait in the queue, then 503; 0 = forever
+                           [POTHEAD_QUEUE_TIMEOUT] (30s)
+  --head-timeout T         time a worker has to send its response head, then 504;
+                           0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)
+  --body-idle-timeout T    longest pause in a worker's response body, then the
+                           body is cut; 0 = forever [POTHEAD_BODY_IDLE_TIMEOUT] (120s)
+  --upload-idle-timeout T  longest pause in a consumer's streamed upload, then 408;
+                           0 = forever [POTHEAD_UPLOAD_IDLE_TIMEOUT] (60s)
+  --max-retries N          resends of a request a worker provably did not start
+                           [POTHEAD_MAX_RETRIES] (2)
+  --shutdown-grace T       on SIGTERM, time queued and running requests get
+                           [POTHEAD_SHUTDOWN_GRACE] (30s)
+  --trust-forwarded        keep client X-Forwarded-* fields [POTHEAD_TRUST_FORWARDED]
+  --cert FILE --key FILE   TLS for consumers [POTHEAD_CERT, POTHEAD_KEY]
+  --worker-cert FILE --worker-key FILE
+                           TLS for workers [POTHEAD_WORKER_CERT, POTHEAD_WORKER_KEY]
+  --worker-token-file FILE valid worker tokens, one per line; workers must then
+                           pass the PTTH handshake [POTHEAD_WORKER_TOKEN_FILE]
+  --worker-token TOKEN     a valid worker token (repeatable; visible in ps: prefer
+                           the file or [POTHEAD_WORKER_TOKENS], comma-separated)
+  --handshake-wait T       without tokens, how long a new worker connection may
+                           take to start a handshake [POTHEAD_HANDSHAKE_WAIT] (50ms)
+  --route RULE             route to a pool (repeatable): /prefix=POOL,
+                           host=POOL or host/prefix=POOL; others go to "default"
+  --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host" }],
+                           "pools": { NAME: { "maxQueue", "queueTimeout" (ms) } } }
+  --log-level L            debug, info, warn or error [POTHEAD_LOG_LEVEL] (info)
+  -h, --help               show this help
+  -V, --version            show the version
+
+Durations: 500ms, 30s, 2m, or a bare number of seconds.
+`;
+
+const LEVELS = ["debug", "info", "warn", "error"];
+
+/** Parses a `--route` rule: `/prefix=pool`, `host=pool` or `host/prefix=pool`. */
+export function parseRoute(rule: string): Route {
+  const eq = rule.lastIndexOf("=");
+  const pool = rule.slice(eq + 1).trim();
+  const match = rule.slice(0, eq).trim();
+  if (eq <= 0 || pool === "" || match === "") {
+    throw new UsageError(
+      `Invalid --route: expected /prefix=POOL, host=POOL or host/prefix=POOL, got "${rule}"`,
+    );
+  }
+  const slash = match.indexOf("/");
+  if (slash === 0) return { pool, pathPrefix: match };
+  if (slash < 0) return { pool, host: match };
+  return { pool, host: match.slice(0, slash), pathPrefix: match.slice(slash) };
+}
+
+function readText(path: string, what: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new UsageError(
+      `Cannot read ${what} "${path}": ${(error as Error).message}`,
+    );
+  }
+}
+
+/** Builds serveHub options from parsed flags and the environment. */
+function optionsFrom(
+  values: Record<string, string | string[] | boolean | undefined>,
+  log: (record: HubLogRecord) => void,
+): ServeHubOptions {
+  const v = (flag: string, env: string) =>
+    flagOrEnv(values[flag] as string | undefined, env);
+  const duration = (flag: string, env: string, fallback: number) =>
+    parseDuration(v(flag, env), `--${flag}`, fallback);
+  const file = (flag: string, env: string, what: string) => {
+    const path = v(flag, env);
+    return path === undefined ? undefined : readText(path, what);
+  };
+  const tokens: string[] = [...(values["worker-token"] as string[] ?? [])];
+  const tokenFile = file(
+    "worker-token-file",
+    "POTHEAD_WORKER_TOKEN_FILE",
+    "worker token file",
+  );
+  if (tokenFile !== undefined) {
+    tokens.push(
+      ...tokenFile.split("\n").map((t) => t.trim()).filter((t) =>
+        t !== "" && !t.startsWith("#")
+      ),
+    );
+  }
+  const envTokens = flagOrEnv(undefined, "POTHEAD_WORKER_TOKENS");
+  if (envTokens !== undefined) {
+    tokens.push(...envTokens.split(/[\s,]+/).filter((t) => t !== ""));
+  }
+  for (const t of tokens) {
+    if (!/^[\x21-\x7e]{8,}$/.test(t)) {
+      throw new UsageError(
+        "Invalid worker token: use 8 or more visible ASCII characters",
+      );
+    }
+  }
+  const routes: Route[] = [];
+  let pools: ServeHubOptions["pools"];
+  const config = file("config", "POTHEAD_CONFIG", "config file");
+  if (config !== undefined) {
+    let parsed;
+    try {
+      parsed = JSON.parse(config);
+    } catch (error) {
+      throw new UsageError(
+        `Cannot parse --config: ${(error as Error).message}`,
+      );
+    }
+    if (Array.isArray(parsed.routes)) routes.push(...parsed.routes);
+    pools = parsed.pools;
+  }
+  for (const rule of values.route as string[] ?? []) {
+    routes.push(parseRoute(rule));
+  }
+  const trust = values["trust-forwarded"] === true ||
+    /^(1|true|yes)$/i.test(
+      flagOrEnv(undefined, "POTHEAD_TRUST_FORWARDED") ?? "",
+    );
+  return {
+    hostname: v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0",
+    port: parseInteger(v("port", "POTHEAD_PORT"), "--port", 8080, 0, 65535),
+    workerPort: parseInteger(
+      v("worker-port", "POTHEAD_WORKER_PORT"),
+      "--worker-port",
+      4040,
+      0,
+      65535,
+    ),
+    maxQueue: parseInteger(
+      v("max-queue", "POTHEAD_MAX_QUEUE"),
+      "--max-queue",
+      10_000,
+    ),
+    queueTimeout: duration("queue-timeout", "POTHEAD_QUEUE_TIMEOUT", 30_000),
+    headTimeout: duration("head-timeout", "POTHEAD_HEAD_TIMEOUT", 300_000),
+    bodyIdleTimeout: duration(
+      "body-idle-timeout",
+      "POTHEAD_BODY_IDLE_TIMEOUT",
+      120_000,
+    ),
+    uploadIdleTimeout: duration(
+      "upload-idle-timeout",
+      "POTHEAD_UPLOAD_IDLE_TIMEOUT",
+      60_000,
+    ),
+    maxRetries: parseInteger(
+      v("max-retries", "POTHEAD_MAX_RETRIES"),
+      "--max-retries",
+      2,
+    ),
+    shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
+    handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
+    trustForwarded: trust,
+    workerTokens: tokens,
+    routes,
+    pools,
+    cert: file("cert", "POTHEAD_CERT", "certificate"),
+    key: file("key", "POTHEAD_KEY", "key"),
+    workerCert: file("worker-cert", "POTHEAD_WORKER_CERT", "certificate"),
+    workerKey: file("worker-key", "POTHEAD_WORKER_KEY", "key"),
+    onLog: log,
+  };
+}
+
+/**
+ * The hub command line. Returns the exit code.
+ *
+ * @param args command-line arguments, without the program name.
+ */
+export async function main(args: string[] = Deno.args): Promise<number> {
+  let values;
+  try {
+    values = parseArgs({
+      args,
+      options: {
+        hostname: { type: "string" },
+        port: { type: "string" },
+        "worker-port": { type: "string" },
+        "max-queue": { type: "string" },
+        "queue-timeout": { type: "string" },
+        "head-timeout": { type: "string" },
+        "body-idle-timeout": { type: "string" },
+        "upload-idle-timeout": { type: "string" },
+        "max-retries": { type: "string" },
+        "shutdown-grace": { type: "string" },
+        "trust-forwarded": { type: "boolean" },
+        cert: { type: "string" },
+        key: { type: "string" },
+        "worker-cert": { type: "string" },
+        "worker-key": { type: "string" },
+        "worker-token": { type: "string", multiple: true },
+        "worker-token-file": { type: "string" },
+        "handshake-wait": { type: "string" },
+        route: { type: "string", multiple: true },
+        config: { type: "string" },
+        "log-level": { type: "string" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (error) {
+    console.error(`pothead: ${(error as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (values.version) {
+    console.log(`pothead ${VERSION}`);
+    return 0;
+  }
+  let options: ServeHubOptions;
+  try {
+    const levelName = flagOrEnv(values["log-level"], "POTHEAD_LOG_LEVEL") ??
+      "info";
+    const level = LEVELS.indexOf(levelName);
+    if (level < 0) {
+      throw new UsageError(
+        `Invalid --log-level: expected one of ${
+          LEVELS.join(", ")
+        }, got "${levelName}"`,
+      );
+    }
+    options = optionsFrom(values, (record) => {
+      if (LEVELS.indexOf(record.level) < level) return;
+      const { level: lv, msg, ...fields } = record;
+      const extra = Object.entries(fields)
+        .map(([k, val]) => `${k}=${JSON.stringify(val)}`)
+        .join(" ");
+      console.error(
+        `${new Date().toISOString()} ${lv} ${msg}${extra ? " " + extra : ""}`,
+      );
+    });
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`pothead: ${error.message}`);
+    return 2;
+  }
+  let server: HubServer;
+  try {
+    server = serveHub(options);
+  } catch (error) {
+    console.error(`pothead: cannot start: ${(error as Error).message}`);
+    return 1;
+  }
+  const tls = options.cert !== undefined;
+  const workerTls = options.workerCert !== undefined;
+  console.log(
+    `Listening on ${
+      formatAddr(tls ? "https" : "http", server.addr)
+    } (consumers)`,
+  );
+  console.log(
+    `Listening on ${
+      formatAddr(workerTls ? "tls" : "tcp", server.workerAddr)
+    } (workers${
+      options.workerTokens?.length ? ", handshake with token required" : ""
+    })`,
+  );
+  let signals = 0;
+  const { promise: stopped, resolve: stop } = Promise.withResolvers<void>();
+  const onSignal = () => {
+    if (++signals > 1) Deno.exit(1);
+    console.error("pothead: shutting down (send the signal again to exit now)");
+    server.shutdown().then(stop);
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  await stopped;
+  Deno.removeSignalListener("SIGINT", onSignal);
+  Deno.removeSignalListener("SIGTERM", onSignal);
+  return 0;
+}

@@ -1,0 +1,227 @@
+/**
+ * The worker command line: flags and `POTHEAD_*` variables to
+ * {@linkcode connectWorker} options, signal handling.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { connectWorker, type FetchHandler, loadHandler } from "./worker.ts";
+import type { WorkerOptions } from "./worker.ts";
+import {
+  flagOrEnv,
+  parseDuration,
+  parseHostPort,
+  parseInteger,
+  UsageError,
+  VERSION,
+} from "./_cli.ts";
+
+const HELP = `POTHEAD worker ${VERSION}: serve a fetch handler through a hub.
+
+Usage: deno run -A worker.ts --connect HOST:PORT [options] HANDLER
+
+HANDLER is a module whose default export is a function (request, info) =>
+Response or an object with a fetch method (a file that runs under
+\`deno serve\` runs here unchanged).
+
+Options (each also as the environment variable in brackets):
+  --connect HOST:PORT   a hub's worker port; repeat or comma-separate for several
+                        hubs; names resolve to all A/AAAA records
+                        [POTHEAD_CONNECT] (127.0.0.1:4040)
+  --concurrency N       most requests at once [POTHEAD_CONCURRENCY] (1)
+  --max-backoff T       longest reconnect delay [POTHEAD_MAX_BACKOFF] (5s)
+  --resolve-interval T  how often hub names are resolved again
+                        [POTHEAD_RESOLVE_INTERVAL] (5s)
+  --dns-server H:P      DNS server for hub names instead of the system's
+  --tls                 connect with TLS [POTHEAD_TLS]
+  --ca FILE             PEM CA certificate for the hub's certificate [POTHEAD_CA]
+  --token-file FILE     bearer token for the hub's handshake [POTHEAD_TOKEN_FILE]
+  --token TOKEN         the same, inline (visible in ps; prefer the file or
+                        [POTHEAD_TOKEN])
+  --worker-id ID        this worker's id at the hub [POTHEAD_WORKER_ID]
+  --pool NAME           the pool to serve [POTHEAD_POOL]
+  --label K=V           a label for the hub (repeatable)
+  -h, --help            show this help
+  -V, --version         show the version
+
+A token, id, pool or label makes the worker open each connection with the
+PTTH handshake; without them it is a plain worker.
+
+SIGINT or SIGTERM drains: requests in progress finish, then exit 0.
+A second signal exits at once.
+`;
+
+function readText(path: string, what: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new UsageError(
+      `Cannot read ${what} "${path}": ${(error as Error).message}`,
+    );
+  }
+}
+
+/**
+ * The worker command line. Returns the exit code.
+ *
+ * @param args command-line arguments, without the program name.
+ */
+export async function main(args: string[] = Deno.args): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: {
+        connect: { type: "string", multiple: true },
+        concurrency: { type: "string" },
+        "max-backoff": { type: "string" },
+        "resolve-interval": { type: "string" },
+        "dns-server": { type: "string" },
+        tls: { type: "boolean" },
+        ca: { type: "string" },
+        token: { type: "string" },
+        "token-file": { type: "string" },
+        "worker-id": { type: "string" },
+        pool: { type: "string" },
+        label: { type: "string", multiple: true },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+      },
+      strict: true,
+      allowPositionals: true,
+    });
+  } catch (error) {
+    console.error(`pothead-worker: ${(error as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (values.version) {
+    console.log(`pothead-worker ${VERSION}`);
+    return 0;
+  }
+  let options: WorkerOptions;
+  let concurrency: number;
+  try {
+    if (positionals.length !== 1) {
+      throw new UsageError(
+        `expected exactly one handler module, got ${positionals.length}`,
+      );
+    }
+    const hubs = (values.connect ??
+      [flagOrEnv(undefined, "POTHEAD_CONNECT") ?? "127.0.0.1:4040"])
+      .flatMap((v) => v.split(","))
+      .map((v) => v.trim())
+      .filter((v) => v !== "");
+    for (const h of hubs) parseHostPort(h, "--connect");
+    concurrency = parseInteger(
+      flagOrEnv(values.concurrency, "POTHEAD_CONCURRENCY"),
+      "--concurrency",
+      1,
+      1,
+      10_000,
+    );
+    const tokenFile = flagOrEnv(values["token-file"], "POTHEAD_TOKEN_FILE");
+    const token = tokenFile !== undefined
+      ? readText(tokenFile, "token file").trim()
+      : flagOrEnv(values.token, "POTHEAD_TOKEN");
+    const caFile = flagOrEnv(values.ca, "POTHEAD_CA");
+    const labels: Record<string, string> = {};
+    for (const l of values.label ?? []) {
+      const eq = l.indexOf("=");
+      if (eq <= 0) {
+        throw new UsageError(`Invalid --label: expected K=V, got "${l}"`);
+      }
+      labels[l.slice(0, eq)] = l.slice(eq + 1);
+    }
+    const dns = values["dns-server"];
+    const ns = dns === undefined
+      ? undefined
+      : parseHostPort(dns, "--dns-server");
+    options = {
+      hubs,
+      concurrency,
+      maxBackoff: Math.max(
+        100,
+        parseDuration(
+          flagOrEnv(values["max-backoff"], "POTHEAD_MAX_BACKOFF"),
+          "--max-backoff",
+          5000,
+        ),
+      ),
+      resolveInterval: parseDuration(
+        flagOrEnv(values["resolve-interval"], "POTHEAD_RESOLVE_INTERVAL"),
+        "--resolve-interval",
+        5000,
+      ),
+      nameServer: ns && { ipAddr: ns.hostname, port: ns.port },
+      tls: values.tls ??
+        /^(1|true|yes)$/i.test(flagOrEnv(undefined, "POTHEAD_TLS") ?? ""),
+      caCerts: caFile === undefined ? undefined : [readText(caFile, "CA file")],
+      token: token === "" ? undefined : token,
+      workerId: flagOrEnv(values["worker-id"], "POTHEAD_WORKER_ID"),
+      pool: flagOrEnv(values.pool, "POTHEAD_POOL"),
+      labels: Object.keys(labels).length > 0 ? labels : undefined,
+    };
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`pothead-worker: ${error.message}\n\n${HELP}`);
+    return 2;
+  }
+  let handler: FetchHandler;
+  try {
+    handler = await loadHandler(positionals[0]);
+  } catch (error) {
+    console.error(`pothead-worker: ${(error as Error).message}`);
+    return 1;
+  }
+  const announced = new Set<string>();
+  let lastConnectError = "";
+  let worker;
+  try {
+    worker = connectWorker(handler, {
+      ...options,
+      onConnect(hub) {
+        if (announced.has(hub)) return;
+        announced.add(hub);
+        console.log(`Connected to ${hub} (concurrency ${concurrency})`);
+      },
+      onError(error, context) {
+        const text = (error as Error)?.message ?? String(error);
+        if (context.startsWith("connect")) {
+          // One line per distinct failure, not one per retry.
+          if (text !== lastConnectError) {
+            console.error(
+              `pothead-worker: cannot connect: ${text} (retrying)`,
+            );
+          }
+          lastConnectError = text;
+          return;
+        }
+        lastConnectError = "";
+        console.error(`pothead-worker: ${context}: ${text}`);
+      },
+    });
+  } catch (error) {
+    console.error(`pothead-worker: ${(error as Error).message}`);
+    return 2;
+  }
+  let signals = 0;
+  const onSignal = () => {
+    if (++signals > 1) Deno.exit(1);
+    console.error(
+      "pothead-worker: draining (send the signal again to exit now)",
+    );
+    worker.drain();
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  await worker.finished;
+  Deno.removeSignalListener("SIGINT", onSignal);
+  Deno.removeSignalListener("SIGTERM", onSignal);
+  return 0;
+}
