@@ -69,7 +69,10 @@ export class BufferedReader {
   /** Marks `n` buffered bytes as used. */
   consume(n: number): void {
     this.start += n;
-    if (this.start === this.end) this.start = this.end = 0;
+    // Rewind an empty buffer, unless a read in flight is writing at `end`.
+    if (this.start === this.end && this.#pending === null) {
+      this.start = this.end = 0;
+    }
   }
 
   /** Removes and returns up to `max` buffered bytes as a copy. */
@@ -123,6 +126,9 @@ export class BufferedReader {
    * copy). Resolves `null` at end of stream.
    */
   async readChunk(max: number): Promise<Uint8Array | null> {
+    // Buffered bytes first: a read in flight may never complete if the peer
+    // waits for our answer (a pipelined request's body is already here).
+    if (this.end > this.start) return this.take(max);
     if (this.#pending !== null) await this.#pending;
     if (this.end > this.start) return this.take(max);
     if (this.eof) return null;

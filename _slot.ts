@@ -372,6 +372,14 @@ export class WorkerSlot {
       settle(e);
       throw e;
     }
+    if (head.status > 599) {
+      const e = new WorkerLinkError(
+        "protocol",
+        `Invalid response from worker: status ${head.status} is out of range`,
+      );
+      settle(e);
+      throw e;
+    }
     if (head.status === 408 && hasField(head.headers, NOT_STARTED_HEADER)) {
       const e = new WorkerLinkError(
         "not-started",

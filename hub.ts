@@ -300,6 +300,8 @@ interface Pending {
   id: string;
   since: number;
   attempts: number;
+  retried: number;
+  declines: number;
   path: string;
   queueMs: number;
   workerMs: number;
@@ -340,6 +342,7 @@ const DEFAULTS = {
 
 // Response bodies up to this length are read whole and passed as bytes.
 const SMALL_BODY = 64 * 1024;
+const MAX_DECLINES = 16;
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
 const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
@@ -774,6 +777,8 @@ export class Hub {
       id,
       since,
       attempts: 0,
+      retried: 0,
+      declines: 0,
       path,
       queueMs: 0,
       workerMs: -1,
@@ -1028,7 +1033,13 @@ export class Hub {
       this.#fail(p, "abandoned", 499, "consumer went away");
       return;
     }
-    if (e.retryable && p.attempts <= this.#opts.maxRetries && !this.#closed) {
+    // A "not started" decline is provably safe to resend, so it does not
+    // count against maxRetries; MAX_DECLINES only stops a worker that
+    // declines everything from bouncing a request forever.
+    const again = e.code === "not-started"
+      ? ++p.declines <= MAX_DECLINES
+      : ++p.retried <= this.#opts.maxRetries;
+    if (e.retryable && again && !this.#closed) {
       this.#stats.retries++;
       this.#log({
         level: "info",

@@ -1,0 +1,299 @@
+/**
+ * A bounded soak run: a hub and several worker processes under steady load,
+ * while workers are SIGKILLed and restarted at random and consumers abort at
+ * random. It reports how every request ended, whether any request ran twice
+ * or got another request's answer, and the hub's peak RSS.
+ *
+ * ```sh
+ * deno run -A bench/soak.ts --requests 100000
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { closeAll, type HubProc, startHub } from "../tests/_procs.ts";
+
+/** Options for {@linkcode runSoak}. */
+export interface SoakOptions {
+  /** Requests to send. */
+  requests: number;
+  /** Requests in flight at once. */
+  inflight: number;
+  /** Worker processes kept running. */
+  workers: number;
+  /** Concurrency of each worker process. */
+  concurrency: number;
+  /** Mean milliseconds between worker kills; 0 disables kills. */
+  killEvery: number;
+  /** Share of requests the consumer aborts early (0..1). */
+  abortRate: number;
+  /** Longest the whole run may take, in milliseconds (a hang guard). */
+  deadline: number;
+  /** Seed for the random choices. */
+  seed: number;
+}
+
+/** What {@linkcode runSoak} saw. */
+export interface SoakReport {
+  sent: number;
+  /** Requests that got a response carrying their own id. */
+  answeredOnce: number;
+  /** Responses that carried another request's id (must be 0). */
+  wrongAnswer: number;
+  /** Requests that got no response and no error before the deadline (must be 0). */
+  lost: number;
+  /** Requests the consumer aborted on purpose. */
+  aborted: number;
+  /** Requests that ended in a network error without an abort. */
+  networkErrors: number;
+  /** Status code counts. */
+  statuses: Record<string, number>;
+  /** Non-idempotent requests that a worker started twice (must be 0). */
+  ranTwiceUnsafe: number;
+  /** Idempotent requests a worker started twice (allowed by the retry rule). */
+  ranTwiceIdempotent: number;
+  /** Retries the hub logged. */
+  retries: number;
+  /** Worker processes killed. */
+  kills: number;
+  /** The hub's peak resident set size in KiB (VmHWM). */
+  hubPeakRssKiB: number;
+  /** Wall time in seconds. */
+  seconds: number;
+}
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function peakRss(pid: number): number {
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    return Number(/VmHWM:\s+([0-9]+)/.exec(status)?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** Runs one soak and returns the report. Cleans up every process. */
+export async function runSoak(options: SoakOptions): Promise<SoakReport> {
+  const random = mulberry32(options.seed);
+  const dir = await Deno.makeTempDir({ prefix: "pothead-soak-" });
+  const started = performance.now();
+  let hub: HubProc | undefined;
+  let kills = 0;
+  let logSeq = 0;
+  try {
+    hub = await startHub([
+      "--queue-timeout",
+      "20s",
+      "--head-timeout",
+      "20s",
+      "--max-queue",
+      String(options.inflight * 4),
+      "--log-level",
+      "info",
+    ]);
+    const workerEnv = () => ({ SOAK_LOG: `${dir}/w${logSeq++}.log` });
+    const launch = () => {
+      const p = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--allow-net",
+          "--allow-env",
+          "--allow-read",
+          "--allow-write",
+          "worker.ts",
+          "--connect",
+          `127.0.0.1:${hub!.workerPort}`,
+          "--concurrency",
+          String(options.concurrency),
+          "--max-backoff",
+          "200ms",
+          "tests/fixtures/soak_handler.ts",
+        ],
+        cwd: new URL("../", import.meta.url),
+        env: workerEnv(),
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      return p;
+    };
+    const procs: Deno.ChildProcess[] = [];
+    for (let i = 0; i < options.workers; i++) procs.push(launch());
+
+    const base = `http://127.0.0.1:${hub.port}`;
+    const statuses: Record<string, number> = {};
+    let answeredOnce = 0;
+    let wrongAnswer = 0;
+    let aborted = 0;
+    let networkErrors = 0;
+    let lost = 0;
+    let next = 0;
+    const idempotent = new Set<number>();
+    const stopAt = started + options.deadline;
+
+    let chaos = true;
+    const chaosLoop = (async () => {
+      if (options.killEvery <= 0) return;
+      while (chaos) {
+        await new Promise((r) =>
+          setTimeout(r, options.killEvery * (0.5 + random()))
+        );
+        if (!chaos) break;
+        const victim = Math.floor(random() * procs.length);
+        try {
+          procs[victim].kill("SIGKILL");
+        } catch {
+          // already gone
+        }
+        await procs[victim].status;
+        kills++;
+        procs[victim] = launch();
+      }
+    })();
+
+    const one = async (n: number) => {
+      const get = random() < 0.5;
+      if (get) idempotent.add(n);
+      const ms = Math.floor(random() * 4);
+      const abort = random() < options.abortRate;
+      const controller = new AbortController();
+      const guard = setTimeout(
+        () => controller.abort(new Error("lost")),
+        Math.max(1000, stopAt - performance.now()),
+      );
+      let abortTimer: ReturnType<typeof setTimeout> | undefined;
+      if (abort) {
+        abortTimer = setTimeout(
+          () => controller.abort(new Error("consumer abort")),
+          Math.floor(random() * 6),
+        );
+      }
+      try {
+        const res = await fetch(`${base}/soak?ms=${ms}&id=${n}`, {
+          method: get ? "GET" : "POST",
+          headers: { "x-soak-id": String(n) },
+          body: get ? undefined : `payload ${n}`,
+          signal: controller.signal,
+        });
+        const text = await res.text();
+        statuses[res.status] = (statuses[res.status] ?? 0) + 1;
+        if (res.status === 200) {
+          if (text.split(" ")[0] === String(n)) answeredOnce++;
+          else wrongAnswer++;
+        }
+      } catch (error) {
+        const reason = controller.signal.reason as Error | undefined;
+        if (controller.signal.aborted && reason?.message === "lost") lost++;
+        else if (controller.signal.aborted) aborted++;
+        else {
+          networkErrors++;
+          void error;
+        }
+      } finally {
+        clearTimeout(guard);
+        clearTimeout(abortTimer);
+      }
+    };
+    const lanes = Array.from({ length: options.inflight }, async () => {
+      while (next < options.requests && performance.now() < stopAt) {
+        await one(next++);
+      }
+    });
+    await Promise.all(lanes);
+    chaos = false;
+    await chaosLoop;
+    const hubPeak = peakRss(hub.proc.pid);
+    for (const p of procs) {
+      try {
+        p.kill("SIGKILL");
+      } catch {
+        // gone
+      }
+      await p.status;
+    }
+
+    // Count how often workers started each request.
+    const runs = new Map<number, number>();
+    for await (const entry of Deno.readDir(dir)) {
+      const text = await Deno.readTextFile(`${dir}/${entry.name}`);
+      for (const line of text.split("\n")) {
+        const id = Number(line.split(" ")[1]);
+        if (line !== "" && Number.isFinite(id)) {
+          runs.set(id, (runs.get(id) ?? 0) + 1);
+        }
+      }
+    }
+    let ranTwiceUnsafe = 0;
+    let ranTwiceIdempotent = 0;
+    for (const [id, count] of runs) {
+      if (count < 2) continue;
+      if (idempotent.has(id)) ranTwiceIdempotent++;
+      else ranTwiceUnsafe++;
+    }
+    const retries = hub.proc.stderr.lines.filter((l) =>
+      l.includes("retrying request")
+    ).length;
+    return {
+      sent: next,
+      answeredOnce,
+      wrongAnswer,
+      lost,
+      aborted,
+      networkErrors,
+      statuses,
+      ranTwiceUnsafe,
+      ranTwiceIdempotent,
+      retries,
+      kills,
+      hubPeakRssKiB: hubPeak,
+      seconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    await closeAll(hub?.proc);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      requests: { type: "string", default: "100000" },
+      inflight: { type: "string", default: "32" },
+      workers: { type: "string", default: "4" },
+      concurrency: { type: "string", default: "2" },
+      "kill-every": { type: "string", default: "1000" },
+      "abort-rate": { type: "string", default: "0.02" },
+      deadline: { type: "string", default: "1200" },
+      seed: { type: "string", default: "42" },
+    },
+  });
+  const options: SoakOptions = {
+    requests: Number(values.requests),
+    inflight: Number(values.inflight),
+    workers: Number(values.workers),
+    concurrency: Number(values.concurrency),
+    killEvery: Number(values["kill-every"]),
+    abortRate: Number(values["abort-rate"]),
+    deadline: Number(values.deadline) * 1000,
+    seed: Number(values.seed),
+  };
+  console.log(`soak: ${JSON.stringify(options)}`);
+  const report = await runSoak(options);
+  console.log(JSON.stringify(report, null, 2));
+  const ok = report.wrongAnswer === 0 && report.lost === 0 &&
+    report.ranTwiceUnsafe === 0;
+  console.log(ok ? "soak: OK" : "soak: FAILED");
+  Deno.exit(ok ? 0 : 1);
+}
