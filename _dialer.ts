@@ -260,15 +260,18 @@ export class Dialer {
         if (slot > 0) {
           await this.#o.gate(slot, AbortSignal.any([this.#stop, this.#kill]));
         }
-        if (this.#stop.aborted || this.#kill.aborted) return;
+        if (this.#stop.aborted || this.#kill.aborted) {
+          s.opening--;
+          return;
+        }
       }
       conn = await this.#o.connect(s.endpoint);
     } catch (error) {
+      s.opening--;
       this.#failed(s, error);
       return;
-    } finally {
-      s.opening--;
     }
+    s.opening--;
     if (this.#stop.aborted || this.#kill.aborted || s.removed) {
       conn.close();
       this.#reconcile();

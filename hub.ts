@@ -1244,13 +1244,11 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       transport: "tcp",
     })
     : Deno.listen({ hostname, port: workerPort, transport: "tcp" });
-  const abort = new AbortController();
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
     server = Deno.serve({
       hostname,
       port: options.port ?? 8080,
-      signal: abort.signal,
       onListen() {},
       ...(options.cert !== undefined
         ? { cert: options.cert, key: options.key! }
@@ -1284,11 +1282,12 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       } catch {
         // already closed
       }
-      // Stop taking consumers first; Deno.serve then waits for responses in
-      // progress, which the hub's drain lets finish.
-      abort.abort();
+      // server.shutdown() stops accepting and waits for responses in
+      // progress (aborting a serve signal would cut them); the hub's drain
+      // lets them finish and answers what is still queued after the grace.
+      const serving = server.shutdown();
       await hub.shutdown(options.shutdownGrace ?? 30_000);
-      await server.finished;
+      await serving;
       await accepting;
     })();
   options.signal?.addEventListener("abort", () => shutdown(), { once: true });

@@ -46,7 +46,7 @@ export default {
       });
     }
     const encoder = new TextEncoder();
-    let timer: number | undefined;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     let sent = 0;
     let onAbort = () => {};
     const stop = () => {
