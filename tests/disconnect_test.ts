@@ -1,0 +1,348 @@
+// End-to-end tests of consumers and workers going away: a real hub
+// (serveHub on loopback, port 0), in-process workers (connectWorker), and a
+// worker subprocess for a crash. Outcomes are asserted, never durations:
+// every wait is a bounded poll or has a hang guard.
+
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import {
+  type HubLogRecord,
+  type HubServer,
+  serveHub,
+  type ServeHubOptions,
+} from "../hub.ts";
+import {
+  connectWorker,
+  type FetchHandler,
+  type WorkerHandle,
+} from "../worker.ts";
+
+const HANG_GUARD = 20_000;
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function startHub(options: ServeHubOptions = {}): HubServer {
+  return serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 1000,
+    ...options,
+  });
+}
+
+function startWorker(
+  server: HubServer,
+  handler: FetchHandler,
+  onConnect?: (hub: string) => void,
+): WorkerHandle {
+  return connectWorker(handler, {
+    hostname: "127.0.0.1",
+    port: server.workerAddr.port,
+    concurrency: 1,
+    minBackoff: 10,
+    maxBackoff: 100,
+    onConnect,
+  });
+}
+
+function url(server: HubServer, path: string): string {
+  return `http://127.0.0.1:${server.addr.port}${path}`;
+}
+
+/** A fetch awaited later; its rejection never counts as unhandled. */
+function later(input: string, init?: RequestInit): Promise<Response> {
+  const p = fetch(input, init);
+  p.catch(() => {});
+  return p;
+}
+
+/** Polls `check` until it holds; a bounded loop, not a timing assertion. */
+async function waitFor(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 4000; i++) {
+    if (check()) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error(`Timed out waiting for ${what}`);
+}
+
+/** Rejects if `promise` has not settled after the hang guard. */
+async function guard<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`Hang guard: ${what} did not happen`)),
+      HANG_GUARD,
+    );
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Resolves when `signal` aborts. */
+function aborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) =>
+    signal.addEventListener("abort", () => resolve(), { once: true })
+  );
+}
+
+async function stop(
+  server: HubServer,
+  workers: WorkerHandle[],
+  release?: () => void,
+): Promise<void> {
+  release?.();
+  for (const w of workers) w.close();
+  await Promise.all(workers.map((w) => w.finished));
+  await server.shutdown();
+}
+
+Deno.test("hub never sends a queued request to a worker after its consumer left", async () => {
+  const server = startHub();
+  const seen: string[] = [];
+  const holdEntered = Promise.withResolvers<void>();
+  const release = Promise.withResolvers<void>();
+  let connects = 0;
+  const worker = startWorker(server, async (req) => {
+    const path = new URL(req.url).pathname;
+    seen.push(path);
+    if (path === "/hold") {
+      holdEntered.resolve();
+      await release.promise;
+    }
+    return new Response(`done ${path}`);
+  }, () => connects++);
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
+    const hold = later(url(server, "/hold"));
+    await guard(holdEntered.promise, "/hold reaching the worker");
+    const controllers = [0, 1, 2].map(() => new AbortController());
+    const queued: Promise<Response>[] = [];
+    for (const [i, path] of ["/A", "/B", "/C"].entries()) {
+      queued.push(later(url(server, path), { signal: controllers[i].signal }));
+      await waitFor(() => server.hub.stats.queued === i + 1, `${path} queued`);
+    }
+
+    controllers[1].abort();
+    await assert.rejects(queued[1], (e: Error) => e.name === "AbortError");
+    await waitFor(
+      () => server.hub.stats.abandoned === 1,
+      "the hub to notice the consumer left",
+    );
+    assert.equal(server.hub.stats.queued, 2);
+
+    release.resolve();
+    for (const [i, path] of [[0, "/A"], [2, "/C"]] as const) {
+      const res = await guard(queued[i], `${path} answer`);
+      assert.equal(res.status, 200);
+      assert.equal(await res.text(), `done ${path}`);
+    }
+    const first = await guard(hold, "/hold answer");
+    assert.equal(await first.text(), "done /hold");
+    assert.deepEqual(seen, ["/hold", "/A", "/C"]);
+
+    await waitFor(() => server.hub.stats.idle === 1, "the slot to be idle");
+    const stats = server.hub.stats;
+    assert.equal(stats.abandoned, 1);
+    assert.equal(stats.slots, 1);
+    assert.equal(stats.busy, 0);
+    assert.equal(stats.queued, 0);
+    // The abandoned request never touched the worker connection.
+    assert.equal(connects, 1);
+  } finally {
+    await stop(server, [worker], () => release.resolve());
+  }
+});
+
+Deno.test("consumer leaving mid-stream aborts the handler, closes that worker connection, and the worker reconnects", async () => {
+  const logs: HubLogRecord[] = [];
+  const server = startHub({ onLog: (r) => logs.push(r) });
+  const handlerAborted = Promise.withResolvers<void>();
+  const padding = encoder.encode(`: ${"x".repeat(16 * 1024)}\n\n`);
+  let connects = 0;
+  let streams = 0;
+  const worker = startWorker(server, (req) => {
+    if (new URL(req.url).pathname !== "/events") {
+      return new Response("later ok");
+    }
+    streams++;
+    aborted(req.signal).then(() => handlerAborted.resolve());
+    let n = 0;
+    // An endless event stream: only the consumer leaving ends it.
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        controller.enqueue(
+          n++ === 0 ? encoder.encode("data: 0\n\n") : padding.slice(),
+        );
+      },
+    });
+    return new Response(body, {
+      headers: { "content-type": "text/event-stream" },
+    });
+  }, () => connects++);
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
+    assert.equal(connects, 1);
+    const consumer = new AbortController();
+    const res = await fetch(url(server, "/events"), {
+      signal: consumer.signal,
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get("content-type"), "text/event-stream");
+    const reader = res.body!.getReader();
+    const first = await guard(reader.read(), "the first event");
+    assert.ok(decoder.decode(first.value).startsWith("data: 0\n\n"));
+
+    consumer.abort();
+    await reader.cancel().catch(() => {});
+
+    await guard(handlerAborted.promise, "the handler's signal to abort");
+    await waitFor(
+      () => connects === 2 && server.hub.stats.idle === 1,
+      "the worker to reconnect",
+    );
+    assert.ok(
+      logs.some((r) => r.msg === "worker connection closed"),
+      "the hub did not close the worker connection",
+    );
+    const stats = server.hub.stats;
+    assert.equal(stats.slots, 1);
+    assert.equal(stats.busy, 0);
+
+    const next = await guard(fetch(url(server, "/next")), "a later request");
+    assert.equal(next.status, 200);
+    assert.equal(await next.text(), "later ok");
+    assert.equal(streams, 1);
+  } finally {
+    await stop(server, [worker]);
+  }
+});
+
+Deno.test("consumer leaving before the response head aborts the handler and the slot recovers", async () => {
+  const server = startHub();
+  const entered = Promise.withResolvers<void>();
+  const handlerAborted = Promise.withResolvers<void>();
+  let connects = 0;
+  const worker = startWorker(server, async (req) => {
+    if (new URL(req.url).pathname !== "/slow") {
+      return new Response("later ok");
+    }
+    entered.resolve();
+    await aborted(req.signal);
+    handlerAborted.resolve();
+    return new Response("too late");
+  }, () => connects++);
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
+    const consumer = new AbortController();
+    const slow = later(url(server, "/slow"), { signal: consumer.signal });
+    await guard(entered.promise, "/slow reaching the worker");
+    consumer.abort();
+    await assert.rejects(slow, (e: Error) => e.name === "AbortError");
+
+    await guard(handlerAborted.promise, "the handler's signal to abort");
+    await waitFor(
+      () => connects === 2 && server.hub.stats.idle === 1,
+      "the worker to reconnect",
+    );
+    const stats = server.hub.stats;
+    assert.equal(stats.abandoned, 1);
+    assert.equal(stats.failed, 0);
+    assert.equal(stats.slots, 1);
+
+    const next = await guard(fetch(url(server, "/next")), "a later request");
+    assert.equal(next.status, 200);
+    assert.equal(await next.text(), "later ok");
+  } finally {
+    await stop(server, [worker]);
+  }
+});
+
+Deno.test("worker process that exits mid-request gives its consumer 502 while other workers keep serving", async () => {
+  const server = startHub();
+  const holdEntered = Promise.withResolvers<void>();
+  const release = Promise.withResolvers<void>();
+  const inProcess = startWorker(server, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/hold") {
+      holdEntered.resolve();
+      await release.promise;
+    }
+    return new Response(`in-process ${req.method} ${path}`);
+  });
+  let child: Deno.ChildProcess | undefined;
+  let stderr: Promise<string> = Promise.resolve("");
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "the in-process worker");
+    // Keep the in-process worker busy so /crash can only go to the
+    // subprocess.
+    const hold = later(url(server, "/hold"));
+    await guard(holdEntered.promise, "/hold reaching the worker");
+
+    child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-net",
+        "--allow-env",
+        "--allow-read",
+        "worker.ts",
+        "--connect",
+        `127.0.0.1:${server.workerAddr.port}`,
+        "tests/fixtures/crash_handler.ts",
+      ],
+      cwd: ROOT,
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    stderr = new Response(child.stderr).text();
+    await waitFor(
+      () => server.hub.stats.slots === 2 && server.hub.stats.idle === 1,
+      "the subprocess worker to connect",
+    ).catch(async (error) => {
+      child?.kill("SIGKILL");
+      throw new Error(`${error.message}; worker stderr: ${await stderr}`);
+    });
+
+    // POST is not idempotent, so the hub must not retry it elsewhere.
+    const crash = await guard(
+      fetch(url(server, "/crash"), { method: "POST", body: "boom" }),
+      "the /crash answer",
+    );
+    assert.equal(crash.status, 502);
+    assert.equal(crash.headers.get("x-pothead-error"), "1");
+    await crash.body?.cancel();
+    const status = await guard(child.status, "the subprocess to exit");
+    assert.equal(status.code, 1);
+    assert.equal(server.hub.stats.failed, 1);
+    await waitFor(() => server.hub.stats.slots === 1, "the dead slot removed");
+
+    // The request in progress on the other worker is unaffected.
+    release.resolve();
+    const held = await guard(hold, "/hold answer");
+    assert.equal(held.status, 200);
+    assert.equal(await held.text(), "in-process GET /hold");
+    for (let i = 0; i < 3; i++) {
+      const res = await guard(fetch(url(server, `/after${i}`)), "later answer");
+      assert.equal(res.status, 200);
+      assert.equal(await res.text(), `in-process GET /after${i}`);
+    }
+    assert.equal(server.hub.stats.failed, 1);
+  } finally {
+    if (child !== undefined) {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already exited
+      }
+      await child.status;
+    }
+    await stderr;
+    await stop(server, [inProcess], () => release.resolve());
+  }
+});
