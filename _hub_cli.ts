@@ -8,6 +8,8 @@
 import { parseArgs } from "node:util";
 import type { HubLogRecord, HubServer, Route, ServeHubOptions } from "./hub.ts";
 import { serveHub } from "./hub.ts";
+import { formatAccess, HubMetrics } from "./_metrics.ts";
+import { createAdminHandler } from "./_admin.ts";
 import {
   flagOrEnv,
   formatAddr,
@@ -54,6 +56,13 @@ Options (each also as the environment variable in brackets):
                            host=POOL or host/prefix=POOL; others go to "default"
   --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host" }],
                            "pools": { NAME: { "maxQueue", "queueTimeout" (ms) } } }
+  --admin-port N           admin listener: /metrics, /healthz, /readyz, /status and a
+                           live status page at /; off unless given [POTHEAD_ADMIN_PORT]
+  --admin-hostname ADDR    its address [POTHEAD_ADMIN_HOSTNAME] (127.0.0.1)
+  --ready-min-slots N      /readyz is 200 with at least N worker slots
+                           [POTHEAD_READY_MIN_SLOTS] (1)
+  --access-log FORMAT      text, json or off: one line per request on stdout
+                           [POTHEAD_ACCESS_LOG] (off)
   --log-level L            debug, info, warn or error [POTHEAD_LOG_LEVEL] (info)
   -h, --help               show this help
   -V, --version            show the version
@@ -226,6 +235,10 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         route: { type: "string", multiple: true },
         config: { type: "string" },
         "log-level": { type: "string" },
+        "admin-port": { type: "string" },
+        "admin-hostname": { type: "string" },
+        "ready-min-slots": { type: "string" },
+        "access-log": { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },
@@ -245,7 +258,32 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     return 0;
   }
   let options: ServeHubOptions;
+  let admin: { port: number; hostname: string; readyMinSlots: number } | null =
+    null;
+  let accessLog: "text" | "json" | "off";
   try {
+    const adminPort = flagOrEnv(values["admin-port"], "POTHEAD_ADMIN_PORT");
+    if (adminPort !== undefined) {
+      admin = {
+        port: parseInteger(adminPort, "--admin-port", 0, 0, 65535),
+        hostname:
+          flagOrEnv(values["admin-hostname"], "POTHEAD_ADMIN_HOSTNAME") ??
+            "127.0.0.1",
+        readyMinSlots: parseInteger(
+          flagOrEnv(values["ready-min-slots"], "POTHEAD_READY_MIN_SLOTS"),
+          "--ready-min-slots",
+          1,
+        ),
+      };
+    }
+    const format = flagOrEnv(values["access-log"], "POTHEAD_ACCESS_LOG") ??
+      "off";
+    if (format !== "text" && format !== "json" && format !== "off") {
+      throw new UsageError(
+        `Invalid --access-log: expected text, json or off, got "${format}"`,
+      );
+    }
+    accessLog = format;
     const levelName = flagOrEnv(values["log-level"], "POTHEAD_LOG_LEVEL") ??
       "info";
     const level = LEVELS.indexOf(levelName);
@@ -271,13 +309,50 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     console.error(`pothead: ${error.message}`);
     return 2;
   }
+  const metrics = new HubMetrics();
+  if (admin !== null || accessLog !== "off") {
+    const format = accessLog;
+    options.onAccess = (record) => {
+      metrics.observe(record);
+      if (format !== "off") console.log(formatAccess(record, format));
+    };
+  }
   let server: HubServer;
+  const adminStop = new AbortController();
+  let adminServer: Deno.HttpServer<Deno.NetAddr> | null = null;
   try {
     server = serveHub(options);
   } catch (error) {
     console.error(`pothead: cannot start: ${(error as Error).message}`);
     return 1;
   }
+  if (admin !== null) {
+    try {
+      adminServer = Deno.serve(
+        {
+          hostname: admin.hostname,
+          port: admin.port,
+          signal: adminStop.signal,
+          onListen() {},
+        },
+        createAdminHandler(server.hub, metrics, {
+          readyMinSlots: admin.readyMinSlots,
+          version: VERSION,
+          signal: adminStop.signal,
+        }),
+      );
+    } catch (error) {
+      console.error(
+        `pothead: cannot start admin listener: ${(error as Error).message}`,
+      );
+      await server.shutdown();
+      return 1;
+    }
+  }
+  // Keeps the status page's history without gaps while nobody watches it.
+  const sampler = admin === null
+    ? undefined
+    : setInterval(() => metrics.sample(server.hub.stats), 1000);
   const tls = options.cert !== undefined;
   const workerTls = options.workerCert !== undefined;
   console.log(
@@ -292,12 +367,19 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       options.workerTokens?.length ? ", handshake with token required" : ""
     })`,
   );
+  if (adminServer !== null) {
+    console.log(`Listening on ${formatAddr("http", adminServer.addr)} (admin)`);
+  }
   let signals = 0;
   const { promise: stopped, resolve: stop } = Promise.withResolvers<void>();
   const onSignal = () => {
     if (++signals > 1) Deno.exit(1);
     console.error("pothead: shutting down (send the signal again to exit now)");
-    server.shutdown().then(stop);
+    server.shutdown().then(async () => {
+      clearInterval(sampler);
+      adminStop.abort();
+      await adminServer?.finished;
+    }).then(stop);
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);

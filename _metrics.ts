@@ -1,0 +1,1004 @@
+/**
+ * Hub metrics: counters and histograms fed by the hub's access records,
+ * rendered in the Prometheus text exposition format (version 0.0.4), a short
+ * per-second history for the status page, and access-log lines.
+ *
+ * Every per-pool series carries a `pool` label. Gauges come from the hub's
+ * stats (`stats.pools`; a hub that reports no pools counts as one pool named
+ * `"default"`), counters and histograms from access records (their `pool`
+ * field, else `"default"`).
+ *
+ * @module
+ */
+
+import type { AccessRecord, HubStats } from "./hub.ts";
+
+/** The pool every request belongs to until pools are configured. */
+export const DEFAULT_POOL = "default";
+
+/**
+ * Upper bounds, in seconds, of the queue-wait and worker-time histogram
+ * buckets (`+Inf` is implied).
+ */
+export const DEFAULT_BUCKETS: readonly number[] = [
+  0.0005,
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+  60,
+];
+
+// The per-second history keeps finer histograms, so its percentiles are
+// within 25% of the truth: bounds in milliseconds, 0.05 ms * 1.25^k up to
+// about 6 minutes, then an overflow bucket.
+const SERIES_BOUNDS_MS: Float64Array = (() => {
+  const bounds: number[] = [];
+  for (let b = 0.05; b < 400_000; b *= 1.25) bounds.push(b);
+  return Float64Array.from(bounds);
+})();
+const SERIES_BUCKETS = SERIES_BOUNDS_MS.length + 1;
+
+// How many recently seen worker connections are listed per pool.
+const MAX_WORKERS = 256;
+
+/** Options for {@linkcode HubMetrics}. Every field is optional. */
+export interface HubMetricsOptions {
+  /**
+   * Histogram bucket upper bounds in seconds, ascending.
+   * @default {DEFAULT_BUCKETS}
+   */
+  buckets?: readonly number[];
+  /**
+   * Seconds of per-second history kept for the status page.
+   * @default {300}
+   */
+  seriesSeconds?: number;
+  /**
+   * The clock, in milliseconds since the epoch (tests pass a fake one).
+   * @default {Date.now}
+   */
+  now?: () => number;
+}
+
+/** Requests and latency percentiles over a recent window. */
+export interface RecentSummary {
+  /** The window in seconds that the percentiles cover. */
+  windowSeconds: number;
+  /** Requests finished per second over the last 10 seconds. */
+  requestsPerSecond: number;
+  /** Requests finished in the window. */
+  requests: number;
+  /** Requests in the window that did not end with outcome "ok". */
+  errors: number;
+  /** Median queue wait in milliseconds, or null without requests. */
+  queueP50Ms: number | null;
+  /** 99th percentile queue wait in milliseconds, or null. */
+  queueP99Ms: number | null;
+  /** Median worker time in milliseconds, or null. */
+  workerP50Ms: number | null;
+  /** 99th percentile worker time in milliseconds, or null. */
+  workerP99Ms: number | null;
+}
+
+/**
+ * Per-second history, one array element per second, oldest first. Gauges
+ * are null for seconds in which nothing sampled the hub; percentiles are
+ * null for seconds without requests.
+ */
+export interface SeriesData {
+  /** The first second, in seconds since the epoch. */
+  start: number;
+  /** Seconds between elements (always 1). */
+  step: number;
+  /** Queue depth. */
+  queued: (number | null)[];
+  /** Busy worker slots. */
+  busy: (number | null)[];
+  /** Idle worker slots. */
+  idle: (number | null)[];
+  /** Requests finished in that second. */
+  requests: number[];
+  /** Requests finished in that second with an outcome other than "ok". */
+  errors: number[];
+  /** Median queue wait in milliseconds. */
+  queueP50Ms: (number | null)[];
+  /** 99th percentile queue wait in milliseconds. */
+  queueP99Ms: (number | null)[];
+  /** Median worker time in milliseconds. */
+  workerP50Ms: (number | null)[];
+  /** 99th percentile worker time in milliseconds. */
+  workerP99Ms: (number | null)[];
+}
+
+/** One worker: live gauges from the hub joined with what the metrics saw. */
+export interface WorkerRow {
+  /** The worker's id (`addr:<ip>` for plain workers), as in access records. */
+  id: string;
+  /** The pool it serves. */
+  pool: string;
+  /** Connections it has open now (0 once it is gone). */
+  slots: number;
+  /** Of those, carrying a request. */
+  busy: number;
+  /** Labels from its handshake. */
+  labels: Record<string, string>;
+  /** Requests it answered since the metrics started (any status). */
+  requests: number;
+  /** Of those, with an outcome other than "ok" or a 5xx status. */
+  errors: number;
+  /** Mean worker time in milliseconds, or null without requests. */
+  meanWorkerMs: number | null;
+  /** Status of its last request, or null. */
+  lastStatus: number | null;
+  /** When its last request finished (ms since the epoch), or null. */
+  lastSeen: number | null;
+}
+
+/** The gauges of one pool (the hub's `PoolStats`). */
+export interface PoolGauges {
+  /** Requests waiting in its queue. */
+  queued: number;
+  /** Milliseconds the oldest queued request has waited (0 if none). */
+  oldestWaitMs: number;
+  /** Worker connections serving it. */
+  slots: number;
+  /** Of those, waiting for a request. */
+  idle: number;
+  /** Of those, carrying a request. */
+  busy: number;
+  /** Distinct workers. */
+  workers: number;
+}
+
+/** Everything the status page shows about one pool. */
+export interface PoolStatus {
+  /** The pool's name. */
+  name: string;
+  /** The pool's gauges now. */
+  stats: PoolGauges;
+  /** Throughput and percentiles over the last minute. */
+  recent: RecentSummary;
+  /** Per-second history. */
+  series: SeriesData;
+  /** Connected workers first, then recently seen ones, most recent first. */
+  workers: WorkerRow[];
+}
+
+class Histogram {
+  readonly bounds: readonly number[];
+  readonly counts: Float64Array;
+  sum = 0;
+  count = 0;
+
+  constructor(bounds: readonly number[]) {
+    this.bounds = bounds;
+    this.counts = new Float64Array(bounds.length + 1);
+  }
+
+  observe(value: number): void {
+    const bounds = this.bounds;
+    let i = 0;
+    while (i < bounds.length && value > bounds[i]) i++;
+    this.counts[i]++;
+    this.sum += value;
+    this.count++;
+  }
+}
+
+function seriesBucket(ms: number): number {
+  // Binary search for the first bound >= ms.
+  let lo = 0;
+  let hi = SERIES_BOUNDS_MS.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (ms > SERIES_BOUNDS_MS[mid]) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** The q-quantile of `counts[offset .. offset + SERIES_BUCKETS)`. */
+function quantile(
+  counts: ArrayLike<number>,
+  offset: number,
+  total: number,
+  q: number,
+): number | null {
+  if (total === 0) return null;
+  const rank = q * total;
+  let seen = 0;
+  for (let i = 0; i < SERIES_BUCKETS; i++) {
+    const c = counts[offset + i];
+    if (c === 0) continue;
+    if (seen + c >= rank) {
+      if (i === SERIES_BOUNDS_MS.length) return SERIES_BOUNDS_MS[i - 1];
+      const lower = i === 0 ? 0 : SERIES_BOUNDS_MS[i - 1];
+      const upper = SERIES_BOUNDS_MS[i];
+      return lower + (upper - lower) * Math.max(0, rank - seen) / c;
+    }
+    seen += c;
+  }
+  return SERIES_BOUNDS_MS[SERIES_BOUNDS_MS.length - 1];
+}
+
+function round2(n: number | null): number | null {
+  return n === null ? null : Math.round(n * 100) / 100;
+}
+
+/** A ring of per-second slots: gauges, counts and fine histograms. */
+class Series {
+  #size: number;
+  #sec: Float64Array;
+  #queued: Float64Array;
+  #busy: Float64Array;
+  #idle: Float64Array;
+  #requests: Uint32Array;
+  #errors: Uint32Array;
+  #queueCount: Uint32Array;
+  #workerCount: Uint32Array;
+  #queueHist: Uint32Array;
+  #workerHist: Uint32Array;
+
+  constructor(size: number) {
+    this.#size = size;
+    this.#sec = new Float64Array(size).fill(-1);
+    this.#queued = new Float64Array(size);
+    this.#busy = new Float64Array(size);
+    this.#idle = new Float64Array(size);
+    this.#requests = new Uint32Array(size);
+    this.#errors = new Uint32Array(size);
+    this.#queueCount = new Uint32Array(size);
+    this.#workerCount = new Uint32Array(size);
+    this.#queueHist = new Uint32Array(size * SERIES_BUCKETS);
+    this.#workerHist = new Uint32Array(size * SERIES_BUCKETS);
+  }
+
+  // The slot for second `sec`, cleared if it held an older second.
+  #slot(sec: number): number {
+    const i = sec % this.#size;
+    if (this.#sec[i] !== sec) {
+      this.#sec[i] = sec;
+      this.#queued[i] = NaN;
+      this.#busy[i] = NaN;
+      this.#idle[i] = NaN;
+      this.#requests[i] = 0;
+      this.#errors[i] = 0;
+      this.#queueCount[i] = 0;
+      this.#workerCount[i] = 0;
+      const from = i * SERIES_BUCKETS;
+      this.#queueHist.fill(0, from, from + SERIES_BUCKETS);
+      this.#workerHist.fill(0, from, from + SERIES_BUCKETS);
+    }
+    return i;
+  }
+
+  record(sec: number, queueMs: number, workerMs: number, error: boolean) {
+    const i = this.#slot(sec);
+    this.#requests[i]++;
+    if (error) this.#errors[i]++;
+    if (queueMs >= 0) {
+      this.#queueHist[i * SERIES_BUCKETS + seriesBucket(queueMs)]++;
+      this.#queueCount[i]++;
+    }
+    if (workerMs >= 0) {
+      this.#workerHist[i * SERIES_BUCKETS + seriesBucket(workerMs)]++;
+      this.#workerCount[i]++;
+    }
+  }
+
+  sample(sec: number, stats: PoolGauges): void {
+    const i = this.#slot(sec);
+    this.#queued[i] = stats.queued;
+    this.#busy[i] = stats.busy;
+    this.#idle[i] = stats.idle;
+  }
+
+  read(now: number, seconds: number): SeriesData {
+    const n = Math.min(seconds, this.#size);
+    const start = now - n + 1;
+    const out: SeriesData = {
+      start,
+      step: 1,
+      queued: [],
+      busy: [],
+      idle: [],
+      requests: [],
+      errors: [],
+      queueP50Ms: [],
+      queueP99Ms: [],
+      workerP50Ms: [],
+      workerP99Ms: [],
+    };
+    const gauge = (a: Float64Array, i: number) =>
+      Number.isNaN(a[i]) ? null : a[i];
+    for (let sec = start; sec <= now; sec++) {
+      const i = sec % this.#size;
+      if (sec < 0 || this.#sec[i] !== sec) {
+        out.queued.push(null);
+        out.busy.push(null);
+        out.idle.push(null);
+        out.requests.push(0);
+        out.errors.push(0);
+        out.queueP50Ms.push(null);
+        out.queueP99Ms.push(null);
+        out.workerP50Ms.push(null);
+        out.workerP99Ms.push(null);
+        continue;
+      }
+      const off = i * SERIES_BUCKETS;
+      const qc = this.#queueCount[i];
+      const wc = this.#workerCount[i];
+      out.queued.push(gauge(this.#queued, i));
+      out.busy.push(gauge(this.#busy, i));
+      out.idle.push(gauge(this.#idle, i));
+      out.requests.push(this.#requests[i]);
+      out.errors.push(this.#errors[i]);
+      out.queueP50Ms.push(round2(quantile(this.#queueHist, off, qc, 0.5)));
+      out.queueP99Ms.push(round2(quantile(this.#queueHist, off, qc, 0.99)));
+      out.workerP50Ms.push(round2(quantile(this.#workerHist, off, wc, 0.5)));
+      out.workerP99Ms.push(round2(quantile(this.#workerHist, off, wc, 0.99)));
+    }
+    return out;
+  }
+
+  summary(now: number, window: number, elapsed: number): RecentSummary {
+    const n = Math.min(window, this.#size);
+    const queue = new Float64Array(SERIES_BUCKETS);
+    const worker = new Float64Array(SERIES_BUCKETS);
+    let requests = 0;
+    let errors = 0;
+    let last10 = 0;
+    let qc = 0;
+    let wc = 0;
+    for (let sec = now - n + 1; sec <= now; sec++) {
+      const i = sec % this.#size;
+      if (sec < 0 || this.#sec[i] !== sec) continue;
+      requests += this.#requests[i];
+      errors += this.#errors[i];
+      if (sec > now - 10) last10 += this.#requests[i];
+      qc += this.#queueCount[i];
+      wc += this.#workerCount[i];
+      const off = i * SERIES_BUCKETS;
+      for (let b = 0; b < SERIES_BUCKETS; b++) {
+        queue[b] += this.#queueHist[off + b];
+        worker[b] += this.#workerHist[off + b];
+      }
+    }
+    // Before 10 s of uptime, divide by the time actually covered.
+    const span = Math.max(1, Math.min(10, elapsed));
+    return {
+      windowSeconds: n,
+      requestsPerSecond: Math.round(last10 / span * 100) / 100,
+      requests,
+      errors,
+      queueP50Ms: round2(quantile(queue, 0, qc, 0.5)),
+      queueP99Ms: round2(quantile(queue, 0, qc, 0.99)),
+      workerP50Ms: round2(quantile(worker, 0, wc, 0.5)),
+      workerP99Ms: round2(quantile(worker, 0, wc, 0.99)),
+    };
+  }
+}
+
+interface WorkerSeen {
+  pool: string;
+  requests: number;
+  errors: number;
+  workerMsSum: number;
+  workerCount: number;
+  lastStatus: number;
+  lastSeen: number;
+}
+
+/** Counters, histograms and history of one pool. */
+class PoolMetrics {
+  // status -> outcome -> count
+  readonly requests = new Map<number, Map<string, number>>();
+  readonly queueWait: Histogram;
+  readonly workerTime: Histogram;
+  readonly series: Series;
+  rejectedFull = 0;
+  rejectedTimeout = 0;
+  rejectedShutdown = 0;
+  workerTimeouts = 0;
+  retries = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+
+  constructor(buckets: readonly number[], seriesSeconds: number) {
+    this.queueWait = new Histogram(buckets);
+    this.workerTime = new Histogram(buckets);
+    this.series = new Series(seriesSeconds);
+  }
+}
+
+function isError(record: AccessRecord): boolean {
+  return record.outcome !== "ok" || record.status >= 500;
+}
+
+/**
+ * The hub's gauges per pool: `stats.pools`, or the whole hub as the
+ * default pool when the hub reports no pools.
+ */
+function poolGauges(stats: HubStats): Map<string, PoolGauges> {
+  const out = new Map<string, PoolGauges>();
+  const pools = (stats as { pools?: HubStats["pools"] }).pools;
+  if (pools !== undefined && pools.length > 0) {
+    for (const p of pools) out.set(p.name, p);
+  } else {
+    out.set(DEFAULT_POOL, {
+      queued: stats.queued,
+      oldestWaitMs: stats.oldestWaitMs,
+      slots: stats.slots,
+      idle: stats.idle,
+      busy: stats.busy,
+      workers: (stats as { workers?: unknown[] }).workers?.length ?? 0,
+    });
+  }
+  return out;
+}
+
+/**
+ * Collects hub metrics from access records and renders them for Prometheus
+ * and the status page.
+ *
+ * @example Feed it from the hub and render
+ * ```ts ignore
+ * import { serveHub } from "@pothead/hub";
+ * import { HubMetrics } from "./_metrics.ts";
+ *
+ * const metrics = new HubMetrics();
+ * const server = serveHub({ onAccess: (r) => metrics.observe(r) });
+ * console.log(metrics.render(server.hub.stats));
+ * ```
+ */
+export class HubMetrics {
+  /** When the metrics started, in milliseconds since the epoch. */
+  readonly startedAt: number;
+  #buckets: readonly number[];
+  #seriesSeconds: number;
+  #now: () => number;
+  #pools = new Map<string, PoolMetrics>();
+  #workers = new Map<string, WorkerSeen>();
+
+  /** Makes an empty set of metrics; throws `RangeError` on a bad option. */
+  constructor(options: HubMetricsOptions = {}) {
+    const buckets = options.buckets ?? DEFAULT_BUCKETS;
+    for (let i = 0; i < buckets.length; i++) {
+      if (
+        !Number.isFinite(buckets[i]) || (i > 0 && buckets[i] <= buckets[i - 1])
+      ) {
+        throw new RangeError(
+          `Invalid option "buckets": expected ascending finite numbers, got [${
+            buckets.join(", ")
+          }]`,
+        );
+      }
+    }
+    const seriesSeconds = options.seriesSeconds ?? 300;
+    if (!Number.isInteger(seriesSeconds) || seriesSeconds < 1) {
+      throw new RangeError(
+        `Invalid option "seriesSeconds": expected an integer >= 1, got ${seriesSeconds}`,
+      );
+    }
+    this.#buckets = [...buckets];
+    this.#seriesSeconds = seriesSeconds;
+    this.#now = options.now ?? Date.now;
+    this.startedAt = this.#now();
+  }
+
+  /** The metrics' clock, in milliseconds since the epoch. */
+  now(): number {
+    return this.#now();
+  }
+
+  #pool(name: string): PoolMetrics {
+    let pool = this.#pools.get(name);
+    if (pool === undefined) {
+      pool = new PoolMetrics(this.#buckets, this.#seriesSeconds);
+      this.#pools.set(name, pool);
+    }
+    return pool;
+  }
+
+  /**
+   * Counts one finished request. Cheap enough for the hub's `onAccess` hook:
+   * a few map lookups and array increments, no allocation once its status,
+   * outcome, pool and worker have been seen.
+   *
+   * @param record the hub's access record.
+   * @param pool the pool to count it in; by default the record's `pool`,
+   *   else `"default"`.
+   */
+  observe(
+    record: AccessRecord,
+    pool: string = (record as { pool?: string }).pool ?? DEFAULT_POOL,
+  ): void {
+    const p = this.#pool(pool);
+    let byOutcome = p.requests.get(record.status);
+    if (byOutcome === undefined) {
+      byOutcome = new Map();
+      p.requests.set(record.status, byOutcome);
+    }
+    byOutcome.set(record.outcome, (byOutcome.get(record.outcome) ?? 0) + 1);
+
+    // Requests turned away before they queued have no queue wait.
+    const queued = record.outcome !== "queue-full" &&
+      record.outcome !== "bad-request";
+    if (queued) p.queueWait.observe(record.queueMs / 1000);
+    if (record.workerMs >= 0) p.workerTime.observe(record.workerMs / 1000);
+    switch (record.outcome) {
+      case "queue-full":
+        p.rejectedFull++;
+        break;
+      case "queue-timeout":
+        p.rejectedTimeout++;
+        break;
+      case "shutting-down":
+        p.rejectedShutdown++;
+        break;
+      case "worker-timeout":
+        p.workerTimeouts++;
+        break;
+    }
+    p.retries += record.retries;
+    if (record.bytesIn > 0) p.bytesIn += record.bytesIn;
+    if (record.bytesOut > 0) p.bytesOut += record.bytesOut;
+
+    const now = this.#now();
+    const error = isError(record);
+    p.series.record(
+      Math.floor(now / 1000),
+      queued ? record.queueMs : -1,
+      record.workerMs,
+      error,
+    );
+    if (record.worker !== null) {
+      let w = this.#workers.get(record.worker);
+      if (w === undefined) {
+        if (this.#workers.size >= MAX_WORKERS) evictOldest(this.#workers);
+        w = {
+          pool,
+          requests: 0,
+          errors: 0,
+          workerMsSum: 0,
+          workerCount: 0,
+          lastStatus: 0,
+          lastSeen: 0,
+        };
+        this.#workers.set(record.worker, w);
+      }
+      w.pool = pool;
+      w.requests++;
+      if (error) w.errors++;
+      if (record.workerMs >= 0) {
+        w.workerMsSum += record.workerMs;
+        w.workerCount++;
+      }
+      w.lastStatus = record.status;
+      w.lastSeen = now;
+    }
+  }
+
+  /**
+   * Records the hub's gauges (queue depth, busy and idle slots per pool) for
+   * the current second of the history. Call it about once a second; the
+   * admin handler also calls it whenever it serves `/status` or an event.
+   *
+   * @param stats the hub's stats.
+   */
+  sample(stats: HubStats): void {
+    const sec = Math.floor(this.#now() / 1000);
+    for (const [name, g] of poolGauges(stats)) {
+      this.#pool(name).series.sample(sec, g);
+    }
+  }
+
+  /**
+   * The status of every pool: gauges, recent percentiles, history, workers.
+   *
+   * @param stats the hub's stats.
+   * @param seconds how much history to include.
+   * @returns one entry per pool: the hub's pools in its order, then pools
+   *   only seen in access records.
+   */
+  status(
+    stats: HubStats,
+    seconds: number = this.#seriesSeconds,
+  ): PoolStatus[] {
+    const gauges = poolGauges(stats);
+    const now = this.#now();
+    const sec = Math.floor(now / 1000);
+    const elapsed = (now - this.startedAt) / 1000;
+    const names = new Set([...gauges.keys(), ...this.#pools.keys()]);
+    const rows = this.#workerRows(stats);
+    const out: PoolStatus[] = [];
+    for (const name of names) {
+      const p = this.#pool(name);
+      out.push({
+        name,
+        stats: gauges.get(name) ?? {
+          queued: 0,
+          oldestWaitMs: 0,
+          slots: 0,
+          idle: 0,
+          busy: 0,
+          workers: 0,
+        },
+        recent: p.series.summary(sec, 60, elapsed),
+        series: p.series.read(sec, seconds),
+        workers: rows.filter((r) => r.pool === name),
+      });
+    }
+    return out;
+  }
+
+  // Connected workers (from the hub) joined with the ones seen in records.
+  #workerRows(stats: HubStats): WorkerRow[] {
+    const live = (stats as { workers?: HubStats["workers"] }).workers ?? [];
+    const rows: WorkerRow[] = [];
+    const listed = new Set<string>();
+    const row = (
+      id: string,
+      pool: string,
+      slots: number,
+      busy: number,
+      labels: Record<string, string>,
+    ): WorkerRow => {
+      const w = this.#workers.get(id);
+      return {
+        id,
+        pool,
+        slots,
+        busy,
+        labels,
+        requests: w?.requests ?? 0,
+        errors: w?.errors ?? 0,
+        meanWorkerMs: w !== undefined && w.workerCount > 0
+          ? Math.round(w.workerMsSum / w.workerCount * 100) / 100
+          : null,
+        lastStatus: w?.lastStatus ?? null,
+        lastSeen: w?.lastSeen ?? null,
+      };
+    };
+    for (const w of live) {
+      listed.add(w.id);
+      rows.push(row(w.id, w.pool, w.slots, w.busy, w.labels));
+    }
+    const gone: WorkerRow[] = [];
+    for (const [id, w] of this.#workers) {
+      if (!listed.has(id)) gone.push(row(id, w.pool, 0, 0, {}));
+    }
+    gone.sort((a, b) => (b.lastSeen ?? 0) - (a.lastSeen ?? 0));
+    return rows.concat(gone);
+  }
+
+  /**
+   * The metrics in the Prometheus text exposition format 0.0.4. Gauges come
+   * from `stats` (per pool from `stats.pools`), counters and histograms from
+   * the access records observed.
+   *
+   * @param stats the hub's stats.
+   * @returns the exposition text, ending with a newline.
+   */
+  render(stats: HubStats): string {
+    const gauges = poolGauges(stats);
+    for (const name of gauges.keys()) this.#pool(name);
+    const pools = [...this.#pools];
+    const out: string[] = [];
+    const gauge = (
+      name: string,
+      help: string,
+      value: (g: PoolGauges) => number,
+    ) => {
+      header(out, name, "gauge", help);
+      for (const [pool] of pools) {
+        const g = gauges.get(pool);
+        if (g !== undefined) {
+          out.push(`${name}{pool="${label(pool)}"} ${num(value(g))}`);
+        }
+      }
+    };
+    const counter = (
+      name: string,
+      help: string,
+      value: (p: PoolMetrics) => number,
+    ) => {
+      header(out, name, "counter", help);
+      for (const [pool, p] of pools) {
+        out.push(`${name}{pool="${label(pool)}"} ${num(value(p))}`);
+      }
+    };
+
+    gauge(
+      "pothead_queue_depth",
+      "Requests waiting in the pool's queue for a worker slot.",
+      (g) => g.queued,
+    );
+    gauge(
+      "pothead_queue_oldest_age_seconds",
+      "How long the oldest queued request has waited (0 if none).",
+      (g) => g.oldestWaitMs / 1000,
+    );
+    header(
+      out,
+      "pothead_worker_slots",
+      "gauge",
+      "Worker slots (connections) by state; idle slots next to queue depth are the scaling signal.",
+    );
+    for (const [pool] of pools) {
+      const g = gauges.get(pool);
+      if (g === undefined) continue;
+      const l = label(pool);
+      out.push(
+        `pothead_worker_slots{pool="${l}",state="idle"} ${num(g.idle)}`,
+        `pothead_worker_slots{pool="${l}",state="busy"} ${num(g.busy)}`,
+      );
+    }
+    gauge(
+      "pothead_worker_slots_connected",
+      "Worker slots (connections) attached, idle or busy.",
+      (g) => g.slots,
+    );
+    gauge(
+      "pothead_workers_connected",
+      "Distinct workers with at least one slot attached.",
+      (g) => g.workers,
+    );
+
+    header(
+      out,
+      "pothead_requests_received_total",
+      "counter",
+      "Consumer requests received by the hub (all pools).",
+    );
+    out.push(`pothead_requests_received_total ${num(stats.received)}`);
+    header(
+      out,
+      "pothead_requests_total",
+      "counter",
+      "Finished consumer requests by status sent and outcome.",
+    );
+    for (const [pool, p] of pools) {
+      const l = label(pool);
+      const statuses = [...p.requests.keys()].sort((a, b) => a - b);
+      for (const status of statuses) {
+        for (const [outcome, n] of p.requests.get(status)!) {
+          out.push(
+            `pothead_requests_total{pool="${l}",status="${status}",outcome="${
+              label(outcome)
+            }"} ${num(n)}`,
+          );
+        }
+      }
+    }
+
+    histogram(
+      out,
+      "pothead_queue_wait_seconds",
+      "Time requests waited in the queue (requests turned away at once are not counted).",
+      pools.map(([pool, p]) => [pool, p.queueWait]),
+    );
+    histogram(
+      out,
+      "pothead_worker_seconds",
+      "Time from sending a request to a worker to its response head.",
+      pools.map(([pool, p]) => [pool, p.workerTime]),
+    );
+
+    header(
+      out,
+      "pothead_rejections_total",
+      "counter",
+      "Requests the hub answered 503 itself, by reason.",
+    );
+    for (const [pool, p] of pools) {
+      const l = label(pool);
+      out.push(
+        `pothead_rejections_total{pool="${l}",reason="queue_full"} ${
+          num(p.rejectedFull)
+        }`,
+        `pothead_rejections_total{pool="${l}",reason="queue_timeout"} ${
+          num(p.rejectedTimeout)
+        }`,
+        `pothead_rejections_total{pool="${l}",reason="shutting_down"} ${
+          num(p.rejectedShutdown)
+        }`,
+      );
+    }
+    counter(
+      "pothead_worker_timeouts_total",
+      "Requests answered 504 because the worker sent no response head in time.",
+      (p) => p.workerTimeouts,
+    );
+    counter(
+      "pothead_retries_total",
+      "Resends to another worker after a provably unstarted attempt, counted when the request finishes.",
+      (p) => p.retries,
+    );
+    counter(
+      "pothead_bytes_in_total",
+      "Request body bytes received from consumers (when the length was known).",
+      (p) => p.bytesIn,
+    );
+    counter(
+      "pothead_bytes_out_total",
+      "Response body bytes read from workers.",
+      (p) => p.bytesOut,
+    );
+    const refused = (stats as { handshakesRefused?: number }).handshakesRefused;
+    if (refused !== undefined) {
+      header(
+        out,
+        "pothead_worker_handshakes_refused_total",
+        "counter",
+        "Worker handshakes refused (bad or missing token, malformed).",
+      );
+      out.push(`pothead_worker_handshakes_refused_total ${num(refused)}`);
+    }
+
+    header(
+      out,
+      "process_resident_memory_bytes",
+      "gauge",
+      "Resident memory size in bytes.",
+    );
+    out.push(`process_resident_memory_bytes ${num(Deno.memoryUsage().rss)}`);
+    return out.join("\n") + "\n";
+  }
+}
+
+function evictOldest(workers: Map<string, WorkerSeen>): void {
+  let oldest: string | undefined;
+  let at = Infinity;
+  for (const [k, w] of workers) {
+    if (w.lastSeen < at) {
+      at = w.lastSeen;
+      oldest = k;
+    }
+  }
+  if (oldest !== undefined) workers.delete(oldest);
+}
+
+function header(out: string[], name: string, type: string, help: string) {
+  out.push(
+    `# HELP ${name} ${help.replace(/\\/g, "\\\\").replace(/\n/g, "\\n")}`,
+    `# TYPE ${name} ${type}`,
+  );
+}
+
+function histogram(
+  out: string[],
+  name: string,
+  help: string,
+  pools: [string, Histogram][],
+): void {
+  header(out, name, "histogram", help);
+  for (const [pool, h] of pools) {
+    const l = label(pool);
+    let cumulative = 0;
+    for (let i = 0; i < h.bounds.length; i++) {
+      cumulative += h.counts[i];
+      out.push(
+        `${name}_bucket{pool="${l}",le="${num(h.bounds[i])}"} ${cumulative}`,
+      );
+    }
+    cumulative += h.counts[h.bounds.length];
+    out.push(
+      `${name}_bucket{pool="${l}",le="+Inf"} ${cumulative}`,
+      `${name}_sum{pool="${l}"} ${num(h.sum)}`,
+      `${name}_count{pool="${l}"} ${h.count}`,
+    );
+  }
+}
+
+/** Escapes a label value: backslash, double quote and newline. */
+function label(value: string): string {
+  return value.replace(/[\\"\n]/g, (c) => c === "\n" ? "\\n" : `\\${c}`);
+}
+
+function num(n: number): string {
+  if (Number.isNaN(n)) return "NaN";
+  if (n === Infinity) return "+Inf";
+  if (n === -Infinity) return "-Inf";
+  return String(n);
+}
+
+/** Options for {@linkcode formatAccess}. */
+export interface FormatAccessOptions {
+  /**
+   * The time written in the line.
+   * @default {new Date()}
+   */
+  time?: Date;
+}
+
+function ms(n: number): number {
+  return Math.round(n * 100) / 100;
+}
+
+// Characters that would break a space-separated line or a terminal.
+// deno-lint-ignore no-control-regex
+const UNSAFE = /[\x00-\x20"\\\x7f-\uffff]/;
+
+function field(value: string): string {
+  return value === "" || UNSAFE.test(value) ? JSON.stringify(value) : value;
+}
+
+/**
+ * Formats one access-log line (without the trailing newline).
+ *
+ * `text`: `TIME ID POOL METHOD PATH STATUS OUTCOME queue_ms=N worker_ms=N
+ * total_ms=N bytes_in=N bytes_out=N worker=ID retries=N`, with any field
+ * holding spaces, quotes or control characters written as a JSON string and
+ * a missing worker as `-`. `json`: one JSON object with `time` and every
+ * field of the record, milliseconds rounded to 0.01.
+ *
+ * @example
+ * ```ts ignore
+ * const metrics = new HubMetrics();
+ * serveHub({
+ *   onAccess(record) {
+ *     metrics.observe(record);
+ *     console.log(formatAccess(record, "text"));
+ *   },
+ * });
+ * ```
+ *
+ * @param record the hub's access record.
+ * @param format `"text"` or `"json"`.
+ * @param options the time to write.
+ * @returns one line.
+ * @throws {TypeError} on another format.
+ */
+export function formatAccess(
+  record: AccessRecord,
+  format: "text" | "json",
+  options: FormatAccessOptions = {},
+): string {
+  const time = (options.time ?? new Date()).toISOString();
+  const pool = (record as { pool?: string }).pool ?? DEFAULT_POOL;
+  const workerMs = record.workerMs < 0 ? -1 : ms(record.workerMs);
+  if (format === "json") {
+    return JSON.stringify({
+      time,
+      id: record.id,
+      pool,
+      method: record.method,
+      path: record.path,
+      status: record.status,
+      outcome: record.outcome,
+      queueMs: ms(record.queueMs),
+      workerMs,
+      totalMs: ms(record.totalMs),
+      bytesIn: record.bytesIn,
+      bytesOut: record.bytesOut,
+      worker: record.worker,
+      retries: record.retries,
+    });
+  }
+  if (format !== "text") {
+    throw new TypeError(
+      `Cannot format access record: expected format "text" or "json", got "${format}"`,
+    );
+  }
+  return `${time} ${field(record.id)} ${field(pool)} ${field(record.method)} ${
+    field(record.path)
+  } ${record.status} ${record.outcome} queue_ms=${
+    ms(record.queueMs)
+  } worker_ms=${workerMs} total_ms=${
+    ms(record.totalMs)
+  } bytes_in=${record.bytesIn} bytes_out=${record.bytesOut} worker=${
+    record.worker === null ? "-" : field(record.worker)
+  } retries=${record.retries}`;
+}

@@ -1,0 +1,314 @@
+// The status page in a real headless browser: Debian's chromium driven by
+// playwright-core (tests/status_page.mjs, run by Node) against a real hub
+// with a real worker and the admin handler on Deno.serve. The test holds
+// requests in the worker so the queue grows, and asserts that the numbers
+// the page shows follow. A screenshot goes to tests/output/status.png.
+//
+// Needs: /usr/bin/chromium (`apt-get install -y chromium`) and
+// node_modules/playwright-core (`npm install --no-save playwright-core`);
+// without them the test is registered as ignored and says which is missing.
+
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { createAdminHandler } from "../_admin.ts";
+import { HubMetrics } from "../_metrics.ts";
+import { serveHub } from "../hub.ts";
+import { connectWorker } from "../worker.ts";
+
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const CHROMIUM = "/usr/bin/chromium";
+const OUTPUT = `${ROOT}tests/output`;
+const HANG_GUARD = 60_000;
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function findNode(): string | null {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    if (dir && exists(`${dir}/node`)) return `${dir}/node`;
+  }
+  return null;
+}
+
+const NODE = findNode();
+const missing = [
+  exists(CHROMIUM) ? null : `${CHROMIUM} (apt-get install -y chromium)`,
+  exists(`${ROOT}node_modules/playwright-core/package.json`)
+    ? null
+    : "node_modules/playwright-core (npm install --no-save playwright-core)",
+  NODE === null ? "node on PATH" : null,
+].filter((m) => m !== null);
+
+async function guard<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`Hang guard: ${what} did not happen`)),
+      HANG_GUARD,
+    );
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+interface PageState {
+  values: Record<string, string>;
+  charts: Record<string, { last: string | null; paths: number }>;
+  workers: string[][];
+  mode: string;
+  title: string;
+}
+
+/** The Node process that drives chromium, spoken to in JSON lines. */
+class Browser {
+  #child: Deno.ChildProcess;
+  #stdin: WritableStreamDefaultWriter<Uint8Array>;
+  #lines: ReadableStreamDefaultReader<string>;
+  #buffer = "";
+  #stderr: Promise<string>;
+  /** Page errors and console errors reported so far. */
+  readonly errors: string[] = [];
+
+  constructor() {
+    this.#child = new Deno.Command(NODE!, {
+      args: ["tests/status_page.mjs"],
+      cwd: ROOT,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.#stdin = this.#child.stdin.getWriter();
+    this.#lines = this.#child.stdout.pipeThrough(new TextDecoderStream())
+      .getReader();
+    this.#stderr = new Response(this.#child.stderr).text();
+  }
+
+  async #readLine(): Promise<string | null> {
+    for (let i = 0; i < 100_000; i++) {
+      const nl = this.#buffer.indexOf("\n");
+      if (nl >= 0) {
+        const line = this.#buffer.slice(0, nl);
+        this.#buffer = this.#buffer.slice(nl + 1);
+        return line;
+      }
+      const { value, done } = await this.#lines.read();
+      if (done) return null;
+      this.#buffer += value;
+    }
+    throw new Error("driver output has no line end");
+  }
+
+  async send(command: Record<string, unknown>): Promise<PageState> {
+    await this.#stdin.write(
+      new TextEncoder().encode(JSON.stringify(command) + "\n"),
+    );
+    const line = await guard(
+      this.#readLine(),
+      `browser command ${command.cmd}`,
+    );
+    if (line === null) {
+      throw new Error(`browser driver exited: ${await this.#stderr}`);
+    }
+    const reply = JSON.parse(line);
+    if (Array.isArray(reply.errors)) this.errors.push(...reply.errors);
+    if (!reply.ok) {
+      throw new Error(`browser command ${command.cmd} failed: ${reply.error}`);
+    }
+    return reply as PageState;
+  }
+
+  open(url: string, noEventSource = false): Promise<PageState> {
+    return this.send({ cmd: "open", url, noEventSource });
+  }
+
+  read(): Promise<PageState> {
+    return this.send({ cmd: "read" });
+  }
+
+  waitFor(metric: string, value: string): Promise<PageState> {
+    return this.send({ cmd: "waitFor", metric, value });
+  }
+
+  waitForChart(chart: string, value: string): Promise<PageState> {
+    return this.send({ cmd: "waitForChart", chart, value });
+  }
+
+  async screenshot(path: string): Promise<void> {
+    await this.send({ cmd: "screenshot", path });
+  }
+
+  /** Closes the browser and waits for the driver to exit. */
+  async close(): Promise<void> {
+    try {
+      await this.#stdin.write(new TextEncoder().encode('{"cmd":"quit"}\n'));
+      await this.#stdin.close();
+    } catch {
+      // the driver already exited
+    }
+    const rest: string[] = [];
+    for (
+      let line;
+      (line = await guard(this.#readLine(), "driver exit")) !== null;
+    ) {
+      rest.push(line);
+    }
+    const status = await guard(this.#child.status, "driver exit status");
+    const stderr = await this.#stderr;
+    if (!status.success) {
+      throw new Error(`browser driver failed (${status.code}): ${stderr}`);
+    }
+  }
+
+  kill(): void {
+    try {
+      this.#child.kill();
+    } catch {
+      // already exited
+    }
+  }
+}
+
+Deno.test({
+  name: missing.length === 0
+    ? "status page in headless chromium shows queue depth and counters that follow the load"
+    : `status page in headless chromium (ignored: missing ${
+      missing.join(", ")
+    })`,
+  ignore: missing.length > 0,
+  async fn() {
+    await Deno.mkdir(OUTPUT, { recursive: true });
+    const metrics = new HubMetrics();
+    const server = serveHub({
+      hostname: "127.0.0.1",
+      port: 0,
+      workerPort: 0,
+      shutdownGrace: 1000,
+      onAccess: (r) => metrics.observe(r),
+    });
+    const adminStop = new AbortController();
+    const admin = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      createAdminHandler(server.hub, metrics, {
+        version: "0.0.0-test",
+        eventInterval: 250,
+        signal: adminStop.signal,
+      }),
+    );
+    // Requests to /hold wait while the gate is shut.
+    let gate = Promise.withResolvers<void>();
+    const shut = () => {
+      gate.resolve();
+      gate = Promise.withResolvers<void>();
+    };
+    const open = () => gate.resolve();
+    const worker = connectWorker(async (req) => {
+      const path = new URL(req.url).pathname;
+      if (path === "/hold") await gate.promise;
+      return new Response(`done ${path}\n`);
+    }, {
+      hostname: "127.0.0.1",
+      port: server.workerAddr.port,
+      concurrency: 2,
+      minBackoff: 10,
+      maxBackoff: 100,
+    });
+    const base = `http://127.0.0.1:${server.addr.port}`;
+    const adminUrl = `http://127.0.0.1:${admin.addr.port}/`;
+    const consumers: Promise<Response>[] = [];
+    const browser = new Browser();
+    let closed = false;
+    const finish = async () => {
+      for (const res of await Promise.all(consumers.splice(0))) {
+        assert.equal(res.status, 200);
+        await res.text();
+      }
+    };
+    try {
+      let page = await browser.open(adminUrl);
+      assert.equal(page.values.version, "0.0.0-test");
+      page = await browser.waitFor("slots", "2");
+      assert.equal(page.values.queued, "0");
+      assert.equal(page.values.received, "0");
+      assert.equal(page.values.idle, "2");
+      assert.equal(page.mode, "live", "the page uses the event stream");
+
+      // Three quick requests: the request counter moves.
+      for (const path of ["/a", "/b", "/c"]) {
+        const res = await fetch(base + path);
+        await res.text();
+      }
+      page = await browser.waitFor("received", "3");
+      assert.equal(page.values.queued, "0");
+
+      // Six held requests on two slots: two busy, four queued.
+      for (let i = 0; i < 6; i++) consumers.push(fetch(`${base}/hold`));
+      page = await browser.waitFor("queued", "4");
+      page = await browser.waitFor("busy", "2");
+      assert.equal(page.values.idle, "0");
+      assert.equal(page.values.received, "9");
+      assert.notEqual(page.values.oldest, "–");
+      page = await browser.waitForChart("queue", "4");
+      assert.ok(page.charts.queue.paths >= 1, "the queue chart has a line");
+      assert.match(page.title, /4 queued/);
+      // The worker row shows the worker with both slots busy.
+      assert.ok(
+        page.workers.some((row) =>
+          row[0] === "addr:127.0.0.1" && row[1] === "2 / 2"
+        ),
+        `worker row in ${JSON.stringify(page.workers)}`,
+      );
+      await browser.screenshot(`${OUTPUT}/status.png`);
+
+      // Let them all through: the queue drains and the counters follow.
+      open();
+      await guard(finish(), "held requests to finish");
+      page = await browser.waitFor("queued", "0");
+      page = await browser.waitFor("busy", "0");
+      assert.equal(page.values.received, "9");
+      page = await browser.waitForChart("queue", "0");
+      assert.notEqual(page.values.workerP99, "–");
+      assert.ok(page.charts.latency.paths >= 1, "the latency chart has lines");
+      await browser.screenshot(`${OUTPUT}/status-drained.png`);
+
+      // Without EventSource the page polls /status and still follows.
+      page = await browser.open(adminUrl, true);
+      assert.equal(page.mode, "polling");
+      shut();
+      for (let i = 0; i < 3; i++) consumers.push(fetch(`${base}/hold`));
+      page = await browser.waitFor("queued", "1");
+      assert.equal(page.values.received, "12");
+      assert.equal(page.mode, "polling");
+      open();
+      await guard(finish(), "held requests to finish");
+      page = await browser.waitFor("queued", "0");
+      page = await browser.waitFor("received", "12");
+
+      await browser.close();
+      closed = true;
+      assert.deepEqual(browser.errors, [], "no errors in the page");
+    } finally {
+      open();
+      if (!closed) {
+        // Closing stdin makes the driver close chromium; kill it if not.
+        await browser.close().catch(() => browser.kill());
+      }
+      await Promise.allSettled(
+        consumers.map(async (p) => await (await p).body?.cancel()),
+      );
+      worker.close();
+      await guard(worker.finished, "worker to stop");
+      await guard(server.shutdown(), "hub shutdown");
+      adminStop.abort();
+      await guard(admin.shutdown(), "admin shutdown");
+    }
+  },
+});
