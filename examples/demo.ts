@@ -234,6 +234,9 @@ async function main(args: string[]): Promise<number> {
   try {
     const hub = start("hub", [
       "run",
+      // The hub watches request.signal only for consumers that leave; this
+      // opts in to Deno's fixed behaviour and silences its legacy warning.
+      "--unstable-no-legacy-abort",
       ...CHILD_PERMISSIONS,
       here("../hub.ts"),
       "--hostname",
