@@ -550,7 +550,8 @@ export class Hub {
    * @param peer a label for logs, such as the remote address.
    */
   addWorker(conn: Connection, peer = "worker"): void {
-    if (this.#closing) {
+    // While draining, workers may still (re)connect to serve the queue.
+    if (this.#closed) {
       conn.close();
       return;
     }
@@ -603,7 +604,7 @@ export class Hub {
         if (identity === null) return;
       }
     }
-    if (this.#closing) {
+    if (this.#closed) {
       conn.close();
       return;
     }
@@ -1277,16 +1278,18 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
   let stopping: Promise<void> | null = null;
   const shutdown = () =>
     stopping ??= (async () => {
+      // server.shutdown() stops accepting and waits for responses in
+      // progress (aborting a serve signal would cut them); the hub's drain
+      // lets them finish and answers what is still queued after the grace.
+      // The worker listener stays open meanwhile: workers that reconnect
+      // help drain the queue.
+      const serving = server.shutdown();
+      await hub.shutdown(options.shutdownGrace ?? 30_000);
       try {
         listener.close();
       } catch {
         // already closed
       }
-      // server.shutdown() stops accepting and waits for responses in
-      // progress (aborting a serve signal would cut them); the hub's drain
-      // lets them finish and answers what is still queued after the grace.
-      const serving = server.shutdown();
-      await hub.shutdown(options.shutdownGrace ?? 30_000);
       await serving;
       await accepting;
     })();
