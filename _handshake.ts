@@ -21,6 +21,7 @@ import {
   type HeaderList,
   parseRequestHead,
   parseResponseHead,
+  reasonPhrase,
   type RequestHead,
 } from "./_codec.ts";
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
@@ -109,7 +110,15 @@ export function parseHandshake(head: RequestHead): WorkerIdentity {
   }
   const alpn = field(head.headers, "alpn");
   if (alpn !== null) {
-    const protos = tokens(alpn).map((t) => decodeURIComponent(t).toLowerCase());
+    let protos: string[];
+    try {
+      protos = tokens(alpn).map((t) => decodeURIComponent(t).toLowerCase());
+    } catch {
+      throw new HandshakeError(
+        400,
+        `Cannot accept worker: malformed ALPN ${JSON.stringify(alpn)}`,
+      );
+    }
     if (!protos.includes("http/1.1")) {
       throw new HandshakeError(
         400,
@@ -205,9 +214,7 @@ export function refusal(error: HandshakeError): Uint8Array {
     : error.status === 426
     ? [["upgrade", "ptth"]]
     : [];
-  const reason = { 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden" }[
-    error.status
-  ] ?? "Upgrade Required";
+  const reason = reasonPhrase(error.status) || "Error";
   const body = new TextEncoder().encode(text);
   const { buf, length } = encodeHead(`HTTP/1.1 ${error.status} ${reason}`, [
     ...extra,

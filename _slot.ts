@@ -406,9 +406,12 @@ export class WorkerSlot {
     }
     let body: Uint8Array | ReadableStream<Uint8Array> | null = null;
     if (framing.kind === "length" && framing.length <= opts.smallBody) {
+      this.#inBody = true; // a stall here is a body stall too
       try {
         body = await readFixed(this.#reader, framing.length);
+        this.#inBody = false;
       } catch (error) {
+        this.#inBody = false;
         const e = this.#failure(false, false, error);
         settle(e);
         throw e;

@@ -1236,11 +1236,12 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
   }
   const hub = new Hub(options);
   const workerPort = options.workerPort ?? 4040;
-  const listener: Deno.Listener = options.workerCert !== undefined
+  const tls = options.workerCert !== undefined;
+  const listener: Deno.Listener = tls
     ? Deno.listenTls({
       hostname,
       port: workerPort,
-      cert: options.workerCert,
+      cert: options.workerCert!,
       key: options.workerKey!,
       transport: "tcp",
     })
@@ -1269,7 +1270,36 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
           // not fatal: the connection works without them
         }
         const ra = conn.remoteAddr as Deno.NetAddr;
-        hub.addWorker(conn, `${ra.hostname}:${ra.port}`);
+        const peer = `${ra.hostname}:${ra.port}`;
+        if (!tls) {
+          hub.addWorker(conn, peer);
+          continue;
+        }
+        // Finish TLS before the connection can become a slot: a client that
+        // never completes it must not receive requests.
+        const timeout = options.handshakeTimeout ?? 10_000;
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        Promise.race([
+          (conn as Deno.TlsConn).handshake(),
+          new Promise((_, reject) => {
+            timer = setTimeout(
+              () => reject(new Error(`no TLS handshake within ${timeout} ms`)),
+              timeout,
+            );
+          }),
+        ]).then(() => hub.addWorker(conn, peer), (error) => {
+          options.onLog?.({
+            level: "warn",
+            msg: "worker TLS handshake failed",
+            worker: peer,
+            reason: errorText(error),
+          });
+          try {
+            conn.close();
+          } catch {
+            // already closed
+          }
+        }).finally(() => clearTimeout(timer));
       }
     } catch (error) {
       if (!(error instanceof Deno.errors.BadResource)) throw error;

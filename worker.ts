@@ -234,15 +234,24 @@ export function connectWorker(
       // not fatal
     }
     if (!options.tls) return tcp;
+    let tls: Deno.TlsConn | undefined;
     try {
       // Dial the resolved address but verify the certificate against the
       // name the user gave.
-      return await Deno.startTls(tcp, {
+      tls = await Deno.startTls(tcp, {
         hostname: endpoint.name,
         caCerts: options.caCerts,
       });
+      // The handshake is lazy; finish it here so a bad certificate is a
+      // connect failure (with backoff), not a broken connection.
+      await tls.handshake();
+      return tls;
     } catch (error) {
-      tcp.close();
+      try {
+        (tls ?? tcp).close();
+      } catch {
+        // startTls took over the TCP connection
+      }
       throw error;
     }
   };

@@ -1,0 +1,253 @@
+// The multi-hub dialer: one worker offers its free permits to every hub it
+// knows and withdraws surplus idle connections (with the "not started" 408)
+// while busy. Two real hubs on loopback, in-process workers; held requests
+// are released by the test. No durations are asserted.
+
+import assert from "node:assert/strict";
+import { type HubServer, serveHub } from "../hub.ts";
+import { connectWorker, type WorkerHandle } from "../worker.ts";
+import { deadline, waitFor } from "./_relay.ts";
+
+const HANG = 20_000;
+
+function hub(): HubServer {
+  return serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 500,
+    queueTimeout: HANG,
+  });
+}
+
+async function withHubs(
+  fn: (a: HubServer, b: HubServer, workers: WorkerHandle[]) => Promise<void>,
+): Promise<void> {
+  const a = hub();
+  const b = hub();
+  const workers: WorkerHandle[] = [];
+  try {
+    await deadline(fn(a, b, workers), HANG * 2, "test body");
+  } finally {
+    for (const w of workers) w.close();
+    await Promise.all(workers.map((w) => w.finished));
+    await Promise.all([a.shutdown(), b.shutdown()]);
+  }
+}
+
+function hubs(...servers: HubServer[]): string[] {
+  return servers.map((s) => `127.0.0.1:${s.workerAddr.port}`);
+}
+
+function url(s: HubServer, path: string): string {
+  return `http://127.0.0.1:${s.addr.port}${path}`;
+}
+
+function later(u: string): Promise<Response> {
+  const p = fetch(u);
+  p.catch(() => {});
+  return p;
+}
+
+/** Held requests: each waits for `release()`; `entered(n)` waits for n. */
+class Held {
+  count = 0;
+  #release = Promise.withResolvers<void>();
+  #waiters: { n: number; resolve: () => void }[] = [];
+
+  handler = async (req: Request): Promise<Response> => {
+    this.count++;
+    for (const w of this.#waiters) if (this.count >= w.n) w.resolve();
+    await this.#release.promise;
+    return new Response(new URL(req.url).pathname);
+  };
+
+  entered(n: number): Promise<void> {
+    if (this.count >= n) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#waiters.push({ n, resolve });
+    return deadline(promise, HANG, `${n} requests entering`);
+  }
+
+  release(): void {
+    this.#release.resolve();
+  }
+}
+
+Deno.test("an idle worker with concurrency 2 offers 2 slots to each of two hubs", async () => {
+  await withHubs(async (a, b, workers) => {
+    workers.push(connectWorker(() => new Response("ok"), {
+      hubs: hubs(a, b),
+      concurrency: 2,
+      minBackoff: 10,
+      maxBackoff: 100,
+    }));
+    await waitFor(
+      () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2,
+      "2 idle slots at each hub",
+    );
+    assert.equal(workers[0].connected, 4);
+    assert.equal(workers[0].active, 0);
+    for (const s of [a, b]) {
+      const res = await fetch(url(s, "/"));
+      assert.equal(await res.text(), "ok");
+    }
+  });
+});
+
+Deno.test("a worker busy with 2 requests from hub A withdraws its idle slots at hub B, and offers them again after", async () => {
+  await withHubs(async (a, b, workers) => {
+    const held = new Held();
+    workers.push(connectWorker(held.handler, {
+      hubs: hubs(a, b),
+      concurrency: 2,
+      minBackoff: 10,
+      maxBackoff: 100,
+    }));
+    await waitFor(
+      () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2,
+      "2 idle slots at each hub",
+    );
+    const r1 = later(url(a, "/a1"));
+    const r2 = later(url(a, "/a2"));
+    await held.entered(2);
+    await waitFor(
+      () => b.hub.stats.slots === 0 && a.hub.stats.idle === 0,
+      "no idle slot anywhere while the worker is full",
+    );
+    assert.equal(a.hub.stats.busy, 2);
+    assert.equal(b.hub.stats.idle, 0);
+    assert.equal(workers[0].active, 2);
+    held.release();
+    assert.equal(await (await r1).text(), "/a1");
+    assert.equal(await (await r2).text(), "/a2");
+    await waitFor(
+      () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2,
+      "2 idle slots at each hub again",
+    );
+    assert.equal(a.hub.stats.failed + b.hub.stats.failed, 0);
+  });
+});
+
+Deno.test("a worker busy with one request from each hub has no idle slot at either", async () => {
+  await withHubs(async (a, b, workers) => {
+    const held = new Held();
+    workers.push(connectWorker(held.handler, {
+      hubs: hubs(a, b),
+      concurrency: 2,
+      minBackoff: 10,
+      maxBackoff: 100,
+    }));
+    await waitFor(
+      () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2,
+      "2 idle slots at each hub",
+    );
+    const ra = later(url(a, "/from-a"));
+    await held.entered(1);
+    // One permit left: each hub keeps exactly one idle slot.
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "one idle slot at each hub",
+    );
+    const rb = later(url(b, "/from-b"));
+    await held.entered(2);
+    await waitFor(
+      () => a.hub.stats.idle === 0 && b.hub.stats.idle === 0,
+      "no idle slot at either hub",
+    );
+    assert.equal(a.hub.stats.busy, 1);
+    assert.equal(b.hub.stats.busy, 1);
+    held.release();
+    assert.equal(await (await ra).text(), "/from-a");
+    assert.equal(await (await rb).text(), "/from-b");
+    await waitFor(
+      () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2,
+      "slots offered again",
+    );
+  });
+});
+
+Deno.test("40 requests spread over two hubs sharing one worker are all answered once", async () => {
+  await withHubs(async (a, b, workers) => {
+    const seen = new Map<string, number>();
+    workers.push(connectWorker(async (req) => {
+      const path = new URL(req.url).pathname;
+      seen.set(path, (seen.get(path) ?? 0) + 1);
+      // Hold a little so requests overlap and slots move between hubs.
+      for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 1));
+      return new Response(path);
+    }, {
+      hubs: hubs(a, b),
+      concurrency: 2,
+      minBackoff: 10,
+      maxBackoff: 100,
+    }));
+    await waitFor(
+      () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2,
+      "2 idle slots at each hub",
+    );
+    const reqs = Array.from({ length: 40 }, (_, i) => {
+      const path = `/r${i}`;
+      return later(url(i % 2 === 0 ? a : b, path)).then(async (res) =>
+        [res.status, await res.text(), path] as const
+      );
+    });
+    const results = await Promise.all(reqs);
+    for (const [status, body, path] of results) {
+      assert.equal(status, 200, `${path}: ${body}`);
+      assert.equal(body, path);
+    }
+    // Each request ran exactly once at the worker.
+    assert.equal(seen.size, 40);
+    for (const [path, n] of seen) assert.equal(n, 1, path);
+    const sa = a.hub.stats;
+    const sb = b.hub.stats;
+    assert.equal(sa.answered + sb.answered, 40);
+    assert.equal(sa.failed + sb.failed, 0);
+    const retries = sa.retries + sb.retries;
+    assert.ok(retries >= 0);
+    console.log(`hub retries while slots moved between hubs: ${retries}`);
+  });
+});
+
+Deno.test("a worker whose second hub is down serves the first and joins the second when it comes up", async () => {
+  await withHubs(async (a, _b, workers) => {
+    // Reserve a port, then close it so nothing listens there yet.
+    const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (probe.addr as Deno.NetAddr).port;
+    probe.close();
+    const errors: string[] = [];
+    workers.push(connectWorker(() => new Response("ok"), {
+      hubs: [...hubs(a), `127.0.0.1:${port}`],
+      concurrency: 2,
+      minBackoff: 10,
+      maxBackoff: 50,
+      onError: (_e, ctx) => errors.push(ctx),
+    }));
+    await waitFor(() => a.hub.stats.idle === 2, "slots at the live hub");
+    await waitFor(() => errors.length >= 2, "dial failures to the down hub");
+    assert.ok(errors.every((c) => c === `connect 127.0.0.1:${port}`));
+    assert.equal(await (await fetch(url(a, "/"))).text(), "ok");
+    let late: HubServer | undefined;
+    try {
+      late = serveHub({
+        hostname: "127.0.0.1",
+        port: 0,
+        workerPort: port,
+        shutdownGrace: 500,
+      });
+    } catch (error) {
+      // Someone else took the port in the meantime: nothing to check.
+      if (error instanceof Deno.errors.AddrInUse) return;
+      throw error;
+    }
+    try {
+      await waitFor(() => late!.hub.stats.idle === 2, "slots at the new hub");
+      assert.equal(a.hub.stats.idle, 2);
+    } finally {
+      workers[0].close();
+      await workers[0].finished;
+      await late.shutdown();
+    }
+  });
+});

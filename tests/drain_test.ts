@@ -1,0 +1,365 @@
+// Graceful drain without losing requests: the hub's shutdown (new requests
+// 503 at once, queued ones still served during the grace period, the rest
+// 503 after it), a worker's drain while idle and under load (every request
+// answered once, by the remaining workers if need be), and a streamed upload
+// declined with the "not started" 408 before its body was sent, which goes
+// whole to another worker. Real hub on loopback, in-process and raw workers.
+
+import assert from "node:assert/strict";
+import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
+import {
+  connectWorker,
+  type FetchHandler,
+  type WorkerHandle,
+  type WorkerOptions,
+} from "../worker.ts";
+import { deadline, RawSocket, waitFor } from "./_relay.ts";
+
+const HANG = 20_000;
+const NOT_STARTED = "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1" +
+  "\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+interface Ctx {
+  server: HubServer;
+  url: string;
+  workers: WorkerHandle[];
+  raws: RawSocket[];
+  add(handler: FetchHandler, options?: WorkerOptions): WorkerHandle;
+}
+
+async function withHub(
+  options: Partial<ServeHubOptions>,
+  fn: (ctx: Ctx) => Promise<void>,
+): Promise<void> {
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 500,
+    queueTimeout: HANG,
+    ...options,
+  });
+  const ctx: Ctx = {
+    server,
+    url: `http://127.0.0.1:${server.addr.port}`,
+    workers: [],
+    raws: [],
+    add(handler, opts = {}) {
+      const w = connectWorker(handler, {
+        hostname: "127.0.0.1",
+        port: server.workerAddr.port,
+        minBackoff: 10,
+        maxBackoff: 100,
+        ...opts,
+      });
+      ctx.workers.push(w);
+      return w;
+    },
+  };
+  try {
+    await deadline(fn(ctx), HANG * 2, "test body");
+  } finally {
+    for (const r of ctx.raws) r.close();
+    for (const w of ctx.workers) w.close();
+    await Promise.all(ctx.workers.map((w) => w.finished));
+    await server.shutdown();
+  }
+}
+
+function later(url: string, init?: RequestInit): Promise<Response> {
+  const p = fetch(url, init);
+  p.catch(() => {});
+  return p;
+}
+
+async function text(p: Promise<Response>): Promise<[number, string]> {
+  const res = await p;
+  return [res.status, await res.text()];
+}
+
+/** A handler whose requests wait, by path, until the test releases them. */
+class Held {
+  seen: string[] = [];
+  #entries = new Map<
+    string,
+    { entered: PromiseWithResolvers<void>; release: PromiseWithResolvers<void> }
+  >();
+
+  #entry(path: string) {
+    let e = this.#entries.get(path);
+    if (e === undefined) {
+      e = {
+        entered: Promise.withResolvers<void>(),
+        release: Promise.withResolvers<void>(),
+      };
+      this.#entries.set(path, e);
+    }
+    return e;
+  }
+
+  handler: FetchHandler = async (req) => {
+    const path = new URL(req.url).pathname;
+    this.seen.push(path);
+    const e = this.#entry(path);
+    e.entered.resolve();
+    await e.release.promise;
+    return new Response(`done ${path}`);
+  };
+
+  entered(path: string): Promise<void> {
+    return deadline(this.#entry(path).entered.promise, HANG, `${path} entered`);
+  }
+
+  release(path: string): void {
+    this.#entry(path).release.resolve();
+  }
+
+  releaseAll(): void {
+    for (const e of this.#entries.values()) e.release.resolve();
+  }
+}
+
+Deno.test("hub shutdown answers new requests 503 at once and still serves the queued ones as the slot frees", async () => {
+  await withHub({}, async (ctx) => {
+    const held = new Held();
+    ctx.add(held.handler);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    const r1 = later(`${ctx.url}/1`);
+    await held.entered("/1");
+    const r2 = later(`${ctx.url}/2`);
+    await waitFor(() => ctx.server.hub.stats.queued === 1, "/2 queued");
+    const r3 = later(`${ctx.url}/3`);
+    await waitFor(() => ctx.server.hub.stats.queued === 2, "/3 queued");
+
+    const shut = ctx.server.hub.shutdown(HANG);
+    const r4 = await fetch(`${ctx.url}/4`);
+    assert.equal(r4.status, 503);
+    assert.equal(r4.headers.get("x-pothead-error"), "1");
+    assert.equal(
+      await r4.text(),
+      "503 Service Unavailable: hub is shutting down\n",
+    );
+    // Nothing queued was dropped by the shutdown.
+    assert.equal(ctx.server.hub.stats.queued, 2);
+
+    held.release("/1");
+    assert.deepEqual(await text(r1), [200, "done /1"]);
+    await held.entered("/2");
+    held.release("/2");
+    assert.deepEqual(await text(r2), [200, "done /2"]);
+    await held.entered("/3");
+    held.release("/3");
+    assert.deepEqual(await text(r3), [200, "done /3"]);
+    await deadline(shut, HANG, "shutdown");
+    assert.deepEqual(held.seen, ["/1", "/2", "/3"]);
+    const s = ctx.server.hub.stats;
+    assert.equal(s.answered, 3);
+    assert.equal(s.received, 4);
+    assert.equal(s.queued, 0);
+    assert.equal(s.slots, 0);
+  });
+});
+
+Deno.test("hub shutdown answers requests still queued after the grace period with 503", async () => {
+  await withHub({}, async (ctx) => {
+    const held = new Held();
+    ctx.add(held.handler);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    const r1 = later(`${ctx.url}/busy`);
+    await held.entered("/busy");
+    const r2 = later(`${ctx.url}/queued-a`);
+    const r3 = later(`${ctx.url}/queued-b`);
+    await waitFor(() => ctx.server.hub.stats.queued === 2, "two queued");
+    await deadline(ctx.server.hub.shutdown(300), HANG, "shutdown");
+    for (const r of [r2, r3]) {
+      const res = await r;
+      assert.equal(res.status, 503);
+      assert.equal(
+        await res.text(),
+        "503 Service Unavailable: hub is shutting down\n",
+      );
+    }
+    // The request still in progress when the grace ran out was cut: the
+    // hub's own 502, never a hang.
+    const cut = await r1;
+    assert.equal(cut.status, 502);
+    assert.equal(cut.headers.get("x-pothead-error"), "1");
+    await cut.body?.cancel();
+    held.releaseAll();
+    assert.deepEqual(held.seen, ["/busy"]);
+    const s = ctx.server.hub.stats;
+    assert.equal(s.queued, 0);
+    assert.equal(s.slots, 0);
+    assert.equal(s.answered, 0);
+  });
+});
+
+Deno.test("worker drain while idle loses no request: all are answered by the remaining worker", async () => {
+  await withHub({}, async (ctx) => {
+    const served = { a: 0, b: 0 };
+    const a = ctx.add(() => {
+      served.a++;
+      return new Response("a");
+    }, { workerId: "a", concurrency: 2 });
+    ctx.add(() => {
+      served.b++;
+      return new Response("b");
+    }, { workerId: "b", concurrency: 2 });
+    await waitFor(() => ctx.server.hub.stats.idle === 4, "4 slots idle");
+    // Requests cross the drain on the wire.
+    const draining = a.drain();
+    const reqs = Array.from(
+      { length: 20 },
+      (_, i) => text(later(`${ctx.url}/${i}`)),
+    );
+    const results = await Promise.all(reqs);
+    await deadline(draining, HANG, "drain");
+    for (const [status] of results) assert.equal(status, 200);
+    // a was told to drain before any request left the hub.
+    assert.equal(served.a, 0);
+    assert.equal(served.b, 20);
+    assert.equal(a.connected, 0);
+    await waitFor(
+      () => ctx.server.hub.stats.workers.every((w) => w.id === "b"),
+      "only b left",
+    );
+    const s = ctx.server.hub.stats;
+    assert.equal(s.answered, 20);
+    assert.equal(s.failed, 0);
+    console.log(
+      `drain while idle: a served ${served.a}, b ${served.b}, retries ${s.retries}`,
+    );
+  });
+});
+
+Deno.test("worker drain under load finishes its requests in progress and loses none", async () => {
+  await withHub({}, async (ctx) => {
+    const count = new Map<string, number>();
+    const servedBy = { a: 0, b: 0 };
+    const started = Promise.withResolvers<void>();
+    const handler = (id: "a" | "b"): FetchHandler => async (req) => {
+      const path = new URL(req.url).pathname;
+      count.set(path, (count.get(path) ?? 0) + 1);
+      if (id === "a") started.resolve();
+      for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 1));
+      servedBy[id]++;
+      return new Response(`${id} ${path}`);
+    };
+    const a = ctx.add(handler("a"), { workerId: "a", concurrency: 2 });
+    ctx.add(handler("b"), { workerId: "b", concurrency: 2 });
+    await waitFor(() => ctx.server.hub.stats.idle === 4, "4 slots idle");
+    const reqs = Array.from(
+      { length: 40 },
+      (_, i) => text(later(`${ctx.url}/${i}`)),
+    );
+    await deadline(started.promise, HANG, "a started a request");
+    const draining = a.drain();
+    const results = await Promise.all(reqs);
+    await deadline(draining, HANG, "drain");
+    for (const [status, body] of results) assert.equal(status, 200, body);
+    assert.equal(count.size, 40);
+    for (const [path, n] of count) assert.equal(n, 1, `${path} ran ${n} times`);
+    assert.ok(servedBy.a >= 1);
+    assert.equal(servedBy.a + servedBy.b, 40);
+    assert.equal(a.connected, 0);
+    const s = ctx.server.hub.stats;
+    assert.equal(s.answered, 40);
+    assert.equal(s.failed, 0);
+    console.log(
+      `drain under load: a served ${servedBy.a}, b ${servedBy.b}, retries ${s.retries}`,
+    );
+  });
+});
+
+Deno.test({
+  name:
+    "hub shutdown still dispatches queued requests to a worker that reconnects during the grace period",
+  // Regression: the hub used to refuse worker connections from the start
+  // of shutdown(grace), so a worker that reconnects per request could not
+  // serve the queue during the grace period (fixed in 003b6c1).
+  fn: async () => {
+    await withHub({}, async (ctx) => {
+      const held = new Held();
+      // With a gate, each connection carries one request, then reconnects.
+      ctx.add(held.handler, { gate: () => Promise.resolve() });
+      await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+      const r1 = later(`${ctx.url}/busy`);
+      await held.entered("/busy");
+      const r2 = later(`${ctx.url}/queued`);
+      await waitFor(() => ctx.server.hub.stats.queued === 1, "queued");
+      const shut = ctx.server.hub.shutdown(3000);
+      held.release("/busy");
+      held.release("/queued");
+      assert.deepEqual(await text(r1), [200, "done /busy"]);
+      assert.deepEqual(await text(r2), [200, "done /queued"]);
+      await deadline(shut, HANG, "shutdown");
+    });
+  },
+});
+
+function pattern(size: number, seed: number): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(size);
+  let x = seed >>> 0;
+  for (let i = 0; i < size; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    out[i] = x >>> 24;
+  }
+  return out;
+}
+
+async function sha256(data: Uint8Array<ArrayBuffer>): Promise<string> {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+Deno.test("a streamed upload declined with the not-started 408 before its body was sent arrives whole at another worker", async () => {
+  await withHub({}, async (ctx) => {
+    const SIZE = 300 * 1024 + 7;
+    const data = pattern(SIZE, 42);
+    const want = await sha256(data);
+    // The first worker: a raw socket that declines without reading a body.
+    const r = await RawSocket.connect(ctx.server.workerAddr.port);
+    ctx.raws.push(r);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "raw worker idle");
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent >= SIZE) {
+          controller.close();
+          return;
+        }
+        const n = Math.min(16 * 1024, SIZE - sent);
+        controller.enqueue(data.slice(sent, sent + n));
+        sent += n;
+      },
+    });
+    const pending = later(`${ctx.url}/upload`, {
+      method: "POST",
+      body,
+      duplex: "half",
+    } as RequestInit);
+    const head = await r.readHead();
+    assert.ok(head !== null);
+    assert.match(head, /^POST \/upload HTTP\/1\.1\r\n/);
+    assert.match(head, /\r\nexpect: 100-continue\r\n/i);
+    assert.match(head, /\r\ntransfer-encoding: chunked\r\n/i);
+    // A second, good worker, then the decline.
+    ctx.add(async (req) => {
+      const bytes = new Uint8Array(await req.arrayBuffer());
+      return Response.json({
+        bytes: bytes.length,
+        sha256: await sha256(bytes),
+      });
+    }, { workerId: "good" });
+    await r.write(NOT_STARTED);
+    const res = await pending;
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { bytes: SIZE, sha256: want });
+    // Not one body byte went to the worker that declined.
+    assert.equal((await r.readToEnd()).length, 0);
+    const s = ctx.server.hub.stats;
+    assert.equal(s.retries, 1);
+    assert.equal(s.answered, 1);
+    assert.equal(s.failed, 0);
+  });
+});

@@ -1,0 +1,610 @@
+// The PTTH handshake on the worker link: pure tests of the handshake
+// functions on heads and bytes, then a real hub (serveHub on loopback) with
+// workers that send the handshake (connectWorker, or a raw socket writing
+// exact bytes) and plain workers that do not. Nothing asserts on durations.
+
+import assert from "node:assert/strict";
+import {
+  DEFAULT_LIMITS,
+  parseRequestHead,
+  parseResponseHead,
+  type RequestHead,
+} from "../_codec.ts";
+import {
+  checkToken,
+  DEFAULT_POOL,
+  encodeHandshake,
+  HandshakeError,
+  parseHandshake,
+  refusal,
+  switchingProtocols,
+} from "../_handshake.ts";
+import {
+  type HubLogRecord,
+  type HubServer,
+  serveHub,
+  type ServeHubOptions,
+} from "../hub.ts";
+import { connectWorker, type WorkerHandle } from "../worker.ts";
+import {
+  deadline,
+  latin1Bytes,
+  latin1Text,
+  RawSocket,
+  waitFor,
+} from "./_relay.ts";
+
+const HANG = 15_000;
+const TOKEN_A = "token-alpha-0123456789";
+const TOKEN_B = "token-bravo-9876543210";
+
+function head(text: string): RequestHead {
+  const bytes = latin1Bytes(text);
+  const parsed = parseRequestHead(bytes, 0, bytes.length, DEFAULT_LIMITS);
+  assert.ok(parsed !== null, "test head must be complete");
+  return parsed.value;
+}
+
+function isStatus(status: number) {
+  return (error: unknown) => {
+    assert.ok(error instanceof HandshakeError, String(error));
+    assert.equal(error.status, status);
+    return true;
+  };
+}
+
+const KAZUHO = "GET / HTTP/1.1\r\nHost: hub.example\r\nUpgrade: ptth\r\n" +
+  "Connection: Upgrade\r\nALPN: http%2F1.1\r\n";
+
+// ---------------------------------------------------------------------------
+// Pure tests: parseHandshake, checkToken, encodeHandshake, refusal
+
+Deno.test("parseHandshake accepts the draft-kazuho form (Upgrade: ptth with ALPN http%2F1.1)", () => {
+  assert.deepEqual(parseHandshake(head(KAZUHO + "\r\n")), {
+    id: null,
+    pool: DEFAULT_POOL,
+    labels: {},
+    protocol: "ptth",
+  });
+});
+
+Deno.test("parseHandshake accepts the 2009 form (Upgrade: PTTH/1.0, no ALPN)", () => {
+  const h = head(
+    "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: PTTH/1.0\r\n" +
+      "Connection: keep-alive, Upgrade\r\n\r\n",
+  );
+  assert.deepEqual(parseHandshake(h), {
+    id: null,
+    pool: "default",
+    labels: {},
+    protocol: "PTTH/1.0",
+  });
+});
+
+Deno.test("parseHandshake reads worker id, pool and labels", () => {
+  const h = head(
+    KAZUHO + "Pothead-Worker-Id: gpu-box.1\r\nPothead-Pool: images\r\n" +
+      "Pothead-Labels: gpu=a100, zone=eu-1\r\nPothead-Labels: spot\r\n\r\n",
+  );
+  assert.deepEqual(parseHandshake(h), {
+    id: "gpu-box.1",
+    pool: "images",
+    labels: { gpu: "a100", zone: "eu-1", spot: "" },
+    protocol: "ptth",
+  });
+});
+
+Deno.test("parseHandshake refuses a head without a ptth upgrade with 426", () => {
+  assert.throws(
+    () => parseHandshake(head("GET / HTTP/1.1\r\nHost: hub\r\n\r\n")),
+    isStatus(426),
+  );
+  assert.throws(
+    () =>
+      parseHandshake(
+        head(
+          "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\n" +
+            "Connection: Upgrade\r\n\r\n",
+        ),
+      ),
+    isStatus(426),
+  );
+});
+
+Deno.test("parseHandshake refuses malformed handshakes with 400", () => {
+  const cases = [
+    // no Connection: Upgrade
+    "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\n\r\n",
+    // HTTP/1.0
+    "GET / HTTP/1.0\r\nHost: hub\r\nUpgrade: ptth\r\nConnection: Upgrade\r\n\r\n",
+    // a body
+    KAZUHO + "Content-Length: 3\r\n\r\n",
+    KAZUHO + "Transfer-Encoding: chunked\r\n\r\n",
+    // ALPN that does not offer http/1.1
+    "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: ptth\r\nConnection: Upgrade\r\n" +
+    "ALPN: h2\r\n\r\n",
+    // invalid names
+    KAZUHO + "Pothead-Worker-Id: has space\r\n\r\n",
+    KAZUHO + "Pothead-Pool: -leading-dash\r\n\r\n",
+    KAZUHO + "Pothead-Labels: bad key=1\r\n\r\n",
+  ];
+  for (const text of cases) {
+    assert.throws(() => parseHandshake(head(text)), isStatus(400), text);
+  }
+});
+
+Deno.test({
+  name:
+    "parseHandshake refuses a malformed percent-encoded ALPN with a 400 HandshakeError",
+  fn: () => {
+    assert.throws(
+      () =>
+        parseHandshake(head(KAZUHO.replace("http%2F1.1", "%E0%A4%A") + "\r\n")),
+      isStatus(400),
+    );
+  },
+});
+
+Deno.test("checkToken accepts any configured bearer token and refuses others", async () => {
+  const valid = [TOKEN_A, TOKEN_B];
+  const withAuth = (v: string) => head(KAZUHO + `Authorization: ${v}\r\n\r\n`);
+  await checkToken(withAuth(`Bearer ${TOKEN_A}`), valid);
+  await checkToken(withAuth(`Bearer ${TOKEN_B}`), valid);
+  await checkToken(withAuth(`bearer ${TOKEN_B}`), valid);
+  await assert.rejects(checkToken(head(KAZUHO + "\r\n"), valid), isStatus(401));
+  await assert.rejects(
+    checkToken(withAuth(`Basic ${btoa(`user:${TOKEN_A}`)}`), valid),
+    isStatus(401),
+  );
+  await assert.rejects(
+    checkToken(withAuth("Bearer token-alpha-01234567890"), valid),
+    isStatus(403),
+  );
+  await assert.rejects(
+    checkToken(withAuth("Bearer token-alpha"), valid),
+    isStatus(403),
+  );
+  await assert.rejects(checkToken(withAuth("Bearer x"), []), isStatus(403));
+});
+
+Deno.test("encodeHandshake writes the draft-kazuho form that parseHandshake reads back", async () => {
+  const bytes = encodeHandshake({
+    host: "hub.example",
+    token: TOKEN_A,
+    workerId: "w-1",
+    pool: "images",
+    labels: { gpu: "a100", zone: "eu" },
+  });
+  assert.equal(
+    latin1Text(bytes),
+    "GET / HTTP/1.1\r\nhost: hub.example\r\nupgrade: ptth\r\n" +
+      "connection: Upgrade\r\nalpn: http%2F1.1\r\n" +
+      `authorization: Bearer ${TOKEN_A}\r\npothead-worker-id: w-1\r\n` +
+      "pothead-pool: images\r\npothead-labels: gpu=a100, zone=eu\r\n\r\n",
+  );
+  const h = head(latin1Text(bytes));
+  assert.deepEqual(parseHandshake(h), {
+    id: "w-1",
+    pool: "images",
+    labels: { gpu: "a100", zone: "eu" },
+    protocol: "ptth",
+  });
+  await checkToken(h, [TOKEN_B, TOKEN_A]);
+  // Without a token or declarations only the upgrade fields are sent.
+  assert.equal(
+    latin1Text(encodeHandshake({ host: "h" })),
+    "GET / HTTP/1.1\r\nhost: h\r\nupgrade: ptth\r\nconnection: Upgrade\r\n" +
+      "alpn: http%2F1.1\r\n\r\n",
+  );
+});
+
+Deno.test("switchingProtocols echoes the upgrade token the worker asked for", () => {
+  for (const protocol of ["ptth", "PTTH/1.0"]) {
+    const bytes = switchingProtocols(protocol);
+    const parsed = parseResponseHead(bytes, 0, bytes.length, DEFAULT_LIMITS);
+    assert.ok(parsed !== null);
+    assert.equal(parsed.used, bytes.length);
+    assert.equal(parsed.value.status, 101);
+    assert.deepEqual(parsed.value.headers, [
+      ["upgrade", protocol],
+      ["connection", "Upgrade"],
+    ]);
+  }
+});
+
+Deno.test("refusal is a complete response that closes the connection", () => {
+  const cases: [number, string, [string, string] | null][] = [
+    [400, "Bad Request", null],
+    [401, "Unauthorized", ["www-authenticate", 'Bearer realm="pothead"']],
+    [403, "Forbidden", null],
+    [426, "Upgrade Required", ["upgrade", "ptth"]],
+  ];
+  for (const [status, reason, extra] of cases) {
+    const bytes = refusal(new HandshakeError(status, `why ${status}`));
+    const parsed = parseResponseHead(bytes, 0, bytes.length, DEFAULT_LIMITS);
+    assert.ok(parsed !== null);
+    const { value } = parsed;
+    assert.equal(value.status, status);
+    assert.equal(value.reason, reason);
+    const get = (n: string) => value.headers.find(([k]) => k === n)?.[1];
+    assert.equal(get("connection"), "close");
+    const body = latin1Text(bytes.subarray(parsed.used));
+    assert.equal(body, `why ${status}\n`);
+    assert.equal(get("content-length"), String(body.length));
+    if (extra !== null) assert.equal(get(extra[0]), extra[1]);
+    else assert.equal(get("www-authenticate"), undefined);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// A real hub
+
+interface Ctx {
+  server: HubServer;
+  url: string;
+  logs: HubLogRecord[];
+  workers: WorkerHandle[];
+  raws: RawSocket[];
+}
+
+async function withHub(
+  options: Partial<ServeHubOptions>,
+  fn: (ctx: Ctx) => Promise<void>,
+): Promise<void> {
+  const logs: HubLogRecord[] = [];
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 500,
+    queueTimeout: HANG,
+    onLog: (r) => logs.push(r),
+    ...options,
+  });
+  const ctx: Ctx = {
+    server,
+    url: `http://127.0.0.1:${server.addr.port}`,
+    logs,
+    workers: [],
+    raws: [],
+  };
+  try {
+    await deadline(fn(ctx), HANG * 2, "test body");
+  } finally {
+    for (const r of ctx.raws) r.close();
+    for (const w of ctx.workers) w.close();
+    await Promise.all(ctx.workers.map((w) => w.finished));
+    await server.shutdown();
+  }
+}
+
+function worker(
+  ctx: Ctx,
+  options: Parameters<typeof connectWorker>[1] = {},
+  name = "w",
+): WorkerHandle {
+  const w = connectWorker(
+    (req) => new Response(`${name} ${new URL(req.url).pathname}`),
+    {
+      hostname: "127.0.0.1",
+      port: ctx.server.workerAddr.port,
+      minBackoff: 10,
+      maxBackoff: 100,
+      ...options,
+    },
+  );
+  ctx.workers.push(w);
+  return w;
+}
+
+async function raw(ctx: Ctx): Promise<RawSocket> {
+  const r = await RawSocket.connect(ctx.server.workerAddr.port);
+  ctx.raws.push(r);
+  return r;
+}
+
+async function get(url: string): Promise<[number, string]> {
+  const res = await fetch(url);
+  return [res.status, await res.text()];
+}
+
+Deno.test("with tokens, a worker presenting a valid token serves requests", async () => {
+  await withHub({ workerTokens: [TOKEN_A] }, async (ctx) => {
+    worker(ctx, { token: TOKEN_A, workerId: "good-1" }, "good");
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker attached");
+    assert.deepEqual(await get(`${ctx.url}/hello`), [200, "good /hello"]);
+    assert.equal(ctx.server.hub.stats.handshakesRefused, 0);
+  });
+});
+
+Deno.test("with tokens, a wrong token gets 403 and the connection is closed", async () => {
+  await withHub({ workerTokens: [TOKEN_A] }, async (ctx) => {
+    const r = await raw(ctx);
+    await r.write(KAZUHO + "Authorization: Bearer wrong-token-555\r\n\r\n");
+    const msg = await r.readMessage();
+    assert.ok(msg !== null);
+    assert.equal(msg.start, "HTTP/1.1 403 Forbidden");
+    assert.equal(
+      new TextDecoder().decode(msg.body),
+      "Cannot accept worker: invalid token\n",
+    );
+    assert.equal((await r.readToEnd()).length, 0);
+    assert.equal(r.eof, true);
+    assert.equal(ctx.server.hub.stats.slots, 0);
+    assert.equal(ctx.server.hub.stats.handshakesRefused, 1);
+  });
+});
+
+Deno.test("with tokens, a handshake without a token gets 401 with WWW-Authenticate", async () => {
+  await withHub({ workerTokens: [TOKEN_A] }, async (ctx) => {
+    const r = await raw(ctx);
+    await r.write(KAZUHO + "\r\n");
+    const msg = await r.readMessage();
+    assert.ok(msg !== null);
+    assert.equal(msg.start, "HTTP/1.1 401 Unauthorized");
+    assert.deepEqual(
+      msg.headers.find(([n]) => n === "www-authenticate"),
+      ["www-authenticate", 'Bearer realm="pothead"'],
+    );
+    assert.equal((await r.readToEnd()).length, 0);
+    assert.equal(ctx.server.hub.stats.handshakesRefused, 1);
+  });
+});
+
+Deno.test("with tokens, a plain worker is refused after handshakeTimeout and never sees a queued request", async () => {
+  await withHub(
+    { workerTokens: [TOKEN_A], handshakeTimeout: 200 },
+    async (ctx) => {
+      // The consumer's request is queued before the plain worker connects,
+      // so it is there to be (wrongly) sent the whole time.
+      const res = fetch(`${ctx.url}/secret?q=1`, {
+        headers: { cookie: "session=s3cr3t-cookie" },
+      });
+      res.catch(() => {});
+      await waitFor(() => ctx.server.hub.stats.queued === 1, "request queued");
+      const r = await raw(ctx);
+      const msg = await r.readMessage();
+      assert.ok(msg !== null);
+      assert.equal(msg.start, "HTTP/1.1 401 Unauthorized");
+      assert.equal(
+        new TextDecoder().decode(msg.body),
+        "Cannot accept worker: no handshake\n",
+      );
+      const rest = await r.readToEnd();
+      assert.equal(
+        rest.length,
+        0,
+        `plain worker got more: ${latin1Text(rest)}`,
+      );
+      assert.equal(ctx.server.hub.stats.handshakesRefused, 1);
+      assert.equal(ctx.server.hub.stats.queued, 1);
+      // An authenticated worker then serves the request that waited.
+      worker(ctx, { token: TOKEN_A }, "good");
+      const out = await res;
+      assert.equal(out.status, 200);
+      assert.equal(await out.text(), "good /secret");
+    },
+  );
+});
+
+Deno.test("with two tokens configured, workers with either one serve (rotation)", async () => {
+  await withHub({ workerTokens: [TOKEN_A, TOKEN_B] }, async (ctx) => {
+    const entered: string[] = [];
+    const release = Promise.withResolvers<void>();
+    const both = Promise.withResolvers<void>();
+    for (const [id, token] of [["old", TOKEN_A], ["new", TOKEN_B]]) {
+      const w = connectWorker(async () => {
+        entered.push(id);
+        if (entered.length === 2) both.resolve();
+        await release.promise;
+        return new Response(id);
+      }, {
+        hostname: "127.0.0.1",
+        port: ctx.server.workerAddr.port,
+        token,
+        workerId: id,
+        minBackoff: 10,
+        maxBackoff: 100,
+      });
+      ctx.workers.push(w);
+    }
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "both attached");
+    assert.deepEqual(
+      ctx.server.hub.stats.workers.map((w) => w.id).sort(),
+      ["new", "old"],
+    );
+    // Two requests at once: least-loaded dispatch gives one to each.
+    const a = fetch(`${ctx.url}/1`);
+    const b = fetch(`${ctx.url}/2`);
+    await deadline(both.promise, HANG, "both workers entered");
+    release.resolve();
+    const bodies = [await (await a).text(), await (await b).text()].sort();
+    assert.deepEqual(bodies, ["new", "old"]);
+    assert.equal(ctx.server.hub.stats.handshakesRefused, 0);
+  });
+});
+
+Deno.test("hub logs a refused handshake without the token and counts it", async () => {
+  await withHub({ workerTokens: [TOKEN_A, TOKEN_B] }, async (ctx) => {
+    const wrong = "wrong-secret-token-xyz";
+    const errors: string[] = [];
+    worker(ctx, {
+      token: wrong,
+      onError: (e) => errors.push(String(e)),
+    });
+    await waitFor(
+      () => ctx.server.hub.stats.handshakesRefused >= 2,
+      "refusals",
+    );
+    await waitFor(() => errors.length >= 2, "worker errors");
+    // The runner names the hub's answer.
+    assert.match(
+      errors[0],
+      /Hub refused the handshake: 403 Forbidden: Cannot accept worker: invalid token/,
+    );
+    const refusals = ctx.logs.filter((r) =>
+      r.msg === "worker handshake refused"
+    );
+    assert.ok(refusals.length >= 2);
+    for (const r of refusals) {
+      assert.equal(r.level, "warn");
+      assert.equal(r.status, 403);
+      assert.equal(r.reason, "Cannot accept worker: invalid token");
+    }
+    const text = JSON.stringify(ctx.logs);
+    for (const secret of [wrong, TOKEN_A, TOKEN_B]) {
+      assert.ok(!text.includes(secret), `log contains ${secret}`);
+    }
+    assert.equal(ctx.server.hub.stats.slots, 0);
+    assert.equal(
+      ctx.server.hub.stats.handshakesRefused,
+      refusals.length,
+    );
+  });
+});
+
+Deno.test("hub counts refusals of each kind in stats.handshakesRefused", async () => {
+  await withHub(
+    { workerTokens: [TOKEN_A], handshakeTimeout: 200 },
+    async (ctx) => {
+      const attempts = [
+        KAZUHO + "\r\n", // 401
+        KAZUHO + "Authorization: Bearer nope-nope-nope\r\n\r\n", // 403
+        "GET / HTTP/1.1\r\nHost: hub\r\n\r\n", // 426
+        null, // plain: no handshake in time
+      ];
+      const statuses: string[] = [];
+      for (const a of attempts) {
+        const r = await raw(ctx);
+        if (a !== null) await r.write(a);
+        const msg = await r.readMessage();
+        statuses.push(msg?.start ?? "none");
+        await r.readToEnd();
+      }
+      assert.deepEqual(statuses, [
+        "HTTP/1.1 401 Unauthorized",
+        "HTTP/1.1 403 Forbidden",
+        "HTTP/1.1 426 Upgrade Required",
+        "HTTP/1.1 401 Unauthorized",
+      ]);
+      assert.equal(ctx.server.hub.stats.handshakesRefused, 4);
+      assert.equal(ctx.server.hub.stats.slots, 0);
+    },
+  );
+});
+
+Deno.test("without tokens, a plain raw-socket worker (no handshake) serves requests", async () => {
+  await withHub({}, async (ctx) => {
+    const r = await raw(ctx);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "plain worker idle");
+    const res = fetch(`${ctx.url}/plain`);
+    const req = await r.readMessage();
+    assert.ok(req !== null);
+    assert.equal(req.start, "GET /plain HTTP/1.1");
+    await r.write("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain");
+    const out = await res;
+    assert.equal(out.status, 200);
+    assert.equal(await out.text(), "plain");
+    assert.deepEqual(ctx.server.hub.stats.workers.map((w) => w.id), [
+      "addr:127.0.0.1",
+    ]);
+    assert.equal(ctx.server.hub.stats.handshakesRefused, 0);
+  });
+});
+
+Deno.test("without tokens, the 2009 handshake (Upgrade: PTTH/1.0) is optional and works", async () => {
+  await withHub({}, async (ctx) => {
+    const r = await raw(ctx);
+    await r.write(
+      "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: PTTH/1.0\r\n" +
+        "Connection: Upgrade\r\nPothead-Worker-Id: legacy-7\r\n\r\n",
+    );
+    const up = await r.readMessage();
+    assert.ok(up !== null);
+    assert.equal(up.start, "HTTP/1.1 101 Switching Protocols");
+    assert.deepEqual(up.headers, [
+      ["upgrade", "PTTH/1.0"],
+      ["connection", "Upgrade"],
+    ]);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    const res = fetch(`${ctx.url}/after-upgrade`);
+    const req = await r.readMessage();
+    assert.ok(req !== null);
+    assert.equal(req.start, "GET /after-upgrade HTTP/1.1");
+    await r.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    const out = await res;
+    assert.equal(await out.text(), "ok");
+    assert.deepEqual(ctx.server.hub.stats.workers.map((w) => w.id), [
+      "legacy-7",
+    ]);
+  });
+});
+
+Deno.test("with tokens, the 2009 handshake form with a valid token is accepted", async () => {
+  await withHub({ workerTokens: [TOKEN_B] }, async (ctx) => {
+    const r = await raw(ctx);
+    await r.write(
+      "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: PTTH/1.0\r\n" +
+        `Connection: Upgrade\r\nAuthorization: Bearer ${TOKEN_B}\r\n\r\n`,
+    );
+    const up = await r.readMessage();
+    assert.equal(up?.start, "HTTP/1.1 101 Switching Protocols");
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    assert.equal(ctx.server.hub.stats.handshakesRefused, 0);
+  });
+});
+
+Deno.test("hub refuses bytes sent after the handshake with 400", async () => {
+  await withHub({}, async (ctx) => {
+    const r = await raw(ctx);
+    await r.write(KAZUHO + "\r\nHTTP/1.1 200 OK\r\n\r\n");
+    const msg = await r.readMessage();
+    assert.equal(msg?.start, "HTTP/1.1 400 Bad Request");
+    await r.readToEnd();
+    assert.equal(ctx.server.hub.stats.handshakesRefused, 1);
+    assert.equal(ctx.server.hub.stats.slots, 0);
+  });
+});
+
+Deno.test("without tokens, a worker's handshake declares id, pool and labels shown in stats.workers", async () => {
+  await withHub(
+    { routes: [{ pool: "images", pathPrefix: "/images/" }] },
+    async (ctx) => {
+      worker(ctx, {
+        workerId: "gpu-1",
+        pool: "images",
+        labels: { gpu: "a100", zone: "eu" },
+        concurrency: 2,
+      }, "gpu");
+      await waitFor(() => ctx.server.hub.stats.idle === 2, "worker attached");
+      assert.deepEqual(ctx.server.hub.stats.workers, [{
+        id: "gpu-1",
+        pool: "images",
+        slots: 2,
+        busy: 0,
+        labels: { gpu: "a100", zone: "eu" },
+      }]);
+      assert.deepEqual(await get(`${ctx.url}/images/cat.png`), [
+        200,
+        "gpu /images/cat.png",
+      ]);
+    },
+  );
+});
+
+Deno.test({
+  name: "a handshake that stalls mid-head is refused with 408 Request Timeout",
+  fn: async () => {
+    await withHub(
+      { workerTokens: [TOKEN_A], handshakeTimeout: 200 },
+      async (ctx) => {
+        const r = await raw(ctx);
+        await r.write("GET / HTTP/1.1\r\nHost: hub\r\n");
+        const msg = await r.readMessage();
+        assert.equal(msg?.start, "HTTP/1.1 408 Request Timeout");
+        await r.readToEnd();
+        assert.equal(ctx.server.hub.stats.handshakesRefused, 1);
+      },
+    );
+  },
+});

@@ -1,0 +1,390 @@
+// Pools: routing by path prefix and Host, per-pool queues and limits, the
+// per-pool gauges, and least-loaded dispatch over workers grouped by id.
+// A real hub on loopback with in-process workers; requests are held with
+// promises the test resolves, never with sleeps.
+
+import assert from "node:assert/strict";
+import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
+import {
+  connectWorker,
+  type WorkerHandle,
+  type WorkerOptions,
+} from "../worker.ts";
+import { deadline, RawSocket, waitFor } from "./_relay.ts";
+
+const HANG = 15_000;
+
+interface Ctx {
+  server: HubServer;
+  url: string;
+  workers: WorkerHandle[];
+  add(
+    handler: (req: Request) => Response | Promise<Response>,
+    options?: WorkerOptions,
+  ): WorkerHandle;
+}
+
+async function withHub(
+  options: Partial<ServeHubOptions>,
+  fn: (ctx: Ctx) => Promise<void>,
+): Promise<void> {
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 500,
+    queueTimeout: HANG,
+    ...options,
+  });
+  const workers: WorkerHandle[] = [];
+  const ctx: Ctx = {
+    server,
+    url: `http://127.0.0.1:${server.addr.port}`,
+    workers,
+    add(handler, opts = {}) {
+      const w = connectWorker(handler, {
+        hostname: "127.0.0.1",
+        port: server.workerAddr.port,
+        minBackoff: 10,
+        maxBackoff: 100,
+        ...opts,
+      });
+      workers.push(w);
+      return w;
+    },
+  };
+  try {
+    await deadline(fn(ctx), HANG * 2, "test body");
+  } finally {
+    for (const w of workers) w.close();
+    await Promise.all(workers.map((w) => w.finished));
+    await server.shutdown();
+  }
+}
+
+/** A handler that records paths and answers `name path`. */
+function recorder(name: string, seen: string[]) {
+  return (req: Request) => {
+    const path = new URL(req.url).pathname;
+    seen.push(path);
+    return new Response(`${name} ${path}`);
+  };
+}
+
+/** Requests held until released; `entered` resolves once `n` arrived. */
+class Gate {
+  count = 0;
+  #release = Promise.withResolvers<void>();
+  #waiters: { n: number; resolve: () => void }[] = [];
+
+  handler(name: string) {
+    return async (req: Request) => {
+      this.count++;
+      for (const w of this.#waiters) if (this.count >= w.n) w.resolve();
+      await this.#release.promise;
+      return new Response(`${name} ${new URL(req.url).pathname}`);
+    };
+  }
+
+  entered(n: number): Promise<void> {
+    if (this.count >= n) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#waiters.push({ n, resolve });
+    return deadline(promise, HANG, `${n} requests entering`);
+  }
+
+  release(): void {
+    this.#release.resolve();
+  }
+}
+
+function later(url: string, init?: RequestInit): Promise<Response> {
+  const p = fetch(url, init);
+  p.catch(() => {});
+  return p;
+}
+
+async function text(p: Promise<Response>): Promise<[number, string]> {
+  const res = await p;
+  return [res.status, await res.text()];
+}
+
+Deno.test("hub routes requests to pools by path prefix; the default pool gets the rest", async () => {
+  await withHub(
+    { routes: [{ pool: "images", pathPrefix: "/images/" }] },
+    async (ctx) => {
+      const images: string[] = [];
+      const rest: string[] = [];
+      ctx.add(recorder("images", images), { pool: "images", workerId: "img" });
+      ctx.add(recorder("default", rest));
+      await waitFor(() => ctx.server.hub.stats.idle === 2, "both attached");
+      const paths = [
+        "/images/a.png",
+        "/api/x",
+        "/images/b/c.jpg",
+        "/imagesfoo",
+        "/",
+        "/images",
+        "/images/",
+      ];
+      const got = await Promise.all(
+        paths.map((p) => text(later(`${ctx.url}${p}`))),
+      );
+      assert.deepEqual(got, [
+        [200, "images /images/a.png"],
+        [200, "default /api/x"],
+        [200, "images /images/b/c.jpg"],
+        [200, "default /imagesfoo"],
+        [200, "default /"],
+        [200, "default /images"],
+        [200, "images /images/"],
+      ]);
+      assert.ok(images.every((p) => p.startsWith("/images/")), `${images}`);
+      assert.ok(rest.every((p) => !p.startsWith("/images/")), `${rest}`);
+      assert.equal(images.length + rest.length, paths.length);
+    },
+  );
+});
+
+Deno.test("hub routes requests to pools by Host (port and case ignored), rules in order", async () => {
+  await withHub(
+    {
+      routes: [
+        { pool: "api-admin", host: "api.example", pathPrefix: "/admin/" },
+        { pool: "api", host: "API.example" },
+        { pool: "images", pathPrefix: "/images/" },
+      ],
+    },
+    async (ctx) => {
+      ctx.add(recorder("api-admin", []), { pool: "api-admin" });
+      ctx.add(recorder("api", []), { pool: "api" });
+      ctx.add(recorder("images", []), { pool: "images" });
+      ctx.add(recorder("default", []));
+      await waitFor(() => ctx.server.hub.stats.idle === 4, "all attached");
+      const hub = ctx.server.hub;
+      const cases: [string, Record<string, string>, string][] = [
+        ["http://api.example/v1/users", {}, "api /v1/users"],
+        ["http://api.example:8443/v1", {}, "api /v1"],
+        ["http://other.example/v1", { host: "Api.Example:80" }, "api /v1"],
+        ["http://api.example/admin/x", {}, "api-admin /admin/x"],
+        ["http://api.example/images/x", {}, "api /images/x"],
+        ["http://www.example/images/x", {}, "images /images/x"],
+        ["http://www.example/v1", {}, "default /v1"],
+      ];
+      for (const [url, headers, want] of cases) {
+        const res = await hub.fetch(new Request(url, { headers }));
+        assert.equal(await res.text(), want, url);
+      }
+      // The same through the consumer listener: the Host field decides
+      // (a raw socket, since fetch sets Host itself).
+      const consumer = await RawSocket.connect(ctx.server.addr.port);
+      try {
+        await consumer.write(
+          "GET /v2 HTTP/1.1\r\nHost: api.example:8080\r\n" +
+            "Connection: close\r\n\r\n",
+        );
+        const msg = await consumer.readMessage();
+        assert.equal(msg?.status, 200);
+        assert.equal(new TextDecoder().decode(msg?.body), "api /v2");
+      } finally {
+        consumer.close();
+      }
+    },
+  );
+});
+
+Deno.test("a worker in pool images gets only /images/ requests under concurrent load", async () => {
+  await withHub(
+    { routes: [{ pool: "images", pathPrefix: "/images/" }] },
+    async (ctx) => {
+      const images: string[] = [];
+      const rest: string[] = [];
+      ctx.add(recorder("images", images), { pool: "images", concurrency: 2 });
+      ctx.add(recorder("default", rest), { concurrency: 2 });
+      await waitFor(() => ctx.server.hub.stats.idle === 4, "all attached");
+      const paths = Array.from(
+        { length: 30 },
+        (_, i) => i % 3 === 0 ? `/images/${i}` : `/other/${i}`,
+      );
+      const got = await Promise.all(
+        paths.map((p) => text(later(`${ctx.url}${p}`))),
+      );
+      for (let i = 0; i < paths.length; i++) {
+        const pool = paths[i].startsWith("/images/") ? "images" : "default";
+        assert.deepEqual(got[i], [200, `${pool} ${paths[i]}`]);
+      }
+      assert.deepEqual(
+        images.slice().sort(),
+        paths.filter((p) => p.startsWith("/images/")).sort(),
+      );
+      assert.deepEqual(
+        rest.slice().sort(),
+        paths.filter((p) => !p.startsWith("/images/")).sort(),
+      );
+    },
+  );
+});
+
+Deno.test("a pool without workers queues its requests while other pools serve", async () => {
+  await withHub(
+    { routes: [{ pool: "gpu", pathPrefix: "/gpu/" }] },
+    async (ctx) => {
+      ctx.add(recorder("default", []));
+      await waitFor(() => ctx.server.hub.stats.idle === 1, "attached");
+      const gpu = later(`${ctx.url}/gpu/job`);
+      await waitFor(() => ctx.server.hub.stats.queued === 1, "gpu queued");
+      assert.deepEqual(await text(later(`${ctx.url}/cpu`)), [
+        200,
+        "default /cpu",
+      ]);
+      ctx.add(recorder("gpu", []), { pool: "gpu" });
+      assert.deepEqual(await text(gpu), [200, "gpu /gpu/job"]);
+    },
+  );
+});
+
+Deno.test("per-pool maxQueue answers 503 for one pool while another still serves, and stats.pools shows the gauges", async () => {
+  await withHub(
+    {
+      routes: [{ pool: "images", pathPrefix: "/images/" }],
+      pools: { images: { maxQueue: 1 } },
+      maxQueue: 100,
+    },
+    async (ctx) => {
+      const gate = new Gate();
+      ctx.add(gate.handler("images"), { pool: "images", workerId: "img-1" });
+      ctx.add(recorder("default", []), { workerId: "def-1" });
+      await waitFor(() => ctx.server.hub.stats.idle === 2, "attached");
+      const first = later(`${ctx.url}/images/1`);
+      await gate.entered(1);
+      const second = later(`${ctx.url}/images/2`);
+      await waitFor(() => ctx.server.hub.stats.queued === 1, "second queued");
+      const third = await later(`${ctx.url}/images/3`);
+      assert.equal(third.status, 503);
+      assert.equal(third.headers.get("retry-after"), "1");
+      assert.equal(third.headers.get("x-pothead-error"), "1");
+      assert.match(await third.text(), /queue of pool "images" is full/);
+      // The default pool is unaffected.
+      assert.deepEqual(await text(later(`${ctx.url}/ok`)), [
+        200,
+        "default /ok",
+      ]);
+      const stats = ctx.server.hub.stats;
+      const byName = Object.fromEntries(
+        stats.pools.map((p) => [p.name, { ...p, oldestWaitMs: 0 }]),
+      );
+      assert.deepEqual(byName, {
+        default: {
+          name: "default",
+          queued: 0,
+          oldestWaitMs: 0,
+          slots: 1,
+          idle: 1,
+          busy: 0,
+          workers: 1,
+        },
+        images: {
+          name: "images",
+          queued: 1,
+          oldestWaitMs: 0,
+          slots: 1,
+          idle: 0,
+          busy: 1,
+          workers: 1,
+        },
+      });
+      const imagesPool = stats.pools.find((p) => p.name === "images")!;
+      assert.ok(imagesPool.oldestWaitMs >= 0);
+      assert.equal(
+        stats.pools.find((p) => p.name === "default")!.oldestWaitMs,
+        0,
+      );
+      assert.equal(stats.rejectedFull, 1);
+      assert.equal(stats.queued, 1);
+      assert.deepEqual(
+        stats.workers.map((w) => [w.id, w.pool, w.slots, w.busy]).sort(),
+        [["def-1", "default", 1, 0], ["img-1", "images", 1, 1]],
+      );
+      gate.release();
+      assert.deepEqual(await text(first), [200, "images /images/1"]);
+      assert.deepEqual(await text(second), [200, "images /images/2"]);
+    },
+  );
+});
+
+Deno.test("per-pool queueTimeout answers 503 in that pool only", async () => {
+  await withHub(
+    {
+      routes: [{ pool: "slow", pathPrefix: "/slow/" }],
+      pools: { slow: { queueTimeout: 100 } },
+    },
+    async (ctx) => {
+      ctx.add(recorder("default", []));
+      await waitFor(() => ctx.server.hub.stats.idle === 1, "attached");
+      // No worker serves "slow": its request times out in the queue.
+      const res = await later(`${ctx.url}/slow/x`);
+      assert.equal(res.status, 503);
+      assert.match(
+        await res.text(),
+        /waited 100 ms in the queue of pool "slow"/,
+      );
+      assert.equal(ctx.server.hub.stats.timedOutQueued, 1);
+      assert.deepEqual(await text(later(`${ctx.url}/fast`)), [
+        200,
+        "default /fast",
+      ]);
+    },
+  );
+});
+
+Deno.test("least-loaded dispatch: two workers with 4 slots each share 4 requests 2 and 2", async () => {
+  await withHub({}, async (ctx) => {
+    const gate = new Gate();
+    const perWorker: Record<string, number> = { w1: 0, w2: 0 };
+    for (const id of ["w1", "w2"]) {
+      const inner = gate.handler(id);
+      ctx.add((req) => {
+        perWorker[id]++;
+        return inner(req);
+      }, { workerId: id, concurrency: 4 });
+    }
+    await waitFor(() => ctx.server.hub.stats.idle === 8, "8 slots idle");
+    const reqs = [1, 2, 3, 4].map((i) => later(`${ctx.url}/job/${i}`));
+    await gate.entered(4);
+    const stats = ctx.server.hub.stats;
+    assert.deepEqual(
+      stats.workers.map((w) => [w.id, w.slots, w.busy]).sort(),
+      [["w1", 4, 2], ["w2", 4, 2]],
+    );
+    assert.deepEqual(perWorker, { w1: 2, w2: 2 });
+    assert.equal(stats.busy, 4);
+    assert.equal(stats.idle, 4);
+    gate.release();
+    const bodies = await Promise.all(reqs.map(text));
+    for (const [status] of bodies) assert.equal(status, 200);
+  });
+});
+
+Deno.test("least-loaded dispatch: a 5th request goes to the worker with fewer in progress", async () => {
+  await withHub({}, async (ctx) => {
+    // w1 has 3 slots, w2 has 2. After 4 requests (2 and 2), w2 is full, so
+    // the 5th must go to w1; with 3 of w1's slots taken, a 6th queues.
+    const gate = new Gate();
+    const perWorker: Record<string, number> = { w1: 0, w2: 0 };
+    for (const [id, concurrency] of [["w1", 3], ["w2", 2]] as const) {
+      const inner = gate.handler(id);
+      ctx.add((req) => {
+        perWorker[id]++;
+        return inner(req);
+      }, { workerId: id, concurrency });
+    }
+    await waitFor(() => ctx.server.hub.stats.idle === 5, "5 slots idle");
+    const reqs = [1, 2, 3, 4, 5].map((i) => later(`${ctx.url}/job/${i}`));
+    await gate.entered(5);
+    assert.deepEqual(perWorker, { w1: 3, w2: 2 });
+    const sixth = later(`${ctx.url}/job/6`);
+    await waitFor(() => ctx.server.hub.stats.queued === 1, "6th queued");
+    gate.release();
+    for (const r of [...reqs, sixth]) assert.equal((await text(r))[0], 200);
+  });
+});

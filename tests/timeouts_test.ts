@@ -1,0 +1,261 @@
+// Timeouts on the worker link: a response body that stalls (bodyIdleTimeout),
+// a slow but live event stream that must keep working, a consumer upload that
+// stalls (uploadIdleTimeout), and a response head that trickles
+// (headTimeout). Timeouts are set small so the tests are quick, but nothing
+// asserts on how long anything took: each case checks what the consumer,
+// the worker and the hub's counters end up with.
+
+import assert from "node:assert/strict";
+import {
+  type HubLogRecord,
+  type HubServer,
+  serveHub,
+  type ServeHubOptions,
+} from "../hub.ts";
+import { connectWorker, type WorkerHandle } from "../worker.ts";
+import { deadline, RawSocket, waitFor } from "./_relay.ts";
+
+const HANG = 15_000;
+const dec = new TextDecoder();
+
+interface Ctx {
+  server: HubServer;
+  url: string;
+  logs: HubLogRecord[];
+  workers: WorkerHandle[];
+  raws: RawSocket[];
+  /** A raw worker, once the hub holds it idle. */
+  rawWorker(): Promise<RawSocket>;
+}
+
+async function withHub(
+  options: Partial<ServeHubOptions>,
+  fn: (ctx: Ctx) => Promise<void>,
+): Promise<void> {
+  const logs: HubLogRecord[] = [];
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 500,
+    queueTimeout: HANG,
+    onLog: (r) => logs.push(r),
+    ...options,
+  });
+  const ctx: Ctx = {
+    server,
+    url: `http://127.0.0.1:${server.addr.port}`,
+    logs,
+    workers: [],
+    raws: [],
+    async rawWorker() {
+      const idle = server.hub.stats.idle;
+      const r = await RawSocket.connect(server.workerAddr.port);
+      ctx.raws.push(r);
+      await waitFor(() => server.hub.stats.idle > idle, "raw worker idle");
+      return r;
+    },
+  };
+  try {
+    await deadline(fn(ctx), HANG * 2, "test body");
+  } finally {
+    for (const r of ctx.raws) r.close();
+    for (const w of ctx.workers) w.close();
+    await Promise.all(ctx.workers.map((w) => w.finished));
+    await server.shutdown();
+  }
+}
+
+function later(url: string, init?: RequestInit): Promise<Response> {
+  const p = fetch(url, init);
+  p.catch(() => {});
+  return p;
+}
+
+/** Reads a body to its end; resolves the bytes or rejects with its error. */
+async function drain(res: Response): Promise<Uint8Array[]> {
+  const parts: Uint8Array[] = [];
+  for await (const part of res.body!) parts.push(part);
+  return parts;
+}
+
+Deno.test("bodyIdleTimeout: a worker that sends the head then stalls errors the consumer's body and loses its slot", async () => {
+  await withHub({ bodyIdleTimeout: 300 }, async (ctx) => {
+    const w = await ctx.rawWorker();
+    const pending = later(`${ctx.url}/stall`);
+    const req = await w.readMessage();
+    assert.equal(req?.start, "GET /stall HTTP/1.1");
+    await w.write(
+      "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    );
+    const res = await pending;
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    const first = await reader.read();
+    assert.equal(dec.decode(first.value), "hello");
+    await assert.rejects(async () => {
+      for (let i = 0; i < 100; i++) if ((await reader.read()).done) return;
+    });
+    // The hub closed the worker connection.
+    assert.equal((await w.readToEnd()).length, 0);
+    assert.equal(w.eof, true);
+    await waitFor(() => ctx.server.hub.stats.slots === 0, "slot removed");
+    const closed = ctx.logs.find((r) => r.msg === "worker connection closed");
+    assert.equal(closed?.reason, "Worker sent no body byte for 300 ms");
+    // The hub still serves through a good worker.
+    ctx.workers.push(connectWorker(() => new Response("fine"), {
+      port: ctx.server.workerAddr.port,
+      minBackoff: 10,
+    }));
+    const ok = await fetch(`${ctx.url}/next`);
+    assert.equal(await ok.text(), "fine");
+  });
+});
+
+Deno.test({
+  name:
+    "bodyIdleTimeout: a worker that stalls inside a small Content-Length body does not hold the consumer forever",
+  fn: async () => {
+    await withHub({ bodyIdleTimeout: 300 }, async (ctx) => {
+      const w = await ctx.rawWorker();
+      const pending = later(`${ctx.url}/small-stall`);
+      await w.readMessage();
+      await w.write("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789");
+      const res = await deadline(pending, 5000, "an answer to the consumer");
+      await res.body?.cancel();
+      assert.equal(res.headers.get("x-pothead-error"), "1");
+      assert.equal(res.status, 504);
+      assert.equal((await w.readToEnd()).length, 0);
+      await waitFor(() => ctx.server.hub.stats.slots === 0, "slot removed");
+    });
+  },
+});
+
+Deno.test("bodyIdleTimeout: an event stream with an event every 100 ms keeps working past 1 s with a 300 ms limit", async () => {
+  await withHub({ bodyIdleTimeout: 300 }, async (ctx) => {
+    const EVENTS = 12;
+    ctx.workers.push(connectWorker(() => {
+      let n = 0;
+      let timer: ReturnType<typeof setInterval> | undefined;
+      const enc = new TextEncoder();
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          timer = setInterval(() => {
+            controller.enqueue(enc.encode(`data: ${n++}\n\n`));
+            if (n === EVENTS) {
+              clearInterval(timer);
+              controller.close();
+            }
+          }, 100);
+        },
+        cancel() {
+          clearInterval(timer);
+        },
+      });
+      return new Response(body, {
+        headers: { "content-type": "text/event-stream" },
+      });
+    }, { port: ctx.server.workerAddr.port, minBackoff: 10 }));
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    const res = await fetch(`${ctx.url}/events`);
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get("content-type"), "text/event-stream");
+    const text = dec.decode(
+      (await drain(res)).reduce((a, b) => {
+        const c = new Uint8Array(a.length + b.length);
+        c.set(a);
+        c.set(b, a.length);
+        return c;
+      }, new Uint8Array(0)),
+    );
+    assert.equal(
+      text,
+      Array.from({ length: EVENTS }, (_, i) => `data: ${i}\n\n`).join(""),
+    );
+    const closed = ctx.logs.filter((r) => r.msg === "worker connection closed");
+    assert.deepEqual(closed, []);
+    assert.equal(ctx.server.hub.stats.failed, 0);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "slot reused");
+  });
+});
+
+Deno.test("uploadIdleTimeout: a consumer that stalls mid-upload gets 408, the worker connection closes and the handler's signal aborts", async () => {
+  await withHub({ uploadIdleTimeout: 300 }, async (ctx) => {
+    const got: string[] = [];
+    const aborted = Promise.withResolvers<string>();
+    ctx.workers.push(connectWorker(async (req) => {
+      req.signal.addEventListener(
+        "abort",
+        () => aborted.resolve(String(req.signal.reason)),
+        { once: true },
+      );
+      const reader = req.body!.getReader();
+      try {
+        for (let i = 0; i < 100; i++) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          got.push(dec.decode(value));
+        }
+      } catch {
+        // the upload was cut
+      }
+      return new Response("read");
+    }, { port: ctx.server.workerAddr.port, minBackoff: 10 }));
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    const consumer = await RawSocket.connect(ctx.server.addr.port);
+    ctx.raws.push(consumer);
+    await consumer.write(
+      "POST /upload HTTP/1.1\r\nHost: hub\r\nTransfer-Encoding: chunked\r\n" +
+        "\r\n5\r\nhello\r\n",
+    );
+    // ...and nothing more.
+    const msg = await consumer.readMessage();
+    assert.equal(msg?.status, 408);
+    assert.equal(
+      dec.decode(msg?.body),
+      "408 Request Timeout: Consumer sent no request body byte for 300 ms\n",
+    );
+    assert.match(await deadline(aborted.promise, HANG, "handler abort"), /./);
+    assert.deepEqual(got, ["hello"]);
+    const closed = ctx.logs.find((r) => r.msg === "worker connection closed");
+    assert.equal(
+      closed?.reason,
+      "Consumer sent no request body byte for 300 ms",
+    );
+    const s = ctx.server.hub.stats;
+    assert.equal(s.failed, 1);
+    assert.equal(s.answered, 0);
+    assert.equal(s.retries, 0);
+  });
+});
+
+Deno.test("headTimeout: a worker trickling its response head a line at a time gets the consumer a 504", async () => {
+  await withHub({ headTimeout: 500 }, async (ctx) => {
+    const w = await ctx.rawWorker();
+    const pending = later(`${ctx.url}/trickle`);
+    await w.readMessage();
+    let stop = false;
+    let lines = 0;
+    const trickle = (async () => {
+      if (!(await w.write("HTTP/1.1 200 OK\r\n"))) return;
+      for (let i = 0; i < 1000 && !stop; i++) {
+        if (!(await w.write(`x-line-${i}: a\r\n`))) return;
+        lines++;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const res = await pending;
+    stop = true;
+    await trickle;
+    assert.equal(res.status, 504);
+    assert.equal(res.headers.get("x-pothead-error"), "1");
+    assert.equal(
+      await res.text(),
+      "504 Gateway Timeout: Worker sent no complete response head within 500 ms\n",
+    );
+    assert.ok(lines > 0, "the head was still trickling");
+    assert.equal((await w.readToEnd()).length, 0);
+    await waitFor(() => ctx.server.hub.stats.slots === 0, "slot removed");
+    assert.equal(ctx.server.hub.stats.failed, 1);
+  });
+});
