@@ -46,6 +46,7 @@ import {
 import { main } from "./_hub_cli.ts";
 
 export type { Connection } from "./_io.ts";
+export type { HeadLimits } from "./_codec.ts";
 export type { WorkerIdentity } from "./_handshake.ts";
 export { main };
 

@@ -32,27 +32,36 @@
  */
 
 export {
+  type AccessRecord,
+  type HeadLimits,
   Hub,
   type HubLogRecord,
   type HubOptions,
   type HubRequestInfo,
   type HubServer,
   type HubStats,
+  type Outcome,
+  type PoolOptions,
+  type PoolStats,
   QUEUE_TIME_HEADER,
+  type Route,
   serveHub,
   type ServeHubOptions,
+  type WorkerIdentity,
+  type WorkerStats,
 } from "./hub.ts";
 export {
   connectWorker,
   type FetchHandler,
   type HandlerExport,
   loadHandler,
+  NOT_STARTED_RESPONSE,
   type WorkerHandle,
   type WorkerHandlerInfo,
   type WorkerOptions,
 } from "./worker.ts";
 export type { Connection } from "./_io.ts";
 
-import { main } from "./hub.ts";
+import { main } from "./_hub_cli.ts";
 
 if (import.meta.main) Deno.exit(await main());

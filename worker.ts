@@ -35,6 +35,7 @@ import { type HandshakeOptions, workerHandshake } from "./_handshake.ts";
 import { main } from "./_worker_cli.ts";
 
 export type { FetchHandler, WorkerHandlerInfo } from "./_serve_conn.ts";
+export type { HeadLimits } from "./_codec.ts";
 export { NOT_STARTED_RESPONSE } from "./_serve_conn.ts";
 export { main };
 
