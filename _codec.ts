@@ -471,7 +471,8 @@ export function isCrlf(buf: Uint8Array, start: number): boolean {
 /**
  * Serialises a head: a start line, header fields and the empty line, as
  * ISO-8859-1 bytes, with room for `extra` more bytes after it (so a small
- * body can go out in the same write).
+ * body can go out in the same write). `more` fields follow `headers`, so a
+ * caller adds fields without copying its list.
  *
  * @returns the buffer and the length of the head in it.
  */
@@ -479,10 +480,15 @@ export function encodeHead(
   startLine: string,
   headers: Iterable<readonly [string, string]>,
   extra = 0,
+  more: readonly (readonly [string, string])[] = [],
 ): { buf: Uint8Array; length: number } {
   let size = startLine.length + 4;
   const flat: string[] = [];
   for (const [name, value] of headers) {
+    flat.push(name, value);
+    size += name.length + value.length + 4;
+  }
+  for (const [name, value] of more) {
     flat.push(name, value);
     size += name.length + value.length + 4;
   }

@@ -31,6 +31,8 @@ export interface OutgoingRequest {
   target: string;
   /** End-to-end fields; the slot adds the framing fields. */
   headers: [string, string][];
+  /** Fields sent after `headers` (so callers add fields without a copy). */
+  extraHeaders?: [string, string][];
   /** The body: bytes (replayable), a stream (sent once), or none. */
   body: Uint8Array | ReadableStream<Uint8Array> | null;
   /** Length of a stream body, or -1 when unknown (sent chunked). */
@@ -104,6 +106,11 @@ export interface SlotOptions {
    * consumer; 0 for no limit.
    */
   uploadIdleTimeout?: number;
+  /**
+   * Arm a timer per request for `headTimeout`. The hub does not: it checks
+   * deadlines in one periodic sweep ({@linkcode WorkerSlot.checkStalled}).
+   */
+  ownHeadTimer?: boolean;
 }
 
 const MAX_INTERIM = 16;
@@ -138,6 +145,7 @@ export class WorkerSlot {
   readonly identity: WorkerIdentity | null;
   #inBody = false;
   #uploadSince = 0;
+  #headDeadline = 0;
 
   /**
    * @param reader a reader already used on `conn` (for the handshake); one
@@ -158,12 +166,21 @@ export class WorkerSlot {
   }
 
   /**
-   * Closes the connection if a response body or a streamed upload has been
-   * stalled longer than its idle timeout. Called periodically by the hub
+   * Closes the connection if the response head is late, or a response body
+   * or a streamed upload has been stalled longer than its idle timeout. Called periodically by the hub
    * for busy slots; returns whether it closed.
    */
   checkStalled(now: number): boolean {
     if (this.#state !== "busy") return false;
+    if (this.#headDeadline > 0 && now >= this.#headDeadline) {
+      this.close(
+        new WorkerLinkError(
+          "timeout",
+          `Worker sent no complete response head within ${this.#options.headTimeout} ms`,
+        ),
+      );
+      return true;
+    }
     const { bodyIdleTimeout = 0, uploadIdleTimeout = 0 } = this.#options;
     const since = this.#reader.readSince;
     if (
@@ -271,7 +288,6 @@ export class WorkerSlot {
     let requestDone = !streamed;
     let responseDone = false;
     let reusable = false;
-    let timer: ReturnType<typeof setTimeout> | undefined;
     const onAbort = () =>
       this.close(
         new WorkerLinkError("aborted", "Consumer went away", {
@@ -281,15 +297,23 @@ export class WorkerSlot {
     // The one place that decides whether the connection carries another
     // request: response read to its end, request written to its end, and
     // neither side asked to close.
-    const settle = (error?: unknown) => {
-      if (timer !== undefined) clearTimeout(timer);
+    let headTimer: ReturnType<typeof setTimeout> | undefined;
+    const cleanup = () => {
+      this.#headDeadline = 0;
+      clearTimeout(headTimer);
       clearTimeout(continueTimer);
       signal?.removeEventListener("abort", onAbort);
+    };
+    const settle = (error?: unknown) => {
       if (error !== undefined) {
+        cleanup();
         this.close(error);
         return;
       }
+      // Only when both directions are done: a request body that finished
+      // first must leave the head deadline and the consumer watch running.
       if (!responseDone || !requestDone || this.#state !== "busy") return;
+      cleanup();
       if (reusable) opts.onIdle(this);
       else this.close(new WorkerLinkError("closed", "Connection: close"));
     };
@@ -298,16 +322,15 @@ export class WorkerSlot {
       throw this.#failure(false, false);
     }
     signal?.addEventListener("abort", onAbort, { once: true });
-    if (opts.headTimeout > 0) {
-      timer = setTimeout(() => {
-        timer = undefined;
-        this.close(
-          new WorkerLinkError(
-            "timeout",
-            `Worker sent no complete response head within ${opts.headTimeout} ms`,
-          ),
-        );
-      }, opts.headTimeout);
+    // Checked by the hub's periodic sweep (checkStalled): no timer per request.
+    this.#headDeadline = opts.headTimeout > 0
+      ? performance.now() + opts.headTimeout
+      : 0;
+    if (opts.ownHeadTimer && opts.headTimeout > 0) {
+      headTimer = setTimeout(
+        () => this.checkStalled(performance.now()),
+        opts.headTimeout,
+      );
     }
 
     let head;
@@ -351,7 +374,8 @@ export class WorkerSlot {
       }
       throw failure;
     }
-    if (timer !== undefined) clearTimeout(timer), timer = undefined;
+    this.#headDeadline = 0;
+    clearTimeout(headTimer);
     const bodyWithheld = streamed && !bodyStarted;
     if (bodyWithheld) {
       // A final answer before the worker asked for the body: the body is
@@ -455,37 +479,28 @@ export class WorkerSlot {
     req: OutgoingRequest,
     onBodyDone: (error?: unknown) => void,
   ): Promise<(() => void) | null> {
-    const fields: [string, string][] = req.headers.slice();
+    const more: [string, string][] = req.extraHeaders?.slice() ?? [];
     const body = req.body;
+    const start = `${req.method} ${req.target} HTTP/1.1`;
     if (body instanceof Uint8Array) {
-      fields.push(["content-length", String(body.length)]);
-      const { buf, length } = encodeHead(
-        `${req.method} ${req.target} HTTP/1.1`,
-        fields,
-        body.length,
-      );
+      more.push(["content-length", String(body.length)]);
+      const { buf, length } = encodeHead(start, req.headers, body.length, more);
       buf.set(body, length);
       await writeAll(this.#conn, buf);
       return null;
     }
     if (body === null) {
-      const { buf, length } = encodeHead(
-        `${req.method} ${req.target} HTTP/1.1`,
-        fields,
-      );
+      const { buf, length } = encodeHead(start, req.headers, 0, more);
       await writeAll(this.#conn, buf.subarray(0, length));
       return null;
     }
-    fields.push(["expect", "100-continue"]);
-    fields.push(
+    more.push(["expect", "100-continue"]);
+    more.push(
       req.contentLength >= 0
         ? ["content-length", String(req.contentLength)]
         : ["transfer-encoding", "chunked"],
     );
-    const { buf, length } = encodeHead(
-      `${req.method} ${req.target} HTTP/1.1`,
-      fields,
-    );
+    const { buf, length } = encodeHead(start, req.headers, 0, more);
     await writeAll(this.#conn, buf.subarray(0, length));
     return () => this.#pump(req, body, onBodyDone);
   }

@@ -7,6 +7,8 @@
 
 import { parseArgs } from "node:util";
 import { connectWorker, type FetchHandler, loadHandler } from "./worker.ts";
+import { backendHandler } from "./_backend.ts";
+import { capacityGate } from "./_capacity.ts";
 import type { WorkerOptions } from "./worker.ts";
 import {
   flagOrEnv,
@@ -20,10 +22,12 @@ import {
 const HELP = `POTHEAD worker ${VERSION}: serve a fetch handler through a hub.
 
 Usage: deno run -A worker.ts --connect HOST:PORT [options] HANDLER
+       deno run -A worker.ts --connect HOST:PORT [options] http://127.0.0.1:8000
 
 HANDLER is a module whose default export is a function (request, info) =>
 Response or an object with a fetch method (a file that runs under
-\`deno serve\` runs here unchanged).
+\`deno serve\` runs here unchanged). An http:// or https:// URL instead
+forwards every request to that existing HTTP server (any language).
 
 Options (each also as the environment variable in brackets):
   --connect HOST:PORT   a hub's worker port; repeat or comma-separate for several
@@ -42,6 +46,12 @@ Options (each also as the environment variable in brackets):
   --worker-id ID        this worker's id at the hub [POTHEAD_WORKER_ID]
   --pool NAME           the pool to serve [POTHEAD_POOL]
   --label K=V           a label for the hub (repeatable)
+  --adaptive            offer a slot beyond the first only while the machine has
+                        room (idle CPU and free memory from /proc and cgroup v2;
+                        needs -A to read them) [POTHEAD_ADAPTIVE]
+  --min-idle-cpu N      idle CPUs needed to offer another slot (0.75)
+  --min-free-memory MB  free memory needed to offer another slot (256)
+  --settle T            wait after offering a slot before the next (2s)
   -h, --help            show this help
   -V, --version         show the version
 
@@ -85,6 +95,10 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "worker-id": { type: "string" },
         pool: { type: "string" },
         label: { type: "string", multiple: true },
+        adaptive: { type: "boolean" },
+        "min-idle-cpu": { type: "string" },
+        "min-free-memory": { type: "string" },
+        settle: { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },
@@ -167,6 +181,22 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       pool: flagOrEnv(values.pool, "POTHEAD_POOL"),
       labels: Object.keys(labels).length > 0 ? labels : undefined,
     };
+    const adaptive = values.adaptive ??
+      /^(1|true|yes)$/i.test(flagOrEnv(undefined, "POTHEAD_ADAPTIVE") ?? "");
+    if (adaptive) {
+      const cpu = values["min-idle-cpu"];
+      if (cpu !== undefined && !(Number(cpu) >= 0)) {
+        throw new UsageError(`Invalid --min-idle-cpu: got "${cpu}"`);
+      }
+      options.gate = capacityGate({
+        minIdleCpu: cpu === undefined ? undefined : Number(cpu),
+        minFreeMemory: values["min-free-memory"] === undefined
+          ? undefined
+          : parseInteger(values["min-free-memory"], "--min-free-memory", 0) *
+            1024 * 1024,
+        settle: parseDuration(values.settle, "--settle", 2000),
+      });
+    }
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
     console.error(`pothead-worker: ${error.message}\n\n${HELP}`);
@@ -174,7 +204,9 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   }
   let handler: FetchHandler;
   try {
-    handler = await loadHandler(positionals[0]);
+    handler = /^https?:\/\//i.test(positionals[0])
+      ? backendHandler(positionals[0])
+      : await loadHandler(positionals[0]);
   } catch (error) {
     console.error(`pothead-worker: ${(error as Error).message}`);
     return 1;

@@ -294,21 +294,36 @@ export interface HubRequestInfo {
   remoteAddr?: { hostname?: string } | Deno.Addr;
 }
 
-interface Pending {
-  req: Request;
-  out: OutgoingRequest;
-  pool: Pool;
-  id: string;
-  since: number;
-  attempts: number;
-  retried: number;
-  declines: number;
-  path: string;
-  queueMs: number;
-  workerMs: number;
-  node: QueueNode<Pending> | null;
-  resolve(res: Response): void;
-  onAbort: (() => void) | null;
+/**
+ * One consumer request in the hub. It is its own abort listener (an object
+ * with `handleEvent`), so a queued request costs no closure.
+ */
+class Pending {
+  out: OutgoingRequest | null = null;
+  pool!: Pool;
+  attempts = 0;
+  retried = 0;
+  declines = 0;
+  queueMs = 0;
+  workerMs = -1;
+  node: QueueNode<Pending> | null = null;
+  watching = false;
+  clientIp: string | null = null;
+  https = false;
+  authority = "";
+  body: Uint8Array | ReadableStream<Uint8Array> | null = null;
+  contentLength = -1;
+  constructor(
+    readonly onAbandon: (p: Pending) => void,
+    readonly req: Request,
+    readonly id: string,
+    readonly since: number,
+    readonly path: string,
+    readonly resolve: (res: Response) => void,
+  ) {}
+  handleEvent(): void {
+    this.onAbandon(this);
+  }
 }
 
 interface Group {
@@ -381,6 +396,7 @@ export class Hub {
   #busy = new Set<WorkerSlot>();
   #slotGroup = new Map<WorkerSlot, Group>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
+  #abandonFn = (p: Pending) => this.#abandon(p);
   #closing = false;
   #closed = false;
   #stats = {
@@ -525,15 +541,15 @@ export class Hub {
     return pool;
   }
 
-  #route(req: Request, url: URL): Pool {
+  #route(req: Request, path: string, authority: string): Pool {
     if (this.#routes.length === 0) return this.#pool(DEFAULT_POOL);
-    const hostField = req.headers.get("host") ?? url.host;
+    const hostField = req.headers.get("host") ?? authority;
     const host = hostField.replace(/:[0-9]+$/, "").toLowerCase();
+    const q = path.indexOf("?");
+    const pathname = q < 0 ? path : path.slice(0, q);
     for (const r of this.#routes) {
       if (r.host !== undefined && r.host !== host) continue;
-      if (
-        r.pathPrefix !== undefined && !url.pathname.startsWith(r.pathPrefix)
-      ) {
+      if (r.pathPrefix !== undefined && !pathname.startsWith(r.pathPrefix)) {
         continue;
       }
       return this.#pool(r.pool);
@@ -769,47 +785,34 @@ export class Hub {
     const id = given !== null && REQUEST_ID.test(given)
       ? given
       : crypto.randomUUID();
-    const url = new URL(req.url);
-    const path = url.pathname + url.search;
+    // Cheaper than `new URL()`: Request URLs are already normalised.
+    const url = req.url;
+    const slash = url.indexOf("/", url.indexOf("//") + 2);
+    const path = slash < 0 ? "/" : url.slice(slash);
+    const authority = url.slice(
+      url.indexOf("//") + 2,
+      slash < 0 ? undefined : slash,
+    );
     const { promise, resolve } = Promise.withResolvers<Response>();
-    const pending: Pending = {
-      req,
-      out: null!,
-      pool: this.#route(req, url),
-      id,
-      since,
-      attempts: 0,
-      retried: 0,
-      declines: 0,
-      path,
-      queueMs: 0,
-      workerMs: -1,
-      node: null,
-      resolve,
-      onAbort: null,
-    };
+    const remote = info?.remoteAddr as { hostname?: string } | undefined;
+    const pending = new Pending(this.#abandonFn, req, id, since, path, resolve);
+    pending.clientIp = remote?.hostname ?? null;
+    pending.https = url.startsWith("https:");
+    pending.authority = authority;
+    pending.pool = this.#route(req, path, authority);
     if (this.#closing) {
       this.#fail(pending, "shutting-down", 503, "hub is shutting down");
       return promise;
     }
-    const remote = info?.remoteAddr as { hostname?: string } | undefined;
-    const headers = forwardRequestHeaders(req.headers, {
-      clientIp: remote?.hostname ?? null,
-      proto: url.protocol === "https:" ? "https" : "http",
-      host: req.headers.get("host") ?? url.host,
-      requestId: id,
-      trustForwarded: this.#opts.trustForwarded,
-    });
-    let body: Uint8Array | ReadableStream<Uint8Array> | null = null;
-    let contentLength = -1;
     if (req.body !== null) {
       const declared = req.headers.get("content-length");
-      contentLength = declared !== null && /^[0-9]{1,15}$/.test(declared)
+      const length = declared !== null && /^[0-9]{1,15}$/.test(declared)
         ? Number(declared)
         : -1;
-      if (contentLength >= 0 && contentLength <= this.#opts.bufferRequestBody) {
+      pending.contentLength = length;
+      if (length >= 0 && length <= this.#opts.bufferRequestBody) {
         try {
-          body = await req.bytes();
+          pending.body = await req.bytes();
         } catch (error) {
           this.#fail(
             pending,
@@ -820,16 +823,9 @@ export class Hub {
           return promise;
         }
       } else {
-        body = req.body;
+        pending.body = req.body;
       }
     }
-    pending.out = {
-      method: req.method,
-      target: path,
-      headers,
-      body,
-      contentLength,
-    };
     const pool = pending.pool;
     const slot = this.#takeIdle(pool);
     if (slot !== undefined) {
@@ -847,6 +843,33 @@ export class Hub {
       this.#enqueue(pending, false);
     }
     return promise;
+  }
+
+  // A queued request's consumer left.
+  #abandon(p: Pending): void {
+    if (p.node !== null && p.pool.queue.delete(p.node)) {
+      p.node = null;
+      this.#stats.abandoned++;
+      this.#fail(p, "abandoned", 499, "consumer went away");
+    }
+  }
+
+  // The request as it goes to a worker; built at dispatch so that queued
+  // requests hold only the consumer's Request.
+  #outgoing(p: Pending): OutgoingRequest {
+    return p.out ??= {
+      method: p.req.method,
+      target: p.path,
+      headers: forwardRequestHeaders(p.req.headers, {
+        clientIp: p.clientIp,
+        proto: p.https ? "https" : "http",
+        host: p.req.headers.get("host") ?? p.authority,
+        requestId: p.id,
+        trustForwarded: this.#opts.trustForwarded,
+      }),
+      body: p.body,
+      contentLength: p.contentLength,
+    };
   }
 
   /**
@@ -903,23 +926,17 @@ export class Hub {
   #enqueue(p: Pending, front: boolean): void {
     const queue = p.pool.queue;
     p.node = front ? queue.unshift(p, p.since) : queue.push(p, p.since);
-    if (p.onAbort === null) {
+    if (!p.watching) {
       // A consumer that leaves while queued never reaches a worker.
-      p.onAbort = () => {
-        if (p.node !== null && queue.delete(p.node)) {
-          p.node = null;
-          this.#stats.abandoned++;
-          this.#fail(p, "abandoned", 499, "consumer went away");
-        }
-      };
-      p.req.signal.addEventListener("abort", p.onAbort, { once: true });
+      p.watching = true;
+      p.req.signal.addEventListener("abort", p, { once: true });
     }
   }
 
   #unwatch(p: Pending): void {
-    if (p.onAbort !== null) {
-      p.req.signal.removeEventListener("abort", p.onAbort);
-      p.onAbort = null;
+    if (p.watching) {
+      p.watching = false;
+      p.req.signal.removeEventListener("abort", p);
     }
   }
 
@@ -948,7 +965,7 @@ export class Hub {
   ): void {
     const onAccess = this.#onAccess;
     if (onAccess === undefined) return;
-    const body = p.out?.body;
+    const body = p.body;
     onAccess({
       id: p.id,
       pool: p.pool.name,
@@ -963,7 +980,7 @@ export class Hub {
         ? body.length
         : body === null || body === undefined
         ? 0
-        : p.out.contentLength,
+        : p.contentLength,
       bytesOut,
       worker,
       retries: Math.max(0, p.attempts - 1),
@@ -1000,13 +1017,8 @@ export class Hub {
     p.attempts++;
     const sentAt = performance.now();
     p.queueMs = sentAt - p.since;
-    const out = {
-      ...p.out,
-      headers: [
-        ...p.out.headers,
-        [QUEUE_TIME_HEADER, p.queueMs.toFixed(1)],
-      ] as [string, string][],
-    };
+    const out = this.#outgoing(p);
+    out.extraHeaders = [[QUEUE_TIME_HEADER, p.queueMs.toFixed(1)]];
     const worker = group.key;
     slot.send(out, p.req.signal, (status, bytes, error) => {
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
@@ -1076,7 +1088,7 @@ export class Hub {
 
   #toResponse(p: Pending, res: IncomingResponse): Response {
     const headers = responseHeaders(res.headers);
-    if (p.out.method === "HEAD" || res.status === 304) {
+    if (p.req.method === "HEAD" || res.status === 304) {
       // No body on the wire, but the length describes the representation.
       for (const [n, v] of res.headers) {
         if (n === "content-length") headers.set(n, v);
@@ -1107,23 +1119,19 @@ export class Hub {
     }
   }
 
-  // Stalled bodies and uploads are found by one coarse periodic check of
-  // busy slots, so no request pays for a timer of its own. It runs only
+  // Late heads, stalled bodies and stalled uploads are found by one coarse
+  // periodic check of busy slots, so no request pays for a timer of its own. It runs only
   // while some slot is busy.
   #startSweeper(): void {
     if (this.#sweeper !== undefined) return;
-    if (this.#opts.bodyIdleTimeout <= 0 && this.#opts.uploadIdleTimeout <= 0) {
-      return;
-    }
-    const every = Math.max(
-      10,
-      Math.min(
-        1000,
-        ...[this.#opts.bodyIdleTimeout, this.#opts.uploadIdleTimeout]
-          .filter((t) => t > 0)
-          .map((t) => t / 4),
-      ),
-    );
+    const limits = [
+      this.#opts.headTimeout,
+      this.#opts.bodyIdleTimeout,
+      this.#opts.uploadIdleTimeout,
+    ].filter((t) => t > 0);
+    if (limits.length === 0) return;
+    // Precise to a quarter of the shortest limit (and at most 1 s late).
+    const every = Math.max(10, Math.min(1000, ...limits.map((t) => t / 4)));
     this.#sweeper = setInterval(() => {
       if (this.#busy.size === 0) {
         this.#stopSweeper();

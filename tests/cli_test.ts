@@ -541,3 +541,25 @@ Deno.test("the demo starts a hub and two workers, serves every example path, and
     }
   }
 });
+
+Deno.test("worker CLI given a URL forwards requests to that HTTP server", async () => {
+  const origin = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req) =>
+      new Response(`origin saw ${req.method} ${new URL(req.url).pathname}`),
+  );
+  const hub = await startHub();
+  let worker: Proc | undefined;
+  try {
+    worker = await startWorker(
+      hub.workerPort,
+      `http://127.0.0.1:${origin.addr.port}`,
+    );
+    const res = await fetch(`http://127.0.0.1:${hub.port}/through?q=1`);
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), "origin saw GET /through");
+  } finally {
+    await closeAll(worker, hub.proc);
+    await origin.shutdown();
+  }
+});
