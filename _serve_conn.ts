@@ -86,9 +86,17 @@ export async function serveConnection(
   reader: BufferedReader = new BufferedReader(conn),
 ): Promise<number> {
   let served = 0;
+  // One drain listener per connection, not one per request.
+  const { promise: drained, resolve: onDrain } = Promise.withResolvers<
+    "drain"
+  >();
+  const drain = options.drain;
+  if (drain.aborted) onDrain("drain");
+  const onAbort = () => onDrain("drain");
+  if (!drain.aborted) drain.addEventListener("abort", onAbort, { once: true });
   try {
     while (true) {
-      const head = await nextHead(conn, reader, options);
+      const head = await nextHead(conn, reader, options, drained);
       if (head === null) break;
       if (options.acquire !== undefined && !options.acquire()) {
         await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
@@ -107,6 +115,7 @@ export async function serveConnection(
   } catch (error) {
     options.onError(error, "connection");
   } finally {
+    drain.removeEventListener("abort", onAbort);
     try {
       conn.close();
     } catch {
@@ -120,6 +129,7 @@ async function nextHead(
   conn: Connection,
   reader: BufferedReader,
   options: ServeConnectionOptions,
+  drained: Promise<"drain">,
 ): Promise<RequestHead | null> {
   let scanned = 0; // relative to reader.start: fill() may compact the buffer
   while (true) {
@@ -148,20 +158,13 @@ async function nextHead(
       return null;
     }
     const filled = reader.fill();
-    const { promise: drained, resolve } = Promise.withResolvers<"drain">();
-    const onDrain = () => resolve("drain");
-    options.drain.addEventListener("abort", onDrain, { once: true });
-    try {
-      const got = await Promise.race([filled, drained]);
-      if (got === "drain") {
-        filled.catch(() => {}); // rejects when conn closes below
-        await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
-        return null;
-      }
-      if (!got) return null; // the hub closed the connection
-    } finally {
-      options.drain.removeEventListener("abort", onDrain);
+    const got = await Promise.race([filled, drained]);
+    if (got === "drain") {
+      filled.catch(() => {}); // rejects when conn closes below
+      await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+      return null;
     }
+    if (!got) return null; // the hub closed the connection
   }
 }
 
@@ -244,7 +247,7 @@ async function serveOne(
     body = null;
   }
 
-  let url: URL;
+  let request: Request;
   try {
     let host = "localhost";
     let proto = "http";
@@ -252,9 +255,21 @@ async function serveOne(
       if (n === "host") host = v;
       else if (n === "x-forwarded-proto" && v === "https") proto = v;
     }
-    url = new URL(head.target, `${proto}://${host}`);
+    // A string, not a URL object: Request parses it once anyway.
+    const target = head.target;
+    const url = target.charCodeAt(0) === 47 // "/"
+      ? `${proto}://${host}${target}`
+      : target === "*"
+      ? `${proto}://${host}/`
+      : target;
+    request = new Request(url, {
+      method: head.method,
+      headers: head.headers,
+      body,
+      signal: controller.signal,
+    });
   } catch (error) {
-    options.onError(error, "request target");
+    options.onError(error, "request");
     await writeAll(conn, simpleResponse(400, true)).catch(() => {});
     return false;
   }
@@ -263,12 +278,6 @@ async function serveOne(
   >();
   let response: Response;
   try {
-    const request = new Request(url, {
-      method: head.method,
-      headers: head.headers,
-      body,
-      signal: controller.signal,
-    });
     response = await options.handler(request, {
       remoteAddr: clientAddr(head, options.peer),
       completed,
