@@ -13,7 +13,7 @@
  */
 
 import { DEFAULT_LIMITS, type HeadLimits, reasonPhrase } from "./_codec.ts";
-import { endToEnd, responseHeaders } from "./_headers.ts";
+import { endToEnd, relayedHeaders } from "./_headers.ts";
 import type { Connection } from "./_io.ts";
 import type { FetchHandler } from "./_serve_conn.ts";
 import {
@@ -348,15 +348,7 @@ function outgoing(
 }
 
 function toResponse(method: string, res: IncomingResponse): Response {
-  const headers = responseHeaders(res.headers);
-  if (method === "HEAD" || res.status === 304) {
-    // No body on the wire, but the length describes the representation.
-    for (const [n, v] of res.headers) {
-      if (n === "content-length") headers.set(n, v);
-    }
-  } else if (res.contentLength >= 0 && res.body !== null) {
-    headers.set("content-length", String(res.contentLength));
-  }
+  const headers = relayedHeaders(res, method);
   try {
     return new Response(res.body as BodyInit | null, {
       status: res.status,

@@ -104,3 +104,14 @@ export function formatAddr(
     : addr.hostname;
   return `${scheme}://${host}:${addr.port}/`;
 }
+
+/** Reads a file named by an option, naming the option's purpose on error. */
+export function readText(path: string, what: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new UsageError(
+      `Cannot read ${what} "${path}": ${(error as Error).message}`,
+    );
+  }
+}

@@ -127,3 +127,30 @@ export function responseHeaders(
   }
   return headers;
 }
+
+/**
+ * The `Headers` for relaying a response read off a connection: its
+ * end-to-end fields, plus Content-Length where the receiving server should
+ * keep it (the length of a HEAD or 304 response's representation, or of a
+ * streamed body of known size).
+ */
+export function relayedHeaders(
+  res: {
+    status: number;
+    headers: [string, string][];
+    contentLength: number;
+    body: unknown;
+  },
+  method: string,
+): Headers {
+  const headers = responseHeaders(res.headers);
+  if (method === "HEAD" || res.status === 304) {
+    // No body on the wire, but the length describes the representation.
+    for (const [n, v] of res.headers) {
+      if (n === "content-length") headers.set(n, v);
+    }
+  } else if (res.contentLength >= 0 && res.body instanceof ReadableStream) {
+    headers.set("content-length", String(res.contentLength));
+  }
+  return headers;
+}

@@ -15,6 +15,7 @@ import {
   formatAddr,
   parseDuration,
   parseInteger,
+  readText,
   UsageError,
   VERSION,
 } from "./_cli.ts";
@@ -86,16 +87,6 @@ export function parseRoute(rule: string): Route {
   if (slash === 0) return { pool, pathPrefix: match };
   if (slash < 0) return { pool, host: match };
   return { pool, host: match.slice(0, slash), pathPrefix: match.slice(slash) };
-}
-
-function readText(path: string, what: string): string {
-  try {
-    return Deno.readTextFileSync(path);
-  } catch (error) {
-    throw new UsageError(
-      `Cannot read ${what} "${path}": ${(error as Error).message}`,
-    );
-  }
 }
 
 /** Builds serveHub options from parsed flags and the environment. */

@@ -11,7 +11,7 @@
  * @module
  */
 
-import type { AccessRecord, HubStats } from "./hub.ts";
+import type { AccessRecord, HubStats, PoolStats } from "./hub.ts";
 
 /** The pool every request belongs to until pools are configured. */
 export const DEFAULT_POOL = "default";
@@ -145,21 +145,8 @@ export interface WorkerRow {
   lastSeen: number | null;
 }
 
-/** The gauges of one pool (the hub's `PoolStats`). */
-export interface PoolGauges {
-  /** Requests waiting in its queue. */
-  queued: number;
-  /** Milliseconds the oldest queued request has waited (0 if none). */
-  oldestWaitMs: number;
-  /** Worker connections serving it. */
-  slots: number;
-  /** Of those, waiting for a request. */
-  idle: number;
-  /** Of those, carrying a request. */
-  busy: number;
-  /** Distinct workers. */
-  workers: number;
-}
+/** The gauges of one pool: the hub's `PoolStats` without the name. */
+export type PoolGauges = Omit<PoolStats, "name">;
 
 /** Everything the status page shows about one pool. */
 export interface PoolStatus {

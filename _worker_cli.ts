@@ -15,6 +15,7 @@ import {
   parseDuration,
   parseHostPort,
   parseInteger,
+  readText,
   UsageError,
   VERSION,
 } from "./_cli.ts";
@@ -61,16 +62,6 @@ PTTH handshake; without them it is a plain worker.
 SIGINT or SIGTERM drains: requests in progress finish, then exit 0.
 A second signal exits at once.
 `;
-
-function readText(path: string, what: string): string {
-  try {
-    return Deno.readTextFileSync(path);
-  } catch (error) {
-    throw new UsageError(
-      `Cannot read ${what} "${path}": ${(error as Error).message}`,
-    );
-  }
-}
 
 /**
  * The worker command line. Returns the exit code.

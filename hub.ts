@@ -23,7 +23,7 @@
  */
 
 import { DEFAULT_LIMITS, type HeadLimits, reasonPhrase } from "./_codec.ts";
-import { forwardRequestHeaders, responseHeaders } from "./_headers.ts";
+import { forwardRequestHeaders, relayedHeaders } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
@@ -1087,15 +1087,7 @@ export class Hub {
   }
 
   #toResponse(p: Pending, res: IncomingResponse): Response {
-    const headers = responseHeaders(res.headers);
-    if (p.req.method === "HEAD" || res.status === 304) {
-      // No body on the wire, but the length describes the representation.
-      for (const [n, v] of res.headers) {
-        if (n === "content-length") headers.set(n, v);
-      }
-    } else if (res.contentLength >= 0 && res.body instanceof ReadableStream) {
-      headers.set("content-length", String(res.contentLength));
-    }
+    const headers = relayedHeaders(res, p.req.method);
     headers.set("x-request-id", p.id);
     headers.append(
       "server-timing",
@@ -1120,8 +1112,8 @@ export class Hub {
   }
 
   // Late heads, stalled bodies and stalled uploads are found by one coarse
-  // periodic check of busy slots, so no request pays for a timer of its own. It runs only
-  // while some slot is busy.
+  // periodic check of busy slots, so no request pays for a timer of its
+  // own. It runs only while some slot is busy.
   #startSweeper(): void {
     if (this.#sweeper !== undefined) return;
     const limits = [
