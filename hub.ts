@@ -309,21 +309,38 @@ class Pending {
   node: QueueNode<Pending> | null = null;
   watching = false;
   clientIp: string | null = null;
-  https = false;
-  authority = "";
   body: Uint8Array | ReadableStream<Uint8Array> | null = null;
   contentLength = -1;
+  resolve!: (res: Response) => void;
+  #id: string | null;
   constructor(
     readonly onAbandon: (p: Pending) => void,
     readonly req: Request,
-    readonly id: string,
+    id: string | null,
     readonly since: number,
-    readonly path: string,
-    readonly resolve: (res: Response) => void,
-  ) {}
+  ) {
+    this.#id = id;
+  }
+  /** The consumer's X-Request-Id, or one made when first needed. */
+  get id(): string {
+    return this.#id ??= crypto.randomUUID();
+  }
+  /** Path and query (origin form). */
+  get path(): string {
+    return splitUrl(this.req.url).path;
+  }
   handleEvent(): void {
     this.onAbandon(this);
   }
+}
+
+// Splits a Request URL (already normalised) without `new URL()`.
+function splitUrl(url: string): { authority: string; path: string } {
+  const from = url.indexOf("//") + 2;
+  const slash = url.indexOf("/", from);
+  return slash < 0
+    ? { authority: url.slice(from), path: "/" }
+    : { authority: url.slice(from, slash), path: url.slice(slash) };
 }
 
 interface Group {
@@ -782,23 +799,16 @@ export class Hub {
     this.#stats.received++;
     const since = performance.now();
     const given = req.headers.get("x-request-id");
-    const id = given !== null && REQUEST_ID.test(given)
-      ? given
-      : crypto.randomUUID();
-    // Cheaper than `new URL()`: Request URLs are already normalised.
-    const url = req.url;
-    const slash = url.indexOf("/", url.indexOf("//") + 2);
-    const path = slash < 0 ? "/" : url.slice(slash);
-    const authority = url.slice(
-      url.indexOf("//") + 2,
-      slash < 0 ? undefined : slash,
+    const pending = new Pending(
+      this.#abandonFn,
+      req,
+      given !== null && REQUEST_ID.test(given) ? given : null,
+      since,
     );
-    const { promise, resolve } = Promise.withResolvers<Response>();
+    const promise = new Promise<Response>((r) => pending.resolve = r);
     const remote = info?.remoteAddr as { hostname?: string } | undefined;
-    const pending = new Pending(this.#abandonFn, req, id, since, path, resolve);
     pending.clientIp = remote?.hostname ?? null;
-    pending.https = url.startsWith("https:");
-    pending.authority = authority;
+    const { authority, path } = splitUrl(req.url);
     pending.pool = this.#route(req, path, authority);
     if (this.#closing) {
       this.#fail(pending, "shutting-down", 503, "hub is shutting down");
@@ -857,13 +867,15 @@ export class Hub {
   // The request as it goes to a worker; built at dispatch so that queued
   // requests hold only the consumer's Request.
   #outgoing(p: Pending): OutgoingRequest {
-    return p.out ??= {
+    if (p.out !== null) return p.out;
+    const { authority, path } = splitUrl(p.req.url);
+    return p.out = {
       method: p.req.method,
-      target: p.path,
+      target: path,
       headers: forwardRequestHeaders(p.req.headers, {
         clientIp: p.clientIp,
-        proto: p.https ? "https" : "http",
-        host: p.req.headers.get("host") ?? p.authority,
+        proto: p.req.url.startsWith("https:") ? "https" : "http",
+        host: p.req.headers.get("host") ?? authority,
         requestId: p.id,
         trustForwarded: this.#opts.trustForwarded,
       }),
