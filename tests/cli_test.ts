@@ -563,3 +563,59 @@ Deno.test("worker CLI given a URL forwards requests to that HTTP server", async 
     await origin.shutdown();
   }
 });
+
+Deno.test("CLI: token file, pool routes and a worker that declares its pool", async () => {
+  const dir = await Deno.makeTempDir();
+  const tokens = `${dir}/tokens`;
+  await Deno.writeTextFile(
+    tokens,
+    "# rotated weekly\nold-token-123\nnew-token-456\n",
+  );
+  await Deno.writeTextFile(`${dir}/worker-token`, "new-token-456\n");
+  await Deno.writeTextFile(`${dir}/bad-token`, "not-a-valid-token\n");
+  const hub = await startHub([
+    "--worker-token-file",
+    tokens,
+    "--route",
+    "/img/=images",
+    "--queue-timeout",
+    "1s",
+  ]);
+  let good: Proc | undefined;
+  let bad: Proc | undefined;
+  try {
+    good = await startWorker(hub.workerPort, "examples/hello.ts", [
+      "--token-file",
+      `${dir}/worker-token`,
+      "--pool",
+      "images",
+      "--worker-id",
+      "img-1",
+    ]);
+    const res = await fetch(`http://127.0.0.1:${hub.port}/img/cat.png`);
+    assert.equal(res.status, 200);
+    assert.equal(
+      await res.text(),
+      `Hello from /img/cat.png (pid ${good.pid})\n`,
+    );
+    // Nothing serves the default pool: the queue timeout answers.
+    const other = await fetch(`http://127.0.0.1:${hub.port}/other`);
+    assert.equal(other.status, 503);
+    assert.match(await other.text(), /pool "default"/);
+    bad = await startWorker(hub.workerPort, "examples/hello.ts", [
+      "--token-file",
+      `${dir}/bad-token`,
+      "--pool",
+      "images",
+    ], false);
+    await bad.stderr.next(
+      /cannot connect: Hub refused the handshake: 403 Forbidden/,
+    );
+    // The hub logs the refusal without the token.
+    const line = await hub.proc.stderr.next(/worker handshake refused/);
+    assert.doesNotMatch(line.input ?? "", /not-a-valid-token/);
+  } finally {
+    await closeAll(good, bad, hub.proc);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
