@@ -37,6 +37,18 @@ import { main } from "./_worker_cli.ts";
 export type { FetchHandler, WorkerHandlerInfo } from "./_serve_conn.ts";
 export type { HeadLimits } from "./_codec.ts";
 export { NOT_STARTED_RESPONSE } from "./_serve_conn.ts";
+export {
+  type BackendHandler,
+  backendHandler,
+  type BackendOptions,
+} from "./_backend.ts";
+export {
+  capacityGate,
+  type CapacityOptions,
+  type CapacityRoots,
+  type CapacityUsage,
+  type SlotGate,
+} from "./_capacity.ts";
 export { main };
 
 /** A handler module's default export: a function or an object with `fetch`. */
