@@ -1,0 +1,195 @@
+/**
+ * The ideal the queueing benchmark measures against, and the arithmetic on
+ * measurements.
+ *
+ * {@linkcode simulateFifo} is a discrete-event simulation of one central FIFO
+ * queue in front of K servers that each serve one request at a time, with no
+ * dispatch cost: request i starts at the later of its arrival and the moment
+ * the earliest server becomes free. No real balancer can beat it on the same
+ * trace, which makes it the floor of the chart.
+ *
+ * @module
+ */
+
+/** Options for {@linkcode simulateFifo}. */
+export interface SimOptions {
+  /**
+   * Milliseconds a server stays unavailable after each job before it can
+   * take a queued request (a model of the dispatch gap; 0 is ideal).
+   * @default {0}
+   */
+  dispatchGapMs?: number;
+}
+
+/** Per-request outcome of a simulation, in milliseconds from time 0. */
+export interface SimResult {
+  /** When each request started service. */
+  start: Float64Array;
+  /** When each request finished. */
+  finish: Float64Array;
+  /** Finish minus arrival. */
+  latency: Float64Array;
+  /** Start minus arrival (time in the queue). */
+  wait: Float64Array;
+  /** Which server (0..K-1) served each request. */
+  server: Int32Array;
+}
+
+/**
+ * Simulates a central FIFO queue with `servers` servers on a trace.
+ *
+ * Requests are served in arrival order; each goes to the server that becomes
+ * free first (the lowest index among equals). With arrivals in order, that
+ * is exactly an ideal FIFO multi-server queue.
+ *
+ * @param arrivals arrival times, ascending.
+ * @param service service time of each request.
+ * @param servers how many servers.
+ * @param options dispatch gap model.
+ * @returns start, finish, latency and wait of every request.
+ */
+export function simulateFifo(
+  arrivals: ArrayLike<number>,
+  service: ArrayLike<number>,
+  servers: number,
+  options: SimOptions = {},
+): SimResult {
+  const n = arrivals.length;
+  if (service.length !== n) {
+    throw new RangeError(
+      `Cannot simulate: ${n} arrivals but ${service.length} service times`,
+    );
+  }
+  if (!Number.isInteger(servers) || servers < 1) {
+    throw new RangeError(`Invalid servers: got ${servers}`);
+  }
+  const gap = options.dispatchGapMs ?? 0;
+  // When each server can next start a job. K is small (≤ a few hundred), so a
+  // linear scan beats a heap and keeps the lowest-index tie rule obvious.
+  const freeAt = new Float64Array(servers);
+  const result: SimResult = {
+    start: new Float64Array(n),
+    finish: new Float64Array(n),
+    latency: new Float64Array(n),
+    wait: new Float64Array(n),
+    server: new Int32Array(n),
+  };
+  let previous = -Infinity;
+  for (let i = 0; i < n; i++) {
+    const a = arrivals[i];
+    if (a < previous) {
+      throw new RangeError(`Cannot simulate: arrival ${i} is out of order`);
+    }
+    previous = a;
+    let best = 0;
+    for (let s = 1; s < servers; s++) if (freeAt[s] < freeAt[best]) best = s;
+    const start = Math.max(a, freeAt[best]);
+    const finish = start + service[i];
+    freeAt[best] = finish + gap;
+    result.start[i] = start;
+    result.finish[i] = finish;
+    result.latency[i] = finish - a;
+    result.wait[i] = start - a;
+    result.server[i] = best;
+  }
+  return result;
+}
+
+/**
+ * Nearest-rank percentile of ascending `sorted`: the smallest value with at
+ * least `p`% of the values at or below it.
+ *
+ * @param sorted values, ascending.
+ * @param p percentile in [0, 100].
+ * @returns the value, or NaN for no values.
+ */
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  const n = sorted.length;
+  if (n === 0) return NaN;
+  // The epsilon keeps 99.9% of 1000 at rank 999 despite binary fractions.
+  const rank = Math.ceil((p / 100) * n - 1e-9);
+  return sorted[Math.min(n, Math.max(1, rank)) - 1];
+}
+
+/** Latency percentiles, in milliseconds. */
+export interface Percentiles {
+  /** How many values. */
+  n: number;
+  /** Median. */
+  p50: number;
+  /** 90th percentile. */
+  p90: number;
+  /** 99th percentile. */
+  p99: number;
+  /** 99.9th percentile. */
+  p999: number;
+  /** Largest value. */
+  max: number;
+  /** Arithmetic mean. */
+  mean: number;
+}
+
+/**
+ * Summarises values into the benchmark's percentiles.
+ *
+ * @param values any order; not modified.
+ * @returns the percentiles (NaN fields for no values).
+ */
+export function summarize(values: ArrayLike<number>): Percentiles {
+  const sorted = Float64Array.from(values).sort();
+  let sum = 0;
+  for (let i = 0; i < sorted.length; i++) sum += sorted[i];
+  return {
+    n: sorted.length,
+    p50: percentile(sorted, 50),
+    p90: percentile(sorted, 90),
+    p99: percentile(sorted, 99),
+    p999: percentile(sorted, 99.9),
+    max: sorted.length ? sorted[sorted.length - 1] : NaN,
+    mean: sorted.length ? sum / sorted.length : NaN,
+  };
+}
+
+/** One job as a worker reported it (its own clock, milliseconds). */
+export interface JobTiming {
+  /** The worker that ran it. */
+  worker: string;
+  /** When the request reached the worker's handler. */
+  arrived: number;
+  /** When the job began (the worker was free). */
+  started: number;
+  /** When the job ended and the response was handed back. */
+  finished: number;
+}
+
+/**
+ * The dispatch gaps in a set of jobs: for each worker, the time from the end
+ * of one job to the start of the next, taken in start order. Only call this
+ * for jobs run while the queue was never empty (a saturated run), where
+ * every such gap is time the balancer took to hand the worker more work.
+ *
+ * @param jobs timings of every job, any order.
+ * @param window only gaps whose previous job finished in [from, to).
+ * @returns the gaps in milliseconds.
+ */
+export function dispatchGaps(
+  jobs: readonly JobTiming[],
+  window: { from: number; to: number } = { from: -Infinity, to: Infinity },
+): number[] {
+  const byWorker = new Map<string, JobTiming[]>();
+  for (const job of jobs) {
+    let list = byWorker.get(job.worker);
+    if (list === undefined) byWorker.set(job.worker, list = []);
+    list.push(job);
+  }
+  const gaps: number[] = [];
+  for (const list of byWorker.values()) {
+    list.sort((x, y) => x.started - y.started);
+    for (let i = 1; i < list.length; i++) {
+      const prev = list[i - 1];
+      if (prev.finished < window.from || prev.finished >= window.to) continue;
+      gaps.push(list[i].started - prev.finished);
+    }
+  }
+  return gaps;
+}

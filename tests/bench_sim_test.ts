@@ -1,0 +1,383 @@
+// Tests of the queueing benchmark's pure parts: the seeded trace generator,
+// the ideal-queue simulation (against hand-computed cases and queueing
+// theory on long seeded traces, which are deterministic), the statistics,
+// the one-at-a-time job, the balancer configurations and the chart writer.
+// Nothing here measures time; the job test only checks ordering.
+
+import assert from "node:assert/strict";
+import {
+  exponential,
+  makeRandom,
+  makeTrace,
+  serviceSampler,
+} from "../bench/_trace.ts";
+import {
+  dispatchGaps,
+  percentile,
+  simulateFifo,
+  summarize,
+} from "../bench/_sim.ts";
+import { haproxyConfig, nginxConfig } from "../bench/_systems.ts";
+import { escapeXml, lineChart, logTicks } from "../bench/_svg.ts";
+import { estimateSeconds, parsePlan, type Plan } from "../bench/queueing.ts";
+import { makeJob, requestedMs } from "../bench/workers/serial_worker.ts";
+
+function mean(values: ArrayLike<number>): number {
+  let sum = 0;
+  for (let i = 0; i < values.length; i++) sum += values[i];
+  return sum / values.length;
+}
+
+Deno.test("random source repeats its sequence for the same seed", () => {
+  const a = makeRandom(42), b = makeRandom(42), c = makeRandom(43);
+  const xs = Array.from({ length: 1000 }, a);
+  assert.deepEqual(Array.from({ length: 1000 }, b), xs);
+  assert.notDeepEqual(Array.from({ length: 1000 }, c), xs);
+  assert.ok(xs.every((x) => x >= 0 && x < 1));
+});
+
+Deno.test("random source is uniform enough for traces", () => {
+  const random = makeRandom(7);
+  const n = 100_000;
+  const buckets = new Array(10).fill(0);
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    const x = random();
+    sum += x;
+    buckets[Math.floor(x * 10)]++;
+  }
+  assert.ok(Math.abs(sum / n - 0.5) < 0.01, `mean ${sum / n}`);
+  for (const b of buckets) {
+    assert.ok(Math.abs(b - n / 10) < n / 100, `bucket ${b}`);
+  }
+});
+
+Deno.test("exponential draws have the requested mean", () => {
+  const random = makeRandom(3);
+  const xs = Array.from({ length: 100_000 }, () => exponential(random, 20));
+  assert.ok(Math.abs(mean(xs) - 20) < 0.4, `mean ${mean(xs)}`);
+  assert.ok(xs.every((x) => x >= 0 && Number.isFinite(x)));
+});
+
+Deno.test("service sampler gives constant jobs and rejects bad arguments", () => {
+  const sample = serviceSampler("const", 100, makeRandom(1));
+  assert.deepEqual([sample(), sample(), sample()], [100, 100, 100]);
+  assert.throws(() => serviceSampler("const", 0, makeRandom(1)), RangeError);
+  assert.throws(
+    () => serviceSampler("uniform" as "const", 10, makeRandom(1)),
+    TypeError,
+  );
+});
+
+Deno.test("trace is the same for the same options and differs by seed", () => {
+  const options = {
+    workers: 4,
+    load: 0.9,
+    meanMs: 20,
+    dist: "exp" as const,
+    durationMs: 5000,
+    seed: 9,
+  };
+  const a = makeTrace(options), b = makeTrace(options);
+  assert.deepEqual(a.arrivals, b.arrivals);
+  assert.deepEqual(a.service, b.service);
+  const c = makeTrace({ ...options, seed: 10 });
+  assert.notDeepEqual(c.arrivals, a.arrivals);
+});
+
+Deno.test("trace arrivals are ordered, inside the duration, at the asked rate", () => {
+  const trace = makeTrace({
+    workers: 16,
+    load: 0.8,
+    meanMs: 20,
+    dist: "const",
+    durationMs: 100_000,
+    seed: 1,
+  });
+  // rate = 16 × 0.8 / 20 = 0.64 per ms → about 64 000 arrivals.
+  assert.equal(trace.rate, 0.64);
+  const n = trace.arrivals.length;
+  assert.ok(Math.abs(n - 64_000) < 64_000 * 0.02, `count ${n}`);
+  for (let i = 1; i < n; i++) {
+    assert.ok(trace.arrivals[i] >= trace.arrivals[i - 1]);
+  }
+  assert.ok(trace.arrivals[0] >= 0 && trace.arrivals[n - 1] < 100_000);
+  assert.ok(trace.service.every((s) => s === 20));
+});
+
+Deno.test("traces at two loads are the same requests, closer together", () => {
+  const base = {
+    workers: 4,
+    meanMs: 20,
+    dist: "exp" as const,
+    durationMs: 10_000,
+    seed: 5,
+  };
+  const low = makeTrace({ ...base, load: 0.5 });
+  const high = makeTrace({ ...base, load: 0.95 });
+  assert.deepEqual(high.service.slice(0, low.service.length), low.service);
+  for (let i = 0; i < low.arrivals.length; i++) {
+    const scaled = (low.arrivals[i] * 0.5) / 0.95;
+    assert.ok(Math.abs(high.arrivals[i] - scaled) < 1e-6);
+  }
+});
+
+Deno.test("trace rejects impossible options", () => {
+  const ok = {
+    workers: 4,
+    load: 0.5,
+    meanMs: 20,
+    dist: "const" as const,
+    durationMs: 1000,
+    seed: 1,
+  };
+  assert.throws(() => makeTrace({ ...ok, workers: 0 }), RangeError);
+  assert.throws(() => makeTrace({ ...ok, load: 0 }), RangeError);
+  assert.throws(() => makeTrace({ ...ok, durationMs: -1 }), RangeError);
+});
+
+Deno.test("simulation of one server with constant jobs matches hand-computed waits", () => {
+  // Jobs of 10 ms arriving at 0, 5, 12, 40: starts 0, 10, 20, 40.
+  const r = simulateFifo([0, 5, 12, 40], [10, 10, 10, 10], 1);
+  assert.deepEqual(Array.from(r.start), [0, 10, 20, 40]);
+  assert.deepEqual(Array.from(r.finish), [10, 20, 30, 50]);
+  assert.deepEqual(Array.from(r.wait), [0, 5, 8, 0]);
+  assert.deepEqual(Array.from(r.latency), [10, 15, 18, 10]);
+});
+
+Deno.test("simulation sends each request to the server that frees first", () => {
+  // Two servers; three requests at time 0 of 10, 20 and 5 ms: the third
+  // waits for server 0 (free at 10), then a fourth at 12 takes server 0 again
+  // (free at 15) rather than server 1 (free at 20).
+  const r = simulateFifo([0, 0, 0, 12], [10, 20, 5, 1], 2);
+  assert.deepEqual(Array.from(r.server), [0, 1, 0, 0]);
+  assert.deepEqual(Array.from(r.start), [0, 0, 10, 15]);
+  assert.deepEqual(Array.from(r.latency), [10, 20, 15, 4]);
+});
+
+Deno.test("simulation with a dispatch gap delays only queued requests", () => {
+  // One server, 10 ms jobs, 1 ms gap: a request that finds the server busy
+  // starts 1 ms after the previous finish; one that arrives later is not
+  // delayed.
+  const r = simulateFifo([0, 0, 50], [10, 10, 10], 1, { dispatchGapMs: 1 });
+  assert.deepEqual(Array.from(r.start), [0, 11, 50]);
+});
+
+Deno.test("simulation rejects unordered arrivals and mismatched lengths", () => {
+  assert.throws(() => simulateFifo([5, 1], [1, 1], 1), RangeError);
+  assert.throws(() => simulateFifo([1, 2], [1], 1), RangeError);
+  assert.throws(() => simulateFifo([1], [1], 0), RangeError);
+});
+
+Deno.test("simulated M/D/1 mean wait matches Pollaczek-Khinchine", () => {
+  // Wq = ρ D / (2 (1 − ρ)); at ρ = 0.5 and D = 10 that is 5 ms.
+  const trace = makeTrace({
+    workers: 1,
+    load: 0.5,
+    meanMs: 10,
+    dist: "const",
+    durationMs: 2_000_000,
+    seed: 11,
+  });
+  const w = mean(simulateFifo(trace.arrivals, trace.service, 1).wait);
+  assert.ok(Math.abs(w - 5) < 0.25, `mean wait ${w}`);
+});
+
+Deno.test("simulated M/M/1 mean wait matches theory", () => {
+  // Wq = ρ / (1 − ρ) × mean service; at ρ = 0.5, mean 10: 10 ms.
+  const trace = makeTrace({
+    workers: 1,
+    load: 0.5,
+    meanMs: 10,
+    dist: "exp",
+    durationMs: 2_000_000,
+    seed: 12,
+  });
+  const w = mean(simulateFifo(trace.arrivals, trace.service, 1).wait);
+  assert.ok(Math.abs(w - 10) < 0.6, `mean wait ${w}`);
+});
+
+Deno.test("simulated M/M/4 mean wait matches Erlang C", () => {
+  const k = 4, rho = 0.8, meanMs = 20;
+  const a = k * rho;
+  let sum = 0, term = 1;
+  for (let i = 0; i < k; i++) {
+    sum += term;
+    term *= a / (i + 1);
+  }
+  const last = term * (k / (k - a)); // a^k / k! × k / (k − a)
+  const pWait = last / (sum + last);
+  const expected = (pWait * meanMs) / (k * (1 - rho));
+  const trace = makeTrace({
+    workers: k,
+    load: rho,
+    meanMs,
+    dist: "exp",
+    durationMs: 3_000_000,
+    seed: 13,
+  });
+  const w = mean(simulateFifo(trace.arrivals, trace.service, k).wait);
+  assert.ok(
+    Math.abs(w - expected) < expected * 0.06,
+    `mean wait ${w}, Erlang C ${expected}`,
+  );
+});
+
+Deno.test("percentile is nearest-rank", () => {
+  const sorted = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+  assert.equal(percentile(sorted, 50), 5);
+  assert.equal(percentile(sorted, 90), 9);
+  assert.equal(percentile(sorted, 99), 10);
+  assert.equal(percentile(sorted, 0), 1);
+  assert.ok(Number.isNaN(percentile([], 50)));
+});
+
+Deno.test("summary gives percentiles, max and mean of unsorted values", () => {
+  const values = Array.from({ length: 1000 }, (_, i) => 1000 - i);
+  const s = summarize(values);
+  assert.deepEqual(
+    [s.n, s.p50, s.p90, s.p99, s.p999, s.max, s.mean],
+    [1000, 500, 900, 990, 999, 1000, 500.5],
+  );
+  assert.equal(values[0], 1000, "input left unsorted");
+});
+
+Deno.test("dispatch gaps are measured per worker between consecutive jobs", () => {
+  const jobs = [
+    { worker: "a", arrived: 0, started: 0, finished: 10 },
+    { worker: "b", arrived: 0, started: 1, finished: 21 },
+    { worker: "a", arrived: 10.5, started: 10.5, finished: 20 },
+    { worker: "a", arrived: 22, started: 22, finished: 30 },
+    { worker: "b", arrived: 21, started: 21.25, finished: 40 },
+  ];
+  assert.deepEqual(dispatchGaps(jobs).sort((x, y) => x - y), [0.25, 0.5, 2]);
+  // Only gaps whose previous job finished inside the window.
+  assert.deepEqual(dispatchGaps(jobs, { from: 15, to: 25 }).sort(), [0.25, 2]);
+});
+
+function jobRequest(ms: string, signal?: AbortSignal): Request {
+  return new Request("http://worker/", {
+    headers: { "x-service-ms": ms },
+    signal,
+  });
+}
+
+Deno.test("job runs one request at a time, in arrival order", async () => {
+  const job = makeJob("t1", "sleep");
+  const responses = await Promise.all(
+    ["3", "1", "2"].map((ms) => job(jobRequest(ms))),
+  );
+  const timings = responses.map((r) => ({
+    worker: r.headers.get("x-bench-worker"),
+    arrived: Number(r.headers.get("x-bench-arrived")),
+    started: Number(r.headers.get("x-bench-started")),
+    finished: Number(r.headers.get("x-bench-finished")),
+  }));
+  await Promise.all(responses.map((r) => r.text()));
+  assert.ok(responses.every((r) => r.status === 200));
+  assert.ok(timings.every((t) => t.worker === "t1"));
+  for (let i = 1; i < timings.length; i++) {
+    assert.ok(
+      timings[i].started >= timings[i - 1].finished,
+      "a job started before the previous one finished",
+    );
+    assert.ok(timings[i].arrived <= timings[i - 1].finished);
+  }
+});
+
+Deno.test("job skips a request whose consumer left while it waited", async () => {
+  const job = makeJob("t2", "sleep");
+  const controller = new AbortController();
+  const first = job(jobRequest("5"));
+  const second = job(jobRequest("5", controller.signal));
+  controller.abort();
+  const [a, b] = await Promise.all([first, second]);
+  await a.body?.cancel();
+  await b.body?.cancel();
+  assert.equal(a.status, 200);
+  assert.equal(b.status, 499);
+});
+
+Deno.test("job reads the service time from the header or the query", async () => {
+  assert.equal(requestedMs(jobRequest("12.5")), 12.5);
+  assert.equal(requestedMs(new Request("http://w/?ms=7")), 7);
+  assert.equal(requestedMs(new Request("http://w/")), 0);
+  assert.equal(requestedMs(jobRequest("-1")), null);
+  assert.equal(requestedMs(jobRequest("abc")), null);
+  const response = await makeJob("t3", "cpu")(jobRequest("nope"));
+  await response.body?.cancel();
+  assert.equal(response.status, 400);
+});
+
+Deno.test("HAProxy config gives every server maxconn 1 and a long queue timeout", () => {
+  const text = haproxyConfig(8000, [9001, 9002, 9003]);
+  assert.equal(text.match(/^ {2}server .* maxconn 1$/gm)?.length, 3);
+  assert.match(text, /bind 127\.0\.0\.1:8000/);
+  assert.match(text, /timeout queue 600s/);
+});
+
+Deno.test("nginx config uses least_conn only when asked and keeps upstream keep-alive", () => {
+  const rr = nginxConfig(8000, [9001, 9002], false, "/tmp/x");
+  const lc = nginxConfig(8000, [9001, 9002], true, "/tmp/x");
+  assert.doesNotMatch(rr, /least_conn/);
+  assert.match(lc, /least_conn;/);
+  for (const text of [rr, lc]) {
+    assert.match(text, /master_process off;/);
+    assert.match(text, /keepalive \d+;/);
+    assert.match(text, /proxy_set_header Connection "";/);
+    assert.equal(text.match(/server 127\.0\.0\.1:900\d/g)?.length, 2);
+  }
+});
+
+Deno.test("chart has a line per series and escapes text", () => {
+  const svg = lineChart({
+    title: "p99 <by> load",
+    xLabel: "load",
+    yLabel: "ms",
+    logY: true,
+    panels: [{
+      title: "K=4 & exp",
+      series: [
+        {
+          name: "ideal",
+          color: "#000",
+          dash: "4 4",
+          points: [[50, 20], [90, 80]],
+        },
+        { name: 'a"b', color: "red", points: [[50, 25], [90, 0], [95, 300]] },
+      ],
+    }],
+  });
+  assert.match(svg, /^<svg /);
+  assert.match(svg, /<\/svg>\n$/);
+  assert.equal(svg.match(/<path /g)?.length, 2);
+  assert.ok(svg.includes("p99 &lt;by&gt; load"));
+  assert.ok(svg.includes("K=4 &amp; exp"));
+  assert.ok(svg.includes("a&quot;b"));
+  assert.equal(escapeXml(`<&>"'`), "&lt;&amp;&gt;&quot;&#39;");
+  assert.deepEqual(logTicks(15, 120), [20, 50, 100]);
+});
+
+function plan(args: string[]): Plan {
+  const parsed = parsePlan(args);
+  assert.ok(parsed !== "help" && !("render" in parsed), "expected a plan");
+  return parsed;
+}
+
+Deno.test("benchmark plans: quick fits in 3 minutes, flags are validated", () => {
+  const quick = plan(["--quick"]);
+  assert.deepEqual(quick.ks, [4]);
+  assert.ok(estimateSeconds(quick) < 180, `quick ${estimateSeconds(quick)} s`);
+  const smoke = plan(["--smoke"]);
+  assert.ok(estimateSeconds(smoke) < 60, `smoke ${estimateSeconds(smoke)} s`);
+  assert.equal(smoke.out, null, "smoke writes no results");
+  const custom = plan(["--k=16", "--loads=0.95,0.5", "--dist=const"]);
+  assert.deepEqual(custom.ks, [16]);
+  assert.deepEqual(custom.loads, [0.5, 0.95]);
+  assert.deepEqual(custom.dists, ["const"]);
+  assert.throws(() => parsePlan(["--loads=1.2"]), RangeError);
+  assert.throws(() => parsePlan(["--dist=uniform"]), TypeError);
+  assert.throws(() => parsePlan(["--systems=envoy"]), TypeError);
+  assert.equal(parsePlan(["--help"]), "help");
+  assert.deepEqual(parsePlan(["--render=x.json"]), { render: "x.json" });
+});
