@@ -54,7 +54,12 @@ export interface DialerOptions {
   serve(
     conn: Connection,
     endpoint: Endpoint,
-    hooks: { withdraw: AbortSignal; acquire(): boolean; release(): void },
+    hooks: {
+      withdraw: AbortSignal;
+      acquire(): boolean;
+      release(): void;
+      reuse(): boolean;
+    },
   ): Promise<number>;
   /** Adaptive capacity: awaited before a connection beyond the first opens. */
   gate?: (slot: number, signal: AbortSignal) => Promise<void>;
@@ -217,10 +222,7 @@ export class Dialer {
     const now = performance.now();
     for (const s of this.#states.values()) {
       if (s.removed) continue;
-      let idle = 0;
-      for (const l of s.links) {
-        if (!l.busy && !l.withdraw.signal.aborted) idle++;
-      }
+      let idle = this.#idleLinks(s);
       if (idle > free) {
         for (const l of s.links) {
           if (idle <= free) break;
@@ -279,6 +281,11 @@ export class Dialer {
     }
     link.conn = conn;
     s.links.add(link);
+    // The permits may have gone while this connection was being made: hand
+    // it back at once rather than take a request it would have to decline.
+    if (this.#idleLinks(s) > this.#o.concurrency - this.#inUse) {
+      link.withdraw.abort();
+    }
     this.#o.onConnect?.(s.endpoint);
     const since = performance.now();
     let served = 0;
@@ -295,6 +302,7 @@ export class Dialer {
           this.#reconcile();
           return true;
         },
+        reuse: () => !this.rotate,
         release: () => {
           this.#inUse--;
           link.busy = false;
@@ -317,6 +325,24 @@ export class Dialer {
       s.failures = 0;
       this.#reconcile();
     }
+  }
+
+  #idleLinks(s: EndpointState): number {
+    let idle = 0;
+    for (const l of s.links) if (!l.busy && !l.withdraw.signal.aborted) idle++;
+    return idle;
+  }
+
+  /**
+   * With several hubs, a connection carries one request and is then given
+   * back, so the freed permit is offered to every hub at once instead of
+   * going straight back to the hub that was just served (which would
+   * starve the others while it has a queue).
+   */
+  get rotate(): boolean {
+    let n = 0;
+    for (const s of this.#states.values()) if (!s.removed) n++;
+    return n > 1;
   }
 
   #countLinks(): number {

@@ -63,6 +63,11 @@ export interface ServeConnectionOptions {
   acquire?: () => boolean;
   /** Called after the response to an acquired request has been written. */
   release?: () => void;
+  /**
+   * Asked before each response is written: false sends it with
+   * `Connection: close` and ends the connection. Default: always true.
+   */
+  reuse?: () => boolean;
 }
 
 /** The response our runner sends to give back a connection it will not use. */
@@ -103,7 +108,8 @@ export async function serveConnection(
         break;
       }
       served++;
-      const last = served >= (options.maxRequests ?? Infinity);
+      const last = served >= (options.maxRequests ?? Infinity) ||
+        (options.reuse !== undefined && !options.reuse());
       let reuse;
       try {
         reuse = await serveOne(conn, reader, head, options, last);

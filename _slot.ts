@@ -97,6 +97,12 @@ export interface SlotOptions {
   /** Called once when the connection is closed, for whatever reason. */
   onClose(slot: WorkerSlot, reason: unknown): void;
   /**
+   * Called when a connection that never carried a request and has no
+   * identity sends bytes while idle (a late handshake). Without it, such
+   * bytes close the connection.
+   */
+  onFirstBytes?: (slot: WorkerSlot) => void;
+  /**
    * Milliseconds a response body may go without a byte from the worker
    * while the hub waits for one; 0 for no limit.
    */
@@ -136,13 +142,29 @@ export class WorkerSlot {
   readonly peer: string;
   #conn: Connection;
   #reader: BufferedReader;
+
+  /** The connection (for a handshake that comes late). */
+  get conn(): Connection {
+    return this.#conn;
+  }
+
+  /** Its reader, holding any bytes not yet consumed. */
+  get reader(): BufferedReader {
+    return this.#reader;
+  }
+
+  /** Takes the identity a late handshake declared. */
+  adopt(identity: WorkerIdentity): void {
+    this.identity = identity;
+  }
+
   #options: SlotOptions;
   #state: "idle" | "busy" | "closed" = "busy";
   #closeReason: unknown = undefined;
   /** Requests carried so far. */
   served = 0;
   /** The worker's declared identity (from the handshake), or null. */
-  readonly identity: WorkerIdentity | null;
+  identity: WorkerIdentity | null;
   #inBody = false;
   #uploadSince = 0;
   #headDeadline = 0;
@@ -230,6 +252,17 @@ export class WorkerSlot {
     this.#state = "idle";
     this.#reader.fill().then((more) => {
       if (this.#state !== "idle") return; // now busy: the bytes are its response
+      const first = this.#options.onFirstBytes;
+      if (more && this.served === 0 && this.identity === null && first) {
+        first(this);
+        return;
+      }
+      if (more && startsLikeResponse(this.#reader)) {
+        this.close(
+          new WorkerLinkError("closed", "Worker gave the connection back"),
+        );
+        return;
+      }
       this.close(
         more
           ? new WorkerLinkError(
@@ -627,6 +660,14 @@ function looksLikeRequest(reader: BufferedReader): boolean {
     ...reader.buf.subarray(reader.start, reader.start + n),
   );
   return /^[A-Z]+ \//.test(text);
+}
+
+/** Whether the buffered bytes start like a response (`HTTP/`). */
+export function startsLikeResponse(reader: BufferedReader): boolean {
+  return reader.buffered >= 5 &&
+    String.fromCharCode(
+        ...reader.buf.subarray(reader.start, reader.start + 5),
+      ) === "HTTP/";
 }
 
 function hasField(headers: HeaderList, name: string): boolean {

@@ -45,8 +45,11 @@ Options (each also as the environment variable in brackets):
   --token TOKEN         the same, inline (visible in ps; prefer the file or
                         [POTHEAD_TOKEN])
   --worker-id ID        this worker's id at the hub [POTHEAD_WORKER_ID]
+                        (HOSTNAME-PID)
   --pool NAME           the pool to serve [POTHEAD_POOL]
   --label K=V           a label for the hub (repeatable)
+  --plain               no handshake: for hubs that only know the original
+                        protocol (no token, id, pool or labels then)
   --adaptive            offer a slot beyond the first only while the machine has
                         room (idle CPU and free memory from /proc and cgroup v2;
                         needs -A to read them) [POTHEAD_ADAPTIVE]
@@ -56,8 +59,8 @@ Options (each also as the environment variable in brackets):
   -h, --help            show this help
   -V, --version         show the version
 
-A token, id, pool or label makes the worker open each connection with the
-PTTH handshake; without them it is a plain worker.
+Each connection opens with the PTTH handshake (carrying the id, pool, labels
+and token). --plain connects as a plain worker (the original protocol).
 
 SIGINT or SIGTERM drains: requests in progress finish, then exit 0.
 A second signal exits at once.
@@ -87,6 +90,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         pool: { type: "string" },
         label: { type: "string", multiple: true },
         adaptive: { type: "boolean" },
+        plain: { type: "boolean" },
         "min-idle-cpu": { type: "string" },
         "min-free-memory": { type: "string" },
         settle: { type: "string" },
@@ -168,10 +172,23 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         /^(1|true|yes)$/i.test(flagOrEnv(undefined, "POTHEAD_TLS") ?? ""),
       caCerts: caFile === undefined ? undefined : [readText(caFile, "CA file")],
       token: token === "" ? undefined : token,
-      workerId: flagOrEnv(values["worker-id"], "POTHEAD_WORKER_ID"),
+      // An id by default, so the hub groups this process's slots (fewest
+      // in progress first) and names it in logs and on the status page.
+      workerId: flagOrEnv(values["worker-id"], "POTHEAD_WORKER_ID") ??
+        defaultWorkerId(),
       pool: flagOrEnv(values.pool, "POTHEAD_POOL"),
       labels: Object.keys(labels).length > 0 ? labels : undefined,
     };
+    if (values.plain) {
+      if (
+        options.token || values["worker-id"] || options.pool || options.labels
+      ) {
+        throw new UsageError(
+          "--plain cannot be used with --token, --worker-id, --pool or --label",
+        );
+      }
+      options.workerId = undefined;
+    }
     const adaptive = values.adaptive ??
       /^(1|true|yes)$/i.test(flagOrEnv(undefined, "POTHEAD_ADAPTIVE") ?? "");
     if (adaptive) {
@@ -247,4 +264,14 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;
+}
+
+function defaultWorkerId(): string {
+  let host = "worker";
+  try {
+    host = Deno.hostname().replace(/[^A-Za-z0-9._:-]/g, "-");
+  } catch {
+    // no --allow-sys: the pid alone still tells processes apart
+  }
+  return `${host}-${Deno.pid}`.slice(0, 128);
 }

@@ -30,6 +30,7 @@ import {
   errorText,
   type IncomingResponse,
   type OutgoingRequest,
+  startsLikeResponse,
   WorkerLinkError,
   WorkerSlot,
 } from "./_slot.ts";
@@ -199,7 +200,9 @@ export interface HubOptions {
   workerTokens?: string[];
   /**
    * Without tokens the handshake is optional: milliseconds a new worker
-   * connection may take to start one before it counts as a plain worker.
+   * connection may take to start one before it counts as a plain worker (a
+   * handshake that comes later, before any request was sent, is still
+   * accepted). 0 turns handshakes off: every connection is a plain worker.
    * @default {50}
    */
   handshakeWait?: number;
@@ -353,6 +356,7 @@ interface Group {
 
 interface Pool {
   name: string;
+  queueTimeout: number;
   queue: WaitQueue<Pending>;
   maxQueue: number;
   groups: Map<string, Group>;
@@ -375,7 +379,6 @@ const DEFAULTS = {
 
 // Response bodies up to this length are read whole and passed as bytes.
 const SMALL_BODY = 64 * 1024;
-const MAX_DECLINES = 16;
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
 const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
@@ -530,6 +533,7 @@ export class Hub {
     const queueTimeout = limits.queueTimeout ?? this.#opts.queueTimeout;
     const created: Pool = {
       name,
+      queueTimeout,
       maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
       groups: new Map(),
       idle: 0,
@@ -634,6 +638,12 @@ export class Hub {
         return;
       }
       if (got === "data") {
+        if (startsLikeResponse(reader)) {
+          // A worker handing back a connection it no longer wants (the
+          // "not started" 408) before the hub used it.
+          conn.close();
+          return;
+        }
         identity = await this.#handshake(conn, reader, peer);
         if (identity === null) return;
       }
@@ -725,19 +735,6 @@ export class Hub {
     reader: BufferedReader,
     identity: WorkerIdentity | null,
   ): void {
-    const pool = this.#pool(identity?.pool ?? DEFAULT_POOL);
-    const key = identity?.id ?? `addr:${peer.replace(/:[0-9]+$/, "")}`;
-    let group = pool.groups.get(key);
-    if (group === undefined) {
-      group = {
-        key,
-        busy: 0,
-        slots: 0,
-        idle: new Set(),
-        labels: identity?.labels ?? {},
-      };
-      pool.groups.set(key, group);
-    }
     const slot = new WorkerSlot(
       conn,
       peer,
@@ -750,36 +747,63 @@ export class Hub {
         smallBody: SMALL_BODY,
         onIdle: (s) => this.#offer(s),
         onClose: (s, reason) => this.#detach(s, reason),
+        onFirstBytes: (s) => this.#lateHandshake(s),
       },
       reader,
       identity,
     );
+    this.#slots.add(slot);
+    this.#register(slot);
+    this.#offer(slot);
+  }
+
+  // Books a slot into its pool and worker group.
+  #register(slot: WorkerSlot): void {
+    const identity = slot.identity;
+    const pool = this.#pool(identity?.pool ?? DEFAULT_POOL);
+    const key = identity?.id ?? `addr:${slot.peer.replace(/:[0-9]+$/, "")}`;
+    let group = pool.groups.get(key);
+    if (group === undefined) {
+      group = {
+        key,
+        busy: 0,
+        slots: 0,
+        idle: new Set(),
+        labels: identity?.labels ?? {},
+      };
+      pool.groups.set(key, group);
+    }
     group.slots++;
     pool.slots++;
-    this.#slots.add(slot);
     this.#slotGroup.set(slot, group);
     this.#log({
       level: "debug",
       msg: "worker connection attached",
       worker: key,
-      peer,
+      peer: slot.peer,
       pool: pool.name,
       slot: slot.id,
     });
-    this.#offer(slot);
   }
 
-  #detach(slot: WorkerSlot, reason: unknown): void {
+  // The reverse of #register; returns the group the slot was in.
+  #unregister(slot: WorkerSlot): Group | undefined {
     const group = this.#slotGroup.get(slot);
-    if (group === undefined) return;
+    if (group === undefined) return undefined;
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     this.#slotGroup.delete(slot);
-    this.#slots.delete(slot);
     if (group.idle.delete(slot)) pool.idle--;
     if (this.#busy.delete(slot)) group.busy--;
     group.slots--;
     pool.slots--;
     if (group.slots === 0) pool.groups.delete(group.key);
+    return group;
+  }
+
+  #detach(slot: WorkerSlot, reason: unknown): void {
+    this.#slots.delete(slot);
+    const group = this.#unregister(slot);
+    if (group === undefined) return;
     this.#log({
       level: "debug",
       msg: "worker connection closed",
@@ -788,6 +812,31 @@ export class Hub {
       served: slot.served,
       reason: errorText(reason),
     });
+  }
+
+  // A connection taken for a plain worker spoke first, before it carried
+  // any request: a handshake that came after the hub stopped waiting, or
+  // the worker handing the connection back. No request can be on it.
+  async #lateHandshake(slot: WorkerSlot): Promise<void> {
+    this.#unregister(slot);
+    if (this.#opts.handshakeWait === 0 || startsLikeResponse(slot.reader)) {
+      slot.close(
+        new WorkerLinkError("closed", "Worker gave the connection back"),
+      );
+      return;
+    }
+    const identity = await this.#handshake(slot.conn, slot.reader, slot.peer);
+    if (identity === null) {
+      slot.close(new WorkerLinkError("closed", "handshake refused"));
+      return;
+    }
+    if (this.#closed || slot.state === "closed") {
+      slot.close("hub shut down");
+      return;
+    }
+    slot.adopt(identity);
+    this.#register(slot);
+    this.#offer(slot);
   }
 
   /**
@@ -1059,13 +1108,29 @@ export class Hub {
       this.#fail(p, "abandoned", 499, "consumer went away");
       return;
     }
-    // A "not started" decline is provably safe to resend, so it does not
-    // count against maxRetries; MAX_DECLINES only stops a worker that
-    // declines everything from bouncing a request forever.
-    const again = e.code === "not-started"
-      ? ++p.declines <= MAX_DECLINES
-      : ++p.retried <= this.#opts.maxRetries;
+    // A "not started" decline is provably safe to resend and is what busy
+    // multi-hub workers do routinely, so it does not count against
+    // maxRetries. A request that keeps being declined is still bounded by
+    // its queue timeout, measured from its arrival.
+    const again = e.code === "not-started" ||
+      ++p.retried <= this.#opts.maxRetries;
+    const timeout = p.pool.queueTimeout;
+    if (
+      e.retryable && again && !this.#closed && timeout > 0 &&
+      performance.now() - p.since >= timeout
+    ) {
+      this.#stats.timedOutQueued++;
+      this.#fail(
+        p,
+        "queue-timeout",
+        503,
+        `request waited ${timeout} ms without a worker that would take it`,
+        { "retry-after": String(Math.max(1, Math.ceil(timeout / 1000))) },
+      );
+      return;
+    }
     if (e.retryable && again && !this.#closed) {
+      if (e.code === "not-started") p.declines++;
       this.#stats.retries++;
       this.#log({
         level: "info",

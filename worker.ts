@@ -324,6 +324,7 @@ export function connectWorker(
           maxRequests: options.gate === undefined ? Infinity : 1,
           acquire: hooks.acquire,
           release: hooks.release,
+          reuse: hooks.reuse,
         }, reader);
       },
       gate: options.gate,

@@ -33,7 +33,6 @@ function hub(): HubServer {
     hostname: "127.0.0.1",
     port: 0,
     workerPort: 0,
-    handshakeWait: 0,
   });
 }
 
