@@ -1242,31 +1242,24 @@ const NOTES = [
   "be spread over the hubs at will. No request is served twice (the " +
   "handler's overlap check stays at 0): a worker offered two requests at " +
   'once declines one with the "not started" 408 and its hub resends it at ' +
-  "the head of its queue. With one hub it is exactly N connections and no " +
-  "churn. With handshaking workers under Poisson load every hub does get " +
-  "workers (compare the per-hub p99 of B-id and C-id), because a busy " +
-  "hub's queue empties now and then; but a hub gets a worker only by " +
-  "winning a race, as the probe shows and (1) below explains.",
-  "**Where it falls short.** (1) The hub a worker has just served wins: " +
-  "its keep-alive connection is offered again at once, while the other " +
-  "M−1 hubs need a new connection (the worker withdrew its idle ones when " +
-  "it took the job). A hub whose queue never empties keeps the worker; the " +
-  "others get it only when their fresh connection reaches the worker before " +
-  "the busy hub's next request does, and each lost race is a decline and a " +
-  "resend. After 16 declines the hub answers the request 502 (`MAX_DECLINES` in hub.ts), " +
-  "so a request at a quiet hub can fail while a worker it is waiting for " +
-  "is merely busy elsewhere. (2) Plain workers (no PTTH handshake) starve " +
-  "the other hubs outright: a hub holds each new plain connection for " +
-  "`--handshake-wait` (50 ms) before using it, and a worker whose next job " +
-  "comes sooner withdraws it first (the hub reads that 408 as a malformed " +
-  'handshake and logs "worker handshake refused"), so while one hub keeps ' +
-  "it busy with gaps under 50 ms the others never get it. (3) Churn: up to " +
-  "M−1 reconnects per request, and the declines, cost hub CPU per request. " +
-  "(4) The 50 ms wait is also a race for handshaking workers on a loaded " +
-  "machine: a handshake that arrives late is taken for a plain worker, the " +
-  "hub sends it a request, and the worker, expecting the 101, drops the " +
-  "connection. (5) Each hub sees only its own queue: FIFO holds per hub, " +
-  "not across hubs.",
+  "the head of its queue; declines never fail a request (only its queue " +
+  "timeout can). With several hubs a connection is given back after each " +
+  "request, so a freed permit is offered to every hub at once and no hub " +
+  "starves while another keeps the worker busy (the probe: every request " +
+  "at the quiet hub answered after about one job). With one hub it is " +
+  "exactly N connections and no churn.",
+  "**Where it falls short.** (1) Churn: with M hubs a worker reconnects to " +
+  "about M hubs per request and about M−1 of the offered connections are " +
+  "declined, which costs hub CPU and adds a reconnect to the dispatch gap; " +
+  "at high load that lowers capacity and raises p99 well above one hub " +
+  "holding the same workers (tables above). (2) Which hub wins a freed " +
+  "permit is a race between their reconnects, not a global FIFO: each hub " +
+  "keeps FIFO order only for its own queue. (3) A handshake slower than " +
+  "`--handshake-wait` (50 ms) on a loaded machine can still cross a request; " +
+  "the hub then sees a request line where it expected a status line and " +
+  "resends the request elsewhere, and the worker reconnects. For latency-" +
+  "critical deployments one hub per worker pool (and hubs scaled by " +
+  "sharding pools) beats spreading workers over many hubs.",
 ];
 
 // ------------------------------------------------------------------ main
