@@ -39,6 +39,10 @@ Options (each also as the environment variable in brackets):
                            body is cut; 0 = forever [POTHEAD_BODY_IDLE_TIMEOUT] (120s)
   --upload-idle-timeout T  longest pause in a consumer's streamed upload, then 408;
                            0 = forever [POTHEAD_UPLOAD_IDLE_TIMEOUT] (60s)
+  --max-head-size N        largest response head from a worker, bytes
+                           [POTHEAD_MAX_HEAD_SIZE] (65536)
+  --max-response-body N    largest response body from a worker, bytes; 0 = no
+                           limit [POTHEAD_MAX_RESPONSE_BODY] (0)
   --max-retries N          resends of a request a worker provably did not start
                            [POTHEAD_MAX_RETRIES] (2)
   --shutdown-grace T       on SIGTERM, time queued and running requests get
@@ -180,6 +184,19 @@ function optionsFrom(
       "--max-retries",
       2,
     ),
+    limits: {
+      maxHeadSize: parseInteger(
+        v("max-head-size", "POTHEAD_MAX_HEAD_SIZE"),
+        "--max-head-size",
+        64 * 1024,
+        256,
+      ),
+    },
+    maxResponseBodySize: parseInteger(
+      v("max-response-body", "POTHEAD_MAX_RESPONSE_BODY"),
+      "--max-response-body",
+      0,
+    ) || Infinity,
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
     handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
     trustForwarded: trust,
@@ -214,6 +231,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "body-idle-timeout": { type: "string" },
         "upload-idle-timeout": { type: "string" },
         "max-retries": { type: "string" },
+        "max-head-size": { type: "string" },
+        "max-response-body": { type: "string" },
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
         cert: { type: "string" },
