@@ -176,46 +176,7 @@ export function pairingRelay(): PairingRelay {
   };
 }
 
-/**
- * Settles like `promise`, or rejects after `ms` milliseconds naming `what`:
- * a hang guard for tests, never a timing assertion.
- */
-export async function deadline<T>(
-  promise: Promise<T>,
-  ms: number,
-  what: string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`Hang guard: ${what} not done within ${ms} ms`)),
-      ms,
-    );
-  });
-  try {
-    return await Promise.race([promise, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/**
- * Polls `check` every 10 ms until it returns true; rejects after `ms`
- * milliseconds naming `what` (a hang guard).
- */
-export async function waitFor(
-  check: () => boolean,
-  what: string,
-  ms = 10_000,
-): Promise<void> {
-  const until = performance.now() + ms;
-  while (!check()) {
-    if (performance.now() > until) {
-      throw new Error(`Hang guard: ${what} not true within ${ms} ms`);
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+export { deadline, waitFor } from "./_wait.ts";
 
 /** Encodes a string of chars <= 0xff as the same bytes (ISO-8859-1). */
 export function latin1Bytes(s: string): Uint8Array {

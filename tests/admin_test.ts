@@ -5,6 +5,7 @@
 // timing-dependent values use an injected clock, and every wait is a bounded
 // poll or has a hang guard.
 
+import { deadline, waitFor as waitUntil } from "./_wait.ts";
 import assert from "node:assert/strict";
 import { createAdminHandler } from "../_admin.ts";
 import { formatAccess, HubMetrics } from "../_metrics.ts";
@@ -17,6 +18,11 @@ import {
 import { connectWorker, type WorkerHandle } from "../worker.ts";
 
 const HANG_GUARD = 20_000;
+
+const waitFor = (check: () => boolean | Promise<boolean>, what: string) =>
+  waitUntil(check, what, HANG_GUARD);
+const guard = <T>(promise: Promise<T>, what: string): Promise<T> =>
+  deadline(promise, HANG_GUARD, what);
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -70,29 +76,6 @@ function fakeClock(start = 1_700_000_000_000) {
       now += ms;
     },
   };
-}
-
-async function waitFor(check: () => boolean | Promise<boolean>, what: string) {
-  for (let i = 0; i < 2000; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error(`Timed out waiting for ${what}`);
-}
-
-async function guard<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`Hang guard: ${what} did not happen`)),
-      HANG_GUARD,
-    );
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 // ---------------------------------------------------------------------------

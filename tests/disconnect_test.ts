@@ -3,6 +3,7 @@
 // worker subprocess for a crash. Outcomes are asserted, never durations:
 // every wait is a bounded poll or has a hang guard.
 
+import { deadline, waitFor as waitUntil } from "./_wait.ts";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import {
@@ -18,6 +19,11 @@ import {
 } from "../worker.ts";
 
 const HANG_GUARD = 20_000;
+
+const waitFor = (check: () => boolean | Promise<boolean>, what: string) =>
+  waitUntil(check, what, HANG_GUARD);
+const guard = <T>(promise: Promise<T>, what: string): Promise<T> =>
+  deadline(promise, HANG_GUARD, what);
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -56,31 +62,6 @@ function later(input: string, init?: RequestInit): Promise<Response> {
   const p = fetch(input, init);
   p.catch(() => {});
   return p;
-}
-
-/** Polls `check` until it holds; a bounded loop, not a timing assertion. */
-async function waitFor(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 4000; i++) {
-    if (check()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`Timed out waiting for ${what}`);
-}
-
-/** Rejects if `promise` has not settled after the hang guard. */
-async function guard<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`Hang guard: ${what} did not happen`)),
-      HANG_GUARD,
-    );
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Resolves when `signal` aborts. */

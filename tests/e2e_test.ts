@@ -3,6 +3,7 @@
 // Nothing here asserts on durations: ordering is forced with promises the
 // test resolves, and every wait is a bounded poll or has a hang guard.
 
+import { deadline, waitFor as waitUntil } from "./_wait.ts";
 import assert from "node:assert/strict";
 import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
 import {
@@ -12,6 +13,11 @@ import {
 } from "../worker.ts";
 
 const HANG_GUARD = 20_000;
+
+const waitFor = (check: () => boolean | Promise<boolean>, what: string) =>
+  waitUntil(check, what, HANG_GUARD);
+const guard = <T>(promise: Promise<T>, what: string): Promise<T> =>
+  deadline(promise, HANG_GUARD, what);
 
 function startHub(options: ServeHubOptions = {}): HubServer {
   return serveHub({
@@ -52,31 +58,6 @@ function later(input: string, init?: RequestInit): Promise<Response> {
 
 function url(server: HubServer, path: string): string {
   return `http://127.0.0.1:${server.addr.port}${path}`;
-}
-
-/** Polls `check` until it holds; a bounded loop, not a timing assertion. */
-async function waitFor(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 4000; i++) {
-    if (check()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`Timed out waiting for ${what}`);
-}
-
-/** Rejects if `promise` has not settled after the hang guard. */
-async function guard<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`Hang guard: ${what} did not happen`)),
-      HANG_GUARD,
-    );
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /**

@@ -5,6 +5,7 @@
  * random. Each test asserts exact outcomes, never durations.
  */
 
+import { waitFor } from "./_wait.ts";
 import assert from "node:assert/strict";
 import { connectWorker, type HubServer, serveHub } from "../mod.ts";
 import { NOT_STARTED_RESPONSE } from "../worker.ts";
@@ -19,14 +20,8 @@ import { runSoak } from "../bench/soak.ts";
 
 const HANDLER = "tests/fixtures/soak_handler.ts";
 
-/** Polls `check` every 20 ms until it is true; a hang guard, not a timing. */
-async function until(check: () => boolean, what: string, ms = 20_000) {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const until = (check: () => boolean, what: string, ms = 20_000) =>
+  waitFor(check, what, ms);
 
 function hub(): HubServer {
   return serveHub({

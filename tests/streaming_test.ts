@@ -5,6 +5,7 @@
 // would deadlock if any hop buffered the whole body). No durations are
 // asserted; every wait has a hang guard.
 
+import { deadline, waitFor as waitUntil } from "./_wait.ts";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
@@ -15,6 +16,11 @@ import {
 } from "../worker.ts";
 
 const HANG_GUARD = 40_000;
+
+const waitFor = (check: () => boolean | Promise<boolean>, what: string) =>
+  waitUntil(check, what, HANG_GUARD);
+const guard = <T>(promise: Promise<T>, what: string): Promise<T> =>
+  deadline(promise, HANG_GUARD, what);
 const CHUNK = 64 * 1024;
 const encoder = new TextEncoder();
 
@@ -40,29 +46,6 @@ function startWorker(server: HubServer, handler: FetchHandler): WorkerHandle {
 
 function url(server: HubServer, path: string): string {
   return `http://127.0.0.1:${server.addr.port}${path}`;
-}
-
-async function waitFor(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 4000; i++) {
-    if (check()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`Timed out waiting for ${what}`);
-}
-
-async function guard<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`Hang guard: ${what} did not happen`)),
-      HANG_GUARD,
-    );
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 async function stop(server: HubServer, worker: WorkerHandle): Promise<void> {
