@@ -306,7 +306,6 @@ class Pending {
   pool!: Pool;
   attempts = 0;
   retried = 0;
-  declines = 0;
   queueMs = 0;
   workerMs = -1;
   node: QueueNode<Pending> | null = null;
@@ -1130,7 +1129,6 @@ export class Hub {
       return;
     }
     if (e.retryable && again && !this.#closed) {
-      if (e.code === "not-started") p.declines++;
       this.#stats.retries++;
       this.#log({
         level: "info",
