@@ -21,6 +21,7 @@ import { haproxyConfig, nginxConfig } from "../bench/_systems.ts";
 import { escapeXml, lineChart, logTicks } from "../bench/_svg.ts";
 import { estimateSeconds, parsePlan, type Plan } from "../bench/queueing.ts";
 import { makeJob, requestedMs } from "../bench/workers/serial_worker.ts";
+import { Sleeper } from "../bench/workers/_sleep.ts";
 
 function mean(values: ArrayLike<number>): number {
   let sum = 0;
@@ -380,4 +381,14 @@ Deno.test("benchmark plans: quick fits in 3 minutes, flags are validated", () =>
   assert.throws(() => parsePlan(["--systems=envoy"]), TypeError);
   assert.equal(parsePlan(["--help"]), "help");
   assert.deepEqual(parsePlan(["--render=x.json"]), { render: "x.json" });
+});
+
+Deno.test("benchmark sleep waits at least a job shorter than the timer's lateness", async () => {
+  const sleeper = new Sleeper();
+  for (const ms of [0.2, 0.6, 0.9]) {
+    const t0 = performance.now();
+    await sleeper.sleep(ms);
+    const took = performance.now() - t0;
+    assert.ok(took >= ms, `a ${ms} ms job took ${took} ms`);
+  }
 });

@@ -23,6 +23,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { Sleeper } from "./_sleep.ts";
 
 /** How a job spends its service time. */
 export type ServiceMode = "sleep" | "cpu";
@@ -34,24 +35,6 @@ const MAX_SERVICE_MS = 600_000;
 
 function clock(): number {
   return performance.timeOrigin + performance.now();
-}
-
-/**
- * A timer-based wait that corrects for the timer's lateness: it learns the
- * mean overshoot of `setTimeout` and asks for that much less, so the mean
- * job length matches the request (each job is within about a millisecond).
- */
-class Sleeper {
-  #overshoot = 1;
-
-  async sleep(ms: number): Promise<void> {
-    const ask = ms - this.#overshoot;
-    if (ask <= 0) return;
-    const t0 = performance.now();
-    await new Promise((resolve) => setTimeout(resolve, ask));
-    const late = Math.min(performance.now() - t0 - ask, 5);
-    this.#overshoot += 0.05 * (late - this.#overshoot);
-  }
 }
 
 function spin(ms: number): void {

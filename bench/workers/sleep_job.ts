@@ -19,25 +19,16 @@
  * @module
  */
 
+import { Sleeper } from "./_sleep.ts";
+
 /** Longest job a request may ask for, in milliseconds. */
 const MAX_MS = 60_000;
 
 const ID = Deno.env.get("BENCH_WORKER_ID") ?? `p${Deno.pid}`;
 const OK = new TextEncoder().encode("ok\n");
 
-// setTimeout fires late by about a millisecond; ask for the learned mean
-// lateness less, so the mean job length matches the request.
-let lateness = 1;
+const sleeper = new Sleeper();
 let running = 0;
-
-async function sleep(ms: number): Promise<void> {
-  const ask = ms - lateness;
-  if (ask <= 0) return;
-  const t0 = performance.now();
-  await new Promise((resolve) => setTimeout(resolve, ask));
-  const late = Math.min(performance.now() - t0 - ask, 5);
-  lateness += 0.05 * (late - lateness);
-}
 
 /**
  * Sleeps for `?ms=` milliseconds (0 to 60000) and answers 200 `ok`.
@@ -56,7 +47,7 @@ export default async function handler(request: Request): Promise<Response> {
   const overlap = running > 1;
   const t0 = performance.now();
   try {
-    await sleep(ms);
+    await sleeper.sleep(ms);
   } finally {
     running--;
   }
