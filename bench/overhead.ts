@@ -56,6 +56,8 @@ export interface ThroughputRun extends WrkResult {
   serverCpuUsPerRequest: number;
   /** CPU seconds of all worker processes (hub run only). */
   workersCpu: number;
+  /** Worker CPU microseconds per request (hub run only). */
+  workersCpuUsPerRequest: number;
   /** Whole-machine busy CPU seconds over the run, and the capacity. */
   machineBusy: number;
   machineCapacity: number;
@@ -67,6 +69,8 @@ export interface ThroughputRun extends WrkResult {
 export interface ThroughputResult {
   options: ThroughputOptions;
   hub: ThroughputRun;
+  /** The same number of slots, all in one worker process. */
+  oneProcess?: ThroughputRun;
   direct: ThroughputRun;
 }
 
@@ -101,6 +105,7 @@ async function measure(
     serverCpu: round(serverCpu),
     serverCpuUsPerRequest: round(serverCpu / r.requests * 1e6, 1),
     workersCpu: round(workersCpu),
+    workersCpuUsPerRequest: round(workersCpu / r.requests * 1e6, 1),
     machineBusy: round(busy),
     machineCapacity: round(m1.total - m0.total),
     otherCpu: round(Math.max(0, busy - serverCpu - workersCpu - r.wrkCpu)),
@@ -117,23 +122,27 @@ export async function throughput(
   o: ThroughputOptions,
 ): Promise<ThroughputResult> {
   const bound = (o.warmupSeconds + o.seconds) + 60;
-  let hub: ThroughputRun;
-  {
+  const viaHub = async (count: number, concurrency: number) => {
     const h = await startHub({ maxSeconds: bound });
     let workers: Proc[] = [];
     try {
       workers = await startWorkers({
-        count: o.workers,
-        concurrency: o.concurrency,
+        count,
+        concurrency,
         handler: TRIVIAL,
         workerPort: h.workerPort,
         maxSeconds: bound,
       });
-      hub = await measure(`http://127.0.0.1:${h.port}/`, h.proc, workers, o);
+      return await measure(`http://127.0.0.1:${h.port}/`, h.proc, workers, o);
     } finally {
       await stopAll([h.proc, ...workers]);
     }
-  }
+  };
+  const hub = await viaHub(o.workers, o.concurrency);
+  // The same slots in one process: what the split into processes costs.
+  const oneProcess = o.workers > 1
+    ? await viaHub(1, o.workers * o.concurrency)
+    : undefined;
   let direct: ThroughputRun;
   {
     const d = await startDirect({ handler: TRIVIAL, maxSeconds: bound });
@@ -143,7 +152,7 @@ export async function throughput(
       await stopAll([d.proc]);
     }
   }
-  return { options: o, hub, direct };
+  return { options: o, hub, oneProcess, direct };
 }
 
 // ---------------------------------------------------------------- profile

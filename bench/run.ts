@@ -33,6 +33,7 @@ import {
   throughput,
   type ThroughputOptions,
   type ThroughputResult,
+  type ThroughputRun,
 } from "./overhead.ts";
 import {
   queuedMemory,
@@ -156,6 +157,14 @@ export function toMarkdown(r: Results): string {
     out.push(
       `| wrk latency p50 / p99 | ${t.hub.p50} / ${t.hub.p99} ms | ${t.direct.p50} / ${t.direct.p99} ms | | |`,
     );
+    const one = t.oneProcess;
+    if (one !== undefined) {
+      out.push(
+        `| Same ${
+          o.workers * o.concurrency
+        } slots in one worker process: throughput, hub / worker CPU per request | ${one.rps} req/s, ${one.serverCpuUsPerRequest} / ${one.workersCpuUsPerRequest} µs | | (context) | |`,
+      );
+    }
     out.push(
       `| Server process CPU per request | ${t.hub.serverCpuUsPerRequest} µs | ${t.direct.serverCpuUsPerRequest} µs | hub < ${TARGETS.hubCpuUs} µs | ${
         verdict(r.mode, t.hub.serverCpuUsPerRequest < TARGETS.hubCpuUs)
@@ -214,7 +223,18 @@ export function toMarkdown(r: Results): string {
       "| Run | requests | req/s | p50 | p75 | p90 | p99 | server CPU s | workers CPU s | wrk CPU s | other CPU s | machine busy / capacity s | socket errors | non-2xx |",
     );
     out.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (const [name, x] of [["hub", t.hub], ["direct", t.direct]] as const) {
+    const runs: [string, ThroughputRun][] = [[
+      `hub, ${t.options.workers}×${t.options.concurrency}`,
+      t.hub,
+    ]];
+    if (t.oneProcess !== undefined) {
+      runs.push([
+        `hub, 1×${t.options.workers * t.options.concurrency}`,
+        t.oneProcess,
+      ]);
+    }
+    runs.push(["direct", t.direct]);
+    for (const [name, x] of runs) {
       out.push(
         `| ${name} | ${x.requests} | ${x.rps} | ${x.p50} | ${x.p75} | ${x.p90} | ${x.p99} | ${x.serverCpu} | ${x.workersCpu} | ${x.wrkCpu} | ${x.otherCpu} | ${x.machineBusy} / ${x.machineCapacity} | ${x.socketErrors} | ${x.non2xx} |`,
       );
