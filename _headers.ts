@@ -109,30 +109,10 @@ export function forwardRequestHeaders(
 }
 
 /**
- * Makes the `Headers` of a response to a consumer from what the worker sent:
- * end-to-end fields only (framing is the consumer-side server's job).
- */
-export function responseHeaders(
-  fields: [string, string][],
-): Headers {
-  let connection: string | null = null;
-  for (const [name, value] of fields) {
-    if (name === "connection") {
-      connection = connection === null ? value : `${connection}, ${value}`;
-    }
-  }
-  const headers = new Headers();
-  for (const [name, value] of endToEnd(fields, connection)) {
-    headers.append(name, value);
-  }
-  return headers;
-}
-
-/**
- * The `Headers` for relaying a response read off a connection: its
- * end-to-end fields, plus Content-Length where the receiving server should
- * keep it (the length of a HEAD or 304 response's representation, or of a
- * streamed body of known size).
+ * The fields for relaying a response read off a connection: its end-to-end
+ * fields, plus Content-Length where the receiving server should keep it (the
+ * length of a HEAD or 304 response's representation, or of a streamed body
+ * of known size). Pairs, not `Headers`: `Response` checks them once.
  */
 export function relayedHeaders(
   res: {
@@ -142,15 +122,22 @@ export function relayedHeaders(
     body: unknown;
   },
   method: string,
-): Headers {
-  const headers = responseHeaders(res.headers);
+): [string, string][] {
+  let connection: string | null = null;
+  let length: string | null = null;
+  for (const [name, value] of res.headers) {
+    if (name === "connection") {
+      connection = connection === null ? value : `${connection}, ${value}`;
+    } else if (name === "content-length") {
+      length = value;
+    }
+  }
+  const fields = endToEnd(res.headers, connection);
   if (method === "HEAD" || res.status === 304) {
     // No body on the wire, but the length describes the representation.
-    for (const [n, v] of res.headers) {
-      if (n === "content-length") headers.set(n, v);
-    }
+    if (length !== null) fields.push(["content-length", length]);
   } else if (res.contentLength >= 0 && res.body instanceof ReadableStream) {
-    headers.set("content-length", String(res.contentLength));
+    fields.push(["content-length", String(res.contentLength)]);
   }
-  return headers;
+  return fields;
 }

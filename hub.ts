@@ -1163,11 +1163,16 @@ export class Hub {
 
   #toResponse(p: Pending, res: IncomingResponse): Response {
     const headers = relayedHeaders(res, p.req.method);
-    headers.set("x-request-id", p.id);
-    headers.append(
+    // The hub's request id replaces any the worker sent.
+    let w = 0;
+    for (let r = 0; r < headers.length; r++) {
+      if (headers[r][0] !== "x-request-id") headers[w++] = headers[r];
+    }
+    headers.length = w;
+    headers.push(["x-request-id", p.id], [
       "server-timing",
       `queue;dur=${p.queueMs.toFixed(2)}, worker;dur=${p.workerMs.toFixed(2)}`,
-    );
+    ]);
     try {
       return new Response(res.body as BodyInit | null, {
         status: res.status,

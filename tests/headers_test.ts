@@ -1,0 +1,89 @@
+import assert from "node:assert/strict";
+import { forwardRequestHeaders, relayedHeaders } from "../_headers.ts";
+
+const base = {
+  status: 200,
+  contentLength: 5,
+  body: new Uint8Array(5) as unknown,
+};
+
+Deno.test("relayed response drops hop-by-hop fields and those Connection names", () => {
+  const fields = relayedHeaders({
+    ...base,
+    headers: [
+      ["content-type", "text/plain"],
+      ["connection", "x-secret, keep-alive"],
+      ["x-secret", "1"],
+      ["keep-alive", "timeout=5"],
+      ["transfer-encoding", "chunked"],
+      ["content-length", "5"],
+      ["set-cookie", "a=1"],
+      ["set-cookie", "b=2"],
+    ],
+  }, "GET");
+  assert.deepEqual(fields, [
+    ["content-type", "text/plain"],
+    ["set-cookie", "a=1"],
+    ["set-cookie", "b=2"],
+  ]);
+});
+
+Deno.test("relayed response keeps Content-Length for HEAD, 304 and streamed bodies", () => {
+  const headers: [string, string][] = [["content-length", "1234"]];
+  assert.deepEqual(
+    relayedHeaders({ ...base, headers, body: null, contentLength: 0 }, "HEAD"),
+    [["content-length", "1234"]],
+  );
+  assert.deepEqual(
+    relayedHeaders(
+      { ...base, status: 304, headers, body: null, contentLength: 0 },
+      "GET",
+    ),
+    [["content-length", "1234"]],
+  );
+  assert.deepEqual(
+    relayedHeaders({
+      ...base,
+      headers,
+      body: new ReadableStream(),
+      contentLength: 1234,
+    }, "GET"),
+    [["content-length", "1234"]],
+  );
+  // A bytes body: the consumer-side server frames it itself.
+  assert.deepEqual(relayedHeaders({ ...base, headers }, "GET"), []);
+});
+
+Deno.test("forwarded request replaces client-supplied forwarding fields unless trusted", () => {
+  const headers = new Headers([
+    ["host", "example.test"],
+    ["x-forwarded-for", "10.9.9.9"],
+    ["x-request-id", "theirs"],
+    ["te", "trailers"],
+  ]);
+  const info = {
+    clientIp: "192.0.2.1",
+    proto: "http",
+    host: "example.test",
+    requestId: "ours",
+  };
+  const plain = forwardRequestHeaders(headers, {
+    ...info,
+    trustForwarded: false,
+  });
+  assert.deepEqual(plain, [
+    ["host", "example.test"],
+    ["x-forwarded-for", "192.0.2.1"],
+    ["x-forwarded-proto", "http"],
+    ["x-forwarded-host", "example.test"],
+    ["x-request-id", "ours"],
+  ]);
+  const trusted = forwardRequestHeaders(headers, {
+    ...info,
+    trustForwarded: true,
+  });
+  assert.deepEqual(
+    trusted.find(([n]) => n === "x-forwarded-for"),
+    ["x-forwarded-for", "10.9.9.9, 192.0.2.1"],
+  );
+});
