@@ -213,14 +213,17 @@ export type WriteFraming = { kind: "length"; length: number } | {
  * the caller then closes the connection (the message is incomplete).
  *
  * @param first bytes already read from `body` that go out first.
+ * @param sent body bytes the caller already wrote (with the head); they
+ * count towards a length-framed body's `length`.
  */
 export async function writeBody(
   conn: Connection,
   body: { read(): Promise<ReadableStreamReadResult<Uint8Array>> },
   framing: WriteFraming,
   first?: Uint8Array,
+  sent = 0,
 ): Promise<void> {
-  let written = 0;
+  let written = sent;
   const put = async (chunk: Uint8Array) => {
     if (chunk.length === 0) return;
     written += chunk.length;

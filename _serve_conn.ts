@@ -320,6 +320,9 @@ async function serveOne(
   return reuse && bodyDone;
 }
 
+// Largest first body chunk copied next to the head for one write.
+const COALESCE_MAX = 64 * 1024;
+
 const CONTINUE = new TextEncoder().encode("HTTP/1.1 100 Continue\r\n\r\n");
 
 function expectsContinue(head: RequestHead): boolean {
@@ -390,9 +393,38 @@ async function writeResponse(
   try {
     if (length >= 0) {
       fields.push(["content-length", String(length)]);
+      // A first chunk that is already there goes out in the same write as
+      // the head: a small response is one segment, so the hub wakes once.
+      // A slow body does not hold the head back.
+      const first = length > 0 ? await readSoon(reader) : undefined;
+      const ready = first !== undefined && "result" in first
+        ? first.result
+        : undefined;
+      const chunk = ready?.done === false ? ready.value : undefined;
+      if (
+        chunk !== undefined && chunk.length <= length &&
+        chunk.length <= COALESCE_MAX
+      ) {
+        const { buf, length: n } = encodeHead(start, fields, chunk.length);
+        buf.set(chunk, n);
+        await writeAll(conn, buf);
+        await writeBody(
+          conn,
+          reader,
+          { kind: "length", length },
+          undefined,
+          chunk.length,
+        );
+        return;
+      }
       const { buf, length: n } = encodeHead(start, fields);
       await writeAll(conn, buf.subarray(0, n));
-      await writeBody(conn, reader, { kind: "length", length });
+      let rest = chunk;
+      if (first !== undefined && "pending" in first) {
+        const later = await first.pending;
+        rest = later.done ? undefined : later.value;
+      }
+      await writeBody(conn, reader, { kind: "length", length }, rest);
       return;
     }
     // Unknown length: if the body turns out to be one chunk that is already
@@ -438,4 +470,27 @@ async function writeResponse(
     reader.cancel(error).catch(() => {});
     throw error;
   }
+}
+
+/**
+ * Starts a read and gives its result if it settles within a few microtask
+ * turns (a body that is already in memory), else the read still in flight.
+ */
+async function readSoon(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): Promise<
+  | { result: ReadableStreamReadResult<Uint8Array> }
+  | { pending: Promise<ReadableStreamReadResult<Uint8Array>> }
+> {
+  let result: ReadableStreamReadResult<Uint8Array> | undefined;
+  let failed = false;
+  let error: unknown;
+  const pending = reader.read();
+  pending.then((r) => (result = r), (e) => {
+    failed = true;
+    error = e;
+  });
+  for (let i = 0; i < 3 && result === undefined && !failed; i++) await null;
+  if (failed) throw error;
+  return result !== undefined ? { result } : { pending };
 }

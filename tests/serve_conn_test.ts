@@ -1,0 +1,82 @@
+import assert from "node:assert/strict";
+import { serveConnection } from "../_serve_conn.ts";
+import { DEFAULT_LIMITS } from "../_codec.ts";
+import { ScriptedConn, text } from "./_memconn.ts";
+import { deadline, waitFor } from "./_wait.ts";
+import type { FetchHandler } from "../_serve_conn.ts";
+
+const PEER: Deno.NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: 1 };
+
+// The connection of the latest serve(), for tests that watch it mid-way.
+let connOf: Promise<ScriptedConn> = Promise.resolve(new ScriptedConn([]));
+
+async function serve(
+  handler: FetchHandler,
+  request = "GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+): Promise<{ conn: ScriptedConn; errors: string[] }> {
+  const conn = new ScriptedConn([request]);
+  connOf = Promise.resolve(conn);
+  const errors: string[] = [];
+  await serveConnection(conn, {
+    handler,
+    limits: DEFAULT_LIMITS,
+    drain: new AbortController().signal,
+    onError: (error, context) => errors.push(`${context}: ${error}`),
+    peer: PEER,
+  });
+  return { conn, errors };
+}
+
+Deno.test("a small response with Content-Length goes out in one write", async () => {
+  const { conn, errors } = await serve(() =>
+    new Response("hello", { headers: { "content-length": "5" } })
+  );
+  assert.deepEqual(errors, []);
+  assert.equal(conn.writes.length, 1);
+  const out = text(conn.writes[0]);
+  assert.match(out, /^HTTP\/1\.1 200 OK\r\n/);
+  assert.match(out, /\r\ncontent-length: 5\r\n/);
+  assert.ok(out.endsWith("\r\n\r\nhello"), JSON.stringify(out));
+});
+
+Deno.test("a slow body with Content-Length does not hold the head back", async () => {
+  const { promise: gate, resolve: release } = Promise.withResolvers<void>();
+  const served = serve(() => {
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        await gate;
+        controller.enqueue(new TextEncoder().encode("late"));
+        controller.close();
+      },
+    });
+    return new Response(body, { headers: { "content-length": "4" } });
+  });
+  const conn = await deadline(connOf, 10_000, "serving to start");
+  await waitFor(() => conn.writes.length > 0, "the head to be written");
+  assert.match(text(conn.writes[0]), /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\n$/);
+  release();
+  const { errors } = await served;
+  assert.deepEqual(errors, []);
+  assert.equal(text(conn.written).split("\r\n\r\n")[1], "late");
+});
+
+Deno.test("a body shorter than its Content-Length ends the connection with an error", async () => {
+  const { conn, errors } = await serve(() =>
+    new Response("abc", { headers: { "content-length": "10" } })
+  );
+  assert.ok(conn.closed);
+  assert.equal(errors.length, 1);
+  assert.match(errors[0], /^response: .*3 of the declared 10 bytes/);
+});
+
+Deno.test("a body of several chunks with Content-Length arrives whole", async () => {
+  const parts = ["one ", "two ", "three"];
+  const { conn, errors } = await serve(() => {
+    const body = ReadableStream.from(
+      parts.map((p) => new TextEncoder().encode(p)),
+    );
+    return new Response(body, { headers: { "content-length": "13" } });
+  });
+  assert.deepEqual(errors, []);
+  assert.equal(text(conn.written).split("\r\n\r\n")[1], "one two three");
+});
