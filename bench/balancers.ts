@@ -1250,8 +1250,8 @@ function markdown(r: Report): string {
 // `?ms=N` it blocks its thread for N ms with Atomics.wait, as a synchronous
 // job would, without using CPU; it learns the wait's mean overshoot and asks
 // for that much less, so the mean job length matches the request. (A timer
-// cannot do this: setTimeout fires about a millisecond late here, and the
-// queueing benchmark's corrected timer skips jobs of 1 ms altogether.)
+// cannot do this: setTimeout fires about a millisecond late here, so the
+// queueing benchmark's timer has to spin out jobs that short.)
 const JOB_SOURCE = `const cell = new Int32Array(new SharedArrayBuffer(4));
 const OK = new TextEncoder().encode("ok\\n");
 let overshoot = 0.1;
