@@ -71,6 +71,11 @@ export interface ThroughputResult {
   hub: ThroughputRun;
   /** The same number of slots, all in one worker process. */
   oneProcess?: ThroughputRun;
+  /**
+   * The same shape through `bench/workers/floor_hub.ts` and
+   * `floor_worker.ts`: the design's floor in Deno, with none of the work.
+   */
+  floor?: ThroughputRun;
   direct: ThroughputRun;
 }
 
@@ -139,6 +144,7 @@ export async function throughput(
     }
   };
   const hub = await viaHub(o.workers, o.concurrency);
+  const floor = await floorRun(o, bound);
   // The same slots in one process: what the split into processes costs.
   const oneProcess = o.workers > 1
     ? await viaHub(1, o.workers * o.concurrency)
@@ -152,7 +158,45 @@ export async function throughput(
       await stopAll([d.proc]);
     }
   }
-  return { options: o, hub, oneProcess, direct };
+  return { options: o, hub, oneProcess, floor, direct };
+}
+
+// The floor run: a minimal relay and raw-socket workers of the same shape.
+async function floorRun(
+  o: ThroughputOptions,
+  bound: number,
+): Promise<ThroughputRun> {
+  const hub = await spawn([DENO, "run", "-A", "bench/workers/floor_hub.ts"], {
+    name: "floor hub",
+    maxSeconds: bound,
+  });
+  const workers: Proc[] = [];
+  try {
+    const c = await hub.waitFor(
+      /Listening on http:\/\/.*:(\d+)\/ \(consumers\)/,
+      30_000,
+    );
+    const w = await hub.waitFor(
+      /Listening on tcp:\/\/.*:(\d+)\/ \(workers\)/,
+      30_000,
+    );
+    for (let i = 0; i < o.workers; i++) {
+      workers.push(
+        await spawn([
+          DENO,
+          "run",
+          "-A",
+          "bench/workers/floor_worker.ts",
+          `127.0.0.1:${w[1]}`,
+          String(o.concurrency),
+        ], { name: `floor worker ${i + 1}`, maxSeconds: bound }),
+      );
+    }
+    for (const p of workers) await p.waitFor(/^Connected to /, 30_000);
+    return await measure(`http://127.0.0.1:${c[1]}/`, hub, workers, o);
+  } finally {
+    await stopAll([hub, ...workers]);
+  }
 }
 
 // ---------------------------------------------------------------- profile

@@ -157,6 +157,12 @@ export function toMarkdown(r: Results): string {
     out.push(
       `| wrk latency p50 / p99 | ${t.hub.p50} / ${t.hub.p99} ms | ${t.direct.p50} / ${t.direct.p99} ms | | |`,
     );
+    const fl = t.floor;
+    if (fl !== undefined) {
+      out.push(
+        `| Floor of the design in Deno (\`bench/workers/floor_hub.ts\` + raw-socket workers, same ${o.workers}×${o.concurrency}): throughput, relay / worker CPU per request | ${fl.rps} req/s, ${fl.serverCpuUsPerRequest} / ${fl.workersCpuUsPerRequest} µs | | (context) | |`,
+      );
+    }
     const one = t.oneProcess;
     if (one !== undefined) {
       out.push(
@@ -231,6 +237,12 @@ export function toMarkdown(r: Results): string {
       runs.push([
         `hub, 1×${t.options.workers * t.options.concurrency}`,
         t.oneProcess,
+      ]);
+    }
+    if (t.floor !== undefined) {
+      runs.push([
+        `floor relay, ${t.options.workers}×${t.options.concurrency}`,
+        t.floor,
       ]);
     }
     runs.push(["direct", t.direct]);
