@@ -161,26 +161,35 @@ export async function throughput(
   return { options: o, hub, oneProcess, floor, direct };
 }
 
-// The floor run: a minimal relay and raw-socket workers of the same shape.
-async function floorRun(
-  o: ThroughputOptions,
+/** The floor relay and its raw-socket workers, running. */
+interface FloorProcs {
+  relay: Proc;
+  port: number;
+  workers: Proc[];
+}
+
+// Starts bench/workers/floor_hub.ts and `count` floor workers of
+// `concurrency` connections each.
+async function startFloor(
+  count: number,
+  concurrency: number,
   bound: number,
-): Promise<ThroughputRun> {
-  const hub = await spawn([DENO, "run", "-A", "bench/workers/floor_hub.ts"], {
-    name: "floor hub",
+): Promise<FloorProcs> {
+  const relay = await spawn([DENO, "run", "-A", "bench/workers/floor_hub.ts"], {
+    name: "floor relay",
     maxSeconds: bound,
   });
   const workers: Proc[] = [];
   try {
-    const c = await hub.waitFor(
+    const c = await relay.waitFor(
       /Listening on http:\/\/.*:(\d+)\/ \(consumers\)/,
       30_000,
     );
-    const w = await hub.waitFor(
+    const w = await relay.waitFor(
       /Listening on tcp:\/\/.*:(\d+)\/ \(workers\)/,
       30_000,
     );
-    for (let i = 0; i < o.workers; i++) {
+    for (let i = 0; i < count; i++) {
       workers.push(
         await spawn([
           DENO,
@@ -188,14 +197,33 @@ async function floorRun(
           "-A",
           "bench/workers/floor_worker.ts",
           `127.0.0.1:${w[1]}`,
-          String(o.concurrency),
+          String(concurrency),
         ], { name: `floor worker ${i + 1}`, maxSeconds: bound }),
       );
     }
     for (const p of workers) await p.waitFor(/^Connected to /, 30_000);
-    return await measure(`http://127.0.0.1:${c[1]}/`, hub, workers, o);
+    return { relay, port: Number(c[1]), workers };
+  } catch (error) {
+    await stopAll([relay, ...workers]);
+    throw error;
+  }
+}
+
+// The floor run: a minimal relay and raw-socket workers of the same shape.
+async function floorRun(
+  o: ThroughputOptions,
+  bound: number,
+): Promise<ThroughputRun> {
+  const f = await startFloor(o.workers, o.concurrency, bound);
+  try {
+    return await measure(
+      `http://127.0.0.1:${f.port}/`,
+      f.relay,
+      f.workers,
+      o,
+    );
   } finally {
-    await stopAll([hub, ...workers]);
+    await stopAll([f.relay, ...f.workers]);
   }
 }
 
@@ -462,6 +490,13 @@ export interface LatencyResult {
   hub: LatencySummary;
   /** hub p50 minus direct p50, in milliseconds. */
   addedP50: number;
+  /** The floor relay (`bench/workers/floor_hub.ts`, one raw worker). */
+  floor: LatencySummary;
+  /** floor p50 minus direct p50, in milliseconds. */
+  floorAddedP50: number;
+  /** CPU microseconds per request of the floor relay and its worker. */
+  floorCpuUsPerRequest: number;
+  floorWorkerCpuUsPerRequest: number;
   /** Latest a send left after its scheduled time, in milliseconds. */
   maxSendLag: number;
   /** Most sockets the client had open to one target. */
@@ -499,6 +534,8 @@ export async function latency(o: LatencyOptions): Promise<LatencyResult> {
     );
     const d = await startDirect({ handler: TRIVIAL, maxSeconds: bound });
     procs.push(d.proc);
+    const f = await startFloor(1, 4, bound);
+    procs.push(f.relay, ...f.workers);
     const client = await spawn([
       DENO,
       "run",
@@ -506,7 +543,7 @@ export async function latency(o: LatencyOptions): Promise<LatencyResult> {
       "bench/overhead.ts",
       "--client",
       "--targets",
-      `direct=127.0.0.1:${d.port},hub=127.0.0.1:${h.port}`,
+      `direct=127.0.0.1:${d.port},hub=127.0.0.1:${h.port},floor=127.0.0.1:${f.port}`,
       "--rate",
       String(o.rate),
       "--count",
@@ -518,12 +555,11 @@ export async function latency(o: LatencyOptions): Promise<LatencyResult> {
     ], { name: "latency client", maxSeconds: seconds + 60 });
     procs.push(client);
     const worker = procs[1];
-    const cpu0 = [h.proc, worker, d.proc].map((p) => cpuSeconds(p.pid));
+    const measured = [h.proc, worker, d.proc, f.relay, f.workers[0]];
+    const cpu0 = measured.map((p) => cpuSeconds(p.pid));
     const line = await client.waitFor(/^\{.*\}$/, (seconds + 50) * 1000);
-    const [hubCpu, workerCpu, directCpu] = [h.proc, worker, d.proc].map((
-      p,
-      i,
-    ) => cpuSeconds(p.pid) - cpu0[i]);
+    const [hubCpu, workerCpu, directCpu, floorCpu, floorWorkerCpu] = measured
+      .map((p, i) => cpuSeconds(p.pid) - cpu0[i]);
     // warm-up requests count too: they were served in the window
     const perRequest = (cpu: number) =>
       round(cpu / (o.count + o.warmup) * 1e6, 1);
@@ -534,7 +570,11 @@ export async function latency(o: LatencyOptions): Promise<LatencyResult> {
       options: o,
       direct,
       hub,
+      floor: out.targets.floor,
       addedP50: round(hub.p50 - direct.p50, 3),
+      floorAddedP50: round(out.targets.floor.p50 - direct.p50, 3),
+      floorCpuUsPerRequest: perRequest(floorCpu),
+      floorWorkerCpuUsPerRequest: perRequest(floorWorkerCpu),
       maxSendLag: out.maxSendLag,
       maxSockets: out.maxSockets,
       serverTiming: out.serverTiming,

@@ -188,6 +188,11 @@ export function toMarkdown(r: Results): string {
         verdict(r.mode, l.addedP50 < TARGETS.addedP50Ms)
       } |`,
     );
+    if (l.floor !== undefined) {
+      out.push(
+        `| Floor relay (same run, one raw worker): added median latency, relay / worker CPU per request | ${l.floorAddedP50} ms, ${l.floorCpuUsPerRequest} / ${l.floorWorkerCpuUsPerRequest} µs | | (context) | |`,
+      );
+    }
   }
   const q = r.memory;
   if (q !== undefined) {
@@ -258,7 +263,11 @@ export function toMarkdown(r: Results): string {
     out.push(
       `- Block medians (ms), alternating blocks of ${l.options.block}: direct ${
         l.direct.blockMedians.join(", ")
-      }; hub ${l.hub.blockMedians.join(", ")}`,
+      }; hub ${l.hub.blockMedians.join(", ")}${
+        l.floor === undefined
+          ? ""
+          : `; floor relay ${l.floor.blockMedians.join(", ")}`
+      }`,
     );
     out.push(
       `- Max: direct ${l.direct.max} ms, hub ${l.hub.max} ms; errors: direct ${l.direct.errors}, hub ${l.hub.errors}; latest send ${l.maxSendLag} ms behind schedule; at most ${l.maxSockets} sockets per target`,
