@@ -336,19 +336,29 @@ export async function startHub(
     fdLimit: options.fdLimit,
   });
   try {
-    const c = await proc.waitFor(
-      /Listening on http:\/\/.*:(\d+)\/ \(consumers\)/,
-      30_000,
-    );
-    const w = await proc.waitFor(
-      /Listening on tcp:\/\/.*:(\d+)\/ \(workers\)/,
-      30_000,
-    );
-    return { proc, port: Number(c[1]), workerPort: Number(w[1]) };
+    return { proc, ...await listeningPorts(proc) };
   } catch (error) {
     await proc.stop("SIGKILL");
     throw error;
   }
+}
+
+/**
+ * Waits for a hub's two "Listening on" lines (the hub CLI's, or a bench
+ * relay's that prints the same) and returns the consumer and worker ports.
+ */
+export async function listeningPorts(
+  proc: Proc,
+): Promise<{ port: number; workerPort: number }> {
+  const c = await proc.waitFor(
+    /Listening on http:\/\/.*:(\d+)\/ \(consumers\)/,
+    30_000,
+  );
+  const w = await proc.waitFor(
+    /Listening on tcp:\/\/.*:(\d+)\/ \(workers\)/,
+    30_000,
+  );
+  return { port: Number(c[1]), workerPort: Number(w[1]) };
 }
 
 /** Starts `worker.ts` processes serving `handler` and waits until each connected. */

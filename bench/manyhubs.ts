@@ -41,6 +41,7 @@ import {
   cpuSeconds,
   DENO,
   killAll,
+  listeningPorts,
   loadAverage,
   machineInfo,
   type Proc,
@@ -428,21 +429,7 @@ async function startHub(
     maxSeconds,
   );
   try {
-    const c = await proc.waitFor(
-      /Listening on http:\/\/.*:(\d+)\/ \(consumers\)/,
-      30_000,
-    );
-    const w = await proc.waitFor(
-      /Listening on tcp:\/\/.*:(\d+)\/ \(workers\)/,
-      30_000,
-    );
-    return {
-      host,
-      proc,
-      port: Number(c[1]),
-      workerPort: Number(w[1]),
-      log,
-    };
+    return { host, proc, ...await listeningPorts(proc), log };
   } catch (error) {
     await proc.stop("SIGKILL");
     throw new Error(`${(error as Error).message}; log: ${await tail(log)}`);

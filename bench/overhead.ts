@@ -15,6 +15,7 @@ import { parseResponseHead } from "../_codec.ts";
 import {
   cpuSeconds,
   DENO,
+  listeningPorts,
   machineCpu,
   percentile,
   type Proc,
@@ -181,14 +182,7 @@ async function startFloor(
   });
   const workers: Proc[] = [];
   try {
-    const c = await relay.waitFor(
-      /Listening on http:\/\/.*:(\d+)\/ \(consumers\)/,
-      30_000,
-    );
-    const w = await relay.waitFor(
-      /Listening on tcp:\/\/.*:(\d+)\/ \(workers\)/,
-      30_000,
-    );
+    const { port, workerPort } = await listeningPorts(relay);
     for (let i = 0; i < count; i++) {
       workers.push(
         await spawn([
@@ -196,13 +190,13 @@ async function startFloor(
           "run",
           "-A",
           "bench/workers/floor_worker.ts",
-          `127.0.0.1:${w[1]}`,
+          `127.0.0.1:${workerPort}`,
           String(concurrency),
         ], { name: `floor worker ${i + 1}`, maxSeconds: bound }),
       );
     }
     for (const p of workers) await p.waitFor(/^Connected to /, 30_000);
-    return { relay, port: Number(c[1]), workers };
+    return { relay, port, workers };
   } catch (error) {
     await stopAll([relay, ...workers]);
     throw error;
