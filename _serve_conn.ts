@@ -437,17 +437,8 @@ async function writeResponse(
       await writeAll(conn, buf.subarray(0, n));
       return;
     }
-    let second: ReadableStreamReadResult<Uint8Array> | undefined;
-    let secondError: unknown;
-    const pending = reader.read().then(
-      (v) => (second = v),
-      (e) => (secondError = e ?? new Error("body stream errored")),
-    );
-    for (let i = 0; i < 3 && second === undefined && !secondError; i++) {
-      await null;
-    }
-    if (secondError !== undefined) throw secondError;
-    if (second?.done) {
+    const next = await readSoon(reader);
+    if ("result" in next && next.result.done) {
       fields.push(["content-length", String(first.value.length)]);
       const { buf, length: n } = encodeHead(start, fields, first.value.length);
       buf.set(first.value, n);
@@ -459,9 +450,8 @@ async function writeResponse(
     const { buf, length: n } = encodeHead(start, fields, chunk.length);
     buf.set(chunk, n);
     await writeAll(conn, buf);
-    await pending;
-    if (secondError !== undefined) throw secondError;
-    if (second === undefined || second.done) {
+    const second = "result" in next ? next.result : await next.pending;
+    if (second.done) {
       await writeAll(conn, LAST_CHUNK);
     } else {
       await writeBody(conn, reader, { kind: "chunked" }, second.value);
@@ -485,7 +475,10 @@ async function readSoon(
   let result: ReadableStreamReadResult<Uint8Array> | undefined;
   let failed = false;
   let error: unknown;
-  const pending = reader.read();
+  // A stream errored with no reason still needs an error to report.
+  const pending = reader.read().catch((e) => {
+    throw e ?? new Error("body stream errored");
+  });
   pending.then((r) => (result = r), (e) => {
     failed = true;
     error = e;

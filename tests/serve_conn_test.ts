@@ -80,3 +80,66 @@ Deno.test("a body of several chunks with Content-Length arrives whole", async ()
   assert.deepEqual(errors, []);
   assert.equal(text(conn.written).split("\r\n\r\n")[1], "one two three");
 });
+
+Deno.test("a body of unknown length that is one ready chunk gets Content-Length", async () => {
+  const { conn, errors } = await serve(() => new Response("hi there"));
+  assert.deepEqual(errors, []);
+  assert.equal(conn.writes.length, 1);
+  const out = text(conn.writes[0]);
+  assert.match(out, /\r\ncontent-length: 8\r\n/);
+  assert.doesNotMatch(out, /transfer-encoding/);
+  assert.ok(out.endsWith("\r\n\r\nhi there"));
+});
+
+Deno.test("a streamed body of unknown length goes out chunked, first chunk at once", async () => {
+  const { promise: gate, resolve: release } = Promise.withResolvers<void>();
+  const encoder = new TextEncoder();
+  let step = 0;
+  const served = serve(() =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          if (step++ === 0) {
+            controller.enqueue(encoder.encode("data: 1\n\n"));
+            return;
+          }
+          await gate;
+          controller.enqueue(encoder.encode("data: 2\n\n"));
+          controller.close();
+        },
+      }),
+    )
+  );
+  const conn = await deadline(connOf, 10_000, "serving to start");
+  await waitFor(() => conn.writes.length > 0, "the first chunk");
+  const head = text(conn.writes[0]);
+  assert.match(head, /\r\ntransfer-encoding: chunked\r\n/);
+  assert.ok(
+    head.endsWith("\r\n\r\n9\r\ndata: 1\n\n\r\n"),
+    JSON.stringify(head),
+  );
+  release();
+  const { errors } = await served;
+  assert.deepEqual(errors, []);
+  assert.ok(
+    text(conn.written).endsWith("9\r\ndata: 2\n\n\r\n0\r\n\r\n"),
+    JSON.stringify(text(conn.written)),
+  );
+});
+
+Deno.test("a body stream that errors with no reason is reported as an error", async () => {
+  let step = 0;
+  const { conn, errors } = await serve(() =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (step++ === 0) controller.enqueue(new Uint8Array([97]));
+          else controller.error(undefined);
+        },
+      }),
+    )
+  );
+  assert.ok(conn.closed);
+  assert.equal(errors.length, 1);
+  assert.match(errors[0], /^response: Error: body stream errored/);
+});
