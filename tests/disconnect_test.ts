@@ -4,19 +4,11 @@
 // every wait is a bounded poll or has a hang guard.
 
 import { deadline, waitFor as waitUntil } from "./_wait.ts";
+import { startHub, startWorker } from "./_hub.ts";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import {
-  type HubLogRecord,
-  type HubServer,
-  serveHub,
-  type ServeHubOptions,
-} from "../hub.ts";
-import {
-  connectWorker,
-  type FetchHandler,
-  type WorkerHandle,
-} from "../worker.ts";
+import type { HubLogRecord, HubServer } from "../hub.ts";
+import type { WorkerHandle } from "../worker.ts";
 
 const HANG_GUARD = 20_000;
 
@@ -27,31 +19,6 @@ const guard = <T>(promise: Promise<T>, what: string): Promise<T> =>
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-function startHub(options: ServeHubOptions = {}): HubServer {
-  return serveHub({
-    hostname: "127.0.0.1",
-    port: 0,
-    workerPort: 0,
-    shutdownGrace: 1000,
-    ...options,
-  });
-}
-
-function startWorker(
-  server: HubServer,
-  handler: FetchHandler,
-  onConnect?: (hub: string) => void,
-): WorkerHandle {
-  return connectWorker(handler, {
-    hostname: "127.0.0.1",
-    port: server.workerAddr.port,
-    concurrency: 1,
-    minBackoff: 10,
-    maxBackoff: 100,
-    onConnect,
-  });
-}
 
 function url(server: HubServer, path: string): string {
   return `http://127.0.0.1:${server.addr.port}${path}`;
@@ -97,7 +64,7 @@ Deno.test("hub never sends a queued request to a worker after its consumer left"
       await release.promise;
     }
     return new Response(`done ${path}`);
-  }, () => connects++);
+  }, { onConnect: () => connects++ });
   try {
     await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
     const hold = later(url(server, "/hold"));
@@ -165,7 +132,7 @@ Deno.test("consumer leaving mid-stream aborts the handler, closes that worker co
     return new Response(body, {
       headers: { "content-type": "text/event-stream" },
     });
-  }, () => connects++);
+  }, { onConnect: () => connects++ });
   try {
     await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
     assert.equal(connects, 1);
@@ -217,7 +184,7 @@ Deno.test("consumer leaving before the response head aborts the handler and the 
     await aborted(req.signal);
     handlerAborted.resolve();
     return new Response("too late");
-  }, () => connects++);
+  }, { onConnect: () => connects++ });
   try {
     await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
     const consumer = new AbortController();

@@ -4,13 +4,10 @@
 // test resolves, and every wait is a bounded poll or has a hang guard.
 
 import { deadline, waitFor as waitUntil } from "./_wait.ts";
+import { startHub, startWorker } from "./_hub.ts";
 import assert from "node:assert/strict";
-import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
-import {
-  connectWorker,
-  type FetchHandler,
-  type WorkerHandle,
-} from "../worker.ts";
+import type { HubServer } from "../hub.ts";
+import type { FetchHandler, WorkerHandle } from "../worker.ts";
 
 const HANG_GUARD = 20_000;
 
@@ -18,32 +15,6 @@ const waitFor = (check: () => boolean | Promise<boolean>, what: string) =>
   waitUntil(check, what, HANG_GUARD);
 const guard = <T>(promise: Promise<T>, what: string): Promise<T> =>
   deadline(promise, HANG_GUARD, what);
-
-function startHub(options: ServeHubOptions = {}): HubServer {
-  return serveHub({
-    hostname: "127.0.0.1",
-    port: 0,
-    workerPort: 0,
-    shutdownGrace: 1000,
-    ...options,
-  });
-}
-
-function startWorker(
-  server: HubServer,
-  handler: FetchHandler,
-  concurrency = 1,
-  onConnect?: (hub: string) => void,
-): WorkerHandle {
-  return connectWorker(handler, {
-    hostname: "127.0.0.1",
-    port: server.workerAddr.port,
-    concurrency,
-    minBackoff: 10,
-    maxBackoff: 100,
-    onConnect,
-  });
-}
 
 /**
  * Starts a fetch whose result is awaited later. A rejection is still seen by
@@ -180,7 +151,7 @@ Deno.test("hub never leaves a request queued while a worker connection is idle",
     await new Promise((r) => setTimeout(r, Math.random() * 3));
     sample("handler exit");
     return new Response(new URL(req.url).pathname);
-  }, 2);
+  }, { concurrency: 2 });
   try {
     await waitFor(() => server.hub.stats.idle === 2, "2 idle slots");
     const total = 40;
@@ -225,7 +196,7 @@ Deno.test("hub never leaves a request queued while a worker connection is idle",
 Deno.test("hub sends a queued request to the first worker connection that frees", async () => {
   const server = startHub();
   const held = new Held();
-  const worker = startWorker(server, held.handler, 2);
+  const worker = startWorker(server, held.handler, { concurrency: 2 });
   try {
     await waitFor(() => server.hub.stats.idle === 2, "2 idle slots");
     const a = later(url(server, "/a"));
@@ -383,8 +354,7 @@ Deno.test("hub passes HEAD, 204 and 304 responses without bodies and keeps the w
       }
       return new Response(`after ${req.method} ${path}`);
     },
-    1,
-    () => connects++,
+    { onConnect: () => connects++ },
   );
   try {
     await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");

@@ -6,14 +6,11 @@
 // asserted; every wait has a hang guard.
 
 import { deadline, waitFor as waitUntil } from "./_wait.ts";
+import { startHub, startWorker } from "./_hub.ts";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
-import {
-  connectWorker,
-  type FetchHandler,
-  type WorkerHandle,
-} from "../worker.ts";
+import type { HubServer } from "../hub.ts";
+import type { FetchHandler, WorkerHandle } from "../worker.ts";
 
 const HANG_GUARD = 40_000;
 
@@ -23,26 +20,6 @@ const guard = <T>(promise: Promise<T>, what: string): Promise<T> =>
   deadline(promise, HANG_GUARD, what);
 const CHUNK = 64 * 1024;
 const encoder = new TextEncoder();
-
-function startHub(options: ServeHubOptions = {}): HubServer {
-  return serveHub({
-    hostname: "127.0.0.1",
-    port: 0,
-    workerPort: 0,
-    shutdownGrace: 1000,
-    ...options,
-  });
-}
-
-function startWorker(server: HubServer, handler: FetchHandler): WorkerHandle {
-  return connectWorker(handler, {
-    hostname: "127.0.0.1",
-    port: server.workerAddr.port,
-    concurrency: 1,
-    minBackoff: 10,
-    maxBackoff: 100,
-  });
-}
 
 function url(server: HubServer, path: string): string {
   return `http://127.0.0.1:${server.addr.port}${path}`;
