@@ -13,7 +13,7 @@
  */
 
 import { DEFAULT_LIMITS, type HeadLimits, reasonPhrase } from "./_codec.ts";
-import { endToEnd, relayedHeaders } from "./_headers.ts";
+import { endToEnd, relayedResponse } from "./_headers.ts";
 import type { Connection } from "./_io.ts";
 import type { FetchHandler } from "./_serve_conn.ts";
 import {
@@ -348,17 +348,11 @@ function outgoing(
 }
 
 function toResponse(method: string, res: IncomingResponse): Response {
-  const headers = relayedHeaders(res, method);
   try {
-    return new Response(res.body as BodyInit | null, {
-      status: res.status,
-      statusText: res.reason,
-      headers,
-    });
+    return relayedResponse(res, method);
   } catch (error) {
     // A status `Response` cannot carry (outside 200..599), or a body on a
     // null-body status.
-    if (res.body instanceof ReadableStream) res.body.cancel().catch(() => {});
     return failure(502, "invalid response from backend", error);
   }
 }

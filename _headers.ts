@@ -108,6 +108,15 @@ export function forwardRequestHeaders(
   return out;
 }
 
+/** A response read off a connection, as {@linkcode relayedHeaders} needs it. */
+export interface Relayed {
+  status: number;
+  reason: string;
+  headers: [string, string][];
+  contentLength: number;
+  body: Uint8Array | ReadableStream<Uint8Array> | null;
+}
+
 /**
  * The fields for relaying a response read off a connection: its end-to-end
  * fields, plus Content-Length where the receiving server should keep it (the
@@ -115,12 +124,7 @@ export function forwardRequestHeaders(
  * of known size). Pairs, not `Headers`: `Response` checks them once.
  */
 export function relayedHeaders(
-  res: {
-    status: number;
-    headers: [string, string][];
-    contentLength: number;
-    body: unknown;
-  },
+  res: Relayed,
   method: string,
 ): [string, string][] {
   let connection: string | null = null;
@@ -140,4 +144,35 @@ export function relayedHeaders(
     fields.push(["content-length", String(res.contentLength)]);
   }
   return fields;
+}
+
+/**
+ * The `Response` relaying `res`: its {@linkcode relayedHeaders}, with the
+ * relaying side's `set` fields replacing any of the same names and its
+ * `append` fields added.
+ *
+ * @throws {RangeError} or {TypeError} when `Response` cannot carry it (e.g.
+ * a status outside 200..599); a body stream is cancelled first.
+ */
+export function relayedResponse(
+  res: Relayed,
+  method: string,
+  set: [string, string][] = [],
+  append: [string, string][] = [],
+): Response {
+  let fields = relayedHeaders(res, method);
+  if (set.length > 0) {
+    fields = fields.filter(([name]) => !set.some(([own]) => own === name));
+  }
+  fields.push(...set, ...append);
+  try {
+    return new Response(res.body as BodyInit | null, {
+      status: res.status,
+      statusText: res.reason,
+      headers: fields,
+    });
+  } catch (error) {
+    if (res.body instanceof ReadableStream) res.body.cancel().catch(() => {});
+    throw error;
+  }
 }

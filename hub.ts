@@ -23,7 +23,7 @@
  */
 
 import { DEFAULT_LIMITS, type HeadLimits, reasonPhrase } from "./_codec.ts";
-import { forwardRequestHeaders, relayedHeaders } from "./_headers.ts";
+import { forwardRequestHeaders, relayedResponse } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
@@ -1162,26 +1162,16 @@ export class Hub {
   }
 
   #toResponse(p: Pending, res: IncomingResponse): Response {
-    const headers = relayedHeaders(res, p.req.method);
-    // The hub's request id replaces any the worker sent.
-    let w = 0;
-    for (let r = 0; r < headers.length; r++) {
-      if (headers[r][0] !== "x-request-id") headers[w++] = headers[r];
-    }
-    headers.length = w;
-    headers.push(["x-request-id", p.id], [
-      "server-timing",
-      `queue;dur=${p.queueMs.toFixed(2)}, worker;dur=${p.workerMs.toFixed(2)}`,
-    ]);
     try {
-      return new Response(res.body as BodyInit | null, {
-        status: res.status,
-        statusText: res.reason,
-        headers,
-      });
+      // The hub's request id replaces any the worker sent.
+      return relayedResponse(res, p.req.method, [["x-request-id", p.id]], [[
+        "server-timing",
+        `queue;dur=${p.queueMs.toFixed(2)}, worker;dur=${
+          p.workerMs.toFixed(2)
+        }`,
+      ]]);
     } catch (error) {
       // e.g. a status outside 200..599, which `Response` cannot carry.
-      if (res.body instanceof ReadableStream) res.body.cancel().catch(() => {});
       this.#stats.failed++;
       return errorResponse(
         502,

@@ -1,10 +1,17 @@
 import assert from "node:assert/strict";
-import { forwardRequestHeaders, relayedHeaders } from "../_headers.ts";
+import {
+  forwardRequestHeaders,
+  type Relayed,
+  relayedHeaders,
+  relayedResponse,
+} from "../_headers.ts";
 
-const base = {
+const base: Relayed = {
   status: 200,
+  reason: "OK",
+  headers: [],
   contentLength: 5,
-  body: new Uint8Array(5) as unknown,
+  body: new Uint8Array(5),
 };
 
 Deno.test("relayed response drops hop-by-hop fields and those Connection names", () => {
@@ -86,4 +93,41 @@ Deno.test("forwarded request replaces client-supplied forwarding fields unless t
     trusted.find(([n]) => n === "x-forwarded-for"),
     ["x-forwarded-for", "10.9.9.9, 192.0.2.1"],
   );
+});
+
+Deno.test("relayed Response: the relayer's own fields replace the worker's, appended ones add", async () => {
+  const res = relayedResponse(
+    {
+      ...base,
+      status: 201,
+      headers: [
+        ["x-request-id", "theirs"],
+        ["server-timing", "db;dur=3"],
+        ["content-type", "text/plain"],
+      ],
+    },
+    "GET",
+    [["x-request-id", "ours"]],
+    [["server-timing", "queue;dur=1"]],
+  );
+  assert.equal(res.status, 201);
+  assert.equal(res.headers.get("x-request-id"), "ours");
+  assert.equal(res.headers.get("server-timing"), "db;dur=3, queue;dur=1");
+  assert.equal(res.headers.get("content-type"), "text/plain");
+  assert.equal((await res.bytes()).length, 5);
+});
+
+Deno.test("relayed Response that cannot be made throws and cancels the body stream", async () => {
+  let cancelled = false;
+  const body = new ReadableStream<Uint8Array>({
+    cancel() {
+      cancelled = true;
+    },
+  });
+  assert.throws(
+    () => relayedResponse({ ...base, status: 700, body }, "GET"),
+    RangeError,
+  );
+  await Promise.resolve();
+  assert.ok(cancelled);
 });
