@@ -497,16 +497,32 @@ export function encodeHead(
   buf[at++] = CR;
   buf[at++] = LF;
   for (let i = 0; i < flat.length; i += 2) {
-    at = writeLatin1(flat[i], buf, at);
-    buf[at++] = 58; // ':'
-    buf[at++] = 32;
-    at = writeLatin1(flat[i + 1], buf, at);
-    buf[at++] = CR;
-    buf[at++] = LF;
+    at = encodeField(flat[i], flat[i + 1], buf, at);
   }
   buf[at++] = CR;
   buf[at++] = LF;
   return { buf, length: at };
+}
+
+/**
+ * Writes one header line, `name: value` and CRLF, into `buf` at `at`
+ * (latin-1, as {@linkcode encodeHead}); the caller sized `buf`.
+ *
+ * @returns the offset after the line.
+ */
+export function encodeField(
+  name: string,
+  value: string,
+  buf: Uint8Array,
+  at: number,
+): number {
+  at = writeLatin1(name, buf, at);
+  buf[at++] = 58; // ':'
+  buf[at++] = 32;
+  at = writeLatin1(value, buf, at);
+  buf[at++] = CR;
+  buf[at++] = LF;
+  return at;
 }
 
 /** Encodes one chunk of a chunked body: size line, data and CRLF. */

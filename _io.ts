@@ -88,9 +88,9 @@ export class BufferedReader {
    * Rejects with the connection's error.
    */
   fill(): Promise<boolean> {
-    return this.#pending ??= this.#fill().finally(() => {
-      this.#pending = null;
-    });
+    // #fill clears #pending itself before it settles (one promise, not a
+    // `finally` chain). At end of stream the settled `false` stays cached.
+    return this.#pending ??= this.#fill();
   }
 
   async #fill(): Promise<boolean> {
@@ -111,6 +111,7 @@ export class BufferedReader {
       n = await this.#conn.read(this.buf.subarray(this.end));
     } finally {
       this.readSince = 0;
+      this.#pending = null;
     }
     if (n === null) {
       this.eof = true;

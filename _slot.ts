@@ -8,6 +8,7 @@
  */
 
 import {
+  encodeField,
   encodeHead,
   type Framing,
   framingFields,
@@ -37,6 +38,36 @@ export interface OutgoingRequest {
   body: Uint8Array | ReadableStream<Uint8Array> | null;
   /** Length of a stream body, or -1 when unknown (sent chunked). */
   contentLength: number;
+  /** Cache of {@linkcode encodeRequestPrefix}. */
+  prefix?: Uint8Array;
+}
+
+/**
+ * Encodes the part of a request head that is the same on every attempt:
+ * start line, fields and framing fields, without `extraHeaders` and the
+ * blank line. Cached on `req`, so the hub can encode a queued request
+ * before a slot frees and the freed slot only adds the queue time.
+ */
+export function encodeRequestPrefix(req: OutgoingRequest): Uint8Array {
+  if (req.prefix !== undefined) return req.prefix;
+  const body = req.body;
+  const framing: [string, string][] = body instanceof Uint8Array
+    ? [["content-length", String(body.length)]]
+    : body === null
+    ? []
+    : [
+      ["expect", "100-continue"],
+      req.contentLength >= 0
+        ? ["content-length", String(req.contentLength)]
+        : ["transfer-encoding", "chunked"],
+    ];
+  const { length, buf } = encodeHead(
+    `${req.method} ${req.target} HTTP/1.1`,
+    req.headers,
+    0,
+    framing,
+  );
+  return req.prefix = buf.subarray(0, length - 2);
 }
 
 /** A response as the slot read it from the worker. */
@@ -238,10 +269,12 @@ export class WorkerSlot {
   }
 
   /**
-   * Marks the slot idle and watches the connection: the worker closing it or
-   * sending anything while idle removes it at once.
+   * Marks the slot idle and, with `watch`, watches the connection: the
+   * worker closing it or sending anything while idle removes it at once.
+   * Without `watch` the caller sends the next request right away, and that
+   * exchange's own read sees whatever the worker does.
    */
-  idle(): void {
+  idle(watch = true): void {
     if (this.#state === "closed") return;
     if (this.#reader.buffered > 0) {
       this.close(
@@ -250,6 +283,7 @@ export class WorkerSlot {
       return;
     }
     this.#state = "idle";
+    if (!watch) return;
     this.#reader.fill().then((more) => {
       if (this.#state !== "idle") return; // now busy: the bytes are its response
       const first = this.#options.onFirstBytes;
@@ -465,7 +499,11 @@ export class WorkerSlot {
     if (framing.kind === "length" && framing.length <= opts.smallBody) {
       this.#inBody = true; // a stall here is a body stall too
       try {
-        body = await readFixed(this.#reader, framing.length);
+        // Usually the whole body came with the head: no await for it.
+        const reader = this.#reader;
+        body = reader.buffered >= framing.length
+          ? reader.take(framing.length)
+          : await readFixed(reader, framing.length);
         this.#inBody = false;
       } catch (error) {
         this.#inBody = false;
@@ -512,29 +550,23 @@ export class WorkerSlot {
     req: OutgoingRequest,
     onBodyDone: (error?: unknown) => void,
   ): Promise<(() => void) | null> {
-    const more: [string, string][] = req.extraHeaders?.slice() ?? [];
+    const prefix = encodeRequestPrefix(req);
+    const extra = req.extraHeaders ?? [];
     const body = req.body;
-    const start = `${req.method} ${req.target} HTTP/1.1`;
-    if (body instanceof Uint8Array) {
-      more.push(["content-length", String(body.length)]);
-      const { buf, length } = encodeHead(start, req.headers, body.length, more);
-      buf.set(body, length);
-      await writeAll(this.#conn, buf);
-      return null;
-    }
-    if (body === null) {
-      const { buf, length } = encodeHead(start, req.headers, 0, more);
-      await writeAll(this.#conn, buf.subarray(0, length));
-      return null;
-    }
-    more.push(["expect", "100-continue"]);
-    more.push(
-      req.contentLength >= 0
-        ? ["content-length", String(req.contentLength)]
-        : ["transfer-encoding", "chunked"],
+    let size = prefix.length + 2;
+    for (const [name, value] of extra) size += name.length + value.length + 4;
+    // Head and a bytes body go out in one write.
+    const buf = new Uint8Array(
+      size + (body instanceof Uint8Array ? body.length : 0),
     );
-    const { buf, length } = encodeHead(start, req.headers, 0, more);
-    await writeAll(this.#conn, buf.subarray(0, length));
+    buf.set(prefix);
+    let at = prefix.length;
+    for (const [name, value] of extra) at = encodeField(name, value, buf, at);
+    buf[at++] = 13; // CR
+    buf[at++] = 10; // LF
+    if (body instanceof Uint8Array) buf.set(body, at);
+    await writeAll(this.#conn, buf);
+    if (!(body instanceof ReadableStream)) return null;
     return () => this.#pump(req, body, onBodyDone);
   }
 

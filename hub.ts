@@ -27,6 +27,7 @@ import { forwardRequestHeaders, relayedResponse } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
+  encodeRequestPrefix,
   errorText,
   type IncomingResponse,
   type OutgoingRequest,
@@ -912,8 +913,9 @@ export class Hub {
     }
   }
 
-  // The request as it goes to a worker; built at dispatch so that queued
-  // requests hold only the consumer's Request.
+  // The request as it goes to a worker; built at dispatch (or just before,
+  // for the queue head) so that queued requests hold only the consumer's
+  // Request.
   #outgoing(p: Pending): OutgoingRequest {
     if (p.out !== null) return p.out;
     const { authority, path } = splitUrl(p.req.url);
@@ -986,6 +988,7 @@ export class Hub {
   #enqueue(p: Pending, front: boolean): void {
     const queue = p.pool.queue;
     p.node = front ? queue.unshift(p, p.since) : queue.push(p, p.since);
+    if (p.node === queue.head) this.#prepareHead(p.pool);
     if (!p.watching) {
       // A consumer that leaves while queued never reaches a worker.
       p.watching = true;
@@ -1052,13 +1055,14 @@ export class Hub {
     const group = this.#slotGroup.get(slot);
     if (group === undefined) return;
     if (this.#busy.delete(slot)) group.busy--;
-    slot.idle();
+    const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
+    // An idle connection is watched only if it is going to wait.
+    slot.idle(this.#closed || pool.queue.size === 0);
     if (slot.state !== "idle") return;
     if (this.#closed) {
       slot.close("hub shut down");
       return;
     }
-    const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     const node = pool.queue.shift();
     if (node === null) {
       group.idle.add(slot);
@@ -1067,6 +1071,15 @@ export class Hub {
     }
     node.value.node = null;
     this.#dispatch(node.value, slot);
+    this.#prepareHead(pool);
+  }
+
+  // Encodes the request at the head of the queue ahead of time, so the next
+  // slot to free sends it without building it first. Only the head: queued
+  // requests otherwise hold nothing but the consumer's Request.
+  #prepareHead(pool: Pool): void {
+    const head = pool.queue.head;
+    if (head !== null) encodeRequestPrefix(this.#outgoing(head.value));
   }
 
   #dispatch(p: Pending, slot: WorkerSlot): void {

@@ -1,0 +1,150 @@
+/**
+ * The hub's side of one worker connection, on bytes: what a slot writes for
+ * each kind of request, and that a pre-encoded head is reused as is.
+ */
+
+import assert from "node:assert/strict";
+import { DEFAULT_LIMITS } from "../_codec.ts";
+import {
+  encodeRequestPrefix,
+  type OutgoingRequest,
+  type SlotOptions,
+  WorkerSlot,
+} from "../_slot.ts";
+import { ScriptedConn, text } from "./_memconn.ts";
+
+function slotOn(conn: ScriptedConn, events: string[] = []): WorkerSlot {
+  const options: SlotOptions = {
+    limits: DEFAULT_LIMITS,
+    headTimeout: 0,
+    maxBodySize: Infinity,
+    smallBody: 64 * 1024,
+    onIdle: () => events.push("idle"),
+    onClose: (_slot, reason) => events.push(`close: ${String(reason)}`),
+  };
+  const slot = new WorkerSlot(conn, "test", options);
+  slot.idle(false);
+  return slot;
+}
+
+const OK = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+function request(over: Partial<OutgoingRequest> = {}): OutgoingRequest {
+  return {
+    method: "GET",
+    target: "/a?b=1",
+    headers: [["host", "example.test"], ["x-one", "1"]],
+    body: null,
+    contentLength: 0,
+    ...over,
+  };
+}
+
+Deno.test("slot writes a bodiless request as one head with the extra fields last", async () => {
+  const conn = new ScriptedConn([OK]);
+  const res = await slotOn(conn).send({
+    ...request(),
+    extraHeaders: [["x-pothead-queue-ms", "1.5"]],
+  });
+  assert.equal(res.status, 200);
+  assert.equal(conn.writes.length, 1);
+  assert.equal(
+    text(conn.written),
+    "GET /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-one: 1\r\n" +
+      "x-pothead-queue-ms: 1.5\r\n\r\n",
+  );
+});
+
+Deno.test("slot writes a bytes body in the same write as its head, with Content-Length", async () => {
+  const conn = new ScriptedConn([OK]);
+  await slotOn(conn).send(request({
+    method: "POST",
+    body: new TextEncoder().encode("hello"),
+    contentLength: 5,
+  }));
+  assert.equal(conn.writes.length, 1);
+  assert.equal(
+    text(conn.written),
+    "POST /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-one: 1\r\n" +
+      "content-length: 5\r\n\r\nhello",
+  );
+});
+
+Deno.test("slot announces a stream body with 100-continue and its framing, then sends it when asked", async () => {
+  for (
+    const [length, framing, body] of [
+      [3, "content-length: 3", "abc"],
+      [-1, "transfer-encoding: chunked", "3\r\nabc\r\n0\r\n\r\n"],
+    ] as const
+  ) {
+    const conn = new ScriptedConn(["HTTP/1.1 100 Continue\r\n\r\n", OK]);
+    const res = await slotOn(conn).send(request({
+      method: "PUT",
+      body: ReadableStream.from([new TextEncoder().encode("abc")]),
+      contentLength: length,
+    }));
+    assert.equal(res.status, 200);
+    // The body pump runs after 100 Continue; let it finish.
+    for (let i = 0; i < 20 && !text(conn.written).endsWith(body); i++) {
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    assert.equal(
+      text(conn.written),
+      "PUT /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-one: 1\r\n" +
+        `expect: 100-continue\r\n${framing}\r\n\r\n${body}`,
+    );
+  }
+});
+
+Deno.test("a pre-encoded request head is reused as is and only the extra fields change", async () => {
+  const req = request();
+  const prefix = encodeRequestPrefix(req);
+  assert.equal(
+    text(prefix),
+    "GET /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-one: 1\r\n",
+  );
+  assert.equal(encodeRequestPrefix(req), prefix, "cached on the request");
+  // Changing the fields afterwards does not change what is sent: the
+  // prefix is the request's encoded form from then on.
+  req.headers.push(["x-late", "1"]);
+  const first = new ScriptedConn([OK]);
+  await slotOn(first).send({ ...req, extraHeaders: [["x-q", "1"]] });
+  const second = new ScriptedConn([OK]);
+  await slotOn(second).send({ ...req, extraHeaders: [["x-q", "22"]] });
+  assert.equal(
+    text(first.written),
+    "GET /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-one: 1\r\nx-q: 1\r\n\r\n",
+  );
+  assert.equal(
+    text(second.written),
+    "GET /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-one: 1\r\nx-q: 22\r\n\r\n",
+  );
+});
+
+Deno.test("a slot made idle without a watch still refuses bytes left after a response", async () => {
+  const events: string[] = [];
+  // The worker sends two responses for one request.
+  const conn = new ScriptedConn([OK + OK]);
+  const slot = slotOn(conn, events);
+  const res = await slot.send(request());
+  assert.equal(res.status, 200);
+  assert.deepEqual(events, ["idle"]);
+  slot.idle(false);
+  assert.equal(slot.state, "closed");
+  assert.match(events[1], /sent bytes after its response/);
+  assert.equal(conn.closed, true);
+});
+
+Deno.test("a slot made idle without a watch does not read until the next request", async () => {
+  const conn = new ScriptedConn([OK, OK]);
+  const slot = slotOn(conn);
+  await slot.send(request());
+  const reads = conn.reads;
+  slot.idle(false);
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(conn.reads, reads, "no read while idle without a watch");
+  assert.equal(slot.state, "idle");
+  const res = await slot.send(request());
+  assert.equal(res.status, 200);
+  assert.equal(conn.reads, reads + 1);
+});
