@@ -13,7 +13,12 @@
  */
 
 import { DEFAULT_LIMITS, type HeadLimits, reasonPhrase } from "./_codec.ts";
-import { endToEnd, relayedResponse } from "./_headers.ts";
+import {
+  endToEnd,
+  fieldPairs,
+  fieldValue,
+  relayedResponse,
+} from "./_headers.ts";
 import type { Connection } from "./_io.ts";
 import type { FetchHandler } from "./_serve_conn.ts";
 import {
@@ -321,7 +326,8 @@ function outgoing(
   const target = new URL(request.url);
   // Expect is the slot's to send: it asks for 100 Continue itself before a
   // streamed body, and a body already read needs none.
-  const headers = endToEnd(request.headers, request.headers.get("connection"))
+  const all = fieldPairs(request.headers);
+  const headers = endToEnd(all, fieldValue(all, "connection"))
     .filter(([name]) => name !== "host" && name !== "expect");
   // Host goes first, as clients send it (RFC 9112 §3.2).
   const fields: [string, string][] = [["host", host], ...headers];
@@ -329,7 +335,7 @@ function outgoing(
   let body: ReadableStream<Uint8Array> | null = request.body;
   let contentLength = -1;
   if (body !== null) {
-    const declared = request.headers.get("content-length");
+    const declared = fieldValue(all, "content-length");
     if (declared !== null && /^[0-9]{1,15}$/.test(declared)) {
       contentLength = Number(declared);
     }

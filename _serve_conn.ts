@@ -20,7 +20,7 @@ import {
 } from "./_codec.ts";
 import { bodyStream, writeBody } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
-import { endToEnd } from "./_headers.ts";
+import { endToEnd, fieldPairs, fieldValue } from "./_headers.ts";
 
 /**
  * What a handler gets next to the request; the same shape as
@@ -368,11 +368,12 @@ async function writeResponse(
   close: boolean,
 ): Promise<void> {
   const status = res.status;
-  const fields = endToEnd(res.headers, res.headers.get("connection"));
+  const all = fieldPairs(res.headers);
+  const fields = endToEnd(all, fieldValue(all, "connection"));
   if (close) fields.push(["connection", "close"]);
   const start = `HTTP/1.1 ${status} ${res.statusText || reasonPhrase(status)}`;
   const noBody = method === "HEAD" || status === 204 || status === 304;
-  const declared = res.headers.get("content-length");
+  const declared = fieldValue(all, "content-length");
   const length = declared !== null && /^[0-9]{1,15}$/.test(declared)
     ? Number(declared)
     : -1;

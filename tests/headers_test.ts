@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import {
+  fieldPairs,
+  fieldValue,
   forwardRequestHeaders,
   type Relayed,
   relayedHeaders,
@@ -130,4 +132,26 @@ Deno.test("relayed Response that cannot be made throws and cancels the body stre
   );
   await Promise.resolve();
   assert.ok(cancelled);
+});
+
+Deno.test("fieldPairs reads Headers in their own order: sorted, lower-case, combined, Set-Cookie apart", () => {
+  const headers = new Headers([
+    ["Set-Cookie", "a=1"],
+    ["X-B", "2"],
+    ["set-cookie", "b=2"],
+    ["x-b", "3"],
+    ["Connection", "x-b"],
+  ]);
+  const pairs = fieldPairs(headers);
+  assert.deepEqual(pairs, [
+    ["connection", "x-b"],
+    ["set-cookie", "a=1"],
+    ["set-cookie", "b=2"],
+    ["x-b", "2, 3"],
+  ]);
+  assert.deepEqual(pairs, [...headers], "same as the iterator");
+  assert.equal(fieldValue(pairs, "set-cookie"), "a=1");
+  assert.equal(fieldValue(pairs, "x-b"), "2, 3");
+  assert.equal(fieldValue(pairs, "X-B"), null, "names are lower-case");
+  assert.equal(fieldValue(pairs, "host"), null);
 });
