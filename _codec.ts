@@ -482,47 +482,50 @@ export function encodeHead(
   extra = 0,
   more: readonly (readonly [string, string])[] = [],
 ): { buf: Uint8Array; length: number } {
-  let size = startLine.length + 4;
-  const flat: string[] = [];
-  for (const [name, value] of headers) {
-    flat.push(name, value);
-    size += name.length + value.length + 4;
-  }
-  for (const [name, value] of more) {
-    flat.push(name, value);
-    size += name.length + value.length + 4;
-  }
+  return encodeLines(headLines(startLine, headers), more, extra);
+}
+
+/**
+ * The text of a start line and fields, each line ending in CRLF, without
+ * the empty line that ends a head: a head's part that can be built ahead
+ * of time and finished by {@linkcode encodeLines}. A string, not bytes:
+ * one byte buffer per head is allocated only when it is sent.
+ */
+export function headLines(
+  startLine: string,
+  headers: Iterable<readonly [string, string]>,
+): string {
+  let text = startLine + "\r\n";
+  for (const [name, value] of headers) text += name + ": " + value + "\r\n";
+  return text;
+}
+
+/**
+ * Encodes `lines` (from {@linkcode headLines}), then the `more` fields and
+ * the empty line, as ISO-8859-1 bytes, with room for `extra` more bytes.
+ *
+ * @returns the buffer and the length of the head in it.
+ */
+export function encodeLines(
+  lines: string,
+  more: readonly (readonly [string, string])[] = [],
+  extra = 0,
+): { buf: Uint8Array; length: number } {
+  let size = lines.length + 2;
+  for (const [name, value] of more) size += name.length + value.length + 4;
   const buf = new Uint8Array(size + extra);
-  let at = writeLatin1(startLine, buf, 0);
-  buf[at++] = CR;
-  buf[at++] = LF;
-  for (let i = 0; i < flat.length; i += 2) {
-    at = encodeField(flat[i], flat[i + 1], buf, at);
+  let at = writeLatin1(lines, buf, 0);
+  for (const [name, value] of more) {
+    at = writeLatin1(name, buf, at);
+    buf[at++] = 58; // ':'
+    buf[at++] = 32;
+    at = writeLatin1(value, buf, at);
+    buf[at++] = CR;
+    buf[at++] = LF;
   }
   buf[at++] = CR;
   buf[at++] = LF;
   return { buf, length: at };
-}
-
-/**
- * Writes one header line, `name: value` and CRLF, into `buf` at `at`
- * (latin-1, as {@linkcode encodeHead}); the caller sized `buf`.
- *
- * @returns the offset after the line.
- */
-export function encodeField(
-  name: string,
-  value: string,
-  buf: Uint8Array,
-  at: number,
-): number {
-  at = writeLatin1(name, buf, at);
-  buf[at++] = 58; // ':'
-  buf[at++] = 32;
-  at = writeLatin1(value, buf, at);
-  buf[at++] = CR;
-  buf[at++] = LF;
-  return at;
 }
 
 /** Encodes one chunk of a chunked body: size line, data and CRLF. */

@@ -8,12 +8,12 @@
  */
 
 import {
-  encodeField,
-  encodeHead,
+  encodeLines,
   type Framing,
   framingFields,
   type HeaderList,
   type HeadLimits,
+  headLines,
   keepAlive,
   parseResponseHead,
   responseFraming,
@@ -38,20 +38,27 @@ export interface OutgoingRequest {
   body: Uint8Array | ReadableStream<Uint8Array> | null;
   /** Length of a stream body, or -1 when unknown (sent chunked). */
   contentLength: number;
-  /** Cache of {@linkcode encodeRequestPrefix}. */
-  prefix?: Uint8Array;
+  /** Cache of {@linkcode requestLines}. */
+  lines?: string;
 }
 
 /**
- * Encodes the part of a request head that is the same on every attempt:
- * start line, fields and framing fields, without `extraHeaders` and the
- * blank line. Cached on `req`, so the hub can encode a queued request
+ * The part of a request head that is the same on every attempt: start
+ * line, fields and framing fields (not `extraHeaders`, not the empty line),
+ * as text. Cached on `req`, so the hub can build a queued request's head
  * before a slot frees and the freed slot only adds the queue time.
  */
-export function encodeRequestPrefix(req: OutgoingRequest): Uint8Array {
-  if (req.prefix !== undefined) return req.prefix;
+export function requestLines(req: OutgoingRequest): string {
+  return req.lines ??= headLines(
+    `${req.method} ${req.target} HTTP/1.1`,
+    [...req.headers, ...framingOf(req)],
+  );
+}
+
+// The framing fields the slot sets for `req`'s body.
+function framingOf(req: OutgoingRequest): [string, string][] {
   const body = req.body;
-  const framing: [string, string][] = body instanceof Uint8Array
+  return body instanceof Uint8Array
     ? [["content-length", String(body.length)]]
     : body === null
     ? []
@@ -61,13 +68,6 @@ export function encodeRequestPrefix(req: OutgoingRequest): Uint8Array {
         ? ["content-length", String(req.contentLength)]
         : ["transfer-encoding", "chunked"],
     ];
-  const { length, buf } = encodeHead(
-    `${req.method} ${req.target} HTTP/1.1`,
-    req.headers,
-    0,
-    framing,
-  );
-  return req.prefix = buf.subarray(0, length - 2);
 }
 
 /** A response as the slot read it from the worker. */
@@ -550,21 +550,14 @@ export class WorkerSlot {
     req: OutgoingRequest,
     onBodyDone: (error?: unknown) => void,
   ): Promise<(() => void) | null> {
-    const prefix = encodeRequestPrefix(req);
-    const extra = req.extraHeaders ?? [];
     const body = req.body;
-    let size = prefix.length + 2;
-    for (const [name, value] of extra) size += name.length + value.length + 4;
-    // Head and a bytes body go out in one write.
-    const buf = new Uint8Array(
-      size + (body instanceof Uint8Array ? body.length : 0),
+    const { buf, length } = encodeLines(
+      requestLines(req),
+      req.extraHeaders,
+      body instanceof Uint8Array ? body.length : 0,
     );
-    buf.set(prefix);
-    let at = prefix.length;
-    for (const [name, value] of extra) at = encodeField(name, value, buf, at);
-    buf[at++] = 13; // CR
-    buf[at++] = 10; // LF
-    if (body instanceof Uint8Array) buf.set(body, at);
+    // Head and a bytes body go out in one write.
+    if (body instanceof Uint8Array) buf.set(body, length);
     await writeAll(this.#conn, buf);
     if (!(body instanceof ReadableStream)) return null;
     return () => this.#pump(req, body, onBodyDone);

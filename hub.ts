@@ -27,10 +27,10 @@ import { forwardRequestHeaders, relayedResponse } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
-  encodeRequestPrefix,
   errorText,
   type IncomingResponse,
   type OutgoingRequest,
+  requestLines,
   startsLikeResponse,
   WorkerLinkError,
   WorkerSlot,
@@ -1079,7 +1079,7 @@ export class Hub {
   // requests otherwise hold nothing but the consumer's Request.
   #prepareHead(pool: Pool): void {
     const head = pool.queue.head;
-    if (head !== null) encodeRequestPrefix(this.#outgoing(head.value));
+    if (head !== null) requestLines(this.#outgoing(head.value));
   }
 
   #dispatch(p: Pending, slot: WorkerSlot): void {

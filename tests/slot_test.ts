@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { DEFAULT_LIMITS } from "../_codec.ts";
 import {
-  encodeRequestPrefix,
   type OutgoingRequest,
+  requestLines,
   type SlotOptions,
   WorkerSlot,
 } from "../_slot.ts";
@@ -98,15 +98,15 @@ Deno.test("slot announces a stream body with 100-continue and its framing, then 
 
 Deno.test("a pre-encoded request head is reused as is and only the extra fields change", async () => {
   const req = request();
-  const prefix = encodeRequestPrefix(req);
+  const lines = requestLines(req);
   assert.equal(
-    text(prefix),
+    lines,
     "GET /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-one: 1\r\n",
   );
-  assert.equal(encodeRequestPrefix(req), prefix, "cached on the request");
-  // Changing the fields afterwards does not change what is sent: the
-  // prefix is the request's encoded form from then on.
   req.headers.push(["x-late", "1"]);
+  assert.equal(requestLines(req), lines, "cached on the request");
+  // Changing the fields afterwards does not change what is sent: the
+  // cached lines are the request's encoded form from then on.
   const first = new ScriptedConn([OK]);
   await slotOn(first).send({ ...req, extraHeaders: [["x-q", "1"]] });
   const second = new ScriptedConn([OK]);
