@@ -91,17 +91,22 @@ export async function serveConnection(
   reader: BufferedReader = new BufferedReader(conn),
 ): Promise<number> {
   let served = 0;
-  // One drain listener per connection, not one per request.
-  const { promise: drained, resolve: onDrain } = Promise.withResolvers<
-    "drain"
-  >();
+  // One drain listener per connection, not one per request. It wakes the
+  // read that waits for the next request; each wait installs its own
+  // waker. (Racing every read against one pending "drained" promise would
+  // leave a reaction on that promise per request for the connection's life.)
+  let wake: (() => void) | null = null;
   const drain = options.drain;
-  if (drain.aborted) onDrain("drain");
-  const onAbort = () => onDrain("drain");
+  const onAbort = () => wake?.();
   if (!drain.aborted) drain.addEventListener("abort", onAbort, { once: true });
+  const untilDrain = (filled: Promise<boolean>) =>
+    new Promise<boolean | "drain">((resolve, reject) => {
+      wake = () => resolve("drain");
+      filled.then(resolve, reject);
+    });
   try {
     while (true) {
-      const head = await nextHead(conn, reader, options, drained);
+      const head = await nextHead(conn, reader, options, untilDrain);
       if (head === null) break;
       if (options.acquire !== undefined && !options.acquire()) {
         await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
@@ -135,7 +140,7 @@ async function nextHead(
   conn: Connection,
   reader: BufferedReader,
   options: ServeConnectionOptions,
-  drained: Promise<"drain">,
+  untilDrain: (filled: Promise<boolean>) => Promise<boolean | "drain">,
 ): Promise<RequestHead | null> {
   let scanned = 0; // relative to reader.start: fill() may compact the buffer
   while (true) {
@@ -164,7 +169,7 @@ async function nextHead(
       return null;
     }
     const filled = reader.fill();
-    const got = await Promise.race([filled, drained]);
+    const got = await untilDrain(filled);
     if (got === "drain") {
       filled.catch(() => {}); // rejects when conn closes below
       await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
