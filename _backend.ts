@@ -327,7 +327,7 @@ function outgoing(
   // Expect is the slot's to send: it asks for 100 Continue itself before a
   // streamed body, and a body already read needs none.
   const all = fieldPairs(request.headers);
-  const headers = endToEnd(all, fieldValue(all, "connection"))
+  const headers = endToEnd(all)
     .filter(([name]) => name !== "host" && name !== "expect");
   // Host goes first, as clients send it (RFC 9112 §3.2).
   const fields: [string, string][] = [["host", host], ...headers];

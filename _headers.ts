@@ -46,22 +46,22 @@ export function fieldValue(
 }
 
 /**
- * Yields the end-to-end fields of `headers`: everything but the fixed
- * hop-by-hop list and the fields the `Connection` field names.
+ * The end-to-end fields of `fields` (lower-case names): everything but the
+ * fixed hop-by-hop list and the fields any `Connection` field names.
  */
 export function endToEnd(
-  headers: Iterable<[string, string]>,
-  connection: string | null,
+  fields: readonly [string, string][],
 ): [string, string][] {
   let named: Set<string> | null = null;
-  if (connection !== null) {
-    for (const t of connection.split(",")) {
+  for (const [name, value] of fields) {
+    if (name !== "connection") continue;
+    for (const t of value.split(",")) {
       const v = t.trim().toLowerCase();
       if (v !== "") (named ??= new Set()).add(v);
     }
   }
   const out: [string, string][] = [];
-  for (const [name, value] of headers) {
+  for (const [name, value] of fields) {
     if (HOP_BY_HOP.has(name) || named?.has(name)) continue;
     out.push([name, value]);
   }
@@ -99,8 +99,7 @@ export function forwardRequestHeaders(
   headers: Headers,
   info: ForwardInfo,
 ): [string, string][] {
-  const all = fieldPairs(headers);
-  const out = endToEnd(all, fieldValue(all, "connection"));
+  const out = endToEnd(fieldPairs(headers));
   let priorFor: string | null = null;
   let priorProto: string | null = null;
   let priorHost: string | null = null;
@@ -151,18 +150,10 @@ export function relayedHeaders(
   res: Relayed,
   method: string,
 ): [string, string][] {
-  let connection: string | null = null;
-  let length: string | null = null;
-  for (const [name, value] of res.headers) {
-    if (name === "connection") {
-      connection = connection === null ? value : `${connection}, ${value}`;
-    } else if (name === "content-length") {
-      length = value;
-    }
-  }
-  const fields = endToEnd(res.headers, connection);
+  const fields = endToEnd(res.headers);
   if (method === "HEAD" || res.status === 304) {
     // No body on the wire, but the length describes the representation.
+    const length = fieldValue(res.headers, "content-length");
     if (length !== null) fields.push(["content-length", length]);
   } else if (res.contentLength >= 0 && res.body instanceof ReadableStream) {
     fields.push(["content-length", String(res.contentLength)]);

@@ -374,7 +374,7 @@ async function writeResponse(
 ): Promise<void> {
   const status = res.status;
   const all = fieldPairs(res.headers);
-  const fields = endToEnd(all, fieldValue(all, "connection"));
+  const fields = endToEnd(all);
   if (close) fields.push(["connection", "close"]);
   const start = `HTTP/1.1 ${status} ${res.statusText || reasonPhrase(status)}`;
   const noBody = method === "HEAD" || status === 204 || status === 304;
