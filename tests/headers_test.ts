@@ -37,6 +37,20 @@ Deno.test("relayed response drops hop-by-hop fields and those Connection names",
   ]);
 });
 
+Deno.test("every Connection field counts: fields named in a second one are dropped too", () => {
+  const fields = relayedHeaders({
+    ...base,
+    headers: [
+      ["connection", "x-one"],
+      ["x-one", "1"],
+      ["x-two", "2"],
+      ["connection", "X-Two"],
+      ["x-three", "3"],
+    ],
+  }, "GET");
+  assert.deepEqual(fields, [["x-three", "3"]]);
+});
+
 Deno.test("relayed response keeps Content-Length for HEAD, 304 and streamed bodies", () => {
   const headers: [string, string][] = [["content-length", "1234"]];
   assert.deepEqual(
