@@ -35,6 +35,11 @@ Options (each also as the environment variable in brackets):
                         hubs; names resolve to all A/AAAA records
                         [POTHEAD_CONNECT] (127.0.0.1:4040)
   --concurrency N       most requests at once [POTHEAD_CONCURRENCY] (1)
+  --engine E            serve: Deno.serve on a private 127.0.0.1 listener, each
+                        hub connection relayed to it (half the CPU per
+                        request); inline: our HTTP/1.1 server on the hub
+                        connection, no listener; auto: serve if it can listen
+                        [POTHEAD_ENGINE] (auto)
   --max-backoff T       longest reconnect delay [POTHEAD_MAX_BACKOFF] (5s)
   --resolve-interval T  how often hub names are resolved again
                         [POTHEAD_RESOLVE_INTERVAL] (5s)
@@ -79,6 +84,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       options: {
         connect: { type: "string", multiple: true },
         concurrency: { type: "string" },
+        engine: { type: "string" },
         "max-backoff": { type: "string" },
         "resolve-interval": { type: "string" },
         "dns-server": { type: "string" },
@@ -134,6 +140,12 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       1,
       10_000,
     );
+    const engine = flagOrEnv(values.engine, "POTHEAD_ENGINE") ?? "auto";
+    if (engine !== "auto" && engine !== "serve" && engine !== "inline") {
+      throw new UsageError(
+        `Invalid --engine: expected auto, serve or inline, got "${engine}"`,
+      );
+    }
     const tokenFile = flagOrEnv(values["token-file"], "POTHEAD_TOKEN_FILE");
     const token = tokenFile !== undefined
       ? readText(tokenFile, "token file").trim()
@@ -154,6 +166,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     options = {
       hubs,
       concurrency,
+      engine,
       maxBackoff: Math.max(
         100,
         parseDuration(

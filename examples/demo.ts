@@ -273,6 +273,10 @@ async function main(args: string[]): Promise<number> {
       for (let i = 1; i <= options.workers; i++) {
         const worker = start(`worker ${i}`, [
           "run",
+          // The handler runs under Deno.serve (the worker's default engine):
+          // its request.signal then fires only when the hub drops the
+          // connection, as the worker contract says.
+          "--unstable-no-legacy-abort",
           ...CHILD_PERMISSIONS,
           here("../worker.ts"),
           "--connect",

@@ -7,10 +7,33 @@
 
 import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
 import {
-  connectWorker,
+  connectWorker as connect,
   type FetchHandler,
+  type HandlerExport,
   type WorkerHandle,
+  type WorkerOptions,
 } from "../worker.ts";
+
+/**
+ * The worker engine under test: `POTHEAD_ENGINE` (`serve`, `inline` or
+ * `auto`), the variable the worker CLI reads too. The test task runs the
+ * suite once with each engine.
+ */
+export const ENGINE: NonNullable<WorkerOptions["engine"]> = (() => {
+  const name = Deno.env.get("POTHEAD_ENGINE") ?? "auto";
+  if (name !== "auto" && name !== "serve" && name !== "inline") {
+    throw new Error(`POTHEAD_ENGINE: unknown engine ${JSON.stringify(name)}`);
+  }
+  return name;
+})();
+
+/** `connectWorker` with the engine under test unless the test names one. */
+export function connectWorker(
+  handler: HandlerExport,
+  options: WorkerOptions = {},
+): WorkerHandle {
+  return connect(handler, { engine: ENGINE, ...options });
+}
 
 /** Starts a hub on 127.0.0.1 with free ports; `options` override. */
 export function startHub(options: ServeHubOptions = {}): HubServer {

@@ -15,7 +15,8 @@ import {
   type HubStats,
   serveHub,
 } from "../hub.ts";
-import { connectWorker, type WorkerHandle } from "../worker.ts";
+import type { WorkerHandle } from "../worker.ts";
+import { connectWorker } from "./_hub.ts";
 
 const HANG_GUARD = 20_000;
 

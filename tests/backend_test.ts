@@ -8,8 +8,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { serveHub } from "../hub.ts";
-import { connectWorker } from "../worker.ts";
+
 import { backendHandler, type BackendOptions } from "../_backend.ts";
+import { connectWorker } from "./_hub.ts";
 
 const NGINX = "/usr/sbin/nginx";
 const CURL = "/usr/bin/curl";

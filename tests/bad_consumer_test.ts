@@ -7,7 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { connectWorker, serveHub } from "../mod.ts";
+import { serveHub } from "../mod.ts";
+import { connectWorker } from "./_hub.ts";
 
 interface Case {
   name: string;

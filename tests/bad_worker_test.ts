@@ -8,8 +8,9 @@
 
 import assert from "node:assert/strict";
 import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
-import { connectWorker, type WorkerHandle } from "../worker.ts";
+import type { WorkerHandle } from "../worker.ts";
 import { deadline, latin1Bytes, RawSocket, waitFor } from "./_relay.ts";
+import { connectWorker } from "./_hub.ts";
 
 const HANG = 15_000;
 const dec = new TextDecoder();

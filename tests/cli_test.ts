@@ -339,6 +339,54 @@ Deno.test("a hub and a worker process answer fetch and curl through the hub", as
   }
 });
 
+Deno.test("worker exits 2 naming --engine when its value is invalid", async () => {
+  const flag = await runDeno([
+    "run",
+    ...RUN_PERMISSIONS,
+    "worker.ts",
+    "--engine",
+    "turbo",
+    "examples/hello.ts",
+  ]);
+  assert.equal(flag.code, 2, flag.stderr);
+  assert.match(flag.stderr, /--engine/);
+  assert.match(flag.stderr, /"turbo"/);
+  const env = await runDeno(
+    ["run", ...RUN_PERMISSIONS, "worker.ts", "examples/hello.ts"],
+    { env: { POTHEAD_ENGINE: "fast" } },
+  );
+  assert.equal(env.code, 2, env.stderr);
+  assert.match(env.stderr, /"fast"/);
+});
+
+Deno.test("a worker that may not listen on 127.0.0.1 falls back to the inline engine and says so", async () => {
+  let worker: Proc | undefined;
+  const hub = await startHub();
+  try {
+    // Net permission for the hub's worker port only: the private listener
+    // of the serve engine is refused.
+    worker = spawnDeno("worker", [
+      "run",
+      `--allow-net=127.0.0.1:${hub.workerPort}`,
+      "--allow-read",
+      "--allow-env",
+      "worker.ts",
+      "--connect",
+      `127.0.0.1:${hub.workerPort}`,
+      "--engine",
+      "auto",
+      "examples/hello.ts",
+    ]);
+    await worker.stdout.next(/^Connected to /);
+    await worker.stderr.next(/inline engine/);
+    const res = await get(`http://127.0.0.1:${hub.port}/`);
+    assert.equal(res.status, 200);
+    assert.match(await res.text(), /hello/i);
+  } finally {
+    await closeAll(worker, hub.proc);
+  }
+});
+
 Deno.test("a worker with --concurrency 2 serves exactly two requests at once", async () => {
   let worker: Proc | undefined;
   const bodies: BodyReader[] = [];

@@ -5,8 +5,9 @@
 
 import assert from "node:assert/strict";
 import { type HubServer, serveHub } from "../hub.ts";
-import { connectWorker, type WorkerHandle } from "../worker.ts";
+import type { WorkerHandle } from "../worker.ts";
 import { deadline, waitFor } from "./_relay.ts";
+import { connectWorker } from "./_hub.ts";
 
 const HANG = 20_000;
 

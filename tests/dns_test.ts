@@ -5,8 +5,9 @@
 
 import assert from "node:assert/strict";
 import { type HubServer, serveHub } from "../hub.ts";
-import { connectWorker } from "../worker.ts";
+
 import { deadline, waitFor } from "./_relay.ts";
+import { connectWorker } from "./_hub.ts";
 
 const DNSMASQ = "/usr/sbin/dnsmasq";
 const NAME = "hubs.test";

@@ -7,13 +7,9 @@
 
 import assert from "node:assert/strict";
 import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
-import {
-  connectWorker,
-  type FetchHandler,
-  type WorkerHandle,
-  type WorkerOptions,
-} from "../worker.ts";
+import type { FetchHandler, WorkerHandle, WorkerOptions } from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
+import { connectWorker } from "./_hub.ts";
 
 const HANG = 20_000;
 const NOT_STARTED = "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1" +

@@ -7,7 +7,7 @@
 
 import { waitFor } from "./_wait.ts";
 import assert from "node:assert/strict";
-import { connectWorker, type HubServer, serveHub } from "../mod.ts";
+import { type HubServer, serveHub } from "../mod.ts";
 import { NOT_STARTED_RESPONSE } from "../worker.ts";
 import {
   closeAll,
@@ -17,6 +17,7 @@ import {
   startWorker,
 } from "./_procs.ts";
 import { runSoak } from "../bench/soak.ts";
+import { connectWorker } from "./_hub.ts";
 
 const HANDLER = "tests/fixtures/soak_handler.ts";
 

@@ -11,7 +11,7 @@
 
 import assert from "node:assert/strict";
 import { type HubServer, QUEUE_TIME_HEADER, serveHub } from "../hub.ts";
-import { connectWorker, type WorkerHandle } from "../worker.ts";
+import type { WorkerHandle } from "../worker.ts";
 import {
   deadline,
   dialRelay,
@@ -21,6 +21,7 @@ import {
   RawSocket,
   waitFor,
 } from "./_relay.ts";
+import { connectWorker } from "./_hub.ts";
 
 const CURL = "/usr/bin/curl";
 const HAS_CURL = (() => {

@@ -25,7 +25,7 @@ import {
   serveHub,
   type ServeHubOptions,
 } from "../hub.ts";
-import { connectWorker, type WorkerHandle } from "../worker.ts";
+import type { WorkerHandle } from "../worker.ts";
 import {
   deadline,
   latin1Bytes,
@@ -33,6 +33,7 @@ import {
   RawSocket,
   waitFor,
 } from "./_relay.ts";
+import { connectWorker } from "./_hub.ts";
 
 const HANG = 15_000;
 const TOKEN_A = "token-alpha-0123456789";

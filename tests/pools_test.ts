@@ -5,12 +5,9 @@
 
 import assert from "node:assert/strict";
 import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
-import {
-  connectWorker,
-  type WorkerHandle,
-  type WorkerOptions,
-} from "../worker.ts";
+import type { WorkerHandle, WorkerOptions } from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
+import { connectWorker } from "./_hub.ts";
 
 const HANG = 15_000;
 

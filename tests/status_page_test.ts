@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { createAdminHandler } from "../_admin.ts";
 import { HubMetrics } from "../_metrics.ts";
 import { serveHub } from "../hub.ts";
-import { connectWorker } from "../worker.ts";
+import { connectWorker } from "./_hub.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const CHROMIUM = "/usr/bin/chromium";

@@ -12,8 +12,9 @@ import {
   serveHub,
   type ServeHubOptions,
 } from "../hub.ts";
-import { connectWorker, type WorkerHandle } from "../worker.ts";
+import type { WorkerHandle } from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
+import { connectWorker } from "./_hub.ts";
 
 const HANG = 15_000;
 const dec = new TextDecoder();

@@ -4,13 +4,14 @@
 
 import assert from "node:assert/strict";
 import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
-import { connectWorker, type WorkerHandle } from "../worker.ts";
+import type { WorkerHandle } from "../worker.ts";
 import { deadline, waitFor } from "./_relay.ts";
 import {
   haveOpenssl,
   makeCerts,
   type TestCerts,
 } from "./fixtures/tls/make_certs.ts";
+import { connectWorker } from "./_hub.ts";
 
 const HANG = 15_000;
 const ignore = !haveOpenssl();
