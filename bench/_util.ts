@@ -369,6 +369,8 @@ export async function startWorkers(
     handler: string;
     workerPort: number;
     maxSeconds: number;
+    /** Extra worker CLI flags (e.g. `--engine inline`). */
+    args?: string[];
   },
 ): Promise<Proc[]> {
   const procs: Proc[] = [];
@@ -384,6 +386,7 @@ export async function startWorkers(
           `127.0.0.1:${options.workerPort}`,
           "--concurrency",
           String(options.concurrency),
+          ...(options.args ?? []),
           options.handler,
         ], { name: `worker ${i + 1}`, maxSeconds: options.maxSeconds }),
       );

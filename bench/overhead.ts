@@ -72,6 +72,8 @@ export interface ThroughputResult {
   hub: ThroughputRun;
   /** The same number of slots, all in one worker process. */
   oneProcess?: ThroughputRun;
+  /** The same slots with the workers' inline engine (`--engine inline`). */
+  inline?: ThroughputRun;
   /**
    * The same shape through `bench/workers/floor_hub.ts` and
    * `floor_worker.ts`: the design's floor in Deno, with none of the work.
@@ -128,7 +130,11 @@ export async function throughput(
   o: ThroughputOptions,
 ): Promise<ThroughputResult> {
   const bound = (o.warmupSeconds + o.seconds) + 60;
-  const viaHub = async (count: number, concurrency: number) => {
+  const viaHub = async (
+    count: number,
+    concurrency: number,
+    args: string[] = [],
+  ) => {
     const h = await startHub({ maxSeconds: bound });
     let workers: Proc[] = [];
     try {
@@ -138,6 +144,7 @@ export async function throughput(
         handler: TRIVIAL,
         workerPort: h.workerPort,
         maxSeconds: bound,
+        args,
       });
       return await measure(`http://127.0.0.1:${h.port}/`, h.proc, workers, o);
     } finally {
@@ -145,6 +152,11 @@ export async function throughput(
     }
   };
   const hub = await viaHub(o.workers, o.concurrency);
+  // The same shape with the other worker engine: what `serve` saves.
+  const inline = await viaHub(o.workers, o.concurrency, [
+    "--engine",
+    "inline",
+  ]);
   const floor = await floorRun(o, bound);
   // The same slots in one process: what the split into processes costs.
   const oneProcess = o.workers > 1
@@ -159,7 +171,7 @@ export async function throughput(
       await stopAll([d.proc]);
     }
   }
-  return { options: o, hub, oneProcess, floor, direct };
+  return { options: o, hub, inline, oneProcess, floor, direct };
 }
 
 /** The floor relay and its raw-socket workers, running. */

@@ -163,6 +163,15 @@ export function toMarkdown(r: Results): string {
         `| Floor of the design in Deno (\`bench/workers/floor_hub.ts\` + raw-socket workers, same ${o.workers}×${o.concurrency}): throughput, relay / worker CPU per request | ${fl.rps} req/s, ${fl.serverCpuUsPerRequest} / ${fl.workersCpuUsPerRequest} µs | | (context) | |`,
       );
     }
+    out.push(
+      `| Worker processes' CPU per request (${o.workers}×${o.concurrency}, default engine) | ${t.hub.workersCpuUsPerRequest} µs | | (context) | |`,
+    );
+    const inl = t.inline;
+    if (inl !== undefined) {
+      out.push(
+        `| Same ${o.workers}×${o.concurrency} with the workers' inline engine (\`--engine inline\`): throughput, hub / worker CPU per request | ${inl.rps} req/s, ${inl.serverCpuUsPerRequest} / ${inl.workersCpuUsPerRequest} µs | | (context) | |`,
+      );
+    }
     const one = t.oneProcess;
     if (one !== undefined) {
       out.push(
@@ -238,6 +247,12 @@ export function toMarkdown(r: Results): string {
       `hub, ${t.options.workers}×${t.options.concurrency}`,
       t.hub,
     ]];
+    if (t.inline !== undefined) {
+      runs.push([
+        `hub, ${t.options.workers}×${t.options.concurrency}, inline engine`,
+        t.inline,
+      ]);
+    }
     if (t.oneProcess !== undefined) {
       runs.push([
         `hub, 1×${t.options.workers * t.options.concurrency}`,
