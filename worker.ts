@@ -3,11 +3,14 @@
  * connections it opened, one request at a time per connection.
  *
  * {@linkcode connectWorker} runs any fetch handler (the `Deno.serve`
- * contract). Run as a program it loads a handler module, the same file that
- * `deno serve` would run:
+ * contract). By default the handler runs under `Deno.serve` itself, on a
+ * private loopback listener that each hub connection is relayed to (the
+ * `engine` option). Run as a program it loads a handler module, the same
+ * file that `deno serve` would run:
  *
  * ```sh
- * deno run -A worker.ts --connect 127.0.0.1:4040 --concurrency 2 handler.ts
+ * deno run -A --unstable-no-legacy-abort worker.ts \
+ *   --connect 127.0.0.1:4040 --concurrency 2 handler.ts
  * ```
  *
  * @example Serve a handler through a hub
