@@ -195,13 +195,32 @@ function simpleResponse(status: number, close: boolean): Uint8Array {
 }
 
 function clientAddr(head: RequestHead, peer: Deno.NetAddr): Deno.NetAddr {
-  for (const [name, value] of head.headers) {
-    if (name === "x-forwarded-for") {
-      const last = value.slice(value.lastIndexOf(",") + 1).trim();
-      if (last !== "") return { transport: "tcp", hostname: last, port: 0 };
-    }
+  let value: string | null = null;
+  for (const [name, v] of head.headers) {
+    if (name === "x-forwarded-for") value = v;
   }
-  return peer;
+  return forwardedAddr(value, peer);
+}
+
+/**
+ * The consumer's address for a handler's `info.remoteAddr`: the last entry
+ * of the `X-Forwarded-For` value the hub appended to, else `peer`.
+ */
+export function forwardedAddr(
+  value: string | null,
+  peer: Deno.NetAddr,
+): Deno.NetAddr {
+  if (value === null) return peer;
+  const last = value.slice(value.lastIndexOf(",") + 1).trim();
+  return last === "" ? peer : { transport: "tcp", hostname: last, port: 0 };
+}
+
+/** What either engine answers when the handler fails. */
+export function internalError(): Response {
+  return new Response("500 Internal Server Error\n", {
+    status: 500,
+    headers: { "content-type": "text/plain; charset=utf-8" },
+  });
 }
 
 // Serves one request; resolves whether the connection can carry another.
@@ -300,10 +319,7 @@ async function serveOne(
     }
   } catch (error) {
     options.onError(error, "handler");
-    response = new Response("500 Internal Server Error\n", {
-      status: 500,
-      headers: { "content-type": "text/plain; charset=utf-8" },
-    });
+    response = internalError();
   }
 
   let reuse = keepAlive(head.minor, fields.connection) &&
@@ -358,7 +374,8 @@ async function discard(
   }
 }
 
-function describe(value: unknown): string {
+/** Names what a handler returned instead of a `Response`. */
+export function describe(value: unknown): string {
   if (value === null) return "null";
   if (typeof value === "object") {
     return `an object (${value.constructor?.name ?? "Object"})`;

@@ -20,7 +20,10 @@
 
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
 import {
+  describe,
   type FetchHandler,
+  forwardedAddr,
+  internalError,
   NOT_STARTED_RESPONSE,
   type ServeConnectionOptions,
 } from "./_serve_conn.ts";
@@ -231,7 +234,10 @@ export class NativeEngine {
     let response: Response;
     try {
       response = await this.#handler(httpsAware(req), {
-        remoteAddr: clientAddr(req.headers, options.peer),
+        remoteAddr: forwardedAddr(
+          req.headers.get("x-forwarded-for"),
+          options.peer,
+        ),
         completed: info.completed,
       });
       if (!(response instanceof Response)) {
@@ -274,13 +280,6 @@ function notStarted(): Response {
   });
 }
 
-function internalError(): Response {
-  return new Response("500 Internal Server Error\n", {
-    status: 500,
-    headers: { "content-type": "text/plain; charset=utf-8" },
-  });
-}
-
 // `Connection: close` on a response, copying it if its headers are
 // immutable (a `fetch` response, `Response.redirect`).
 function withClose(res: Response): Response {
@@ -305,21 +304,4 @@ function httpsAware(req: Request): Request {
     !req.url.startsWith("http:")
   ) return req;
   return new Request("https:" + req.url.slice(5), req);
-}
-
-function clientAddr(headers: Headers, peer: Deno.NetAddr): Deno.NetAddr {
-  const value = headers.get("x-forwarded-for");
-  if (value !== null) {
-    const last = value.slice(value.lastIndexOf(",") + 1).trim();
-    if (last !== "") return { transport: "tcp", hostname: last, port: 0 };
-  }
-  return peer;
-}
-
-function describe(value: unknown): string {
-  if (value === null) return "null";
-  if (typeof value === "object") {
-    return `an object (${value.constructor?.name ?? "Object"})`;
-  }
-  return typeof value;
 }

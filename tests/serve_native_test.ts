@@ -68,6 +68,22 @@ async function withEngine(
   }
 }
 
+// An engine whose handler answers "ok" and counts its calls.
+function withCounter(
+  fn: (engine: NativeEngine, calls: () => number) => Promise<void>,
+): Promise<void> {
+  let calls = 0;
+  return withEngine(() => {
+    calls++;
+    return new Response("ok");
+  }, (engine) => fn(engine, () => calls));
+}
+
+// The number of requests the link served, once it has ended.
+function ended(link: Link): Promise<number> {
+  return deadline(link.served, 10_000, "the link to end");
+}
+
 Deno.test("serve engine: requests on one hub connection reach the handler in turn", async () => {
   const seen: string[] = [];
   await withEngine((req, info) => {
@@ -88,7 +104,7 @@ Deno.test("serve engine: requests on one hub connection reach the handler in tur
     assert.match(second, /^HTTP\/1\.1 200 OK\r\n/);
     assert.doesNotMatch(second, /connection: close/i);
     link.hub.close();
-    assert.equal(await deadline(link.served, 10_000, "the link to end"), 2);
+    assert.equal(await ended(link), 2);
     assert.deepEqual(seen, [
       "GET http://h/a 10.0.0.9",
       "POST http://h/b?x=1 1.2.3.4",
@@ -98,16 +114,12 @@ Deno.test("serve engine: requests on one hub connection reach the handler in tur
 });
 
 Deno.test("serve engine: the private listener refuses connections it did not open", async () => {
-  let calls = 0;
-  await withEngine(() => {
-    calls++;
-    return new Response("secret");
-  }, async (engine) => {
+  await withCounter(async (engine, calls) => {
     assert.ok(engine.port > 0);
     const res = await fetch(`http://127.0.0.1:${engine.port}/`);
     assert.equal(res.status, 403);
     await res.body?.cancel();
-    assert.equal(calls, 0);
+    assert.equal(calls(), 0);
   });
 });
 
@@ -124,16 +136,12 @@ Deno.test("serve engine: the hub dropping the connection aborts the handler's si
     await deadline(started, 10_000, "the handler to start");
     link.hub.close();
     await deadline(aborted, 10_000, "the request signal to abort");
-    assert.equal(await deadline(link.served, 10_000, "the link to end"), 1);
+    assert.equal(await ended(link), 1);
   });
 });
 
 Deno.test("serve engine: draining an idle connection hands it back with the not-started 408", async () => {
-  let calls = 0;
-  await withEngine(() => {
-    calls++;
-    return new Response("ok");
-  }, async (engine) => {
+  await withCounter(async (engine, calls) => {
     const link = open(engine);
     await link.hub.write(bytes(GET));
     await readUntil(link.hub, (s) => s.endsWith("ok"));
@@ -142,17 +150,13 @@ Deno.test("serve engine: draining an idle connection hands it back with the not-
     assert.match(rest, /^HTTP\/1\.1 408 Request Timeout\r\n/);
     assert.match(rest, /\r\nx-pothead-not-started: 1\r\n/);
     assert.match(rest, /\r\nconnection: close\r\n/);
-    assert.equal(await deadline(link.served, 10_000, "the link to end"), 1);
-    assert.equal(calls, 1);
+    assert.equal(await ended(link), 1);
+    assert.equal(calls(), 1);
   });
 });
 
 Deno.test("serve engine: a request crossing a drain is declined, never started", async () => {
-  let calls = 0;
-  await withEngine(() => {
-    calls++;
-    return new Response("ok");
-  }, async (engine) => {
+  await withCounter(async (engine, calls) => {
     const link = open(engine);
     // The request is on the wire when the worker decides to drain.
     await link.hub.write(bytes(GET));
@@ -160,8 +164,8 @@ Deno.test("serve engine: a request crossing a drain is declined, never started",
     const rest = await readUntil(link.hub, () => false);
     assert.match(rest, /^HTTP\/1\.1 408 Request Timeout\r\n/);
     assert.match(rest, /\r\nx-pothead-not-started: 1\r\n/);
-    assert.equal(calls, 0);
-    assert.equal(await deadline(link.served, 10_000, "the link to end"), 0);
+    assert.equal(calls(), 0);
+    assert.equal(await ended(link), 0);
   });
 });
 
@@ -183,31 +187,23 @@ Deno.test("serve engine: a drain during a request lets it finish, then closes", 
     assert.match(rest, /\r\nconnection: close\r\n/);
     // Exactly one response: the close was announced, so no 408 follows.
     assert.ok(rest.endsWith("finished"), JSON.stringify(rest));
-    assert.equal(await deadline(link.served, 10_000, "the link to end"), 1);
+    assert.equal(await ended(link), 1);
   });
 });
 
 Deno.test("serve engine: after the last request nothing starts, even a pipelined one", async () => {
-  let calls = 0;
-  await withEngine(() => {
-    calls++;
-    return new Response("ok");
-  }, async (engine) => {
+  await withCounter(async (engine, calls) => {
     const link = open(engine, { maxRequests: 1 });
     await link.hub.write(bytes(GET + GET));
     const rest = await readUntil(link.hub, () => false);
     assert.match(rest, /^HTTP\/1\.1 200 OK\r\n[^]*\r\nconnection: close\r\n/);
-    assert.equal(calls, 1);
-    assert.equal(await deadline(link.served, 10_000, "the link to end"), 1);
+    assert.equal(calls(), 1);
+    assert.equal(await ended(link), 1);
   });
 });
 
 Deno.test("serve engine: a declined acquire answers the not-started 408 and skips the handler", async () => {
-  let calls = 0;
-  await withEngine(() => {
-    calls++;
-    return new Response("ok");
-  }, async (engine) => {
+  await withCounter(async (engine, calls) => {
     const link = open(engine, { acquire: () => false });
     await link.hub.write(
       bytes("POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\n\r\nhi"),
@@ -216,8 +212,8 @@ Deno.test("serve engine: a declined acquire answers the not-started 408 and skip
     assert.match(rest, /^HTTP\/1\.1 408 /);
     assert.match(rest, /\r\nx-pothead-not-started: 1\r\n/);
     assert.equal((rest.match(/HTTP\/1\.1/g) ?? []).length, 1);
-    assert.equal(calls, 0);
-    assert.equal(await deadline(link.served, 10_000, "the link to end"), 0);
+    assert.equal(calls(), 0);
+    assert.equal(await ended(link), 0);
   });
 });
 
@@ -242,7 +238,7 @@ Deno.test("serve engine: the last request (maxRequests, reuse false) closes, eve
         assert.match(rest, /\r\nlocation: http:\/\/elsewhere\.example\/\r\n/);
         assert.match(rest, /\r\nconnection: close\r\n/);
         assert.equal((rest.match(/HTTP\/1\.1/g) ?? []).length, 1);
-        assert.equal(await deadline(link.served, 10_000, "the link to end"), 1);
+        assert.equal(await ended(link), 1);
         await waitFor(() => released.length === 1, "release to be called");
       },
     );
@@ -280,7 +276,7 @@ Deno.test("serve engine: a handler that throws or returns no Response gives a 50
       /^HTTP\/1\.1 200 /,
     );
     link.hub.close();
-    assert.equal(await deadline(link.served, 10_000, "the link to end"), 3);
+    assert.equal(await ended(link), 3);
     assert.deepEqual(errors, [
       "handler: Error: kaput",
       "handler: TypeError: Handler returned string, expected a Response",
@@ -310,7 +306,7 @@ Deno.test("serve engine: bytes buffered before the relay starts are served first
       );
       assert.match(out, /^HTTP\/1\.1 200 OK\r\n/);
       link.hub.close();
-      assert.equal(await deadline(link.served, 10_000, "the link to end"), 1);
+      assert.equal(await ended(link), 1);
     },
   );
 });
@@ -350,6 +346,6 @@ Deno.test("serve engine: a large upload and download stream through the relay", 
     assert.match(head, /\r\ncontent-length: 8388608\r\n/);
     assert.equal(body, size);
     link.hub.close();
-    await deadline(link.served, 10_000, "the link to end");
+    await ended(link);
   });
 });
