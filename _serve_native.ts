@@ -214,6 +214,13 @@ export class NativeEngine {
     const link = this.#links.get((info.remoteAddr as Deno.NetAddr).port);
     if (link === undefined) {
       // Not one of our relays: the listener is private.
+      const from = info.remoteAddr as Deno.NetAddr;
+      this.#onError(
+        new Error(
+          `Refused a request from ${from.hostname}:${from.port} on the private listener`,
+        ),
+        "engine",
+      );
       return new Response("403 Forbidden\n", {
         status: 403,
         headers: { "content-type": "text/plain; charset=utf-8" },
