@@ -215,6 +215,28 @@ export function forwardedAddr(
   return last === "" ? peer : { transport: "tcp", hostname: last, port: 0 };
 }
 
+/**
+ * Runs `handler` the way both engines do: a throw, a rejection or anything
+ * but a `Response` is reported to `onError` and answered with a 500.
+ */
+export async function callHandler(
+  handler: FetchHandler,
+  request: Request,
+  info: WorkerHandlerInfo,
+  onError: (error: unknown, context: string) => void,
+): Promise<Response> {
+  try {
+    const response = await handler(request, info);
+    if (response instanceof Response) return response;
+    throw new TypeError(
+      `Handler returned ${describe(response)}, expected a Response`,
+    );
+  } catch (error) {
+    onError(error, "handler");
+    return internalError();
+  }
+}
+
 /** What either engine answers when the handler fails. */
 export function internalError(): Response {
   return new Response("500 Internal Server Error\n", {
@@ -306,21 +328,10 @@ async function serveOne(
   const { promise: completed, resolve: complete } = Promise.withResolvers<
     void
   >();
-  let response: Response;
-  try {
-    response = await options.handler(request, {
-      remoteAddr: clientAddr(head, options.peer),
-      completed,
-    });
-    if (!(response instanceof Response)) {
-      throw new TypeError(
-        `Handler returned ${describe(response)}, expected a Response`,
-      );
-    }
-  } catch (error) {
-    options.onError(error, "handler");
-    response = internalError();
-  }
+  const response = await callHandler(options.handler, request, {
+    remoteAddr: clientAddr(head, options.peer),
+    completed,
+  }, options.onError);
 
   let reuse = keepAlive(head.minor, fields.connection) &&
     !options.drain.aborted && !last;
@@ -374,8 +385,7 @@ async function discard(
   }
 }
 
-/** Names what a handler returned instead of a `Response`. */
-export function describe(value: unknown): string {
+function describe(value: unknown): string {
   if (value === null) return "null";
   if (typeof value === "object") {
     return `an object (${value.constructor?.name ?? "Object"})`;

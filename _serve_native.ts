@@ -20,7 +20,7 @@
 
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
 import {
-  describe,
+  callHandler,
   type FetchHandler,
   forwardedAddr,
   internalError,
@@ -238,24 +238,13 @@ export class NativeEngine {
     link.busy = true;
     link.served++;
     const last = link.served >= (options.maxRequests ?? Infinity);
-    let response: Response;
-    try {
-      response = await this.#handler(httpsAware(req), {
-        remoteAddr: forwardedAddr(
-          req.headers.get("x-forwarded-for"),
-          options.peer,
-        ),
-        completed: info.completed,
-      });
-      if (!(response instanceof Response)) {
-        throw new TypeError(
-          `Handler returned ${describe(response)}, expected a Response`,
-        );
-      }
-    } catch (error) {
-      this.#onError(error, "handler");
-      response = internalError();
-    }
+    const response = await callHandler(this.#handler, httpsAware(req), {
+      remoteAddr: forwardedAddr(
+        req.headers.get("x-forwarded-for"),
+        options.peer,
+      ),
+      completed: info.completed,
+    }, this.#onError);
     const close = last || options.drain.aborted ||
       (options.reuse !== undefined && !options.reuse());
     // Nothing after this request may start, even one already pipelined.
