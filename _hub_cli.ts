@@ -23,7 +23,8 @@ import {
 const HELP =
   `POTHEAD hub ${VERSION}: a queue of HTTP requests for workers that dial in.
 
-Usage: deno run -A jsr:@pothead/hub [options]
+Usage: deno run -A --unstable-no-legacy-abort jsr:@pothead/hub [options]
+(the flag spares a DOMException per request and a warning; it runs without it)
 
 Options (each also as the environment variable in brackets):
   --hostname ADDR          address to bind both listeners [POTHEAD_HOSTNAME] (0.0.0.0)

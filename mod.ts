@@ -10,7 +10,8 @@
  * inside a busy worker while another worker idles.
  *
  * - {@linkcode serveHub} / {@linkcode Hub}: the hub (run this module to start
- *   one: `deno run -A jsr:@pothead/hub`).
+ *   one: `deno run -A --unstable-no-legacy-abort jsr:@pothead/hub`; the flag
+ *   is optional and saves a `DOMException` per request).
  * - {@linkcode connectWorker}: serve any fetch handler as a worker.
  *
  * @example A hub and a worker in one process
