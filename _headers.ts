@@ -46,6 +46,21 @@ export function fieldValue(
 }
 
 /**
+ * Whether a handler's response asks for the connection to end after it: a
+ * `close` token in its `Connection` field. Both worker engines honour it as
+ * `Deno.serve` does; the hub then gets the connection back by a reconnect,
+ * the original POTHEAD's way for a worker to pace itself.
+ */
+export function asksToClose(headers: Headers): boolean {
+  const value = headers.get("connection");
+  if (value === null) return false;
+  for (const t of value.split(",")) {
+    if (t.trim().toLowerCase() === "close") return true;
+  }
+  return false;
+}
+
+/**
  * The end-to-end fields of `fields` (lower-case names): everything but the
  * fixed hop-by-hop list and the fields any `Connection` field names.
  */

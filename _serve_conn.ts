@@ -20,7 +20,7 @@ import {
 } from "./_codec.ts";
 import { bodyStream, writeBody } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
-import { endToEnd, fieldPairs, fieldValue } from "./_headers.ts";
+import { asksToClose, endToEnd, fieldPairs, fieldValue } from "./_headers.ts";
 
 /**
  * What a handler gets next to the request; the same shape as
@@ -334,7 +334,7 @@ async function serveOne(
   }, options.onError);
 
   let reuse = keepAlive(head.minor, fields.connection) &&
-    !options.drain.aborted && !last;
+    !options.drain.aborted && !last && !asksToClose(response.headers);
   try {
     await writeResponse(conn, head.method, response, !reuse);
   } catch (error) {

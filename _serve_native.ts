@@ -19,6 +19,7 @@
  */
 
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
+import { asksToClose } from "./_headers.ts";
 import {
   callHandler,
   type FetchHandler,
@@ -246,7 +247,8 @@ export class NativeEngine {
       completed: info.completed,
     }, this.#onError);
     const close = last || options.drain.aborted ||
-      (options.reuse !== undefined && !options.reuse());
+      (options.reuse !== undefined && !options.reuse()) ||
+      asksToClose(response.headers);
     // Nothing after this request may start, even one already pipelined.
     if (close) link.stopped = true;
     const done = () => {

@@ -431,3 +431,39 @@ Deno.test("hub.fetch serves a Request without a consumer socket", async () => {
     await stop(server, [worker]);
   }
 });
+
+Deno.test("a handler's Connection: close ends that worker connection after the response, and the worker dials again", async () => {
+  const server = startHub();
+  let connects = 0;
+  const worker = startWorker(server, (req) => {
+    const close = new URL(req.url).pathname === "/close";
+    return new Response(close ? "closing" : "keeping", {
+      headers: close ? { connection: "close" } : {},
+    });
+  }, { onConnect: () => connects++ });
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
+    for (let i = 1; i <= 3; i++) {
+      const res = await guard(fetch(url(server, "/close")), "/close");
+      assert.equal(res.status, 200);
+      assert.equal(await res.text(), "closing");
+      // The consumer's own connection is the hub's business, not the worker's.
+      assert.notEqual(res.headers.get("connection"), "close");
+      await waitFor(
+        () => connects === i + 1 && server.hub.stats.idle === 1,
+        `reconnect ${i}`,
+      );
+    }
+    // Without the field the connection stays.
+    for (let i = 0; i < 3; i++) {
+      const res = await guard(fetch(url(server, "/keep")), "/keep");
+      assert.equal(await res.text(), "keeping");
+    }
+    assert.equal(connects, 4);
+    assert.equal(server.hub.stats.failed, 0);
+  } finally {
+    worker.close();
+    await worker.finished;
+    await server.shutdown();
+  }
+});
