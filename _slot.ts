@@ -194,6 +194,11 @@ export class WorkerSlot {
   #closeReason: unknown = undefined;
   /** Requests carried so far. */
   served = 0;
+  /**
+   * True once a handshake crossed this connection's first request (the hub
+   * had taken it for a plain worker).
+   */
+  handshakeCrossed = false;
   /** The worker's declared identity (from the handshake), or null. */
   identity: WorkerIdentity | null;
   #inBody = false;
@@ -611,6 +616,7 @@ export class WorkerSlot {
           // A handshake that came after the hub took this connection for a
           // plain worker: the worker got our request where it expected a
           // 101, so it cannot have started it.
+          this.handshakeCrossed = true;
           throw new WorkerLinkError(
             "not-started",
             "Worker sent a handshake after the hub had sent a request",

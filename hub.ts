@@ -203,7 +203,9 @@ export interface HubOptions {
    * Without tokens the handshake is optional: milliseconds a new worker
    * connection may take to start one before it counts as a plain worker (a
    * handshake that comes later, before any request was sent, is still
-   * accepted). 0 turns handshakes off: every connection is a plain worker.
+   * accepted). An address whose last three connections were plain, and
+   * that never sent a handshake, has its next connections taken at once.
+   * 0 turns handshakes off: every connection is a plain worker.
    * @default {50}
    */
   handshakeWait?: number;
@@ -379,6 +381,24 @@ const DEFAULTS = {
 
 // Response bodies up to this length are read whole and passed as bytes.
 const SMALL_BODY = 64 * 1024;
+// Peer addresses remembered (see Hub.#accept), and how many plain
+// connections in a row, with no handshake ever, make an address known plain.
+const MAX_PLAIN_PEERS = 4096;
+const PLAIN_AFTER = 3;
+
+// How a worker connection became a slot (logged at debug level).
+type Attached =
+  | "handshake"
+  | "late handshake"
+  | "plain"
+  | "plain, after waiting"
+  | "plain, address known";
+
+// The address part of a peer written as `host:port`.
+function peerHost(peer: string): string {
+  const colon = peer.lastIndexOf(":");
+  return colon < 0 ? peer : peer.slice(0, colon);
+}
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
 const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
@@ -415,6 +435,9 @@ export class Hub {
   #slots = new Set<WorkerSlot>();
   #busy = new Set<WorkerSlot>();
   #slotGroup = new Map<WorkerSlot, Group>();
+  // Per peer address: how many of its new connections in a row turned out
+  // to be plain workers, or -1 once it sent a handshake (see #accept).
+  #plainPeers = new Map<string, number>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #abandonFn = (p: Pending) => this.#abandon(p);
   #closing = false;
@@ -611,10 +634,19 @@ export class Hub {
   async #accept(conn: Connection, peer: string): Promise<void> {
     const reader = new BufferedReader(conn);
     const required = this.#opts.workerTokens.length > 0;
+    const host = peerHost(peer);
+    // An address whose last connections all proved plain has the next ones
+    // taken at once: a plain worker that reconnects for every request (the
+    // original POTHEAD's way) would otherwise wait handshakeWait each time.
+    const known = !required &&
+      (this.#plainPeers.get(host) ?? 0) >= PLAIN_AFTER;
     const wait = required
       ? this.#opts.handshakeTimeout
+      : known
+      ? 0
       : this.#opts.handshakeWait;
     let identity: WorkerIdentity | null = null;
+    let how: Attached = known ? "plain, address known" : "plain";
     if (wait > 0) {
       const first = reader.fill();
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -637,6 +669,10 @@ export class Hub {
         );
         return;
       }
+      if (got === "timeout") {
+        how = "plain, after waiting";
+        this.#rememberPlain(host);
+      }
       if (got === "data") {
         if (startsLikeResponse(reader)) {
           // A worker handing back a connection it no longer wants (the
@@ -646,13 +682,37 @@ export class Hub {
         }
         identity = await this.#handshake(conn, reader, peer);
         if (identity === null) return;
+        how = "handshake";
+        this.#handshakeFrom(host);
       }
     }
     if (this.#closed) {
       conn.close();
       return;
     }
-    this.#attach(conn, peer, reader, identity);
+    this.#attach(conn, peer, reader, identity, how);
+  }
+
+  // Counts a plain connection from `host`, unless it has also sent a
+  // handshake. Bounded, oldest forgotten first: the map only saves waits.
+  #rememberPlain(host: string): void {
+    const seen = this.#plainPeers.get(host) ?? 0;
+    if (seen < 0) return;
+    this.#plainPeers.delete(host);
+    this.#plainPeers.set(host, Math.min(seen + 1, PLAIN_AFTER));
+    if (this.#plainPeers.size > MAX_PLAIN_PEERS) {
+      this.#plainPeers.delete(this.#plainPeers.keys().next().value!);
+    }
+  }
+
+  // An address with handshake workers always waits for the handshake, so
+  // at most one handshake ever crosses a request there.
+  #handshakeFrom(host: string): void {
+    this.#plainPeers.delete(host);
+    this.#plainPeers.set(host, -1);
+    if (this.#plainPeers.size > MAX_PLAIN_PEERS) {
+      this.#plainPeers.delete(this.#plainPeers.keys().next().value!);
+    }
   }
 
   async #handshake(
@@ -734,6 +794,7 @@ export class Hub {
     peer: string,
     reader: BufferedReader,
     identity: WorkerIdentity | null,
+    how: Attached,
   ): void {
     const slot = new WorkerSlot(
       conn,
@@ -753,12 +814,12 @@ export class Hub {
       identity,
     );
     this.#slots.add(slot);
-    this.#register(slot);
+    this.#register(slot, how);
     this.#offer(slot);
   }
 
   // Books a slot into its pool and worker group.
-  #register(slot: WorkerSlot): void {
+  #register(slot: WorkerSlot, how: Attached): void {
     const identity = slot.identity;
     const pool = this.#pool(identity?.pool ?? DEFAULT_POOL);
     const key = identity?.id ?? `addr:${slot.peer.replace(/:[0-9]+$/, "")}`;
@@ -783,6 +844,7 @@ export class Hub {
       peer: slot.peer,
       pool: pool.name,
       slot: slot.id,
+      how,
     });
   }
 
@@ -802,6 +864,9 @@ export class Hub {
 
   #detach(slot: WorkerSlot, reason: unknown): void {
     this.#slots.delete(slot);
+    // Taken for plain, but a handshake crossed its first request: the
+    // address has handshake workers, so its next connections wait again.
+    if (slot.handshakeCrossed) this.#handshakeFrom(peerHost(slot.peer));
     const group = this.#unregister(slot);
     if (group === undefined) return;
     this.#log({
@@ -835,7 +900,8 @@ export class Hub {
       return;
     }
     slot.adopt(identity);
-    this.#register(slot);
+    this.#handshakeFrom(peerHost(slot.peer));
+    this.#register(slot, "late handshake");
     this.#offer(slot);
   }
 

@@ -433,7 +433,12 @@ Deno.test("hub.fetch serves a Request without a consumer socket", async () => {
 });
 
 Deno.test("a handler's Connection: close ends that worker connection after the response, and the worker dials again", async () => {
-  const server = startHub();
+  const attached: unknown[] = [];
+  const server = startHub({
+    onLog: (r) => {
+      if (r.msg === "worker connection attached") attached.push(r.how);
+    },
+  });
   let connects = 0;
   const worker = startWorker(server, (req) => {
     const close = new URL(req.url).pathname === "/close";
@@ -461,6 +466,14 @@ Deno.test("a handler's Connection: close ends that worker connection after the r
     }
     assert.equal(connects, 4);
     assert.equal(server.hub.stats.failed, 0);
+    // A plain worker: after three, its connections no longer wait for a
+    // handshake that never comes.
+    assert.deepEqual(attached, [
+      "plain, after waiting",
+      "plain, after waiting",
+      "plain, after waiting",
+      "plain, address known",
+    ]);
   } finally {
     worker.close();
     await worker.finished;

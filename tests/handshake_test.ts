@@ -609,3 +609,104 @@ Deno.test({
     );
   },
 });
+
+// The "how" of each "worker connection attached" log record, in order.
+function attachedHow(logs: HubLogRecord[]): unknown[] {
+  return logs.filter((r) => r.msg === "worker connection attached").map((r) =>
+    r.how
+  );
+}
+
+Deno.test("without tokens, an address whose last three connections proved plain has its next ones taken at once", async () => {
+  await withHub({}, async (ctx) => {
+    for (let i = 1; i <= 3; i++) {
+      const r = await raw(ctx);
+      await waitFor(() => attachedHow(ctx.logs).length === i, `plain ${i}`);
+      r.close();
+    }
+    await waitFor(() => ctx.server.hub.stats.slots === 0, "plain slots gone");
+    const first = await raw(ctx);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "first known slot");
+    const second = await raw(ctx);
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "second known slot");
+    assert.deepEqual(attachedHow(ctx.logs), [
+      "plain, after waiting",
+      "plain, after waiting",
+      "plain, after waiting",
+      "plain, address known",
+      "plain, address known",
+    ]);
+    // The remembered connection is a slot like any other.
+    const res = fetch(`${ctx.url}/known`);
+    const [a, b] = [first.readMessage(), second.readMessage()];
+    const [got, other] = await Promise.race([
+      a.then((m) => [m, second] as const),
+      b.then((m) => [m, first] as const),
+    ]);
+    assert.equal(got?.start, "GET /known HTTP/1.1");
+    const answering = other === second ? first : second;
+    await answering.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    assert.equal(await (await res).text(), "ok");
+  });
+});
+
+Deno.test("a handshake that crosses the first request on a remembered address is resent, and that address waits again", async () => {
+  await withHub({}, async (ctx) => {
+    for (let i = 1; i <= 3; i++) {
+      const r = await raw(ctx);
+      await waitFor(() => attachedHow(ctx.logs).length === i, `plain ${i}`);
+      r.close();
+    }
+    await waitFor(() => ctx.server.hub.stats.slots === 0, "plain slots gone");
+    const res = fetch(`${ctx.url}/crossed`);
+    await waitFor(() => ctx.server.hub.stats.queued === 1, "request queued");
+
+    // Taken at once, so the queued request goes down it before the worker
+    // says anything; the worker, expecting a 101, sends its handshake.
+    const crossing = await raw(ctx);
+    const sent = await crossing.readMessage(true);
+    assert.equal(sent?.start, "GET /crossed HTTP/1.1");
+    await crossing.write(
+      "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: PTTH/1.0\r\n" +
+        "Connection: Upgrade\r\nPothead-Worker-Id: late-1\r\n\r\n",
+    );
+    await crossing.readToEnd();
+    await waitFor(() => ctx.server.hub.stats.queued === 1, "request resent");
+
+    // The address is no longer taken for plain: this handshake is waited for.
+    const next = await raw(ctx);
+    await next.write(
+      "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: PTTH/1.0\r\n" +
+        "Connection: Upgrade\r\nPothead-Worker-Id: late-1\r\n\r\n",
+    );
+    assert.equal(
+      (await next.readMessage())?.start,
+      "HTTP/1.1 101 Switching Protocols",
+    );
+    const again = await next.readMessage(true);
+    assert.equal(again?.start, "GET /crossed HTTP/1.1");
+    await next.write("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce");
+    const out = await res;
+    assert.equal(out.status, 200);
+    assert.equal(await out.text(), "once");
+    assert.equal(ctx.server.hub.stats.failed, 0);
+    assert.deepEqual(attachedHow(ctx.logs), [
+      "plain, after waiting",
+      "plain, after waiting",
+      "plain, after waiting",
+      "plain, address known",
+      "handshake",
+    ]);
+    // Once an address has sent a handshake, it is never taken at once again.
+    const again2 = await raw(ctx);
+    await waitFor(() => attachedHow(ctx.logs).length === 6, "a plain again");
+    again2.close();
+    const last = await raw(ctx);
+    await waitFor(() => attachedHow(ctx.logs).length === 7, "another plain");
+    last.close();
+    assert.deepEqual(attachedHow(ctx.logs).slice(5), [
+      "plain, after waiting",
+      "plain, after waiting",
+    ]);
+  });
+});
