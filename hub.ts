@@ -694,22 +694,22 @@ export class Hub {
   }
 
   // Counts a plain connection from `host`, unless it has also sent a
-  // handshake. Bounded, oldest forgotten first: the map only saves waits.
+  // handshake.
   #rememberPlain(host: string): void {
     const seen = this.#plainPeers.get(host) ?? 0;
-    if (seen < 0) return;
-    this.#plainPeers.delete(host);
-    this.#plainPeers.set(host, Math.min(seen + 1, PLAIN_AFTER));
-    if (this.#plainPeers.size > MAX_PLAIN_PEERS) {
-      this.#plainPeers.delete(this.#plainPeers.keys().next().value!);
-    }
+    if (seen >= 0) this.#notePeer(host, Math.min(seen + 1, PLAIN_AFTER));
   }
 
   // An address with handshake workers always waits for the handshake, so
   // at most one handshake ever crosses a request there.
   #handshakeFrom(host: string): void {
+    this.#notePeer(host, -1);
+  }
+
+  // Bounded, oldest forgotten first: the map only saves waits.
+  #notePeer(host: string, value: number): void {
     this.#plainPeers.delete(host);
-    this.#plainPeers.set(host, -1);
+    this.#plainPeers.set(host, value);
     if (this.#plainPeers.size > MAX_PLAIN_PEERS) {
       this.#plainPeers.delete(this.#plainPeers.keys().next().value!);
     }
