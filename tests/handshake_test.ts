@@ -617,14 +617,20 @@ function attachedHow(logs: HubLogRecord[]): unknown[] {
   );
 }
 
+// Three plain connections from 127.0.0.1, each attached (after the wait)
+// and closed again: the hub now knows the address as plain.
+async function threePlain(ctx: Ctx): Promise<void> {
+  for (let i = 1; i <= 3; i++) {
+    const r = await raw(ctx);
+    await waitFor(() => attachedHow(ctx.logs).length === i, `plain ${i}`);
+    r.close();
+  }
+  await waitFor(() => ctx.server.hub.stats.slots === 0, "plain slots gone");
+}
+
 Deno.test("without tokens, an address whose last three connections proved plain has its next ones taken at once", async () => {
   await withHub({}, async (ctx) => {
-    for (let i = 1; i <= 3; i++) {
-      const r = await raw(ctx);
-      await waitFor(() => attachedHow(ctx.logs).length === i, `plain ${i}`);
-      r.close();
-    }
-    await waitFor(() => ctx.server.hub.stats.slots === 0, "plain slots gone");
+    await threePlain(ctx);
     const first = await raw(ctx);
     await waitFor(() => ctx.server.hub.stats.idle === 1, "first known slot");
     const second = await raw(ctx);
@@ -652,12 +658,7 @@ Deno.test("without tokens, an address whose last three connections proved plain 
 
 Deno.test("a handshake that crosses the first request on a remembered address is resent, and that address waits again", async () => {
   await withHub({}, async (ctx) => {
-    for (let i = 1; i <= 3; i++) {
-      const r = await raw(ctx);
-      await waitFor(() => attachedHow(ctx.logs).length === i, `plain ${i}`);
-      r.close();
-    }
-    await waitFor(() => ctx.server.hub.stats.slots === 0, "plain slots gone");
+    await threePlain(ctx);
     const res = fetch(`${ctx.url}/crossed`);
     await waitFor(() => ctx.server.hub.stats.queued === 1, "request queued");
 
