@@ -38,6 +38,12 @@ export interface OutgoingRequest {
   body: Uint8Array | ReadableStream<Uint8Array> | null;
   /** Length of a stream body, or -1 when unknown (sent chunked). */
   contentLength: number;
+  /**
+   * For a stream body: ask for `100 Continue` and hold the body until it
+   * comes (or for a second). False sends the body at once, without
+   * `Expect`, for workers known not to answer it. Default true.
+   */
+  expectContinue?: boolean;
   /** Cache of {@linkcode requestLines}. */
   lines?: string;
 }
@@ -63,7 +69,9 @@ function framingOf(req: OutgoingRequest): [string, string][] {
     : body === null
     ? []
     : [
-      ["expect", "100-continue"],
+      ...(req.expectContinue === false
+        ? []
+        : [["expect", "100-continue"] as [string, string]]),
       req.contentLength >= 0
         ? ["content-length", String(req.contentLength)]
         : ["transfer-encoding", "chunked"],
@@ -133,6 +141,12 @@ export interface SlotOptions {
    * bytes close the connection.
    */
   onFirstBytes?: (slot: WorkerSlot) => void;
+  /**
+   * Called when the final answer to a streamed upload has arrived: whether
+   * the worker sent `100 Continue` (false only when it took the body that
+   * the slot sent after waiting, without ever answering 100).
+   */
+  onContinueSeen?: (slot: WorkerSlot, seen: boolean) => void;
   /**
    * Milliseconds a response body may go without a byte from the worker
    * while the hub waits for one; 0 for no limit.
@@ -353,6 +367,7 @@ export class WorkerSlot {
     // Continue) or after CONTINUE_WAIT; until then the request can still go
     // to another worker.
     let bodyStarted = false;
+    let continued = false;
     let startBody: () => void = () => {};
     let continueTimer: ReturnType<typeof setTimeout> | undefined;
     const replayable = () => !streamed || !bodyStarted;
@@ -428,9 +443,13 @@ export class WorkerSlot {
           clearTimeout(continueTimer);
           start();
         };
-        continueTimer = setTimeout(startBody, CONTINUE_WAIT);
+        if (req.expectContinue === false) startBody();
+        else continueTimer = setTimeout(startBody, CONTINUE_WAIT);
       }
-      head = await this.#readHead(req.method, () => startBody());
+      head = await this.#readHead(req.method, () => {
+        continued = true;
+        startBody();
+      });
     } catch (error) {
       const received = this.#reader.buffered > 0;
       settle(error);
@@ -448,6 +467,11 @@ export class WorkerSlot {
     }
     this.#headDeadline = 0;
     clearTimeout(headTimer);
+    // A worker that took a body it never said 100 to, is one that does not
+    // answer Expect: its next uploads need not wait for it.
+    if (streamed && (continued || (bodyStarted && head.status < 400))) {
+      opts.onContinueSeen?.(this, continued);
+    }
     const bodyWithheld = streamed && !bodyStarted;
     if (bodyWithheld) {
       // A final answer before the worker asked for the body: the body is

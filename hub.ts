@@ -354,6 +354,9 @@ interface Group {
   slots: number;
   idle: Set<WorkerSlot>;
   labels: Record<string, string>;
+  // Took a streamed upload without ever answering 100 Continue: its uploads
+  // go at once, without Expect, instead of after a second's wait.
+  noContinue: boolean;
 }
 
 interface Pool {
@@ -809,6 +812,7 @@ export class Hub {
         onIdle: (s) => this.#offer(s),
         onClose: (s, reason) => this.#detach(s, reason),
         onFirstBytes: (s) => this.#lateHandshake(s),
+        onContinueSeen: (s, seen) => this.#continueSeen(s, seen),
       },
       reader,
       identity,
@@ -816,6 +820,19 @@ export class Hub {
     this.#slots.add(slot);
     this.#register(slot, how);
     this.#offer(slot);
+  }
+
+  #continueSeen(slot: WorkerSlot, seen: boolean): void {
+    const group = this.#slotGroup.get(slot);
+    if (group === undefined || group.noContinue === !seen) return;
+    group.noContinue = !seen;
+    this.#log({
+      level: "debug",
+      msg: seen
+        ? "worker answers 100 Continue; its uploads wait for it"
+        : "worker does not answer 100 Continue; its uploads start at once",
+      worker: group.key,
+    });
   }
 
   // Books a slot into its pool and worker group.
@@ -831,6 +848,7 @@ export class Hub {
         slots: 0,
         idle: new Set(),
         labels: identity?.labels ?? {},
+        noContinue: false,
       };
       pool.groups.set(key, group);
     }
@@ -1158,6 +1176,13 @@ export class Hub {
     p.queueMs = sentAt - p.since;
     const out = this.#outgoing(p);
     out.extraHeaders = [[QUEUE_TIME_HEADER, p.queueMs.toFixed(1)]];
+    if (out.body instanceof ReadableStream) {
+      const expect = !group.noContinue;
+      if ((out.expectContinue ?? true) !== expect) {
+        out.expectContinue = expect;
+        out.lines = undefined; // the cached head has the other framing
+      }
+    }
     const worker = group.key;
     slot.send(out, p.req.signal, (status, bytes, error) => {
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;

@@ -359,3 +359,44 @@ Deno.test("a streamed upload declined with the not-started 408 before its body w
     assert.equal(s.failed, 0);
   });
 });
+
+Deno.test("a worker that took a streamed upload without ever answering 100 Continue gets its next uploads at once, without Expect", async () => {
+  await withHub({}, async (ctx) => {
+    // A plain worker that never sends 100 Continue.
+    const r = await RawSocket.connect(ctx.server.workerAddr.port);
+    ctx.raws.push(r);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "raw worker idle");
+    const upload = (tag: string) =>
+      later(`${ctx.url}/up/${tag}`, {
+        method: "POST",
+        body: new ReadableStream<Uint8Array>({
+          start(controller) {
+            controller.enqueue(new TextEncoder().encode(`body ${tag}`));
+            controller.close();
+          },
+        }),
+        duplex: "half",
+      } as RequestInit);
+    const seen: { expect: string | undefined; body: string }[] = [];
+    for (const tag of ["one", "two", "three"]) {
+      const pending = upload(tag);
+      // The first body comes after the hub's wait for 100 Continue; later
+      // ones come with the head. Either way the worker reads them whole.
+      const msg = await r.readMessage();
+      assert.ok(msg !== null);
+      assert.equal(msg.start, `POST /up/${tag} HTTP/1.1`);
+      seen.push({
+        expect: msg.headers.find(([n]) => n === "expect")?.[1],
+        body: new TextDecoder().decode(msg.body),
+      });
+      await r.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+      assert.deepEqual(await text(pending), [200, "ok"]);
+    }
+    assert.deepEqual(seen, [
+      { expect: "100-continue", body: "body one" },
+      { expect: undefined, body: "body two" },
+      { expect: undefined, body: "body three" },
+    ]);
+    assert.equal(ctx.server.hub.stats.failed, 0);
+  });
+});

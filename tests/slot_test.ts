@@ -96,6 +96,41 @@ Deno.test("slot announces a stream body with 100-continue and its framing, then 
   }
 });
 
+Deno.test("slot sends a stream body at once and without Expect when told the worker does not answer it, and reports what it saw", async () => {
+  for (const answers100 of [false, true]) {
+    const conn = new ScriptedConn(
+      answers100 ? ["HTTP/1.1 100 Continue\r\n\r\n", OK] : [OK],
+    );
+    const seen: boolean[] = [];
+    const slot = new WorkerSlot(conn, "test", {
+      limits: DEFAULT_LIMITS,
+      headTimeout: 0,
+      maxBodySize: Infinity,
+      smallBody: 64 * 1024,
+      onIdle: () => {},
+      onClose: () => {},
+      onContinueSeen: (_slot, saw) => seen.push(saw),
+    });
+    slot.idle(false);
+    const res = await slot.send(request({
+      method: "PUT",
+      body: ReadableStream.from([new TextEncoder().encode("abc")]),
+      contentLength: 3,
+      expectContinue: false,
+    }));
+    assert.equal(res.status, 200);
+    for (let i = 0; i < 20 && !text(conn.written).endsWith("abc"); i++) {
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    assert.equal(
+      text(conn.written),
+      "PUT /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-one: 1\r\n" +
+        "content-length: 3\r\n\r\nabc",
+    );
+    assert.deepEqual(seen, [answers100]);
+  }
+});
+
 Deno.test("a pre-encoded request head is reused as is and only the extra fields change", async () => {
   const req = request();
   const lines = requestLines(req);
