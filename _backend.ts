@@ -81,7 +81,8 @@ export interface BackendHandler extends FetchHandler {
   close(): void;
 }
 
-// Response bodies up to this length are read whole and passed as bytes.
+// Bodies up to this length are read whole and passed as bytes: responses,
+// and requests of a declared length (sent in one write with their head).
 const SMALL_BODY = 64 * 1024;
 
 function checkOption(name: string, value: number): number {
@@ -220,7 +221,14 @@ export function backendHandler(
       unpark(slot);
       endExchange(slot);
     },
+    // A backend that took a streamed body without answering 100 Continue
+    // (Python's http.server at its default HTTP/1.0, say) gets the next ones
+    // at once instead of after the slot's one-second wait.
+    onContinueSeen(_slot: WorkerSlot, seen: boolean) {
+      noContinue = !seen;
+    },
   };
+  let noContinue = false;
 
   async function open(signal: AbortSignal): Promise<WorkerSlot> {
     // Deno.connect closes the connection whenever its signal aborts, so it
@@ -256,6 +264,19 @@ export function backendHandler(
       host ?? request.headers.get("host") ?? url.host,
       maxIdle === 0,
     );
+    if (
+      out.body instanceof ReadableStream && out.contentLength > 0 &&
+      out.contentLength <= SMALL_BODY
+    ) {
+      // Small and of known length: sent with the head in one write, with no
+      // Expect round trip, and replayable for the retry below.
+      try {
+        out.body = await new Response(out.body).bytes();
+      } catch (error) {
+        return failure(400, "cannot read the request body", error);
+      }
+    }
+    if (out.body instanceof ReadableStream) out.expectContinue = !noContinue;
     // One retry, for a reused connection the backend closed just as the
     // request went out: nothing was received and the request is replayable.
     for (let attempt = 0;; attempt++) {

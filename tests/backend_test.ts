@@ -938,3 +938,77 @@ test({
     }
   },
 });
+
+test("backend handler sends a small body with its head, and streams to a backend that never answers 100 Continue at once after the first time", async () => {
+  const heads: string[] = [];
+  const bodies: string[] = [];
+  const backend = rawBackend(async (conn) => {
+    const buf = new Uint8Array(64 * 1024);
+    let seen = "";
+    for (let n = 0; n < 3; n++) {
+      // One request: head, then a Content-Length or chunked body, never a
+      // 100 Continue.
+      while (!seen.includes("\r\n\r\n")) {
+        const got = await conn.read(buf);
+        if (got === null) return;
+        seen += new TextDecoder().decode(buf.subarray(0, got));
+      }
+      const end = seen.indexOf("\r\n\r\n") + 4;
+      const head = seen.slice(0, end);
+      heads.push(head);
+      seen = seen.slice(end);
+      const length = /\r\ncontent-length: (\d+)/i.exec(head);
+      const done = () =>
+        length !== null
+          ? seen.length >= Number(length[1])
+          : seen.endsWith("0\r\n\r\n");
+      while (!done()) {
+        const got = await conn.read(buf);
+        if (got === null) return;
+        seen += new TextDecoder().decode(buf.subarray(0, got));
+      }
+      bodies.push(seen);
+      seen = "";
+      await conn.write(text("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    }
+  });
+  const handler = backendHandler(`http://127.0.0.1:${backend.port}`);
+  const info = {
+    remoteAddr: { transport: "tcp" as const, hostname: "127.0.0.1", port: 1 },
+    completed: Promise.resolve(),
+  };
+  try {
+    const small = await handler(
+      new Request("http://consumer.test/small", {
+        method: "POST",
+        body: "hello",
+        headers: { "content-length": "5" },
+      }),
+      info,
+    );
+    assert.equal(await small.text(), "ok");
+    for (const tag of ["first", "second"]) {
+      const res = await guard(
+        Promise.resolve(handler(
+          new Request(`http://consumer.test/${tag}`, {
+            method: "POST",
+            body: ReadableStream.from([text(tag)]),
+          }),
+          info,
+        )),
+        `streamed upload ${tag}`,
+      );
+      assert.equal(await res.text(), "ok");
+    }
+    const expects = heads.map((h) => /\r\nexpect: 100-continue\r\n/i.test(h));
+    assert.deepEqual(expects, [false, true, false]);
+    assert.match(heads[0], /\r\ncontent-length: 5\r\n/);
+    assert.equal(bodies[0], "hello");
+    assert.match(heads[1], /\r\ntransfer-encoding: chunked\r\n/);
+    assert.equal(bodies[1], "5\r\nfirst\r\n0\r\n\r\n");
+    assert.equal(bodies[2], "6\r\nsecond\r\n0\r\n\r\n");
+  } finally {
+    handler.close();
+    await backend.close();
+  }
+});
