@@ -191,6 +191,8 @@ export function backendHandler(
     const cleanup = cleanups.get(slot);
     if (cleanup !== undefined) cleanups.delete(slot), cleanup();
   };
+  // Set once the backend has taken a streamed body without a 100 Continue.
+  let noContinue = false;
   const slotOptions = {
     limits,
     headTimeout,
@@ -228,7 +230,6 @@ export function backendHandler(
       noContinue = !seen;
     },
   };
-  let noContinue = false;
 
   async function open(signal: AbortSignal): Promise<WorkerSlot> {
     // Deno.connect closes the connection whenever its signal aborts, so it

@@ -839,7 +839,7 @@ export class Hub {
   #register(slot: WorkerSlot, how: Attached): void {
     const identity = slot.identity;
     const pool = this.#pool(identity?.pool ?? DEFAULT_POOL);
-    const key = identity?.id ?? `addr:${slot.peer.replace(/:[0-9]+$/, "")}`;
+    const key = identity?.id ?? `addr:${peerHost(slot.peer)}`;
     let group = pool.groups.get(key);
     if (group === undefined) {
       group = {
