@@ -3,11 +3,15 @@
  *
  * A worker with `concurrency` N has N permits. To every hub it knows it
  * offers as many idle connections as it has free permits, so a hub with
- * queued work is never starved while the worker idles elsewhere. When a
- * request takes a permit, surplus idle connections at other hubs are handed
- * back with the "not started" 408 (a request crossing that answer is sent
- * to another worker by its hub); when the permit frees, they are reopened.
- * With one hub this is simply N connections and no churn.
+ * queued work is never starved while the worker idles elsewhere. A request
+ * that arrives on a connection with no permit left is declined with the
+ * "not started" 408 (its hub sends it to another worker) and the connection
+ * is parked (`_park.ts`): kept open, offered again when a permit frees.
+ * With several hubs every response parks its connection too, so a freed
+ * permit is offered to all hubs at once. Hubs that do not know parking get
+ * the older behaviour: surplus connections handed back (closed) and one
+ * request per connection, then a reconnect. With one hub this is simply N
+ * connections and no churn.
  *
  * Hub names are resolved to all their A and AAAA records and re-resolved
  * periodically, so a worker follows hubs behind a headless Service.
@@ -47,9 +51,12 @@ export interface DialerOptions {
   /** Opens a connection to an endpoint (TCP or TLS, handshake included). */
   connect(endpoint: Endpoint): Promise<Connection>;
   /**
-   * Serves requests on an open connection until it ends; calls `acquire`
-   * when a request arrives (false = decline it) and `release` after it.
-   * `withdraw` aborting hands the connection back once it is idle.
+   * Serves requests on an open connection until it ends, with the hooks of
+   * `ServeConnectionOptions`: `acquire` when a request arrives (false =
+   * decline it), `release` after it, `reuse` before each response, `wait`
+   * when the hub's wait request arrives on a parked connection, `noPark`
+   * when the hub turned out not to know parking. `withdraw` aborting hands
+   * the connection back once it is idle.
    */
   serve(
     conn: Connection,
@@ -58,7 +65,9 @@ export interface DialerOptions {
       withdraw: AbortSignal;
       acquire(): boolean;
       release(): void;
-      reuse(): boolean;
+      reuse(): boolean | "park";
+      wait(): Promise<boolean>;
+      noPark(): void;
     },
   ): Promise<number>;
   /** Adaptive capacity: awaited before a connection beyond the first opens. */
@@ -71,6 +80,11 @@ interface Link {
   endpoint: Endpoint;
   conn: Connection | null;
   busy: boolean;
+  // Declined a request, or parked after its response: offers nothing until
+  // its wait request is answered.
+  parked: boolean;
+  // Answers the hub's wait request while it is held.
+  wake: ((offer: boolean) => void) | null;
   withdraw: AbortController;
 }
 
@@ -82,6 +96,13 @@ interface EndpointState {
   retryAt: number;
   timer: ReturnType<typeof setTimeout> | undefined;
   removed: boolean;
+  /**
+   * Whether the hub parks connections: true once it sent a wait request,
+   * false once it answered a park with a request instead; unknown until
+   * then. Forgotten when connecting to it fails (it may come back another
+   * version).
+   */
+  parks: boolean | undefined;
 }
 
 const IPV4 = /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/;
@@ -209,13 +230,17 @@ export class Dialer {
           retryAt: 0,
           timer: undefined,
           removed: false,
+          parks: undefined,
         });
       }
     }
     this.#reconcile();
   }
 
-  // Makes every endpoint's idle offer equal the free permits.
+  // Makes every endpoint's idle offer equal the free permits: parked
+  // connections are offered again first, new ones opened for the rest. A
+  // hub that parks keeps a surplus offer (a request on it is declined and
+  // the connection parked); one that does not gets it handed back.
   #reconcile(): void {
     if (this.#stop.aborted || this.#kill.aborted) return;
     const free = this.#o.concurrency - this.#inUse;
@@ -223,16 +248,29 @@ export class Dialer {
     for (const s of this.#states.values()) {
       if (s.removed) continue;
       let idle = this.#idleLinks(s);
-      if (idle > free) {
+      if (idle > free && s.parks !== true) {
         for (const l of s.links) {
           if (idle <= free) break;
-          if (!l.busy && !l.withdraw.signal.aborted) {
+          if (!l.busy && !l.parked && !l.withdraw.signal.aborted) {
             l.withdraw.abort();
             idle--;
           }
         }
       }
-      const want = free - idle - s.opening;
+      let parked = 0;
+      for (const l of s.links) {
+        if (!l.parked || l.withdraw.signal.aborted) continue;
+        if (l.wake !== null && idle < free) {
+          const wake = l.wake;
+          l.wake = null;
+          l.parked = false;
+          idle++;
+          wake(true);
+        } else parked++;
+      }
+      // Parked connections are offered again as permits free, so they
+      // count as offers to come.
+      const want = free - idle - s.opening - parked;
       if (want <= 0) continue;
       if (now < s.retryAt) {
         if (s.timer === undefined) {
@@ -253,6 +291,8 @@ export class Dialer {
       endpoint: s.endpoint,
       conn: null,
       busy: false,
+      parked: false,
+      wake: null,
       withdraw: new AbortController(),
     };
     let conn: Connection;
@@ -282,36 +322,71 @@ export class Dialer {
     link.conn = conn;
     s.links.add(link);
     // The permits may have gone while this connection was being made: hand
-    // it back at once rather than take a request it would have to decline.
-    if (this.#idleLinks(s) > this.#o.concurrency - this.#inUse) {
+    // it back at once rather than take a request it would have to decline
+    // (a hub that parks gets it offered; a request on it parks it).
+    if (
+      s.parks !== true &&
+      this.#idleLinks(s) > this.#o.concurrency - this.#inUse
+    ) {
       link.withdraw.abort();
     }
     this.#o.onConnect?.(s.endpoint);
     const since = performance.now();
     let served = 0;
+    const withdraw = AbortSignal.any([link.withdraw.signal, this.#stop]);
+    const unwait = () => {
+      const wake = link.wake;
+      link.wake = null;
+      wake?.(false);
+    };
+    withdraw.addEventListener("abort", unwait, { once: true });
     try {
       served = await this.#o.serve(conn, s.endpoint, {
-        withdraw: AbortSignal.any([link.withdraw.signal, this.#stop]),
+        withdraw,
         acquire: () => {
           if (this.#inUse >= this.#o.concurrency || this.#kill.aborted) {
-            link.withdraw.abort(); // declined, not a hub failure
+            // Declined, not a hub failure: parked, or closed by the engine.
+            link.parked = true;
             return false;
           }
           this.#inUse++;
           link.busy = true;
+          link.parked = false;
           this.#reconcile();
           return true;
         },
-        reuse: () => !this.rotate,
+        reuse: () => {
+          if (!this.rotate) return true;
+          if (s.parks === false) return false;
+          link.parked = true;
+          return "park";
+        },
         release: () => {
           this.#inUse--;
           link.busy = false;
           this.#reconcile();
         },
+        wait: () => {
+          s.parks = true;
+          link.parked = true;
+          const { promise, resolve } = Promise.withResolvers<boolean>();
+          if (withdraw.aborted) resolve(false);
+          else {
+            link.wake = resolve;
+            this.#reconcile();
+          }
+          return promise;
+        },
+        noPark: () => {
+          s.parks = false;
+          link.parked = false;
+        },
       });
     } catch (error) {
       this.#o.onError(error, "connection");
     } finally {
+      withdraw.removeEventListener("abort", unwait);
+      unwait();
       s.links.delete(link);
       link.conn = null;
     }
@@ -327,17 +402,21 @@ export class Dialer {
     }
   }
 
+  // Connections a hub may send a request on now.
   #idleLinks(s: EndpointState): number {
     let idle = 0;
-    for (const l of s.links) if (!l.busy && !l.withdraw.signal.aborted) idle++;
+    for (const l of s.links) {
+      if (!l.busy && !l.parked && !l.withdraw.signal.aborted) idle++;
+    }
     return idle;
   }
 
   /**
-   * With several hubs, a connection carries one request and is then given
-   * back, so the freed permit is offered to every hub at once instead of
-   * going straight back to the hub that was just served (which would
-   * starve the others while it has a queue).
+   * With several hubs, a connection carries one request and is then parked
+   * (or, at a hub that does not park, given back), so the freed permit is
+   * offered to every hub at once instead of going straight back to the hub
+   * that was just served (which would starve the others while it has a
+   * queue).
    */
   get rotate(): boolean {
     let n = 0;
@@ -353,6 +432,7 @@ export class Dialer {
 
   #failed(s: EndpointState, error: unknown): void {
     s.failures++;
+    s.parks = undefined;
     this.#o.onError(error, `connect ${s.endpoint.key}`);
     const ceiling = Math.min(
       this.#o.maxBackoff,

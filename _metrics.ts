@@ -428,6 +428,7 @@ function poolGauges(stats: HubStats): Map<string, PoolGauges> {
       oldestWaitMs: stats.oldestWaitMs,
       slots: stats.slots,
       idle: stats.idle,
+      parked: stats.parked ?? 0,
       busy: stats.busy,
       workers: (stats as { workers?: unknown[] }).workers?.length ?? 0,
     });
@@ -619,6 +620,7 @@ export class HubMetrics {
           oldestWaitMs: 0,
           slots: 0,
           idle: 0,
+          parked: 0,
           busy: 0,
           workers: 0,
         },
@@ -729,12 +731,15 @@ export class HubMetrics {
       const l = label(pool);
       out.push(
         `pothead_worker_slots{pool="${l}",state="idle"} ${num(g.idle)}`,
+        `pothead_worker_slots{pool="${l}",state="parked"} ${
+          num(g.parked ?? 0)
+        }`,
         `pothead_worker_slots{pool="${l}",state="busy"} ${num(g.busy)}`,
       );
     }
     gauge(
       "pothead_worker_slots_connected",
-      "Worker slots (connections) attached, idle or busy.",
+      "Worker slots (connections) attached, idle, parked or busy.",
       (g) => g.slots,
     );
     gauge(

@@ -21,6 +21,13 @@ import {
 import { bodyStream, writeBody } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { asksToClose, endToEnd, fieldPairs, fieldValue } from "./_headers.ts";
+import {
+  PARK_DISCARD,
+  PARK_OPTION,
+  PARKED_RESPONSE,
+  READY_RESPONSE,
+  WAIT_FIELD,
+} from "./_park.ts";
 
 /**
  * What a handler gets next to the request; the same shape as
@@ -58,16 +65,32 @@ export interface ServeConnectionOptions {
   /**
    * Called when a request has arrived, before it is started. Returning
    * false declines it with the "not started" 408 (the hub sends it to
-   * another worker) and closes the connection. Default: always true.
+   * another worker): the connection is parked when `wait` is given and the
+   * request left nothing unread that cannot be skipped, else closed.
+   * Default: always true.
    */
   acquire?: () => boolean;
   /** Called after the response to an acquired request has been written. */
   release?: () => void;
   /**
    * Asked before each response is written: false sends it with
-   * `Connection: close` and ends the connection. Default: always true.
+   * `Connection: close` and ends the connection; `"park"` parks the
+   * connection after it (needs `wait`). Default: always true.
    */
-  reuse?: () => boolean;
+  reuse?: () => boolean | "park";
+  /**
+   * Parking (see `_park.ts`): called when the hub's wait request arrives on
+   * a parked connection. Resolve true to offer the connection again (the
+   * wait request is answered), false to give it back (the "not started" 408
+   * and close). Without it, connections are never parked.
+   */
+  wait?: () => Promise<boolean>;
+  /**
+   * Called when a hub answered a park with an ordinary request instead of
+   * the wait request: it does not know parking. The request is then served
+   * (or declined) as usual.
+   */
+  noPark?: () => void;
 }
 
 /** The response our runner sends to give back a connection it will not use. */
@@ -104,24 +127,43 @@ export async function serveConnection(
       wake = () => resolve("drain");
       filled.then(resolve, reject);
     });
+  // Parked: the next request should be the hub's wait request.
+  let parked = false;
+  let parks = options.wait !== undefined;
   try {
     while (true) {
       const head = await nextHead(conn, reader, options, untilDrain);
       if (head === null) break;
+      if (parked) {
+        parked = false;
+        if (fieldValue(head.headers, WAIT_FIELD) !== null) {
+          if (!(await waitForPermit(conn, reader, options))) break;
+          continue;
+        }
+        parks = false;
+        options.noPark?.();
+      }
       if (options.acquire !== undefined && !options.acquire()) {
+        if (parks && await skipBody(reader, head, options)) {
+          await writeAll(conn, PARKED_RESPONSE);
+          parked = true;
+          continue;
+        }
         await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
         break;
       }
       served++;
-      const last = served >= (options.maxRequests ?? Infinity) ||
-        (options.reuse !== undefined && !options.reuse());
+      const after = options.reuse?.() ?? true;
+      const last = served >= (options.maxRequests ?? Infinity) || !after;
+      const park = !last && after === "park" && parks;
       let reuse;
       try {
-        reuse = await serveOne(conn, reader, head, options, last);
+        reuse = await serveOne(conn, reader, head, options, last, park);
       } finally {
         options.release?.();
       }
       if (!reuse || options.drain.aborted || last) break;
+      parked = park;
     }
   } catch (error) {
     options.onError(error, "connection");
@@ -134,6 +176,51 @@ export async function serveConnection(
     }
   }
   return served;
+}
+
+// Holds the hub's wait request until the worker offers the connection again
+// (answered with the 204), or gives it back (the 408, then close). Resolves
+// whether the connection goes on. The hub sends nothing meanwhile: bytes or
+// its close end the connection.
+async function waitForPermit(
+  conn: Connection,
+  reader: BufferedReader,
+  options: ServeConnectionOptions,
+): Promise<boolean> {
+  const hub = reader.fill().then(() => false, () => false);
+  const offer = await Promise.race([options.wait!(), hub]);
+  if (!offer || reader.buffered > 0 || reader.eof) {
+    await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+    return false;
+  }
+  await writeAll(conn, READY_RESPONSE);
+  return true;
+}
+
+// Reads and drops the body of a request being declined, so the connection
+// can stay: only a short body the hub sent without waiting for 100 Continue
+// (for one that waits, the hub closes the connection anyway).
+async function skipBody(
+  reader: BufferedReader,
+  head: RequestHead,
+  options: ServeConnectionOptions,
+): Promise<boolean> {
+  let framing;
+  try {
+    framing = requestFraming(framingFields(head.headers));
+  } catch {
+    return false;
+  }
+  if (framing.kind === "none") return true;
+  if (
+    framing.kind !== "length" || framing.length > PARK_DISCARD ||
+    expectsContinue(head)
+  ) return false;
+  const body = bodyStream(reader, framing, {
+    limits: options.limits,
+    onDone() {},
+  });
+  return body === null || await discard(body, PARK_DISCARD);
 }
 
 async function nextHead(
@@ -252,6 +339,7 @@ async function serveOne(
   head: RequestHead,
   options: ServeConnectionOptions,
   last: boolean,
+  park: boolean,
 ): Promise<boolean> {
   let fields;
   let framing;
@@ -336,7 +424,12 @@ async function serveOne(
   let reuse = keepAlive(head.minor, fields.connection) &&
     !options.drain.aborted && !last && !asksToClose(response.headers);
   try {
-    await writeResponse(conn, head.method, response, !reuse);
+    await writeResponse(
+      conn,
+      head.method,
+      response,
+      reuse ? park ? PARK_OPTION : null : "close",
+    );
   } catch (error) {
     controller.abort(error);
     options.onError(error, "response");
@@ -397,12 +490,12 @@ async function writeResponse(
   conn: Connection,
   method: string,
   res: Response,
-  close: boolean,
+  connection: string | null,
 ): Promise<void> {
   const status = res.status;
   const all = fieldPairs(res.headers);
   const fields = endToEnd(all);
-  if (close) fields.push(["connection", "close"]);
+  if (connection !== null) fields.push(["connection", connection]);
   const start = `HTTP/1.1 ${status} ${res.statusText || reasonPhrase(status)}`;
   const noBody = method === "HEAD" || status === 204 || status === 304;
   const declared = fieldValue(all, "content-length");

@@ -20,6 +20,7 @@
 
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { asksToClose } from "./_headers.ts";
+import { PARK_DISCARD, PARK_OPTION, WAIT_FIELD } from "./_park.ts";
 import {
   callHandler,
   type FetchHandler,
@@ -44,7 +45,16 @@ interface Link {
   ending: boolean;
   // A response with `Connection: close` went out: the hub sends no more.
   announced: boolean;
+  // Parked: the next request should be the hub's wait request.
+  parked: boolean;
+  // The hub may know parking (false once it answered a park with a request).
+  parks: boolean;
+  // Whether the request that asked for 100 Continue is taken: `Deno.serve`
+  // sends the 100 before the handler runs, and #down holds it until then.
+  verdict: PromiseWithResolvers<boolean> | null;
 }
+
+const CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n";
 
 const RELAY_BUFFER = 64 * 1024;
 
@@ -124,6 +134,9 @@ export class NativeEngine {
       stopped: false,
       ending: false,
       announced: false,
+      parked: false,
+      parks: options.wait !== undefined,
+      verdict: null,
     };
     this.#links.set(key, link);
     const drain = options.drain;
@@ -183,13 +196,22 @@ export class NativeEngine {
   }
 
   // Local to hub: response bytes, until `Deno.serve` closes the connection.
+  // A 100 Continue goes on only for a request the worker takes: the hub
+  // would send the body of one it declines, and could not send it elsewhere.
   async #down(link: Link): Promise<void> {
     const buf = new Uint8Array(RELAY_BUFFER);
     try {
       while (true) {
         const n = await link.local.read(buf);
         if (n === null) break;
-        await writeAll(link.hub, buf.subarray(0, n));
+        let chunk = buf.subarray(0, n);
+        if (startsWith(chunk, CONTINUE)) {
+          const verdict = link.verdict ??= Promise.withResolvers();
+          const taken = await verdict.promise;
+          link.verdict = null;
+          if (!taken) chunk = chunk.subarray(CONTINUE.length);
+        }
+        if (chunk.length > 0) await writeAll(link.hub, chunk);
       }
       if (link.ending && !link.announced) {
         // Every response is out; this tells the hub the connection is not
@@ -228,14 +250,35 @@ export class NativeEngine {
       });
     }
     const options = link.options;
-    if (
-      link.stopped || options.drain.aborted ||
-      (options.acquire !== undefined && !options.acquire())
-    ) {
+    if (link.parked) {
+      link.parked = false;
+      if (req.headers.has(WAIT_FIELD)) return await this.#wait(link, req);
+      link.parks = false;
+      options.noPark?.();
+    }
+    // Whether the 100 Continue Deno.serve sent for it may go on (#down).
+    const decide = (taken: boolean) => {
+      if (asksContinue(req)) {
+        (link.verdict ??= Promise.withResolvers()).resolve(taken);
+      }
+    };
+    if (link.stopped || options.drain.aborted) {
+      decide(false);
       link.announced = true;
       this.#end(link);
       return notStarted();
     }
+    if (options.acquire !== undefined && !options.acquire()) {
+      decide(false);
+      if (link.parks && await skippable(req)) {
+        link.parked = true;
+        return parked();
+      }
+      link.announced = true;
+      this.#end(link);
+      return notStarted();
+    }
+    decide(true);
     link.busy = true;
     link.served++;
     const last = link.served >= (options.maxRequests ?? Infinity);
@@ -246,21 +289,78 @@ export class NativeEngine {
       ),
       completed: info.completed,
     }, this.#onError);
-    const close = last || options.drain.aborted ||
-      (options.reuse !== undefined && !options.reuse()) ||
+    const after = options.reuse?.() ?? true;
+    const close = last || options.drain.aborted || !after ||
       asksToClose(response.headers);
     // Nothing after this request may start, even one already pipelined.
     if (close) link.stopped = true;
+    const park = !close && after === "park" && link.parks;
     const done = () => {
       link.busy = false;
       options.release?.();
       if (close || options.drain.aborted) this.#end(link);
     };
     info.completed.then(done, done);
+    if (park) {
+      link.parked = true;
+      return withConnection(response, PARK_OPTION);
+    }
     if (!close) return response;
     link.announced = true;
-    return withClose(response);
+    return withConnection(response, "close");
   }
+
+  // Holds the hub's wait request until the worker offers the link again
+  // (204), or gives it back (the 408, and the link ends). The hub closing
+  // the connection meanwhile aborts the request's signal.
+  async #wait(link: Link, req: Request): Promise<Response> {
+    const signal = req.signal;
+    const gone = new Promise<false>((resolve) => {
+      if (signal.aborted) resolve(false);
+      signal.addEventListener("abort", () => resolve(false), { once: true });
+    });
+    const offer = await Promise.race([link.options.wait!(), gone]);
+    if (!offer || link.stopped || link.options.drain.aborted) {
+      link.announced = true;
+      this.#end(link);
+      return notStarted();
+    }
+    return new Response(null, { status: 204 });
+  }
+}
+
+// Reads and drops the body of a request being declined, so the link can
+// stay: only a short body sent without waiting for 100 Continue (reading
+// one that waits would make Deno.serve send the 100 and start the upload).
+async function skippable(req: Request): Promise<boolean> {
+  if (req.body === null) return true;
+  const length = Number(req.headers.get("content-length") ?? NaN);
+  if (!(length <= PARK_DISCARD) || req.headers.has("expect")) return false;
+  try {
+    await req.arrayBuffer();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function asksContinue(req: Request): boolean {
+  return req.headers.get("expect")?.toLowerCase() === "100-continue";
+}
+
+function startsWith(chunk: Uint8Array, ascii: string): boolean {
+  if (chunk.length < ascii.length) return false;
+  for (let i = 0; i < ascii.length; i++) {
+    if (chunk[i] !== ascii.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+function parked(): Response {
+  return new Response(null, {
+    status: 408,
+    headers: { "x-pothead-not-started": "1", connection: PARK_OPTION },
+  });
 }
 
 function closeQuietly(conn: Connection): void {
@@ -278,15 +378,15 @@ function notStarted(): Response {
   });
 }
 
-// `Connection: close` on a response, copying it if its headers are
+// A `Connection` field on a response, copying it if its headers are
 // immutable (a `fetch` response, `Response.redirect`).
-function withClose(res: Response): Response {
+function withConnection(res: Response, value: string): Response {
   try {
-    res.headers.set("connection", "close");
+    res.headers.set("connection", value);
     return res;
   } catch {
     const headers = new Headers(res.headers);
-    headers.set("connection", "close");
+    headers.set("connection", value);
     return new Response(res.body, {
       status: res.status,
       statusText: res.statusText,

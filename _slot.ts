@@ -21,6 +21,7 @@ import {
 import { bodyStream, readFixed, writeBody } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import type { WorkerIdentity } from "./_handshake.ts";
+import { PARK_OPTION, WAIT_REQUEST } from "./_park.ts";
 
 /** Response header our worker runner puts on its "not started" 408. */
 export const NOT_STARTED_HEADER = "x-pothead-not-started";
@@ -148,6 +149,13 @@ export interface SlotOptions {
    */
   onContinueSeen?: (slot: WorkerSlot, seen: boolean) => void;
   /**
+   * Called when the worker parked the connection (see `_park.ts`): the slot
+   * has sent the wait request and calls `onIdle` once the worker answers it.
+   * Without it, the park option is ignored and a declining 408 closes the
+   * connection.
+   */
+  onPark?: (slot: WorkerSlot) => void;
+  /**
    * Milliseconds a response body may go without a byte from the worker
    * while the hub waits for one; 0 for no limit.
    */
@@ -179,6 +187,12 @@ const IDEMPOTENT = new Set([
 
 let nextId = 1;
 
+/**
+ * Where a slot is: waiting for a request, carrying one, parked by the worker
+ * (no request until it answers the wait request), or closed.
+ */
+export type SlotState = "idle" | "busy" | "parked" | "closed";
+
 /** One worker connection on the hub. */
 export class WorkerSlot {
   /** A process-unique number, for logs. */
@@ -204,7 +218,7 @@ export class WorkerSlot {
   }
 
   #options: SlotOptions;
-  #state: "idle" | "busy" | "closed" = "busy";
+  #state: SlotState = "busy";
   #closeReason: unknown = undefined;
   /** Requests carried so far. */
   served = 0;
@@ -282,8 +296,8 @@ export class WorkerSlot {
     return false;
   }
 
-  /** `idle`, `busy` or `closed`. */
-  get state(): "idle" | "busy" | "closed" {
+  /** `idle`, `busy`, `parked` or `closed`. */
+  get state(): SlotState {
     return this.#state;
   }
 
@@ -375,6 +389,7 @@ export class WorkerSlot {
     let requestDone = !streamed;
     let responseDone = false;
     let reusable = false;
+    let parkAfter = false;
     const onAbort = () =>
       this.close(
         new WorkerLinkError("aborted", "Consumer went away", {
@@ -401,8 +416,10 @@ export class WorkerSlot {
       // first must leave the head deadline and the consumer watch running.
       if (!responseDone || !requestDone || this.#state !== "busy") return;
       cleanup();
-      if (reusable) opts.onIdle(this);
-      else this.close(new WorkerLinkError("closed", "Connection: close"));
+      if (!reusable) {
+        this.close(new WorkerLinkError("closed", "Connection: close"));
+      } else if (parkAfter) this.#park();
+      else opts.onIdle(this);
     };
     if (signal?.aborted) {
       onAbort();
@@ -500,17 +517,31 @@ export class WorkerSlot {
       settle(e);
       throw e;
     }
+    const parks = opts.onPark !== undefined &&
+      fields.connection.includes(PARK_OPTION);
     if (head.status === 408 && hasField(head.headers, NOT_STARTED_HEADER)) {
       const e = new WorkerLinkError(
         "not-started",
         "Worker declined the request before starting it",
         { retryable: replayable() },
       );
-      settle(e);
+      // Parked only when nothing of the exchange is left on the wire: the
+      // request went out whole (no stream body) and the 408 has no body.
+      if (
+        parks && !streamed && keepAlive(head.minor, fields.connection) &&
+        (framing.kind === "none" ||
+          (framing.kind === "length" && framing.length === 0))
+      ) {
+        cleanup();
+        this.#park();
+      } else {
+        settle(e);
+      }
       throw e;
     }
     reusable = keepAlive(head.minor, fields.connection) &&
       framing.kind !== "close" && !bodyWithheld;
+    parkAfter = parks;
     const contentLength = framing.kind === "length"
       ? framing.length
       : framing.kind === "none"
@@ -571,6 +602,38 @@ export class WorkerSlot {
       body,
       contentLength,
     };
+  }
+
+  // The worker keeps this connection but offers it no work yet: the wait
+  // request asks it to answer when it does. No deadline, as for an idle
+  // connection: it may stay parked as long as the worker is busy elsewhere.
+  async #park(): Promise<void> {
+    this.#state = "parked";
+    this.#options.onPark?.(this);
+    try {
+      await writeAll(this.#conn, WAIT_REQUEST);
+      const head = await this.#readHead("GET", () => {});
+      if (this.#state !== "parked") return;
+      const fields = framingFields(head.headers);
+      if (
+        head.status < 200 || head.status > 299 ||
+        !keepAlive(head.minor, fields.connection) || fields.chunked ||
+        fields.contentLength > 0
+      ) {
+        this.close(
+          new WorkerLinkError(
+            "closed",
+            head.status === 408
+              ? "Worker gave a parked connection back"
+              : `Worker answered the wait request with ${head.status}`,
+          ),
+        );
+        return;
+      }
+      this.#options.onIdle(this);
+    } catch (error) {
+      this.close(error);
+    }
   }
 
   // Writes the head (and a bytes body). For a stream body, returns the

@@ -240,6 +240,11 @@ export interface PoolStats {
   slots: number;
   /** Of those, waiting for a request. */
   idle: number;
+  /**
+   * Of those, parked by their worker: kept open, but taking no request until
+   * the worker offers it again (a worker busy for another hub).
+   */
+  parked: number;
   /** Of those, carrying a request. */
   busy: number;
   /** Distinct workers (by id, or by address for plain workers). */
@@ -270,6 +275,8 @@ export interface HubStats {
   slots: number;
   /** Worker connections waiting for a request. */
   idle: number;
+  /** Worker connections parked by their worker (busy for another hub). */
+  parked: number;
   /** Worker connections carrying a request. */
   busy: number;
   /** Consumer requests received. */
@@ -366,6 +373,7 @@ interface Pool {
   maxQueue: number;
   groups: Map<string, Group>;
   idle: number;
+  parked: number;
   slots: number;
 }
 
@@ -437,6 +445,8 @@ export class Hub {
   #pools = new Map<string, Pool>();
   #slots = new Set<WorkerSlot>();
   #busy = new Set<WorkerSlot>();
+  // Slots the worker parked: attached, but taking no request until it says.
+  #parked = new Set<WorkerSlot>();
   #slotGroup = new Map<WorkerSlot, Group>();
   // Per peer address: how many of its new connections in a row turned out
   // to be plain workers, or -1 once it sent a handshake (see #accept).
@@ -527,7 +537,8 @@ export class Hub {
         oldestWaitMs: wait,
         slots: pool.slots,
         idle: pool.idle,
-        busy: pool.slots - pool.idle,
+        parked: pool.parked,
+        busy: pool.slots - pool.idle - pool.parked,
         workers: pool.groups.size,
       });
       for (const g of pool.groups.values()) {
@@ -545,7 +556,8 @@ export class Hub {
       oldestWaitMs: oldest,
       slots: this.#slots.size,
       idle,
-      busy: this.#slots.size - idle,
+      parked: this.#parked.size,
+      busy: this.#slots.size - idle - this.#parked.size,
       ...this.#stats,
       pools,
       workers,
@@ -563,6 +575,7 @@ export class Hub {
       maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
       groups: new Map(),
       idle: 0,
+      parked: 0,
       slots: 0,
       queue: new WaitQueue<Pending>({
         timeout: queueTimeout,
@@ -810,6 +823,7 @@ export class Hub {
         maxBodySize: this.#opts.maxResponseBodySize,
         smallBody: SMALL_BODY,
         onIdle: (s) => this.#offer(s),
+        onPark: (s) => this.#park(s),
         onClose: (s, reason) => this.#detach(s, reason),
         onFirstBytes: (s) => this.#lateHandshake(s),
         onContinueSeen: (s, seen) => this.#continueSeen(s, seen),
@@ -873,6 +887,7 @@ export class Hub {
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     this.#slotGroup.delete(slot);
     if (group.idle.delete(slot)) pool.idle--;
+    if (this.#parked.delete(slot)) pool.parked--;
     if (this.#busy.delete(slot)) group.busy--;
     group.slots--;
     pool.slots--;
@@ -1134,12 +1149,22 @@ export class Hub {
     });
   }
 
-  // A slot is free: give it the head of its pool's queue, or park it idle.
+  // The worker parked a slot: it carries nothing until the worker offers it.
+  #park(slot: WorkerSlot): void {
+    const group = this.#slotGroup.get(slot);
+    if (group === undefined || this.#parked.has(slot)) return;
+    if (this.#busy.delete(slot)) group.busy--;
+    this.#parked.add(slot);
+    this.#pool(slot.identity?.pool ?? DEFAULT_POOL).parked++;
+  }
+
+  // A slot is free: give it the head of its pool's queue, or keep it idle.
   #offer(slot: WorkerSlot): void {
     const group = this.#slotGroup.get(slot);
     if (group === undefined) return;
     if (this.#busy.delete(slot)) group.busy--;
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
+    if (this.#parked.delete(slot)) pool.parked--;
     // An idle connection is watched only if it is going to wait.
     slot.idle(this.#closed || pool.queue.size === 0);
     if (slot.state !== "idle") return;

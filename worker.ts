@@ -370,6 +370,8 @@ export function connectWorker(
           acquire: hooks.acquire,
           release: hooks.release,
           reuse: hooks.reuse,
+          wait: hooks.wait,
+          noPark: hooks.noPark,
         };
         if (native !== null) return native.serve(conn, link, reader);
         return serveConnection(

@@ -34,6 +34,7 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     oldestWaitMs: 0,
     slots: 0,
     idle: 0,
+    parked: 0,
     busy: 0,
     received: 0,
     answered: 0,
@@ -329,8 +330,9 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
   const stats = fakeStats({
     queued: 3,
     oldestWaitMs: 1500,
-    slots: 5,
+    slots: 6,
     idle: 1,
+    parked: 1,
     busy: 4,
     received: 11,
     handshakesRefused: 2,
@@ -341,6 +343,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
         oldestWaitMs: 1500,
         slots: 3,
         idle: 0,
+        parked: 0,
         busy: 3,
         workers: 1,
       },
@@ -348,8 +351,9 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
         name: "gpu",
         queued: 1,
         oldestWaitMs: 250,
-        slots: 2,
+        slots: 3,
         idle: 1,
+        parked: 1,
         busy: 1,
         workers: 2,
       },
@@ -374,7 +378,15 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
     value(exp, "pothead_worker_slots", { ...gpu, state: "idle" }),
     1,
   );
-  assert.equal(value(exp, "pothead_worker_slots_connected", gpu), 2);
+  assert.equal(
+    value(exp, "pothead_worker_slots", { ...gpu, state: "parked" }),
+    1,
+  );
+  assert.equal(
+    value(exp, "pothead_worker_slots", { ...d, state: "parked" }),
+    0,
+  );
+  assert.equal(value(exp, "pothead_worker_slots_connected", gpu), 3);
   assert.equal(value(exp, "pothead_workers_connected", gpu), 2);
   assert.equal(value(exp, "pothead_requests_received_total"), 11);
   assert.equal(
@@ -598,6 +610,7 @@ Deno.test("admin /status reports version, uptime, totals, pools, series and work
         oldestWaitMs: 80,
         slots: 3,
         idle: 0,
+        parked: 0,
         busy: 3,
         workers: 1,
       },

@@ -252,3 +252,87 @@ Deno.test("a worker whose second hub is down serves the first and joins the seco
     }
   });
 });
+
+Deno.test("a worker shared by two hubs parks its connections instead of reconnecting after each request", async () => {
+  await withHubs(async (a, b, workers) => {
+    let connects = 0;
+    const seen = new Map<string, number>();
+    workers.push(connectWorker((req) => {
+      const path = new URL(req.url).pathname;
+      seen.set(path, (seen.get(path) ?? 0) + 1);
+      return new Response(path);
+    }, {
+      hubs: hubs(a, b),
+      concurrency: 1,
+      minBackoff: 10,
+      maxBackoff: 100,
+      onConnect: () => connects++,
+    }));
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "a slot at each hub",
+    );
+    // One at a time, alternating: without parking every request costs a
+    // reconnect to each hub (about 60 here).
+    for (let i = 0; i < 30; i++) {
+      const path = `/r${i}`;
+      const res = await fetch(url(i % 2 === 0 ? a : b, path));
+      assert.equal(await res.text(), path);
+    }
+    assert.equal(seen.size, 30);
+    for (const [path, n] of seen) assert.equal(n, 1, path);
+    assert.ok(connects <= 8, `${connects} connections opened`);
+    assert.equal(a.hub.stats.failed + b.hub.stats.failed, 0);
+    // Idle again: each hub gets its slot offered (after its wait request).
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "a slot offered at each hub again",
+    );
+    assert.equal(workers[0].connected, 2);
+  });
+});
+
+Deno.test("a full worker declines and parks a request at its other hub, and serves it when a permit frees", async () => {
+  await withHubs(async (a, b, workers) => {
+    let held = new Held();
+    let connects = 0;
+    workers.push(connectWorker((req) => held.handler(req), {
+      hubs: hubs(a, b),
+      concurrency: 1,
+      minBackoff: 10,
+      maxBackoff: 100,
+      onConnect: () => connects++,
+    }));
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "a slot at each hub",
+    );
+    // Teach the worker that both hubs park: one request at each.
+    held.release();
+    for (const s of [a, b]) await (await fetch(url(s, "/warm"))).text();
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "a slot at each hub again",
+    );
+    const before = connects;
+    const gate = new Held();
+    held = gate;
+    const ra = later(url(a, "/a"));
+    await gate.entered(1);
+    // The worker is full; its slot at hub B stays offered (not closed). A
+    // request there is declined, parked, and waits in B's queue.
+    const rb = later(url(b, "/b"));
+    await waitFor(
+      () => b.hub.stats.parked === 1 && b.hub.stats.queued === 1,
+      "B's request queued behind a parked slot",
+    );
+    assert.equal(gate.count, 1);
+    gate.release();
+    assert.equal(await (await ra).text(), "/a");
+    assert.equal(await (await rb).text(), "/b");
+    assert.equal(gate.count, 2);
+    assert.ok(b.hub.stats.retries >= 1);
+    assert.equal(connects, before, "no connection was opened");
+    assert.equal(a.hub.stats.failed + b.hub.stats.failed, 0);
+  });
+});

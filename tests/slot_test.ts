@@ -9,8 +9,10 @@ import {
   type OutgoingRequest,
   requestLines,
   type SlotOptions,
+  type WorkerLinkError,
   WorkerSlot,
 } from "../_slot.ts";
+import { WAIT_REQUEST } from "../_park.ts";
 import { ScriptedConn, text } from "./_memconn.ts";
 
 function slotOn(conn: ScriptedConn, events: string[] = []): WorkerSlot {
@@ -182,4 +184,101 @@ Deno.test("a slot made idle without a watch does not read until the next request
   const res = await slot.send(request());
   assert.equal(res.status, 200);
   assert.equal(conn.reads, reads + 1);
+});
+
+// Parking (`_park.ts`): a slot the worker parks sends the wait request and
+// is idle again only after the worker answers it.
+const PARKED_408 =
+  "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\n" +
+  "connection: pothead-park\r\ncontent-length: 0\r\n\r\n";
+const READY = "HTTP/1.1 204 No Content\r\n\r\n";
+
+function parkingSlot(conn: ScriptedConn, events: string[]): WorkerSlot {
+  const slot = new WorkerSlot(conn, "test", {
+    limits: DEFAULT_LIMITS,
+    headTimeout: 0,
+    maxBodySize: Infinity,
+    smallBody: 64 * 1024,
+    onIdle: (s) => events.push(`idle (${s.state})`),
+    onPark: (s) => events.push(`park (${s.state})`),
+    onClose: (_slot, reason) => events.push(`close: ${String(reason)}`),
+  });
+  slot.idle(false);
+  return slot;
+}
+
+async function settled(events: string[], n: number): Promise<void> {
+  for (let i = 0; i < 200 && events.length < n; i++) {
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+Deno.test("a declined request with the park option parks the slot: the wait request goes out and the 204 makes it idle", async () => {
+  const conn = new ScriptedConn([PARKED_408, READY]);
+  const events: string[] = [];
+  const slot = parkingSlot(conn, events);
+  await assert.rejects(slot.send(request()), (e: WorkerLinkError) => {
+    assert.equal(e.code, "not-started");
+    assert.equal(e.retryable, true);
+    return true;
+  });
+  await settled(events, 2);
+  assert.deepEqual(events, ["park (parked)", "idle (parked)"]);
+  assert.equal(
+    text(conn.written),
+    "GET /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-one: 1\r\n\r\n" +
+      text(WAIT_REQUEST),
+  );
+});
+
+Deno.test("a response with the park option parks the slot after it; the worker giving the parked slot back closes it", async () => {
+  const conn = new ScriptedConn([
+    "HTTP/1.1 200 OK\r\nconnection: pothead-park\r\ncontent-length: 2\r\n\r\nok",
+    "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\n" +
+    "connection: close\r\ncontent-length: 0\r\n\r\n",
+  ]);
+  const events: string[] = [];
+  const slot = parkingSlot(conn, events);
+  const res = await slot.send(request());
+  assert.equal(res.status, 200);
+  assert.equal(text(res.body as Uint8Array), "ok");
+  await settled(events, 2);
+  assert.equal(events[0], "park (parked)");
+  assert.match(events[1], /^close: .*gave a parked connection back/);
+  assert.equal(slot.state, "closed");
+  assert.ok(text(conn.written).endsWith(text(WAIT_REQUEST)));
+});
+
+Deno.test("without onPark the park option is ignored: the 408 closes and a response leaves the slot idle", async () => {
+  const events: string[] = [];
+  const declined = new ScriptedConn([PARKED_408]);
+  await assert.rejects(slotOn(declined, events).send(request()));
+  assert.match(events[0], /^close: /);
+  assert.ok(!text(declined.written).includes("x-pothead-wait"));
+  const served: string[] = [];
+  const ok = new ScriptedConn([
+    "HTTP/1.1 200 OK\r\nconnection: pothead-park\r\ncontent-length: 2\r\n\r\nok",
+  ]);
+  await slotOn(ok, served).send(request());
+  assert.deepEqual(served, ["idle"]);
+});
+
+Deno.test("a declined streamed upload is never parked: its body was withheld, so the connection closes", async () => {
+  const conn = new ScriptedConn([PARKED_408, READY]);
+  const events: string[] = [];
+  const slot = parkingSlot(conn, events);
+  const body = new ReadableStream<Uint8Array>({
+    pull(c) {
+      c.enqueue(new Uint8Array(10));
+      c.close();
+    },
+  });
+  await assert.rejects(
+    slot.send(request({ method: "POST", body, contentLength: 10 })),
+    (e: WorkerLinkError) => e.code === "not-started" && e.retryable,
+  );
+  await settled(events, 1);
+  assert.equal(events.length, 1);
+  assert.match(events[0], /^close: /);
+  assert.ok(!text(conn.written).includes("x-pothead-wait"));
 });

@@ -1,0 +1,362 @@
+// Parking (`_park.ts`). On the worker's side, for both engines: a request
+// declined for want of a permit leaves the connection parked, the hub's
+// wait request is held until the worker offers the connection again, and a
+// hub that does not know parking is served as before; the hub's end of the
+// connection is driven by the test. On the hub's side: a real hub and a
+// raw-socket worker that writes the exact bytes.
+
+import assert from "node:assert/strict";
+import { DEFAULT_LIMITS } from "../_codec.ts";
+import { NativeEngine } from "../_serve_native.ts";
+import {
+  type FetchHandler,
+  serveConnection,
+  type ServeConnectionOptions,
+} from "../_serve_conn.ts";
+import { PARKED_RESPONSE, READY_RESPONSE, WAIT_REQUEST } from "../_park.ts";
+import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
+import { deadline, waitFor } from "./_wait.ts";
+import { RawSocket } from "./_relay.ts";
+import { startHub } from "./_hub.ts";
+
+const PEER: Deno.NetAddr = {
+  transport: "tcp",
+  hostname: "10.0.0.9",
+  port: 4040,
+};
+const WAIT = text(WAIT_REQUEST);
+
+type Hooks = Partial<
+  Pick<
+    ServeConnectionOptions,
+    "acquire" | "release" | "reuse" | "wait" | "noPark"
+  >
+>;
+
+interface Link {
+  hub: MemConn;
+  served: Promise<number>;
+  drain: AbortController;
+  /** Text read from the hub's end and not yet returned. */
+  rest: string;
+}
+
+type Engine = {
+  name: string;
+  run(
+    handler: FetchHandler,
+    fn: (open: (hooks: Hooks) => Link) => Promise<void>,
+  ): Promise<void>;
+};
+
+const ENGINES: Engine[] = [
+  {
+    name: "inline",
+    async run(handler, fn) {
+      await fn((hooks) => {
+        const [hub, worker] = memPair();
+        const drain = new AbortController();
+        const served = serveConnection(worker, {
+          handler,
+          limits: DEFAULT_LIMITS,
+          drain: drain.signal,
+          onError: () => {},
+          peer: PEER,
+          ...hooks,
+        });
+        return { hub, served, drain, rest: "" };
+      });
+    },
+  },
+  {
+    name: "serve",
+    async run(handler, fn) {
+      const engine = new NativeEngine(handler, () => {});
+      engine.start();
+      try {
+        await fn((hooks) => {
+          const [hub, worker] = memPair();
+          const drain = new AbortController();
+          const served = engine.serve(worker, {
+            drain: drain.signal,
+            onError: () => {},
+            peer: PEER,
+            ...hooks,
+          });
+          return { hub, served, drain, rest: "" };
+        });
+      } finally {
+        await engine.close();
+      }
+    },
+  },
+];
+
+// The next whole response on the link (Content-Length framed or bodiless).
+async function response(link: Link): Promise<string> {
+  const buf = new Uint8Array(4096);
+  while (true) {
+    const end = link.rest.indexOf("\r\n\r\n");
+    if (end >= 0) {
+      const head = link.rest.slice(0, end + 4);
+      const m = /\r\ncontent-length: *([0-9]+)/i.exec(head);
+      const total = head.length + (m ? Number(m[1]) : 0);
+      if (link.rest.length >= total) {
+        const out = link.rest.slice(0, total);
+        link.rest = link.rest.slice(total);
+        return out;
+      }
+    }
+    const n = await deadline(link.hub.read(buf), 10_000, "a response");
+    if (n === null) throw new Error(`connection ended: ${link.rest}`);
+    link.rest += text(buf.subarray(0, n));
+  }
+}
+
+// The requests the link served, once it has ended (the worker closed it).
+async function ended(link: Link): Promise<number> {
+  return await deadline(link.served, 10_000, "the link to end");
+}
+
+const GET = (path: string) => `GET ${path} HTTP/1.1\r\nhost: h\r\n\r\n`;
+
+// A permit the test hands out, and a wait the test answers.
+function permits(free: number) {
+  const waits: ((offer: boolean) => void)[] = [];
+  const log: string[] = [];
+  return {
+    log,
+    waits,
+    hooks: {
+      acquire: () => {
+        log.push(free > 0 ? "acquire" : "decline");
+        if (free === 0) return false;
+        free--;
+        return true;
+      },
+      release: () => {
+        log.push("release");
+        free++;
+      },
+      wait: () => {
+        log.push("wait");
+        const { promise, resolve } = Promise.withResolvers<boolean>();
+        waits.push(resolve);
+        return promise;
+      },
+      noPark: () => log.push("noPark"),
+    } satisfies Hooks,
+  };
+}
+
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 2000 && !cond(); i++) {
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  assert.ok(cond(), what);
+}
+
+const hello: FetchHandler = (req) => new Response(new URL(req.url).pathname);
+
+for (const engine of ENGINES) {
+  Deno.test(`${engine.name} engine: a declined request parks the connection; the wait request is answered when a permit frees`, async () => {
+    await engine.run(hello, async (open) => {
+      const p = permits(0);
+      const link = open(p.hooks);
+      await link.hub.write(bytes(GET("/first")));
+      const declined = await response(link);
+      assert.match(declined, /^HTTP\/1\.1 408 /);
+      assert.match(declined, /\r\nx-pothead-not-started: 1\r\n/i);
+      assert.match(declined, /\r\nconnection: pothead-park\r\n/i);
+      await link.hub.write(WAIT_REQUEST);
+      await until(() => p.waits.length === 1, "the wait request is held");
+      p.hooks.release(); // a permit frees
+      p.waits[0](true);
+      const ready = await response(link);
+      assert.match(ready, /^HTTP\/1\.1 204 /);
+      // The same connection now carries a request.
+      await link.hub.write(bytes(GET("/second")));
+      const ok = await response(link);
+      assert.match(ok, /^HTTP\/1\.1 200 /);
+      assert.ok(ok.endsWith("/second"), ok);
+      assert.deepEqual(p.log, [
+        "decline",
+        "wait",
+        "release",
+        "acquire",
+        "release",
+      ]);
+      link.hub.close();
+      assert.equal(await ended(link), 1);
+    });
+  });
+
+  Deno.test(`${engine.name} engine: a held wait request given back is answered with the closing 408`, async () => {
+    await engine.run(hello, async (open) => {
+      const p = permits(0);
+      const link = open(p.hooks);
+      await link.hub.write(bytes(GET("/x")));
+      assert.match(await response(link), /^HTTP\/1\.1 408 /);
+      await link.hub.write(WAIT_REQUEST);
+      await until(() => p.waits.length === 1, "the wait request is held");
+      p.waits[0](false);
+      const back = await response(link);
+      assert.match(back, /^HTTP\/1\.1 408 /);
+      assert.match(back, /\r\nx-pothead-not-started: 1\r\n/i);
+      assert.match(back, /\r\nconnection: close\r\n/i);
+      assert.equal(await ended(link), 0);
+    });
+  });
+
+  Deno.test(`${engine.name} engine: a response sent with "park" parks the connection; a hub that sends a request instead is served`, async () => {
+    await engine.run(hello, async (open) => {
+      const p = permits(1);
+      const link = open({ ...p.hooks, reuse: () => "park" });
+      await link.hub.write(bytes(GET("/a")));
+      const first = await response(link);
+      assert.match(first, /^HTTP\/1\.1 200 /);
+      assert.match(first, /\r\nconnection: pothead-park\r\n/i);
+      // An older hub drops the unknown option and sends its next request.
+      await link.hub.write(bytes(GET("/b")));
+      const second = await response(link);
+      assert.match(second, /^HTTP\/1\.1 200 /);
+      assert.ok(second.endsWith("/b"), second);
+      // Told once; this connection then parks no more.
+      assert.deepEqual(p.log, [
+        "acquire",
+        "release",
+        "noPark",
+        "acquire",
+        "release",
+      ]);
+      assert.doesNotMatch(second, /pothead-park/i);
+      link.hub.close();
+      assert.equal(await ended(link), 2);
+    });
+  });
+
+  Deno.test(`${engine.name} engine: a hub that closes a parked connection ends it, and the held wait is not answered`, async () => {
+    await engine.run(hello, async (open) => {
+      const p = permits(0);
+      const link = open(p.hooks);
+      await link.hub.write(bytes(GET("/x")));
+      assert.match(await response(link), /^HTTP\/1\.1 408 /);
+      await link.hub.write(WAIT_REQUEST);
+      await until(() => p.waits.length === 1, "the wait request is held");
+      link.hub.close();
+      assert.equal(await ended(link), 0);
+    });
+  });
+
+  Deno.test(`${engine.name} engine: a declined request with a body that waits for 100 Continue is not parked`, async () => {
+    await engine.run(hello, async (open) => {
+      const p = permits(0);
+      const link = open(p.hooks);
+      await link.hub.write(
+        bytes(
+          "POST /up HTTP/1.1\r\nhost: h\r\nexpect: 100-continue\r\n" +
+            "content-length: 5\r\n\r\n",
+        ),
+      );
+      const declined = await response(link);
+      assert.match(declined, /^HTTP\/1\.1 408 /);
+      assert.match(declined, /\r\nconnection: close\r\n/i);
+      assert.doesNotMatch(declined, /pothead-park/i);
+      assert.equal(await ended(link), 0);
+    });
+  });
+
+  Deno.test(`${engine.name} engine: a taken request that asks for 100 Continue gets it before its body is sent`, async () => {
+    await engine.run(async (req) => {
+      return new Response(`got ${(await req.text()).length}`);
+    }, async (open) => {
+      const p = permits(1);
+      const link = open(p.hooks);
+      await link.hub.write(
+        bytes(
+          "POST /up HTTP/1.1\r\nhost: h\r\nexpect: 100-continue\r\n" +
+            "content-length: 5\r\n\r\n",
+        ),
+      );
+      // The hub sends the body only after the 100 (it would wait a second).
+      assert.match(await response(link), /^HTTP\/1\.1 100 Continue\r\n/);
+      await link.hub.write(bytes("hello"));
+      const ok = await response(link);
+      assert.match(ok, /^HTTP\/1\.1 200 /);
+      assert.ok(ok.endsWith("got 5"), ok);
+      link.hub.close();
+      assert.equal(await ended(link), 1);
+    });
+  });
+
+  Deno.test(`${engine.name} engine: a declined request with a short body sent at once is skipped and parks`, async () => {
+    await engine.run(hello, async (open) => {
+      const p = permits(0);
+      const link = open(p.hooks);
+      await link.hub.write(
+        bytes("POST /up HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n\r\nhello"),
+      );
+      const declined = await response(link);
+      assert.match(declined, /\r\nconnection: pothead-park\r\n/i);
+      await link.hub.write(WAIT_REQUEST);
+      await until(() => p.waits.length === 1, "the wait request is held");
+      p.hooks.release();
+      p.waits[0](true);
+      assert.match(await response(link), /^HTTP\/1\.1 204 /);
+      link.hub.close();
+      assert.equal(await ended(link), 0);
+    });
+  });
+}
+
+Deno.test("the wait request is a plain GET any HTTP/1.1 server can parse", () => {
+  assert.match(WAIT, /^GET \/\.pothead\/wait HTTP\/1\.1\r\n/);
+  assert.match(WAIT, /\r\nx-pothead-wait: 1\r\n\r\n$/);
+});
+
+Deno.test("hub: a worker that parks gets the wait request, and the declined request back once it answers", async () => {
+  const server = startHub({ queueTimeout: 20_000 });
+  let raw: RawSocket | undefined;
+  try {
+    const hub = server.hub;
+    raw = await RawSocket.connect(server.workerAddr.port);
+    await waitFor(() => hub.stats.idle === 1, "the plain worker attached");
+    const res = fetch(`http://127.0.0.1:${server.addr.port}/job`);
+    const first = await deadline(raw.readMessage(), 10_000, "the request");
+    assert.equal(first?.start, "GET /job HTTP/1.1");
+    await raw.write(PARKED_RESPONSE);
+    const wait = await deadline(raw.readMessage(), 10_000, "the wait");
+    assert.equal(wait?.start, "GET /.pothead/wait HTTP/1.1");
+    assert.ok(wait?.headers.some(([n]) => n === "x-pothead-wait"));
+    // The declined request waits in the queue; the connection is kept.
+    await waitFor(() => hub.stats.queued === 1, "the request queued again");
+    assert.equal(hub.stats.parked, 1);
+    assert.equal(hub.stats.idle, 0);
+    assert.equal(hub.stats.slots, 1);
+    assert.equal(hub.stats.retries, 1);
+    await raw.write(READY_RESPONSE);
+    const again = await deadline(raw.readMessage(), 10_000, "the request");
+    assert.equal(again?.start, "GET /job HTTP/1.1");
+    await raw.write(
+      "HTTP/1.1 200 OK\r\nconnection: pothead-park\r\n" +
+        "content-length: 4\r\n\r\ndone",
+    );
+    const answer = await res;
+    assert.equal(answer.status, 200);
+    assert.equal(await answer.text(), "done");
+    assert.equal(answer.headers.get("connection"), null);
+    // Parked after that response: the next thing on the wire is a wait.
+    const wait2 = await deadline(raw.readMessage(), 10_000, "the wait");
+    assert.equal(wait2?.start, "GET /.pothead/wait HTTP/1.1");
+    await waitFor(() => hub.stats.parked === 1, "parked after the response");
+    // A parked connection the worker closes leaves at once.
+    raw.conn.close();
+    raw = undefined;
+    await waitFor(() => hub.stats.slots === 0, "the slot detached");
+    assert.equal(hub.stats.parked, 0);
+    assert.equal(hub.stats.failed, 0);
+  } finally {
+    raw?.conn.close();
+    await server.shutdown();
+  }
+});
