@@ -103,6 +103,8 @@ interface EndpointState {
    * version).
    */
   parks: boolean | undefined;
+  /** A request from this hub was declined since the worker last took one. */
+  owed: boolean;
 }
 
 const IPV4 = /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/;
@@ -122,6 +124,7 @@ export class Dialer {
   #resolver: ReturnType<typeof setInterval> | undefined;
   #pending = new Set<Promise<unknown>>();
   #idleWaiters: (() => void)[] = [];
+  #turn = 0;
 
   constructor(options: DialerOptions, stop: AbortSignal, kill: AbortSignal) {
     this.#o = options;
@@ -231,6 +234,7 @@ export class Dialer {
           timer: undefined,
           removed: false,
           parks: undefined,
+          owed: false,
         });
       }
     }
@@ -245,7 +249,7 @@ export class Dialer {
     if (this.#stop.aborted || this.#kill.aborted) return;
     const free = this.#o.concurrency - this.#inUse;
     const now = performance.now();
-    for (const s of this.#states.values()) {
+    for (const s of this.#fairOrder()) {
       if (s.removed) continue;
       let idle = this.#idleLinks(s);
       if (idle > free && s.parks !== true) {
@@ -283,6 +287,20 @@ export class Dialer {
       }
       for (let i = 0; i < want; i++) this.#track(this.#open(s));
     }
+  }
+
+  // The order in which hubs hear of a freed permit. Every hub with a parked
+  // connection hears of it, but the first to hear usually wins it: hubs
+  // that had a request declined since they were last served go first, and
+  // the start turns round, so no hub is always last.
+  #fairOrder(): EndpointState[] {
+    const all = [...this.#states.values()];
+    if (all.length < 2) return all;
+    const turn = this.#turn++ % all.length;
+    const rotated = all.slice(turn).concat(all.slice(0, turn));
+    return rotated.filter((s) => s.owed).concat(
+      rotated.filter((s) => !s.owed),
+    );
   }
 
   async #open(s: EndpointState): Promise<void> {
@@ -347,11 +365,13 @@ export class Dialer {
           if (this.#inUse >= this.#o.concurrency || this.#kill.aborted) {
             // Declined, not a hub failure: parked, or closed by the engine.
             link.parked = true;
+            s.owed = true;
             return false;
           }
           this.#inUse++;
           link.busy = true;
           link.parked = false;
+          s.owed = false;
           this.#reconcile();
           return true;
         },

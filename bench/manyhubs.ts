@@ -1230,23 +1230,27 @@ const NOTES = [
   "handler's overlap check stays at 0): a worker offered two requests at " +
   'once declines one with the "not started" 408 and its hub resends it at ' +
   "the head of its queue; declines never fail a request (only its queue " +
-  "timeout can). With several hubs a connection is given back after each " +
-  "request, so a freed permit is offered to every hub at once and no hub " +
-  "starves while another keeps the worker busy (the probe: every request " +
-  "at the quiet hub answered after about one job). With one hub it is " +
-  "exactly N connections and no churn.",
-  "**Where it falls short.** (1) Churn: with M hubs a worker reconnects to " +
-  "about M hubs per request and about M−1 of the offered connections are " +
-  "declined, which costs hub CPU and adds a reconnect to the dispatch gap; " +
-  "at high load that lowers capacity and raises p99 well above one hub " +
-  "holding the same workers (tables above). (2) Which hub wins a freed " +
-  "permit is a race between their reconnects, not a global FIFO: each hub " +
-  "keeps FIFO order only for its own queue. (3) A handshake slower than " +
-  "`--handshake-wait` (50 ms) on a loaded machine can still cross a request; " +
-  "the hub then sees a request line where it expected a status line and " +
-  "resends the request elsewhere, and the worker reconnects. For latency-" +
-  "critical deployments one hub per worker pool (and hubs scaled by " +
-  "sharding pools) beats spreading workers over many hubs.",
+  "timeout can). The declining connection is parked, not closed, and with " +
+  "several hubs every response parks its connection too; when a permit " +
+  "frees the worker answers the parked connections' wait requests, so the " +
+  "permit is offered to every hub at once over connections already open " +
+  "(reconnects above: 0). Hubs that had a request declined hear first, and " +
+  "the order turns, so no hub starves while another keeps the worker busy " +
+  "(the probe: every request at the quiet hub answered after about one " +
+  "job). With one hub it is exactly N connections and nothing is parked.",
+  "**Where it falls short.** (1) Declines: a hub sees a worker busy " +
+  "elsewhere as idle until it sends it a request; that request is declined " +
+  "(one round trip) and sent to the next worker, so about M−1 offers per " +
+  "answered request are declined and hub CPU per request is still above one " +
+  "hub's. (2) Which hub wins a freed permit is a race between their answers, " +
+  "not a global FIFO: each hub keeps FIFO order only for its own queue, so " +
+  "at high load the p99 stays above one hub holding the same workers. (3) A " +
+  "handshake slower than `--handshake-wait` (50 ms) on a loaded machine can " +
+  "still cross a request; the hub then sees a request line where it " +
+  "expected a status line and resends the request elsewhere, and the " +
+  "worker reconnects. For latency-critical deployments one hub per worker " +
+  "pool (and hubs scaled by sharding pools) beats spreading workers over " +
+  "many hubs.",
 ];
 
 // ------------------------------------------------------------------ main
