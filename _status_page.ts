@@ -113,7 +113,7 @@ tr.gone td { color: var(--muted); }
       <div class="sub">oldest waiting <span data-metric="oldest">–</span></div></div>
     <div class="card"><h2>Busy slots</h2>
       <div class="big"><span data-metric="busy">–</span><span class="of"> / <span data-metric="slots">–</span></span></div>
-      <div class="sub"><span data-metric="idle">–</span> idle · <span data-metric="slots">–</span> connected ·
+      <div class="sub"><span data-metric="idle">–</span> idle · <span data-metric="parked">–</span> parked · <span data-metric="slots">–</span> connected ·
         <span data-metric="workers">–</span> <span data-metric="workers-noun">workers</span></div></div>
     <div class="card"><h2>Requests</h2>
       <div class="big" data-metric="rps">–</div>
@@ -292,6 +292,7 @@ tr.gone td { color: var(--muted); }
     set("queued", String(s.queued));
     set("oldest", s.queued === 0 ? "–" : fmtMs(s.oldestWaitMs));
     set("idle", String(s.idle));
+    set("parked", String(s.parked ?? 0));
     set("busy", String(s.busy));
     set("slots", String(s.slots));
     set("workers", String(s.workers));

@@ -1,8 +1,9 @@
 /**
- * A bounded soak run: a hub and several worker processes under steady load,
- * while workers are SIGKILLed and restarted at random and consumers abort at
- * random. It reports how every request ended, whether any request ran twice
- * or got another request's answer, and the hub's peak RSS.
+ * A bounded soak run: a hub (or several, every worker serving all of them)
+ * and several worker processes under steady load, while workers are
+ * SIGKILLed and restarted at random and consumers abort at random. It
+ * reports how every request ended, whether any request ran twice or got
+ * another request's answer, and the hubs' peak RSS.
  *
  * ```sh
  * deno run -A bench/soak.ts --requests 100000
@@ -32,6 +33,11 @@ export interface SoakOptions {
   deadline: number;
   /** Seed for the random choices. */
   seed: number;
+  /**
+   * Hubs; every worker serves all of them and requests go round the hubs.
+   * Default 1.
+   */
+  hubs?: number;
 }
 
 /** What {@linkcode runSoak} saw. */
@@ -53,11 +59,11 @@ export interface SoakReport {
   ranTwiceUnsafe: number;
   /** Idempotent requests a worker started twice (allowed by the retry rule). */
   ranTwiceIdempotent: number;
-  /** Retries the hub logged. */
+  /** Retries the hubs logged. */
   retries: number;
   /** Worker processes killed. */
   kills: number;
-  /** The hub's peak resident set size in KiB (VmHWM). */
+  /** The largest peak resident set size of a hub in KiB (VmHWM). */
   hubPeakRssKiB: number;
   /** Wall time in seconds. */
   seconds: number;
@@ -88,20 +94,24 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   const random = mulberry32(options.seed);
   const dir = await Deno.makeTempDir({ prefix: "pothead-soak-" });
   const started = performance.now();
-  let hub: HubProc | undefined;
+  const hubs: HubProc[] = [];
   let kills = 0;
   let logSeq = 0;
   try {
-    hub = await startHub([
-      "--queue-timeout",
-      "20s",
-      "--head-timeout",
-      "20s",
-      "--max-queue",
-      String(options.inflight * 4),
-      "--log-level",
-      "info",
-    ]);
+    for (let i = 0; i < (options.hubs ?? 1); i++) {
+      hubs.push(
+        await startHub([
+          "--queue-timeout",
+          "20s",
+          "--head-timeout",
+          "20s",
+          "--max-queue",
+          String(options.inflight * 4),
+          "--log-level",
+          "info",
+        ]),
+      );
+    }
     const workerEnv = () => ({ SOAK_LOG: `${dir}/w${logSeq++}.log` });
     const launch = () => {
       const p = new Deno.Command(Deno.execPath(), {
@@ -113,7 +123,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           "--allow-write",
           "worker.ts",
           "--connect",
-          `127.0.0.1:${hub!.workerPort}`,
+          hubs.map((h) => `127.0.0.1:${h.workerPort}`).join(","),
           "--concurrency",
           String(options.concurrency),
           "--max-backoff",
@@ -131,7 +141,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     const procs: Deno.ChildProcess[] = [];
     for (let i = 0; i < options.workers; i++) procs.push(launch());
 
-    const base = `http://127.0.0.1:${hub.port}`;
+    const bases = hubs.map((h) => `http://127.0.0.1:${h.port}`);
     const statuses: Record<string, number> = {};
     let answeredOnce = 0;
     let wrongAnswer = 0;
@@ -180,6 +190,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
         );
       }
       try {
+        const base = bases[n % bases.length];
         const res = await fetch(`${base}/soak?ms=${ms}&id=${n}`, {
           method: get ? "GET" : "POST",
           headers: { "x-soak-id": String(n) },
@@ -213,7 +224,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     await Promise.all(lanes);
     chaos = false;
     await chaosLoop;
-    const hubPeak = peakRss(hub.proc.pid);
+    const hubPeak = Math.max(...hubs.map((h) => peakRss(h.proc.pid)));
     for (const p of procs) {
       try {
         p.kill("SIGKILL");
@@ -241,9 +252,13 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       if (idempotent.has(id)) ranTwiceIdempotent++;
       else ranTwiceUnsafe++;
     }
-    const retries = hub.proc.stderr.lines.filter((l) =>
-      l.includes("retrying request")
-    ).length;
+    const retries = hubs.reduce(
+      (n, h) =>
+        n +
+        h.proc.stderr.lines.filter((l) => l.includes("retrying request"))
+          .length,
+      0,
+    );
     return {
       sent: next,
       answeredOnce,
@@ -260,7 +275,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       seconds: (performance.now() - started) / 1000,
     };
   } finally {
-    await closeAll(hub?.proc);
+    await closeAll(...hubs.map((h) => h.proc));
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
@@ -277,6 +292,7 @@ if (import.meta.main) {
       "abort-rate": { type: "string", default: "0.02" },
       deadline: { type: "string", default: "1200" },
       seed: { type: "string", default: "42" },
+      hubs: { type: "string", default: "1" },
     },
   });
   const options: SoakOptions = {
@@ -288,6 +304,7 @@ if (import.meta.main) {
     abortRate: Number(values["abort-rate"]),
     deadline: Number(values.deadline) * 1000,
     seed: Number(values.seed),
+    hubs: Number(values.hubs),
   };
   console.log(`soak: ${JSON.stringify(options)}`);
   const report = await runSoak(options);

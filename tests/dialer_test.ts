@@ -336,3 +336,48 @@ Deno.test("a full worker declines and parks a request at its other hub, and serv
     assert.equal(a.hub.stats.failed + b.hub.stats.failed, 0);
   });
 });
+
+Deno.test("a worker draining while a connection is parked gives it back and finishes its request", async () => {
+  await withHubs(async (a, b, workers) => {
+    let held = new Held();
+    workers.push(connectWorker((req) => held.handler(req), {
+      hubs: hubs(a, b),
+      concurrency: 1,
+      minBackoff: 10,
+      maxBackoff: 100,
+    }));
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "a slot at each hub",
+    );
+    held.release();
+    for (const s of [a, b]) await (await fetch(url(s, "/warm"))).text();
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "a slot at each hub again",
+    );
+    held = new Held();
+    const ra = later(url(a, "/a"));
+    await held.entered(1);
+    const rb = later(url(b, "/b"));
+    await waitFor(() => b.hub.stats.parked === 1, "B's slot parked");
+    const drained = workers[0].drain();
+    // The parked connection is given back at once; the request in
+    // progress at A goes on.
+    await waitFor(() => b.hub.stats.slots === 0, "B's parked slot given back");
+    assert.equal(a.hub.stats.busy, 1);
+    held.release();
+    assert.equal(await (await ra).text(), "/a");
+    await deadline(drained, HANG, "the drain");
+    assert.equal(workers[0].connected, 0);
+    // B's request never reached the worker; it waits for another one.
+    assert.equal(held.count, 1);
+    assert.equal(b.hub.stats.queued, 1);
+    workers.push(connectWorker(() => new Response("other"), {
+      hubs: hubs(b),
+      minBackoff: 10,
+      maxBackoff: 100,
+    }));
+    assert.equal(await (await rb).text(), "other");
+  });
+});

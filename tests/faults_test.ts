@@ -297,33 +297,40 @@ Deno.test("consumers aborting at random leak no worker slot", async () => {
   }
 });
 
-Deno.test({
-  name:
-    "a short soak with worker kills and consumer aborts runs nothing unsafe twice and loses nothing",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const report = await runSoak({
-      requests: 1500,
-      inflight: 16,
-      workers: 3,
-      concurrency: 2,
-      killEvery: 400,
-      abortRate: 0.03,
-      deadline: 240_000,
-      seed: 1,
-    });
-    assert.equal(report.sent, 1500);
-    assert.equal(report.lost, 0);
-    assert.equal(report.wrongAnswer, 0);
-    assert.equal(report.ranTwiceUnsafe, 0);
-    assert.equal(report.networkErrors, 0);
-    assert.equal(
-      report.answeredOnce + report.aborted +
-        Object.entries(report.statuses)
-          .filter(([s]) => s !== "200")
-          .reduce((n, [, c]) => n + c, 0),
-      report.sent,
-    );
-  },
-});
+for (const hubs of [1, 2]) {
+  Deno.test({
+    name:
+      `a short soak with worker kills and consumer aborts runs nothing unsafe twice and loses nothing (${hubs} hub${
+        hubs > 1 ? "s, workers parking between them" : ""
+      })`,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: () => soak(hubs),
+  });
+}
+
+async function soak(hubs: number): Promise<void> {
+  const report = await runSoak({
+    requests: 1500,
+    inflight: 16,
+    workers: 3,
+    concurrency: 2,
+    killEvery: 400,
+    abortRate: 0.03,
+    deadline: 240_000,
+    seed: 1,
+    hubs,
+  });
+  assert.equal(report.sent, 1500);
+  assert.equal(report.lost, 0);
+  assert.equal(report.wrongAnswer, 0);
+  assert.equal(report.ranTwiceUnsafe, 0);
+  assert.equal(report.networkErrors, 0);
+  assert.equal(
+    report.answeredOnce + report.aborted +
+      Object.entries(report.statuses)
+        .filter(([s]) => s !== "200")
+        .reduce((n, [, c]) => n + c, 0),
+    report.sent,
+  );
+}

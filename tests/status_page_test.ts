@@ -239,6 +239,7 @@ Deno.test({
       assert.equal(page.values.queued, "0");
       assert.equal(page.values.received, "0");
       assert.equal(page.values.idle, "2");
+      assert.equal(page.values.parked, "0");
       assert.equal(page.mode, "live", "the page uses the event stream");
 
       // Three quick requests: the request counter moves.
