@@ -1260,7 +1260,8 @@ export class Hub {
     if (e.retryable && again && !this.#closed) {
       this.#stats.retries++;
       this.#log({
-        level: "info",
+        // Declines are routine for workers serving several hubs.
+        level: e.code === "not-started" ? "debug" : "info",
         msg: "retrying request on another worker",
         id: p.id,
         worker,

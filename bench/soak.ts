@@ -108,7 +108,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           "--max-queue",
           String(options.inflight * 4),
           "--log-level",
-          "info",
+          "debug", // resends of declined requests are logged at debug
         ]),
       );
     }

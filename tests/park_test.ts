@@ -18,6 +18,7 @@ import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
 import { deadline, waitFor } from "./_wait.ts";
 import { RawSocket } from "./_relay.ts";
 import { startHub } from "./_hub.ts";
+import type { HubLogRecord } from "../hub.ts";
 
 const PEER: Deno.NetAddr = {
   transport: "tcp",
@@ -315,7 +316,11 @@ Deno.test("the wait request is a plain GET any HTTP/1.1 server can parse", () =>
 });
 
 Deno.test("hub: a worker that parks gets the wait request, and the declined request back once it answers", async () => {
-  const server = startHub({ queueTimeout: 20_000 });
+  const logs: HubLogRecord[] = [];
+  const server = startHub({
+    queueTimeout: 20_000,
+    onLog: (r) => logs.push(r),
+  });
   let raw: RawSocket | undefined;
   try {
     const hub = server.hub;
@@ -334,6 +339,11 @@ Deno.test("hub: a worker that parks gets the wait request, and the declined requ
     assert.equal(hub.stats.idle, 0);
     assert.equal(hub.stats.slots, 1);
     assert.equal(hub.stats.retries, 1);
+    // Routine for workers serving several hubs: not worth an info line.
+    const resent = logs.filter((r) =>
+      r.msg === "retrying request on another worker"
+    );
+    assert.deepEqual(resent.map((r) => r.level), ["debug"]);
     await raw.write(READY_RESPONSE);
     const again = await deadline(raw.readMessage(), 10_000, "the request");
     assert.equal(again?.start, "GET /job HTTP/1.1");
