@@ -151,7 +151,8 @@ export class NativeEngine {
         await writeAll(local, early);
       }
       if (drain.aborted) this.#end(link);
-      await Promise.all([this.#up(link), this.#down(link)]);
+      const up = this.#up(link);
+      await Promise.all([up, this.#down(link, up)]);
     } catch (error) {
       this.#onError(error, "connection");
     } finally {
@@ -198,7 +199,9 @@ export class NativeEngine {
   // Local to hub: response bytes, until `Deno.serve` closes the connection.
   // A 100 Continue goes on only for a request the worker takes: the hub
   // would send the body of one it declines, and could not send it elsewhere.
-  async #down(link: Link): Promise<void> {
+  async #down(link: Link, up: Promise<void>): Promise<void> {
+    // The hub gone: no verdict is coming (nor needed).
+    const gone = up.then(() => false);
     const buf = new Uint8Array(RELAY_BUFFER);
     try {
       while (true) {
@@ -207,7 +210,7 @@ export class NativeEngine {
         let chunk = buf.subarray(0, n);
         if (startsWith(chunk, CONTINUE)) {
           const verdict = link.verdict ??= Promise.withResolvers();
-          const taken = await verdict.promise;
+          const taken = await Promise.race([verdict.promise, gone]);
           link.verdict = null;
           if (!taken) chunk = chunk.subarray(CONTINUE.length);
         }
@@ -344,8 +347,11 @@ async function skippable(req: Request): Promise<boolean> {
   }
 }
 
+// Whether Deno.serve sent a 100 Continue for `req`: it does for a request
+// that asks, unless it declares an empty body.
 function asksContinue(req: Request): boolean {
-  return req.headers.get("expect")?.toLowerCase() === "100-continue";
+  return req.headers.get("expect")?.toLowerCase() === "100-continue" &&
+    req.headers.get("content-length") !== "0";
 }
 
 function startsWith(chunk: Uint8Array, ascii: string): boolean {

@@ -164,9 +164,10 @@ export interface WorkerHandle {
   /** Requests in progress right now. */
   readonly active: number;
   /**
-   * Stops taking requests: idle connections are given back to the hub (with
-   * the "not started" 408, so a request crossing on the wire goes to another
-   * worker), requests in progress finish. Resolves when all have ended.
+   * Stops taking requests: idle and parked connections are given back to
+   * the hub (with the "not started" 408, so a request crossing on the wire
+   * goes to another worker), requests in progress finish. Resolves when all
+   * have ended.
    */
   drain(): Promise<void>;
   /** Closes every connection at once; handlers see their signals abort. */

@@ -381,3 +381,49 @@ Deno.test("a worker draining while a connection is parked gives it back and fini
     assert.equal(await (await rb).text(), "other");
   });
 });
+
+Deno.test("a streamed upload declined by a worker busy at another hub goes whole to another worker", async () => {
+  await withHubs(async (a, b, workers) => {
+    let held = new Held();
+    workers.push(connectWorker((req) => held.handler(req), {
+      hubs: hubs(a, b),
+      concurrency: 1,
+      minBackoff: 10,
+      maxBackoff: 100,
+    }));
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "a slot at each hub",
+    );
+    held.release();
+    for (const s of [a, b]) await (await fetch(url(s, "/warm"))).text();
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "a slot at each hub again",
+    );
+    // A second worker, at hub B only, attached after the first: B tries
+    // the first worker's slot first.
+    workers.push(connectWorker(async (req) => {
+      return new Response(`other ${(await req.arrayBuffer()).byteLength}`);
+    }, { hubs: hubs(b), minBackoff: 10, maxBackoff: 100 }));
+    await waitFor(() => b.hub.stats.idle === 2, "two slots at B");
+    const gate = held = new Held();
+    try {
+      const ra = later(url(a, "/a"));
+      await gate.entered(1);
+      // Over 64 KiB: the hub streams it and asks for 100 Continue first.
+      const res = await fetch(url(b, "/upload"), {
+        method: "POST",
+        body: new Uint8Array(200_000),
+      });
+      assert.equal(await res.text(), "other 200000");
+      assert.equal(res.status, 200);
+      assert.ok(b.hub.stats.retries >= 1, "the busy worker declined it");
+      assert.equal(gate.count, 1);
+      gate.release();
+      assert.equal(await (await ra).text(), "/a");
+    } finally {
+      gate.release();
+    }
+  });
+});

@@ -290,6 +290,25 @@ for (const engine of ENGINES) {
     });
   });
 
+  Deno.test(`${engine.name} engine: an empty upload that asked for 100 Continue leaves nothing that lets a later declined one's 100 out`, async () => {
+    await engine.run(hello, async (open) => {
+      let calls = 0;
+      const link = open({ acquire: () => ++calls === 1, release: () => {} });
+      const upload = (length: number) =>
+        bytes(
+          "POST /up HTTP/1.1\r\nhost: h\r\nexpect: 100-continue\r\n" +
+            `content-length: ${length}\r\n\r\n`,
+        );
+      await link.hub.write(upload(0));
+      assert.match(await response(link), /^HTTP\/1\.1 200 /);
+      await link.hub.write(upload(5));
+      const declined = await response(link);
+      assert.match(declined, /^HTTP\/1\.1 408 /);
+      assert.match(declined, /\r\nx-pothead-not-started: 1\r\n/i);
+      assert.equal(await ended(link), 1);
+    });
+  });
+
   Deno.test(`${engine.name} engine: a declined request with a short body sent at once is skipped and parks`, async () => {
     await engine.run(hello, async (open) => {
       const p = permits(0);
