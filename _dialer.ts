@@ -63,7 +63,7 @@ export interface DialerOptions {
     endpoint: Endpoint,
     hooks: {
       withdraw: AbortSignal;
-      acquire(): boolean;
+      acquire(queuedMs: () => number): boolean;
       release(): void;
       reuse(): boolean | "park";
       wait(): Promise<boolean>;
@@ -105,6 +105,8 @@ interface EndpointState {
   parks: boolean | undefined;
   /** A request from this hub was declined since the worker last took one. */
   owed: boolean;
+  /** When the oldest such request reached its hub (this process's clock). */
+  owedSince: number;
 }
 
 const IPV4 = /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/;
@@ -235,6 +237,7 @@ export class Dialer {
           removed: false,
           parks: undefined,
           owed: false,
+          owedSince: 0,
         });
       }
     }
@@ -291,16 +294,18 @@ export class Dialer {
 
   // The order in which hubs hear of a freed permit. Every hub with a parked
   // connection hears of it, but the first to hear usually wins it: hubs
-  // that had a request declined since they were last served go first, and
-  // the start turns round, so no hub is always last.
+  // that had a request declined since they were last served go first, the
+  // one whose declined request is oldest first (it heads its hub's queue,
+  // so this is as close to one FIFO over the hubs as the worker can see);
+  // the others in an order whose start turns round, so none is always last.
   #fairOrder(): EndpointState[] {
     const all = [...this.#states.values()];
     if (all.length < 2) return all;
     const turn = this.#turn++ % all.length;
     const rotated = all.slice(turn).concat(all.slice(0, turn));
-    return rotated.filter((s) => s.owed).concat(
-      rotated.filter((s) => !s.owed),
-    );
+    return rotated.filter((s) => s.owed)
+      .sort((a, b) => a.owedSince - b.owedSince)
+      .concat(rotated.filter((s) => !s.owed));
   }
 
   async #open(s: EndpointState): Promise<void> {
@@ -361,10 +366,13 @@ export class Dialer {
     try {
       served = await this.#o.serve(conn, s.endpoint, {
         withdraw,
-        acquire: () => {
+        acquire: (queuedMs) => {
           if (this.#inUse >= this.#o.concurrency || this.#kill.aborted) {
             // Declined, not a hub failure: parked, or closed by the engine.
+            // The request goes back to the head of its hub's queue.
             link.parked = true;
+            const since = performance.now() - (queuedMs() || 0);
+            if (!s.owed || since < s.owedSince) s.owedSince = since;
             s.owed = true;
             return false;
           }

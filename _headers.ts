@@ -83,6 +83,9 @@ export function endToEnd(
   return out;
 }
 
+/** Request header that tells the worker how long the request was queued. */
+export const QUEUE_TIME_HEADER = "x-pothead-queue-ms";
+
 /** Lower-case names of the forwarding fields the hub sets itself. */
 export const FORWARDED_FIELDS: ReadonlySet<string> = new Set([
   "x-forwarded-for",

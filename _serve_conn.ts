@@ -20,7 +20,13 @@ import {
 } from "./_codec.ts";
 import { bodyStream, writeBody } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
-import { asksToClose, endToEnd, fieldPairs, fieldValue } from "./_headers.ts";
+import {
+  asksToClose,
+  endToEnd,
+  fieldPairs,
+  fieldValue,
+  QUEUE_TIME_HEADER,
+} from "./_headers.ts";
 import {
   PARK_DISCARD,
   PARK_OPTION,
@@ -63,13 +69,14 @@ export interface ServeConnectionOptions {
   /** Requests to serve before closing the connection. Default: no limit. */
   maxRequests?: number;
   /**
-   * Called when a request has arrived, before it is started. Returning
-   * false declines it with the "not started" 408 (the hub sends it to
-   * another worker): the connection is parked when `wait` is given and the
-   * request left nothing unread that cannot be skipped, else closed.
-   * Default: always true.
+   * Called when a request has arrived, before it is started, with a way to
+   * read how long it waited in the hub's queue (ms; NaN if not said).
+   * Returning false declines it with the "not started" 408 (the hub sends
+   * it to another worker): the connection is parked when `wait` is given
+   * and the request left nothing unread that cannot be skipped, else
+   * closed. Default: always true.
    */
-  acquire?: () => boolean;
+  acquire?: (queuedMs: () => number) => boolean;
   /** Called after the response to an acquired request has been written. */
   release?: () => void;
   /**
@@ -143,7 +150,12 @@ export async function serveConnection(
         parks = false;
         options.noPark?.();
       }
-      if (options.acquire !== undefined && !options.acquire()) {
+      if (
+        options.acquire !== undefined &&
+        !options.acquire(() =>
+          queuedMs(fieldValue(head.headers, QUEUE_TIME_HEADER))
+        )
+      ) {
         if (parks && await skipBody(reader, head, options)) {
           await writeAll(conn, PARKED_RESPONSE);
           parked = true;
@@ -176,6 +188,11 @@ export async function serveConnection(
     }
   }
   return served;
+}
+
+/** The hub's queue time field as a number of ms, or NaN. */
+export function queuedMs(value: string | null): number {
+  return value === null ? NaN : Number(value);
 }
 
 // Holds the hub's wait request until the worker offers the connection again

@@ -19,7 +19,7 @@
  */
 
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
-import { asksToClose } from "./_headers.ts";
+import { asksToClose, QUEUE_TIME_HEADER } from "./_headers.ts";
 import { PARK_DISCARD, PARK_OPTION, WAIT_FIELD } from "./_park.ts";
 import {
   callHandler,
@@ -27,6 +27,7 @@ import {
   forwardedAddr,
   internalError,
   NOT_STARTED_RESPONSE,
+  queuedMs,
   type ServeConnectionOptions,
 } from "./_serve_conn.ts";
 
@@ -271,7 +272,10 @@ export class NativeEngine {
       this.#end(link);
       return notStarted();
     }
-    if (options.acquire !== undefined && !options.acquire()) {
+    if (
+      options.acquire !== undefined &&
+      !options.acquire(() => queuedMs(req.headers.get(QUEUE_TIME_HEADER)))
+    ) {
       decide(false);
       if (link.parks && await skippable(req)) {
         link.parked = true;

@@ -23,7 +23,11 @@
  */
 
 import { DEFAULT_LIMITS, type HeadLimits, reasonPhrase } from "./_codec.ts";
-import { forwardRequestHeaders, relayedResponse } from "./_headers.ts";
+import {
+  forwardRequestHeaders,
+  QUEUE_TIME_HEADER,
+  relayedResponse,
+} from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
@@ -51,9 +55,7 @@ export type { Connection } from "./_io.ts";
 export type { HeadLimits } from "./_codec.ts";
 export type { WorkerIdentity } from "./_handshake.ts";
 export { main };
-
-/** Request header that tells the worker how long the request was queued. */
-export const QUEUE_TIME_HEADER = "x-pothead-queue-ms";
+export { QUEUE_TIME_HEADER } from "./_headers.ts";
 
 /** A structured log record from the hub. */
 export interface HubLogRecord {

@@ -1234,8 +1234,9 @@ const NOTES = [
   "several hubs every response parks its connection too; when a permit " +
   "frees the worker answers the parked connections' wait requests, so the " +
   "permit is offered to every hub at once over connections already open " +
-  "(reconnects above: 0). Hubs that had a request declined hear first, and " +
-  "the order turns, so no hub starves while another keeps the worker busy " +
+  "(reconnects above: 0). Hubs that had a request declined hear first, " +
+  "the one whose declined request is oldest first; the others in an order " +
+  "that turns, so no hub starves while another keeps the worker busy " +
   "(the probe: every request at the quiet hub answered after about one " +
   "job). With one hub it is exactly N connections and nothing is parked.",
   "**Where it falls short.** (1) Declines: a hub sees a worker busy " +

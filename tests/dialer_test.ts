@@ -8,6 +8,7 @@ import { type HubServer, serveHub } from "../hub.ts";
 import type { WorkerHandle } from "../worker.ts";
 import { deadline, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
+import { Dialer, type DialerOptions } from "../_dialer.ts";
 
 const HANG = 20_000;
 
@@ -427,3 +428,91 @@ Deno.test("a streamed upload declined by a worker busy at another hub goes whole
     }
   });
 });
+
+// The Dialer alone, with fake connections: which parked hub hears of a
+// freed permit first.
+type Hooks = Parameters<DialerOptions["serve"]>[2];
+
+async function fakeDialer(
+  ports: number[],
+  fn: (hooks: Map<number, Hooks>) => Promise<void>,
+): Promise<void> {
+  const stop = new AbortController();
+  const kill = new AbortController();
+  const hooks = new Map<number, Hooks>();
+  const dialer = new Dialer(
+    {
+      targets: ports.map((port) => ({ hostname: "127.0.0.1", port })),
+      concurrency: 1,
+      resolveInterval: 0,
+      minBackoff: 10,
+      maxBackoff: 10,
+      resolve: () => Promise.resolve([]),
+      connect: () =>
+        Promise.resolve({
+          read: () => new Promise<number | null>(() => {}),
+          write: (p: Uint8Array) => Promise.resolve(p.length),
+          close: () => {},
+        }),
+      // A link ends when the dialer hands it back (an engine closes it).
+      serve: (_conn, endpoint, h) => {
+        hooks.set(endpoint.port, h);
+        return new Promise<number>((resolve) => {
+          const end = () => resolve(0);
+          h.withdraw.addEventListener("abort", end, { once: true });
+          kill.signal.addEventListener("abort", end, { once: true });
+        });
+      },
+      onError: () => {},
+    },
+    stop.signal,
+    kill.signal,
+  );
+  const running = dialer.run();
+  try {
+    await fn(hooks);
+  } finally {
+    kill.abort();
+    await running;
+  }
+}
+
+// Waits until every hub has a link the dialer has not handed back.
+async function linked(hooks: Map<number, Hooks>, ports: number[]) {
+  await waitFor(
+    () => ports.every((p) => hooks.get(p)?.withdraw.aborted === false),
+    "a live link to each hub",
+  );
+}
+
+for (const older of [2, 3]) {
+  Deno.test(`a freed permit is offered first to the hub whose declined request is oldest (hub ${older})`, async () => {
+    await fakeDialer([1, 2, 3], async (hooks) => {
+      // One request at each hub first: each parks after its response and
+      // sends its wait request, so the worker knows every hub parks (until
+      // then it hands surplus links back and dials again).
+      for (const port of [1, 2, 3]) {
+        await linked(hooks, [1, 2, 3]);
+        const h = hooks.get(port)!;
+        assert.equal(h.acquire(() => 0), true);
+        assert.equal(h.reuse(), "park");
+        h.release();
+        assert.equal(await h.wait(), true);
+      }
+      await linked(hooks, [1, 2, 3]);
+      const [a, b, c] = [hooks.get(1)!, hooks.get(2)!, hooks.get(3)!];
+      assert.equal(a.acquire(() => 0), true);
+      // Both other hubs send a request the full worker declines; the one
+      // queued longer is the older.
+      assert.equal(b.acquire(() => older === 2 ? 500 : 5), false);
+      assert.equal(c.acquire(() => older === 3 ? 500 : 5), false);
+      const heard: number[] = [];
+      const bw = b.wait().then((offer) => offer && heard.push(2));
+      const cw = c.wait().then((offer) => offer && heard.push(3));
+      assert.equal(a.reuse(), "park"); // several hubs: parks after it
+      a.release();
+      await Promise.all([bw, cw]);
+      assert.deepEqual(heard, older === 2 ? [2, 3] : [3, 2]);
+    });
+  });
+}
