@@ -8,9 +8,9 @@
  * "not started" 408 (its hub sends it to another worker) and the connection
  * is parked (`_park.ts`): kept open, offered again when a permit frees.
  * With several hubs every response parks its connection too, so a freed
- * permit is offered to all hubs at once. Hubs that do not know parking get
- * the older behaviour: surplus connections handed back (closed) and one
- * request per connection, then a reconnect. With one hub this is simply N
+ * permit is offered to all hubs at once. Hubs found not to know parking
+ * get the older behaviour: surplus connections handed back (closed) and
+ * one request per connection, then a reconnect. With one hub this is simply N
  * connections and no churn.
  *
  * Hub names are resolved to all their A and AAAA records and re-resolved
@@ -246,8 +246,9 @@ export class Dialer {
 
   // Makes every endpoint's idle offer equal the free permits: parked
   // connections are offered again first, new ones opened for the rest. A
-  // hub that parks keeps a surplus offer (a request on it is declined and
-  // the connection parked); one that does not gets it handed back.
+  // hub that parks, or may (until it shows it does not), keeps a surplus
+  // offer: a request on it is declined and the connection parked. One that
+  // does not park gets it handed back.
   #reconcile(): void {
     if (this.#stop.aborted || this.#kill.aborted) return;
     const free = this.#o.concurrency - this.#inUse;
@@ -255,7 +256,7 @@ export class Dialer {
     for (const s of this.#fairOrder()) {
       if (s.removed) continue;
       let idle = this.#idleLinks(s);
-      if (idle > free && s.parks !== true) {
+      if (idle > free && s.parks === false) {
         for (const l of s.links) {
           if (idle <= free) break;
           if (!l.busy && !l.parked && !l.withdraw.signal.aborted) {
@@ -344,11 +345,11 @@ export class Dialer {
     }
     link.conn = conn;
     s.links.add(link);
-    // The permits may have gone while this connection was being made: hand
-    // it back at once rather than take a request it would have to decline
-    // (a hub that parks gets it offered; a request on it parks it).
+    // The permits may have gone while this connection was being made: a hub
+    // that does not park gets it back at once rather than send a request
+    // it would have to decline (elsewhere a request on it parks it).
     if (
-      s.parks !== true &&
+      s.parks === false &&
       this.#idleLinks(s) > this.#o.concurrency - this.#inUse
     ) {
       link.withdraw.abort();

@@ -97,14 +97,16 @@ Deno.test("an idle worker with concurrency 2 offers 2 slots to each of two hubs"
   });
 });
 
-Deno.test("a worker busy with 2 requests from hub A withdraws its idle slots at hub B, and offers them again after", async () => {
+Deno.test("a worker busy with 2 requests from hub A declines and parks hub B's, and serves them when it frees", async () => {
   await withHubs(async (a, b, workers) => {
     const held = new Held();
+    let connects = 0;
     workers.push(connectWorker(held.handler, {
       hubs: hubs(a, b),
       concurrency: 2,
       minBackoff: 10,
       maxBackoff: 100,
+      onConnect: () => connects++,
     }));
     await waitFor(
       () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2,
@@ -113,25 +115,32 @@ Deno.test("a worker busy with 2 requests from hub A withdraws its idle slots at 
     const r1 = later(url(a, "/a1"));
     const r2 = later(url(a, "/a2"));
     await held.entered(2);
-    await waitFor(
-      () => b.hub.stats.slots === 0 && a.hub.stats.idle === 0,
-      "no idle slot anywhere while the worker is full",
-    );
     assert.equal(a.hub.stats.busy, 2);
-    assert.equal(b.hub.stats.idle, 0);
     assert.equal(workers[0].active, 2);
+    // The worker is full, but its slots at B stay open: B's requests are
+    // declined there, the slots parked, and the requests wait in B's queue.
+    const r3 = later(url(b, "/b1"));
+    const r4 = later(url(b, "/b2"));
+    await waitFor(
+      () => b.hub.stats.parked === 2 && b.hub.stats.queued === 2,
+      "B's slots parked and its requests queued",
+    );
+    assert.equal(held.count, 2);
     held.release();
     assert.equal(await (await r1).text(), "/a1");
     assert.equal(await (await r2).text(), "/a2");
+    assert.equal(await (await r3).text(), "/b1");
+    assert.equal(await (await r4).text(), "/b2");
     await waitFor(
       () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2,
       "2 idle slots at each hub again",
     );
+    assert.equal(connects, 4, "no connection was opened after the first 4");
     assert.equal(a.hub.stats.failed + b.hub.stats.failed, 0);
   });
 });
 
-Deno.test("a worker busy with one request from each hub has no idle slot at either", async () => {
+Deno.test("a worker busy with one request from each hub declines a third and serves it when one ends", async () => {
   await withHubs(async (a, b, workers) => {
     const held = new Held();
     workers.push(connectWorker(held.handler, {
@@ -146,22 +155,21 @@ Deno.test("a worker busy with one request from each hub has no idle slot at eith
     );
     const ra = later(url(a, "/from-a"));
     await held.entered(1);
-    // One permit left: each hub keeps exactly one idle slot.
-    await waitFor(
-      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
-      "one idle slot at each hub",
-    );
     const rb = later(url(b, "/from-b"));
     await held.entered(2);
-    await waitFor(
-      () => a.hub.stats.idle === 0 && b.hub.stats.idle === 0,
-      "no idle slot at either hub",
-    );
     assert.equal(a.hub.stats.busy, 1);
     assert.equal(b.hub.stats.busy, 1);
+    const rc = later(url(a, "/third"));
+    await waitFor(
+      () => a.hub.stats.parked === 1 && a.hub.stats.queued === 1,
+      "the third request declined and queued",
+    );
+    assert.equal(held.count, 2);
     held.release();
     assert.equal(await (await ra).text(), "/from-a");
     assert.equal(await (await rb).text(), "/from-b");
+    assert.equal(await (await rc).text(), "/third");
+    assert.equal(held.count, 3);
     await waitFor(
       () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2,
       "slots offered again",
@@ -516,3 +524,18 @@ for (const older of [2, 3]) {
     });
   });
 }
+
+Deno.test("a hub found not to park gets surplus connections handed back while the worker is full", async () => {
+  await fakeDialer([1, 2], async (hooks) => {
+    await linked(hooks, [1, 2]);
+    const [a, b] = [hooks.get(1)!, hooks.get(2)!];
+    // Hub 2 answered a parked response with a request: it does not park.
+    b.noPark();
+    assert.equal(a.acquire(() => 0), true);
+    assert.equal(b.withdraw.aborted, true, "hub 2's idle link handed back");
+    assert.equal(a.withdraw.aborted, false);
+    // Hub 1 may park: after its response the link parks rather than closes.
+    assert.equal(a.reuse(), "park");
+    a.release();
+  });
+});
