@@ -299,9 +299,10 @@ export class Dialer {
   // one whose declined request is oldest first (it heads its hub's queue,
   // so this is as close to one FIFO over the hubs as the worker can see);
   // the others in an order whose start turns round, so none is always last.
-  #fairOrder(): EndpointState[] {
+  #fairOrder(): Iterable<EndpointState> {
+    // One hub (the usual case): no order to decide, nothing to allocate.
+    if (this.#states.size < 2) return this.#states.values();
     const all = [...this.#states.values()];
-    if (all.length < 2) return all;
     const turn = this.#turn++ % all.length;
     const rotated = all.slice(turn).concat(all.slice(0, turn));
     return rotated.filter((s) => s.owed)

@@ -76,6 +76,38 @@ class Held {
   }
 }
 
+/**
+ * A one-slot worker at both hubs whose handler is `held`'s, once it has
+ * served one request at each hub (so it knows both park); `held` is then a
+ * fresh, unreleased one. `connects` counts the connections it opened.
+ */
+async function sharedWorker(
+  a: HubServer,
+  b: HubServer,
+  workers: WorkerHandle[],
+): Promise<{ held: Held; connects: number }> {
+  const w = { held: new Held(), connects: 0 };
+  workers.push(connectWorker((req) => w.held.handler(req), {
+    hubs: hubs(a, b),
+    concurrency: 1,
+    minBackoff: 10,
+    maxBackoff: 100,
+    onConnect: () => w.connects++,
+  }));
+  await waitFor(
+    () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+    "a slot at each hub",
+  );
+  w.held.release();
+  for (const s of [a, b]) await (await fetch(url(s, "/warm"))).text();
+  await waitFor(
+    () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+    "a slot at each hub again",
+  );
+  w.held = new Held();
+  return w;
+}
+
 Deno.test("an idle worker with concurrency 2 offers 2 slots to each of two hubs", async () => {
   await withHubs(async (a, b, workers) => {
     workers.push(connectWorker(() => new Response("ok"), {
@@ -303,29 +335,9 @@ Deno.test("a worker shared by two hubs parks its connections instead of reconnec
 
 Deno.test("a full worker declines and parks a request at its other hub, and serves it when a permit frees", async () => {
   await withHubs(async (a, b, workers) => {
-    let held = new Held();
-    let connects = 0;
-    workers.push(connectWorker((req) => held.handler(req), {
-      hubs: hubs(a, b),
-      concurrency: 1,
-      minBackoff: 10,
-      maxBackoff: 100,
-      onConnect: () => connects++,
-    }));
-    await waitFor(
-      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
-      "a slot at each hub",
-    );
-    // Teach the worker that both hubs park: one request at each.
-    held.release();
-    for (const s of [a, b]) await (await fetch(url(s, "/warm"))).text();
-    await waitFor(
-      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
-      "a slot at each hub again",
-    );
-    const before = connects;
-    const gate = new Held();
-    held = gate;
+    const w = await sharedWorker(a, b, workers);
+    const before = w.connects;
+    const gate = w.held;
     const ra = later(url(a, "/a"));
     await gate.entered(1);
     // The worker is full; its slot at hub B stays offered (not closed). A
@@ -341,31 +353,14 @@ Deno.test("a full worker declines and parks a request at its other hub, and serv
     assert.equal(await (await rb).text(), "/b");
     assert.equal(gate.count, 2);
     assert.ok(b.hub.stats.retries >= 1);
-    assert.equal(connects, before, "no connection was opened");
+    assert.equal(w.connects, before, "no connection was opened");
     assert.equal(a.hub.stats.failed + b.hub.stats.failed, 0);
   });
 });
 
 Deno.test("a worker draining while a connection is parked gives it back and finishes its request", async () => {
   await withHubs(async (a, b, workers) => {
-    let held = new Held();
-    workers.push(connectWorker((req) => held.handler(req), {
-      hubs: hubs(a, b),
-      concurrency: 1,
-      minBackoff: 10,
-      maxBackoff: 100,
-    }));
-    await waitFor(
-      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
-      "a slot at each hub",
-    );
-    held.release();
-    for (const s of [a, b]) await (await fetch(url(s, "/warm"))).text();
-    await waitFor(
-      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
-      "a slot at each hub again",
-    );
-    held = new Held();
+    const { held } = await sharedWorker(a, b, workers);
     const ra = later(url(a, "/a"));
     await held.entered(1);
     const rb = later(url(b, "/b"));
@@ -393,30 +388,13 @@ Deno.test("a worker draining while a connection is parked gives it back and fini
 
 Deno.test("a streamed upload declined by a worker busy at another hub goes whole to another worker", async () => {
   await withHubs(async (a, b, workers) => {
-    let held = new Held();
-    workers.push(connectWorker((req) => held.handler(req), {
-      hubs: hubs(a, b),
-      concurrency: 1,
-      minBackoff: 10,
-      maxBackoff: 100,
-    }));
-    await waitFor(
-      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
-      "a slot at each hub",
-    );
-    held.release();
-    for (const s of [a, b]) await (await fetch(url(s, "/warm"))).text();
-    await waitFor(
-      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
-      "a slot at each hub again",
-    );
+    const { held: gate } = await sharedWorker(a, b, workers);
     // A second worker, at hub B only, attached after the first: B tries
     // the first worker's slot first.
     workers.push(connectWorker(async (req) => {
       return new Response(`other ${(await req.arrayBuffer()).byteLength}`);
     }, { hubs: hubs(b), minBackoff: 10, maxBackoff: 100 }));
     await waitFor(() => b.hub.stats.idle === 2, "two slots at B");
-    const gate = held = new Held();
     try {
       const ra = later(url(a, "/a"));
       await gate.entered(1);

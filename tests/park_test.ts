@@ -159,18 +159,29 @@ async function until(cond: () => boolean, what: string): Promise<void> {
 
 const hello: FetchHandler = (req) => new Response(new URL(req.url).pathname);
 
+// Sends `request` to a worker with no permit, then the wait request;
+// resolves with the declining 408 once the worker holds the wait.
+async function parkLink(
+  link: Link,
+  p: ReturnType<typeof permits>,
+  request = GET("/x"),
+): Promise<string> {
+  await link.hub.write(bytes(request));
+  const declined = await response(link);
+  assert.match(declined, /^HTTP\/1\.1 408 /);
+  await link.hub.write(WAIT_REQUEST);
+  await until(() => p.waits.length === 1, "the wait request is held");
+  return declined;
+}
+
 for (const engine of ENGINES) {
   Deno.test(`${engine.name} engine: a declined request parks the connection; the wait request is answered when a permit frees`, async () => {
     await engine.run(hello, async (open) => {
       const p = permits(0);
       const link = open(p.hooks);
-      await link.hub.write(bytes(GET("/first")));
-      const declined = await response(link);
-      assert.match(declined, /^HTTP\/1\.1 408 /);
+      const declined = await parkLink(link, p, GET("/first"));
       assert.match(declined, /\r\nx-pothead-not-started: 1\r\n/i);
       assert.match(declined, /\r\nconnection: pothead-park\r\n/i);
-      await link.hub.write(WAIT_REQUEST);
-      await until(() => p.waits.length === 1, "the wait request is held");
       p.hooks.release(); // a permit frees
       p.waits[0](true);
       const ready = await response(link);
@@ -196,10 +207,7 @@ for (const engine of ENGINES) {
     await engine.run(hello, async (open) => {
       const p = permits(0);
       const link = open(p.hooks);
-      await link.hub.write(bytes(GET("/x")));
-      assert.match(await response(link), /^HTTP\/1\.1 408 /);
-      await link.hub.write(WAIT_REQUEST);
-      await until(() => p.waits.length === 1, "the wait request is held");
+      await parkLink(link, p);
       p.waits[0](false);
       const back = await response(link);
       assert.match(back, /^HTTP\/1\.1 408 /);
@@ -240,10 +248,7 @@ for (const engine of ENGINES) {
     await engine.run(hello, async (open) => {
       const p = permits(0);
       const link = open(p.hooks);
-      await link.hub.write(bytes(GET("/x")));
-      assert.match(await response(link), /^HTTP\/1\.1 408 /);
-      await link.hub.write(WAIT_REQUEST);
-      await until(() => p.waits.length === 1, "the wait request is held");
+      await parkLink(link, p);
       link.hub.close();
       assert.equal(await ended(link), 0);
     });
@@ -313,13 +318,12 @@ for (const engine of ENGINES) {
     await engine.run(hello, async (open) => {
       const p = permits(0);
       const link = open(p.hooks);
-      await link.hub.write(
-        bytes("POST /up HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n\r\nhello"),
+      const declined = await parkLink(
+        link,
+        p,
+        "POST /up HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n\r\nhello",
       );
-      const declined = await response(link);
       assert.match(declined, /\r\nconnection: pothead-park\r\n/i);
-      await link.hub.write(WAIT_REQUEST);
-      await until(() => p.waits.length === 1, "the wait request is held");
       p.hooks.release();
       p.waits[0](true);
       assert.match(await response(link), /^HTTP\/1\.1 204 /);
