@@ -179,6 +179,95 @@ function splitHead(buf: Uint8Array, start: number, stop: number): string[] {
   return lines;
 }
 
+// Whether buf[start, end) is plain ASCII: visible chars, SP, HT and CRLF
+// line ends only (findHeadEnd has ruled out a bare LF). Nearly every head
+// is, and such a head parses on a fast path that needs no per-value checks.
+function isPlain(buf: Uint8Array, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) {
+    const b = buf[i];
+    if (b >= 0x20 && b < 0x7f) continue;
+    if (b === 9 || b === LF || (b === CR && buf[i + 1] === LF)) continue;
+    return false;
+  }
+  return true;
+}
+
+// Token chars (RFC 9110 §5.6.2) by code: 1, or 2 for an upper-case letter.
+const TCHAR = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz") {
+  TCHAR[c.charCodeAt(0)] = 1;
+}
+for (const c of "ABCDEFGHIJKLMNOPQRSTUVWXYZ") TCHAR[c.charCodeAt(0)] = 2;
+
+// ASCII decodes the same as UTF-8 and as ISO-8859-1, and natively.
+const ASCII = new TextDecoder();
+const ENCODER = new TextEncoder();
+
+// The fields of plain text from `at` on, or null for anything the exact
+// path must judge (and name in its error): folding, a line without a
+// name, a name that is not a token, too many fields.
+function plainFields(
+  text: string,
+  at: number,
+  maxHeaders: number,
+): HeaderList | null {
+  const headers: HeaderList = [];
+  const n = text.length;
+  while (at < n) {
+    let eol = text.indexOf("\r\n", at);
+    if (eol < 0) eol = n;
+    const colon = text.indexOf(":", at);
+    if (colon <= at || colon > eol) return null;
+    let upper = false;
+    for (let i = at; i < colon; i++) {
+      const kind = TCHAR[text.charCodeAt(i)];
+      if (kind === 0) return null; // also SP or HT first: folding
+      if (kind === 2) upper = true;
+    }
+    const name = text.slice(at, colon);
+    let from = colon + 1;
+    let to = eol;
+    while (from < to && isOws(text.charCodeAt(from))) from++;
+    while (to > from && isOws(text.charCodeAt(to - 1))) to--;
+    if (headers.length >= maxHeaders) return null;
+    headers.push([upper ? name.toLowerCase() : name, text.slice(from, to)]);
+    at = eol + 2;
+  }
+  return headers;
+}
+
+function isOws(c: number): boolean {
+  return c === 32 || c === 9;
+}
+
+// A head's start line (when `startLine`) and fields, from buf[start, stop)
+// where stop is just past CRLF CRLF. On the exact path `headers` is null and
+// `lines` holds every line, so the caller checks the start line before the
+// fields, as the errors should come.
+function readHead(
+  buf: Uint8Array,
+  start: number,
+  stop: number,
+  startLine: boolean,
+  maxHeaders: number,
+): { first: string; headers: HeaderList | null; lines: string[] } {
+  if (isPlain(buf, start, stop - 4)) {
+    const text = ASCII.decode(buf.subarray(start, stop - 4));
+    let at = 0;
+    let first = "";
+    if (startLine) {
+      const eol = text.indexOf("\r\n");
+      first = eol < 0 ? text : text.slice(0, eol);
+      at = eol < 0 ? text.length : eol + 2;
+    }
+    const headers = plainFields(text, at, maxHeaders);
+    if (headers !== null) return { first, headers, lines: [] };
+  }
+  // The exact path: obs-text, control chars, anything invalid.
+  const lines = splitHead(buf, start, stop);
+  return { first: startLine ? lines[0] : "", headers: null, lines };
+}
+
 /**
  * Parses a response head at `buf[start, end)`.
  *
@@ -195,11 +284,17 @@ export function parseResponseHead(
 ): Parsed<ResponseHead> | null {
   const stop = findHeadEnd(buf, start, end, limits.maxHeadSize, from);
   if (stop < 0) return null;
-  const lines = splitHead(buf, start, stop);
-  const m = STATUS_LINE.exec(lines[0]);
+  const { first, headers, lines } = readHead(
+    buf,
+    start,
+    stop,
+    true,
+    limits.maxHeaders,
+  );
+  const m = STATUS_LINE.exec(first);
   if (m === null) {
     throw new SyntaxError(
-      `Cannot parse status line: received ${JSON.stringify(lines[0])}`,
+      `Cannot parse status line: received ${JSON.stringify(first)}`,
     );
   }
   const status = Number(m[2]);
@@ -213,7 +308,7 @@ export function parseResponseHead(
       status,
       reason: m[3] ?? "",
       minor: Number(m[1]),
-      headers: parseFields(lines, 1, limits.maxHeaders),
+      headers: headers ?? parseFields(lines, 1, limits.maxHeaders),
     },
     used: stop - start,
   };
@@ -235,11 +330,17 @@ export function parseRequestHead(
 ): Parsed<RequestHead> | null {
   const stop = findHeadEnd(buf, start, end, limits.maxHeadSize, from);
   if (stop < 0) return null;
-  const lines = splitHead(buf, start, stop);
-  const m = REQUEST_LINE.exec(lines[0]);
+  const { first, headers, lines } = readHead(
+    buf,
+    start,
+    stop,
+    true,
+    limits.maxHeaders,
+  );
+  const m = REQUEST_LINE.exec(first);
   if (m === null) {
     throw new SyntaxError(
-      `Cannot parse request line: received ${JSON.stringify(lines[0])}`,
+      `Cannot parse request line: received ${JSON.stringify(first)}`,
     );
   }
   return {
@@ -247,7 +348,7 @@ export function parseRequestHead(
       method: m[1],
       target: m[2],
       minor: Number(m[3]),
-      headers: parseFields(lines, 1, limits.maxHeaders),
+      headers: headers ?? parseFields(lines, 1, limits.maxHeaders),
     },
     used: stop - start,
   };
@@ -456,9 +557,15 @@ export function parseTrailers(
   }
   const stop = findHeadEnd(buf, start, end, limits.maxHeadSize);
   if (stop < 0) return null;
-  const lines = splitHead(buf, start, stop);
+  const { headers, lines } = readHead(
+    buf,
+    start,
+    stop,
+    false,
+    limits.maxHeaders,
+  );
   return {
-    value: parseFields(lines, 0, limits.maxHeaders),
+    value: headers ?? parseFields(lines, 0, limits.maxHeaders),
     used: stop - start,
   };
 }
@@ -511,21 +618,21 @@ export function encodeLines(
   more: readonly (readonly [string, string])[] = [],
   extra = 0,
 ): { buf: Uint8Array; length: number } {
-  let size = lines.length + 2;
-  for (const [name, value] of more) size += name.length + value.length + 4;
-  const buf = new Uint8Array(size + extra);
-  let at = writeLatin1(lines, buf, 0);
-  for (const [name, value] of more) {
-    at = writeLatin1(name, buf, at);
-    buf[at++] = 58; // ':'
-    buf[at++] = 32;
-    at = writeLatin1(value, buf, at);
-    buf[at++] = CR;
-    buf[at++] = LF;
+  let text = lines;
+  for (const [name, value] of more) text += name + ": " + value + "\r\n";
+  text += "\r\n";
+  const buf = new Uint8Array(text.length + extra);
+  return { buf, length: writeText(text, buf, 0) };
+}
+
+// ASCII (nearly every head) is encoded natively; a char 0x80-0xff, which
+// UTF-8 would write as two bytes, sends the string to writeLatin1.
+function writeText(s: string, out: Uint8Array, at: number): number {
+  const done = ENCODER.encodeInto(s, out.subarray(at, at + s.length));
+  if (done.read === s.length && done.written === s.length) {
+    return at + s.length;
   }
-  buf[at++] = CR;
-  buf[at++] = LF;
-  return { buf, length: at };
+  return writeLatin1(s, out, at);
 }
 
 /** Encodes one chunk of a chunked body: size line, data and CRLF. */

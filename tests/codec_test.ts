@@ -1060,3 +1060,55 @@ Deno.test("every byte 0x80-0xff in a value survives encodeHead and parseResponse
   const parsed = parseResponseHead(buf, 0, length);
   assert.deepEqual(parsed?.value.headers, [["x-all", value]]);
 });
+
+// Heads of plain ASCII take a fast path; one obs-text byte anywhere sends
+// the same head down the exact path. An obs-text reason phrase changes
+// nothing about the fields, so both paths must give the same fields or the
+// same error for every head, valid or not.
+Deno.test("plain and obs-text heads parse to the same fields or the same error (seeded mutations)", () => {
+  let seed = 0x9e3779b9;
+  const random = (n: number) => {
+    seed = (Math.imul(seed ^ (seed >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+    return seed % n;
+  };
+  const NAMES = ["Content-Type", "x-id", "ACCEPT", "a", "X_Y.z~1", "vary"];
+  const VALUES = ["text/plain", " padded\t", "", "a, b;q=0.5", "\t x \t"];
+  // Bytes a mutation writes: the dangerous ones and some ordinary ones.
+  const MUTANTS = [0, 9, 10, 13, 32, 58, 0x7f, 0x41, 0x7a, 0x22, 0x2c, 0x1f];
+  const outcome = (head: Uint8Array, limit: number) => {
+    try {
+      const parsed = parseResponseHead(
+        head,
+        0,
+        head.length,
+        limits({ maxHeaders: limit }),
+      );
+      return parsed === null ? "incomplete" : parsed.value.headers;
+    } catch (error) {
+      return `${(error as Error).name}: ${(error as Error).message}`;
+    }
+  };
+  let fast = 0;
+  for (let round = 0; round < 3000; round++) {
+    let fields = "";
+    const count = 1 + random(5);
+    for (let i = 0; i < count; i++) {
+      fields += `${NAMES[random(NAMES.length)]}:${
+        VALUES[random(VALUES.length)]
+      }\r\n`;
+    }
+    const body = bytes(fields);
+    // Mutate up to two bytes of the fields (never the head's end).
+    for (let m = random(3); m > 0; m--) {
+      body[random(body.length - 2)] = MUTANTS[random(MUTANTS.length)];
+    }
+    const plain = concat(bytes("HTTP/1.1 200 OK\r\n"), body, bytes("\r\n"));
+    const exact = concat(bytes("HTTP/1.1 200 \xe9K\r\n"), body, bytes("\r\n"));
+    const limit = 1 + random(6);
+    const a = outcome(plain, limit);
+    assert.deepEqual(a, outcome(exact, limit), text(plain));
+    if (Array.isArray(a)) fast++;
+  }
+  // Most rounds must be valid heads, or the fast path went untested.
+  assert.ok(fast > 1000, `only ${fast} valid heads`);
+});
