@@ -44,6 +44,8 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_MAX_HEAD_SIZE] (65536)
   --max-response-body N    largest response body from a worker, bytes; 0 = no
                            limit [POTHEAD_MAX_RESPONSE_BODY] (0)
+  --max-request-body N     largest request body from a consumer, bytes, else 413;
+                           0 = no limit [POTHEAD_MAX_REQUEST_BODY] (0)
   --max-retries N          resends of a request a worker provably did not start
                            [POTHEAD_MAX_RETRIES] (2)
   --shutdown-grace T       on SIGTERM, time queued and running requests get
@@ -198,6 +200,11 @@ function optionsFrom(
       "--max-response-body",
       0,
     ) || Infinity,
+    maxRequestBodySize: parseInteger(
+      v("max-request-body", "POTHEAD_MAX_REQUEST_BODY"),
+      "--max-request-body",
+      0,
+    ) || Infinity,
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
     handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
     trustForwarded: trust,
@@ -234,6 +241,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "max-retries": { type: "string" },
         "max-head-size": { type: "string" },
         "max-response-body": { type: "string" },
+        "max-request-body": { type: "string" },
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
         cert: { type: "string" },

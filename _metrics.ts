@@ -522,7 +522,8 @@ export class HubMetrics {
 
     // Requests turned away before they queued have no queue wait.
     const queued = record.outcome !== "queue-full" &&
-      record.outcome !== "bad-request";
+      record.outcome !== "bad-request" &&
+      !(record.outcome === "too-large" && record.workerMs < 0);
     if (queued) p.queueWait.observe(record.queueMs / 1000);
     if (record.workerMs >= 0) p.workerTime.observe(record.workerMs / 1000);
     switch (record.outcome) {

@@ -99,7 +99,8 @@ export type LinkErrorCode =
   | "not-started"
   | "aborted"
   | "request-body"
-  | "upload-timeout";
+  | "upload-timeout"
+  | "upload-too-large";
 
 /** An exchange on a worker connection failed; the connection is closed. */
 export class WorkerLinkError extends Error {
@@ -165,6 +166,12 @@ export interface SlotOptions {
    * consumer; 0 for no limit.
    */
   uploadIdleTimeout?: number;
+  /**
+   * Largest streamed request body in bytes; the upload is cut, and the
+   * connection closed, at the first byte over it.
+   * @default {Infinity}
+   */
+  maxUploadSize?: number;
   /**
    * Arm a timer per request for `headTimeout`. The hub does not: it checks
    * deadlines in one periodic sweep ({@linkcode WorkerSlot.checkStalled}).
@@ -661,14 +668,24 @@ export class WorkerSlot {
     onBodyDone: (error?: unknown) => void,
   ): void {
     const reader = body.getReader();
+    const limit = this.#options.maxUploadSize ?? Infinity;
+    let sent = 0;
     const tracked = {
       read: async () => {
         this.#uploadSince = performance.now();
+        let chunk;
         try {
-          return await reader.read();
+          chunk = await reader.read();
         } finally {
           this.#uploadSince = 0;
         }
+        if (!chunk.done && (sent += chunk.value.length) > limit) {
+          throw new WorkerLinkError(
+            "upload-too-large",
+            `Request body is larger than the limit of ${limit} bytes`,
+          );
+        }
+        return chunk;
       },
     };
     writeBody(

@@ -76,6 +76,7 @@ export type Outcome =
   | "worker-error"
   | "worker-timeout"
   | "upload-timeout"
+  | "too-large"
   | "abandoned"
   | "bad-request"
   | "shutting-down";
@@ -179,6 +180,15 @@ export interface HubOptions {
    * @default {Infinity}
    */
   maxResponseBodySize?: number;
+  /**
+   * Largest request body from a consumer, in bytes; Infinity for no limit.
+   * A larger Content-Length gets a 413 at once, before the request queues;
+   * a streamed body that grows past it is cut, its worker connection closed,
+   * and the consumer gets a 413 (or an errored body, if the worker's
+   * response head was already forwarded).
+   * @default {Infinity}
+   */
+  maxRequestBodySize?: number;
   /**
    * Request bodies with a Content-Length up to this size are read before the
    * request is queued, so a slow upload never holds a worker and the request
@@ -387,6 +397,7 @@ const DEFAULTS = {
   uploadIdleTimeout: 60_000,
   maxRetries: 2,
   maxResponseBodySize: Infinity,
+  maxRequestBodySize: Infinity,
   bufferRequestBody: 64 * 1024,
   handshakeWait: 50,
   handshakeTimeout: 10_000,
@@ -823,6 +834,7 @@ export class Hub {
         bodyIdleTimeout: this.#opts.bodyIdleTimeout,
         uploadIdleTimeout: this.#opts.uploadIdleTimeout,
         maxBodySize: this.#opts.maxResponseBodySize,
+        maxUploadSize: this.#opts.maxRequestBodySize,
         smallBody: SMALL_BODY,
         onIdle: (s) => this.#offer(s),
         onPark: (s) => this.#park(s),
@@ -970,6 +982,16 @@ export class Hub {
         ? Number(declared)
         : -1;
       pending.contentLength = length;
+      const max = this.#opts.maxRequestBodySize;
+      if (length > max) {
+        this.#fail(
+          pending,
+          "too-large",
+          413,
+          `request body of ${length} bytes is larger than the limit of ${max} bytes`,
+        );
+        return promise;
+      }
       if (length >= 0 && length <= this.#opts.bufferRequestBody) {
         try {
           pending.body = await req.bytes();
@@ -1275,6 +1297,13 @@ export class Hub {
       else this.#enqueue(p, true);
       return;
     }
+    p.workerMs = performance.now() - p.since - p.queueMs;
+    if (e.code === "upload-too-large") {
+      // The consumer's fault, not the worker's.
+      this.#log({ level: "info", msg: "request body too large", id: p.id });
+      this.#fail(p, "too-large", 413, e.message);
+      return;
+    }
     this.#stats.failed++;
     this.#log({
       level: "warn",
@@ -1284,7 +1313,6 @@ export class Hub {
       code: e.code,
       reason: e.message,
     });
-    p.workerMs = performance.now() - p.since - p.queueMs;
     const [outcome, status]: [Outcome, number] = e.code === "timeout"
       ? ["worker-timeout", 504]
       : e.code === "upload-timeout"

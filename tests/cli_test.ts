@@ -122,6 +122,7 @@ Deno.test("hub --help exits 0 and lists its options", async () => {
       "--hostname",
       "--max-queue",
       "--queue-timeout",
+      "--max-request-body",
       "--help",
       "--version",
       "POTHEAD_PORT",

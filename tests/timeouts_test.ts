@@ -1,7 +1,7 @@
 // Timeouts on the worker link: a response body that stalls (bodyIdleTimeout),
 // a slow but live event stream that must keep working, a consumer upload that
 // stalls (uploadIdleTimeout), and a response head that trickles
-// (headTimeout). Timeouts are set small so the tests are quick, but nothing
+// (headTimeout); and the limit on request bodies (maxRequestBodySize). Timeouts are set small so the tests are quick, but nothing
 // asserts on how long anything took: each case checks what the consumer,
 // the worker and the hub's counters end up with.
 
@@ -258,5 +258,77 @@ Deno.test("headTimeout: a worker trickling its response head a line at a time ge
     assert.equal((await w.readToEnd()).length, 0);
     await waitFor(() => ctx.server.hub.stats.slots === 0, "slot removed");
     assert.equal(ctx.server.hub.stats.failed, 1);
+  });
+});
+
+Deno.test("maxRequestBodySize: a Content-Length over the limit gets 413 at once and never reaches a worker; one at the limit passes", async () => {
+  await withHub({ maxRequestBodySize: 100 }, async (ctx) => {
+    const sizes: number[] = [];
+    ctx.workers.push(connectWorker(async (req) => {
+      sizes.push((await req.bytes()).length);
+      return new Response("took it");
+    }, { port: ctx.server.workerAddr.port, minBackoff: 10 }));
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    const over = await fetch(`${ctx.url}/up`, {
+      method: "POST",
+      body: new Uint8Array(101),
+    });
+    assert.equal(over.status, 413);
+    assert.equal(over.headers.get("x-pothead-error"), "1");
+    assert.equal(
+      await over.text(),
+      "413 Content Too Large: request body of 101 bytes is larger than the limit of 100 bytes\n",
+    );
+    const at = await fetch(`${ctx.url}/up`, {
+      method: "POST",
+      body: new Uint8Array(100),
+    });
+    assert.equal(await at.text(), "took it");
+    assert.deepEqual(sizes, [100]);
+    const s = ctx.server.hub.stats;
+    assert.equal(s.failed, 0);
+    assert.equal(s.answered, 1);
+  });
+});
+
+Deno.test("maxRequestBodySize: a chunked upload that grows past the limit gets 413, the handler's signal aborts, and the hub serves on", async () => {
+  await withHub({ maxRequestBodySize: 100 }, async (ctx) => {
+    let got = 0;
+    let calls = 0;
+    const aborted = Promise.withResolvers<void>();
+    ctx.workers.push(connectWorker(async (req) => {
+      if (++calls > 1) return new Response("next");
+      req.signal.addEventListener("abort", () => aborted.resolve(), {
+        once: true,
+      });
+      try {
+        for await (const part of req.body!) got += part.length;
+      } catch {
+        // the upload was cut
+      }
+      return new Response("read");
+    }, { port: ctx.server.workerAddr.port, minBackoff: 10 }));
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    const consumer = await RawSocket.connect(ctx.server.addr.port);
+    ctx.raws.push(consumer);
+    const chunk = `3c\r\n${"x".repeat(60)}\r\n`;
+    await consumer.write(
+      "POST /upload HTTP/1.1\r\nHost: hub\r\nTransfer-Encoding: chunked\r\n" +
+        `\r\n${chunk}${chunk}`,
+    );
+    const msg = await consumer.readMessage();
+    assert.equal(msg?.status, 413);
+    assert.equal(
+      dec.decode(msg?.body),
+      "413 Content Too Large: Request body is larger than the limit of 100 bytes\n",
+    );
+    await deadline(aborted.promise, HANG, "handler abort");
+    assert.ok(got <= 100, `the worker got ${got} bytes`);
+    // The worker redials, and the next request is served.
+    const next = await fetch(`${ctx.url}/next`);
+    assert.equal(await next.text(), "next");
+    const s = ctx.server.hub.stats;
+    assert.equal(s.failed, 0);
+    assert.equal(s.retries, 0);
   });
 });
