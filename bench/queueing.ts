@@ -74,6 +74,12 @@ export interface Plan {
   minRequests: number;
   /** Saturated run length per system, seconds. */
   gapDurationS: number;
+  /**
+   * Warm-up per system before its first cell, seconds: a saturated burst of
+   * 1 ms jobs, long enough for V8 to finish tiering up the hub's and the
+   * workers' code (a few thousand requests), so cells measure steady state.
+   */
+  warmS: number;
   /** Service time of the saturated run, milliseconds. */
   gapMs: number;
   /** Seed of every trace. */
@@ -172,6 +178,7 @@ export function parsePlan(
       durationS: 2,
       minRequests: 0,
       gapDurationS: 1,
+      warmS: 0.5,
     }
     : mode === "quick"
     ? {
@@ -183,6 +190,7 @@ export function parsePlan(
       durationS: 12,
       minRequests: 0,
       gapDurationS: 4,
+      warmS: 3,
     }
     : {
       mode,
@@ -193,6 +201,7 @@ export function parsePlan(
       durationS: 10,
       minRequests: 1500,
       gapDurationS: 6,
+      warmS: 3,
     };
   const ks = list(values.k, (s) => {
     const k = Number(s);
@@ -249,6 +258,7 @@ export function parsePlan(
       base.gapDurationS,
     ),
     gapMs: one("gap-ms", values["gap-ms"], 20),
+    warmS: base.warmS,
     seed: Math.trunc(one("seed", values.seed, 1)),
     service,
     // Quick runs never overwrite the committed full results.
@@ -310,7 +320,7 @@ export function estimateSeconds(plan: Plan): number {
   let total = 0;
   for (const k of plan.ks) {
     total += 3 + k * 0.3; // starting processes
-    total += plan.systems.length * (1.5 + plan.gapDurationS + 1);
+    total += plan.systems.length * (plan.warmS + 1 + plan.gapDurationS + 1);
     for (const cell of cellsOf(plan, k)) {
       total += plan.systems.length *
         (cell.durationMs / 1000 + 0.6 + (cell.meanMs * 10) / 1000);
@@ -876,7 +886,7 @@ export function renderMarkdown(report: Report): string {
           : ""
       }. ` +
       `Latency runs from the client sending the request to the last byte of the answer; the ideal has no network or proxy cost at all.`,
-    `- Systems run one after another within each cell (their order rotates from cell to cell) on the same machine as the client` +
+    `- Each system is first warmed up for ${plan.warmS} s by a saturated burst of 1 ms jobs (connections, and V8's tier-up of the hub's and workers' code). Systems run one after another within each cell (their order rotates from cell to cell) on the same machine as the client` +
       (report.nice
         ? `; the client, the balancers and every worker ran at nice ${report.nice} so that other jobs on the machine disturbed them less (all systems alike).`
         : "."),
@@ -1160,11 +1170,14 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       });
       try {
         for (const system of running.systems) {
-          // Warm up connections and JIT: a short saturated burst of tiny jobs.
+          // Warm up connections and JIT: a saturated burst of tiny jobs.
+          // Half a second was too short: a hub 2 s into a load still woke
+          // V8's compiler threads on every other request, and its dispatch
+          // turnaround was 62 µs at the median (47 µs after 30 s).
           await saturate(system.url, {
             concurrency: 2 * workers,
             ms: 1,
-            durationMs: 500,
+            durationMs: plan.warmS * 1000,
             run: "warm",
           });
         }
