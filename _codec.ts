@@ -610,18 +610,25 @@ export function headLines(
 /**
  * Encodes `lines` (from {@linkcode headLines}), then the `more` fields and
  * the empty line, as ISO-8859-1 bytes, with room for `extra` more bytes.
+ * The bytes go into the start of `into` when they fit (a caller's reusable
+ * buffer: allocating a typed array costs more than encoding a head), else
+ * into a new buffer.
  *
- * @returns the buffer and the length of the head in it.
+ * @returns the buffer (exactly head and `extra` long) and the head's length.
  */
 export function encodeLines(
   lines: string,
   more: readonly (readonly [string, string])[] = [],
   extra = 0,
+  into?: Uint8Array,
 ): { buf: Uint8Array; length: number } {
   let text = lines;
   for (const [name, value] of more) text += name + ": " + value + "\r\n";
   text += "\r\n";
-  const buf = new Uint8Array(text.length + extra);
+  const size = text.length + extra;
+  const buf = into !== undefined && size <= into.length
+    ? into.subarray(0, size)
+    : new Uint8Array(size);
   return { buf, length: writeText(text, buf, 0) };
 }
 

@@ -180,6 +180,10 @@ export interface SlotOptions {
 }
 
 const MAX_INTERIM = 16;
+
+// Request heads up to this size (with a small body) are encoded into one
+// buffer per slot; most are a few hundred bytes.
+const HEAD_SCRATCH = 2048;
 // How long a streamed body waits for 100 Continue before it is sent anyway
 // (RFC 9110 §10.1.1 lets a client stop waiting).
 const CONTINUE_WAIT = 1000;
@@ -208,6 +212,9 @@ export class WorkerSlot {
   readonly peer: string;
   #conn: Connection;
   #reader: BufferedReader;
+  // Where request heads are encoded: allocating a typed array per request
+  // costs more than encoding a head.
+  #scratch: Uint8Array | undefined;
 
   /** The connection (for a handshake that comes late). */
   get conn(): Connection {
@@ -650,10 +657,13 @@ export class WorkerSlot {
     onBodyDone: (error?: unknown) => void,
   ): Promise<(() => void) | null> {
     const body = req.body;
+    // The head goes into this slot's own buffer: its next request is
+    // written only after this write has completed and the answer been read.
     const { buf, length } = encodeLines(
       requestLines(req),
       req.extraHeaders,
       body instanceof Uint8Array ? body.length : 0,
+      this.#scratch ??= new Uint8Array(HEAD_SCRATCH),
     );
     // Head and a bytes body go out in one write.
     if (body instanceof Uint8Array) buf.set(body, length);

@@ -9,6 +9,7 @@ import {
   DEFAULT_LIMITS,
   encodeChunk,
   encodeHead,
+  encodeLines,
   findHeadEnd,
   type Framing,
   framingFields,
@@ -1111,4 +1112,28 @@ Deno.test("plain and obs-text heads parse to the same fields or the same error (
   }
   // Most rounds must be valid heads, or the fast path went untested.
   assert.ok(fast > 1000, `only ${fast} valid heads`);
+});
+
+Deno.test("encodeLines writes into the caller's buffer when head and extra fit, else into a new one", () => {
+  const into = new Uint8Array(64);
+  const lines = "GET / HTTP/1.1\r\nhost: a\r\n";
+  const fits = encodeLines(lines, [["x-b", "1"]], 3, into);
+  assert.equal(fits.buf.buffer, into.buffer);
+  assert.equal(fits.buf.length, fits.length + 3);
+  assert.equal(
+    text(fits.buf.subarray(0, fits.length)),
+    "GET / HTTP/1.1\r\nhost: a\r\nx-b: 1\r\n\r\n",
+  );
+  const big = encodeLines(lines, [["x-b", "y".repeat(64)]], 0, into);
+  assert.notEqual(big.buf.buffer, into.buffer);
+  assert.equal(big.buf.length, big.length);
+  assert.ok(text(big.buf).endsWith(`x-b: ${"y".repeat(64)}\r\n\r\n`));
+  // A value with obs-text is written byte for byte, not as UTF-8.
+  const latin = encodeLines(
+    "GET / HTTP/1.1\r\n",
+    [["x-c", "caf\xe9"]],
+    0,
+    into,
+  );
+  assert.equal(text(latin.buf), "GET / HTTP/1.1\r\nx-c: caf\xe9\r\n\r\n");
 });
