@@ -240,32 +240,61 @@ function isOws(c: number): boolean {
   return c === 32 || c === 9;
 }
 
-// A head's start line (when `startLine`) and fields, from buf[start, stop)
-// where stop is just past CRLF CRLF. On the exact path `headers` is null and
-// `lines` holds every line, so the caller checks the start line before the
-// fields, as the errors should come.
-function readHead(
+// A head's fields from buf[start, stop) (stop just past CRLF CRLF), after
+// `parseStart` has judged its start line, when it has one: the start line's
+// error comes first on both paths, as on the exact one alone.
+function readHead<T>(
   buf: Uint8Array,
   start: number,
   stop: number,
-  startLine: boolean,
   maxHeaders: number,
-): { first: string; headers: HeaderList | null; lines: string[] } {
+  parseStart: ((line: string) => T) | null,
+): { first: T | null; headers: HeaderList } {
   if (isPlain(buf, start, stop - 4)) {
     const text = ASCII.decode(buf.subarray(start, stop - 4));
     let at = 0;
-    let first = "";
-    if (startLine) {
+    let first: T | null = null;
+    if (parseStart !== null) {
       const eol = text.indexOf("\r\n");
-      first = eol < 0 ? text : text.slice(0, eol);
+      first = parseStart(eol < 0 ? text : text.slice(0, eol));
       at = eol < 0 ? text.length : eol + 2;
     }
     const headers = plainFields(text, at, maxHeaders);
-    if (headers !== null) return { first, headers, lines: [] };
+    if (headers !== null) return { first, headers };
   }
   // The exact path: obs-text, control chars, anything invalid.
   const lines = splitHead(buf, start, stop);
-  return { first: startLine ? lines[0] : "", headers: null, lines };
+  if (parseStart === null) {
+    return { first: null, headers: parseFields(lines, 0, maxHeaders) };
+  }
+  const first = parseStart(lines[0]);
+  return { first, headers: parseFields(lines, 1, maxHeaders) };
+}
+
+function statusLine(line: string): RegExpExecArray {
+  const m = STATUS_LINE.exec(line);
+  if (m === null) {
+    throw new SyntaxError(
+      `Cannot parse status line: received ${JSON.stringify(line)}`,
+    );
+  }
+  const status = Number(m[2]);
+  if (status < 100) {
+    throw new SyntaxError(
+      `Cannot parse status line: status ${status} is out of range`,
+    );
+  }
+  return m;
+}
+
+function requestLine(line: string): RegExpExecArray {
+  const m = REQUEST_LINE.exec(line);
+  if (m === null) {
+    throw new SyntaxError(
+      `Cannot parse request line: received ${JSON.stringify(line)}`,
+    );
+  }
+  return m;
 }
 
 /**
@@ -284,31 +313,20 @@ export function parseResponseHead(
 ): Parsed<ResponseHead> | null {
   const stop = findHeadEnd(buf, start, end, limits.maxHeadSize, from);
   if (stop < 0) return null;
-  const { first, headers, lines } = readHead(
+  const { first, headers } = readHead(
     buf,
     start,
     stop,
-    true,
     limits.maxHeaders,
+    statusLine,
   );
-  const m = STATUS_LINE.exec(first);
-  if (m === null) {
-    throw new SyntaxError(
-      `Cannot parse status line: received ${JSON.stringify(first)}`,
-    );
-  }
-  const status = Number(m[2]);
-  if (status < 100) {
-    throw new SyntaxError(
-      `Cannot parse status line: status ${status} is out of range`,
-    );
-  }
+  const m = first!;
   return {
     value: {
-      status,
+      status: Number(m[2]),
       reason: m[3] ?? "",
       minor: Number(m[1]),
-      headers: headers ?? parseFields(lines, 1, limits.maxHeaders),
+      headers,
     },
     used: stop - start,
   };
@@ -330,26 +348,16 @@ export function parseRequestHead(
 ): Parsed<RequestHead> | null {
   const stop = findHeadEnd(buf, start, end, limits.maxHeadSize, from);
   if (stop < 0) return null;
-  const { first, headers, lines } = readHead(
+  const { first, headers } = readHead(
     buf,
     start,
     stop,
-    true,
     limits.maxHeaders,
+    requestLine,
   );
-  const m = REQUEST_LINE.exec(first);
-  if (m === null) {
-    throw new SyntaxError(
-      `Cannot parse request line: received ${JSON.stringify(first)}`,
-    );
-  }
+  const m = first!;
   return {
-    value: {
-      method: m[1],
-      target: m[2],
-      minor: Number(m[3]),
-      headers: headers ?? parseFields(lines, 1, limits.maxHeaders),
-    },
+    value: { method: m[1], target: m[2], minor: Number(m[3]), headers },
     used: stop - start,
   };
 }
@@ -557,15 +565,8 @@ export function parseTrailers(
   }
   const stop = findHeadEnd(buf, start, end, limits.maxHeadSize);
   if (stop < 0) return null;
-  const { headers, lines } = readHead(
-    buf,
-    start,
-    stop,
-    false,
-    limits.maxHeaders,
-  );
   return {
-    value: headers ?? parseFields(lines, 0, limits.maxHeaders),
+    value: readHead(buf, start, stop, limits.maxHeaders, null).headers,
     used: stop - start,
   };
 }
