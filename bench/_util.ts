@@ -84,8 +84,18 @@ export class Proc {
     this.name = name;
     const bound = setTimeout(() => this.kill("SIGKILL"), maxSeconds * 1000);
     Deno.unrefTimer(bound);
-    this.#status = child.status.then((s) => {
+    // Lines still in the pipe when the process exits are read before a
+    // waiter hears of the exit (it once failed waiting for a last line
+    // that was printed). Bounded: a grandchild may hold the pipe open.
+    let stdoutRead: Promise<void> = Promise.resolve();
+    this.#status = child.status.then(async (s) => {
       clearTimeout(bound);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        stdoutRead,
+        new Promise((resolve) => timer = setTimeout(resolve, 2000)),
+      ]);
+      clearTimeout(timer);
       this.#exited = true;
       live.delete(this);
       for (const w of this.#waiters.splice(0)) {
@@ -94,7 +104,7 @@ export class Proc {
       return s;
     });
     if (stdin) this.#stdin = child.stdin.getWriter();
-    this.#pump(child.stdout, (line) => {
+    stdoutRead = this.#pump(child.stdout, (line) => {
       this.lines.push(line);
       if (this.lines.length > 10_000) this.lines.splice(0, 5_000);
       for (let i = 0; i < this.#waiters.length; i++) {
