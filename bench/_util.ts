@@ -84,10 +84,20 @@ export class Proc {
     this.name = name;
     const bound = setTimeout(() => this.kill("SIGKILL"), maxSeconds * 1000);
     Deno.unrefTimer(bound);
+    const stdoutRead = this.#pump(child.stdout, (line) => {
+      this.lines.push(line);
+      if (this.lines.length > 10_000) this.lines.splice(0, 5_000);
+      for (let i = 0; i < this.#waiters.length; i++) {
+        const m = line.match(this.#waiters[i].re);
+        if (m !== null) {
+          this.#waiters[i].resolve(m);
+          this.#waiters.splice(i--, 1);
+        }
+      }
+    });
     // Lines still in the pipe when the process exits are read before a
     // waiter hears of the exit (it once failed waiting for a last line
     // that was printed). Bounded: a grandchild may hold the pipe open.
-    let stdoutRead: Promise<void> = Promise.resolve();
     this.#status = child.status.then(async (s) => {
       clearTimeout(bound);
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -104,17 +114,6 @@ export class Proc {
       return s;
     });
     if (stdin) this.#stdin = child.stdin.getWriter();
-    stdoutRead = this.#pump(child.stdout, (line) => {
-      this.lines.push(line);
-      if (this.lines.length > 10_000) this.lines.splice(0, 5_000);
-      for (let i = 0; i < this.#waiters.length; i++) {
-        const m = line.match(this.#waiters[i].re);
-        if (m !== null) {
-          this.#waiters[i].resolve(m);
-          this.#waiters.splice(i--, 1);
-        }
-      }
-    });
     this.#pump(child.stderr, (line) => {
       this.stderr = (this.stderr + line + "\n").slice(-16 * 1024);
     });

@@ -27,6 +27,8 @@ interface Ctx {
   raws: RawSocket[];
   /** A raw worker, once the hub holds it idle. */
   rawWorker(): Promise<RawSocket>;
+  /** A raw consumer that has sent a chunked POST /upload head, then `body`. */
+  chunkedUpload(body: string): Promise<RawSocket>;
 }
 
 async function withHub(
@@ -55,6 +57,15 @@ async function withHub(
       ctx.raws.push(r);
       await waitFor(() => server.hub.stats.idle > idle, "raw worker idle");
       return r;
+    },
+    async chunkedUpload(body) {
+      const consumer = await RawSocket.connect(server.addr.port);
+      ctx.raws.push(consumer);
+      await consumer.write(
+        "POST /upload HTTP/1.1\r\nHost: hub\r\nTransfer-Encoding: chunked\r\n" +
+          `\r\n${body}`,
+      );
+      return consumer;
     },
   };
   try {
@@ -203,12 +214,7 @@ Deno.test("uploadIdleTimeout: a consumer that stalls mid-upload gets 408, the wo
       return new Response("read");
     }, { port: ctx.server.workerAddr.port, minBackoff: 10 }));
     await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
-    const consumer = await RawSocket.connect(ctx.server.addr.port);
-    ctx.raws.push(consumer);
-    await consumer.write(
-      "POST /upload HTTP/1.1\r\nHost: hub\r\nTransfer-Encoding: chunked\r\n" +
-        "\r\n5\r\nhello\r\n",
-    );
+    const consumer = await ctx.chunkedUpload("5\r\nhello\r\n");
     // ...and nothing more.
     const msg = await consumer.readMessage();
     assert.equal(msg?.status, 408);
@@ -309,13 +315,8 @@ Deno.test("maxRequestBodySize: a chunked upload that grows past the limit gets 4
       return new Response("read");
     }, { port: ctx.server.workerAddr.port, minBackoff: 10 }));
     await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
-    const consumer = await RawSocket.connect(ctx.server.addr.port);
-    ctx.raws.push(consumer);
     const chunk = `3c\r\n${"x".repeat(60)}\r\n`;
-    await consumer.write(
-      "POST /upload HTTP/1.1\r\nHost: hub\r\nTransfer-Encoding: chunked\r\n" +
-        `\r\n${chunk}${chunk}`,
-    );
+    const consumer = await ctx.chunkedUpload(chunk + chunk);
     const msg = await consumer.readMessage();
     assert.equal(msg?.status, 413);
     assert.equal(
