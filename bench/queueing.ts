@@ -72,8 +72,14 @@ export interface Plan {
   durationS: number;
   /** Lengthen a cell's trace (up to 2× the base) to reach this many requests. */
   minRequests: number;
-  /** Saturated run length per system, seconds. */
+  /** Saturated run length per system and round, seconds. */
   gapDurationS: number;
+  /**
+   * Rounds of the saturated runs: each round runs every system once, in an
+   * order rotated from round to round, so a drift in the machine's speed
+   * falls on every system alike.
+   */
+  gapRounds: number;
   /**
    * Warm-up per system before its first cell, seconds: a saturated burst of
    * 1 ms jobs, long enough for V8 to finish tiering up the hub's and the
@@ -103,7 +109,8 @@ const HELP = `Usage: deno run -A bench/queueing.ts [options]
   --systems=pothead,haproxy,nginx-rr,nginx-lc
   --duration=S        base trace length per cell in seconds
   --min-requests=N    lengthen short-rate cells (up to 2x) to N requests
-  --gap-duration=S    saturated dispatch-gap run per system
+  --gap-duration=S    saturated dispatch-gap run per system and round
+  --gap-rounds=N      rounds of gap runs, systems interleaved (default 3)
   --gap-ms=MS         job length in the saturated run (default 20)
   --seed=N            trace seed (default 1)
   --service=sleep|cpu jobs sleep on a timer (default) or spin the CPU
@@ -153,6 +160,7 @@ export function parsePlan(
       "min-requests": { type: "string" },
       "gap-duration": { type: "string" },
       "gap-ms": { type: "string" },
+      "gap-rounds": { type: "string" },
       seed: { type: "string" },
       service: { type: "string" },
       out: { type: "string" },
@@ -178,6 +186,7 @@ export function parsePlan(
       durationS: 2,
       minRequests: 0,
       gapDurationS: 1,
+      gapRounds: 1,
       warmS: 0.5,
     }
     : mode === "quick"
@@ -189,7 +198,8 @@ export function parsePlan(
       means: [20],
       durationS: 12,
       minRequests: 0,
-      gapDurationS: 4,
+      gapDurationS: 2,
+      gapRounds: 2,
       warmS: 3,
     }
     : {
@@ -200,7 +210,8 @@ export function parsePlan(
       means: [20, 100],
       durationS: 10,
       minRequests: 1500,
-      gapDurationS: 6,
+      gapDurationS: 3,
+      gapRounds: 3,
       warmS: 3,
     };
   const ks = list(values.k, (s) => {
@@ -239,6 +250,16 @@ export function parsePlan(
       `Invalid --service: expected sleep or cpu, got "${service}"`,
     );
   }
+  const rounds = values["gap-rounds"];
+  const gapRounds = rounds === undefined ? undefined : Number(rounds);
+  if (
+    gapRounds !== undefined &&
+    !(Number.isInteger(gapRounds) && gapRounds >= 1 && gapRounds <= 20)
+  ) {
+    throw new RangeError(
+      `Invalid --gap-rounds: expected 1..20, got "${rounds}"`,
+    );
+  }
   const one = (name: string, text: string | undefined, fallback: number) =>
     text === undefined ? fallback : positiveNumber(name)(text);
   return {
@@ -257,6 +278,7 @@ export function parsePlan(
       values["gap-duration"],
       base.gapDurationS,
     ),
+    gapRounds: gapRounds ?? base.gapRounds,
     gapMs: one("gap-ms", values["gap-ms"], 20),
     warmS: base.warmS,
     seed: Math.trunc(one("seed", values.seed, 1)),
@@ -320,7 +342,8 @@ export function estimateSeconds(plan: Plan): number {
   let total = 0;
   for (const k of plan.ks) {
     total += 3 + k * 0.3; // starting processes
-    total += plan.systems.length * (plan.warmS + 1 + plan.gapDurationS + 1);
+    total += plan.systems.length *
+      (plan.warmS + plan.gapRounds * (1 + plan.gapDurationS + 1));
     for (const cell of cellsOf(plan, k)) {
       total += plan.systems.length *
         (cell.durationMs / 1000 + 0.6 + (cell.meanMs * 10) / 1000);
@@ -538,8 +561,10 @@ export interface GapResult {
   system: SystemName;
   /** Job length, ms. */
   ms: number;
-  /** Dispatch gaps, ms. */
+  /** Dispatch gaps of all rounds together, ms. */
   gap: Percentiles;
+  /** The median gap of each round, ms (absent in older results). */
+  roundMedians?: number[];
   /** Answered requests per second. */
   throughput: number;
   /** The most the workers could do: K × 1000 / ms. */
@@ -634,6 +659,102 @@ function cpuMeter(
       workerCpuMs: (sum(system.workerPids) - workers) / n,
     };
   };
+}
+
+// The saturated runs: `plan.gapRounds` rounds, each running every system once
+// in an order rotated per round; a system's gaps are pooled over its rounds.
+async function gapRounds(
+  plan: Plan,
+  workers: number,
+  systems: System[],
+): Promise<GapResult[]> {
+  const pooled = systems.map(() => ({
+    gaps: [] as number[],
+    medians: [] as number[],
+    ok: 0,
+    spanMs: 0,
+    errors: 0,
+    client: 0,
+    balancer: 0,
+    worker: 0,
+  }));
+  for (let round = 0; round < plan.gapRounds; round++) {
+    for (let j = 0; j < systems.length; j++) {
+      const index = (j + round) % systems.length;
+      const system = systems[index];
+      const acc = pooled[index];
+      const cpu = cpuMeter(system);
+      const { samples, start, stop } = await saturate(system.url, {
+        concurrency: 2 * workers,
+        ms: plan.gapMs,
+        durationMs: plan.gapDurationS * 1000,
+        run: `gap-${system.name}-${round}`,
+      });
+      const jobs = samples.flatMap((s) =>
+        s.status === 200 && s.job ? [s.job] : []
+      );
+      // Skip the first fifth (connections settling) and everything after
+      // the loops stopped sending (the queue empties then).
+      const origin = performance.timeOrigin;
+      const from = origin + start + (stop - start) * 0.2;
+      const to = origin + stop - plan.gapMs;
+      const gaps = dispatchGaps(jobs, { from, to });
+      const ok = samples.filter((s) => s.status === 200);
+      const span = ok.length === 0 ? 0 : Math.max(...ok.map((s) => s.done)) -
+        Math.min(...samples.map((s) => s.sent));
+      const used = cpu(samples);
+      acc.gaps.push(...gaps);
+      acc.medians.push(summarize(gaps).p50);
+      acc.ok += ok.length;
+      acc.spanMs += Math.max(0, span);
+      acc.errors += samples.length - ok.length;
+      // Weighted by requests, so the pooled figure is per request overall.
+      acc.client += used.clientCpuShare * Math.max(0, span);
+      acc.balancer += used.balancerCpuMs * samples.length;
+      acc.worker += used.workerCpuMs * samples.length;
+      log(
+        `K=${workers} gap ${system.name.padEnd(9)} round ${
+          round + 1
+        }/${plan.gapRounds} median=${
+          summarize(gaps).p50.toFixed(3)
+        } ms (${gaps.length} gaps) throughput ${
+          span > 0 ? ((ok.length * 1000) / span).toFixed(1) : "0"
+        }/s; cpu/req balancer=${used.balancerCpuMs.toFixed(2)} workers=${
+          used.workerCpuMs.toFixed(2)
+        } ms`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+  }
+  return systems.map((system, index) => {
+    const acc = pooled[index];
+    const requests = Math.max(1, acc.ok + acc.errors);
+    const result: GapResult = {
+      workers,
+      system: system.name,
+      ms: plan.gapMs,
+      gap: summarize(acc.gaps),
+      roundMedians: acc.medians,
+      throughput: acc.spanMs > 0 ? (acc.ok * 1000) / acc.spanMs : 0,
+      capacity: (workers * 1000) / plan.gapMs,
+      errors: acc.errors,
+      clientCpuShare: acc.spanMs > 0 ? acc.client / acc.spanMs : 0,
+      balancerCpuMs: acc.balancer / requests,
+      workerCpuMs: acc.worker / requests,
+    };
+    log(
+      `K=${workers} gap ${system.name.padEnd(9)} median=${
+        result.gap.p50.toFixed(3)
+      } p90=${result.gap.p90.toFixed(3)} ms (${result.gap.n} gaps; rounds ${
+        acc.medians.map((m) => m.toFixed(3)).join(" ")
+      }) throughput ${
+        result.throughput.toFixed(1)
+      }/s of ${result.capacity}; cpu/req balancer=${
+        result.balancerCpuMs.toFixed(2)
+      } workers=${result.workerCpuMs.toFixed(2)} ms`,
+    );
+    return result;
+  });
 }
 
 // ------------------------------------------------------------------ machine
@@ -938,24 +1059,30 @@ export function renderMarkdown(report: Report): string {
     "",
     "## Dispatch gap",
     "",
-    `Saturated closed loop: 2K requests outstanding, constant ${plan.gapMs} ms jobs, ${plan.gapDurationS} s per system. ` +
+    `Saturated closed loop: 2K requests outstanding, constant ${plan.gapMs} ms jobs, ${
+      plan.gapRounds ?? 1
+    } round(s) of ${plan.gapDurationS} s per system${
+      (plan.gapRounds ?? 1) > 1
+        ? ", systems interleaved (order rotated per round), gaps pooled over rounds"
+        : ""
+    }. ` +
       "Gap = a worker's next job start minus its previous job end (on the worker's clock). " +
       "For nginx the next request is usually already waiting inside the worker, so its gap is only the in-process hand-over; its cost shows up as queueing behind the wrong worker instead.",
     "",
-    "| K | system | gaps | median | p90 | p99 | mean | throughput /s | of capacity | errors | balancer CPU ms/req | workers CPU ms/req |",
-    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| K | system | gaps | median | round medians | p90 | p99 | mean | throughput /s | of capacity | errors | balancer CPU ms/req | workers CPU ms/req |",
+    "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   );
   for (const g of report.gaps) {
     lines.push(
       `| ${g.workers} | ${SYSTEM_LABELS[g.system]} | ${g.gap.n} | ${
         num(g.gap.p50, 3)
-      } | ${num(g.gap.p90, 3)} | ${num(g.gap.p99, 3)} | ${
-        num(g.gap.mean, 3)
-      } | ${g.throughput.toFixed(1)} | ${
-        ((g.throughput / g.capacity) * 100).toFixed(1)
-      }% | ${g.errors} | ${num(g.balancerCpuMs, 3)} | ${
-        num(g.workerCpuMs, 3)
-      } |`,
+      } | ${g.roundMedians?.map((m) => num(m, 3)).join(", ") ?? "–"} | ${
+        num(g.gap.p90, 3)
+      } | ${num(g.gap.p99, 3)} | ${num(g.gap.mean, 3)} | ${
+        g.throughput.toFixed(1)
+      } | ${((g.throughput / g.capacity) * 100).toFixed(1)}% | ${g.errors} | ${
+        num(g.balancerCpuMs, 3)
+      } | ${num(g.workerCpuMs, 3)} |`,
     );
   }
   lines.push(
@@ -1227,47 +1354,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
           }
           report.cells.push(cell);
         }
-        for (const system of running.systems) {
-          const cpu = cpuMeter(system);
-          const { samples, start, stop } = await saturate(system.url, {
-            concurrency: 2 * workers,
-            ms: plan.gapMs,
-            durationMs: plan.gapDurationS * 1000,
-            run: `gap-${system.name}`,
-          });
-          const jobs = samples.flatMap((s) =>
-            s.status === 200 && s.job ? [s.job] : []
-          );
-          // Skip the first fifth (connections settling) and everything after
-          // the loops stopped sending (the queue empties then).
-          const origin = performance.timeOrigin;
-          const from = origin + start + (stop - start) * 0.2;
-          const to = origin + stop - plan.gapMs;
-          const ok = samples.filter((s) => s.status === 200);
-          const span = Math.max(...ok.map((s) => s.done)) -
-            Math.min(...samples.map((s) => s.sent));
-          const gap: GapResult = {
-            workers,
-            system: system.name,
-            ms: plan.gapMs,
-            gap: summarize(dispatchGaps(jobs, { from, to })),
-            throughput: span > 0 ? (ok.length * 1000) / span : 0,
-            capacity: (workers * 1000) / plan.gapMs,
-            errors: samples.length - ok.length,
-            ...cpu(samples),
-          };
-          report.gaps.push(gap);
-          log(
-            `K=${workers} gap ${system.name.padEnd(9)} median=${
-              gap.gap.p50.toFixed(3)
-            } p90=${gap.gap.p90.toFixed(3)} ms (${gap.gap.n} gaps) throughput ${
-              gap.throughput.toFixed(1)
-            }/s of ${gap.capacity}; cpu/req balancer=${
-              gap.balancerCpuMs.toFixed(2)
-            } workers=${gap.workerCpuMs.toFixed(2)} ms`,
-          );
-          await new Promise((resolve) => setTimeout(resolve, 300));
-        }
+        report.gaps.push(...await gapRounds(plan, workers, running.systems));
       } finally {
         await running.stop();
       }

@@ -376,6 +376,10 @@ Deno.test("benchmark plans: quick fits in 3 minutes, flags are validated", () =>
   assert.deepEqual(custom.ks, [16]);
   assert.deepEqual(custom.loads, [0.5, 0.95]);
   assert.deepEqual(custom.dists, ["const"]);
+  assert.equal(plan([]).gapRounds, 3, "full runs interleave three gap rounds");
+  assert.equal(plan(["--quick", "--gap-rounds=4"]).gapRounds, 4);
+  assert.throws(() => parsePlan(["--gap-rounds=0"]), RangeError);
+  assert.throws(() => parsePlan(["--gap-rounds=1.5"]), RangeError);
   assert.throws(() => parsePlan(["--loads=1.2"]), RangeError);
   assert.throws(() => parsePlan(["--dist=uniform"]), TypeError);
   assert.throws(() => parsePlan(["--systems=envoy"]), TypeError);
