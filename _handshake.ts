@@ -25,6 +25,7 @@ import {
   type RequestHead,
 } from "./_codec.ts";
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
+import { PING_OPTION_FIELD } from "./_ping.ts";
 
 /** What a worker declared in its handshake. */
 export interface WorkerIdentity {
@@ -36,6 +37,8 @@ export interface WorkerIdentity {
   labels: Record<string, string>;
   /** The upgrade token it asked for: `ptth` or `PTTH/1.0`. */
   protocol: string;
+  /** It answers pings on idle connections (`Pothead-Ping: 1`; see `_ping.ts`). */
+  ping: boolean;
 }
 
 /** The pool plain workers and workers that name none serve. */
@@ -154,7 +157,8 @@ export function parseHandshake(head: RequestHead): WorkerIdentity {
     }
     labels[k] = eq < 0 ? "" : pair.slice(eq + 1).trim();
   }
-  return { id, pool, labels, protocol };
+  const ping = field(head.headers, PING_OPTION_FIELD)?.trim() === "1";
+  return { id, pool, labels, protocol, ping };
 }
 
 async function digest(text: string): Promise<Uint8Array> {
@@ -238,6 +242,8 @@ export interface HandshakeOptions {
   pool?: string;
   /** Labels, sent as `key=value` pairs. */
   labels?: Record<string, string>;
+  /** Says the worker answers pings (`Pothead-Ping: 1`). */
+  ping?: boolean;
 }
 
 /** Encodes a worker's handshake request (draft-kazuho-ptth-ptth form). */
@@ -262,6 +268,7 @@ export function encodeHandshake(options: HandshakeOptions): Uint8Array {
       labels.map(([k, v]) => `${k}=${v}`).join(", "),
     ]);
   }
+  if (options.ping === true) fields.push([PING_OPTION_FIELD, "1"]);
   const { buf, length } = encodeHead("GET / HTTP/1.1", fields);
   return buf.subarray(0, length);
 }

@@ -60,6 +60,10 @@ Options (each also as the environment variable in brackets):
                            the file or [POTHEAD_WORKER_TOKENS], comma-separated)
   --handshake-wait T       without tokens, how long a new worker connection may
                            take to start a handshake [POTHEAD_HANDSHAKE_WAIT] (50ms)
+  --ping-interval T        ping worker connections idle this long (workers that
+                           answer pings); 0 = never [POTHEAD_PING_INTERVAL] (30s)
+  --ping-timeout T         time a worker has to answer, then its connection is
+                           closed [POTHEAD_PING_TIMEOUT] (10s)
   --route RULE             route to a pool (repeatable): /prefix=POOL,
                            host=POOL or host/prefix=POOL; others go to "default"
   --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host" }],
@@ -207,6 +211,8 @@ function optionsFrom(
     ) || Infinity,
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
     handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
+    pingInterval: duration("ping-interval", "POTHEAD_PING_INTERVAL", 30_000),
+    pingTimeout: duration("ping-timeout", "POTHEAD_PING_TIMEOUT", 10_000),
     trustForwarded: trust,
     workerTokens: tokens,
     routes,
@@ -251,6 +257,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "worker-token": { type: "string", multiple: true },
         "worker-token-file": { type: "string" },
         "handshake-wait": { type: "string" },
+        "ping-interval": { type: "string" },
+        "ping-timeout": { type: "string" },
         route: { type: "string", multiple: true },
         config: { type: "string" },
         "log-level": { type: "string" },

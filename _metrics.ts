@@ -839,6 +839,26 @@ export class HubMetrics {
       );
       out.push(`pothead_worker_handshakes_refused_total ${num(refused)}`);
     }
+    const { pings, pingTimeouts } = stats as {
+      pings?: number;
+      pingTimeouts?: number;
+    };
+    if (pings !== undefined && pingTimeouts !== undefined) {
+      header(
+        out,
+        "pothead_worker_pings_total",
+        "counter",
+        "Pings sent on idle worker connections.",
+      );
+      out.push(`pothead_worker_pings_total ${num(pings)}`);
+      header(
+        out,
+        "pothead_worker_ping_timeouts_total",
+        "counter",
+        "Worker connections closed because a ping went unanswered.",
+      );
+      out.push(`pothead_worker_ping_timeouts_total ${num(pingTimeouts)}`);
+    }
 
     header(
       out,

@@ -34,6 +34,7 @@ import {
   READY_RESPONSE,
   WAIT_FIELD,
 } from "./_park.ts";
+import { PING_FIELD, PONG_RESPONSE } from "./_ping.ts";
 
 /**
  * What a handler gets next to the request; the same shape as
@@ -149,6 +150,16 @@ export async function serveConnection(
         }
         parks = false;
         options.noPark?.();
+      }
+      if (fieldValue(head.headers, PING_FIELD) !== null) {
+        // Alive: no handler, no permit. A draining worker gives the
+        // connection back instead.
+        if (options.drain.aborted) {
+          await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+          break;
+        }
+        await writeAll(conn, PONG_RESPONSE);
+        continue;
       }
       if (
         options.acquire !== undefined &&

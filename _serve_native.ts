@@ -21,6 +21,7 @@
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { asksToClose, QUEUE_TIME_HEADER } from "./_headers.ts";
 import { PARK_DISCARD, PARK_OPTION, WAIT_FIELD } from "./_park.ts";
+import { PING_FIELD } from "./_ping.ts";
 import {
   callHandler,
   type FetchHandler,
@@ -272,6 +273,8 @@ export class NativeEngine {
       this.#end(link);
       return notStarted();
     }
+    // Alive (see _ping.ts): no handler, no permit.
+    if (req.headers.has(PING_FIELD)) return new Response(null, { status: 204 });
     if (
       options.acquire !== undefined &&
       !options.acquire(() => queuedMs(req.headers.get(QUEUE_TIME_HEADER)))

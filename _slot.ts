@@ -22,6 +22,7 @@ import { bodyStream, readFixed, writeBody } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import type { WorkerIdentity } from "./_handshake.ts";
 import { PARK_OPTION, WAIT_REQUEST } from "./_park.ts";
+import { PING_REQUEST } from "./_ping.ts";
 
 /** Response header our worker runner puts on its "not started" 408. */
 export const NOT_STARTED_HEADER = "x-pothead-not-started";
@@ -236,6 +237,8 @@ export class WorkerSlot {
   #closeReason: unknown = undefined;
   /** Requests carried so far. */
   served = 0;
+  /** `performance.now()` when the slot last became idle. */
+  idleSince = 0;
   /**
    * True once a handshake crossed this connection's first request (the hub
    * had taken it for a plain worker).
@@ -330,6 +333,7 @@ export class WorkerSlot {
       return;
     }
     this.#state = "idle";
+    this.idleSince = performance.now();
     if (!watch) return;
     this.#reader.fill().then((more) => {
       if (this.#state !== "idle") return; // now busy: the bytes are its response
@@ -616,6 +620,53 @@ export class WorkerSlot {
       body,
       contentLength,
     };
+  }
+
+  /**
+   * Sends the ping request on this idle connection (see `_ping.ts`): the
+   * slot is busy until the worker answers, then offered again through
+   * `onIdle`. No answer within `timeout` ms, or anything but an empty 2xx,
+   * closes the connection. Resolves with the reason it was closed, or null.
+   */
+  async ping(timeout: number): Promise<unknown> {
+    if (this.#state !== "idle") return null;
+    this.#state = "busy";
+    const timer = setTimeout(() => {
+      this.close(
+        new WorkerLinkError(
+          "timeout",
+          `Worker did not answer a ping in ${timeout} ms`,
+        ),
+      );
+    }, timeout);
+    try {
+      await writeAll(this.#conn, PING_REQUEST);
+      const head = await this.#readHead("GET", () => {});
+      if (this.#state !== "busy") return this.#closeReason;
+      const fields = framingFields(head.headers);
+      if (
+        head.status < 200 || head.status > 299 ||
+        !keepAlive(head.minor, fields.connection) || fields.chunked ||
+        fields.contentLength > 0
+      ) {
+        this.close(
+          new WorkerLinkError(
+            "closed",
+            head.status === 408
+              ? "Worker gave the connection back when pinged"
+              : `Worker answered a ping with ${head.status}`,
+          ),
+        );
+        return this.#closeReason;
+      }
+      this.#options.onIdle(this);
+      return null;
+    } catch (error) {
+      this.close(error);
+      return this.#closeReason;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   // The worker keeps this connection but offers it no work yet: the wait

@@ -226,6 +226,21 @@ export interface HubOptions {
    * @default {10000}
    */
   handshakeTimeout?: number;
+  /**
+   * Milliseconds a worker connection may stay idle before the hub pings it,
+   * for workers that said in their handshake that they answer pings (the
+   * worker runner does). Finds workers gone without closing their
+   * connections (power loss, a dropped NAT mapping, a frozen process)
+   * before a request is sent to them. 0 turns pings off.
+   * @default {30000}
+   */
+  pingInterval?: number;
+  /**
+   * Milliseconds a worker has to answer a ping before its connection is
+   * closed. Must be more than 0.
+   * @default {10000}
+   */
+  pingTimeout?: number;
   /** Routing rules from Host and path to pools. */
   routes?: Route[];
   /** Per-pool limits by pool name. */
@@ -307,6 +322,10 @@ export interface HubStats {
   abandoned: number;
   /** Worker handshakes refused (bad or missing token, malformed). */
   handshakesRefused: number;
+  /** Pings sent on idle worker connections (see `pingInterval`). */
+  pings: number;
+  /** Worker connections closed because a ping went unanswered. */
+  pingTimeouts: number;
   /** Per-pool gauges. */
   pools: PoolStats[];
   /** Per-worker gauges. */
@@ -401,6 +420,8 @@ const DEFAULTS = {
   bufferRequestBody: 64 * 1024,
   handshakeWait: 50,
   handshakeTimeout: 10_000,
+  pingInterval: 30_000,
+  pingTimeout: 10_000,
 };
 
 // Response bodies up to this length are read whole and passed as bytes.
@@ -465,6 +486,7 @@ export class Hub {
   // to be plain workers, or -1 once it sent a handshake (see #accept).
   #plainPeers = new Map<string, number>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
+  #pinger: ReturnType<typeof setInterval> | undefined;
   #abandonFn = (p: Pending) => this.#abandon(p);
   #closing = false;
   #closed = false;
@@ -477,6 +499,8 @@ export class Hub {
     failed: 0,
     abandoned: 0,
     handshakesRefused: 0,
+    pings: 0,
+    pingTimeouts: 0,
   };
 
   /** Makes a hub; throws `RangeError` or `TypeError` naming an invalid option. */
@@ -484,6 +508,11 @@ export class Hub {
     const numbers = {} as Record<keyof typeof DEFAULTS, number>;
     for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
       numbers[key] = checkOption(key, options[key] ?? DEFAULTS[key], 0);
+    }
+    if (numbers.pingTimeout <= 0) {
+      throw new RangeError(
+        'Invalid option "pingTimeout": expected a number of milliseconds above 0',
+      );
     }
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
     for (const [k, v] of Object.entries(this.#limits)) checkOption(k, v, 1);
@@ -847,7 +876,48 @@ export class Hub {
     );
     this.#slots.add(slot);
     this.#register(slot, how);
+    if (identity?.ping === true) this.#startPinger();
     this.#offer(slot);
+  }
+
+  // Pings the connections that have been idle for the ping interval, of
+  // workers that answer pings (see _ping.ts).
+  #startPinger(): void {
+    const interval = this.#opts.pingInterval;
+    if (this.#pinger !== undefined || interval <= 0 || this.#closed) return;
+    // A quarter of the interval late at most (and at most 1 s).
+    const every = Math.max(10, Math.min(1000, interval / 4));
+    this.#pinger = setInterval(() => {
+      const now = performance.now();
+      for (const slot of this.#slots) {
+        if (
+          slot.state !== "idle" || slot.identity?.ping !== true ||
+          now - slot.idleSince < interval
+        ) continue;
+        const group = this.#slotGroup.get(slot);
+        if (group === undefined || !group.idle.delete(slot)) continue;
+        this.#pool(slot.identity.pool).idle--;
+        this.#stats.pings++;
+        slot.ping(this.#opts.pingTimeout).then((reason) => {
+          // Other endings (a draining worker's 408) are logged on detach.
+          if (
+            this.#closed || !(reason instanceof WorkerLinkError) ||
+            reason.code !== "timeout"
+          ) return;
+          this.#stats.pingTimeouts++;
+          this.#log({
+            level: "warn",
+            msg: "worker connection closed: it did not answer a ping",
+            worker: group.key,
+            peer: slot.peer,
+            slot: slot.id,
+            reason: errorText(reason),
+          });
+        });
+      }
+    }, every);
+    // Pings alone do not keep a process alive.
+    Deno.unrefTimer(this.#pinger);
   }
 
   #continueSeen(slot: WorkerSlot, seen: boolean): void {
@@ -949,6 +1019,7 @@ export class Hub {
     slot.adopt(identity);
     this.#handshakeFrom(peerHost(slot.peer));
     this.#register(slot, "late handshake");
+    if (identity.ping) this.#startPinger();
     this.#offer(slot);
   }
 
@@ -1086,6 +1157,8 @@ export class Hub {
     }
     for (const slot of [...this.#slots]) slot.close("hub shut down");
     this.#stopSweeper();
+    clearInterval(this.#pinger);
+    this.#pinger = undefined;
   }
 
   #takeIdle(pool: Pool): WorkerSlot | undefined {

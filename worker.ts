@@ -247,6 +247,8 @@ export function connectWorker(
         workerId: options.workerId,
         pool: options.pool,
         labels: options.labels,
+        // Both engines answer the hub's pings on idle connections.
+        ping: true,
       }
       : null;
   const engine = options.engine ?? "auto";

@@ -44,6 +44,8 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     failed: 0,
     abandoned: 0,
     handshakesRefused: 0,
+    pings: 0,
+    pingTimeouts: 0,
     pools: [],
     workers: [],
     ...over,
@@ -336,6 +338,8 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
     busy: 4,
     received: 11,
     handshakesRefused: 2,
+    pings: 9,
+    pingTimeouts: 1,
     pools: [
       {
         name: "default",
@@ -434,6 +438,8 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
   assert.equal(value(exp, "pothead_bytes_in_total", d), 50);
   assert.equal(value(exp, "pothead_bytes_out_total", d), 106);
   assert.equal(value(exp, "pothead_worker_handshakes_refused_total"), 2);
+  assert.equal(value(exp, "pothead_worker_pings_total"), 9);
+  assert.equal(value(exp, "pothead_worker_ping_timeouts_total"), 1);
   assert.ok(value(exp, "process_resident_memory_bytes")! > 0);
 
   // Queue wait: the queue-full rejection never queued, so 6 of 7 count.

@@ -7,7 +7,7 @@
 
 import { waitFor } from "./_wait.ts";
 import assert from "node:assert/strict";
-import { type HubServer, serveHub } from "../mod.ts";
+import { type HubLogRecord, type HubServer, serveHub } from "../mod.ts";
 import { NOT_STARTED_RESPONSE } from "../worker.ts";
 import {
   closeAll,
@@ -115,6 +115,53 @@ Deno.test("a worker SIGKILLed while idle loses no request", async () => {
     }
     await until(() => server.hub.stats.slots === 2, "A's slots gone");
   } finally {
+    await closeAll(a, b);
+    await server.shutdown();
+  }
+});
+
+Deno.test("a frozen worker (SIGSTOP) loses its idle connections to pings; requests go to the live one", async () => {
+  const logs: HubLogRecord[] = [];
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    pingInterval: 200,
+    pingTimeout: 500,
+    onLog: (r) => logs.push(r),
+  });
+  let a: Proc | undefined;
+  let b: Proc | undefined;
+  try {
+    a = await startWorker(server.workerAddr.port, HANDLER, [
+      "--concurrency",
+      "2",
+    ]);
+    b = await startWorker(server.workerAddr.port, HANDLER, [
+      "--concurrency",
+      "2",
+    ]);
+    await until(() => server.hub.stats.idle === 4, "4 idle slots");
+    // Frozen, its connections stay open (the kernel still acknowledges),
+    // as for a machine gone silent: without pings they would look idle and
+    // take requests that hang until the head timeout.
+    a.kill("SIGSTOP");
+    await until(() => server.hub.stats.slots === 2, "A's slots closed");
+    assert.equal(server.hub.stats.pingTimeouts, 2);
+    assert.equal(
+      logs.filter((r) => r.msg.includes("did not answer a ping")).length,
+      2,
+    );
+    for (let i = 0; i < 10; i++) {
+      const res = await fetch(`http://127.0.0.1:${server.addr.port}/?id=${i}`);
+      assert.equal(res.status, 200);
+      assert.equal(await res.text(), `${i} ${b.pid}\n`);
+    }
+    // B answered its pings all along and kept both connections.
+    assert.ok(server.hub.stats.pings > 2);
+    assert.equal(server.hub.stats.slots, 2);
+  } finally {
+    a?.kill("SIGCONT");
     await closeAll(a, b);
     await server.shutdown();
   }

@@ -66,6 +66,7 @@ Deno.test("parseHandshake accepts the draft-kazuho form (Upgrade: ptth with ALPN
     pool: DEFAULT_POOL,
     labels: {},
     protocol: "ptth",
+    ping: false,
   });
 });
 
@@ -79,6 +80,7 @@ Deno.test("parseHandshake accepts the 2009 form (Upgrade: PTTH/1.0, no ALPN)", (
     pool: "default",
     labels: {},
     protocol: "PTTH/1.0",
+    ping: false,
   });
 });
 
@@ -92,6 +94,7 @@ Deno.test("parseHandshake reads worker id, pool and labels", () => {
     pool: "images",
     labels: { gpu: "a100", zone: "eu-1", spot: "" },
     protocol: "ptth",
+    ping: false,
   });
 });
 
@@ -175,13 +178,15 @@ Deno.test("encodeHandshake writes the draft-kazuho form that parseHandshake read
     workerId: "w-1",
     pool: "images",
     labels: { gpu: "a100", zone: "eu" },
+    ping: true,
   });
   assert.equal(
     latin1Text(bytes),
     "GET / HTTP/1.1\r\nhost: hub.example\r\nupgrade: ptth\r\n" +
       "connection: Upgrade\r\nalpn: http%2F1.1\r\n" +
       `authorization: Bearer ${TOKEN_A}\r\npothead-worker-id: w-1\r\n` +
-      "pothead-pool: images\r\npothead-labels: gpu=a100, zone=eu\r\n\r\n",
+      "pothead-pool: images\r\npothead-labels: gpu=a100, zone=eu\r\n" +
+      "pothead-ping: 1\r\n\r\n",
   );
   const h = head(latin1Text(bytes));
   assert.deepEqual(parseHandshake(h), {
@@ -189,6 +194,7 @@ Deno.test("encodeHandshake writes the draft-kazuho form that parseHandshake read
     pool: "images",
     labels: { gpu: "a100", zone: "eu" },
     protocol: "ptth",
+    ping: true,
   });
   await checkToken(h, [TOKEN_B, TOKEN_A]);
   // Without a token or declarations only the upgrade fields are sent.

@@ -1,0 +1,160 @@
+// Pings on idle worker connections (_ping.ts): raw sockets speak the wire
+// protocol exactly; the worker runner (the engine under test) answers pings
+// without its handler seeing them.
+
+import assert from "node:assert/strict";
+import { type HubLogRecord, type HubServer, serveHub } from "../mod.ts";
+import { RawSocket } from "./_relay.ts";
+import { deadline, waitFor } from "./_wait.ts";
+import { connectWorker } from "./_hub.ts";
+
+const HANDSHAKE = "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: ptth\r\n" +
+  "Connection: Upgrade\r\nALPN: http%2F1.1\r\n";
+
+interface Ctx {
+  server: HubServer;
+  url: string;
+  logs: HubLogRecord[];
+  raws: RawSocket[];
+}
+
+async function withHub(
+  ping: { pingInterval: number; pingTimeout: number },
+  fn: (ctx: Ctx) => Promise<void>,
+): Promise<void> {
+  const logs: HubLogRecord[] = [];
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 500,
+    onLog: (r) => logs.push(r),
+    ...ping,
+  });
+  const ctx: Ctx = {
+    server,
+    url: `http://127.0.0.1:${server.addr.port}`,
+    logs,
+    raws: [],
+  };
+  try {
+    await deadline(fn(ctx), 30_000, "test body");
+  } finally {
+    for (const r of ctx.raws) r.close();
+    await server.shutdown();
+  }
+}
+
+// A worker on a raw socket that has passed the handshake.
+async function rawWorker(ctx: Ctx, extra: string): Promise<RawSocket> {
+  const r = await RawSocket.connect(ctx.server.workerAddr.port);
+  ctx.raws.push(r);
+  await r.write(HANDSHAKE + extra + "\r\n");
+  const answer = await r.readHead();
+  assert.ok(answer?.startsWith("HTTP/1.1 101 "), `handshake: ${answer}`);
+  return r;
+}
+
+Deno.test("a worker that declared pings is pinged when idle; answering keeps its connection", async () => {
+  await withHub({ pingInterval: 40, pingTimeout: 5_000 }, async (ctx) => {
+    const r = await rawWorker(ctx, "Pothead-Ping: 1\r\n");
+    for (let i = 0; i < 3; i++) {
+      const ping = await r.readMessage();
+      assert.ok(ping !== null, "the hub closed instead of pinging");
+      assert.equal(ping.start, "GET /.pothead/ping HTTP/1.1");
+      assert.ok(
+        ping.headers.some(([n, v]) => n === "x-pothead-ping" && v === "1"),
+      );
+      assert.equal(ping.body.length, 0);
+      await r.write("HTTP/1.1 204 No Content\r\n\r\n");
+    }
+    // Still the same connection, and it carries a consumer request.
+    const res = fetch(`${ctx.url}/after`);
+    let req = await r.readMessage();
+    // A ping may come first; answer it, then the request follows.
+    while (req !== null && req.start.startsWith("GET /.pothead/ping ")) {
+      await r.write("HTTP/1.1 204 No Content\r\n\r\n");
+      req = await r.readMessage();
+    }
+    assert.ok(req !== null);
+    assert.equal(req.start, "GET /after HTTP/1.1");
+    await r.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    const out = await res;
+    assert.equal(out.status, 200);
+    assert.equal(await out.text(), "ok");
+    const stats = ctx.server.hub.stats;
+    assert.ok(stats.pings >= 3, `pings: ${stats.pings}`);
+    assert.equal(stats.pingTimeouts, 0);
+    assert.equal(stats.slots, 1);
+  });
+});
+
+Deno.test("a worker that does not answer a ping has its connection closed; requests go to the others", async () => {
+  await withHub({ pingInterval: 40, pingTimeout: 200 }, async (ctx) => {
+    const silent = await rawWorker(
+      ctx,
+      "Pothead-Worker-Id: silent\r\nPothead-Ping: 1\r\n",
+    );
+    const ping = await silent.readMessage();
+    assert.equal(ping?.start, "GET /.pothead/ping HTTP/1.1");
+    // No answer: the hub closes the connection.
+    assert.equal(await silent.readMessage(), null);
+    assert.ok(silent.eof);
+    await waitFor(() => ctx.server.hub.stats.slots === 0, "slot removed");
+    assert.equal(ctx.server.hub.stats.pingTimeouts, 1);
+    const warning = ctx.logs.find((l) =>
+      l.msg.includes("did not answer a ping")
+    );
+    assert.equal(warning?.level, "warn");
+    assert.equal(warning?.worker, "silent");
+  });
+});
+
+Deno.test("plain workers and handshakes without Pothead-Ping are never pinged", async () => {
+  await withHub({ pingInterval: 20, pingTimeout: 5_000 }, async (ctx) => {
+    const plain = await RawSocket.connect(ctx.server.workerAddr.port);
+    ctx.raws.push(plain);
+    const declared = await rawWorker(ctx, "Pothead-Worker-Id: quiet\r\n");
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "two idle slots");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(ctx.server.hub.stats.pings, 0);
+    assert.equal(plain.buffered, 0);
+    assert.equal(declared.buffered, 0);
+    assert.equal(ctx.server.hub.stats.slots, 2);
+  });
+});
+
+Deno.test("the worker runner answers pings without calling its handler or reconnecting", async () => {
+  await withHub({ pingInterval: 30, pingTimeout: 5_000 }, async (ctx) => {
+    let calls = 0;
+    let connects = 0;
+    const worker = connectWorker((req) => {
+      calls++;
+      return new Response(`ok ${new URL(req.url).pathname}`);
+    }, {
+      hostname: "127.0.0.1",
+      port: ctx.server.workerAddr.port,
+      workerId: "runner",
+      concurrency: 2,
+      minBackoff: 10,
+      maxBackoff: 100,
+      onConnect: () => connects++,
+    });
+    try {
+      await waitFor(
+        () => ctx.server.hub.stats.pings >= 6,
+        "six pings",
+      );
+      assert.equal(calls, 0, "the handler saw a ping");
+      assert.equal(ctx.server.hub.stats.pingTimeouts, 0);
+      assert.equal(connects, 2, "the runner reconnected");
+      const res = await fetch(`${ctx.url}/work`);
+      assert.equal(await res.text(), "ok /work");
+      assert.equal(calls, 1);
+      assert.equal(ctx.server.hub.stats.slots, 2);
+    } finally {
+      worker.close();
+      await worker.finished;
+    }
+  });
+});
