@@ -640,25 +640,13 @@ export class WorkerSlot {
       );
     }, timeout);
     try {
-      await writeAll(this.#conn, PING_REQUEST);
-      const head = await this.#readHead("GET", () => {});
-      if (this.#state !== "busy") return this.#closeReason;
-      const fields = framingFields(head.headers);
-      if (
-        head.status < 200 || head.status > 299 ||
-        !keepAlive(head.minor, fields.connection) || fields.chunked ||
-        fields.contentLength > 0
-      ) {
-        this.close(
-          new WorkerLinkError(
-            "closed",
-            head.status === 408
-              ? "Worker gave the connection back when pinged"
-              : `Worker answered a ping with ${head.status}`,
-          ),
-        );
-        return this.#closeReason;
-      }
+      const alive = await this.#exchange(
+        PING_REQUEST,
+        "busy",
+        "a ping",
+        "Worker gave the connection back when pinged",
+      );
+      if (!alive) return this.#closeReason;
       this.#options.onIdle(this);
       return null;
     } catch (error) {
@@ -669,6 +657,38 @@ export class WorkerSlot {
     }
   }
 
+  // Sends a request of the hub's own (a ping, the wait request) and reads
+  // the answer: true for a bodiless 2xx that keeps the connection; any
+  // other answer closes it (a 408 is the worker giving it back). False too
+  // if the slot left state `during` meanwhile (closed).
+  async #exchange(
+    request: Uint8Array,
+    during: SlotState,
+    what: string,
+    gaveBack: string,
+  ): Promise<boolean> {
+    await writeAll(this.#conn, request);
+    const head = await this.#readHead("GET", () => {});
+    if (this.#state !== during) return false;
+    const fields = framingFields(head.headers);
+    if (
+      head.status < 200 || head.status > 299 ||
+      !keepAlive(head.minor, fields.connection) || fields.chunked ||
+      fields.contentLength > 0
+    ) {
+      this.close(
+        new WorkerLinkError(
+          "closed",
+          head.status === 408
+            ? gaveBack
+            : `Worker answered ${what} with ${head.status}`,
+        ),
+      );
+      return false;
+    }
+    return true;
+  }
+
   // The worker keeps this connection but offers it no work yet: the wait
   // request asks it to answer when it does. No deadline, as for an idle
   // connection: it may stay parked as long as the worker is busy elsewhere.
@@ -676,26 +696,13 @@ export class WorkerSlot {
     this.#state = "parked";
     this.#options.onPark?.(this);
     try {
-      await writeAll(this.#conn, WAIT_REQUEST);
-      const head = await this.#readHead("GET", () => {});
-      if (this.#state !== "parked") return;
-      const fields = framingFields(head.headers);
-      if (
-        head.status < 200 || head.status > 299 ||
-        !keepAlive(head.minor, fields.connection) || fields.chunked ||
-        fields.contentLength > 0
-      ) {
-        this.close(
-          new WorkerLinkError(
-            "closed",
-            head.status === 408
-              ? "Worker gave a parked connection back"
-              : `Worker answered the wait request with ${head.status}`,
-          ),
-        );
-        return;
-      }
-      this.#options.onIdle(this);
+      const offered = await this.#exchange(
+        WAIT_REQUEST,
+        "parked",
+        "the wait request",
+        "Worker gave a parked connection back",
+      );
+      if (offered) this.#options.onIdle(this);
     } catch (error) {
       this.close(error);
     }
