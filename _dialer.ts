@@ -68,8 +68,16 @@ export interface DialerOptions {
       reuse(): boolean | "park";
       wait(): Promise<boolean>;
       noPark(): void;
+      heard(): void;
     },
   ): Promise<number>;
+  /**
+   * Milliseconds an idle connection may hear nothing from its hub before
+   * it is handed back and dialed again (the hub went away without closing
+   * it); 0 or absent: no limit. Asked once per connection. `heard` (a ping
+   * arrived) restarts the count, as does every request.
+   */
+  silence?(conn: Connection): number;
   /** Adaptive capacity: awaited before a connection beyond the first opens. */
   gate?: (slot: number, signal: AbortSignal) => Promise<void>;
   onError(error: unknown, context: string): void;
@@ -86,6 +94,8 @@ interface Link {
   // Answers the hub's wait request while it is held.
   wake: ((offer: boolean) => void) | null;
   withdraw: AbortController;
+  // When the hub was last heard from (or the link last busy or parked).
+  heardAt: number;
 }
 
 interface EndpointState {
@@ -319,6 +329,7 @@ export class Dialer {
       parked: false,
       wake: null,
       withdraw: new AbortController(),
+      heardAt: 0,
     };
     let conn: Connection;
     try {
@@ -365,6 +376,26 @@ export class Dialer {
       wake?.(false);
     };
     withdraw.addEventListener("abort", unwait, { once: true });
+    link.heardAt = performance.now();
+    const silence = this.#o.silence?.(conn) ?? 0;
+    let watchdog: ReturnType<typeof setInterval> | undefined;
+    if (silence > 0) {
+      watchdog = setInterval(() => {
+        const now = performance.now();
+        // Only an idle connection expects to hear from its hub.
+        if (link.busy || link.parked) link.heardAt = now;
+        if (withdraw.aborted || now - link.heardAt < silence) return;
+        this.#o.onError(
+          new Error(
+            `Hub ${s.endpoint.key} sent nothing for ${
+              Math.round(silence / 1000)
+            } s on an idle connection; dialing again`,
+          ),
+          "connection",
+        );
+        link.withdraw.abort();
+      }, Math.max(10, Math.min(1000, silence / 8)));
+    }
     try {
       served = await this.#o.serve(conn, s.endpoint, {
         withdraw,
@@ -411,10 +442,14 @@ export class Dialer {
           s.parks = false;
           link.parked = false;
         },
+        heard: () => {
+          link.heardAt = performance.now();
+        },
       });
     } catch (error) {
       this.#o.onError(error, "connection");
     } finally {
+      clearInterval(watchdog);
       withdraw.removeEventListener("abort", unwait);
       unwait();
       s.links.delete(link);

@@ -25,7 +25,7 @@ import {
   type RequestHead,
 } from "./_codec.ts";
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
-import { PING_OPTION_FIELD } from "./_ping.ts";
+import { PING_INTERVAL_FIELD, PING_OPTION_FIELD } from "./_ping.ts";
 
 /** What a worker declared in its handshake. */
 export interface WorkerIdentity {
@@ -201,12 +201,26 @@ export async function checkToken(
   }
 }
 
-/** The hub's `101 Switching Protocols` answer. */
-export function switchingProtocols(protocol: string): Uint8Array {
-  const { buf, length } = encodeHead("HTTP/1.1 101 Switching Protocols", [
+/**
+ * The hub's `101 Switching Protocols` answer; with `pingInterval` (ms), it
+ * tells a worker that answers pings how often an idle connection hears
+ * from the hub (`Pothead-Ping-Interval`).
+ */
+export function switchingProtocols(
+  protocol: string,
+  pingInterval = 0,
+): Uint8Array {
+  const fields: [string, string][] = [
     ["upgrade", protocol],
     ["connection", "Upgrade"],
-  ]);
+  ];
+  if (pingInterval > 0) {
+    fields.push([PING_INTERVAL_FIELD, String(Math.ceil(pingInterval))]);
+  }
+  const { buf, length } = encodeHead(
+    "HTTP/1.1 101 Switching Protocols",
+    fields,
+  );
   return buf.subarray(0, length);
 }
 
@@ -276,6 +290,7 @@ export function encodeHandshake(options: HandshakeOptions): Uint8Array {
 /**
  * Worker side: sends the handshake on `conn` and reads the hub's answer.
  * Bytes after the 101 stay in `reader` (they are the first request).
+ * Resolves with the hub's ping interval in ms (0 if it does not ping).
  *
  * @throws {Error} naming the hub's status and message when refused.
  */
@@ -283,7 +298,7 @@ export async function workerHandshake(
   conn: Connection,
   reader: BufferedReader,
   options: HandshakeOptions,
-): Promise<void> {
+): Promise<number> {
   await writeAll(conn, encodeHandshake(options));
   while (true) {
     const parsed = parseResponseHead(
@@ -295,7 +310,10 @@ export async function workerHandshake(
     if (parsed !== null) {
       reader.consume(parsed.used);
       const head = parsed.value;
-      if (head.status === 101) return;
+      if (head.status === 101) {
+        const interval = Number(field(head.headers, PING_INTERVAL_FIELD));
+        return Number.isSafeInteger(interval) && interval > 0 ? interval : 0;
+      }
       const fields = framingFields(head.headers);
       let text = "";
       if (fields.contentLength > 0 && fields.contentLength < 4096) {

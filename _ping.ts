@@ -14,6 +14,12 @@
  * the worker sends can cross a request of the hub. A draining worker
  * answers it with the "not started" 408 and closes.
  *
+ * The other way round, the hub's 101 gives such a worker its ping interval
+ * (`Pothead-Ping-Interval`, ms). An idle connection that hears nothing for
+ * several intervals has lost its hub (it went away without closing), and
+ * the worker hands it back (the "not started" 408, then close) and dials
+ * again.
+ *
  * @module
  */
 
@@ -21,6 +27,13 @@ import { READY_RESPONSE } from "./_park.ts";
 
 /** The handshake field by which a worker says it answers pings. */
 export const PING_OPTION_FIELD = "pothead-ping";
+
+/**
+ * The field of the hub's 101 that gives its ping interval in milliseconds,
+ * to a worker that answers pings: an idle connection that hears nothing
+ * for much longer than that has lost its hub.
+ */
+export const PING_INTERVAL_FIELD = "pothead-ping-interval";
 
 /** The field that marks the hub's ping request. */
 export const PING_FIELD = "x-pothead-ping";

@@ -99,6 +99,8 @@ export interface ServeConnectionOptions {
    * (or declined) as usual.
    */
   noPark?: () => void;
+  /** Called when the hub's ping arrives (see `_ping.ts`). */
+  heard?: () => void;
 }
 
 /** The response our runner sends to give back a connection it will not use. */
@@ -158,6 +160,7 @@ export async function serveConnection(
           await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
           break;
         }
+        options.heard?.();
         await writeAll(conn, PONG_RESPONSE);
         continue;
       }

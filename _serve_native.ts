@@ -274,7 +274,10 @@ export class NativeEngine {
       return notStarted();
     }
     // Alive (see _ping.ts): no handler, no permit.
-    if (req.headers.has(PING_FIELD)) return new Response(null, { status: 204 });
+    if (req.headers.has(PING_FIELD)) {
+      options.heard?.();
+      return new Response(null, { status: 204 });
+    }
     if (
       options.acquire !== undefined &&
       !options.acquire(() => queuedMs(req.headers.get(QUEUE_TIME_HEADER)))

@@ -809,7 +809,13 @@ export class Hub {
           "Cannot accept worker: bytes after the handshake",
         );
       }
-      await writeAll(conn, switchingProtocols(identity.protocol));
+      await writeAll(
+        conn,
+        switchingProtocols(
+          identity.protocol,
+          identity.ping ? this.#opts.pingInterval : 0,
+        ),
+      );
       this.#log({
         level: "debug",
         msg: "worker handshake accepted",

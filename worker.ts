@@ -347,8 +347,9 @@ export function connectWorker(
         const conn = await open(endpoint);
         if (handshake === null) return conn;
         const reader = new BufferedReader(conn);
+        let pingInterval;
         try {
-          await workerHandshake(conn, reader, {
+          pingInterval = await workerHandshake(conn, reader, {
             ...handshake,
             host: endpoint.name,
           });
@@ -357,7 +358,16 @@ export function connectWorker(
           throw error;
         }
         // Requests that followed the 101 at once are in `reader`.
-        return Object.assign(conn, { [READER]: reader });
+        return Object.assign(conn, {
+          [READER]: reader,
+          [PING_INTERVAL]: pingInterval,
+        });
+      },
+      // A hub that pings and has not for three intervals (two seconds more
+      // for short ones) is gone, though the connection looks open.
+      silence(conn) {
+        const interval = (conn as { [PING_INTERVAL]?: number })[PING_INTERVAL];
+        return interval ? Math.max(3 * interval, interval + 2000) : 0;
       },
       serve(conn, endpoint, hooks) {
         const reader = (conn as { [READER]?: BufferedReader })[READER];
@@ -375,6 +385,7 @@ export function connectWorker(
           reuse: hooks.reuse,
           wait: hooks.wait,
           noPark: hooks.noPark,
+          heard: hooks.heard,
         };
         if (native !== null) return native.serve(conn, link, reader);
         return serveConnection(
@@ -416,6 +427,7 @@ export function connectWorker(
 }
 
 const READER = Symbol("reader");
+const PING_INTERVAL = Symbol("pingInterval");
 
 /**
  * Imports a handler module and returns its fetch handler: the default export

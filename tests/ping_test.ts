@@ -158,3 +158,96 @@ Deno.test("the worker runner answers pings without calling its handler or reconn
     }
   });
 });
+
+// A hub on a raw listener: answers each worker's handshake with a 101 that
+// announces `interval` ms pings, then pings every connection that many ms
+// when `pinging`, or says nothing. A runner (the engine under test) is
+// connected to it; `errors` gets what the runner reports.
+async function fakeHub(
+  interval: number,
+  pinging: boolean,
+  fn: (accepted: RawSocket[], errors: string[]) => Promise<void>,
+): Promise<void> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepted: RawSocket[] = [];
+  const timers: ReturnType<typeof setInterval>[] = [];
+  const loop = (async () => {
+    for await (const conn of listener) {
+      const r = new RawSocket(conn);
+      accepted.push(r);
+      const head = await r.readHead();
+      if (head === null) continue;
+      await r.write(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: ptth\r\n" +
+          `connection: Upgrade\r\npothead-ping-interval: ${interval}\r\n\r\n`,
+      );
+      if (pinging) {
+        timers.push(setInterval(async () => {
+          await r.write(
+            "GET /.pothead/ping HTTP/1.1\r\nhost: h\r\nx-pothead-ping: 1\r\n\r\n",
+          );
+        }, interval));
+      }
+    }
+  })();
+  const errors: string[] = [];
+  const worker = connectWorker(() => new Response("never"), {
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+    workerId: "w",
+    minBackoff: 10,
+    maxBackoff: 100,
+    onError: (e) => errors.push(String(e)),
+  });
+  try {
+    await waitFor(() => accepted.length >= 1, "first connection");
+    await deadline(fn(accepted, errors), 30_000, "test body");
+  } finally {
+    worker.close();
+    await worker.finished;
+    for (const t of timers) clearInterval(t);
+    listener.close();
+    await loop.catch(() => {});
+    for (const r of accepted) r.close();
+  }
+}
+
+Deno.test("the runner hands back an idle connection whose hub fell silent, and dials again", async () => {
+  // Interval 100 ms: silent for 2.1 s means gone.
+  await fakeHub(100, false, async (accepted, errors) => {
+    const back = await deadline(
+      accepted[0].readMessage(),
+      15_000,
+      "the runner gives it back",
+    );
+    assert.equal(back?.status, 408);
+    assert.ok(back.headers.some(([n]) => n === "x-pothead-not-started"));
+    await waitFor(() => accepted.length >= 2, "dialed again", 15_000);
+    assert.ok(
+      errors.some((e) => e.includes("sent nothing for")),
+      errors.join("\n"),
+    );
+  });
+});
+
+Deno.test("the runner keeps an idle connection whose hub pings it", async () => {
+  await fakeHub(100, true, async (accepted, errors) => {
+    const answers: number[] = [];
+    const reading = (async () => {
+      while (true) {
+        const m = await accepted[0].readMessage();
+        if (m === null) return;
+        answers.push(m.status);
+      }
+    })();
+    // Longer than the 2.1 s of silence that would end it.
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    assert.equal(accepted.length, 1, "the runner dialed again");
+    const seen = [...answers];
+    assert.ok(seen.length >= 10, `answers: ${seen.length}`);
+    assert.ok(seen.every((status) => status === 204), seen.join(" "));
+    assert.deepEqual(errors, []);
+    accepted[0].close(); // ends the reading loop
+    await reading;
+  });
+});
