@@ -29,8 +29,9 @@
  *   [--setups=A,B,C,B-id,C-id] [--duration=S] [--seed=N] [--out=DIR]
  * ```
  *
- * Writes `manyhubs.md` and `manyhubs.json` under `bench/results/` (a
- * temporary directory for `--smoke`, removed afterwards).
+ * Writes `manyhubs.md` and `manyhubs.json` under `bench/results/`
+ * (`bench/results/quick/` for `--quick`, a temporary directory for
+ * `--smoke`, removed afterwards).
  *
  * @module
  */
@@ -112,7 +113,8 @@ const HELP = `Usage: deno run -A bench/manyhubs.ts [options]
   --loads=0.7,0.9   utilisations
   --duration=S      trace length per cell (default 20, quick 6)
   --seed=N          trace seed (default 1)
-  --out=DIR         where to write manyhubs.{md,json} (default bench/results)
+  --out=DIR         where to write manyhubs.{md,json} (default bench/results,
+                    bench/results/quick with --quick)
   --nice=N          nice value for the benchmark and all it starts
                     (default -10 as root)
   --render=FILE     rewrite manyhubs.md (and the notes in FILE) from a
@@ -189,7 +191,9 @@ function parsePlan(args: string[]): Plan | "help" | { render: string } {
     warmRounds: mode === "smoke" ? 1 : 3,
     probeMs: mode === "full" ? 5000 : mode === "quick" ? 3000 : 2000,
     seed,
-    out: mode === "smoke" ? null : values.out ?? join(ROOT, "bench/results"),
+    // Quick runs never overwrite the committed full results.
+    out: mode === "smoke" ? null : values.out ??
+      join(ROOT, mode === "quick" ? "bench/results/quick" : "bench/results"),
     nice,
     maxSeconds: mode === "smoke"
       ? 40
