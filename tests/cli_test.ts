@@ -340,6 +340,25 @@ Deno.test("a hub and a worker process answer fetch and curl through the hub", as
   }
 });
 
+Deno.test("hub CLI --ping-interval/--ping-timeout: a frozen worker process is dropped and logged", async () => {
+  let worker: Proc | undefined;
+  const hub = await startHub([
+    "--ping-interval",
+    "100ms",
+    "--ping-timeout",
+    "300ms",
+  ]);
+  try {
+    worker = await startWorker(hub.workerPort, "examples/hello.ts");
+    worker.kill("SIGSTOP");
+    const line = await hub.proc.stderr.next(/did not answer a ping/);
+    assert.match(line[0], /did not answer a ping/);
+  } finally {
+    worker?.kill("SIGCONT");
+    await closeAll(worker, hub.proc);
+  }
+});
+
 Deno.test("worker exits 2 naming --engine when its value is invalid", async () => {
   const flag = await runDeno([
     "run",
