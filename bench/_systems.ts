@@ -389,6 +389,10 @@ export interface Systems {
 
 const DENO = Deno.execPath();
 const STARTUP_MS = 30_000;
+// Every Deno process (hub, POTHEAD workers, the backends behind HAProxy and
+// nginx) runs as `deno task start` / `deno task worker` run it: without
+// Deno 2.9's legacy abort of every request signal after its response.
+const LEGACY_ABORT_OFF = "--unstable-no-legacy-abort";
 
 /**
  * Starts the named systems with `workers` workers each. HAProxy and both
@@ -452,6 +456,7 @@ async function startSerialWorkers(
   for (let i = 0; i < workers; i++) {
     const child = new Child(`serial worker ${i}`, DENO, [
       "run",
+      LEGACY_ABORT_OFF,
       "--allow-net",
       "--allow-env",
       "bench/workers/serial_worker.ts",
@@ -482,6 +487,7 @@ async function startPothead(
 ): Promise<{ url: string; hub: Child; workers: Child[] }> {
   const hub = new Child("POTHEAD hub", DENO, [
     "run",
+    LEGACY_ABORT_OFF,
     "--allow-net",
     "--allow-env",
     "--allow-read",
@@ -512,6 +518,7 @@ async function startPothead(
   for (let i = 0; i < workers; i++) {
     const child = new Child(`POTHEAD worker ${i}`, DENO, [
       "run",
+      LEGACY_ABORT_OFF,
       "--allow-net",
       "--allow-env",
       "--allow-read",
