@@ -97,6 +97,7 @@ export type LinkErrorCode =
   | "closed"
   | "protocol"
   | "timeout"
+  | "ping-timeout"
   | "not-started"
   | "aborted"
   | "request-body"
@@ -237,7 +238,7 @@ export class WorkerSlot {
   #closeReason: unknown = undefined;
   /** Requests carried so far. */
   served = 0;
-  /** `performance.now()` when the slot last became idle. */
+  /** `performance.now()` when the slot last became idle and waiting. */
   idleSince = 0;
   /**
    * True once a handshake crossed this connection's first request (the hub
@@ -333,8 +334,10 @@ export class WorkerSlot {
       return;
     }
     this.#state = "idle";
-    this.idleSince = performance.now();
+    // Unwatched, the slot takes its next request at once: no clock read
+    // on that hot path (idleSince matters to pings of waiting slots only).
     if (!watch) return;
+    this.idleSince = performance.now();
     this.#reader.fill().then((more) => {
       if (this.#state !== "idle") return; // now busy: the bytes are its response
       const first = this.#options.onFirstBytes;
@@ -626,15 +629,16 @@ export class WorkerSlot {
    * Sends the ping request on this idle connection (see `_ping.ts`): the
    * slot is busy until the worker answers, then offered again through
    * `onIdle`. No answer within `timeout` ms, or anything but an empty 2xx,
-   * closes the connection. Resolves with the reason it was closed, or null.
+   * closes the connection (the reason reaches `onClose`; code
+   * `ping-timeout` when no answer came).
    */
-  async ping(timeout: number): Promise<unknown> {
-    if (this.#state !== "idle") return null;
+  async ping(timeout: number): Promise<void> {
+    if (this.#state !== "idle") return;
     this.#state = "busy";
     const timer = setTimeout(() => {
       this.close(
         new WorkerLinkError(
-          "timeout",
+          "ping-timeout",
           `Worker did not answer a ping in ${timeout} ms`,
         ),
       );
@@ -646,12 +650,9 @@ export class WorkerSlot {
         "a ping",
         "Worker gave the connection back when pinged",
       );
-      if (!alive) return this.#closeReason;
-      this.#options.onIdle(this);
-      return null;
+      if (alive) this.#options.onIdle(this);
     } catch (error) {
       this.close(error);
-      return this.#closeReason;
     } finally {
       clearTimeout(timer);
     }

@@ -904,22 +904,8 @@ export class Hub {
         if (group === undefined || !group.idle.delete(slot)) continue;
         this.#pool(slot.identity.pool).idle--;
         this.#stats.pings++;
-        slot.ping(this.#opts.pingTimeout).then((reason) => {
-          // Other endings (a draining worker's 408) are logged on detach.
-          if (
-            this.#closed || !(reason instanceof WorkerLinkError) ||
-            reason.code !== "timeout"
-          ) return;
-          this.#stats.pingTimeouts++;
-          this.#log({
-            level: "warn",
-            msg: "worker connection closed: it did not answer a ping",
-            worker: group.key,
-            peer: slot.peer,
-            slot: slot.id,
-            reason: errorText(reason),
-          });
-        });
+        // Its ending, if it ends, is counted and logged on detach.
+        slot.ping(this.#opts.pingTimeout);
       }
     }, every);
     // Pings alone do not keep a process alive.
@@ -992,10 +978,18 @@ export class Hub {
     if (slot.handshakeCrossed) this.#handshakeFrom(peerHost(slot.peer));
     const group = this.#unregister(slot);
     if (group === undefined) return;
+    // A worker silent to a ping is news (gone without a word); any other
+    // close is routine.
+    const silent = reason instanceof WorkerLinkError &&
+      reason.code === "ping-timeout";
+    if (silent) this.#stats.pingTimeouts++;
     this.#log({
-      level: "debug",
-      msg: "worker connection closed",
+      level: silent ? "warn" : "debug",
+      msg: silent
+        ? "worker connection closed: it did not answer a ping"
+        : "worker connection closed",
       worker: group.key,
+      peer: slot.peer,
       slot: slot.id,
       served: slot.served,
       reason: errorText(reason),

@@ -703,8 +703,9 @@ async function gapRounds(
       const span = ok.length === 0 ? 0 : Math.max(...ok.map((s) => s.done)) -
         Math.min(...samples.map((s) => s.sent));
       const used = cpu(samples);
+      const median = summarize(gaps).p50;
       acc.gaps.push(...gaps);
-      acc.medians.push(summarize(gaps).p50);
+      acc.medians.push(median);
       acc.ok += ok.length;
       acc.spanMs += Math.max(0, span);
       acc.errors += samples.length - ok.length;
@@ -716,7 +717,7 @@ async function gapRounds(
         `K=${workers} gap ${system.name.padEnd(9)} round ${
           round + 1
         }/${plan.gapRounds} median=${
-          summarize(gaps).p50.toFixed(3)
+          median.toFixed(3)
         } ms (${gaps.length} gaps) throughput ${
           span > 0 ? ((ok.length * 1000) / span).toFixed(1) : "0"
         }/s; cpu/req balancer=${used.balancerCpuMs.toFixed(2)} workers=${

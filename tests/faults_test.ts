@@ -24,6 +24,11 @@ const HANDLER = "tests/fixtures/soak_handler.ts";
 const until = (check: () => boolean, what: string, ms = 20_000) =>
   waitFor(check, what, ms);
 
+// A worker process with two slots, running HANDLER.
+function twoSlotWorker(server: HubServer): Promise<Proc> {
+  return startWorker(server.workerAddr.port, HANDLER, ["--concurrency", "2"]);
+}
+
 function hub(): HubServer {
   return serveHub({
     hostname: "127.0.0.1",
@@ -87,14 +92,8 @@ Deno.test("a worker SIGKILLed while idle loses no request", async () => {
   let a: Proc | undefined;
   let b: Proc | undefined;
   try {
-    a = await startWorker(server.workerAddr.port, HANDLER, [
-      "--concurrency",
-      "2",
-    ]);
-    b = await startWorker(server.workerAddr.port, HANDLER, [
-      "--concurrency",
-      "2",
-    ]);
+    a = await twoSlotWorker(server);
+    b = await twoSlotWorker(server);
     await until(() => server.hub.stats.idle === 4, "4 idle slots");
     a.kill("SIGKILL");
     await a.status;
@@ -133,14 +132,8 @@ Deno.test("a frozen worker (SIGSTOP) loses its idle connections to pings; reques
   let a: Proc | undefined;
   let b: Proc | undefined;
   try {
-    a = await startWorker(server.workerAddr.port, HANDLER, [
-      "--concurrency",
-      "2",
-    ]);
-    b = await startWorker(server.workerAddr.port, HANDLER, [
-      "--concurrency",
-      "2",
-    ]);
+    a = await twoSlotWorker(server);
+    b = await twoSlotWorker(server);
     await until(() => server.hub.stats.idle === 4, "4 idle slots");
     // Frozen, its connections stay open (the kernel still acknowledges),
     // as for a machine gone silent: without pings they would look idle and
