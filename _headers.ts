@@ -108,9 +108,13 @@ export interface ForwardInfo {
   trustForwarded: boolean;
 }
 
+/** The prefix of the worker link protocol's request fields. */
+export const LINK_FIELD_PREFIX = "x-pothead-";
+
 /**
  * Builds the fields the hub sends to a worker: the consumer's end-to-end
- * fields, X-Forwarded-For/-Proto/-Host (client-supplied ones dropped unless
+ * fields (without any `X-Pothead-*` field, which only the hub may send),
+ * X-Forwarded-For/-Proto/-Host (client-supplied ones dropped unless
  * trusted) and X-Request-Id. Host is kept as the consumer sent it.
  */
 export function forwardRequestHeaders(
@@ -126,7 +130,11 @@ export function forwardRequestHeaders(
   for (let r = 0; r < out.length; r++) {
     const field = out[r];
     const name = field[0];
-    if (name === "x-request-id") continue;
+    // The link protocol's own fields (ping, wait, queue time) are the hub's
+    // to send: one from a consumer would make the worker skip its handler.
+    if (name === "x-request-id" || name.startsWith(LINK_FIELD_PREFIX)) {
+      continue;
+    }
     if (name === "host") hasHost = true;
     if (FORWARDED_FIELDS.has(name)) {
       if (!info.trustForwarded) continue;

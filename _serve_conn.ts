@@ -153,7 +153,9 @@ export async function serveConnection(
         parks = false;
         options.noPark?.();
       }
-      if (fieldValue(head.headers, PING_FIELD) !== null) {
+      // A ping has no body (one with a body is not the hub's ping: reading
+      // on after the head would take its body for the next request).
+      if (fieldValue(head.headers, PING_FIELD) !== null && bodiless(head)) {
         // Alive: no handler, no permit. A draining worker gives the
         // connection back instead.
         if (options.drain.aborted) {
@@ -202,6 +204,15 @@ export async function serveConnection(
     }
   }
   return served;
+}
+
+// Whether a request head announces no body.
+function bodiless(head: RequestHead): boolean {
+  for (const [name, value] of head.headers) {
+    if (name === "transfer-encoding") return false;
+    if (name === "content-length" && value.trim() !== "0") return false;
+  }
+  return true;
 }
 
 /** The hub's queue time field as a number of ms, or NaN. */

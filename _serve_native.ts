@@ -274,7 +274,7 @@ export class NativeEngine {
       return notStarted();
     }
     // Alive (see _ping.ts): no handler, no permit.
-    if (req.headers.has(PING_FIELD)) {
+    if (req.headers.has(PING_FIELD) && req.body === null) {
       options.heard?.();
       return new Response(null, { status: 204 });
     }

@@ -480,3 +480,37 @@ Deno.test("a handler's Connection: close ends that worker connection after the r
     await server.shutdown();
   }
 });
+
+Deno.test("a consumer's X-Pothead-* fields do not reach the worker: its handler runs and the link stays in sync", async () => {
+  const server = startHub();
+  const seen: string[] = [];
+  const worker = startWorker(server, async (req) => {
+    const body = await req.text();
+    const own = [...req.headers.keys()].filter((n) =>
+      n.startsWith("x-pothead")
+    );
+    seen.push(`${req.method} ${new URL(req.url).pathname} ${body} [${own}]`);
+    return new Response(`handled ${new URL(req.url).pathname}`);
+  });
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
+    // A body that is itself a request: an engine that took this for the
+    // hub's ping would read it as the next request on the link.
+    const smuggled = "GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n";
+    const res = await fetch(url(server, "/charge"), {
+      method: "POST",
+      headers: { "x-pothead-ping": "1", "x-pothead-queue-ms": "99999" },
+      body: smuggled,
+    });
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), "handled /charge");
+    const next = await fetch(url(server, "/next"));
+    assert.equal(await next.text(), "handled /next");
+    assert.deepEqual(seen, [
+      `POST /charge ${smuggled} [x-pothead-queue-ms]`,
+      "GET /next  [x-pothead-queue-ms]",
+    ]);
+  } finally {
+    await stop(server, [worker]);
+  }
+});

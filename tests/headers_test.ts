@@ -111,6 +111,27 @@ Deno.test("forwarded request replaces client-supplied forwarding fields unless t
   );
 });
 
+Deno.test("forwarded request drops the link protocol's fields a consumer sent", () => {
+  const headers = new Headers([
+    ["host", "example.test"],
+    ["x-pothead-ping", "1"],
+    ["x-pothead-wait", "1"],
+    ["x-pothead-queue-ms", "99999"],
+    ["x-pothead-anything", "1"],
+    ["x-potheadless", "kept"],
+  ]);
+  const out = forwardRequestHeaders(headers, {
+    clientIp: "192.0.2.1",
+    proto: "http",
+    host: "example.test",
+    requestId: "ours",
+    trustForwarded: true,
+  });
+  assert.deepEqual(out.filter(([n]) => n.startsWith("x-pothead")), [
+    ["x-potheadless", "kept"],
+  ]);
+});
+
 Deno.test("relayed Response: the relayer's own fields replace the worker's, appended ones add", async () => {
   const res = relayedResponse(
     {

@@ -231,3 +231,28 @@ Deno.test("a long-lived connection keeps no memory per request it served", async
     `heap grew by ${after - before} bytes over 20 000 requests`,
   );
 });
+
+Deno.test("a request with the ping field and a body is not a ping: its body is not read as the next request", async () => {
+  const seen: string[] = [];
+  const smuggled = "GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n";
+  const { conn, errors } = await serve(
+    async (req) => {
+      seen.push(
+        `${req.method} ${new URL(req.url).pathname} ${await req.text()}`,
+      );
+      return new Response("ok");
+    },
+    `POST /p HTTP/1.1\r\nhost: a\r\nx-pothead-ping: 1\r\ncontent-length: ${smuggled.length}\r\n\r\n` +
+      smuggled +
+      "GET /after HTTP/1.1\r\nhost: a\r\n\r\n",
+  );
+  assert.deepEqual(errors, []);
+  assert.deepEqual(seen, [
+    `POST /p ${smuggled}`,
+    "GET /after ",
+  ]);
+  assert.equal(
+    conn.writes.map(text).join("").match(/HTTP\/1\.1 200/g)?.length,
+    2,
+  );
+});
