@@ -96,6 +96,8 @@ interface Link {
   withdraw: AbortController;
   // When the hub was last heard from (or the link last busy or parked).
   heardAt: number;
+  // With a gate: served its one request and is closing (offers nothing).
+  spent: boolean;
 }
 
 interface EndpointState {
@@ -131,6 +133,8 @@ export class Dialer {
   #o: DialerOptions;
   #states = new Map<string, EndpointState>();
   #inUse = 0;
+  // Connections past the gate (or not gated) that are still being opened.
+  #admitted = 0;
   #stop: AbortSignal;
   #kill: AbortSignal;
   #resolver: ReturnType<typeof setInterval> | undefined;
@@ -330,11 +334,16 @@ export class Dialer {
       wake: null,
       withdraw: new AbortController(),
       heardAt: 0,
+      spent: false,
     };
     let conn: Connection;
+    let admitted = false;
     try {
       if (this.#o.gate !== undefined) {
-        const slot = this.#inUse + this.#countLinks();
+        // The slot this connection would be: permits in use, connections
+        // offered, and connections already admitted and still opening (not
+        // those still waiting at the gate, nor spent ones closing).
+        const slot = this.#inUse + this.#offered() + this.#admitted;
         if (slot > 0) {
           await this.#o.gate(slot, AbortSignal.any([this.#stop, this.#kill]));
         }
@@ -343,12 +352,16 @@ export class Dialer {
           return;
         }
       }
+      this.#admitted++;
+      admitted = true;
       conn = await this.#o.connect(s.endpoint);
     } catch (error) {
+      if (admitted) this.#admitted--;
       s.opening--;
       this.#failed(s, error);
       return;
     }
+    this.#admitted--;
     s.opening--;
     if (this.#stop.aborted || this.#kill.aborted || s.removed) {
       conn.close();
@@ -425,6 +438,8 @@ export class Dialer {
         release: () => {
           this.#inUse--;
           link.busy = false;
+          // With a gate a connection carries one request: this one is done.
+          if (this.#o.gate !== undefined) link.spent = true;
           this.#reconcile();
         },
         wait: () => {
@@ -471,7 +486,9 @@ export class Dialer {
   #idleLinks(s: EndpointState): number {
     let idle = 0;
     for (const l of s.links) {
-      if (!l.busy && !l.parked && !l.withdraw.signal.aborted) idle++;
+      if (!l.busy && !l.parked && !l.spent && !l.withdraw.signal.aborted) {
+        idle++;
+      }
     }
     return idle;
   }
@@ -489,9 +506,10 @@ export class Dialer {
     return n > 1;
   }
 
-  #countLinks(): number {
+  // Connections offered to hubs now, over all of them.
+  #offered(): number {
     let n = 0;
-    for (const s of this.#states.values()) n += s.links.size + s.opening;
+    for (const s of this.#states.values()) n += this.#idleLinks(s);
     return n;
   }
 

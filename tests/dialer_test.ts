@@ -517,3 +517,37 @@ Deno.test("a hub found not to park gets surplus connections handed back while th
     a.release();
   });
 });
+
+Deno.test("a gate that admits only slot 0 still gets the worker its first connection, which serves", async () => {
+  const server = hub();
+  const asked: number[] = [];
+  const w = connectWorker(() => new Response("ok"), {
+    hostname: "127.0.0.1",
+    port: server.workerAddr.port,
+    concurrency: 2,
+    minBackoff: 10,
+    maxBackoff: 100,
+    // As `capacityGate` on a machine with no room: slot 0 is never held.
+    gate: (slot, signal) => {
+      asked.push(slot);
+      if (slot === 0) return Promise.resolve();
+      return new Promise<void>((r) =>
+        signal.addEventListener("abort", () => r(), { once: true })
+      );
+    },
+  });
+  try {
+    await waitFor(() => server.hub.stats.slots === 1, "the first slot", 5_000);
+    // With a gate each connection carries one request and dials again.
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`http://127.0.0.1:${server.addr.port}/`);
+      assert.equal(await res.text(), "ok");
+    }
+    // Only the second connection was ever asked about, as slot 1.
+    assert.ok(asked.every((slot) => slot === 1), `slots asked: ${asked}`);
+  } finally {
+    w.close();
+    await w.finished;
+    await server.shutdown();
+  }
+});
