@@ -218,6 +218,10 @@ export class Dialer {
           addrs = await this.#o.resolve(t.hostname);
         } catch (error) {
           this.#o.onError(error, `resolve ${t.hostname}`);
+          // A failed lookup says nothing about the hubs: keep the addresses
+          // the name had. (Deno reports a SERVFAIL as NotFound, like a name
+          // that does not exist, so no failure can count as an answer.)
+          addrs = this.#known(t);
         }
         // Names DNS cannot answer here (e.g. from /etc/hosts) are dialed
         // as names; connect resolves them.
@@ -504,6 +508,19 @@ export class Dialer {
     let n = 0;
     for (const s of this.#states.values()) if (!s.removed) n++;
     return n > 1;
+  }
+
+  // The addresses `t` resolved to last time (none if it never did).
+  #known(t: Target): string[] {
+    const addrs: string[] = [];
+    for (const s of this.#states.values()) {
+      const e = s.endpoint;
+      if (
+        !s.removed && e.name === t.hostname && e.port === t.port &&
+        e.address !== t.hostname
+      ) addrs.push(e.address);
+    }
+    return addrs;
   }
 
   // Connections offered to hubs now, over all of them.

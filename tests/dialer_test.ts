@@ -551,3 +551,75 @@ Deno.test("a gate that admits only slot 0 still gets the worker its first connec
     await server.shutdown();
   }
 });
+
+Deno.test("a failed DNS lookup keeps the hub's known addresses; an answer without one drops it", async () => {
+  const stop = new AbortController();
+  const kill = new AbortController();
+  let answer: () => Promise<string[]> = () => Promise.resolve(["127.0.0.9"]);
+  let lookups = 0;
+  const served: string[] = [];
+  const withdrawn: string[] = [];
+  const dialer = new Dialer(
+    {
+      targets: [{ hostname: "hubs.test", port: 4040 }],
+      concurrency: 1,
+      resolveInterval: 20,
+      minBackoff: 10,
+      maxBackoff: 10,
+      resolve: () => {
+        lookups++;
+        return answer();
+      },
+      connect: () =>
+        Promise.resolve({
+          read: () => new Promise<number | null>(() => {}),
+          write: (p: Uint8Array) => Promise.resolve(p.length),
+          close: () => {},
+        }),
+      serve: (_conn, endpoint, h) => {
+        served.push(endpoint.key);
+        return new Promise<number>((resolve) => {
+          const end = () => resolve(0);
+          h.withdraw.addEventListener("abort", () => {
+            withdrawn.push(endpoint.key);
+            end();
+          }, { once: true });
+          kill.signal.addEventListener("abort", end, { once: true });
+        });
+      },
+      onError: () => {},
+    },
+    stop.signal,
+    kill.signal,
+  );
+  const running = dialer.run();
+  try {
+    await waitFor(() => served.length === 1, "the first link", HANG);
+    assert.deepEqual(served, ["127.0.0.9:4040"]);
+    // The name server fails (as a SERVFAIL or a timeout does) for several
+    // lookups: the link to the known address stays.
+    answer = () => Promise.reject(new Error("server failure"));
+    const before = lookups;
+    await waitFor(() => lookups >= before + 3, "three failed lookups", HANG);
+    assert.deepEqual(withdrawn, []);
+    assert.deepEqual(served, ["127.0.0.9:4040"]);
+    // Deno reports a SERVFAIL as NotFound too.
+    answer = () => Promise.reject(new Deno.errors.NotFound("no records"));
+    const later = lookups;
+    await waitFor(
+      () => lookups >= later + 3,
+      "three more failed lookups",
+      HANG,
+    );
+    assert.deepEqual(withdrawn, []);
+    // An answer without the address drops it, and the new one is dialed.
+    answer = () => Promise.resolve(["127.0.0.10"]);
+    await waitFor(() => withdrawn.length === 1, "the link handed back", HANG);
+    assert.deepEqual(withdrawn, ["127.0.0.9:4040"]);
+    await waitFor(() => served.length === 2, "the new address", HANG);
+    assert.equal(served[1], "127.0.0.10:4040");
+  } finally {
+    kill.abort();
+    await running;
+  }
+});
