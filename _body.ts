@@ -28,9 +28,10 @@ export interface BodyStreamOptions {
    * Called exactly once: with no argument when the body was read completely
    * and the reader sits at the next message, or with the reason it was not
    * (error, early end of stream, or cancellation by the consumer). `bytes`
-   * is the number of body bytes read so far.
+   * is the number of body bytes read so far; `cancelled` is true when the
+   * stream's reader cancelled it.
    */
-  onDone(error: unknown | undefined, bytes: number): void;
+  onDone(error: unknown | undefined, bytes: number, cancelled?: boolean): void;
 }
 
 /** Thrown into a body stream when the peer ends the stream too early. */
@@ -62,10 +63,10 @@ export function bodyStream(
   const max = options.maxBodySize ?? Infinity;
   let total = 0;
   let done = false;
-  const finish = (error?: unknown) => {
+  const finish = (error?: unknown, cancelled = false) => {
     if (done) return;
     done = true;
-    options.onDone(error, total);
+    options.onDone(error, total, cancelled);
   };
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -93,7 +94,7 @@ export function bodyStream(
       }
     },
     cancel(reason) {
-      finish(reason ?? new Error("Body stream cancelled"));
+      finish(reason ?? new Error("Body stream cancelled"), true);
     },
   }, { highWaterMark: 0 });
 }

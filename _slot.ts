@@ -387,7 +387,12 @@ export class WorkerSlot {
   async send(
     req: OutgoingRequest,
     signal?: AbortSignal,
-    onEnd?: (status: number, bytes: number, error?: unknown) => void,
+    onEnd?: (
+      status: number,
+      bytes: number,
+      error?: unknown,
+      cancelled?: boolean,
+    ) => void,
   ): Promise<IncomingResponse> {
     if (this.#state !== "idle") {
       throw new WorkerLinkError("closed", "Worker connection is not idle", {
@@ -600,7 +605,7 @@ export class WorkerSlot {
       body = bodyStream(this.#reader, framing, {
         limits: opts.limits,
         maxBodySize: opts.maxBodySize,
-        onDone: (error, bytes) => {
+        onDone: (error, bytes, cancelled) => {
           this.#inBody = false;
           if (error === undefined) {
             responseDone = true;
@@ -612,6 +617,7 @@ export class WorkerSlot {
             head.status,
             bytes,
             error === undefined ? undefined : this.#closeReason ?? error,
+            cancelled,
           );
         },
       });

@@ -1306,8 +1306,14 @@ export class Hub {
       }
     }
     const worker = group.key;
-    slot.send(out, p.req.signal, (status, bytes, error) => {
+    slot.send(out, p.req.signal, (status, bytes, error, cancelled) => {
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
+      // A body cut by the worker (or a timeout) failed; one the consumer
+      // stopped reading did not.
+      if (
+        error !== undefined && !cancelled &&
+        !(error instanceof WorkerLinkError && error.code === "aborted")
+      ) this.#stats.failed++;
       this.#record(
         p,
         status,

@@ -294,3 +294,50 @@ Deno.test("worker process that exits mid-request gives its consumer 502 while ot
     await stop(server, [inProcess], () => release.resolve());
   }
 });
+
+Deno.test("a body the worker cuts counts as failed; one the consumer stops reading does not", async () => {
+  const { RawSocket } = await import("./_relay.ts");
+  const outcomes: string[] = [];
+  const server = startHub({ onAccess: (r) => outcomes.push(r.outcome) });
+  try {
+    // The worker dies in the middle of a body.
+    const worker = await RawSocket.connect(server.workerAddr.port);
+    await waitFor(() => server.hub.stats.idle === 1, "the raw worker idle");
+    const res = later(url(server, "/cut"));
+    await guard(worker.readHead(), "the request at the worker");
+    await worker.write(
+      "HTTP/1.1 200 OK\r\ncontent-length: 200000\r\n\r\n" + "a".repeat(1000),
+    );
+    const reader = (await guard(res, "the head")).body!.getReader();
+    await reader.read();
+    worker.close();
+    await assert.rejects(async () => {
+      while (!(await reader.read()).done) { /* drain */ }
+    });
+    await waitFor(() => outcomes.length === 1, "the access record");
+    assert.equal(server.hub.stats.failed, 1);
+
+    // The consumer leaves in the middle of a body.
+    const worker2 = await RawSocket.connect(server.workerAddr.port);
+    await waitFor(() => server.hub.stats.idle === 1, "the second raw worker");
+    const consumer = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: server.addr.port,
+    });
+    await consumer.write(
+      encoder.encode("GET /left HTTP/1.1\r\nhost: a\r\n\r\n"),
+    );
+    await guard(worker2.readHead(), "the second request at the worker");
+    await worker2.write(
+      "HTTP/1.1 200 OK\r\ncontent-length: 2000000\r\n\r\n" + "b".repeat(100000),
+    );
+    const buf = new Uint8Array(1024);
+    await guard(consumer.read(buf), "the consumer's first bytes");
+    consumer.close();
+    await waitFor(() => outcomes.length === 2, "the second access record");
+    assert.equal(server.hub.stats.failed, 1, `outcomes ${outcomes}`);
+    worker2.close();
+  } finally {
+    await server.shutdown();
+  }
+});
