@@ -54,6 +54,8 @@ interface Link {
   // Whether the request that asked for 100 Continue is taken: `Deno.serve`
   // sends the 100 before the handler runs, and #down holds it until then.
   verdict: PromiseWithResolvers<boolean> | null;
+  // Aborts the signal of the request in progress (the hub dropped the link).
+  abort: ((reason: Error) => void) | null;
 }
 
 const CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -139,6 +141,7 @@ export class NativeEngine {
       parked: false,
       parks: options.wait !== undefined,
       verdict: null,
+      abort: null,
     };
     this.#links.set(key, link);
     const drain = options.drain;
@@ -192,9 +195,11 @@ export class NativeEngine {
       // the hub connection failed or was closed under us
     }
     if (!link.ending) {
-      // The hub dropped the connection: close the local side too, so a
-      // handler still running sees its request signal abort.
+      // The hub dropped the connection: close the local side too, and abort
+      // the signal of a handler still running (Deno.serve does not when it
+      // was still reading the request body).
       closeQuietly(link.local);
+      link.abort?.(new Error("Hub closed the connection"));
     }
   }
 
@@ -295,7 +300,9 @@ export class NativeEngine {
     link.busy = true;
     link.served++;
     const last = link.served >= (options.maxRequests ?? Infinity);
-    const response = await callHandler(this.#handler, httpsAware(req), {
+    const [request, abort] = abortable(httpsAware(req));
+    link.abort = abort;
+    const response = await callHandler(this.#handler, request, {
       remoteAddr: forwardedAddr(
         req.headers.get("x-forwarded-for"),
         options.peer,
@@ -309,6 +316,7 @@ export class NativeEngine {
     if (close) link.stopped = true;
     const park = !close && after === "park" && link.parks;
     const done = () => {
+      if (link.abort === abort) link.abort = null;
       link.busy = false;
       options.release?.();
       if (close || options.drain.aborted) this.#end(link);
@@ -409,6 +417,36 @@ function withConnection(res: Response, value: string): Response {
       headers,
     });
   }
+}
+
+const SIGNAL = Object.getOwnPropertyDescriptor(Request.prototype, "signal")!
+  .get!;
+
+/**
+ * `req` with a signal that also aborts through the function returned. The
+ * combined signal is made only if the handler looks at it.
+ */
+export function abortable(req: Request): [Request, (reason: Error) => void] {
+  let controller: AbortController | undefined;
+  let combined: AbortSignal | undefined;
+  let aborted: Error | undefined;
+  const abort = (reason: Error) => {
+    if (aborted !== undefined) return;
+    aborted = reason;
+    controller?.abort(reason);
+  };
+  Object.defineProperty(req, "signal", {
+    configurable: true,
+    get() {
+      if (combined === undefined) {
+        controller = new AbortController();
+        if (aborted !== undefined) controller.abort(aborted);
+        combined = AbortSignal.any([SIGNAL.call(req), controller.signal]);
+      }
+      return combined;
+    },
+  });
+  return [req, abort];
 }
 
 // `Deno.serve` builds an http: URL; the hub says when the consumer used TLS.
