@@ -279,12 +279,27 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   return 0;
 }
 
-function defaultWorkerId(): string {
-  let host = "worker";
+/**
+ * The worker id when none is given: `HOST-PID`. Without `--allow-sys` the
+ * host comes from `$HOSTNAME` (a Kubernetes pod's name); failing that, from
+ * a random tag, since in a container every worker may be pid 1 and workers
+ * with one id are one worker to the hub.
+ */
+export function defaultWorkerId(
+  hostname: () => string = Deno.hostname,
+  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
+  pid: number = Deno.pid,
+): string {
+  let host: string | undefined;
   try {
-    host = Deno.hostname().replace(/[^A-Za-z0-9._:-]/g, "-");
+    host = hostname();
   } catch {
-    // no --allow-sys: the pid alone still tells processes apart
+    try {
+      host = env("HOSTNAME");
+    } catch {
+      // no --allow-env either
+    }
   }
-  return `${host}-${Deno.pid}`.slice(0, 128);
+  if (!host) host = `worker-${crypto.randomUUID().slice(0, 8)}`;
+  return `${host.replace(/[^A-Za-z0-9._:-]/g, "-")}-${pid}`.slice(0, 128);
 }

@@ -18,6 +18,7 @@ import {
   startHub,
   startWorker,
 } from "./_procs.ts";
+import { defaultWorkerId } from "../_worker_cli.ts";
 
 const CURL = "/usr/bin/curl";
 const HANG_GUARD = 30_000;
@@ -686,4 +687,21 @@ Deno.test("CLI: token file, pool routes and a worker that declares its pool", as
     await closeAll(good, bad, hub.proc);
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("default worker id: host and pid; $HOSTNAME without sys permission; else a random tag", () => {
+  const denied = () => {
+    throw new Deno.errors.NotCapable('Requires sys access to "hostname"');
+  };
+  assert.equal(defaultWorkerId(() => "vm", () => undefined, 7), "vm-7");
+  assert.equal(
+    defaultWorkerId(denied, (n) => n === "HOSTNAME" ? "pod-abc" : undefined, 1),
+    "pod-abc-1",
+  );
+  // In containers every worker may be pid 1: two ids must still differ.
+  const a = defaultWorkerId(denied, () => undefined, 1);
+  const b = defaultWorkerId(denied, () => undefined, 1);
+  assert.match(a, /^worker-[0-9a-f]{8}-1$/);
+  assert.notEqual(a, b);
+  assert.equal(defaultWorkerId(() => "a b/c", () => undefined, 2), "a-b-c-2");
 });
