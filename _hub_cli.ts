@@ -149,6 +149,16 @@ function optionsFrom(
         `Cannot parse --config: ${(error as Error).message}`,
       );
     }
+    if (
+      parsed === null || typeof parsed !== "object" || Array.isArray(parsed)
+    ) {
+      throw new UsageError(
+        'Invalid --config: expected an object { "routes": [...], "pools": {...} }',
+      );
+    }
+    if (parsed.routes !== undefined && !Array.isArray(parsed.routes)) {
+      throw new UsageError('Invalid --config: "routes" must be an array');
+    }
     if (Array.isArray(parsed.routes)) routes.push(...parsed.routes);
     pools = parsed.pools;
   }

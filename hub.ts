@@ -530,12 +530,26 @@ export class Hub {
       workerTokens: [...tokens],
     };
     this.#routes = (options.routes ?? []).map((r) => {
-      if (!POOL_NAME.test(r.pool)) {
+      if (r === null || typeof r !== "object") {
+        throw new TypeError(
+          `Invalid option "routes": expected objects, got ${JSON.stringify(r)}`,
+        );
+      }
+      if (typeof r.pool !== "string" || !POOL_NAME.test(r.pool)) {
         throw new TypeError(
           `Invalid option "routes": invalid pool name ${
             JSON.stringify(r.pool)
           }`,
         );
+      }
+      for (const key of ["host", "pathPrefix"] as const) {
+        if (r[key] !== undefined && typeof r[key] !== "string") {
+          throw new TypeError(
+            `Invalid option "routes": ${key} must be a string, got ${
+              JSON.stringify(r[key])
+            }`,
+          );
+        }
       }
       return { ...r, host: r.host?.toLowerCase() };
     });

@@ -705,3 +705,35 @@ Deno.test("default worker id: host and pid; $HOSTNAME without sys permission; el
   assert.notEqual(a, b);
   assert.equal(defaultWorkerId(() => "a b/c", () => undefined, 2), "a-b-c-2");
 });
+
+Deno.test("hub refuses a --config that is not an object, or a route without a pool, with a clear message", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const cases: [string, number, RegExp][] = [
+      ["null", 2, /Invalid --config: expected an object/],
+      ['{"routes": 5}', 2, /"routes" must be an array/],
+      ['{"routes": [{"pathPrefix": "/x"}]}', 1, /invalid pool name undefined/],
+    ];
+    for (const [text, want, message] of cases) {
+      const file = `${dir}/config.json`;
+      await Deno.writeTextFile(file, text);
+      const { code, stdout, stderr } = await runDeno([
+        "run",
+        ...RUN_PERMISSIONS,
+        "hub.ts",
+        "--port",
+        "0",
+        "--worker-port",
+        "0",
+        "--config",
+        file,
+      ]);
+      assert.equal(code, want, `${text}: ${stderr}`);
+      assert.match(stderr, message, text);
+      assert.doesNotMatch(stderr, /^\s+at /m, "no stack trace");
+      assert.equal(stdout, "", "no Listening line");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -387,3 +387,26 @@ Deno.test("least-loaded dispatch: a 5th request goes to the worker with fewer in
     for (const r of [...reqs, sixth]) assert.equal((await text(r))[0], 200);
   });
 });
+
+Deno.test("a route without a string pool (or with a non-string host or prefix) is refused at construction", () => {
+  const bad: unknown[] = [
+    { pathPrefix: "/x" },
+    { pool: 5 },
+    { pool: "images", host: 7 },
+    { pool: "images", pathPrefix: ["/x"] },
+    null,
+  ];
+  for (const route of bad) {
+    assert.throws(
+      () =>
+        serveHub({
+          hostname: "127.0.0.1",
+          port: 0,
+          workerPort: 0,
+          routes: [route],
+        } as unknown as ServeHubOptions),
+      TypeError,
+      JSON.stringify(route),
+    );
+  }
+});
