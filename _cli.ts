@@ -73,8 +73,23 @@ export function parseDuration(
     );
   }
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
-  return Math.round(Number(m[1]) * unit);
+  const ms = Math.round(Number(m[1]) * unit);
+  if (ms > MAX_TIMER_MS) {
+    throw new UsageError(
+      `Invalid ${name}: "${text}" is longer than the longest timer (${MAX_TIMER_MS} ms, about 24.8 days)`,
+    );
+  }
+  if (ms === 0 && Number(m[1]) > 0) {
+    throw new UsageError(
+      `Invalid ${name}: "${text}" is shorter than a millisecond (0 means no limit)`,
+    );
+  }
+  return ms;
 }
+
+// Timers take at most a signed 32-bit number of milliseconds; a longer
+// delay fires at once.
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Parses `host:port` (IPv6 in brackets), naming the option in the error. */
 export function parseHostPort(

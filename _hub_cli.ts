@@ -101,7 +101,7 @@ export function parseRoute(rule: string): Route {
 }
 
 /** Builds serveHub options from parsed flags and the environment. */
-function optionsFrom(
+export function optionsFrom(
   values: Record<string, string | string[] | boolean | undefined>,
   log: (record: HubLogRecord) => void,
 ): ServeHubOptions {
@@ -126,7 +126,11 @@ function optionsFrom(
       ),
     );
   }
-  const envTokens = flagOrEnv(undefined, "POTHEAD_WORKER_TOKENS");
+  // A --worker-token flag wins over the variable (rotating a token with
+  // flags must not leave the old one valid).
+  const envTokens = values["worker-token"] === undefined
+    ? flagOrEnv(undefined, "POTHEAD_WORKER_TOKENS")
+    : undefined;
   if (envTokens !== undefined) {
     tokens.push(...envTokens.split(/[\s,]+/).filter((t) => t !== ""));
   }

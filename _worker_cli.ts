@@ -146,10 +146,12 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         `Invalid --engine: expected auto, serve or inline, got "${engine}"`,
       );
     }
-    const tokenFile = flagOrEnv(values["token-file"], "POTHEAD_TOKEN_FILE");
-    const token = tokenFile !== undefined
-      ? readText(tokenFile, "token file").trim()
-      : flagOrEnv(values.token, "POTHEAD_TOKEN");
+    const token = chooseToken(
+      values["token-file"] as string | undefined,
+      values.token as string | undefined,
+      (name) => flagOrEnv(undefined, name),
+      (path) => readText(path, "token file").trim(),
+    );
     const caFile = flagOrEnv(values.ca, "POTHEAD_CA");
     const labels: Record<string, string> = {};
     for (const l of values.label ?? []) {
@@ -277,6 +279,22 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;
+}
+
+/**
+ * The handshake token: `--token-file`, else `--token`, else the file in
+ * `POTHEAD_TOKEN_FILE`, else `POTHEAD_TOKEN` (a flag wins over any variable).
+ */
+export function chooseToken(
+  fileFlag: string | undefined,
+  tokenFlag: string | undefined,
+  env: (name: string) => string | undefined,
+  read: (path: string) => string,
+): string | undefined {
+  if (fileFlag !== undefined) return read(fileFlag);
+  if (tokenFlag !== undefined) return tokenFlag;
+  const envFile = env("POTHEAD_TOKEN_FILE");
+  return envFile !== undefined ? read(envFile) : env("POTHEAD_TOKEN");
 }
 
 /**

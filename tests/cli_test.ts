@@ -18,7 +18,9 @@ import {
   startHub,
   startWorker,
 } from "./_procs.ts";
-import { defaultWorkerId } from "../_worker_cli.ts";
+import { chooseToken, defaultWorkerId } from "../_worker_cli.ts";
+import { optionsFrom } from "../_hub_cli.ts";
+import { parseDuration } from "../_cli.ts";
 
 const CURL = "/usr/bin/curl";
 const HANG_GUARD = 30_000;
@@ -736,4 +738,47 @@ Deno.test("hub refuses a --config that is not an object, or a route without a po
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("worker token: each flag wins over both variables; the token file variable over the token variable", () => {
+  const env = (vars: Record<string, string>) => (n: string) => vars[n];
+  const read = (path: string) => `from ${path}`;
+  const both = env({ POTHEAD_TOKEN_FILE: "envfile", POTHEAD_TOKEN: "envtok" });
+  assert.equal(chooseToken("f", "t", both, read), "from f");
+  assert.equal(chooseToken(undefined, "t", both, read), "t");
+  assert.equal(chooseToken(undefined, undefined, both, read), "from envfile");
+  assert.equal(
+    chooseToken(undefined, undefined, env({ POTHEAD_TOKEN: "envtok" }), read),
+    "envtok",
+  );
+  assert.equal(chooseToken(undefined, undefined, env({}), read), undefined);
+});
+
+Deno.test("hub tokens: --worker-token flags replace POTHEAD_WORKER_TOKENS, which counts only without them", () => {
+  const before = Deno.env.get("POTHEAD_WORKER_TOKENS");
+  Deno.env.set("POTHEAD_WORKER_TOKENS", "old-token-123");
+  try {
+    const log = () => {};
+    const flagged = optionsFrom({ "worker-token": ["new-token-456"] }, log);
+    assert.deepEqual(flagged.workerTokens, ["new-token-456"]);
+    const envOnly = optionsFrom({}, log);
+    assert.deepEqual(envOnly.workerTokens, ["old-token-123"]);
+  } finally {
+    if (before === undefined) Deno.env.delete("POTHEAD_WORKER_TOKENS");
+    else Deno.env.set("POTHEAD_WORKER_TOKENS", before);
+  }
+});
+
+Deno.test("durations: longer than a timer can wait, or shorter than a millisecond, are refused", () => {
+  assert.equal(parseDuration("596h", "--x", 0), 596 * 3_600_000);
+  assert.equal(parseDuration("0", "--x", 5), 0);
+  assert.equal(parseDuration("1.5ms", "--x", 0), 2);
+  assert.throws(
+    () => parseDuration("600h", "--x", 0),
+    /longer than the longest timer/,
+  );
+  assert.throws(
+    () => parseDuration("0.4ms", "--x", 0),
+    /shorter than a millisecond/,
+  );
 });
