@@ -206,8 +206,16 @@ export function relayedResponse(
     fields = fields.filter(([name]) => !set.some(([own]) => own === name));
   }
   fields.push(...set, ...append);
+  // A 205 has no content (RFC 9110 §15.3.6); one a worker sent anyway was
+  // read off the link, and is dropped here (`Response` would refuse it).
+  let body = res.body;
+  if (res.status === 205 && body !== null) {
+    if (body instanceof ReadableStream) body.cancel().catch(() => {});
+    body = null;
+    fields = fields.filter(([name]) => name !== "content-length");
+  }
   try {
-    return new Response(res.body as BodyInit | null, {
+    return new Response(body as BodyInit | null, {
       status: res.status,
       statusText: res.reason,
       headers: fields,

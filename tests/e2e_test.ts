@@ -514,3 +514,29 @@ Deno.test("a consumer's X-Pothead-* fields do not reach the worker: its handler 
     await stop(server, [worker]);
   }
 });
+
+Deno.test("a 205 that comes with a body reaches the consumer without it, and the link stays in sync", async () => {
+  const { RawSocket } = await import("./_relay.ts");
+  const server = startHub();
+  const worker = await RawSocket.connect(server.workerAddr.port);
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "the raw worker idle");
+    const res = later(url(server, "/reset"));
+    await guard(worker.readHead(), "the request at the worker");
+    await worker.write(
+      "HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello",
+    );
+    const reset = await guard(res, "the 205");
+    assert.equal(reset.status, 205);
+    assert.equal(await reset.text(), "");
+    const next = later(url(server, "/next"));
+    const head = await guard(worker.readHead(), "the next request");
+    assert.match(head ?? "", /^GET \/next /);
+    await worker.write("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext");
+    assert.equal(await (await guard(next, "the next answer")).text(), "next");
+    assert.equal(server.hub.stats.failed, 0);
+  } finally {
+    worker.close();
+    await server.shutdown();
+  }
+});
