@@ -1094,6 +1094,12 @@ export class Hub {
       }
     }
     const pool = pending.pool;
+    if (req.signal.aborted) {
+      // Gone while its body was read: it must not cost a worker connection.
+      this.#stats.abandoned++;
+      this.#fail(pending, "abandoned", 499, "consumer went away");
+      return promise;
+    }
     const slot = this.#takeIdle(pool);
     if (slot !== undefined) {
       this.#dispatch(pending, slot);
@@ -1203,6 +1209,7 @@ export class Hub {
       // A consumer that leaves while queued never reaches a worker.
       p.watching = true;
       p.req.signal.addEventListener("abort", p, { once: true });
+      if (p.req.signal.aborted) this.#abandon(p);
     }
   }
 

@@ -236,3 +236,41 @@ for (const c of CASES) {
     }
   });
 }
+
+Deno.test("a consumer gone while its body was read costs no worker connection", async () => {
+  const { Hub } = await import("../hub.ts");
+  const { RawSocket, waitFor: until } = await import("./_relay.ts");
+  const hub = new Hub({ handshakeWait: 0 });
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const dialed = Deno.connect({
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+  });
+  const accepted = await listener.accept();
+  const worker = new RawSocket(await dialed);
+  try {
+    hub.addWorker(accepted, "w");
+    await until(() => hub.stats.idle === 1, "the worker idle");
+    const abort = new AbortController();
+    let body!: ReadableStreamDefaultController<Uint8Array>;
+    const req = new Request("http://hub/x", {
+      method: "POST",
+      body: new ReadableStream<Uint8Array>({ start: (c) => void (body = c) }),
+      signal: abort.signal,
+      headers: { "content-length": "5" },
+    });
+    const res = hub.fetch(req);
+    body.enqueue(new TextEncoder().encode("hello"));
+    body.close();
+    abort.abort(); // gone after sending its (small, buffered) body
+    await res;
+    assert.equal(hub.stats.abandoned, 1);
+    assert.equal(hub.stats.slots, 1, "the worker connection was closed");
+    assert.equal(hub.stats.idle, 1);
+    assert.equal(worker.buffered, 0, "the worker got bytes");
+  } finally {
+    worker.close();
+    listener.close();
+    await hub.shutdown(0);
+  }
+});
