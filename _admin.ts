@@ -84,7 +84,7 @@ function text(status: number, body: string, extra: HeadersInit = {}): Response {
  *
  * - `/metrics`: Prometheus text format 0.0.4.
  * - `/healthz`: 200 `ok` while the process serves HTTP.
- * - `/readyz`: 200 when at least `readyMinSlots` worker slots are
+ * - `/readyz`: 200 when the hub is not draining and at least `readyMinSlots` worker slots are
  *   connected, else 503; the body says why.
  * - `/status`: JSON ({@linkcode AdminStatus}).
  * - `/events`: server-sent events, one {@linkcode AdminStatus} message per
@@ -137,7 +137,7 @@ export function createAdminHandler(
       startedAt: new Date(metrics.startedAt).toISOString(),
       uptimeSeconds: Math.max(0, Math.round(now - metrics.startedAt) / 1000),
       now,
-      ready: stats.slots >= readyMinSlots,
+      ready: !stats.draining && stats.slots >= readyMinSlots,
       stats: totals,
       pools: metrics.status(stats),
     };
@@ -206,7 +206,10 @@ export function createAdminHandler(
       case "/healthz":
         return text(200, "ok\n");
       case "/readyz": {
-        const slots = hub.stats.slots;
+        const stats = hub.stats;
+        // Draining: the consumer listener is closing, so send no more.
+        if (stats.draining) return text(503, "not ready: draining\n");
+        const slots = stats.slots;
         const noun = slots === 1 ? "slot" : "slots";
         return slots >= readyMinSlots
           ? text(200, `ready: ${slots} worker ${noun} connected\n`)

@@ -294,6 +294,8 @@ export interface WorkerStats {
 
 /** Counters and gauges of a {@linkcode Hub}. */
 export interface HubStats {
+  /** True once `shutdown()` has begun: the hub takes no new requests. */
+  draining: boolean;
   /** Requests waiting, over all pools. */
   queued: number;
   /** Milliseconds the oldest queued request has waited (0 if none). */
@@ -608,6 +610,7 @@ export class Hub {
       }
     }
     return {
+      draining: this.#closing,
       queued,
       oldestWaitMs: oldest,
       slots: this.#slots.size,

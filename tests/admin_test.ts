@@ -30,6 +30,7 @@ const guard = <T>(promise: Promise<T>, what: string): Promise<T> =>
 
 function fakeStats(over: Partial<HubStats> = {}): HubStats {
   return {
+    draining: false,
     queued: 0,
     oldestWaitMs: 0,
     slots: 0,
@@ -550,6 +551,21 @@ Deno.test("admin /healthz answers ok and /readyz follows connected slots", async
   r = await get(strict, "/readyz");
   assert.equal(r.res.status, 503);
   assert.match(r.body, /need at least 2/);
+
+  // Draining: not ready, whatever is connected.
+  stats = fakeStats({ slots: 3, idle: 3, draining: true });
+  r = await get(handler, "/readyz");
+  assert.equal(r.res.status, 503);
+  assert.equal(r.body, "not ready: draining\n");
+});
+
+Deno.test("a real hub reports draining in its stats once shutdown begins", async () => {
+  const { Hub } = await import("../hub.ts");
+  const hub = new Hub();
+  assert.equal(hub.stats.draining, false);
+  const done = hub.shutdown(0);
+  assert.equal(hub.stats.draining, true);
+  await done;
 });
 
 Deno.test("admin answers 405 to other methods, 404 to other paths, and HEAD without a body", async () => {
