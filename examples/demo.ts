@@ -302,7 +302,7 @@ Try:
   curl ${base}/
   curl '${base}/cpu?ms=100'
   curl -N '${base}/sse?n=5&interval=200'
-  for i in 1 2 3 4; do curl -s ${base}/; done    # the pid changes: work spreads over workers
+  for i in 1 2 3 4; do curl -s '${base}/cpu?ms=300' & done; wait   # at once: several pids
 Press Ctrl-C to stop.
 `);
       // Run until a signal, or until a child exits on its own.
