@@ -453,21 +453,30 @@ export class WorkerSlot {
     }
     signal?.addEventListener("abort", onAbort, { once: true });
     // Checked by the hub's periodic sweep (checkStalled): no timer per request.
-    this.#headDeadline = opts.headTimeout > 0
-      ? performance.now() + opts.headTimeout
-      : 0;
-    if (opts.ownHeadTimer && opts.headTimeout > 0) {
-      headTimer = setTimeout(
-        () => this.checkStalled(performance.now()),
-        opts.headTimeout,
-      );
-    }
+    // The head timeout is the worker's time to answer once it has the whole
+    // request: a streamed upload starts it when its last byte went out
+    // (a stalled upload is the upload idle timeout's business).
+    let headSeen = false;
+    const startHeadClock = () => {
+      if (headSeen || opts.headTimeout <= 0 || this.#state !== "busy") return;
+      this.#headDeadline = performance.now() + opts.headTimeout;
+      if (opts.ownHeadTimer) {
+        clearTimeout(headTimer);
+        headTimer = setTimeout(
+          () => this.checkStalled(performance.now()),
+          opts.headTimeout,
+        );
+      }
+    };
+    this.#headDeadline = 0;
+    if (!streamed) startHeadClock();
 
     let head;
     try {
       const start = await this.#writeRequest(req, (error) => {
         if (error === undefined) {
           requestDone = true;
+          if (streamed) startHeadClock();
           settle();
         } else {
           settle(
@@ -508,6 +517,7 @@ export class WorkerSlot {
       }
       throw failure;
     }
+    headSeen = true;
     this.#headDeadline = 0;
     clearTimeout(headTimer);
     // A worker that took a body it never said 100 to, is one that does not

@@ -333,3 +333,39 @@ Deno.test("maxRequestBodySize: a chunked upload that grows past the limit gets 4
     assert.equal(s.retries, 0);
   });
 });
+
+Deno.test("headTimeout runs from the end of a streamed upload: a steady upload longer than it is answered", async () => {
+  await withHub({ headTimeout: 300 }, async (ctx) => {
+    const w = connectWorker(
+      async (req) => new Response(`got ${(await req.bytes()).length}`),
+      {
+        hostname: "127.0.0.1",
+        port: ctx.server.workerAddr.port,
+        minBackoff: 10,
+        maxBackoff: 100,
+      },
+    );
+    ctx.workers.push(w);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "the worker", HANG);
+    // Ten chunks 100 ms apart: the upload lasts over three head timeouts.
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (sent === 10) {
+          controller.close();
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+        controller.enqueue(new Uint8Array(1000));
+        sent++;
+      },
+    });
+    const res = await deadline(
+      fetch(`${ctx.url}/upload`, { method: "POST", body }),
+      HANG,
+      "the answer",
+    );
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), "got 10000");
+  });
+});
