@@ -367,13 +367,18 @@ export class Dialer {
     }
     this.#admitted--;
     s.opening--;
-    if (this.#stop.aborted || this.#kill.aborted || s.removed) {
+    if (this.#kill.aborted) {
       conn.close();
       this.#reconcile();
       return;
     }
     link.conn = conn;
     s.links.add(link);
+    // Draining, or the hub left DNS, while this connection was being made:
+    // the hub may already have sent a request on it, so it is handed back
+    // the usual way (the engine answers such a request with the "not
+    // started" 408 and the hub sends it elsewhere) rather than closed.
+    if (this.#stop.aborted || s.removed) link.withdraw.abort();
     // The permits may have gone while this connection was being made: a hub
     // that does not park gets it back at once rather than send a request
     // it would have to decline (elsewhere a request on it parks it).
@@ -383,7 +388,7 @@ export class Dialer {
     ) {
       link.withdraw.abort();
     }
-    this.#o.onConnect?.(s.endpoint);
+    if (!link.withdraw.signal.aborted) this.#o.onConnect?.(s.endpoint);
     const since = performance.now();
     let served = 0;
     const withdraw = AbortSignal.any([link.withdraw.signal, this.#stop]);

@@ -166,6 +166,12 @@ export async function serveConnection(
         await writeAll(conn, PONG_RESPONSE);
         continue;
       }
+      if (options.drain.aborted) {
+        // Drained while this request crossed on the wire (or came with the
+        // handshake's 101): it goes to another worker.
+        await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+        break;
+      }
       if (
         options.acquire !== undefined &&
         !options.acquire(() =>

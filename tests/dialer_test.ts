@@ -623,3 +623,44 @@ Deno.test("a failed DNS lookup keeps the hub's known addresses; an answer withou
     await running;
   }
 });
+
+Deno.test("a connection that completes after the drain began is handed back through the engine, not closed raw", async () => {
+  const stop = new AbortController();
+  const kill = new AbortController();
+  const connected = Promise.withResolvers<void>();
+  let closedRaw = 0;
+  const handedBack: boolean[] = [];
+  const dialer = new Dialer(
+    {
+      targets: [{ hostname: "127.0.0.1", port: 4040 }],
+      concurrency: 1,
+      resolveInterval: 0,
+      minBackoff: 10,
+      maxBackoff: 10,
+      resolve: () => Promise.resolve([]),
+      // The connection completes only once the drain has begun.
+      connect: async () => {
+        await connected.promise;
+        return {
+          read: () => new Promise<number | null>(() => {}),
+          write: (p: Uint8Array) => Promise.resolve(p.length),
+          close: () => void closedRaw++,
+        };
+      },
+      serve: (_conn, _endpoint, h) => {
+        // An engine answers a request that crossed with the 408 and ends.
+        handedBack.push(h.withdraw.aborted);
+        return Promise.resolve(0);
+      },
+      onError: () => {},
+    },
+    stop.signal,
+    kill.signal,
+  );
+  const running = dialer.run();
+  stop.abort();
+  connected.resolve();
+  await deadline(running, HANG, "the dialer to finish");
+  assert.deepEqual(handedBack, [true]);
+  assert.equal(closedRaw, 0);
+});
