@@ -348,14 +348,39 @@ export function connectWorker(
         if (handshake === null) return conn;
         const reader = new BufferedReader(conn);
         let pingInterval;
+        // A hub that accepts and never answers (frozen, or not a hub) must
+        // not hold this connection, or the worker's close(), for ever. Not
+        // on drain: a 101 and a request may already be on their way.
+        let stopped: Error | undefined;
+        const stop = (reason: string) => () => {
+          stopped ??= new Error(reason);
+          try {
+            conn.close();
+          } catch {
+            // already closed
+          }
+        };
+        const timer = setTimeout(
+          stop(`no handshake answer within ${HANDSHAKE_TIMEOUT} ms`),
+          HANDSHAKE_TIMEOUT,
+        );
+        const onClose = stop("worker closed");
+        closing.signal.addEventListener("abort", onClose, { once: true });
         try {
           pingInterval = await workerHandshake(conn, reader, {
             ...handshake,
             host: endpoint.name,
           });
         } catch (error) {
-          conn.close();
-          throw error;
+          try {
+            conn.close();
+          } catch {
+            // closed by the timeout or close()
+          }
+          throw stopped ?? error;
+        } finally {
+          clearTimeout(timer);
+          closing.signal.removeEventListener("abort", onClose);
         }
         // Requests that followed the 101 at once are in `reader`.
         return Object.assign(conn, {
@@ -425,6 +450,9 @@ export function connectWorker(
     },
   };
 }
+
+// Longest wait for the hub's answer to the handshake.
+const HANDSHAKE_TIMEOUT = 10_000;
 
 const READER = Symbol("reader");
 const PING_INTERVAL = Symbol("pingInterval");

@@ -717,3 +717,39 @@ Deno.test("a handshake that crosses the first request on a remembered address is
     ]);
   });
 });
+
+Deno.test("a hub that accepts and never answers the handshake does not keep the worker's close() waiting", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepted: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) accepted.push(conn); // and says nothing
+  })();
+  const worker = connectWorker(() => new Response("never"), {
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+    workerId: "silent-hub-test",
+    minBackoff: 10,
+    maxBackoff: 100,
+  });
+  try {
+    const until = performance.now() + 10_000;
+    while (accepted.length === 0 && performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(accepted.length, 1, "the worker dialed");
+    worker.close();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const finished = await Promise.race([
+      worker.finished.then(() => true),
+      new Promise<false>((r) => timer = setTimeout(() => r(false), 5_000)),
+    ]);
+    clearTimeout(timer);
+    assert.ok(finished, "close() did not finish while the handshake waited");
+  } finally {
+    worker.close();
+    await deadline(worker.finished, 10_000, "the worker to finish");
+    listener.close();
+    await accepting.catch(() => {});
+    for (const c of accepted) c.close();
+  }
+});
