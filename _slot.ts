@@ -761,6 +761,14 @@ export class WorkerSlot {
         let chunk;
         try {
           chunk = await reader.read();
+        } catch (error) {
+          // The consumer's body failed: it went away mid-upload (not the
+          // worker's fault; the request counts as abandoned).
+          throw new WorkerLinkError(
+            "aborted",
+            `Consumer's request body failed: ${errorText(error)}`,
+            { cause: error },
+          );
         } finally {
           this.#uploadSince = 0;
         }

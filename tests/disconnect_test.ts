@@ -341,3 +341,37 @@ Deno.test("a body the worker cuts counts as failed; one the consumer stops readi
     await server.shutdown();
   }
 });
+
+Deno.test("a consumer that leaves during its streamed upload counts as abandoned, not as a worker failure", async () => {
+  const { RawSocket } = await import("./_relay.ts");
+  const outcomes: string[] = [];
+  const logs: HubLogRecord[] = [];
+  const server = startHub({
+    onAccess: (r) => outcomes.push(r.outcome),
+    onLog: (r) => logs.push(r),
+  });
+  const worker = await RawSocket.connect(server.workerAddr.port);
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "the raw worker idle");
+    const consumer = await RawSocket.connect(server.addr.port);
+    await consumer.write(
+      "POST /up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n" +
+        "5\r\nhello\r\n",
+    );
+    await guard(worker.readHead(), "the upload's head at the worker");
+    await worker.write("HTTP/1.1 100 Continue\r\n\r\n");
+    await guard(worker.readExactly(3), "the first body bytes");
+    consumer.close(); // gone in the middle of its upload
+    await waitFor(() => outcomes.length === 1, "the access record");
+    assert.deepEqual(outcomes, ["abandoned"]);
+    assert.equal(server.hub.stats.abandoned, 1);
+    assert.equal(server.hub.stats.failed, 0);
+    assert.ok(
+      !logs.some((r) => r.msg === "worker failed"),
+      JSON.stringify(logs.map((r) => r.msg)),
+    );
+  } finally {
+    worker.close();
+    await server.shutdown();
+  }
+});
