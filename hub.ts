@@ -492,6 +492,8 @@ export class Hub {
   #abandonFn = (p: Pending) => this.#abandon(p);
   #closing = false;
   #closed = false;
+  // Requests whose (small) body is being read before they queue.
+  #reading = 0;
   #stats = {
     received: 0,
     answered: 0,
@@ -1081,15 +1083,27 @@ export class Hub {
         return promise;
       }
       if (length >= 0 && length <= this.#opts.bufferRequestBody) {
+        // Counted, so that shutdown waits for it like a queued request.
+        this.#reading++;
         try {
           pending.body = await req.bytes();
         } catch (error) {
-          this.#fail(
-            pending,
-            "bad-request",
-            400,
-            `cannot read request body: ${errorText(error)}`,
-          );
+          if (this.#closing) {
+            this.#fail(pending, "shutting-down", 503, "hub is shutting down");
+          } else {
+            this.#fail(
+              pending,
+              "bad-request",
+              400,
+              `cannot read request body: ${errorText(error)}`,
+            );
+          }
+          return promise;
+        } finally {
+          this.#reading--;
+        }
+        if (this.#closed) {
+          this.#fail(pending, "shutting-down", 503, "hub is shutting down");
           return promise;
         }
       } else {
@@ -1167,7 +1181,8 @@ export class Hub {
       return n;
     };
     while (
-      (queued() > 0 || this.#busy.size > 0) && performance.now() < deadline
+      (queued() > 0 || this.#busy.size > 0 || this.#reading > 0) &&
+      performance.now() < deadline
     ) {
       await new Promise((r) => setTimeout(r, 20));
     }

@@ -6,7 +6,7 @@
 // whole to another worker. Real hub on loopback, in-process and raw workers.
 
 import assert from "node:assert/strict";
-import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
+import { Hub, type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
 import type { FetchHandler, WorkerHandle, WorkerOptions } from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
@@ -399,4 +399,78 @@ Deno.test("a worker that took a streamed upload without ever answering 100 Conti
     ]);
     assert.equal(ctx.server.hub.stats.failed, 0);
   });
+});
+
+Deno.test("shutdown waits for a request still sending its small body, and one whose body ends after it is answered 503", async () => {
+  const hub = new Hub({ handshakeWait: 0, queueTimeout: 20_000 });
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const dialed = Deno.connect({
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+  });
+  hub.addWorker(await listener.accept(), "w");
+  const worker = new RawSocket(await dialed);
+  const post = () => {
+    let body!: ReadableStreamDefaultController<Uint8Array>;
+    const res = hub.fetch(
+      new Request("http://hub/x", {
+        method: "POST",
+        body: new ReadableStream<Uint8Array>({
+          start: (c) => void (body = c),
+        }),
+        headers: { "content-length": "5" },
+      }),
+    );
+    const finish = () => {
+      body.enqueue(new TextEncoder().encode("hello"));
+      body.close();
+    };
+    return { res, finish };
+  };
+  try {
+    const until = performance.now() + 10_000;
+    while (hub.stats.idle !== 1 && performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    // Its body ends during the grace: it is served.
+    const served = post();
+    const stopping = hub.shutdown(10_000);
+    served.finish();
+    const head = await worker.readHead();
+    assert.match(head ?? "", /^POST \/x /);
+    await worker.readExactly(5);
+    await worker.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    assert.equal((await served.res).status, 200);
+    await stopping;
+  } finally {
+    worker.close();
+    listener.close();
+  }
+  // A hub already shut down answers one whose body ends later with 503.
+  const hub2 = new Hub({ queueTimeout: 20_000 });
+  const { res, finish } = (() => {
+    let body!: ReadableStreamDefaultController<Uint8Array>;
+    const res = hub2.fetch(
+      new Request("http://hub/y", {
+        method: "POST",
+        body: new ReadableStream<Uint8Array>({
+          start: (c) => void (body = c),
+        }),
+        headers: { "content-length": "5" },
+      }),
+    );
+    return {
+      res,
+      finish: () => {
+        body.enqueue(new TextEncoder().encode("hello"));
+        body.close();
+      },
+    };
+  })();
+  await hub2.shutdown(50);
+  finish();
+  const late = await res;
+  assert.equal(late.status, 503);
+  assert.match(await late.text(), /shutting down/);
+  assert.equal(hub2.stats.queued, 0);
 });
