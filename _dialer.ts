@@ -133,6 +133,7 @@ export class Dialer {
   #o: DialerOptions;
   #states = new Map<string, EndpointState>();
   #inUse = 0;
+  #refreshing: Promise<void> | null = null;
   // Connections past the gate (or not gated) that are still being opened.
   #admitted = 0;
   #stop: AbortSignal;
@@ -173,11 +174,19 @@ export class Dialer {
 
   /** Resolves targets, opens connections; resolves when fully stopped. */
   async run(): Promise<void> {
-    await this.#refresh();
+    // A lookup that hangs (a name server that does not answer) must not
+    // hold up a drain or a close: stopping does not wait for it.
+    const stopped = new Promise<void>((resolve) => {
+      if (this.#stop.aborted || this.#kill.aborted) resolve();
+      this.#stop.addEventListener("abort", () => resolve(), { once: true });
+      this.#kill.addEventListener("abort", () => resolve(), { once: true });
+    });
+    await Promise.race([this.#refreshOnce(), stopped]);
     const dynamic = this.#o.targets.some((t) => !isIpLiteral(t.hostname));
     if (dynamic && this.#o.resolveInterval > 0 && !this.#stop.aborted) {
       this.#resolver = setInterval(() => {
-        this.#track(this.#refresh());
+        // One lookup at a time: slow ones do not pile up.
+        if (this.#refreshing === null) this.#refreshOnce();
       }, this.#o.resolveInterval);
     }
     // Done once stopped and nothing is open or opening.
@@ -205,6 +214,16 @@ export class Dialer {
       this.#pending.delete(p);
       this.#wake();
     }).catch(() => {});
+  }
+
+  #refreshOnce(): Promise<void> {
+    const running = this.#refresh().catch((error) =>
+      this.#o.onError(error, "resolve")
+    ).finally(() => {
+      this.#refreshing = null;
+    });
+    this.#refreshing = running;
+    return running;
   }
 
   async #refresh(): Promise<void> {

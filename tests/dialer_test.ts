@@ -664,3 +664,33 @@ Deno.test("a connection that completes after the drain began is handed back thro
   assert.deepEqual(handedBack, [true]);
   assert.equal(closedRaw, 0);
 });
+
+Deno.test("a DNS lookup that never answers neither piles up nor holds up the drain", async () => {
+  const stop = new AbortController();
+  const kill = new AbortController();
+  let lookups = 0;
+  const dialer = new Dialer(
+    {
+      targets: [{ hostname: "hubs.test", port: 4040 }],
+      concurrency: 1,
+      resolveInterval: 10,
+      minBackoff: 10,
+      maxBackoff: 10,
+      // The name server never answers.
+      resolve: () => {
+        lookups++;
+        return new Promise<string[]>(() => {});
+      },
+      connect: () => Promise.reject(new Error("not reached")),
+      serve: () => Promise.resolve(0),
+      onError: () => {},
+    },
+    stop.signal,
+    kill.signal,
+  );
+  const running = dialer.run();
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(lookups, 1, "lookups started while one was pending");
+  stop.abort();
+  await deadline(running, 5_000, "the drain despite the pending lookup");
+});
