@@ -1352,7 +1352,17 @@ export class Hub {
       if (
         error !== undefined && !cancelled &&
         !(error instanceof WorkerLinkError && error.code === "aborted")
-      ) this.#stats.failed++;
+      ) {
+        this.#stats.failed++;
+        this.#log({
+          level: "warn",
+          msg: "response body cut",
+          id: p.id,
+          worker,
+          bytes,
+          reason: errorText(error),
+        });
+      }
       this.#record(
         p,
         status,

@@ -298,7 +298,11 @@ Deno.test("worker process that exits mid-request gives its consumer 502 while ot
 Deno.test("a body the worker cuts counts as failed; one the consumer stops reading does not", async () => {
   const { RawSocket } = await import("./_relay.ts");
   const outcomes: string[] = [];
-  const server = startHub({ onAccess: (r) => outcomes.push(r.outcome) });
+  const logs: HubLogRecord[] = [];
+  const server = startHub({
+    onAccess: (r) => outcomes.push(r.outcome),
+    onLog: (r) => logs.push(r),
+  });
   try {
     // The worker dies in the middle of a body.
     const worker = await RawSocket.connect(server.workerAddr.port);
@@ -316,6 +320,10 @@ Deno.test("a body the worker cuts counts as failed; one the consumer stops readi
     });
     await waitFor(() => outcomes.length === 1, "the access record");
     assert.equal(server.hub.stats.failed, 1);
+    const cut = logs.filter((r) => r.msg === "response body cut");
+    assert.equal(cut.length, 1);
+    assert.equal(cut[0].level, "warn");
+    assert.equal(cut[0].bytes, 1000);
 
     // The consumer leaves in the middle of a body.
     const worker2 = await RawSocket.connect(server.workerAddr.port);
@@ -336,6 +344,11 @@ Deno.test("a body the worker cuts counts as failed; one the consumer stops readi
     consumer.close();
     await waitFor(() => outcomes.length === 2, "the second access record");
     assert.equal(server.hub.stats.failed, 1, `outcomes ${outcomes}`);
+    assert.equal(
+      logs.filter((r) => r.msg === "response body cut").length,
+      1,
+      "a consumer that left is not a cut body",
+    );
     worker2.close();
   } finally {
     await server.shutdown();
