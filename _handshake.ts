@@ -46,6 +46,36 @@ export const DEFAULT_POOL = "default";
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
+/**
+ * Why a worker id, pool name or label would be refused by a hub, or null:
+ * names are 1-128 of `A-Z a-z 0-9 . _ : -` starting with a letter or digit;
+ * a label value may not hold a comma (labels travel comma-separated).
+ */
+export function identityProblem(
+  identity: {
+    workerId?: string;
+    pool?: string;
+    labels?: Record<string, string>;
+  },
+): string | null {
+  const { workerId, pool, labels = {} } = identity;
+  if (workerId !== undefined && !NAME.test(workerId)) {
+    return `invalid worker id ${JSON.stringify(workerId)}`;
+  }
+  if (pool !== undefined && !NAME.test(pool)) {
+    return `invalid pool name ${JSON.stringify(pool)}`;
+  }
+  for (const [k, v] of Object.entries(labels)) {
+    if (!NAME.test(k)) return `invalid label name ${JSON.stringify(k)}`;
+    if (/[,\r\n]/.test(v) || v !== v.trim()) {
+      return `invalid label value ${
+        JSON.stringify(v)
+      } (no commas, line breaks or outer spaces)`;
+    }
+  }
+  return null;
+}
+
 /** A handshake the hub refuses: the status to answer and why. */
 export class HandshakeError extends Error {
   /** 400, 401, 403 or 426. */

@@ -10,6 +10,7 @@ import { connectWorker, type FetchHandler, loadHandler } from "./worker.ts";
 import { backendHandler } from "./_backend.ts";
 import { capacityGate } from "./_capacity.ts";
 import type { WorkerOptions } from "./worker.ts";
+import { identityProblem } from "./_handshake.ts";
 import {
   flagOrEnv,
   parseDuration,
@@ -194,6 +195,11 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       pool: flagOrEnv(values.pool, "POTHEAD_POOL"),
       labels: Object.keys(labels).length > 0 ? labels : undefined,
     };
+    // Refused here rather than by every hub, handshake after handshake.
+    const problem = identityProblem(options);
+    if (problem !== null) {
+      throw new UsageError(`Cannot connect as a worker: ${problem}`);
+    }
     if (values.plain) {
       if (
         options.token || values["worker-id"] || options.pool || options.labels

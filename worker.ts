@@ -35,7 +35,11 @@ import { BufferedReader, type Connection } from "./_io.ts";
 import { type FetchHandler, serveConnection } from "./_serve_conn.ts";
 import { NativeEngine } from "./_serve_native.ts";
 import { Dialer, type Endpoint, type Target } from "./_dialer.ts";
-import { type HandshakeOptions, workerHandshake } from "./_handshake.ts";
+import {
+  type HandshakeOptions,
+  identityProblem,
+  workerHandshake,
+} from "./_handshake.ts";
 import { main } from "./_worker_cli.ts";
 
 export type { FetchHandler, WorkerHandlerInfo } from "./_serve_conn.ts";
@@ -258,6 +262,10 @@ export function connectWorker(
         JSON.stringify(engine)
       }`,
     );
+  }
+  if (handshake !== null) {
+    const problem = identityProblem(handshake);
+    if (problem !== null) throw new TypeError(`Invalid option: ${problem}`);
   }
   let native: NativeEngine | null = null;
   if (engine !== "inline") {

@@ -782,3 +782,24 @@ Deno.test("durations: longer than a timer can wait, or shorter than a millisecon
     /shorter than a millisecond/,
   );
 });
+
+Deno.test("worker exits 2 on an id, pool or label a hub would refuse, instead of retrying for ever", async () => {
+  const cases: [string[], RegExp][] = [
+    [["--pool", "bad pool"], /invalid pool name "bad pool"/],
+    [["--worker-id", ""], /invalid worker id ""/],
+    [["--label", "a=b,c"], /invalid label value "b,c"/],
+  ];
+  for (const [args, message] of cases) {
+    const { code, stderr } = await runDeno([
+      "run",
+      ...RUN_PERMISSIONS,
+      "worker.ts",
+      "--connect",
+      "127.0.0.1:9",
+      ...args,
+      "examples/hello.ts",
+    ]);
+    assert.equal(code, 2, `${args}: ${stderr}`);
+    assert.match(stderr, message, args.join(" "));
+  }
+});

@@ -25,7 +25,7 @@ import {
   serveHub,
   type ServeHubOptions,
 } from "../hub.ts";
-import type { WorkerHandle } from "../worker.ts";
+import type { WorkerHandle, WorkerOptions } from "../worker.ts";
 import {
   deadline,
   latin1Bytes,
@@ -751,5 +751,26 @@ Deno.test("a hub that accepts and never answers the handshake does not keep the 
     listener.close();
     await accepting.catch(() => {});
     for (const c of accepted) c.close();
+  }
+});
+
+Deno.test("connectWorker refuses an id, pool or label that hubs would refuse", () => {
+  const cases: WorkerOptions[] = [
+    { workerId: "has space" },
+    { pool: "" },
+    { labels: { zone: "a,b" } },
+    { labels: { "bad key": "v" } },
+  ];
+  for (const options of cases) {
+    assert.throws(
+      () =>
+        connectWorker(() => new Response("x"), {
+          hostname: "127.0.0.1",
+          port: 9,
+          ...options,
+        }),
+      TypeError,
+      JSON.stringify(options),
+    );
   }
 });
