@@ -429,6 +429,15 @@ async function serveOne(
       if (!options.drain.aborted) watch();
     },
   });
+  if (
+    body !== null && framing.kind === "length" &&
+    reader.buffered >= framing.length && !options.drain.aborted
+  ) {
+    // The whole body is here already: watch for the hub dropping the
+    // connection now, whether or not the handler reads the body (a larger
+    // body is watched by its own reads: reading ahead would buffer it).
+    watch();
+  }
   if (body !== null && NO_REQUEST_BODY.has(head.method)) {
     // `Request` cannot carry a GET or HEAD body; read and drop it.
     if (!(await discard(body))) return false;

@@ -211,6 +211,37 @@ Deno.test("consumer leaving before the response head aborts the handler and the 
   }
 });
 
+Deno.test("consumer leaving aborts a handler that has not read its small request body", async () => {
+  const server = startHub();
+  const entered = Promise.withResolvers<void>();
+  const handlerAborted = Promise.withResolvers<void>();
+  const over = Promise.withResolvers<void>(); // lets a failed test end
+  const worker = startWorker(server, async (req) => {
+    if (new URL(req.url).pathname !== "/slow") return new Response("ok");
+    entered.resolve();
+    // Never reads the body.
+    await Promise.race([aborted(req.signal), over.promise]);
+    if (req.signal.aborted) handlerAborted.resolve();
+    return new Response("too late");
+  });
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
+    const consumer = new AbortController();
+    const slow = later(url(server, "/slow"), {
+      method: "POST",
+      body: "a small body",
+      signal: consumer.signal,
+    });
+    await guard(entered.promise, "/slow reaching the worker");
+    consumer.abort();
+    await assert.rejects(slow, (e: Error) => e.name === "AbortError");
+    await guard(handlerAborted.promise, "the handler's signal to abort");
+  } finally {
+    over.resolve();
+    await stop(server, [worker]);
+  }
+});
+
 Deno.test("worker process that exits mid-request gives its consumer 502 while other workers keep serving", async () => {
   const server = startHub();
   const holdEntered = Promise.withResolvers<void>();
