@@ -189,6 +189,9 @@ const HEAD_SCRATCH = 2048;
 // How long a streamed body waits for 100 Continue before it is sent anyway
 // (RFC 9110 §10.1.1 lets a client stop waiting).
 const CONTINUE_WAIT = 1000;
+// How long the rest of a request body may take to go out once the worker
+// has answered in full.
+const LINGER = 5000;
 const IDEMPOTENT = new Set([
   "GET",
   "HEAD",
@@ -426,9 +429,11 @@ export class WorkerSlot {
     // request: response read to its end, request written to its end, and
     // neither side asked to close.
     let headTimer: ReturnType<typeof setTimeout> | undefined;
+    let linger: ReturnType<typeof setTimeout> | undefined;
     const cleanup = () => {
       this.#headDeadline = 0;
       clearTimeout(headTimer);
+      clearTimeout(linger);
       clearTimeout(continueTimer);
       signal?.removeEventListener("abort", onAbort);
     };
@@ -436,6 +441,25 @@ export class WorkerSlot {
       if (error !== undefined) {
         cleanup();
         this.close(error);
+        return;
+      }
+      if (
+        responseDone && !requestDone && this.#state === "busy" &&
+        linger === undefined
+      ) {
+        // The worker answered in full before taking the whole request body.
+        // It may still read the rest; if it has not within LINGER, it never
+        // will, and a pump blocked on it would hold this slot for ever.
+        linger = setTimeout(() => {
+          if (requestDone || this.#state !== "busy") return;
+          cleanup();
+          this.close(
+            new WorkerLinkError(
+              "closed",
+              `Worker answered but had not taken the rest of the request body ${LINGER} ms later`,
+            ),
+          );
+        }, LINGER);
         return;
       }
       // Only when both directions are done: a request body that finished

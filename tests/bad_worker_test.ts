@@ -603,3 +603,42 @@ Deno.test("hub passes the worker's bytes through unchanged for a valid reply", a
     assert.equal(await res.text(), "abc");
   });
 });
+
+Deno.test("a worker that answers in full without reading a streamed upload loses that connection, not the slot for ever", async () => {
+  const { RawSocket } = await import("./_relay.ts");
+  const { startHub } = await import("./_hub.ts");
+  const server = startHub();
+  const worker = await RawSocket.connect(server.workerAddr.port);
+  const consumer = await RawSocket.connect(server.addr.port);
+  try {
+    const until = performance.now() + 10_000;
+    while (server.hub.stats.idle !== 1 && performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    // A chunked upload that goes on (the consumer keeps sending).
+    await consumer.write(
+      "POST /up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n" +
+        "5\r\nhello\r\n",
+    );
+    await worker.readHead();
+    await worker.write(
+      "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone",
+    );
+    const head = await consumer.readHead();
+    assert.match(head ?? "", /^HTTP\/1\.1 200 /);
+    // The worker reads nothing more, and the consumer keeps uploading.
+    for (let i = 0; i < 5; i++) {
+      await consumer.write(`400\r\n${"x".repeat(1024)}\r\n`).catch(() => false);
+    }
+    const until2 = performance.now() + 15_000; // the 5 s linger
+    while (server.hub.stats.slots !== 0 && performance.now() < until2) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(server.hub.stats.slots, 0, "the connection was kept");
+    assert.equal(server.hub.stats.busy, 0);
+  } finally {
+    consumer.close();
+    worker.close();
+    await server.shutdown();
+  }
+});
