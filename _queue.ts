@@ -55,18 +55,29 @@ export class WaitQueue<T> {
     return this.#head;
   }
 
-  /** Appends `value`; `since` defaults to now. */
+  /**
+   * Adds `value` in order of `since` (default now): at the tail, unless it
+   * joined earlier than values already waiting (a request whose body took
+   * a while to arrive), which it then goes ahead of, so that both the
+   * order and the timeout follow arrival.
+   */
   push(value: T, since: number = this.#now()): QueueNode<T> {
+    let after = this.#tail;
+    while (after !== null && after.since > since) after = after.prev;
     const node: QueueNode<T> = {
       value,
       since,
-      prev: this.#tail,
-      next: null,
+      prev: after,
+      next: after === null ? this.#head : after.next,
       queued: true,
     };
-    if (this.#tail) this.#tail.next = node;
-    else this.#head = node;
-    this.#tail = node;
+    if (node.next !== null) node.next.prev = node;
+    else this.#tail = node;
+    if (after !== null) after.next = node;
+    else {
+      this.#head = node;
+      this.#disarm(); // a new head: its own deadline
+    }
     this.#size++;
     this.#arm();
     return node;

@@ -422,3 +422,25 @@ Deno.test("WaitQueue never calls onTimeout for a value removed before its deadli
   await new Promise((r) => setTimeout(r, 50));
   assert.deepEqual(expired, []);
 });
+
+Deno.test("WaitQueue puts a value that joined earlier ahead of later ones, and expires it on time", () => {
+  using timers = fakeTimers();
+  const { clock, expired, q } = fixture(100);
+  q.push("b", 1000);
+  q.push("c", 1010);
+  // "a" arrived at 990 but only now joins (its body took a while).
+  clock.now = 1020;
+  q.push("a", 990);
+  assert.deepEqual(values(q), ["a", "b", "c"]);
+  assertLinks(q);
+  // The timer follows the new head: "a" expires 100 ms after 990.
+  assert.equal(timers.only().delay, 70);
+  clock.now = 1090;
+  timers.fire();
+  assert.deepEqual(expired, ["a"]);
+  assert.deepEqual(values(q), ["b", "c"]);
+  // In the middle too.
+  q.push("bb", 1005);
+  assert.deepEqual(values(q), ["b", "bb", "c"]);
+  assertLinks(q);
+});
