@@ -12,6 +12,15 @@ import { Dialer, type DialerOptions } from "../_dialer.ts";
 
 const HANG = 20_000;
 
+/** A connection that takes writes and never delivers a byte. */
+function silentConn(close: () => void = () => {}) {
+  return {
+    read: () => new Promise<number | null>(() => {}),
+    write: (p: Uint8Array) => Promise.resolve(p.length),
+    close,
+  };
+}
+
 function hub(): HubServer {
   return serveHub({
     hostname: "127.0.0.1",
@@ -434,12 +443,7 @@ async function fakeDialer(
       minBackoff: 10,
       maxBackoff: 10,
       resolve: () => Promise.resolve([]),
-      connect: () =>
-        Promise.resolve({
-          read: () => new Promise<number | null>(() => {}),
-          write: (p: Uint8Array) => Promise.resolve(p.length),
-          close: () => {},
-        }),
+      connect: () => Promise.resolve(silentConn()),
       // A link ends when the dialer hands it back (an engine closes it).
       serve: (_conn, endpoint, h) => {
         hooks.set(endpoint.port, h);
@@ -570,12 +574,7 @@ Deno.test("a failed DNS lookup keeps the hub's known addresses; an answer withou
         lookups++;
         return answer();
       },
-      connect: () =>
-        Promise.resolve({
-          read: () => new Promise<number | null>(() => {}),
-          write: (p: Uint8Array) => Promise.resolve(p.length),
-          close: () => {},
-        }),
+      connect: () => Promise.resolve(silentConn()),
       serve: (_conn, endpoint, h) => {
         served.push(endpoint.key);
         return new Promise<number>((resolve) => {
@@ -641,11 +640,7 @@ Deno.test("a connection that completes after the drain began is handed back thro
       // The connection completes only once the drain has begun.
       connect: async () => {
         await connected.promise;
-        return {
-          read: () => new Promise<number | null>(() => {}),
-          write: (p: Uint8Array) => Promise.resolve(p.length),
-          close: () => void closedRaw++,
-        };
+        return silentConn(() => void closedRaw++);
       },
       serve: (_conn, _endpoint, h) => {
         // An engine answers a request that crossed with the 408 and ends.

@@ -410,10 +410,10 @@ Deno.test("shutdown waits for a request still sending its small body, and one wh
   });
   hub.addWorker(await listener.accept(), "w");
   const worker = new RawSocket(await dialed);
-  const post = () => {
+  const post = (hub: Hub, path: string) => {
     let body!: ReadableStreamDefaultController<Uint8Array>;
     const res = hub.fetch(
-      new Request("http://hub/x", {
+      new Request(`http://hub${path}`, {
         method: "POST",
         body: new ReadableStream<Uint8Array>({
           start: (c) => void (body = c),
@@ -433,7 +433,7 @@ Deno.test("shutdown waits for a request still sending its small body, and one wh
       await new Promise((r) => setTimeout(r, 10));
     }
     // Its body ends during the grace: it is served.
-    const served = post();
+    const served = post(hub, "/x");
     const stopping = hub.shutdown(10_000);
     served.finish();
     const head = await worker.readHead();
@@ -448,25 +448,7 @@ Deno.test("shutdown waits for a request still sending its small body, and one wh
   }
   // A hub already shut down answers one whose body ends later with 503.
   const hub2 = new Hub({ queueTimeout: 20_000 });
-  const { res, finish } = (() => {
-    let body!: ReadableStreamDefaultController<Uint8Array>;
-    const res = hub2.fetch(
-      new Request("http://hub/y", {
-        method: "POST",
-        body: new ReadableStream<Uint8Array>({
-          start: (c) => void (body = c),
-        }),
-        headers: { "content-length": "5" },
-      }),
-    );
-    return {
-      res,
-      finish: () => {
-        body.enqueue(new TextEncoder().encode("hello"));
-        body.close();
-      },
-    };
-  })();
+  const { res, finish } = post(hub2, "/y");
   await hub2.shutdown(50);
   finish();
   const late = await res;
