@@ -212,13 +212,14 @@ export async function serveConnection(
   return served;
 }
 
-// Whether a request head announces no body.
+// Whether a request head announces no body (a malformed framing counts as
+// a body: such a request is not a ping).
 function bodiless(head: RequestHead): boolean {
-  for (const [name, value] of head.headers) {
-    if (name === "transfer-encoding") return false;
-    if (name === "content-length" && value.trim() !== "0") return false;
+  try {
+    return requestFraming(framingFields(head.headers)).kind === "none";
+  } catch {
+    return false;
   }
-  return true;
 }
 
 /** The hub's queue time field as a number of ms, or NaN. */

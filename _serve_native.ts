@@ -196,8 +196,9 @@ export class NativeEngine {
     }
     if (!link.ending) {
       // The hub dropped the connection: close the local side too, and abort
-      // the signal of a handler still running (Deno.serve does not when it
-      // was still reading the request body).
+      // the signal of a handler still running (Deno.serve does not always:
+      // not while the request body is being read, nor, under
+      // --unstable-no-legacy-abort, in the middle of a streamed response).
       closeQuietly(link.local);
       link.abort?.(new Error("Hub closed the connection"));
     }

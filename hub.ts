@@ -1113,8 +1113,7 @@ export class Hub {
     const pool = pending.pool;
     if (req.signal.aborted) {
       // Gone while its body was read: it must not cost a worker connection.
-      this.#stats.abandoned++;
-      this.#fail(pending, "abandoned", 499, "consumer went away");
+      this.#gone(pending);
       return promise;
     }
     const slot = this.#takeIdle(pool);
@@ -1136,11 +1135,16 @@ export class Hub {
   }
 
   // A queued request's consumer left.
+  // The consumer left: counted, and its request settled (nothing is sent).
+  #gone(p: Pending): void {
+    this.#stats.abandoned++;
+    this.#fail(p, "abandoned", 499, "consumer went away");
+  }
+
   #abandon(p: Pending): void {
     if (p.node !== null && p.pool.queue.delete(p.node)) {
       p.node = null;
-      this.#stats.abandoned++;
-      this.#fail(p, "abandoned", 499, "consumer went away");
+      this.#gone(p);
     }
   }
 
@@ -1384,8 +1388,7 @@ export class Hub {
       ? error
       : new WorkerLinkError("protocol", errorText(error), { cause: error });
     if (e.code === "aborted" || p.req.signal.aborted) {
-      this.#stats.abandoned++;
-      this.#fail(p, "abandoned", 499, "consumer went away");
+      this.#gone(p);
       return;
     }
     // A "not started" decline is provably safe to resend and is what busy
