@@ -331,8 +331,15 @@ export class WorkerSlot {
   idle(watch = true): void {
     if (this.#state === "closed") return;
     if (this.#reader.buffered > 0) {
+      // A worker that drains hands an idle connection back with the "not
+      // started" 408, which may come in the same read as its last response.
       this.close(
-        new WorkerLinkError("protocol", "Worker sent bytes after its response"),
+        startsLikeHandBack(this.#reader)
+          ? new WorkerLinkError("closed", "Worker gave the connection back")
+          : new WorkerLinkError(
+            "protocol",
+            "Worker sent bytes after its response",
+          ),
       );
       return;
     }
@@ -920,6 +927,15 @@ export function startsLikeResponse(reader: BufferedReader): boolean {
     String.fromCharCode(
         ...reader.buf.subarray(reader.start, reader.start + 5),
       ) === "HTTP/";
+}
+
+// The "not started" 408 a draining worker hands an idle connection back with.
+function startsLikeHandBack(reader: BufferedReader): boolean {
+  const n = Math.min(reader.buffered, 13);
+  const text = String.fromCharCode(
+    ...reader.buf.subarray(reader.start, reader.start + n),
+  );
+  return /^HTTP\/1\.[01] 408 $/.test(text);
 }
 
 function hasField(headers: HeaderList, name: string): boolean {

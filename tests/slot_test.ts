@@ -172,6 +172,33 @@ Deno.test("a slot made idle without a watch still refuses bytes left after a res
   assert.equal(conn.closed, true);
 });
 
+Deno.test("a hand-back 408 in the same read as the last response closes the slot as given back, not as a protocol error", async () => {
+  for (const watch of [false, true]) {
+    const reasons: unknown[] = [];
+    const conn = new ScriptedConn([
+      OK + "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\n" +
+      "connection: close\r\ncontent-length: 0\r\n\r\n",
+    ]);
+    const slot = new WorkerSlot(conn, "test", {
+      limits: DEFAULT_LIMITS,
+      headTimeout: 0,
+      maxBodySize: Infinity,
+      smallBody: 64 * 1024,
+      onIdle: () => {},
+      onClose: (_slot, reason) => reasons.push(reason),
+    });
+    slot.idle(false);
+    const res = await slot.send(request());
+    assert.equal(res.status, 200);
+    slot.idle(watch);
+    assert.equal(slot.state, "closed");
+    assert.equal(reasons.length, 1);
+    const reason = reasons[0] as WorkerLinkError;
+    assert.equal(reason.code, "closed");
+    assert.match(reason.message, /gave the connection back/);
+  }
+});
+
 Deno.test("a slot made idle without a watch does not read until the next request", async () => {
   const conn = new ScriptedConn([OK, OK]);
   const slot = slotOn(conn);
