@@ -406,6 +406,8 @@ interface Pool {
   maxQueue: number;
   groups: Map<string, Group>;
   idle: number;
+  // Idle slots taken out for a ping: still counted as idle in the stats.
+  pinging: number;
   parked: number;
   slots: number;
 }
@@ -483,6 +485,8 @@ export class Hub {
   #busy = new Set<WorkerSlot>();
   // Slots the worker parked: attached, but taking no request until it says.
   #parked = new Set<WorkerSlot>();
+  // Idle slots whose ping is out: the stats count them as idle.
+  #pinging = new Set<WorkerSlot>();
   #slotGroup = new Map<WorkerSlot, Group>();
   // Per peer address: how many of its new connections in a row turned out
   // to be plain workers, or -1 once it sent a handshake (see #accept).
@@ -589,16 +593,16 @@ export class Hub {
       const head = pool.queue.head;
       const wait = head ? now - head.since : 0;
       queued += pool.queue.size;
-      idle += pool.idle;
+      idle += pool.idle + pool.pinging;
       oldest = Math.max(oldest, wait);
       pools.push({
         name: pool.name,
         queued: pool.queue.size,
         oldestWaitMs: wait,
         slots: pool.slots,
-        idle: pool.idle,
+        idle: pool.idle + pool.pinging,
         parked: pool.parked,
-        busy: pool.slots - pool.idle - pool.parked,
+        busy: pool.slots - pool.idle - pool.pinging - pool.parked,
         workers: pool.groups.size,
       });
       for (const g of pool.groups.values()) {
@@ -636,6 +640,7 @@ export class Hub {
       maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
       groups: new Map(),
       idle: 0,
+      pinging: 0,
       parked: 0,
       slots: 0,
       queue: new WaitQueue<Pending>({
@@ -921,7 +926,10 @@ export class Hub {
         ) continue;
         const group = this.#slotGroup.get(slot);
         if (group === undefined || !group.idle.delete(slot)) continue;
-        this.#pool(slot.identity.pool).idle--;
+        const pool = this.#pool(slot.identity.pool);
+        pool.idle--;
+        pool.pinging++;
+        this.#pinging.add(slot);
         this.#stats.pings++;
         // Its ending, if it ends, is counted and logged on detach.
         slot.ping(this.#opts.pingTimeout);
@@ -983,6 +991,7 @@ export class Hub {
     this.#slotGroup.delete(slot);
     if (group.idle.delete(slot)) pool.idle--;
     if (this.#parked.delete(slot)) pool.parked--;
+    if (this.#pinging.delete(slot)) pool.pinging--;
     if (this.#busy.delete(slot)) group.busy--;
     group.slots--;
     pool.slots--;
@@ -1294,8 +1303,10 @@ export class Hub {
     const group = this.#slotGroup.get(slot);
     if (group === undefined || this.#parked.has(slot)) return;
     if (this.#busy.delete(slot)) group.busy--;
+    const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
+    if (this.#pinging.delete(slot)) pool.pinging--;
     this.#parked.add(slot);
-    this.#pool(slot.identity?.pool ?? DEFAULT_POOL).parked++;
+    pool.parked++;
   }
 
   // A slot is free: give it the head of its pool's queue, or keep it idle.
@@ -1305,6 +1316,7 @@ export class Hub {
     if (this.#busy.delete(slot)) group.busy--;
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     if (this.#parked.delete(slot)) pool.parked--;
+    if (this.#pinging.delete(slot)) pool.pinging--;
     // An idle connection is watched only if it is going to wait.
     slot.idle(this.#closed || pool.queue.size === 0);
     if (slot.state !== "idle") return;

@@ -89,6 +89,42 @@ Deno.test("a worker that declared pings is pinged when idle; answering keeps its
   });
 });
 
+Deno.test("a connection whose ping is out counts as idle, not busy, in the stats; a request waits for the answer and then goes on it", async () => {
+  await withHub({ pingInterval: 40, pingTimeout: 10_000 }, async (ctx) => {
+    const r = await rawWorker(ctx, "Pothead-Ping: 1\r\n");
+    const ping = await r.readMessage();
+    assert.equal(ping?.start, "GET /.pothead/ping HTTP/1.1");
+    const stats = ctx.server.hub.stats;
+    assert.equal(stats.slots, 1);
+    assert.equal(stats.idle, 1);
+    assert.equal(stats.busy, 0);
+    assert.equal(stats.pools[0].idle, 1);
+    assert.equal(stats.pools[0].busy, 0);
+    // The ping's answer is due first on this connection: a request waits.
+    const res = fetch(`${ctx.url}/during`);
+    await waitFor(() => ctx.server.hub.stats.queued === 1, "queued");
+    await r.write("HTTP/1.1 204 No Content\r\n\r\n");
+    const req = await r.readMessage();
+    assert.equal(req?.start, "GET /during HTTP/1.1");
+    const during = ctx.server.hub.stats;
+    assert.equal(during.busy, 1);
+    assert.equal(during.idle, 0);
+    await r.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    assert.equal(await (await res).text(), "ok");
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "idle again");
+    // Gone while its ping is out: nothing is left counted.
+    const next = await r.readMessage();
+    assert.equal(next?.start, "GET /.pothead/ping HTTP/1.1");
+    r.close();
+    await waitFor(() => ctx.server.hub.stats.slots === 0, "slot removed");
+    const after = ctx.server.hub.stats;
+    assert.equal(after.idle, 0);
+    assert.equal(after.busy, 0);
+    assert.equal(after.pools[0].idle, 0);
+    assert.equal(after.pools[0].busy, 0);
+  });
+});
+
 Deno.test("a worker that does not answer a ping has its connection closed; requests go to the others", async () => {
   await withHub({ pingInterval: 40, pingTimeout: 200 }, async (ctx) => {
     const silent = await rawWorker(
