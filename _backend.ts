@@ -191,8 +191,11 @@ export function backendHandler(
     const cleanup = cleanups.get(slot);
     if (cleanup !== undefined) cleanups.delete(slot), cleanup();
   };
-  // Set once the backend has taken a streamed body without a 100 Continue.
+  // Set once the backend has taken a streamed body without a 100 Continue,
+  // unless it has answered one before (then its server speaks Expect and
+  // only that handler did not read the body).
   let noContinue = false;
+  let answersContinue = false;
   const slotOptions = {
     limits,
     headTimeout,
@@ -227,7 +230,8 @@ export function backendHandler(
     // (Python's http.server at its default HTTP/1.0, say) gets the next ones
     // at once instead of after the slot's one-second wait.
     onContinueSeen(_slot: WorkerSlot, seen: boolean) {
-      noContinue = !seen;
+      if (seen) answersContinue = true;
+      noContinue = !answersContinue;
     },
   };
 

@@ -397,6 +397,9 @@ interface Group {
   // Took a streamed upload without ever answering 100 Continue: its uploads
   // go at once, without Expect, instead of after a second's wait.
   noContinue: boolean;
+  // Has answered 100 Continue: its server speaks Expect, so an upload it
+  // took without one (a handler that did not read that body) does not mark it.
+  answersContinue: boolean;
 }
 
 interface Pool {
@@ -941,7 +944,10 @@ export class Hub {
 
   #continueSeen(slot: WorkerSlot, seen: boolean): void {
     const group = this.#slotGroup.get(slot);
-    if (group === undefined || group.noContinue === !seen) return;
+    if (group === undefined) return;
+    if (seen) group.answersContinue = true;
+    else if (group.answersContinue) return;
+    if (group.noContinue === !seen) return;
     group.noContinue = !seen;
     this.#log({
       level: "debug",
@@ -966,6 +972,7 @@ export class Hub {
         idle: new Set(),
         labels: identity?.labels ?? {},
         noContinue: false,
+        answersContinue: false,
       };
       pool.groups.set(key, group);
     }

@@ -939,6 +939,61 @@ test({
   },
 });
 
+test("backend handler keeps sending Expect to a backend that has answered 100 Continue, after one upload it took without a 100", async () => {
+  const heads: string[] = [];
+  const backend = rawBackend(async (conn) => {
+    const buf = new Uint8Array(64 * 1024);
+    let seen = "";
+    for (let n = 0; n < 3; n++) {
+      while (!seen.includes("\r\n\r\n")) {
+        const got = await conn.read(buf);
+        if (got === null) return;
+        seen += new TextDecoder().decode(buf.subarray(0, got));
+      }
+      const end = seen.indexOf("\r\n\r\n") + 4;
+      const head = seen.slice(0, end);
+      heads.push(head);
+      seen = seen.slice(end);
+      // The second upload's handler takes the body without a 100.
+      if (n !== 1 && /\r\nexpect: 100-continue\r\n/i.test(head)) {
+        await conn.write(text("HTTP/1.1 100 Continue\r\n\r\n"));
+      }
+      while (!seen.endsWith("0\r\n\r\n")) {
+        const got = await conn.read(buf);
+        if (got === null) return;
+        seen += new TextDecoder().decode(buf.subarray(0, got));
+      }
+      seen = "";
+      await conn.write(text("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    }
+  });
+  const handler = backendHandler(`http://127.0.0.1:${backend.port}`);
+  const info = {
+    remoteAddr: { transport: "tcp" as const, hostname: "127.0.0.1", port: 1 },
+    completed: Promise.resolve(),
+  };
+  try {
+    for (const tag of ["first", "second", "third"]) {
+      const res = await guard(
+        Promise.resolve(handler(
+          new Request(`http://consumer.test/${tag}`, {
+            method: "POST",
+            body: ReadableStream.from([text(tag)]),
+          }),
+          info,
+        )),
+        `streamed upload ${tag}`,
+      );
+      assert.equal(await res.text(), "ok");
+    }
+    const expects = heads.map((h) => /\r\nexpect: 100-continue\r\n/i.test(h));
+    assert.deepEqual(expects, [true, true, true]);
+  } finally {
+    handler.close();
+    await backend.close();
+  }
+});
+
 test("backend handler sends a small body with its head, and streams to a backend that never answers 100 Continue at once after the first time", async () => {
   const heads: string[] = [];
   const bodies: string[] = [];

@@ -401,6 +401,45 @@ Deno.test("a worker that took a streamed upload without ever answering 100 Conti
   });
 });
 
+Deno.test("a worker that has answered 100 Continue is not marked by one upload it took without a 100: its next uploads still carry Expect", async () => {
+  // Every body is streamed, so every upload is announced with Expect.
+  await withHub({ bufferRequestBody: 0 }, async (ctx) => {
+    const r = await RawSocket.connect(ctx.server.workerAddr.port);
+    ctx.raws.push(r);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "raw worker idle");
+    const heads: string[] = [];
+    // answer: the worker sends 100 Continue before reading the body; else
+    // it waits for the body, which the hub sends after its second's wait.
+    for (
+      const [tag, answer] of [["one", true], ["two", false], [
+        "three",
+        true,
+      ]] as const
+    ) {
+      const body = `body ${tag}`;
+      const pending = later(`${ctx.url}/up/${tag}`, { method: "POST", body });
+      const head = await r.readHead();
+      assert.ok(head !== null);
+      assert.match(
+        head,
+        new RegExp(`\\r\\ncontent-length: ${body.length}\\r\\n`, "i"),
+      );
+      heads.push(head);
+      if (answer) await r.write("HTTP/1.1 100 Continue\r\n\r\n");
+      assert.equal(
+        new TextDecoder().decode(await r.readExactly(body.length)),
+        body,
+      );
+      await r.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+      assert.deepEqual(await text(pending), [200, "ok"]);
+    }
+    for (const head of heads) {
+      assert.match(head, /\r\nexpect: 100-continue\r\n/i);
+    }
+    assert.equal(ctx.server.hub.stats.failed, 0);
+  });
+});
+
 Deno.test("shutdown waits for a request still sending its small body, and one whose body ends after it is answered 503", async () => {
   const hub = new Hub({ handshakeWait: 0, queueTimeout: 20_000 });
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
