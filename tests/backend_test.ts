@@ -9,7 +9,11 @@ import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { serveHub } from "../hub.ts";
 
-import { backendHandler, type BackendOptions } from "../_backend.ts";
+import {
+  type BackendHandler,
+  backendHandler,
+  type BackendOptions,
+} from "../_backend.ts";
 import { connectWorker } from "./_hub.ts";
 
 const NGINX = "/usr/sbin/nginx";
@@ -613,6 +617,65 @@ async function readHead(conn: Deno.Conn): Promise<string | null> {
   return null;
 }
 
+// Reads requests from a raw backend's connection in order: the head, then
+// (when the caller is ready for it) the body by Content-Length or chunked.
+function requestReader(conn: Deno.Conn) {
+  const buf = new Uint8Array(64 * 1024);
+  let seen = "";
+  const more = async () => {
+    const got = await conn.read(buf);
+    if (got === null) return false;
+    seen += new TextDecoder().decode(buf.subarray(0, got));
+    return true;
+  };
+  return {
+    async head(): Promise<string | null> {
+      while (!seen.includes("\r\n\r\n")) if (!(await more())) return null;
+      const end = seen.indexOf("\r\n\r\n") + 4;
+      const head = seen.slice(0, end);
+      seen = seen.slice(end);
+      return head;
+    },
+    async body(head: string): Promise<string | null> {
+      const length = /\r\ncontent-length: (\d+)/i.exec(head);
+      const done = () =>
+        length !== null
+          ? seen.length >= Number(length[1])
+          : seen.endsWith("0\r\n\r\n");
+      while (!done()) if (!(await more())) return null;
+      const body = seen;
+      seen = "";
+      return body;
+    },
+  };
+}
+
+const INFO = {
+  remoteAddr: { transport: "tcp" as const, hostname: "127.0.0.1", port: 1 },
+  completed: Promise.resolve(),
+};
+
+// One streamed upload per tag through `handler`, one after another; each
+// must be answered "ok".
+async function streamedUploads(
+  handler: BackendHandler,
+  tags: string[],
+): Promise<void> {
+  for (const tag of tags) {
+    const res = await guard(
+      Promise.resolve(handler(
+        new Request(`http://consumer.test/${tag}`, {
+          method: "POST",
+          body: ReadableStream.from([text(tag)]),
+        }),
+        INFO,
+      )),
+      `streamed upload ${tag}`,
+    );
+    assert.equal(await res.text(), "ok");
+  }
+}
+
 test("backend handler answers 502 when the backend closes without responding", async () => {
   const backend = rawBackend(async (conn) => {
     await readHead(conn);
@@ -942,50 +1005,22 @@ test({
 test("backend handler keeps sending Expect to a backend that has answered 100 Continue, after one upload it took without a 100", async () => {
   const heads: string[] = [];
   const backend = rawBackend(async (conn) => {
-    const buf = new Uint8Array(64 * 1024);
-    let seen = "";
+    const requests = requestReader(conn);
     for (let n = 0; n < 3; n++) {
-      while (!seen.includes("\r\n\r\n")) {
-        const got = await conn.read(buf);
-        if (got === null) return;
-        seen += new TextDecoder().decode(buf.subarray(0, got));
-      }
-      const end = seen.indexOf("\r\n\r\n") + 4;
-      const head = seen.slice(0, end);
+      const head = await requests.head();
+      if (head === null) return;
       heads.push(head);
-      seen = seen.slice(end);
       // The second upload's handler takes the body without a 100.
       if (n !== 1 && /\r\nexpect: 100-continue\r\n/i.test(head)) {
         await conn.write(text("HTTP/1.1 100 Continue\r\n\r\n"));
       }
-      while (!seen.endsWith("0\r\n\r\n")) {
-        const got = await conn.read(buf);
-        if (got === null) return;
-        seen += new TextDecoder().decode(buf.subarray(0, got));
-      }
-      seen = "";
+      if ((await requests.body(head)) === null) return;
       await conn.write(text("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
     }
   });
   const handler = backendHandler(`http://127.0.0.1:${backend.port}`);
-  const info = {
-    remoteAddr: { transport: "tcp" as const, hostname: "127.0.0.1", port: 1 },
-    completed: Promise.resolve(),
-  };
   try {
-    for (const tag of ["first", "second", "third"]) {
-      const res = await guard(
-        Promise.resolve(handler(
-          new Request(`http://consumer.test/${tag}`, {
-            method: "POST",
-            body: ReadableStream.from([text(tag)]),
-          }),
-          info,
-        )),
-        `streamed upload ${tag}`,
-      );
-      assert.equal(await res.text(), "ok");
-    }
+    await streamedUploads(handler, ["first", "second", "third"]);
     const expects = heads.map((h) => /\r\nexpect: 100-continue\r\n/i.test(h));
     assert.deepEqual(expects, [true, true, true]);
   } finally {
@@ -998,40 +1033,19 @@ test("backend handler sends a small body with its head, and streams to a backend
   const heads: string[] = [];
   const bodies: string[] = [];
   const backend = rawBackend(async (conn) => {
-    const buf = new Uint8Array(64 * 1024);
-    let seen = "";
+    const requests = requestReader(conn);
     for (let n = 0; n < 3; n++) {
-      // One request: head, then a Content-Length or chunked body, never a
-      // 100 Continue.
-      while (!seen.includes("\r\n\r\n")) {
-        const got = await conn.read(buf);
-        if (got === null) return;
-        seen += new TextDecoder().decode(buf.subarray(0, got));
-      }
-      const end = seen.indexOf("\r\n\r\n") + 4;
-      const head = seen.slice(0, end);
+      // One request: head, then its body, never a 100 Continue.
+      const head = await requests.head();
+      if (head === null) return;
       heads.push(head);
-      seen = seen.slice(end);
-      const length = /\r\ncontent-length: (\d+)/i.exec(head);
-      const done = () =>
-        length !== null
-          ? seen.length >= Number(length[1])
-          : seen.endsWith("0\r\n\r\n");
-      while (!done()) {
-        const got = await conn.read(buf);
-        if (got === null) return;
-        seen += new TextDecoder().decode(buf.subarray(0, got));
-      }
-      bodies.push(seen);
-      seen = "";
+      const body = await requests.body(head);
+      if (body === null) return;
+      bodies.push(body);
       await conn.write(text("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
     }
   });
   const handler = backendHandler(`http://127.0.0.1:${backend.port}`);
-  const info = {
-    remoteAddr: { transport: "tcp" as const, hostname: "127.0.0.1", port: 1 },
-    completed: Promise.resolve(),
-  };
   try {
     const small = await handler(
       new Request("http://consumer.test/small", {
@@ -1039,22 +1053,10 @@ test("backend handler sends a small body with its head, and streams to a backend
         body: "hello",
         headers: { "content-length": "5" },
       }),
-      info,
+      INFO,
     );
     assert.equal(await small.text(), "ok");
-    for (const tag of ["first", "second"]) {
-      const res = await guard(
-        Promise.resolve(handler(
-          new Request(`http://consumer.test/${tag}`, {
-            method: "POST",
-            body: ReadableStream.from([text(tag)]),
-          }),
-          info,
-        )),
-        `streamed upload ${tag}`,
-      );
-      assert.equal(await res.text(), "ok");
-    }
+    await streamedUploads(handler, ["first", "second"]);
     const expects = heads.map((h) => /\r\nexpect: 100-continue\r\n/i.test(h));
     assert.deepEqual(expects, [false, true, false]);
     assert.match(heads[0], /\r\ncontent-length: 5\r\n/);

@@ -15,7 +15,11 @@ import {
 import { WAIT_REQUEST } from "../_park.ts";
 import { ScriptedConn, text } from "./_memconn.ts";
 
-function slotOn(conn: ScriptedConn, events: string[] = []): WorkerSlot {
+function slotOn(
+  conn: ScriptedConn,
+  events: string[] = [],
+  more: Partial<SlotOptions> = {},
+): WorkerSlot {
   const options: SlotOptions = {
     limits: DEFAULT_LIMITS,
     headTimeout: 0,
@@ -23,6 +27,7 @@ function slotOn(conn: ScriptedConn, events: string[] = []): WorkerSlot {
     smallBody: 64 * 1024,
     onIdle: () => events.push("idle"),
     onClose: (_slot, reason) => events.push(`close: ${String(reason)}`),
+    ...more,
   };
   const slot = new WorkerSlot(conn, "test", options);
   slot.idle(false);
@@ -104,16 +109,9 @@ Deno.test("slot sends a stream body at once and without Expect when told the wor
       answers100 ? ["HTTP/1.1 100 Continue\r\n\r\n", OK] : [OK],
     );
     const seen: boolean[] = [];
-    const slot = new WorkerSlot(conn, "test", {
-      limits: DEFAULT_LIMITS,
-      headTimeout: 0,
-      maxBodySize: Infinity,
-      smallBody: 64 * 1024,
-      onIdle: () => {},
-      onClose: () => {},
+    const slot = slotOn(conn, [], {
       onContinueSeen: (_slot, saw) => seen.push(saw),
     });
-    slot.idle(false);
     const res = await slot.send(request({
       method: "PUT",
       body: ReadableStream.from([new TextEncoder().encode("abc")]),
@@ -179,15 +177,9 @@ Deno.test("a hand-back 408 in the same read as the last response closes the slot
       OK + "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\n" +
       "connection: close\r\ncontent-length: 0\r\n\r\n",
     ]);
-    const slot = new WorkerSlot(conn, "test", {
-      limits: DEFAULT_LIMITS,
-      headTimeout: 0,
-      maxBodySize: Infinity,
-      smallBody: 64 * 1024,
-      onIdle: () => {},
+    const slot = slotOn(conn, [], {
       onClose: (_slot, reason) => reasons.push(reason),
     });
-    slot.idle(false);
     const res = await slot.send(request());
     assert.equal(res.status, 200);
     slot.idle(watch);
