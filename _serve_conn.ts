@@ -190,13 +190,19 @@ export async function serveConnection(
       const after = options.reuse?.() ?? true;
       const last = served >= (options.maxRequests ?? Infinity) || !after;
       const park = !last && after === "park" && parks;
-      let reuse;
+      let outcome;
       try {
-        reuse = await serveOne(conn, reader, head, options, last, park);
+        outcome = await serveOne(conn, reader, head, options, last, park);
       } finally {
         options.release?.();
       }
-      if (!reuse || options.drain.aborted || last) break;
+      if (outcome === "closed") break;
+      if (outcome === "end" || options.drain.aborted || last) {
+        // The response went out keep-alive, so the hub may already be
+        // sending its next request: the "not started" 408 answers it.
+        await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+        break;
+      }
       parked = park;
     }
   } catch (error) {
@@ -381,7 +387,11 @@ export function internalError(): Response {
   });
 }
 
-// Serves one request; resolves whether the connection can carry another.
+// Serves one request; resolves "reuse" when the connection can carry
+// another, "closed" when it cannot and the hub knows (the response said
+// `Connection: close`, or the connection failed), and "end" when the
+// response went out keep-alive but the connection cannot go on (part of the
+// request body is unread).
 async function serveOne(
   conn: Connection,
   reader: BufferedReader,
@@ -389,7 +399,7 @@ async function serveOne(
   options: ServeConnectionOptions,
   last: boolean,
   park: boolean,
-): Promise<boolean> {
+): Promise<"reuse" | "closed" | "end"> {
   let fields;
   let framing;
   try {
@@ -398,7 +408,7 @@ async function serveOne(
   } catch (error) {
     options.onError(error, "request framing");
     await writeAll(conn, simpleResponse(400, true)).catch(() => {});
-    return false;
+    return "closed";
   }
   if (framing.kind !== "none" && expectsContinue(head)) {
     // The request is accepted: ask the hub for its body (RFC 9110 §10.1.1).
@@ -406,7 +416,7 @@ async function serveOne(
       await writeAll(conn, CONTINUE);
     } catch (error) {
       options.onError(error, "response");
-      return false;
+      return "closed";
     }
   }
   const controller = new AbortController();
@@ -441,7 +451,7 @@ async function serveOne(
   }
   if (body !== null && NO_REQUEST_BODY.has(head.method)) {
     // `Request` cannot carry a GET or HEAD body; read and drop it.
-    if (!(await discard(body))) return false;
+    if (!(await discard(body))) return "closed";
     body = null;
   }
 
@@ -469,7 +479,7 @@ async function serveOne(
   } catch (error) {
     options.onError(error, "request");
     await writeAll(conn, simpleResponse(400, true)).catch(() => {});
-    return false;
+    return "closed";
   }
   const { promise: completed, resolve: complete } = Promise.withResolvers<
     void
@@ -492,15 +502,16 @@ async function serveOne(
     controller.abort(error);
     options.onError(error, "response");
     complete();
-    return false;
+    return "closed";
   }
   complete();
-  if (!bodyDone && reuse && body !== null) {
+  if (!reuse) return "closed";
+  if (!bodyDone && body !== null) {
     // The handler did not read the whole upload: skip the rest if it is
-    // short, else close (the hub then drops this connection).
+    // short, else end the connection.
     reuse = !body.locked && await discard(body, MAX_DISCARD);
   }
-  return reuse && bodyDone;
+  return reuse && bodyDone ? "reuse" : "end";
 }
 
 // Largest first body chunk copied next to the head for one write.
