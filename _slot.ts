@@ -252,6 +252,8 @@ export class WorkerSlot {
   identity: WorkerIdentity | null;
   #inBody = false;
   #uploadSince = 0;
+  // When the write of upload bytes to the worker in progress began (0: none).
+  #takeSince = 0;
   #headDeadline = 0;
 
   /**
@@ -288,7 +290,22 @@ export class WorkerSlot {
       );
       return true;
     }
-    const { bodyIdleTimeout = 0, uploadIdleTimeout = 0 } = this.#options;
+    const { headTimeout, bodyIdleTimeout = 0, uploadIdleTimeout = 0 } =
+      this.#options;
+    // A worker that stops taking the upload (frozen, or a handler that
+    // neither reads its body nor answers) has the head timeout to move.
+    if (
+      headTimeout > 0 && this.#takeSince > 0 &&
+      now - this.#takeSince >= headTimeout
+    ) {
+      this.close(
+        new WorkerLinkError(
+          "timeout",
+          `Worker took no request body byte for ${headTimeout} ms`,
+        ),
+      );
+      return true;
+    }
     const since = this.#reader.readSince;
     if (
       this.#inBody && bodyIdleTimeout > 0 && since > 0 &&
@@ -812,8 +829,32 @@ export class WorkerSlot {
         return chunk;
       },
     };
+    // Upload bytes go out through a connection that times each write: one
+    // that blocks (the worker's socket buffer is full) counts towards the
+    // head timeout, which otherwise starts only after the last byte.
+    const conn = this.#conn;
+    const opts = this.#options;
+    const timed = {
+      read: (p: Uint8Array) => conn.read(p),
+      write: async (p: Uint8Array) => {
+        this.#takeSince = performance.now();
+        const timer = opts.ownHeadTimer && opts.headTimeout > 0
+          ? setTimeout(
+            () => this.checkStalled(performance.now()),
+            opts.headTimeout,
+          )
+          : undefined;
+        try {
+          return await conn.write(p);
+        } finally {
+          this.#takeSince = 0;
+          clearTimeout(timer);
+        }
+      },
+      close: () => conn.close(),
+    };
     writeBody(
-      this.#conn,
+      timed,
       tracked,
       req.contentLength >= 0
         ? { kind: "length", length: req.contentLength }

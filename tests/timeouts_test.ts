@@ -369,3 +369,39 @@ Deno.test("headTimeout runs from the end of a streamed upload: a steady upload l
     assert.equal(await res.text(), "got 10000");
   });
 });
+
+Deno.test("headTimeout: a worker that asks for a streamed upload and then stops taking it gets the consumer a 504 and loses its slot", async () => {
+  await withHub({ headTimeout: 500 }, async (ctx) => {
+    const worker = await ctx.rawWorker();
+    // Up to 16 MiB, far more than the socket buffers hold, then nothing.
+    const chunk = new Uint8Array(64 * 1024);
+    let sent = 0;
+    const { promise: stop, resolve: stopped } = Promise.withResolvers<void>();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (sent === 256) {
+          await stop;
+          controller.close();
+          return;
+        }
+        sent++;
+        controller.enqueue(chunk);
+      },
+    });
+    const res = later(`${ctx.url}/upload`, { method: "POST", body });
+    try {
+      const head = await worker.readHead();
+      assert.match(head ?? "", /^POST \/upload HTTP\/1\.1\r\n/);
+      // It takes the request, asks for the body, then freezes.
+      await worker.write("HTTP/1.1 100 Continue\r\n\r\n");
+      const answer = await deadline(res, HANG, "the consumer's answer");
+      assert.equal(answer.status, 504);
+      assert.match(await answer.text(), /took no request body byte/);
+      assert.ok(sent < 256, "the upload did stall");
+      await waitFor(() => ctx.server.hub.stats.slots === 0, "slot closed");
+      assert.equal(ctx.server.hub.stats.busy, 0);
+    } finally {
+      stopped();
+    }
+  });
+});
