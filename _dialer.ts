@@ -94,7 +94,8 @@ interface Link {
   // Answers the hub's wait request while it is held.
   wake: ((offer: boolean) => void) | null;
   withdraw: AbortController;
-  // When the hub was last heard from (or the link last busy or parked).
+  // When the hub was last heard from (a ping, a request, a wait request),
+  // or the link was last busy or parked.
   heardAt: number;
   // With a gate: served its one request and is closing (offers nothing).
   spent: boolean;
@@ -441,6 +442,8 @@ export class Dialer {
       served = await this.#o.serve(conn, s.endpoint, {
         withdraw,
         acquire: (queuedMs) => {
+          // A request is word from the hub, declined or not.
+          link.heardAt = performance.now();
           if (this.#inUse >= this.#o.concurrency || this.#kill.aborted) {
             // Declined, not a hub failure: parked, or closed by the engine.
             // The request goes back to the head of its hub's queue.
@@ -466,11 +469,16 @@ export class Dialer {
         release: () => {
           this.#inUse--;
           link.busy = false;
+          // The silence is counted from the end of the request, not from
+          // before it: a connection busy more often than the ping interval
+          // is never pinged.
+          link.heardAt = performance.now();
           // With a gate a connection carries one request: this one is done.
           if (this.#o.gate !== undefined) link.spent = true;
           this.#reconcile();
         },
         wait: () => {
+          link.heardAt = performance.now();
           s.parks = true;
           link.parked = true;
           const { promise, resolve } = Promise.withResolvers<boolean>();

@@ -1,0 +1,55 @@
+// The worker runner's dialing: when a connection counts as silent or as a
+// failed connect, how reconnects back off, the handshake deadline, and
+// which connections are offered to which hub. Real hubs and sockets on
+// loopback; waits are hang guards, no durations are asserted tightly.
+
+import assert from "node:assert/strict";
+import { type HubServer, serveHub } from "../hub.ts";
+import { connectWorker, ENGINE } from "./_hub.ts";
+import { deadline, waitFor } from "./_wait.ts";
+
+function hub(options: Parameters<typeof serveHub>[0] = {}): HubServer {
+  return serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 500,
+    queueTimeout: 20_000,
+    ...options,
+  });
+}
+
+const url = (s: HubServer, p: string) => `http://127.0.0.1:${s.addr.port}${p}`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+Deno.test(`[${ENGINE}] a connection that keeps getting requests is not handed back as silent`, async () => {
+  // Silence limit: max(3 s, 1 s + 2 s) = 3 s. A request every 250 ms keeps
+  // the connection from ever idling long enough to be pinged.
+  const server = hub({ pingInterval: 1000, pingTimeout: 5000 });
+  const errors: string[] = [];
+  let connects = 0;
+  const worker = connectWorker(() => new Response("ok"), {
+    hostname: "127.0.0.1",
+    port: server.workerAddr.port,
+    workerId: "w",
+    minBackoff: 10,
+    maxBackoff: 100,
+    onConnect: () => connects++,
+    onError: (e, ctx) => errors.push(`${ctx}: ${(e as Error)?.message ?? e}`),
+  });
+  try {
+    await waitFor(() => server.hub.stats.slots === 1, "the slot");
+    const until = performance.now() + 4500;
+    for (let i = 0; i < 1000 && performance.now() < until; i++) {
+      const res = await deadline(fetch(url(server, "/")), 10_000, "request");
+      assert.equal(await res.text(), "ok");
+      await sleep(250);
+    }
+    assert.deepEqual(errors.filter((e) => e.includes("sent nothing")), []);
+    assert.equal(connects, 1, "the runner dialed again");
+  } finally {
+    worker.close();
+    await worker.finished;
+    await server.shutdown();
+  }
+});
