@@ -563,9 +563,12 @@ export class Dialer {
   }
 
   #failed(s: EndpointState, error: unknown): void {
-    s.failures++;
     s.parks = undefined;
     this.#o.onError(error, `connect ${s.endpoint.key}`);
+    // Connections opened together fail together: one failure per round, or
+    // the backoff would grow with the concurrency.
+    if (performance.now() < s.retryAt) return this.#reconcile();
+    s.failures++;
     const ceiling = Math.min(
       this.#o.maxBackoff,
       this.#o.minBackoff * 2 ** Math.min(30, s.failures - 1),

@@ -53,3 +53,30 @@ Deno.test(`[${ENGINE}] a connection that keeps getting requests is not handed ba
     await server.shutdown();
   }
 });
+
+Deno.test(`[${ENGINE}] connections opened together that fail count as one failure`, async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close(); // nothing listens there now: connections are refused
+  const attempts: number[] = [];
+  // Eight failures counted apart would back off 100 ms * 2^7: 6.4-12.8 s.
+  const worker = connectWorker(() => new Response("x"), {
+    hostname: "127.0.0.1",
+    port,
+    concurrency: 8,
+    minBackoff: 100,
+    maxBackoff: 60_000,
+    onError: (_e, ctx) => {
+      if (ctx.startsWith("connect")) attempts.push(performance.now());
+    },
+  });
+  try {
+    await waitFor(() => attempts.length >= 8, "the first 8 attempts");
+    await waitFor(() => attempts.length > 8, "a retry", 5000)
+      .catch(() => {});
+    assert.ok(attempts.length > 8, "no retry within 5 s of the first failures");
+  } finally {
+    worker.close();
+    await worker.finished;
+  }
+});
