@@ -305,7 +305,9 @@ export class Dialer {
       }
       let parked = 0;
       for (const l of s.links) {
-        if (!l.parked || l.withdraw.signal.aborted) continue;
+        // A busy link holds its own permit (the inline engine parks it
+        // before the handler runs): it is no offer of a free one.
+        if (!l.parked || l.busy || l.withdraw.signal.aborted) continue;
         if (l.wake !== null && idle < free) {
           const wake = l.wake;
           l.wake = null;

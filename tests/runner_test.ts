@@ -80,3 +80,56 @@ Deno.test(`[${ENGINE}] connections opened together that fail count as one failur
     await worker.finished;
   }
 });
+
+Deno.test(`[${ENGINE}] a hub that loses a connection while another runs a request is offered the free permit again`, async () => {
+  const a = hub();
+  const b = hub();
+  const { promise: held, resolve: release } = Promise.withResolvers<void>();
+  let holding = 0;
+  let leaving = 0;
+  const worker = connectWorker(async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/hold") {
+      holding++;
+      await held;
+    } else if (path === "/leave") {
+      leaving++;
+      await new Promise((r) =>
+        req.signal.addEventListener("abort", r, { once: true })
+      );
+    }
+    return new Response(path);
+  }, {
+    hubs: [`127.0.0.1:${a.workerAddr.port}`, `127.0.0.1:${b.workerAddr.port}`],
+    concurrency: 2,
+    minBackoff: 10,
+    maxBackoff: 100,
+  });
+  try {
+    const both = () => a.hub.stats.idle === 2 && b.hub.stats.idle === 2;
+    await waitFor(both, "2 slots at each hub");
+    // Parking is learned per hub from its first wait request.
+    for (const s of [a, b]) await (await fetch(url(s, "/warm"))).text();
+    await waitFor(both, "2 slots at each hub again");
+    const held1 = fetch(url(a, "/hold"));
+    await waitFor(() => holding === 1, "/hold running");
+    const ac = new AbortController();
+    const left = fetch(url(a, "/leave"), { signal: ac.signal })
+      .catch(() => null);
+    await waitFor(() => leaving === 1, "/leave running");
+    ac.abort(); // the hub closes that connection; its handler returns
+    await left;
+    await waitFor(() => worker.active === 1, "one permit free again");
+    let offered = true;
+    await waitFor(() => a.hub.stats.idle >= 1, "an idle slot at A", 5000)
+      .catch(() => offered = false);
+    release();
+    assert.equal(await (await held1).text(), "/hold");
+    assert.ok(offered, "hub A got no connection while a permit was free");
+  } finally {
+    release();
+    worker.close();
+    await worker.finished;
+    await Promise.all([a.shutdown(), b.shutdown()]);
+  }
+});
