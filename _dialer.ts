@@ -413,6 +413,7 @@ export class Dialer {
     if (!link.withdraw.signal.aborted) this.#o.onConnect?.(s.endpoint);
     const since = performance.now();
     let served = 0;
+    let declined = false;
     const withdraw = AbortSignal.any([link.withdraw.signal, this.#stop]);
     const unwait = () => {
       const wake = link.wake;
@@ -450,6 +451,7 @@ export class Dialer {
             // Declined, not a hub failure: parked, or closed by the engine.
             // The request goes back to the head of its hub's queue.
             link.parked = true;
+            declined = true;
             const since = performance.now() - (queuedMs() || 0);
             if (!s.owed || since < s.owedSince) s.owedSince = since;
             s.owed = true;
@@ -508,9 +510,10 @@ export class Dialer {
       s.links.delete(link);
       link.conn = null;
     }
-    // A hub that accepts and drops connections at once gets backoff too.
+    // A hub that accepts and drops connections at once gets backoff too;
+    // not one that sent a request (a declined upload closes its connection).
     if (
-      served === 0 && performance.now() - since < 1000 &&
+      served === 0 && !declined && performance.now() - since < 1000 &&
       !link.withdraw.signal.aborted
     ) {
       this.#failed(s, new Error("hub closed the connection at once"));

@@ -133,3 +133,61 @@ Deno.test(`[${ENGINE}] a hub that loses a connection while another runs a reques
     await Promise.all([a.shutdown(), b.shutdown()]);
   }
 });
+
+function upload(s: HubServer): Promise<Response> {
+  return fetch(url(s, "/upload"), {
+    method: "POST",
+    body: new ReadableStream({
+      start(c) {
+        c.enqueue(new Uint8Array(1000));
+        c.close();
+      },
+    }),
+  });
+}
+
+Deno.test(`[${ENGINE}] a declined upload on a fresh connection is not a connect failure`, async () => {
+  const a = hub();
+  const b = hub();
+  const errors: string[] = [];
+  const { promise: held, resolve: release } = Promise.withResolvers<void>();
+  let holding = 0;
+  const worker = connectWorker(async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/hold") {
+      holding++;
+      await held;
+    }
+    if (req.body) await req.arrayBuffer();
+    return new Response(path);
+  }, {
+    hubs: [`127.0.0.1:${a.workerAddr.port}`, `127.0.0.1:${b.workerAddr.port}`],
+    concurrency: 1,
+    workerId: "w",
+    minBackoff: 100,
+    maxBackoff: 5000,
+    onError: (e, ctx) => errors.push(`${ctx}: ${(e as Error)?.message ?? e}`),
+  });
+  try {
+    await waitFor(
+      () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1,
+      "a slot at each hub",
+    );
+    // The one permit goes to B; A's connection, which has served nothing,
+    // declines the upload and closes.
+    const held1 = fetch(url(b, "/hold"));
+    await waitFor(() => holding === 1, "/hold running");
+    const up = upload(a);
+    await waitFor(() => a.hub.stats.slots === 0, "A's connection closed");
+    release();
+    assert.equal(await (await held1).text(), "/hold");
+    const res = await deadline(up, 15_000, "the upload");
+    assert.equal(await res.text(), "/upload");
+    assert.deepEqual(errors.filter((e) => e.startsWith("connect")), []);
+  } finally {
+    release();
+    worker.close();
+    await worker.finished;
+    await Promise.all([a.shutdown(), b.shutdown()]);
+  }
+});
