@@ -289,7 +289,11 @@ export function connectWorker(
   const draining = new AbortController();
   const closing = new AbortController();
 
-  const open = async (endpoint: Endpoint): Promise<Connection> => {
+  // `signal` aborting cuts a connect or a TLS handshake in progress.
+  const open = async (
+    endpoint: Endpoint,
+    signal: AbortSignal,
+  ): Promise<Connection> => {
     if (options.connect !== undefined) {
       return await options.connect(endpoint.address, endpoint.port);
     }
@@ -297,6 +301,7 @@ export function connectWorker(
       hostname: endpoint.address,
       port: endpoint.port,
       transport: "tcp",
+      signal,
     });
     try {
       tcp.setNoDelay(true);
@@ -306,6 +311,14 @@ export function connectWorker(
     }
     if (!options.tls) return tcp;
     let tls: Deno.TlsConn | undefined;
+    const cut = () => {
+      try {
+        (tls ?? tcp).close();
+      } catch {
+        // already closed, or startTls took over the TCP connection
+      }
+    };
+    signal.addEventListener("abort", cut, { once: true });
     try {
       // Dial the resolved address but verify the certificate against the
       // name the user gave.
@@ -313,17 +326,16 @@ export function connectWorker(
         hostname: endpoint.name,
         caCerts: options.caCerts,
       });
+      signal.throwIfAborted();
       // The handshake is lazy; finish it here so a bad certificate is a
       // connect failure (with backoff), not a broken connection.
       await tls.handshake();
       return tls;
     } catch (error) {
-      try {
-        (tls ?? tcp).close();
-      } catch {
-        // startTls took over the TCP connection
-      }
+      cut();
       throw error;
+    } finally {
+      signal.removeEventListener("abort", cut);
     }
   };
 
@@ -352,49 +364,57 @@ export function connectWorker(
         return found;
       },
       async connect(endpoint) {
-        const conn = await open(endpoint);
-        if (handshake === null) return conn;
-        const reader = new BufferedReader(conn);
-        let pingInterval;
-        // A hub that accepts and never answers (frozen, or not a hub) must
-        // not hold this connection, or the worker's close(), for ever. Not
-        // on drain: a 101 and a request may already be on their way.
-        let stopped: Error | undefined;
-        const stop = (reason: string) => () => {
-          stopped ??= new Error(reason);
-          try {
-            conn.close();
-          } catch {
-            // already closed
-          }
-        };
+        // A hub that accepts and never answers (frozen, or not a hub), at
+        // the TLS handshake or at ours, or a host that drops the SYN, must
+        // not hold this connection, or the worker's close(), for ever.
+        const cut = new AbortController();
         const timer = setTimeout(
-          stop(`no handshake answer within ${HANDSHAKE_TIMEOUT} ms`),
-          HANDSHAKE_TIMEOUT,
+          () => cut.abort(new Error(`no answer within ${CONNECT_TIMEOUT} ms`)),
+          CONNECT_TIMEOUT,
         );
-        const onClose = stop("worker closed");
+        const onClose = () => cut.abort(new Error("worker closed"));
         closing.signal.addEventListener("abort", onClose, { once: true });
+        if (closing.signal.aborted) onClose();
         try {
-          pingInterval = await workerHandshake(conn, reader, {
-            ...handshake,
-            host: endpoint.name,
-          });
-        } catch (error) {
+          // A drain cuts it too until the hub can have sent anything.
+          const conn = await open(
+            endpoint,
+            AbortSignal.any([cut.signal, draining.signal]),
+          );
+          if (handshake === null) return conn;
+          // Not on drain from here: a 101 and a request may already be on
+          // their way.
+          const stop = () => {
+            try {
+              conn.close();
+            } catch {
+              // already closed
+            }
+          };
+          cut.signal.addEventListener("abort", stop, { once: true });
           try {
-            conn.close();
-          } catch {
-            // closed by the timeout or close()
+            const reader = new BufferedReader(conn);
+            const pingInterval = await workerHandshake(conn, reader, {
+              ...handshake,
+              host: endpoint.name,
+            });
+            // Requests that followed the 101 at once are in `reader`.
+            return Object.assign(conn, {
+              [READER]: reader,
+              [PING_INTERVAL]: pingInterval,
+            });
+          } catch (error) {
+            stop();
+            throw error;
+          } finally {
+            cut.signal.removeEventListener("abort", stop);
           }
-          throw stopped ?? error;
+        } catch (error) {
+          throw cut.signal.reason ?? error;
         } finally {
           clearTimeout(timer);
           closing.signal.removeEventListener("abort", onClose);
         }
-        // Requests that followed the 101 at once are in `reader`.
-        return Object.assign(conn, {
-          [READER]: reader,
-          [PING_INTERVAL]: pingInterval,
-        });
       },
       // A hub that pings and has not for three intervals (two seconds more
       // for short ones) is gone, though the connection looks open.
@@ -459,8 +479,8 @@ export function connectWorker(
   };
 }
 
-// Longest wait for the hub's answer to the handshake.
-const HANDSHAKE_TIMEOUT = 10_000;
+// Longest wait for a connection to open: TCP, TLS and the handshake.
+const CONNECT_TIMEOUT = 10_000;
 
 const READER = Symbol("reader");
 const PING_INTERVAL = Symbol("pingInterval");

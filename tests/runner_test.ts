@@ -191,3 +191,35 @@ Deno.test(`[${ENGINE}] a declined upload on a fresh connection is not a connect 
     await Promise.all([a.shutdown(), b.shutdown()]);
   }
 });
+
+for (const how of ["close", "drain"] as const) {
+  Deno.test(`[${ENGINE}] ${how}() ends a TLS handshake the hub never answers`, async () => {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const accepted: Deno.Conn[] = [];
+    const loop = (async () => {
+      for await (const c of listener) accepted.push(c); // never answers
+    })();
+    const worker = connectWorker(() => new Response("never"), {
+      hostname: "127.0.0.1",
+      port: (listener.addr as Deno.NetAddr).port,
+      tls: true,
+      workerId: "w",
+      minBackoff: 10,
+      maxBackoff: 100,
+    });
+    try {
+      await waitFor(() => accepted.length >= 1, "the worker dialed");
+      await sleep(200); // in the TLS handshake
+      if (how === "close") worker.close();
+      else worker.drain();
+      // Well within the 10 s connect deadline, which would end it too.
+      await deadline(worker.finished, 5000, `the worker's ${how}()`);
+    } finally {
+      worker.close();
+      for (const c of accepted) c.close();
+      listener.close();
+      await loop.catch(() => {});
+      await deadline(worker.finished, 15_000, "the worker closing");
+    }
+  });
+}
