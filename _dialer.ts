@@ -78,7 +78,10 @@ export interface DialerOptions {
    * arrived) restarts the count, as does every request.
    */
   silence?(conn: Connection): number;
-  /** Adaptive capacity: awaited before a connection beyond the first opens. */
+  /**
+   * Adaptive capacity: awaited before a connection beyond the first (at each
+   * hub) opens.
+   */
   gate?: (slot: number, signal: AbortSignal) => Promise<void>;
   onError(error: unknown, context: string): void;
   onConnect?(endpoint: Endpoint): void;
@@ -116,6 +119,8 @@ interface EndpointState {
    * version).
    */
   parks: boolean | undefined;
+  /** Connections past the gate (or not gated) that are still opening. */
+  admitted: number;
   /** A request from this hub was declined since the worker last took one. */
   owed: boolean;
   /** When the oldest such request reached its hub (this process's clock). */
@@ -135,8 +140,6 @@ export class Dialer {
   #states = new Map<string, EndpointState>();
   #inUse = 0;
   #refreshing: Promise<void> | null = null;
-  // Connections past the gate (or not gated) that are still being opened.
-  #admitted = 0;
   #stop: AbortSignal;
   #kill: AbortSignal;
   #resolver: ReturnType<typeof setInterval> | undefined;
@@ -274,6 +277,7 @@ export class Dialer {
           timer: undefined,
           removed: false,
           parks: undefined,
+          admitted: 0,
           owed: false,
           owedSince: 0,
         });
@@ -367,9 +371,11 @@ export class Dialer {
     try {
       if (this.#o.gate !== undefined) {
         // The slot this connection would be: permits in use, connections
-        // offered, and connections already admitted and still opening (not
-        // those still waiting at the gate, nor spent ones closing).
-        const slot = this.#inUse + this.#offered() + this.#admitted;
+        // offered to this hub, and its connections already admitted and
+        // still opening (not those still waiting at the gate, nor spent ones
+        // closing). Per hub: the permits offered to each hub are the same
+        // ones, so every hub's first offer to an idle worker is slot 0.
+        const slot = this.#inUse + this.#idleLinks(s) + s.admitted;
         if (slot > 0) {
           await this.#o.gate(slot, AbortSignal.any([this.#stop, this.#kill]));
         }
@@ -378,16 +384,16 @@ export class Dialer {
           return;
         }
       }
-      this.#admitted++;
+      s.admitted++;
       admitted = true;
       conn = await this.#o.connect(s.endpoint);
     } catch (error) {
-      if (admitted) this.#admitted--;
+      if (admitted) s.admitted--;
       s.opening--;
       this.#failed(s, error);
       return;
     }
-    this.#admitted--;
+    s.admitted--;
     s.opening--;
     if (this.#kill.aborted) {
       conn.close();
@@ -558,13 +564,6 @@ export class Dialer {
       ) addrs.push(e.address);
     }
     return addrs;
-  }
-
-  // Connections offered to hubs now, over all of them.
-  #offered(): number {
-    let n = 0;
-    for (const s of this.#states.values()) n += this.#idleLinks(s);
-    return n;
   }
 
   #failed(s: EndpointState, error: unknown): void {

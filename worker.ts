@@ -146,11 +146,12 @@ export interface WorkerOptions {
    */
   connect?: (hostname: string, port: number) => Promise<Connection>;
   /**
-   * Adaptive capacity: awaited before a connection beyond the first opens,
-   * so the worker offers another slot only when the gate opens (e.g. while
-   * CPU and memory have room; see `capacityGate`). With a gate, each
-   * connection carries one request and then reconnects through the gate.
-   * The signal aborts when the worker drains or closes. Default: no gate.
+   * Adaptive capacity: awaited before a connection beyond the first (at
+   * each hub) opens, so the worker offers another slot only when the gate
+   * opens (e.g. while CPU and memory have room; see `capacityGate`). With
+   * a gate, each connection carries one request and then reconnects
+   * through the gate. The signal aborts when the worker drains or closes.
+   * Default: no gate.
    */
   gate?: (slot: number, signal: AbortSignal) => Promise<void>;
   /** Receives handler, protocol and connection errors. Default: ignored. */

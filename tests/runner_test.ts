@@ -223,3 +223,37 @@ for (const how of ["close", "drain"] as const) {
     }
   });
 }
+
+Deno.test(`[${ENGINE}] a gated worker at two hubs serves both while its permits are free`, async () => {
+  const a = hub({ queueTimeout: 5000 });
+  const b = hub({ queueTimeout: 5000 });
+  const worker = connectWorker(
+    (req) => new Response(new URL(req.url).pathname),
+    {
+      hubs: [
+        `127.0.0.1:${a.workerAddr.port}`,
+        `127.0.0.1:${b.workerAddr.port}`,
+      ],
+      concurrency: 2,
+      minBackoff: 10,
+      maxBackoff: 100,
+      // As capacityGate on a machine with no room: slot 0 only.
+      gate: (slot, signal) =>
+        slot === 0 || signal.aborted ? Promise.resolve() : new Promise<void>(
+          (r) => signal.addEventListener("abort", () => r(), { once: true }),
+        ),
+    },
+  );
+  try {
+    const answers: string[] = [];
+    for (const [name, s] of [["a", a], ["b", b]] as const) {
+      const res = await deadline(fetch(url(s, `/${name}`)), 15_000, name);
+      answers.push(`${name}: ${res.status} ${await res.text()}`);
+    }
+    assert.deepEqual(answers, ["a: 200 /a", "b: 200 /b"]);
+  } finally {
+    worker.close();
+    await worker.finished;
+    await Promise.all([a.shutdown(), b.shutdown()]);
+  }
+});
