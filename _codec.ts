@@ -88,6 +88,32 @@ export function latin1(buf: Uint8Array, start = 0, end = buf.length): string {
   return out;
 }
 
+const VISIBLE_ASCII = /^[\x21-\x7e]*$/;
+const targetEncoder = new TextEncoder();
+
+/**
+ * A request target as it goes on the wire: heads are written one byte per
+ * char, and a target can hold any char (`Deno.serve` hands it over with
+ * bytes >= 0x80 decoded as UTF-8), so U+010D would go out as CR. Every char
+ * outside visible ASCII is percent-encoded as its UTF-8 bytes, as a URL
+ * parser would.
+ */
+export function wireTarget(target: string): string {
+  if (VISIBLE_ASCII.test(target)) return target;
+  let out = "";
+  for (const ch of target) {
+    const code = ch.codePointAt(0)!;
+    if (code >= 0x21 && code <= 0x7e) {
+      out += ch;
+      continue;
+    }
+    for (const byte of targetEncoder.encode(ch)) {
+      out += "%" + byte.toString(16).toUpperCase().padStart(2, "0");
+    }
+  }
+  return out;
+}
+
 /** Encodes a string of chars <= 0xff as ISO-8859-1 bytes into `out` at `at`. */
 function writeLatin1(s: string, out: Uint8Array, at: number): number {
   for (let i = 0; i < s.length; i++) out[at++] = s.charCodeAt(i);

@@ -17,6 +17,7 @@ import {
   keepAlive,
   parseResponseHead,
   responseFraming,
+  wireTarget,
 } from "./_codec.ts";
 import { bodyStream, readFixed, writeBody } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
@@ -58,7 +59,7 @@ export interface OutgoingRequest {
  */
 export function requestLines(req: OutgoingRequest): string {
   return req.lines ??= headLines(
-    `${req.method} ${req.target} HTTP/1.1`,
+    `${req.method} ${wireTarget(req.target)} HTTP/1.1`,
     [...req.headers, ...framingOf(req)],
   );
 }

@@ -379,7 +379,9 @@ class Pending {
   }
 }
 
-// Splits a Request URL (already normalised) without `new URL()`.
+// Splits a Request URL without `new URL()`. `Deno.serve` builds it as
+// scheme://Host + target, so this holds only for a Host checked by
+// VALID_HOST.
 function splitUrl(url: string): { authority: string; path: string } {
   const from = url.indexOf("//") + 2;
   const slash = url.indexOf("/", from);
@@ -387,6 +389,12 @@ function splitUrl(url: string): { authority: string; path: string } {
     ? { authority: url.slice(from), path: "/" }
     : { authority: url.slice(from, slash), path: url.slice(slash) };
 }
+
+// RFC 9112 §3.2: uri-host [":" port]. Anything else ("/", "?", "\\" and
+// the like) would move the boundary between authority and path in the URL
+// `Deno.serve` builds, and so change the path the hub routes and forwards.
+const VALID_HOST =
+  /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?$/;
 
 interface Group {
   key: string;
@@ -1078,6 +1086,11 @@ export class Hub {
     pending.clientIp = remote?.hostname ?? null;
     const { authority, path } = splitUrl(req.url);
     pending.pool = this.#route(req, path, authority);
+    const host = req.headers.get("host");
+    if (host !== null && !VALID_HOST.test(host)) {
+      this.#fail(pending, "bad-request", 400, "invalid Host header");
+      return promise;
+    }
     if (this.#closing) {
       this.#fail(pending, "shutting-down", 503, "hub is shutting down");
       return promise;

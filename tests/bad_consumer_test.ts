@@ -139,6 +139,44 @@ const CASES: Case[] = [
     status: "",
     reaches: null,
   },
+  // Deno.serve decodes target bytes >= 0x80 as UTF-8; chars such as U+010D,
+  // U+010A and U+0120 must not reach the worker link as CR, LF and SP.
+  {
+    name: "target whose UTF-8 would write CR LF onto the worker link",
+    raw: "GET /a\u010d\u010aX-Injected:\u0120yes HTTP/1.1\r\nHost: x\r\n\r\n",
+    status: "HTTP/1.1 200 OK",
+    reaches: "/a%C4%8D%C4%8AX-Injected:%C4%A0yes",
+  },
+  {
+    name: "target carrying a second request in UTF-8",
+    raw:
+      "GET /a\u0120HTTP/1.1\u010d\u010aHost:\u0120x\u010d\u010a\u010d\u010a" +
+      "GET\u0120/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    status: "HTTP/1.1 200 OK",
+    reaches:
+      "/a%C4%A0HTTP/1.1%C4%8D%C4%8AHost:%C4%A0x%C4%8D%C4%8A%C4%8D%C4%8A" +
+      "GET%C4%A0/smuggled",
+  },
+  {
+    name: "UTF-8 target",
+    raw: "GET /caf\u00e9 HTTP/1.1\r\nHost: x\r\n\r\n",
+    status: "HTTP/1.1 200 OK",
+    reaches: "/caf%C3%A9",
+  },
+  // Deno.serve builds the URL as scheme://Host + target: a Host with "/" or
+  // "\\" would move the path the hub routes and forwards.
+  {
+    name: "Host with a slash",
+    raw: "GET /public HTTP/1.1\r\nHost: h/admin?\r\n\r\n",
+    status: "HTTP/1.1 400 Bad Request",
+    reaches: null,
+  },
+  {
+    name: "Host with a backslash",
+    raw: "GET /public HTTP/1.1\r\nHost: h\\admin?\r\n\r\n",
+    status: "HTTP/1.1 400 Bad Request",
+    reaches: null,
+  },
   // Accepted by Deno.serve and passed on re-framed (the hub writes its own
   // CRLF framing to the worker, so leniency here cannot desynchronise).
   {

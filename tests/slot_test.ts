@@ -301,3 +301,12 @@ Deno.test("a declined streamed upload is never parked: its body was withheld, so
   assert.match(events[0], /^close: /);
   assert.ok(!text(conn.written).includes("x-pothead-wait"));
 });
+
+Deno.test("a target with chars outside visible ASCII goes out percent-encoded as UTF-8, never as raw control bytes", async () => {
+  const conn = new ScriptedConn([OK]);
+  await slotOn(conn).send(request({ target: "/caf\u00e9/\u010d\u010a x" }));
+  assert.equal(
+    text(conn.written).split("\r\n")[0],
+    "GET /caf%C3%A9/%C4%8D%C4%8A%20x HTTP/1.1",
+  );
+});
