@@ -379,6 +379,42 @@ class Pending {
   }
 }
 
+// Whether a failed read of a consumer's body means the consumer went away
+// (Deno reports it so, without aborting the request's signal).
+function consumerGone(error: unknown): boolean {
+  const e = Deno.errors;
+  return error instanceof e.BadResource || error instanceof e.ConnectionReset ||
+    error instanceof e.UnexpectedEof || error instanceof e.Interrupted ||
+    error instanceof e.BrokenPipe;
+}
+
+// A body stream that may turn out empty: null if it ends before its first
+// byte, else a stream of the same bytes (the first chunk was read to know).
+async function bodyOrNull(
+  body: ReadableStream<Uint8Array>,
+): Promise<ReadableStream<Uint8Array> | null> {
+  const reader = body.getReader();
+  while (true) {
+    const { done, value } = await reader.read();
+    if (done) return null;
+    if (value.length === 0) continue;
+    let first: Uint8Array | null = value;
+    return new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (first !== null) {
+          controller.enqueue(first);
+          first = null;
+          return;
+        }
+        const next = await reader.read();
+        if (next.done) controller.close();
+        else controller.enqueue(next.value);
+      },
+      cancel: (reason) => reader.cancel(reason),
+    });
+  }
+}
+
 // Splits a Request URL without `new URL()`. `Deno.serve` builds it as
 // scheme://Host + target, so this holds only for a Host checked by
 // VALID_HOST.
@@ -422,6 +458,10 @@ interface Pool {
   parked: number;
   slots: number;
 }
+
+// How long serveHub's shutdown waits, after the hub's grace, for the
+// consumer side to flush its answers.
+const FLUSH_AFTER_SHUTDOWN = 1000;
 
 const DEFAULTS = {
   maxQueue: 10_000,
@@ -507,6 +547,8 @@ export class Hub {
   #abandonFn = (p: Pending) => this.#abandon(p);
   #closing = false;
   #closed = false;
+  // Resolves when the grace of shutdown() ends: body reads stop waiting.
+  #whenClosed = Promise.withResolvers<void>();
   // Requests whose (small) body is being read before they queue.
   #reading = 0;
   #stats = {
@@ -1111,33 +1153,15 @@ export class Hub {
         );
         return promise;
       }
-      if (length >= 0 && length <= this.#opts.bufferRequestBody) {
-        // Counted, so that shutdown waits for it like a queued request.
-        this.#reading++;
-        try {
-          pending.body = await req.bytes();
-        } catch (error) {
-          if (this.#closing) {
-            this.#fail(pending, "shutting-down", 503, "hub is shutting down");
-          } else {
-            this.#fail(
-              pending,
-              "bad-request",
-              400,
-              `cannot read request body: ${errorText(error)}`,
-            );
-          }
-          return promise;
-        } finally {
-          this.#reading--;
-        }
-        if (this.#closed) {
-          this.#fail(pending, "shutting-down", 503, "hub is shutting down");
-          return promise;
-        }
-      } else {
-        pending.body = req.body;
-      }
+      const read = length >= 0 && length <= this.#opts.bufferRequestBody
+        ? () => req.bytes()
+        : length < 0 && !req.headers.has("transfer-encoding")
+        // Declares no body: over HTTP/1.1 it has none, yet Deno.serve gives
+        // it an (empty) stream; over HTTP/2 one may follow.
+        ? () => bodyOrNull(req.body!)
+        : null;
+      if (read === null) pending.body = req.body;
+      else if (!(await this.#readBody(pending, read))) return promise;
     }
     const pool = pending.pool;
     if (req.signal.aborted) {
@@ -1163,7 +1187,49 @@ export class Hub {
     return promise;
   }
 
-  // A queued request's consumer left.
+  // Reads (part of) a request's body before it queues; false if the request
+  // was answered instead. Counted, so that shutdown waits for it like a
+  // queued request, but only until its grace ends.
+  async #readBody(
+    p: Pending,
+    read: () => Promise<Uint8Array | ReadableStream<Uint8Array> | null>,
+  ): Promise<boolean> {
+    this.#reading++;
+    try {
+      const body = await Promise.race([read(), this.#whenClosed.promise]);
+      if (body !== undefined && !this.#closed) {
+        p.body = body;
+        return true;
+      }
+      this.#fail(p, "shutting-down", 503, "hub is shutting down");
+    } catch (error) {
+      if (this.#closing) {
+        this.#fail(p, "shutting-down", 503, "hub is shutting down");
+      } else if (p.req.signal.aborted) this.#gone(p);
+      else if (consumerGone(error)) {
+        // Gone, or it only stopped sending (a half-close looks the same):
+        // abandoned, but answered in case it still reads.
+        this.#stats.abandoned++;
+        this.#fail(
+          p,
+          "abandoned",
+          400,
+          "the request body ended early: the consumer stopped sending it",
+        );
+      } else {
+        this.#fail(
+          p,
+          "bad-request",
+          400,
+          `cannot read request body: ${errorText(error)}`,
+        );
+      }
+    } finally {
+      this.#reading--;
+    }
+    return false;
+  }
+
   // The consumer left: counted, and its request settled (nothing is sent).
   #gone(p: Pending): void {
     this.#stats.abandoned++;
@@ -1220,6 +1286,7 @@ export class Hub {
       await new Promise((r) => setTimeout(r, 20));
     }
     this.#closed = true;
+    this.#whenClosed.resolve();
     for (const pool of this.#pools.values()) {
       for (const p of pool.queue.drain()) {
         p.node = null;
@@ -1714,7 +1781,15 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       } catch {
         // already closed
       }
-      await serving;
+      // Every request has its answer by now; what Deno.serve still waits
+      // for is flushing them, or a consumer that never finishes a request
+      // body (it waits for that for ever): bounded, so the process can exit.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        serving,
+        new Promise((r) => timer = setTimeout(r, FLUSH_AFTER_SHUTDOWN)),
+      ]);
+      clearTimeout(timer);
       await accepting;
     })();
   options.signal?.addEventListener("abort", () => shutdown(), { once: true });

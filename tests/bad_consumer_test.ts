@@ -7,8 +7,9 @@
  */
 
 import assert from "node:assert/strict";
-import { serveHub } from "../mod.ts";
+import { type AccessRecord, serveHub, type ServeHubOptions } from "../mod.ts";
 import { connectWorker } from "./_hub.ts";
+import { deadline, RawSocket, waitFor } from "./_relay.ts";
 
 interface Case {
   name: string;
@@ -277,7 +278,7 @@ for (const c of CASES) {
 
 Deno.test("a consumer gone while its body was read costs no worker connection", async () => {
   const { Hub } = await import("../hub.ts");
-  const { RawSocket, waitFor: until } = await import("./_relay.ts");
+  const until = waitFor;
   const hub = new Hub({ handshakeWait: 0 });
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const dialed = Deno.connect({
@@ -310,5 +311,86 @@ Deno.test("a consumer gone while its body was read costs no worker connection", 
     worker.close();
     listener.close();
     await hub.shutdown(0);
+  }
+});
+
+// A hub with one raw worker connection, for tests that read what the worker
+// is sent.
+async function rawHub(
+  options: Partial<ServeHubOptions> = {},
+  records: AccessRecord[] = [],
+) {
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    handshakeWait: 0,
+    shutdownGrace: 300,
+    onAccess: (r) => records.push(r),
+    ...options,
+  });
+  const worker = await RawSocket.connect(server.workerAddr.port);
+  await waitFor(() => server.hub.stats.idle === 1, "the worker idle");
+  return { server, worker, records };
+}
+
+Deno.test("requests that declare no body reach the worker without one (no Expect, no chunked framing) on the same connection", async () => {
+  const { server, worker } = await rawHub();
+  try {
+    for (const method of ["DELETE", "POST", "OPTIONS"]) {
+      const consumer = await RawSocket.connect(server.addr.port);
+      await consumer.write(`${method} /x HTTP/1.1\r\nHost: h\r\n\r\n`);
+      const msg = await worker.readMessage();
+      assert.ok(msg !== null);
+      assert.equal(msg.start, `${method} /x HTTP/1.1`);
+      const names = msg.headers.map(([n]) => n);
+      for (const framing of ["expect", "transfer-encoding", "content-length"]) {
+        assert.ok(!names.includes(framing), `${method} came with ${framing}`);
+      }
+      await worker.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+      const answer = await consumer.readMessage();
+      assert.equal(answer?.status, 200);
+      consumer.close();
+    }
+    assert.equal(worker.buffered, 0, "nothing followed the requests");
+    assert.equal(server.hub.stats.slots, 1);
+  } finally {
+    worker.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("a consumer gone in the middle of its small body counts as abandoned, not as a bad request", async () => {
+  const { server, worker, records } = await rawHub();
+  try {
+    const c = await RawSocket.connect(server.addr.port);
+    await c.write(
+      "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly ten b",
+    );
+    await waitFor(() => server.hub.stats.received === 1, "received");
+    c.close();
+    await waitFor(() => records.length === 1, "the access record");
+    assert.equal(records[0].outcome, "abandoned");
+    assert.equal(server.hub.stats.abandoned, 1);
+  } finally {
+    worker.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("shutdown ends within its grace while a consumer never finishes its small body, which is answered 503", async () => {
+  const { server, worker } = await rawHub();
+  const c = await RawSocket.connect(server.addr.port);
+  try {
+    await c.write(
+      "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly ten b",
+    );
+    await waitFor(() => server.hub.stats.received === 1, "received");
+    await deadline(server.shutdown(), 10_000, "the hub's shutdown");
+    const msg = await deadline(c.readMessage(), 5000, "the consumer's answer");
+    assert.equal(msg?.status, 503);
+  } finally {
+    c.close();
+    worker.close();
   }
 });
