@@ -379,6 +379,18 @@ class Pending {
   }
 }
 
+// The path a route matches: as a worker's URL parser will resolve it, so
+// "/images/../admin" (or "%2e%2e", or "\\" for "/") is not routed into the
+// pool of "/images/" to be served there as "/admin".
+function routedPath(path: string): string {
+  if (!/[.\\]|%2e/i.test(path)) return path;
+  try {
+    return new URL("http://h" + path).pathname;
+  } catch {
+    return path;
+  }
+}
+
 // Whether a failed read of a consumer's body means the consumer went away
 // (Deno reports it so, without aborting the request's signal).
 function consumerGone(error: unknown): boolean {
@@ -725,7 +737,7 @@ export class Hub {
     const hostField = req.headers.get("host") ?? authority;
     const host = hostField.replace(/:[0-9]+$/, "").toLowerCase();
     const q = path.indexOf("?");
-    const pathname = q < 0 ? path : path.slice(0, q);
+    const pathname = routedPath(q < 0 ? path : path.slice(0, q));
     for (const r of this.#routes) {
       if (r.host !== undefined && r.host !== host) continue;
       if (r.pathPrefix !== undefined && !pathname.startsWith(r.pathPrefix)) {

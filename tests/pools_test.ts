@@ -410,3 +410,38 @@ Deno.test("a route without a string pool (or with a non-string host or prefix) i
     );
   }
 });
+
+Deno.test("path prefix routes match the path as the worker resolves it: dot segments cannot route a request into another pool", async () => {
+  await withHub(
+    { routes: [{ pool: "images", pathPrefix: "/images/" }] },
+    async (ctx) => {
+      ctx.add(recorder("images", []), { pool: "images", workerId: "img" });
+      ctx.add(recorder("default", []));
+      await waitFor(() => ctx.server.hub.stats.idle === 2, "both attached");
+      const got: string[] = [];
+      // Raw targets: fetch would resolve the dot segments itself.
+      for (
+        const target of [
+          "/images/../admin",
+          "/images/%2e%2E/admin",
+          "/images/./a.png",
+          "/api/../images/b.png",
+        ]
+      ) {
+        const c = await RawSocket.connect(ctx.server.addr.port);
+        await c.write(`GET ${target} HTTP/1.1\r\nHost: h\r\n\r\n`);
+        const m = await c.readMessage();
+        c.close();
+        got.push(
+          `${target}: ${m?.status} ${new TextDecoder().decode(m?.body)}`,
+        );
+      }
+      assert.deepEqual(got, [
+        "/images/../admin: 200 default /admin",
+        "/images/%2e%2E/admin: 200 default /admin",
+        "/images/./a.png: 200 images /images/a.png",
+        "/api/../images/b.png: 200 images /images/b.png",
+      ]);
+    },
+  );
+});
