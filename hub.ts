@@ -1357,11 +1357,12 @@ export class Hub {
     status: number,
     message: string,
     extra?: Record<string, string>,
+    worker: string | null = null,
   ): void {
     this.#unwatch(p);
     const now = performance.now();
     if (p.workerMs < 0) p.queueMs = now - p.since;
-    this.#record(p, status, outcome, now, 0, null);
+    this.#record(p, status, outcome, now, 0, worker);
     p.resolve(errorResponse(status, message, p.id, extra));
   }
 
@@ -1463,9 +1464,9 @@ export class Hub {
     slot.send(out, p.req.signal, (status, bytes, error, cancelled) => {
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
       // A body cut by the worker (or a timeout) failed; one the consumer
-      // stopped reading did not.
+      // stopped reading, or the end of the shutdown grace cut, did not.
       if (
-        error !== undefined && !cancelled &&
+        error !== undefined && !cancelled && !this.#closed &&
         !(error instanceof WorkerLinkError && error.code === "aborted")
       ) {
         this.#stats.failed++;
@@ -1500,6 +1501,11 @@ export class Hub {
       : new WorkerLinkError("protocol", errorText(error), { cause: error });
     if (e.code === "aborted" || p.req.signal.aborted) {
       this.#gone(p);
+      return;
+    }
+    if (this.#closed) {
+      // Cut by the end of the shutdown grace: not the worker's failure.
+      this.#fail(p, "shutting-down", 503, "hub is shutting down");
       return;
     }
     // A "not started" decline is provably safe to resend and is what busy
@@ -1543,7 +1549,7 @@ export class Hub {
     if (e.code === "upload-too-large") {
       // The consumer's fault, not the worker's.
       this.#log({ level: "info", msg: "request body too large", id: p.id });
-      this.#fail(p, "too-large", 413, e.message);
+      this.#fail(p, "too-large", 413, e.message, undefined, worker);
       return;
     }
     this.#stats.failed++;
@@ -1560,7 +1566,7 @@ export class Hub {
       : e.code === "upload-timeout"
       ? ["upload-timeout", 408]
       : ["worker-error", 502];
-    this.#fail(p, outcome, status, e.message);
+    this.#fail(p, outcome, status, e.message, undefined, worker);
   }
 
   #toResponse(p: Pending, res: IncomingResponse): Response {

@@ -6,7 +6,14 @@
 // whole to another worker. Real hub on loopback, in-process and raw workers.
 
 import assert from "node:assert/strict";
-import { Hub, type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
+import {
+  type AccessRecord,
+  Hub,
+  type HubLogRecord,
+  type HubServer,
+  serveHub,
+  type ServeHubOptions,
+} from "../hub.ts";
 import type { FetchHandler, WorkerHandle, WorkerOptions } from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
@@ -176,12 +183,12 @@ Deno.test("hub shutdown answers requests still queued after the grace period wit
       );
     }
     // The request still in progress when the grace ran out was cut: the
-    // hub's own 502, never a hang.
+    // hub's own 503 (not a worker failure), never a hang.
+    held.releaseAll();
     const cut = await r1;
-    assert.equal(cut.status, 502);
+    assert.equal(cut.status, 503);
     assert.equal(cut.headers.get("x-pothead-error"), "1");
     await cut.body?.cancel();
-    held.releaseAll();
     assert.deepEqual(held.seen, ["/busy"]);
     const s = ctx.server.hub.stats;
     assert.equal(s.queued, 0);
@@ -494,4 +501,36 @@ Deno.test("shutdown waits for a request still sending its small body, and one wh
   assert.equal(late.status, 503);
   assert.match(await late.text(), /shutting down/);
   assert.equal(hub2.stats.queued, 0);
+});
+
+Deno.test("a request still at a worker when the shutdown grace ends is answered 503 shutting-down, not counted or logged as a worker failure", async () => {
+  const records: AccessRecord[] = [];
+  const logs: HubLogRecord[] = [];
+  const hub = new Hub({
+    handshakeWait: 0,
+    onAccess: (r) => records.push(r),
+    onLog: (r) => logs.push(r),
+  });
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const dialed = Deno.connect({
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+  });
+  hub.addWorker(await listener.accept(), "w");
+  const worker = new RawSocket(await dialed);
+  try {
+    await waitFor(() => hub.stats.idle === 1, "the worker idle");
+    const res = hub.fetch(new Request("http://hub/slow"));
+    await worker.readHead();
+    await hub.shutdown(100);
+    const answer = await deadline(res, HANG, "the answer");
+    assert.equal(answer.status, 503);
+    await answer.body?.cancel();
+    assert.equal(records[0].outcome, "shutting-down");
+    assert.equal(hub.stats.failed, 0);
+    assert.deepEqual(logs.filter((l) => l.level === "warn"), []);
+  } finally {
+    worker.close();
+    listener.close();
+  }
 });

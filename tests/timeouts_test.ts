@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import {
+  type AccessRecord,
   type HubLogRecord,
   type HubServer,
   serveHub,
@@ -404,4 +405,22 @@ Deno.test("headTimeout: a worker that asks for a streamed upload and then stops 
       stopped();
     }
   });
+});
+
+Deno.test("a worker's head timeout names that worker in the access record", async () => {
+  const records: AccessRecord[] = [];
+  await withHub(
+    { headTimeout: 300, onAccess: (r) => records.push(r) },
+    async (ctx) => {
+      const worker = await ctx.rawWorker();
+      const res = later(`${ctx.url}/slow`);
+      await worker.readHead();
+      const answer = await deadline(res, HANG, "the 504");
+      assert.equal(answer.status, 504);
+      await answer.body?.cancel();
+      await waitFor(() => records.length === 1, "the access record");
+      assert.equal(records[0].outcome, "worker-timeout");
+      assert.equal(records[0].worker, "addr:127.0.0.1");
+    },
+  );
 });
