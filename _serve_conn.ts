@@ -421,17 +421,27 @@ async function serveOne(
   }
   const controller = new AbortController();
   let bodyDone = framing.kind === "none";
+  // Set once the response is out: the request is over, and the connection
+  // ending later (an idle one handed back on drain) does not abort it.
+  let answered = false;
   // Once the request body is read, a read for the next request doubles as a
   // watch: end of stream means the hub dropped the connection, so the
   // handler's signal aborts.
   const watch = () => {
     reader.fill().then((more) => {
-      if (!more) controller.abort(new Error("Hub closed the connection"));
-    }, (error) => controller.abort(error));
+      if (!more && !answered) {
+        controller.abort(new Error("Hub closed the connection"));
+      }
+    }, (error) => {
+      if (!answered) controller.abort(error);
+    });
   };
   let body = bodyStream(reader, framing, {
     limits: options.limits,
-    onDone(error) {
+    onDone(error, _bytes, cancelled) {
+      // The handler cancelling its own body is no reason to abort (nor is
+      // it with Deno.serve); the unread rest only ends the connection.
+      if (cancelled) return;
       if (error !== undefined) {
         controller.abort(error);
         return;
@@ -504,6 +514,7 @@ async function serveOne(
     complete();
     return "closed";
   }
+  answered = true;
   complete();
   if (!reuse) return "closed";
   if (!bodyDone && body !== null) {
