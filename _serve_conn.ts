@@ -110,6 +110,7 @@ export const NOT_STARTED_RESPONSE: Uint8Array = new TextEncoder().encode(
 );
 
 const NO_REQUEST_BODY = new Set(["GET", "HEAD"]);
+const FORBIDDEN_METHODS = new Set(["CONNECT", "TRACE", "TRACK"]);
 // Unread request body the runner reads and discards to keep a connection.
 const MAX_DISCARD = 1024 * 1024;
 
@@ -459,7 +460,10 @@ async function serveOne(
     // body is watched by its own reads: reading ahead would buffer it).
     watch();
   }
-  if (body !== null && NO_REQUEST_BODY.has(head.method)) {
+  // `new Request` refuses these methods, Deno.serve hands them over: the
+  // request is made as a GET and given its own method.
+  const forbidden = FORBIDDEN_METHODS.has(head.method.toUpperCase());
+  if (body !== null && (forbidden || NO_REQUEST_BODY.has(head.method))) {
     // `Request` cannot carry a GET or HEAD body; read and drop it.
     if (!(await discard(body))) return "closed";
     body = null;
@@ -481,11 +485,14 @@ async function serveOne(
       ? `${proto}://${host}/`
       : target;
     request = new Request(url, {
-      method: head.method,
+      method: forbidden ? "GET" : head.method,
       headers: head.headers,
       body,
       signal: controller.signal,
     });
+    if (forbidden) {
+      Object.defineProperty(request, "method", { value: head.method });
+    }
   } catch (error) {
     options.onError(error, "request");
     await writeAll(conn, simpleResponse(400, true)).catch(() => {});

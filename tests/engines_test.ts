@@ -6,6 +6,7 @@ import { connectWorker, ENGINE, startHub } from "./_hub.ts";
 import type { HubServer } from "../hub.ts";
 import type { FetchHandler, WorkerHandle } from "../worker.ts";
 import { deadline, waitFor } from "./_wait.ts";
+import { RawSocket } from "./_relay.ts";
 
 interface Setup {
   server: HubServer;
@@ -76,4 +77,28 @@ Deno.test(`[${ENGINE}] a request answered in full does not see its signal abort 
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(late, 0);
   });
+});
+
+Deno.test(`[${ENGINE}] a TRACE request reaches the handler and the connection stays`, async () => {
+  await withWorker(
+    (req) => new Response(`${req.method} ${new URL(req.url).pathname}`),
+    async ({ server, connects, errors }) => {
+      for (const line of ["TRACE /t HTTP/1.1", "GET /g HTTP/1.1"]) {
+        const c = await RawSocket.connect(server.addr.port);
+        try {
+          await c.write(`${line}\r\nHost: h\r\n\r\n`);
+          const m = await deadline(c.readMessage(), 10_000, "the response");
+          assert.equal(m?.status, 200, line);
+          assert.equal(
+            new TextDecoder().decode(m!.body),
+            line.slice(0, line.indexOf(" H")),
+          );
+        } finally {
+          c.close();
+        }
+      }
+      assert.equal(connects(), 1);
+      assert.deepEqual(errors, []);
+    },
+  );
 });
