@@ -586,11 +586,14 @@ async function writeResponse(
   const start = `HTTP/1.1 ${status} ${res.statusText || reasonPhrase(status)}`;
   const noBody = method === "HEAD" || status === 204 || status === 304;
   const declared = fieldValue(all, "content-length");
-  const length = declared !== null && /^[0-9]{1,15}$/.test(declared)
+  let length = declared !== null && /^[0-9]{1,15}$/.test(declared)
     ? Number(declared)
     : -1;
   if (noBody || res.body === null) {
-    if (res.body !== null) res.body.cancel().catch(() => {});
+    if (method === "HEAD" && length < 0 && status !== 204 && status !== 304) {
+      // The length a GET would be sent with, as Deno.serve says it.
+      length = await readyLength(res.body);
+    } else if (res.body !== null) res.body.cancel().catch(() => {});
     if (noBody) {
       if (method === "HEAD" && length >= 0 && status !== 204) {
         fields.push(["content-length", String(length)]);
@@ -672,6 +675,30 @@ async function writeResponse(
   } catch (error) {
     reader.cancel(error).catch(() => {});
     throw error;
+  }
+}
+
+/**
+ * The length of a body that is all there already (none, or one chunk ready
+ * at once: a string or bytes), else -1; the body is dropped.
+ */
+async function readyLength(
+  body: ReadableStream<Uint8Array> | null,
+): Promise<number> {
+  if (body === null) return 0;
+  const reader = body.getReader();
+  try {
+    const first = await readSoon(reader);
+    if (!("result" in first)) return -1;
+    if (first.result.done) return 0;
+    const next = await readSoon(reader);
+    return "result" in next && next.result.done
+      ? first.result.value.length
+      : -1;
+  } catch {
+    return -1;
+  } finally {
+    reader.cancel().catch(() => {});
   }
 }
 

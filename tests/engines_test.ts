@@ -102,3 +102,21 @@ Deno.test(`[${ENGINE}] a TRACE request reaches the handler and the connection st
     },
   );
 });
+
+Deno.test(`[${ENGINE}] a HEAD response tells the length the GET's body would have`, async () => {
+  await withWorker(
+    () => new Response("hello"),
+    async ({ server }) => {
+      const c = await RawSocket.connect(server.addr.port);
+      try {
+        await c.write("HEAD / HTTP/1.1\r\nHost: h\r\n\r\n");
+        const m = await deadline(c.readMessage(true), 10_000, "the response");
+        assert.equal(m?.status, 200);
+        const length = m!.headers.find(([n]) => n === "content-length");
+        assert.equal(length?.[1], "5");
+      } finally {
+        c.close();
+      }
+    },
+  );
+});
