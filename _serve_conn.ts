@@ -646,7 +646,23 @@ async function writeResponse(
     // Unknown length: if the body turns out to be one chunk that is already
     // there (a string or bytes), send it with Content-Length; otherwise send
     // chunked and flush each chunk at once (server-sent events).
-    const first = await reader.read();
+    const soon = await readSoon(reader);
+    if ("pending" in soon) {
+      // Nothing to send yet (an event stream, a long poll): the head goes
+      // now, as Deno.serve sends it, so the consumer sees the response.
+      fields.push(["transfer-encoding", "chunked"]);
+      const { buf, length: n } = encodeHead(start, fields);
+      await writeAll(conn, buf.subarray(0, n));
+      const later = await soon.pending;
+      await writeBody(
+        conn,
+        reader,
+        { kind: "chunked" },
+        later.done ? undefined : later.value,
+      );
+      return;
+    }
+    const first = soon.result;
     if (first.done) {
       fields.push(["content-length", "0"]);
       const { buf, length: n } = encodeHead(start, fields);

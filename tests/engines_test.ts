@@ -120,3 +120,31 @@ Deno.test(`[${ENGINE}] a HEAD response tells the length the GET's body would hav
     },
   );
 });
+
+Deno.test(`[${ENGINE}] a streamed response's head goes out before its first chunk is ready`, async () => {
+  const first = Promise.withResolvers<void>();
+  await withWorker(
+    () =>
+      new Response(
+        new ReadableStream<Uint8Array>({
+          async start(c) {
+            await first.promise;
+            c.enqueue(new TextEncoder().encode("data: late\n\n"));
+            c.close();
+          },
+        }),
+        { headers: { "content-type": "text/event-stream" } },
+      ),
+    async ({ url }) => {
+      try {
+        // The head arrives while the handler still holds the first event.
+        const res = await deadline(fetch(url), 5000, "the response head");
+        assert.equal(res.status, 200);
+        first.resolve();
+        assert.equal(await res.text(), "data: late\n\n");
+      } finally {
+        first.resolve();
+      }
+    },
+  );
+});
