@@ -51,8 +51,13 @@ interface Link {
   parked: boolean;
   // The hub may know parking (false once it answered a park with a request).
   parks: boolean;
-  // Whether the request that asked for 100 Continue is taken: `Deno.serve`
-  // sends the 100 before the handler runs, and #down holds it until then.
+  // Where the hub's requests start (see RequestFraming).
+  requests: RequestFraming;
+  // A request that asks for 100 Continue went to `Deno.serve`: the next
+  // bytes #down reads are the first written for it, maybe the 100.
+  expects: boolean;
+  // Whether that request is taken: `Deno.serve` may send the 100 before
+  // the handler runs, and #down holds it until then.
   verdict: PromiseWithResolvers<boolean> | null;
   // Aborts the signal of the request in progress (the hub dropped the link).
   abort: ((reason: Error) => void) | null;
@@ -140,6 +145,8 @@ export class NativeEngine {
       announced: false,
       parked: false,
       parks: options.wait !== undefined,
+      requests: new RequestFraming(),
+      expects: false,
       verdict: null,
       abort: null,
     };
@@ -153,6 +160,7 @@ export class NativeEngine {
       if (reader !== undefined && reader.buffered > 0) {
         const early = reader.buf.slice(reader.start, reader.end);
         reader.consume(early.length);
+        this.#follow(link, early);
         await writeAll(local, early);
       }
       if (drain.aborted) this.#end(link);
@@ -189,6 +197,7 @@ export class NativeEngine {
       while (true) {
         const n = await link.hub.read(buf);
         if (n === null || link.ending) break;
+        this.#follow(link, buf.subarray(0, n));
         await writeAll(link.local, buf.subarray(0, n));
       }
     } catch {
@@ -204,9 +213,21 @@ export class NativeEngine {
     }
   }
 
+  // Notes a request asking for 100 Continue in bytes about to go to
+  // `Deno.serve`. The hub sends a request only once the previous response
+  // has reached it, so what #down reads next is the start of its answer.
+  #follow(link: Link, bytes: Uint8Array): void {
+    if (link.requests.push(bytes)) {
+      link.verdict = Promise.withResolvers();
+      link.expects = true;
+    }
+  }
+
   // Local to hub: response bytes, until `Deno.serve` closes the connection.
   // A 100 Continue goes on only for a request the worker takes: the hub
   // would send the body of one it declines, and could not send it elsewhere.
+  // It is looked for only where one can be: response bodies may hold the
+  // same bytes.
   async #down(link: Link, up: Promise<void>): Promise<void> {
     // The hub gone: no verdict is coming (nor needed).
     const gone = up.then(() => false);
@@ -216,11 +237,12 @@ export class NativeEngine {
         const n = await link.local.read(buf);
         if (n === null) break;
         let chunk = buf.subarray(0, n);
-        if (startsWith(chunk, CONTINUE)) {
-          const verdict = link.verdict ??= Promise.withResolvers();
-          const taken = await Promise.race([verdict.promise, gone]);
-          link.verdict = null;
-          if (!taken) chunk = chunk.subarray(CONTINUE.length);
+        if (link.expects) {
+          link.expects = false;
+          if (startsWith(chunk, CONTINUE)) {
+            const taken = await Promise.race([link.verdict!.promise, gone]);
+            if (!taken) chunk = chunk.subarray(CONTINUE.length);
+          }
         }
         if (chunk.length > 0) await writeAll(link.hub, chunk);
       }
@@ -268,11 +290,9 @@ export class NativeEngine {
       options.noPark?.();
     }
     // Whether the 100 Continue Deno.serve sent for it may go on (#down).
-    const decide = (taken: boolean) => {
-      if (asksContinue(req)) {
-        (link.verdict ??= Promise.withResolvers()).resolve(taken);
-      }
-    };
+    // (The verdict is this request's if it asked for one: #follow saw its
+    // head before Deno.serve did.)
+    const decide = (taken: boolean) => link.verdict?.resolve(taken);
     if (link.stopped || options.drain.aborted) {
       decide(false);
       link.announced = true;
@@ -366,12 +386,101 @@ async function skippable(req: Request): Promise<boolean> {
   }
 }
 
-// Whether Deno.serve sent a 100 Continue for `req`: it does for a request
-// that asks, unless it declares an empty body.
-function asksContinue(req: Request): boolean {
-  return req.headers.get("expect")?.toLowerCase() === "100-continue" &&
-    req.headers.get("content-length") !== "0";
+/**
+ * Follows the framing of the requests the hub sends (a head, then a body by
+ * Content-Length or chunked) without copying them, to tell when a request
+ * that asks for 100 Continue has been sent whole up to its body.
+ * `Deno.serve` answers one with the 100 unless it declares an empty body.
+ */
+class RequestFraming {
+  // "head": a head or the blank lines before one; "length" and "data": body
+  // or chunk bytes (#left of them); "size": a chunk-size line, or the line
+  // end after a chunk; "trailer": trailer lines; "lost": bytes that do not
+  // parse (Deno.serve refuses them and closes).
+  #state: "head" | "length" | "size" | "data" | "trailer" | "lost" = "head";
+  #left = 0;
+  // The start of a line that goes on in the next bytes.
+  #line = "";
+  // The current head: lines so far, and what its fields say.
+  #lines = 0;
+  #length = 0;
+  #chunked = false;
+  #expect = false;
+
+  /** Follows `bytes`; true if a head asking for 100 Continue ended in them. */
+  push(bytes: Uint8Array): boolean {
+    let asks = false;
+    let i = 0;
+    while (i < bytes.length && this.#state !== "lost") {
+      if (this.#state === "length" || this.#state === "data") {
+        const n = Math.min(this.#left, bytes.length - i);
+        i += n;
+        this.#left -= n;
+        if (this.#left === 0) {
+          this.#state = this.#state === "data" ? "size" : "head";
+        }
+        continue;
+      }
+      const lf = bytes.indexOf(LF, i);
+      const end = lf < 0 ? bytes.length : lf;
+      // Only a field's name and the start of its value matter here.
+      const keep = Math.min(end, i + Math.max(0, MAX_LINE - this.#line.length));
+      this.#line += String.fromCharCode(...bytes.subarray(i, keep));
+      if (lf < 0) break;
+      i = lf + 1;
+      const line = this.#line.endsWith("\r")
+        ? this.#line.slice(0, -1)
+        : this.#line;
+      this.#line = "";
+      if (this.#onLine(line)) asks = true;
+    }
+    return asks;
+  }
+
+  #onLine(line: string): boolean {
+    if (this.#state === "size") {
+      if (line === "") return false; // the line end after a chunk's data
+      const size = parseInt(line, 16);
+      if (!(size >= 0)) this.#state = "lost";
+      else if (size === 0) this.#state = "trailer";
+      else {
+        this.#left = size;
+        this.#state = "data";
+      }
+      return false;
+    }
+    if (this.#state === "trailer") {
+      if (line === "") this.#state = "head";
+      return false;
+    }
+    if (line !== "") {
+      // The request line, then fields.
+      if (this.#lines++ === 0) return false;
+      const colon = line.indexOf(":");
+      const name = line.slice(0, Math.max(colon, 0)).toLowerCase();
+      const value = line.slice(colon + 1).trim().toLowerCase();
+      if (name === "content-length") {
+        this.#length = Number(value);
+        if (!Number.isSafeInteger(this.#length)) this.#state = "lost";
+      } else if (name === "transfer-encoding") {
+        this.#chunked = value.endsWith("chunked");
+      } else if (name === "expect") this.#expect = value === "100-continue";
+      return false;
+    }
+    if (this.#lines === 0) return false; // a blank line before a request
+    const asks = this.#expect && (this.#chunked || this.#length > 0);
+    this.#state = this.#chunked ? "size" : this.#length > 0 ? "length" : "head";
+    this.#left = this.#length;
+    this.#lines = 0;
+    this.#length = 0;
+    this.#chunked = false;
+    this.#expect = false;
+    return asks;
+  }
 }
+
+const LF = 10;
+const MAX_LINE = 256;
 
 function startsWith(chunk: Uint8Array, ascii: string): boolean {
   if (chunk.length < ascii.length) return false;

@@ -148,3 +148,59 @@ Deno.test(`[${ENGINE}] a streamed response's head goes out before its first chun
     },
   );
 });
+
+// What a response body may begin with: the bytes of an interim 100.
+const LOOKS_LIKE_100 = "HTTP/1.1 100 Continue\r\n\r\nthis body quotes a 100\n";
+
+Deno.test(`[${ENGINE}] a response body that begins like a 100 Continue goes through whole, after a streamed upload too`, async () => {
+  const server = startHub({ bodyIdleTimeout: 3000 });
+  const bytes = new TextEncoder().encode(LOOKS_LIKE_100);
+  const worker = connectWorker(async (req) => {
+    if (req.method === "POST") {
+      return new Response(`got ${(await req.arrayBuffer()).byteLength}`);
+    }
+    // Written after the head, which goes out on its own.
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        async pull(c) {
+          await new Promise((r) => setTimeout(r, 50));
+          c.enqueue(bytes);
+          c.close();
+        },
+      }),
+      { headers: { "content-length": String(bytes.length) } },
+    );
+  }, {
+    hostname: "127.0.0.1",
+    port: server.workerAddr.port,
+    minBackoff: 10,
+    maxBackoff: 100,
+  });
+  const url = `http://127.0.0.1:${server.addr.port}/`;
+  const get = async () => {
+    const res = await deadline(fetch(url), 10_000, "the response head");
+    return await deadline(res.text(), 10_000, "the response body");
+  };
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+    assert.equal(await get(), LOOKS_LIKE_100);
+    // A streamed upload (chunked, with Expect: 100-continue) in between.
+    const upload = new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let i = 0; i < 3; i++) c.enqueue(new Uint8Array(50_000));
+        c.close();
+      },
+    });
+    const res = await deadline(
+      fetch(url, { method: "POST", body: upload }),
+      10_000,
+      "the upload's response",
+    );
+    assert.equal(await res.text(), "got 150000");
+    assert.equal(await get(), LOOKS_LIKE_100);
+  } finally {
+    worker.close();
+    await worker.finished;
+    await server.shutdown();
+  }
+});
