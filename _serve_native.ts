@@ -401,6 +401,10 @@ class RequestFraming {
   #left = 0;
   // The start of a line that goes on in the next bytes.
   #line = "";
+  // Whether the next byte starts a line, and whether the text of the line
+  // in progress matters (most lines of a head are only looked through).
+  #atStart = true;
+  #keep = true;
   // The current head: lines so far, and what its fields say.
   #lines = 0;
   #length = 0;
@@ -421,13 +425,27 @@ class RequestFraming {
         }
         continue;
       }
+      if (this.#atStart) {
+        this.#atStart = false;
+        this.#keep = this.#state !== "head" || this.#matters(bytes[i]);
+      }
       const lf = bytes.indexOf(LF, i);
       const end = lf < 0 ? bytes.length : lf;
-      // Only a field's name and the start of its value matter here.
-      const keep = Math.min(end, i + Math.max(0, MAX_LINE - this.#line.length));
-      this.#line += String.fromCharCode(...bytes.subarray(i, keep));
+      if (this.#keep) {
+        // Only a field's name and the start of its value matter here.
+        const keep = Math.min(
+          end,
+          i + Math.max(0, MAX_LINE - this.#line.length),
+        );
+        this.#line += String.fromCharCode(...bytes.subarray(i, keep));
+      }
       if (lf < 0) break;
       i = lf + 1;
+      this.#atStart = true;
+      if (!this.#keep) {
+        this.#lines++; // the request line, or a field that does not matter
+        continue;
+      }
       const line = this.#line.endsWith("\r")
         ? this.#line.slice(0, -1)
         : this.#line;
@@ -435,6 +453,15 @@ class RequestFraming {
       if (this.#onLine(line)) asks = true;
     }
     return asks;
+  }
+
+  // Whether a head line starting with `first` is read as text: a blank line,
+  // and fields that may be Content-Length, Transfer-Encoding or Expect.
+  #matters(first: number): boolean {
+    if (first === CR || first === LF) return true;
+    if (this.#lines === 0) return false; // the request line
+    const lower = first | 0x20;
+    return lower === 0x63 || lower === 0x74 || lower === 0x65; // c, t, e
   }
 
   #onLine(line: string): boolean {
@@ -480,6 +507,7 @@ class RequestFraming {
 }
 
 const LF = 10;
+const CR = 13;
 const MAX_LINE = 256;
 
 function startsWith(chunk: Uint8Array, ascii: string): boolean {
