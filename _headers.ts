@@ -179,12 +179,23 @@ export function relayedHeaders(
   const fields = endToEnd(res.headers);
   if (method === "HEAD" || res.status === 304) {
     // No body on the wire, but the length describes the representation.
-    const length = fieldValue(res.headers, "content-length");
+    const length = declaredLength(res.headers);
     if (length !== null) fields.push(["content-length", length]);
   } else if (res.contentLength >= 0 && res.body instanceof ReadableStream) {
     fields.push(["content-length", String(res.contentLength)]);
   }
   return fields;
+}
+
+// A response's Content-Length as one number ("5, 5" is 5), or null if it
+// has none or it is not one valid length.
+function declaredLength(headers: [string, string][]): string | null {
+  const value = fieldValue(headers, "content-length");
+  if (value === null) return null;
+  const parts = value.split(",").map((v) => v.trim());
+  return parts.every((v) => v === parts[0]) && /^[0-9]{1,15}$/.test(parts[0])
+    ? String(Number(parts[0]))
+    : null;
 }
 
 /**
@@ -210,9 +221,19 @@ export function relayedResponse(
   // read off the link, and is dropped here (`Response` would refuse it).
   let body = res.body;
   if (res.status === 205 && body !== null) {
-    if (body instanceof ReadableStream) body.cancel().catch(() => {});
+    // Read off to its end, not cancelled: the connection stays usable.
+    if (body instanceof ReadableStream) {
+      body.pipeTo(new WritableStream()).catch(() => {});
+    }
     body = null;
     fields = fields.filter(([name]) => name !== "content-length");
+  } else if (
+    method === "HEAD" && res.status !== 304 && res.status !== 204 &&
+    !fields.some(([name]) => name === "content-length")
+  ) {
+    // A HEAD answered without a length (its GET would be chunked): with no
+    // body at all, Deno.serve would tell the consumer `content-length: 0`.
+    body = new ReadableStream({ start: (c) => c.close() });
   }
   try {
     return new Response(body as BodyInit | null, {

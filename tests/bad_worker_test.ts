@@ -642,3 +642,50 @@ Deno.test("a worker that answers in full without reading a streamed upload loses
     await server.shutdown();
   }
 });
+
+Deno.test("a HEAD answered without a length (chunked) reaches the consumer without content-length: 0; one with '5, 5' as 5", async () => {
+  await withHub({}, async (ctx) => {
+    const w = await ctx.fake();
+    for (
+      const [answer, want] of [
+        ["transfer-encoding: chunked", null],
+        ["content-length: 5, 5", "5"],
+      ] as const
+    ) {
+      const res = fetch(`${ctx.url}/h`, { method: "HEAD", client: ctx.client });
+      const head = await w.readHead();
+      assert.match(head ?? "", /^HEAD \/h HTTP\/1\.1\r\n/);
+      await w.write(
+        `HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n${answer}\r\n\r\n`,
+      );
+      const got = await res;
+      assert.equal(got.status, 200);
+      assert.equal(got.headers.get("content-length"), want, answer);
+      await got.body?.cancel();
+    }
+    assert.equal(ctx.server.hub.stats.slots, 1);
+  });
+});
+
+Deno.test("a 205 sent with a chunked body reaches the consumer without it, and the worker keeps its connection", async () => {
+  await withHub({}, async (ctx) => {
+    const w = await ctx.fake();
+    const first = fetch(`${ctx.url}/reset`, { client: ctx.client });
+    await w.readHead();
+    await w.write(
+      "HTTP/1.1 205 Reset Content\r\ntransfer-encoding: chunked\r\n\r\n" +
+        "5\r\nhello\r\n0\r\n\r\n",
+    );
+    const res = await first;
+    assert.equal(res.status, 205);
+    assert.equal(await res.text(), "");
+    // The same connection carries the next request.
+    const second = fetch(`${ctx.url}/next`, { client: ctx.client });
+    const head = await w.readHead();
+    assert.match(head ?? "", /^GET \/next HTTP\/1\.1\r\n/);
+    await w.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    assert.equal(await (await second).text(), "ok");
+    assert.equal(ctx.server.hub.stats.failed, 0);
+    assert.equal(ctx.server.hub.stats.slots, 1);
+  });
+});
