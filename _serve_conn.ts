@@ -103,6 +103,18 @@ export interface ServeConnectionOptions {
   heard?: () => void;
 }
 
+// The request target as it came, for the requests this engine made: their
+// URL went through the URL parser (dot segments resolved, quotes encoded).
+const RAW_TARGETS = new WeakMap<Request, string>();
+
+/**
+ * The origin-form target a request arrived with (path and query, as sent),
+ * for a request the inline engine made; undefined for any other.
+ */
+export function rawTarget(request: Request): string | undefined {
+  return RAW_TARGETS.get(request);
+}
+
 /** The response our runner sends to give back a connection it will not use. */
 export const NOT_STARTED_RESPONSE: Uint8Array = new TextEncoder().encode(
   "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\n" +
@@ -493,6 +505,7 @@ async function serveOne(
     if (forbidden) {
       Object.defineProperty(request, "method", { value: head.method });
     }
+    if (target.charCodeAt(0) === 47) RAW_TARGETS.set(request, target);
   } catch (error) {
     options.onError(error, "request");
     await writeAll(conn, simpleResponse(400, true)).catch(() => {});

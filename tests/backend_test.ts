@@ -15,6 +15,7 @@ import {
   type BackendOptions,
 } from "../_backend.ts";
 import { connectWorker } from "./_hub.ts";
+import { RawSocket } from "./_relay.ts";
 
 const NGINX = "/usr/sbin/nginx";
 const CURL = "/usr/bin/curl";
@@ -1066,6 +1067,31 @@ test("backend handler sends a small body with its head, and streams to a backend
     assert.equal(bodies[2], "6\r\nsecond\r\n0\r\n\r\n");
   } finally {
     handler.close();
+    await backend.close();
+  }
+});
+
+test("backend handler forwards the consumer's target as it was sent (dot segments, quotes and braces unchanged)", async () => {
+  const target = "/a/./b/../c/%2e%2e/d?q='x'&r={y}|z";
+  const seen = Promise.withResolvers<string>();
+  const backend = rawBackend(async (conn) => {
+    const head = await requestReader(conn).head();
+    seen.resolve(head?.split("\r\n")[0] ?? "");
+    await conn.write(text("HTTP/1.1 204 No Content\r\n\r\n"));
+  });
+  const path = await startPath(`http://127.0.0.1:${backend.port}`);
+  try {
+    const consumer = await RawSocket.connect(Number(new URL(path.url).port));
+    await consumer.write(`GET ${target} HTTP/1.1\r\nHost: h\r\n\r\n`);
+    const answer = await guard(consumer.readMessage(), "the answer");
+    consumer.close();
+    assert.equal(answer?.status, 204);
+    assert.equal(
+      await guard(seen.promise, "the backend"),
+      `GET ${target} HTTP/1.1`,
+    );
+  } finally {
+    await path.close();
     await backend.close();
   }
 });
