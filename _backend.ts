@@ -229,8 +229,9 @@ export function backendHandler(
     // A backend that took a streamed body without answering 100 Continue
     // (Python's http.server at its default HTTP/1.0, say) gets the next ones
     // at once instead of after the slot's one-second wait.
-    onContinueSeen(_slot: WorkerSlot, seen: boolean) {
+    onContinueSeen(_slot: WorkerSlot, seen: boolean, refused?: boolean) {
       if (seen) answersContinue = true;
+      if (refused) answersContinue = false;
       noContinue = !answersContinue;
     },
   };
@@ -318,9 +319,16 @@ export function backendHandler(
       } catch (error) {
         endExchange(s);
         if (
-          reused && attempt === 0 && error instanceof WorkerLinkError &&
-          error.retryable && !signal.aborted
+          attempt === 0 && error instanceof WorkerLinkError &&
+          error.retryable && !signal.aborted &&
+          (reused || error.code === "not-started")
         ) {
+          // Resent once: a reused connection the backend closed as the
+          // request went out, or a 417 to our Expect (now left out).
+          if (out.body instanceof ReadableStream) {
+            out.expectContinue = !noContinue;
+            out.lines = undefined;
+          }
           continue;
         }
         if (out.body instanceof ReadableStream) {

@@ -151,7 +151,7 @@ export interface SlotOptions {
    * the worker sent `100 Continue` (false only when it took the body that
    * the slot sent after waiting, without ever answering 100).
    */
-  onContinueSeen?: (slot: WorkerSlot, seen: boolean) => void;
+  onContinueSeen?: (slot: WorkerSlot, seen: boolean, refused?: boolean) => void;
   /**
    * Called when the worker parked the connection (see `_park.ts`): the slot
    * has sent the wait request and calls `onIdle` once the worker answers it.
@@ -580,6 +580,18 @@ export class WorkerSlot {
       // not sent, and the connection cannot carry another request.
       clearTimeout(continueTimer);
       requestDone = true;
+    }
+    if (head.status === 417 && bodyWithheld) {
+      // The worker refuses the Expect the slot added (RFC 9110 §10.1.1:
+      // repeat the request without it). Nothing was processed.
+      opts.onContinueSeen?.(this, false, true);
+      const e = new WorkerLinkError(
+        "not-started",
+        "Worker refused Expect: 100-continue (417); resending without it",
+        { retryable: true },
+      );
+      settle(e);
+      throw e;
     }
 
     let fields;

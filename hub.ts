@@ -964,7 +964,8 @@ export class Hub {
         onPark: (s) => this.#park(s),
         onClose: (s, reason) => this.#detach(s, reason),
         onFirstBytes: (s) => this.#lateHandshake(s),
-        onContinueSeen: (s, seen) => this.#continueSeen(s, seen),
+        onContinueSeen: (s, seen, refused) =>
+          this.#continueSeen(s, seen, refused),
       },
       reader,
       identity,
@@ -1004,10 +1005,11 @@ export class Hub {
     Deno.unrefTimer(this.#pinger);
   }
 
-  #continueSeen(slot: WorkerSlot, seen: boolean): void {
+  #continueSeen(slot: WorkerSlot, seen: boolean, refused = false): void {
     const group = this.#slotGroup.get(slot);
     if (group === undefined) return;
     if (seen) group.answersContinue = true;
+    else if (refused) group.answersContinue = false;
     else if (group.answersContinue) return;
     if (group.noContinue === !seen) return;
     group.noContinue = !seen;

@@ -1095,3 +1095,31 @@ test("backend handler forwards the consumer's target as it was sent (dot segment
     await backend.close();
   }
 });
+
+test("backend handler resends a streamed upload without Expect to a backend that answers it with 417", async () => {
+  const heads: string[] = [];
+  let connections = 0;
+  const backend = rawBackend(async (conn) => {
+    const requests = requestReader(conn);
+    const head = await requests.head();
+    if (head === null) return;
+    heads.push(head);
+    if (connections++ === 0) {
+      await conn.write(
+        text("HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n"),
+      );
+      return;
+    }
+    if ((await requests.body(head)) === null) return;
+    await conn.write(text("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+  });
+  const handler = backendHandler(`http://127.0.0.1:${backend.port}`);
+  try {
+    await streamedUploads(handler, ["first"]);
+    const expects = heads.map((h) => /\r\nexpect: 100-continue\r\n/i.test(h));
+    assert.deepEqual(expects, [true, false]);
+  } finally {
+    handler.close();
+    await backend.close();
+  }
+});

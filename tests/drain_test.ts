@@ -534,3 +534,32 @@ Deno.test("a request still at a worker when the shutdown grace ends is answered 
     listener.close();
   }
 });
+
+Deno.test("a worker that answers the hub's Expect with 417 gets the upload again without it on its next connection", async () => {
+  await withHub({ bufferRequestBody: 0 }, async (ctx) => {
+    const connect = async (n: number) => {
+      const r = await RawSocket.connect(ctx.server.workerAddr.port);
+      ctx.raws.push(r);
+      await waitFor(() => ctx.server.hub.stats.idle === n, "raw worker idle");
+      return r;
+    };
+    const first = await connect(1);
+    const second = await connect(2);
+    const pending = later(`${ctx.url}/up`, { method: "POST", body: "hello" });
+    const refused = await first.readHead();
+    assert.match(refused ?? "", /\r\nexpect: 100-continue\r\n/i);
+    await first.write(
+      "HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n",
+    );
+    const again = await second.readHead();
+    assert.match(again ?? "", /^POST \/up HTTP\/1\.1\r\n/);
+    assert.doesNotMatch(again ?? "", /\r\nexpect:/i);
+    assert.equal(
+      new TextDecoder().decode(await second.readExactly(5)),
+      "hello",
+    );
+    await second.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    assert.deepEqual(await text(pending), [200, "ok"]);
+    assert.equal(ctx.server.hub.stats.failed, 0);
+  });
+});
