@@ -221,10 +221,8 @@ export function relayedResponse(
   // read off the link, and is dropped here (`Response` would refuse it).
   let body = res.body;
   if (res.status === 205 && body !== null) {
-    // Read off to its end, not cancelled: the connection stays usable.
-    if (body instanceof ReadableStream) {
-      body.pipeTo(new WritableStream()).catch(() => {});
-    }
+    // The slot reads a streamed one off itself; this drops a small one.
+    if (body instanceof ReadableStream) body.cancel().catch(() => {});
     body = null;
     fields = fields.filter(([name]) => name !== "content-length");
   } else if (

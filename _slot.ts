@@ -693,6 +693,17 @@ export class WorkerSlot {
         },
       });
     }
+    if (head.status === 205 && body instanceof ReadableStream) {
+      // A 205 has no content (RFC 9110 §15.3.6): one a worker sent anyway is
+      // read off before the answer goes on, so the exchange ends with it
+      // and the connection stays usable.
+      try {
+        await body.pipeTo(new WritableStream());
+      } catch (error) {
+        throw this.#closeReason ?? error;
+      }
+      body = null;
+    }
     return {
       status: head.status,
       reason: head.reason,
