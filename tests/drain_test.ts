@@ -447,15 +447,22 @@ Deno.test("a worker that has answered 100 Continue is not marked by one upload i
   });
 });
 
-Deno.test("shutdown waits for a request still sending its small body, and one whose body ends after it is answered 503", async () => {
-  const hub = new Hub({ handshakeWait: 0, queueTimeout: 20_000 });
+// One raw worker attached to `hub` over loopback (close both when done).
+async function rawWorkerOf(
+  hub: Hub,
+): Promise<{ worker: RawSocket; listener: Deno.Listener }> {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const dialed = Deno.connect({
     hostname: "127.0.0.1",
     port: (listener.addr as Deno.NetAddr).port,
   });
   hub.addWorker(await listener.accept(), "w");
-  const worker = new RawSocket(await dialed);
+  return { worker: new RawSocket(await dialed), listener };
+}
+
+Deno.test("shutdown waits for a request still sending its small body, and one whose body ends after it is answered 503", async () => {
+  const hub = new Hub({ handshakeWait: 0, queueTimeout: 20_000 });
+  const { worker, listener } = await rawWorkerOf(hub);
   const post = (hub: Hub, path: string) => {
     let body!: ReadableStreamDefaultController<Uint8Array>;
     const res = hub.fetch(
@@ -511,13 +518,7 @@ Deno.test("a request still at a worker when the shutdown grace ends is answered 
     onAccess: (r) => records.push(r),
     onLog: (r) => logs.push(r),
   });
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const dialed = Deno.connect({
-    hostname: "127.0.0.1",
-    port: (listener.addr as Deno.NetAddr).port,
-  });
-  hub.addWorker(await listener.accept(), "w");
-  const worker = new RawSocket(await dialed);
+  const { worker, listener } = await rawWorkerOf(hub);
   try {
     await waitFor(() => hub.stats.idle === 1, "the worker idle");
     const res = hub.fetch(new Request("http://hub/slow"));
