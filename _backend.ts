@@ -18,6 +18,7 @@ import {
   fieldPairs,
   fieldValue,
   relayedResponse,
+  splitUrl,
 } from "./_headers.ts";
 import type { Connection } from "./_io.ts";
 import { type FetchHandler, rawTarget } from "./_serve_conn.ts";
@@ -351,15 +352,6 @@ export function backendHandler(
   });
 }
 
-// The path and query of a URL as `Deno.serve` builds it (scheme://Host +
-// the target as sent), without the URL parser.
-function pathOf(url: string): string {
-  const slash = url.indexOf("/", url.indexOf("//") + 2);
-  if (slash < 0) return "/";
-  const hash = url.indexOf("#", slash);
-  return hash < 0 ? url.slice(slash) : url.slice(slash, hash);
-}
-
 function outgoing(
   request: Request,
   prefix: string,
@@ -368,7 +360,7 @@ function outgoing(
 ): OutgoingRequest {
   // The target as the consumer sent it: a URL parser would resolve dot
   // segments and re-encode, which changes the resource (or a signature).
-  const target = rawTarget(request) ?? pathOf(request.url);
+  const target = rawTarget(request) ?? splitUrl(request.url).path;
   // Expect is the slot's to send: it asks for 100 Continue itself before a
   // streamed body, and a body already read needs none.
   const all = fieldPairs(request.headers);

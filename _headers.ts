@@ -5,6 +5,8 @@
  * @module
  */
 
+import { framingFields } from "./_codec.ts";
+
 // RFC 9110 §7.6.1 plus the fields older proxies treat as hop-by-hop.
 // content-length is here because each hop frames its own body.
 const HOP_BY_HOP = new Set([
@@ -157,6 +159,19 @@ export function forwardRequestHeaders(
   return out;
 }
 
+/**
+ * Splits a request URL as `Deno.serve` builds it (scheme://Host + the target
+ * as sent) without the URL parser, which would resolve dot segments and
+ * re-encode. Holds for a Host without "/" (the hub refuses others).
+ */
+export function splitUrl(url: string): { authority: string; path: string } {
+  const from = url.indexOf("//") + 2;
+  const slash = url.indexOf("/", from);
+  return slash < 0
+    ? { authority: url.slice(from), path: "/" }
+    : { authority: url.slice(from, slash), path: url.slice(slash) };
+}
+
 /** A response read off a connection, as {@linkcode relayedHeaders} needs it. */
 export interface Relayed {
   status: number;
@@ -179,23 +194,13 @@ export function relayedHeaders(
   const fields = endToEnd(res.headers);
   if (method === "HEAD" || res.status === 304) {
     // No body on the wire, but the length describes the representation.
-    const length = declaredLength(res.headers);
-    if (length !== null) fields.push(["content-length", length]);
+    // (The slot has checked these fields: "5, 5" is 5.)
+    const length = framingFields(res.headers).contentLength;
+    if (length >= 0) fields.push(["content-length", String(length)]);
   } else if (res.contentLength >= 0 && res.body instanceof ReadableStream) {
     fields.push(["content-length", String(res.contentLength)]);
   }
   return fields;
-}
-
-// A response's Content-Length as one number ("5, 5" is 5), or null if it
-// has none or it is not one valid length.
-function declaredLength(headers: [string, string][]): string | null {
-  const value = fieldValue(headers, "content-length");
-  if (value === null) return null;
-  const parts = value.split(",").map((v) => v.trim());
-  return parts.every((v) => v === parts[0]) && /^[0-9]{1,15}$/.test(parts[0])
-    ? String(Number(parts[0]))
-    : null;
 }
 
 /**

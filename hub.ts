@@ -27,6 +27,7 @@ import {
   forwardRequestHeaders,
   QUEUE_TIME_HEADER,
   relayedResponse,
+  splitUrl,
 } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
@@ -425,17 +426,6 @@ async function bodyOrNull(
       cancel: (reason) => reader.cancel(reason),
     });
   }
-}
-
-// Splits a Request URL without `new URL()`. `Deno.serve` builds it as
-// scheme://Host + target, so this holds only for a Host checked by
-// VALID_HOST.
-function splitUrl(url: string): { authority: string; path: string } {
-  const from = url.indexOf("//") + 2;
-  const slash = url.indexOf("/", from);
-  return slash < 0
-    ? { authority: url.slice(from), path: "/" }
-    : { authority: url.slice(from, slash), path: url.slice(slash) };
 }
 
 // RFC 9112 §3.2: uri-host [":" port]. Anything else ("/", "?", "\\" and
