@@ -1,7 +1,8 @@
 /**
  * Body framers: streams that read a framed body off a {@linkcode BufferedReader},
  * and writers that frame a stream onto a connection. Nothing buffers a whole
- * body; a reading stream pulls from the socket only when its consumer reads.
+ * body: a reading stream pulls from the socket when its consumer reads, or
+ * reads a bounded amount ahead of it (`readAhead`).
  *
  * @module
  */
@@ -32,6 +33,25 @@ export interface BodyStreamOptions {
    * stream's reader cancelled it.
    */
   onDone(error: unknown | undefined, bytes: number, cancelled?: boolean): void;
+  /**
+   * Read up to `limit` bytes ahead of the stream's reader while `budget`
+   * has room, so the peer can finish sending (and `onDone` come) before a
+   * slow reader has taken it all. Without it, the stream reads only when
+   * its reader asks.
+   */
+  readAhead?: { limit: number; budget: ReadAheadBudget };
+}
+
+/**
+ * Memory that read-ahead bodies share: `held` bytes read off connections
+ * and not yet taken by their readers. A body stops reading ahead once
+ * `held` reaches `max` (it then reads at its reader's pace).
+ */
+export interface ReadAheadBudget {
+  /** Most bytes held by all bodies together. */
+  max: number;
+  /** Bytes held now. */
+  held: number;
 }
 
 /** Thrown into a body stream when the peer ends the stream too early. */
@@ -68,36 +88,134 @@ export function bodyStream(
     done = true;
     options.onDone(error, total, cancelled);
   };
+  // The next chunk, counted against the limit; null at the end. Settles
+  // the body (onDone) at the end or on an error.
+  const read = async (): Promise<Uint8Array | null> => {
+    let chunk: Uint8Array | null;
+    try {
+      chunk = await next();
+      if (chunk !== null) {
+        total += chunk.length;
+        if (total > max) {
+          throw new RangeError(
+            `Cannot read body: larger than the limit of ${max} bytes`,
+          );
+        }
+      }
+    } catch (error) {
+      finish(error);
+      throw error;
+    }
+    if (chunk === null) finish();
+    return chunk;
+  };
+  const ahead = options.readAhead;
+  if (ahead !== undefined && ahead.limit > 0 && ahead.budget.max > 0) {
+    return readAheadStream(read, ahead.limit, ahead.budget, finish);
+  }
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       let chunk: Uint8Array | null;
       try {
-        chunk = await next();
-        if (chunk !== null) {
-          total += chunk.length;
-          if (total > max) {
-            throw new RangeError(
-              `Cannot read body: larger than the limit of ${max} bytes`,
-            );
-          }
-        }
+        chunk = await read();
       } catch (error) {
-        finish(error);
         controller.error(error);
         return;
       }
-      if (chunk === null) {
-        finish();
-        controller.close();
-      } else {
-        controller.enqueue(chunk);
-      }
+      if (chunk === null) controller.close();
+      else controller.enqueue(chunk);
     },
     cancel(reason) {
       finish(reason ?? new Error("Body stream cancelled"), true);
     },
   }, { highWaterMark: 0 });
 }
+
+// A body stream that keeps reading while fewer than `limit` bytes wait for
+// its reader (and the shared budget has room): a worker's response can end,
+// and its connection take the next request, while a slow consumer is still
+// downloading it. The stream's own queue stays empty (highWaterMark 0), so
+// every byte held is counted here and released when the reader takes it.
+function readAheadStream(
+  read: () => Promise<Uint8Array | null>,
+  limit: number,
+  budget: ReadAheadBudget,
+  finish: (error: unknown, cancelled: boolean) => void,
+): ReadableStream<Uint8Array> {
+  let held: Uint8Array[] = [];
+  let first = 0; // index of the oldest held chunk
+  let heldBytes = 0;
+  let ended = false;
+  let failure: { error: unknown } | null = null;
+  let cancelled = false;
+  let inFlight: Promise<void> | null = null;
+  const readOne = (): Promise<void> => {
+    if (inFlight !== null) return inFlight;
+    inFlight = read().then((chunk) => {
+      inFlight = null;
+      if (chunk === null) {
+        ended = true;
+        return;
+      }
+      if (cancelled) return;
+      // A small read may be a view of a 64 KiB array: keep a copy, so what
+      // is held is what is counted.
+      if (chunk.byteLength * 2 < chunk.buffer.byteLength) chunk = chunk.slice();
+      held.push(chunk);
+      heldBytes += chunk.length;
+      budget.held += chunk.length;
+    }, (error) => {
+      inFlight = null;
+      failure = { error };
+    });
+    return inFlight;
+  };
+  const readAhead = () => {
+    if (
+      inFlight === null && !ended && failure === null && !cancelled &&
+      heldBytes < limit && budget.held < budget.max
+    ) {
+      readOne().then(readAhead);
+    }
+  };
+  const release = () => {
+    budget.held -= heldBytes;
+    heldBytes = 0;
+    held = [];
+    first = 0;
+  };
+  readAhead();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      while (first === held.length && !ended && failure === null) {
+        await readOne();
+      }
+      if (first < held.length) {
+        const chunk = held[first];
+        held[first++] = EMPTY;
+        heldBytes -= chunk.length;
+        budget.held -= chunk.length;
+        if (first === held.length) {
+          held = [];
+          first = 0;
+        }
+        controller.enqueue(chunk);
+        readAhead();
+      } else if (failure !== null) {
+        controller.error(failure.error);
+      } else {
+        controller.close();
+      }
+    },
+    cancel(reason) {
+      cancelled = true;
+      release();
+      finish(reason ?? new Error("Body stream cancelled"), true);
+    },
+  }, { highWaterMark: 0 });
+}
+
+const EMPTY = new Uint8Array(0);
 
 /**
  * Reads a whole body of known, small length into memory (for bodies that fit

@@ -46,6 +46,12 @@ Options (each also as the environment variable in brackets):
                            limit [POTHEAD_MAX_RESPONSE_BODY] (0)
   --max-request-body N     largest request body from a consumer, bytes, else 413;
                            0 = no limit [POTHEAD_MAX_REQUEST_BODY] (0)
+  --response-buffer N      bytes of a response read ahead of a slow consumer, so
+                           the worker is free sooner; 0 = at the consumer's pace
+                           [POTHEAD_RESPONSE_BUFFER] (1048576)
+  --response-buffer-total N
+                           most bytes held that way over all responses
+                           [POTHEAD_RESPONSE_BUFFER_TOTAL] (67108864)
   --max-retries N          resends of a request a worker provably did not start
                            [POTHEAD_MAX_RETRIES] (2)
   --shutdown-grace T       on SIGTERM, time queued and running requests get
@@ -223,6 +229,16 @@ export function optionsFrom(
       "--max-request-body",
       0,
     ) || Infinity,
+    responseBuffer: parseInteger(
+      v("response-buffer", "POTHEAD_RESPONSE_BUFFER"),
+      "--response-buffer",
+      1024 * 1024,
+    ),
+    responseBufferTotal: parseInteger(
+      v("response-buffer-total", "POTHEAD_RESPONSE_BUFFER_TOTAL"),
+      "--response-buffer-total",
+      64 * 1024 * 1024,
+    ),
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
     handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
     pingInterval: duration("ping-interval", "POTHEAD_PING_INTERVAL", 30_000),
@@ -262,6 +278,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "max-head-size": { type: "string" },
         "max-response-body": { type: "string" },
         "max-request-body": { type: "string" },
+        "response-buffer": { type: "string" },
+        "response-buffer-total": { type: "string" },
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
         cert: { type: "string" },

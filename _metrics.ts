@@ -860,6 +860,17 @@ export class HubMetrics {
       out.push(`pothead_worker_ping_timeouts_total ${num(pingTimeouts)}`);
     }
 
+    const buffered = (stats as { responseBuffered?: number }).responseBuffered;
+    if (buffered !== undefined) {
+      header(
+        out,
+        "pothead_response_buffered_bytes",
+        "gauge",
+        "Response body bytes read from workers ahead of slower consumers.",
+      );
+      out.push(`pothead_response_buffered_bytes ${num(buffered)}`);
+    }
+
     header(
       out,
       "process_resident_memory_bytes",

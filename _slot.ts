@@ -19,7 +19,12 @@ import {
   responseFraming,
   wireTarget,
 } from "./_codec.ts";
-import { bodyStream, readFixed, writeBody } from "./_body.ts";
+import {
+  bodyStream,
+  type ReadAheadBudget,
+  readFixed,
+  writeBody,
+} from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import type { WorkerIdentity } from "./_handshake.ts";
 import { PARK_OPTION, WAIT_REQUEST } from "./_park.ts";
@@ -136,6 +141,11 @@ export interface SlotOptions {
   maxBodySize: number;
   /** Bodies up to this length are read whole and handed over as bytes. */
   smallBody: number;
+  /**
+   * How far a larger response body is read ahead of its consumer (see
+   * `bodyStream`); unset reads it at the consumer's pace.
+   */
+  readAhead?: { limit: number; budget: ReadAheadBudget };
   /** Called when an exchange ended and the slot may carry another request. */
   onIdle(slot: WorkerSlot): void;
   /** Called once when the connection is closed, for whatever reason. */
@@ -676,6 +686,7 @@ export class WorkerSlot {
       body = bodyStream(this.#reader, framing, {
         limits: opts.limits,
         maxBodySize: opts.maxBodySize,
+        readAhead: opts.readAhead,
         onDone: (error, bytes, cancelled) => {
           this.#inBody = false;
           if (error === undefined) {

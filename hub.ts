@@ -30,6 +30,7 @@ import {
   splitUrl,
 } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
+import type { ReadAheadBudget } from "./_body.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
   errorText,
@@ -197,6 +198,22 @@ export interface HubOptions {
    * @default {65536}
    */
   bufferRequestBody?: number;
+  /**
+   * Bytes of a worker's response body the hub reads ahead of a consumer
+   * that takes it more slowly, so the worker is free for its next request
+   * as soon as the rest of its response fits here, instead of waiting for
+   * a slow download to finish. 0 reads at the consumer's pace. Bodies up to
+   * 64 KiB with a Content-Length are always read whole.
+   * @default {1048576}
+   */
+  responseBuffer?: number;
+  /**
+   * Most bytes all response bodies together may hold read ahead of their
+   * consumers (see `responseBuffer`); past it, bodies go at their
+   * consumers' pace until some is taken.
+   * @default {67108864}
+   */
+  responseBufferTotal?: number;
   /** Limits on response heads and chunk lines from workers. */
   limits?: Partial<HeadLimits>;
   /**
@@ -309,6 +326,11 @@ export interface HubStats {
   parked: number;
   /** Worker connections carrying a request. */
   busy: number;
+  /**
+   * Response body bytes read from workers and not yet taken by their
+   * consumers (see `responseBuffer`).
+   */
+  responseBuffered: number;
   /** Consumer requests received. */
   received: number;
   /** Requests answered by a worker (any status). */
@@ -475,6 +497,8 @@ const DEFAULTS = {
   maxResponseBodySize: Infinity,
   maxRequestBodySize: Infinity,
   bufferRequestBody: 64 * 1024,
+  responseBuffer: 1024 * 1024,
+  responseBufferTotal: 64 * 1024 * 1024,
   handshakeWait: 50,
   handshakeTimeout: 10_000,
   pingInterval: 30_000,
@@ -551,6 +575,8 @@ export class Hub {
   #closed = false;
   // Resolves when the grace of shutdown() ends: body reads stop waiting.
   #whenClosed = Promise.withResolvers<void>();
+  // Response bytes read ahead of slow consumers, over all requests.
+  #readAhead: ReadAheadBudget;
   // Requests whose (small) body is being read before they queue.
   #reading = 0;
   #stats = {
@@ -592,6 +618,7 @@ export class Hub {
       trustForwarded: options.trustForwarded ?? false,
       workerTokens: [...tokens],
     };
+    this.#readAhead = { max: numbers.responseBufferTotal, held: 0 };
     this.#routes = (options.routes ?? []).map((r) => {
       if (r === null || typeof r !== "object") {
         throw new TypeError(
@@ -678,6 +705,7 @@ export class Hub {
       idle,
       parked: this.#parked.size,
       busy: this.#slots.size - idle - this.#parked.size,
+      responseBuffered: this.#readAhead.held,
       ...this.#stats,
       pools,
       workers,
@@ -950,6 +978,9 @@ export class Hub {
         maxBodySize: this.#opts.maxResponseBodySize,
         maxUploadSize: this.#opts.maxRequestBodySize,
         smallBody: SMALL_BODY,
+        readAhead: this.#opts.responseBuffer > 0
+          ? { limit: this.#opts.responseBuffer, budget: this.#readAhead }
+          : undefined,
         onIdle: (s) => this.#offer(s),
         onPark: (s) => this.#park(s),
         onClose: (s, reason) => this.#detach(s, reason),

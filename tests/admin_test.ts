@@ -37,6 +37,7 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     idle: 0,
     parked: 0,
     busy: 0,
+    responseBuffered: 0,
     received: 0,
     answered: 0,
     retries: 0,

@@ -1,0 +1,206 @@
+// The hub reads a worker's response ahead of a slow consumer
+// (`responseBuffer`), so the worker takes its next request before the
+// consumer has downloaded the last one. Real hub and worker on loopback; the
+// slow consumer is a fetch whose body is not read yet. Bodies are checked by
+// length and SHA-256; no durations are asserted, every wait has a hang guard.
+
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { deadline, waitFor as waitUntil } from "./_wait.ts";
+import { startHub, startWorker } from "./_hub.ts";
+import type { HubServer, ServeHubOptions } from "../hub.ts";
+import type { WorkerHandle } from "../worker.ts";
+
+const HANG_GUARD = 30_000;
+const CHUNK = 64 * 1024;
+// Far more than loopback socket buffers and the HTTP stacks on both ends
+// hold for a consumer that does not read (a few MiB).
+const CHUNKS = 512; // 32 MiB
+
+const waitFor = (check: () => boolean, what: string) =>
+  waitUntil(check, what, HANG_GUARD);
+
+function chunkAt(i: number): Uint8Array {
+  const c = new Uint8Array(CHUNK).fill(i & 0xff);
+  new DataView(c.buffer).setUint32(0, i);
+  return c;
+}
+
+function expectedDigest(): string {
+  const hash = createHash("sha256");
+  for (let i = 0; i < CHUNKS; i++) hash.update(chunkAt(i));
+  return hash.digest("hex");
+}
+
+async function digest(
+  body: ReadableStream<Uint8Array>,
+): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash("sha256");
+  let bytes = 0;
+  for await (const chunk of body) {
+    bytes += chunk.length;
+    hash.update(chunk);
+  }
+  return { bytes, sha256: hash.digest("hex") };
+}
+
+interface Setup {
+  server: HubServer;
+  worker: WorkerHandle;
+  /** Worker connections opened so far. */
+  connects: () => number;
+  /** True once the worker's handler has produced all of /big. */
+  produced: () => boolean;
+  url: (path: string) => string;
+  stop: () => Promise<void>;
+}
+
+// One worker with one slot: /big is 32 MiB with a Content-Length, anything
+// else a short text.
+function setup(options: ServeHubOptions): Setup {
+  const server = startHub(options);
+  let connects = 0;
+  let produced = false;
+  const worker = startWorker(server, (req) => {
+    if (new URL(req.url).pathname !== "/big") return new Response("small");
+    let i = 0;
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (i === CHUNKS) {
+            produced = true;
+            controller.close();
+          } else {
+            controller.enqueue(chunkAt(i++));
+          }
+        },
+      }, { highWaterMark: 0 }),
+      { headers: { "content-length": String(CHUNKS * CHUNK) } },
+    );
+  }, { onConnect: () => connects++ });
+  return {
+    server,
+    worker,
+    connects: () => connects,
+    produced: () => produced,
+    url: (path) => `http://127.0.0.1:${server.addr.port}${path}`,
+    stop: async () => {
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
+    },
+  };
+}
+
+Deno.test("a consumer that has not read its large response does not hold the worker (responseBuffer)", async () => {
+  const t = setup({ responseBuffer: 64 * 1024 * 1024 });
+  let big: Response | undefined;
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "1 idle slot");
+    big = await deadline(fetch(t.url("/big")), HANG_GUARD, "the big head");
+    assert.equal(big.status, 200);
+    // The one slot is free again while the consumer has read nothing.
+    await waitFor(() => t.server.hub.stats.idle === 1, "the slot idle again");
+    assert.ok(t.produced(), "the worker produced the whole body");
+    const held = t.server.hub.stats.responseBuffered;
+    assert.ok(
+      held > 0 && held <= CHUNKS * CHUNK,
+      `response bytes held: ${held}`,
+    );
+    const small = await deadline(
+      fetch(t.url("/small")),
+      HANG_GUARD,
+      "a second request while the first is not downloaded",
+    );
+    assert.equal(await small.text(), "small");
+    const got = await deadline(digest(big.body!), HANG_GUARD, "the big body");
+    assert.deepEqual(got, {
+      bytes: CHUNKS * CHUNK,
+      sha256: expectedDigest(),
+    });
+    assert.equal(t.server.hub.stats.responseBuffered, 0);
+    assert.equal(t.server.hub.stats.failed, 0);
+  } finally {
+    await big?.body?.cancel().catch(() => {});
+    await t.stop();
+  }
+});
+
+Deno.test("response read-ahead stops at responseBufferTotal and at responseBuffer", async () => {
+  for (
+    const options of [
+      { responseBuffer: 64 * 1024 * 1024, responseBufferTotal: 1024 * 1024 },
+      { responseBuffer: 1024 * 1024, responseBufferTotal: 64 * 1024 * 1024 },
+    ]
+  ) {
+    const t = setup(options);
+    const cap = 1024 * 1024 + 64 * 1024; // one read may start under the cap
+    let big: Response | undefined;
+    let most = 0;
+    try {
+      await waitFor(() => t.server.hub.stats.idle === 1, "1 idle slot");
+      big = await deadline(fetch(t.url("/big")), HANG_GUARD, "the big head");
+      await waitFor(() => {
+        most = Math.max(most, t.server.hub.stats.responseBuffered);
+        return most >= 1024 * 1024;
+      }, "the read-ahead to reach 1 MiB");
+      // Let it run on for a while: it must stay under the cap, and the
+      // worker stays busy (the rest does not fit).
+      for (let i = 0; i < 20; i++) {
+        await new Promise((r) => setTimeout(r, 25));
+        most = Math.max(most, t.server.hub.stats.responseBuffered);
+      }
+      assert.ok(most <= cap, `${JSON.stringify(options)}: held ${most}`);
+      assert.equal(t.server.hub.stats.busy, 1, "the worker is still sending");
+      const got = await deadline(digest(big.body!), HANG_GUARD, "the body");
+      assert.deepEqual(got, {
+        bytes: CHUNKS * CHUNK,
+        sha256: expectedDigest(),
+      });
+      assert.equal(t.server.hub.stats.responseBuffered, 0);
+    } finally {
+      await big?.body?.cancel().catch(() => {});
+      await t.stop();
+    }
+  }
+});
+
+Deno.test("a consumer that leaves after its response was read ahead costs the worker nothing", async () => {
+  const t = setup({ responseBuffer: 64 * 1024 * 1024 });
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "1 idle slot");
+    const big = await deadline(fetch(t.url("/big")), HANG_GUARD, "the head");
+    await waitFor(() => t.server.hub.stats.idle === 1, "the slot idle again");
+    await big.body!.cancel();
+    await waitFor(
+      () => t.server.hub.stats.responseBuffered === 0,
+      "the held bytes to be dropped",
+    );
+    const small = await deadline(fetch(t.url("/small")), HANG_GUARD, "next");
+    assert.equal(await small.text(), "small");
+    assert.equal(t.connects(), 1, "the worker kept its one connection");
+    assert.equal(t.server.hub.stats.failed, 0);
+  } finally {
+    await t.stop();
+  }
+});
+
+Deno.test("responseBuffer 0 streams at the consumer's pace: the worker waits for the download", async () => {
+  const t = setup({ responseBuffer: 0 });
+  let big: Response | undefined;
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "1 idle slot");
+    big = await deadline(fetch(t.url("/big")), HANG_GUARD, "the head");
+    for (let i = 0; i < 10; i++) {
+      await new Promise((r) => setTimeout(r, 25));
+      assert.equal(t.server.hub.stats.responseBuffered, 0);
+    }
+    assert.equal(t.server.hub.stats.busy, 1, "the slot is held");
+    const got = await deadline(digest(big.body!), HANG_GUARD, "the body");
+    assert.equal(got.bytes, CHUNKS * CHUNK);
+    await waitFor(() => t.server.hub.stats.idle === 1, "the slot idle");
+  } finally {
+    await big?.body?.cancel().catch(() => {});
+    await t.stop();
+  }
+});
