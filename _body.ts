@@ -17,6 +17,7 @@ import {
   parseTrailers,
 } from "./_codec.ts";
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
+import { type ReadAheadOptions, readAheadStream } from "./_readahead.ts";
 
 const MAX_CHUNK = 64 * 1024;
 
@@ -34,24 +35,12 @@ export interface BodyStreamOptions {
    */
   onDone(error: unknown | undefined, bytes: number, cancelled?: boolean): void;
   /**
-   * Read up to `limit` bytes ahead of the stream's reader while `budget`
-   * has room, so the peer can finish sending (and `onDone` come) before a
-   * slow reader has taken it all. Without it, the stream reads only when
-   * its reader asks.
+   * Read ahead of the stream's reader (in memory, then on disk; see
+   * `_readahead.ts`), so the peer can finish sending (and `onDone` come)
+   * before a slow reader has taken it all. Without it, the stream reads
+   * only when its reader asks.
    */
-  readAhead?: { limit: number; budget: ReadAheadBudget };
-}
-
-/**
- * Memory that read-ahead bodies share: `held` bytes read off connections
- * and not yet taken by their readers. A body stops reading ahead once
- * `held` reaches `max` (it then reads at its reader's pace).
- */
-export interface ReadAheadBudget {
-  /** Most bytes held by all bodies together. */
-  max: number;
-  /** Bytes held now. */
-  held: number;
+  readAhead?: ReadAheadOptions;
 }
 
 /** Thrown into a body stream when the peer ends the stream too early. */
@@ -110,8 +99,15 @@ export function bodyStream(
     return chunk;
   };
   const ahead = options.readAhead;
-  if (ahead !== undefined && ahead.limit > 0 && ahead.budget.max > 0) {
-    return readAheadStream(read, ahead.limit, ahead.budget, finish);
+  if (
+    ahead !== undefined &&
+    ((ahead.limit > 0 && ahead.budget.max > 0) || ahead.spill !== undefined)
+  ) {
+    return readAheadStream(
+      read,
+      ahead,
+      (reason) => finish(reason ?? new Error("Body stream cancelled"), true),
+    );
   }
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -130,92 +126,6 @@ export function bodyStream(
     },
   }, { highWaterMark: 0 });
 }
-
-// A body stream that keeps reading while fewer than `limit` bytes wait for
-// its reader (and the shared budget has room): a worker's response can end,
-// and its connection take the next request, while a slow consumer is still
-// downloading it. The stream's own queue stays empty (highWaterMark 0), so
-// every byte held is counted here and released when the reader takes it.
-function readAheadStream(
-  read: () => Promise<Uint8Array | null>,
-  limit: number,
-  budget: ReadAheadBudget,
-  finish: (error: unknown, cancelled: boolean) => void,
-): ReadableStream<Uint8Array> {
-  let held: Uint8Array[] = [];
-  let first = 0; // index of the oldest held chunk
-  let heldBytes = 0;
-  let ended = false;
-  let failure: { error: unknown } | null = null;
-  let cancelled = false;
-  let inFlight: Promise<void> | null = null;
-  const readOne = (): Promise<void> => {
-    if (inFlight !== null) return inFlight;
-    inFlight = read().then((chunk) => {
-      inFlight = null;
-      if (chunk === null) {
-        ended = true;
-        return;
-      }
-      if (cancelled) return;
-      // A small read may be a view of a 64 KiB array: keep a copy, so what
-      // is held is what is counted.
-      if (chunk.byteLength * 2 < chunk.buffer.byteLength) chunk = chunk.slice();
-      held.push(chunk);
-      heldBytes += chunk.length;
-      budget.held += chunk.length;
-    }, (error) => {
-      inFlight = null;
-      failure = { error };
-    });
-    return inFlight;
-  };
-  const readAhead = () => {
-    if (
-      inFlight === null && !ended && failure === null && !cancelled &&
-      heldBytes < limit && budget.held < budget.max
-    ) {
-      readOne().then(readAhead);
-    }
-  };
-  const release = () => {
-    budget.held -= heldBytes;
-    heldBytes = 0;
-    held = [];
-    first = 0;
-  };
-  readAhead();
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      while (first === held.length && !ended && failure === null) {
-        await readOne();
-      }
-      if (first < held.length) {
-        const chunk = held[first];
-        held[first++] = EMPTY;
-        heldBytes -= chunk.length;
-        budget.held -= chunk.length;
-        if (first === held.length) {
-          held = [];
-          first = 0;
-        }
-        controller.enqueue(chunk);
-        readAhead();
-      } else if (failure !== null) {
-        controller.error(failure.error);
-      } else {
-        controller.close();
-      }
-    },
-    cancel(reason) {
-      cancelled = true;
-      release();
-      finish(reason ?? new Error("Body stream cancelled"), true);
-    },
-  }, { highWaterMark: 0 });
-}
-
-const EMPTY = new Uint8Array(0);
 
 /**
  * Reads a whole body of known, small length into memory (for bodies that fit

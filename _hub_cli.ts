@@ -52,6 +52,11 @@ Options (each also as the environment variable in brackets):
   --response-buffer-total N
                            most bytes held that way over all responses
                            [POTHEAD_RESPONSE_BUFFER_TOTAL] (67108864)
+  --response-spill-dir DIR a directory where responses go on past that, so a
+                           worker is free once it has sent its response, however
+                           large (needs write access) [POTHEAD_RESPONSE_SPILL_DIR]
+  --response-spill-max N   most bytes of one response waiting there
+                           [POTHEAD_RESPONSE_SPILL_MAX] (1073741824)
   --max-retries N          resends of a request a worker provably did not start
                            [POTHEAD_MAX_RETRIES] (2)
   --shutdown-grace T       on SIGTERM, time queued and running requests get
@@ -239,6 +244,14 @@ export function optionsFrom(
       "--response-buffer-total",
       64 * 1024 * 1024,
     ),
+    responseSpillDir: spillDir(
+      v("response-spill-dir", "POTHEAD_RESPONSE_SPILL_DIR"),
+    ),
+    responseSpillMax: parseInteger(
+      v("response-spill-max", "POTHEAD_RESPONSE_SPILL_MAX"),
+      "--response-spill-max",
+      1024 * 1024 * 1024,
+    ),
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
     handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
     pingInterval: duration("ping-interval", "POTHEAD_PING_INTERVAL", 30_000),
@@ -253,6 +266,23 @@ export function optionsFrom(
     workerKey: file("worker-key", "POTHEAD_WORKER_KEY", "key"),
     onLog: log,
   };
+}
+
+// The --response-spill-dir value, checked to be a directory the hub can
+// make files in (a usage error, exit 2, rather than warnings under load).
+function spillDir(dir: string | undefined): string | undefined {
+  if (dir === undefined) return undefined;
+  try {
+    const probe = Deno.makeTempFileSync({ dir, prefix: "pothead-probe-" });
+    Deno.removeSync(probe);
+  } catch (error) {
+    throw new UsageError(
+      `Invalid --response-spill-dir: cannot make a file in "${dir}": ${
+        (error as Error).message
+      }`,
+    );
+  }
+  return dir;
 }
 
 /**
@@ -280,6 +310,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "max-request-body": { type: "string" },
         "response-buffer": { type: "string" },
         "response-buffer-total": { type: "string" },
+        "response-spill-dir": { type: "string" },
+        "response-spill-max": { type: "string" },
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
         cert: { type: "string" },

@@ -870,6 +870,16 @@ export class HubMetrics {
       );
       out.push(`pothead_response_buffered_bytes ${num(buffered)}`);
     }
+    const spilled = (stats as { responseSpilled?: number }).responseSpilled;
+    if (spilled !== undefined) {
+      header(
+        out,
+        "pothead_response_spilled_bytes",
+        "gauge",
+        "Response body bytes waiting on disk for slower consumers.",
+      );
+      out.push(`pothead_response_spilled_bytes ${num(spilled)}`);
+    }
 
     header(
       out,

@@ -19,12 +19,8 @@ import {
   responseFraming,
   wireTarget,
 } from "./_codec.ts";
-import {
-  bodyStream,
-  type ReadAheadBudget,
-  readFixed,
-  writeBody,
-} from "./_body.ts";
+import { bodyStream, readFixed, writeBody } from "./_body.ts";
+import type { ReadAheadOptions } from "./_readahead.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import type { WorkerIdentity } from "./_handshake.ts";
 import { PARK_OPTION, WAIT_REQUEST } from "./_park.ts";
@@ -145,7 +141,7 @@ export interface SlotOptions {
    * How far a larger response body is read ahead of its consumer (see
    * `bodyStream`); unset reads it at the consumer's pace.
    */
-  readAhead?: { limit: number; budget: ReadAheadBudget };
+  readAhead?: ReadAheadOptions;
   /** Called when an exchange ended and the slot may carry another request. */
   onIdle(slot: WorkerSlot): void;
   /** Called once when the connection is closed, for whatever reason. */

@@ -30,7 +30,7 @@ import {
   splitUrl,
 } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
-import type { ReadAheadBudget } from "./_body.ts";
+import type { ReadAheadBudget, SpillOptions } from "./_readahead.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
   errorText,
@@ -214,6 +214,21 @@ export interface HubOptions {
    * @default {67108864}
    */
   responseBufferTotal?: number;
+  /**
+   * A directory where a response body goes on once its `responseBuffer` is
+   * full (or `responseBufferTotal` is reached), so a worker is free as soon
+   * as it has sent its response, however large, to a slow consumer. Each
+   * body gets a temporary file that is unlinked as soon as it is open
+   * (nothing is left behind) and emptied whenever its consumer catches up.
+   * Needs write permission there. Unset: no spilling.
+   */
+  responseSpillDir?: string;
+  /**
+   * Most bytes of one response body waiting on disk (see
+   * `responseSpillDir`); past it, the body goes at its consumer's pace.
+   * @default {1073741824}
+   */
+  responseSpillMax?: number;
   /** Limits on response heads and chunk lines from workers. */
   limits?: Partial<HeadLimits>;
   /**
@@ -331,6 +346,11 @@ export interface HubStats {
    * consumers (see `responseBuffer`).
    */
   responseBuffered: number;
+  /**
+   * Response body bytes waiting on disk for their consumers (see
+   * `responseSpillDir`).
+   */
+  responseSpilled: number;
   /** Consumer requests received. */
   received: number;
   /** Requests answered by a worker (any status). */
@@ -499,6 +519,7 @@ const DEFAULTS = {
   bufferRequestBody: 64 * 1024,
   responseBuffer: 1024 * 1024,
   responseBufferTotal: 64 * 1024 * 1024,
+  responseSpillMax: 1024 * 1024 * 1024,
   handshakeWait: 50,
   handshakeTimeout: 10_000,
   pingInterval: 30_000,
@@ -519,6 +540,29 @@ type Attached =
   | "plain"
   | "plain, after waiting"
   | "plain, address known";
+
+// The spill settings for `dir` (undefined: none); throws TypeError naming
+// the option when it is not an existing directory.
+function spillOptions(
+  dir: string | undefined,
+  max: number,
+  onError: (error: unknown) => void,
+): SpillOptions | undefined {
+  if (dir === undefined || max === 0) return undefined;
+  const bad = (why: string) =>
+    new TypeError(`Invalid option "responseSpillDir": ${why}`);
+  if (typeof dir !== "string" || dir === "") {
+    throw bad(`expected a directory path, got ${JSON.stringify(dir)}`);
+  }
+  let info;
+  try {
+    info = Deno.statSync(dir);
+  } catch (error) {
+    throw bad(`cannot use "${dir}": ${errorText(error)}`);
+  }
+  if (!info.isDirectory) throw bad(`"${dir}" is not a directory`);
+  return { dir, max, held: 0, onError };
+}
 
 // The address part of a peer written as `host:port`.
 function peerHost(peer: string): string {
@@ -550,7 +594,10 @@ function checkOption(name: string, value: number, min: number): number {
  */
 export class Hub {
   #opts: Required<
-    Omit<HubOptions, "onLog" | "onAccess" | "limits" | "routes" | "pools">
+    Omit<
+      HubOptions,
+      "onLog" | "onAccess" | "limits" | "routes" | "pools" | "responseSpillDir"
+    >
   >;
   #limits: HeadLimits;
   #routes: Route[];
@@ -577,6 +624,8 @@ export class Hub {
   #whenClosed = Promise.withResolvers<void>();
   // Response bytes read ahead of slow consumers, over all requests.
   #readAhead: ReadAheadBudget;
+  // Where response bodies go on past their memory; undefined: nowhere.
+  #spill: SpillOptions | undefined;
   // Requests whose (small) body is being read before they queue.
   #reading = 0;
   #stats = {
@@ -619,6 +668,17 @@ export class Hub {
       workerTokens: [...tokens],
     };
     this.#readAhead = { max: numbers.responseBufferTotal, held: 0 };
+    this.#spill = spillOptions(
+      options.responseSpillDir,
+      numbers.responseSpillMax,
+      (error) =>
+        this.#log({
+          level: "warn",
+          msg: "cannot spill a response body to disk",
+          dir: options.responseSpillDir,
+          reason: errorText(error),
+        }),
+    );
     this.#routes = (options.routes ?? []).map((r) => {
       if (r === null || typeof r !== "object") {
         throw new TypeError(
@@ -706,6 +766,7 @@ export class Hub {
       parked: this.#parked.size,
       busy: this.#slots.size - idle - this.#parked.size,
       responseBuffered: this.#readAhead.held,
+      responseSpilled: this.#spill?.held ?? 0,
       ...this.#stats,
       pools,
       workers,
@@ -978,8 +1039,12 @@ export class Hub {
         maxBodySize: this.#opts.maxResponseBodySize,
         maxUploadSize: this.#opts.maxRequestBodySize,
         smallBody: SMALL_BODY,
-        readAhead: this.#opts.responseBuffer > 0
-          ? { limit: this.#opts.responseBuffer, budget: this.#readAhead }
+        readAhead: this.#opts.responseBuffer > 0 || this.#spill !== undefined
+          ? {
+            limit: this.#opts.responseBuffer,
+            budget: this.#readAhead,
+            spill: this.#spill,
+          }
           : undefined,
         onIdle: (s) => this.#offer(s),
         onPark: (s) => this.#park(s),

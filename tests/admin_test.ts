@@ -38,6 +38,7 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     parked: 0,
     busy: 0,
     responseBuffered: 0,
+    responseSpilled: 0,
     received: 0,
     answered: 0,
     retries: 0,

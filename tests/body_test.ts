@@ -9,12 +9,12 @@ import { DEFAULT_LIMITS, type Framing, type HeadLimits } from "../_codec.ts";
 import {
   bodyStream,
   PrematureEndError,
-  type ReadAheadBudget,
   readFixed,
   writeBody,
   type WriteFraming,
 } from "../_body.ts";
 import { BufferedReader, writeAll } from "../_io.ts";
+import type { ReadAheadBudget } from "../_readahead.ts";
 import {
   bytes,
   concat,

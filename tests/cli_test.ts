@@ -185,6 +185,24 @@ Deno.test("hub exits 2 naming --max-queue when its value is invalid", async () =
   assert.match(env.stderr, /"-5"/);
 });
 
+Deno.test("hub exits 2 naming --response-spill-dir when it cannot make files there", async () => {
+  const { code, stdout, stderr } = await runDeno([
+    "run",
+    ...RUN_PERMISSIONS,
+    "hub.ts",
+    "--port",
+    "0",
+    "--worker-port",
+    "0",
+    "--response-spill-dir",
+    "/nonexistent/pothead-spill",
+  ]);
+  assert.equal(code, 2, stderr);
+  assert.match(stderr, /--response-spill-dir/);
+  assert.match(stderr, /\/nonexistent\/pothead-spill/);
+  assert.doesNotMatch(stdout, /Listening/);
+});
+
 Deno.test("hub listens on POTHEAD_PORT and POTHEAD_WORKER_PORT", async () => {
   const port = freePort();
   let workerPort = freePort();

@@ -204,3 +204,71 @@ Deno.test("responseBuffer 0 streams at the consumer's pace: the worker waits for
     await t.stop();
   }
 });
+
+Deno.test("a response past the memory buffer goes on to disk (responseSpillDir): the worker is free, nothing is left in the directory", async () => {
+  const dir = await Deno.makeTempDir();
+  const t = setup({ responseBuffer: 1024 * 1024, responseSpillDir: dir });
+  let big: Response | undefined;
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "1 idle slot");
+    big = await deadline(fetch(t.url("/big")), HANG_GUARD, "the big head");
+    await waitFor(() => t.server.hub.stats.idle === 1, "the slot idle again");
+    const { responseBuffered, responseSpilled } = t.server.hub.stats;
+    assert.ok(responseBuffered <= 1024 * 1024 + CHUNK, `${responseBuffered}`);
+    assert.ok(responseSpilled > 16 * 1024 * 1024, `${responseSpilled}`);
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "the file is unlinked");
+    const small = await deadline(fetch(t.url("/small")), HANG_GUARD, "next");
+    assert.equal(await small.text(), "small");
+    const got = await deadline(digest(big.body!), HANG_GUARD, "the big body");
+    assert.deepEqual(got, {
+      bytes: CHUNKS * CHUNK,
+      sha256: expectedDigest(),
+    });
+    assert.equal(t.server.hub.stats.responseSpilled, 0);
+    assert.equal(t.server.hub.stats.responseBuffered, 0);
+  } finally {
+    await big?.body?.cancel().catch(() => {});
+    await t.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a spill directory that is gone is logged, and the response still arrives whole at the consumer's pace", async () => {
+  const dir = await Deno.makeTempDir();
+  const logs: { level: string; msg: string }[] = [];
+  const t = setup({
+    responseBuffer: 1024 * 1024,
+    responseSpillDir: dir,
+    onLog: (r) => logs.push(r),
+  });
+  await Deno.remove(dir);
+  let big: Response | undefined;
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "1 idle slot");
+    big = await deadline(fetch(t.url("/big")), HANG_GUARD, "the big head");
+    await waitFor(
+      () => logs.some((r) => r.msg === "cannot spill a response body to disk"),
+      "the spill failure logged",
+    );
+    assert.equal(
+      t.server.hub.stats.busy,
+      1,
+      "the worker waits for the consumer",
+    );
+    const got = await deadline(digest(big.body!), HANG_GUARD, "the big body");
+    assert.equal(got.sha256, expectedDigest());
+    assert.equal(t.server.hub.stats.failed, 0);
+  } finally {
+    await big?.body?.cancel().catch(() => {});
+    await t.stop();
+  }
+});
+
+Deno.test("responseSpillDir must be an existing directory", () => {
+  assert.throws(
+    () => startHub({ responseSpillDir: "/nonexistent/pothead-spill" }),
+    (e: Error) =>
+      e instanceof TypeError && /responseSpillDir/.test(e.message) &&
+      /nonexistent/.test(e.message),
+  );
+});

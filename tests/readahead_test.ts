@@ -1,0 +1,217 @@
+/**
+ * Read-ahead past memory: the spill file (`_spill.ts`) and bodies that go on
+ * to disk once their memory is used (`_readahead.ts`), on scripted
+ * connections and a real temporary directory.
+ */
+
+import assert from "node:assert/strict";
+import { DEFAULT_LIMITS, type Framing } from "../_codec.ts";
+import { bodyStream } from "../_body.ts";
+import { BufferedReader } from "../_io.ts";
+import type { ReadAheadBudget, SpillOptions } from "../_readahead.ts";
+import { SpillFile } from "../_spill.ts";
+import { bytes, concat, pieces, ScriptedConn, text } from "./_memconn.ts";
+
+const turn = () => new Promise((r) => setTimeout(r, 5));
+
+// Waits until `check` holds (file I/O takes a few turns), at most 5 s.
+async function until(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 1000 && !check(); i++) await turn();
+  assert.ok(check(), what);
+}
+
+const DATA = new Uint8Array(100).map((_, i) => i);
+
+function stream(
+  conn: ScriptedConn,
+  framing: Framing,
+  limit: number,
+  budget: ReadAheadBudget,
+  spill: SpillOptions,
+  done: unknown[] = [],
+): ReadableStream<Uint8Array> {
+  return bodyStream(new BufferedReader(conn), framing, {
+    limits: DEFAULT_LIMITS,
+    onDone: (error) => done.push(error),
+    readAhead: { limit, budget, spill },
+  })!;
+}
+
+async function readAll(s: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  return concat(...await Array.fromAsync(s));
+}
+
+Deno.test("SpillFile gives bytes back in order, empties itself when caught up, and leaves no file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = await SpillFile.open(dir);
+    assert.deepEqual(
+      [...Deno.readDirSync(dir)],
+      [],
+      "unlinked as soon as open",
+    );
+    await file.append(bytes("hello "));
+    await file.append(bytes("world"));
+    assert.equal(text(await file.take(3)), "hel");
+    // Takes and appends queue in order: the take sees only what came before.
+    const [a, , b] = await Promise.all([
+      file.take(100),
+      file.append(bytes("again")),
+      file.take(100),
+    ]);
+    assert.equal(text(a), "lo world");
+    assert.equal(text(b), "again");
+    assert.equal((await file.take(10)).length, 0, "nothing left");
+    await file.append(bytes("after a rewind"));
+    assert.equal(text(await file.take(100)), "after a rewind");
+    file.close();
+    await assert.rejects(file.append(bytes("x")), Deno.errors.BadResource);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("read-ahead goes on to disk past its memory and gives every byte back in order", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const size of [1, 7, 10, 33]) {
+      const conn = new ScriptedConn(pieces(DATA, size));
+      const budget = { max: 1000, held: 0 };
+      const spill: SpillOptions = { dir, max: 1000, held: 0 };
+      const done: unknown[] = [];
+      const s = stream(
+        conn,
+        { kind: "length", length: 100 },
+        20,
+        budget,
+        spill,
+        done,
+      );
+      await until(() => done.length === 1, `${size}: the body read ahead`);
+      assert.deepEqual(done, [undefined]);
+      assert.ok(budget.held >= 20 && budget.held < 20 + size, `${size}`);
+      assert.equal(budget.held + spill.held, 100, `${size}: all held`);
+      const reader = s.getReader();
+      // Take a little, so memory frees while disk still holds the middle.
+      const first = await reader.read();
+      const rest: Uint8Array[] = [];
+      while (true) {
+        const { done: end, value } = await reader.read();
+        if (end) break;
+        rest.push(value);
+      }
+      assert.deepEqual(concat(first.value!, ...rest), DATA, `${size}`);
+      assert.equal(budget.held, 0);
+      assert.equal(spill.held, 0);
+    }
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("read-ahead keeps order when memory frees while the disk holds bytes", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // One piece per read: 10 in memory, then disk; each take frees memory,
+    // and the next chunk must still come after what is on disk.
+    const data = new Uint8Array(400).map((_, i) => i % 251);
+    const conn = new ScriptedConn(pieces(data, 10));
+    const budget = { max: 1000, held: 0 };
+    const spill: SpillOptions = { dir, max: 30, held: 0 };
+    const s = stream(conn, { kind: "length", length: 400 }, 10, budget, spill);
+    await until(() => spill.held === 30, "memory then 30 bytes on disk");
+    assert.equal(budget.held, 10);
+    const reader = s.getReader();
+    const got: Uint8Array[] = [];
+    for (let i = 0; i < 1000; i++) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      got.push(value);
+      if (i % 3 === 0) await turn(); // let read-ahead refill in between
+    }
+    assert.deepEqual(concat(...got), data);
+    assert.equal(spill.held + budget.held, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("read-ahead stops at the spill limit and reads on at the reader's pace", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const conn = new ScriptedConn(pieces(DATA, 10));
+    const budget = { max: 1000, held: 0 };
+    const spill: SpillOptions = { dir, max: 25, held: 0 };
+    const done: unknown[] = [];
+    const s = stream(
+      conn,
+      { kind: "length", length: 100 },
+      10,
+      budget,
+      spill,
+      done,
+    );
+    await until(() => spill.held >= 25, "the spill limit");
+    for (let i = 0; i < 10; i++) await turn();
+    assert.equal(spill.held, 30, "10 in memory, then 3 reads to disk");
+    assert.equal(conn.reads, 4);
+    assert.deepEqual(done, []);
+    assert.deepEqual(await readAll(s), DATA);
+    assert.equal(spill.held, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("read-ahead whose spill directory is gone reports it once and goes on in memory", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.remove(dir);
+  const errors: unknown[] = [];
+  const conn = new ScriptedConn(pieces(DATA, 10));
+  const budget = { max: 1000, held: 0 };
+  const spill: SpillOptions = {
+    dir,
+    max: 1000,
+    held: 0,
+    onError: (e) => errors.push(e),
+  };
+  const s = stream(conn, { kind: "length", length: 100 }, 10, budget, spill);
+  await until(() => errors.length === 1, "the error reported");
+  await turn();
+  assert.ok(errors[0] instanceof Deno.errors.NotFound, String(errors[0]));
+  assert.ok(spill.failedAt !== undefined);
+  // The chunk that was to go to disk is kept in memory, and no more is read.
+  assert.equal(budget.held, 20);
+  assert.equal(conn.reads, 2);
+  assert.deepEqual(await readAll(s), DATA);
+  assert.equal(errors.length, 1);
+  assert.equal(budget.held, 0);
+});
+
+Deno.test("a cancelled body closes its spill file and gives back what it held", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const conn = new ScriptedConn(pieces(DATA, 10));
+    const budget = { max: 1000, held: 0 };
+    const spill: SpillOptions = { dir, max: 1000, held: 0 };
+    const done: unknown[] = [];
+    const s = stream(
+      conn,
+      { kind: "length", length: 100 },
+      10,
+      budget,
+      spill,
+      done,
+    );
+    await until(() => spill.held >= 30, "some on disk");
+    await s.cancel(new Error("consumer left"));
+    assert.equal(budget.held, 0);
+    assert.equal(spill.held, 0);
+    await turn();
+    assert.equal(budget.held + spill.held, 0, "nothing kept after the cancel");
+    assert.ok(done.length === 1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
