@@ -2,9 +2,10 @@
  * The hub's FIFO of waiting requests.
  *
  * A doubly linked list, so that an entry whose consumer left is removed in
- * O(1), and a request that must be retried goes back to the head. Queue
- * timeouts use one timer for the oldest entry, armed only while something
- * waits: a request that finds an idle worker never touches a timer.
+ * O(1), and a request that must be retried goes back to the head. Entries
+ * stay in order of arrival, so queue timeouts use one timer for the oldest
+ * entry, armed only while something waits: a request that finds an idle
+ * worker never touches a timer.
  *
  * @module
  */
@@ -83,21 +84,29 @@ export class WaitQueue<T> {
     return node;
   }
 
-  /** Puts `value` back at the head, keeping the time it first joined. */
+  /**
+   * Puts `value` back, keeping the time it first joined: at the head,
+   * unless values that joined earlier wait (one whose body took a while
+   * joined while this one was away), which it then goes behind, so the
+   * queue stays in order of `since` and the one timer serves every value.
+   */
   unshift(value: T, since: number): QueueNode<T> {
+    let before = this.#head;
+    while (before !== null && before.since < since) before = before.next;
     const node: QueueNode<T> = {
       value,
       since,
-      prev: null,
-      next: this.#head,
+      prev: before === null ? this.#tail : before.prev,
+      next: before,
       queued: true,
     };
-    if (this.#head) this.#head.prev = node;
+    if (node.prev !== null) node.prev.next = node;
+    else this.#head = node;
+    if (before !== null) before.prev = node;
     else this.#tail = node;
-    this.#head = node;
     this.#size++;
-    // The new head may be due before the deadline the timer was armed for.
-    this.#disarm();
+    // A new head may be due before the deadline the timer was armed for.
+    if (node.prev === null) this.#disarm();
     this.#arm();
     return node;
   }

@@ -444,3 +444,34 @@ Deno.test("WaitQueue puts a value that joined earlier ahead of later ones, and e
   assert.deepEqual(values(q), ["b", "bb", "c"]);
   assertLinks(q);
 });
+
+Deno.test("WaitQueue puts a value back behind an older one that joined meanwhile, and expires both on time", () => {
+  // The hub sends "r" (arrived 1010) to a worker; "s" (arrived 1000, its
+  // small body read slowly) joins meanwhile; the worker declines "r", which
+  // goes back. "s" must still expire 100 ms after 1000, not after "r" does.
+  using timers = fakeTimers();
+  const { clock, expired, q } = fixture(100);
+  const r = q.push("r", 1010);
+  q.shift();
+  clock.now = 1020;
+  q.push("s", 1000);
+  clock.now = 1030;
+  q.unshift("r", r.since);
+  assert.deepEqual(values(q), ["s", "r"]);
+  assertLinks(q);
+  assert.equal(timers.only().delay, 80); // armed for "s" at 1020
+  clock.now = 1100;
+  timers.fire();
+  assert.deepEqual(expired, ["s"]);
+  assert.equal(timers.only().delay, 10);
+  clock.now = 1110;
+  timers.fire();
+  assert.deepEqual(expired, ["s", "r"]);
+  assert.equal(q.size, 0);
+  // Ahead of a later value, and of one that joined at the same time.
+  q.push("c", 1200);
+  q.push("b", 1150);
+  q.unshift("a", 1150);
+  assert.deepEqual(values(q), ["a", "b", "c"]);
+  assertLinks(q);
+});

@@ -1,0 +1,70 @@
+/**
+ * The hub's queue under churn and abuse: queue timeouts and FIFO order
+ * across retries, and what the hub holds after consumers and workers
+ * misbehave. Workers here are in-memory connections given to a `Hub`, or
+ * raw sockets, so each step happens exactly when the test says; nothing
+ * asserts on how long anything took, only on order and counts.
+ */
+
+import assert from "node:assert/strict";
+import { Hub } from "../hub.ts";
+import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
+import { waitFor } from "./_wait.ts";
+
+const NOT_STARTED = "HTTP/1.1 408 Request Timeout\r\n" +
+  "X-Pothead-Not-Started: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+/** Reads from `conn` until a blank line; returns what it read. */
+async function readHead(conn: MemConn): Promise<string> {
+  let got = "";
+  const buf = new Uint8Array(4096);
+  while (!got.includes("\r\n\r\n")) {
+    const n = await conn.read(buf);
+    if (n === null) throw new Error(`Cannot read a head: ended after ${got}`);
+    got += text(buf.subarray(0, n));
+  }
+  return got;
+}
+
+Deno.test("a declined request put back in the queue does not hold back the queue timeout of an older one", async () => {
+  // "slow" arrives first but its small body takes a while, so it joins the
+  // queue while "fast", which arrived later, is at a worker. The worker
+  // declines "fast" and leaves; with no worker left both time out, "slow"
+  // first: its deadline is 300 ms earlier.
+  const hub = new Hub({ queueTimeout: 2000, handshakeWait: 0 });
+  const [hubEnd, worker] = memPair();
+  try {
+    hub.addWorker(hubEnd, "w");
+    await waitFor(() => hub.stats.idle === 1, "worker idle");
+    let send!: ReadableStreamDefaultController<Uint8Array>;
+    const body = new ReadableStream<Uint8Array>({ start: (c) => send = c });
+    const settled: string[] = [];
+    const slow = hub.fetch(
+      new Request("http://hub/slow", {
+        method: "POST",
+        headers: { "content-length": "2" },
+        body,
+      }),
+    ).then((r) => (settled.push("slow"), r));
+    await new Promise((r) => setTimeout(r, 300));
+    const fast = hub.fetch(new Request("http://hub/fast"))
+      .then((r) => (settled.push("fast"), r));
+    assert.match(await readHead(worker), /^GET \/fast /);
+    send.enqueue(bytes("ok"));
+    send.close();
+    await waitFor(() => hub.stats.queued === 1, "slow queued");
+    await worker.write(bytes(NOT_STARTED));
+    worker.close();
+    await waitFor(() => hub.stats.queued === 2, "fast back in the queue");
+    const [s, f] = await Promise.all([slow, fast]);
+    await s.body?.cancel();
+    await f.body?.cancel();
+    assert.equal(s.status, 503);
+    assert.equal(f.status, 503);
+    assert.deepEqual(settled, ["slow", "fast"]);
+    assert.equal(hub.stats.queued, 0);
+  } finally {
+    worker.close();
+    await hub.shutdown(0);
+  }
+});
