@@ -588,8 +588,16 @@ export class HubMetrics {
    */
   sample(stats: HubStats): void {
     const sec = Math.floor(this.#now() / 1000);
-    for (const [name, g] of poolGauges(stats)) {
-      this.#pool(name).series.sample(sec, g);
+    const gauges = poolGauges(stats);
+    this.#forget(gauges);
+    for (const [name, g] of gauges) this.#pool(name).series.sample(sec, g);
+  }
+
+  // Drops the pools the hub no longer reports that never had a request (a
+  // pool only its workers named goes with them): names must not pile up.
+  #forget(gauges: Map<string, PoolGauges>): void {
+    for (const [name, p] of this.#pools) {
+      if (!gauges.has(name) && p.requests.size === 0) this.#pools.delete(name);
     }
   }
 
@@ -606,6 +614,7 @@ export class HubMetrics {
     seconds: number = this.#seriesSeconds,
   ): PoolStatus[] {
     const gauges = poolGauges(stats);
+    this.#forget(gauges);
     const now = this.#now();
     const sec = Math.floor(now / 1000);
     const elapsed = (now - this.startedAt) / 1000;
@@ -683,6 +692,7 @@ export class HubMetrics {
    */
   render(stats: HubStats): string {
     const gauges = poolGauges(stats);
+    this.#forget(gauges);
     for (const name of gauges.keys()) this.#pool(name);
     const pools = [...this.#pools];
     const out: string[] = [];

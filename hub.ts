@@ -605,6 +605,10 @@ export class Hub {
   #log: (record: HubLogRecord) => void;
   #onAccess: ((record: AccessRecord) => void) | undefined;
   #pools = new Map<string, Pool>();
+  // Pools the options name (and the default): kept when they have no
+  // worker. Any other pool is one only workers named, which no request can
+  // reach, and it goes with its last worker.
+  #namedPools = new Set<string>([DEFAULT_POOL]);
   #slots = new Set<WorkerSlot>();
   #busy = new Set<WorkerSlot>();
   // Slots the worker parked: attached, but taking no request until it says.
@@ -719,6 +723,10 @@ export class Hub {
     }
     this.#log = options.onLog ?? (() => {});
     this.#onAccess = options.onAccess;
+    for (const r of this.#routes) this.#namedPools.add(r.pool);
+    for (const name of Object.keys(this.#poolOptions)) {
+      this.#namedPools.add(name);
+    }
     this.#pool(DEFAULT_POOL);
     for (const r of this.#routes) this.#pool(r.pool);
   }
@@ -1153,6 +1161,13 @@ export class Hub {
     group.slots--;
     pool.slots--;
     if (group.slots === 0) pool.groups.delete(group.key);
+    if (
+      pool.slots === 0 && pool.queue.size === 0 &&
+      !this.#namedPools.has(pool.name)
+    ) {
+      // Without tokens anyone can name a pool: made-up names must not pile up.
+      this.#pools.delete(pool.name);
+    }
     return group;
   }
 

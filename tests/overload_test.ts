@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import { Hub } from "../hub.ts";
+import { HubMetrics } from "../_metrics.ts";
 import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
 import { waitFor } from "./_wait.ts";
 
@@ -65,6 +66,53 @@ Deno.test("a declined request put back in the queue does not hold back the queue
     assert.equal(hub.stats.queued, 0);
   } finally {
     worker.close();
+    await hub.shutdown(0);
+  }
+});
+
+Deno.test("a pool that only its workers named goes with its last worker, in the stats and the metrics", async () => {
+  // Without tokens anyone may connect to the worker port and name a pool:
+  // made-up names must not pile up (each cost the metrics a 300 s history).
+  const hub = new Hub({
+    routes: [{ pathPrefix: "/img/", pool: "images" }],
+    pools: { batch: { maxQueue: 5 } },
+  });
+  const metrics = new HubMetrics();
+  const names = [
+    "images",
+    "batch",
+    ...Array.from({ length: 20 }, (_, i) => `made-up-${i}`),
+  ];
+  const ends: MemConn[] = [];
+  try {
+    for (const [i, pool] of names.entries()) {
+      const [hubEnd, worker] = memPair();
+      ends.push(worker);
+      hub.addWorker(hubEnd, `10.0.0.${i}:1000`);
+      await worker.write(
+        bytes(
+          "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: ptth\r\n" +
+            `Connection: Upgrade\r\nPothead-Pool: ${pool}\r\n\r\n`,
+        ),
+      );
+      assert.match(await readHead(worker), /^HTTP\/1\.1 101 /);
+    }
+    await waitFor(() => hub.stats.idle === names.length, "every slot idle");
+    metrics.sample(hub.stats);
+    assert.equal(hub.stats.pools.length, names.length + 1);
+    for (const w of ends) w.close();
+    await waitFor(() => hub.stats.slots === 0, "every slot gone");
+    // The default pool, the routed one and the configured one stay.
+    const kept = ["batch", "default", "images"];
+    assert.deepEqual(hub.stats.pools.map((p) => p.name).sort(), kept);
+    metrics.sample(hub.stats);
+    assert.deepEqual(
+      metrics.status(hub.stats).map((p) => p.name).sort(),
+      kept,
+    );
+    assert.doesNotMatch(metrics.render(hub.stats), /made-up/);
+  } finally {
+    for (const w of ends) w.close();
     await hub.shutdown(0);
   }
 });
