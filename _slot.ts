@@ -703,12 +703,10 @@ export class WorkerSlot {
     if (head.status === 205 && body instanceof ReadableStream) {
       // A 205 has no content (RFC 9110 §15.3.6): one a worker sent anyway is
       // read off before the answer goes on, so the exchange ends with it
-      // and the connection stays usable.
-      try {
-        await body.pipeTo(new WritableStream());
-      } catch (error) {
-        throw this.#closeReason ?? error;
-      }
+      // and the connection stays usable. One cut short has been reported
+      // to `onEnd` and closed the connection; the 205 still stands (it has
+      // no content), so the request is answered and counted once.
+      await body.pipeTo(new WritableStream()).catch(() => {});
       body = null;
     }
     return {

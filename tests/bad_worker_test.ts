@@ -7,7 +7,12 @@
  */
 
 import assert from "node:assert/strict";
-import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
+import {
+  type AccessRecord,
+  type HubServer,
+  serveHub,
+  type ServeHubOptions,
+} from "../hub.ts";
 import type { WorkerHandle } from "../worker.ts";
 import { deadline, latin1Bytes, RawSocket, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
@@ -687,5 +692,25 @@ Deno.test("a 205 sent with a chunked body reaches the consumer without it, and t
     assert.equal(await (await second).text(), "ok");
     assert.equal(ctx.server.hub.stats.failed, 0);
     assert.equal(ctx.server.hub.stats.slots, 1);
+  });
+});
+
+Deno.test("a 205 whose body the worker cuts is counted once: one access record, one failure", async () => {
+  const records: AccessRecord[] = [];
+  await withHub({ onAccess: (r) => records.push(r) }, async (ctx) => {
+    const w = await ctx.fake();
+    const res = fetch(`${ctx.url}/reset`, { client: ctx.client });
+    await w.readHead();
+    await w.write(
+      "HTTP/1.1 205 Reset Content\r\ntransfer-encoding: chunked\r\n\r\n" +
+        "5\r\nhello\r\n",
+    );
+    w.close();
+    const got = await res;
+    await got.body?.cancel();
+    await waitFor(() => ctx.server.hub.stats.slots === 0, "fake worker gone");
+    assert.equal(records.length, 1, JSON.stringify(records));
+    assert.equal(records[0].status, got.status);
+    assert.equal(ctx.server.hub.stats.failed, 1);
   });
 });
