@@ -38,7 +38,7 @@ Options (each also as the environment variable in brackets):
                            0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)
   --body-idle-timeout T    longest pause in a worker's response body, then the
                            body is cut; 0 = forever [POTHEAD_BODY_IDLE_TIMEOUT] (120s)
-  --upload-idle-timeout T  longest pause in a consumer's streamed upload, then 408;
+  --upload-idle-timeout T  longest pause in a consumer's request body, then 408;
                            0 = forever [POTHEAD_UPLOAD_IDLE_TIMEOUT] (60s)
   --max-head-size N        largest response head from a worker, bytes
                            [POTHEAD_MAX_HEAD_SIZE] (65536)

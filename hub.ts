@@ -166,7 +166,9 @@ export interface HubOptions {
   /**
    * Milliseconds a streamed upload may go without a byte from the consumer
    * while a worker waits for it; 0 for no limit. The consumer gets a 408
-   * (or its response is cut) and the worker connection is closed.
+   * (or its response is cut) and the worker connection is closed. A small
+   * body read before the request queues (`bufferRequestBody`) has the same
+   * limit: 408, and the request never queues.
    * @default {60000}
    */
   uploadIdleTimeout?: number;
@@ -441,6 +443,59 @@ function consumerGone(error: unknown): boolean {
   return error instanceof e.BadResource || error instanceof e.ConnectionReset ||
     error instanceof e.UnexpectedEof || error instanceof e.Interrupted ||
     error instanceof e.BrokenPipe;
+}
+
+// A small body's consumer that sent no byte for the upload idle timeout.
+class UploadStalled extends Error {}
+
+// Reads a small body whole. No byte for `idle` ms (0: no limit) cancels it:
+// a consumer that stops sending must not hold its request, unseen in any
+// gauge, before it even queues.
+async function bytesUnlessStalled(
+  body: ReadableStream<Uint8Array>,
+  idle: number,
+): Promise<Uint8Array> {
+  const reader = body.getReader();
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  let last = performance.now();
+  let stalled: UploadStalled | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const watch = () => {
+    const left = last + idle - performance.now();
+    if (left > 0) {
+      timer = setTimeout(watch, left);
+      return;
+    }
+    stalled = new UploadStalled(
+      `Consumer sent no request body byte for ${idle} ms`,
+    );
+    reader.cancel(stalled).catch(() => {});
+  };
+  if (idle > 0) timer = setTimeout(watch, idle);
+  try {
+    while (true) {
+      const { done, value } = await reader.read();
+      // A cancelled read ends as if the body had.
+      if (stalled !== undefined) throw stalled;
+      if (done) break;
+      parts.push(value);
+      size += value.length;
+      last = performance.now();
+    }
+  } catch (error) {
+    throw stalled ?? error;
+  } finally {
+    clearTimeout(timer);
+  }
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
 }
 
 // A body stream that may turn out empty: null if it ends before its first
@@ -1269,7 +1324,7 @@ export class Hub {
         return promise;
       }
       const read = length >= 0 && length <= this.#opts.bufferRequestBody
-        ? () => req.bytes()
+        ? () => bytesUnlessStalled(req.body!, this.#opts.uploadIdleTimeout)
         : length < 0 && !req.headers.has("transfer-encoding")
         // Declares no body: over HTTP/1.1 it has none, yet Deno.serve gives
         // it an (empty) stream; over HTTP/2 one may follow.
@@ -1321,7 +1376,9 @@ export class Hub {
       if (this.#closing) {
         this.#fail(p, "shutting-down", 503, "hub is shutting down");
       } else if (p.req.signal.aborted) this.#gone(p);
-      else if (consumerGone(error)) {
+      else if (error instanceof UploadStalled) {
+        this.#fail(p, "upload-timeout", 408, error.message);
+      } else if (consumerGone(error)) {
         // Gone, or it only stopped sending (a half-close looks the same):
         // abandoned, but answered in case it still reads.
         this.#stats.abandoned++;

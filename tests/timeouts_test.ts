@@ -424,3 +424,45 @@ Deno.test("a worker's head timeout names that worker in the access record", asyn
     },
   );
 });
+
+Deno.test("uploadIdleTimeout: a consumer that stalls in the middle of a small body gets 408 before it queues, and the hub holds nothing for it", async () => {
+  const records: AccessRecord[] = [];
+  await withHub(
+    { uploadIdleTimeout: 1000, onAccess: (r) => records.push(r) },
+    async (ctx) => {
+      const consumer = await RawSocket.connect(ctx.server.addr.port);
+      ctx.raws.push(consumer);
+      await consumer.write(
+        "POST /small HTTP/1.1\r\nHost: hub\r\nContent-Length: 10\r\n\r\nabc",
+      );
+      // ...and nothing more. No worker: the request never gets that far.
+      const msg = await consumer.readMessage();
+      assert.equal(msg?.status, 408);
+      assert.equal(
+        dec.decode(msg?.body),
+        "408 Request Timeout: Consumer sent no request body byte for 1000 ms\n",
+      );
+      assert.equal(records.length, 1);
+      assert.equal(records[0].outcome, "upload-timeout");
+      const s = ctx.server.hub.stats;
+      assert.equal(s.queued, 0);
+      assert.equal(s.failed, 0);
+      // A steady small body, slower than the limit in total, still passes.
+      ctx.workers.push(connectWorker(async (req) => {
+        return new Response(`got ${(await req.text()).length}`);
+      }, { port: ctx.server.workerAddr.port, minBackoff: 10 }));
+      const steady = await RawSocket.connect(ctx.server.addr.port);
+      ctx.raws.push(steady);
+      await steady.write(
+        "POST /small HTTP/1.1\r\nHost: hub\r\nContent-Length: 15\r\n\r\n",
+      );
+      for (let i = 0; i < 15; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        await steady.write("a");
+      }
+      const ok = await steady.readMessage();
+      assert.equal(ok?.status, 200);
+      assert.equal(dec.decode(ok?.body), "got 15");
+    },
+  );
+});
