@@ -1953,11 +1953,24 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       // The worker listener stays open meanwhile: workers that reconnect
       // help drain the queue.
       const serving = server.shutdown();
-      await hub.shutdown(options.shutdownGrace ?? 30_000);
+      const grace = options.shutdownGrace ?? 30_000;
+      const deadline = performance.now() + grace;
+      await hub.shutdown(grace);
       try {
         listener.close();
       } catch {
         // already closed
+      }
+      // Responses read ahead of slow consumers (responseBuffer) may still
+      // be going out from memory or disk: they get the rest of the grace.
+      const held = () => {
+        const { responseBuffered, responseSpilled } = hub.stats;
+        return responseBuffered + responseSpilled;
+      };
+      let done = false;
+      serving.finally(() => done = true);
+      while (!done && held() > 0 && performance.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
       }
       // Every request has its answer by now; what Deno.serve still waits
       // for is flushing them, or a consumer that never finishes a request

@@ -272,3 +272,31 @@ Deno.test("responseSpillDir must be an existing directory", () => {
       /nonexistent/.test(e.message),
   );
 });
+
+Deno.test("shutdown gives a response read ahead of a slow consumer the rest of the grace to go out", async () => {
+  const t = setup({ responseBuffer: 64 * 1024 * 1024, shutdownGrace: 20_000 });
+  let big: Response | undefined;
+  let stopped = false;
+  let stopping: Promise<void> | undefined;
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "1 idle slot");
+    big = await deadline(fetch(t.url("/big")), HANG_GUARD, "the big head");
+    await waitFor(() => t.server.hub.stats.idle === 1, "the slot idle again");
+    t.worker.close();
+    await t.worker.finished;
+    stopping = t.server.shutdown().then(() => {
+      stopped = true;
+    });
+    // Longer than the one second serveHub gives the consumer side once
+    // the hub has nothing in progress: the download is not over yet.
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(stopped, false, "shutdown waited for the download");
+    const got = await deadline(digest(big.body!), HANG_GUARD, "the big body");
+    assert.equal(got.sha256, expectedDigest());
+    await deadline(stopping, HANG_GUARD, "shutdown after the download");
+  } finally {
+    await big?.body?.cancel().catch(() => {});
+    await stopping;
+    await t.server.shutdown();
+  }
+});
