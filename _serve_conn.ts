@@ -514,10 +514,24 @@ async function serveOne(
   const { promise: completed, resolve: complete } = Promise.withResolvers<
     void
   >();
-  const response = await callHandler(options.handler, request, {
+  let response = await callHandler(options.handler, request, {
     remoteAddr: clientAddr(head, options.peer),
     completed,
   }, options.onError);
+  if (response.bodyUsed || response.body?.locked) {
+    // Refused before the head goes out, as Deno.serve does: a 500, and the
+    // connection stays. (Not in callHandler: reading `body` there would
+    // cost Deno.serve its fast path for a string body.)
+    options.onError(
+      new TypeError(
+        `Cannot send the handler's response: its body is already ${
+          response.bodyUsed ? "read" : "locked"
+        }`,
+      ),
+      "handler",
+    );
+    response = internalError();
+  }
 
   let reuse = keepAlive(head.minor, fields.connection) &&
     !options.drain.aborted && !last && !asksToClose(response.headers);

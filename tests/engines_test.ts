@@ -204,3 +204,26 @@ Deno.test(`[${ENGINE}] a response body that begins like a 100 Continue goes thro
     await server.shutdown();
   }
 });
+
+Deno.test(`[${ENGINE}] a response whose body was already read or is locked gives a 500, once, and the connection stays`, async () => {
+  let runs = 0;
+  await withWorker(async (req) => {
+    runs++;
+    const res = new Response("body");
+    if (new URL(req.url).pathname === "/used") await res.text();
+    else res.body!.getReader();
+    return res;
+  }, async ({ url, connects, errors }) => {
+    for (const path of ["/used", "/locked"]) {
+      const res = await deadline(fetch(url + path), 10_000, path);
+      assert.equal(res.status, 500, path);
+      assert.equal(res.headers.get("x-pothead-error"), null, path);
+      await res.body?.cancel();
+    }
+    // Run once each (a GET the worker dropped unanswered would be resent).
+    assert.equal(runs, 2);
+    assert.equal(connects(), 1);
+    assert.equal(errors.length, 2, errors.join("\n"));
+    assert.match(errors[0], /^handler: .*body/);
+  });
+});
