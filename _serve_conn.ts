@@ -392,6 +392,26 @@ export async function callHandler(
   }
 }
 
+// Deno marks a response whose body fetch() decoded (gzip, br…) on its
+// internal record; Deno.serve then leaves out the Content-Encoding and
+// Content-Length, which describe the bytes on the wire, not the body. The
+// record is found by its slot's name; without it, nothing is left out.
+const INNER_RESPONSE = Object.getOwnPropertySymbols(new Response()).find(
+  (s) => s.description === "response",
+);
+
+/**
+ * Whether `res` is a `fetch` response whose body was decoded: its
+ * Content-Encoding and Content-Length fields do not describe its body, and
+ * `Deno.serve` does not send them.
+ */
+export function decodedByFetch(res: Response): boolean {
+  if (INNER_RESPONSE === undefined) return false;
+  const inner = (res as unknown as Record<symbol, unknown>)[INNER_RESPONSE];
+  return typeof inner === "object" && inner !== null &&
+    (inner as { bodyDecoded?: unknown }).bodyDecoded === true;
+}
+
 /** What either engine answers when the handler fails. */
 export function internalError(): Response {
   return new Response("500 Internal Server Error\n", {
@@ -607,7 +627,12 @@ async function writeResponse(
   connection: string | null,
 ): Promise<void> {
   const status = res.status;
-  const all = fieldPairs(res.headers);
+  let all = fieldPairs(res.headers);
+  if (decodedByFetch(res)) {
+    all = all.filter(([n]) =>
+      n !== "content-encoding" && n !== "content-length"
+    );
+  }
   const fields = endToEnd(all);
   if (connection !== null) fields.push(["connection", connection]);
   const start = `HTTP/1.1 ${status} ${res.statusText || reasonPhrase(status)}`;

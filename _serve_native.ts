@@ -24,6 +24,7 @@ import { PARK_DISCARD, PARK_OPTION, WAIT_FIELD } from "./_park.ts";
 import { PING_FIELD } from "./_ping.ts";
 import {
   callHandler,
+  decodedByFetch,
   type FetchHandler,
   forwardedAddr,
   internalError,
@@ -541,7 +542,8 @@ function notStarted(): Response {
 }
 
 // A `Connection` field on a response, copying it if its headers are
-// immutable (a `fetch` response, `Response.redirect`).
+// immutable (a `fetch` response, `Response.redirect`). The copy of a body
+// that fetch decoded leaves out the fields Deno.serve would have.
 function withConnection(res: Response, value: string): Response {
   try {
     res.headers.set("connection", value);
@@ -549,6 +551,10 @@ function withConnection(res: Response, value: string): Response {
   } catch {
     const headers = new Headers(res.headers);
     headers.set("connection", value);
+    if (decodedByFetch(res)) {
+      headers.delete("content-encoding");
+      headers.delete("content-length");
+    }
     return new Response(res.body, {
       status: res.status,
       statusText: res.statusText,

@@ -227,3 +227,77 @@ Deno.test(`[${ENGINE}] a response whose body was already read or is locked gives
     assert.match(errors[0], /^handler: .*body/);
   });
 });
+
+Deno.test(`[${ENGINE}] a handler that returns fetch()'s response for a gzip upstream sends the decoded body without its Content-Encoding and Content-Length`, async () => {
+  const text = "hello gzip world\n".repeat(200);
+  const gzip = new Uint8Array(
+    await new Response(
+      new Blob([text]).stream().pipeThrough(new CompressionStream("gzip")),
+    ).arrayBuffer(),
+  );
+  const upstream = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () =>
+      new Response(gzip, {
+        headers: {
+          "content-encoding": "gzip",
+          "content-type": "text/plain",
+          "set-cookie": "a=1",
+        },
+      }),
+  );
+  const origin = `http://127.0.0.1:${upstream.addr.port}`;
+  try {
+    // Without and with a gate: then every response goes with
+    // `Connection: close`, which the runner adds to a copy of it.
+    for (const gate of [undefined, () => Promise.resolve()]) {
+      const server = startHub();
+      const worker = connectWorker((req) =>
+        // `/raw`: fetch does not decode when asked for no coding.
+        new URL(req.url).pathname === "/raw"
+          ? fetch(origin, { headers: { "accept-encoding": "identity" } })
+          : fetch(origin), {
+        hostname: "127.0.0.1",
+        port: server.workerAddr.port,
+        minBackoff: 10,
+        maxBackoff: 100,
+        gate,
+      });
+      try {
+        await waitFor(() => server.hub.stats.idle >= 1, "the worker's slot");
+        const res = await deadline(
+          // Not decoded again here: the consumer asks for no coding.
+          fetch(`http://127.0.0.1:${server.addr.port}/`, {
+            headers: { "accept-encoding": "identity" },
+          }),
+          10_000,
+          "the response",
+        );
+        const what = gate ? "with a gate" : "without a gate";
+        assert.equal(res.status, 200, what);
+        assert.equal(res.headers.get("content-encoding"), null, what);
+        assert.equal(res.headers.get("set-cookie"), "a=1", what);
+        assert.equal(
+          await deadline(res.text(), 10_000, "the body"),
+          text,
+          what,
+        );
+        const raw = await deadline(
+          fetch(`http://127.0.0.1:${server.addr.port}/raw`, {
+            headers: { "accept-encoding": "identity" },
+          }),
+          10_000,
+          "the raw response",
+        );
+        assert.equal(raw.headers.get("content-encoding"), "gzip", what);
+        assert.deepEqual(new Uint8Array(await raw.arrayBuffer()), gzip, what);
+      } finally {
+        worker.close();
+        await worker.finished;
+        await server.shutdown();
+      }
+    }
+  } finally {
+    await upstream.shutdown();
+  }
+});
