@@ -12,13 +12,12 @@ import {
   framingFields,
   type HeadLimits,
   keepAlive,
-  LAST_CHUNK,
   parseRequestHead,
   reasonPhrase,
   requestFraming,
   type RequestHead,
 } from "./_codec.ts";
-import { bodyStream, writeBody } from "./_body.ts";
+import { bodyStream, writeBody, type WriteFraming } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import {
   asksToClose,
@@ -659,87 +658,68 @@ async function writeResponse(
   }
   const reader = res.body.getReader();
   try {
-    if (length >= 0) {
-      fields.push(["content-length", String(length)]);
-      // A first chunk that is already there goes out in the same write as
-      // the head: a small response is one segment, so the hub wakes once.
-      // A slow body does not hold the head back.
-      const first = length > 0 ? await readSoon(reader) : undefined;
-      const ready = first !== undefined && "result" in first
-        ? first.result
-        : undefined;
-      const chunk = ready?.done === false ? ready.value : undefined;
-      if (
-        chunk !== undefined && chunk.length <= length &&
-        chunk.length <= COALESCE_MAX
-      ) {
-        const { buf, length: n } = encodeHead(start, fields, chunk.length);
-        buf.set(chunk, n);
-        await writeAll(conn, buf);
-        await writeBody(
-          conn,
-          reader,
-          { kind: "length", length },
-          undefined,
-          chunk.length,
-        );
-        return;
-      }
-      const { buf, length: n } = encodeHead(start, fields);
-      await writeAll(conn, buf.subarray(0, n));
-      let rest = chunk;
-      if (first !== undefined && "pending" in first) {
-        const later = await first.pending;
-        rest = later.done ? undefined : later.value;
-      }
-      await writeBody(conn, reader, { kind: "length", length }, rest);
-      return;
-    }
-    // Unknown length: if the body turns out to be one chunk that is already
-    // there (a string or bytes), send it with Content-Length; otherwise send
-    // chunked and flush each chunk at once (server-sent events).
+    // A body that is all there already (a string or bytes: one chunk, then
+    // the end) goes with its own length in one write, as Deno.serve sends
+    // it, whatever Content-Length the handler gave (one copied from another
+    // response, whose body the handler rewrote, is stale).
     const soon = await readSoon(reader);
-    if ("pending" in soon) {
-      // Nothing to send yet (an event stream, a long poll): the head goes
-      // now, as Deno.serve sends it, so the consumer sees the response.
-      fields.push(["transfer-encoding", "chunked"]);
-      const { buf, length: n } = encodeHead(start, fields);
-      await writeAll(conn, buf.subarray(0, n));
-      const later = await soon.pending;
-      await writeBody(
-        conn,
-        reader,
-        { kind: "chunked" },
-        later.done ? undefined : later.value,
-      );
+    let first: Uint8Array | undefined;
+    // The read after `first` (or the first read), still to be written.
+    let next: Promise<ReadableStreamReadResult<Uint8Array>> | undefined;
+    let whole = false;
+    if ("pending" in soon) next = soon.pending;
+    else if (soon.result.done) whole = true;
+    else {
+      first = soon.result.value;
+      const after = await readSoon(reader);
+      if ("pending" in after) next = after.pending;
+      else if (after.result.done) whole = true;
+      else next = Promise.resolve(after.result);
+    }
+    if (whole) {
+      const size = first?.length ?? 0;
+      fields.push(["content-length", String(size)]);
+      const { buf, length: n } = encodeHead(start, fields, size);
+      if (first !== undefined) buf.set(first, n);
+      await writeAll(conn, buf.subarray(0, n + size));
       return;
     }
-    const first = soon.result;
-    if (first.done) {
-      fields.push(["content-length", "0"]);
-      const { buf, length: n } = encodeHead(start, fields);
-      await writeAll(conn, buf.subarray(0, n));
-      return;
-    }
-    const next = await readSoon(reader);
-    if ("result" in next && next.result.done) {
-      fields.push(["content-length", String(first.value.length)]);
-      const { buf, length: n } = encodeHead(start, fields, first.value.length);
-      buf.set(first.value, n);
-      await writeAll(conn, buf);
-      return;
-    }
-    fields.push(["transfer-encoding", "chunked"]);
-    const chunk = encodeChunk(first.value);
-    const { buf, length: n } = encodeHead(start, fields, chunk.length);
-    buf.set(chunk, n);
-    await writeAll(conn, buf);
-    const second = "result" in next ? next.result : await next.pending;
-    if (second.done) {
-      await writeAll(conn, LAST_CHUNK);
-    } else {
-      await writeBody(conn, reader, { kind: "chunked" }, second.value);
-    }
+    const rest = {
+      read() {
+        const read = next ?? reader.read();
+        next = undefined;
+        return read;
+      },
+    };
+    // Otherwise a stream: by the declared length, else chunked with each
+    // chunk flushed at once (server-sent events). A first chunk that is
+    // already there goes out in the same write as the head (a small
+    // response is one segment, so the hub wakes once); with none there yet
+    // (an event stream, a long poll) the head goes now, as Deno.serve sends
+    // it, so the consumer sees the response.
+    const framing: WriteFraming = length >= 0
+      ? { kind: "length", length }
+      : { kind: "chunked" };
+    if (length >= 0) fields.push(["content-length", String(length)]);
+    else fields.push(["transfer-encoding", "chunked"]);
+    const coalesce = first === undefined
+      ? undefined
+      : length < 0
+      ? encodeChunk(first)
+      : first.length <= length && first.length <= COALESCE_MAX
+      ? first
+      : undefined;
+    const extra = coalesce?.length ?? 0;
+    const { buf, length: n } = encodeHead(start, fields, extra);
+    if (coalesce !== undefined) buf.set(coalesce, n);
+    await writeAll(conn, buf.subarray(0, n + extra));
+    await writeBody(
+      conn,
+      rest,
+      framing,
+      coalesce === undefined ? first : undefined,
+      coalesce === undefined || length < 0 ? 0 : first!.length,
+    );
   } catch (error) {
     reader.cancel(error).catch(() => {});
     throw error;

@@ -301,3 +301,27 @@ Deno.test(`[${ENGINE}] a handler that returns fetch()'s response for a gzip upst
     await upstream.shutdown();
   }
 });
+
+Deno.test(`[${ENGINE}] a string body goes with its own length whatever Content-Length the handler copied`, async () => {
+  // As when a handler rewrites a fetched body and passes the upstream's
+  // headers on: Deno.serve sends a body it has whole with its real length.
+  await withWorker(
+    (req) =>
+      new Response("plain body", {
+        headers: { "content-length": new URL(req.url).searchParams.get("cl")! },
+      }),
+    async ({ url, connects, errors }) => {
+      for (const cl of ["3", "30", "0"]) {
+        const res = await deadline(fetch(`${url}/?cl=${cl}`), 10_000, cl);
+        assert.equal(res.status, 200, cl);
+        assert.equal(res.headers.get("content-length"), "10", cl);
+        assert.equal(
+          await deadline(res.text(), 10_000, "the body"),
+          "plain body",
+        );
+      }
+      assert.equal(connects(), 1);
+      assert.deepEqual(errors, []);
+    },
+  );
+});

@@ -63,9 +63,19 @@ Deno.test("a slow body with Content-Length does not hold the head back", async (
   assert.equal(text(conn.written).split("\r\n\r\n")[1], "late");
 });
 
-Deno.test("a body shorter than its Content-Length ends the connection with an error", async () => {
+Deno.test("a streamed body shorter than its Content-Length ends the connection with an error", async () => {
+  // (A body that is all there, a string, goes with its own length.)
   const { conn, errors } = await serve(() =>
-    new Response("abc", { headers: { "content-length": "10" } })
+    new Response(
+      new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          await new Promise((r) => setTimeout(r, 1));
+          controller.enqueue(new TextEncoder().encode("abc"));
+          controller.close();
+        },
+      }),
+      { headers: { "content-length": "10" } },
+    )
   );
   assert.ok(conn.closed);
   assert.equal(errors.length, 1);
