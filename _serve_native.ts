@@ -332,8 +332,11 @@ export class NativeEngine {
       completed: info.completed,
     }, this.#onError);
     const after = options.reuse?.() ?? true;
+    // Deno.serve sends a 205 with no length and keeps the connection, which
+    // the hub must read as a body that lasts until the close (RFC 9112
+    // §6.3): closing after it ends that body at once.
     const close = last || options.drain.aborted || !after ||
-      asksToClose(response.headers);
+      response.status === 205 || asksToClose(response.headers);
     // Nothing after this request may start, even one already pipelined.
     if (close) link.stopped = true;
     const park = !close && after === "park" && link.parks;

@@ -325,3 +325,22 @@ Deno.test(`[${ENGINE}] a string body goes with its own length whatever Content-L
     },
   );
 });
+
+Deno.test(`[${ENGINE}] a 205 reaches the consumer at once and the worker takes the next request`, async () => {
+  // Deno.serve sends a 205 with no length on a kept connection, which the
+  // hub must read as a body that lasts until the close (RFC 9112 §6.3).
+  await withWorker(
+    (req) =>
+      new URL(req.url).pathname === "/reset"
+        ? new Response(null, { status: 205 })
+        : new Response("next"),
+    async ({ url, errors }) => {
+      const reset = await deadline(fetch(`${url}/reset`), 10_000, "the 205");
+      assert.equal(reset.status, 205);
+      assert.equal(await deadline(reset.text(), 10_000, "its end"), "");
+      const next = await deadline(fetch(`${url}/next`), 10_000, "the next");
+      assert.equal(await next.text(), "next");
+      assert.deepEqual(errors, []);
+    },
+  );
+});
