@@ -662,7 +662,7 @@ async function writeResponse(
     // the end) goes with its own length in one write, as Deno.serve sends
     // it, whatever Content-Length the handler gave (one copied from another
     // response, whose body the handler rewrote, is stale).
-    const soon = await readSoon(reader);
+    const soon = await readSoonData(reader);
     let first: Uint8Array | undefined;
     // The read after `first` (or the first read), still to be written.
     let next: Promise<ReadableStreamReadResult<Uint8Array>> | undefined;
@@ -671,7 +671,7 @@ async function writeResponse(
     else if (soon.result.done) whole = true;
     else {
       first = soon.result.value;
-      const after = await readSoon(reader);
+      const after = await readSoonData(reader);
       if ("pending" in after) next = after.pending;
       else if (after.result.done) whole = true;
       else next = Promise.resolve(after.result);
@@ -747,6 +747,21 @@ async function readyLength(
     return -1;
   } finally {
     reader.cancel().catch(() => {});
+  }
+}
+
+/**
+ * {@linkcode readSoon}, passing over empty chunks that are there: written
+ * as the first chunk of a chunked body, one would end it.
+ */
+async function readSoonData(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): ReturnType<typeof readSoon> {
+  while (true) {
+    const soon = await readSoon(reader);
+    if (
+      "pending" in soon || soon.result.done || soon.result.value.length > 0
+    ) return soon;
   }
 }
 

@@ -344,3 +344,30 @@ Deno.test(`[${ENGINE}] a 205 reaches the consumer at once and the worker takes t
     },
   );
 });
+
+Deno.test(`[${ENGINE}] a streamed body whose first chunk is empty arrives whole`, async () => {
+  await withWorker(
+    () =>
+      new Response(
+        new ReadableStream<Uint8Array>({
+          async pull(c) {
+            c.enqueue(new Uint8Array(0));
+            await new Promise((r) => setTimeout(r, 20));
+            c.enqueue(new TextEncoder().encode("after the empty one"));
+            c.close();
+          },
+        }),
+      ),
+    async ({ url, connects, errors }) => {
+      for (let i = 0; i < 2; i++) {
+        const res = await deadline(fetch(url), 10_000, "the response");
+        assert.equal(
+          await deadline(res.text(), 10_000, "the body"),
+          "after the empty one",
+        );
+      }
+      assert.equal(connects(), 1);
+      assert.deepEqual(errors, []);
+    },
+  );
+});
