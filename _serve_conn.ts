@@ -686,7 +686,7 @@ async function writeResponse(
     }
     const rest = {
       read() {
-        const read = next ?? reader.read();
+        const read = next ?? reader.read().then(asBytes);
         next = undefined;
         return read;
       },
@@ -751,17 +751,40 @@ async function readyLength(
 }
 
 /**
- * {@linkcode readSoon}, passing over empty chunks that are there: written
- * as the first chunk of a chunked body, one would end it.
+ * `result`, if its chunk is a `Uint8Array`; anything else is refused, as
+ * `Deno.serve` refuses it (a string written as it was went out as NUL
+ * bytes).
+ */
+function asBytes(
+  result: ReadableStreamReadResult<Uint8Array>,
+): ReadableStreamReadResult<Uint8Array> {
+  const value: unknown = result.value;
+  if (result.done || value instanceof Uint8Array) return result;
+  throw new TypeError(
+    `Cannot send the response body: a chunk is ${
+      describe(value)
+    }, expected a Uint8Array`,
+  );
+}
+
+/**
+ * {@linkcode readSoon}, refusing a chunk that is not bytes
+ * ({@linkcode asBytes}) and passing over empty chunks that are there:
+ * written as the first chunk of a chunked body, one would end it.
  */
 async function readSoonData(
   reader: ReadableStreamDefaultReader<Uint8Array>,
 ): ReturnType<typeof readSoon> {
   while (true) {
     const soon = await readSoon(reader);
-    if (
-      "pending" in soon || soon.result.done || soon.result.value.length > 0
-    ) return soon;
+    if ("pending" in soon) {
+      const pending = soon.pending.then(asBytes);
+      // Awaited only after the head is written: not an unhandled rejection.
+      pending.catch(() => {});
+      return { pending };
+    }
+    const result = asBytes(soon.result);
+    if (result.done || result.value.length > 0) return { result };
   }
 }
 

@@ -371,3 +371,26 @@ Deno.test(`[${ENGINE}] a streamed body whose first chunk is empty arrives whole`
     },
   );
 });
+
+Deno.test(`[${ENGINE}] a response body with a chunk that is not bytes never reaches the consumer as a success`, async () => {
+  // A common slip in event streams: enqueueing a string. Deno.serve refuses
+  // it; it must not go out as some other bytes.
+  await withWorker(
+    () =>
+      new Response(
+        new ReadableStream<string>({
+          pull(c) {
+            c.enqueue("data: a string\n\n");
+            c.close();
+          },
+        }) as unknown as ReadableStream<Uint8Array>,
+      ),
+    async ({ url, errors }) => {
+      const res = await deadline(fetch(url), 10_000, "the response");
+      if (res.status === 200) {
+        await assert.rejects(deadline(res.text(), 10_000, "the body"));
+      } else await res.body?.cancel();
+      assert.match(errors.join("\n"), /ArrayBufferView|Uint8Array/);
+    },
+  );
+});
