@@ -554,13 +554,18 @@ async function serveOne(
 
   let reuse = keepAlive(head.minor, fields.connection) &&
     !options.drain.aborted && !last && !asksToClose(response.headers);
+  const connection = reuse ? park ? PARK_OPTION : null : "close";
   try {
-    await writeResponse(
-      conn,
-      head.method,
-      response,
-      reuse ? park ? PARK_OPTION : null : "close",
-    );
+    try {
+      await writeResponse(conn, head.method, response, connection);
+    } catch (error) {
+      if (!(error instanceof Unsent)) throw error;
+      // The body failed before the head went out: a 500, as for a handler
+      // that throws (dropping the connection unanswered would make the hub
+      // run an idempotent request again elsewhere).
+      options.onError(error.cause, "handler");
+      await writeResponse(conn, head.method, internalError(), connection);
+    }
   } catch (error) {
     controller.abort(error);
     options.onError(error, "response");
@@ -576,6 +581,13 @@ async function serveOne(
     reuse = !body.locked && await discard(body, MAX_DISCARD);
   }
   return reuse && bodyDone ? "reuse" : "end";
+}
+
+/** A response body that failed before any byte of the response was written. */
+class Unsent extends Error {
+  constructor(cause: unknown) {
+    super("Cannot send the response: its body failed", { cause });
+  }
 }
 
 // Largest first body chunk copied next to the head for one write.
@@ -662,19 +674,23 @@ async function writeResponse(
     // the end) goes with its own length in one write, as Deno.serve sends
     // it, whatever Content-Length the handler gave (one copied from another
     // response, whose body the handler rewrote, is stale).
-    const soon = await readSoonData(reader);
     let first: Uint8Array | undefined;
     // The read after `first` (or the first read), still to be written.
     let next: Promise<ReadableStreamReadResult<Uint8Array>> | undefined;
     let whole = false;
-    if ("pending" in soon) next = soon.pending;
-    else if (soon.result.done) whole = true;
-    else {
-      first = soon.result.value;
-      const after = await readSoonData(reader);
-      if ("pending" in after) next = after.pending;
-      else if (after.result.done) whole = true;
-      else next = Promise.resolve(after.result);
+    try {
+      const soon = await readSoonData(reader);
+      if ("pending" in soon) next = soon.pending;
+      else if (soon.result.done) whole = true;
+      else {
+        first = soon.result.value;
+        const after = await readSoonData(reader);
+        if ("pending" in after) next = after.pending;
+        else if (after.result.done) whole = true;
+        else next = Promise.resolve(after.result);
+      }
+    } catch (error) {
+      throw new Unsent(error);
     }
     if (whole) {
       const size = first?.length ?? 0;

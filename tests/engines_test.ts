@@ -394,3 +394,34 @@ Deno.test(`[${ENGINE}] a response body with a chunk that is not bytes never reac
     },
   );
 });
+
+Deno.test(`[${ENGINE}] a response body that fails at once runs the handler once, and the worker serves the next request`, async () => {
+  let runs = 0;
+  await withWorker(
+    (req) => {
+      runs++;
+      if (new URL(req.url).pathname === "/ok") return new Response("ok");
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          pull(c) {
+            c.error(new Error("no body after all"));
+          },
+        }),
+      );
+    },
+    async ({ url, errors }) => {
+      const res = await deadline(fetch(url), 10_000, "the response");
+      if (res.status === 200) {
+        await assert.rejects(deadline(res.text(), 10_000, "the body"));
+      } else {
+        assert.equal(res.status, 500);
+        await res.body?.cancel();
+      }
+      // A GET the worker dropped unanswered would have been resent.
+      assert.equal(runs, 1);
+      assert.match(errors.join("\n"), /no body after all/);
+      const ok = await deadline(fetch(`${url}/ok`), 10_000, "the next");
+      assert.equal(await ok.text(), "ok");
+    },
+  );
+});

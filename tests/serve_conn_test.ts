@@ -145,9 +145,13 @@ Deno.test("a body stream that errors with no reason is reported as an error", as
   const { conn, errors } = await serve(() =>
     new Response(
       new ReadableStream<Uint8Array>({
-        pull(controller) {
+        async pull(controller) {
           if (step++ === 0) controller.enqueue(new Uint8Array([97]));
-          else controller.error(undefined);
+          else {
+            // After the head (one that fails before it gets a 500).
+            await new Promise((r) => setTimeout(r, 1));
+            controller.error(undefined);
+          }
         },
       }),
     )
