@@ -370,8 +370,9 @@ export function forwardedAddr(
 }
 
 /**
- * Runs `handler` the way both engines do: a throw, a rejection or anything
- * but a `Response` is reported to `onError` and answered with a 500.
+ * Runs `handler` the way both engines do: a throw, a rejection, anything
+ * but a `Response` or an error response (`Response.error()`) is reported to
+ * `onError` and answered with a 500.
  */
 export async function callHandler(
   handler: FetchHandler,
@@ -381,10 +382,18 @@ export async function callHandler(
 ): Promise<Response> {
   try {
     const response = await handler(request, info);
-    if (response instanceof Response) return response;
-    throw new TypeError(
-      `Handler returned ${describe(response)}, expected a Response`,
-    );
+    if (!(response instanceof Response)) {
+      throw new TypeError(
+        `Handler returned ${describe(response)}, expected a Response`,
+      );
+    }
+    // Refused as Deno.serve refuses it (its status 0 is no HTTP status).
+    if (response.type === "error") {
+      throw new TypeError(
+        "Handler returned an error response (Response.error())",
+      );
+    }
+    return response;
   } catch (error) {
     onError(error, "handler");
     return internalError();

@@ -425,3 +425,19 @@ Deno.test(`[${ENGINE}] a response body that fails at once runs the handler once,
     },
   );
 });
+
+Deno.test(`[${ENGINE}] a handler that returns Response.error() gives a 500, once`, async () => {
+  let runs = 0;
+  await withWorker(() => {
+    runs++;
+    return Response.error();
+  }, async ({ url, errors }) => {
+    const res = await deadline(fetch(url), 10_000, "the response");
+    assert.equal(res.status, 500);
+    assert.equal(res.headers.get("x-pothead-error"), null);
+    await res.body?.cancel();
+    assert.equal(runs, 1);
+    assert.equal(errors.length, 1, errors.join("\n"));
+    assert.match(errors[0], /^handler: .*error/i);
+  });
+});
