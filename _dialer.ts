@@ -66,7 +66,7 @@ export interface DialerOptions {
       acquire(queuedMs: () => number): boolean;
       release(): void;
       reuse(): boolean | "park";
-      wait(): Promise<boolean>;
+      wait(signal?: AbortSignal): Promise<boolean>;
       noPark(): void;
       heard(): void;
     },
@@ -487,7 +487,7 @@ export class Dialer {
           if (this.#o.gate !== undefined) link.spent = true;
           this.#reconcile();
         },
-        wait: () => {
+        wait: (signal) => {
           link.heardAt = performance.now();
           s.parks = true;
           link.parked = true;
@@ -495,6 +495,13 @@ export class Dialer {
           if (withdraw.aborted) resolve(false);
           else {
             link.wake = resolve;
+            // The engine stops waiting (to renew the parked connection):
+            // false, unless a permit woke it first.
+            signal?.addEventListener("abort", () => {
+              if (link.wake !== resolve) return;
+              link.wake = null;
+              resolve(false);
+            }, { once: true });
             this.#reconcile();
           }
           return promise;

@@ -26,6 +26,7 @@ import {
 } from "./_codec.ts";
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { PING_INTERVAL_FIELD, PING_OPTION_FIELD } from "./_ping.ts";
+import { RENEW_OPTION_FIELD } from "./_park.ts";
 
 /** What a worker declared in its handshake. */
 export interface WorkerIdentity {
@@ -39,6 +40,11 @@ export interface WorkerIdentity {
   protocol: string;
   /** It answers pings on idle connections (`Pothead-Ping: 1`; see `_ping.ts`). */
   ping: boolean;
+  /**
+   * It answers a renewing wait request on a parked connection in time
+   * (`Pothead-Park-Renew: 1`; see `_park.ts`).
+   */
+  renew?: boolean;
 }
 
 /** The pool plain workers and workers that name none serve. */
@@ -188,7 +194,8 @@ export function parseHandshake(head: RequestHead): WorkerIdentity {
     labels[k] = eq < 0 ? "" : pair.slice(eq + 1).trim();
   }
   const ping = field(head.headers, PING_OPTION_FIELD)?.trim() === "1";
-  return { id, pool, labels, protocol, ping };
+  const renew = field(head.headers, RENEW_OPTION_FIELD)?.trim() === "1";
+  return { id, pool, labels, protocol, ping, renew };
 }
 
 async function digest(text: string): Promise<Uint8Array> {
@@ -288,6 +295,8 @@ export interface HandshakeOptions {
   labels?: Record<string, string>;
   /** Says the worker answers pings (`Pothead-Ping: 1`). */
   ping?: boolean;
+  /** Says the worker renews parked connections (`Pothead-Park-Renew: 1`). */
+  renew?: boolean;
 }
 
 /** Encodes a worker's handshake request (draft-kazuho-ptth-ptth form). */
@@ -313,6 +322,7 @@ export function encodeHandshake(options: HandshakeOptions): Uint8Array {
     ]);
   }
   if (options.ping === true) fields.push([PING_OPTION_FIELD, "1"]);
+  if (options.renew === true) fields.push([RENEW_OPTION_FIELD, "1"]);
   const { buf, length } = encodeHead("GET / HTTP/1.1", fields);
   return buf.subarray(0, length);
 }

@@ -27,10 +27,14 @@ import {
   QUEUE_TIME_HEADER,
 } from "./_headers.ts";
 import {
+  holdWait,
   PARK_DISCARD,
   PARK_OPTION,
   PARKED_RESPONSE,
   READY_RESPONSE,
+  RENEW_FIELD,
+  renewTime,
+  STILL_PARKED_RESPONSE,
   WAIT_FIELD,
 } from "./_park.ts";
 import { PING_FIELD, PONG_RESPONSE } from "./_ping.ts";
@@ -89,9 +93,11 @@ export interface ServeConnectionOptions {
    * Parking (see `_park.ts`): called when the hub's wait request arrives on
    * a parked connection. Resolve true to offer the connection again (the
    * wait request is answered), false to give it back (the "not started" 408
-   * and close). Without it, connections are never parked.
+   * and close). `signal` aborts when the engine stops waiting (to renew the
+   * parked connection; resolve false then). Without it, connections are
+   * never parked.
    */
-  wait?: () => Promise<boolean>;
+  wait?: (signal?: AbortSignal) => Promise<boolean>;
   /**
    * Called when a hub answered a park with an ordinary request instead of
    * the wait request: it does not know parking. The request is then served
@@ -159,7 +165,14 @@ export async function serveConnection(
       if (parked) {
         parked = false;
         if (fieldValue(head.headers, WAIT_FIELD) !== null) {
-          if (!(await waitForPermit(conn, reader, options))) break;
+          const outcome = await waitForPermit(
+            conn,
+            reader,
+            options,
+            renewTime(fieldValue(head.headers, RENEW_FIELD)),
+          );
+          if (outcome === "back") break;
+          parked = outcome === "renew";
           continue;
         }
         parks = false;
@@ -246,22 +259,26 @@ export function queuedMs(value: string | null): number {
 }
 
 // Holds the hub's wait request until the worker offers the connection again
-// (answered with the 204), or gives it back (the 408, then close). Resolves
-// whether the connection goes on. The hub sends nothing meanwhile: bytes or
-// its close end the connection.
+// (answered with the 204), gives it back (the 408, then close), or
+// `renewMs` passes first (the parking 204: still parked). The hub sends
+// nothing meanwhile: bytes or its close end the connection.
 async function waitForPermit(
   conn: Connection,
   reader: BufferedReader,
   options: ServeConnectionOptions,
-): Promise<boolean> {
-  const hub = reader.fill().then(() => false, () => false);
-  const offer = await Promise.race([options.wait!(), hub]);
-  if (!offer || reader.buffered > 0 || reader.eof) {
+  renewMs: number,
+): Promise<"offer" | "renew" | "back"> {
+  const hub = reader.fill().then(() => {}, () => {});
+  const outcome = await holdWait(options.wait!, renewMs, hub);
+  if (outcome === "back" || reader.buffered > 0 || reader.eof) {
     await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
-    return false;
+    return "back";
   }
-  await writeAll(conn, READY_RESPONSE);
-  return true;
+  await writeAll(
+    conn,
+    outcome === "renew" ? STILL_PARKED_RESPONSE : READY_RESPONSE,
+  );
+  return outcome;
 }
 
 // Reads and drops the body of a request being declined, so the connection

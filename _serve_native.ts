@@ -20,7 +20,14 @@
 
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { asksToClose, QUEUE_TIME_HEADER } from "./_headers.ts";
-import { PARK_DISCARD, PARK_OPTION, WAIT_FIELD } from "./_park.ts";
+import {
+  holdWait,
+  PARK_DISCARD,
+  PARK_OPTION,
+  RENEW_FIELD,
+  renewTime,
+  WAIT_FIELD,
+} from "./_park.ts";
 import { PING_FIELD } from "./_ping.ts";
 import {
   callHandler,
@@ -358,18 +365,30 @@ export class NativeEngine {
 
   // Holds the hub's wait request until the worker offers the link again
   // (204), or gives it back (the 408, and the link ends). The hub closing
-  // the connection meanwhile aborts the request's signal.
+  // the connection meanwhile aborts the request's signal. A hub that asks
+  // for renewal gets the parking 204 in time if no permit came (_park.ts).
   async #wait(link: Link, req: Request): Promise<Response> {
     const signal = req.signal;
-    const gone = new Promise<false>((resolve) => {
-      if (signal.aborted) resolve(false);
-      signal.addEventListener("abort", () => resolve(false), { once: true });
+    const gone = new Promise<void>((resolve) => {
+      if (signal.aborted) resolve();
+      signal.addEventListener("abort", () => resolve(), { once: true });
     });
-    const offer = await Promise.race([link.options.wait!(), gone]);
-    if (!offer || link.stopped || link.options.drain.aborted) {
+    const outcome = await holdWait(
+      link.options.wait!,
+      renewTime(req.headers.get(RENEW_FIELD)),
+      gone,
+    );
+    if (outcome === "back" || link.stopped || link.options.drain.aborted) {
       link.announced = true;
       this.#end(link);
       return notStarted();
+    }
+    if (outcome === "renew") {
+      link.parked = true;
+      return new Response(null, {
+        status: 204,
+        headers: { connection: PARK_OPTION },
+      });
     }
     return new Response(null, { status: 204 });
   }

@@ -23,7 +23,7 @@ import { bodyStream, readFixed, writeBody } from "./_body.ts";
 import type { ReadAheadOptions } from "./_readahead.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import type { WorkerIdentity } from "./_handshake.ts";
-import { PARK_OPTION, WAIT_REQUEST } from "./_park.ts";
+import { PARK_OPTION, renewingWaitRequest, WAIT_REQUEST } from "./_park.ts";
 import { PING_REQUEST } from "./_ping.ts";
 
 /** Response header our worker runner puts on its "not started" 408. */
@@ -165,6 +165,12 @@ export interface SlotOptions {
    * connection.
    */
   onPark?: (slot: WorkerSlot) => void;
+  /**
+   * For workers that renew parked connections (their handshake says so):
+   * ask for an answer every `every` ms, and close the connection when none
+   * comes `timeout` ms after that.
+   */
+  parkRenew?: { every: number; timeout: number };
   /**
    * Milliseconds a response body may go without a byte from the worker
    * while the hub waits for one; 0 for no limit.
@@ -743,7 +749,7 @@ export class WorkerSlot {
         "a ping",
         "Worker gave the connection back when pinged",
       );
-      if (alive) this.#options.onIdle(this);
+      if (alive !== false) this.#options.onIdle(this);
     } catch (error) {
       this.close(error);
     } finally {
@@ -752,15 +758,16 @@ export class WorkerSlot {
   }
 
   // Sends a request of the hub's own (a ping, the wait request) and reads
-  // the answer: true for a bodiless 2xx that keeps the connection; any
-  // other answer closes it (a 408 is the worker giving it back). False too
-  // if the slot left state `during` meanwhile (closed).
+  // the answer: "ok" for a bodiless 2xx that keeps the connection, "park"
+  // if it also parks it again (a renewed wait); any other answer closes it
+  // (a 408 is the worker giving it back). False too if the slot left state
+  // `during` meanwhile (closed).
   async #exchange(
     request: Uint8Array,
     during: SlotState,
     what: string,
     gaveBack: string,
-  ): Promise<boolean> {
+  ): Promise<"ok" | "park" | false> {
     await writeAll(this.#conn, request);
     const head = await this.#readHead("GET", () => {});
     if (this.#state !== during) return false;
@@ -780,23 +787,50 @@ export class WorkerSlot {
       );
       return false;
     }
-    return true;
+    return fields.connection.includes(PARK_OPTION) ? "park" : "ok";
   }
 
   // The worker keeps this connection but offers it no work yet: the wait
-  // request asks it to answer when it does. No deadline, as for an idle
-  // connection: it may stay parked as long as the worker is busy elsewhere.
+  // request asks it to answer when it does. It may stay parked as long as
+  // the worker is busy elsewhere; a worker that renews (see _park.ts) is
+  // asked to answer at least every ping interval, and one that does not
+  // answer within the ping timeout after that loses the connection, as an
+  // idle one that misses a ping.
   async #park(): Promise<void> {
     this.#state = "parked";
     this.#options.onPark?.(this);
+    const renew = this.identity?.renew === true
+      ? this.#options.parkRenew
+      : undefined;
+    const request = renew === undefined
+      ? WAIT_REQUEST
+      : renewingWaitRequest(renew.every);
     try {
-      const offered = await this.#exchange(
-        WAIT_REQUEST,
-        "parked",
-        "the wait request",
-        "Worker gave a parked connection back",
-      );
-      if (offered) this.#options.onIdle(this);
+      while (this.#state === "parked") {
+        const timer = renew === undefined ? undefined : setTimeout(() => {
+          this.close(
+            new WorkerLinkError(
+              "ping-timeout",
+              `Worker did not renew a parked connection in ${
+                renew.every + renew.timeout
+              } ms`,
+            ),
+          );
+        }, renew.every + renew.timeout);
+        let answer;
+        try {
+          answer = await this.#exchange(
+            request,
+            "parked",
+            "the wait request",
+            "Worker gave a parked connection back",
+          );
+        } finally {
+          clearTimeout(timer);
+        }
+        if (answer === "ok") this.#options.onIdle(this);
+        if (answer !== "park") return;
+      }
     } catch (error) {
       this.close(error);
     }

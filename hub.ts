@@ -1111,6 +1111,12 @@ export class Hub {
           : undefined,
         onIdle: (s) => this.#offer(s),
         onPark: (s) => this.#park(s),
+        parkRenew: this.#opts.pingInterval > 0
+          ? {
+            every: this.#opts.pingInterval,
+            timeout: this.#opts.pingTimeout,
+          }
+          : undefined,
         onClose: (s, reason) => this.#detach(s, reason),
         onFirstBytes: (s) => this.#lateHandshake(s),
         onContinueSeen: (s, seen, refused) =>

@@ -252,8 +252,10 @@ export function connectWorker(
         workerId: options.workerId,
         pool: options.pool,
         labels: options.labels,
-        // Both engines answer the hub's pings on idle connections.
+        // Both engines answer the hub's pings on idle connections, and
+        // renew parked ones when the hub asks (_park.ts).
         ping: true,
+        renew: true,
       }
       : null;
   const engine = options.engine ?? "auto";

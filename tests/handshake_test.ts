@@ -67,6 +67,7 @@ Deno.test("parseHandshake accepts the draft-kazuho form (Upgrade: ptth with ALPN
     labels: {},
     protocol: "ptth",
     ping: false,
+    renew: false,
   });
 });
 
@@ -81,6 +82,7 @@ Deno.test("parseHandshake accepts the 2009 form (Upgrade: PTTH/1.0, no ALPN)", (
     labels: {},
     protocol: "PTTH/1.0",
     ping: false,
+    renew: false,
   });
 });
 
@@ -95,6 +97,7 @@ Deno.test("parseHandshake reads worker id, pool and labels", () => {
     labels: { gpu: "a100", zone: "eu-1", spot: "" },
     protocol: "ptth",
     ping: false,
+    renew: false,
   });
 });
 
@@ -179,6 +182,7 @@ Deno.test("encodeHandshake writes the draft-kazuho form that parseHandshake read
     pool: "images",
     labels: { gpu: "a100", zone: "eu" },
     ping: true,
+    renew: true,
   });
   assert.equal(
     latin1Text(bytes),
@@ -186,7 +190,7 @@ Deno.test("encodeHandshake writes the draft-kazuho form that parseHandshake read
       "connection: Upgrade\r\nalpn: http%2F1.1\r\n" +
       `authorization: Bearer ${TOKEN_A}\r\npothead-worker-id: w-1\r\n` +
       "pothead-pool: images\r\npothead-labels: gpu=a100, zone=eu\r\n" +
-      "pothead-ping: 1\r\n\r\n",
+      "pothead-ping: 1\r\npothead-park-renew: 1\r\n\r\n",
   );
   const h = head(latin1Text(bytes));
   assert.deepEqual(parseHandshake(h), {
@@ -195,6 +199,7 @@ Deno.test("encodeHandshake writes the draft-kazuho form that parseHandshake read
     labels: { gpu: "a100", zone: "eu" },
     protocol: "ptth",
     ping: true,
+    renew: true,
   });
   await checkToken(h, [TOKEN_B, TOKEN_A]);
   // Without a token or declarations only the upgrade fields are sent.

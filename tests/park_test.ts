@@ -13,7 +13,15 @@ import {
   serveConnection,
   type ServeConnectionOptions,
 } from "../_serve_conn.ts";
-import { PARKED_RESPONSE, READY_RESPONSE, WAIT_REQUEST } from "../_park.ts";
+import {
+  holdWait,
+  PARKED_RESPONSE,
+  READY_RESPONSE,
+  renewingWaitRequest,
+  renewTime,
+  STILL_PARKED_RESPONSE,
+  WAIT_REQUEST,
+} from "../_park.ts";
 import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
 import { deadline, waitFor } from "./_wait.ts";
 import { RawSocket } from "./_relay.ts";
@@ -139,10 +147,13 @@ function permits(free: number) {
         log.push("release");
         free++;
       },
-      wait: () => {
+      wait: (signal?: AbortSignal) => {
         log.push("wait");
         const { promise, resolve } = Promise.withResolvers<boolean>();
         waits.push(resolve);
+        signal?.addEventListener("abort", () => resolve(false), {
+          once: true,
+        });
         return promise;
       },
       noPark: () => log.push("noPark"),
@@ -193,6 +204,41 @@ for (const engine of ENGINES) {
       assert.ok(ok.endsWith("/second"), ok);
       assert.deepEqual(p.log, [
         "decline",
+        "wait",
+        "release",
+        "acquire",
+        "release",
+      ]);
+      link.hub.close();
+      assert.equal(await ended(link), 1);
+    });
+  });
+
+  Deno.test(`${engine.name} engine: a renewing wait request with no permit gets the parking 204 in time; the next one is held again`, async () => {
+    await engine.run(hello, async (open) => {
+      const p = permits(0);
+      const link = open(p.hooks);
+      await link.hub.write(bytes(GET("/x")));
+      assert.match(await response(link), /^HTTP\/1\.1 408 /);
+      await link.hub.write(renewingWaitRequest(50));
+      const renewed = await response(link);
+      assert.match(renewed, /^HTTP\/1\.1 204 /);
+      assert.match(renewed, /\r\nconnection: pothead-park\r\n/i);
+      // Still parked: the hub's next wait request is held, and answered
+      // when a permit frees.
+      await link.hub.write(renewingWaitRequest(60_000));
+      await until(() => p.waits.length === 2, "the second wait is held");
+      p.hooks.release();
+      p.waits[1](true);
+      const ready = await response(link);
+      assert.match(ready, /^HTTP\/1\.1 204 /);
+      assert.doesNotMatch(ready, /pothead-park/i);
+      await link.hub.write(bytes(GET("/y")));
+      const ok = await response(link);
+      assert.ok(ok.endsWith("/y"), ok);
+      assert.deepEqual(p.log, [
+        "decline",
+        "wait",
         "wait",
         "release",
         "acquire",
@@ -333,6 +379,34 @@ for (const engine of ENGINES) {
   });
 }
 
+Deno.test("holdWait: an offer, a renewal, a hub gone, and a permit that wakes the wait as it stops", async () => {
+  const never = new Promise<void>(() => {});
+  assert.equal(await holdWait(() => Promise.resolve(true), 0, never), "offer");
+  assert.equal(await holdWait(() => Promise.resolve(false), 0, never), "back");
+  const stopped: boolean[] = [];
+  const pending = (signal?: AbortSignal) =>
+    new Promise<boolean>((resolve) =>
+      signal?.addEventListener("abort", () => {
+        stopped.push(true);
+        resolve(false);
+      })
+    );
+  assert.equal(await holdWait(pending, 20, never), "renew");
+  assert.equal(await holdWait(pending, 0, Promise.resolve()), "back");
+  assert.deepEqual(stopped, [true, true], "the wait is stopped both times");
+  // The permit came just as the renewal time passed: it is not lost.
+  const woken = (signal?: AbortSignal) =>
+    new Promise<boolean>((resolve) =>
+      signal?.addEventListener("abort", () => resolve(true))
+    );
+  assert.equal(await holdWait(woken, 20, never), "offer");
+  assert.equal(renewTime(null), 0);
+  assert.equal(renewTime("30000"), 30_000);
+  assert.equal(renewTime("1"), 10, "raised to the smallest");
+  assert.equal(renewTime("soon"), 0);
+  assert.equal(renewTime("-5"), 0);
+});
+
 Deno.test("the wait request is a plain GET any HTTP/1.1 server can parse", () => {
   assert.match(WAIT, /^GET \/\.pothead\/wait HTTP\/1\.1\r\n/);
   assert.match(WAIT, /\r\nx-pothead-wait: 1\r\n\r\n$/);
@@ -391,5 +465,111 @@ Deno.test("hub: a worker that parks gets the wait request, and the declined requ
   } finally {
     raw?.conn.close();
     await server.shutdown();
+  }
+});
+
+const HANDSHAKE = "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: ptth\r\n" +
+  "Connection: Upgrade\r\nALPN: http%2F1.1\r\n";
+
+// A raw worker that has passed the handshake with `extra` fields, parked by
+// declining the request `fetch` sends; answers pings meanwhile. Returns the
+// wait request the hub sent.
+async function parkedRawWorker(
+  port: number,
+  extra: string,
+  url: string,
+): Promise<
+  {
+    raw: RawSocket;
+    wait: { headers: [string, string][] };
+    res: Promise<Response>;
+  }
+> {
+  const raw = await RawSocket.connect(port);
+  await raw.write(HANDSHAKE + extra + "\r\n");
+  const answer = await deadline(raw.readHead(), 10_000, "the 101");
+  assert.ok(answer?.startsWith("HTTP/1.1 101 "), `handshake: ${answer}`);
+  const res = fetch(url);
+  let req = await deadline(raw.readMessage(), 10_000, "the request");
+  while (req !== null && req.start.startsWith("GET /.pothead/ping ")) {
+    await raw.write(READY_RESPONSE);
+    req = await deadline(raw.readMessage(), 10_000, "the request");
+  }
+  assert.equal(req?.start, "GET /job HTTP/1.1");
+  await raw.write(PARKED_RESPONSE);
+  const wait = await deadline(raw.readMessage(), 10_000, "the wait");
+  assert.equal(wait?.start, "GET /.pothead/wait HTTP/1.1");
+  return { raw, wait: wait!, res };
+}
+
+Deno.test("hub: a worker that renews parked connections is asked to every ping interval; one that falls silent is closed", async () => {
+  const logs: HubLogRecord[] = [];
+  const server = startHub({
+    pingInterval: 100,
+    pingTimeout: 300,
+    queueTimeout: 2000,
+    onLog: (r) => logs.push(r),
+  });
+  let raw: RawSocket | undefined;
+  try {
+    const parked = await parkedRawWorker(
+      server.workerAddr.port,
+      "Pothead-Worker-Id: renewer\r\nPothead-Ping: 1\r\nPothead-Park-Renew: 1\r\n",
+      `http://127.0.0.1:${server.addr.port}/job`,
+    );
+    const r = parked.raw;
+    raw = r;
+    assert.deepEqual(
+      parked.wait.headers.find(([n]) => n === "x-pothead-renew"),
+      ["x-pothead-renew", "100"],
+    );
+    // Renewed twice: each time the hub asks again, and it stays parked.
+    for (let i = 0; i < 2; i++) {
+      await r.write(STILL_PARKED_RESPONSE);
+      const again = await deadline(r.readMessage(), 10_000, "a new wait");
+      assert.equal(again?.start, "GET /.pothead/wait HTTP/1.1");
+      assert.equal(server.hub.stats.parked, 1);
+    }
+    // Now silent, as a worker that vanished: closed after 100 + 300 ms.
+    assert.equal(await deadline(r.readMessage(), 10_000, "the close"), null);
+    await waitFor(() => server.hub.stats.slots === 0, "the slot detached");
+    assert.equal(server.hub.stats.pingTimeouts, 1);
+    assert.equal(server.hub.stats.parked, 0);
+    const warning = logs.find((r) => r.msg.includes("did not answer a ping"));
+    assert.equal(warning?.worker, "renewer");
+    assert.match(String(warning?.reason), /did not renew a parked connection/);
+    const res = await parked.res;
+    assert.equal(res.status, 503, "the request timed out in the queue");
+    await res.body?.cancel();
+  } finally {
+    raw?.conn.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("hub: a worker that does not declare renewal is never asked to, and its parked connection stays", async () => {
+  const server = startHub({ pingInterval: 50, pingTimeout: 100 });
+  let raw: RawSocket | undefined;
+  let res: Promise<Response> | undefined;
+  try {
+    const parked = await parkedRawWorker(
+      server.workerAddr.port,
+      "Pothead-Worker-Id: older\r\nPothead-Ping: 1\r\n",
+      `http://127.0.0.1:${server.addr.port}/job`,
+    );
+    raw = parked.raw;
+    res = parked.res;
+    assert.equal(
+      parked.wait.headers.find(([n]) => n === "x-pothead-renew"),
+      undefined,
+    );
+    // Several times the interval and timeout: still parked.
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(server.hub.stats.parked, 1);
+    assert.equal(server.hub.stats.pingTimeouts, 0);
+  } finally {
+    raw?.conn.close();
+    await server.shutdown();
+    await (await res)?.body?.cancel();
   }
 });

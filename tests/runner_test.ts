@@ -257,3 +257,54 @@ Deno.test(`[${ENGINE}] a gated worker at two hubs serves both while its permits 
     await Promise.all([a.shutdown(), b.shutdown()]);
   }
 });
+
+Deno.test(`[${ENGINE}] a connection parked at one hub while the worker is busy at another is renewed, not closed, and served after`, async () => {
+  // Renewal asked every 100 ms, answer due 400 ms after: a parked
+  // connection that did not renew would be closed within half a second.
+  const a = hub({ pingInterval: 100, pingTimeout: 400 });
+  const b = hub({ pingInterval: 100, pingTimeout: 400 });
+  const { promise: held, resolve: release } = Promise.withResolvers<void>();
+  let holding = 0;
+  let connects = 0;
+  const worker = connectWorker(async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/hold") {
+      holding++;
+      await held;
+    }
+    return new Response(path);
+  }, {
+    hubs: [`127.0.0.1:${a.workerAddr.port}`, `127.0.0.1:${b.workerAddr.port}`],
+    // A worker id: the handshake says it answers pings and renews.
+    workerId: "renewer",
+    concurrency: 1,
+    minBackoff: 10,
+    maxBackoff: 100,
+    onConnect: () => connects++,
+  });
+  try {
+    const both = () => a.hub.stats.idle === 1 && b.hub.stats.idle === 1;
+    await waitFor(both, "a slot at each hub");
+    const held1 = fetch(url(a, "/hold"));
+    await waitFor(() => holding === 1, "/hold running at A");
+    const atB = fetch(url(b, "/b"));
+    await waitFor(() => b.hub.stats.parked === 1, "B's connection parked");
+    const before = connects;
+    await sleep(1500);
+    assert.equal(b.hub.stats.parked, 1, "still parked at B");
+    assert.equal(b.hub.stats.pingTimeouts, 0);
+    assert.equal(b.hub.stats.queued, 1, "B's request waits for the worker");
+    assert.equal(connects, before, "no connection was dialled again");
+    release();
+    assert.equal(await (await held1).text(), "/hold");
+    assert.equal(
+      await (await deadline(atB, 10_000, "B's answer")).text(),
+      "/b",
+    );
+  } finally {
+    release();
+    worker.close();
+    await worker.finished;
+    await Promise.all([a.shutdown(), b.shutdown()]);
+  }
+});
