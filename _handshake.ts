@@ -52,19 +52,28 @@ export const DEFAULT_POOL = "default";
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
+// What a hub accepts as a worker token (see the hub's workerTokens).
+const TOKEN = /^[\x21-\x7e]{8,}$/;
+
 /**
- * Why a worker id, pool name or label would be refused by a hub, or null:
- * names are 1-128 of `A-Z a-z 0-9 . _ : -` starting with a letter or digit;
- * a label value may not hold a comma (labels travel comma-separated).
+ * Why a worker id, pool name, label or token would be refused by a hub, or
+ * null: names are 1-128 of `A-Z a-z 0-9 . _ : -` starting with a letter or
+ * digit; a label value may not hold a comma (labels travel comma-separated);
+ * a token is 8 or more visible ASCII characters (the message never shows it).
  */
 export function identityProblem(
   identity: {
     workerId?: string;
     pool?: string;
     labels?: Record<string, string>;
+    token?: string;
   },
 ): string | null {
-  const { workerId, pool, labels = {} } = identity;
+  const { workerId, pool, labels = {}, token } = identity;
+  if (token !== undefined && !TOKEN.test(token)) {
+    // A line break would also end the handshake's Authorization field.
+    return "invalid token (8 or more visible ASCII characters, no spaces or line breaks)";
+  }
   if (workerId !== undefined && !NAME.test(workerId)) {
     return `invalid worker id ${JSON.stringify(workerId)}`;
   }

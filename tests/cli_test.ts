@@ -12,6 +12,7 @@ import {
   hubPorts,
   LINE_TIMEOUT,
   type Proc,
+  ROOT,
   RUN_PERMISSIONS,
   runDeno,
   spawnDeno,
@@ -806,18 +807,42 @@ Deno.test("worker exits 2 on an id, pool or label a hub would refuse, instead of
     [["--pool", "bad pool"], /invalid pool name "bad pool"/],
     [["--worker-id", ""], /invalid worker id ""/],
     [["--label", "a=b,c"], /invalid label value "b,c"/],
+    [["--token", "two words-secret"], /invalid token/],
   ];
-  for (const [args, message] of cases) {
-    const { code, stderr } = await runDeno([
-      "run",
-      ...RUN_PERMISSIONS,
-      "worker.ts",
-      "--connect",
-      "127.0.0.1:9",
-      ...args,
-      "examples/hello.ts",
-    ]);
-    assert.equal(code, 2, `${args}: ${stderr}`);
-    assert.match(stderr, message, args.join(" "));
+  // The hub's token file format (a comment, several lines) is not a worker's:
+  // sent as is, the line break would end the Authorization field.
+  const tokenFile = await Deno.makeTempFile();
+  await Deno.writeTextFile(tokenFile, "# workers\nsecret-token-1\n");
+  cases.push([["--token-file", tokenFile], /invalid token/]);
+  try {
+    await refusedAtOnce(cases);
+  } finally {
+    await Deno.remove(tokenFile);
   }
 });
+
+/** Runs workers that must exit 2 at once (killed after HANG_GUARD if not). */
+async function refusedAtOnce(cases: [string[], RegExp][]): Promise<void> {
+  for (const [args, message] of cases) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        ...RUN_PERMISSIONS,
+        "worker.ts",
+        "--connect",
+        "127.0.0.1:9",
+        ...args,
+        "examples/hello.ts",
+      ],
+      cwd: ROOT,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      signal: AbortSignal.timeout(HANG_GUARD),
+    }).output();
+    const { code } = out;
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(code, 2, `${args}: ${stderr}`);
+    assert.match(stderr, message, args.join(" "));
+    assert.doesNotMatch(stderr, /secret/, "the token is not shown");
+  }
+}
