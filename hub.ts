@@ -762,11 +762,28 @@ export class Hub {
       }
       return { ...r, host: r.host?.toLowerCase() };
     });
-    this.#poolOptions = { ...options.pools };
+    const pools: unknown = options.pools ?? {};
+    // A JSON config can hold anything: spreading an array or a string would
+    // make pools named "0", "1"...
+    if (typeof pools !== "object" || pools === null || Array.isArray(pools)) {
+      throw new TypeError(
+        `Invalid option "pools": expected an object by pool name, got ${
+          JSON.stringify(pools)
+        }`,
+      );
+    }
+    this.#poolOptions = { ...pools as Record<string, PoolOptions> };
     for (const [name, p] of Object.entries(this.#poolOptions)) {
       if (!POOL_NAME.test(name)) {
         throw new TypeError(
           `Invalid option "pools": invalid pool name ${JSON.stringify(name)}`,
+        );
+      }
+      if (typeof p !== "object" || p === null || Array.isArray(p)) {
+        throw new TypeError(
+          `Invalid option "pools": pool "${name}" must be an object, got ${
+            JSON.stringify(p)
+          }`,
         );
       }
       if (p.maxQueue !== undefined) {

@@ -727,13 +727,15 @@ Deno.test("default worker id: host and pid; $HOSTNAME without sys permission; el
   assert.equal(defaultWorkerId(() => "a b/c", () => undefined, 2), "a-b-c-2");
 });
 
-Deno.test("hub refuses a --config that is not an object, or a route without a pool, with a clear message", async () => {
+Deno.test("hub refuses a --config that is not an object, a route without a pool, or pools that are not objects, with a clear message", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const cases: [string, number, RegExp][] = [
       ["null", 2, /Invalid --config: expected an object/],
       ['{"routes": 5}', 2, /"routes" must be an array/],
       ['{"routes": [{"pathPrefix": "/x"}]}', 1, /invalid pool name undefined/],
+      ['{"pools": {"gpu": null}}', 1, /pool "gpu" must be an object, got null/],
+      ['{"pools": ["gpu"]}', 1, /"pools": expected an object by pool name/],
     ];
     for (const [text, want, message] of cases) {
       const file = `${dir}/config.json`;
