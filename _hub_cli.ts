@@ -414,8 +414,16 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   try {
     server = serveHub(options);
   } catch (error) {
-    console.error(`pothead: cannot start: ${(error as Error).message}`);
-    return 1;
+    // The hub's own option checks (a --config route or pool, --ping-timeout
+    // 0) refuse the operator's input like any invalid flag; only a listener
+    // that cannot start (address in use) is not a usage error.
+    const usage = error instanceof TypeError || error instanceof RangeError;
+    console.error(
+      `pothead: ${usage ? "invalid options" : "cannot start"}: ${
+        (error as Error).message
+      }`,
+    );
+    return usage ? 2 : 1;
   }
   if (admin !== null) {
     try {

@@ -727,15 +727,15 @@ Deno.test("default worker id: host and pid; $HOSTNAME without sys permission; el
   assert.equal(defaultWorkerId(() => "a b/c", () => undefined, 2), "a-b-c-2");
 });
 
-Deno.test("hub refuses a --config that is not an object, a route without a pool, or pools that are not objects, with a clear message", async () => {
+Deno.test("hub exits 2 on a --config that is not an object, a route without a pool, pools that are not objects, or a value the hub refuses; 1 on a busy port", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const cases: [string, number, RegExp][] = [
       ["null", 2, /Invalid --config: expected an object/],
       ['{"routes": 5}', 2, /"routes" must be an array/],
-      ['{"routes": [{"pathPrefix": "/x"}]}', 1, /invalid pool name undefined/],
-      ['{"pools": {"gpu": null}}', 1, /pool "gpu" must be an object, got null/],
-      ['{"pools": ["gpu"]}', 1, /"pools": expected an object by pool name/],
+      ['{"routes": [{"pathPrefix": "/x"}]}', 2, /invalid pool name undefined/],
+      ['{"pools": {"gpu": null}}', 2, /pool "gpu" must be an object, got null/],
+      ['{"pools": ["gpu"]}', 2, /"pools": expected an object by pool name/],
     ];
     for (const [text, want, message] of cases) {
       const file = `${dir}/config.json`;
@@ -755,6 +755,37 @@ Deno.test("hub refuses a --config that is not an object, a route without a pool,
       assert.match(stderr, message, text);
       assert.doesNotMatch(stderr, /^\s+at /m, "no stack trace");
       assert.equal(stdout, "", "no Listening line");
+    }
+    // Values the hub refuses are usage errors too; a busy port is not.
+    const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const flagCases: [string[], number, RegExp][] = [
+      [["--route", "/x=a b"], 2, /invalid pool name "a b"/],
+      [["--ping-timeout", "0"], 2, /pingTimeout/],
+      [
+        ["--hostname", "127.0.0.1", "--port", String(busy.addr.port)],
+        1,
+        /in use/,
+      ],
+    ];
+    try {
+      for (const [args, want, message] of flagCases) {
+        const { code, stdout, stderr } = await runDeno([
+          "run",
+          ...RUN_PERMISSIONS,
+          "hub.ts",
+          "--port",
+          "0",
+          "--worker-port",
+          "0",
+          ...args,
+        ]);
+        assert.equal(code, want, `${args}: ${stderr}`);
+        assert.match(stderr, message, args.join(" "));
+        assert.doesNotMatch(stderr, /^\s+at /m, "no stack trace");
+        assert.equal(stdout, "", "no Listening line");
+      }
+    } finally {
+      busy.close();
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
