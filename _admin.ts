@@ -71,11 +71,20 @@ const PAGE_CSP = "default-src 'none'; script-src 'unsafe-inline'; " +
   "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; " +
   "base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+// A whole body with its length, so that a HEAD answer (no body) can carry
+// the same Content-Length as GET's instead of 0.
+function reply(status: number, text: string, extra: HeadersInit): Response {
+  const body = ENCODER.encode(text);
+  const headers = new Headers(extra);
+  headers.set("content-length", String(body.length));
+  headers.set("cache-control", "no-store");
+  return new Response(body, { status, headers });
+}
+
 function text(status: number, body: string, extra: HeadersInit = {}): Response {
   const headers = new Headers(extra);
   headers.set("content-type", "text/plain; charset=utf-8");
-  headers.set("cache-control", "no-store");
-  return new Response(body, { status, headers });
+  return reply(status, body, headers);
 }
 
 /**
@@ -197,11 +206,8 @@ export function createAdminHandler(
   function route(req: Request, path: string): Response {
     switch (path) {
       case "/metrics":
-        return new Response(metrics.render(hub.stats), {
-          headers: {
-            "content-type": "text/plain; version=0.0.4; charset=utf-8",
-            "cache-control": "no-store",
-          },
+        return reply(200, metrics.render(hub.stats), {
+          "content-type": "text/plain; version=0.0.4; charset=utf-8",
         });
       case "/healthz":
         return text(200, "ok\n");
@@ -219,22 +225,16 @@ export function createAdminHandler(
           );
       }
       case "/status":
-        return new Response(JSON.stringify(snapshot()), {
-          headers: {
-            "content-type": "application/json; charset=utf-8",
-            "cache-control": "no-store",
-          },
+        return reply(200, JSON.stringify(snapshot()), {
+          "content-type": "application/json; charset=utf-8",
         });
       case "/events":
         return events(req);
       case "/":
-        return new Response(page, {
-          headers: {
-            "content-type": "text/html; charset=utf-8",
-            "cache-control": "no-store",
-            "content-security-policy": PAGE_CSP,
-            "x-content-type-options": "nosniff",
-          },
+        return reply(200, page, {
+          "content-type": "text/html; charset=utf-8",
+          "content-security-policy": PAGE_CSP,
+          "x-content-type-options": "nosniff",
         });
       default:
         return text(404, `not found: ${path}\n`);

@@ -589,6 +589,40 @@ Deno.test("admin answers 405 to other methods, 404 to other paths, and HEAD with
   assert.equal(head.body, null);
 });
 
+Deno.test("admin HEAD over a socket announces GET's Content-Length, not 0", async () => {
+  const handler = createAdminHandler({ stats: fakeStats() }, new HubMetrics());
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    handler,
+  );
+  try {
+    const base = `http://127.0.0.1:${server.addr.port}`;
+    for (const path of ["/healthz", "/readyz", "/", "/nope"]) {
+      const got = await guard(fetch(base + path), `GET ${path}`);
+      const length = (await got.arrayBuffer()).byteLength;
+      assert.ok(length > 0, path);
+      const head = await guard(
+        fetch(base + path, { method: "HEAD" }),
+        `HEAD ${path}`,
+      );
+      assert.equal(head.status, got.status, path);
+      assert.equal(head.headers.get("content-length"), String(length), path);
+      assert.equal((await head.arrayBuffer()).byteLength, 0, path);
+    }
+    // Their bodies change from one request to the next (memory, uptime).
+    for (const path of ["/metrics", "/status"]) {
+      const head = await guard(
+        fetch(base + path, { method: "HEAD" }),
+        `HEAD ${path}`,
+      );
+      await head.body?.cancel();
+      assert.ok(Number(head.headers.get("content-length")) > 100, path);
+    }
+  } finally {
+    await server.shutdown();
+  }
+});
+
 Deno.test("admin / serves the self-contained status page", async () => {
   const handler = createAdminHandler({ stats: fakeStats() }, new HubMetrics(), {
     version: "9.8.7<x>",
