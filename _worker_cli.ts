@@ -241,29 +241,33 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     return 1;
   }
   const announced = new Set<string>();
-  let lastConnectError = "";
+  // Per hub, the connect failure last printed: once it connects again, a
+  // line says so, or the log would end with "cannot connect" for good.
+  const failing = new Map<string, string>();
   let worker;
   try {
     worker = connectWorker(handler, {
       ...options,
       onConnect(hub) {
-        if (announced.has(hub)) return;
-        announced.add(hub);
-        console.log(`Connected to ${hub} (concurrency ${concurrency})`);
+        const failed = failing.delete(hub);
+        if (!announced.has(hub)) {
+          announced.add(hub);
+          console.log(`Connected to ${hub} (concurrency ${concurrency})`);
+        } else if (failed) console.log(`Connected to ${hub} again`);
       },
       onError(error, context) {
         const text = (error as Error)?.message ?? String(error);
-        if (context.startsWith("connect")) {
+        if (context.startsWith("connect ")) {
+          const hub = context.slice("connect ".length);
           // One line per distinct failure, not one per retry.
-          if (text !== lastConnectError) {
+          if (text !== failing.get(hub)) {
             console.error(
-              `pothead-worker: cannot connect: ${text} (retrying)`,
+              `pothead-worker: cannot connect to ${hub}: ${text} (retrying)`,
             );
           }
-          lastConnectError = text;
+          failing.set(hub, text);
           return;
         }
-        lastConnectError = "";
         console.error(`pothead-worker: ${context}: ${text}`);
       },
     });

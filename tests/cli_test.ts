@@ -530,7 +530,9 @@ for (const concurrency of [1, 2]) {
         "200ms",
       ], false);
       try {
-        await worker.stderr.next(/cannot connect: .*\(retrying\)/);
+        await worker.stderr.next(
+          /cannot connect to 127\.0\.0\.1:[0-9]+: .*\(retrying\)/,
+        );
         hub = spawnDeno("hub", [
           "run",
           ...RUN_PERMISSIONS,
@@ -558,6 +560,46 @@ for (const concurrency of [1, 2]) {
     },
   });
 }
+
+Deno.test("a worker whose hub went away and came back says it connected again", async () => {
+  const workerPort = freePort();
+  const hubArgs = [
+    "run",
+    ...RUN_PERMISSIONS,
+    "hub.ts",
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--worker-port",
+    String(workerPort),
+  ];
+  let hub: Proc | undefined = spawnDeno("hub", hubArgs);
+  let worker: Proc | undefined;
+  try {
+    await hubPorts(hub);
+    worker = await startWorker(workerPort, "examples/hello.ts", [
+      "--max-backoff",
+      "200ms",
+    ]);
+    hub.kill("SIGTERM");
+    assert.equal((await hub.status).code, 0);
+    await worker.stderr.next(
+      /cannot connect to 127\.0\.0\.1:[0-9]+: .*\(retrying\)/,
+    );
+    hub = spawnDeno("hub", hubArgs);
+    const { port } = await hubPorts(hub);
+    // Otherwise the worker's last line would still say it cannot connect.
+    await worker.stdout.next(
+      new RegExp(`^Connected to 127\\.0\\.0\\.1:${workerPort} again$`),
+    );
+    const res = await get(`http://127.0.0.1:${port}/back`);
+    assert.equal(res.status, 200);
+    await res.body?.cancel();
+  } finally {
+    await closeAll(worker, hub);
+  }
+});
 
 // --- demo -------------------------------------------------------------------
 
@@ -699,7 +741,7 @@ Deno.test("CLI: token file, pool routes and a worker that declares its pool", as
       "images",
     ], false);
     await bad.stderr.next(
-      /cannot connect: Hub refused the handshake: 403 Forbidden/,
+      /cannot connect to [^ ]+: Hub refused the handshake: 403 Forbidden/,
     );
     // The hub logs the refusal without the token.
     const line = await hub.proc.stderr.next(/worker handshake refused/);
