@@ -130,12 +130,16 @@ export function optionsFrom(
     "POTHEAD_WORKER_TOKEN_FILE",
     "worker token file",
   );
+  // A token file or variable that holds no token (a secret that was not
+  // mounted) must not leave the worker port open to anyone.
+  const none = (what: string) =>
+    new UsageError(`Invalid ${what}: it holds no token`);
   if (tokenFile !== undefined) {
-    tokens.push(
-      ...tokenFile.split("\n").map((t) => t.trim()).filter((t) =>
-        t !== "" && !t.startsWith("#")
-      ),
+    const found = tokenFile.split("\n").map((t) => t.trim()).filter((t) =>
+      t !== "" && !t.startsWith("#")
     );
+    if (found.length === 0) throw none("--worker-token-file");
+    tokens.push(...found);
   }
   // A --worker-token flag wins over the variable (rotating a token with
   // flags must not leave the old one valid).
@@ -143,7 +147,9 @@ export function optionsFrom(
     ? flagOrEnv(undefined, "POTHEAD_WORKER_TOKENS")
     : undefined;
   if (envTokens !== undefined) {
-    tokens.push(...envTokens.split(/[\s,]+/).filter((t) => t !== ""));
+    const found = envTokens.split(/[\s,]+/).filter((t) => t !== "");
+    if (found.length === 0) throw none("POTHEAD_WORKER_TOKENS");
+    tokens.push(...found);
   }
   for (const t of tokens) {
     if (!/^[\x21-\x7e]{8,}$/.test(t)) {

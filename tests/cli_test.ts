@@ -863,6 +863,49 @@ Deno.test("hub tokens: --worker-token flags replace POTHEAD_WORKER_TOKENS, which
   }
 });
 
+Deno.test("hub exits 2 when its token file or variable holds no token, instead of taking any worker", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const empty = `${dir}/empty`;
+    const comments = `${dir}/comments`;
+    await Deno.writeTextFile(empty, "");
+    await Deno.writeTextFile(comments, "# tokens go here\n\n");
+    const cases: [string[], Record<string, string>, RegExp][] = [
+      [["--worker-token-file", empty], {}, /--worker-token-file: .*no token/],
+      [["--worker-token-file", comments], {}, /--worker-token-file/],
+      [[], { POTHEAD_WORKER_TOKENS: " , " }, /POTHEAD_WORKER_TOKENS/],
+    ];
+    for (const [args, env, message] of cases) {
+      // Killed by the signal if it starts listening instead.
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          ...RUN_PERMISSIONS,
+          "hub.ts",
+          "--hostname",
+          "127.0.0.1",
+          "--port",
+          "0",
+          "--worker-port",
+          "0",
+          ...args,
+        ],
+        cwd: ROOT,
+        env: { NO_COLOR: "1", ...env },
+        stdin: "null",
+        signal: AbortSignal.timeout(HANG_GUARD),
+      }).output();
+      const stdout = new TextDecoder().decode(out.stdout);
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 2, `${args} ${JSON.stringify(env)}: ${stdout}`);
+      assert.match(stderr, message);
+      assert.equal(stdout, "", "no Listening line");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("durations: longer than a timer can wait, or shorter than a millisecond, are refused", () => {
   assert.equal(parseDuration("596h", "--x", 0), 596 * 3_600_000);
   assert.equal(parseDuration("0", "--x", 5), 0);
