@@ -250,8 +250,14 @@ export function createAdminHandler(
     const path = new URL(req.url).pathname;
     if (req.method === "HEAD") {
       if (path === "/events") {
-        return new Response(null, {
-          headers: { "content-type": "text/event-stream; charset=utf-8" },
+        // An empty stream, not null: a null body is announced as
+        // content-length: 0, and GET's stream has no length.
+        const empty = new ReadableStream({ start: (c) => c.close() });
+        return new Response(empty, {
+          headers: {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-store",
+          },
         });
       }
       const res = route(req, path);

@@ -579,17 +579,22 @@ Deno.test("admin answers 405 to other methods, 404 to other paths, and HEAD with
   assert.equal(r.res.status, 404);
   r = await get(handler, "/metrics/");
   assert.equal(r.res.status, 404);
-  for (const path of ["/metrics", "/status", "/", "/healthz", "/events"]) {
+  for (const path of ["/metrics", "/status", "/", "/healthz"]) {
     const res = handler(new Request(`http://admin${path}`, { method: "HEAD" }));
     assert.equal(res.status, 200, path);
     assert.equal(res.body, null, `HEAD ${path} has no body`);
   }
+  const events = handler(
+    new Request("http://admin/events", { method: "HEAD" }),
+  );
+  assert.equal(events.status, 200);
+  assert.equal(await events.text(), "", "HEAD /events has an empty body");
   const head = handler(new Request("http://admin/readyz", { method: "HEAD" }));
   assert.equal(head.status, 503);
   assert.equal(head.body, null);
 });
 
-Deno.test("admin HEAD over a socket announces GET's Content-Length, not 0", async () => {
+Deno.test("admin HEAD over a socket announces GET's Content-Length, not 0 (none for /events)", async () => {
   const handler = createAdminHandler({ stats: fakeStats() }, new HubMetrics());
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
@@ -618,6 +623,14 @@ Deno.test("admin HEAD over a socket announces GET's Content-Length, not 0", asyn
       await head.body?.cancel();
       assert.ok(Number(head.headers.get("content-length")) > 100, path);
     }
+    // GET's event stream has no length, so HEAD must not say 0.
+    const events = await guard(
+      fetch(`${base}/events`, { method: "HEAD" }),
+      "HEAD /events",
+    );
+    assert.equal(events.status, 200);
+    assert.equal(events.headers.get("content-length"), null);
+    assert.equal((await events.arrayBuffer()).byteLength, 0);
   } finally {
     await server.shutdown();
   }
