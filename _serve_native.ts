@@ -201,10 +201,16 @@ export class NativeEngine {
   // started" 408 written at the end answers them).
   async #up(link: Link): Promise<void> {
     const buf = new Uint8Array(RELAY_BUFFER);
+    let first = true;
     try {
       while (true) {
         const n = await link.hub.read(buf);
         if (n === null || link.ending) break;
+        if (first) {
+          first = false;
+          // Deno.serve would answer it 400 without a word.
+          this.#answered(buf.subarray(0, n));
+        }
         this.#follow(link, buf.subarray(0, n));
         await writeAll(link.local, buf.subarray(0, n));
       }
@@ -219,6 +225,24 @@ export class NativeEngine {
       closeQuietly(link.local);
       link.abort?.(new Error("Hub closed the connection"));
     }
+  }
+
+  // Reports a hub that answers instead of sending a request: one that
+  // requires a handshake refusing a worker that sent none (--plain).
+  #answered(bytes: Uint8Array): void {
+    if (!startsWith(bytes, "HTTP/")) return;
+    let end = 0;
+    const max = Math.min(bytes.length, 80);
+    while (end < max && bytes[end] >= 0x20 && bytes[end] < 0x7f) end++;
+    const line = String.fromCharCode(...bytes.subarray(0, end));
+    this.#onError(
+      new Error(
+        `Hub answered ${
+          JSON.stringify(line)
+        } instead of sending a request (a hub with worker tokens refuses workers without a handshake)`,
+      ),
+      "connection",
+    );
   }
 
   // Notes a request asking for 100 Continue in bytes about to go to

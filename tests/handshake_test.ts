@@ -475,6 +475,22 @@ Deno.test("hub logs a refused handshake without the token and counts it", async 
   });
 });
 
+Deno.test("a plain worker at a hub with tokens reports the hub's 401 instead of saying nothing", async () => {
+  await withHub(
+    { workerTokens: [TOKEN_A], handshakeTimeout: 200 },
+    async (ctx) => {
+      const errors: string[] = [];
+      // No token, id, pool or labels: the runner sends no handshake.
+      worker(ctx, { onError: (e) => errors.push(String(e)) });
+      await waitFor(
+        () => errors.some((e) => e.includes('"HTTP/1.1 401 Unauthorized"')),
+        `an error naming the 401 (got ${JSON.stringify(errors)})`,
+      );
+      assert.equal(ctx.server.hub.stats.slots, 0);
+    },
+  );
+});
+
 Deno.test("hub counts refusals of each kind in stats.handshakesRefused", async () => {
   await withHub(
     { workerTokens: [TOKEN_A], handshakeTimeout: 200 },
