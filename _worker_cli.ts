@@ -212,10 +212,22 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     }
     const adaptive = values.adaptive ??
       /^(1|true|yes)$/i.test(flagOrEnv(undefined, "POTHEAD_ADAPTIVE") ?? "");
+    if (!adaptive) {
+      // Ignored without --adaptive: the operator most likely forgot it.
+      for (const flag of ["min-idle-cpu", "min-free-memory", "settle"]) {
+        if (values[flag as keyof typeof values] !== undefined) {
+          throw new UsageError(`--${flag} needs --adaptive`);
+        }
+      }
+    }
     if (adaptive) {
       const cpu = values["min-idle-cpu"];
-      if (cpu !== undefined && !(Number(cpu) >= 0)) {
-        throw new UsageError(`Invalid --min-idle-cpu: got "${cpu}"`);
+      // Decimal only: Number() would also take "Infinity" (never a second
+      // slot) or "0x10".
+      if (cpu !== undefined && !/^\s*[0-9]+(\.[0-9]+)?\s*$/.test(cpu)) {
+        throw new UsageError(
+          `Invalid --min-idle-cpu: expected a number of CPUs like 0.75, got "${cpu}"`,
+        );
       }
       options.gate = capacityGate({
         minIdleCpu: cpu === undefined ? undefined : Number(cpu),

@@ -920,12 +920,16 @@ Deno.test("durations: longer than a timer can wait, or shorter than a millisecon
   );
 });
 
-Deno.test("worker exits 2 on an id, pool or label a hub would refuse, instead of retrying for ever", async () => {
+Deno.test("worker exits 2 on an id, pool, label or token a hub would refuse, or an --adaptive setting it would ignore, instead of retrying for ever", async () => {
   const cases: [string[], RegExp][] = [
     [["--pool", "bad pool"], /invalid pool name "bad pool"/],
     [["--worker-id", ""], /invalid worker id ""/],
     [["--label", "a=b,c"], /invalid label value "b,c"/],
     [["--token", "two words-secret"], /invalid token/],
+    [["--adaptive", "--min-idle-cpu", "Infinity"], /Invalid --min-idle-cpu/],
+    [["--adaptive", "--min-idle-cpu", "0x10"], /Invalid --min-idle-cpu/],
+    [["--min-idle-cpu", "1.5"], /--min-idle-cpu needs --adaptive/],
+    [["--settle", "1s"], /--settle needs --adaptive/],
   ];
   // The hub's token file format (a comment, several lines) is not a worker's:
   // sent as is, the line break would end the Authorization field.
