@@ -78,7 +78,8 @@ Options (each also as the environment variable in brackets):
   --route RULE             route to a pool (repeatable): /prefix=POOL,
                            host=POOL or host/prefix=POOL; others go to "default"
   --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host" }],
-                           "pools": { NAME: { "maxQueue", "queueTimeout" (ms) } } }
+                           "pools": { NAME: { "maxQueue", "queueTimeout" } } }
+                           (queueTimeout: ms, or a duration like "30s")
   --admin-port N           admin listener: /metrics, /healthz, /readyz, /status and a
                            live status page at /; off unless given [POTHEAD_ADMIN_PORT]
   --admin-hostname ADDR    its address [POTHEAD_ADMIN_HOSTNAME] (127.0.0.1)
@@ -182,6 +183,18 @@ export function optionsFrom(
     }
     if (Array.isArray(parsed.routes)) routes.push(...parsed.routes);
     pools = parsed.pools;
+    // A number is milliseconds, as in the library; a string is a duration
+    // like the flags' ("30s"), where a bare number means seconds.
+    for (const [name, p] of Object.entries(pools ?? {})) {
+      const t = (p as { queueTimeout?: unknown } | null)?.queueTimeout;
+      if (typeof t === "string") {
+        p.queueTimeout = parseDuration(
+          t,
+          `--config pools.${name}.queueTimeout`,
+          0,
+        );
+      }
+    }
   }
   for (const rule of values.route as string[] ?? []) {
     routes.push(parseRoute(rule));

@@ -863,6 +863,32 @@ Deno.test("hub tokens: --worker-token flags replace POTHEAD_WORKER_TOKENS, which
   }
 });
 
+Deno.test("hub --config: a pool's queueTimeout is milliseconds as a number, a duration as a string", async () => {
+  const file = await Deno.makeTempFile({ suffix: ".json" });
+  const log = () => {};
+  try {
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        pools: { gpu: { queueTimeout: "2m" }, cpu: { queueTimeout: 1500 } },
+      }),
+    );
+    const { pools } = optionsFrom({ config: file }, log);
+    assert.equal(pools?.gpu.queueTimeout, 120_000);
+    assert.equal(pools?.cpu.queueTimeout, 1500);
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({ pools: { gpu: { queueTimeout: "soon" } } }),
+    );
+    assert.throws(
+      () => optionsFrom({ config: file }, log),
+      /Invalid --config pools\.gpu\.queueTimeout: .*"soon"/,
+    );
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
 Deno.test("hub exits 2 when its token file or variable holds no token, instead of taking any worker", async () => {
   const dir = await Deno.makeTempDir();
   try {
