@@ -109,7 +109,10 @@ export interface AccessRecord {
   bytesOut: number;
   /** The worker's id (or its connection's peer address), or null. */
   worker: string | null;
-  /** Times the request was sent again to another worker. */
+  /**
+   * Times the request was put back for another worker (after an attempt
+   * that provably did not start it), as `stats.retries` counts them.
+   */
   retries: number;
 }
 
@@ -394,6 +397,8 @@ class Pending {
   pool!: Pool;
   attempts = 0;
   retried = 0;
+  // Times it was put back for another worker (stats.retries counts them).
+  resent = 0;
   queueMs = 0;
   workerMs = -1;
   node: QueueNode<Pending> | null = null;
@@ -1577,7 +1582,9 @@ export class Hub {
         : p.contentLength,
       bytesOut,
       worker,
-      retries: Math.max(0, p.attempts - 1),
+      // Counted when resent, as stats.retries: a request put back that then
+      // timed out in the queue was retried without a second attempt.
+      retries: p.resent,
     });
   }
 
@@ -1714,6 +1721,7 @@ export class Hub {
     }
     if (e.retryable && again && !this.#closed) {
       this.#stats.retries++;
+      p.resent++;
       this.#log({
         // Declines are routine for workers serving several hubs.
         level: e.code === "not-started" ? "debug" : "info",

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Hub } from "../hub.ts";
+import { type AccessRecord, Hub } from "../hub.ts";
 import { HubMetrics } from "../_metrics.ts";
 import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
 import { waitFor } from "./_wait.ts";
@@ -113,6 +113,39 @@ Deno.test("a pool that only its workers named goes with its last worker, in the 
     assert.doesNotMatch(metrics.render(hub.stats), /made-up/);
   } finally {
     for (const w of ends) w.close();
+    await hub.shutdown(0);
+  }
+});
+
+Deno.test("a request put back for another worker and then timed out in the queue counts its retry in the access record too", async () => {
+  const records: AccessRecord[] = [];
+  const hub = new Hub({
+    queueTimeout: 300,
+    handshakeWait: 0,
+    onAccess: (r) => records.push(r),
+  });
+  const [hubEnd, worker] = memPair();
+  try {
+    hub.addWorker(hubEnd, "w");
+    await waitFor(() => hub.stats.idle === 1, "worker idle");
+    const res = hub.fetch(new Request("http://hub/job"));
+    assert.match(await readHead(worker), /^GET \/job /);
+    // Declined, and the worker leaves: the request waits in the queue again
+    // until its timeout.
+    await worker.write(bytes(NOT_STARTED));
+    worker.close();
+    const r = await res;
+    await r.body?.cancel();
+    assert.equal(r.status, 503);
+    assert.equal(hub.stats.retries, 1);
+    assert.equal(records.length, 1);
+    assert.equal(records[0].outcome, "queue-timeout");
+    assert.equal(records[0].retries, 1, "as stats.retries counts");
+    const metrics = new HubMetrics();
+    metrics.observe(records[0]);
+    assert.match(metrics.render(hub.stats), /\npothead_retries_total\S* 1\n/);
+  } finally {
+    worker.close();
     await hub.shutdown(0);
   }
 });
