@@ -280,7 +280,14 @@ export async function main(args: string[] = Deno.args): Promise<number> {
           failing.set(hub, text);
           return;
         }
-        console.error(`pothead-worker: ${context}: ${text}`);
+        // A handler's error is the user's bug: its stack says where.
+        const stack = context === "handler" && error instanceof Error &&
+            error.stack !== undefined
+          ? error.stack.split("\n").slice(1).join("\n")
+          : "";
+        console.error(
+          `pothead-worker: ${context}: ${text}${stack ? "\n" + stack : ""}`,
+        );
       },
     });
   } catch (error) {

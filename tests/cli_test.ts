@@ -337,6 +337,26 @@ Deno.test("worker exits 1 naming what a module without a valid default export ha
   assert.doesNotMatch(stdout, /Connected/);
 });
 
+Deno.test("a handler's error is printed by the worker with its stack", async () => {
+  let worker: Proc | undefined;
+  const hub = await startHub();
+  try {
+    worker = await startWorker(
+      hub.workerPort,
+      "tests/fixtures/crash_handler.ts",
+    );
+    const res = await fetch(`http://127.0.0.1:${hub.port}/throw`);
+    assert.equal(res.status, 500);
+    await res.body?.cancel();
+    const line = await worker.stderr.next(/handler: /);
+    assert.match(line.input!, /pothead-worker: handler: boom from the fixture/);
+    const at = await worker.stderr.next(/^\s+at /);
+    assert.match(at.input!, /crash_handler\.ts/);
+  } finally {
+    await closeAll(worker, hub.proc);
+  }
+});
+
 Deno.test("a hub and a worker process answer fetch and curl through the hub", async () => {
   let worker: Proc | undefined;
   const hub = await startHub();
