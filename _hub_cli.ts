@@ -473,12 +473,15 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     : setInterval(() => metrics.sample(server.hub.stats), 1000);
   const tls = options.cert !== undefined;
   const workerTls = options.workerCert !== undefined;
-  console.log(
+  // With an access log, stdout carries access records only (a shipper may
+  // parse every line as JSON): the start lines go to stderr.
+  const say = accessLog === "off" ? console.log : console.error;
+  say(
     `Listening on ${
       formatAddr(tls ? "https" : "http", server.addr)
     } (consumers)`,
   );
-  console.log(
+  say(
     `Listening on ${
       formatAddr(workerTls ? "tls" : "tcp", server.workerAddr)
     } (workers${
@@ -486,7 +489,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     })`,
   );
   if (adminServer !== null) {
-    console.log(`Listening on ${formatAddr("http", adminServer.addr)} (admin)`);
+    say(`Listening on ${formatAddr("http", adminServer.addr)} (admin)`);
   }
   let signals = 0;
   const { promise: stopped, resolve: stop } = Promise.withResolvers<void>();

@@ -251,15 +251,18 @@ const CONSUMERS_LINE = /^Listening on [a-z]+:\/\/\S+:([0-9]+)\/ \(consumers\)$/;
 const WORKERS_LINE = /^Listening on [a-z]+:\/\/\S+:([0-9]+)\/ \(workers\b/;
 
 /**
- * Reads a hub's two "Listening on" lines and returns its ports. Kills the
- * process if the lines do not come.
+ * Reads a hub's two "Listening on" lines (on stderr with an access log)
+ * and returns its ports. Kills the process if the lines do not come.
  */
-export async function hubPorts(proc: Proc): Promise<HubProc> {
+export async function hubPorts(
+  proc: Proc,
+  from: "stdout" | "stderr" = "stdout",
+): Promise<HubProc> {
   try {
     // Both waits start at once: the two lines may arrive in one read.
     const [consumers, workers] = await Promise.all([
-      proc.stdout.next(CONSUMERS_LINE),
-      proc.stdout.next(WORKERS_LINE),
+      proc[from].next(CONSUMERS_LINE),
+      proc[from].next(WORKERS_LINE),
     ]);
     return { proc, port: Number(consumers[1]), workerPort: Number(workers[1]) };
   } catch (error) {

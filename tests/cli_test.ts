@@ -337,6 +337,37 @@ Deno.test("worker exits 1 naming what a module without a valid default export ha
   assert.doesNotMatch(stdout, /Connected/);
 });
 
+Deno.test("with --access-log json, stdout carries only access records (the start lines go to stderr)", async () => {
+  const proc = spawnDeno("hub", [
+    "run",
+    ...RUN_PERMISSIONS,
+    "hub.ts",
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--worker-port",
+    "0",
+    "--access-log",
+    "json",
+  ]);
+  const hub = await hubPorts(proc, "stderr");
+  let worker: Proc | undefined;
+  try {
+    worker = await startWorker(hub.workerPort, "examples/hello.ts");
+    const res = await fetch(`http://127.0.0.1:${hub.port}/logged`);
+    await res.text();
+    const line = await proc.stdout.next(/logged/);
+    const record = JSON.parse(line.input!);
+    assert.equal(record.path, "/logged");
+    assert.equal(record.status, 200);
+    // Every line on stdout is a record.
+    for (const l of proc.stdout.lines) JSON.parse(l);
+  } finally {
+    await closeAll(worker, proc);
+  }
+});
+
 Deno.test("a handler's error is printed by the worker with its stack", async () => {
   let worker: Proc | undefined;
   const hub = await startHub();
