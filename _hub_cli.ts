@@ -373,6 +373,13 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   let accessLog: "text" | "json" | "off";
   try {
     const adminPort = flagOrEnv(values["admin-port"], "POTHEAD_ADMIN_PORT");
+    for (const flag of ["admin-hostname", "ready-min-slots"] as const) {
+      if (adminPort === undefined && values[flag] !== undefined) {
+        throw new UsageError(
+          `Invalid --${flag}: it sets the admin listener, which needs --admin-port`,
+        );
+      }
+    }
     if (adminPort !== undefined) {
       admin = {
         port: parseInteger(adminPort, "--admin-port", 0, 0, 65535),

@@ -204,6 +204,26 @@ Deno.test("hub exits 2 naming --response-spill-dir when it cannot make files the
   assert.doesNotMatch(stdout, /Listening/);
 });
 
+Deno.test("hub exits 2 on --ready-min-slots or --admin-hostname without --admin-port", async () => {
+  for (
+    const args of [["--ready-min-slots", "abc"], ["--admin-hostname", "::"]]
+  ) {
+    const { code, stdout, stderr } = await runDeno([
+      "run",
+      ...RUN_PERMISSIONS,
+      "hub.ts",
+      "--port",
+      "0",
+      "--worker-port",
+      "0",
+      ...args,
+    ]);
+    assert.equal(code, 2, stderr);
+    assert.match(stderr, new RegExp(`${args[0]}.*needs --admin-port`));
+    assert.doesNotMatch(stdout, /Listening/);
+  }
+});
+
 Deno.test("hub listens on POTHEAD_PORT and POTHEAD_WORKER_PORT", async () => {
   const port = freePort();
   let workerPort = freePort();
