@@ -183,6 +183,8 @@ export function readAheadStream(
     }
     const n = Math.min(entry.bytes, MAX_CHUNK);
     const chunk = await file!.take(n);
+    // Cancelled meanwhile: release() gave back all it held.
+    if (dropped) return chunk;
     entry.bytes -= n;
     onDisk -= n;
     spill!.held -= n;
@@ -199,7 +201,9 @@ export function readAheadStream(
         let chunk;
         try {
           chunk = await take();
+          if (dropped) return;
         } catch (error) {
+          if (dropped) return;
           // The disk lost part of the body: the reader must not see an end,
           // and the rest is not worth reading.
           dropped = true;

@@ -215,3 +215,37 @@ Deno.test("a cancelled body closes its spill file and gives back what it held", 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a body cancelled while a read from its spill file is in flight gives back what it held once", async () => {
+  // More than one read from the file (64 KiB each), so the first does not
+  // empty it; cancelled after 0 to 6 promise turns, so one of them lands
+  // while the file read is under way.
+  const big = new Uint8Array(200_000).map((_, i) => i % 253);
+  for (let turns = 0; turns <= 6; turns++) {
+    const dir = await Deno.makeTempDir();
+    try {
+      const conn = new ScriptedConn(pieces(big, 50_000));
+      const budget = { max: 1000, held: 0 };
+      const spill: SpillOptions = { dir, max: 1 << 20, held: 0 };
+      // No memory: every byte read ahead goes to disk.
+      const s = stream(
+        conn,
+        { kind: "length", length: 200_000 },
+        0,
+        budget,
+        spill,
+      );
+      await until(() => spill.held === 200_000, "all on disk");
+      const reader = s.getReader();
+      const reading = reader.read();
+      for (let i = 0; i < turns; i++) await Promise.resolve();
+      await reader.cancel(new Error("consumer left"));
+      await reading.catch(() => {});
+      for (let i = 0; i < 5; i++) await turn();
+      assert.equal(spill.held, 0, `cancelled after ${turns} turns`);
+      assert.equal(budget.held, 0);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+});
