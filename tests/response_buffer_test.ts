@@ -300,3 +300,63 @@ Deno.test("shutdown gives a response read ahead of a slow consumer the rest of t
     await t.server.shutdown();
   }
 });
+
+Deno.test("many consumers reading fast, slowly or leaving midway: every body whole, and nothing held after", async () => {
+  const dir = await Deno.makeTempDir();
+  const size = 1024 * 1024;
+  const body = new Uint8Array(size).map((_, i) => (i * 7) & 0xff);
+  const server = startHub({
+    responseBuffer: 128 * 1024,
+    responseBufferTotal: 1024 * 1024,
+    responseSpillDir: dir,
+    responseSpillMax: 512 * 1024,
+  });
+  const workers = [0, 1, 2].map(() =>
+    startWorker(server, () => new Response(body))
+  );
+  try {
+    await waitFor(() => server.hub.stats.idle === 3, "3 idle slots");
+    let whole = 0;
+    let left = 0;
+    const consumer = async (kind: number) => {
+      const res = await fetch(`http://127.0.0.1:${server.addr.port}/`);
+      const reader = res.body!.getReader();
+      let got = 0;
+      while (true) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        for (let j = 0; j < value.length; j += 997) {
+          if (value[j] !== ((got + j) * 7 & 0xff)) throw new Error("bad byte");
+        }
+        got += value.length;
+        if (kind === 1) await new Promise((r) => setTimeout(r, 5));
+        if (kind === 2 && got > size / 3) {
+          await reader.cancel();
+          left++;
+          return;
+        }
+      }
+      assert.equal(got, size);
+      whole++;
+    };
+    await deadline(
+      Promise.all(Array.from({ length: 30 }, (_, i) => consumer(i % 3))),
+      HANG_GUARD,
+      "30 consumers",
+    );
+    assert.equal(whole, 20);
+    assert.equal(left, 10);
+    await waitFor(
+      () =>
+        server.hub.stats.responseBuffered === 0 &&
+        server.hub.stats.responseSpilled === 0,
+      "nothing held",
+    );
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+  } finally {
+    for (const w of workers) w.close();
+    await Promise.all(workers.map((w) => w.finished));
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
