@@ -203,8 +203,14 @@ export function optionsFrom(
     /^(1|true|yes)$/i.test(
       flagOrEnv(undefined, "POTHEAD_TRUST_FORWARDED") ?? "",
     );
+  const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
+  if (hostname.trim() === "") {
+    throw new UsageError(
+      "Invalid --hostname: expected an address such as 0.0.0.0 or ::, got an empty value",
+    );
+  }
   return {
-    hostname: v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0",
+    hostname,
     port: parseInteger(v("port", "POTHEAD_PORT"), "--port", 8080, 0, 65535),
     workerPort: parseInteger(
       v("worker-port", "POTHEAD_WORKER_PORT"),

@@ -184,6 +184,13 @@ Deno.test("hub exits 2 naming --max-queue when its value is invalid", async () =
   assert.equal(env.code, 2, env.stderr);
   assert.match(env.stderr, /--max-queue/);
   assert.match(env.stderr, /"-5"/);
+  // An empty address (a variable set to nothing) is a usage error too.
+  const empty = await runDeno(
+    ["run", ...RUN_PERMISSIONS, "hub.ts", "--port", "0", "--worker-port", "0"],
+    { env: { POTHEAD_HOSTNAME: "" } },
+  );
+  assert.equal(empty.code, 2, empty.stderr);
+  assert.match(empty.stderr, /--hostname/);
 });
 
 Deno.test("hub exits 2 naming --response-spill-dir when it cannot make files there", async () => {
