@@ -132,8 +132,12 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       [flagOrEnv(undefined, "POTHEAD_CONNECT") ?? "127.0.0.1:4040"])
       .flatMap((v) => v.split(","))
       .map((v) => v.trim())
-      .filter((v) => v !== "");
-    for (const h of hubs) parseHostPort(h, "--connect");
+      .filter((v) => v !== "")
+      // Checked here, and an empty host (":4040") made 127.0.0.1.
+      .map((v) => {
+        const { hostname, port } = parseHostPort(v, "--connect");
+        return `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
+      });
     concurrency = parseInteger(
       flagOrEnv(values.concurrency, "POTHEAD_CONCURRENCY"),
       "--concurrency",

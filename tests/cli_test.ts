@@ -395,6 +395,26 @@ Deno.test("with --access-log json, stdout carries only access records (the start
   }
 });
 
+Deno.test("worker --connect :PORT connects to 127.0.0.1", async () => {
+  let worker: Proc | undefined;
+  const hub = await startHub();
+  try {
+    worker = spawnDeno("worker", [
+      "run",
+      ...RUN_PERMISSIONS,
+      "worker.ts",
+      "--connect",
+      `:${hub.workerPort}`,
+      "examples/hello.ts",
+    ]);
+    await worker.stdout.next(/^Connected to /);
+    const res = await fetch(`http://127.0.0.1:${hub.port}/local`);
+    assert.match(await res.text(), /^Hello from \/local/);
+  } finally {
+    await closeAll(worker, hub.proc);
+  }
+});
+
 Deno.test("a handler's error is printed by the worker with its stack", async () => {
   let worker: Proc | undefined;
   const hub = await startHub();
