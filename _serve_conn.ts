@@ -524,6 +524,10 @@ async function serveOne(
     // `Request` cannot carry a GET or HEAD body; read and drop it.
     if (!(await discard(body))) return "closed";
     body = null;
+  } else if (body === null && !forbidden && !NO_REQUEST_BODY.has(head.method)) {
+    // Deno.serve gives every request but a GET or HEAD a body stream, an
+    // empty one when none was sent: handlers may rely on it.
+    body = new ReadableStream({ start: (c) => c.close() });
   }
 
   let request: Request;

@@ -441,3 +441,35 @@ Deno.test(`[${ENGINE}] a handler that returns Response.error() gives a 500, once
     assert.match(errors[0], /^handler: .*error/i);
   });
 });
+
+Deno.test(`[${ENGINE}] a request without a body has request.body null only for GET and HEAD, as with Deno.serve`, async () => {
+  const handler: FetchHandler = async (req) => {
+    const text = req.body === null ? "null" : `stream:${await req.text()}`;
+    return new Response(text, { headers: { "x-body": text } });
+  };
+  const methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"];
+  const probe = async (base: string) => {
+    const seen: Record<string, string | null> = {};
+    for (const method of methods) {
+      const res = await fetch(`${base}/m`, { method });
+      seen[method] = res.headers.get("x-body");
+      await res.body?.cancel();
+    }
+    return seen;
+  };
+  const direct = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    handler,
+  );
+  let expected;
+  try {
+    expected = await probe(`http://127.0.0.1:${direct.addr.port}`);
+  } finally {
+    await direct.shutdown();
+  }
+  assert.equal(expected.GET, "null");
+  assert.equal(expected.POST, "stream:");
+  await withWorker(handler, async ({ url }) => {
+    assert.deepEqual(await probe(url), expected);
+  });
+});
