@@ -1907,15 +1907,28 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
   const hub = new Hub(options);
   const workerPort = options.workerPort ?? 4040;
   const tls = options.workerCert !== undefined;
-  const listener: Deno.Listener = tls
-    ? Deno.listenTls({
-      hostname,
-      port: workerPort,
-      cert: options.workerCert!,
-      key: options.workerKey!,
-      transport: "tcp",
-    })
-    : Deno.listen({ hostname, port: workerPort, transport: "tcp" });
+  // Which listener failed, on which address: "Address already in use" alone
+  // does not say whether the consumer or the worker port is taken.
+  const cannotListen = (what: string, port: number, error: unknown) => {
+    const e = error as Error;
+    e.message =
+      `Cannot listen for ${what} on ${hostname}:${port}: ${e.message}`;
+    return e;
+  };
+  let listener: Deno.Listener;
+  try {
+    listener = tls
+      ? Deno.listenTls({
+        hostname,
+        port: workerPort,
+        cert: options.workerCert!,
+        key: options.workerKey!,
+        transport: "tcp",
+      })
+      : Deno.listen({ hostname, port: workerPort, transport: "tcp" });
+  } catch (error) {
+    throw cannotListen("workers", workerPort, error);
+  }
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
     server = Deno.serve({
@@ -1928,7 +1941,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
     }, (req, info) => hub.fetch(req, info));
   } catch (error) {
     listener.close();
-    throw error;
+    throw cannotListen("consumers", options.port ?? 8080, error);
   }
   const accepting = (async () => {
     try {

@@ -6,7 +6,7 @@
 import { deadline, waitFor as waitUntil } from "./_wait.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import assert from "node:assert/strict";
-import type { HubServer } from "../hub.ts";
+import { type HubServer, serveHub } from "../hub.ts";
 import type { FetchHandler, WorkerHandle } from "../worker.ts";
 
 const HANG_GUARD = 20_000;
@@ -538,5 +538,29 @@ Deno.test("a 205 that comes with a body reaches the consumer without it, and the
   } finally {
     worker.close();
     await server.shutdown();
+  }
+});
+
+Deno.test("serveHub names the listener and address it cannot listen on, and leaves nothing open", () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (taken.addr as Deno.NetAddr).port;
+  try {
+    for (
+      const [what, options] of [
+        ["consumers", { port, workerPort: 0 }],
+        ["workers", { port: 0, workerPort: port }],
+      ] as const
+    ) {
+      assert.throws(
+        () => serveHub({ hostname: "127.0.0.1", ...options }),
+        (e: Error) =>
+          e instanceof Deno.errors.AddrInUse &&
+          e.message.startsWith(
+            `Cannot listen for ${what} on 127.0.0.1:${port}: `,
+          ),
+      );
+    }
+  } finally {
+    taken.close();
   }
 });
