@@ -105,6 +105,23 @@ const MODES: [boolean, number | undefined][] = [
   [false, 1000],
 ];
 
+// Reads `input` in each of MODES; yields each run with a label for its mode.
+async function* everyMode(
+  input: Uint8Array[],
+  framing: Framing,
+  options: RunOptions,
+): AsyncGenerator<[string, Run]> {
+  for (const [prefill, readAhead] of MODES) {
+    const mode = `${prefill ? ", prefilled" : ""}${
+      readAhead ? `, read ahead ${readAhead}` : ""
+    }`;
+    yield [
+      mode,
+      await runBody(input, framing, { ...options, prefill, readAhead }),
+    ];
+  }
+}
+
 async function assertBody(
   wire: Uint8Array,
   framing: Framing,
@@ -114,15 +131,8 @@ async function assertBody(
   const isClose = framing.kind === "close";
   const data = isClose ? wire : concat(wire, NEXT);
   for (const [how, input] of feeds(data)) {
-    for (const [prefill, readAhead] of MODES) {
-      const label = `${how}${prefill ? ", prefilled" : ""}${
-        readAhead ? `, read ahead ${readAhead}` : ""
-      }`;
-      const run = await runBody(input, framing, {
-        ...options,
-        prefill,
-        readAhead,
-      });
+    for await (const [mode, run] of everyMode(input, framing, options)) {
+      const label = how + mode;
       assert.equal(run.error, undefined, `${label}: ${run.error}`);
       assert.deepEqual(run.body, expected, label);
       assert.deepEqual(
@@ -143,15 +153,8 @@ async function assertBodyError(
   message?: RegExp,
 ): Promise<void> {
   for (const [how, input] of feeds(wire)) {
-    for (const [prefill, readAhead] of MODES) {
-      const label = `${how}${prefill ? ", prefilled" : ""}${
-        readAhead ? `, read ahead ${readAhead}` : ""
-      }`;
-      const run = await runBody(input, framing, {
-        ...options,
-        prefill,
-        readAhead,
-      });
+    for await (const [mode, run] of everyMode(input, framing, options)) {
+      const label = how + mode;
       assert.ok(run.error instanceof errorClass, `${label}: got ${run.error}`);
       if (message) assert.match(run.error.message, message, label);
       assert.equal(run.done.length, 1, `${label}: onDone once`);

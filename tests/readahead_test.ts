@@ -41,6 +41,23 @@ async function readAll(s: ReadableStream<Uint8Array>): Promise<Uint8Array> {
   return concat(...await Array.fromAsync(s));
 }
 
+// DATA in 10-byte reads: 10 bytes in memory, then the disk (up to `max`).
+function spilling(dir: string, max: number) {
+  const conn = new ScriptedConn(pieces(DATA, 10));
+  const budget = { max: 1000, held: 0 };
+  const spill: SpillOptions = { dir, max, held: 0 };
+  const done: unknown[] = [];
+  const s = stream(
+    conn,
+    { kind: "length", length: 100 },
+    10,
+    budget,
+    spill,
+    done,
+  );
+  return { conn, budget, spill, done, s };
+}
+
 Deno.test("SpillFile gives bytes back in order, empties itself when caught up, and leaves no file", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -140,18 +157,7 @@ Deno.test("read-ahead keeps order when memory frees while the disk holds bytes",
 Deno.test("read-ahead stops at the spill limit and reads on at the reader's pace", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const conn = new ScriptedConn(pieces(DATA, 10));
-    const budget = { max: 1000, held: 0 };
-    const spill: SpillOptions = { dir, max: 25, held: 0 };
-    const done: unknown[] = [];
-    const s = stream(
-      conn,
-      { kind: "length", length: 100 },
-      10,
-      budget,
-      spill,
-      done,
-    );
+    const { conn, spill, done, s } = spilling(dir, 25);
     await until(() => spill.held >= 25, "the spill limit");
     for (let i = 0; i < 10; i++) await turn();
     assert.equal(spill.held, 30, "10 in memory, then 3 reads to disk");
@@ -192,18 +198,7 @@ Deno.test("read-ahead whose spill directory is gone reports it once and goes on 
 Deno.test("a cancelled body closes its spill file and gives back what it held", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const conn = new ScriptedConn(pieces(DATA, 10));
-    const budget = { max: 1000, held: 0 };
-    const spill: SpillOptions = { dir, max: 1000, held: 0 };
-    const done: unknown[] = [];
-    const s = stream(
-      conn,
-      { kind: "length", length: 100 },
-      10,
-      budget,
-      spill,
-      done,
-    );
+    const { budget, spill, done, s } = spilling(dir, 1000);
     await until(() => spill.held >= 30, "some on disk");
     await s.cancel(new Error("consumer left"));
     assert.equal(budget.held, 0);
