@@ -66,7 +66,7 @@ export interface DialerOptions {
       acquire(queuedMs: () => number): boolean;
       release(): void;
       reuse(): boolean | "park";
-      wait(signal?: AbortSignal): Promise<boolean>;
+      wait(signal?: AbortSignal, renewMs?: number): Promise<boolean>;
       noPark(): void;
       heard(): void;
     },
@@ -102,6 +102,9 @@ interface Link {
   heardAt: number;
   // With a gate: served its one request and is closing (offers nothing).
   spent: boolean;
+  // Parked at a hub that renews its wait requests (so sends one at least
+  // every ping interval): the silence watchdog covers it as an idle link.
+  renews: boolean;
 }
 
 interface EndpointState {
@@ -365,6 +368,7 @@ export class Dialer {
       withdraw: new AbortController(),
       heardAt: 0,
       spent: false,
+      renews: false,
     };
     let conn: Connection;
     let admitted = false;
@@ -433,14 +437,17 @@ export class Dialer {
     if (silence > 0) {
       watchdog = setInterval(() => {
         const now = performance.now();
-        // Only an idle connection expects to hear from its hub.
-        if (link.busy || link.parked) link.heardAt = now;
+        // Only an idle connection, or a parked one whose hub renews its wait
+        // request, expects to hear from its hub.
+        if (link.busy || (link.parked && !link.renews)) link.heardAt = now;
         if (withdraw.aborted || now - link.heardAt < silence) return;
         this.#o.onError(
           new Error(
             `Hub ${s.endpoint.key} sent nothing for ${
               Math.round(silence / 1000)
-            } s on an idle connection; dialing again`,
+            } s on ${
+              link.parked ? "a parked" : "an idle"
+            } connection; dialing again`,
           ),
           "connection",
         );
@@ -487,8 +494,9 @@ export class Dialer {
           if (this.#o.gate !== undefined) link.spent = true;
           this.#reconcile();
         },
-        wait: (signal) => {
+        wait: (signal, renewMs) => {
           link.heardAt = performance.now();
+          link.renews = (renewMs ?? 0) > 0;
           s.parks = true;
           link.parked = true;
           const { promise, resolve } = Promise.withResolvers<boolean>();

@@ -94,12 +94,12 @@ export function renewTime(value: string | null): number {
  * connection back or `gone` settles (the hub closed it).
  */
 export async function holdWait(
-  wait: (signal?: AbortSignal) => Promise<boolean>,
+  wait: (signal?: AbortSignal, renewMs?: number) => Promise<boolean>,
   renewMs: number,
   gone: Promise<unknown>,
 ): Promise<"offer" | "renew" | "back"> {
   const stop = new AbortController();
-  const offer = wait(stop.signal);
+  const offer = wait(stop.signal, renewMs);
   let timer: ReturnType<typeof setTimeout> | undefined;
   const renew = renewMs > 0
     ? new Promise<"renew">((r) => timer = setTimeout(() => r("renew"), renewMs))

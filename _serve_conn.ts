@@ -94,10 +94,11 @@ export interface ServeConnectionOptions {
    * a parked connection. Resolve true to offer the connection again (the
    * wait request is answered), false to give it back (the "not started" 408
    * and close). `signal` aborts when the engine stops waiting (to renew the
-   * parked connection; resolve false then). Without it, connections are
-   * never parked.
+   * parked connection; resolve false then); `renewMs` is the renewal time the
+   * hub asked for (0: none), so the hub is heard from at least that often.
+   * Without it, connections are never parked.
    */
-  wait?: (signal?: AbortSignal) => Promise<boolean>;
+  wait?: (signal?: AbortSignal, renewMs?: number) => Promise<boolean>;
   /**
    * Called when a hub answered a park with an ordinary request instead of
    * the wait request: it does not know parking. The request is then served

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { type HubServer, serveHub } from "../hub.ts";
 import { connectWorker, ENGINE } from "./_hub.ts";
 import { deadline, waitFor } from "./_wait.ts";
+import { renewingWaitRequest } from "../_park.ts";
 
 function hub(options: Parameters<typeof serveHub>[0] = {}): HubServer {
   return serveHub({
@@ -306,5 +307,98 @@ Deno.test(`[${ENGINE}] a connection parked at one hub while the worker is busy a
     worker.close();
     await worker.finished;
     await Promise.all([a.shutdown(), b.shutdown()]);
+  }
+});
+
+// Reads from `conn` until a blank line ends a head; returns the text read.
+async function headOn(conn: Deno.Conn): Promise<string> {
+  let got = "";
+  const buf = new Uint8Array(4096);
+  while (!got.includes("\r\n\r\n")) {
+    const n = await conn.read(buf);
+    if (n === null) throw new Error(`Cannot read a head: ended after ${got}`);
+    got += new TextDecoder().decode(buf.subarray(0, n));
+  }
+  return got;
+}
+
+Deno.test(`[${ENGINE}] a connection parked at a hub that renews and then falls silent is handed back and dialled again`, async () => {
+  // Hub A is real and keeps the worker's one permit busy; hub B is a raw
+  // socket that parks the worker's connection, renews once, and goes silent.
+  const a = hub();
+  const fakeB = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { promise: held, resolve: release } = Promise.withResolvers<void>();
+  let holding = 0;
+  const errors: string[] = [];
+  const worker = connectWorker(async (req) => {
+    if (new URL(req.url).pathname === "/hold") {
+      holding++;
+      await held;
+    }
+    return new Response("ok");
+  }, {
+    hubs: [
+      `127.0.0.1:${a.workerAddr.port}`,
+      `127.0.0.1:${(fakeB.addr as Deno.NetAddr).port}`,
+    ],
+    workerId: "w",
+    concurrency: 1,
+    minBackoff: 10,
+    maxBackoff: 100,
+    onError: (e) => errors.push(String(e)),
+  });
+  const conns: Deno.Conn[] = [];
+  try {
+    const b = await deadline(fakeB.accept(), 10_000, "a connection at B");
+    conns.push(b);
+    // Later connections to B (redials) are kept open and never answered.
+    (async () => {
+      try {
+        for await (const c of fakeB) conns.push(c);
+      } catch {
+        // closed
+      }
+    })();
+    assert.match(
+      await headOn(b),
+      /^GET \/ HTTP\/1\.1\r\n[\s\S]*pothead-park-renew: 1/i,
+    );
+    await b.write(new TextEncoder().encode(
+      "HTTP/1.1 101 Switching Protocols\r\nupgrade: ptth\r\n" +
+        "connection: Upgrade\r\npothead-ping-interval: 100\r\n\r\n",
+    ));
+    await waitFor(() => a.hub.stats.idle === 1, "a slot at A");
+    const held1 = fetch(url(a, "/hold"));
+    await waitFor(() => holding === 1, "/hold running at A");
+    await b.write(
+      new TextEncoder().encode("GET /b HTTP/1.1\r\nhost: b\r\n\r\n"),
+    );
+    assert.match(await headOn(b), /^HTTP\/1\.1 408 [\s\S]*pothead-park/i);
+    await b.write(renewingWaitRequest(100));
+    assert.match(await headOn(b), /^HTTP\/1\.1 204 [\s\S]*pothead-park/i);
+    // Silent from now on: the worker gives the parked connection back.
+    await waitFor(
+      () =>
+        errors.some((e) =>
+          /sent nothing for .* on a parked connection/.test(e)
+        ),
+      "the worker to notice the silent hub",
+      10_000,
+    );
+    release();
+    await (await held1).text();
+  } finally {
+    release();
+    worker.close();
+    await worker.finished;
+    fakeB.close();
+    for (const c of conns) {
+      try {
+        c.close();
+      } catch {
+        // closed by the worker
+      }
+    }
+    await a.shutdown();
   }
 });
