@@ -839,57 +839,49 @@ export class HubMetrics {
       "Response body bytes read from workers.",
       (p) => p.bytesOut,
     );
-    const refused = (stats as { handshakesRefused?: number }).handshakesRefused;
-    if (refused !== undefined) {
-      header(
-        out,
-        "pothead_worker_handshakes_refused_total",
-        "counter",
-        "Worker handshakes refused (bad or missing token, malformed).",
-      );
-      out.push(`pothead_worker_handshakes_refused_total ${num(refused)}`);
-    }
-    const { pings, pingTimeouts } = stats as {
-      pings?: number;
-      pingTimeouts?: number;
+    // Hub-wide values, each when the stats carry it (older or partial
+    // stats objects may not).
+    const extra = stats as Partial<HubStats>;
+    const hubWide = (
+      name: string,
+      type: "counter" | "gauge",
+      help: string,
+      value: number | undefined,
+    ) => {
+      if (value === undefined) return;
+      header(out, name, type, help);
+      out.push(`${name} ${num(value)}`);
     };
-    if (pings !== undefined && pingTimeouts !== undefined) {
-      header(
-        out,
-        "pothead_worker_pings_total",
-        "counter",
-        "Pings sent on idle worker connections.",
-      );
-      out.push(`pothead_worker_pings_total ${num(pings)}`);
-      header(
-        out,
-        "pothead_worker_ping_timeouts_total",
-        "counter",
-        "Worker connections closed because a ping went unanswered.",
-      );
-      out.push(`pothead_worker_ping_timeouts_total ${num(pingTimeouts)}`);
-    }
-
-    const buffered = (stats as { responseBuffered?: number }).responseBuffered;
-    if (buffered !== undefined) {
-      header(
-        out,
-        "pothead_response_buffered_bytes",
-        "gauge",
-        "Response body bytes read from workers ahead of slower consumers.",
-      );
-      out.push(`pothead_response_buffered_bytes ${num(buffered)}`);
-    }
-    const spilled = (stats as { responseSpilled?: number }).responseSpilled;
-    if (spilled !== undefined) {
-      header(
-        out,
-        "pothead_response_spilled_bytes",
-        "gauge",
-        "Response body bytes waiting on disk for slower consumers.",
-      );
-      out.push(`pothead_response_spilled_bytes ${num(spilled)}`);
-    }
+    hubWide(
+      "pothead_worker_handshakes_refused_total",
+      "counter",
+      "Worker handshakes refused (bad or missing token, malformed).",
+      extra.handshakesRefused,
+    );
+    hubWide(
+      "pothead_worker_pings_total",
+      "counter",
+      "Pings sent on idle worker connections.",
+      extra.pings,
+    );
+    hubWide(
+      "pothead_worker_ping_timeouts_total",
+      "counter",
+      "Worker connections closed because a ping went unanswered.",
+      extra.pingTimeouts,
+    );
+    hubWide(
+      "pothead_response_buffered_bytes",
+      "gauge",
+      "Response body bytes read from workers ahead of slower consumers.",
+      extra.responseBuffered,
+    );
+    hubWide(
+      "pothead_response_spilled_bytes",
+      "gauge",
+      "Response body bytes waiting on disk for slower consumers.",
+      extra.responseSpilled,
+    );
 
     header(
       out,

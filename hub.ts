@@ -30,7 +30,7 @@ import {
   splitUrl,
 } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
-import type { ReadAheadBudget, SpillOptions } from "./_readahead.ts";
+import type { ReadAheadOptions, SpillOptions } from "./_readahead.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
   errorText,
@@ -686,10 +686,10 @@ export class Hub {
   #closed = false;
   // Resolves when the grace of shutdown() ends: body reads stop waiting.
   #whenClosed = Promise.withResolvers<void>();
-  // Response bytes read ahead of slow consumers, over all requests.
-  #readAhead: ReadAheadBudget;
-  // Where response bodies go on past their memory; undefined: nowhere.
-  #spill: SpillOptions | undefined;
+  // How far response bodies are read ahead of slow consumers: the memory
+  // budget and spill directory all slots share (bodyStream decides from
+  // them whether a body reads ahead at all).
+  #readAhead: ReadAheadOptions;
   // Requests whose (small) body is being read before they queue.
   #reading = 0;
   #stats = {
@@ -731,18 +731,21 @@ export class Hub {
       trustForwarded: options.trustForwarded ?? false,
       workerTokens: [...tokens],
     };
-    this.#readAhead = { max: numbers.responseBufferTotal, held: 0 };
-    this.#spill = spillOptions(
-      options.responseSpillDir,
-      numbers.responseSpillMax,
-      (error) =>
-        this.#log({
-          level: "warn",
-          msg: "cannot spill a response body to disk",
-          dir: options.responseSpillDir,
-          reason: errorText(error),
-        }),
-    );
+    this.#readAhead = {
+      limit: numbers.responseBuffer,
+      budget: { max: numbers.responseBufferTotal, held: 0 },
+      spill: spillOptions(
+        options.responseSpillDir,
+        numbers.responseSpillMax,
+        (error) =>
+          this.#log({
+            level: "warn",
+            msg: "cannot spill a response body to disk",
+            dir: options.responseSpillDir,
+            reason: errorText(error),
+          }),
+      ),
+    };
     this.#routes = (options.routes ?? []).map((r) => {
       if (r === null || typeof r !== "object") {
         throw new TypeError(
@@ -850,8 +853,8 @@ export class Hub {
       idle,
       parked: this.#parked.size,
       busy: this.#slots.size - idle - this.#parked.size,
-      responseBuffered: this.#readAhead.held,
-      responseSpilled: this.#spill?.held ?? 0,
+      responseBuffered: this.#readAhead.budget.held,
+      responseSpilled: this.#readAhead.spill?.held ?? 0,
       ...this.#stats,
       pools,
       workers,
@@ -1124,13 +1127,7 @@ export class Hub {
         maxBodySize: this.#opts.maxResponseBodySize,
         maxUploadSize: this.#opts.maxRequestBodySize,
         smallBody: SMALL_BODY,
-        readAhead: this.#opts.responseBuffer > 0 || this.#spill !== undefined
-          ? {
-            limit: this.#opts.responseBuffer,
-            budget: this.#readAhead,
-            spill: this.#spill,
-          }
-          : undefined,
+        readAhead: this.#readAhead,
         onIdle: (s) => this.#offer(s),
         onPark: (s) => this.#park(s),
         parkRenew: this.#opts.pingInterval > 0

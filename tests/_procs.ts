@@ -278,7 +278,11 @@ export async function hubPorts(
  */
 export function startHub(
   args: string[] = [],
-  options: SpawnOptions & { entry?: string } = {},
+  options: SpawnOptions & {
+    entry?: string;
+    /** Where the "Listening on" lines come (stderr with an access log). */
+    listening?: "stdout" | "stderr";
+  } = {},
 ): Promise<HubProc> {
   const proc = spawnDeno(options.entry ?? "hub", [
     "run",
@@ -292,7 +296,7 @@ export function startHub(
     "0",
     ...args,
   ], options);
-  return hubPorts(proc);
+  return hubPorts(proc, options.listening);
 }
 
 /**

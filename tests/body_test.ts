@@ -14,11 +14,9 @@ import {
   type WriteFraming,
 } from "../_body.ts";
 import { BufferedReader, writeAll } from "../_io.ts";
-import type { ReadAheadBudget } from "../_readahead.ts";
 import {
   bytes,
   concat,
-  type MemConn,
   memPair,
   pieces,
   readAll,
@@ -164,148 +162,6 @@ async function assertBodyError(
 }
 
 const allBytes = new Uint8Array(256).map((_, i) => i);
-
-// ---------------------------------------------------------------------------
-// Read-ahead
-
-// Lets reads that completed run their continuations (no sockets: a timer
-// turn is plenty).
-const turn = () => new Promise((r) => setTimeout(r, 5));
-
-function aheadStream(
-  conn: ScriptedConn | MemConn,
-  framing: Framing,
-  limit: number,
-  budget: ReadAheadBudget,
-  done: unknown[] = [],
-): ReadableStream<Uint8Array> {
-  return bodyStream(new BufferedReader(conn), framing, {
-    limits: DEFAULT_LIMITS,
-    onDone: (error) => done.push(error),
-    readAhead: { limit, budget },
-  })!;
-}
-
-Deno.test("bodyStream read ahead: reads up to its limit unasked, then as the reader takes", async () => {
-  const data = allBytes.slice(0, 100);
-  const conn = new ScriptedConn(pieces(data, 10));
-  const budget = { max: 1000, held: 0 };
-  const done: unknown[] = [];
-  const stream = aheadStream(
-    conn,
-    { kind: "length", length: 100 },
-    25,
-    budget,
-    done,
-  );
-  await turn();
-  // Reads while under the limit: 10, 20, then 30 and stop.
-  assert.equal(conn.reads, 3);
-  assert.equal(budget.held, 30);
-  const reader = stream.getReader();
-  const first = await reader.read();
-  assert.deepEqual(first.value, data.slice(0, 10));
-  // A small read is held as a copy, not as a view of a 64 KiB array.
-  assert.equal(first.value!.buffer.byteLength, 10);
-  await turn();
-  assert.equal(conn.reads, 4);
-  assert.equal(budget.held, 30);
-  assert.deepEqual(done, []);
-  const rest: Uint8Array[] = [];
-  while (true) {
-    const { done: end, value } = await reader.read();
-    if (end) break;
-    rest.push(value);
-  }
-  assert.deepEqual(concat(first.value!, ...rest), data);
-  assert.deepEqual(done, [undefined]);
-  assert.equal(budget.held, 0);
-});
-
-Deno.test("bodyStream read ahead: the body ends (onDone) before its reader has taken it", async () => {
-  const wire = bytes("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
-  const conn = new ScriptedConn([concat(wire, NEXT)]);
-  const budget = { max: 1000, held: 0 };
-  const done: unknown[] = [];
-  const stream = aheadStream(conn, { kind: "chunked" }, 100, budget, done);
-  await turn();
-  assert.deepEqual(done, [undefined], "done before any read");
-  assert.equal(budget.held, 11);
-  await stream.cancel(new Error("consumer left"));
-  assert.equal(budget.held, 0, "cancel gives the bytes back");
-  assert.deepEqual(done, [undefined], "a cancel after the end is no failure");
-});
-
-Deno.test("bodyStream read ahead: bodies share the budget, and a reader still gets bytes past it", async () => {
-  const budget = { max: 25, held: 0 };
-  const a = new ScriptedConn(pieces(allBytes.slice(0, 100), 10));
-  const b = new ScriptedConn(pieces(allBytes.slice(100, 200), 10));
-  const streamA = aheadStream(a, { kind: "length", length: 100 }, 1000, budget);
-  await turn();
-  assert.equal(a.reads, 3, "A stops once the budget is used");
-  assert.equal(budget.held, 30);
-  const streamB = aheadStream(b, { kind: "length", length: 100 }, 1000, budget);
-  await turn();
-  assert.equal(b.reads, 0, "B reads nothing ahead");
-  const readerB = streamB.getReader();
-  const got = await readerB.read();
-  assert.deepEqual(got.value, allBytes.slice(100, 110), "B's reader is served");
-  await turn();
-  assert.equal(b.reads, 1, "and B still reads nothing ahead");
-  await streamA.cancel();
-  assert.equal(budget.held, 0);
-  await turn();
-  assert.equal(b.reads, 1, "B resumes read-ahead only when its reader asks");
-  await readerB.read();
-  await turn();
-  assert.ok(b.reads >= 3, `B reads ahead again (${b.reads} reads)`);
-  await readerB.cancel();
-  assert.equal(budget.held, 0);
-});
-
-Deno.test("bodyStream read ahead: bytes that arrive after a cancel are not held", async () => {
-  const [near, far] = memPair();
-  const budget = { max: 1000, held: 0 };
-  const done: unknown[] = [];
-  const stream = aheadStream(
-    near,
-    { kind: "length", length: 10 },
-    100,
-    budget,
-    done,
-  );
-  await turn(); // a read is in flight
-  await stream.cancel(new Error("consumer left"));
-  assert.equal(done.length, 1);
-  await writeAll(far, bytes("0123456789"));
-  await turn();
-  assert.equal(budget.held, 0);
-  assert.equal(done.length, 1);
-  far.close();
-  near.close();
-});
-
-Deno.test("bodyStream read ahead: an error after bytes held reaches the reader after those bytes", async () => {
-  const conn = new ScriptedConn(["hello"], {
-    readError: new Deno.errors.ConnectionReset("reset"),
-  });
-  const budget = { max: 1000, held: 0 };
-  const done: unknown[] = [];
-  const stream = aheadStream(
-    conn,
-    { kind: "length", length: 10 },
-    100,
-    budget,
-    done,
-  );
-  await turn();
-  assert.equal(done.length, 1, "onDone has the error at once");
-  assert.ok(done[0] instanceof Deno.errors.ConnectionReset);
-  const reader = stream.getReader();
-  assert.equal(text((await reader.read()).value!), "hello");
-  await assert.rejects(reader.read(), Deno.errors.ConnectionReset);
-  assert.equal(budget.held, 0);
-});
 
 // ---------------------------------------------------------------------------
 // Valid bodies

@@ -365,20 +365,10 @@ Deno.test("worker exits 1 naming what a module without a valid default export ha
 });
 
 Deno.test("with --access-log json, stdout carries only access records (the start lines go to stderr)", async () => {
-  const proc = spawnDeno("hub", [
-    "run",
-    ...RUN_PERMISSIONS,
-    "hub.ts",
-    "--hostname",
-    "127.0.0.1",
-    "--port",
-    "0",
-    "--worker-port",
-    "0",
-    "--access-log",
-    "json",
-  ]);
-  const hub = await hubPorts(proc, "stderr");
+  const hub = await startHub(["--access-log", "json"], {
+    listening: "stderr",
+  });
+  const proc = hub.proc;
   let worker: Proc | undefined;
   try {
     worker = await startWorker(hub.workerPort, "examples/hello.ts");

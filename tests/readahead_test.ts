@@ -1,16 +1,25 @@
 /**
- * Read-ahead past memory: the spill file (`_spill.ts`) and bodies that go on
- * to disk once their memory is used (`_readahead.ts`), on scripted
- * connections and a real temporary directory.
+ * Read-ahead (`_readahead.ts`): bodies read ahead of their reader in memory,
+ * within a shared budget, and on to disk once their memory is used (the
+ * spill file, `_spill.ts`), on scripted connections and a real temporary
+ * directory. (`tests/body_test.ts` reads every framed body read ahead too.)
  */
 
 import assert from "node:assert/strict";
 import { DEFAULT_LIMITS, type Framing } from "../_codec.ts";
 import { bodyStream } from "../_body.ts";
-import { BufferedReader } from "../_io.ts";
+import { BufferedReader, writeAll } from "../_io.ts";
 import type { ReadAheadBudget, SpillOptions } from "../_readahead.ts";
 import { SpillFile } from "../_spill.ts";
-import { bytes, concat, pieces, ScriptedConn, text } from "./_memconn.ts";
+import {
+  bytes,
+  concat,
+  type MemConn,
+  memPair,
+  pieces,
+  ScriptedConn,
+  text,
+} from "./_memconn.ts";
 
 const turn = () => new Promise((r) => setTimeout(r, 5));
 
@@ -23,11 +32,11 @@ async function until(check: () => boolean, what: string): Promise<void> {
 const DATA = new Uint8Array(100).map((_, i) => i);
 
 function stream(
-  conn: ScriptedConn,
+  conn: ScriptedConn | MemConn,
   framing: Framing,
   limit: number,
   budget: ReadAheadBudget,
-  spill: SpillOptions,
+  spill?: SpillOptions,
   done: unknown[] = [],
 ): ReadableStream<Uint8Array> {
   return bodyStream(new BufferedReader(conn), framing, {
@@ -40,6 +49,136 @@ function stream(
 async function readAll(s: ReadableStream<Uint8Array>): Promise<Uint8Array> {
   return concat(...await Array.fromAsync(s));
 }
+
+Deno.test("bodyStream read ahead: reads up to its limit unasked, then as the reader takes", async () => {
+  const data = DATA;
+  const conn = new ScriptedConn(pieces(data, 10));
+  const budget = { max: 1000, held: 0 };
+  const done: unknown[] = [];
+  const body = stream(
+    conn,
+    { kind: "length", length: 100 },
+    25,
+    budget,
+    undefined,
+    done,
+  );
+  await turn();
+  // Reads while under the limit: 10, 20, then 30 and stop.
+  assert.equal(conn.reads, 3);
+  assert.equal(budget.held, 30);
+  const reader = body.getReader();
+  const first = await reader.read();
+  assert.deepEqual(first.value, data.slice(0, 10));
+  // A small read is held as a copy, not as a view of a 64 KiB array.
+  assert.equal(first.value!.buffer.byteLength, 10);
+  await turn();
+  assert.equal(conn.reads, 4);
+  assert.equal(budget.held, 30);
+  assert.deepEqual(done, []);
+  const rest: Uint8Array[] = [];
+  while (true) {
+    const { done: end, value } = await reader.read();
+    if (end) break;
+    rest.push(value);
+  }
+  assert.deepEqual(concat(first.value!, ...rest), data);
+  assert.deepEqual(done, [undefined]);
+  assert.equal(budget.held, 0);
+});
+
+Deno.test("bodyStream read ahead: the body ends (onDone) before its reader has taken it", async () => {
+  const wire = bytes("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+  const conn = new ScriptedConn([
+    concat(wire, bytes("HTTP/1.1 200 OK\r\n\r\n")),
+  ]);
+  const budget = { max: 1000, held: 0 };
+  const done: unknown[] = [];
+  const body = stream(conn, { kind: "chunked" }, 100, budget, undefined, done);
+  await turn();
+  assert.deepEqual(done, [undefined], "done before any read");
+  assert.equal(budget.held, 11);
+  await body.cancel(new Error("consumer left"));
+  assert.equal(budget.held, 0, "cancel gives the bytes back");
+  assert.deepEqual(done, [undefined], "a cancel after the end is no failure");
+});
+
+Deno.test("bodyStream read ahead: bodies share the budget, and a reader still gets bytes past it", async () => {
+  const budget = { max: 25, held: 0 };
+  const a = new ScriptedConn(pieces(DATA, 10));
+  const b = new ScriptedConn(pieces(DATA.map((b) => b + 100), 10));
+  const streamA = stream(a, { kind: "length", length: 100 }, 1000, budget);
+  await turn();
+  assert.equal(a.reads, 3, "A stops once the budget is used");
+  assert.equal(budget.held, 30);
+  const streamB = stream(b, { kind: "length", length: 100 }, 1000, budget);
+  await turn();
+  assert.equal(b.reads, 0, "B reads nothing ahead");
+  const readerB = streamB.getReader();
+  const got = await readerB.read();
+  assert.deepEqual(
+    got.value,
+    DATA.slice(0, 10).map((b) => b + 100),
+    "B's reader is served",
+  );
+  await turn();
+  assert.equal(b.reads, 1, "and B still reads nothing ahead");
+  await streamA.cancel();
+  assert.equal(budget.held, 0);
+  await turn();
+  assert.equal(b.reads, 1, "B resumes read-ahead only when its reader asks");
+  await readerB.read();
+  await turn();
+  assert.ok(b.reads >= 3, `B reads ahead again (${b.reads} reads)`);
+  await readerB.cancel();
+  assert.equal(budget.held, 0);
+});
+
+Deno.test("bodyStream read ahead: bytes that arrive after a cancel are not held", async () => {
+  const [near, far] = memPair();
+  const budget = { max: 1000, held: 0 };
+  const done: unknown[] = [];
+  const body = stream(
+    near,
+    { kind: "length", length: 10 },
+    100,
+    budget,
+    undefined,
+    done,
+  );
+  await turn(); // a read is in flight
+  await body.cancel(new Error("consumer left"));
+  assert.equal(done.length, 1);
+  await writeAll(far, bytes("0123456789"));
+  await turn();
+  assert.equal(budget.held, 0);
+  assert.equal(done.length, 1);
+  far.close();
+  near.close();
+});
+
+Deno.test("bodyStream read ahead: an error after bytes held reaches the reader after those bytes", async () => {
+  const conn = new ScriptedConn(["hello"], {
+    readError: new Deno.errors.ConnectionReset("reset"),
+  });
+  const budget = { max: 1000, held: 0 };
+  const done: unknown[] = [];
+  const body = stream(
+    conn,
+    { kind: "length", length: 10 },
+    100,
+    budget,
+    undefined,
+    done,
+  );
+  await turn();
+  assert.equal(done.length, 1, "onDone has the error at once");
+  assert.ok(done[0] instanceof Deno.errors.ConnectionReset);
+  const reader = body.getReader();
+  assert.equal(text((await reader.read()).value!), "hello");
+  await assert.rejects(reader.read(), Deno.errors.ConnectionReset);
+  assert.equal(budget.held, 0);
+});
 
 // DATA in 10-byte reads: 10 bytes in memory, then the disk (up to `max`).
 function spilling(dir: string, max: number) {
