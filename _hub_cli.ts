@@ -57,6 +57,16 @@ Options (each also as the environment variable in brackets):
                            large (needs write access) [POTHEAD_RESPONSE_SPILL_DIR]
   --response-spill-max N   most bytes of one response waiting there
                            [POTHEAD_RESPONSE_SPILL_MAX] (1073741824)
+  --request-buffer N       bytes of an upload read ahead while its request waits
+                           in the queue; 0 = read when a worker asks
+                           [POTHEAD_REQUEST_BUFFER] (1048576)
+  --request-buffer-total N
+                           most bytes held that way over all uploads
+                           [POTHEAD_REQUEST_BUFFER_TOTAL] (67108864)
+  --request-spill-dir DIR  a directory where queued uploads go on past that
+                           (needs write access) [POTHEAD_REQUEST_SPILL_DIR]
+  --request-spill-max N    most bytes of one upload waiting there
+                           [POTHEAD_REQUEST_SPILL_MAX] (1073741824)
   --max-retries N          resends of a request a worker provably did not start
                            [POTHEAD_MAX_RETRIES] (2)
   --shutdown-grace T       on SIGTERM, time queued and running requests get
@@ -270,11 +280,31 @@ export function optionsFrom(
       64 * 1024 * 1024,
     ),
     responseSpillDir: spillDir(
+      "--response-spill-dir",
       v("response-spill-dir", "POTHEAD_RESPONSE_SPILL_DIR"),
     ),
     responseSpillMax: parseInteger(
       v("response-spill-max", "POTHEAD_RESPONSE_SPILL_MAX"),
       "--response-spill-max",
+      1024 * 1024 * 1024,
+    ),
+    requestBuffer: parseInteger(
+      v("request-buffer", "POTHEAD_REQUEST_BUFFER"),
+      "--request-buffer",
+      1024 * 1024,
+    ),
+    requestBufferTotal: parseInteger(
+      v("request-buffer-total", "POTHEAD_REQUEST_BUFFER_TOTAL"),
+      "--request-buffer-total",
+      64 * 1024 * 1024,
+    ),
+    requestSpillDir: spillDir(
+      "--request-spill-dir",
+      v("request-spill-dir", "POTHEAD_REQUEST_SPILL_DIR"),
+    ),
+    requestSpillMax: parseInteger(
+      v("request-spill-max", "POTHEAD_REQUEST_SPILL_MAX"),
+      "--request-spill-max",
       1024 * 1024 * 1024,
     ),
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
@@ -293,16 +323,16 @@ export function optionsFrom(
   };
 }
 
-// The --response-spill-dir value, checked to be a directory the hub can
+// A spill directory option's value, checked to be a directory the hub can
 // make files in (a usage error, exit 2, rather than warnings under load).
-function spillDir(dir: string | undefined): string | undefined {
+function spillDir(flag: string, dir: string | undefined): string | undefined {
   if (dir === undefined) return undefined;
   try {
     const probe = Deno.makeTempFileSync({ dir, prefix: "pothead-probe-" });
     Deno.removeSync(probe);
   } catch (error) {
     throw new UsageError(
-      `Invalid --response-spill-dir: cannot make a file in "${dir}": ${
+      `Invalid ${flag}: cannot make a file in "${dir}": ${
         (error as Error).message
       }`,
     );
@@ -337,6 +367,10 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "response-buffer-total": { type: "string" },
         "response-spill-dir": { type: "string" },
         "response-spill-max": { type: "string" },
+        "request-buffer": { type: "string" },
+        "request-buffer-total": { type: "string" },
+        "request-spill-dir": { type: "string" },
+        "request-spill-max": { type: "string" },
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
         cert: { type: "string" },

@@ -882,6 +882,18 @@ export class HubMetrics {
       "Response body bytes waiting on disk for slower consumers.",
       extra.responseSpilled,
     );
+    hubWide(
+      "pothead_request_buffered_bytes",
+      "gauge",
+      "Upload bytes read from consumers while their requests wait.",
+      extra.requestBuffered,
+    );
+    hubWide(
+      "pothead_request_spilled_bytes",
+      "gauge",
+      "Upload bytes waiting on disk for the workers that will take them.",
+      extra.requestSpilled,
+    );
 
     header(
       out,

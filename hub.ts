@@ -30,6 +30,7 @@ import {
   splitUrl,
 } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
+import { readAheadStream } from "./_readahead.ts";
 import type { ReadAheadOptions, SpillOptions } from "./_readahead.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
@@ -234,6 +235,36 @@ export interface HubOptions {
    * @default {1073741824}
    */
   responseSpillMax?: number;
+  /**
+   * Bytes of a streamed upload (one larger than `bufferRequestBody`, or
+   * chunked) the hub reads ahead while the request waits in the queue, so
+   * the worker that takes it finds that much already here instead of
+   * waiting for the consumer to send it, and a consumer that leaves while
+   * its upload waits is noticed (and answered) without costing a worker.
+   * 0: uploads are read only when a worker asks for them.
+   * @default {1048576}
+   */
+  requestBuffer?: number;
+  /**
+   * Most bytes all queued uploads together may hold read ahead (see
+   * `requestBuffer`); past it, uploads wait unread until some is taken.
+   * @default {67108864}
+   */
+  requestBufferTotal?: number;
+  /**
+   * A directory where an upload waiting in the queue goes on once its
+   * `requestBuffer` is full (or `requestBufferTotal` is reached): a slow
+   * uploader's body collects there while it waits, and the worker that
+   * takes it reads it at disk speed. Temporary files as for
+   * `responseSpillDir`. Unset: no spilling.
+   */
+  requestSpillDir?: string;
+  /**
+   * Most bytes of one upload waiting on disk (see `requestSpillDir`); past
+   * it, the upload goes at its consumer's pace.
+   * @default {1073741824}
+   */
+  requestSpillMax?: number;
   /** Limits on response heads and chunk lines from workers. */
   limits?: Partial<HeadLimits>;
   /**
@@ -356,6 +387,16 @@ export interface HubStats {
    * `responseSpillDir`).
    */
   responseSpilled: number;
+  /**
+   * Upload bytes read from consumers ahead of the workers that will take
+   * them (see `requestBuffer`).
+   */
+  requestBuffered: number;
+  /**
+   * Upload bytes waiting on disk for their workers (see
+   * `requestSpillDir`).
+   */
+  requestSpilled: number;
   /** Consumer requests received. */
   received: number;
   /** Requests answered by a worker (any status). */
@@ -405,6 +446,9 @@ class Pending {
   watching = false;
   clientIp: string | null = null;
   body: Uint8Array | ReadableStream<Uint8Array> | null = null;
+  // The body as read ahead while queued (requestBuffer): cancelled when the
+  // request is settled unless a worker connection is reading it.
+  readAhead: ReadableStream<Uint8Array> | null = null;
   contentLength = -1;
   resolve!: (res: Response) => void;
   #id: string | null;
@@ -580,6 +624,9 @@ const DEFAULTS = {
   responseBuffer: 1024 * 1024,
   responseBufferTotal: 64 * 1024 * 1024,
   responseSpillMax: 1024 * 1024 * 1024,
+  requestBuffer: 1024 * 1024,
+  requestBufferTotal: 64 * 1024 * 1024,
+  requestSpillMax: 1024 * 1024 * 1024,
   handshakeWait: 50,
   handshakeTimeout: 10_000,
   pingInterval: 30_000,
@@ -604,13 +651,14 @@ type Attached =
 // The spill settings for `dir` (undefined: none); throws TypeError naming
 // the option when it is not an existing directory.
 function spillOptions(
+  option: string,
   dir: string | undefined,
   max: number,
   onError: (error: unknown) => void,
 ): SpillOptions | undefined {
   if (dir === undefined || max === 0) return undefined;
   const bad = (why: string) =>
-    new TypeError(`Invalid option "responseSpillDir": ${why}`);
+    new TypeError(`Invalid option "${option}": ${why}`);
   if (typeof dir !== "string" || dir === "") {
     throw bad(`expected a directory path, got ${JSON.stringify(dir)}`);
   }
@@ -656,7 +704,13 @@ export class Hub {
   #opts: Required<
     Omit<
       HubOptions,
-      "onLog" | "onAccess" | "limits" | "routes" | "pools" | "responseSpillDir"
+      | "onLog"
+      | "onAccess"
+      | "limits"
+      | "routes"
+      | "pools"
+      | "responseSpillDir"
+      | "requestSpillDir"
     >
   >;
   #limits: HeadLimits;
@@ -690,6 +744,8 @@ export class Hub {
   // budget and spill directory all slots share (bodyStream decides from
   // them whether a body reads ahead at all).
   #readAhead: ReadAheadOptions;
+  // How far queued uploads are read ahead (null: not at all).
+  #uploadAhead: ReadAheadOptions | null;
   // Requests whose (small) body is being read before they queue.
   #reading = 0;
   #stats = {
@@ -735,6 +791,7 @@ export class Hub {
       limit: numbers.responseBuffer,
       budget: { max: numbers.responseBufferTotal, held: 0 },
       spill: spillOptions(
+        "responseSpillDir",
         options.responseSpillDir,
         numbers.responseSpillMax,
         (error) =>
@@ -746,6 +803,25 @@ export class Hub {
           }),
       ),
     };
+    const uploadSpill = spillOptions(
+      "requestSpillDir",
+      options.requestSpillDir,
+      numbers.requestSpillMax,
+      (error) =>
+        this.#log({
+          level: "warn",
+          msg: "cannot spill an upload to disk",
+          dir: options.requestSpillDir,
+          reason: errorText(error),
+        }),
+    );
+    this.#uploadAhead = numbers.requestBuffer > 0 || uploadSpill !== undefined
+      ? {
+        limit: numbers.requestBuffer,
+        budget: { max: numbers.requestBufferTotal, held: 0 },
+        spill: uploadSpill,
+      }
+      : null;
     this.#routes = (options.routes ?? []).map((r) => {
       if (r === null || typeof r !== "object") {
         throw new TypeError(
@@ -855,6 +931,8 @@ export class Hub {
       busy: this.#slots.size - idle - this.#parked.size,
       responseBuffered: this.#readAhead.budget.held,
       responseSpilled: this.#readAhead.spill?.held ?? 0,
+      requestBuffered: this.#uploadAhead?.budget.held ?? 0,
+      requestSpilled: this.#uploadAhead?.spill?.held ?? 0,
       ...this.#stats,
       pools,
       workers,
@@ -1398,33 +1476,78 @@ export class Hub {
       }
       this.#fail(p, "shutting-down", 503, "hub is shutting down");
     } catch (error) {
-      if (this.#closing) {
-        this.#fail(p, "shutting-down", 503, "hub is shutting down");
-      } else if (p.req.signal.aborted) this.#gone(p);
-      else if (error instanceof UploadStalled) {
-        this.#fail(p, "upload-timeout", 408, error.message);
-      } else if (consumerGone(error)) {
-        // Gone, or it only stopped sending (a half-close looks the same):
-        // abandoned, but answered in case it still reads.
-        this.#stats.abandoned++;
-        this.#fail(
-          p,
-          "abandoned",
-          400,
-          "the request body ended early: the consumer stopped sending it",
-        );
-      } else {
-        this.#fail(
-          p,
-          "bad-request",
-          400,
-          `cannot read request body: ${errorText(error)}`,
-        );
-      }
+      this.#bodyFailed(p, error);
     } finally {
       this.#reading--;
     }
     return false;
+  }
+
+  // Answers a request whose body failed before any worker had it.
+  #bodyFailed(p: Pending, error: unknown): void {
+    if (this.#closing) {
+      this.#fail(p, "shutting-down", 503, "hub is shutting down");
+    } else if (p.req.signal.aborted) this.#gone(p);
+    else if (error instanceof UploadStalled) {
+      this.#fail(p, "upload-timeout", 408, error.message);
+    } else if (consumerGone(error)) {
+      // Gone, or it only stopped sending (a half-close looks the same):
+      // abandoned, but answered in case it still reads.
+      this.#stats.abandoned++;
+      this.#fail(
+        p,
+        "abandoned",
+        400,
+        "the request body ended early: the consumer stopped sending it",
+      );
+    } else {
+      this.#fail(
+        p,
+        "bad-request",
+        400,
+        `cannot read request body: ${errorText(error)}`,
+      );
+    }
+  }
+
+  // Reads a queued upload ahead (requestBuffer). Whatever a queued upload's
+  // read finds wrong (the consumer left, too large, a malformed chunk) is
+  // answered at once and the request leaves the queue; once a worker has
+  // it, the worker's connection meets the same error as without read-ahead.
+  #readUploadAhead(p: Pending, options: ReadAheadOptions): void {
+    const reader = (p.body as ReadableStream<Uint8Array>).getReader();
+    const max = this.#opts.maxRequestBodySize;
+    let total = 0;
+    const unqueue = () => {
+      if (p.node === null || !p.pool.queue.delete(p.node)) return false;
+      p.node = null;
+      return true;
+    };
+    const read = async () => {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        if (unqueue()) this.#bodyFailed(p, error);
+        throw error;
+      }
+      if (chunk.done) return null;
+      total += chunk.value.length;
+      if (total > max && unqueue()) {
+        this.#fail(
+          p,
+          "too-large",
+          413,
+          `request body is larger than the limit of ${max} bytes`,
+        );
+      }
+      return chunk.value;
+    };
+    const stream = readAheadStream(read, options, (reason) => {
+      reader.cancel(reason).catch(() => {});
+    });
+    p.body = p.readAhead = stream;
+    if (p.out !== null) p.out.body = stream;
   }
 
   // The consumer left: counted, and its request settled (nothing is sent).
@@ -1517,6 +1640,11 @@ export class Hub {
   }
 
   #enqueue(p: Pending, front: boolean): void {
+    const ahead = this.#uploadAhead;
+    if (
+      ahead !== null && p.readAhead === null &&
+      p.body instanceof ReadableStream && !p.body.locked
+    ) this.#readUploadAhead(p, ahead);
     const queue = p.pool.queue;
     p.node = front ? queue.unshift(p, p.since) : queue.push(p, p.since);
     if (p.node === queue.head) this.#prepareHead(p.pool);
@@ -1559,6 +1687,13 @@ export class Hub {
     bytesOut: number,
     worker: string | null,
   ): void {
+    const ahead = p.readAhead;
+    if (ahead !== null) {
+      // Settled: what was read ahead and not sent goes (a connection still
+      // sending the body ends it itself).
+      p.readAhead = null;
+      if (!ahead.locked) ahead.cancel().catch(() => {});
+    }
     const onAccess = this.#onAccess;
     if (onAccess === undefined) return;
     const body = p.body;

@@ -39,6 +39,8 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     busy: 0,
     responseBuffered: 0,
     responseSpilled: 0,
+    requestBuffered: 0,
+    requestSpilled: 0,
     received: 0,
     answered: 0,
     retries: 0,

@@ -193,22 +193,24 @@ Deno.test("hub exits 2 naming --max-queue when its value is invalid", async () =
   assert.match(empty.stderr, /--hostname/);
 });
 
-Deno.test("hub exits 2 naming --response-spill-dir when it cannot make files there", async () => {
-  const { code, stdout, stderr } = await runDeno([
-    "run",
-    ...RUN_PERMISSIONS,
-    "hub.ts",
-    "--port",
-    "0",
-    "--worker-port",
-    "0",
-    "--response-spill-dir",
-    "/nonexistent/pothead-spill",
-  ]);
-  assert.equal(code, 2, stderr);
-  assert.match(stderr, /--response-spill-dir/);
-  assert.match(stderr, /\/nonexistent\/pothead-spill/);
-  assert.doesNotMatch(stdout, /Listening/);
+Deno.test("hub exits 2 naming --response-spill-dir or --request-spill-dir when it cannot make files there", async () => {
+  for (const flag of ["--response-spill-dir", "--request-spill-dir"]) {
+    const { code, stdout, stderr } = await runDeno([
+      "run",
+      ...RUN_PERMISSIONS,
+      "hub.ts",
+      "--port",
+      "0",
+      "--worker-port",
+      "0",
+      flag,
+      "/nonexistent/pothead-spill",
+    ]);
+    assert.equal(code, 2, stderr);
+    assert.match(stderr, new RegExp(`Invalid ${flag}: `));
+    assert.match(stderr, /\/nonexistent\/pothead-spill/);
+    assert.doesNotMatch(stdout, /Listening/);
+  }
 });
 
 Deno.test("hub exits 2 on --ready-min-slots or --admin-hostname without --admin-port", async () => {

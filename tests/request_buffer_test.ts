@@ -1,0 +1,303 @@
+// The hub reads a streamed upload ahead while its request waits in the
+// queue (`requestBuffer`, `requestSpillDir`): the worker that takes it finds
+// the body already there, and a consumer that leaves (or sends too much)
+// while it waits is answered without costing a worker. Real hub and worker
+// on loopback; the one worker slot is held busy by /hold until the test
+// lets it go. Bodies are checked by length and SHA-256; no durations are
+// asserted, every wait has a hang guard.
+
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { deadline, waitFor as waitUntil } from "./_wait.ts";
+import { startHub, startWorker } from "./_hub.ts";
+import type { HubServer, ServeHubOptions } from "../hub.ts";
+import type { WorkerHandle } from "../worker.ts";
+
+const HANG_GUARD = 30_000;
+const CHUNK = 16 * 1024;
+
+const waitFor = (check: () => boolean, what: string) =>
+  waitUntil(check, what, HANG_GUARD);
+
+function chunkAt(i: number): Uint8Array {
+  const c = new Uint8Array(CHUNK).fill(i & 0xff);
+  new DataView(c.buffer).setUint32(0, i);
+  return c;
+}
+
+function expected(chunks: number): string {
+  const hash = createHash("sha256");
+  for (let i = 0; i < chunks; i++) hash.update(chunkAt(i));
+  return `${chunks * CHUNK} ${hash.digest("hex")}`;
+}
+
+interface Setup {
+  server: HubServer;
+  worker: WorkerHandle;
+  /** Paths the worker's handler was called with, in order. */
+  seen: string[];
+  /** Lets the request on /hold finish. */
+  release: () => void;
+  /** Sends GET /hold and waits until the worker has it; then its answer. */
+  hold: () => Promise<{ answer: Promise<Response> }>;
+  url: (path: string) => string;
+  stop: () => Promise<void>;
+}
+
+// One worker with one slot: /hold waits for release(); any other request
+// is answered with its body's length and SHA-256.
+function setup(options: ServeHubOptions): Setup {
+  const server = startHub(options);
+  const seen: string[] = [];
+  let released = Promise.withResolvers<void>();
+  const worker = startWorker(server, async (req) => {
+    const path = new URL(req.url).pathname;
+    seen.push(path);
+    if (path === "/hold") {
+      await released.promise;
+      released = Promise.withResolvers<void>();
+      return new Response("held");
+    }
+    const hash = createHash("sha256");
+    let bytes = 0;
+    for await (const chunk of req.body ?? []) {
+      bytes += chunk.length;
+      hash.update(chunk);
+    }
+    return new Response(`${bytes} ${hash.digest("hex")}`);
+  });
+  const url = (path: string) => `http://127.0.0.1:${server.addr.port}${path}`;
+  return {
+    server,
+    worker,
+    seen,
+    release: () => released.resolve(),
+    hold: async () => {
+      await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+      const answer = fetch(url("/hold"));
+      await waitFor(() => seen.includes("/hold"), "/hold at the worker");
+      return { answer };
+    },
+    url,
+    stop: async () => {
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
+    },
+  };
+}
+
+// A chunked upload of `chunks` chunks that the test sends when it likes.
+function upload(): {
+  body: ReadableStream<Uint8Array>;
+  send: (from: number, to: number) => void;
+  end: () => void;
+} {
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+    },
+  });
+  return {
+    body,
+    send: (from, to) => {
+      for (let i = from; i < to; i++) controller.enqueue(chunkAt(i));
+    },
+    end: () => controller.close(),
+  };
+}
+
+Deno.test("a streamed upload is read ahead while it waits in the queue and reaches its worker whole", async () => {
+  const t = setup({});
+  try {
+    const held = await t.hold();
+    const up = upload();
+    const answer = fetch(t.url("/up"), { method: "POST", body: up.body });
+    up.send(0, 32); // 512 KiB
+    up.end();
+    const hub = t.server.hub;
+    await waitFor(
+      () => hub.stats.requestBuffered === 32 * CHUNK,
+      "the whole upload read ahead while queued",
+    );
+    assert.deepEqual(t.seen, ["/hold"]);
+    t.release();
+    await (await held.answer).text();
+    const res = await deadline(answer, HANG_GUARD, "the upload's answer");
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), expected(32));
+    assert.equal(hub.stats.requestBuffered, 0);
+  } finally {
+    t.release();
+    await t.stop();
+  }
+});
+
+Deno.test("a consumer that leaves while its streamed upload waits in the queue never reaches a worker", async () => {
+  const t = setup({});
+  try {
+    const held = await t.hold();
+    const conn = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: t.server.addr.port,
+    });
+    const head = "POST /gone HTTP/1.1\r\nhost: hub\r\n" +
+      "transfer-encoding: chunked\r\n\r\n";
+    const chunk = chunkAt(0);
+    await conn.write(new TextEncoder().encode(head));
+    await conn.write(new TextEncoder().encode(`${CHUNK.toString(16)}\r\n`));
+    await conn.write(chunk);
+    await conn.write(new TextEncoder().encode("\r\n"));
+    const hub = t.server.hub;
+    await waitFor(
+      () => hub.stats.queued === 1 && hub.stats.requestBuffered === CHUNK,
+      "the upload queued and its first chunk read",
+    );
+    conn.close(); // gone, its upload unfinished
+    await waitFor(
+      () => hub.stats.abandoned === 1 && hub.stats.queued === 0,
+      "the upload counted as abandoned while the worker is still busy",
+    );
+    assert.equal(hub.stats.requestBuffered, 0);
+    t.release();
+    await (await held.answer).text();
+    const after = await fetch(t.url("/after"), {
+      method: "POST",
+      body: "x",
+    });
+    assert.equal(after.status, 200);
+    await after.text();
+    assert.deepEqual(t.seen, ["/hold", "/after"]);
+  } finally {
+    t.release();
+    await t.stop();
+  }
+});
+
+Deno.test("upload read-ahead stops at requestBuffer and at requestBufferTotal, and goes on once a worker takes the upload", async () => {
+  for (
+    const [options, most] of [
+      // Each of two uploads may read one chunk past its limit (Deno's
+      // chunks are up to 64 KiB); without the limits both would hold 1 MiB.
+      [{ requestBuffer: 64 * 1024 }, 2 * (64 * 1024 + 64 * 1024)],
+      [{ requestBufferTotal: 96 * 1024 }, 96 * 1024 + 2 * 64 * 1024],
+    ] as const
+  ) {
+    const t = setup(options);
+    try {
+      const held = await t.hold();
+      const ups = [upload(), upload()];
+      const answers = ups.map((up) =>
+        fetch(t.url("/up"), { method: "POST", body: up.body })
+      );
+      for (const up of ups) up.send(0, 64); // 1 MiB each
+      const hub = t.server.hub;
+      await waitFor(
+        () => hub.stats.queued === 2 && hub.stats.requestBuffered >= 64 * 1024,
+        "uploads read ahead up to the limit",
+      );
+      // Had the reading not stopped, it would go on to 2 MiB meanwhile.
+      await new Promise((r) => setTimeout(r, 300));
+      const held1 = hub.stats.requestBuffered;
+      assert.ok(
+        held1 <= most,
+        `${
+          JSON.stringify(options)
+        }: ${held1} bytes held, at most ${most} expected`,
+      );
+      for (const up of ups) up.end();
+      t.release();
+      await (await held.answer).text();
+      for (const answer of answers) {
+        const res = await deadline(answer, HANG_GUARD, "an upload's answer");
+        assert.equal(await res.text(), expected(64));
+      }
+      assert.equal(hub.stats.requestBuffered, 0);
+    } finally {
+      t.release();
+      await t.stop();
+    }
+  }
+});
+
+Deno.test("a queued upload goes on into a spill file past its requestBuffer (requestSpillDir), and nothing is left there", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pothead-upload-spill-" });
+  const t = setup({ requestBuffer: 64 * 1024, requestSpillDir: dir });
+  try {
+    const held = await t.hold();
+    const up = upload();
+    const answer = fetch(t.url("/up"), { method: "POST", body: up.body });
+    up.send(0, 128); // 2 MiB
+    up.end();
+    const hub = t.server.hub;
+    await waitFor(
+      () =>
+        hub.stats.requestBuffered + hub.stats.requestSpilled === 128 * CHUNK,
+      "the whole upload read ahead, in memory and on disk",
+    );
+    assert.ok(hub.stats.requestSpilled >= 128 * CHUNK - 64 * 1024 - CHUNK);
+    const files = [];
+    for await (const entry of Deno.readDir(dir)) files.push(entry.name);
+    assert.deepEqual(files, [], "spill files are unlinked when opened");
+    t.release();
+    await (await held.answer).text();
+    const res = await deadline(answer, HANG_GUARD, "the upload's answer");
+    assert.equal(await res.text(), expected(128));
+    assert.equal(hub.stats.requestBuffered, 0);
+    assert.equal(hub.stats.requestSpilled, 0);
+  } finally {
+    t.release();
+    await t.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a queued upload that grows past maxRequestBodySize gets its 413 while it waits, and no worker sees it", async () => {
+  const t = setup({ maxRequestBodySize: 100 * 1024 });
+  try {
+    const held = await t.hold();
+    const up = upload();
+    const answer = fetch(t.url("/big"), { method: "POST", body: up.body });
+    up.send(0, 16); // 256 KiB
+    const res = await deadline(answer, HANG_GUARD, "the 413");
+    assert.equal(res.status, 413);
+    assert.match(await res.text(), /larger than the limit of 102400 bytes/);
+    up.end();
+    assert.equal(t.server.hub.stats.queued, 0);
+    await waitFor(
+      () => t.server.hub.stats.requestBuffered === 0,
+      "the read-ahead bytes given back",
+    );
+    t.release();
+    await (await held.answer).text();
+    assert.deepEqual(t.seen, ["/hold"]);
+  } finally {
+    t.release();
+    await t.stop();
+  }
+});
+
+Deno.test("a queued upload that times out in the queue gives back what was read ahead", async () => {
+  const t = setup({ queueTimeout: 300 });
+  try {
+    const held = await t.hold();
+    const up = upload();
+    const answer = fetch(t.url("/late"), { method: "POST", body: up.body });
+    up.send(0, 8);
+    const res = await deadline(answer, HANG_GUARD, "the 503");
+    assert.equal(res.status, 503);
+    await res.body?.cancel();
+    up.end();
+    await waitFor(
+      () => t.server.hub.stats.requestBuffered === 0,
+      "the read-ahead bytes given back",
+    );
+    t.release();
+    await (await held.answer).text();
+    assert.deepEqual(t.seen, ["/hold"]);
+  } finally {
+    t.release();
+    await t.stop();
+  }
+});
