@@ -67,6 +67,8 @@ Options (each also as the environment variable in brackets):
                            (needs write access) [POTHEAD_REQUEST_SPILL_DIR]
   --request-spill-max N    most bytes of one upload waiting there
                            [POTHEAD_REQUEST_SPILL_MAX] (1073741824)
+  --buffer-uploads         read uploads that far before they queue, so no worker
+                           waits for a slow uploader [POTHEAD_BUFFER_UPLOADS]
   --max-retries N          resends of a request a worker provably did not start
                            [POTHEAD_MAX_RETRIES] (2)
   --shutdown-grace T       on SIGTERM, time queued and running requests get
@@ -213,6 +215,10 @@ export function optionsFrom(
     /^(1|true|yes)$/i.test(
       flagOrEnv(undefined, "POTHEAD_TRUST_FORWARDED") ?? "",
     );
+  const bufferUploads = values["buffer-uploads"] === true ||
+    /^(1|true|yes)$/i.test(
+      flagOrEnv(undefined, "POTHEAD_BUFFER_UPLOADS") ?? "",
+    );
   const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
   if (hostname.trim() === "") {
     throw new UsageError(
@@ -307,6 +313,7 @@ export function optionsFrom(
       "--request-spill-max",
       1024 * 1024 * 1024,
     ),
+    bufferUploads,
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
     handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
     pingInterval: duration("ping-interval", "POTHEAD_PING_INTERVAL", 30_000),
@@ -373,6 +380,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "request-spill-max": { type: "string" },
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
+        "buffer-uploads": { type: "boolean" },
         cert: { type: "string" },
         key: { type: "string" },
         "worker-cert": { type: "string" },

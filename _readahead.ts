@@ -65,12 +65,14 @@ interface Spilled {
  * (its onDone) at the end or on an error; `cancel` is called when the
  * reader cancels. The stream's own queue stays empty (highWaterMark 0):
  * every byte held is counted in the budget and released when the reader
- * takes it.
+ * takes it. `onPause`, if given, is called whenever reading ahead stops:
+ * at the end, on an error, or when the memory and disk allowed are used.
  */
 export function readAheadStream(
   read: () => Promise<Uint8Array | null>,
   options: ReadAheadOptions,
   cancel: (reason: unknown) => void,
+  onPause?: () => void,
 ): ReadableStream<Uint8Array> {
   const { limit, budget, spill } = options;
   let queue: (Uint8Array | Spilled)[] = [];
@@ -156,12 +158,12 @@ export function readAheadStream(
     return inFlight;
   };
   const readAhead = () => {
+    if (inFlight !== null) return;
     if (
-      inFlight === null && !ended && failure === null && !dropped &&
-      (memoryRoom() || diskRoom())
+      !ended && failure === null && !dropped && (memoryRoom() || diskRoom())
     ) {
       readOne(true).then(readAhead);
-    }
+    } else onPause?.();
   };
   const release = () => {
     budget.held -= inMemory;

@@ -265,6 +265,16 @@ export interface HubOptions {
    * @default {1073741824}
    */
   requestSpillMax?: number;
+  /**
+   * Read a streamed upload ahead before its request queues, as far as
+   * `requestBuffer` (and `requestSpillDir`) allow, instead of only while it
+   * waits: a worker then never waits for a slow uploader, even one that
+   * arrives while workers are idle, at the cost of the upload's time before
+   * it reaches one (no worker starts on it while it is still arriving).
+   * Requests queue in the order their uploads are read.
+   * @default {false}
+   */
+  bufferUploads?: boolean;
   /** Limits on response heads and chunk lines from workers. */
   limits?: Partial<HeadLimits>;
   /**
@@ -449,6 +459,10 @@ class Pending {
   // The body as read ahead while queued (requestBuffer): cancelled when the
   // request is settled unless a worker connection is reading it.
   readAhead: ReadableStream<Uint8Array> | null = null;
+  // Its upload is being read before it queues (bufferUploads).
+  uploading = false;
+  // performance.now() of the last upload byte read ahead.
+  uploadAt = 0;
   contentLength = -1;
   resolve!: (res: Response) => void;
   #id: string | null;
@@ -785,6 +799,7 @@ export class Hub {
     this.#opts = {
       ...numbers,
       trustForwarded: options.trustForwarded ?? false,
+      bufferUploads: options.bufferUploads ?? false,
       workerTokens: [...tokens],
     };
     this.#readAhead = {
@@ -1433,8 +1448,16 @@ export class Hub {
         // it an (empty) stream; over HTTP/2 one may follow.
         ? () => bodyOrNull(req.body!)
         : null;
-      if (read === null) pending.body = req.body;
-      else if (!(await this.#readBody(pending, read))) return promise;
+      if (read !== null) {
+        if (!(await this.#readBody(pending, read))) return promise;
+      } else {
+        pending.body = req.body;
+        const ahead = this.#uploadAhead;
+        if (
+          this.#opts.bufferUploads && ahead !== null &&
+          !(await this.#readUploadFirst(pending, ahead))
+        ) return promise;
+      }
     }
     const pool = pending.pool;
     if (req.signal.aborted) {
@@ -1483,6 +1506,52 @@ export class Hub {
     return false;
   }
 
+  // Reads a streamed upload ahead before its request queues (bufferUploads),
+  // until it has all of it or no more room; false if the request was
+  // answered instead. No byte for the upload idle timeout is a 408, as for
+  // a small body.
+  async #readUploadFirst(
+    p: Pending,
+    options: ReadAheadOptions,
+  ): Promise<boolean> {
+    this.#reading++;
+    p.uploading = true;
+    p.uploadAt = performance.now();
+    const paused = Promise.withResolvers<void>();
+    const idle = this.#opts.uploadIdleTimeout;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const watch = () => {
+      if (!p.uploading) return;
+      const left = p.uploadAt + idle - performance.now();
+      if (left > 0) {
+        timer = setTimeout(watch, left);
+        return;
+      }
+      p.uploading = false;
+      this.#bodyFailed(
+        p,
+        new UploadStalled(`Consumer sent no request body byte for ${idle} ms`),
+      );
+      paused.resolve();
+    };
+    if (idle > 0) timer = setTimeout(watch, idle);
+    try {
+      this.#readUploadAhead(p, options, paused.resolve);
+      await Promise.race([paused.promise, this.#whenClosed.promise]);
+      // Answered meanwhile: failed, too large, stalled or gone.
+      if (!p.uploading) return false;
+      p.uploading = false;
+      if (this.#closed) {
+        this.#fail(p, "shutting-down", 503, "hub is shutting down");
+        return false;
+      }
+      return true;
+    } finally {
+      clearTimeout(timer);
+      this.#reading--;
+    }
+  }
+
   // Answers a request whose body failed before any worker had it.
   #bodyFailed(p: Pending, error: unknown): void {
     if (this.#closing) {
@@ -1514,11 +1583,21 @@ export class Hub {
   // read finds wrong (the consumer left, too large, a malformed chunk) is
   // answered at once and the request leaves the queue; once a worker has
   // it, the worker's connection meets the same error as without read-ahead.
-  #readUploadAhead(p: Pending, options: ReadAheadOptions): void {
+  #readUploadAhead(
+    p: Pending,
+    options: ReadAheadOptions,
+    onPause?: () => void,
+  ): void {
     const reader = (p.body as ReadableStream<Uint8Array>).getReader();
     const max = this.#opts.maxRequestBodySize;
     let total = 0;
+    // Takes the request out of the queue, or out of reading before it
+    // queues; false if it is in neither (a worker has it, or it is settled).
     const unqueue = () => {
+      if (p.uploading) {
+        p.uploading = false;
+        return true;
+      }
       if (p.node === null || !p.pool.queue.delete(p.node)) return false;
       p.node = null;
       return true;
@@ -1532,6 +1611,7 @@ export class Hub {
         throw error;
       }
       if (chunk.done) return null;
+      p.uploadAt = performance.now();
       total += chunk.value.length;
       if (total > max && unqueue()) {
         this.#fail(
@@ -1545,7 +1625,7 @@ export class Hub {
     };
     const stream = readAheadStream(read, options, (reason) => {
       reader.cancel(reason).catch(() => {});
-    });
+    }, onPause);
     p.body = p.readAhead = stream;
     if (p.out !== null) p.out.body = stream;
   }

@@ -1084,3 +1084,20 @@ async function refusedAtOnce(cases: [string[], RegExp][]): Promise<void> {
     assert.doesNotMatch(stderr, /secret/, "the token is not shown");
   }
 }
+
+Deno.test("hub upload read-ahead flags reach the hub's options", () => {
+  const log = () => {};
+  const options = optionsFrom({
+    "request-buffer": "65536",
+    "request-buffer-total": "1048576",
+    "request-spill-max": "2048",
+    "buffer-uploads": true,
+  }, log);
+  assert.equal(options.requestBuffer, 65536);
+  assert.equal(options.requestBufferTotal, 1048576);
+  assert.equal(options.requestSpillMax, 2048);
+  assert.equal(options.bufferUploads, true);
+  const defaults = optionsFrom({}, log);
+  assert.equal(defaults.requestBuffer, 1024 * 1024);
+  assert.equal(defaults.bufferUploads, false);
+});

@@ -301,3 +301,148 @@ Deno.test("a queued upload that times out in the queue gives back what was read 
     await t.stop();
   }
 });
+
+// bufferUploads: the upload is read before its request queues.
+
+// A raw consumer connection sending a chunked upload of /path by hand.
+async function rawUpload(server: HubServer, path: string) {
+  const conn = await Deno.connect({
+    hostname: "127.0.0.1",
+    port: server.addr.port,
+  });
+  const enc = new TextEncoder();
+  await conn.write(
+    enc.encode(
+      `POST ${path} HTTP/1.1\r\nhost: hub\r\ntransfer-encoding: chunked\r\n\r\n`,
+    ),
+  );
+  const write = async (bytes: Uint8Array) => {
+    let at = 0;
+    while (at < bytes.length) at += await conn.write(bytes.subarray(at));
+  };
+  return {
+    conn,
+    send: async (from: number, to: number) => {
+      for (let i = from; i < to; i++) {
+        await write(enc.encode(`${CHUNK.toString(16)}\r\n`));
+        await write(chunkAt(i));
+        await write(enc.encode("\r\n"));
+      }
+    },
+    end: () => write(enc.encode("0\r\n\r\n")),
+    // The whole answer, up to the close (the hub answers after the end).
+    answer: async () => {
+      const parts: Uint8Array[] = [];
+      const buf = new Uint8Array(64 * 1024);
+      while (true) {
+        const n = await conn.read(buf);
+        if (n === null) break;
+        parts.push(buf.slice(0, n));
+        const text = new TextDecoder().decode(
+          new Uint8Array(parts.flatMap((p) => [...p])),
+        );
+        const [head, body] = text.split("\r\n\r\n");
+        const length = /content-length: (\d+)/i.exec(head ?? "")?.[1];
+        if (length !== undefined && (body ?? "").length >= Number(length)) {
+          return { head, body: body.slice(0, Number(length)) };
+        }
+      }
+      throw new Error("connection closed before a whole answer");
+    },
+  };
+}
+
+Deno.test("bufferUploads: an upload is read whole before its request queues, even with a worker idle", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pothead-upload-spill-" });
+  const t = setup({
+    bufferUploads: true,
+    requestBuffer: 64 * 1024,
+    requestSpillDir: dir,
+  });
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "the worker's slot");
+    const up = await rawUpload(t.server, "/up");
+    await up.send(0, 32); // 512 KiB
+    const hub = t.server.hub;
+    await waitFor(
+      () => hub.stats.requestBuffered + hub.stats.requestSpilled === 32 * CHUNK,
+      "the upload so far read ahead",
+    );
+    // Still arriving: no worker has it, though one is idle.
+    assert.deepEqual(t.seen, []);
+    assert.equal(hub.stats.idle, 1);
+    await up.send(32, 64);
+    await up.end();
+    const { head, body } = await deadline(
+      up.answer(),
+      HANG_GUARD,
+      "the upload's answer",
+    );
+    up.conn.close();
+    assert.match(head, /^HTTP\/1\.1 200/);
+    assert.equal(body, expected(64));
+    assert.deepEqual(t.seen, ["/up"]);
+    assert.equal(hub.stats.requestBuffered + hub.stats.requestSpilled, 0);
+  } finally {
+    await t.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("bufferUploads: an upload larger than the buffer queues once the buffer is full and streams the rest", async () => {
+  const t = setup({ bufferUploads: true, requestBuffer: 64 * 1024 });
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "the worker's slot");
+    const up = await rawUpload(t.server, "/up");
+    // Well past the buffer (and what the sockets hold): the worker must
+    // have taken the request before the upload ends.
+    const sending = up.send(0, 64 * 16); // 16 MiB
+    await waitFor(() => t.seen.includes("/up"), "the upload at the worker");
+    await sending;
+    await up.end();
+    const { body } = await deadline(
+      up.answer(),
+      HANG_GUARD,
+      "the upload's answer",
+    );
+    up.conn.close();
+    assert.equal(body, expected(64 * 16));
+  } finally {
+    await t.stop();
+  }
+});
+
+Deno.test("bufferUploads: a consumer that stalls or leaves while its upload is read is answered, and no worker sees it", async () => {
+  const t = setup({ bufferUploads: true, uploadIdleTimeout: 300 });
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "the worker's slot");
+    const stalled = await rawUpload(t.server, "/stalled");
+    await stalled.send(0, 2);
+    const { head } = await deadline(
+      stalled.answer(),
+      HANG_GUARD,
+      "the 408",
+    );
+    stalled.conn.close();
+    assert.match(head, /^HTTP\/1\.1 408/);
+    const gone = await rawUpload(t.server, "/gone");
+    await gone.send(0, 2);
+    const hub = t.server.hub;
+    await waitFor(
+      () => hub.stats.requestBuffered === 2 * CHUNK,
+      "the upload so far read",
+    );
+    gone.conn.close();
+    await waitFor(() => hub.stats.abandoned === 1, "the upload abandoned");
+    await waitFor(
+      () => hub.stats.requestBuffered === 0,
+      "its bytes given back",
+    );
+    const res = await fetch(t.url("/after"), { method: "POST", body: "x" });
+    assert.equal(res.status, 200);
+    await res.text();
+    assert.deepEqual(t.seen, ["/after"]);
+  } finally {
+    await t.stop();
+  }
+});
