@@ -49,6 +49,24 @@ export interface ReadAheadOptions {
   spill?: SpillOptions;
 }
 
+/**
+ * What the maker of a read-ahead stream may ask of it besides its bytes.
+ */
+export interface ReadAheadControl {
+  /**
+   * Called whenever reading ahead stops: at the end, on an error, or when
+   * the memory and disk allowed are used.
+   */
+  onPause?: () => void;
+  /**
+   * Set by {@linkcode readAheadStream}: the whole body as one array, if it
+   * has been read to its end, is all in memory and nothing of it has been
+   * taken; the stream is then spent and its memory given back. Otherwise
+   * null, and the stream is as it was.
+   */
+  takeWhole?: () => Uint8Array | null;
+}
+
 const MAX_CHUNK = 64 * 1024;
 // After a spill file could not be made or written, bodies stay in memory
 // for this long before trying the disk again.
@@ -65,14 +83,14 @@ interface Spilled {
  * (its onDone) at the end or on an error; `cancel` is called when the
  * reader cancels. The stream's own queue stays empty (highWaterMark 0):
  * every byte held is counted in the budget and released when the reader
- * takes it. `onPause`, if given, is called whenever reading ahead stops:
- * at the end, on an error, or when the memory and disk allowed are used.
+ * takes it. `control`, if given, is told when reading ahead stops and gets
+ * a way to take the whole body at once.
  */
 export function readAheadStream(
   read: () => Promise<Uint8Array | null>,
   options: ReadAheadOptions,
   cancel: (reason: unknown) => void,
-  onPause?: () => void,
+  control?: ReadAheadControl,
 ): ReadableStream<Uint8Array> {
   const { limit, budget, spill } = options;
   let queue: (Uint8Array | Spilled)[] = [];
@@ -163,7 +181,7 @@ export function readAheadStream(
       !ended && failure === null && !dropped && (memoryRoom() || diskRoom())
     ) {
       readOne(true).then(readAhead);
-    } else onPause?.();
+    } else control?.onPause?.();
   };
   const release = () => {
     budget.held -= inMemory;
@@ -193,9 +211,28 @@ export function readAheadStream(
     if (entry.bytes === 0) queue[first++] = EMPTY;
     return chunk;
   };
+  let pulled = false;
+  if (control !== undefined) {
+    control.takeWhole = () => {
+      if (
+        pulled || dropped || !ended || failure !== null || onDisk > 0 ||
+        inFlight !== null
+      ) return null;
+      const out = new Uint8Array(inMemory);
+      let at = 0;
+      for (let i = first; i < queue.length; i++) {
+        out.set(queue[i] as Uint8Array, at);
+        at += (queue[i] as Uint8Array).length;
+      }
+      dropped = true;
+      release();
+      return out;
+    };
+  }
   readAhead();
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
+      pulled = true;
       while (first === queue.length && !ended && failure === null) {
         await readOne(false);
       }

@@ -31,7 +31,11 @@ import {
 } from "./_headers.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { readAheadStream } from "./_readahead.ts";
-import type { ReadAheadOptions, SpillOptions } from "./_readahead.ts";
+import type {
+  ReadAheadControl,
+  ReadAheadOptions,
+  SpillOptions,
+} from "./_readahead.ts";
 import { type QueueNode, WaitQueue } from "./_queue.ts";
 import {
   errorText,
@@ -459,6 +463,7 @@ class Pending {
   // The body as read ahead while queued (requestBuffer): cancelled when the
   // request is settled unless a worker connection is reading it.
   readAhead: ReadableStream<Uint8Array> | null = null;
+  readAheadControl: ReadAheadControl | null = null;
   // Its upload is being read before it queues (bufferUploads).
   uploading = false;
   // performance.now() of the last upload byte read ahead.
@@ -1623,10 +1628,12 @@ export class Hub {
       }
       return chunk.value;
     };
+    const control: ReadAheadControl = { onPause };
     const stream = readAheadStream(read, options, (reason) => {
       reader.cancel(reason).catch(() => {});
-    }, onPause);
+    }, control);
     p.body = p.readAhead = stream;
+    p.readAheadControl = control;
     if (p.out !== null) p.out.body = stream;
   }
 
@@ -1853,6 +1860,7 @@ export class Hub {
     p.attempts++;
     const sentAt = performance.now();
     p.queueMs = sentAt - p.since;
+    if (p.readAheadControl !== null) this.#wholeUpload(p);
     const out = this.#outgoing(p);
     out.extraHeaders = [[QUEUE_TIME_HEADER, p.queueMs.toFixed(1)]];
     if (out.body instanceof ReadableStream) {
@@ -1895,6 +1903,24 @@ export class Hub {
       this.#unwatch(p);
       p.resolve(this.#toResponse(p, res));
     }, (error) => this.#failed(p, worker, error));
+  }
+
+  // An upload read ahead to its end, all in memory, goes as bytes: in one
+  // write with its head and no 100 Continue round trip, and, like a small
+  // body, it can be sent again if a worker declines it or fails before
+  // taking it.
+  #wholeUpload(p: Pending): void {
+    const bytes = p.readAheadControl!.takeWhole?.() ?? null;
+    if (bytes === null) return;
+    p.readAheadControl = null;
+    p.readAhead = null;
+    p.body = bytes;
+    p.contentLength = bytes.length;
+    if (p.out !== null) {
+      p.out.body = bytes;
+      p.out.contentLength = bytes.length;
+      p.out.lines = undefined; // framed by length now
+    }
   }
 
   #failed(p: Pending, worker: string, error: unknown): void {

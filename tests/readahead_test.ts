@@ -9,7 +9,12 @@ import assert from "node:assert/strict";
 import { DEFAULT_LIMITS, type Framing } from "../_codec.ts";
 import { bodyStream } from "../_body.ts";
 import { BufferedReader, writeAll } from "../_io.ts";
-import type { ReadAheadBudget, SpillOptions } from "../_readahead.ts";
+import {
+  type ReadAheadBudget,
+  type ReadAheadControl,
+  readAheadStream,
+  type SpillOptions,
+} from "../_readahead.ts";
 import { SpillFile } from "../_spill.ts";
 import {
   bytes,
@@ -381,5 +386,70 @@ Deno.test("a body cancelled while a read from its spill file is in flight gives 
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
+  }
+});
+
+// readAheadStream on a script of chunks: each read waits for the next turn.
+function scripted(chunks: Uint8Array[]) {
+  let i = 0;
+  return async () => {
+    await turn();
+    return i < chunks.length ? chunks[i++] : null;
+  };
+}
+
+Deno.test("readAheadStream takeWhole: the whole body at once only when it is all read and in memory, and untouched", async () => {
+  const budget = { max: 1000, held: 0 };
+  const control: ReadAheadControl = {};
+  let paused = 0;
+  control.onPause = () => paused++;
+  readAheadStream(
+    scripted(pieces(DATA, 10)),
+    { limit: 1000, budget },
+    () => {},
+    control,
+  );
+  assert.equal(control.takeWhole!(), null, "nothing read yet");
+  await until(() => paused > 0, "the end reached");
+  assert.equal(budget.held, 100);
+  assert.deepEqual(control.takeWhole!(), DATA);
+  assert.equal(budget.held, 0, "its memory given back");
+
+  // Past its memory limit: never whole, and still readable as a stream.
+  const small = { max: 1000, held: 0 };
+  const partial: ReadAheadControl = {};
+  const stream = readAheadStream(
+    scripted(pieces(DATA, 10)),
+    { limit: 30, budget: small },
+    () => {},
+    partial,
+  );
+  await until(() => small.held >= 30, "the limit reached");
+  assert.equal(partial.takeWhole!(), null);
+  assert.deepEqual(await readAll(stream), DATA);
+  assert.equal(partial.takeWhole!(), null, "already read from");
+  assert.equal(small.held, 0);
+
+  // On disk in part: not whole either.
+  const dir = await Deno.makeTempDir({ prefix: "pothead-whole-" });
+  try {
+    const held = { max: 1000, held: 0 };
+    const spill = { dir, max: 1000, held: 0 };
+    const spilled: ReadAheadControl = {};
+    let spillPaused = 0;
+    spilled.onPause = () => spillPaused++;
+    const onDisk = readAheadStream(
+      scripted(pieces(DATA, 10)),
+      { limit: 30, budget: held, spill },
+      () => {},
+      spilled,
+    );
+    await until(() => spillPaused > 0, "the end reached");
+    assert.ok(spill.held > 0);
+    assert.equal(spilled.takeWhole!(), null);
+    assert.deepEqual(await readAll(onDisk), DATA);
+    assert.equal(held.held + spill.held, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

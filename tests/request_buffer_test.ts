@@ -36,6 +36,8 @@ interface Setup {
   worker: WorkerHandle;
   /** Paths the worker's handler was called with, in order. */
   seen: string[];
+  /** Per path: its framing fields as the handler saw them. */
+  framing: Map<string, string>;
   /** Lets the request on /hold finish. */
   release: () => void;
   /** Sends GET /hold and waits until the worker has it; then its answer. */
@@ -49,10 +51,16 @@ interface Setup {
 function setup(options: ServeHubOptions): Setup {
   const server = startHub(options);
   const seen: string[] = [];
+  const framing = new Map<string, string>();
   let released = Promise.withResolvers<void>();
   const worker = startWorker(server, async (req) => {
     const path = new URL(req.url).pathname;
     seen.push(path);
+    framing.set(
+      path,
+      ["content-length", "transfer-encoding", "expect"]
+        .map((name) => `${name}: ${req.headers.get(name)}`).join(", "),
+    );
     if (path === "/hold") {
       await released.promise;
       released = Promise.withResolvers<void>();
@@ -71,6 +79,7 @@ function setup(options: ServeHubOptions): Setup {
     server,
     worker,
     seen,
+    framing,
     release: () => released.resolve(),
     hold: async () => {
       await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
@@ -128,6 +137,13 @@ Deno.test("a streamed upload is read ahead while it waits in the queue and reach
     assert.equal(res.status, 200);
     assert.equal(await res.text(), expected(32));
     assert.equal(hub.stats.requestBuffered, 0);
+    // Read whole into memory while it waited: it went as bytes, with its
+    // length and without a 100 Continue round trip (the consumer sent it
+    // chunked).
+    assert.equal(
+      t.framing.get("/up"),
+      `content-length: ${32 * CHUNK}, transfer-encoding: null, expect: null`,
+    );
   } finally {
     t.release();
     await t.stop();
