@@ -535,9 +535,11 @@ async function serveOne(
   try {
     let host = "localhost";
     let proto = "http";
+    let expect = false;
     for (const [n, v] of head.headers) {
       if (n === "host") host = v;
       else if (n === "x-forwarded-proto" && v === "https") proto = v;
+      else if (n === "expect") expect = true;
     }
     // A string, not a URL object: Request parses it once anyway.
     const target = head.target;
@@ -548,7 +550,11 @@ async function serveOne(
       : target;
     request = new Request(url, {
       method: forbidden ? "GET" : head.method,
-      headers: head.headers,
+      // The hub's Expect was answered here, not the handler's business
+      // (see withoutExpect in _serve_native.ts).
+      headers: expect
+        ? head.headers.filter(([n]) => n !== "expect")
+        : head.headers,
       body,
       signal: controller.signal,
     });

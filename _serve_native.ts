@@ -353,7 +353,7 @@ export class NativeEngine {
     link.busy = true;
     link.served++;
     const last = link.served >= (options.maxRequests ?? Infinity);
-    const [request, abort] = abortable(httpsAware(req));
+    const [request, abort] = abortable(withoutExpect(httpsAware(req)));
     link.abort = abort;
     const response = await callHandler(this.#handler, request, {
       remoteAddr: forwardedAddr(
@@ -637,6 +637,17 @@ export function abortable(req: Request): [Request, (reason: Error) => void] {
     },
   });
   return [req, abort];
+}
+
+// The hub asks for 100 Continue on every streamed upload, and the runner
+// (here Deno.serve) answers it: it is not the handler's business, and a
+// handler run by Deno.serve for the consumer itself would not see it unless
+// the consumer sent one.
+function withoutExpect(req: Request): Request {
+  if (!req.headers.has("expect")) return req;
+  const headers = new Headers(req.headers);
+  headers.delete("expect");
+  return new Request(req, { headers });
 }
 
 // `Deno.serve` builds an http: URL; the hub says when the consumer used TLS.

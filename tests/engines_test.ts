@@ -473,3 +473,59 @@ Deno.test(`[${ENGINE}] a request without a body has request.body null only for G
     assert.deepEqual(await probe(url), expected);
   });
 });
+
+Deno.test(`[${ENGINE}] a handler does not see Expect on a streamed upload: not the hub's (the runner answered it), nor a consumer's (the hub did)`, async () => {
+  const handler: FetchHandler = async (req) => {
+    const bytes = (await req.arrayBuffer()).byteLength;
+    return new Response(`${bytes} expect=${req.headers.get("expect")}`);
+  };
+  const upload = () =>
+    new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let i = 0; i < 4; i++) c.enqueue(new Uint8Array(32 * 1024));
+        c.close();
+      },
+    });
+  const direct = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    handler,
+  );
+  let expected;
+  try {
+    const res = await fetch(`http://127.0.0.1:${direct.addr.port}/up`, {
+      method: "POST",
+      body: upload(),
+    });
+    expected = await res.text();
+  } finally {
+    await direct.shutdown();
+  }
+  assert.equal(expected, "131072 expect=null");
+  await withWorker(handler, async ({ url }) => {
+    // Chunked, so the hub streams it and asks the worker for 100 Continue.
+    const res = await fetch(`${url}/up`, { method: "POST", body: upload() });
+    assert.equal(await res.text(), expected);
+    // curl asks the hub for 100 Continue itself; the hub answers it (a
+    // handler under Deno.serve facing curl would see this one).
+    const file = await Deno.makeTempFile();
+    try {
+      await Deno.writeFile(file, new Uint8Array(131072));
+      const out = await new Deno.Command("curl", {
+        args: [
+          "-s",
+          "-m",
+          "20",
+          "-H",
+          "Expect: 100-continue",
+          "--data-binary",
+          `@${file}`,
+          `${url}/up`,
+        ],
+        stdout: "piped",
+      }).output();
+      assert.equal(new TextDecoder().decode(out.stdout), expected);
+    } finally {
+      await Deno.remove(file);
+    }
+  });
+});
