@@ -1458,10 +1458,11 @@ export class Hub {
       } else {
         pending.body = req.body;
         const ahead = this.#uploadAhead;
-        if (
-          this.#opts.bufferUploads && ahead !== null &&
-          !(await this.#readUploadFirst(pending, ahead))
-        ) return promise;
+        if (this.#opts.bufferUploads && ahead !== null) {
+          // A request the queue will refuse is refused before its upload.
+          if (this.#rejectIfFull(pending)) return promise;
+          if (!(await this.#readUploadFirst(pending, ahead))) return promise;
+        }
       }
     }
     const pool = pending.pool;
@@ -1473,19 +1474,25 @@ export class Hub {
     const slot = this.#takeIdle(pool);
     if (slot !== undefined) {
       this.#dispatch(pending, slot);
-    } else if (pool.queue.size >= pool.maxQueue) {
-      this.#stats.rejectedFull++;
-      this.#fail(
-        pending,
-        "queue-full",
-        503,
-        `queue of pool "${pool.name}" is full (${pool.maxQueue} requests waiting)`,
-        { "retry-after": "1" },
-      );
-    } else {
+    } else if (!this.#rejectIfFull(pending)) {
       this.#enqueue(pending, false);
     }
     return promise;
+  }
+
+  // Answers 503 when the request's pool has no idle slot and a full queue.
+  #rejectIfFull(p: Pending): boolean {
+    const pool = p.pool;
+    if (pool.idle > 0 || pool.queue.size < pool.maxQueue) return false;
+    this.#stats.rejectedFull++;
+    this.#fail(
+      p,
+      "queue-full",
+      503,
+      `queue of pool "${pool.name}" is full (${pool.maxQueue} requests waiting)`,
+      { "retry-after": "1" },
+    );
+    return true;
   }
 
   // Reads (part of) a request's body before it queues; false if the request

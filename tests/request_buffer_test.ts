@@ -462,3 +462,25 @@ Deno.test("bufferUploads: a consumer that stalls or leaves while its upload is r
     await t.stop();
   }
 });
+
+Deno.test("bufferUploads: an upload the full queue would refuse gets its 503 before it is read", async () => {
+  const t = setup({ bufferUploads: true, maxQueue: 1 });
+  try {
+    const held = await t.hold();
+    const queued = fetch(t.url("/queued"));
+    await waitFor(() => t.server.hub.stats.queued === 1, "a request queued");
+    const up = await rawUpload(t.server, "/refused");
+    await up.send(0, 1); // and no more: the upload stays open
+    const { head } = await deadline(up.answer(), HANG_GUARD, "the 503");
+    up.conn.close();
+    assert.match(head, /^HTTP\/1\.1 503/);
+    assert.equal(t.server.hub.stats.requestBuffered, 0);
+    t.release();
+    await (await held.answer).text();
+    await (await queued).text();
+    assert.deepEqual(t.seen, ["/hold", "/queued"]);
+  } finally {
+    t.release();
+    await t.stop();
+  }
+});
