@@ -468,6 +468,9 @@ class Pending {
   uploading = false;
   // performance.now() of the last upload byte read ahead.
   uploadAt = 0;
+  // Its upload was read ahead past maxRequestBodySize while a worker had
+  // it: if that worker gives it back, it is answered 413, not resent.
+  tooLarge = false;
   contentLength = -1;
   resolve!: (res: Response) => void;
   #id: string | null;
@@ -1625,13 +1628,9 @@ export class Hub {
       if (chunk.done) return null;
       p.uploadAt = performance.now();
       total += chunk.value.length;
-      if (total > max && unqueue()) {
-        this.#fail(
-          p,
-          "too-large",
-          413,
-          `request body is larger than the limit of ${max} bytes`,
-        );
+      if (total > max) {
+        p.tooLarge = true;
+        if (unqueue()) this.#tooLarge(p);
       }
       return chunk.value;
     };
@@ -1642,6 +1641,15 @@ export class Hub {
     p.body = p.readAhead = stream;
     p.readAheadControl = control;
     if (p.out !== null) p.out.body = stream;
+  }
+
+  #tooLarge(p: Pending): void {
+    this.#fail(
+      p,
+      "too-large",
+      413,
+      `request body is larger than the limit of ${this.#opts.maxRequestBodySize} bytes`,
+    );
   }
 
   // The consumer left: counted, and its request settled (nothing is sent).
@@ -1965,6 +1973,12 @@ export class Hub {
       return;
     }
     if (e.retryable && again && !this.#closed) {
+      if (p.tooLarge) {
+        // Found too large while the worker held it: the next one would get
+        // it whole as bytes, past the limit the body stream enforces.
+        this.#tooLarge(p);
+        return;
+      }
       this.#stats.retries++;
       p.resent++;
       this.#log({

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { deadline, waitFor as waitUntil } from "./_wait.ts";
 import { startHub, startWorker } from "./_hub.ts";
+import { RawSocket } from "./_relay.ts";
 import type { HubServer, ServeHubOptions } from "../hub.ts";
 import type { WorkerHandle } from "../worker.ts";
 
@@ -482,5 +483,61 @@ Deno.test("bufferUploads: an upload the full queue would refuse gets its 503 bef
   } finally {
     t.release();
     await t.stop();
+  }
+});
+
+Deno.test("an upload read ahead past maxRequestBodySize while a worker had it is answered 413 when that worker declines it, not sent on as bytes", async () => {
+  const server = startHub({ maxRequestBodySize: 100 * 1024 });
+  const hub = server.hub;
+  const workers: RawSocket[] = [];
+  const fake = async () => {
+    const w = await RawSocket.connect(server.workerAddr.port);
+    workers.push(w);
+    return w;
+  };
+  try {
+    const a = await fake();
+    await waitFor(() => hub.stats.idle === 1, "the fake worker idle");
+    const held = fetch(`http://127.0.0.1:${server.addr.port}/hold`);
+    assert.match((await a.readHead())!, /^GET \/hold/);
+    const up = await rawUpload(server, "/big");
+    await up.send(0, 4); // 64 KiB: under the limit while it waits
+    await waitFor(
+      () => hub.stats.queued === 1 && hub.stats.requestBuffered === 4 * CHUNK,
+      "the upload queued and read ahead",
+    );
+    await a.write("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    await (await held).text();
+    // The worker has the request and has not asked for its body: the hub
+    // goes on reading it ahead, past the limit.
+    assert.match((await a.readHead())!, /^POST \/big/);
+    await up.send(4, 16); // 256 KiB
+    await up.end();
+    await waitFor(
+      () => hub.stats.requestBuffered === 16 * CHUNK,
+      "the whole upload read ahead",
+    );
+    await a.write(
+      "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\n" +
+        "connection: close\r\ncontent-length: 0\r\n\r\n",
+    );
+    const b = await fake();
+    // Had the upload gone on, the second worker answers it.
+    const reached = b.readHead().then((head) =>
+      head !== null &&
+      b.write("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nworker")
+    );
+    const { head } = await deadline(up.answer(), HANG_GUARD, "the answer");
+    up.conn.close();
+    assert.match(head, /^HTTP\/1\.1 413/);
+    b.close();
+    assert.equal(await reached, false);
+    await waitFor(
+      () => hub.stats.requestBuffered === 0,
+      "the read-ahead bytes given back",
+    );
+  } finally {
+    for (const w of workers) w.close();
+    await server.shutdown();
   }
 });
