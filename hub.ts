@@ -1789,13 +1789,8 @@ export class Hub {
     bytesOut: number,
     worker: string | null,
   ): void {
-    const ahead = p.readAhead;
-    if (ahead !== null) {
-      // Settled: what was read ahead and not sent goes (a connection still
-      // sending the body ends it itself).
-      p.readAhead = null;
-      if (!ahead.locked) ahead.cancel().catch(() => {});
-    }
+    // Settled: what was read ahead and not sent goes.
+    this.#dropReadAhead(p);
     const onAccess = this.#onAccess;
     if (onAccess === undefined) return;
     const body = p.body;
@@ -1820,6 +1815,15 @@ export class Hub {
       // timed out in the queue was retried without a second attempt.
       retries: p.resent,
     });
+  }
+
+  // Ends a request's upload read-ahead unless a worker connection is
+  // sending it (that connection ends it itself).
+  #dropReadAhead(p: Pending): void {
+    const ahead = p.readAhead;
+    if (ahead === null) return;
+    p.readAhead = null;
+    if (!ahead.locked) ahead.cancel().catch(() => {});
   }
 
   // The worker parked a slot: it carries nothing until the worker offers it.
@@ -1913,6 +1917,9 @@ export class Hub {
         worker,
       );
     }).then((res) => {
+      // An upload the worker had not begun to take when it answered never
+      // will be sent, however long the answer streams.
+      this.#dropReadAhead(p);
       this.#stats.answered++;
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
       this.#unwatch(p);

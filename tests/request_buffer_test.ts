@@ -541,3 +541,44 @@ Deno.test("an upload read ahead past maxRequestBodySize while a worker had it is
     await server.shutdown();
   }
 });
+
+Deno.test("an upload its worker answered without taking gives back what was read ahead while the answer still streams", async () => {
+  const server = startHub({});
+  const hub = server.hub;
+  const worker = await RawSocket.connect(server.workerAddr.port);
+  try {
+    await waitFor(() => hub.stats.idle === 1, "the fake worker idle");
+    const held = fetch(`http://127.0.0.1:${server.addr.port}/hold`);
+    assert.match((await worker.readHead())!, /^GET \/hold/);
+    const up = await rawUpload(server, "/up");
+    await up.send(0, 8);
+    await waitFor(
+      () => hub.stats.queued === 1 && hub.stats.requestBuffered === 8 * CHUNK,
+      "the upload queued and read ahead",
+    );
+    await worker.write("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    await (await held).text();
+    assert.match((await worker.readHead())!, /^POST \/up/);
+    // A final answer before asking for the body: the body is never sent,
+    // and the answer may stream for as long as it likes.
+    await worker.write(
+      "HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n" +
+        "2\r\nno\r\n",
+    );
+    await waitFor(
+      () => hub.stats.requestBuffered === 0,
+      "the read-ahead bytes given back while the answer streams",
+    );
+    await worker.write("0\r\n\r\n");
+    const buf = new Uint8Array(1024);
+    const n = await deadline(up.conn.read(buf), HANG_GUARD, "the answer");
+    assert.match(
+      new TextDecoder().decode(buf.subarray(0, n!)),
+      /^HTTP\/1\.1 403/,
+    );
+    up.conn.close();
+  } finally {
+    worker.close();
+    await server.shutdown();
+  }
+});
