@@ -468,6 +468,10 @@ class Pending {
   uploading = false;
   // performance.now() of the last upload byte read ahead.
   uploadAt = 0;
+  // When it joined the queue's order: its arrival, or for an upload read
+  // first (bufferUploads) the end of that read. Its queue timeout counts
+  // from here.
+  queuedSince: number;
   // Its upload was read ahead past maxRequestBodySize while a worker had
   // it: if that worker gives it back, it is answered 413, not resent.
   tooLarge = false;
@@ -481,6 +485,7 @@ class Pending {
     readonly since: number,
   ) {
     this.#id = id;
+    this.queuedSince = since;
   }
   /** The consumer's X-Request-Id, or one made when first needed. */
   get id(): string {
@@ -1560,6 +1565,9 @@ export class Hub {
         this.#fail(p, "shutting-down", 503, "hub is shutting down");
         return false;
       }
+      // It queues now, behind uploads read before it, and its queue
+      // timeout does not count the upload's time.
+      p.queuedSince = performance.now();
       return true;
     } finally {
       clearTimeout(timer);
@@ -1748,7 +1756,8 @@ export class Hub {
       p.body instanceof ReadableStream && !p.body.locked
     ) this.#readUploadAhead(p, ahead);
     const queue = p.pool.queue;
-    p.node = front ? queue.unshift(p, p.since) : queue.push(p, p.since);
+    const since = p.queuedSince;
+    p.node = front ? queue.unshift(p, since) : queue.push(p, since);
     if (p.node === queue.head) this.#prepareHead(p.pool);
     if (!p.watching) {
       // A consumer that leaves while queued never reaches a worker.
@@ -1961,13 +1970,13 @@ export class Hub {
     // A "not started" decline is provably safe to resend and is what busy
     // multi-hub workers do routinely, so it does not count against
     // maxRetries. A request that keeps being declined is still bounded by
-    // its queue timeout, measured from its arrival.
+    // its queue timeout, measured from when it first queued.
     const again = e.code === "not-started" ||
       ++p.retried <= this.#opts.maxRetries;
     const timeout = p.pool.queueTimeout;
     if (
       e.retryable && again && !this.#closed && timeout > 0 &&
-      performance.now() - p.since >= timeout
+      performance.now() - p.queuedSince >= timeout
     ) {
       this.#stats.timedOutQueued++;
       this.#fail(

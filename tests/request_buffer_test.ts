@@ -582,3 +582,68 @@ Deno.test("an upload its worker answered without taking gives back what was read
     await server.shutdown();
   }
 });
+
+Deno.test("bufferUploads: requests queue in the order their uploads were read, not the order they arrived", async () => {
+  const t = setup({ bufferUploads: true });
+  try {
+    const held = await t.hold();
+    const hub = t.server.hub;
+    const first = await rawUpload(t.server, "/first");
+    await first.send(0, 2);
+    await waitFor(
+      () => hub.stats.requestBuffered === 2 * CHUNK,
+      "the first upload being read",
+    );
+    const second = await rawUpload(t.server, "/second");
+    await second.send(0, 2);
+    await second.end();
+    await waitFor(() => hub.stats.queued === 1, "the second upload queued");
+    await first.send(2, 4);
+    await first.end();
+    await waitFor(() => hub.stats.queued === 2, "the first upload queued");
+    t.release();
+    await (await held.answer).text();
+    for (const [up, chunks] of [[second, 2], [first, 4]] as const) {
+      const { body } = await deadline(up.answer(), HANG_GUARD, "an answer");
+      up.conn.close();
+      assert.equal(body, expected(chunks));
+    }
+    assert.deepEqual(t.seen, ["/hold", "/second", "/first"]);
+  } finally {
+    t.release();
+    await t.stop();
+  }
+});
+
+Deno.test("bufferUploads: the queue timeout counts from when the upload was read, not from its arrival", async () => {
+  const t = setup({ bufferUploads: true, queueTimeout: 2000 });
+  try {
+    const held = await t.hold();
+    const hub = t.server.hub;
+    const up = await rawUpload(t.server, "/slow");
+    // Longer than the queue timeout to arrive, never idle for long.
+    for (let i = 0; i < 25; i++) {
+      await up.send(i, i + 1);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await up.end();
+    await waitFor(
+      () => hub.stats.queued === 1 || hub.stats.timedOutQueued > 0,
+      "the upload queued",
+    );
+    t.release();
+    await (await held.answer).text();
+    const { head, body } = await deadline(
+      up.answer(),
+      HANG_GUARD,
+      "the answer",
+    );
+    up.conn.close();
+    assert.match(head, /^HTTP\/1\.1 200/);
+    assert.equal(body, expected(25));
+    assert.equal(hub.stats.timedOutQueued, 0);
+  } finally {
+    t.release();
+    await t.stop();
+  }
+});
