@@ -1461,16 +1461,16 @@ export class Hub {
         // it an (empty) stream; over HTTP/2 one may follow.
         ? () => bodyOrNull(req.body!)
         : null;
-      if (read !== null) {
-        if (!(await this.#readBody(pending, read))) return promise;
-      } else {
-        pending.body = req.body;
-        const ahead = this.#uploadAhead;
-        if (this.#opts.bufferUploads && ahead !== null) {
-          // A request the queue will refuse is refused before its upload.
-          if (this.#rejectIfFull(pending)) return promise;
-          if (!(await this.#readUploadFirst(pending, ahead))) return promise;
-        }
+      if (read === null) pending.body = req.body;
+      else if (!(await this.#readBody(pending, read))) return promise;
+      const ahead = this.#uploadAhead;
+      if (
+        this.#opts.bufferUploads && ahead !== null &&
+        pending.body instanceof ReadableStream
+      ) {
+        // A request the queue will refuse is refused before its upload.
+        if (this.#rejectIfFull(pending)) return promise;
+        if (!(await this.#readUploadFirst(pending, ahead))) return promise;
       }
     }
     const pool = pending.pool;

@@ -314,3 +314,74 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name:
+    "bufferUploads: an HTTP/2 upload without a length is read before it queues, as an HTTP/1.1 one",
+  ignore,
+  fn: async () => {
+    const c = await certs();
+    const spill = await Deno.makeTempDir({ prefix: "pothead-h2-spill-" });
+    const seen: string[] = [];
+    try {
+      await withHub({
+        cert: c.cert,
+        key: c.key,
+        bufferUploads: true,
+        requestBuffer: 64 * 1024,
+        requestSpillDir: spill,
+      }, async (server, workers) => {
+        workers.push(connectWorker(async (req) => {
+          seen.push(req.headers.get("content-length") ?? "no length");
+          const bytes = (await req.arrayBuffer()).byteLength;
+          return new Response(`${bytes}`);
+        }, {
+          hostname: "127.0.0.1",
+          port: server.workerAddr.port,
+          minBackoff: 10,
+          maxBackoff: 100,
+        }));
+        const hub = server.hub;
+        await waitFor(() => hub.stats.idle === 1, "worker attached");
+        const client = Deno.createHttpClient({
+          caCerts: [c.ca],
+          http1: false,
+          http2: true,
+        });
+        try {
+          let controller!: ReadableStreamDefaultController<Uint8Array>;
+          const body = new ReadableStream<Uint8Array>({
+            start: (ctl) => void (controller = ctl),
+          });
+          const answer = fetch(`https://localhost:${server.addr.port}/up`, {
+            method: "POST",
+            body,
+            client,
+          });
+          for (let i = 0; i < 16; i++) {
+            controller.enqueue(new Uint8Array(16 * 1024));
+          }
+          await waitFor(
+            () =>
+              hub.stats.requestBuffered + hub.stats.requestSpilled ===
+                256 * 1024,
+            "the upload so far read ahead",
+          );
+          // Still arriving: no worker has it, though one is idle.
+          assert.deepEqual(seen, []);
+          for (let i = 0; i < 16; i++) {
+            controller.enqueue(new Uint8Array(16 * 1024));
+          }
+          controller.close();
+          const res = await deadline(answer, HANG, "the answer");
+          assert.equal(await res.text(), String(512 * 1024));
+          assert.equal(seen.length, 1);
+        } finally {
+          client.close();
+        }
+      });
+    } finally {
+      await Deno.remove(spill, { recursive: true });
+    }
+  },
+});
