@@ -57,6 +57,8 @@ Options (each also as the environment variable in brackets):
                            large (needs write access) [POTHEAD_RESPONSE_SPILL_DIR]
   --response-spill-max N   most bytes of one response waiting there
                            [POTHEAD_RESPONSE_SPILL_MAX] (1073741824)
+  --response-spill-total N most bytes of all responses waiting there
+                           [POTHEAD_RESPONSE_SPILL_TOTAL] (17179869184)
   --request-buffer N       bytes of an upload read ahead while its request waits
                            in the queue; 0 = read when a worker asks
                            [POTHEAD_REQUEST_BUFFER] (1048576)
@@ -67,6 +69,8 @@ Options (each also as the environment variable in brackets):
                            (needs write access) [POTHEAD_REQUEST_SPILL_DIR]
   --request-spill-max N    most bytes of one upload waiting there
                            [POTHEAD_REQUEST_SPILL_MAX] (1073741824)
+  --request-spill-total N  most bytes of all uploads waiting there
+                           [POTHEAD_REQUEST_SPILL_TOTAL] (17179869184)
   --buffer-uploads         read uploads that far before they queue, so no worker
                            waits for a slow uploader [POTHEAD_BUFFER_UPLOADS]
   --max-retries N          resends of a request a worker provably did not start
@@ -294,6 +298,11 @@ export function optionsFrom(
       "--response-spill-max",
       1024 * 1024 * 1024,
     ),
+    responseSpillTotal: parseInteger(
+      v("response-spill-total", "POTHEAD_RESPONSE_SPILL_TOTAL"),
+      "--response-spill-total",
+      16 * 1024 * 1024 * 1024,
+    ),
     requestBuffer: parseInteger(
       v("request-buffer", "POTHEAD_REQUEST_BUFFER"),
       "--request-buffer",
@@ -312,6 +321,11 @@ export function optionsFrom(
       v("request-spill-max", "POTHEAD_REQUEST_SPILL_MAX"),
       "--request-spill-max",
       1024 * 1024 * 1024,
+    ),
+    requestSpillTotal: parseInteger(
+      v("request-spill-total", "POTHEAD_REQUEST_SPILL_TOTAL"),
+      "--request-spill-total",
+      16 * 1024 * 1024 * 1024,
     ),
     bufferUploads,
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
@@ -374,10 +388,12 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "response-buffer-total": { type: "string" },
         "response-spill-dir": { type: "string" },
         "response-spill-max": { type: "string" },
+        "response-spill-total": { type: "string" },
         "request-buffer": { type: "string" },
         "request-buffer-total": { type: "string" },
         "request-spill-dir": { type: "string" },
         "request-spill-max": { type: "string" },
+        "request-spill-total": { type: "string" },
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
         "buffer-uploads": { type: "boolean" },

@@ -27,6 +27,11 @@ export interface SpillOptions {
   dir: string;
   /** Most bytes one body may have waiting on disk. */
   max: number;
+  /**
+   * Most bytes waiting on disk over all bodies that share this object;
+   * unset: no limit but `max` per body.
+   */
+  total?: number;
   /** Bytes waiting on disk over all bodies that share this object, now. */
   held: number;
   /**
@@ -109,6 +114,7 @@ export function readAheadStream(
   const memoryRoom = () => inMemory < limit && budget.held < budget.max;
   const diskRoom = () =>
     !noDisk && onDisk < spill!.max &&
+    spill!.held < (spill!.total ?? Infinity) &&
     !(spill!.failedAt !== undefined &&
       performance.now() - spill!.failedAt < RETRY_SPILL_AFTER);
   const keep = (chunk: Uint8Array) => {

@@ -240,6 +240,13 @@ export interface HubOptions {
    */
   responseSpillMax?: number;
   /**
+   * Most bytes of all response bodies together waiting on disk (see
+   * `responseSpillDir`); past it, bodies go at their consumers' pace until
+   * some is taken.
+   * @default {17179869184}
+   */
+  responseSpillTotal?: number;
+  /**
    * Bytes of a streamed upload (one larger than `bufferRequestBody`, or
    * chunked) the hub reads ahead while the request waits in the queue, so
    * the worker that takes it finds that much already here instead of
@@ -269,6 +276,13 @@ export interface HubOptions {
    * @default {1073741824}
    */
   requestSpillMax?: number;
+  /**
+   * Most bytes of all uploads together waiting on disk (see
+   * `requestSpillDir`); past it, uploads are read no further ahead until
+   * some is taken.
+   * @default {17179869184}
+   */
+  requestSpillTotal?: number;
   /**
    * Read a streamed upload ahead before its request queues, as far as
    * `requestBuffer` (and `requestSpillDir`) allow, instead of only while it
@@ -651,9 +665,11 @@ const DEFAULTS = {
   responseBuffer: 1024 * 1024,
   responseBufferTotal: 64 * 1024 * 1024,
   responseSpillMax: 1024 * 1024 * 1024,
+  responseSpillTotal: 16 * 1024 * 1024 * 1024,
   requestBuffer: 1024 * 1024,
   requestBufferTotal: 64 * 1024 * 1024,
   requestSpillMax: 1024 * 1024 * 1024,
+  requestSpillTotal: 16 * 1024 * 1024 * 1024,
   handshakeWait: 50,
   handshakeTimeout: 10_000,
   pingInterval: 30_000,
@@ -681,9 +697,10 @@ function spillOptions(
   option: string,
   dir: string | undefined,
   max: number,
+  total: number,
   onError: (error: unknown) => void,
 ): SpillOptions | undefined {
-  if (dir === undefined || max === 0) return undefined;
+  if (dir === undefined || max === 0 || total === 0) return undefined;
   const bad = (why: string) =>
     new TypeError(`Invalid option "${option}": ${why}`);
   if (typeof dir !== "string" || dir === "") {
@@ -696,7 +713,7 @@ function spillOptions(
     throw bad(`cannot use "${dir}": ${errorText(error)}`);
   }
   if (!info.isDirectory) throw bad(`"${dir}" is not a directory`);
-  return { dir, max, held: 0, onError };
+  return { dir, max, total, held: 0, onError };
 }
 
 // The address part of a peer written as `host:port`.
@@ -822,6 +839,7 @@ export class Hub {
         "responseSpillDir",
         options.responseSpillDir,
         numbers.responseSpillMax,
+        numbers.responseSpillTotal,
         (error) =>
           this.#log({
             level: "warn",
@@ -835,6 +853,7 @@ export class Hub {
       "requestSpillDir",
       options.requestSpillDir,
       numbers.requestSpillMax,
+      numbers.requestSpillTotal,
       (error) =>
         this.#log({
           level: "warn",

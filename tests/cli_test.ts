@@ -1085,14 +1085,18 @@ async function refusedAtOnce(cases: [string[], RegExp][]): Promise<void> {
   }
 }
 
-Deno.test("hub upload read-ahead flags reach the hub's options", () => {
+Deno.test("hub read-ahead and spill flags reach the hub's options", () => {
   const log = () => {};
   const options = optionsFrom({
     "request-buffer": "65536",
     "request-buffer-total": "1048576",
     "request-spill-max": "2048",
+    "request-spill-total": "4096",
+    "response-spill-total": "8192",
     "buffer-uploads": true,
   }, log);
+  assert.equal(options.requestSpillTotal, 4096);
+  assert.equal(options.responseSpillTotal, 8192);
   assert.equal(options.requestBuffer, 65536);
   assert.equal(options.requestBufferTotal, 1048576);
   assert.equal(options.requestSpillMax, 2048);

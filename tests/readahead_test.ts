@@ -453,3 +453,34 @@ Deno.test("readAheadStream takeWhole: the whole body at once only when it is all
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("read-ahead bodies that share a spill directory stop going to disk at its total", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pothead-total-" });
+  try {
+    const budget = { max: 20, held: 0 };
+    // 100 bytes per body at most, 120 over all: two bodies cannot both
+    // put their 200 bytes there.
+    const spill = { dir, max: 100, total: 120, held: 0 };
+    const paused = [0, 0];
+    const data = new Uint8Array(200).map((_, i) => i);
+    const streams = [0, 1].map((i) =>
+      readAheadStream(
+        scripted(pieces(data, 10)),
+        {
+          limit: 10,
+          budget,
+          spill,
+        },
+        () => {},
+        { onPause: () => paused[i]++ },
+      )
+    );
+    await until(() => paused[0] > 0 && paused[1] > 0, "both paused");
+    // One 10-byte read may pass each limit.
+    assert.ok(spill.held >= 120 && spill.held <= 130, `${spill.held} on disk`);
+    for (const s of streams) assert.deepEqual(await readAll(s), data);
+    assert.equal(spill.held + budget.held, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
