@@ -190,7 +190,10 @@ async function readAnswer(
   return { status, bytes: bodyBytes, body };
 }
 
-async function upload(
+// One consumer on a link of `rate`: opens a connection, sends its request
+// (with `bytes` of body for an upload), reads the answer, and closes.
+async function consumer(
+  direction: Direction,
   port: number,
   bytes: number,
   rate: number,
@@ -199,13 +202,22 @@ async function upload(
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
     const link = new Link(rate);
+    const head = direction === "upload"
+      ? `POST /upload HTTP/1.1\r\nhost: bench\r\ncontent-length: ${bytes}\r\n`
+      : `GET /download?bytes=${bytes} HTTP/1.1\r\nhost: bench\r\n`;
     await writeAll(
       conn,
-      new TextEncoder().encode(
-        `POST /upload HTTP/1.1\r\nhost: bench\r\ncontent-length: ${bytes}\r\n` +
-          "connection: close\r\n\r\n",
-      ),
+      new TextEncoder().encode(head + "connection: close\r\n\r\n"),
     );
+    if (direction === "download") {
+      const answer = await readAnswer(conn, (n) => link.moved(n));
+      return {
+        status: answer.status,
+        bytes: answer.bytes,
+        workerWaitMs: 0,
+        doneS: (performance.now() - t0) / 1000,
+      };
+    }
     const chunk = new Uint8Array(64 * 1024).fill(65);
     for (let sent = 0; sent < bytes;) {
       const n = Math.min(chunk.length, bytes - sent);
@@ -219,34 +231,6 @@ async function upload(
       status,
       bytes: got,
       workerWaitMs: waited,
-      doneS: (performance.now() - t0) / 1000,
-    };
-  } finally {
-    conn.close();
-  }
-}
-
-async function download(
-  port: number,
-  bytes: number,
-  rate: number,
-  t0: number,
-): Promise<ClientResult> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    const link = new Link(rate);
-    await writeAll(
-      conn,
-      new TextEncoder().encode(
-        `GET /download?bytes=${bytes} HTTP/1.1\r\nhost: bench\r\n` +
-          "connection: close\r\n\r\n",
-      ),
-    );
-    const answer = await readAnswer(conn, (n) => link.moved(n));
-    return {
-      status: answer.status,
-      bytes: answer.bytes,
-      workerWaitMs: 0,
       doneS: (performance.now() - t0) / 1000,
     };
   } finally {
@@ -281,12 +265,11 @@ async function runSetting(
     const size = setting.direction === "upload"
       ? plan.uploadBytes
       : plan.downloadBytes;
-    const run = setting.direction === "upload" ? upload : download;
     const clients = await withTimeout(
       Promise.all(
         Array.from(
           { length: plan.consumers },
-          () => run(hub.port, size, plan.rate, t0),
+          () => consumer(setting.direction, hub.port, size, plan.rate, t0),
         ),
       ),
       maxSeconds * 1000,

@@ -97,6 +97,21 @@ function setup(options: ServeHubOptions): Setup {
   };
 }
 
+// The end of a test whose upload was answered while /hold ran: what was
+// read ahead is given back, and no worker saw the upload.
+async function refusedWhileHeld(
+  t: Setup,
+  held: { answer: Promise<Response> },
+): Promise<void> {
+  await waitFor(
+    () => t.server.hub.stats.requestBuffered === 0,
+    "the read-ahead bytes given back",
+  );
+  t.release();
+  await (await held.answer).text();
+  assert.deepEqual(t.seen, ["/hold"]);
+}
+
 // A chunked upload of `chunks` chunks that the test sends when it likes.
 function upload(): {
   body: ReadableStream<Uint8Array>;
@@ -282,13 +297,7 @@ Deno.test("a queued upload that grows past maxRequestBodySize gets its 413 while
     assert.match(await res.text(), /larger than the limit of 102400 bytes/);
     up.end();
     assert.equal(t.server.hub.stats.queued, 0);
-    await waitFor(
-      () => t.server.hub.stats.requestBuffered === 0,
-      "the read-ahead bytes given back",
-    );
-    t.release();
-    await (await held.answer).text();
-    assert.deepEqual(t.seen, ["/hold"]);
+    await refusedWhileHeld(t, held);
   } finally {
     t.release();
     await t.stop();
@@ -306,13 +315,7 @@ Deno.test("a queued upload that times out in the queue gives back what was read 
     assert.equal(res.status, 503);
     await res.body?.cancel();
     up.end();
-    await waitFor(
-      () => t.server.hub.stats.requestBuffered === 0,
-      "the read-ahead bytes given back",
-    );
-    t.release();
-    await (await held.answer).text();
-    assert.deepEqual(t.seen, ["/hold"]);
+    await refusedWhileHeld(t, held);
   } finally {
     t.release();
     await t.stop();

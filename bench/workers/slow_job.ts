@@ -7,7 +7,8 @@
  * @module
  */
 
-const CHUNK = new Uint8Array(64 * 1024).fill(120);
+import { download } from "./stream.ts";
+
 const WORK_MS = 20;
 
 const work = () => new Promise((r) => setTimeout(r, WORK_MS));
@@ -28,21 +29,7 @@ export default async function handler(req: Request): Promise<Response> {
   if (url.pathname === "/download") {
     const size = Number(url.searchParams.get("bytes") ?? "0");
     await work();
-    let left = size;
-    const body = new ReadableStream<Uint8Array>({
-      pull(controller) {
-        if (left <= 0) {
-          controller.close();
-          return;
-        }
-        const n = Math.min(left, CHUNK.length);
-        controller.enqueue(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n));
-        left -= n;
-      },
-    }, { highWaterMark: 0 });
-    return new Response(body, {
-      headers: { "content-length": String(size) },
-    });
+    return download(size);
   }
   return new Response("not found\n", { status: 404 });
 }

@@ -19,23 +19,27 @@ export default async function handler(req: Request): Promise<Response> {
     return new Response(String(total));
   }
   if (url.pathname === "/download") {
-    const size = Number(url.searchParams.get("bytes") ?? "0");
-    let left = size;
-    // The same bytes each time: nothing here keeps a chunk after enqueuing.
-    const body = new ReadableStream<Uint8Array>({
-      pull(controller) {
-        if (left <= 0) {
-          controller.close();
-          return;
-        }
-        const n = Math.min(left, CHUNK.length);
-        controller.enqueue(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n));
-        left -= n;
-      },
-    }, { highWaterMark: 0 });
-    return new Response(body, {
-      headers: { "content-length": String(size) },
-    });
+    return download(Number(url.searchParams.get("bytes") ?? "0"));
   }
   return new Response("not found\n", { status: 404 });
+}
+
+/** A response of `size` bytes with its Content-Length, made as it is read. */
+export function download(size: number): Response {
+  let left = size;
+  // The same bytes each time: nothing here keeps a chunk after enqueuing.
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (left <= 0) {
+        controller.close();
+        return;
+      }
+      const n = Math.min(left, CHUNK.length);
+      controller.enqueue(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n));
+      left -= n;
+    },
+  }, { highWaterMark: 0 });
+  return new Response(body, {
+    headers: { "content-length": String(size) },
+  });
 }
