@@ -650,3 +650,93 @@ Deno.test("bufferUploads: the queue timeout counts from when the upload was read
     await t.stop();
   }
 });
+
+Deno.test("many uploads at once, fast, slow or left midway, with spilling: every whole one arrives intact and nothing stays held", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pothead-upload-stress-" });
+  const size = 1024 * 1024;
+  const byteAt = (i: number) => (i * 7 + (i >> 12)) & 0xff;
+  const server = startHub({
+    requestBuffer: 128 * 1024,
+    requestBufferTotal: 512 * 1024,
+    requestSpillDir: dir,
+    requestSpillMax: 512 * 1024,
+    requestSpillTotal: 2 * 1024 * 1024,
+    queueTimeout: HANG_GUARD,
+  });
+  // Two one-slot workers that check every byte they get.
+  const workers = [0, 1].map(() =>
+    startWorker(server, async (req) => {
+      let at = 0;
+      let good = true;
+      for await (const chunk of req.body!) {
+        for (let j = 0; j < chunk.length; j += 997) {
+          if (chunk[j] !== byteAt(at + j)) good = false;
+        }
+        at += chunk.length;
+      }
+      return new Response(`${at} ${good}`);
+    })
+  );
+  const hub = server.hub;
+  try {
+    await waitFor(() => hub.stats.idle === 2, "both workers");
+    const consumer = async (kind: "fast" | "slow" | "leaves", i: number) => {
+      const abort = new AbortController();
+      let sent = 0;
+      const body = new ReadableStream<Uint8Array>({
+        async pull(c) {
+          if (kind === "leaves" && sent >= 256 * 1024) {
+            abort.abort();
+            c.error(new Error("left"));
+            return;
+          }
+          if (sent >= size) return c.close();
+          const n = Math.min(64 * 1024, size - sent);
+          c.enqueue(new Uint8Array(n).map((_, j) => byteAt(sent + j)));
+          sent += n;
+          if (kind === "slow") await new Promise((r) => setTimeout(r, 5));
+        },
+      });
+      try {
+        const res = await fetch(`http://127.0.0.1:${server.addr.port}/u${i}`, {
+          method: "POST",
+          body,
+          signal: abort.signal,
+          // Every fourth with its length, the rest chunked.
+          headers: i % 4 === 0 ? { "content-length": String(size) } : {},
+        });
+        return `${res.status} ${await res.text()}`;
+      } catch {
+        return kind === "leaves" ? "left" : "failed";
+      }
+    };
+    const kinds = ["fast", "slow", "leaves"] as const;
+    const results = await deadline(
+      Promise.all(
+        Array.from({ length: 24 }, (_, i) => consumer(kinds[i % 3], i)),
+      ),
+      HANG_GUARD * 2,
+      "24 uploads",
+    );
+    results.forEach((r, i) => {
+      assert.equal(
+        r,
+        kinds[i % 3] === "leaves" ? "left" : `200 ${size} true`,
+        `upload ${i} (${kinds[i % 3]})`,
+      );
+    });
+    await waitFor(() => hub.stats.abandoned === 8, "the 8 that left counted");
+    await waitFor(
+      () => hub.stats.requestBuffered === 0 && hub.stats.requestSpilled === 0,
+      "nothing held",
+    );
+    const files = [];
+    for await (const entry of Deno.readDir(dir)) files.push(entry.name);
+    assert.deepEqual(files, []);
+  } finally {
+    for (const w of workers) w.close();
+    await Promise.all(workers.map((w) => w.finished));
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
