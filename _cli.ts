@@ -35,6 +35,15 @@ export function flagOrEnv(
   }
 }
 
+/**
+ * Whether a boolean flag is on: given, or its environment variable is `1`,
+ * `true` or `yes`.
+ */
+export function switchOn(flag: unknown, env: string): boolean {
+  return flag === true ||
+    /^(1|true|yes)$/i.test(flagOrEnv(undefined, env) ?? "");
+}
+
 /** Parses a non-negative integer option, naming the option in the error. */
 export function parseInteger(
   text: string | undefined,

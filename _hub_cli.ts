@@ -16,6 +16,7 @@ import {
   parseDuration,
   parseInteger,
   readText,
+  switchOn,
   UsageError,
   VERSION,
 } from "./_cli.ts";
@@ -215,14 +216,11 @@ export function optionsFrom(
   for (const rule of values.route as string[] ?? []) {
     routes.push(parseRoute(rule));
   }
-  const trust = values["trust-forwarded"] === true ||
-    /^(1|true|yes)$/i.test(
-      flagOrEnv(undefined, "POTHEAD_TRUST_FORWARDED") ?? "",
-    );
-  const bufferUploads = values["buffer-uploads"] === true ||
-    /^(1|true|yes)$/i.test(
-      flagOrEnv(undefined, "POTHEAD_BUFFER_UPLOADS") ?? "",
-    );
+  const trust = switchOn(values["trust-forwarded"], "POTHEAD_TRUST_FORWARDED");
+  const bufferUploads = switchOn(
+    values["buffer-uploads"],
+    "POTHEAD_BUFFER_UPLOADS",
+  );
   const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
   if (hostname.trim() === "") {
     throw new UsageError(

@@ -17,6 +17,7 @@ import {
   parseHostPort,
   parseInteger,
   readText,
+  switchOn,
   UsageError,
   VERSION,
 } from "./_cli.ts";
@@ -188,8 +189,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         5000,
       ),
       nameServer: ns && { ipAddr: ns.hostname, port: ns.port },
-      tls: values.tls ??
-        /^(1|true|yes)$/i.test(flagOrEnv(undefined, "POTHEAD_TLS") ?? ""),
+      tls: switchOn(values.tls, "POTHEAD_TLS"),
       caCerts: caFile === undefined ? undefined : [readText(caFile, "CA file")],
       token: token === "" ? undefined : token,
       // An id by default, so the hub groups this process's slots (fewest
@@ -214,8 +214,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       }
       options.workerId = undefined;
     }
-    const adaptive = values.adaptive ??
-      /^(1|true|yes)$/i.test(flagOrEnv(undefined, "POTHEAD_ADAPTIVE") ?? "");
+    const adaptive = switchOn(values.adaptive, "POTHEAD_ADAPTIVE");
     if (!adaptive) {
       // Ignored without --adaptive: the operator most likely forgot it.
       for (const flag of ["min-idle-cpu", "min-free-memory", "settle"]) {

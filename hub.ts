@@ -474,10 +474,12 @@ class Pending {
   watching = false;
   clientIp: string | null = null;
   body: Uint8Array | ReadableStream<Uint8Array> | null = null;
-  // The body as read ahead while queued (requestBuffer): cancelled when the
-  // request is settled unless a worker connection is reading it.
-  readAhead: ReadableStream<Uint8Array> | null = null;
-  readAheadControl: ReadAheadControl | null = null;
+  // Its upload as read ahead (requestBuffer), and the stream's control:
+  // cancelled when the request is settled unless a worker connection is
+  // reading it.
+  upload:
+    | { stream: ReadableStream<Uint8Array>; control: ReadAheadControl }
+    | null = null;
   // Its upload is being read before it queues (bufferUploads).
   uploading = false;
   // performance.now() of the last upload byte read ahead.
@@ -535,8 +537,31 @@ function consumerGone(error: unknown): boolean {
     error instanceof e.BrokenPipe;
 }
 
-// A small body's consumer that sent no byte for the upload idle timeout.
+// A consumer that sent no body byte for the upload idle timeout before its
+// request queued.
 class UploadStalled extends Error {}
+
+// Calls `onStall` once `idle` ms (0: never) pass with no new byte (the time
+// of the last one is `lastByte()`); returns the function that stops
+// watching.
+function watchStall(
+  idle: number,
+  lastByte: () => number,
+  onStall: (error: UploadStalled) => void,
+): () => void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const watch = () => {
+    const left = lastByte() + idle - performance.now();
+    if (left > 0) timer = setTimeout(watch, left);
+    else {
+      onStall(
+        new UploadStalled(`Consumer sent no request body byte for ${idle} ms`),
+      );
+    }
+  };
+  if (idle > 0) timer = setTimeout(watch, idle);
+  return () => clearTimeout(timer);
+}
 
 // Reads a small body whole. No byte for `idle` ms (0: no limit) cancels it:
 // a consumer that stops sending must not hold its request, unseen in any
@@ -550,19 +575,10 @@ async function bytesUnlessStalled(
   let size = 0;
   let last = performance.now();
   let stalled: UploadStalled | undefined;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const watch = () => {
-    const left = last + idle - performance.now();
-    if (left > 0) {
-      timer = setTimeout(watch, left);
-      return;
-    }
-    stalled = new UploadStalled(
-      `Consumer sent no request body byte for ${idle} ms`,
-    );
-    reader.cancel(stalled).catch(() => {});
-  };
-  if (idle > 0) timer = setTimeout(watch, idle);
+  const stop = watchStall(idle, () => last, (error) => {
+    stalled = error;
+    reader.cancel(error).catch(() => {});
+  });
   try {
     while (true) {
       const { done, value } = await reader.read();
@@ -576,7 +592,7 @@ async function bytesUnlessStalled(
   } catch (error) {
     throw stalled ?? error;
   } finally {
-    clearTimeout(timer);
+    stop();
   }
   if (parts.length === 1) return parts[0];
   const out = new Uint8Array(size);
@@ -832,35 +848,34 @@ export class Hub {
       bufferUploads: options.bufferUploads ?? false,
       workerTokens: [...tokens],
     };
+    const spill = (
+      option: "responseSpillDir" | "requestSpillDir",
+      max: number,
+      total: number,
+      what: string,
+    ) =>
+      spillOptions(option, options[option], max, total, (error) =>
+        this.#log({
+          level: "warn",
+          msg: `cannot spill ${what} to disk`,
+          dir: options[option],
+          reason: errorText(error),
+        }));
     this.#readAhead = {
       limit: numbers.responseBuffer,
       budget: { max: numbers.responseBufferTotal, held: 0 },
-      spill: spillOptions(
+      spill: spill(
         "responseSpillDir",
-        options.responseSpillDir,
         numbers.responseSpillMax,
         numbers.responseSpillTotal,
-        (error) =>
-          this.#log({
-            level: "warn",
-            msg: "cannot spill a response body to disk",
-            dir: options.responseSpillDir,
-            reason: errorText(error),
-          }),
+        "a response body",
       ),
     };
-    const uploadSpill = spillOptions(
+    const uploadSpill = spill(
       "requestSpillDir",
-      options.requestSpillDir,
       numbers.requestSpillMax,
       numbers.requestSpillTotal,
-      (error) =>
-        this.#log({
-          level: "warn",
-          msg: "cannot spill an upload to disk",
-          dir: options.requestSpillDir,
-          reason: errorText(error),
-        }),
+      "an upload",
     );
     this.#uploadAhead = numbers.requestBuffer > 0 || uploadSpill !== undefined
       ? {
@@ -1557,23 +1572,16 @@ export class Hub {
     p.uploading = true;
     p.uploadAt = performance.now();
     const paused = Promise.withResolvers<void>();
-    const idle = this.#opts.uploadIdleTimeout;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const watch = () => {
-      if (!p.uploading) return;
-      const left = p.uploadAt + idle - performance.now();
-      if (left > 0) {
-        timer = setTimeout(watch, left);
-        return;
-      }
-      p.uploading = false;
-      this.#bodyFailed(
-        p,
-        new UploadStalled(`Consumer sent no request body byte for ${idle} ms`),
-      );
-      paused.resolve();
-    };
-    if (idle > 0) timer = setTimeout(watch, idle);
+    const stop = watchStall(
+      this.#opts.uploadIdleTimeout,
+      () => p.uploadAt,
+      (error) => {
+        if (!p.uploading) return;
+        p.uploading = false;
+        this.#bodyFailed(p, error);
+        paused.resolve();
+      },
+    );
     try {
       this.#readUploadAhead(p, options, paused.resolve);
       await Promise.race([paused.promise, this.#whenClosed.promise]);
@@ -1589,7 +1597,7 @@ export class Hub {
       p.queuedSince = performance.now();
       return true;
     } finally {
-      clearTimeout(timer);
+      stop();
       this.#reading--;
     }
   }
@@ -1665,8 +1673,8 @@ export class Hub {
     const stream = readAheadStream(read, options, (reason) => {
       reader.cancel(reason).catch(() => {});
     }, control);
-    p.body = p.readAhead = stream;
-    p.readAheadControl = control;
+    p.body = stream;
+    p.upload = { stream, control };
     if (p.out !== null) p.out.body = stream;
   }
 
@@ -1771,7 +1779,7 @@ export class Hub {
   #enqueue(p: Pending, front: boolean): void {
     const ahead = this.#uploadAhead;
     if (
-      ahead !== null && p.readAhead === null &&
+      ahead !== null && p.upload === null &&
       p.body instanceof ReadableStream && !p.body.locked
     ) this.#readUploadAhead(p, ahead);
     const queue = p.pool.queue;
@@ -1848,10 +1856,9 @@ export class Hub {
   // Ends a request's upload read-ahead unless a worker connection is
   // sending it (that connection ends it itself).
   #dropReadAhead(p: Pending): void {
-    const ahead = p.readAhead;
-    if (ahead === null) return;
-    p.readAhead = null;
-    if (!ahead.locked) ahead.cancel().catch(() => {});
+    const stream = p.upload?.stream;
+    p.upload = null;
+    if (stream !== undefined && !stream.locked) stream.cancel().catch(() => {});
   }
 
   // The worker parked a slot: it carries nothing until the worker offers it.
@@ -1907,7 +1914,7 @@ export class Hub {
     p.attempts++;
     const sentAt = performance.now();
     p.queueMs = sentAt - p.since;
-    if (p.readAheadControl !== null) this.#wholeUpload(p);
+    if (p.upload !== null) this.#wholeUpload(p);
     const out = this.#outgoing(p);
     out.extraHeaders = [[QUEUE_TIME_HEADER, p.queueMs.toFixed(1)]];
     if (out.body instanceof ReadableStream) {
@@ -1960,10 +1967,9 @@ export class Hub {
   // body, it can be sent again if a worker declines it or fails before
   // taking it.
   #wholeUpload(p: Pending): void {
-    const bytes = p.readAheadControl!.takeWhole?.() ?? null;
+    const bytes = p.upload!.control.takeWhole?.() ?? null;
     if (bytes === null) return;
-    p.readAheadControl = null;
-    p.readAhead = null;
+    p.upload = null;
     p.body = bytes;
     p.contentLength = bytes.length;
     if (p.out !== null) {
