@@ -419,6 +419,24 @@ function parseContentLength(value: string, prior: number): number {
 }
 
 /**
+ * The value of field `name` (lower case) in `headers`: its lines joined
+ * with ", ", or null when absent.
+ */
+export function fieldOf(headers: HeaderList, name: string): string | null {
+  let out: string | null = null;
+  for (const [n, v] of headers) {
+    if (n === name) out = out === null ? v : `${out}, ${v}`;
+  }
+  return out;
+}
+
+/** The non-empty elements of a comma-separated field value, trimmed. */
+export function listTokens(value: string | null): string[] {
+  if (value === null) return [];
+  return value.split(",").map((t) => t.trim()).filter((t) => t !== "");
+}
+
+/**
  * Reads Content-Length, Transfer-Encoding and Connection from a header list.
  *
  * Rejects what could desynchronise the two ends (request smuggling, RFC 9112

@@ -17,8 +17,9 @@
 import {
   DEFAULT_LIMITS,
   encodeHead,
+  fieldOf,
   framingFields,
-  type HeaderList,
+  listTokens,
   parseRequestHead,
   parseResponseHead,
   reasonPhrase,
@@ -102,19 +103,6 @@ export class HandshakeError extends Error {
   }
 }
 
-function field(headers: HeaderList, name: string): string | null {
-  let out: string | null = null;
-  for (const [n, v] of headers) {
-    if (n === name) out = out === null ? v : `${out}, ${v}`;
-  }
-  return out;
-}
-
-function tokens(value: string | null): string[] {
-  if (value === null) return [];
-  return value.split(",").map((t) => t.trim()).filter((t) => t !== "");
-}
-
 /**
  * Checks a handshake request head and returns what the worker declared.
  * Credentials are checked separately by {@linkcode checkToken}.
@@ -122,7 +110,7 @@ function tokens(value: string | null): string[] {
  * @throws {HandshakeError} with the status to answer.
  */
 export function parseHandshake(head: RequestHead): WorkerIdentity {
-  const upgrade = tokens(field(head.headers, "upgrade"));
+  const upgrade = listTokens(fieldOf(head.headers, "upgrade"));
   const protocol = upgrade.find((t) => /^ptth(\/1\.0)?$/i.test(t));
   if (protocol === undefined) {
     throw new HandshakeError(
@@ -132,7 +120,7 @@ export function parseHandshake(head: RequestHead): WorkerIdentity {
       }`,
     );
   }
-  const connection = tokens(field(head.headers, "connection")).map((t) =>
+  const connection = listTokens(fieldOf(head.headers, "connection")).map((t) =>
     t.toLowerCase()
   );
   if (!connection.includes("upgrade")) {
@@ -156,11 +144,11 @@ export function parseHandshake(head: RequestHead): WorkerIdentity {
   if (fields.chunked || fields.contentLength > 0) {
     throw new HandshakeError(400, "Cannot accept worker: handshake has a body");
   }
-  const alpn = field(head.headers, "alpn");
+  const alpn = fieldOf(head.headers, "alpn");
   if (alpn !== null) {
     let protos: string[];
     try {
-      protos = tokens(alpn).map((t) => decodeURIComponent(t).toLowerCase());
+      protos = listTokens(alpn).map((t) => decodeURIComponent(t).toLowerCase());
     } catch {
       throw new HandshakeError(
         400,
@@ -176,14 +164,14 @@ export function parseHandshake(head: RequestHead): WorkerIdentity {
       );
     }
   }
-  const id = field(head.headers, "pothead-worker-id");
+  const id = fieldOf(head.headers, "pothead-worker-id");
   if (id !== null && !NAME.test(id)) {
     throw new HandshakeError(
       400,
       `Cannot accept worker: invalid Pothead-Worker-Id ${JSON.stringify(id)}`,
     );
   }
-  const pool = field(head.headers, "pothead-pool") ?? DEFAULT_POOL;
+  const pool = fieldOf(head.headers, "pothead-pool") ?? DEFAULT_POOL;
   if (!NAME.test(pool)) {
     throw new HandshakeError(
       400,
@@ -191,7 +179,7 @@ export function parseHandshake(head: RequestHead): WorkerIdentity {
     );
   }
   const labels: Record<string, string> = {};
-  for (const pair of tokens(field(head.headers, "pothead-labels"))) {
+  for (const pair of listTokens(fieldOf(head.headers, "pothead-labels"))) {
     const eq = pair.indexOf("=");
     const k = eq < 0 ? pair : pair.slice(0, eq).trim();
     if (!NAME.test(k)) {
@@ -202,8 +190,8 @@ export function parseHandshake(head: RequestHead): WorkerIdentity {
     }
     labels[k] = eq < 0 ? "" : pair.slice(eq + 1).trim();
   }
-  const ping = field(head.headers, PING_OPTION_FIELD)?.trim() === "1";
-  const renew = field(head.headers, RENEW_OPTION_FIELD)?.trim() === "1";
+  const ping = fieldOf(head.headers, PING_OPTION_FIELD)?.trim() === "1";
+  const renew = fieldOf(head.headers, RENEW_OPTION_FIELD)?.trim() === "1";
   return { id, pool, labels, protocol, ping, renew };
 }
 
@@ -226,7 +214,7 @@ export async function checkToken(
   head: RequestHead,
   valid: readonly string[],
 ): Promise<void> {
-  const auth = field(head.headers, "authorization");
+  const auth = fieldOf(head.headers, "authorization");
   const m = auth === null ? null : /^Bearer +(\S+)$/i.exec(auth);
   if (m === null) {
     throw new HandshakeError(
@@ -360,7 +348,7 @@ export async function workerHandshake(
       reader.consume(parsed.used);
       const head = parsed.value;
       if (head.status === 101) {
-        const interval = Number(field(head.headers, PING_INTERVAL_FIELD));
+        const interval = Number(fieldOf(head.headers, PING_INTERVAL_FIELD));
         return Number.isSafeInteger(interval) && interval > 0 ? interval : 0;
       }
       const fields = framingFields(head.headers);

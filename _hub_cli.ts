@@ -74,6 +74,11 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_REQUEST_SPILL_TOTAL] (17179869184)
   --buffer-uploads         read uploads that far before they queue, so no worker
                            waits for a slow uploader [POTHEAD_BUFFER_UPLOADS]
+  --no-websockets          drop Upgrade: workers see WebSocket handshakes as plain
+                           GETs [POTHEAD_NO_WEBSOCKETS]
+  --max-websocket-message N
+                           largest WebSocket message from a worker
+                           [POTHEAD_MAX_WEBSOCKET_MESSAGE] (16777216)
   --max-retries N          resends of a request a worker provably did not start
                            [POTHEAD_MAX_RETRIES] (2)
   --shutdown-grace T       on SIGTERM, time queued and running requests get
@@ -221,6 +226,10 @@ export function optionsFrom(
     values["buffer-uploads"],
     "POTHEAD_BUFFER_UPLOADS",
   );
+  const webSockets = !switchOn(
+    values["no-websockets"],
+    "POTHEAD_NO_WEBSOCKETS",
+  );
   const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
   if (hostname.trim() === "") {
     throw new UsageError(
@@ -326,6 +335,13 @@ export function optionsFrom(
       16 * 1024 * 1024 * 1024,
     ),
     bufferUploads,
+    webSockets,
+    maxWebSocketMessage: parseInteger(
+      v("max-websocket-message", "POTHEAD_MAX_WEBSOCKET_MESSAGE"),
+      "--max-websocket-message",
+      16 * 1024 * 1024,
+      1,
+    ),
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
     handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
     pingInterval: duration("ping-interval", "POTHEAD_PING_INTERVAL", 30_000),
@@ -395,6 +411,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
         "buffer-uploads": { type: "boolean" },
+        "no-websockets": { type: "boolean" },
+        "max-websocket-message": { type: "string" },
         cert: { type: "string" },
         key: { type: "string" },
         "worker-cert": { type: "string" },

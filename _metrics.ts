@@ -894,6 +894,12 @@ export class HubMetrics {
       "Upload bytes waiting on disk for the workers that will take them.",
       extra.requestSpilled,
     );
+    hubWide(
+      "pothead_websockets",
+      "gauge",
+      "WebSockets open through the hub, each holding one worker connection.",
+      extra.webSockets,
+    );
 
     header(
       out,

@@ -574,7 +574,17 @@ async function serveOne(
     remoteAddr: clientAddr(head, options.peer),
     completed,
   }, options.onError);
-  if (response.bodyUsed || response.body?.locked) {
+  if (response.status === 101) {
+    // From Deno.upgradeWebSocket: its socket is tied to a connection
+    // Deno.serve owns, which this one is not.
+    options.onError(
+      new Error(
+        "Cannot switch to WebSocket: the worker's inline engine cannot give its connection to Deno.upgradeWebSocket (use the serve engine)",
+      ),
+      "handler",
+    );
+    response = internalError();
+  } else if (response.bodyUsed || response.body?.locked) {
     // Refused before the head goes out, as Deno.serve does: a 500, and the
     // connection stays. (Not in callHandler: reading `body` there would
     // cost Deno.serve its fast path for a string body.)

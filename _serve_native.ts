@@ -69,6 +69,9 @@ interface Link {
   verdict: PromiseWithResolvers<boolean> | null;
   // Aborts the signal of the request in progress (the hub dropped the link).
   abort: ((reason: Error) => void) | null;
+  // The handler answered 101 (a WebSocket): the link carries it, bytes
+  // unparsed, until it closes, and then calls this.
+  tunnel: (() => void) | null;
 }
 
 const CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -157,6 +160,7 @@ export class NativeEngine {
       expects: false,
       verdict: null,
       abort: null,
+      tunnel: null,
     };
     this.#links.set(key, link);
     const drain = options.drain;
@@ -178,6 +182,7 @@ export class NativeEngine {
       this.#onError(error, "connection");
     } finally {
       drain.removeEventListener("abort", onDrain);
+      link.tunnel?.();
       this.#links.delete(key);
       closeQuietly(local);
       closeQuietly(conn);
@@ -249,6 +254,7 @@ export class NativeEngine {
   // `Deno.serve`. The hub sends a request only once the previous response
   // has reached it, so what #down reads next is the start of its answer.
   #follow(link: Link, bytes: Uint8Array): void {
+    if (link.tunnel !== null) return;
     if (link.requests.push(bytes)) {
       link.verdict = Promise.withResolvers();
       link.expects = true;
@@ -353,7 +359,10 @@ export class NativeEngine {
     link.busy = true;
     link.served++;
     const last = link.served >= (options.maxRequests ?? Infinity);
-    const [request, abort] = abortable(withoutExpect(httpsAware(req)));
+    // `Deno.upgradeWebSocket` takes only the request Deno.serve made.
+    const [request, abort] = abortable(
+      req.headers.has("upgrade") ? req : withoutExpect(httpsAware(req)),
+    );
     link.abort = abort;
     const response = await callHandler(this.#handler, request, {
       remoteAddr: forwardedAddr(
@@ -362,6 +371,18 @@ export class NativeEngine {
       ),
       completed: info.completed,
     }, this.#onError);
+    if (response.status === 101) {
+      // A WebSocket: it holds the link, and the request its permit, until
+      // it closes (`completed` resolves once the 101 is out).
+      link.stopped = true;
+      link.tunnel = () => {
+        link.tunnel = null;
+        link.abort = null;
+        link.busy = false;
+        options.release?.();
+      };
+      return response;
+    }
     const after = options.reuse?.() ?? true;
     // Deno.serve sends a 205 with no length and keeps the connection, which
     // the hub must read as a body that lasts until the close (RFC 9112

@@ -9,12 +9,14 @@
 
 import {
   encodeLines,
+  fieldOf,
   type Framing,
   framingFields,
   type HeaderList,
   type HeadLimits,
   headLines,
   keepAlive,
+  listTokens,
   parseResponseHead,
   responseFraming,
   wireTarget,
@@ -48,6 +50,12 @@ export interface OutgoingRequest {
    * `Expect`, for workers known not to answer it. Default true.
    */
   expectContinue?: boolean;
+  /**
+   * Asks the worker to switch to WebSocket (the caller put `Upgrade` and
+   * `Connection` among the fields): a `101` answer then ends the exchange
+   * with the connection handed over (see {@linkcode IncomingResponse.upgraded}).
+   */
+  upgrade?: boolean;
   /** Cache of {@linkcode requestLines}. */
   lines?: string;
 }
@@ -92,6 +100,13 @@ export interface IncomingResponse {
   body: Uint8Array | ReadableStream<Uint8Array> | null;
   /** Body length when known, else -1. */
   contentLength: number;
+  /**
+   * True for a `101` to an upgrade request: the connection now carries the
+   * new protocol. The slot stays busy and does nothing more with it; its
+   * `conn` and `reader` (bytes that followed the `101`) are the caller's,
+   * who closes the slot when done.
+   */
+  upgraded?: boolean;
 }
 
 /** Why an exchange on a worker connection failed. */
@@ -562,7 +577,7 @@ export class WorkerSlot {
       head = await this.#readHead(req.method, () => {
         continued = true;
         startBody();
-      });
+      }, req.upgrade === true);
     } catch (error) {
       const received = this.#reader.buffered > 0;
       settle(error);
@@ -606,6 +621,31 @@ export class WorkerSlot {
       throw e;
     }
 
+    if (head.status === 101) {
+      // Only an upgrade request gets here with one (#readHead).
+      const to = listTokens(fieldOf(head.headers, "upgrade"))
+        .map((t) => t.toLowerCase());
+      if (!to.includes("websocket")) {
+        const e = new WorkerLinkError(
+          "protocol",
+          `Invalid response from worker: 101 to ${
+            JSON.stringify(to.join(", "))
+          }, not websocket`,
+        );
+        settle(e);
+        throw e;
+      }
+      // The connection is the caller's now: no deadline, no consumer watch.
+      cleanup();
+      return {
+        status: 101,
+        reason: head.reason,
+        headers: head.headers,
+        body: null,
+        contentLength: 0,
+        upgraded: true,
+      };
+    }
     let fields;
     let framing: Framing;
     try {
@@ -928,7 +968,11 @@ export class WorkerSlot {
     });
   }
 
-  async #readHead(method: string, onContinue: () => void) {
+  async #readHead(
+    method: string,
+    onContinue: () => void,
+    upgrade = false,
+  ) {
     const reader = this.#reader;
     const limits = this.#options.limits;
     let interim = 0;
@@ -979,6 +1023,7 @@ export class WorkerSlot {
       if (status >= 200) return parsed.value;
       if (status === 100) onContinue();
       if (status === 101) {
+        if (upgrade) return parsed.value;
         throw new WorkerLinkError(
           "protocol",
           `Invalid response from worker: 101 Switching Protocols to ${method}`,

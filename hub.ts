@@ -22,8 +22,17 @@
  * @module
  */
 
-import { DEFAULT_LIMITS, type HeadLimits, reasonPhrase } from "./_codec.ts";
 import {
+  DEFAULT_LIMITS,
+  fieldOf,
+  type HeadLimits,
+  listTokens,
+  reasonPhrase,
+} from "./_codec.ts";
+import { bridgeWebSocket } from "./_ws_bridge.ts";
+import { acceptKey, asksForWebSocket, webSocketProblem } from "./_ws_frame.ts";
+import {
+  endToEnd,
   forwardRequestHeaders,
   QUEUE_TIME_HEADER,
   relayedResponse,
@@ -293,6 +302,23 @@ export interface HubOptions {
    * @default {false}
    */
   bufferUploads?: boolean;
+  /**
+   * Pass WebSocket upgrades through to workers: the request queues like
+   * any other, and a worker that answers `101` keeps that connection (one
+   * of its slots) for the WebSocket's life; messages are relayed whole,
+   * closes with their codes. False drops `Upgrade` as before (the worker
+   * sees a plain GET).
+   * @default {true}
+   */
+  webSockets?: boolean;
+  /**
+   * Largest WebSocket message a worker may send, in bytes; a larger one
+   * closes the WebSocket (1009 to the worker, 1011 to the consumer). It
+   * also bounds the consumer's messages waiting for a worker that does not
+   * read them (1008). The consumer's own messages are bounded by Deno.
+   * @default {16777216}
+   */
+  maxWebSocketMessage?: number;
   /** Limits on response heads and chunk lines from workers. */
   limits?: Partial<HeadLimits>;
   /**
@@ -425,6 +451,8 @@ export interface HubStats {
    * `requestSpillDir`).
    */
   requestSpilled: number;
+  /** WebSockets open through the hub (each holds one worker connection). */
+  webSockets: number;
   /** Consumer requests received. */
   received: number;
   /** Requests answered by a worker (any status). */
@@ -491,6 +519,8 @@ class Pending {
   // Its upload was read ahead past maxRequestBodySize while a worker had
   // it: if that worker gives it back, it is answered 413, not resent.
   tooLarge = false;
+  // A WebSocket opening handshake, passed on to the worker.
+  webSocket = false;
   contentLength = -1;
   resolve!: (res: Response) => void;
   #id: string | null;
@@ -686,6 +716,7 @@ const DEFAULTS = {
   requestBufferTotal: 64 * 1024 * 1024,
   requestSpillMax: 1024 * 1024 * 1024,
   requestSpillTotal: 16 * 1024 * 1024 * 1024,
+  maxWebSocketMessage: 16 * 1024 * 1024,
   handshakeWait: 50,
   handshakeTimeout: 10_000,
   pingInterval: 30_000,
@@ -808,6 +839,9 @@ export class Hub {
   #uploadAhead: ReadAheadOptions | null;
   // Requests whose (small) body is being read before they queue.
   #reading = 0;
+  // WebSockets open, and what tells them the hub is going away.
+  #webSockets = 0;
+  #goingAway = new AbortController();
   #stats = {
     received: 0,
     answered: 0,
@@ -846,6 +880,7 @@ export class Hub {
       ...numbers,
       trustForwarded: options.trustForwarded ?? false,
       bufferUploads: options.bufferUploads ?? false,
+      webSockets: options.webSockets ?? true,
       workerTokens: [...tokens],
     };
     const spill = (
@@ -995,6 +1030,7 @@ export class Hub {
       responseSpilled: this.#readAhead.spill?.held ?? 0,
       requestBuffered: this.#uploadAhead?.budget.held ?? 0,
       requestSpilled: this.#uploadAhead?.spill?.held ?? 0,
+      webSockets: this.#webSockets,
       ...this.#stats,
       pools,
       workers,
@@ -1472,6 +1508,15 @@ export class Hub {
       this.#fail(pending, "shutting-down", 503, "hub is shutting down");
       return promise;
     }
+    if (this.#opts.webSockets && asksForWebSocket(req)) {
+      const problem = webSocketProblem(req);
+      if (problem !== null) {
+        const [status, message, extra] = problem;
+        this.#fail(pending, "bad-request", status, message, extra);
+        return promise;
+      }
+      pending.webSocket = true;
+    }
     if (req.body !== null) {
       const declared = req.headers.get("content-length");
       const length = declared !== null && /^[0-9]{1,15}$/.test(declared)
@@ -1706,18 +1751,26 @@ export class Hub {
   #outgoing(p: Pending): OutgoingRequest {
     if (p.out !== null) return p.out;
     const { authority, path } = splitUrl(p.req.url);
+    let headers = forwardRequestHeaders(p.req.headers, {
+      clientIp: p.clientIp,
+      proto: p.req.url.startsWith("https:") ? "https" : "http",
+      host: p.req.headers.get("host") ?? authority,
+      requestId: p.id,
+      trustForwarded: this.#opts.trustForwarded,
+    });
+    if (p.webSocket) {
+      // Messages cross the hub whole, so no extension (compression) is
+      // offered to the worker; the consumer gets none either.
+      headers = headers.filter(([name]) => name !== "sec-websocket-extensions");
+      headers.push(["connection", "Upgrade"], ["upgrade", "websocket"]);
+    }
     return p.out = {
       method: p.req.method,
       target: path,
-      headers: forwardRequestHeaders(p.req.headers, {
-        clientIp: p.clientIp,
-        proto: p.req.url.startsWith("https:") ? "https" : "http",
-        host: p.req.headers.get("host") ?? authority,
-        requestId: p.id,
-        trustForwarded: this.#opts.trustForwarded,
-      }),
+      headers,
       body: p.body,
       contentLength: p.contentLength,
+      upgrade: p.webSocket,
     };
   }
 
@@ -1730,6 +1783,10 @@ export class Hub {
   async shutdown(grace = 30_000): Promise<void> {
     if (this.#closed) return;
     this.#closing = true;
+    // A WebSocket has no end to wait for: both sides hear 1001 now (as
+    // from Deno.serve's own shutdown), and the loop below waits while they
+    // close.
+    this.#goingAway.abort();
     const deadline = performance.now() + grace;
     const queued = () => {
       let n = 0;
@@ -1824,6 +1881,7 @@ export class Hub {
     now: number,
     bytesOut: number,
     worker: string | null,
+    bytesIn?: number,
   ): void {
     // Settled: what was read ahead and not sent goes.
     this.#dropReadAhead(p);
@@ -1840,11 +1898,12 @@ export class Hub {
       queueMs: p.queueMs,
       workerMs: p.workerMs,
       totalMs: now - p.since,
-      bytesIn: body instanceof Uint8Array
-        ? body.length
-        : body === null || body === undefined
-        ? 0
-        : p.contentLength,
+      bytesIn: bytesIn ??
+        (body instanceof Uint8Array
+          ? body.length
+          : body === null || body === undefined
+          ? 0
+          : p.contentLength),
       bytesOut,
       worker,
       // Counted when resent, as stats.retries: a request put back that then
@@ -1958,7 +2017,8 @@ export class Hub {
       this.#stats.answered++;
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
       this.#unwatch(p);
-      p.resolve(this.#toResponse(p, res));
+      if (res.upgraded) this.#tunnel(p, slot, res, worker);
+      else p.resolve(this.#toResponse(p, res));
     }, (error) => this.#failed(p, worker, error));
   }
 
@@ -2058,6 +2118,113 @@ export class Hub {
       ? ["upload-timeout", 408]
       : ["worker-error", 502];
     this.#fail(p, outcome, status, e.message, undefined, worker);
+  }
+
+  // A worker's 101 to a WebSocket handshake: checked, then the consumer's
+  // request is upgraded and the two are joined until either side closes.
+  // The slot stays busy all that time and is closed at the end (the worker
+  // dials a new connection).
+  async #tunnel(
+    p: Pending,
+    slot: WorkerSlot,
+    res: IncomingResponse,
+    worker: string,
+  ): Promise<void> {
+    const offered = listTokens(p.req.headers.get("sec-websocket-protocol"));
+    const protocol = fieldOf(res.headers, "sec-websocket-protocol")?.trim();
+    const expected = await acceptKey(
+      p.req.headers.get("sec-websocket-key")!.trim(),
+    );
+    const problem =
+      fieldOf(res.headers, "sec-websocket-accept")?.trim() !== expected
+        ? "a wrong Sec-WebSocket-Accept"
+        : fieldOf(res.headers, "sec-websocket-extensions") !== null
+        ? "an extension the hub did not offer"
+        : protocol !== undefined && !offered.includes(protocol)
+        ? `a subprotocol the consumer did not offer (${
+          JSON.stringify(protocol)
+        })`
+        : null;
+    let upgraded: { socket: WebSocket; response: Response } | undefined;
+    let refusal = "";
+    if (problem === null && !this.#closing) {
+      try {
+        upgraded = Deno.upgradeWebSocket(
+          p.req,
+          protocol === undefined ? {} : { protocol },
+        );
+      } catch (error) {
+        refusal = errorText(error);
+      }
+    }
+    if (upgraded === undefined) {
+      slot.close(new WorkerLinkError("closed", "WebSocket not opened"));
+      if (problem !== null) {
+        this.#stats.failed++;
+        const message = `Invalid response from worker: 101 with ${problem}`;
+        this.#log({
+          level: "warn",
+          msg: "worker failed",
+          id: p.id,
+          worker,
+          reason: message,
+        });
+        this.#fail(p, "worker-error", 502, message, undefined, worker);
+      } else if (this.#closing) {
+        this.#fail(p, "shutting-down", 503, "hub is shutting down");
+      } else {
+        // hub.fetch called by a server other than Deno.serve.
+        this.#fail(
+          p,
+          "worker-error",
+          501,
+          `cannot upgrade this request to a WebSocket here: ${refusal}`,
+          undefined,
+          worker,
+        );
+      }
+      return;
+    }
+    const { socket, response } = upgraded;
+    try {
+      // The worker's own fields (a cookie, say) go on; Deno made the
+      // handshake's.
+      for (const [name, value] of endToEnd(res.headers)) {
+        if (!name.startsWith("sec-websocket-")) {
+          response.headers.append(name, value);
+        }
+      }
+      response.headers.set("x-request-id", p.id);
+    } catch {
+      // immutable in some Deno version: the id is in the access log
+    }
+    p.resolve(response);
+    this.#webSockets++;
+    const result = await bridgeWebSocket(socket, slot.conn, slot.reader, {
+      maxMessage: this.#opts.maxWebSocketMessage,
+      maxBacklog: this.#opts.maxWebSocketMessage,
+      signal: this.#goingAway.signal,
+    });
+    this.#webSockets--;
+    slot.close(new WorkerLinkError("closed", "WebSocket closed"));
+    this.#log({
+      level: "debug",
+      msg: "websocket closed",
+      id: p.id,
+      worker,
+      by: result.closedBy,
+      code: result.code,
+      reason: result.reason,
+    });
+    this.#record(
+      p,
+      101,
+      "ok",
+      performance.now(),
+      result.fromWorker,
+      worker,
+      result.toWorker,
+    );
   }
 
   #toResponse(p: Pending, res: IncomingResponse): Response {
@@ -2296,10 +2463,13 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       // lets them finish and answers what is still queued after the grace.
       // The worker listener stays open meanwhile: workers that reconnect
       // help drain the queue.
-      const serving = server.shutdown();
+      // The hub first: it tells WebSockets why they close before
+      // Deno.serve's shutdown closes them.
       const grace = options.shutdownGrace ?? 30_000;
       const deadline = performance.now() + grace;
-      await hub.shutdown(grace);
+      const draining = hub.shutdown(grace);
+      const serving = server.shutdown();
+      await draining;
       try {
         listener.close();
       } catch {

@@ -41,6 +41,7 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     responseSpilled: 0,
     requestBuffered: 0,
     requestSpilled: 0,
+    webSockets: 0,
     received: 0,
     answered: 0,
     retries: 0,
@@ -1162,4 +1163,10 @@ Deno.test("admin /events over a real socket ends when the client disconnects", a
   } finally {
     await guard(admin.shutdown(), "admin shutdown after the client left");
   }
+});
+
+Deno.test("metrics count open WebSockets as a hub-wide gauge", () => {
+  const metrics = new HubMetrics();
+  const exp = parseExposition(metrics.render(fakeStats({ webSockets: 3 })));
+  assert.equal(value(exp, "pothead_websockets", {}), 3);
 });

@@ -1105,3 +1105,20 @@ Deno.test("hub read-ahead and spill flags reach the hub's options", () => {
   assert.equal(defaults.requestBuffer, 1024 * 1024);
   assert.equal(defaults.bufferUploads, false);
 });
+
+Deno.test("hub WebSocket flags reach the hub's options", () => {
+  const log = () => {};
+  const options = optionsFrom({
+    "no-websockets": true,
+    "max-websocket-message": "4096",
+  }, log);
+  assert.equal(options.webSockets, false);
+  assert.equal(options.maxWebSocketMessage, 4096);
+  const defaults = optionsFrom({}, log);
+  assert.equal(defaults.webSockets, true);
+  assert.equal(defaults.maxWebSocketMessage, 16 * 1024 * 1024);
+  assert.throws(
+    () => optionsFrom({ "max-websocket-message": "0" }, log),
+    /--max-websocket-message: 0 is outside 1\.\./,
+  );
+});

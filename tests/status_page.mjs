@@ -8,6 +8,12 @@
 //   { cmd: "waitFor", metric, value }       until [data-metric] shows value
 //   { cmd: "waitForChart", chart, value }   until the chart's last point is value
 //   { cmd: "screenshot", path }
+//   { cmd: "websocket", url, send, close }  open a WebSocket from a blank
+//                                           page, send each string of
+//                                           `send`, collect as many
+//                                           replies, close with `close`
+//                                           (a code); replies, protocol,
+//                                           extensions, the close event
 //   { cmd: "quit" }                         close the browser and exit
 // Runs under Node (not Deno) because playwright-core is installed from npm
 // into node_modules with `npm install --no-save playwright-core`.
@@ -60,26 +66,30 @@ async function read() {
   });
 }
 
+async function launch() {
+  if (context === null) {
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: EXECUTABLE,
+      headless: true,
+      viewport: { width: 1280, height: 900 },
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
+    });
+  }
+}
+
 async function handle(command) {
   switch (command.cmd) {
     case "open": {
-      if (context === null) {
-        context = await chromium.launchPersistentContext(userDataDir, {
-          executablePath: EXECUTABLE,
-          headless: true,
-          viewport: { width: 1280, height: 900 },
-          args: [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-          ],
-        });
-      }
+      await launch();
       if (page !== null) await page.close();
       page = await context.newPage();
       page.on("pageerror", (e) => errors.push(`pageerror: ${e.message}`));
@@ -119,6 +129,47 @@ async function handle(command) {
         { timeout: WAIT_MS },
       );
       return await read();
+    case "websocket": {
+      await launch();
+      const blank = await context.newPage();
+      try {
+        return await blank.evaluate(
+          ({ url, send, close }) =>
+            new Promise((resolve, reject) => {
+              const ws = new WebSocket(url, ["chat"]);
+              ws.binaryType = "arraybuffer";
+              const replies = [];
+              const out = {};
+              ws.onerror = () => reject(new Error("WebSocket error"));
+              ws.onopen = () => {
+                out.protocol = ws.protocol;
+                out.extensions = ws.extensions;
+                for (const m of send) ws.send(m);
+                ws.send(new Uint8Array([1, 2, 3]));
+              };
+              ws.onmessage = (e) => {
+                replies.push(
+                  typeof e.data === "string"
+                    ? e.data
+                    : [...new Uint8Array(e.data)],
+                );
+                if (replies.length === send.length + 1) ws.close(close, "bye");
+              };
+              ws.onclose = (e) =>
+                resolve({
+                  ...out,
+                  replies,
+                  code: e.code,
+                  reason: e.reason,
+                  wasClean: e.wasClean,
+                });
+            }),
+          command,
+        );
+      } finally {
+        await blank.close();
+      }
+    }
     case "screenshot":
       await page.screenshot({ path: command.path, fullPage: true });
       return {};

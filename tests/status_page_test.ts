@@ -3,6 +3,8 @@
 // with a real worker and the admin handler on Deno.serve. The test holds
 // requests in the worker so the queue grows, and asserts that the numbers
 // the page shows follow. A screenshot goes to tests/output/status.png.
+// The same browser also opens a WebSocket through the hub (an independent
+// client that offers compression).
 //
 // Needs: /usr/bin/chromium (`apt-get install -y chromium`) and
 // node_modules/playwright-core (`npm install --no-save playwright-core`);
@@ -13,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { createAdminHandler } from "../_admin.ts";
 import { HubMetrics } from "../_metrics.ts";
 import { serveHub } from "../hub.ts";
-import { connectWorker } from "./_hub.ts";
+import { connectWorker, ENGINE } from "./_hub.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const CHROMIUM = "/usr/bin/chromium";
@@ -310,6 +312,87 @@ Deno.test({
       await guard(server.shutdown(), "hub shutdown");
       adminStop.abort();
       await guard(admin.shutdown(), "admin shutdown");
+    }
+  },
+});
+
+Deno.test({
+  name: missing.length === 0
+    ? `[${ENGINE}] a WebSocket from headless chromium passes through the hub, with no extension agreed`
+    : `WebSocket from headless chromium (ignored: missing ${
+      missing.join(", ")
+    })`,
+  // The inline engine cannot run Deno.upgradeWebSocket (websocket_test.ts).
+  ignore: missing.length > 0 || ENGINE === "inline",
+  async fn() {
+    const server = serveHub({
+      hostname: "127.0.0.1",
+      port: 0,
+      workerPort: 0,
+      shutdownGrace: 1000,
+    });
+    const offered: (string | null)[] = [];
+    const handlerClose = Promise.withResolvers<number>();
+    const worker = connectWorker((req) => {
+      offered.push(req.headers.get("sec-websocket-extensions"));
+      const { socket, response } = Deno.upgradeWebSocket(req, {
+        protocol: "chat",
+      });
+      socket.onmessage = (e) =>
+        socket.send(typeof e.data === "string" ? `echo:${e.data}` : e.data);
+      socket.onclose = (e) => handlerClose.resolve(e.code);
+      return response;
+    }, {
+      hostname: "127.0.0.1",
+      port: server.workerAddr.port,
+      minBackoff: 10,
+      maxBackoff: 100,
+    });
+    const browser = new Browser();
+    let closed = false;
+    try {
+      await guard(
+        (async () => {
+          while (server.hub.stats.idle < 1) {
+            await new Promise((r) => setTimeout(r, 10));
+          }
+        })(),
+        "the worker's slot",
+      );
+      const result = await browser.send({
+        cmd: "websocket",
+        url: `ws://127.0.0.1:${server.addr.port}/live`,
+        send: ["hello", "é✓".repeat(40_000)],
+        close: 4000,
+      }) as unknown as {
+        protocol: string;
+        extensions: string;
+        replies: (string | number[])[];
+        code: number;
+        wasClean: boolean;
+      };
+      assert.equal(result.protocol, "chat");
+      assert.equal(result.extensions, "");
+      assert.deepEqual(result.replies, [
+        "echo:hello",
+        "echo:" + "é✓".repeat(40_000),
+        [1, 2, 3],
+      ]);
+      assert.equal(result.code, 4000);
+      assert.equal(result.wasClean, true);
+      assert.equal(
+        await guard(handlerClose.promise, "the handler's close"),
+        4000,
+      );
+      // Chromium offers permessage-deflate; the worker is offered nothing.
+      assert.deepEqual(offered, [null]);
+      await browser.close();
+      closed = true;
+    } finally {
+      if (!closed) await browser.close().catch(() => browser.kill());
+      worker.close();
+      await guard(worker.finished, "worker to stop");
+      await guard(server.shutdown(), "hub shutdown");
     }
   },
 });

@@ -1,0 +1,347 @@
+/**
+ * A tunnelled WebSocket: the consumer's socket (from `Deno.upgradeWebSocket`
+ * on the hub) joined to the worker connection that answered the upgrade
+ * with `101`. Messages go across whole; the hub answers the worker's pings
+ * itself (`Deno.upgradeWebSocket` does the same for the consumer), and a
+ * close on either side is passed to the other with its code and reason.
+ *
+ * Backpressure: a worker sending faster than the consumer reads is not read
+ * while the socket's send buffer holds more than {@linkcode HIGH_WATER}; a
+ * consumer sending faster than the worker reads is buffered up to
+ * `maxBacklog` and then closed (a `WebSocket` cannot be paused).
+ *
+ * @module
+ */
+
+import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
+import {
+  closePayload,
+  encodeFrame,
+  type Frame,
+  Op,
+  parseClose,
+  parseFrame,
+  sendableCloseCode,
+  WebSocketProtocolError,
+} from "./_ws_frame.ts";
+
+/** Options for {@linkcode bridgeWebSocket}. */
+export interface BridgeOptions {
+  /** Largest message from the worker, in bytes (a larger one closes both). */
+  maxMessage: number;
+  /**
+   * Bytes from the consumer waiting for the worker to read them before the
+   * tunnel is closed (1008).
+   */
+  maxBacklog: number;
+  /** Aborting it closes both sides with 1001 (the hub is going away). */
+  signal?: AbortSignal;
+  /**
+   * Milliseconds to wait for the other side's answer to a close frame.
+   * @default {5000}
+   */
+  closeTimeout?: number;
+}
+
+/** How a tunnel ended. */
+export interface BridgeResult {
+  /** Who closed first: the consumer, the worker, or the hub (an error, a limit, shutdown). */
+  closedBy: "consumer" | "worker" | "hub";
+  /** The close code passed on (1005 when the closing frame had none, 1006 when none came). */
+  code: number;
+  /** The close reason passed on, or the hub's reason for closing. */
+  reason: string;
+  /** Message payload bytes sent to the worker. */
+  toWorker: number;
+  /** Message payload bytes received from the worker. */
+  fromWorker: number;
+}
+
+/** Above this many bytes in the consumer's send buffer, the worker is not read. */
+export const HIGH_WATER = 1 << 20;
+
+const encoder = new TextEncoder();
+
+/**
+ * Joins `socket` (not yet open: the `101` is still to go out) to the worker
+ * connection `conn`, whose bytes after the `101` are in `reader`. Resolves
+ * once both sides are closed; never rejects. Does not close `conn`'s slot:
+ * the caller closes the connection afterwards.
+ */
+export function bridgeWebSocket(
+  socket: WebSocket,
+  conn: Connection,
+  reader: BufferedReader,
+  options: BridgeOptions,
+): Promise<BridgeResult> {
+  const { maxMessage, maxBacklog, signal, closeTimeout = 5000 } = options;
+  const done = Promise.withResolvers<BridgeResult>();
+  const result: BridgeResult = {
+    closedBy: "hub",
+    code: 1006,
+    reason: "",
+    toWorker: 0,
+    fromWorker: 0,
+  };
+  let first: BridgeResult["closedBy"] | null = null;
+  // Close frames sent to and received from the worker.
+  let sentClose = false;
+  let gotClose = false;
+  let consumerClosed = false;
+  let connClosed = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  // A 101 that never reached the consumer (it left) opens nothing.
+  const opening = setTimeout(() => {
+    if (socket.readyState !== WebSocket.CONNECTING) return;
+    consumerClosed = true;
+    first ??= "consumer";
+    result.closedBy = first;
+    endConn();
+  }, closeTimeout);
+
+  // Writes to the worker go out in order, one at a time.
+  const queue: Uint8Array[] = [];
+  let backlog = 0;
+  let pumping: Promise<void> | null = null;
+  const drainQueue = async () => {
+    try {
+      while (queue.length > 0 && !connClosed) {
+        const frame = queue.shift()!;
+        await writeAll(conn, frame);
+        backlog -= frame.length;
+      }
+    } catch {
+      endConn();
+    }
+  };
+  const pump = () => {
+    if (pumping !== null) return;
+    pumping = drainQueue().then(() => {
+      pumping = null;
+    });
+  };
+  const waitWritten = async () => {
+    while (pumping !== null) await pumping;
+  };
+  const toWorker = (opcode: number, payload: Uint8Array) => {
+    if (sentClose || connClosed) return;
+    if (opcode === Op.close) sentClose = true;
+    const mask = crypto.getRandomValues(new Uint8Array(4));
+    const frame = encodeFrame(opcode, payload, mask);
+    queue.push(frame);
+    backlog += frame.length;
+    pump();
+  };
+
+  const finish = () => {
+    if (!consumerClosed || !connClosed) return;
+    clearTimeout(timer);
+    clearTimeout(opening);
+    signal?.removeEventListener("abort", onAbort);
+    done.resolve(result);
+  };
+  const endConn = () => {
+    if (connClosed) return;
+    connClosed = true;
+    try {
+      conn.close();
+    } catch {
+      // already closed
+    }
+    // A consumer still connected hears that the worker is gone.
+    closeConsumer(1011, "worker connection lost");
+    finish();
+  };
+  const closeConsumer = (code: number | undefined, reason: string) => {
+    if (consumerClosed) return;
+    if (socket.readyState === WebSocket.CONNECTING) {
+      // Not open yet: close once it is (closing now would fail the 101).
+      socket.addEventListener("open", () => closeConsumer(code, reason), {
+        once: true,
+      });
+      return;
+    }
+    if (socket.readyState !== WebSocket.OPEN) return;
+    try {
+      if (code === undefined) socket.close();
+      else socket.close(code, reason);
+    } catch {
+      socket.close();
+    }
+  };
+  // The hub closes: both sides hear `code`, and the worker gets time to answer.
+  const closeBoth = (code: number, reason: string) => {
+    if (first === null) {
+      first = "hub";
+      result.closedBy = "hub";
+      result.code = code;
+      result.reason = reason;
+    }
+    closeConsumer(code, reason);
+    toWorker(Op.close, closePayload(code, reason));
+    armTimeout();
+  };
+  const armTimeout = () => {
+    timer ??= setTimeout(() => {
+      endConn();
+      // A consumer that never answers our close: Deno ends it on its own
+      // close timeout; the tunnel need not wait for that.
+      consumerClosed = true;
+      finish();
+    }, closeTimeout);
+  };
+  const onAbort = () => closeBoth(1001, "hub is shutting down");
+
+  socket.binaryType = "arraybuffer";
+  socket.onmessage = (event) => {
+    const data = event.data;
+    const payload = typeof data === "string"
+      ? encoder.encode(data)
+      : new Uint8Array(data as ArrayBuffer);
+    result.toWorker += payload.length;
+    toWorker(typeof data === "string" ? Op.text : Op.binary, payload);
+    if (backlog > maxBacklog) {
+      closeBoth(
+        1008,
+        `worker is not reading: over ${maxBacklog} bytes waiting for it`,
+      );
+    }
+  };
+  socket.onerror = () => {}; // the close event follows
+  socket.onclose = (event) => {
+    consumerClosed = true;
+    if (first === null) {
+      first = "consumer";
+      result.closedBy = "consumer";
+      result.code = event.code;
+      result.reason = event.reason;
+    }
+    // 1005 and 1006 say that no code came, which goes on as no code.
+    toWorker(
+      Op.close,
+      closePayload(
+        sendableCloseCode(event.code) ? event.code : undefined,
+        event.reason,
+      ),
+    );
+    armTimeout();
+    finish();
+  };
+  socket.onopen = () => {
+    clearTimeout(opening);
+    readWorker();
+  };
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener("abort", onAbort, { once: true });
+
+  // Worker to consumer: frames until the close, reassembled into messages.
+  const readWorker = async () => {
+    let parts: Uint8Array[] = [];
+    let size = 0;
+    let kind = 0; // the opcode of the message in progress, 0 for none
+    const decoder = new TextDecoder("utf-8", { fatal: true });
+    try {
+      while (!connClosed) {
+        let parsed;
+        while (
+          (parsed = parseFrame(
+            reader.buf,
+            reader.start,
+            reader.end,
+            maxMessage - size,
+          )) === null
+        ) {
+          if (!(await reader.fill())) {
+            if (first === null) {
+              first = "worker";
+              result.closedBy = "worker";
+              result.reason =
+                "worker closed the connection without a close frame";
+            }
+            endConn();
+            return;
+          }
+        }
+        reader.consume(parsed.used);
+        const frame: Frame = parsed.frame;
+        if (frame.opcode === Op.ping) {
+          toWorker(Op.pong, frame.payload);
+          continue;
+        }
+        if (frame.opcode === Op.pong) continue;
+        if (frame.opcode === Op.close) {
+          gotClose = true;
+          const { code, reason } = parseClose(frame.payload);
+          if (first === null) {
+            first = "worker";
+            result.closedBy = "worker";
+            result.code = code ?? 1005;
+            result.reason = reason;
+          }
+          closeConsumer(code, reason);
+          // Echo it (RFC 6455 §5.5.1); the worker then closes the TCP
+          // connection, or we do once the echo is out.
+          toWorker(Op.close, frame.payload.subarray(0, 2));
+          await waitWritten();
+          endConn();
+          return;
+        }
+        if (frame.opcode === Op.continuation ? kind === 0 : kind !== 0) {
+          throw new WebSocketProtocolError(
+            1002,
+            kind === 0
+              ? "continuation frame outside a message"
+              : "new message inside a fragmented one",
+          );
+        }
+        if (frame.opcode !== Op.continuation) kind = frame.opcode;
+        parts.push(frame.payload);
+        size += frame.payload.length;
+        if (!frame.fin) continue;
+        const whole = parts.length === 1 ? parts[0] : join(parts, size);
+        result.fromWorker += size;
+        if (!consumerClosed && socket.readyState === WebSocket.OPEN) {
+          socket.send(kind === Op.text ? decoder.decode(whole) : whole);
+        }
+        parts = [];
+        size = 0;
+        kind = 0;
+        // A slow consumer slows the worker down (TCP backpressure).
+        while (
+          socket.bufferedAmount > HIGH_WATER && !consumerClosed && !connClosed
+        ) {
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      }
+    } catch (error) {
+      if (connClosed) return;
+      const code = error instanceof WebSocketProtocolError
+        ? error.code
+        : error instanceof TypeError
+        ? 1007 // the fatal decoder
+        : 1002;
+      const why = error instanceof Error ? error.message : String(error);
+      if (first === null) {
+        first = "hub";
+        result.closedBy = "hub";
+        result.code = 1011;
+        result.reason = `worker broke the WebSocket protocol: ${why}`;
+      }
+      closeConsumer(1011, "worker broke the WebSocket protocol");
+      if (!gotClose) toWorker(Op.close, closePayload(code, why));
+      await waitWritten();
+      endConn();
+    }
+  };
+  return done.promise;
+}
+
+function join(parts: Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}

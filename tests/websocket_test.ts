@@ -1,0 +1,516 @@
+// WebSockets through the hub: Deno's WebSocket client as the consumer, a
+// worker runner whose handler calls Deno.upgradeWebSocket (serve engine), or
+// a raw TCP worker that writes exact bytes. Each test checks what both ends
+// see and that the hub serves plain requests afterwards.
+import assert from "node:assert/strict";
+import type { AccessRecord, HubServer, ServeHubOptions } from "../hub.ts";
+import type { FetchHandler, WorkerHandle } from "../worker.ts";
+import { connectWorker, ENGINE, startHub, startWorker } from "./_hub.ts";
+import { deadline, RawSocket, waitFor } from "./_relay.ts";
+import { closePayload, encodeFrame, Op } from "../_ws_frame.ts";
+
+/** A consumer's WebSocket with its messages and its close in order. */
+interface Client {
+  ws: WebSocket;
+  /** The next message (in arrival order). */
+  next(): Promise<string | Uint8Array>;
+  /** Resolves with the close event. */
+  closed: Promise<CloseEvent>;
+}
+
+function client(url: string, protocols?: string[]): Promise<Client> {
+  const ws = new WebSocket(url, protocols);
+  ws.binaryType = "arraybuffer";
+  const inbox: (string | Uint8Array)[] = [];
+  const waiting: ((m: string | Uint8Array) => void)[] = [];
+  ws.onmessage = (e) => {
+    const m = typeof e.data === "string"
+      ? e.data
+      : new Uint8Array(e.data as ArrayBuffer);
+    const w = waiting.shift();
+    if (w) w(m);
+    else inbox.push(m);
+  };
+  const closed = new Promise<CloseEvent>((r) => ws.onclose = r);
+  return new Promise((resolve, reject) => {
+    ws.onopen = () =>
+      resolve({
+        ws,
+        next: () =>
+          deadline(
+            inbox.length > 0
+              ? Promise.resolve(inbox.shift()!)
+              : new Promise((r) => waiting.push(r)),
+            10_000,
+            "a WebSocket message",
+          ),
+        closed,
+      });
+    ws.onerror = (e) =>
+      reject(new Error(`WebSocket failed: ${(e as ErrorEvent).message}`));
+  });
+}
+
+interface Ctx {
+  server: HubServer;
+  http: string;
+  ws: string;
+  access: AccessRecord[];
+}
+
+async function withHub(
+  options: Partial<ServeHubOptions>,
+  handler: FetchHandler | null,
+  fn: (ctx: Ctx) => Promise<void>,
+): Promise<void> {
+  const access: AccessRecord[] = [];
+  const server = startHub({ onAccess: (r) => access.push(r), ...options });
+  let worker: WorkerHandle | undefined;
+  if (handler !== null) {
+    worker = startWorker(server, handler);
+    await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+  }
+  try {
+    await fn({
+      server,
+      http: `http://127.0.0.1:${server.addr.port}`,
+      ws: `ws://127.0.0.1:${server.addr.port}`,
+      access,
+    });
+  } finally {
+    worker?.close();
+    await worker?.finished;
+    await server.shutdown();
+  }
+}
+
+// Echoes text as "echo:<text>" and bytes as they are; "close <code>" closes
+// with that code; the close event the handler sees goes to `seen`.
+function echo(seen?: (e: CloseEvent) => void): FetchHandler {
+  return (req) => {
+    if (req.headers.get("upgrade") !== "websocket") {
+      return new Response(`plain ${new URL(req.url).pathname}`);
+    }
+    const offered = req.headers.get("sec-websocket-protocol");
+    const { socket, response } = Deno.upgradeWebSocket(
+      req,
+      offered === null ? {} : { protocol: offered.split(",")[1].trim() },
+    );
+    socket.onmessage = (e) => {
+      if (typeof e.data === "string" && e.data.startsWith("close ")) {
+        socket.close(Number(e.data.slice(6)), "as asked");
+      } else if (typeof e.data === "string") socket.send(`echo:${e.data}`);
+      else socket.send(e.data);
+    };
+    socket.onclose = (e) => seen?.(e);
+    return response;
+  };
+}
+
+const SERVE = ENGINE !== "inline";
+
+Deno.test({
+  name:
+    `[${ENGINE}] a WebSocket passes through: text, binary, 1 MiB, subprotocol, the worker's close code`,
+  ignore: !SERVE,
+  fn: () =>
+    withHub({}, echo(), async ({ server, ws, http, access }) => {
+      const c = await client(`${ws}/chat?room=1`, ["first", "second"]);
+      assert.equal(c.ws.protocol, "second"); // the worker's choice
+      assert.equal(server.hub.stats.webSockets, 1);
+      assert.equal(server.hub.stats.busy, 1);
+      c.ws.send("hello");
+      assert.equal(await c.next(), "echo:hello");
+      c.ws.send(new Uint8Array([0, 1, 2, 255]));
+      assert.deepEqual(await c.next(), new Uint8Array([0, 1, 2, 255]));
+      const big = new Uint8Array(1 << 20).map((_, i) => (i * 7) & 0xff);
+      c.ws.send(big);
+      assert.deepEqual(await c.next(), big);
+      c.ws.send("héllo ✓");
+      assert.equal(await c.next(), "echo:héllo ✓");
+      c.ws.send("close 4001");
+      const ev = await deadline(c.closed, 10_000, "the close");
+      assert.equal(ev.code, 4001);
+      assert.equal(ev.reason, "as asked");
+      assert.equal(ev.wasClean, true);
+      // The worker's connection was the WebSocket's; it dials a new one.
+      await waitFor(() => server.hub.stats.idle === 1, "the slot back");
+      assert.equal(server.hub.stats.webSockets, 0);
+      assert.equal(await (await fetch(`${http}/after`)).text(), "plain /after");
+      await waitFor(() => access.length === 2, "two access records");
+      const rec = access.find((r) => r.status === 101)!;
+      assert.equal(rec.path, "/chat?room=1");
+      assert.equal(rec.outcome, "ok");
+      assert.equal(rec.bytesIn, 5 + 4 + (1 << 20) + 10 + 10);
+      assert.equal(rec.bytesOut, 10 + 4 + (1 << 20) + 15);
+    }),
+});
+
+Deno.test({
+  name:
+    `[${ENGINE}] the consumer's close code reaches the handler, and a WebSocket holds its slot until then`,
+  ignore: !SERVE,
+  fn: async () => {
+    const seen = Promise.withResolvers<CloseEvent>();
+    await withHub(
+      {},
+      echo((e) => seen.resolve(e)),
+      async ({ server, ws, http }) => {
+        const c = await client(`${ws}/`);
+        // The only slot is the WebSocket's: a request waits for it.
+        const plain = fetch(`${http}/queued`).then((r) => r.text());
+        await waitFor(
+          () => server.hub.stats.queued === 1,
+          "the queued request",
+        );
+        c.ws.send("ping");
+        assert.equal(await c.next(), "echo:ping");
+        assert.equal(server.hub.stats.queued, 1);
+        c.ws.close(3999, "done here");
+        const ev = await deadline(seen.promise, 10_000, "the handler's close");
+        assert.equal(ev.code, 3999);
+        assert.equal(ev.reason, "done here");
+        assert.equal((await c.closed).code, 3999);
+        assert.equal(
+          await deadline(plain, 10_000, "the queued answer"),
+          "plain /queued",
+        );
+      },
+    );
+  },
+});
+
+Deno.test({
+  name:
+    `[${ENGINE}] a handler that refuses the upgrade answers as usual, and the connection stays`,
+  ignore: !SERVE,
+  fn: () =>
+    withHub(
+      {},
+      (req) =>
+        req.headers.get("upgrade") === "websocket"
+          ? new Response("no sockets here\n", { status: 403 })
+          : new Response("plain"),
+      async ({ server, ws, http }) => {
+        await assert.rejects(client(`${ws}/`), /WebSocket failed/);
+        assert.equal(await (await fetch(http)).text(), "plain");
+        assert.equal(server.hub.stats.slots, 1);
+        assert.equal(server.hub.stats.failed, 0);
+      },
+    ),
+});
+
+Deno.test(`[${ENGINE}] with webSockets off, the worker sees a plain GET without Upgrade`, () =>
+  withHub({ webSockets: false }, (req) =>
+    new Response(
+      `upgrade=${req.headers.get("upgrade")} key=${
+        req.headers.has("sec-websocket-key")
+      }`,
+    ), async ({ server }) => {
+    const s = await RawSocket.connect(server.addr.port);
+    await s.write(
+      "GET / HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
+        "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    );
+    const res = await s.readMessage();
+    assert.equal(res?.status, 200);
+    assert.equal(new TextDecoder().decode(res!.body), "upgrade=null key=true");
+    s.conn.close();
+  }));
+
+Deno.test(`[${ENGINE}] a bad handshake is answered by the hub: 426 for another version, 400 without a key`, () =>
+  withHub({}, null, async ({ server }) => {
+    const ask = async (fields: string) => {
+      const s = await RawSocket.connect(server.addr.port);
+      await s.write(
+        `GET / HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n${fields}\r\n`,
+      );
+      const res = await s.readMessage();
+      s.conn.close();
+      return res!;
+    };
+    const old = await ask(
+      "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 8\r\n",
+    );
+    assert.equal(old.status, 426);
+    assert.equal(
+      old.headers.find(([n]) => n === "sec-websocket-version")?.[1],
+      "13",
+    );
+    const nokey = await ask("sec-websocket-version: 13\r\n");
+    assert.equal(nokey.status, 400);
+    assert.match(new TextDecoder().decode(nokey.body), /Sec-WebSocket-Key/);
+  }));
+
+// A raw worker: reads the upgrade request, answers with `answer(key)`.
+async function rawWorker(server: HubServer): Promise<RawSocket> {
+  const idle = server.hub.stats.idle;
+  const w = await RawSocket.connect(server.workerAddr.port);
+  await waitFor(() => server.hub.stats.idle > idle, "the raw worker idle");
+  return w;
+}
+
+async function readUpgrade(w: RawSocket): Promise<string> {
+  const head = await deadline(w.readHead(), 10_000, "the upgrade request");
+  assert.ok(head !== null);
+  assert.match(head, /^GET \/ws HTTP\/1\.1\r\n/);
+  assert.match(head, /\r\nupgrade: websocket\r\n/i);
+  assert.match(head, /\r\nconnection: Upgrade\r\n/i);
+  assert.doesNotMatch(head, /sec-websocket-extensions/i);
+  return /sec-websocket-key: (\S+)/i.exec(head)![1];
+}
+
+async function accept101(key: string): Promise<string> {
+  const digest = await crypto.subtle.digest(
+    "SHA-1",
+    new TextEncoder().encode(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"),
+  );
+  const accept = btoa(String.fromCharCode(...new Uint8Array(digest)));
+  return "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n" +
+    `connection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`;
+}
+
+Deno.test(`[${ENGINE}] a worker's 101 with a wrong accept key is a 502, and the hub serves on`, () =>
+  withHub({}, null, async ({ server, ws }) => {
+    const w = await rawWorker(server);
+    const opening = client(`${ws}/ws`);
+    await readUpgrade(w);
+    await w.write(await accept101("not the key"));
+    await assert.rejects(opening, /WebSocket failed/);
+    await waitFor(() => server.hub.stats.failed === 1, "the failure counted");
+    assert.equal(server.hub.stats.slots, 0); // that connection is closed
+    w.conn.close();
+  }));
+
+Deno.test(`[${ENGINE}] a raw worker's frames: fragments joined, its ping answered, masked frames from the hub, close echoed`, () =>
+  withHub({}, null, async ({ server, ws }) => {
+    const w = await rawWorker(server);
+    const opening = client(`${ws}/ws`);
+    const key = await readUpgrade(w);
+    // The 101 and a first message in one write.
+    const hello = encodeFrame(Op.text, new TextEncoder().encode("hi"), null);
+    const head = new TextEncoder().encode(await accept101(key));
+    const both = new Uint8Array(head.length + hello.length);
+    both.set(head);
+    both.set(hello, head.length);
+    await w.write(both);
+    const c = await opening;
+    assert.equal(await c.next(), "hi");
+    // A message in three fragments with a ping between them.
+    await w.write(
+      encodeFrame(Op.text, new TextEncoder().encode("one "), null, false),
+    );
+    await w.write(encodeFrame(Op.ping, new Uint8Array([7, 8]), null));
+    await w.write(
+      encodeFrame(
+        Op.continuation,
+        new TextEncoder().encode("two "),
+        null,
+        false,
+      ),
+    );
+    await w.write(
+      encodeFrame(Op.continuation, new TextEncoder().encode("three"), null),
+    );
+    assert.equal(await c.next(), "one two three");
+    // The hub's pong: masked (client to server), same payload.
+    const pong = await w.readExactly(8);
+    assert.equal(pong[0], 0x8a);
+    assert.equal(pong[1], 0x82);
+    assert.deepEqual([pong[6] ^ pong[2], pong[7] ^ pong[3]], [7, 8]);
+    // The consumer's message arrives masked.
+    c.ws.send("up");
+    const up = await w.readExactly(8);
+    assert.equal(up[0], 0x81);
+    assert.equal(up[1], 0x82);
+    assert.equal(String.fromCharCode(up[6] ^ up[2], up[7] ^ up[3]), "up");
+    // The worker closes; the consumer gets its code, the worker its echo.
+    await w.write(encodeFrame(Op.close, closePayload(1001, "bye"), null));
+    const ev = await deadline(c.closed, 10_000, "the consumer's close");
+    assert.equal(ev.code, 1001);
+    assert.equal(ev.reason, "bye");
+    const echoed = await w.readExactly(8);
+    assert.equal(echoed[0], 0x88);
+    assert.equal(echoed[1], 0x82);
+    assert.deepEqual([echoed[6] ^ echoed[2], echoed[7] ^ echoed[3]], [
+      0x03,
+      0xe9,
+    ]);
+    await waitFor(() => server.hub.stats.webSockets === 0, "the tunnel ended");
+    await deadline(w.readHead(), 10_000, "the hub closing the connection");
+    assert.equal(w.eof, true);
+    w.conn.close();
+  }));
+
+Deno.test(`[${ENGINE}] a worker breaking the protocol (masked frame, bad UTF-8, too big) closes 1011 for the consumer`, async () => {
+  const cases: [string, (key: string) => Promise<Uint8Array>, number][] = [
+    ["masked", () =>
+      Promise.resolve(
+        encodeFrame(Op.text, new Uint8Array([104]), new Uint8Array(4)),
+      ), 1002],
+    [
+      "bad UTF-8",
+      () =>
+        Promise.resolve(
+          encodeFrame(Op.text, new Uint8Array([0xff, 0xfe]), null),
+        ),
+      1007,
+    ],
+    [
+      "too big",
+      () => Promise.resolve(encodeFrame(Op.binary, new Uint8Array(2048), null)),
+      1009,
+    ],
+  ];
+  for (const [what, frame, workerCode] of cases) {
+    await withHub(
+      { maxWebSocketMessage: 1024 },
+      null,
+      async ({ server, ws, http }) => {
+        const w = await rawWorker(server);
+        const opening = client(`${ws}/ws`);
+        const key = await readUpgrade(w);
+        await w.write(await accept101(key));
+        const c = await opening;
+        await w.write(await frame(key));
+        const ev = await deadline(
+          c.closed,
+          10_000,
+          `${what}: the consumer's close`,
+        );
+        assert.equal(ev.code, 1011, what);
+        // The worker is told why, in a masked close frame.
+        const b = await w.readExactly(6 + 2);
+        assert.equal(b[0], 0x88, what);
+        assert.equal(((b[6] ^ b[2]) << 8) | (b[7] ^ b[3]), workerCode, what);
+        await waitFor(
+          () => server.hub.stats.webSockets === 0,
+          "the tunnel ended",
+        );
+        w.conn.close();
+        // The hub still answers (no worker left: a 503 from the queue).
+        const res = await fetch(`${http}/`, { signal: AbortSignal.timeout(50) })
+          .catch(() => null);
+        await res?.body?.cancel();
+      },
+    );
+  }
+});
+
+Deno.test(`[${ENGINE}] a worker that drops the connection: the consumer hears 1011`, () =>
+  withHub({}, null, async ({ server, ws }) => {
+    const w = await rawWorker(server);
+    const opening = client(`${ws}/ws`);
+    await w.write(await accept101(await readUpgrade(w)));
+    const c = await opening;
+    w.conn.close();
+    const ev = await deadline(c.closed, 10_000, "the consumer's close");
+    assert.equal(ev.code, 1011);
+    assert.equal(ev.reason, "worker connection lost");
+    await waitFor(() => server.hub.stats.webSockets === 0, "the tunnel ended");
+  }));
+
+Deno.test({
+  name:
+    `[${ENGINE}] hub shutdown closes open WebSockets at once with 1001, to both sides`,
+  ignore: !SERVE,
+  fn: async () => {
+    const seen = Promise.withResolvers<CloseEvent>();
+    const server = startHub({ shutdownGrace: 30_000 });
+    const worker = startWorker(server, echo((e) => seen.resolve(e)));
+    try {
+      await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+      const c = await client(`ws://127.0.0.1:${server.addr.port}/`);
+      c.ws.send("x");
+      assert.equal(await c.next(), "echo:x");
+      const t0 = performance.now();
+      await server.shutdown();
+      // Not after the grace: nothing else was in progress.
+      assert.ok(performance.now() - t0 < 20_000);
+      const ev = await deadline(c.closed, 10_000, "the consumer's close");
+      assert.equal(ev.code, 1001); // the reason may be Deno.serve's
+      assert.equal(
+        (await deadline(seen.promise, 10_000, "the handler's close")).code,
+        1001,
+      );
+    } finally {
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "[inline] a handler that upgrades fails with an error naming the serve engine",
+  fn: async () => {
+    const server = startHub();
+    const errors: string[] = [];
+    const worker = connectWorker((req) => Deno.upgradeWebSocket(req).response, {
+      engine: "inline",
+      hostname: "127.0.0.1",
+      port: server.workerAddr.port,
+      onError: (error) => errors.push(String(error)),
+    });
+    try {
+      await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+      await assert.rejects(
+        client(`ws://127.0.0.1:${server.addr.port}/`),
+        /WebSocket failed/,
+      );
+      await waitFor(() => errors.length >= 1, "the handler's error");
+      assert.match(errors[0], /use the serve engine/);
+    } finally {
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
+    }
+  },
+});
+
+Deno.test(`[${ENGINE}] a raw consumer's handshake: the 101 it gets carries its accept key, the worker's own fields and the request id`, () =>
+  withHub({}, null, async ({ server }) => {
+    const w = await rawWorker(server);
+    const s = await RawSocket.connect(server.addr.port);
+    const key = "x3JJHMbDL1EzLkh9GBhXDw==";
+    await s.write(
+      "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
+        `sec-websocket-key: ${key}\r\nsec-websocket-version: 13\r\n` +
+        "sec-websocket-extensions: permessage-deflate\r\nx-request-id: ws-1\r\n\r\n",
+    );
+    const forwarded = await readUpgrade(w);
+    assert.equal(forwarded, key);
+    await w.write(
+      (await accept101(key)).replace(
+        "\r\n\r\n",
+        "\r\nset-cookie: room=1\r\n\r\n",
+      ),
+    );
+    const head = await deadline(s.readHead(), 10_000, "the 101");
+    assert.match(head!, /^HTTP\/1\.1 101 /);
+    // RFC 6455 §1.3's second example key and its answer.
+    assert.match(
+      head!,
+      /\r\nsec-websocket-accept: HSmrc0sMlYUkAGmm5OPpG2HaGWk=\r\n/i,
+    );
+    assert.match(head!, /\r\nset-cookie: room=1\r\n/i);
+    assert.match(head!, /\r\nx-request-id: ws-1\r\n/i);
+    assert.doesNotMatch(head!, /sec-websocket-extensions/i);
+    // A masked "hi" from the consumer reaches the worker.
+    await s.write(
+      encodeFrame(
+        Op.text,
+        new TextEncoder().encode("hi"),
+        new Uint8Array([1, 2, 3, 4]),
+      ),
+    );
+    const up = await w.readExactly(8);
+    assert.equal(String.fromCharCode(up[6] ^ up[2], up[7] ^ up[3]), "hi");
+    s.conn.close();
+    // The consumer gone: the worker is sent a close frame, then the end.
+    const close = await w.readExactly(2);
+    assert.equal(close[0], 0x88);
+    await waitFor(() => server.hub.stats.webSockets === 0, "the tunnel ended");
+    w.conn.close();
+  }));
