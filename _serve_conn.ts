@@ -411,6 +411,16 @@ export async function callHandler(
         "Handler returned an error response (Response.error())",
       );
     }
+    // Refused before the head goes out, as Deno.serve refuses a used body.
+    // Checked here, not left to Deno.serve: it finds a locked body only
+    // after it has taken the response's fields, and its 500 then carried
+    // them too (two content-type fields).
+    const spent = spentBody(response);
+    if (spent !== null) {
+      throw new TypeError(
+        `Cannot send the handler's response: its body is already ${spent}`,
+      );
+    }
     return response;
   } catch (error) {
     onError(error, "handler");
@@ -436,6 +446,26 @@ export function decodedByFetch(res: Response): boolean {
   const inner = (res as unknown as Record<symbol, unknown>)[INNER_RESPONSE];
   return typeof inner === "object" && inner !== null &&
     (inner as { bodyDecoded?: unknown }).bodyDecoded === true;
+}
+
+// Whether `res`'s body was read or its stream locked (a reader taken), or
+// null. Deno's internal record is looked at first: a string or bytes body
+// that nobody touched has no body record yet, and asking `bodyUsed` or
+// `body` would build one (a stream, for `body`), which costs Deno.serve
+// time on its fast path. Without the record, through the public getters.
+function spentBody(res: Response): "read" | "locked" | null {
+  const inner = INNER_RESPONSE === undefined
+    ? undefined
+    : (res as unknown as Record<symbol, unknown>)[INNER_RESPONSE];
+  if (typeof inner !== "object" || inner === null) {
+    if (res.bodyUsed) return "read";
+    return res.body?.locked ? "locked" : null;
+  }
+  const body = (inner as { body?: { streamOrStatic?: unknown } | null }).body;
+  if (body === null || body === undefined) return null;
+  if (res.bodyUsed) return "read";
+  const stream = body.streamOrStatic;
+  return stream instanceof ReadableStream && stream.locked ? "locked" : null;
 }
 
 /** What either engine answers when the handler fails. */
@@ -580,19 +610,6 @@ async function serveOne(
     options.onError(
       new Error(
         "Cannot switch to WebSocket: the worker's inline engine cannot give its connection to Deno.upgradeWebSocket (use the serve engine)",
-      ),
-      "handler",
-    );
-    response = internalError();
-  } else if (response.bodyUsed || response.body?.locked) {
-    // Refused before the head goes out, as Deno.serve does: a 500, and the
-    // connection stays. (Not in callHandler: reading `body` there would
-    // cost Deno.serve its fast path for a string body.)
-    options.onError(
-      new TypeError(
-        `Cannot send the handler's response: its body is already ${
-          response.bodyUsed ? "read" : "locked"
-        }`,
       ),
       "handler",
     );

@@ -228,6 +228,43 @@ Deno.test(`[${ENGINE}] a response whose body was already read or is locked gives
   });
 });
 
+Deno.test(`[${ENGINE}] the 500 for a used or locked body carries only its own fields: one content-type, none of the handler's`, async () => {
+  await withWorker(async (req) => {
+    const res = new Response("body", {
+      headers: { "content-type": "application/json", "set-cookie": "a=1" },
+    });
+    if (new URL(req.url).pathname === "/used") await res.text();
+    else res.body!.getReader();
+    return res;
+  }, async ({ server }) => {
+    for (const path of ["/used", "/locked"]) {
+      // Read off the wire: Headers would join two fields into one.
+      const c = await RawSocket.connect(server.addr.port);
+      try {
+        await c.write(
+          `GET ${path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n`,
+        );
+        const answer = await deadline(c.readMessage(), 10_000, path);
+        assert.equal(answer?.status, 500, path);
+        const types = answer.headers.filter(([name]) =>
+          name === "content-type"
+        );
+        assert.deepEqual(
+          types,
+          [["content-type", "text/plain; charset=utf-8"]],
+          path,
+        );
+        assert.ok(
+          !answer.headers.some(([name]) => name === "set-cookie"),
+          path,
+        );
+      } finally {
+        c.conn.close();
+      }
+    }
+  });
+});
+
 Deno.test(`[${ENGINE}] a handler that returns fetch()'s response for a gzip upstream sends the decoded body without its Content-Encoding and Content-Length`, async () => {
   const text = "hello gzip world\n".repeat(200);
   const gzip = new Uint8Array(
