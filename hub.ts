@@ -345,7 +345,8 @@ export interface HubOptions {
    */
   handshakeWait?: number;
   /**
-   * Milliseconds a worker has to complete its handshake.
+   * Milliseconds a worker has to complete its handshake, counted from the
+   * connection's arrival (over TLS, the TLS handshake has its own).
    * @default {10000}
    */
   handshakeTimeout?: number;
@@ -1122,6 +1123,9 @@ export class Hub {
   }
 
   async #accept(conn: Connection, peer: string): Promise<void> {
+    // One bound on the whole handshake, from the connection's arrival: a
+    // fresh timeout at its first byte let a slow one take twice as long.
+    const until = performance.now() + this.#opts.handshakeTimeout;
     const reader = new BufferedReader(conn);
     const required = this.#opts.workerTokens.length > 0;
     const host = peerHost(peer);
@@ -1170,7 +1174,7 @@ export class Hub {
           conn.close();
           return;
         }
-        identity = await this.#handshake(conn, reader, peer);
+        identity = await this.#handshake(conn, reader, peer, until);
         if (identity === null) return;
         how = "handshake";
         this.#handshakeFrom(host);
@@ -1205,10 +1209,13 @@ export class Hub {
     }
   }
 
+  // Reads and answers the handshake; refuses it if it is not whole by
+  // `until` (performance.now()).
   async #handshake(
     conn: Connection,
     reader: BufferedReader,
     peer: string,
+    until: number,
   ): Promise<WorkerIdentity | null> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
@@ -1223,7 +1230,7 @@ export class Hub {
                   "Cannot accept worker: handshake too slow",
                 ),
               ),
-            this.#opts.handshakeTimeout,
+            Math.max(0, until - performance.now()),
           );
         }),
       ]);
@@ -1463,7 +1470,14 @@ export class Hub {
       );
       return;
     }
-    const identity = await this.#handshake(slot.conn, slot.reader, slot.peer);
+    // Timed from its first byte: until then it was a plain worker's idle
+    // connection, not a handshake.
+    const identity = await this.#handshake(
+      slot.conn,
+      slot.reader,
+      slot.peer,
+      performance.now() + this.#opts.handshakeTimeout,
+    );
     if (identity === null) {
       slot.close(new WorkerLinkError("closed", "handshake refused"));
       return;

@@ -1,7 +1,8 @@
 // The PTTH handshake on the worker link: pure tests of the handshake
 // functions on heads and bytes, then a real hub (serveHub on loopback) with
 // workers that send the handshake (connectWorker, or a raw socket writing
-// exact bytes) and plain workers that do not. Nothing asserts on durations.
+// exact bytes) and plain workers that do not. One test asserts on a duration
+// (the bound on a handshake sent slowly), with margins of hundreds of ms.
 
 import assert from "node:assert/strict";
 import {
@@ -395,6 +396,44 @@ Deno.test("with tokens, a plain worker is refused after handshakeTimeout and nev
       const out = await res;
       assert.equal(out.status, 200);
       assert.equal(await out.text(), "good /secret");
+    },
+  );
+});
+
+Deno.test("with tokens, a handshake sent a byte at a time is refused one handshakeTimeout after the connection came, not one after its first byte", async () => {
+  const timeout = 1500;
+  const first = 900;
+  await withHub(
+    { workerTokens: [TOKEN_A], handshakeTimeout: timeout },
+    async (ctx) => {
+      const start = performance.now();
+      const r = await raw(ctx);
+      // Its first byte late in the first timeout, then one every 100 ms for
+      // longer than two timeouts (the head never ends).
+      let stop = false;
+      const dribble = (async () => {
+        const text = KAZUHO + "X-Pad: " + "a".repeat(100);
+        await new Promise((go) => setTimeout(go, first));
+        for (let i = 0; i < text.length && !stop; i++) {
+          if (!await r.write(text[i])) break;
+          await new Promise((go) => setTimeout(go, 100));
+        }
+      })();
+      const msg = await r.readMessage();
+      const took = performance.now() - start;
+      stop = true;
+      await dribble;
+      // 408, not 401: the first byte came in time, so the bound is the one
+      // on the whole handshake.
+      assert.equal(msg?.start, "HTTP/1.1 408 Request Timeout");
+      // Timing out from the first byte, as the hub used to, refuses it no
+      // sooner than first + timeout (2 400 ms); 600 ms of slack for a slow
+      // timer on a loaded machine.
+      assert.ok(
+        took >= timeout - 50 && took < timeout + 600,
+        `refused after ${Math.round(took)} ms`,
+      );
+      assert.equal(ctx.server.hub.stats.handshakesRefused, 1);
     },
   );
 });
