@@ -14,6 +14,7 @@ import {
   type HubServer,
   type HubStats,
   serveHub,
+  type ServeHubOptions,
 } from "../hub.ts";
 import type { WorkerHandle } from "../worker.ts";
 import { connectWorker } from "./_hub.ts";
@@ -960,7 +961,7 @@ interface Rig {
   release(): void;
 }
 
-function startRig(): Rig {
+function startRig(options: Partial<ServeHubOptions> = {}): Rig {
   const metrics = new HubMetrics();
   const hub = serveHub({
     hostname: "127.0.0.1",
@@ -968,6 +969,7 @@ function startRig(): Rig {
     workerPort: 0,
     shutdownGrace: 1000,
     onAccess: (r) => metrics.observe(r),
+    ...options,
   });
   const stop = new AbortController();
   const admin = Deno.serve(
@@ -1127,6 +1129,60 @@ Deno.test("admin metrics follow a real hub: readiness, counters, queue depth and
     await Promise.allSettled(
       consumers.map(async (p) => (await p).body?.cancel()),
     );
+    await stopRig(rig);
+  }
+});
+
+Deno.test("pools that get no requests keep only their gauges' history; a pool with requests still shows its history on /status", async () => {
+  const names = Array.from({ length: 200 }, (_, i) => `quiet-${i}`);
+  // Routed pools exist from the start, with or without workers.
+  const rig = startRig({
+    routes: names.map((pool) => ({ pool, pathPrefix: `/${pool}/` })),
+  });
+  try {
+    addWorker(rig, 1);
+    await waitFor(() => rig.hub.hub.stats.idle === 1, "worker idle");
+    // The first sample and status make every pool's history. Typed arrays
+    // live outside the JS heap: the external bytes count them.
+    const before = Deno.memoryUsage().external;
+    rig.metrics.sample(rig.hub.hub.stats);
+    assert.equal(rig.metrics.status(rig.hub.hub.stats).length, 201);
+    const perPool = (Deno.memoryUsage().external - before) / 201;
+    // Gauges for 300 s are 9.6 kB; with the request histograms, 190 kB.
+    assert.ok(perPool < 32 * 1024, `${Math.round(perPool)} bytes per pool`);
+
+    const base = `http://127.0.0.1:${rig.hub.addr.port}`;
+    for (const path of ["/a", "/b", "/c"]) {
+      const res = await fetch(base + path);
+      await res.text();
+    }
+    type Pool = {
+      name: string;
+      recent: Record<string, number | null>;
+      series: Record<string, (number | null)[]>;
+    };
+    let pools: Pool[] = [];
+    const pool = (name: string) => pools.find((p) => p.name === name)!;
+    const sum = (a: (number | null)[]) => a.reduce((x, y) => x! + (y ?? 0), 0);
+    await waitFor(async () => {
+      pools = JSON.parse((await adminGet(rig, "/status")).body).pools;
+      return sum(pool("default").series.requests) === 3;
+    }, "three requests in the default pool's history");
+    const busy = pool("default");
+    assert.equal(busy.recent.requests, 3);
+    assert.ok(busy.recent.workerP50Ms !== null);
+    assert.ok(busy.series.workerP50Ms.some((v) => v !== null));
+    assert.ok(busy.series.queueP99Ms.some((v) => v !== null));
+    assert.ok(busy.series.idle.some((v) => v === 1));
+    // A quiet pool: its gauges each second, no requests, no percentiles.
+    const quiet = pool("quiet-7");
+    assert.equal(quiet.series.requests.length, busy.series.requests.length);
+    assert.ok(quiet.series.idle.some((v) => v === 0));
+    assert.equal(sum(quiet.series.requests), 0);
+    assert.ok(quiet.series.workerP50Ms.every((v) => v === null));
+    assert.equal(quiet.recent.requests, 0);
+    assert.equal(quiet.recent.queueP50Ms, null);
+  } finally {
     await stopRig(rig);
   }
 });
