@@ -111,7 +111,11 @@ export interface AccessRecord {
   status: number;
   /** How the request ended. */
   outcome: Outcome;
-  /** Milliseconds from arrival to dispatch (to the final attempt), or to the answer if never dispatched. */
+  /**
+   * Milliseconds from joining the queue to dispatch (to the final attempt),
+   * or to the answer if never dispatched. A request joins the queue on
+   * arrival, or with `bufferUploads` once its streamed upload has been read.
+   */
   queueMs: number;
   /** Milliseconds from dispatch to the response head; -1 if never dispatched. */
   workerMs: number;
@@ -514,8 +518,8 @@ class Pending {
   // performance.now() of the last upload byte read ahead.
   uploadAt = 0;
   // When it joined the queue's order: its arrival, or for an upload read
-  // first (bufferUploads) the end of that read. Its queue timeout counts
-  // from here.
+  // first (bufferUploads) the end of that read. Its queue timeout and
+  // queue time count from here.
   queuedSince: number;
   // Its upload was read ahead past maxRequestBodySize while a worker had
   // it: if that worker gives it back, it is answered 413, not resent.
@@ -1651,8 +1655,8 @@ export class Hub {
         this.#fail(p, "shutting-down", 503, "hub is shutting down");
         return false;
       }
-      // It queues now, behind uploads read before it, and its queue
-      // timeout does not count the upload's time.
+      // It queues now, behind uploads read before it, and neither its queue
+      // timeout nor its queue time counts the upload's time.
       p.queuedSince = performance.now();
       return true;
     } finally {
@@ -1883,7 +1887,7 @@ export class Hub {
   ): void {
     this.#unwatch(p);
     const now = performance.now();
-    if (p.workerMs < 0) p.queueMs = now - p.since;
+    if (p.workerMs < 0) p.queueMs = now - p.queuedSince;
     this.#record(p, status, outcome, now, 0, worker);
     p.resolve(errorResponse(status, message, p.id, extra));
   }
@@ -1986,7 +1990,7 @@ export class Hub {
     this.#startSweeper();
     p.attempts++;
     const sentAt = performance.now();
-    p.queueMs = sentAt - p.since;
+    p.queueMs = sentAt - p.queuedSince;
     if (p.upload !== null) this.#wholeUpload(p);
     const out = this.#outgoing(p);
     out.extraHeaders = [[QUEUE_TIME_HEADER, p.queueMs.toFixed(1)]];
@@ -2110,7 +2114,7 @@ export class Hub {
       else this.#enqueue(p, true);
       return;
     }
-    p.workerMs = performance.now() - p.since - p.queueMs;
+    p.workerMs = performance.now() - p.queuedSince - p.queueMs;
     if (e.code === "upload-too-large") {
       // The consumer's fault, not the worker's.
       this.#log({ level: "info", msg: "request body too large", id: p.id });

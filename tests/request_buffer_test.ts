@@ -11,7 +11,7 @@ import { createHash } from "node:crypto";
 import { deadline, waitFor as waitUntil } from "./_wait.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import { RawSocket } from "./_relay.ts";
-import type { HubServer, ServeHubOptions } from "../hub.ts";
+import type { AccessRecord, HubServer, ServeHubOptions } from "../hub.ts";
 import type { WorkerHandle } from "../worker.ts";
 
 const HANG_GUARD = 30_000;
@@ -39,6 +39,8 @@ interface Setup {
   seen: string[];
   /** Per path: its framing fields as the handler saw them. */
   framing: Map<string, string>;
+  /** Per path: its X-Pothead-Queue-Ms, and performance.now() when seen. */
+  queueMs: Map<string, { ms: number; at: number }>;
   /** Lets the request on /hold finish. */
   release: () => void;
   /** Sends GET /hold and waits until the worker has it; then its answer. */
@@ -53,10 +55,15 @@ function setup(options: ServeHubOptions): Setup {
   const server = startHub(options);
   const seen: string[] = [];
   const framing = new Map<string, string>();
+  const queueMs = new Map<string, { ms: number; at: number }>();
   let released = Promise.withResolvers<void>();
   const worker = startWorker(server, async (req) => {
     const path = new URL(req.url).pathname;
     seen.push(path);
+    queueMs.set(path, {
+      ms: Number(req.headers.get("x-pothead-queue-ms")),
+      at: performance.now(),
+    });
     framing.set(
       path,
       ["content-length", "transfer-encoding", "expect"]
@@ -81,6 +88,7 @@ function setup(options: ServeHubOptions): Setup {
     worker,
     seen,
     framing,
+    queueMs,
     release: () => released.resolve(),
     hold: async () => {
       await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
@@ -648,6 +656,70 @@ Deno.test("bufferUploads: the queue timeout counts from when the upload was read
   } finally {
     t.release();
     await t.stop();
+  }
+});
+
+// Sends a chunk of /slow every 100 ms for about 1 s, then its end;
+// resolves performance.now() before the first chunk and before the end.
+async function trickle(
+  up: Awaited<ReturnType<typeof rawUpload>>,
+): Promise<{ start: number; end: number }> {
+  const start = performance.now();
+  for (let i = 0; i < 10; i++) {
+    await up.send(i, i + 1);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const end = performance.now();
+  await up.end();
+  return { start, end };
+}
+
+Deno.test("bufferUploads: the queue time the worker and the access log see counts from when the upload was read, not from its arrival", async () => {
+  for (const bufferUploads of [false, true]) {
+    const records = new Map<string, AccessRecord>();
+    const t = setup({
+      bufferUploads,
+      onAccess: (r) => void records.set(r.path, r),
+    });
+    try {
+      const held = await t.hold();
+      const hub = t.server.hub;
+      const up = await rawUpload(t.server, "/slow");
+      // Without bufferUploads it queues on arrival, before its first chunk.
+      if (!bufferUploads) {
+        await waitFor(() => hub.stats.queued === 1, "the upload queued");
+      }
+      const { start, end } = await trickle(up);
+      await waitFor(() => hub.stats.queued === 1, "the upload queued");
+      t.release();
+      await (await held.answer).text();
+      const { head, body } = await deadline(
+        up.answer(),
+        HANG_GUARD,
+        "the answer",
+      );
+      up.conn.close();
+      assert.match(head, /^HTTP\/1\.1 200/);
+      assert.equal(body, expected(10));
+      const seen = t.queueMs.get("/slow")!;
+      await waitFor(() => records.has("/slow"), "the access record");
+      const logged = records.get("/slow")!.queueMs;
+      // Sent on, one decimal, at dispatch, which precedes the handler.
+      const bound = seen.at - (bufferUploads ? end : start) + 0.05;
+      if (bufferUploads) {
+        // Queued no earlier than its end was sent.
+        assert.ok(seen.ms <= bound, `${seen.ms} ms queued, at most ${bound}`);
+        assert.ok(seen.ms < (end - start) / 2, `${seen.ms} ms queued`);
+        assert.ok(logged <= bound, `${logged} ms logged, at most ${bound}`);
+      } else {
+        // Queued before its first chunk was sent, sent on after the end.
+        assert.ok(seen.ms >= end - start, `${seen.ms} ms queued`);
+        assert.ok(logged >= end - start, `${logged} ms logged`);
+      }
+    } finally {
+      t.release();
+      await t.stop();
+    }
   }
 });
 
