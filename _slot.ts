@@ -119,7 +119,8 @@ export type LinkErrorCode =
   | "aborted"
   | "request-body"
   | "upload-timeout"
-  | "upload-too-large";
+  | "upload-too-large"
+  | "upload-failed";
 
 /** An exchange on a worker connection failed; the connection is closed. */
 export class WorkerLinkError extends Error {
@@ -913,10 +914,10 @@ export class WorkerSlot {
         try {
           chunk = await reader.read();
         } catch (error) {
-          // The consumer's body failed: it went away mid-upload (not the
-          // worker's fault; the request counts as abandoned).
+          // The consumer's body failed: it went away mid-upload, or sent a
+          // malformed body (the hub tells which); not the worker's fault.
           throw new WorkerLinkError(
-            "aborted",
+            "upload-failed",
             `Consumer's request body failed: ${errorText(error)}`,
             { cause: error },
           );

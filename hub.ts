@@ -526,6 +526,9 @@ class Pending {
   tooLarge = false;
   // A WebSocket opening handshake, passed on to the worker.
   webSocket = false;
+  // Its upload's read ahead failed while a worker had it: answered when
+  // that worker gives it back or fails taking it, not resent.
+  uploadFailed: { error: unknown } | null = null;
   contentLength = -1;
   resolve!: (res: Response) => void;
   #id: string | null;
@@ -1695,7 +1698,7 @@ export class Hub {
   // Reads a queued upload ahead (requestBuffer). Whatever a queued upload's
   // read finds wrong (the consumer left, too large, a malformed chunk) is
   // answered at once and the request leaves the queue; once a worker has
-  // it, the worker's connection meets the same error as without read-ahead.
+  // it, it is answered when that worker gives it back or fails taking it.
   #readUploadAhead(
     p: Pending,
     options: ReadAheadOptions,
@@ -1721,6 +1724,7 @@ export class Hub {
         chunk = await reader.read();
       } catch (error) {
         if (unqueue()) this.#bodyFailed(p, error);
+        else p.uploadFailed = { error };
         throw error;
       }
       if (chunk.done) return null;
@@ -2008,7 +2012,8 @@ export class Hub {
       // stopped reading, or the end of the shutdown grace cut, did not.
       if (
         error !== undefined && !cancelled && !this.#closed &&
-        !(error instanceof WorkerLinkError && error.code === "aborted")
+        !(error instanceof WorkerLinkError &&
+          (error.code === "aborted" || error.code === "upload-failed"))
       ) {
         this.#stats.failed++;
         this.#log({
@@ -2061,13 +2066,39 @@ export class Hub {
     const e = error instanceof WorkerLinkError
       ? error
       : new WorkerLinkError("protocol", errorText(error), { cause: error });
-    if (e.code === "aborted" || p.req.signal.aborted) {
+    // The consumer's upload failed while a worker had the request: read
+    // ahead while the worker held it, or read by its connection (an error
+    // of the consumer's own body unless it was read ahead).
+    const upload = p.uploadFailed ??
+      (e.code === "upload-failed" && p.body === p.req.body
+        ? { error: e.cause }
+        : null);
+    const malformed = upload !== null && !p.req.signal.aborted &&
+      !consumerGone(upload.error);
+    if (
+      !malformed &&
+      (e.code === "aborted" || e.code === "upload-failed" ||
+        upload !== null || p.req.signal.aborted)
+    ) {
       this.#gone(p);
       return;
     }
     if (this.#closed) {
       // Cut by the end of the shutdown grace: not the worker's failure.
       this.#fail(p, "shutting-down", 503, "hub is shutting down");
+      return;
+    }
+    if (malformed) {
+      // A 400, as for a malformed body found before dispatch; never resent.
+      p.workerMs = performance.now() - p.queuedSince - p.queueMs;
+      this.#fail(
+        p,
+        "bad-request",
+        400,
+        `cannot read request body: ${errorText(upload.error)}`,
+        undefined,
+        worker,
+      );
       return;
     }
     // A "not started" decline is provably safe to resend and is what busy
