@@ -8,6 +8,11 @@ import type { FetchHandler, WorkerHandle } from "../worker.ts";
 import { connectWorker, ENGINE, startHub, startWorker } from "./_hub.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { closePayload, encodeFrame, Op } from "../_ws_frame.ts";
+import {
+  type Proc,
+  startHub as startHubProc,
+  startWorker as startWorkerProc,
+} from "./_procs.ts";
 
 /** A consumer's WebSocket with its messages and its close in order. */
 interface Client {
@@ -514,3 +519,54 @@ Deno.test(`[${ENGINE}] a raw consumer's handshake: the 101 it gets carries its a
     await waitFor(() => server.hub.stats.webSockets === 0, "the tunnel ended");
     w.conn.close();
   }));
+
+Deno.test({
+  name:
+    "[cli] WebSocket sessions through the hub and worker CLIs: a second session waits for the one slot",
+  ignore: !SERVE,
+  fn: async () => {
+    const hub = await startHubProc(["--log-level", "warn"]);
+    let worker: Proc | undefined;
+    try {
+      worker = await startWorkerProc(hub.workerPort, "examples/websocket.ts", [
+        "--concurrency",
+        "1",
+      ]);
+      const url = `ws://127.0.0.1:${hub.port}/session`;
+      const first = await client(url);
+      first.ws.send("hello");
+      const reply = await first.next();
+      assert.match(reply as string, /^HELLO \(pid \d+\)$/);
+      // The worker's one slot is the first session's: the second waits.
+      let opened = false;
+      const second = client(url).then((c) => {
+        opened = true;
+        return c;
+      });
+      // Were the slot free, the second would open well within this.
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(opened, false);
+      first.ws.send("bye");
+      const ev = await deadline(first.closed, 10_000, "the first close");
+      assert.equal(ev.code, 1000);
+      assert.equal(ev.reason, "session over");
+      const s2 = await deadline(second, 20_000, "the second session");
+      assert.equal(opened, true);
+      s2.ws.send("again");
+      assert.match(await s2.next() as string, /^AGAIN/);
+      s2.ws.send("bye");
+      await deadline(s2.closed, 10_000, "the second close");
+      // The slot is back for plain requests.
+      const plain = await deadline(
+        fetch(`http://127.0.0.1:${hub.port}/`),
+        20_000,
+        "a plain request",
+      );
+      assert.equal(plain.status, 426);
+      assert.equal(await plain.text(), "Open a WebSocket to this URL\n");
+    } finally {
+      await worker?.close();
+      await hub.proc.close();
+    }
+  },
+});
