@@ -310,7 +310,7 @@ export function bridgeWebSocket(
         while (
           socket.bufferedAmount > HIGH_WATER && !consumerClosed && !connClosed
         ) {
-          await new Promise((r) => setTimeout(r, 10));
+          await new Promise((r) => setTimeout(r, 1));
         }
       }
     } catch (error) {

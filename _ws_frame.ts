@@ -104,7 +104,10 @@ export function encodeFrame(
   const n = payload.length;
   const extra = n < 126 ? 0 : n < 0x10000 ? 2 : 8;
   const headLength = 2 + extra + (mask === null ? 0 : 4);
-  const out = new Uint8Array(headLength + n);
+  // Room before the frame so that its payload starts 4-byte aligned, to be
+  // masked a word at a time (about 4 times faster than byte by byte).
+  const pad = (4 - headLength % 4) % 4;
+  const out = new Uint8Array(pad + headLength + n).subarray(pad);
   out[0] = (fin ? 0x80 : 0) | opcode;
   out[1] = (mask === null ? 0 : 0x80) |
     (extra === 0 ? n : extra === 2 ? 126 : 127);
@@ -113,17 +116,23 @@ export function encodeFrame(
     out[3] = n & 0xff;
   } else if (extra === 8) {
     // Lengths fit in 53 bits; the top bytes stay zero.
-    const view = new DataView(out.buffer);
+    const view = new DataView(out.buffer, out.byteOffset);
     view.setUint32(2, Math.floor(n / 0x1_0000_0000));
     view.setUint32(6, n >>> 0);
   }
-  if (mask === null) {
-    out.set(payload, headLength);
-  } else {
+  out.set(payload, headLength);
+  if (mask !== null) {
     out.set(mask, headLength - 4);
-    for (let i = 0; i < n; i++) {
-      out[headLength + i] = payload[i] ^ mask[i & 3];
-    }
+    const words = n >>> 2;
+    // The mask as a word in this machine's byte order, like the view.
+    const m = new Uint32Array(mask.slice().buffer, 0, 1)[0];
+    const view = new Uint32Array(
+      out.buffer,
+      out.byteOffset + headLength,
+      words,
+    );
+    for (let i = 0; i < words; i++) view[i] ^= m;
+    for (let i = words * 4; i < n; i++) out[headLength + i] ^= mask[i & 3];
   }
   return out;
 }

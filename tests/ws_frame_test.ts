@@ -151,3 +151,24 @@ Deno.test("the opening handshake is checked as RFC 6455 §4.2.1 asks", () => {
     }],
   );
 });
+
+Deno.test("masking a word at a time matches masking byte by byte, for every length near the word edges", () => {
+  const mask = new Uint8Array([0x12, 0x34, 0x56, 0x78]);
+  for (
+    const n of [0, 1, 2, 3, 4, 5, 7, 8, 125, 126, 127, 65535, 65536, 65539]
+  ) {
+    const payload = new Uint8Array(n).map((_, i) => (i * 31 + 7) & 0xff);
+    const frame = encodeFrame(Op.binary, payload, mask);
+    const head = frame.length - n;
+    for (let i = 0; i < n; i++) {
+      if (frame[head + i] !== (payload[i] ^ mask[i & 3])) {
+        assert.fail(`length ${n}: byte ${i} masked wrong`);
+      }
+    }
+    assert.deepEqual(frame.subarray(head - 4, head), mask);
+    assert.deepEqual(
+      parseFrame(frame, 0, frame.length, Infinity, true)!.frame.payload,
+      payload,
+    );
+  }
+});
