@@ -72,6 +72,11 @@ interface Link {
   // The handler answered 101 (a WebSocket): the link carries it, bytes
   // unparsed, until it closes, and then calls this.
   tunnel: (() => void) | null;
+  // The handler of a WebSocket handshake is running: if the hub drops the
+  // link meanwhile, the local connection waits for its answer (a 101 on a
+  // closed connection never ends: the handler's socket hangs, the permit
+  // is never given back, and Deno.serve's shutdown waits for ever).
+  upgrading: boolean;
 }
 
 const CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -161,6 +166,7 @@ export class NativeEngine {
       verdict: null,
       abort: null,
       tunnel: null,
+      upgrading: false,
     };
     this.#links.set(key, link);
     const drain = options.drain;
@@ -227,7 +233,9 @@ export class NativeEngine {
       // the signal of a handler still running (Deno.serve does not always:
       // not while the request body is being read, nor, under
       // --unstable-no-legacy-abort, in the middle of a streamed response).
-      closeQuietly(link.local);
+      // A handshake's answer ends #down (writing to the closed hub), and
+      // the link with it.
+      closeQuietly(link.upgrading ? link.hub : link.local);
       link.abort?.(new Error("Hub closed the connection"));
     }
   }
@@ -360,8 +368,9 @@ export class NativeEngine {
     link.served++;
     const last = link.served >= (options.maxRequests ?? Infinity);
     // `Deno.upgradeWebSocket` takes only the request Deno.serve made.
+    link.upgrading = req.headers.has("upgrade");
     const [request, abort] = abortable(
-      req.headers.has("upgrade") ? req : withoutExpect(httpsAware(req)),
+      link.upgrading ? req : withoutExpect(httpsAware(req)),
     );
     link.abort = abort;
     const response = await callHandler(this.#handler, request, {
@@ -371,6 +380,7 @@ export class NativeEngine {
       ),
       completed: info.completed,
     }, this.#onError);
+    link.upgrading = false;
     if (response.status === 101) {
       // A WebSocket: it holds the link, and the request its permit, until
       // it closes (`completed` resolves once the 101 is out).

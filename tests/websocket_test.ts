@@ -570,3 +570,46 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    `[${ENGINE}] a consumer that leaves while the handler thinks, before its 101: the worker's permit comes back, its socket closes`,
+  ignore: !SERVE,
+  fn: async () => {
+    const called = Promise.withResolvers<void>();
+    const go = Promise.withResolvers<void>();
+    const upgraded = Promise.withResolvers<void>();
+    const closed = Promise.withResolvers<void>();
+    await withHub({}, async (req) => {
+      if (req.headers.get("upgrade") !== "websocket") {
+        return new Response("plain");
+      }
+      called.resolve();
+      await go.promise;
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onclose = () => closed.resolve();
+      upgraded.resolve();
+      return response;
+    }, async ({ server, http }) => {
+      const s = await RawSocket.connect(server.addr.port);
+      await s.write(
+        "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
+          "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+      );
+      await deadline(called.promise, 10_000, "the handler called");
+      s.conn.close();
+      // The hub drops that worker connection; the handler answers later.
+      await waitFor(() => server.hub.stats.busy === 0, "the slot dropped");
+      go.resolve();
+      await deadline(upgraded.promise, 10_000, "the handler's 101");
+      // The worker's only permit is free again: a plain request is served.
+      const res = await fetch(`${http}/after`, {
+        signal: AbortSignal.timeout(20_000),
+      });
+      assert.equal(await res.text(), "plain");
+      // The handler's socket hears the end (and Deno.serve's shutdown, in
+      // the worker's close, is not held by a half-made upgrade).
+      await deadline(closed.promise, 10_000, "the handler's socket closed");
+    });
+  },
+});
