@@ -168,6 +168,9 @@ export function bridgeWebSocket(
     } catch {
       socket.close();
     }
+    // A consumer that never answers is not waited for (Deno's own end, by
+    // its idle timeout, comes minutes later).
+    armTimeout();
   };
   // The hub closes: both sides hear `code`, and the worker gets time to answer.
   const closeBoth = (code: number, reason: string) => {

@@ -613,3 +613,32 @@ Deno.test({
     });
   },
 });
+
+Deno.test(`[${ENGINE}] a worker's close that the consumer never answers: the tunnel ends after the close timeout, not Deno's idle timeout`, () =>
+  withHub({}, null, async ({ server, access }) => {
+    const w = await rawWorker(server);
+    const s = await RawSocket.connect(server.addr.port);
+    await s.write(
+      "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
+        "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    );
+    await w.write(await accept101(await readUpgrade(w)));
+    assert.match(
+      (await deadline(s.readHead(), 10_000, "the 101"))!,
+      /^HTTP\/1\.1 101 /,
+    );
+    await waitFor(() => server.hub.stats.webSockets === 1, "the tunnel open");
+    await w.write(encodeFrame(Op.close, closePayload(1000, "bye"), null));
+    // The consumer hears the close and stays silent.
+    const close = await deadline(s.readExactly(2), 10_000, "the close frame");
+    assert.equal(close[0], 0x88);
+    await waitFor(
+      () => server.hub.stats.webSockets === 0 && server.hub.stats.busy === 0,
+      "the tunnel ended",
+      30_000,
+    );
+    await waitFor(() => access.length === 1, "the access record");
+    assert.equal(access[0].status, 101);
+    s.conn.close();
+    w.conn.close();
+  }));
