@@ -8,7 +8,8 @@
  * Backpressure: a worker sending faster than the consumer reads is not read
  * while the socket's send buffer holds more than {@linkcode HIGH_WATER}; a
  * consumer sending faster than the worker reads is buffered up to
- * `maxBacklog` and then closed (a `WebSocket` cannot be paused).
+ * `maxBacklog` (and one message more) and then closed (a `WebSocket`
+ * cannot be paused).
  *
  * @module
  */
@@ -202,8 +203,11 @@ export function bridgeWebSocket(
       ? encoder.encode(data)
       : new Uint8Array(data as ArrayBuffer);
     result.toWorker += payload.length;
+    // What was still waiting when it came: one large message alone is no
+    // sign of a worker that does not read (Deno bounds its size).
+    const waiting = backlog;
     toWorker(typeof data === "string" ? Op.text : Op.binary, payload);
-    if (backlog > maxBacklog) {
+    if (waiting > maxBacklog) {
       closeBoth(
         1008,
         `worker is not reading: over ${maxBacklog} bytes waiting for it`,

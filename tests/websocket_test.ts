@@ -642,3 +642,45 @@ Deno.test(`[${ENGINE}] a worker's close that the consumer never answers: the tun
     s.conn.close();
     w.conn.close();
   }));
+
+Deno.test({
+  name:
+    `[${ENGINE}] a consumer's message larger than --max-websocket-message reaches a worker that reads (the limit is on what waits, not on one message)`,
+  ignore: !SERVE,
+  fn: () =>
+    withHub({ maxWebSocketMessage: 1024 }, (req) => {
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onmessage = (e) =>
+        socket.send(`got ${(e.data as ArrayBuffer).byteLength}`);
+      return response;
+    }, async ({ server, ws }) => {
+      const c = await client(`${ws}/`);
+      c.ws.send(new Uint8Array(4096));
+      assert.equal(await c.next(), "got 4096");
+      c.ws.send(new Uint8Array(1024));
+      assert.equal(await c.next(), "got 1024");
+      c.ws.close(1000);
+      assert.equal((await c.closed).code, 1000);
+      await waitFor(
+        () => server.hub.stats.webSockets === 0,
+        "the tunnel ended",
+      );
+    }),
+});
+
+Deno.test(`[${ENGINE}] a worker that does not read: messages piling up past --max-websocket-message close both sides with 1008`, () =>
+  withHub({ maxWebSocketMessage: 1024 }, null, async ({ server, ws }) => {
+    const w = await rawWorker(server);
+    const opening = client(`${ws}/ws`);
+    await w.write(await accept101(await readUpgrade(w)));
+    const c = await opening;
+    // More than the socket buffers hold; the worker reads none of it.
+    for (let i = 0; i < 64 && c.ws.readyState === WebSocket.OPEN; i++) {
+      c.ws.send(new Uint8Array(1 << 20));
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const ev = await deadline(c.closed, 20_000, "the consumer's close");
+    assert.equal(ev.code, 1008);
+    await waitFor(() => server.hub.stats.webSockets === 0, "the tunnel ended");
+    w.conn.close();
+  }));
