@@ -84,6 +84,20 @@ export class BufferedReader {
   }
 
   /**
+   * Gives back a buffer that a large message grew past `max` bytes, once
+   * what it holds fits in `max` and no read is in flight.
+   */
+  shrink(max: number): void {
+    const n = this.end - this.start;
+    if (this.buf.length <= max || n > max || this.#pending !== null) return;
+    const smaller = new Uint8Array(max);
+    smaller.set(this.buf.subarray(this.start, this.end));
+    this.buf = smaller;
+    this.start = 0;
+    this.end = n;
+  }
+
+  /**
    * Reads more bytes into the buffer. Resolves `false` at end of stream.
    * Rejects with the connection's error.
    */

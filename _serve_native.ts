@@ -370,7 +370,7 @@ export class NativeEngine {
     // `Deno.upgradeWebSocket` takes only the request Deno.serve made.
     link.upgrading = req.headers.has("upgrade");
     const [request, abort] = abortable(
-      link.upgrading ? req : withoutExpect(httpsAware(req)),
+      link.upgrading ? httpsAware(req, true) : withoutExpect(httpsAware(req)),
     );
     link.abort = abort;
     const response = await callHandler(this.#handler, request, {
@@ -682,10 +682,14 @@ function withoutExpect(req: Request): Request {
 }
 
 // `Deno.serve` builds an http: URL; the hub says when the consumer used TLS.
-function httpsAware(req: Request): Request {
+// In place (`same`) for a request that must stay Deno.serve's own.
+function httpsAware(req: Request, same = false): Request {
   if (
     req.headers.get("x-forwarded-proto") !== "https" ||
     !req.url.startsWith("http:")
   ) return req;
-  return new Request("https:" + req.url.slice(5), req);
+  const url = "https:" + req.url.slice(5);
+  if (!same) return new Request(url, req);
+  Object.defineProperty(req, "url", { configurable: true, value: url });
+  return req;
 }

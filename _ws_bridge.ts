@@ -61,6 +61,9 @@ export interface BridgeResult {
 /** Above this many bytes in the consumer's send buffer, the worker is not read. */
 export const HIGH_WATER = 1 << 20;
 
+// The size a reader's buffer goes back to after a large message.
+const SHRUNK = 64 * 1024;
+
 const encoder = new TextEncoder();
 
 /**
@@ -313,6 +316,8 @@ export function bridgeWebSocket(
         parts = [];
         size = 0;
         kind = 0;
+        // A large message grew the buffer: the tunnel may last for hours.
+        reader.shrink(SHRUNK);
         // A slow consumer slows the worker down (TCP backpressure).
         while (
           socket.bufferedAmount > HIGH_WATER && !consumerClosed && !connClosed
@@ -322,12 +327,21 @@ export function bridgeWebSocket(
       }
     } catch (error) {
       if (connClosed) return;
-      const code = error instanceof WebSocketProtocolError
-        ? error.code
-        : error instanceof TypeError
-        ? 1007 // the fatal decoder
-        : 1002;
       const why = error instanceof Error ? error.message : String(error);
+      if (
+        !(error instanceof WebSocketProtocolError) &&
+        !(error instanceof TypeError)
+      ) {
+        // The connection failed (a reset), not the protocol.
+        if (first === null) {
+          first = "worker";
+          result.closedBy = "worker";
+          result.reason = `worker connection lost: ${why}`;
+        }
+        endConn();
+        return;
+      }
+      const code = error instanceof WebSocketProtocolError ? error.code : 1007; // the fatal decoder's TypeError
       if (first === null) {
         first = "hub";
         result.closedBy = "hub";

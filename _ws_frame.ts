@@ -64,6 +64,12 @@ export function webSocketProblem(
   if (req.method !== "GET") {
     return [400, `a WebSocket handshake must be a GET, not ${req.method}`];
   }
+  const length = h.get("content-length");
+  if (
+    (length !== null && length.trim() !== "0") || h.has("transfer-encoding")
+  ) {
+    return [400, "a WebSocket handshake has no body"];
+  }
   if (!connection.includes("upgrade")) {
     return [400, 'a WebSocket handshake needs "Connection: Upgrade"'];
   }

@@ -2037,11 +2037,14 @@ export class Hub {
       // An upload the worker had not begun to take when it answered never
       // will be sent, however long the answer streams.
       this.#dropReadAhead(p);
-      this.#stats.answered++;
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
       this.#unwatch(p);
-      if (res.upgraded) this.#tunnel(p, slot, res, worker);
-      else p.resolve(this.#toResponse(p, res));
+      if (res.upgraded) {
+        this.#tunnel(p, slot, res, worker);
+        return;
+      }
+      this.#stats.answered++;
+      p.resolve(this.#toResponse(p, res));
     }, (error) => this.#failed(p, worker, error));
   }
 
@@ -2194,6 +2197,13 @@ export class Hub {
           JSON.stringify(protocol)
         })`
         : null;
+    if (p.req.signal.aborted) {
+      // Gone while the answer was checked: upgrading now could leave Deno
+      // with a handshake it never finishes.
+      slot.close(new WorkerLinkError("aborted", "Consumer went away"));
+      this.#gone(p);
+      return;
+    }
     let upgraded: { socket: WebSocket; response: Response } | undefined;
     let refusal = "";
     if (problem === null && !this.#closing) {
@@ -2234,6 +2244,7 @@ export class Hub {
       }
       return;
     }
+    this.#stats.answered++;
     const { socket, response } = upgraded;
     try {
       // The worker's own fields (a cookie, say) go on; Deno made the

@@ -869,3 +869,23 @@ Deno.test("ScriptedConn splits pieces larger than the read buffer and then ends"
   assert.deepEqual(got, ["abcd", "ef", "gh"]);
   assert.equal(conn.reads, 3);
 });
+
+Deno.test("BufferedReader.shrink gives back a buffer a large message grew, keeping what it holds", async () => {
+  const big = new Uint8Array(300_000).fill(7);
+  const conn = new ScriptedConn([big, bytes("tail")]);
+  const reader = new BufferedReader(conn);
+  while (reader.buffered < big.length) assert.ok(await reader.fill());
+  assert.ok(reader.buf.length >= big.length);
+  reader.shrink(64 * 1024); // holds too much yet: kept
+  assert.ok(reader.buf.length >= big.length);
+  reader.consume(big.length - 3);
+  reader.shrink(64 * 1024);
+  assert.equal(reader.buf.length, 64 * 1024);
+  assert.deepEqual([...reader.buf.subarray(reader.start, reader.end)], [
+    7,
+    7,
+    7,
+  ]);
+  assert.ok(await reader.fill());
+  assert.equal(text(reader.take(7)), "\x07\x07\x07tail");
+});

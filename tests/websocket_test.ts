@@ -283,6 +283,7 @@ Deno.test(`[${ENGINE}] a worker's 101 with a wrong accept key is a 502, and the 
     await w.write(await accept101("not the key"));
     await assert.rejects(opening, /WebSocket failed/);
     await waitFor(() => server.hub.stats.failed === 1, "the failure counted");
+    assert.equal(server.hub.stats.answered, 0); // not an answer the consumer got
     assert.equal(server.hub.stats.slots, 0); // that connection is closed
     w.conn.close();
   }));
@@ -684,3 +685,36 @@ Deno.test(`[${ENGINE}] a worker that does not read: messages piling up past --ma
     await waitFor(() => server.hub.stats.webSockets === 0, "the tunnel ended");
     w.conn.close();
   }));
+
+Deno.test({
+  name:
+    `[${ENGINE}] a handshake from a TLS consumer shows the handler an https URL, and Deno.upgradeWebSocket still works`,
+  ignore: !SERVE,
+  fn: () =>
+    // The hub trusts the client's X-Forwarded-Proto here, as behind a
+    // TLS-terminating proxy.
+    withHub({ trustForwarded: true }, (req) => {
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onopen = () => socket.send(req.url);
+      return response;
+    }, async ({ server }) => {
+      const s = await RawSocket.connect(server.addr.port);
+      await s.write(
+        "GET /tls?x=1 HTTP/1.1\r\nhost: example.com\r\nconnection: Upgrade\r\n" +
+          "upgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+          "sec-websocket-version: 13\r\nx-forwarded-proto: https\r\n\r\n",
+      );
+      const head = await deadline(s.readHead(), 10_000, "the 101");
+      assert.match(head!, /^HTTP\/1\.1 101 /);
+      const frame = await s.readExactly(2);
+      const url = new TextDecoder().decode(
+        await s.readExactly(frame[1] & 0x7f),
+      );
+      assert.equal(url, "https://example.com/tls?x=1");
+      s.conn.close();
+      await waitFor(
+        () => server.hub.stats.webSockets === 0,
+        "the tunnel ended",
+      );
+    }),
+});

@@ -139,6 +139,16 @@ Deno.test("the opening handshake is checked as RFC 6455 §4.2.1 asks", () => {
   assert.equal(asksForWebSocket(handshake({ upgrade: "h2c" })), false);
   assert.equal(webSocketProblem(handshake({})), null);
   assert.equal(webSocketProblem(handshake({}, "POST"))?.[0], 400);
+  // (Deno.serve refuses such a GET itself; the hub's check is for other servers.)
+  assert.deepEqual(webSocketProblem(handshake({ "content-length": "5" })), [
+    400,
+    "a WebSocket handshake has no body",
+  ]);
+  assert.equal(
+    webSocketProblem(handshake({ "transfer-encoding": "chunked" }))?.[0],
+    400,
+  );
+  assert.equal(webSocketProblem(handshake({ "content-length": "0" })), null);
   assert.equal(webSocketProblem(handshake({ connection: "close" }))?.[0], 400);
   assert.equal(
     webSocketProblem(handshake({ "sec-websocket-key": "short" }))?.[0],
