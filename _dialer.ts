@@ -532,10 +532,12 @@ export class Dialer {
       link.conn = null;
     }
     // A hub that accepts and drops connections at once gets backoff too;
-    // not one that sent a request (a declined upload closes its connection).
+    // not one that sent a request (a declined upload closes its connection),
+    // nor one the worker itself is closing.
     if (
       served === 0 && !declined && performance.now() - since < 1000 &&
-      !link.withdraw.signal.aborted
+      !link.withdraw.signal.aborted && !this.#stop.aborted &&
+      !this.#kill.aborted
     ) {
       this.#failed(s, new Error("hub closed the connection at once"));
     } else {

@@ -232,7 +232,11 @@ export async function serveConnection(
       parked = park;
     }
   } catch (error) {
-    options.onError(error, "connection");
+    // A read the worker's own close cut short is no error to report (the
+    // serve engine's relay is silent about it too).
+    if (!(error instanceof Deno.errors.Interrupted)) {
+      options.onError(error, "connection");
+    }
   } finally {
     drain.removeEventListener("abort", onAbort);
     try {

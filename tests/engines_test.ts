@@ -566,3 +566,26 @@ Deno.test(`[${ENGINE}] a handler does not see Expect on a streamed upload: not t
     }
   });
 });
+
+Deno.test(`[${ENGINE}] a worker's close with idle connections reports no connection error`, async () => {
+  const server = startHub();
+  const errors: string[] = [];
+  const worker = connectWorker(() => new Response("ok"), {
+    hostname: "127.0.0.1",
+    port: server.workerAddr.port,
+    concurrency: 2,
+    onError: (error, context) => errors.push(`${context}: ${error}`),
+  });
+  try {
+    await waitFor(() => server.hub.stats.idle === 2, "the worker's slots");
+    const res = await fetch(`http://127.0.0.1:${server.addr.port}/`);
+    assert.equal(await res.text(), "ok");
+    worker.close();
+    await deadline(worker.finished, 10_000, "the worker's close");
+    assert.deepEqual(errors, []);
+  } finally {
+    worker.close();
+    await worker.finished;
+    await server.shutdown();
+  }
+});
