@@ -162,3 +162,14 @@ export class BufferedReader {
     return chunk.subarray(0, n);
   }
 }
+
+/** `parts` joined into one array of `size` bytes (their total length). */
+export function joinBytes(parts: Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}

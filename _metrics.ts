@@ -326,18 +326,22 @@ class Series {
     };
     const gauge = (a: Float64Array, i: number) =>
       Number.isNaN(a[i]) ? null : a[i];
+    // A second with no requests (or none recorded).
+    const quiet = () => {
+      out.requests.push(0);
+      out.errors.push(0);
+      out.queueP50Ms.push(null);
+      out.queueP99Ms.push(null);
+      out.workerP50Ms.push(null);
+      out.workerP99Ms.push(null);
+    };
     for (let sec = start; sec <= now; sec++) {
       const i = sec % this.#size;
       if (sec < 0 || this.#sec[i] !== sec) {
         out.queued.push(null);
         out.busy.push(null);
         out.idle.push(null);
-        out.requests.push(0);
-        out.errors.push(0);
-        out.queueP50Ms.push(null);
-        out.queueP99Ms.push(null);
-        out.workerP50Ms.push(null);
-        out.workerP99Ms.push(null);
+        quiet();
         continue;
       }
       out.queued.push(gauge(this.#queued, i));
@@ -345,12 +349,7 @@ class Series {
       out.idle.push(gauge(this.#idle, i));
       const t = this.#traffic;
       if (t === null) {
-        out.requests.push(0);
-        out.errors.push(0);
-        out.queueP50Ms.push(null);
-        out.queueP99Ms.push(null);
-        out.workerP50Ms.push(null);
-        out.workerP99Ms.push(null);
+        quiet();
         continue;
       }
       const off = i * SERIES_BUCKETS;

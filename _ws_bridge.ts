@@ -14,7 +14,12 @@
  * @module
  */
 
-import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
+import {
+  type BufferedReader,
+  type Connection,
+  joinBytes,
+  writeAll,
+} from "./_io.ts";
 import {
   closePayload,
   encodeFrame,
@@ -308,7 +313,7 @@ export function bridgeWebSocket(
         parts.push(frame.payload);
         size += frame.payload.length;
         if (!frame.fin) continue;
-        const whole = parts.length === 1 ? parts[0] : join(parts, size);
+        const whole = parts.length === 1 ? parts[0] : joinBytes(parts, size);
         result.fromWorker += size;
         if (!consumerClosed && socket.readyState === WebSocket.OPEN) {
           socket.send(kind === Op.text ? decoder.decode(whole) : whole);
@@ -355,14 +360,4 @@ export function bridgeWebSocket(
     }
   };
   return done.promise;
-}
-
-function join(parts: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }

@@ -38,7 +38,7 @@ import {
   relayedResponse,
   splitUrl,
 } from "./_headers.ts";
-import { BufferedReader, type Connection, writeAll } from "./_io.ts";
+import { BufferedReader, type Connection, joinBytes, writeAll } from "./_io.ts";
 import { readAheadStream } from "./_readahead.ts";
 import type {
   ReadAheadControl,
@@ -632,14 +632,7 @@ async function bytesUnlessStalled(
   } finally {
     stop();
   }
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
+  return parts.length === 1 ? parts[0] : joinBytes(parts, size);
 }
 
 // A body stream that may turn out empty: null if it ends before its first

@@ -274,6 +274,25 @@ export async function stopAll(procs: (Proc | undefined)[]): Promise<void> {
   await Promise.all(procs.map((p) => p?.stop()));
 }
 
+/**
+ * Writes a benchmark's report to `dir` as `NAME.md` (`markdown`) and
+ * `NAME.json` (`report`), and says so.
+ */
+export async function writeReport(
+  dir: string,
+  name: string,
+  markdown: string,
+  report: unknown,
+): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(`${dir}/${name}.md`, markdown);
+  await Deno.writeTextFile(
+    `${dir}/${name}.json`,
+    JSON.stringify(report, null, 2) + "\n",
+  );
+  console.log(`wrote ${dir}/${name}.md and ${name}.json`);
+}
+
 /** Resolves after `ms` milliseconds. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));

@@ -43,6 +43,7 @@ import {
   startWorkers,
   stopAll,
   withTimeout,
+  writeReport,
 } from "./_util.ts";
 
 type Mode = "full" | "quick" | "smoke";
@@ -430,16 +431,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     elapsedS: (performance.now() - began) / 1000,
   };
   if (out !== null && !failed) {
-    await Deno.mkdir(out, { recursive: true });
-    await Deno.writeTextFile(
-      join(out, "slow_clients.md"),
-      renderMarkdown(report),
-    );
-    await Deno.writeTextFile(
-      join(out, "slow_clients.json"),
-      JSON.stringify(report, null, 2) + "\n",
-    );
-    console.log(`wrote ${join(out, "slow_clients.md")} and slow_clients.json`);
+    await writeReport(out, "slow_clients", renderMarkdown(report), report);
   }
   return failed ? 1 : 0;
 }

@@ -38,6 +38,7 @@ import {
   startWorkers,
   stopAll,
   withTimeout,
+  writeReport,
 } from "./_util.ts";
 
 type Mode = "full" | "quick" | "smoke";
@@ -322,13 +323,7 @@ export async function main(args = Deno.args): Promise<number> {
     elapsedS: (performance.now() - began) / 1000,
   };
   if (out !== null && !failed) {
-    await Deno.mkdir(out, { recursive: true });
-    await Deno.writeTextFile(join(out, "websocket.md"), renderMarkdown(report));
-    await Deno.writeTextFile(
-      join(out, "websocket.json"),
-      JSON.stringify(report, null, 2) + "\n",
-    );
-    console.log(`wrote ${join(out, "websocket.md")} and websocket.json`);
+    await writeReport(out, "websocket", renderMarkdown(report), report);
   }
   return failed ? 1 : 0;
 }

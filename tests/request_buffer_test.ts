@@ -497,31 +497,56 @@ Deno.test("bufferUploads: an upload the full queue would refuse gets its 503 bef
   }
 });
 
-Deno.test("an upload read ahead past maxRequestBodySize while a worker had it is answered 413 when that worker declines it, not sent on as bytes", async () => {
-  const server = startHub({ maxRequestBodySize: 100 * 1024 });
+// With `worker` (a fake, idle) busy on a GET, an upload to `path` queues
+// and `chunks` of it are read ahead; then the worker is freed and takes the
+// upload's head (not its body).
+async function uploadTaken(
+  server: HubServer,
+  worker: RawSocket,
+  path: string,
+  chunks: number,
+): Promise<Awaited<ReturnType<typeof rawUpload>>> {
   const hub = server.hub;
-  const workers: RawSocket[] = [];
-  const fake = async () => {
+  await waitFor(() => hub.stats.idle === 1, "the fake worker idle");
+  const held = fetch(`http://127.0.0.1:${server.addr.port}/hold`);
+  assert.match((await worker.readHead())!, /^GET \/hold/);
+  const up = await rawUpload(server, path);
+  await up.send(0, chunks);
+  await waitFor(
+    () =>
+      hub.stats.queued === 1 && hub.stats.requestBuffered === chunks * CHUNK,
+    "the upload queued and read ahead",
+  );
+  await worker.write("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+  await (await held).text();
+  const head = (await worker.readHead())!;
+  assert.ok(head.startsWith(`POST ${path} `), head);
+  return up;
+}
+
+// Connects raw fake workers to `server`, each kept in `workers` to close.
+function fakeWorker(
+  server: HubServer,
+  workers: RawSocket[],
+): () => Promise<RawSocket> {
+  return async () => {
     const w = await RawSocket.connect(server.workerAddr.port);
     workers.push(w);
     return w;
   };
+}
+
+Deno.test("an upload read ahead past maxRequestBodySize while a worker had it is answered 413 when that worker declines it, not sent on as bytes", async () => {
+  const server = startHub({ maxRequestBodySize: 100 * 1024 });
+  const hub = server.hub;
+  const workers: RawSocket[] = [];
+  const fake = fakeWorker(server, workers);
   try {
     const a = await fake();
-    await waitFor(() => hub.stats.idle === 1, "the fake worker idle");
-    const held = fetch(`http://127.0.0.1:${server.addr.port}/hold`);
-    assert.match((await a.readHead())!, /^GET \/hold/);
-    const up = await rawUpload(server, "/big");
-    await up.send(0, 4); // 64 KiB: under the limit while it waits
-    await waitFor(
-      () => hub.stats.queued === 1 && hub.stats.requestBuffered === 4 * CHUNK,
-      "the upload queued and read ahead",
-    );
-    await a.write("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-    await (await held).text();
+    // 64 KiB: under the limit while it waits.
+    const up = await uploadTaken(server, a, "/big", 4);
     // The worker has the request and has not asked for its body: the hub
     // goes on reading it ahead, past the limit.
-    assert.match((await a.readHead())!, /^POST \/big/);
     await up.send(4, 16); // 256 KiB
     await up.end();
     await waitFor(
@@ -561,25 +586,10 @@ for (const move of ["declines", "asks for its body"] as const) {
     const server = startHub({ onAccess: (r) => void records.push(r) });
     const hub = server.hub;
     const workers: RawSocket[] = [];
-    const fake = async () => {
-      const w = await RawSocket.connect(server.workerAddr.port);
-      workers.push(w);
-      return w;
-    };
+    const fake = fakeWorker(server, workers);
     try {
       const a = await fake();
-      await waitFor(() => hub.stats.idle === 1, "the fake worker idle");
-      const held = fetch(`http://127.0.0.1:${server.addr.port}/hold`);
-      assert.match((await a.readHead())!, /^GET \/hold/);
-      const up = await rawUpload(server, "/bad");
-      await up.send(0, 2);
-      await waitFor(
-        () => hub.stats.queued === 1 && hub.stats.requestBuffered === 2 * CHUNK,
-        "the upload queued and read ahead",
-      );
-      await a.write("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-      await (await held).text();
-      assert.match((await a.readHead())!, /^POST \/bad/);
+      const up = await uploadTaken(server, a, "/bad", 2);
       await up.conn.write(new TextEncoder().encode("zz\r\n"));
       let reached: Promise<boolean> = Promise.resolve(false);
       if (move === "declines") {
@@ -648,18 +658,7 @@ Deno.test("an upload its worker answered without taking gives back what was read
   const hub = server.hub;
   const worker = await RawSocket.connect(server.workerAddr.port);
   try {
-    await waitFor(() => hub.stats.idle === 1, "the fake worker idle");
-    const held = fetch(`http://127.0.0.1:${server.addr.port}/hold`);
-    assert.match((await worker.readHead())!, /^GET \/hold/);
-    const up = await rawUpload(server, "/up");
-    await up.send(0, 8);
-    await waitFor(
-      () => hub.stats.queued === 1 && hub.stats.requestBuffered === 8 * CHUNK,
-      "the upload queued and read ahead",
-    );
-    await worker.write("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-    await (await held).text();
-    assert.match((await worker.readHead())!, /^POST \/up/);
+    const up = await uploadTaken(server, worker, "/up", 8);
     // A final answer before asking for the body: the body is never sent,
     // and the answer may stream for as long as it likes.
     await worker.write(
@@ -734,12 +733,7 @@ Deno.test("bufferUploads: the queue timeout counts from when the upload was read
     );
     t.release();
     await (await held.answer).text();
-    const { head, body } = await deadline(
-      up.answer(),
-      HANG_GUARD,
-      "the answer",
-    );
-    up.conn.close();
+    const { head, body } = await answerOf(up);
     assert.match(head, /^HTTP\/1\.1 200/);
     assert.equal(body, expected(25));
     assert.equal(hub.stats.timedOutQueued, 0);
@@ -748,6 +742,15 @@ Deno.test("bufferUploads: the queue timeout counts from when the upload was read
     await t.stop();
   }
 });
+
+// The answer to a raw upload; its connection is then closed.
+async function answerOf(
+  up: Awaited<ReturnType<typeof rawUpload>>,
+): Promise<{ head: string; body: string }> {
+  const answer = await deadline(up.answer(), HANG_GUARD, "the answer");
+  up.conn.close();
+  return answer;
+}
 
 // Sends a chunk of /slow every 100 ms for about 1 s, then its end;
 // resolves performance.now() before the first chunk and before the end.
@@ -783,12 +786,7 @@ Deno.test("bufferUploads: the queue time the worker and the access log see count
       await waitFor(() => hub.stats.queued === 1, "the upload queued");
       t.release();
       await (await held.answer).text();
-      const { head, body } = await deadline(
-        up.answer(),
-        HANG_GUARD,
-        "the answer",
-      );
-      up.conn.close();
+      const { head, body } = await answerOf(up);
       assert.match(head, /^HTTP\/1\.1 200/);
       assert.equal(body, expected(10));
       const seen = t.queueMs.get("/slow")!;
