@@ -172,6 +172,11 @@ export class NativeEngine {
     const drain = options.drain;
     const onDrain = () => {
       if (!link.busy) this.#end(link);
+      // A WebSocket has no end to wait for: its handler hears the drain on
+      // its request's signal, and may close (say with 1001) when it likes.
+      else if (link.tunnel !== null) {
+        link.abort?.(new Error("Worker is draining"));
+      }
     };
     drain.addEventListener("abort", onDrain, { once: true });
     try {
@@ -371,6 +376,7 @@ export class NativeEngine {
     link.upgrading = req.headers.has("upgrade");
     const [request, abort] = abortable(
       link.upgrading ? httpsAware(req, true) : withoutExpect(httpsAware(req)),
+      link.upgrading,
     );
     link.abort = abort;
     const response = await callHandler(this.#handler, request, {
@@ -383,7 +389,11 @@ export class NativeEngine {
     link.upgrading = false;
     if (response.status === 101) {
       // A WebSocket: it holds the link, and the request its permit, until
-      // it closes (`completed` resolves once the 101 is out).
+      // it closes (`completed` resolves once the 101 is out). Begun as the
+      // worker drains: it hears so once open.
+      if (options.drain.aborted) {
+        info.completed.then(() => abort(new Error("Worker is draining")));
+      }
       link.stopped = true;
       link.tunnel = () => {
         link.tunnel = null;
@@ -645,9 +655,15 @@ const SIGNAL = Object.getOwnPropertyDescriptor(Request.prototype, "signal")!
 
 /**
  * `req` with a signal that also aborts through the function returned. The
- * combined signal is made only if the handler looks at it.
+ * combined signal is made only if the handler looks at it. With `own`, the
+ * signal is only that one: for a WebSocket handshake, whose own signal
+ * Deno.serve (without `--unstable-no-legacy-abort`) aborts once the 101 is
+ * out, and whose end the link sees anyway.
  */
-export function abortable(req: Request): [Request, (reason: Error) => void] {
+export function abortable(
+  req: Request,
+  own = false,
+): [Request, (reason: Error) => void] {
   let controller: AbortController | undefined;
   let combined: AbortSignal | undefined;
   let aborted: Error | undefined;
@@ -662,7 +678,9 @@ export function abortable(req: Request): [Request, (reason: Error) => void] {
       if (combined === undefined) {
         controller = new AbortController();
         if (aborted !== undefined) controller.abort(aborted);
-        combined = AbortSignal.any([SIGNAL.call(req), controller.signal]);
+        combined = own
+          ? controller.signal
+          : AbortSignal.any([SIGNAL.call(req), controller.signal]);
       }
       return combined;
     },

@@ -3,8 +3,9 @@
  * worker slot for its whole life, the way a live transcription or an
  * inference stream would. Every text message is "worked on" (upper-cased,
  * after `?ms=` milliseconds, default 0) and answered with the process that
- * did it; `bye` ends the session with close code 1000. Plain requests get a
- * line saying to use a WebSocket.
+ * did it; `bye` ends the session with close code 1000, and a worker that
+ * drains ends it with 1001. Plain requests get a line saying to use a
+ * WebSocket.
  *
  * Under POTHEAD (a hub listening for workers on 127.0.0.1:4040), one session
  * at a time per worker:
@@ -32,6 +33,13 @@ export default {
     }
     const ms = Number(new URL(req.url).searchParams.get("ms") ?? 0);
     const { socket, response } = Deno.upgradeWebSocket(req);
+    // The worker drains (a deploy, a scale-down): the consumer should
+    // reconnect elsewhere.
+    req.signal.addEventListener("abort", () => {
+      if (socket.readyState === WebSocket.OPEN) {
+        socket.close(1001, "worker going away");
+      }
+    });
     // One message at a time, in order, as a non-concurrent job would.
     let work = Promise.resolve();
     socket.onmessage = (event) => {

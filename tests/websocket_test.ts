@@ -565,6 +565,16 @@ Deno.test({
       );
       assert.equal(plain.status, 426);
       assert.equal(await plain.text(), "Open a WebSocket to this URL\n");
+      // SIGTERM drains the worker: an open session hears 1001 from its
+      // handler (the request's signal aborts), and the worker exits 0.
+      const third = await client(url);
+      third.ws.send("last");
+      assert.match(await third.next() as string, /^LAST/);
+      worker.kill("SIGTERM");
+      const gone = await deadline(third.closed, 20_000, "the drain's close");
+      assert.equal(gone.code, 1001);
+      assert.equal(gone.reason, "worker going away");
+      assert.equal((await deadline(worker.status, 20_000, "the exit")).code, 0);
     } finally {
       await worker?.close();
       await hub.proc.close();
@@ -717,4 +727,40 @@ Deno.test({
         "the tunnel ended",
       );
     }),
+});
+
+Deno.test({
+  name:
+    `[${ENGINE}] a worker's drain aborts an open WebSocket's request signal, so its handler can close it with 1001`,
+  ignore: !SERVE,
+  fn: async () => {
+    const server = startHub();
+    const worker = startWorker(server, (req) => {
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      req.signal.addEventListener("abort", () => {
+        socket.close(
+          1001,
+          `going away: ${(req.signal.reason as Error).message}`,
+        );
+      });
+      socket.onmessage = (e) => socket.send(e.data);
+      return response;
+    });
+    try {
+      await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+      const c = await client(`ws://127.0.0.1:${server.addr.port}/`);
+      c.ws.send("x");
+      assert.equal(await c.next(), "x");
+      const drained = worker.drain();
+      const ev = await deadline(c.closed, 10_000, "the consumer's close");
+      assert.equal(ev.code, 1001);
+      assert.equal(ev.reason, "going away: Worker is draining");
+      // The WebSocket was all the drain waited for.
+      await deadline(drained, 10_000, "the drain");
+    } finally {
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
+    }
+  },
 });
