@@ -446,10 +446,15 @@ const INNER_RESPONSE = Object.getOwnPropertySymbols(new Response()).find(
  * `Deno.serve` does not send them.
  */
 export function decodedByFetch(res: Response): boolean {
-  if (INNER_RESPONSE === undefined) return false;
+  const inner = innerRecord(res) as { bodyDecoded?: unknown } | null;
+  return inner?.bodyDecoded === true;
+}
+
+// Deno's internal record of `res`, or null where it cannot be found.
+function innerRecord(res: Response): object | null {
+  if (INNER_RESPONSE === undefined) return null;
   const inner = (res as unknown as Record<symbol, unknown>)[INNER_RESPONSE];
-  return typeof inner === "object" && inner !== null &&
-    (inner as { bodyDecoded?: unknown }).bodyDecoded === true;
+  return typeof inner === "object" ? inner : null;
 }
 
 // Whether `res`'s body was read or its stream locked (a reader taken), or
@@ -458,10 +463,8 @@ export function decodedByFetch(res: Response): boolean {
 // `body` would build one (a stream, for `body`), which costs Deno.serve
 // time on its fast path. Without the record, through the public getters.
 function spentBody(res: Response): "read" | "locked" | null {
-  const inner = INNER_RESPONSE === undefined
-    ? undefined
-    : (res as unknown as Record<symbol, unknown>)[INNER_RESPONSE];
-  if (typeof inner !== "object" || inner === null) {
+  const inner = innerRecord(res);
+  if (inner === null) {
     if (res.bodyUsed) return "read";
     return res.body?.locked ? "locked" : null;
   }

@@ -30,6 +30,7 @@ import {
   sendableCloseCode,
   WebSocketProtocolError,
 } from "./_ws_frame.ts";
+import { errorText } from "./_slot.ts";
 
 /** Options for {@linkcode bridgeWebSocket}. */
 export interface BridgeOptions {
@@ -92,7 +93,19 @@ export function bridgeWebSocket(
     toWorker: 0,
     fromWorker: 0,
   };
-  let first: BridgeResult["closedBy"] | null = null;
+  // Who closed first, and why, is what the result reports.
+  let decided = false;
+  const firstClose = (
+    by: BridgeResult["closedBy"],
+    code: number,
+    reason: string,
+  ) => {
+    if (decided) return;
+    decided = true;
+    result.closedBy = by;
+    result.code = code;
+    result.reason = reason;
+  };
   // Close frames sent to and received from the worker.
   let sentClose = false;
   let gotClose = false;
@@ -103,8 +116,7 @@ export function bridgeWebSocket(
   const opening = setTimeout(() => {
     if (socket.readyState !== WebSocket.CONNECTING) return;
     consumerClosed = true;
-    first ??= "consumer";
-    result.closedBy = first;
+    firstClose("consumer", 1006, "");
     endConn();
   }, closeTimeout);
 
@@ -183,12 +195,7 @@ export function bridgeWebSocket(
   };
   // The hub closes: both sides hear `code`, and the worker gets time to answer.
   const closeBoth = (code: number, reason: string) => {
-    if (first === null) {
-      first = "hub";
-      result.closedBy = "hub";
-      result.code = code;
-      result.reason = reason;
-    }
+    firstClose("hub", code, reason);
     closeConsumer(code, reason);
     toWorker(Op.close, closePayload(code, reason));
     armTimeout();
@@ -225,12 +232,7 @@ export function bridgeWebSocket(
   socket.onerror = () => {}; // the close event follows
   socket.onclose = (event) => {
     consumerClosed = true;
-    if (first === null) {
-      first = "consumer";
-      result.closedBy = "consumer";
-      result.code = event.code;
-      result.reason = event.reason;
-    }
+    firstClose("consumer", event.code, event.reason);
     // 1005 and 1006 say that no code came, which goes on as no code.
     toWorker(
       Op.close,
@@ -267,12 +269,11 @@ export function bridgeWebSocket(
           )) === null
         ) {
           if (!(await reader.fill())) {
-            if (first === null) {
-              first = "worker";
-              result.closedBy = "worker";
-              result.reason =
-                "worker closed the connection without a close frame";
-            }
+            firstClose(
+              "worker",
+              1006,
+              "worker closed the connection without a close frame",
+            );
             endConn();
             return;
           }
@@ -287,12 +288,7 @@ export function bridgeWebSocket(
         if (frame.opcode === Op.close) {
           gotClose = true;
           const { code, reason } = parseClose(frame.payload);
-          if (first === null) {
-            first = "worker";
-            result.closedBy = "worker";
-            result.code = code ?? 1005;
-            result.reason = reason;
-          }
+          firstClose("worker", code ?? 1005, reason);
           closeConsumer(code, reason);
           // Echo it (RFC 6455 §5.5.1); the worker then closes the TCP
           // connection, or we do once the echo is out.
@@ -332,27 +328,19 @@ export function bridgeWebSocket(
       }
     } catch (error) {
       if (connClosed) return;
-      const why = error instanceof Error ? error.message : String(error);
+      const why = errorText(error);
       if (
         !(error instanceof WebSocketProtocolError) &&
         !(error instanceof TypeError)
       ) {
         // The connection failed (a reset), not the protocol.
-        if (first === null) {
-          first = "worker";
-          result.closedBy = "worker";
-          result.reason = `worker connection lost: ${why}`;
-        }
+        firstClose("worker", 1006, `worker connection lost: ${why}`);
         endConn();
         return;
       }
-      const code = error instanceof WebSocketProtocolError ? error.code : 1007; // the fatal decoder's TypeError
-      if (first === null) {
-        first = "hub";
-        result.closedBy = "hub";
-        result.code = 1011;
-        result.reason = `worker broke the WebSocket protocol: ${why}`;
-      }
+      // A TypeError is the fatal decoder's: text that is not UTF-8.
+      const code = error instanceof WebSocketProtocolError ? error.code : 1007;
+      firstClose("hub", 1011, `worker broke the WebSocket protocol: ${why}`);
       closeConsumer(1011, "worker broke the WebSocket protocol");
       if (!gotClose) toWorker(Op.close, closePayload(code, why));
       await waitWritten();

@@ -8,6 +8,8 @@
  * @module
  */
 
+import { listTokens } from "./_codec.ts";
+
 /** Frame opcodes (RFC 6455 §5.2). */
 export const Op = {
   continuation: 0x0,
@@ -43,9 +45,9 @@ export class WebSocketProtocolError extends Error {
 
 /** Whether `req` asks to switch to WebSocket (`Upgrade: websocket`). */
 export function asksForWebSocket(req: Request): boolean {
-  const upgrade = req.headers.get("upgrade");
-  return upgrade !== null &&
-    upgrade.split(",").some((t) => t.trim().toLowerCase() === "websocket");
+  return listTokens(req.headers.get("upgrade")).some((t) =>
+    t.toLowerCase() === "websocket"
+  );
 }
 
 /**
@@ -57,8 +59,8 @@ export function webSocketProblem(
   req: Request,
 ): [number, string, Record<string, string>?] | null {
   const h = req.headers;
-  const connection = (h.get("connection") ?? "").split(",").map((t) =>
-    t.trim().toLowerCase()
+  const connection = listTokens(h.get("connection")).map((t) =>
+    t.toLowerCase()
   );
   const key = h.get("sec-websocket-key")?.trim() ?? "";
   if (req.method !== "GET") {

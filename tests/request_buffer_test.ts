@@ -563,8 +563,7 @@ Deno.test("an upload read ahead past maxRequestBodySize while a worker had it is
       head !== null &&
       b.write("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nworker")
     );
-    const { head } = await deadline(up.answer(), HANG_GUARD, "the answer");
-    up.conn.close();
+    const { head } = await answerOf(up);
     assert.match(head, /^HTTP\/1\.1 413/);
     b.close();
     assert.equal(await reached, false);
@@ -608,8 +607,7 @@ for (const move of ["declines", "asks for its body"] as const) {
       } else {
         await a.write("HTTP/1.1 100 Continue\r\n\r\n");
       }
-      const { head } = await deadline(up.answer(), HANG_GUARD, "the answer");
-      up.conn.close();
+      const { head } = await answerOf(up);
       assert.match(head, /^HTTP\/1\.1 400/);
       for (const w of workers) w.close();
       assert.equal(await reached, false);
@@ -640,8 +638,7 @@ Deno.test("a malformed chunk its worker's connection meets while the worker read
     await up.send(0, 2);
     await waitFor(() => t.seen.includes("/up"), "the upload at the worker");
     await up.conn.write(new TextEncoder().encode("zz\r\n"));
-    const { head } = await deadline(up.answer(), HANG_GUARD, "the answer");
-    up.conn.close();
+    const { head } = await answerOf(up);
     assert.match(head, /^HTTP\/1\.1 400/);
     assert.equal(t.server.hub.stats.abandoned, 0);
     // The worker reconnects and serves the next request.
