@@ -81,8 +81,8 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_MAX_WEBSOCKET_MESSAGE] (16777216)
   --max-retries N          resends of a request a worker provably did not start
                            [POTHEAD_MAX_RETRIES] (2)
-  --shutdown-grace T       on SIGTERM, time queued and running requests get
-                           [POTHEAD_SHUTDOWN_GRACE] (30s)
+  --shutdown-grace T       on SIGTERM, time queued and running requests and open
+                           WebSockets get [POTHEAD_SHUTDOWN_GRACE] (30s)
   --trust-forwarded        keep client X-Forwarded-* fields [POTHEAD_TRUST_FORWARDED]
   --cert FILE --key FILE   TLS for consumers [POTHEAD_CERT, POTHEAD_KEY]
   --worker-cert FILE --worker-key FILE

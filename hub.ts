@@ -695,6 +695,11 @@ interface Pool {
   slots: number;
 }
 
+// How long shutdown waits, after the grace, for WebSockets still open to
+// finish the close handshake it starts (a close round trip on a live link
+// takes milliseconds; a link that does not answer is then cut).
+const WEBSOCKET_CLOSE_WAIT = 1000;
+
 // How long serveHub's shutdown waits, after the hub's grace, for the
 // consumer side to flush its answers.
 const FLUSH_AFTER_SHUTDOWN = 1000;
@@ -1791,29 +1796,33 @@ export class Hub {
 
   /**
    * Drains the hub: new requests get 503 at once; queued requests still go
-   * to workers as slots free up; requests in progress may finish. After
-   * `grace` milliseconds, requests still queued are answered 503 and every
-   * worker connection is closed (cutting what is still in progress).
+   * to workers as slots free up; requests in progress may finish, and open
+   * WebSockets may end by themselves. After `grace` milliseconds, requests
+   * still queued are answered 503, WebSockets still open are closed with
+   * 1001 on both sides, and every worker connection is closed (cutting what
+   * is still in progress).
    */
   async shutdown(grace = 30_000): Promise<void> {
     if (this.#closed) return;
     this.#closing = true;
-    // A WebSocket has no end to wait for: both sides hear 1001 now (as
-    // from Deno.serve's own shutdown), and the loop below waits while they
-    // close.
-    this.#goingAway.abort();
     const deadline = performance.now() + grace;
     const queued = () => {
       let n = 0;
       for (const pool of this.#pools.values()) n += pool.queue.size;
       return n;
     };
+    const sleep = () => new Promise((r) => setTimeout(r, 20));
     while (
-      (queued() > 0 || this.#busy.size > 0 || this.#reading > 0) &&
+      (queued() > 0 || this.#busy.size > 0 || this.#reading > 0 ||
+        this.#webSockets > 0) &&
       performance.now() < deadline
-    ) {
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    ) await sleep();
+    // A WebSocket session is work in progress like any request: it had the
+    // grace to end. Those still open hear 1001 on both sides now; their
+    // close handshakes get a moment before the worker connections close.
+    this.#goingAway.abort();
+    const closing = performance.now() + WEBSOCKET_CLOSE_WAIT;
+    while (this.#webSockets > 0 && performance.now() < closing) await sleep();
     this.#closed = true;
     this.#whenClosed.resolve();
     for (const pool of this.#pools.values()) {
@@ -2380,7 +2389,8 @@ export interface ServeHubOptions extends HubOptions {
   /** Aborting it shuts the hub down (see {@linkcode Hub.shutdown}). */
   signal?: AbortSignal;
   /**
-   * Milliseconds queued and in-progress requests get to finish on shutdown.
+   * Milliseconds queued and in-progress requests, and open WebSockets, get
+   * to finish on shutdown.
    * @default {30000}
    */
   shutdownGrace?: number;
@@ -2516,12 +2526,20 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       // lets them finish and answers what is still queued after the grace.
       // The worker listener stays open meanwhile: workers that reconnect
       // help drain the queue.
-      // The hub first: it tells WebSockets why they close before
-      // Deno.serve's shutdown closes them.
+      // Deno.serve's shutdown closes upgraded WebSockets at once, so while
+      // any is open it waits: they get the hub's grace to end (new requests
+      // meanwhile get the hub's 503), and the hub closes those left with
+      // 1001 before Deno.serve would.
       const grace = options.shutdownGrace ?? 30_000;
       const deadline = performance.now() + grace;
-      const draining = hub.shutdown(grace);
-      const serving = server.shutdown();
+      let drained = false;
+      const draining = hub.shutdown(grace).finally(() => drained = true);
+      const serving = (async () => {
+        while (hub.stats.webSockets > 0 && !drained) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        await server.shutdown();
+      })();
       await draining;
       try {
         listener.close();

@@ -418,11 +418,12 @@ Deno.test(`[${ENGINE}] a worker that drops the connection: the consumer hears 10
 
 Deno.test({
   name:
-    `[${ENGINE}] hub shutdown closes open WebSockets at once with 1001, to both sides`,
+    `[${ENGINE}] hub shutdown gives open WebSockets the grace: messages still flow, new requests get 503, then 1001 to both sides`,
   ignore: !SERVE,
   fn: async () => {
     const seen = Promise.withResolvers<CloseEvent>();
-    const server = startHub({ shutdownGrace: 30_000 });
+    const grace = 3000;
+    const server = startHub({ shutdownGrace: grace });
     const worker = startWorker(server, echo((e) => seen.resolve(e)));
     try {
       await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
@@ -430,15 +431,57 @@ Deno.test({
       c.ws.send("x");
       assert.equal(await c.next(), "echo:x");
       const t0 = performance.now();
-      await server.shutdown();
-      // Not after the grace: nothing else was in progress.
-      assert.ok(performance.now() - t0 < 20_000);
+      const stopping = server.shutdown();
+      c.ws.send("y");
+      assert.equal(await c.next(), "echo:y");
+      const late = await fetch(`http://127.0.0.1:${server.addr.port}/`, {
+        signal: AbortSignal.timeout(10_000),
+      });
+      assert.equal(late.status, 503);
+      assert.match(await late.text(), /shutting down/);
+      await deadline(stopping, 30_000, "the shutdown");
+      // Held open until the grace ran out: the session never ended itself.
+      assert.ok(performance.now() - t0 >= grace - 50);
       const ev = await deadline(c.closed, 10_000, "the consumer's close");
-      assert.equal(ev.code, 1001); // the reason may be Deno.serve's
+      assert.equal(ev.code, 1001);
+      assert.equal(ev.reason, "hub is shutting down");
       assert.equal(
         (await deadline(seen.promise, 10_000, "the handler's close")).code,
         1001,
       );
+    } finally {
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    `[${ENGINE}] hub shutdown ends as soon as the last WebSocket closes, within the grace`,
+  ignore: !SERVE,
+  fn: async () => {
+    const seen = Promise.withResolvers<CloseEvent>();
+    const server = startHub({ shutdownGrace: 60_000 });
+    const worker = startWorker(server, echo((e) => seen.resolve(e)));
+    try {
+      await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+      const c = await client(`ws://127.0.0.1:${server.addr.port}/`);
+      c.ws.send("x");
+      assert.equal(await c.next(), "echo:x");
+      const t0 = performance.now();
+      const stopping = server.shutdown();
+      // Still open after a while: the shutdown waits for it.
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(server.hub.stats.webSockets, 1);
+      c.ws.close(1000, "done");
+      const ev = await deadline(seen.promise, 10_000, "the handler's close");
+      assert.equal(ev.code, 1000);
+      assert.equal(ev.reason, "done");
+      await deadline(stopping, 30_000, "the shutdown");
+      assert.ok(performance.now() - t0 < 30_000);
+      assert.equal((await c.closed).code, 1000);
     } finally {
       worker.close();
       await worker.finished;
