@@ -102,7 +102,7 @@ export interface ForwardInfo {
   clientIp: string | null;
   /** `http` or `https`: how the consumer reached the hub. */
   proto: string;
-  /** The Host the consumer asked for. */
+  /** The host the consumer asked for (see {@linkcode requestTarget}). */
   host: string;
   /** The request id to send on. */
   requestId: string;
@@ -117,7 +117,8 @@ export const LINK_FIELD_PREFIX = "x-pothead-";
  * Builds the fields the hub sends to a worker: the consumer's end-to-end
  * fields (without any `X-Pothead-*` field, which only the hub may send),
  * X-Forwarded-For/-Proto/-Host (client-supplied ones dropped unless
- * trusted) and X-Request-Id. Host is kept as the consumer sent it.
+ * trusted) and X-Request-Id. Host is `info.host`, in the place of the
+ * consumer's field if it sent one.
  */
 export function forwardRequestHeaders(
   headers: Headers,
@@ -137,7 +138,11 @@ export function forwardRequestHeaders(
     if (name === "x-request-id" || name.startsWith(LINK_FIELD_PREFIX)) {
       continue;
     }
-    if (name === "host") hasHost = true;
+    if (name === "host") {
+      hasHost = true;
+      // An absolute-form target named another host (RFC 9112 §3.2.2).
+      if (field[1] !== info.host) out[r] = ["host", info.host];
+    }
     if (FORWARDED_FIELDS.has(name)) {
       if (!info.trustForwarded) continue;
       if (name === "x-forwarded-for") priorFor = field[1];
@@ -145,7 +150,7 @@ export function forwardRequestHeaders(
       else if (name === "x-forwarded-host") priorHost = field[1];
       if (name !== "forwarded") continue;
     }
-    out[w++] = field;
+    out[w++] = out[r];
   }
   out.length = w;
   if (!hasHost && info.host !== "") out.push(["host", info.host]);
@@ -166,10 +171,54 @@ export function forwardRequestHeaders(
  */
 export function splitUrl(url: string): { authority: string; path: string } {
   const from = url.indexOf("//") + 2;
-  const slash = url.indexOf("/", from);
-  return slash < 0
-    ? { authority: url.slice(from), path: "/" }
-    : { authority: url.slice(from, slash), path: url.slice(slash) };
+  let end = from;
+  while (end < url.length) {
+    const c = url.charCodeAt(end);
+    if (c === 0x2f || c === 0x3f || c === 0x23) break; // "/", "?", "#"
+    end++;
+  }
+  const rest = url.slice(end);
+  // An absolute-form target may have a query and no path: "http://h?q".
+  return {
+    authority: url.slice(from, end),
+    path: rest === "" || rest[0] === "#"
+      ? "/"
+      : rest[0] === "?"
+      ? `/${rest}`
+      : rest,
+  };
+}
+
+/** What a consumer's request asks for: see {@linkcode requestTarget}. */
+export interface RequestTarget {
+  /** The authority of the request's URL. */
+  authority: string;
+  /** The path and query (origin form), what the worker is sent. */
+  path: string;
+  /** The host asked for: the Host field, or the target's authority. */
+  host: string;
+  /** The consumer sent an absolute-form target (`GET http://h/x`). */
+  absolute: boolean;
+}
+
+/**
+ * Reads what a request asks for from the URL `Deno.serve` made for it and
+ * its Host field. For an origin-form target (`GET /x`) Deno.serve writes
+ * its own scheme, the Host field as sent and the target; an absolute-form
+ * target (`GET http://h/x`) it keeps as sent, and then the target's
+ * authority is the host asked for and the Host field is ignored (RFC 9112
+ * §3.2.2). Check the Host field first: once it is a valid host, a URL that
+ * does not start with it has an absolute-form target.
+ */
+export function requestTarget(
+  url: string,
+  hostField: string | null,
+): RequestTarget {
+  const { authority, path } = splitUrl(url);
+  if (hostField === null || hostField === "" || hostField === authority) {
+    return { authority, path, host: hostField ?? authority, absolute: false };
+  }
+  return { authority, path, host: authority, absolute: true };
 }
 
 /** A response read off a connection, as {@linkcode relayedHeaders} needs it. */

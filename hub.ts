@@ -36,6 +36,7 @@ import {
   forwardRequestHeaders,
   QUEUE_TIME_HEADER,
   relayedResponse,
+  requestTarget,
   splitUrl,
 } from "./_headers.ts";
 import { BufferedReader, type Connection, joinBytes, writeAll } from "./_io.ts";
@@ -332,6 +333,15 @@ export interface HubOptions {
    */
   trustForwarded?: boolean;
   /**
+   * How consumers reach the hub, for the `X-Forwarded-Proto` it sends. By
+   * default each request's URL says so, which `Deno.serve` makes from the
+   * connection, except for an absolute-form target (`GET https://h/x`):
+   * that scheme is the consumer's word. {@linkcode serveHub} sets it from
+   * `cert`.
+   * @default {undefined}
+   */
+  consumerScheme?: "http" | "https";
+  /**
    * Bearer tokens a worker must present in the PTTH handshake. When any is
    * set, a connection that has not passed the handshake never receives a
    * request. Several may be valid at once, for rotation.
@@ -506,6 +516,8 @@ class Pending {
   node: QueueNode<Pending> | null = null;
   watching = false;
   clientIp: string | null = null;
+  /** The host asked for (see requestTarget). */
+  host = "";
   body: Uint8Array | ReadableStream<Uint8Array> | null = null;
   // Its upload as read ahead (requestBuffer), and the stream's control:
   // cancelled when the request is settled unless a worker connection is
@@ -808,8 +820,10 @@ export class Hub {
       | "pools"
       | "responseSpillDir"
       | "requestSpillDir"
+      | "consumerScheme"
     >
   >;
+  #scheme: "http" | "https" | null;
   #limits: HeadLimits;
   #routes: Route[];
   #poolOptions: Record<string, PoolOptions>;
@@ -882,6 +896,13 @@ export class Hub {
         );
       }
     }
+    const scheme = options.consumerScheme;
+    if (scheme !== undefined && scheme !== "http" && scheme !== "https") {
+      throw new TypeError(
+        'Invalid option "consumerScheme": it must be "http" or "https"',
+      );
+    }
+    this.#scheme = scheme ?? null;
     this.#opts = {
       ...numbers,
       trustForwarded: options.trustForwarded ?? false,
@@ -1081,10 +1102,9 @@ export class Hub {
     return pool;
   }
 
-  #route(req: Request, path: string, authority: string): Pool {
+  #route(hostAsked: string, path: string): Pool {
     if (this.#routes.length === 0) return this.#pool(DEFAULT_POOL);
-    const hostField = req.headers.get("host") ?? authority;
-    const host = hostField.replace(/:[0-9]+$/, "").toLowerCase();
+    const host = hostAsked.replace(/:[0-9]+$/, "").toLowerCase();
     const q = path.indexOf("?");
     const pathname = routedPath(q < 0 ? path : path.slice(0, q));
     for (const r of this.#routes) {
@@ -1516,11 +1536,21 @@ export class Hub {
     const promise = new Promise<Response>((r) => pending.resolve = r);
     const remote = info?.remoteAddr as { hostname?: string } | undefined;
     pending.clientIp = remote?.hostname ?? null;
-    const { authority, path } = splitUrl(req.url);
-    pending.pool = this.#route(req, path, authority);
-    const host = req.headers.get("host");
-    if (host !== null && !VALID_HOST.test(host)) {
+    const hostField = req.headers.get("host");
+    const target = requestTarget(req.url, hostField);
+    pending.host = target.host;
+    pending.pool = this.#route(target.host, target.path);
+    if (hostField !== null && !VALID_HOST.test(hostField)) {
       this.#fail(pending, "bad-request", 400, "invalid Host header");
+      return promise;
+    }
+    if (target.absolute && !VALID_HOST.test(target.authority)) {
+      this.#fail(
+        pending,
+        "bad-request",
+        400,
+        "invalid authority in the request target",
+      );
       return promise;
     }
     if (this.#closing) {
@@ -1770,11 +1800,12 @@ export class Hub {
   // Request.
   #outgoing(p: Pending): OutgoingRequest {
     if (p.out !== null) return p.out;
-    const { authority, path } = splitUrl(p.req.url);
+    const { path } = splitUrl(p.req.url);
     let headers = forwardRequestHeaders(p.req.headers, {
       clientIp: p.clientIp,
-      proto: p.req.url.startsWith("https:") ? "https" : "http",
-      host: p.req.headers.get("host") ?? authority,
+      proto: this.#scheme ??
+        (p.req.url.slice(0, 6).toLowerCase() === "https:" ? "https" : "http"),
+      host: p.host,
       requestId: p.id,
       trustForwarded: this.#opts.trustForwarded,
     });
@@ -2434,7 +2465,11 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       'Invalid options: "workerCert" and "workerKey" go together',
     );
   }
-  const hub = new Hub(options);
+  const hub = new Hub({
+    ...options,
+    consumerScheme: options.consumerScheme ??
+      (options.cert !== undefined ? "https" : "http"),
+  });
   const workerPort = options.workerPort ?? 4040;
   const tls = options.workerCert !== undefined;
   // Which listener failed, on which address: "Address already in use" alone

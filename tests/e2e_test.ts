@@ -6,7 +6,7 @@
 import { deadline, waitFor as waitUntil } from "./_wait.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import assert from "node:assert/strict";
-import { type HubServer, serveHub } from "../hub.ts";
+import { Hub, type HubServer, serveHub } from "../hub.ts";
 import type { FetchHandler, WorkerHandle } from "../worker.ts";
 
 const HANG_GUARD = 20_000;
@@ -563,4 +563,12 @@ Deno.test("serveHub names the listener and address it cannot listen on, and leav
   } finally {
     taken.close();
   }
+});
+
+Deno.test("Hub refuses a consumerScheme other than http or https", async () => {
+  assert.throws(
+    () => new Hub({ consumerScheme: "ftp" as "http" }),
+    /Invalid option "consumerScheme": it must be "http" or "https"/,
+  );
+  await new Hub({ consumerScheme: "https" }).shutdown(0);
 });

@@ -480,6 +480,43 @@ Deno.test("hub sets X-Forwarded-* and replaces a client X-Forwarded-For", async 
   });
 });
 
+Deno.test("hub takes an absolute-form target's authority as the Host (RFC 9112 §3.2.2), and its scheme is not the consumer's word", async () => {
+  await withOrigin(async ({ server, seen }) => {
+    const raw = await RawSocket.connect(server.addr.port);
+    try {
+      await raw.write(
+        "GET http://b.example:81/info?x=1 HTTP/1.1\r\nHost: a.example\r\n\r\n" +
+          "GET HTTPS://c.example?q HTTP/1.1\r\nHost: c.example\r\n\r\n" +
+          "GET http://u:p@d.example/info HTTP/1.1\r\nHost: d.example\r\n\r\n",
+      );
+      const a = await raw.readMessage();
+      assert.equal(a?.status, 200);
+      let got = seen.at(-1)!;
+      assert.equal(got.target, "/info?x=1");
+      assert.equal(got.headers.get("host"), "b.example:81");
+      assert.equal(got.headers.get("x-forwarded-host"), "b.example:81");
+      assert.equal(got.headers.get("x-forwarded-proto"), "http");
+      const b = await raw.readMessage();
+      assert.equal(b?.status, 200);
+      got = seen.at(-1)!;
+      // No path: the query is kept on "/".
+      assert.equal(got.target, "/?q");
+      assert.equal(got.headers.get("host"), "c.example");
+      // The consumer came over plain TCP, whatever its target said.
+      assert.equal(got.headers.get("x-forwarded-proto"), "http");
+      const c = await raw.readMessage();
+      assert.equal(c?.status, 400);
+      assert.match(
+        dec.decode(c!.body),
+        /invalid authority in the request target/,
+      );
+      assert.equal(seen.length, 2);
+    } finally {
+      raw.close();
+    }
+  });
+});
+
 Deno.test("hub sets X-Request-Id, the queue-time header and Server-Timing", async () => {
   await withOrigin(async ({ hubUrl, client, seen }) => {
     const res = await fetch(`${hubUrl}/info`, { client });

@@ -6,6 +6,8 @@ import {
   type Relayed,
   relayedHeaders,
   relayedResponse,
+  requestTarget,
+  splitUrl,
 } from "../_headers.ts";
 
 const base: Relayed = {
@@ -189,4 +191,56 @@ Deno.test("fieldPairs reads Headers in their own order: sorted, lower-case, comb
   assert.equal(fieldValue(pairs, "x-b"), "2, 3");
   assert.equal(fieldValue(pairs, "X-B"), null, "names are lower-case");
   assert.equal(fieldValue(pairs, "host"), null);
+});
+
+Deno.test("splitUrl: the authority ends at /, ? or #; the path is origin form", () => {
+  assert.deepEqual(splitUrl("http://h:8080/a/b?c=d"), {
+    authority: "h:8080",
+    path: "/a/b?c=d",
+  });
+  assert.deepEqual(splitUrl("http://h"), { authority: "h", path: "/" });
+  // Absolute-form targets as Deno.serve keeps them: raw, maybe no path.
+  assert.deepEqual(splitUrl("HTTP://h:8080?q"), {
+    authority: "h:8080",
+    path: "/?q",
+  });
+  assert.deepEqual(splitUrl("http://h#f"), { authority: "h", path: "/" });
+  assert.deepEqual(splitUrl("http://[::1]:81/x"), {
+    authority: "[::1]:81",
+    path: "/x",
+  });
+});
+
+Deno.test("requestTarget: an absolute-form target's authority is the host, the Host field is ignored", () => {
+  // Origin form: Deno.serve wrote the Host field into the URL as sent.
+  assert.deepEqual(requestTarget("http://A.Example:80/p?q", "A.Example:80"), {
+    authority: "A.Example:80",
+    path: "/p?q",
+    host: "A.Example:80",
+    absolute: false,
+  });
+  // No Host field: the URL's authority (Deno.serve's own address).
+  assert.equal(
+    requestTarget("http://localhost:8080/p", null).host,
+    "localhost:8080",
+  );
+  // An empty Host field stays empty (RFC 9112 §3.2).
+  assert.equal(requestTarget("http://localhost:8080/p", "").host, "");
+  // Absolute form (RFC 9112 §3.2.2).
+  assert.deepEqual(requestTarget("http://b.example:81/x?y", "a.example"), {
+    authority: "b.example:81",
+    path: "/x?y",
+    host: "b.example:81",
+    absolute: true,
+  });
+  assert.deepEqual(requestTarget("http://b.example?y", "b.example:80"), {
+    authority: "b.example",
+    path: "/?y",
+    host: "b.example",
+    absolute: true,
+  });
+  assert.equal(
+    requestTarget("http://u:p@b.example/x", "b.example").host,
+    "u:p@b.example",
+  );
 });

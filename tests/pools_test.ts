@@ -162,7 +162,10 @@ Deno.test("hub routes requests to pools by Host (port and case ignored), rules i
       const cases: [string, Record<string, string>, string][] = [
         ["http://api.example/v1/users", {}, "api /v1/users"],
         ["http://api.example:8443/v1", {}, "api /v1"],
-        ["http://other.example/v1", { host: "Api.Example:80" }, "api /v1"],
+        // A Host field naming another host than the URL is ignored, as for
+        // an absolute-form target (RFC 9112 §3.2.2): the URL decides.
+        ["http://other.example/v1", { host: "Api.Example:80" }, "default /v1"],
+        ["http://www.example/v1", { host: "www.example" }, "default /v1"],
         ["http://api.example/admin/x", {}, "api-admin /admin/x"],
         ["http://api.example/images/x", {}, "api /images/x"],
         ["http://www.example/images/x", {}, "images /images/x"],
@@ -172,17 +175,22 @@ Deno.test("hub routes requests to pools by Host (port and case ignored), rules i
         const res = await hub.fetch(new Request(url, { headers }));
         assert.equal(await res.text(), want, url);
       }
-      // The same through the consumer listener: the Host field decides
-      // (a raw socket, since fetch sets Host itself).
+      // The same through the consumer listener: the Host field decides,
+      // or an absolute-form target's authority (a raw socket, since fetch
+      // sets Host itself).
       const consumer = await RawSocket.connect(ctx.server.addr.port);
       try {
         await consumer.write(
-          "GET /v2 HTTP/1.1\r\nHost: api.example:8080\r\n" +
+          "GET /v2 HTTP/1.1\r\nHost: Api.Example:8080\r\n\r\n" +
+            "GET http://API.example:81/v3 HTTP/1.1\r\nHost: www.example\r\n\r\n" +
+            "GET http://www.example/v4 HTTP/1.1\r\nHost: api.example\r\n" +
             "Connection: close\r\n\r\n",
         );
-        const msg = await consumer.readMessage();
-        assert.equal(msg?.status, 200);
-        assert.equal(new TextDecoder().decode(msg?.body), "api /v2");
+        for (const want of ["api /v2", "api /v3", "default /v4"]) {
+          const msg = await consumer.readMessage();
+          assert.equal(msg?.status, 200);
+          assert.equal(new TextDecoder().decode(msg?.body), want);
+        }
       } finally {
         consumer.close();
       }

@@ -94,6 +94,52 @@ Deno.test({
 
 Deno.test({
   name:
+    "an absolute-form http: target on the HTTPS listener: the worker hears X-Forwarded-Proto https and the target's host",
+  ignore,
+  fn: async () => {
+    const c = await certs();
+    await withHub({ cert: c.cert, key: c.key }, async (server, workers) => {
+      workers.push(connectWorker((req) =>
+        Response.json({
+          url: req.url,
+          proto: req.headers.get("x-forwarded-proto"),
+          host: req.headers.get("host"),
+        }), {
+        hostname: "127.0.0.1",
+        port: server.workerAddr.port,
+        minBackoff: 10,
+        maxBackoff: 100,
+      }));
+      await waitFor(() => server.hub.stats.idle === 1, "worker attached");
+      const conn = await Deno.connectTls({
+        hostname: "localhost",
+        port: server.addr.port,
+        caCerts: [c.ca],
+      });
+      try {
+        await conn.write(new TextEncoder().encode(
+          "GET http://other.example/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        ));
+        const text = new TextDecoder().decode(
+          await new Response(conn.readable).bytes(),
+        );
+        assert.match(text, /^HTTP\/1\.1 200 /);
+        const body = JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4));
+        assert.deepEqual(body, {
+          url: "https://other.example/x",
+          proto: "https",
+          host: "other.example",
+        });
+      } catch (error) {
+        conn.close();
+        throw error;
+      }
+    });
+  },
+});
+
+Deno.test({
+  name:
     "a worker dials the hub with TLS, checking the name against the private CA",
   ignore,
   fn: async () => {
