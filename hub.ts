@@ -1125,14 +1125,21 @@ export class Hub {
    * @param conn the connection the worker opened (a `Deno.Conn`, or anything
    *   with `read`, `write` and `close`).
    * @param peer a label for logs, such as the remote address.
+   * @param arrived when the connection came (`performance.now()`): the
+   *   handshake timeout runs from then, so time spent before this call (a
+   *   TLS handshake, say) counts against it. Defaults to now.
    */
-  addWorker(conn: Connection, peer = "worker"): void {
+  addWorker(
+    conn: Connection,
+    peer = "worker",
+    arrived: number = performance.now(),
+  ): void {
     // While draining, workers may still (re)connect to serve the queue.
     if (this.#closed) {
       conn.close();
       return;
     }
-    this.#accept(conn, peer).catch((error) => {
+    this.#accept(conn, peer, arrived).catch((error) => {
       this.#log({
         level: "warn",
         msg: "worker connection failed during setup",
@@ -1147,10 +1154,15 @@ export class Hub {
     });
   }
 
-  async #accept(conn: Connection, peer: string): Promise<void> {
+  async #accept(
+    conn: Connection,
+    peer: string,
+    arrived: number,
+  ): Promise<void> {
     // One bound on the whole handshake, from the connection's arrival: a
-    // fresh timeout at its first byte let a slow one take twice as long.
-    const until = performance.now() + this.#opts.handshakeTimeout;
+    // fresh timeout at its first byte (or after TLS) let a slow one take
+    // twice as long.
+    const until = arrived + this.#opts.handshakeTimeout;
     const reader = new BufferedReader(conn);
     const required = this.#opts.workerTokens.length > 0;
     const host = peerHost(peer);
@@ -1160,7 +1172,7 @@ export class Hub {
     const known = !required &&
       (this.#plainPeers.get(host) ?? 0) >= PLAIN_AFTER;
     const wait = required
-      ? this.#opts.handshakeTimeout
+      ? Math.max(1, until - performance.now())
       : known
       ? 0
       : this.#opts.handshakeWait;
@@ -2517,6 +2529,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
         } catch {
           // not fatal: the connection works without them
         }
+        const arrived = performance.now();
         const ra = conn.remoteAddr as Deno.NetAddr;
         const peer = `${ra.hostname}:${ra.port}`;
         if (!tls) {
@@ -2535,7 +2548,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
               timeout,
             );
           }),
-        ]).then(() => hub.addWorker(conn, peer), (error) => {
+        ]).then(() => hub.addWorker(conn, peer, arrived), (error) => {
           options.onLog?.({
             level: "warn",
             msg: "worker TLS handshake failed",

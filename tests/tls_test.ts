@@ -176,6 +176,68 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "with tokens on a TLS worker listener, the handshake timeout counts the TLS handshake too",
+  ignore,
+  fn: async () => {
+    const c = await certs();
+    const timeout = 1500;
+    await withHub(
+      {
+        workerCert: c.cert,
+        workerKey: c.key,
+        workerTokens: ["token-alpha-0123456789"],
+        handshakeTimeout: timeout,
+      },
+      async (server) => {
+        // TLS after 1 s, then a valid handshake trickled over 1.3 s more: it
+        // ends past one timeout from the connection's arrival but inside one
+        // timeout from the end of TLS, where the hub used to start counting.
+        const tcp = await Deno.connect({
+          hostname: "127.0.0.1",
+          port: server.workerAddr.port,
+        });
+        await new Promise((go) => setTimeout(go, 1000));
+        const conn = await Deno.startTls(tcp, {
+          hostname: "localhost",
+          caCerts: [c.ca],
+        });
+        try {
+          await conn.handshake();
+          const text = "GET / HTTP/1.1\r\nHost: hub\r\nUpgrade: ptth\r\n" +
+            "Connection: Upgrade\r\nALPN: http%2F1.1\r\n" +
+            "Authorization: Bearer token-alpha-0123456789\r\n\r\n";
+          const parts = 13;
+          const step = Math.ceil(text.length / parts);
+          for (let i = 0; i < text.length; i += step) {
+            await new Promise((go) => setTimeout(go, 100));
+            try {
+              await conn.write(
+                new TextEncoder().encode(text.slice(i, i + step)),
+              );
+            } catch {
+              break; // refused and closed already
+            }
+          }
+          // Its status line: 408, where the hub used to answer 101.
+          const buf = new Uint8Array(1024);
+          let answer = "";
+          while (!answer.includes("\r\n")) {
+            const n = await deadline(conn.read(buf), HANG, "the hub's answer");
+            if (n === null) break;
+            answer += new TextDecoder().decode(buf.subarray(0, n));
+          }
+          assert.match(answer, /^HTTP\/1\.1 408 /);
+          assert.equal(server.hub.stats.slots, 0);
+        } finally {
+          conn.close();
+        }
+      },
+    );
+  },
+});
+
+Deno.test({
   name: "a plain worker cannot attach to a TLS worker listener",
   fn: async () => {
     const c = await certs();
