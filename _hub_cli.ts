@@ -84,6 +84,8 @@ Options (each also as the environment variable in brackets):
   --shutdown-grace T       on SIGTERM, time queued and running requests and open
                            WebSockets get [POTHEAD_SHUTDOWN_GRACE] (30s)
   --trust-forwarded        keep client X-Forwarded-* fields [POTHEAD_TRUST_FORWARDED]
+  --trust-priority         take a request's priority class from its
+                           X-Pothead-Priority field [POTHEAD_TRUST_PRIORITY]
   --cert FILE --key FILE   TLS for consumers [POTHEAD_CERT, POTHEAD_KEY]
   --worker-cert FILE --worker-key FILE
                            TLS for workers [POTHEAD_WORKER_CERT, POTHEAD_WORKER_KEY]
@@ -99,7 +101,8 @@ Options (each also as the environment variable in brackets):
                            closed [POTHEAD_PING_TIMEOUT] (10s)
   --route RULE             route to a pool (repeatable): /prefix=POOL,
                            host=POOL or host/prefix=POOL; others go to "default"
-  --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host" }],
+  --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host",
+                           "priority" }],
                            "pools": { NAME: { "maxQueue", "queueTimeout" } } }
                            (queueTimeout: ms, or a duration like "30s")
   --admin-port N           admin listener: /metrics, /healthz, /readyz, /status and a
@@ -222,6 +225,10 @@ export function optionsFrom(
     routes.push(parseRoute(rule));
   }
   const trust = switchOn(values["trust-forwarded"], "POTHEAD_TRUST_FORWARDED");
+  const trustPriority = switchOn(
+    values["trust-priority"],
+    "POTHEAD_TRUST_PRIORITY",
+  );
   const bufferUploads = switchOn(
     values["buffer-uploads"],
     "POTHEAD_BUFFER_UPLOADS",
@@ -347,6 +354,7 @@ export function optionsFrom(
     pingInterval: duration("ping-interval", "POTHEAD_PING_INTERVAL", 30_000),
     pingTimeout: duration("ping-timeout", "POTHEAD_PING_TIMEOUT", 10_000),
     trustForwarded: trust,
+    trustPriority,
     workerTokens: tokens,
     routes,
     pools,
@@ -410,6 +418,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "request-spill-total": { type: "string" },
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
+        "trust-priority": { type: "boolean" },
         "buffer-uploads": { type: "boolean" },
         "no-websockets": { type: "boolean" },
         "max-websocket-message": { type: "string" },

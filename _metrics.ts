@@ -1066,6 +1066,7 @@ export function formatAccess(
       bytesOut: record.bytesOut,
       worker: record.worker,
       retries: record.retries,
+      priority: record.priority ?? 0,
     });
   }
   if (format !== "text") {
@@ -1081,5 +1082,5 @@ export function formatAccess(
     ms(record.totalMs)
   } bytes_in=${record.bytesIn} bytes_out=${record.bytesOut} worker=${
     record.worker === null ? "-" : field(record.worker)
-  } retries=${record.retries}`;
+  } retries=${record.retries} priority=${record.priority ?? 0}`;
 }

@@ -1,5 +1,5 @@
 /**
- * The hub's FIFO of waiting requests.
+ * The hub's queues of waiting requests: a FIFO per priority class.
  *
  * A doubly linked list, so that an entry whose consumer left is removed in
  * O(1), and a request that must be retried goes back to the head. Entries
@@ -15,6 +15,8 @@ export interface QueueNode<T> {
   readonly value: T;
   /** `performance.now()` when the value first joined the queue. */
   readonly since: number;
+  /** The priority class of the queue it is in (see {@linkcode PriorityQueue}). */
+  readonly priority: number;
   prev: QueueNode<T> | null;
   next: QueueNode<T> | null;
   queued: boolean;
@@ -28,6 +30,8 @@ export interface WaitQueueOptions<T> {
   onTimeout(value: T): void;
   /** Clock in milliseconds; `performance.now` by default (tests inject one). */
   now?: () => number;
+  /** The priority class its nodes carry. Default 0. */
+  priority?: number;
 }
 
 /** A FIFO with O(1) removal, re-queue at the head and a single expiry timer. */
@@ -39,16 +43,23 @@ export class WaitQueue<T> {
   #timeout: number;
   #onTimeout: (value: T) => void;
   #now: () => number;
+  #priority: number;
 
   constructor(options: WaitQueueOptions<T>) {
     this.#timeout = options.timeout;
     this.#onTimeout = options.onTimeout;
     this.#now = options.now ?? (() => performance.now());
+    this.#priority = options.priority ?? 0;
   }
 
   /** Number of waiting values. */
   get size(): number {
     return this.#size;
+  }
+
+  /** The priority class its nodes carry. */
+  get priority(): number {
+    return this.#priority;
   }
 
   /** The oldest waiting node, if any. */
@@ -68,6 +79,7 @@ export class WaitQueue<T> {
     const node: QueueNode<T> = {
       value,
       since,
+      priority: this.#priority,
       prev: after,
       next: after === null ? this.#head : after.next,
       queued: true,
@@ -96,6 +108,7 @@ export class WaitQueue<T> {
     const node: QueueNode<T> = {
       value,
       since,
+      priority: this.#priority,
       prev: before === null ? this.#tail : before.prev,
       next: before,
       queued: true,
@@ -164,5 +177,124 @@ export class WaitQueue<T> {
       this.#onTimeout(node.value);
     }
     this.#arm();
+  }
+}
+
+/**
+ * Waiting values in priority classes: a higher class is always served
+ * first, and each class is a {@linkcode WaitQueue} (first come, first
+ * served, with its own timeout timer). Strict, as HAProxy's priority
+ * classes: a lower class waits while a higher one has anything, bounded by
+ * the queue timeout. Class 0 always exists; another exists while it holds
+ * something, so a request path pays for classes only where they are used.
+ */
+export class PriorityQueue<T> {
+  // Highest class first.
+  #levels: WaitQueue<T>[];
+  #base: WaitQueue<T>;
+  #options: WaitQueueOptions<T>;
+
+  constructor(options: WaitQueueOptions<T>) {
+    this.#options = options;
+    this.#base = new WaitQueue({ ...options, priority: 0 });
+    this.#levels = [this.#base];
+  }
+
+  /** Number of waiting values, over all classes. */
+  get size(): number {
+    const levels = this.#levels;
+    if (levels.length === 1) return this.#base.size;
+    let n = 0;
+    for (const level of levels) n += level.size;
+    return n;
+  }
+
+  /** The node {@linkcode shift} would return: the oldest of the highest class. */
+  get head(): QueueNode<T> | null {
+    const levels = this.#levels;
+    if (levels.length === 1) return this.#base.head;
+    for (const level of levels) if (level.size > 0) return level.head;
+    return null;
+  }
+
+  /** When the longest-waiting value joined, over all classes; null if empty. */
+  get oldestSince(): number | null {
+    let oldest: number | null = null;
+    for (const level of this.#levels) {
+      const head = level.head;
+      if (head !== null && (oldest === null || head.since < oldest)) {
+        oldest = head.since;
+      }
+    }
+    return oldest;
+  }
+
+  /** Adds `value` to its class in order of `since` (see {@linkcode WaitQueue.push}). */
+  push(value: T, since?: number, priority = 0): QueueNode<T> {
+    return this.#level(priority).push(value, since);
+  }
+
+  /** Puts `value` back at the head of its class (see {@linkcode WaitQueue.unshift}). */
+  unshift(value: T, since: number, priority = 0): QueueNode<T> {
+    return this.#level(priority).unshift(value, since);
+  }
+
+  /** Removes and returns the oldest node of the highest class. */
+  shift(): QueueNode<T> | null {
+    const levels = this.#levels;
+    if (levels.length === 1) return this.#base.shift();
+    for (const level of levels) {
+      if (level.size > 0) {
+        const node = level.shift();
+        this.#prune();
+        return node;
+      }
+    }
+    this.#prune();
+    return null;
+  }
+
+  /** Removes `node` if it is still queued; returns whether it was. */
+  delete(node: QueueNode<T>): boolean {
+    if (!node.queued) return false;
+    for (const level of this.#levels) {
+      if (level.priority === node.priority) {
+        const removed = level.delete(node);
+        if (level.size === 0) this.#prune();
+        return removed;
+      }
+    }
+    return false;
+  }
+
+  /** Removes every node, highest class first, and stops the timers. */
+  drain(): T[] {
+    const out: T[] = [];
+    for (const level of this.#levels) {
+      for (const value of level.drain()) out.push(value);
+    }
+    this.#levels = [this.#base];
+    return out;
+  }
+
+  #level(priority: number): WaitQueue<T> {
+    if (priority === 0) return this.#base;
+    const levels = this.#levels;
+    let i = 0;
+    for (; i < levels.length; i++) {
+      const p = levels[i].priority;
+      if (p === priority) return levels[i];
+      if (p < priority) break;
+    }
+    const level = new WaitQueue<T>({ ...this.#options, priority });
+    levels.splice(i, 0, level);
+    return level;
+  }
+
+  // Drops empty classes other than 0 (their timers are disarmed when they
+  // empty); timeouts may have emptied some.
+  #prune(): void {
+    if (this.#levels.length === 1) return;
+    this.#levels = this.#levels.filter((l) => l === this.#base || l.size > 0);
   }
 }

@@ -46,7 +46,7 @@ import type {
   ReadAheadOptions,
   SpillOptions,
 } from "./_readahead.ts";
-import { type QueueNode, WaitQueue } from "./_queue.ts";
+import { PriorityQueue, type QueueNode } from "./_queue.ts";
 import {
   errorText,
   type IncomingResponse,
@@ -133,6 +133,8 @@ export interface AccessRecord {
    * that provably did not start it), as `stats.retries` counts them.
    */
   retries: number;
+  /** The request's priority class (see {@linkcode Route.priority}). */
+  priority: number;
 }
 
 /**
@@ -146,6 +148,13 @@ export interface Route {
   pathPrefix?: string;
   /** Host to match (without port, case-insensitive). Default: any host. */
   host?: string;
+  /**
+   * Priority class of the requests it routes: an integer from -1000 to
+   * 1000. A pool's queue always serves its highest class first (first come,
+   * first served within a class), so a lower class waits while a higher one
+   * has anything waiting, up to the queue timeout. Default 0.
+   */
+  priority?: number;
 }
 
 /** Limits of one pool; unset fields take the hub-wide option. */
@@ -333,6 +342,14 @@ export interface HubOptions {
    */
   trustForwarded?: boolean;
   /**
+   * Take a request's priority class from its `X-Pothead-Priority` field (an
+   * integer from -1000 to 1000; anything else is a `400`), over its route's.
+   * Enable only where whoever can reach the hub may jump its queue: behind
+   * a gateway that sets or strips the field. By default it is ignored.
+   * @default {false}
+   */
+  trustPriority?: boolean;
+  /**
    * How consumers reach the hub, for the `X-Forwarded-Proto` it sends. By
    * default each request's URL says so, which `Deno.serve` makes from the
    * connection, except for an absolute-form target (`GET https://h/x`):
@@ -516,6 +533,8 @@ class Pending {
   node: QueueNode<Pending> | null = null;
   watching = false;
   clientIp: string | null = null;
+  /** Its priority class in the queue (see Route.priority). */
+  priority = 0;
   /** The host asked for (see requestTarget). */
   host = "";
   body: Uint8Array | ReadableStream<Uint8Array> | null = null;
@@ -697,7 +716,7 @@ interface Group {
 interface Pool {
   name: string;
   queueTimeout: number;
-  queue: WaitQueue<Pending>;
+  queue: PriorityQueue<Pending>;
   maxQueue: number;
   groups: Map<string, Group>;
   idle: number;
@@ -788,6 +807,13 @@ function peerHost(peer: string): string {
 }
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
 const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+// Priority classes: routes set them, and so may consumers with trustPriority.
+const PRIORITY_FIELD = "x-pothead-priority";
+const MAX_PRIORITY = 1000;
+function validPriority(value: unknown): value is number {
+  return Number.isInteger(value) && Math.abs(value as number) <= MAX_PRIORITY;
+}
 
 function checkOption(name: string, value: number, min: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
@@ -906,6 +932,7 @@ export class Hub {
     this.#opts = {
       ...numbers,
       trustForwarded: options.trustForwarded ?? false,
+      trustPriority: options.trustPriority ?? false,
       bufferUploads: options.bufferUploads ?? false,
       webSockets: options.webSockets ?? true,
       workerTokens: [...tokens],
@@ -968,6 +995,13 @@ export class Hub {
           );
         }
       }
+      if (r.priority !== undefined && !validPriority(r.priority)) {
+        throw new TypeError(
+          `Invalid option "routes": priority must be an integer from ${-MAX_PRIORITY} to ${MAX_PRIORITY}, got ${
+            JSON.stringify(r.priority)
+          }`,
+        );
+      }
       return { ...r, host: r.host?.toLowerCase() };
     });
     const pools: unknown = options.pools ?? {};
@@ -1020,8 +1054,8 @@ export class Hub {
     const pools: PoolStats[] = [];
     const workers: WorkerStats[] = [];
     for (const pool of this.#pools.values()) {
-      const head = pool.queue.head;
-      const wait = head ? now - head.since : 0;
+      const oldestSince = pool.queue.oldestSince;
+      const wait = oldestSince === null ? 0 : now - oldestSince;
       queued += pool.queue.size;
       idle += pool.idle + pool.pinging;
       oldest = Math.max(oldest, wait);
@@ -1078,7 +1112,7 @@ export class Hub {
       pinging: 0,
       parked: 0,
       slots: 0,
-      queue: new WaitQueue<Pending>({
+      queue: new PriorityQueue<Pending>({
         timeout: queueTimeout,
         onTimeout: (p) => {
           p.node = null;
@@ -1102,8 +1136,9 @@ export class Hub {
     return pool;
   }
 
-  #route(hostAsked: string, path: string): Pool {
-    if (this.#routes.length === 0) return this.#pool(DEFAULT_POOL);
+  // The first route the request matches, or null (the default pool).
+  #route(hostAsked: string, path: string): Route | null {
+    if (this.#routes.length === 0) return null;
     const host = hostAsked.replace(/:[0-9]+$/, "").toLowerCase();
     const q = path.indexOf("?");
     const pathname = routedPath(q < 0 ? path : path.slice(0, q));
@@ -1112,9 +1147,9 @@ export class Hub {
       if (r.pathPrefix !== undefined && !pathname.startsWith(r.pathPrefix)) {
         continue;
       }
-      return this.#pool(r.pool);
+      return r;
     }
-    return this.#pool(DEFAULT_POOL);
+    return null;
   }
 
   /**
@@ -1551,10 +1586,30 @@ export class Hub {
     const hostField = req.headers.get("host");
     const target = requestTarget(req.url, hostField);
     pending.host = target.host;
-    pending.pool = this.#route(target.host, target.path);
+    const route = this.#route(target.host, target.path);
+    pending.pool = this.#pool(route?.pool ?? DEFAULT_POOL);
+    pending.priority = route?.priority ?? 0;
     if (hostField !== null && !VALID_HOST.test(hostField)) {
       this.#fail(pending, "bad-request", 400, "invalid Host header");
       return promise;
+    }
+    if (this.#opts.trustPriority) {
+      const asked = req.headers.get(PRIORITY_FIELD);
+      if (asked !== null) {
+        const priority = /^\s*[+-]?[0-9]{1,4}\s*$/.test(asked)
+          ? Number(asked)
+          : NaN;
+        if (!validPriority(priority)) {
+          this.#fail(
+            pending,
+            "bad-request",
+            400,
+            `invalid ${PRIORITY_FIELD}: an integer from ${-MAX_PRIORITY} to ${MAX_PRIORITY}`,
+          );
+          return promise;
+        }
+        pending.priority = priority;
+      }
     }
     if (target.absolute && !VALID_HOST.test(target.authority)) {
       this.#fail(
@@ -1908,7 +1963,9 @@ export class Hub {
     ) this.#readUploadAhead(p, ahead);
     const queue = p.pool.queue;
     const since = p.queuedSince;
-    p.node = front ? queue.unshift(p, since) : queue.push(p, since);
+    p.node = front
+      ? queue.unshift(p, since, p.priority)
+      : queue.push(p, since, p.priority);
     if (p.node === queue.head) this.#prepareHead(p.pool);
     if (!p.watching) {
       // A consumer that leaves while queued never reaches a worker.
@@ -1976,6 +2033,7 @@ export class Hub {
       // Counted when resent, as stats.retries: a request put back that then
       // timed out in the queue was retried without a second attempt.
       retries: p.resent,
+      priority: p.priority,
     });
   }
 

@@ -74,6 +74,7 @@ function record(over: Partial<AccessRecord> = {}): AccessRecord {
     bytesOut: 10,
     worker: "addr:127.0.0.1",
     retries: 0,
+    priority: 0,
     ...over,
   };
 }
@@ -907,10 +908,11 @@ Deno.test("formatAccess writes one text line or one JSON object per request", ()
     bytesOut: 34,
     worker: "gpu-1",
     retries: 1,
+    priority: -5,
   });
   assert.equal(
     formatAccess(r, "text", { time }),
-    "2025-01-02T03:04:05.678Z abc default POST /jobs?x=1 201 ok queue_ms=1.23 worker_ms=45.68 total_ms=50 bytes_in=12 bytes_out=34 worker=gpu-1 retries=1",
+    "2025-01-02T03:04:05.678Z abc default POST /jobs?x=1 201 ok queue_ms=1.23 worker_ms=45.68 total_ms=50 bytes_in=12 bytes_out=34 worker=gpu-1 retries=1 priority=-5",
   );
   assert.deepEqual(JSON.parse(formatAccess(r, "json", { time })), {
     time: "2025-01-02T03:04:05.678Z",
@@ -927,6 +929,7 @@ Deno.test("formatAccess writes one text line or one JSON object per request", ()
     bytesOut: 34,
     worker: "gpu-1",
     retries: 1,
+    priority: -5,
   });
   const odd = formatAccess(
     record({

@@ -868,6 +868,11 @@ Deno.test("hub exits 2 on a --config that is not an object, a route without a po
       ['{"routes": [{"pathPrefix": "/x"}]}', 2, /invalid pool name undefined/],
       ['{"pools": {"gpu": null}}', 2, /pool "gpu" must be an object, got null/],
       ['{"pools": ["gpu"]}', 2, /"pools": expected an object by pool name/],
+      [
+        '{"routes": [{"pool": "gpu", "priority": "high"}]}',
+        2,
+        /priority must be an integer from -1000 to 1000, got "high"/,
+      ],
     ];
     for (const [text, want, message] of cases) {
       const file = `${dir}/config.json`;
@@ -1121,4 +1126,31 @@ Deno.test("hub WebSocket flags reach the hub's options", () => {
     () => optionsFrom({ "max-websocket-message": "0" }, log),
     /--max-websocket-message: 0 is outside 1\.\./,
   );
+});
+
+Deno.test("hub --trust-priority (or POTHEAD_TRUST_PRIORITY) and a --config route's priority reach the hub's options", async () => {
+  const log = () => {};
+  const file = await Deno.makeTempFile({ suffix: ".json" });
+  const before = Deno.env.get("POTHEAD_TRUST_PRIORITY");
+  try {
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        routes: [{ pool: "default", pathPrefix: "/batch/", priority: -5 }],
+      }),
+    );
+    const options = optionsFrom({ config: file, "trust-priority": true }, log);
+    assert.equal(options.trustPriority, true);
+    assert.deepEqual(options.routes, [
+      { pool: "default", pathPrefix: "/batch/", priority: -5 },
+    ]);
+    Deno.env.delete("POTHEAD_TRUST_PRIORITY");
+    assert.equal(optionsFrom({}, log).trustPriority, false);
+    Deno.env.set("POTHEAD_TRUST_PRIORITY", "1");
+    assert.equal(optionsFrom({}, log).trustPriority, true);
+  } finally {
+    if (before === undefined) Deno.env.delete("POTHEAD_TRUST_PRIORITY");
+    else Deno.env.set("POTHEAD_TRUST_PRIORITY", before);
+    await Deno.remove(file);
+  }
 });

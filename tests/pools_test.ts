@@ -4,7 +4,12 @@
 // promises the test resolves, never with sleeps.
 
 import assert from "node:assert/strict";
-import { type HubServer, serveHub, type ServeHubOptions } from "../hub.ts";
+import {
+  type AccessRecord,
+  type HubServer,
+  serveHub,
+  type ServeHubOptions,
+} from "../hub.ts";
 import type { WorkerHandle, WorkerOptions } from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
@@ -452,4 +457,127 @@ Deno.test("path prefix routes match the path as the worker resolves it: dot segm
       ]);
     },
   );
+});
+
+/**
+ * One slot, held by `/hold` until released; every other request records
+ * its path and answers at once. Sends `paths` one by one, each queued
+ * before the next, then releases the slot and returns the order served.
+ */
+async function servedOrder(
+  ctx: Ctx,
+  paths: [string, Record<string, string>?][],
+): Promise<string[]> {
+  const order: string[] = [];
+  const hold = Promise.withResolvers<void>();
+  const entered = Promise.withResolvers<void>();
+  ctx.add(async (req) => {
+    const path = new URL(req.url).pathname;
+    order.push(path);
+    if (path === "/hold") {
+      entered.resolve();
+      await hold.promise;
+    }
+    return new Response(path);
+  }, { concurrency: 1 });
+  const hub = ctx.server.hub;
+  await waitFor(() => hub.stats.idle === 1, "the slot");
+  const held = later(`${ctx.url}/hold`);
+  await deadline(entered.promise, HANG, "the held request");
+  const rest: Promise<Response>[] = [];
+  for (const [i, [path, headers]] of paths.entries()) {
+    rest.push(later(`${ctx.url}${path}`, { headers }));
+    await waitFor(() => hub.stats.queued === i + 1, `${path} queued`);
+  }
+  hold.resolve();
+  await (await held).text();
+  for (const [i, p] of rest.entries()) {
+    assert.deepEqual(await text(p), [200, paths[i][0]]);
+  }
+  return order.slice(1);
+}
+
+Deno.test("priority classes: a pool serves its highest class first, each class first come first served", async () => {
+  const records: AccessRecord[] = [];
+  await withHub(
+    {
+      routes: [
+        { pool: "default", pathPrefix: "/urgent/", priority: 10 },
+        { pool: "default", pathPrefix: "/batch/", priority: -10 },
+      ],
+      onAccess: (r) => void records.push(r),
+    },
+    async (ctx) => {
+      const order = await servedOrder(ctx, [
+        ["/batch/1"],
+        ["/plain/1"],
+        ["/urgent/1"],
+        ["/batch/2"],
+        ["/urgent/2"],
+        ["/plain/2"],
+      ]);
+      assert.deepEqual(order, [
+        "/urgent/1",
+        "/urgent/2",
+        "/plain/1",
+        "/plain/2",
+        "/batch/1",
+        "/batch/2",
+      ]);
+      await waitFor(() => records.length === 7, "the access records");
+      const priority = (path: string) =>
+        records.find((r) => r.path === path)?.priority;
+      assert.equal(priority("/urgent/2"), 10);
+      assert.equal(priority("/plain/1"), 0);
+      assert.equal(priority("/batch/1"), -10);
+    },
+  );
+});
+
+Deno.test("priority classes: X-Pothead-Priority counts only with trustPriority, over the route's; a bad one is a 400", async () => {
+  const field = (n: string) => ({ "x-pothead-priority": n });
+  // Ignored by default: first come, first served.
+  await withHub({}, async (ctx) => {
+    const order = await servedOrder(ctx, [
+      ["/a", field("-3")],
+      ["/b", field("5")],
+      ["/c"],
+    ]);
+    assert.deepEqual(order, ["/a", "/b", "/c"]);
+  });
+  await withHub(
+    {
+      trustPriority: true,
+      routes: [{ pool: "default", pathPrefix: "/urgent/", priority: 10 }],
+    },
+    async (ctx) => {
+      const order = await servedOrder(ctx, [
+        ["/a", field("-3")],
+        ["/b"],
+        ["/urgent/c", field("-20")],
+        ["/d", field(" +20 ")],
+        ["/urgent/e"],
+      ]);
+      assert.deepEqual(order, ["/d", "/urgent/e", "/b", "/a", "/urgent/c"]);
+      for (const bad of ["high", "1.5", "1001", "-1001", "", "1e2"]) {
+        const res = await fetch(`${ctx.url}/x`, { headers: field(bad) });
+        assert.equal(res.status, 400, JSON.stringify(bad));
+        assert.match(await res.text(), /invalid x-pothead-priority/);
+      }
+    },
+  );
+});
+
+Deno.test("a route's priority must be an integer from -1000 to 1000", () => {
+  for (const priority of [1.5, 1001, -1001, "3", null]) {
+    assert.throws(
+      () =>
+        serveHub({
+          port: 0,
+          workerPort: 0,
+          routes: [{ pool: "p", priority: priority as number }],
+        }),
+      /Invalid option "routes": priority must be an integer from -1000 to 1000/,
+    );
+  }
 });

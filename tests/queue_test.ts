@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type QueueNode, WaitQueue } from "../_queue.ts";
+import { PriorityQueue, type QueueNode, WaitQueue } from "../_queue.ts";
 
 interface FakeTimer {
   id: number;
@@ -474,4 +474,107 @@ Deno.test("WaitQueue puts a value back behind an older one that joined meanwhile
   q.unshift("a", 1150);
   assert.deepEqual(values(q), ["a", "b", "c"]);
   assertLinks(q);
+});
+
+// ---------------------------------------------------------------------------
+// Priority classes
+
+function priorityFixture(timeout: number) {
+  const clock = { now: 1000 };
+  const expired: string[] = [];
+  const q = new PriorityQueue<string>({
+    timeout,
+    onTimeout: (v) => expired.push(v),
+    now: () => clock.now,
+  });
+  const order = () => {
+    const out: string[] = [];
+    for (let n = q.shift(); n !== null; n = q.shift()) out.push(n.value);
+    return out;
+  };
+  return { clock, expired, q, order };
+}
+
+Deno.test("PriorityQueue serves a higher class first and each class in order of arrival", () => {
+  const { q, order } = priorityFixture(0);
+  q.push("n1");
+  q.push("l1", undefined, -5);
+  q.push("h1", undefined, 10);
+  q.push("n2", undefined, 0);
+  q.push("h2", undefined, 10);
+  q.push("m1", undefined, 3);
+  q.push("l2", undefined, -5);
+  assert.equal(q.size, 7);
+  assert.equal(q.head?.value, "h1");
+  assert.equal(q.head?.priority, 10);
+  assert.deepEqual(order(), ["h1", "h2", "m1", "n1", "n2", "l1", "l2"]);
+  assert.equal(q.size, 0);
+  assert.equal(q.head, null);
+  assert.equal(q.shift(), null);
+});
+
+Deno.test("PriorityQueue puts a value back at the head of its own class", () => {
+  const { q, order } = priorityFixture(0);
+  q.push("h1", 1000, 1);
+  q.push("n1", 1001);
+  const h2 = q.push("h2", 1002, 1);
+  q.delete(h2);
+  const n0 = q.shift()!; // h1
+  assert.equal(n0.value, "h1");
+  q.unshift("n0", 999, 0);
+  q.unshift("h0", 998, 1);
+  assert.deepEqual(order(), ["h0", "n0", "n1"]);
+});
+
+Deno.test("PriorityQueue delete takes a node out of its class only, once", () => {
+  const { q, order } = priorityFixture(0);
+  const a = q.push("a", undefined, 2);
+  const b = q.push("b");
+  const c = q.push("c", undefined, -2);
+  assert.equal(q.delete(a), true);
+  assert.equal(q.delete(a), false);
+  assert.equal(q.size, 2);
+  assert.equal(q.head, b);
+  assert.equal(q.delete(c), true);
+  assert.deepEqual(order(), ["b"]);
+});
+
+Deno.test("PriorityQueue knows the oldest wait over all classes, and drains highest first", () => {
+  const { q, clock } = priorityFixture(0);
+  assert.equal(q.oldestSince, null);
+  q.push("n", 900);
+  clock.now = 1100;
+  q.push("h", undefined, 1);
+  assert.equal(q.head?.value, "h");
+  assert.equal(q.oldestSince, 900);
+  q.push("l", 800, -1);
+  assert.equal(q.oldestSince, 800);
+  assert.deepEqual(q.drain(), ["h", "n", "l"]);
+  assert.equal(q.size, 0);
+  assert.equal(q.oldestSince, null);
+});
+
+Deno.test("PriorityQueue times out each class on its own timer, and drops emptied classes", () => {
+  using timers = fakeTimers();
+  const { q, clock, expired, order } = priorityFixture(100);
+  q.push("n", 1000);
+  q.push("h", 1050, 7);
+  assert.equal(timers.live.size, 2, "one timer per class with something in it");
+  clock.now = 1100;
+  // The class-0 timer is the first one made.
+  const first = timers.created[0];
+  timers.live.delete(first.id);
+  first.fn();
+  assert.deepEqual(expired, ["n"]);
+  assert.equal(q.size, 1);
+  clock.now = 1150;
+  timers.fire();
+  assert.deepEqual(expired, ["n", "h"]);
+  assert.equal(q.size, 0);
+  assert.equal(timers.live.size, 0);
+  // A class that emptied (by timeout) is made afresh, in its place.
+  q.push("l", undefined, -1);
+  q.push("h2", undefined, 7);
+  q.push("n2");
+  assert.deepEqual(order(), ["h2", "n2", "l"]);
 });
