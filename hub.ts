@@ -1593,6 +1593,18 @@ export class Hub {
       this.#fail(pending, "bad-request", 400, "invalid Host header");
       return promise;
     }
+    // The host asked for comes from the target unless it is the Host field
+    // (checked above): an absolute-form target, or one without a Host field
+    // (HTTP/1.0, where Deno.serve's own address is valid).
+    if (target.host !== hostField && !VALID_HOST.test(target.host)) {
+      this.#fail(
+        pending,
+        "bad-request",
+        400,
+        "invalid authority in the request target",
+      );
+      return promise;
+    }
     if (this.#opts.trustPriority) {
       const asked = req.headers.get(PRIORITY_FIELD);
       if (asked !== null) {
@@ -1610,15 +1622,6 @@ export class Hub {
         }
         pending.priority = priority;
       }
-    }
-    if (target.absolute && !VALID_HOST.test(target.authority)) {
-      this.#fail(
-        pending,
-        "bad-request",
-        400,
-        "invalid authority in the request target",
-      );
-      return promise;
     }
     if (this.#closing) {
       this.#fail(pending, "shutting-down", 503, "hub is shutting down");

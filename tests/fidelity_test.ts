@@ -517,6 +517,38 @@ Deno.test("hub takes an absolute-form target's authority as the Host (RFC 9112 Â
   });
 });
 
+Deno.test("an absolute-form target without a Host field (HTTP/1.0): an invalid authority is a 400 too", async () => {
+  await withOrigin(async ({ server, seen }) => {
+    const ask = async (head: string) => {
+      const raw = await RawSocket.connect(server.addr.port);
+      try {
+        await raw.write(head);
+        return await deadline(raw.readMessage(), HANG, "the answer");
+      } finally {
+        raw.close();
+      }
+    };
+    // Userinfo, and bytes a Host field may not carry: no worker hears them.
+    for (const target of ["http://u@d.example/info", "http://a<b>/info"]) {
+      const msg = await ask(`GET ${target} HTTP/1.0\r\n\r\n`);
+      assert.equal(msg?.status, 400, target);
+      assert.match(
+        dec.decode(msg!.body),
+        /invalid authority in the request target/,
+      );
+    }
+    assert.equal(seen.length, 0);
+    // A valid one is the Host; origin form still gets Deno.serve's address.
+    assert.equal(
+      (await ask("GET http://e.example/info HTTP/1.0\r\n\r\n"))?.status,
+      200,
+    );
+    assert.equal(seen.at(-1)!.headers.get("host"), "e.example");
+    assert.equal((await ask("GET /info HTTP/1.0\r\n\r\n"))?.status, 200);
+    assert.match(seen.at(-1)!.headers.get("host")!, /^localhost:[0-9]+$/);
+  });
+});
+
 Deno.test("hub sets X-Request-Id, the queue-time header and Server-Timing", async () => {
   await withOrigin(async ({ hubUrl, client, seen }) => {
     const res = await fetch(`${hubUrl}/info`, { client });
