@@ -1624,7 +1624,12 @@ export class Hub {
       }
     }
     if (this.#closing) {
-      this.#fail(pending, "shutting-down", 503, "hub is shutting down");
+      // Deno.serve's shutdown, which closes idle keep-alive connections, may
+      // be held for open WebSockets (serveHub): a consumer must not keep
+      // sending on this connection for the rest of the grace.
+      this.#fail(pending, "shutting-down", 503, "hub is shutting down", {
+        connection: "close",
+      });
       return promise;
     }
     if (this.#opts.webSockets && asksForWebSocket(req)) {

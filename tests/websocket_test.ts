@@ -492,6 +492,46 @@ Deno.test({
 
 Deno.test({
   name:
+    `[${ENGINE}] hub shutdown held by a WebSocket: a keep-alive consumer's next request gets 503 with Connection: close`,
+  ignore: !SERVE,
+  fn: async () => {
+    const server = startHub({ shutdownGrace: 60_000 });
+    const worker = startWorker(server, echo());
+    const raw = await RawSocket.connect(server.addr.port);
+    try {
+      await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+      await raw.write("GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+      const first = await deadline(raw.readMessage(), 10_000, "the answer");
+      assert.equal(first?.status, 200);
+      await waitFor(() => server.hub.stats.idle === 1, "the slot back");
+      const c = await client(`ws://127.0.0.1:${server.addr.port}/`);
+      const stopping = server.shutdown();
+      await waitFor(() => server.hub.stats.draining, "the drain");
+      // Deno.serve's shutdown, which closes idle keep-alive connections, is
+      // held: the consumer must hear that this connection is done.
+      await raw.write("GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+      const late = await deadline(raw.readMessage(), 10_000, "the 503");
+      assert.equal(late?.status, 503);
+      assert.deepEqual(
+        late!.headers.filter(([name]) => name === "connection"),
+        [["connection", "close"]],
+      );
+      // As a client does on Connection: close.
+      raw.close();
+      c.ws.close(1000, "done");
+      assert.equal((await deadline(c.closed, 10_000, "the close")).code, 1000);
+      await deadline(stopping, 30_000, "the shutdown");
+    } finally {
+      raw.close();
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
+    }
+  },
+});
+
+Deno.test({
+  name:
     "[inline] a handler that upgrades fails with an error naming the serve engine",
   fn: async () => {
     const server = startHub();
