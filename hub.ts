@@ -1923,12 +1923,8 @@ export class Hub {
         this.#webSockets > 0) &&
       performance.now() < deadline
     ) await sleep();
-    // A WebSocket session is work in progress like any request: it had the
-    // grace to end. Those still open hear 1001 on both sides now; their
-    // close handshakes get a moment before the worker connections close.
-    this.#goingAway.abort();
-    const closing = performance.now() + WEBSOCKET_CLOSE_WAIT;
-    while (this.#webSockets > 0 && performance.now() < closing) await sleep();
+    // The grace is over: what still waits in the queue is answered now,
+    // and no slot that frees takes anything more.
     this.#closed = true;
     this.#whenClosed.resolve();
     for (const pool of this.#pools.values()) {
@@ -1937,6 +1933,12 @@ export class Hub {
         this.#fail(p, "shutting-down", 503, "hub is shutting down");
       }
     }
+    // A WebSocket session is work in progress like any request: it had the
+    // grace to end. Those still open hear 1001 on both sides now; their
+    // close handshakes get a moment before the worker connections close.
+    this.#goingAway.abort();
+    const closing = performance.now() + WEBSOCKET_CLOSE_WAIT;
+    while (this.#webSockets > 0 && performance.now() < closing) await sleep();
     for (const slot of [...this.#slots]) slot.close("hub shut down");
     this.#stopSweeper();
     clearInterval(this.#pinger);
@@ -2079,7 +2081,14 @@ export class Hub {
       slot.close("hub shut down");
       return;
     }
-    const node = pool.queue.shift();
+    let node = pool.queue.shift();
+    // While the hub shuts down a WebSocket would open only to be closed by
+    // the hub: its handshake gets 503 without costing a worker anything.
+    while (node !== null && this.#closing && node.value.webSocket) {
+      node.value.node = null;
+      this.#fail(node.value, "shutting-down", 503, "hub is shutting down");
+      node = pool.queue.shift();
+    }
     if (node === null) {
       group.idle.add(slot);
       pool.idle++;
@@ -2682,7 +2691,19 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       clearTimeout(timer);
       await accepting;
     })();
-  options.signal?.addEventListener("abort", () => shutdown(), { once: true });
+  // Shutdown does not fail; a bug in it is reported, not left unhandled.
+  const stopOnAbort = () =>
+    shutdown().catch((error) =>
+      options.onLog?.({
+        level: "error",
+        msg: "shutdown failed",
+        reason: errorText(error),
+      })
+    );
+  if (options.signal?.aborted) stopOnAbort();
+  else {
+    options.signal?.addEventListener("abort", stopOnAbort, { once: true });
+  }
   return {
     hub,
     addr: server.addr,

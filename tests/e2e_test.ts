@@ -572,3 +572,14 @@ Deno.test("Hub refuses a consumerScheme other than http or https", async () => {
   );
   await new Hub({ consumerScheme: "https" }).shutdown(0);
 });
+
+Deno.test("serveHub with a signal that is already aborted shuts down at once", async () => {
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    signal: AbortSignal.abort(),
+  });
+  await deadline(server.finished, HANG_GUARD, "the hub's end");
+  await assert.rejects(fetch(`http://127.0.0.1:${server.addr.port}/`));
+});

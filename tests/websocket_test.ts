@@ -537,6 +537,98 @@ Deno.test({
 
 Deno.test({
   name:
+    `[${ENGINE}] a WebSocket handshake still queued when shutdown starts gets 503 and never reaches a worker`,
+  ignore: !SERVE,
+  fn: async () => {
+    const seen: string[] = [];
+    const hold = Promise.withResolvers<void>();
+    const server = startHub({ shutdownGrace: 30_000 });
+    const worker = connectWorker(async (req) => {
+      seen.push(
+        `${req.headers.get("upgrade") ?? "plain"} ${new URL(req.url).pathname}`,
+      );
+      if (req.headers.get("upgrade") === "websocket") {
+        return Deno.upgradeWebSocket(req).response;
+      }
+      await hold.promise;
+      return new Response("held");
+    }, {
+      hostname: "127.0.0.1",
+      port: server.workerAddr.port,
+      concurrency: 1,
+    });
+    try {
+      await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+      const held = fetch(`http://127.0.0.1:${server.addr.port}/held`);
+      await waitFor(() => seen.length === 1, "the held request");
+      const opening = client(`ws://127.0.0.1:${server.addr.port}/ws`);
+      opening.catch(() => {});
+      await waitFor(
+        () => server.hub.stats.queued === 1,
+        "the handshake queued",
+      );
+      const stopping = server.shutdown();
+      await waitFor(() => server.hub.stats.draining, "the drain");
+      hold.resolve();
+      assert.equal(await (await held).text(), "held");
+      await assert.rejects(opening, /WebSocket failed/);
+      await deadline(stopping, 30_000, "the shutdown");
+      assert.deepEqual(seen, ["plain /held"]);
+    } finally {
+      hold.resolve();
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
+    }
+  },
+});
+
+Deno.test(`[${ENGINE}] at the end of the grace, queued requests get 503 before WebSockets get their moment to close`, async () => {
+  // A raw consumer that never answers the hub's close keeps the hub in its
+  // last second of shutdown; a worker that attaches then takes nothing.
+  const grace = 500;
+  const server = startHub({ shutdownGrace: grace });
+  const seen: string[] = [];
+  let late: WorkerHandle | undefined;
+  const consumer = await RawSocket.connect(server.addr.port);
+  try {
+    const w = await rawWorker(server);
+    await consumer.write(
+      "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
+        "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    );
+    await w.write(await accept101(await readUpgrade(w)));
+    const head = await deadline(consumer.readHead(), 10_000, "the 101");
+    assert.match(head ?? "", /^HTTP\/1\.1 101 /);
+    await waitFor(() => server.hub.stats.webSockets === 1, "the tunnel");
+    // Queued: the only slot is the WebSocket's.
+    const queued = fetch(`http://127.0.0.1:${server.addr.port}/queued`);
+    await waitFor(() => server.hub.stats.queued === 1, "the request queued");
+    const t0 = performance.now();
+    const stopping = server.shutdown();
+    // Past the grace, inside the second given to close handshakes.
+    await new Promise((r) => setTimeout(r, grace + 200));
+    late = connectWorker((req) => {
+      seen.push(new URL(req.url).pathname);
+      return new Response("late");
+    }, { hostname: "127.0.0.1", port: server.workerAddr.port });
+    const res = await deadline(queued, 10_000, "the queued request's answer");
+    assert.equal(res.status, 503);
+    await res.body?.cancel();
+    await deadline(stopping, 30_000, "the shutdown");
+    assert.ok(performance.now() - t0 >= grace - 50);
+    assert.deepEqual(seen, []);
+    w.conn.close();
+  } finally {
+    consumer.close();
+    late?.close();
+    await late?.finished;
+    await server.shutdown();
+  }
+});
+
+Deno.test({
+  name:
     "[inline] a handler that upgrades fails with an error naming the serve engine",
   fn: async () => {
     const server = startHub();
