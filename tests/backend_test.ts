@@ -16,6 +16,7 @@ import {
 } from "../_backend.ts";
 import { connectWorker } from "./_hub.ts";
 import { RawSocket } from "./_relay.ts";
+import { bytes } from "./_data.ts";
 
 const NGINX = "/usr/sbin/nginx";
 const CURL = "/usr/bin/curl";
@@ -76,19 +77,6 @@ async function guard<T>(promise: Promise<T>, what: string): Promise<T> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** Deterministic pseudo-random bytes (xorshift), so failures reproduce. */
-function bytes(n: number, seed = 1): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
 }
 
 function text(s: string): Uint8Array<ArrayBuffer> {

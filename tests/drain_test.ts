@@ -17,6 +17,7 @@ import {
 import type { FetchHandler, WorkerHandle, WorkerOptions } from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
+import { sha256 } from "./_data.ts";
 
 const HANG = 20_000;
 const NOT_STARTED = "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1" +
@@ -308,11 +309,6 @@ function pattern(size: number, seed: number): Uint8Array<ArrayBuffer> {
     out[i] = x >>> 24;
   }
   return out;
-}
-
-async function sha256(data: Uint8Array<ArrayBuffer>): Promise<string> {
-  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 Deno.test("a streamed upload declined with the not-started 408 before its body was sent arrives whole at another worker", async () => {

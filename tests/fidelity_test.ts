@@ -22,6 +22,7 @@ import {
   waitFor,
 } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
+import { sha256 } from "./_data.ts";
 
 const CURL = "/usr/bin/curl";
 const HAS_CURL = (() => {
@@ -39,13 +40,6 @@ const HANG = 20_000;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-async function sha256(data: Uint8Array): Promise<string> {
-  const d = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", data as Uint8Array<ArrayBuffer>),
-  );
-  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 function pattern(size: number): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(size);

@@ -14,6 +14,8 @@ import type { HubServer, ServeHubOptions } from "../hub.ts";
 import type { FetchHandler, WorkerHandle } from "../worker.ts";
 import { ENGINE, startHub, startWorker } from "./_hub.ts";
 import { freePort } from "./_procs.ts";
+import { bytes, sha256 } from "./_data.ts";
+import { wsClient } from "./_ws_client.ts";
 import { deadline, pipeBoth, waitFor } from "./_relay.ts";
 import {
   haveOpenssl,
@@ -50,27 +52,6 @@ function exists(path: string): boolean {
 let made: Promise<TestCerts> | undefined;
 function certs(): Promise<TestCerts> {
   return made ??= makeCerts();
-}
-
-/** Deterministic pseudo-random bytes (xorshift), so failures reproduce. */
-function bytes(n: number, seed: number): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
-
-async function sha256(data: Uint8Array<ArrayBuffer>): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", data);
-  return Array.from(
-    new Uint8Array(digest),
-    (b) => b.toString(16).padStart(2, "0"),
-  ).join("");
 }
 
 /** A promise with its resolve, for steps the test releases one at a time. */
@@ -665,49 +646,6 @@ test("a streamed response reaches the client before it ends", async (kind) => {
 // 4. A WebSocket: proxy → hub → worker, messages both ways, each side's
 // close code reaching the other.
 
-interface Socket {
-  ws: WebSocket;
-  next(): Promise<string | Uint8Array>;
-  closed: Promise<CloseEvent>;
-}
-
-function openSocket(url: string): Promise<Socket> {
-  const ws = new WebSocket(url);
-  ws.binaryType = "arraybuffer";
-  const inbox: (string | Uint8Array)[] = [];
-  const waiting: ((m: string | Uint8Array) => void)[] = [];
-  ws.onmessage = (e) => {
-    const m = typeof e.data === "string"
-      ? e.data
-      : new Uint8Array(e.data as ArrayBuffer);
-    const w = waiting.shift();
-    if (w) w(m);
-    else inbox.push(m);
-  };
-  const closed = new Promise<CloseEvent>((r) => ws.onclose = r);
-  return deadline(
-    new Promise((resolve, reject) => {
-      ws.onopen = () =>
-        resolve({
-          ws,
-          next: () =>
-            deadline(
-              inbox.length > 0
-                ? Promise.resolve(inbox.shift()!)
-                : new Promise((r) => waiting.push(r)),
-              HANG,
-              "a WebSocket message",
-            ),
-          closed,
-        });
-      ws.onerror = (e) =>
-        reject(new Error(`WebSocket failed: ${(e as ErrorEvent).message}`));
-    }),
-    HANG,
-    "the WebSocket to open",
-  );
-}
-
 test("a WebSocket passes both ways with its close codes", async (kind) => {
   const workerSaw: { code: number; reason: string }[] = [];
   const handler: FetchHandler = (req) => {
@@ -727,7 +665,7 @@ test("a WebSocket passes both ways with its close codes", async (kind) => {
   await withFront(kind, { handler }, async ({ url }) => {
     const wsUrl = url.replace("http:", "ws:");
     // The worker closes.
-    const a = await openSocket(`${wsUrl}/ws`);
+    const a = await wsClient(`${wsUrl}/ws`, undefined, HANG);
     a.ws.send("hello");
     assert.equal(await a.next(), "echo: hello");
     const blob = bytes(100_000, 3);
@@ -739,7 +677,7 @@ test("a WebSocket passes both ways with its close codes", async (kind) => {
     assert.equal(closeA.reason, "worker says bye");
 
     // The client closes (the slot came back: this one got the worker).
-    const b = await openSocket(`${wsUrl}/ws`);
+    const b = await wsClient(`${wsUrl}/ws`, undefined, HANG);
     b.ws.send("again");
     assert.equal(await b.next(), "echo: again");
     b.ws.close(4002, "client leaves");

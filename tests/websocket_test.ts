@@ -12,54 +12,13 @@ import type {
 import type { FetchHandler, WorkerHandle } from "../worker.ts";
 import { connectWorker, ENGINE, startHub, startWorker } from "./_hub.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
+import { type WsClient as Client, wsClient as client } from "./_ws_client.ts";
 import { closePayload, encodeFrame, Op } from "../_ws_frame.ts";
 import {
   type Proc,
   startHub as startHubProc,
   startWorker as startWorkerProc,
 } from "./_procs.ts";
-
-/** A consumer's WebSocket with its messages and its close in order. */
-interface Client {
-  ws: WebSocket;
-  /** The next message (in arrival order). */
-  next(): Promise<string | Uint8Array>;
-  /** Resolves with the close event. */
-  closed: Promise<CloseEvent>;
-}
-
-function client(url: string, protocols?: string[]): Promise<Client> {
-  const ws = new WebSocket(url, protocols);
-  ws.binaryType = "arraybuffer";
-  const inbox: (string | Uint8Array)[] = [];
-  const waiting: ((m: string | Uint8Array) => void)[] = [];
-  ws.onmessage = (e) => {
-    const m = typeof e.data === "string"
-      ? e.data
-      : new Uint8Array(e.data as ArrayBuffer);
-    const w = waiting.shift();
-    if (w) w(m);
-    else inbox.push(m);
-  };
-  const closed = new Promise<CloseEvent>((r) => ws.onclose = r);
-  return new Promise((resolve, reject) => {
-    ws.onopen = () =>
-      resolve({
-        ws,
-        next: () =>
-          deadline(
-            inbox.length > 0
-              ? Promise.resolve(inbox.shift()!)
-              : new Promise((r) => waiting.push(r)),
-            10_000,
-            "a WebSocket message",
-          ),
-        closed,
-      });
-    ws.onerror = (e) =>
-      reject(new Error(`WebSocket failed: ${(e as ErrorEvent).message}`));
-  });
-}
 
 interface Ctx {
   server: HubServer;
@@ -421,20 +380,40 @@ Deno.test(`[${ENGINE}] a worker that drops the connection: the consumer hears 10
     await waitFor(() => server.hub.stats.webSockets === 0, "the tunnel ended");
   }));
 
+/**
+ * A hub with one echo worker and one WebSocket open through it that has
+ * echoed a message, for the shutdown tests; `seen` is the handler's close.
+ */
+async function withSession(
+  grace: number,
+  fn: (
+    server: HubServer,
+    c: Client,
+    seen: Promise<CloseEvent>,
+  ) => Promise<void>,
+): Promise<void> {
+  const seen = Promise.withResolvers<CloseEvent>();
+  const server = startHub({ shutdownGrace: grace });
+  const worker = startWorker(server, echo((e) => seen.resolve(e)));
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
+    const c = await client(`ws://127.0.0.1:${server.addr.port}/`);
+    c.ws.send("x");
+    assert.equal(await c.next(), "echo:x");
+    await fn(server, c, seen.promise);
+  } finally {
+    worker.close();
+    await worker.finished;
+    await server.shutdown();
+  }
+}
+
 Deno.test({
   name:
     `[${ENGINE}] hub shutdown gives open WebSockets the grace: messages still flow, new requests get 503, then 1001 to both sides`,
   ignore: !SERVE,
-  fn: async () => {
-    const seen = Promise.withResolvers<CloseEvent>();
-    const grace = 3000;
-    const server = startHub({ shutdownGrace: grace });
-    const worker = startWorker(server, echo((e) => seen.resolve(e)));
-    try {
-      await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
-      const c = await client(`ws://127.0.0.1:${server.addr.port}/`);
-      c.ws.send("x");
-      assert.equal(await c.next(), "echo:x");
+  fn: () =>
+    withSession(3000, async (server, c, seen) => {
       const t0 = performance.now();
       const stopping = server.shutdown();
       c.ws.send("y");
@@ -446,53 +425,36 @@ Deno.test({
       assert.match(await late.text(), /shutting down/);
       await deadline(stopping, 30_000, "the shutdown");
       // Held open until the grace ran out: the session never ended itself.
-      assert.ok(performance.now() - t0 >= grace - 50);
+      assert.ok(performance.now() - t0 >= 3000 - 50);
       const ev = await deadline(c.closed, 10_000, "the consumer's close");
       assert.equal(ev.code, 1001);
       assert.equal(ev.reason, "hub is shutting down");
       assert.equal(
-        (await deadline(seen.promise, 10_000, "the handler's close")).code,
+        (await deadline(seen, 10_000, "the handler's close")).code,
         1001,
       );
-    } finally {
-      worker.close();
-      await worker.finished;
-      await server.shutdown();
-    }
-  },
+    }),
 });
 
 Deno.test({
   name:
     `[${ENGINE}] hub shutdown ends as soon as the last WebSocket closes, within the grace`,
   ignore: !SERVE,
-  fn: async () => {
-    const seen = Promise.withResolvers<CloseEvent>();
-    const server = startHub({ shutdownGrace: 60_000 });
-    const worker = startWorker(server, echo((e) => seen.resolve(e)));
-    try {
-      await waitFor(() => server.hub.stats.idle === 1, "the worker's slot");
-      const c = await client(`ws://127.0.0.1:${server.addr.port}/`);
-      c.ws.send("x");
-      assert.equal(await c.next(), "echo:x");
+  fn: () =>
+    withSession(60_000, async (server, c, seen) => {
       const t0 = performance.now();
       const stopping = server.shutdown();
       // Still open after a while: the shutdown waits for it.
       await new Promise((r) => setTimeout(r, 300));
       assert.equal(server.hub.stats.webSockets, 1);
       c.ws.close(1000, "done");
-      const ev = await deadline(seen.promise, 10_000, "the handler's close");
+      const ev = await deadline(seen, 10_000, "the handler's close");
       assert.equal(ev.code, 1000);
       assert.equal(ev.reason, "done");
       await deadline(stopping, 30_000, "the shutdown");
       assert.ok(performance.now() - t0 < 30_000);
       assert.equal((await c.closed).code, 1000);
-    } finally {
-      worker.close();
-      await worker.finished;
-      await server.shutdown();
-    }
-  },
+    }),
 });
 
 Deno.test({

@@ -1,0 +1,31 @@
+/**
+ * Test data: reproducible bytes and their digests, for checking that bodies
+ * cross the hub byte for byte.
+ *
+ * @module
+ */
+
+/** Deterministic pseudo-random bytes (xorshift), so failures reproduce. */
+export function bytes(n: number, seed = 1): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+/** The SHA-256 digest of `data` in lower-case hex. */
+export async function sha256(data: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest(
+    "SHA-256",
+    data as Uint8Array<ArrayBuffer>,
+  );
+  return Array.from(
+    new Uint8Array(digest),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+}
