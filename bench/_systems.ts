@@ -377,6 +377,8 @@ export interface StartOptions {
   dir: string;
   /** Hard bound on every child's life, in seconds. */
   maxSeconds: number;
+  /** Extra flags for the POTHEAD hub (e.g. `--trust-priority`). */
+  hubArgs?: string[];
 }
 
 /** A set of running systems; `stop()` ends every process of them. */
@@ -483,7 +485,7 @@ async function startSerialWorkers(
 
 async function startPothead(
   children: Child[],
-  { workers, mode, maxSeconds }: StartOptions,
+  { workers, mode, maxSeconds, hubArgs = [] }: StartOptions,
 ): Promise<{ url: string; hub: Child; workers: Child[] }> {
   const hub = new Child("POTHEAD hub", DENO, [
     "run",
@@ -504,6 +506,7 @@ async function startPothead(
     "600s",
     "--log-level",
     "warn",
+    ...hubArgs,
   ], { maxSeconds });
   children.push(hub);
   const consumer = await hub.waitFor(

@@ -151,3 +151,27 @@ export function makeTrace(options: TraceOptions): Trace {
     rate,
   };
 }
+
+/**
+ * Marks each of `n` requests as in a class with probability `share`, from its
+ * own seeded stream (independent of a trace's arrivals and service times, so
+ * the same trace can be split at any share).
+ *
+ * @param n how many requests.
+ * @param share probability of each being marked, in [0, 1].
+ * @param seed seed of the stream.
+ * @returns 1 for a marked request, 0 otherwise.
+ */
+export function drawClasses(
+  n: number,
+  share: number,
+  seed: number,
+): Uint8Array {
+  if (!(share >= 0 && share <= 1)) {
+    throw new RangeError(`Invalid share: expected [0, 1], got ${share}`);
+  }
+  const random = makeRandom(seed ^ 0x5eed0003);
+  const marked = new Uint8Array(n);
+  for (let i = 0; i < n; i++) marked[i] = random() < share ? 1 : 0;
+  return marked;
+}

@@ -355,7 +355,7 @@ export function estimateSeconds(plan: Plan): number {
 // ------------------------------------------------------------ load generator
 
 /** One request of a replay, in the client's milliseconds (performance.now). */
-interface Sample {
+export interface Sample {
   scheduled: number;
   sent: number;
   done: number;
@@ -381,11 +381,13 @@ async function request(
   run: string,
   seq: number,
   signal: AbortSignal,
+  extra?: Record<string, string>,
 ): Promise<Omit<Sample, "scheduled">> {
   const sent = performance.now();
   try {
     const response = await fetch(`${url}?ms=${ms.toFixed(3)}`, {
       headers: {
+        ...extra,
         "x-service-ms": ms.toFixed(3),
         "x-bench-run": run,
         "x-bench-seq": String(seq),
@@ -412,13 +414,15 @@ async function request(
 /**
  * Replays a trace open-loop: request i is sent at its arrival time whatever
  * happened to earlier ones. Requests still open `drain` ms after the last
- * arrival are aborted and count as errors.
+ * arrival are aborted and count as errors. `headersOf(i)`, when given, adds
+ * header fields to request i (the priority benchmark's class field).
  */
-async function replay(
+export async function replay(
   url: string,
   trace: Trace,
   run: string,
   drain: number,
+  headersOf?: (index: number) => Record<string, string> | undefined,
 ): Promise<Sample[]> {
   const n = trace.arrivals.length;
   const samples: Sample[] = new Array(n);
@@ -443,7 +447,14 @@ async function replay(
     }
     const index = i++;
     pending.push(
-      request(url, trace.service[index], run, index, controller.signal).then(
+      request(
+        url,
+        trace.service[index],
+        run,
+        index,
+        controller.signal,
+        headersOf?.(index),
+      ).then(
         (s) => {
           samples[index] = { scheduled: due, ...s };
         },
@@ -470,7 +481,7 @@ async function replay(
  * A saturated closed-loop run: `concurrency` loops each send the next
  * request as soon as the previous one is answered, for `durationMs`.
  */
-async function saturate(
+export async function saturate(
   url: string,
   options: { concurrency: number; ms: number; durationMs: number; run: string },
 ): Promise<{ samples: Sample[]; start: number; stop: number }> {

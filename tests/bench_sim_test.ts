@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import {
+  drawClasses,
   exponential,
   makeRandom,
   makeTrace,
@@ -15,11 +16,17 @@ import {
   dispatchGaps,
   percentile,
   simulateFifo,
+  simulatePriority,
   summarize,
 } from "../bench/_sim.ts";
 import { haproxyConfig, nginxConfig } from "../bench/_systems.ts";
 import { escapeXml, lineChart, logTicks } from "../bench/_svg.ts";
 import { estimateSeconds, parsePlan, type Plan } from "../bench/queueing.ts";
+import {
+  analyseRun,
+  estimateSeconds as prioritySeconds,
+  parsePlan as priorityPlan,
+} from "../bench/priority.ts";
 import { makeJob, requestedMs } from "../bench/workers/serial_worker.ts";
 import { Sleeper } from "../bench/workers/_sleep.ts";
 
@@ -224,6 +231,111 @@ Deno.test("simulated M/M/4 mean wait matches Erlang C", () => {
   );
 });
 
+Deno.test("priority simulation serves the higher class first, FIFO within a class", () => {
+  // One server, 10 ms jobs at 0, 1, 2, 3 and 4; classes 0, 0, 10, 0, 10.
+  // The first starts at once; then the two of class 10 in their order
+  // (2, 4), then the rest of class 0 in theirs (1, 3).
+  const r = simulatePriority(
+    [0, 1, 2, 3, 4],
+    [10, 10, 10, 10, 10],
+    [0, 0, 10, 0, 10],
+    1,
+  );
+  assert.deepEqual(Array.from(r.start), [0, 30, 10, 40, 20]);
+  assert.deepEqual(Array.from(r.wait), [0, 29, 8, 37, 16]);
+  // Non-preemptive, and an idle server takes any class at once: a class-0
+  // job that found the server free is not interrupted by a class-5 arrival.
+  const s = simulatePriority([0, 1, 50], [10, 10, 10], [0, 5, -3], 1);
+  assert.deepEqual(Array.from(s.start), [0, 10, 50]);
+  // Equal arrivals while the servers are busy: the higher class first.
+  // Server 0 frees at 10 and takes the class-1 request, then (free again at
+  // 11, before server 1 at 12) the class-0 one.
+  const t = simulatePriority([0, 0, 5, 5], [10, 12, 1, 1], [0, 0, 0, 1], 2);
+  assert.deepEqual(Array.from(t.start), [0, 0, 11, 10]);
+  assert.deepEqual(Array.from(t.server), [0, 1, 0, 0]);
+});
+
+Deno.test("priority simulation with one class is the FIFO simulation", () => {
+  const trace = makeTrace({
+    workers: 4,
+    load: 0.95,
+    meanMs: 20,
+    dist: "exp",
+    durationMs: 60_000,
+    seed: 21,
+  });
+  const n = trace.arrivals.length;
+  const fifo = simulateFifo(trace.arrivals, trace.service, 4);
+  const prio = simulatePriority(
+    trace.arrivals,
+    trace.service,
+    new Int32Array(n).fill(7),
+    4,
+  );
+  assert.deepEqual(prio.start, fifo.start);
+  assert.deepEqual(prio.server, fifo.server);
+  const gap = { dispatchGapMs: 0.5 };
+  assert.deepEqual(
+    simulatePriority(trace.arrivals, trace.service, new Int32Array(n), 4, gap)
+      .start,
+    simulateFifo(trace.arrivals, trace.service, 4, gap).start,
+  );
+});
+
+Deno.test("priority simulation: the high class waits far less, the work is the same", () => {
+  const trace = makeTrace({
+    workers: 4,
+    load: 0.9,
+    meanMs: 20,
+    dist: "exp",
+    durationMs: 600_000,
+    seed: 22,
+  });
+  const n = trace.arrivals.length;
+  const marked = drawClasses(n, 0.2, 22);
+  const fifo = simulateFifo(trace.arrivals, trace.service, 4);
+  const prio = simulatePriority(trace.arrivals, trace.service, marked, 4);
+  const waitOf = (wait: Float64Array, cls: number) =>
+    mean(wait.filter((_, i) => marked[i] === cls));
+  // Conservation: a work-conserving discipline with no preemption leaves the
+  // mean wait of exponential jobs (same distribution in both classes) as
+  // it is; only who waits changes.
+  assert.ok(
+    Math.abs(mean(prio.wait) - mean(fifo.wait)) < mean(fifo.wait) * 0.02,
+    `mean wait ${mean(prio.wait)} against ${mean(fifo.wait)}`,
+  );
+  assert.ok(waitOf(prio.wait, 1) < waitOf(fifo.wait, 1) / 4);
+  assert.ok(waitOf(prio.wait, 0) > waitOf(fifo.wait, 0));
+  // Every request is served once, never before it arrives, and no server
+  // runs two at a time.
+  const byServer = new Map<number, number[]>();
+  for (let i = 0; i < n; i++) {
+    assert.ok(prio.start[i] >= trace.arrivals[i]);
+    let list = byServer.get(prio.server[i]);
+    if (list === undefined) byServer.set(prio.server[i], list = []);
+    list.push(i);
+  }
+  for (const list of byServer.values()) {
+    list.sort((a, b) => prio.start[a] - prio.start[b]);
+    for (let j = 1; j < list.length; j++) {
+      assert.ok(prio.start[list[j]] >= prio.finish[list[j - 1]]);
+    }
+  }
+  assert.throws(
+    () => simulatePriority([0, 1], [1, 1], [0], 1),
+    RangeError,
+  );
+});
+
+Deno.test("class draws are seeded and near the asked share", () => {
+  const a = drawClasses(100_000, 0.2, 3);
+  assert.deepEqual(drawClasses(100_000, 0.2, 3), a);
+  assert.notDeepEqual(drawClasses(100_000, 0.2, 4), a);
+  const share = a.reduce((s, x) => s + x, 0) / a.length;
+  assert.ok(Math.abs(share - 0.2) < 0.005, `share ${share}`);
+  assert.throws(() => drawClasses(10, 1.5, 1), RangeError);
+});
+
 Deno.test("percentile is nearest-rank", () => {
   const sorted = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
   assert.equal(percentile(sorted, 50), 5);
@@ -395,4 +507,43 @@ Deno.test("benchmark sleep waits at least a job shorter than the timer's latenes
     const took = performance.now() - t0;
     assert.ok(took >= ms, `a ${ms} ms job took ${took} ms`);
   }
+});
+
+Deno.test("priority benchmark: plans are bounded, flags validated, runs split by class", () => {
+  const full = priorityPlan([]);
+  assert.ok(full !== "help");
+  assert.deepEqual([full.workers, full.loads, full.meanMs, full.share], [
+    4,
+    [0.9, 0.95],
+    20,
+    0.2,
+  ]);
+  assert.ok(prioritySeconds(full) < 600, `full ${prioritySeconds(full)} s`);
+  const smoke = priorityPlan(["--smoke"]);
+  assert.ok(smoke !== "help");
+  assert.equal(smoke.out, null, "smoke writes no results");
+  assert.ok(prioritySeconds(smoke) < 60, `smoke ${prioritySeconds(smoke)} s`);
+  assert.throws(() => priorityPlan(["--share=1"]), RangeError);
+  assert.throws(() => priorityPlan(["--priority=0"]), RangeError);
+  assert.throws(() => priorityPlan(["--loads=0.9,1"]), RangeError);
+  assert.throws(() => priorityPlan(["--k=2.5"]), RangeError);
+  assert.equal(priorityPlan(["--help"]), "help");
+  const sample = (sent: number, done: number, status = 200) => ({
+    scheduled: sent,
+    sent,
+    done,
+    status,
+  });
+  const r = analyseRun(
+    [sample(0, 10), sample(1, 50), sample(2, 2, 0), sample(3, 100)],
+    Uint8Array.from([1, 0, 1, 0]),
+  );
+  assert.equal(r.classes.interactive.latency.n, 1);
+  assert.equal(r.classes.interactive.errors, 1);
+  assert.equal(r.classes.batch.latency.max, 97);
+  assert.equal(r.all.latency.n, 3);
+  // Throughput over the run's whole span (0 to 100 ms): 1 + 2 = 3 answered.
+  assert.equal(r.classes.interactive.throughput, 10);
+  assert.equal(r.classes.batch.throughput, 20);
+  assert.equal(r.all.throughput, 30);
 });
