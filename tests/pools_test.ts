@@ -581,3 +581,67 @@ Deno.test("a route's priority must be an integer from -1000 to 1000", () => {
     );
   }
 });
+
+Deno.test("priority classes: maxQueue counts every class, a consumer that leaves a non-zero class is removed, stats see the oldest of all", async () => {
+  await withHub(
+    {
+      maxQueue: 3,
+      trustPriority: true,
+      routes: [{ pool: "default", pathPrefix: "/batch/", priority: -10 }],
+    },
+    async (ctx) => {
+      const gate = new Gate();
+      ctx.add(gate.handler("w"), { concurrency: 1 });
+      const hub = ctx.server.hub;
+      // Released whatever happens, so that a failure ends the test.
+      using _release = { [Symbol.dispose]: () => gate.release() };
+      await waitFor(() => hub.stats.idle === 1, "the slot");
+      const held = later(`${ctx.url}/hold`);
+      await gate.entered(1);
+      const batch1 = later(`${ctx.url}/batch/1`);
+      await waitFor(() => hub.stats.queued === 1, "batch/1 queued");
+      const batch1Queued = performance.now();
+      // A gap, so that the head's wait is shorter than the oldest's.
+      await new Promise((r) => setTimeout(r, 50));
+      const leaving = new AbortController();
+      const urgent = fetch(`${ctx.url}/urgent`, {
+        headers: { "x-pothead-priority": "7" },
+        signal: leaving.signal,
+      });
+      urgent.catch(() => {});
+      await waitFor(() => hub.stats.queued === 2, "urgent queued");
+      const batch2 = later(`${ctx.url}/batch/2`);
+      await waitFor(() => hub.stats.queued === 3, "batch/2 queued");
+      // The oldest wait is the first batch request's, not the head's.
+      const before = performance.now();
+      const stats = hub.stats;
+      const pool = stats.pools.find((p) => p.name === "default")!;
+      assert.equal(pool.queued, 3);
+      assert.equal(pool.oldestWaitMs, stats.oldestWaitMs);
+      assert.ok(
+        stats.oldestWaitMs >= before - batch1Queued,
+        `${stats.oldestWaitMs} ms is batch/1's wait`,
+      );
+      // Full over all classes: a higher class is refused too.
+      const refused = await fetch(`${ctx.url}/x`, {
+        headers: { "x-pothead-priority": "1000" },
+      });
+      assert.equal(refused.status, 503);
+      assert.match(await refused.text(), /queue of pool "default" is full/);
+      // The urgent consumer leaves: out of the queue, and its place free.
+      leaving.abort();
+      await waitFor(() => hub.stats.queued === 2, "urgent removed");
+      const next = later(`${ctx.url}/next`, {
+        headers: { "x-pothead-priority": "3" },
+      });
+      await waitFor(() => hub.stats.queued === 3, "next queued");
+      gate.release();
+      for (const [p, path] of [[held, "/hold"], [next, "/next"]] as const) {
+        assert.deepEqual(await text(p), [200, `w ${path}`]);
+      }
+      assert.deepEqual(await text(batch1), [200, "w /batch/1"]);
+      assert.deepEqual(await text(batch2), [200, "w /batch/2"]);
+      assert.equal(hub.stats.queued, 0);
+    },
+  );
+});
