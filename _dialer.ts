@@ -343,8 +343,9 @@ export class Dialer {
   // The order in which hubs hear of a freed permit. Every hub with a parked
   // connection hears of it, but the first to hear usually wins it: hubs
   // that had a request declined since they were last served go first, the
-  // one whose declined request is oldest first (it heads its hub's queue,
-  // so this is as close to one FIFO over the hubs as the worker can see);
+  // one whose declined request is oldest first (it heads its class in its
+  // hub's queue, so this is as close to one FIFO over the hubs as the worker
+  // can see);
   // the others in an order whose start turns round, so none is always last.
   #fairOrder(): Iterable<EndpointState> {
     // One hub (the usual case): no order to decide, nothing to allocate.

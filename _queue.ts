@@ -183,37 +183,35 @@ export class WaitQueue<T> {
 /**
  * Waiting values in priority classes: a higher class is always served
  * first, and each class is a {@linkcode WaitQueue} (first come, first
- * served, with its own timeout timer). Strict, as HAProxy's priority
- * classes: a lower class waits while a higher one has anything, bounded by
- * the queue timeout. Class 0 always exists; another exists while it holds
- * something, so a request path pays for classes only where they are used.
+ * served, with its own timeout timer). Strict: a lower class waits while a
+ * higher one has anything, bounded by the queue timeout. Only class 0 and
+ * the classes that hold something are looked at (an empty class is kept for
+ * its next value), so a request path pays for classes only where they are
+ * used.
  */
 export class PriorityQueue<T> {
-  // Highest class first.
+  // Highest class first: class 0 and the classes that hold something.
   #levels: WaitQueue<T>[];
+  #byPriority = new Map<number, WaitQueue<T>>();
   #base: WaitQueue<T>;
   #options: WaitQueueOptions<T>;
+  #size = 0;
 
   constructor(options: WaitQueueOptions<T>) {
     this.#options = options;
-    this.#base = new WaitQueue({ ...options, priority: 0 });
+    this.#base = this.#make(0);
     this.#levels = [this.#base];
   }
 
   /** Number of waiting values, over all classes. */
   get size(): number {
-    const levels = this.#levels;
-    if (levels.length === 1) return this.#base.size;
-    let n = 0;
-    for (const level of levels) n += level.size;
-    return n;
+    return this.#size;
   }
 
   /** The node {@linkcode shift} would return: the oldest of the highest class. */
   get head(): QueueNode<T> | null {
-    const levels = this.#levels;
-    if (levels.length === 1) return this.#base.head;
-    for (const level of levels) if (level.size > 0) return level.head;
+    // Only class 0 can be empty, so the first or the second class has it.
+    for (const level of this.#levels) if (level.size > 0) return level.head;
     return null;
   }
 
@@ -231,40 +229,36 @@ export class PriorityQueue<T> {
 
   /** Adds `value` to its class in order of `since` (see {@linkcode WaitQueue.push}). */
   push(value: T, since?: number, priority = 0): QueueNode<T> {
-    return this.#level(priority).push(value, since);
+    const node = this.#level(priority).push(value, since);
+    this.#size++;
+    return node;
   }
 
   /** Puts `value` back at the head of its class (see {@linkcode WaitQueue.unshift}). */
   unshift(value: T, since: number, priority = 0): QueueNode<T> {
-    return this.#level(priority).unshift(value, since);
+    const node = this.#level(priority).unshift(value, since);
+    this.#size++;
+    return node;
   }
 
   /** Removes and returns the oldest node of the highest class. */
   shift(): QueueNode<T> | null {
-    const levels = this.#levels;
-    if (levels.length === 1) return this.#base.shift();
-    for (const level of levels) {
+    for (const level of this.#levels) {
       if (level.size > 0) {
-        const node = level.shift();
-        this.#prune();
+        const node = level.shift()!;
+        this.#removed(level);
         return node;
       }
     }
-    this.#prune();
     return null;
   }
 
   /** Removes `node` if it is still queued; returns whether it was. */
   delete(node: QueueNode<T>): boolean {
-    if (!node.queued) return false;
-    for (const level of this.#levels) {
-      if (level.priority === node.priority) {
-        const removed = level.delete(node);
-        if (level.size === 0) this.#prune();
-        return removed;
-      }
-    }
-    return false;
+    const level = this.#byPriority.get(node.priority);
+    if (level === undefined || !level.delete(node)) return false;
+    this.#removed(level);
+    return true;
   }
 
   /** Removes every node, highest class first, and stops the timers. */
@@ -274,27 +268,54 @@ export class PriorityQueue<T> {
       for (const value of level.drain()) out.push(value);
     }
     this.#levels = [this.#base];
+    this.#size = 0;
     return out;
+  }
+
+  #make(priority: number): WaitQueue<T> {
+    const { onTimeout } = this.#options;
+    const level: WaitQueue<T> = new WaitQueue<T>({
+      ...this.#options,
+      priority,
+      onTimeout: (value) => {
+        this.#removed(level);
+        onTimeout(value);
+      },
+    });
+    this.#byPriority.set(priority, level);
+    return level;
   }
 
   #level(priority: number): WaitQueue<T> {
     if (priority === 0) return this.#base;
-    const levels = this.#levels;
-    let i = 0;
-    for (; i < levels.length; i++) {
-      const p = levels[i].priority;
-      if (p === priority) return levels[i];
-      if (p < priority) break;
+    const level = this.#byPriority.get(priority) ?? this.#make(priority);
+    // An empty class is kept for its next value, but not in the list.
+    if (level.size === 0) {
+      const at = this.#place(priority);
+      if (this.#levels[at] !== level) this.#levels.splice(at, 0, level);
     }
-    const level = new WaitQueue<T>({ ...this.#options, priority });
-    levels.splice(i, 0, level);
     return level;
   }
 
-  // Drops empty classes other than 0 (their timers are disarmed when they
-  // empty); timeouts may have emptied some.
-  #prune(): void {
-    if (this.#levels.length === 1) return;
-    this.#levels = this.#levels.filter((l) => l === this.#base || l.size > 0);
+  // Where class `priority` is or goes in #levels (highest first).
+  #place(priority: number): number {
+    const levels = this.#levels;
+    let lo = 0;
+    let hi = levels.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (levels[mid].priority > priority) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  // One value left `level`: a class other than 0 leaves the list when it
+  // empties (and stays made, for its next value).
+  #removed(level: WaitQueue<T>): void {
+    this.#size--;
+    if (level.size > 0 || level === this.#base) return;
+    const at = this.#place(level.priority);
+    if (this.#levels[at] === level) this.#levels.splice(at, 1);
   }
 }

@@ -2101,7 +2101,8 @@ export class Hub {
 
   // Encodes the request at the head of the queue ahead of time, so the next
   // slot to free sends it without building it first. Only the head: queued
-  // requests otherwise hold nothing but the consumer's Request.
+  // requests otherwise hold nothing but the consumer's Request (a former
+  // head that a higher class overtook keeps what was encoded for it).
   #prepareHead(pool: Pool): void {
     const head = pool.queue.head;
     if (head !== null) requestLines(this.#outgoing(head.value));
