@@ -100,7 +100,8 @@ Options (each also as the environment variable in brackets):
   --ping-timeout T         time a worker has to answer, then its connection is
                            closed [POTHEAD_PING_TIMEOUT] (10s)
   --route RULE             route to a pool (repeatable): /prefix=POOL,
-                           host=POOL or host/prefix=POOL; others go to "default"
+                           host=POOL or host/prefix=POOL, each with an optional
+                           @PRIORITY (-1000..1000); others go to "default"
   --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host",
                            "priority" }],
                            "pools": { NAME: { "maxQueue", "queueTimeout" } } }
@@ -121,20 +122,36 @@ Durations: 500ms, 30s, 2m, or a bare number of seconds.
 
 const LEVELS = ["debug", "info", "warn", "error"];
 
-/** Parses a `--route` rule: `/prefix=pool`, `host=pool` or `host/prefix=pool`. */
+/**
+ * Parses a `--route` rule: `/prefix=pool`, `host=pool` or
+ * `host/prefix=pool`, each with an optional `@priority` (an integer; pool
+ * names cannot hold `@`).
+ */
 export function parseRoute(rule: string): Route {
   const eq = rule.lastIndexOf("=");
-  const pool = rule.slice(eq + 1).trim();
+  let pool = rule.slice(eq + 1).trim();
   const match = rule.slice(0, eq).trim();
-  if (eq <= 0 || pool === "" || match === "") {
-    throw new UsageError(
-      `Invalid --route: expected /prefix=POOL, host=POOL or host/prefix=POOL, got "${rule}"`,
+  const invalid = () =>
+    new UsageError(
+      `Invalid --route: expected /prefix=POOL, host=POOL or host/prefix=POOL, each with an optional @PRIORITY, got "${rule}"`,
     );
+  if (eq <= 0 || pool === "" || match === "") throw invalid();
+  let priority: number | undefined;
+  const at = pool.lastIndexOf("@");
+  if (at >= 0) {
+    const text = pool.slice(at + 1).trim();
+    if (!/^[+-]?[0-9]+$/.test(text)) throw invalid();
+    priority = Number(text);
+    pool = pool.slice(0, at).trim();
   }
   const slash = match.indexOf("/");
-  if (slash === 0) return { pool, pathPrefix: match };
-  if (slash < 0) return { pool, host: match };
-  return { pool, host: match.slice(0, slash), pathPrefix: match.slice(slash) };
+  const route: Route = slash === 0
+    ? { pool, pathPrefix: match }
+    : slash < 0
+    ? { pool, host: match }
+    : { pool, host: match.slice(0, slash), pathPrefix: match.slice(slash) };
+  if (priority !== undefined) route.priority = priority;
+  return route;
 }
 
 /** Builds serveHub options from parsed flags and the environment. */

@@ -20,7 +20,7 @@ import {
   startWorker,
 } from "./_procs.ts";
 import { chooseToken, defaultWorkerId } from "../_worker_cli.ts";
-import { optionsFrom } from "../_hub_cli.ts";
+import { optionsFrom, parseRoute } from "../_hub_cli.ts";
 import { parseDuration } from "../_cli.ts";
 
 const CURL = "/usr/bin/curl";
@@ -897,6 +897,12 @@ Deno.test("hub exits 2 on a --config that is not an object, a route without a po
     const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const flagCases: [string[], number, RegExp][] = [
       [["--route", "/x=a b"], 2, /invalid pool name "a b"/],
+      [["--route", "/x=gpu@high"], 2, /Invalid --route: .*@PRIORITY/],
+      [
+        ["--route", "/x=gpu@5000"],
+        2,
+        /priority must be an integer from -1000 to 1000, got 5000/,
+      ],
       [["--ping-timeout", "0"], 2, /pingTimeout/],
       [
         ["--hostname", "127.0.0.1", "--port", String(busy.addr.port)],
@@ -1152,5 +1158,30 @@ Deno.test("hub --trust-priority (or POTHEAD_TRUST_PRIORITY) and a --config route
     if (before === undefined) Deno.env.delete("POTHEAD_TRUST_PRIORITY");
     else Deno.env.set("POTHEAD_TRUST_PRIORITY", before);
     await Deno.remove(file);
+  }
+});
+
+Deno.test("parseRoute reads /prefix=POOL, host=POOL and host/prefix=POOL, each with an optional @PRIORITY", () => {
+  assert.deepEqual(parseRoute("/images/=images"), {
+    pool: "images",
+    pathPrefix: "/images/",
+  });
+  assert.deepEqual(parseRoute("thumbs.example=images"), {
+    pool: "images",
+    host: "thumbs.example",
+  });
+  assert.deepEqual(parseRoute("api.example/batch/=gpu@-10"), {
+    pool: "gpu",
+    host: "api.example",
+    pathPrefix: "/batch/",
+    priority: -10,
+  });
+  assert.deepEqual(parseRoute("/live/=gpu @ +5"), {
+    pool: "gpu",
+    pathPrefix: "/live/",
+    priority: 5,
+  });
+  for (const bad of ["/x=", "=gpu", "/x=gpu@", "/x=gpu@1.5", "/x=gpu@hi"]) {
+    assert.throws(() => parseRoute(bad), /Invalid --route/, bad);
   }
 });
