@@ -37,7 +37,6 @@ import {
   QUEUE_TIME_HEADER,
   relayedResponse,
   requestTarget,
-  splitUrl,
 } from "./_headers.ts";
 import { BufferedReader, type Connection, joinBytes, writeAll } from "./_io.ts";
 import { readAheadStream } from "./_readahead.ts";
@@ -537,6 +536,8 @@ class Pending {
   priority = 0;
   /** The host asked for (see requestTarget). */
   host = "";
+  /** Path and query (origin form), as the worker is sent it. */
+  path = "/";
   body: Uint8Array | ReadableStream<Uint8Array> | null = null;
   // Its upload as read ahead (requestBuffer), and the stream's control:
   // cancelled when the request is settled unless a worker connection is
@@ -575,10 +576,6 @@ class Pending {
   /** The consumer's X-Request-Id, or one made when first needed. */
   get id(): string {
     return this.#id ??= crypto.randomUUID();
-  }
-  /** Path and query (origin form). */
-  get path(): string {
-    return splitUrl(this.req.url).path;
   }
   handleEvent(): void {
     this.onAbandon(this);
@@ -1586,6 +1583,7 @@ export class Hub {
     const hostField = req.headers.get("host");
     const target = requestTarget(req.url, hostField);
     pending.host = target.host;
+    pending.path = target.path;
     const route = this.#route(target.host, target.path);
     pending.pool = this.#pool(route?.pool ?? DEFAULT_POOL);
     pending.priority = route?.priority ?? 0;
@@ -1875,7 +1873,6 @@ export class Hub {
   // Request.
   #outgoing(p: Pending): OutgoingRequest {
     if (p.out !== null) return p.out;
-    const { path } = splitUrl(p.req.url);
     let headers = forwardRequestHeaders(p.req.headers, {
       clientIp: p.clientIp,
       proto: this.#scheme ??
@@ -1892,7 +1889,7 @@ export class Hub {
     }
     return p.out = {
       method: p.req.method,
-      target: path,
+      target: p.path,
       headers,
       body: p.body,
       contentLength: p.contentLength,

@@ -56,45 +56,14 @@ export function simulateFifo(
   servers: number,
   options: SimOptions = {},
 ): SimResult {
-  const n = arrivals.length;
-  if (service.length !== n) {
-    throw new RangeError(
-      `Cannot simulate: ${n} arrivals but ${service.length} service times`,
-    );
-  }
-  if (!Number.isInteger(servers) || servers < 1) {
-    throw new RangeError(`Invalid servers: got ${servers}`);
-  }
-  const gap = options.dispatchGapMs ?? 0;
-  // When each server can next start a job. K is small (≤ a few hundred), so a
-  // linear scan beats a heap and keeps the lowest-index tie rule obvious.
-  const freeAt = new Float64Array(servers);
-  const result: SimResult = {
-    start: new Float64Array(n),
-    finish: new Float64Array(n),
-    latency: new Float64Array(n),
-    wait: new Float64Array(n),
-    server: new Int32Array(n),
-  };
-  let previous = -Infinity;
-  for (let i = 0; i < n; i++) {
-    const a = arrivals[i];
-    if (a < previous) {
-      throw new RangeError(`Cannot simulate: arrival ${i} is out of order`);
-    }
-    previous = a;
-    let best = 0;
-    for (let s = 1; s < servers; s++) if (freeAt[s] < freeAt[best]) best = s;
-    const start = Math.max(a, freeAt[best]);
-    const finish = start + service[i];
-    freeAt[best] = finish + gap;
-    result.start[i] = start;
-    result.finish[i] = finish;
-    result.latency[i] = finish - a;
-    result.wait[i] = start - a;
-    result.server[i] = best;
-  }
-  return result;
+  // One class: the priority queue's order is arrival order.
+  return simulatePriority(
+    arrivals,
+    service,
+    new Int32Array(arrivals.length),
+    servers,
+    options,
+  );
 }
 
 /**
@@ -103,7 +72,7 @@ export function simulateFifo(
  * highest class that has arrived and waits, the earliest of that class first
  * (non-preemptive: a running job is never interrupted). A request that finds
  * a server free starts at once, whatever its class. This is the ideal of the
- * hub's priority queue, with no dispatch cost; with one class it is exactly
+ * hub's priority queue, with no dispatch cost; with one class it is
  * {@linkcode simulateFifo}.
  *
  * @param arrivals arrival times, ascending.
@@ -149,6 +118,8 @@ export function simulatePriority(
   ) => list);
   const head = new Int32Array(levels.length);
   const gap = options.dispatchGapMs ?? 0;
+  // When each server can next start a job. K is small (≤ a few hundred), so a
+  // linear scan beats a heap and keeps the lowest-index tie rule obvious.
   const freeAt = new Float64Array(servers);
   const result: SimResult = {
     start: new Float64Array(n),
