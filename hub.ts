@@ -1591,6 +1591,17 @@ export class Hub {
       this.#fail(pending, "bad-request", 400, "invalid Host header");
       return promise;
     }
+    if (req.method === "CONNECT") {
+      // A tunnel would hold a worker connection for as long as the consumer
+      // likes; workers are origin servers, and no worker can answer one.
+      this.#fail(
+        pending,
+        "bad-request",
+        501,
+        "CONNECT is not supported: the hub is a reverse proxy, not a tunnel",
+      );
+      return promise;
+    }
     // The host asked for comes from the target unless it is the Host field
     // (checked above): an absolute-form target, or one without a Host field
     // (HTTP/1.0, where Deno.serve's own address is valid).

@@ -543,6 +543,29 @@ Deno.test("an absolute-form target without a Host field (HTTP/1.0): an invalid a
   });
 });
 
+Deno.test("hub answers CONNECT itself with a 501 and keeps the connection", async () => {
+  await withOrigin(async ({ server, seen }) => {
+    const raw = await RawSocket.connect(server.addr.port);
+    try {
+      // Authority form (RFC 9110 §9.3.6), then a request on the same
+      // connection: the refusal costs no worker and no connection.
+      await raw.write(
+        "CONNECT d.example:443 HTTP/1.1\r\nHost: d.example:443\r\n\r\n",
+      );
+      const msg = await deadline(raw.readMessage(), HANG, "the answer");
+      assert.equal(msg?.status, 501);
+      assert.match(dec.decode(msg!.body), /CONNECT is not supported/);
+      await raw.write("GET /info HTTP/1.1\r\nHost: d.example\r\n\r\n");
+      const next = await deadline(raw.readMessage(), HANG, "the next answer");
+      assert.equal(next?.status, 200);
+      assert.equal(seen.length, 1);
+      assert.equal(seen[0].method, "GET");
+    } finally {
+      raw.close();
+    }
+  });
+});
+
 Deno.test("hub sets X-Request-Id, the queue-time header and Server-Timing", async () => {
   await withOrigin(async ({ hubUrl, client, seen }) => {
     const res = await fetch(`${hubUrl}/info`, { client });
