@@ -11,7 +11,12 @@
  * @module
  */
 
-import type { AccessRecord, HubStats, PoolStats } from "./hub.ts";
+import type {
+  AccessRecord,
+  HubStats,
+  PoolStats,
+  QueueClassStats,
+} from "./hub.ts";
 
 /** The pool every request belongs to until pools are configured. */
 export const DEFAULT_POOL = "default";
@@ -428,6 +433,9 @@ class PoolMetrics {
   retries = 0;
   bytesIn = 0;
   bytesOut = 0;
+  // priority class -> [queue wait sum in seconds, count], for the classes
+  // this pool's requests have had (at most 2 001, the valid classes).
+  readonly classWait = new Map<number, [number, number]>();
 
   constructor(buckets: readonly number[], seriesSeconds: number) {
     this.queueWait = new Histogram(buckets);
@@ -458,6 +466,7 @@ function poolGauges(stats: HubStats): Map<string, PoolGauges> {
       parked: stats.parked ?? 0,
       busy: stats.busy,
       workers: (stats as { workers?: unknown[] }).workers?.length ?? 0,
+      classes: [],
     });
   }
   return out;
@@ -551,7 +560,17 @@ export class HubMetrics {
     const queued = record.outcome !== "queue-full" &&
       record.outcome !== "bad-request" &&
       !(record.outcome === "too-large" && record.workerMs < 0);
-    if (queued) p.queueWait.observe(record.queueMs / 1000);
+    if (queued) {
+      p.queueWait.observe(record.queueMs / 1000);
+      const priority = record.priority ?? 0;
+      const wait = p.classWait.get(priority);
+      if (wait === undefined) {
+        p.classWait.set(priority, [record.queueMs / 1000, 1]);
+      } else {
+        wait[0] += record.queueMs / 1000;
+        wait[1]++;
+      }
+    }
     if (record.workerMs >= 0) p.workerTime.observe(record.workerMs / 1000);
     switch (record.outcome) {
       case "queue-full":
@@ -660,6 +679,7 @@ export class HubMetrics {
           parked: 0,
           busy: 0,
           workers: 0,
+          classes: [],
         },
         recent: p.series.summary(sec, 60, elapsed),
         series: p.series.read(sec, seconds),
@@ -775,6 +795,7 @@ export class HubMetrics {
         `pothead_worker_slots{pool="${l}",state="busy"} ${num(g.busy)}`,
       );
     }
+    classGauges(out, pools, gauges);
     gauge(
       "pothead_worker_slots_connected",
       "Worker slots (connections) attached, idle, parked or busy.",
@@ -949,6 +970,64 @@ function evictOldest(workers: Map<string, WorkerSeen>): void {
     }
   }
   if (oldest !== undefined) workers.delete(oldest);
+}
+
+// The queue by priority class: depth and oldest wait from the hub's stats,
+// the mean wait (a summary's sum and count) from the access records. Every
+// class a pool has queued or served is listed, 0 when empty, so that a
+// series does not come and go with its requests.
+function classGauges(
+  out: string[],
+  pools: [string, PoolMetrics][],
+  gauges: Map<string, PoolGauges>,
+): void {
+  const rows: [string, number, QueueClassStats | undefined, PoolMetrics][] = [];
+  for (const [pool, p] of pools) {
+    const now = new Map<number, QueueClassStats>();
+    for (const c of gauges.get(pool)?.classes ?? []) now.set(c.priority, c);
+    const classes = new Set([...now.keys(), ...p.classWait.keys()]);
+    for (const priority of [...classes].sort((a, b) => b - a)) {
+      rows.push([label(pool), priority, now.get(priority), p]);
+    }
+  }
+  const series = (name: string, value: (row: typeof rows[0]) => number) => {
+    for (const row of rows) {
+      out.push(
+        `${name}{pool="${row[0]}",priority="${row[1]}"} ${num(value(row))}`,
+      );
+    }
+  };
+  header(
+    out,
+    "pothead_queue_class_depth",
+    "gauge",
+    "Requests waiting in the pool's queue, by priority class (served highest first).",
+  );
+  series("pothead_queue_class_depth", (r) => r[2]?.queued ?? 0);
+  header(
+    out,
+    "pothead_queue_class_oldest_age_seconds",
+    "gauge",
+    "How long the oldest queued request of the class has waited (0 if none).",
+  );
+  series(
+    "pothead_queue_class_oldest_age_seconds",
+    (r) => (r[2]?.oldestWaitMs ?? 0) / 1000,
+  );
+  header(
+    out,
+    "pothead_queue_class_wait_seconds",
+    "summary",
+    "Time requests of the class waited in the queue (sum and count: the mean).",
+  );
+  series(
+    "pothead_queue_class_wait_seconds_sum",
+    (r) => r[3].classWait.get(r[1])?.[0] ?? 0,
+  );
+  series(
+    "pothead_queue_class_wait_seconds_count",
+    (r) => r[3].classWait.get(r[1])?.[1] ?? 0,
+  );
 }
 
 function header(out: string[], name: string, type: string, help: string) {

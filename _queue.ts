@@ -22,6 +22,16 @@ export interface QueueNode<T> {
   queued: boolean;
 }
 
+/** One class of a {@linkcode PriorityQueue}, as {@linkcode PriorityQueue.classes} lists it. */
+export interface QueueClass {
+  /** The class. */
+  priority: number;
+  /** Values waiting in it. */
+  size: number;
+  /** When its oldest value joined, or null if it is empty. */
+  oldestSince: number | null;
+}
+
 /** Options for {@linkcode WaitQueue}. */
 export interface WaitQueueOptions<T> {
   /** Milliseconds a value may wait; 0 means forever. */
@@ -225,6 +235,18 @@ export class PriorityQueue<T> {
       }
     }
     return oldest;
+  }
+
+  /**
+   * Class 0 and the classes holding something, highest first: each one's
+   * priority, size, and when its oldest value joined (null if empty).
+   */
+  classes(): QueueClass[] {
+    return this.#levels.map((level) => ({
+      priority: level.priority,
+      size: level.size,
+      oldestSince: level.head?.since ?? null,
+    }));
   }
 
   /** Adds `value` to its class in order of `since` (see {@linkcode WaitQueue.push}). */

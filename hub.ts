@@ -430,6 +430,21 @@ export interface PoolStats {
   busy: number;
   /** Distinct workers (by id, or by address for plain workers). */
   workers: number;
+  /**
+   * The queue by priority class, highest first: class 0 always, and every
+   * other class while it holds a request.
+   */
+  classes: QueueClassStats[];
+}
+
+/** One priority class of a pool's queue, in {@linkcode PoolStats.classes}. */
+export interface QueueClassStats {
+  /** The class (see {@linkcode Route.priority}). */
+  priority: number;
+  /** Requests of this class waiting. */
+  queued: number;
+  /** Milliseconds its oldest request has waited (0 if none). */
+  oldestWaitMs: number;
 }
 
 /** One worker as the hub sees it: its slots grouped by worker id. */
@@ -1065,6 +1080,11 @@ export class Hub {
         parked: pool.parked,
         busy: pool.slots - pool.idle - pool.pinging - pool.parked,
         workers: pool.groups.size,
+        classes: pool.queue.classes().map((c) => ({
+          priority: c.priority,
+          queued: c.size,
+          oldestWaitMs: c.oldestSince === null ? 0 : now - c.oldestSince,
+        })),
       });
       for (const g of pool.groups.values()) {
         workers.push({

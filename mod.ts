@@ -45,6 +45,7 @@ export {
   type PoolOptions,
   type PoolStats,
   QUEUE_TIME_HEADER,
+  type QueueClassStats,
   type Route,
   serveHub,
   type ServeHubOptions,

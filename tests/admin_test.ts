@@ -166,7 +166,11 @@ function familyOf(name: string, types: Map<string, string>): string {
   for (const suffix of ["_bucket", "_sum", "_count"]) {
     if (name.endsWith(suffix)) {
       const base = name.slice(0, -suffix.length);
-      if (types.get(base) === "histogram") return base;
+      const type = types.get(base);
+      // A summary has a sum and a count too, but no buckets.
+      if (
+        type === "histogram" || (type === "summary" && suffix !== "_bucket")
+      ) return base;
     }
   }
   return name;
@@ -337,6 +341,15 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
   metrics.observe(
     record({ pool: "gpu", queueMs: 2, workerMs: 3, bytesOut: 7 }),
   );
+  metrics.observe(
+    record({ pool: "gpu", priority: 5, queueMs: 40, workerMs: 3 }),
+  );
+  metrics.observe(
+    record({ pool: "gpu", priority: 5, queueMs: 60, workerMs: 3 }),
+  );
+  metrics.observe(
+    record({ pool: "gpu", priority: -3, queueMs: 500, workerMs: 3 }),
+  );
   const stats = fakeStats({
     queued: 3,
     oldestWaitMs: 1500,
@@ -358,6 +371,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
         parked: 0,
         busy: 3,
         workers: 1,
+        classes: [{ priority: 0, queued: 2, oldestWaitMs: 1500 }],
       },
       {
         name: "gpu",
@@ -368,6 +382,10 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
         parked: 1,
         busy: 1,
         workers: 2,
+        classes: [
+          { priority: 7, queued: 1, oldestWaitMs: 250 },
+          { priority: 0, queued: 0, oldestWaitMs: 0 },
+        ],
       },
     ],
   });
@@ -398,6 +416,46 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
     value(exp, "pothead_worker_slots", { ...d, state: "parked" }),
     0,
   );
+  // By class: the queue now (the hub's stats) and the waits served (the
+  // records); a class seen in either is listed, 0 where the other has none.
+  const cls = (pool: string, priority: number) => ({
+    pool,
+    priority: String(priority),
+  });
+  assert.equal(value(exp, "pothead_queue_class_depth", cls("default", 0)), 2);
+  assert.equal(value(exp, "pothead_queue_class_depth", cls("gpu", 7)), 1);
+  assert.equal(value(exp, "pothead_queue_class_depth", cls("gpu", 5)), 0);
+  assert.equal(value(exp, "pothead_queue_class_depth", cls("gpu", -3)), 0);
+  assert.equal(
+    value(exp, "pothead_queue_class_oldest_age_seconds", cls("gpu", 7)),
+    0.25,
+  );
+  assert.equal(
+    value(exp, "pothead_queue_class_wait_seconds_count", cls("gpu", 5)),
+    2,
+  );
+  assert.equal(
+    value(exp, "pothead_queue_class_wait_seconds_sum", cls("gpu", 5)),
+    0.1,
+  );
+  assert.equal(
+    value(exp, "pothead_queue_class_wait_seconds_sum", cls("gpu", -3)),
+    0.5,
+  );
+  assert.equal(
+    value(exp, "pothead_queue_class_wait_seconds_count", cls("gpu", 7)),
+    0,
+  );
+  // Of the default pool's 7 records, 6 queued (class 0).
+  assert.equal(
+    value(exp, "pothead_queue_class_wait_seconds_count", cls("default", 0)),
+    6,
+  );
+  // Highest class first within a pool.
+  const order = [...body.matchAll(
+    /^pothead_queue_class_depth\{pool="gpu",priority="(-?[0-9]+)"\}/gm,
+  )].map((m) => Number(m[1]));
+  assert.deepEqual(order, [7, 5, 0, -3]);
   assert.equal(value(exp, "pothead_worker_slots_connected", gpu), 3);
   assert.equal(value(exp, "pothead_workers_connected", gpu), 2);
   assert.equal(value(exp, "pothead_requests_received_total"), 11);
@@ -423,7 +481,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
       status: "200",
       outcome: "ok",
     }),
-    1,
+    4,
   );
   assert.equal(
     value(exp, "pothead_rejections_total", { ...d, reason: "queue_full" }),
@@ -689,6 +747,7 @@ Deno.test("admin /status reports version, uptime, totals, pools, series and work
         parked: 0,
         busy: 3,
         workers: 1,
+        classes: [{ priority: 0, queued: 7, oldestWaitMs: 80 }],
       },
     ],
     workers: [

@@ -262,6 +262,8 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
     },
     async (ctx) => {
       const gate = new Gate();
+      // Released whatever happens, so that a failure ends the test.
+      using _release = { [Symbol.dispose]: () => gate.release() };
       ctx.add(gate.handler("images"), { pool: "images", workerId: "img-1" });
       ctx.add(recorder("default", []), { workerId: "def-1" });
       await waitFor(() => ctx.server.hub.stats.idle === 2, "attached");
@@ -281,7 +283,11 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
       ]);
       const stats = ctx.server.hub.stats;
       const byName = Object.fromEntries(
-        stats.pools.map((p) => [p.name, { ...p, oldestWaitMs: 0 }]),
+        stats.pools.map((p) => [p.name, {
+          ...p,
+          oldestWaitMs: 0,
+          classes: p.classes.map((c) => ({ ...c, oldestWaitMs: 0 })),
+        }]),
       );
       assert.deepEqual(byName, {
         default: {
@@ -293,6 +299,7 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
           parked: 0,
           busy: 0,
           workers: 1,
+          classes: [{ priority: 0, queued: 0, oldestWaitMs: 0 }],
         },
         images: {
           name: "images",
@@ -303,6 +310,7 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
           parked: 0,
           busy: 1,
           workers: 1,
+          classes: [{ priority: 0, queued: 1, oldestWaitMs: 0 }],
         },
       });
       const imagesPool = stats.pools.find((p) => p.name === "images")!;
@@ -622,6 +630,15 @@ Deno.test("priority classes: maxQueue counts every class, a consumer that leaves
         stats.oldestWaitMs >= before - batch1Queued,
         `${stats.oldestWaitMs} ms is batch/1's wait`,
       );
+      // By class, highest first; class 0 is listed though empty.
+      assert.deepEqual(
+        pool.classes.map((c) => [c.priority, c.queued]),
+        [[7, 1], [0, 0], [-10, 2]],
+      );
+      const batchClass = pool.classes[2];
+      assert.equal(batchClass.oldestWaitMs, pool.oldestWaitMs);
+      assert.ok(pool.classes[0].oldestWaitMs < batchClass.oldestWaitMs);
+      assert.equal(pool.classes[1].oldestWaitMs, 0);
       // Full over all classes: a higher class is refused too.
       const refused = await fetch(`${ctx.url}/x`, {
         headers: { "x-pothead-priority": "1000" },
@@ -642,6 +659,11 @@ Deno.test("priority classes: maxQueue counts every class, a consumer that leaves
       assert.deepEqual(await text(batch1), [200, "w /batch/1"]);
       assert.deepEqual(await text(batch2), [200, "w /batch/2"]);
       assert.equal(hub.stats.queued, 0);
+      // Emptied classes leave the list.
+      assert.deepEqual(
+        hub.stats.pools.find((p) => p.name === "default")!.classes,
+        [{ priority: 0, queued: 0, oldestWaitMs: 0 }],
+      );
     },
   );
 });
