@@ -124,15 +124,17 @@ export function forwardRequestHeaders(
   headers: Headers,
   info: ForwardInfo,
 ): [string, string][] {
-  const out = endToEnd(fieldPairs(headers));
+  let out = endToEnd(fieldPairs(headers));
   let priorFor: string | null = null;
   let priorProto: string | null = null;
   let priorHost: string | null = null;
   let hasHost = false;
+  let spaced = false;
   let w = 0;
   for (let r = 0; r < out.length; r++) {
     const field = out[r];
     const name = field[0];
+    if (field[1].charCodeAt(field[1].length - 1) === 32) spaced = true;
     // The link protocol's own fields (ping, wait, queue time) are the hub's
     // to send: one from a consumer would make the worker skip its handler.
     if (name === "x-request-id" || name.startsWith(LINK_FIELD_PREFIX)) {
@@ -153,6 +155,7 @@ export function forwardRequestHeaders(
     out[w++] = out[r];
   }
   out.length = w;
+  if (spaced) out = withEmptyFields(out);
   if (!hasHost && info.host !== "") out.push(["host", info.host]);
   const chain = [priorFor, info.clientIp].filter((v) => v).join(", ");
   if (chain !== "") out.push(["x-forwarded-for", chain]);
@@ -161,6 +164,34 @@ export function forwardRequestHeaders(
     out.push(["x-forwarded-host", priorHost ?? info.host]);
   }
   out.push(["x-request-id", info.requestId]);
+  return out;
+}
+
+/**
+ * `fields` with every value that ends in ", " split back into the fields it
+ * was combined from. `Headers` joins repeated fields with ", ", so an empty
+ * last one leaves "a, " (from "a" and ""); on the wire that space is
+ * whitespace around the value, which the worker drops ("a,"). Sent as "a"
+ * and an empty field line, the worker's `Headers` joins them back into
+ * "a, ". (`Headers` trims each value, so no other value ends in a space.)
+ */
+export function withEmptyFields(
+  fields: [string, string][],
+): [string, string][] {
+  const out: [string, string][] = [];
+  for (const [name, value] of fields) {
+    let end = value.length;
+    let empty = 0;
+    while (
+      end >= 2 && value.charCodeAt(end - 1) === 32 &&
+      value.charCodeAt(end - 2) === 44
+    ) {
+      end -= 2;
+      empty++;
+    }
+    out.push([name, value.slice(0, end)]);
+    for (; empty > 0; empty--) out.push([name, ""]);
+  }
   return out;
 }
 
