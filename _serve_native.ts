@@ -19,7 +19,12 @@
  */
 
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
-import { asksToClose, QUEUE_TIME_HEADER } from "./_headers.ts";
+import {
+  asksToClose,
+  fieldPairs,
+  QUEUE_TIME_HEADER,
+  withEmptyFields,
+} from "./_headers.ts";
 import {
   holdWait,
   PARK_DISCARD,
@@ -694,8 +699,10 @@ export function abortable(
 // the consumer sent one.
 function withoutExpect(req: Request): Request {
   if (!req.headers.has("expect")) return req;
-  const headers = new Headers(req.headers);
-  headers.delete("expect");
+  // As pairs: `Request` trims each value it takes, and a `Headers` gives
+  // "one, " (from "one" and "") whole, which would lose its space.
+  const headers = withEmptyFields(fieldPairs(req.headers))
+    .filter(([name]) => name !== "expect");
   return new Request(req, { headers });
 }
 
