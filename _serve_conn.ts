@@ -557,12 +557,15 @@ async function serveOne(
   }
   // `new Request` refuses these methods, Deno.serve hands them over: the
   // request is made as a GET and given its own method.
-  const forbidden = FORBIDDEN_METHODS.has(head.method.toUpperCase());
-  if (body !== null && (forbidden || NO_REQUEST_BODY.has(head.method))) {
+  const upper = head.method.toUpperCase();
+  const forbidden = FORBIDDEN_METHODS.has(upper);
+  // `new Request` takes "get" as GET too: no body either way.
+  const bodiless = NO_REQUEST_BODY.has(upper);
+  if (body !== null && (forbidden || bodiless)) {
     // `Request` cannot carry a GET or HEAD body; read and drop it.
     if (!(await discard(body))) return "closed";
     body = null;
-  } else if (body === null && !forbidden && !NO_REQUEST_BODY.has(head.method)) {
+  } else if (body === null && !forbidden && !bodiless) {
     // Deno.serve gives every request but a GET or HEAD a body stream, an
     // empty one when none was sent: handlers may rely on it.
     body = new ReadableStream({ start: (c) => c.close() });

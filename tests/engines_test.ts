@@ -103,6 +103,39 @@ Deno.test(`[${ENGINE}] a TRACE request reaches the handler and the connection st
   );
 });
 
+Deno.test(`[${ENGINE}] a lower-case get or head, with or without a body, reaches the handler`, async () => {
+  // Methods are case-sensitive and Deno.serve hands these over; `Request`
+  // upper-cases them (the inline engine's "GET"), so no body may go with.
+  await withWorker(
+    async (req) => {
+      const body = req.body === null ? "none" : (await req.bytes()).length;
+      return new Response(`${req.method.toUpperCase()} ${body}`);
+    },
+    async ({ server, connects, errors }) => {
+      for (const method of ["get", "head"]) {
+        for (const body of ["", "content-length: 3\r\n\r\nabc"]) {
+          const c = await RawSocket.connect(server.addr.port);
+          try {
+            await c.write(
+              `${method} /m HTTP/1.1\r\nHost: h\r\n${body || "\r\n"}`,
+            );
+            const m = await deadline(c.readMessage(), 10_000, "the response");
+            assert.equal(m?.status, 200, `${method} ${body}`);
+            assert.match(
+              new TextDecoder().decode(m!.body),
+              new RegExp(`^${method.toUpperCase()} `),
+            );
+          } finally {
+            c.close();
+          }
+        }
+      }
+      assert.equal(connects(), 1);
+      assert.deepEqual(errors, []);
+    },
+  );
+});
+
 Deno.test(`[${ENGINE}] a HEAD response tells the length the GET's body would have`, async () => {
   await withWorker(
     () => new Response("hello"),
