@@ -577,7 +577,9 @@ async function serveOne(
     let proto = "http";
     let expect = false;
     for (const [n, v] of head.headers) {
-      if (n === "host") host = v;
+      // An empty Host (which the hub passes on) would make "http:///x",
+      // whose host the URL parser takes from the path.
+      if (n === "host") host = v || "localhost";
       else if (n === "x-forwarded-proto" && v === "https") proto = v;
       else if (n === "expect") expect = true;
     }

@@ -42,6 +42,16 @@ Deno.test("a small response with Content-Length goes out in one write", async ()
   assert.ok(out.endsWith("\r\n\r\nhello"), JSON.stringify(out));
 });
 
+Deno.test("an empty Host keeps the request's path in its URL", async () => {
+  let url = "";
+  const { errors } = await serve((req) => {
+    url = req.url;
+    return new Response("ok");
+  }, "GET /e/f?q HTTP/1.1\r\nhost:\r\n\r\n");
+  assert.deepEqual(errors, []);
+  assert.equal(new URL(url).pathname + new URL(url).search, "/e/f?q");
+});
+
 Deno.test("a slow body with Content-Length does not hold the head back", async () => {
   const { promise: gate, resolve: release } = Promise.withResolvers<void>();
   const served = serve(() => {
