@@ -766,7 +766,7 @@ function normalise(
     // Deno.serve's own Request keeps the target as sent).
     url = new URL(url).href;
   }
-  const body = {
+  let body: unknown = {
     null: s.bodyNull,
     length: s.bodyLength,
     sha256: s.bodySha256,
@@ -778,6 +778,11 @@ function normalise(
     // (Fetch standard); Deno.serve's own Request keeps "Post" as sent. The
     // inline engine cannot make a Request without it (a Deno limitation).
     method = method.toUpperCase();
+    if ((method === "GET" || method === "HEAD") && method !== c.method) {
+      // ... and so cannot carry a body for "get" or "head", which
+      // Deno.serve gives one (an empty one when none was sent).
+      body = "none: a GET or HEAD Request has no body";
+    }
   }
   return { method, url, headers, body };
 }
