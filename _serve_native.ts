@@ -714,7 +714,14 @@ function httpsAware(req: Request, same = false): Request {
     !req.url.startsWith("http:")
   ) return req;
   const url = "https:" + req.url.slice(5);
-  if (!same) return new Request(url, req);
+  if (!same) {
+    const copy = new Request(url, req);
+    // The copy's Headers trimmed "one, " (see withoutExpect): as pairs.
+    const pairs = fieldPairs(req.headers);
+    return pairs.some(([, v]) => v.endsWith(" "))
+      ? new Request(copy, { headers: withEmptyFields(pairs) })
+      : copy;
+  }
   Object.defineProperty(req, "url", { configurable: true, value: url });
   return req;
 }

@@ -349,6 +349,27 @@ Deno.test("serve engine: taking Expect off keeps a repeated field whose last val
   );
 });
 
+Deno.test("serve engine: making the URL https keeps a repeated field whose last value is empty", async () => {
+  await withEngine(
+    (req) =>
+      Response.json([
+        req.url,
+        ...[...req.headers].filter(([n]) => n === "x-a"),
+      ]),
+    async (engine) => {
+      const link = open(engine);
+      await link.hub.write(bytes(
+        "GET /x HTTP/1.1\r\nhost: h\r\nx-a: one\r\nx-a: \r\n" +
+          "x-forwarded-proto: https\r\n\r\n",
+      ));
+      const out = await readUntil(link.hub, (s) => s.endsWith("]]"));
+      assert.ok(out.endsWith('["https://h/x",["x-a","one, "]]'), out);
+      link.hub.close();
+      assert.equal(await ended(link), 1);
+    },
+  );
+});
+
 Deno.test("serve engine: a large upload and download stream through the relay", async () => {
   const size = 8 * 1024 * 1024;
   await withEngine(async (req) => {
