@@ -283,6 +283,10 @@ export function relayedHeaders(
   return fields;
 }
 
+// Statuses a `Response` may not have a body with (Fetch's null body status,
+// less 101 and 103, which never reach it).
+const NULL_BODY_STATUS = new Set([204, 205, 304]);
+
 /**
  * The `Response` relaying `res`: its {@linkcode relayedHeaders}, with the
  * relaying side's `set` fields replacing any of the same names and its
@@ -311,11 +315,13 @@ export function relayedResponse(
     body = null;
     fields = fields.filter(([name]) => name !== "content-length");
   } else if (
-    method === "HEAD" && res.status !== 304 && res.status !== 204 &&
+    method === "HEAD" && !NULL_BODY_STATUS.has(res.status) &&
     !fields.some(([name]) => name === "content-length")
   ) {
     // A HEAD answered without a length (its GET would be chunked): with no
     // body at all, Deno.serve would tell the consumer `content-length: 0`.
+    // Not for a status that can have no content: `Response` refuses any
+    // body with it, even an empty stream.
     body = new ReadableStream({ start: (c) => c.close() });
   }
   try {

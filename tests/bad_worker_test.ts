@@ -714,3 +714,26 @@ Deno.test("a 205 whose body the worker cuts is counted once: one access record, 
     assert.equal(ctx.server.hub.stats.failed, 1);
   });
 });
+
+Deno.test("a HEAD answered 205 without a length reaches the consumer as that 205, not a 502", async () => {
+  await withHub({}, async (ctx) => {
+    const w = await ctx.fake();
+    for (const framing of ["transfer-encoding: chunked\r\n", ""]) {
+      const res = fetch(`${ctx.url}/reset`, {
+        method: "HEAD",
+        client: ctx.client,
+      });
+      const head = await w.readHead();
+      assert.match(head ?? "", /^HEAD \/reset HTTP\/1\.1\r\n/);
+      await w.write(
+        `HTTP/1.1 205 Reset Content\r\n${framing}x-kind: r\r\n\r\n`,
+      );
+      const got = await deadline(res, HANG, "consumer response");
+      assert.equal(got.status, 205, framing);
+      assert.equal(got.headers.get("x-kind"), "r");
+      assert.equal(got.headers.get("x-pothead-error"), null);
+      await got.body?.cancel();
+    }
+    assert.equal(ctx.server.hub.stats.slots, 1);
+  });
+});
