@@ -518,11 +518,18 @@ export function responseFraming(
 
 /**
  * Whether the connection stays open after this message (RFC 9112 §9.3):
- * HTTP/1.1 unless `close` is named, HTTP/1.0 only with `keep-alive`.
+ * HTTP/1.1 unless `close` is named, HTTP/1.0 only with `keep-alive`, and
+ * never after an HTTP/1.0 message with Transfer-Encoding, whose framing
+ * RFC 9112 §6.1 has a recipient treat as faulty: its sender may not have
+ * meant the chunks that were read.
  */
-export function keepAlive(minor: number, connection: string[]): boolean {
-  if (connection.includes("close")) return false;
-  return minor >= 1 || connection.includes("keep-alive");
+export function keepAlive(
+  minor: number,
+  fields: Pick<FramingFields, "connection" | "chunked">,
+): boolean {
+  if (fields.connection.includes("close")) return false;
+  if (minor === 0 && fields.chunked) return false;
+  return minor >= 1 || fields.connection.includes("keep-alive");
 }
 
 /**

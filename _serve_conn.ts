@@ -628,7 +628,7 @@ async function serveOne(
     response = internalError();
   }
 
-  let reuse = keepAlive(head.minor, fields.connection) &&
+  let reuse = keepAlive(head.minor, fields) &&
     !options.drain.aborted && !last && !asksToClose(response.headers);
   const connection = reuse ? park ? PARK_OPTION : null : "close";
   try {

@@ -678,7 +678,7 @@ export class WorkerSlot {
       // Parked only when nothing of the exchange is left on the wire: the
       // request went out whole (no stream body) and the 408 has no body.
       if (
-        parks && !streamed && keepAlive(head.minor, fields.connection) &&
+        parks && !streamed && keepAlive(head.minor, fields) &&
         (framing.kind === "none" ||
           (framing.kind === "length" && framing.length === 0))
       ) {
@@ -689,7 +689,7 @@ export class WorkerSlot {
       }
       throw e;
     }
-    reusable = keepAlive(head.minor, fields.connection) &&
+    reusable = keepAlive(head.minor, fields) &&
       framing.kind !== "close" && !bodyWithheld;
     parkAfter = parks;
     const contentLength = framing.kind === "length"
@@ -815,7 +815,7 @@ export class WorkerSlot {
     const fields = framingFields(head.headers);
     if (
       head.status < 200 || head.status > 299 ||
-      !keepAlive(head.minor, fields.connection) || fields.chunked ||
+      !keepAlive(head.minor, fields) || fields.chunked ||
       fields.contentLength > 0
     ) {
       this.close(

@@ -737,3 +737,22 @@ Deno.test("a HEAD answered 205 without a length reaches the consumer as that 205
     assert.equal(ctx.server.hub.stats.slots, 1);
   });
 });
+
+Deno.test("an HTTP/1.0 response with Transfer-Encoding is relayed, but its connection is not used again, even with keep-alive", async () => {
+  // RFC 9112 §6.1: its framing is to be treated as faulty, and the
+  // connection closed after it.
+  await withHub({}, async (ctx) => {
+    const w = await ctx.fake();
+    const res = fetch(`${ctx.url}/old`, { client: ctx.client });
+    await readRequest(w);
+    await w.write(
+      "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n" +
+        "Connection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    const got = await deadline(res, HANG, "consumer response");
+    assert.equal(got.status, 200);
+    assert.equal(await got.text(), "hello");
+    await hubCloses(w);
+    await waitFor(() => ctx.server.hub.stats.slots === 0, "slot removed");
+  });
+});

@@ -841,11 +841,23 @@ const keepAliveCases: [string, number, HeaderList, boolean][] = [
     false,
   ],
   ["HTTP/1.0 with another token", 0, fields(["Connection", "upgrade"]), false],
+  [
+    "HTTP/1.0 with keep-alive and Transfer-Encoding",
+    0,
+    fields(["Connection", "keep-alive"], ["Transfer-Encoding", "chunked"]),
+    false,
+  ],
+  [
+    "HTTP/1.1 with Transfer-Encoding",
+    1,
+    fields(["Transfer-Encoding", "chunked"]),
+    true,
+  ],
 ];
 
 for (const [name, minor, headers, expected] of keepAliveCases) {
   Deno.test(`keepAlive is ${expected} for ${name}`, () => {
-    assert.equal(keepAlive(minor, framingFields(headers).connection), expected);
+    assert.equal(keepAlive(minor, framingFields(headers)), expected);
   });
 }
 
