@@ -81,6 +81,12 @@ interface Case {
   hubMayPass: boolean;
   /** Over a limit of fetch's own: it refuses both ways; curl judges. */
   fetchLimit: boolean;
+  /**
+   * Offsets where the plain worker splits its write, pausing between the
+   * pieces, so the hub parses heads, chunk lines and CRLFs that arrive in
+   * parts (empty: one write).
+   */
+  splits: number[];
 }
 
 const TCHARS = "!#$%&'*+-.^_`|~0123456789" +
@@ -681,6 +687,26 @@ function invalidResponse(rng: Rng, pick: number): Built {
   }
 }
 
+/** Up to 12 split offsets, half of them between a CR and its LF. */
+function splitPoints(rng: Rng, text: string): number[] {
+  const crs: number[] = [];
+  for (let i = text.indexOf("\r"); i >= 0; i = text.indexOf("\r", i + 1)) {
+    crs.push(i + 1);
+  }
+  const out = new Set<number>();
+  const n = rng.int(1, 12);
+  for (let i = 0; i < n; i++) {
+    out.add(
+      crs.length > 0 && rng.chance(0.5)
+        ? rng.pick(crs)
+        : rng.int(1, Math.max(1, text.length - 1)),
+    );
+  }
+  return [...out].filter((at) => at > 0 && at < text.length).sort((a, b) =>
+    a - b
+  );
+}
+
 function generate(seed: number, count: number): Case[] {
   const rng = new Rng(seed);
   const out: Case[] = [];
@@ -711,6 +737,7 @@ function generate(seed: number, count: number): Case[] {
       reusable: built.reusable ?? false,
       hubMayPass: built.hubMayPass ?? false,
       fetchLimit: built.fetchLimit ?? false,
+      splits: rng.chance(0.25) ? splitPoints(rng, built.text) : [],
     });
   }
   return out;
@@ -829,6 +856,18 @@ function referenceServer(cases: () => Case[]) {
   };
 }
 
+/** Writes a case's bytes, in its pieces with a pause between them. */
+async function writeCase(sock: RawSocket, c: Case): Promise<void> {
+  const bytes = latin1Bytes(c.text);
+  let at = 0;
+  for (const split of c.splits) {
+    if (!(await sock.write(bytes.subarray(at, split)))) return;
+    at = split;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  await sock.write(bytes.subarray(at));
+}
+
 /**
  * A plain worker: one connection at a time to the hub's worker port; it
  * answers each request with its case's bytes, closes after a case that
@@ -853,6 +892,7 @@ function plainWorker(port: number, cases: () => Case[]) {
       }
       connections++;
       current = sock;
+      (sock.conn as Deno.TcpConn).setNoDelay(true); // pieces go as pieces
       let last: Case | null = null;
       try {
         while (!stopped) {
@@ -863,7 +903,7 @@ function plainWorker(port: number, cases: () => Case[]) {
           }
           if (last?.mustDrop) reusedAfter.push(last);
           last = cases()[index];
-          await sock.write(latin1Bytes(last.text));
+          await writeCase(sock, last);
           if (last.close) break;
         }
       } finally {
@@ -973,7 +1013,8 @@ function describe(c: Case): string {
   const shown = c.text.length > 400
     ? c.text.slice(0, 400) + `…(${c.text.length} bytes)`
     : c.text;
-  return `seed ${c.seed} case ${c.index} [${c.cls}] ${c.kind} ${c.method}: ` +
+  return `seed ${c.seed} case ${c.index} [${c.cls}] ${c.kind} ${c.method}` +
+    `${c.splits.length > 0 ? ` split at ${c.splits.join(",")}` : ""}: ` +
     JSON.stringify(shown);
 }
 
