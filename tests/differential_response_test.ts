@@ -1272,8 +1272,6 @@ Deno.test("differential: worker responses through the hub against fetch straight
         }
       }
     }
-    // The last case's connection has seen its answer: wait for nothing
-    // more, stop the worker.
   } finally {
     await worker.close();
     await reference.close();
