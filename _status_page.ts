@@ -110,7 +110,8 @@ tr.gone td { color: var(--muted); }
   <div class="cards">
     <div class="card"><h2>Queue depth</h2>
       <div class="big" data-metric="queued">–</div>
-      <div class="sub">oldest waiting <span data-metric="oldest">–</span></div></div>
+      <div class="sub">oldest waiting <span data-metric="oldest">–</span></div>
+      <div class="sub" data-metric="classes"></div></div>
     <div class="card"><h2>Busy slots</h2>
       <div class="big"><span data-metric="busy">–</span><span class="of"> / <span data-metric="slots">–</span></span></div>
       <div class="sub"><span data-metric="idle">–</span> idle · <span data-metric="parked">–</span> parked · <span data-metric="slots">–</span> connected ·
@@ -291,6 +292,10 @@ tr.gone td { color: var(--muted); }
     const s = pool.stats, r = pool.recent, t = snap.stats;
     set("queued", String(s.queued));
     set("oldest", s.queued === 0 ? "–" : fmtMs(s.oldestWaitMs));
+    // Only when a class other than 0 has requests queued.
+    const classes = s.classes || [];
+    set("classes", classes.length < 2 ? "" : "by class " +
+      classes.map((c) => c.priority + ": " + c.queued).join(" · "));
     set("idle", String(s.idle));
     set("parked", String(s.parked ?? 0));
     set("busy", String(s.busy));

@@ -194,6 +194,7 @@ Deno.test({
       port: 0,
       workerPort: 0,
       shutdownGrace: 1000,
+      trustPriority: true,
       onAccess: (r) => metrics.observe(r),
     });
     const adminStop = new AbortController();
@@ -252,9 +253,18 @@ Deno.test({
       page = await browser.waitFor("received", "3");
       assert.equal(page.values.queued, "0");
 
-      // Six held requests on two slots: two busy, four queued.
-      for (let i = 0; i < 6; i++) consumers.push(fetch(`${base}/hold`));
+      // Six held requests on two slots: two busy, four queued, two of them
+      // in class 5 (sent last, so that they queue).
+      for (let i = 0; i < 4; i++) consumers.push(fetch(`${base}/hold`));
+      page = await browser.waitFor("queued", "2");
+      assert.equal(page.values.classes, "");
+      for (let i = 0; i < 2; i++) {
+        consumers.push(
+          fetch(`${base}/hold`, { headers: { "x-pothead-priority": "5" } }),
+        );
+      }
       page = await browser.waitFor("queued", "4");
+      assert.equal(page.values.classes, "by class 5: 2 · 0: 2");
       page = await browser.waitFor("busy", "2");
       assert.equal(page.values.idle, "0");
       assert.equal(page.values.received, "9");
