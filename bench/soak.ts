@@ -14,6 +14,7 @@
 
 import { parseArgs } from "node:util";
 import { closeAll, type HubProc, startHub } from "../tests/_procs.ts";
+import { makeRandom } from "./_trace.ts";
 
 /** Options for {@linkcode runSoak}. */
 export interface SoakOptions {
@@ -69,17 +70,6 @@ export interface SoakReport {
   seconds: number;
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function peakRss(pid: number): number {
   try {
     const status = Deno.readTextFileSync(`/proc/${pid}/status`);
@@ -91,7 +81,7 @@ function peakRss(pid: number): number {
 
 /** Runs one soak and returns the report. Cleans up every process. */
 export async function runSoak(options: SoakOptions): Promise<SoakReport> {
-  const random = mulberry32(options.seed);
+  const random = makeRandom(options.seed);
   const dir = await Deno.makeTempDir({ prefix: "pothead-soak-" });
   const started = performance.now();
   const hubs: HubProc[] = [];

@@ -5,6 +5,45 @@
  * @module
  */
 
+import { makeRandom } from "../bench/_trace.ts";
+
+/**
+ * Seeded random choices (the benchmarks' generator), so that a generated
+ * test case is the same for the same seed.
+ */
+export class Rng {
+  #next: () => number;
+
+  constructor(seed: number) {
+    this.#next = makeRandom(seed);
+  }
+
+  /** A number in [0, 1). */
+  next(): number {
+    return this.#next();
+  }
+
+  /** An integer in [lo, hi]. */
+  int(lo: number, hi: number): number {
+    return lo + Math.floor(this.#next() * (hi - lo + 1));
+  }
+
+  /** An integer in [0, n). */
+  below(n: number): number {
+    return Math.floor(this.#next() * n);
+  }
+
+  /** Whether an event of probability `p` happens. */
+  chance(p: number): boolean {
+    return this.#next() < p;
+  }
+
+  /** One of `items`. */
+  pick<T>(items: readonly T[]): T {
+    return items[Math.floor(this.#next() * items.length)];
+  }
+}
+
 /** Deterministic pseudo-random bytes (xorshift), so failures reproduce. */
 export function bytes(n: number, seed = 1): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(n);

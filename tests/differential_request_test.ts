@@ -23,7 +23,7 @@ import {
   RawSocket,
   waitFor,
 } from "./_relay.ts";
-import { sha256 } from "./_data.ts";
+import { Rng, sha256 } from "./_data.ts";
 import { ENGINE } from "./_hub.ts";
 
 const SEEDS = Deno.env.get("DIFF_SEED") !== undefined
@@ -37,39 +37,6 @@ const CASE_DEADLINE = 4_000;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 // --- Seeded generator --------------------------------------------------------
-
-/** mulberry32: a small, fast 32-bit PRNG; the same seed, the same cases. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-class Rng {
-  #next: () => number;
-  constructor(seed: number) {
-    this.#next = mulberry32(seed);
-  }
-  /** An integer in [0, n). */
-  int(n: number): number {
-    return Math.floor(this.#next() * n);
-  }
-  /** An integer in [lo, hi]. */
-  range(lo: number, hi: number): number {
-    return lo + this.int(hi - lo + 1);
-  }
-  chance(p: number): boolean {
-    return this.#next() < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)];
-  }
-}
 
 const TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz" +
   "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -104,8 +71,8 @@ const SPECIAL = new Set([
 function tokenName(r: Rng): string {
   for (;;) {
     let name = "";
-    const n = r.range(1, r.chance(0.1) ? 40 : 14);
-    for (let i = 0; i < n; i++) name += TCHARS[r.int(TCHARS.length)];
+    const n = r.int(1, r.chance(0.1) ? 40 : 14);
+    for (let i = 0; i < n; i++) name += TCHARS[r.below(TCHARS.length)];
     const low = name.toLowerCase();
     if (!SPECIAL.has(low) && !low.startsWith("x-pothead-")) return name;
   }
@@ -113,21 +80,21 @@ function tokenName(r: Rng): string {
 
 /** A valid field value (RFC 9110 §5.5), as latin1 text. */
 function fieldValue(r: Rng): string {
-  switch (r.int(9)) {
+  switch (r.below(9)) {
     case 0:
       return "";
     case 1: // long
       return Array.from(
-        { length: r.range(500, 4000) },
-        () => VCHARS[r.int(VCHARS.length)],
+        { length: r.int(500, 4000) },
+        () => VCHARS[r.below(VCHARS.length)],
       ).join("");
     case 2: // obs-text
       return "a" + Array.from(
-        { length: r.range(1, 8) },
-        () => String.fromCharCode(r.range(0x80, 0xff)),
+        { length: r.int(1, 8) },
+        () => String.fromCharCode(r.int(0x80, 0xff)),
       ).join("") + "z";
     case 3: // list with commas and inner whitespace
-      return ["a", "b c", " d ", "e\t f", "", "g"].slice(0, r.range(1, 6))
+      return ["a", "b c", " d ", "e\t f", "", "g"].slice(0, r.int(1, 6))
         .join(r.pick([",", ", ", " ,", ",,"]));
     case 4: // leading and trailing whitespace (not part of the value)
       return r.pick([" ", "\t", " \t "]) + "pad ded" +
@@ -136,9 +103,11 @@ function fieldValue(r: Rng): string {
       return `"quoted, \\"string\\""; q=0.5`;
     default: {
       let s = "";
-      const n = r.range(1, 30);
+      const n = r.int(1, 30);
       for (let i = 0; i < n; i++) {
-        s += r.chance(0.1) ? r.pick([" ", "\t"]) : VCHARS[r.int(VCHARS.length)];
+        s += r.chance(0.1)
+          ? r.pick([" ", "\t"])
+          : VCHARS[r.below(VCHARS.length)];
       }
       return s.trim() === "" ? "x" : s.replace(/^[ \t]+|[ \t]+$/g, "") ||
         "x";
@@ -182,7 +151,7 @@ const QUERIES = [
 ];
 
 function originTarget(r: Rng): string {
-  const n = r.range(0, 5);
+  const n = r.int(0, 5);
   let path = "";
   for (let i = 0; i < n; i++) path += "/" + r.pick(SEGMENTS);
   if (path === "" || r.chance(0.15)) path = "/" + path;
@@ -230,7 +199,7 @@ interface Case {
 
 function bodyBytes(r: Rng, n: number): Uint8Array {
   const out = new Uint8Array(n);
-  const seed = r.int(256);
+  const seed = r.below(256);
   for (let i = 0; i < n; i++) out[i] = (i * 131 + seed + (i >> 7)) & 0xff;
   return out;
 }
@@ -241,7 +210,7 @@ function chunked(r: Rng, body: Uint8Array, trailers: boolean): Uint8Array {
   while (at < body.length) {
     const size = Math.min(
       body.length - at,
-      r.range(1, r.chance(0.3) ? 20000 : 300),
+      r.int(1, r.chance(0.3) ? 20000 : 300),
     );
     const ext = r.pick(["", "", "", ";a=b", ";x", ';q="s t"', " ;e=1"]);
     const hex = r.chance(0.3)
@@ -275,14 +244,14 @@ function validCase(r: Rng): Case {
   }
   const noHost = http10 ? r.chance(0.5) : false;
   if (!noHost) fields.push([r.pick(["Host", "host", "HOST"]), host]);
-  const n = r.chance(0.1) ? r.range(30, 80) : r.range(0, 8);
+  const n = r.chance(0.1) ? r.int(30, 80) : r.int(0, 8);
   for (let i = 0; i < n; i++) fields.push([tokenName(r), fieldValue(r)]);
   // Duplicates of a field already there, in another case.
   if (fields.length > 1 && r.chance(0.3)) {
-    for (let i = r.range(1, 3); i > 0; i--) {
-      const [name] = fields[r.range(1, fields.length - 1)];
+    for (let i = r.int(1, 3); i > 0; i--) {
+      const [name] = fields[r.int(1, fields.length - 1)];
       const flip = r.chance(0.5) ? name.toUpperCase() : name.toLowerCase();
-      fields.splice(r.range(1, fields.length), 0, [flip, fieldValue(r)]);
+      fields.splice(r.int(1, fields.length), 0, [flip, fieldValue(r)]);
     }
   }
   if (r.chance(0.1)) {
@@ -329,13 +298,13 @@ function validCase(r: Rng): Case {
   let body: Uint8Array = new Uint8Array(0);
   let wire: Uint8Array = new Uint8Array(0);
   let awaitContinue = false;
-  const bodyKind = r.int(10);
+  const bodyKind = r.below(10);
   if (bodyKind >= 5) {
     const size = r.chance(0.1)
-      ? r.range(65 * 1024, 100 * 1024)
+      ? r.int(65 * 1024, 100 * 1024)
       : r.chance(0.2)
       ? 0
-      : r.range(1, 5000);
+      : r.int(1, 5000);
     body = bodyBytes(r, size);
     if (bodyKind >= 8 && !http10) {
       fields.push([
@@ -363,8 +332,8 @@ function validCase(r: Rng): Case {
   }
   // Shuffle the order a little: Host need not come first.
   if (fields.length > 2 && r.chance(0.2)) {
-    const i = r.int(fields.length);
-    const j = r.int(fields.length);
+    const i = r.below(fields.length);
+    const j = r.below(fields.length);
     [fields[i], fields[j]] = [fields[j], fields[i]];
   }
   const head = `${method} ${target} HTTP/1.${http10 ? 0 : 1}\r\n` +

@@ -16,6 +16,7 @@
 import assert from "node:assert/strict";
 import { startHub } from "./_hub.ts";
 import { deadline, latin1Bytes, latin1Text, RawSocket } from "./_relay.ts";
+import { Rng } from "./_data.ts";
 
 const SEEDS = Deno.env.get("POTHEAD_DIFF_SEED")
   ? [Number(Deno.env.get("POTHEAD_DIFF_SEED"))]
@@ -23,32 +24,6 @@ const SEEDS = Deno.env.get("POTHEAD_DIFF_SEED")
 const CASES_PER_SEED = Number(Deno.env.get("POTHEAD_DIFF_CASES") ?? 200);
 /** Hang guard of one fetch, head and body. */
 const CASE_MS = 8_000;
-
-// --- A small seeded PRNG (mulberry32) ----------------------------------------
-
-class Rng {
-  #s: number;
-  constructor(seed: number) {
-    this.#s = seed >>> 0;
-  }
-  /** A float in [0, 1). */
-  next(): number {
-    let t = (this.#s = (this.#s + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  /** An integer in [lo, hi]. */
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[Math.floor(this.next() * items.length)];
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-}
 
 // --- Generating responses ------------------------------------------------------
 
