@@ -1,5 +1,6 @@
 /**
- * The hub's queues of waiting requests: a FIFO per priority class.
+ * The hub's queues of waiting requests: a FIFO per priority class, or with
+ * fair queuing a FIFO per consumer key served in turn.
  *
  * A doubly linked list, so that an entry whose consumer left is removed in
  * O(1), and a request that must be retried goes back to the head. Entries
@@ -75,6 +76,11 @@ export class WaitQueue<T> {
   /** The oldest waiting node, if any. */
   get head(): QueueNode<T> | null {
     return this.#head;
+  }
+
+  /** When the oldest waiting value joined, or null if it is empty. */
+  get oldestSince(): number | null {
+    return this.#head?.since ?? null;
   }
 
   /**
@@ -190,27 +196,278 @@ export class WaitQueue<T> {
   }
 }
 
+/** Options for {@linkcode FairQueue}. */
+export interface FairQueueOptions<T> extends WaitQueueOptions<T> {
+  /**
+   * The key a value is grouped by (its consumer). It must not change while
+   * the value is queued, nor between a {@linkcode FairQueue.shift} and the
+   * {@linkcode FairQueue.unshift} that puts the value back.
+   */
+  keyOf(value: T): string;
+}
+
+// One key's values (a WaitQueue, with its own timer) and its place in the
+// rotation of keys that have something queued.
+interface Turn<T> {
+  readonly key: string;
+  readonly queue: WaitQueue<T>;
+  prev: Turn<T> | null;
+  next: Turn<T> | null;
+}
+
+/**
+ * Fair queuing: values grouped by key, each key first come first served,
+ * and the keys served in turn, one value per turn (round robin). One key
+ * with hundreds of values waiting then delays another key's next value by
+ * at most one value per other waiting key, instead of by all of its own.
+ *
+ * A key joins the rotation at its end when its first value arrives and
+ * leaves it (its memory freed) when its last one goes: keys are
+ * unbounded (client addresses), so only keys with something queued cost
+ * anything. A value put back ({@linkcode unshift}: a retry, a worker's
+ * decline) goes to the head of its key, and that key serves next, so a
+ * retry never waits a whole round again. Each key is a
+ * {@linkcode WaitQueue} with its own timeout timer, armed while it holds
+ * something. The same surface as {@linkcode WaitQueue}, so that a
+ * {@linkcode PriorityQueue} class can be either.
+ */
+export class FairQueue<T> {
+  #turns = new Map<string, Turn<T>>();
+  // The rotation: #first serves next; a served key moves to #last.
+  #first: Turn<T> | null = null;
+  #last: Turn<T> | null = null;
+  #size = 0;
+  #options: FairQueueOptions<T>;
+  #keyOf: (value: T) => string;
+  #priority: number;
+
+  constructor(options: FairQueueOptions<T>) {
+    this.#options = options;
+    this.#keyOf = options.keyOf;
+    this.#priority = options.priority ?? 0;
+  }
+
+  /** Number of waiting values, over all keys. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** The priority class its nodes carry. */
+  get priority(): number {
+    return this.#priority;
+  }
+
+  /** Number of keys with values waiting. */
+  get keys(): number {
+    return this.#turns.size;
+  }
+
+  /** The node {@linkcode shift} would return: the oldest of the key whose turn it is. */
+  get head(): QueueNode<T> | null {
+    return this.#first === null ? null : this.#first.queue.head;
+  }
+
+  /** When the longest-waiting value joined, over all keys; null if empty. */
+  get oldestSince(): number | null {
+    // O(keys): for stats, not for the request path.
+    let oldest: number | null = null;
+    for (let t = this.#first; t !== null; t = t.next) {
+      const since = t.queue.oldestSince;
+      if (since !== null && (oldest === null || since < oldest)) oldest = since;
+    }
+    return oldest;
+  }
+
+  /** Values of `key` waiting. */
+  sizeOf(key: string): number {
+    return this.#turns.get(key)?.queue.size ?? 0;
+  }
+
+  /** The keys with values waiting, in the order they will be served. */
+  *keyNames(): IterableIterator<string> {
+    for (let t = this.#first; t !== null; t = t.next) yield t.key;
+  }
+
+  /**
+   * Adds `value` to its key, in order of `since` within the key (see
+   * {@linkcode WaitQueue.push}); a key new to the rotation joins at its end.
+   */
+  push(value: T, since?: number): QueueNode<T> {
+    const key = this.#keyOf(value);
+    const turn = this.#turns.get(key) ?? this.#join(key, false);
+    const node = turn.queue.push(value, since);
+    this.#size++;
+    return node;
+  }
+
+  /**
+   * Puts `value` back at the head of its key (behind only values of the key
+   * that joined earlier, see {@linkcode WaitQueue.unshift}), and makes that
+   * key the next served.
+   */
+  unshift(value: T, since: number): QueueNode<T> {
+    const key = this.#keyOf(value);
+    let turn = this.#turns.get(key);
+    if (turn === undefined) turn = this.#join(key, true);
+    else if (turn !== this.#first) {
+      this.#unlink(turn);
+      this.#link(turn, true);
+    }
+    const node = turn.queue.unshift(value, since);
+    this.#size++;
+    return node;
+  }
+
+  /** Removes and returns the head of the key whose turn it is; that key's turn passes. */
+  shift(): QueueNode<T> | null {
+    const turn = this.#first;
+    if (turn === null) return null;
+    const node = turn.queue.shift()!;
+    this.#size--;
+    if (turn.queue.size === 0) this.#leave(turn);
+    else if (turn.next !== null) {
+      this.#unlink(turn);
+      this.#link(turn, false);
+    }
+    return node;
+  }
+
+  /** Removes `node` if it is still queued here; returns whether it was. */
+  delete(node: QueueNode<T>): boolean {
+    if (!node.queued) return false;
+    const turn = this.#turns.get(this.#keyOf(node.value));
+    if (turn === undefined || !turn.queue.delete(node)) return false;
+    this.#size--;
+    if (turn.queue.size === 0) this.#leave(turn);
+    return true;
+  }
+
+  /** Removes every node, in the order {@linkcode shift} would, and stops the timers. */
+  drain(): T[] {
+    const out: T[] = [];
+    for (let n = this.shift(); n; n = this.shift()) out.push(n.value);
+    return out;
+  }
+
+  #join(key: string, front: boolean): Turn<T> {
+    const turn: Turn<T> = {
+      key,
+      queue: new WaitQueue<T>({
+        ...this.#options,
+        priority: this.#priority,
+        onTimeout: (value) => {
+          this.#size--;
+          if (turn.queue.size === 0) this.#leave(turn);
+          this.#options.onTimeout(value);
+        },
+      }),
+      prev: null,
+      next: null,
+    };
+    this.#turns.set(key, turn);
+    this.#link(turn, front);
+    return turn;
+  }
+
+  // An emptied key leaves the rotation and is forgotten (its WaitQueue has
+  // no timer once empty).
+  #leave(turn: Turn<T>): void {
+    this.#unlink(turn);
+    this.#turns.delete(turn.key);
+  }
+
+  #link(turn: Turn<T>, front: boolean): void {
+    if (front) {
+      turn.next = this.#first;
+      if (this.#first !== null) this.#first.prev = turn;
+      else this.#last = turn;
+      this.#first = turn;
+    } else {
+      turn.prev = this.#last;
+      if (this.#last !== null) this.#last.next = turn;
+      else this.#first = turn;
+      this.#last = turn;
+    }
+  }
+
+  #unlink(turn: Turn<T>): void {
+    if (turn.prev !== null) turn.prev.next = turn.next;
+    else this.#first = turn.next;
+    if (turn.next !== null) turn.next.prev = turn.prev;
+    else this.#last = turn.prev;
+    turn.prev = turn.next = null;
+  }
+}
+
+/** Options for {@linkcode PriorityQueue}. */
+export interface PriorityQueueOptions<T> extends WaitQueueOptions<T> {
+  /**
+   * With a key function, each class is a {@linkcode FairQueue} that serves
+   * the keys in turn; without one (the default), a {@linkcode WaitQueue}.
+   */
+  keyOf?: (value: T) => string;
+}
+
+// One class: first come first served, or fair between keys.
+type Level<T> = WaitQueue<T> | FairQueue<T>;
+
 /**
  * Waiting values in priority classes: a higher class is always served
  * first, and each class is a {@linkcode WaitQueue} (first come, first
- * served, with its own timeout timer). Strict: a lower class waits while a
- * higher one has anything, bounded by the queue timeout. Only class 0 and
- * the classes that hold something are looked at (an empty class is kept for
- * its next value), so a request path pays for classes only where they are
- * used.
+ * served, with its own timeout timer), or with `keyOf` a
+ * {@linkcode FairQueue} (its keys in turn). Strict: a lower class waits
+ * while a higher one has anything, bounded by the queue timeout. Only class
+ * 0 and the classes that hold something are looked at (an empty class is
+ * kept for its next value), so a request path pays for classes only where
+ * they are used.
  */
 export class PriorityQueue<T> {
   // Highest class first: class 0 and the classes that hold something.
-  #levels: WaitQueue<T>[];
-  #byPriority = new Map<number, WaitQueue<T>>();
-  #base: WaitQueue<T>;
-  #options: WaitQueueOptions<T>;
+  #levels: Level<T>[];
+  #byPriority = new Map<number, Level<T>>();
+  #base: Level<T>;
+  #options: PriorityQueueOptions<T>;
   #size = 0;
 
-  constructor(options: WaitQueueOptions<T>) {
+  constructor(options: PriorityQueueOptions<T>) {
     this.#options = options;
     this.#base = this.#make(0);
     this.#levels = [this.#base];
+  }
+
+  /** Whether its classes are fair between keys (a `keyOf` was given). */
+  get fair(): boolean {
+    return this.#options.keyOf !== undefined;
+  }
+
+  /**
+   * Number of distinct keys with values waiting, over all classes; 0
+   * without `keyOf`. O(keys) when several classes hold values.
+   */
+  get keys(): number {
+    if (!this.fair) return 0;
+    let only: FairQueue<T> | null = null;
+    let several = false;
+    for (const level of this.#levels) {
+      if (level.size === 0) continue;
+      if (only === null) only = level as FairQueue<T>;
+      else several = true;
+    }
+    if (only === null) return 0;
+    if (!several) return only.keys;
+    const seen = new Set<string>();
+    for (const level of this.#levels) {
+      for (const key of (level as FairQueue<T>).keyNames()) seen.add(key);
+    }
+    return seen.size;
+  }
+
+  /** Values of `key` waiting, over all classes; 0 without `keyOf`. */
+  sizeOf(key: string): number {
+    if (!this.fair) return 0;
+    let n = 0;
+    for (const level of this.#levels) n += (level as FairQueue<T>).sizeOf(key);
+    return n;
   }
 
   /** Number of waiting values, over all classes. */
@@ -218,7 +475,10 @@ export class PriorityQueue<T> {
     return this.#size;
   }
 
-  /** The node {@linkcode shift} would return: the oldest of the highest class. */
+  /**
+   * The node {@linkcode shift} would return: the head of the highest class
+   * (its oldest, or with `keyOf` the oldest of the key whose turn it is).
+   */
   get head(): QueueNode<T> | null {
     // Only class 0 can be empty, so the first or the second class has it.
     for (const level of this.#levels) if (level.size > 0) return level.head;
@@ -229,9 +489,9 @@ export class PriorityQueue<T> {
   get oldestSince(): number | null {
     let oldest: number | null = null;
     for (const level of this.#levels) {
-      const head = level.head;
-      if (head !== null && (oldest === null || head.since < oldest)) {
-        oldest = head.since;
+      const since = level.oldestSince;
+      if (since !== null && (oldest === null || since < oldest)) {
+        oldest = since;
       }
     }
     return oldest;
@@ -245,25 +505,31 @@ export class PriorityQueue<T> {
     return this.#levels.map((level) => ({
       priority: level.priority,
       size: level.size,
-      oldestSince: level.head?.since ?? null,
+      oldestSince: level.oldestSince,
     }));
   }
 
-  /** Adds `value` to its class in order of `since` (see {@linkcode WaitQueue.push}). */
+  /**
+   * Adds `value` to its class in order of `since` (see
+   * {@linkcode WaitQueue.push} and {@linkcode FairQueue.push}).
+   */
   push(value: T, since?: number, priority = 0): QueueNode<T> {
     const node = this.#level(priority).push(value, since);
     this.#size++;
     return node;
   }
 
-  /** Puts `value` back at the head of its class (see {@linkcode WaitQueue.unshift}). */
+  /**
+   * Puts `value` back at the head of its class (see
+   * {@linkcode WaitQueue.unshift} and {@linkcode FairQueue.unshift}).
+   */
   unshift(value: T, since: number, priority = 0): QueueNode<T> {
     const node = this.#level(priority).unshift(value, since);
     this.#size++;
     return node;
   }
 
-  /** Removes and returns the oldest node of the highest class. */
+  /** Removes and returns the head of the highest class (see {@linkcode head}). */
   shift(): QueueNode<T> | null {
     for (const level of this.#levels) {
       if (level.size > 0) {
@@ -294,21 +560,24 @@ export class PriorityQueue<T> {
     return out;
   }
 
-  #make(priority: number): WaitQueue<T> {
-    const { onTimeout } = this.#options;
-    const level: WaitQueue<T> = new WaitQueue<T>({
+  #make(priority: number): Level<T> {
+    const { onTimeout, keyOf } = this.#options;
+    const options = {
       ...this.#options,
       priority,
-      onTimeout: (value) => {
+      onTimeout: (value: T) => {
         this.#removed(level);
         onTimeout(value);
       },
-    });
+    };
+    const level: Level<T> = keyOf === undefined
+      ? new WaitQueue<T>(options)
+      : new FairQueue<T>({ ...options, keyOf });
     this.#byPriority.set(priority, level);
     return level;
   }
 
-  #level(priority: number): WaitQueue<T> {
+  #level(priority: number): Level<T> {
     if (priority === 0) return this.#base;
     const level = this.#byPriority.get(priority) ?? this.#make(priority);
     // An empty class is kept for its next value, but not in the list.
@@ -334,7 +603,7 @@ export class PriorityQueue<T> {
 
   // One value left `level`: a class other than 0 leaves the list when it
   // empties (and stays made, for its next value).
-  #removed(level: WaitQueue<T>): void {
+  #removed(level: Level<T>): void {
     this.#size--;
     if (level.size > 0 || level === this.#base) return;
     const at = this.#place(level.priority);

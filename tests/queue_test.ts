@@ -5,7 +5,12 @@
  */
 
 import assert from "node:assert/strict";
-import { PriorityQueue, type QueueNode, WaitQueue } from "../_queue.ts";
+import {
+  FairQueue,
+  PriorityQueue,
+  type QueueNode,
+  WaitQueue,
+} from "../_queue.ts";
 
 interface FakeTimer {
   id: number;
@@ -577,4 +582,451 @@ Deno.test("PriorityQueue times out each class on its own timer, and drops emptie
   q.push("h2", undefined, 7);
   q.push("n2");
   assert.deepEqual(order(), ["h2", "n2", "l"]);
+});
+
+// ---------------------------------------------------------------------------
+// Fair queuing: keys in turn, each key first come first served
+
+/** Values are "key.n": the key is what comes before the dot. */
+const keyOf = (v: string) => v.slice(0, v.indexOf("."));
+
+function fairFixture(timeout: number) {
+  const clock = { now: 1000 };
+  const expired: string[] = [];
+  const q = new FairQueue<string>({
+    timeout,
+    onTimeout: (v) => expired.push(v),
+    now: () => clock.now,
+    keyOf,
+  });
+  const order = () => {
+    const out: string[] = [];
+    for (let n = q.shift(); n !== null && out.length < 1000; n = q.shift()) {
+      out.push(n.value);
+    }
+    return out;
+  };
+  return { clock, expired, q, order };
+}
+
+Deno.test("FairQueue serves its keys in turn, one value per turn, each key in order of arrival", () => {
+  using timers = fakeTimers();
+  const { q, order } = fairFixture(0);
+  for (const v of ["a.1", "a.2", "a.3", "a.4", "b.1", "b.2", "c.1"]) q.push(v);
+  assert.equal(q.size, 7);
+  assert.equal(q.keys, 3);
+  assert.equal(q.sizeOf("a"), 4);
+  assert.equal(q.sizeOf("z"), 0);
+  assert.deepEqual([...q.keyNames()], ["a", "b", "c"]);
+  assert.equal(q.head?.value, "a.1");
+  assert.deepEqual(order(), ["a.1", "b.1", "c.1", "a.2", "b.2", "a.3", "a.4"]);
+  assert.equal(q.size, 0);
+  assert.equal(q.keys, 0);
+  assert.equal(q.head, null);
+  assert.equal(q.shift(), null);
+  assert.equal(timers.created.length, 0, "timeout 0 never starts a timer");
+});
+
+Deno.test("FairQueue: a key that arrives joins the rotation at its end", () => {
+  const { q } = fairFixture(0);
+  q.push("a.1");
+  q.push("a.2");
+  q.push("b.1");
+  assert.equal(q.shift()?.value, "a.1"); // rotation now b, a
+  q.push("c.1");
+  q.push("a.3");
+  const out = [];
+  for (let n = q.shift(); n !== null; n = q.shift()) out.push(n.value);
+  assert.deepEqual(out, ["b.1", "a.2", "c.1", "a.3"]);
+});
+
+Deno.test("FairQueue: a value put back goes to the head of its key, and that key serves next", () => {
+  const { q, order } = fairFixture(0);
+  q.push("a.1", 1000);
+  q.push("a.2", 1001);
+  q.push("b.1", 1002);
+  q.push("b.2", 1003);
+  q.push("c.1", 1004);
+  const a1 = q.shift()!; // a.1: rotation b, c, a
+  assert.equal(a1.value, "a.1");
+  const b1 = q.shift()!; // b.1: rotation c, a, b
+  assert.equal(b1.value, "b.1");
+  // A retry of a.1: a serves next, a.1 ahead of a.2.
+  q.unshift("a.1", a1.since);
+  assert.equal(q.head?.value, "a.1");
+  // A retry of b.1 after its key had emptied: the key comes back first.
+  q.shift(); // a.1 again
+  q.unshift("b.1", b1.since);
+  assert.equal(q.head?.value, "b.1");
+  assert.deepEqual(order(), ["b.1", "c.1", "a.2", "b.2"]);
+  // A key that had left the rotation comes back at the front.
+  q.push("d.1");
+  q.push("e.1");
+  q.unshift("f.1", 900);
+  assert.deepEqual(order(), ["f.1", "d.1", "e.1"]);
+});
+
+Deno.test("FairQueue: a value put back stays behind values of its key that joined earlier", () => {
+  const { q, order } = fairFixture(0);
+  q.push("a.0", 900); // joined while a.1 was away (a body that took a while)
+  q.push("b.1", 1001);
+  q.unshift("a.1", 1000);
+  assert.deepEqual(order(), ["a.0", "b.1", "a.1"]);
+});
+
+Deno.test("FairQueue delete takes a node out of its key; a key's last node takes the key out of the rotation", () => {
+  const { q, order } = fairFixture(0);
+  const a1 = q.push("a.1");
+  const a2 = q.push("a.2");
+  q.push("a.3");
+  const b1 = q.push("b.1");
+  q.push("c.1");
+  assert.equal(q.delete(a2), true, "from the middle of a key");
+  assert.equal(q.delete(a2), false, "only once");
+  assert.equal(q.size, 4);
+  assert.equal(q.delete(b1), true, "a key's only node");
+  assert.equal(q.keys, 2);
+  assert.deepEqual([...q.keyNames()], ["a", "c"]);
+  assert.equal(q.delete(a1), true, "the head");
+  assert.equal(q.head?.value, "a.3");
+  // b comes back as a new key, at the end.
+  q.push("b.2");
+  assert.deepEqual(order(), ["a.3", "c.1", "b.2"]);
+  assert.equal(q.delete(a1), false, "a shifted or deleted node is not queued");
+});
+
+Deno.test("FairQueue times out each value on its deadline, whatever its key, and clears an emptied key's timer", () => {
+  using timers = fakeTimers();
+  const { q, clock, expired } = fairFixture(100);
+  q.push("a.1", 1000);
+  q.push("a.2", 1040);
+  q.push("b.1", 1020);
+  const c1 = q.push("c.1", 1030);
+  assert.equal(timers.live.size, 3, "one timer per key with something queued");
+  // c's only value leaves: its timer goes with it.
+  q.delete(c1);
+  assert.equal(timers.live.size, 2);
+  const byDelay = [...timers.live.values()].sort((x, y) => x.delay - y.delay);
+  assert.deepEqual(byDelay.map((t) => t.delay), [100, 120]);
+  // a.1 is due first.
+  clock.now = 1100;
+  timers.live.delete(byDelay[0].id);
+  byDelay[0].fn();
+  assert.deepEqual(expired, ["a.1"]);
+  assert.equal(q.size, 2);
+  // a re-armed for a.2 (at 1140); b is due at 1120.
+  clock.now = 1120;
+  timers.live.delete(byDelay[1].id);
+  byDelay[1].fn();
+  assert.deepEqual(expired, ["a.1", "b.1"]);
+  assert.equal(q.keys, 1, "b left the rotation when it expired");
+  clock.now = 1140;
+  timers.fire();
+  assert.deepEqual(expired, ["a.1", "b.1", "a.2"]);
+  assert.equal(q.size, 0);
+  assert.equal(q.keys, 0);
+  assert.equal(timers.live.size, 0, "no timer while empty");
+});
+
+Deno.test("FairQueue knows its oldest value, which need not be its head", () => {
+  const { q, clock } = fairFixture(0);
+  assert.equal(q.oldestSince, null);
+  q.push("a.1", 1000);
+  q.push("b.1", 990);
+  q.shift(); // a.1; b's turn, a leaves
+  clock.now = 1200;
+  q.push("a.2");
+  q.push("c.1", 980);
+  assert.equal(q.head?.value, "b.1");
+  assert.equal(q.oldestSince, 980);
+});
+
+Deno.test("FairQueue drain returns every value in the order it would serve them and stops every timer", () => {
+  using timers = fakeTimers();
+  const { q, expired } = fairFixture(100);
+  for (const v of ["a.1", "a.2", "b.1", "c.1", "c.2", "c.3"]) q.push(v);
+  assert.equal(timers.live.size, 3);
+  assert.deepEqual(q.drain(), ["a.1", "b.1", "c.1", "a.2", "c.2", "c.3"]);
+  assert.equal(q.size, 0);
+  assert.equal(q.keys, 0);
+  assert.equal(q.head, null);
+  assert.equal(timers.live.size, 0);
+  assert.deepEqual(expired, []);
+});
+
+/** Deterministic pseudo-random numbers in [0, 1) (mulberry32). */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * The fair queue as plainly as it can be said: per key an array in order of
+ * `since` (a push goes behind values that joined at or before it, an
+ * unshift ahead of values that joined at or after it), and the rotation an
+ * array of keys.
+ */
+class FairModel {
+  keys = new Map<string, { value: string; since: number }[]>();
+  rotation: string[] = [];
+  timeout: number;
+  constructor(timeout: number) {
+    this.timeout = timeout;
+  }
+  #list(key: string, front: boolean) {
+    let list = this.keys.get(key);
+    if (list === undefined) {
+      list = [];
+      this.keys.set(key, list);
+      if (front) this.rotation.unshift(key);
+      else this.rotation.push(key);
+    } else if (front) {
+      this.rotation.splice(this.rotation.indexOf(key), 1);
+      this.rotation.unshift(key);
+    }
+    return list;
+  }
+  #leaveIfEmpty(key: string) {
+    if (this.keys.get(key)!.length > 0) return;
+    this.keys.delete(key);
+    this.rotation.splice(this.rotation.indexOf(key), 1);
+  }
+  push(value: string, since: number) {
+    const list = this.#list(keyOf(value), false);
+    let at = list.length;
+    while (at > 0 && list[at - 1].since > since) at--;
+    list.splice(at, 0, { value, since });
+  }
+  unshift(value: string, since: number) {
+    const list = this.#list(keyOf(value), true);
+    let at = 0;
+    while (at < list.length && list[at].since < since) at++;
+    list.splice(at, 0, { value, since });
+  }
+  head(): string | null {
+    return this.rotation.length === 0
+      ? null
+      : this.keys.get(this.rotation[0])![0].value;
+  }
+  shift(): string | null {
+    if (this.rotation.length === 0) return null;
+    const key = this.rotation.shift()!;
+    const list = this.keys.get(key)!;
+    const value = list.shift()!.value;
+    if (list.length === 0) this.keys.delete(key);
+    else this.rotation.push(key);
+    return value;
+  }
+  delete(value: string): void {
+    const key = keyOf(value);
+    const list = this.keys.get(key)!;
+    list.splice(list.findIndex((e) => e.value === value), 1);
+    this.#leaveIfEmpty(key);
+  }
+  expire(now: number): string[] {
+    const out: string[] = [];
+    for (const [key, list] of [...this.keys]) {
+      while (list.length > 0 && list[0].since + this.timeout <= now) {
+        out.push(list.shift()!.value);
+      }
+      this.#leaveIfEmpty(key);
+    }
+    return out;
+  }
+  get size(): number {
+    let n = 0;
+    for (const list of this.keys.values()) n += list.length;
+    return n;
+  }
+  oldest(): number | null {
+    let oldest: number | null = null;
+    for (const list of this.keys.values()) {
+      if (oldest === null || list[0].since < oldest) oldest = list[0].since;
+    }
+    return oldest;
+  }
+}
+
+for (const seed of [1, 2, 3, 4, 5]) {
+  Deno.test(`FairQueue matches a plain model over 3000 random operations (seed ${seed}); its head is always what shift returns`, () => {
+    using timers = fakeTimers();
+    const rand = random(seed);
+    const timeout = 500;
+    const { q, clock, expired } = fairFixture(timeout);
+    const model = new FairModel(timeout);
+    const nodes = new Map<string, QueueNode<string>>();
+    // Values shifted and not yet put back, with when they first joined.
+    const out: { value: string; since: number }[] = [];
+    let made = 0;
+    const pick = <T>(list: T[]) => list[Math.floor(rand() * list.length)];
+    for (let step = 0; step < 3000; step++) {
+      const r = rand();
+      const what = r < 0.35
+        ? "push"
+        : r < 0.6
+        ? "shift"
+        : r < 0.7
+        ? "unshift"
+        : r < 0.82
+        ? "delete"
+        : r < 0.95
+        ? "tick"
+        : "expire";
+      if (what === "push") {
+        // Few keys, so that keys empty and come back; now and then a value
+        // that joined a while ago.
+        const value = `${pick(["a", "b", "c", "d", "e"])}.${made++}`;
+        const since = rand() < 0.15
+          ? clock.now - Math.floor(rand() * 200)
+          : clock.now;
+        nodes.set(value, q.push(value, since));
+        model.push(value, since);
+      } else if (what === "shift") {
+        const node = q.shift();
+        assert.equal(node?.value ?? null, model.shift(), `shift at ${step}`);
+        if (node !== null) {
+          nodes.delete(node.value);
+          out.push({ value: node.value, since: node.since });
+        }
+      } else if (what === "unshift" && out.length > 0) {
+        const { value, since } = out.splice(
+          Math.floor(rand() * out.length),
+          1,
+        )[0];
+        nodes.set(value, q.unshift(value, since));
+        model.unshift(value, since);
+      } else if (what === "delete" && nodes.size > 0) {
+        const value = pick([...nodes.keys()]);
+        assert.equal(q.delete(nodes.get(value)!), true);
+        assert.equal(q.delete(nodes.get(value)!), false);
+        nodes.delete(value);
+        model.delete(value);
+      } else if (what === "tick") {
+        clock.now += Math.floor(rand() * 60);
+      } else if (what === "expire") {
+        // Every live timer runs: early ones only re-arm.
+        const before = expired.length;
+        for (const t of [...timers.live.values()]) {
+          if (!timers.live.delete(t.id)) continue;
+          t.fn();
+        }
+        const gone = expired.slice(before);
+        for (const value of gone) nodes.delete(value);
+        assert.deepEqual(
+          [...gone].sort(),
+          model.expire(clock.now).sort(),
+          `expired at ${step}`,
+        );
+      }
+      assert.equal(q.size, model.size, `size at ${step}`);
+      assert.equal(q.keys, model.keys.size, `keys at ${step}`);
+      assert.deepEqual(
+        [...q.keyNames()],
+        model.rotation,
+        `rotation at ${step}`,
+      );
+      assert.equal(q.head?.value ?? null, model.head(), `head at ${step}`);
+      assert.equal(q.oldestSince, model.oldest(), `oldest at ${step}`);
+      assert.equal(
+        timers.live.size,
+        model.keys.size,
+        `one timer per key at ${step}`,
+      );
+    }
+    assert.ok(made > 500, `${made} values pushed`);
+    q.drain();
+    assert.equal(timers.live.size, 0);
+  });
+}
+
+Deno.test("PriorityQueue with keyOf: classes stay strict, each class serves its keys in turn", () => {
+  const clock = { now: 1000 };
+  const q = new PriorityQueue<string>({
+    timeout: 0,
+    onTimeout: () => {},
+    now: () => clock.now,
+    keyOf,
+  });
+  assert.equal(q.fair, true);
+  q.push("a.1");
+  q.push("a.2");
+  q.push("b.1");
+  q.push("a.3", undefined, -5);
+  q.push("c.1", undefined, -5);
+  q.push("a.4", 900, 5);
+  q.push("a.5", undefined, 5);
+  q.push("b.2", undefined, 5);
+  assert.equal(q.keys, 3, "distinct keys over all classes");
+  assert.equal(q.sizeOf("a"), 5, "a key's values over all classes");
+  assert.equal(q.sizeOf("c"), 1);
+  assert.equal(q.oldestSince, 900);
+  assert.deepEqual(
+    q.classes().map((c) => [c.priority, c.size, c.oldestSince]),
+    [[5, 3, 900], [0, 3, 1000], [-5, 2, 1000]],
+  );
+  const out: string[] = [];
+  for (let head = q.head; head !== null; head = q.head) {
+    assert.equal(q.shift(), head, "head is what shift returns");
+    out.push(head.value);
+  }
+  assert.equal(q.shift(), null);
+  assert.deepEqual(out, [
+    "a.4",
+    "b.2",
+    "a.5",
+    "a.1",
+    "b.1",
+    "a.2",
+    "a.3",
+    "c.1",
+  ]);
+  assert.equal(q.keys, 0);
+  // A retry goes to the head of its key in its own class.
+  q.push("a.6");
+  q.push("b.3");
+  q.push("c.2", undefined, 1);
+  q.unshift("b.0", 800);
+  assert.deepEqual(q.drain(), ["c.2", "b.0", "a.6", "b.3"]);
+});
+
+Deno.test("PriorityQueue without keyOf counts no keys", () => {
+  const { q } = priorityFixture(0);
+  assert.equal(q.fair, false);
+  q.push("a.1");
+  q.push("b.1", undefined, 3);
+  assert.equal(q.keys, 0);
+  assert.equal(q.sizeOf("a"), 0);
+});
+
+Deno.test("PriorityQueue with keyOf times out a value of any key and class, and drops emptied keys", () => {
+  using timers = fakeTimers();
+  const clock = { now: 1000 };
+  const expired: string[] = [];
+  const q = new PriorityQueue<string>({
+    timeout: 100,
+    onTimeout: (v) => expired.push(v),
+    now: () => clock.now,
+    keyOf,
+  });
+  q.push("a.1", 1000);
+  q.push("b.1", 1010, 2);
+  q.push("b.2", 1050);
+  assert.equal(timers.live.size, 3);
+  clock.now = 1110;
+  for (const t of [...timers.live.values()]) {
+    timers.live.delete(t.id);
+    t.fn();
+  }
+  assert.deepEqual(expired.sort(), ["a.1", "b.1"]);
+  assert.equal(q.size, 1);
+  assert.equal(q.keys, 1);
+  assert.deepEqual(q.classes().map((c) => [c.priority, c.size]), [[0, 1]]);
+  assert.equal(q.shift()?.value, "b.2");
+  assert.equal(timers.live.size, 0);
 });
