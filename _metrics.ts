@@ -427,6 +427,7 @@ class PoolMetrics {
   readonly workerTime: Histogram;
   readonly series: Series;
   rejectedFull = 0;
+  rejectedKeyFull = 0;
   rejectedTimeout = 0;
   rejectedShutdown = 0;
   workerTimeouts = 0;
@@ -460,6 +461,7 @@ function poolGauges(stats: HubStats): Map<string, PoolGauges> {
   } else {
     out.set(DEFAULT_POOL, {
       queued: stats.queued,
+      keys: 0,
       oldestWaitMs: stats.oldestWaitMs,
       slots: stats.slots,
       idle: stats.idle,
@@ -558,6 +560,7 @@ export class HubMetrics {
 
     // Requests turned away before they queued have no queue wait.
     const queued = record.outcome !== "queue-full" &&
+      record.outcome !== "key-full" &&
       record.outcome !== "bad-request" &&
       !(record.outcome === "too-large" && record.workerMs < 0);
     if (queued) {
@@ -575,6 +578,9 @@ export class HubMetrics {
     switch (record.outcome) {
       case "queue-full":
         p.rejectedFull++;
+        break;
+      case "key-full":
+        p.rejectedKeyFull++;
         break;
       case "queue-timeout":
         p.rejectedTimeout++;
@@ -673,6 +679,7 @@ export class HubMetrics {
         name,
         stats: gauges.get(name) ?? {
           queued: 0,
+          keys: 0,
           oldestWaitMs: 0,
           slots: 0,
           idle: 0,
@@ -777,6 +784,11 @@ export class HubMetrics {
       "How long the oldest queued request has waited (0 if none).",
       (g) => g.oldestWaitMs / 1000,
     );
+    gauge(
+      "pothead_queue_keys",
+      "Distinct fair-queuing keys (consumers) with requests queued; 0 without fairBy.",
+      (g) => g.keys ?? 0,
+    );
     header(
       out,
       "pothead_worker_slots",
@@ -851,13 +863,16 @@ export class HubMetrics {
       out,
       "pothead_rejections_total",
       "counter",
-      "Requests the hub answered 503 itself, by reason.",
+      "Requests the hub turned away itself, by reason (key_full: 429, the others 503).",
     );
     for (const [pool, p] of pools) {
       const l = label(pool);
       out.push(
         `pothead_rejections_total{pool="${l}",reason="queue_full"} ${
           num(p.rejectedFull)
+        }`,
+        `pothead_rejections_total{pool="${l}",reason="key_full"} ${
+          num(p.rejectedKeyFull)
         }`,
         `pothead_rejections_total{pool="${l}",reason="queue_timeout"} ${
           num(p.rejectedTimeout)

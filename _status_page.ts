@@ -309,7 +309,7 @@ tr.gone td { color: var(--muted); }
     set("workerP50", fmtMs(r.workerP50Ms));
     set("workerP99", fmtMs(r.workerP99Ms));
     set("failed", String(t.failed));
-    set("rejected", String(t.rejectedFull + t.timedOutQueued));
+    set("rejected", String(t.rejectedFull + (t.rejectedKeyFull ?? 0) + t.timedOutQueued));
     set("abandoned", String(t.abandoned));
     set("retries", String(t.retries));
     for (const name of Object.keys(CHARTS)) drawChart(name, pool.series, snap.uptimeSeconds);

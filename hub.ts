@@ -88,6 +88,7 @@ export type Outcome =
   | "ok"
   | "body-error"
   | "queue-full"
+  | "key-full"
   | "queue-timeout"
   | "worker-error"
   | "worker-timeout"
@@ -156,12 +157,34 @@ export interface Route {
   priority?: number;
 }
 
+/**
+ * How fair queuing tells consumers apart (see {@linkcode HubOptions.fairBy}):
+ * `"ip"`, the consumer's address; `"header:NAME"`, the value of the request
+ * field NAME (missing or empty: the key `""`, one group for all such
+ * requests); or a function of the request and the consumer's address (as
+ * `"ip"` takes it; null when unknown) that returns the key.
+ */
+export type FairBy =
+  | "ip"
+  | `header:${string}`
+  | ((req: Request, clientIp: string | null) => string);
+
 /** Limits of one pool; unset fields take the hub-wide option. */
 export interface PoolOptions {
   /** Most queued requests in this pool. */
   maxQueue?: number;
   /** Milliseconds a request may wait in this pool's queue; 0 = forever. */
   queueTimeout?: number;
+  /**
+   * Fair queuing in this pool (see {@linkcode HubOptions.fairBy}); null
+   * turns off a hub-wide `fairBy` for this pool.
+   */
+  fairBy?: FairBy | null;
+  /**
+   * Most queued requests of one key in this pool (see
+   * {@linkcode HubOptions.maxQueuePerKey}); needs `fairBy` for this pool.
+   */
+  maxQueuePerKey?: number;
 }
 
 /** Options for {@linkcode Hub}. Every field is optional. */
@@ -178,6 +201,31 @@ export interface HubOptions {
    * @default {30000}
    */
   queueTimeout?: number;
+  /**
+   * Fair queuing between consumers, in every pool (`pools` may set or turn
+   * it off per pool): within each priority class, queued requests are
+   * grouped by a key and the keys are served in turn, one request per turn,
+   * each key first come first served; classes stay strict above that. So
+   * one consumer with hundreds of requests queued delays another's next
+   * request by at most one request per other waiting consumer. The key:
+   * `"ip"`, the consumer's address (with `trustForwarded`, the last address
+   * in `X-Forwarded-For`, the one the proxy in front of the hub saw, when
+   * there is one); `"header:NAME"`, a request field's value (missing or
+   * empty: the key `""`, shared); or a function (a throw or a non-string
+   * makes the key `""`, logged). A header key must come from a gateway the
+   * hub trusts, or any consumer can pose as many. Unset: first come, first
+   * served, at no cost.
+   * @default {undefined}
+   */
+  fairBy?: FairBy;
+  /**
+   * With `fairBy`: most requests of one key that may wait in a pool's queue
+   * (over all its classes). A request whose key has that many queued, and
+   * that finds no idle worker, is answered 429 with `Retry-After: 1` at once
+   * and never queues. Setting it where no pool has `fairBy` is an error.
+   * @default {Infinity}
+   */
+  maxQueuePerKey?: number;
   /**
    * Milliseconds a worker has to send the complete response head once it has
    * the request (covers the work itself), however slowly it trickles; 0 for
@@ -415,6 +463,11 @@ export interface PoolStats {
   name: string;
   /** Requests waiting in its queue. */
   queued: number;
+  /**
+   * Distinct fair-queuing keys with requests waiting (see
+   * {@linkcode HubOptions.fairBy}); 0 in a pool without it.
+   */
+  keys: number;
   /** Milliseconds the oldest queued request has waited (0 if none). */
   oldestWaitMs: number;
   /** Worker connections serving it. */
@@ -507,6 +560,11 @@ export interface HubStats {
   retries: number;
   /** Requests answered 503 because the queue was full. */
   rejectedFull: number;
+  /**
+   * Requests answered 429 because their key had `maxQueuePerKey` requests
+   * queued already.
+   */
+  rejectedKeyFull: number;
   /** Requests answered 503 because they waited longer than queueTimeout. */
   timedOutQueued: number;
   /** Requests that failed at a worker (502/504 or an errored body). */
@@ -547,6 +605,8 @@ class Pending {
   node: QueueNode<Pending> | null = null;
   watching = false;
   clientIp: string | null = null;
+  /** Its fair-queuing key, once its pool has needed it (see fairBy). */
+  key: string | null = null;
   /** Its priority class in the queue (see Route.priority). */
   priority = 0;
   /** The host asked for (see requestTarget). */
@@ -730,6 +790,10 @@ interface Pool {
   queueTimeout: number;
   queue: PriorityQueue<Pending>;
   maxQueue: number;
+  // Fair queuing: the key of a request (null: first come, first served),
+  // and how many of one key may wait.
+  keyOf: ((p: Pending) => string) | null;
+  maxQueuePerKey: number;
   groups: Map<string, Group>;
   idle: number;
   // Idle slots taken out for a ping: still counted as idle in the stats.
@@ -827,6 +891,37 @@ function validPriority(value: unknown): value is number {
   return Number.isInteger(value) && Math.abs(value as number) <= MAX_PRIORITY;
 }
 
+// fairBy: "ip", "header:" and a field name (an RFC 9110 token), a
+// function, or null/undefined for none.
+const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+function checkFairBy(name: string, value: unknown): FairBy | null {
+  if (value === undefined || value === null) return null;
+  if (
+    typeof value === "function" || value === "ip" ||
+    (typeof value === "string" && value.startsWith("header:") &&
+      FIELD_NAME.test(value.slice(7)))
+  ) return value as FairBy;
+  throw new TypeError(
+    `Invalid option "${name}": expected "ip", "header:NAME" (NAME a field name) or a function, got ${
+      JSON.stringify(value)
+    }`,
+  );
+}
+
+// The consumer's address for fair queuing: the peer, or behind a trusted
+// proxy the address that proxy saw (the last one in X-Forwarded-For; those
+// before it are the consumer's word).
+function consumerAddress(p: Pending, trustForwarded: boolean): string | null {
+  if (trustForwarded) {
+    const chain = p.req.headers.get("x-forwarded-for");
+    if (chain !== null) {
+      const last = chain.slice(chain.lastIndexOf(",") + 1).trim();
+      if (last !== "") return last;
+    }
+  }
+  return p.clientIp;
+}
+
 function checkOption(name: string, value: number, min: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
     throw new RangeError(
@@ -859,8 +954,12 @@ export class Hub {
       | "responseSpillDir"
       | "requestSpillDir"
       | "consumerScheme"
+      | "fairBy"
+      | "maxQueuePerKey"
     >
   >;
+  #fairBy: FairBy | null;
+  #maxQueuePerKey: number;
   #scheme: "http" | "https" | null;
   #limits: HeadLimits;
   #routes: Route[];
@@ -905,6 +1004,7 @@ export class Hub {
     answered: 0,
     retries: 0,
     rejectedFull: 0,
+    rejectedKeyFull: 0,
     timedOutQueued: 0,
     failed: 0,
     abandoned: 0,
@@ -1027,6 +1127,11 @@ export class Hub {
       );
     }
     this.#poolOptions = { ...pools as Record<string, PoolOptions> };
+    this.#fairBy = checkFairBy("fairBy", options.fairBy);
+    this.#maxQueuePerKey = options.maxQueuePerKey === undefined
+      ? Infinity
+      : checkOption("maxQueuePerKey", options.maxQueuePerKey, 1);
+    let fairPools = 0;
     for (const [name, p] of Object.entries(this.#poolOptions)) {
       if (!POOL_NAME.test(name)) {
         throw new TypeError(
@@ -1046,6 +1151,27 @@ export class Hub {
       if (p.queueTimeout !== undefined) {
         checkOption(`pools.${name}.queueTimeout`, p.queueTimeout, 0);
       }
+      const fairBy = p.fairBy === undefined
+        ? this.#fairBy
+        : checkFairBy(`pools.${name}.fairBy`, p.fairBy);
+      if (fairBy !== null) fairPools++;
+      if (p.maxQueuePerKey !== undefined) {
+        checkOption(`pools.${name}.maxQueuePerKey`, p.maxQueuePerKey, 1);
+        if (fairBy === null) {
+          throw new TypeError(
+            `Invalid option "pools.${name}.maxQueuePerKey": it limits each fair-queuing key, and pool "${name}" has no fairBy`,
+          );
+        }
+      }
+    }
+    // A per-key limit where nothing is keyed is a mistake, not a no-op.
+    if (
+      options.maxQueuePerKey !== undefined && this.#fairBy === null &&
+      fairPools === 0
+    ) {
+      throw new TypeError(
+        'Invalid option "maxQueuePerKey": it limits each fair-queuing key, and no pool has fairBy',
+      );
     }
     this.#log = options.onLog ?? (() => {});
     this.#onAccess = options.onAccess;
@@ -1074,6 +1200,7 @@ export class Hub {
       pools.push({
         name: pool.name,
         queued: pool.queue.size,
+        keys: pool.queue.keys,
         oldestWaitMs: wait,
         slots: pool.slots,
         idle: pool.idle + pool.pinging,
@@ -1120,16 +1247,24 @@ export class Hub {
     if (pool !== undefined) return pool;
     const limits = this.#poolOptions[name] ?? {};
     const queueTimeout = limits.queueTimeout ?? this.#opts.queueTimeout;
+    const keyOf = this.#keyFunction(
+      limits.fairBy === undefined ? this.#fairBy : limits.fairBy,
+    );
     const created: Pool = {
       name,
       queueTimeout,
       maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
+      keyOf,
+      maxQueuePerKey: limits.maxQueuePerKey ?? this.#maxQueuePerKey,
       groups: new Map(),
       idle: 0,
       pinging: 0,
       parked: 0,
       slots: 0,
       queue: new PriorityQueue<Pending>({
+        // The hub sets a request's key before it queues (#rejectIfFull,
+        // #enqueue); without fairBy the classes are plain FIFOs.
+        keyOf: keyOf === null ? undefined : (p) => p.key ?? "",
         timeout: queueTimeout,
         onTimeout: (p) => {
           p.node = null;
@@ -1151,6 +1286,33 @@ export class Hub {
     this.#pools.set(name, created);
     pool = created;
     return pool;
+  }
+
+  // How a pool with this fairBy keys its requests; null for none.
+  #keyFunction(fairBy: FairBy | null): ((p: Pending) => string) | null {
+    if (fairBy === null) return null;
+    const trust = this.#opts.trustForwarded;
+    if (fairBy === "ip") return (p) => consumerAddress(p, trust) ?? "";
+    if (typeof fairBy === "string") {
+      const field = fairBy.slice("header:".length).toLowerCase();
+      return (p) => p.req.headers.get(field) ?? "";
+    }
+    return (p) => {
+      try {
+        const key = fairBy(p.req, consumerAddress(p, trust));
+        if (typeof key === "string") return key;
+        throw new TypeError(`expected a string, got ${typeof key}`);
+      } catch (error) {
+        // The request still queues: with the others the function failed for.
+        this.#log({
+          level: "warn",
+          msg: 'fairBy function failed: the request takes the key ""',
+          id: p.id,
+          reason: errorText(error),
+        });
+        return "";
+      }
+    };
   }
 
   // The first route the request matches, or null (the default pool).
@@ -1720,10 +1882,27 @@ export class Hub {
     return promise;
   }
 
-  // Answers 503 when the request's pool has no idle slot and a full queue.
+  // Answers 503 when the request's pool has no idle slot and a full queue,
+  // or 429 when its key (fairBy) has its most requests queued already.
   #rejectIfFull(p: Pending): boolean {
     const pool = p.pool;
-    if (pool.idle > 0 || pool.queue.size < pool.maxQueue) return false;
+    if (pool.idle > 0) return false;
+    if (pool.keyOf !== null) {
+      const key = p.key ??= pool.keyOf(p);
+      if (pool.queue.sizeOf(key) >= pool.maxQueuePerKey) {
+        this.#stats.rejectedKeyFull++;
+        // The key is not echoed: it may be another consumer's secret.
+        this.#fail(
+          p,
+          "key-full",
+          429,
+          `too many requests of this consumer are waiting in the queue of pool "${pool.name}" (at most ${pool.maxQueuePerKey})`,
+          { "retry-after": "1" },
+        );
+        return true;
+      }
+    }
+    if (pool.queue.size < pool.maxQueue) return false;
     this.#stats.rejectedFull++;
     this.#fail(
       p,
@@ -2001,6 +2180,8 @@ export class Hub {
     ) this.#readUploadAhead(p, ahead);
     const queue = p.pool.queue;
     const since = p.queuedSince;
+    // A retry of a request that went to an idle worker at once.
+    if (p.pool.keyOf !== null) p.key ??= p.pool.keyOf(p);
     p.node = front
       ? queue.unshift(p, since, p.priority)
       : queue.push(p, since, p.priority);

@@ -34,6 +34,7 @@
 
 export {
   type AccessRecord,
+  type FairBy,
   type HeadLimits,
   Hub,
   type HubLogRecord,

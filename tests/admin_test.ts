@@ -47,6 +47,7 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     answered: 0,
     retries: 0,
     rejectedFull: 0,
+    rejectedKeyFull: 0,
     timedOutQueued: 0,
     failed: 0,
     abandoned: 0,
@@ -350,6 +351,17 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
   metrics.observe(
     record({ pool: "gpu", priority: -3, queueMs: 500, workerMs: 3 }),
   );
+  metrics.observe(
+    record({
+      pool: "gpu",
+      status: 429,
+      outcome: "key-full",
+      queueMs: 0,
+      workerMs: -1,
+      bytesOut: 0,
+      worker: null,
+    }),
+  );
   const stats = fakeStats({
     queued: 3,
     oldestWaitMs: 1500,
@@ -365,6 +377,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
       {
         name: "default",
         queued: 2,
+        keys: 0,
         oldestWaitMs: 1500,
         slots: 3,
         idle: 0,
@@ -376,6 +389,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
       {
         name: "gpu",
         queued: 1,
+        keys: 1,
         oldestWaitMs: 250,
         slots: 3,
         idle: 1,
@@ -403,6 +417,8 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
   assert.equal(value(exp, "pothead_queue_depth", d), 2);
   assert.equal(value(exp, "pothead_queue_depth", gpu), 1);
   assert.equal(value(exp, "pothead_queue_oldest_age_seconds", d), 1.5);
+  assert.equal(value(exp, "pothead_queue_keys", d), 0);
+  assert.equal(value(exp, "pothead_queue_keys", gpu), 1);
   assert.equal(value(exp, "pothead_worker_slots", { ...d, state: "busy" }), 3);
   assert.equal(
     value(exp, "pothead_worker_slots", { ...gpu, state: "idle" }),
@@ -499,6 +515,24 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
     value(exp, "pothead_rejections_total", { ...gpu, reason: "queue_full" }),
     0,
   );
+  assert.equal(
+    value(exp, "pothead_rejections_total", { ...gpu, reason: "key_full" }),
+    1,
+  );
+  assert.equal(
+    value(exp, "pothead_rejections_total", { ...d, reason: "key_full" }),
+    0,
+  );
+  assert.equal(
+    value(exp, "pothead_requests_total", {
+      ...gpu,
+      status: "429",
+      outcome: "key-full",
+    }),
+    1,
+  );
+  // A request refused by its key never queued: 4 of the pool's 5 count.
+  assert.equal(value(exp, "pothead_queue_wait_seconds_count", gpu), 4);
   assert.equal(value(exp, "pothead_worker_timeouts_total", d), 1);
   assert.equal(value(exp, "pothead_retries_total", d), 1);
   assert.equal(value(exp, "pothead_bytes_in_total", d), 50);
@@ -539,6 +573,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
     const family of [
       "pothead_queue_depth",
       "pothead_queue_oldest_age_seconds",
+      "pothead_queue_keys",
       "pothead_worker_slots",
       "pothead_requests_total",
       "pothead_queue_wait_seconds",
@@ -741,6 +776,7 @@ Deno.test("admin /status reports version, uptime, totals, pools, series and work
       {
         name: "default",
         queued: 7,
+        keys: 0,
         oldestWaitMs: 80,
         slots: 3,
         idle: 0,

@@ -293,6 +293,7 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
         default: {
           name: "default",
           queued: 0,
+          keys: 0,
           oldestWaitMs: 0,
           slots: 1,
           idle: 1,
@@ -304,6 +305,7 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
         images: {
           name: "images",
           queued: 1,
+          keys: 0,
           oldestWaitMs: 0,
           slots: 1,
           idle: 0,

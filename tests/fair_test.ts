@@ -1,0 +1,583 @@
+// Fair queuing at the hub (fairBy, maxQueuePerKey): a real hub on loopback
+// and an in-process worker with one slot, held by a first request until the
+// test releases it, so that the order the queue serves is the order the
+// worker sees. Requests are held with promises, never with sleeps.
+
+import assert from "node:assert/strict";
+import {
+  type AccessRecord,
+  type HubLogRecord,
+  type HubServer,
+  serveHub,
+  type ServeHubOptions,
+} from "../hub.ts";
+import type { WorkerHandle } from "../worker.ts";
+import { deadline, waitFor } from "./_relay.ts";
+import { connectWorker } from "./_hub.ts";
+
+const HANG = 15_000;
+
+interface Ctx {
+  server: HubServer;
+  url: string;
+}
+
+async function withHub(
+  options: Partial<ServeHubOptions>,
+  fn: (ctx: Ctx) => Promise<void>,
+): Promise<void> {
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 500,
+    queueTimeout: HANG,
+    ...options,
+  });
+  try {
+    await deadline(
+      fn({ server, url: `http://127.0.0.1:${server.addr.port}` }),
+      HANG * 2,
+      "test body",
+    );
+  } finally {
+    await server.shutdown();
+  }
+}
+
+/** A request to send: its path, fields, and the address it comes from. */
+interface Ask {
+  path: string;
+  headers?: Record<string, string>;
+  // Sent through hub.fetch with this remoteAddr instead of over a socket.
+  ip?: string;
+  signal?: AbortSignal;
+}
+
+function send(ctx: Ctx, ask: Ask): Promise<Response> {
+  const init = { headers: ask.headers, signal: ask.signal };
+  const p = ask.ip === undefined
+    ? fetch(`${ctx.url}${ask.path}`, init)
+    : ctx.server.hub.fetch(new Request(`http://hub${ask.path}`, init), {
+      remoteAddr: { hostname: ask.ip },
+    });
+  p.catch(() => {});
+  return p;
+}
+
+/**
+ * A worker with one slot that records the paths it serves and holds the
+ * first request until released.
+ */
+class HeldWorker {
+  served: string[] = [];
+  #hold = Promise.withResolvers<void>();
+  #entered = Promise.withResolvers<void>();
+  #worker: WorkerHandle;
+
+  constructor(ctx: Ctx) {
+    this.#worker = connectWorker(async (req) => {
+      const url = new URL(req.url);
+      const path = url.pathname + url.search;
+      this.served.push(path);
+      if (this.served.length === 1) {
+        this.#entered.resolve();
+        await this.#hold.promise;
+      }
+      return new Response(path);
+    }, {
+      hostname: "127.0.0.1",
+      port: ctx.server.workerAddr.port,
+      concurrency: 1,
+      minBackoff: 10,
+      maxBackoff: 100,
+    });
+  }
+
+  /**
+   * Waits for the slot, then sends `first` and waits until it is held; its
+   * response comes once released (in an object: an async function would
+   * wait for a promise it returns).
+   */
+  async hold(ctx: Ctx, first: Ask): Promise<{ held: Promise<Response> }> {
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "the slot");
+    const held = send(ctx, first);
+    await deadline(this.#entered.promise, HANG, "the held request");
+    return { held };
+  }
+
+  release(): void {
+    this.#hold.resolve();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.release();
+    this.#worker.close();
+    await this.#worker.finished;
+  }
+}
+
+/** Sends `asks` one by one, each queued before the next. */
+async function queue(ctx: Ctx, asks: Ask[]): Promise<Promise<Response>[]> {
+  const hub = ctx.server.hub;
+  const base = hub.stats.queued;
+  const sent: Promise<Response>[] = [];
+  for (const [i, ask] of asks.entries()) {
+    sent.push(send(ctx, ask));
+    await waitFor(
+      () => hub.stats.queued === base + i + 1,
+      `${ask.path} queued`,
+    );
+  }
+  return sent;
+}
+
+/**
+ * Holds the slot with `first`, queues `rest`, releases, and returns the
+ * order the worker served the queued requests in (each answered 200).
+ */
+async function servedOrder(
+  ctx: Ctx,
+  first: Ask,
+  rest: Ask[],
+  whileQueued?: () => void,
+): Promise<string[]> {
+  await using worker = new HeldWorker(ctx);
+  const { held } = await worker.hold(ctx, first);
+  const sent = await queue(ctx, rest);
+  whileQueued?.();
+  worker.release();
+  assert.equal((await held).status, 200);
+  await (await held).text();
+  for (const [i, p] of sent.entries()) {
+    const res = await p;
+    assert.deepEqual([res.status, await res.text()], [200, rest[i].path]);
+  }
+  return worker.served.slice(1);
+}
+
+const tenant = (name: string) => ({ "x-tenant": name });
+
+/** A queued by 4 (the first one held at the worker), then B by 2. */
+const fourThenTwo: Ask[] = [
+  { path: "/a2", headers: tenant("A") },
+  { path: "/a3", headers: tenant("A") },
+  { path: "/a4", headers: tenant("A") },
+  { path: "/b1", headers: tenant("B") },
+  { path: "/b2", headers: tenant("B") },
+];
+
+Deno.test("fair queuing by header: tenant B's requests go in turn with A's, not behind all of them", async () => {
+  // Without fairBy: first come, first served.
+  await withHub({}, async (ctx) => {
+    const order = await servedOrder(
+      ctx,
+      { path: "/a1", headers: tenant("A") },
+      fourThenTwo,
+    );
+    assert.deepEqual(order, ["/a2", "/a3", "/a4", "/b1", "/b2"]);
+  });
+  await withHub({ fairBy: "header:X-Tenant" }, async (ctx) => {
+    const hub = ctx.server.hub;
+    const order = await servedOrder(
+      ctx,
+      { path: "/a1", headers: tenant("A") },
+      fourThenTwo,
+      () => {
+        const pool = hub.stats.pools.find((p) => p.name === "default")!;
+        assert.equal(pool.queued, 5);
+        assert.equal(pool.keys, 2, "two tenants waiting");
+      },
+    );
+    assert.deepEqual(order, ["/a2", "/b1", "/a3", "/b2", "/a4"]);
+    assert.equal(hub.stats.pools[0].keys, 0, "no key left once served");
+  });
+});
+
+Deno.test("fair queuing by header: a missing or empty field is one shared key", async () => {
+  await withHub({ fairBy: "header:x-tenant" }, async (ctx) => {
+    const order = await servedOrder(ctx, { path: "/hold" }, [
+      { path: "/none1" },
+      { path: "/empty1", headers: tenant("") },
+      { path: "/none2" },
+      { path: "/c1", headers: tenant("C") },
+    ]);
+    assert.deepEqual(order, ["/none1", "/c1", "/empty1", "/none2"]);
+  });
+});
+
+Deno.test("fair queuing by ip: the consumer's address is the key", async () => {
+  await withHub({ fairBy: "ip" }, async (ctx) => {
+    const order = await servedOrder(ctx, { path: "/hold", ip: "10.0.0.1" }, [
+      { path: "/a1", ip: "10.0.0.1" },
+      { path: "/a2", ip: "10.0.0.1" },
+      { path: "/a3", ip: "10.0.0.1" },
+      { path: "/b1", ip: "10.0.0.2" },
+      { path: "/c1", ip: "2001:db8::3" },
+      // A forwarded address counts for nothing without trustForwarded.
+      {
+        path: "/a4",
+        ip: "10.0.0.1",
+        headers: { "x-forwarded-for": "9.9.9.9" },
+      },
+    ]);
+    assert.deepEqual(order, ["/a1", "/b1", "/c1", "/a2", "/a3", "/a4"]);
+  });
+});
+
+Deno.test("fair queuing by ip with trustForwarded: the key is the address the proxy in front saw", async () => {
+  const via = (chain: string) => ({ "x-forwarded-for": chain });
+  // Over loopback every request comes from 127.0.0.1: the last address in
+  // X-Forwarded-For (the proxy's word) is the key; what comes before it is
+  // the consumer's own and cannot split one consumer into several.
+  const asks: Ask[] = [
+    { path: "/a1", headers: via("10.0.0.1") },
+    { path: "/a2", headers: via("1.1.1.1, 10.0.0.1") },
+    { path: "/a3", headers: via("2.2.2.2,10.0.0.1") },
+    { path: "/b1", headers: via("10.0.0.2") },
+    { path: "/direct1" },
+  ];
+  await withHub({ fairBy: "ip", trustForwarded: true }, async (ctx) => {
+    const order = await servedOrder(ctx, { path: "/hold" }, asks);
+    assert.deepEqual(order, ["/a1", "/b1", "/direct1", "/a2", "/a3"]);
+  });
+  // Without trust, all of them are 127.0.0.1: one key, first come first
+  // served.
+  await withHub({ fairBy: "ip" }, async (ctx) => {
+    const order = await servedOrder(ctx, { path: "/hold" }, asks);
+    assert.deepEqual(order, asks.map((a) => a.path));
+  });
+});
+
+Deno.test('fair queuing by a function of the request; one that throws puts the request in the key "" and is logged', async () => {
+  const logs: HubLogRecord[] = [];
+  await withHub({
+    fairBy: (req, ip) => {
+      const user = new URL(req.url).searchParams.get("user");
+      if (user === "bad") throw new Error("no such user");
+      return `${user}@${ip}`;
+    },
+    onLog: (r) => void logs.push(r),
+  }, async (ctx) => {
+    const order = await servedOrder(ctx, {
+      path: "/hold?user=a",
+      ip: "10.0.0.1",
+    }, [
+      { path: "/1?user=a", ip: "10.0.0.1" },
+      { path: "/2?user=a", ip: "10.0.0.1" },
+      { path: "/3?user=a", ip: "10.0.0.2" },
+      { path: "/4?user=bad", ip: "10.0.0.1" },
+      { path: "/5?user=bad", ip: "10.0.0.2" },
+      { path: "/6?user=b", ip: "10.0.0.1" },
+    ]);
+    // Keys a@10.0.0.1, a@10.0.0.2, "" (both failures) and b@10.0.0.1.
+    assert.deepEqual(order, [
+      "/1?user=a",
+      "/3?user=a",
+      "/4?user=bad",
+      "/6?user=b",
+      "/2?user=a",
+      "/5?user=bad",
+    ]);
+  });
+  assert.ok(
+    logs.some((r) =>
+      r.level === "warn" && /fairBy function failed/.test(r.msg)
+    ),
+    "the failure is logged",
+  );
+});
+
+Deno.test("maxQueuePerKey: a key with that many queued gets 429 with Retry-After at once; other keys still queue", async () => {
+  const records: AccessRecord[] = [];
+  await withHub({
+    fairBy: "header:x-tenant",
+    maxQueuePerKey: 2,
+    onAccess: (r) => void records.push(r),
+  }, async (ctx) => {
+    const hub = ctx.server.hub;
+    await using worker = new HeldWorker(ctx);
+    const { held } = await worker.hold(ctx, {
+      path: "/a1",
+      headers: tenant("A"),
+    });
+    const queued = await queue(ctx, [
+      { path: "/a2", headers: tenant("secret-A") },
+      { path: "/a3", headers: tenant("secret-A") },
+    ]);
+    const refused = await send(ctx, {
+      path: "/a4",
+      headers: tenant("secret-A"),
+    });
+    assert.equal(refused.status, 429);
+    assert.equal(refused.headers.get("retry-after"), "1");
+    assert.equal(refused.headers.get("x-pothead-error"), "1");
+    assert.match(refused.headers.get("content-type") ?? "", /^text\/plain/);
+    const body = await refused.text();
+    assert.match(body, /too many requests of this consumer/);
+    assert.doesNotMatch(body, /secret/, "the key is not echoed");
+    assert.equal(hub.stats.queued, 2, "the refused request never queued");
+    assert.equal(hub.stats.rejectedKeyFull, 1);
+    assert.equal(hub.stats.rejectedFull, 0);
+    // Another key queues; the held key A (its one request at the worker)
+    // has none queued.
+    queued.push(
+      ...await queue(ctx, [
+        { path: "/b1", headers: tenant("B") },
+        { path: "/b2", headers: tenant("B") },
+        { path: "/a5", headers: tenant("A") },
+      ]),
+    );
+    const b3 = await send(ctx, { path: "/b3", headers: tenant("B") });
+    assert.equal(b3.status, 429);
+    await b3.body?.cancel();
+    worker.release();
+    assert.equal((await held).status, 200);
+    await (await held).body?.cancel();
+    for (const p of queued) {
+      const res = await p;
+      assert.equal(res.status, 200);
+      await res.body?.cancel();
+    }
+    assert.deepEqual(worker.served.slice(1), [
+      "/a2",
+      "/b1",
+      "/a5",
+      "/a3",
+      "/b2",
+    ]);
+    // Once its requests went, the key may queue again.
+    await waitFor(() => hub.stats.idle === 1, "the slot back");
+    const again = await send(ctx, { path: "/a6", headers: tenant("secret-A") });
+    assert.equal(again.status, 200);
+    await again.body?.cancel();
+  });
+  const refused = records.filter((r) => r.status === 429);
+  assert.deepEqual(
+    refused.map((r) => [r.path, r.outcome, r.workerMs]),
+    [["/a4", "key-full", -1], ["/b3", "key-full", -1]],
+  );
+});
+
+Deno.test("maxQueuePerKey counts every class of the pool, and only when no worker is idle", async () => {
+  await withHub({
+    fairBy: "header:x-tenant",
+    pools: { default: { maxQueuePerKey: 1 } },
+    routes: [{ pool: "default", pathPrefix: "/urgent/", priority: 5 }],
+  }, async (ctx) => {
+    await using worker = new HeldWorker(ctx);
+    // The held request found the slot idle: never counted.
+    const { held } = await worker.hold(ctx, {
+      path: "/a1",
+      headers: tenant("A"),
+    });
+    const [a2] = await queue(ctx, [{ path: "/a2", headers: tenant("A") }]);
+    const urgent = await send(ctx, {
+      path: "/urgent/a3",
+      headers: tenant("A"),
+    });
+    assert.equal(urgent.status, 429, "a higher class of the same key");
+    await urgent.body?.cancel();
+    worker.release();
+    for (const p of [held, a2]) {
+      const res = await p;
+      assert.equal(res.status, 200);
+      await res.body?.cancel();
+    }
+  });
+});
+
+Deno.test("fair queuing: a consumer that leaves is removed from its key; a key whose last request leaves leaves the rotation", async () => {
+  await withHub({ fairBy: "header:x-tenant" }, async (ctx) => {
+    const hub = ctx.server.hub;
+    const leaveA = new AbortController();
+    const leaveB = new AbortController();
+    await using worker = new HeldWorker(ctx);
+    const { held } = await worker.hold(ctx, {
+      path: "/hold",
+      headers: tenant("A"),
+    });
+    const sent = await queue(ctx, [
+      { path: "/a1", headers: tenant("A") },
+      { path: "/a2", headers: tenant("A"), signal: leaveA.signal },
+      { path: "/b1", headers: tenant("B"), signal: leaveB.signal },
+      { path: "/a3", headers: tenant("A") },
+    ]);
+    assert.equal(hub.stats.pools[0].keys, 2);
+    leaveB.abort();
+    await waitFor(() => hub.stats.queued === 3, "b1 removed");
+    assert.equal(hub.stats.pools[0].keys, 1, "B left the rotation");
+    leaveA.abort();
+    await waitFor(() => hub.stats.queued === 2, "a2 removed");
+    const [c1] = await queue(ctx, [{ path: "/c1", headers: tenant("C") }]);
+    worker.release();
+    for (const p of [held, sent[0], sent[3], c1]) {
+      const res = await p;
+      assert.equal(res.status, 200);
+      await res.body?.cancel();
+    }
+    for (const p of [sent[1], sent[2]]) {
+      await assert.rejects(p, (e: Error) => e.name === "AbortError");
+    }
+    assert.deepEqual(worker.served.slice(1), ["/a1", "/c1", "/a3"]);
+    assert.equal(hub.stats.abandoned, 2);
+  });
+});
+
+Deno.test("fair queuing: priority classes stay strict above it, and each class serves its keys in turn", async () => {
+  await withHub({
+    fairBy: "header:x-tenant",
+    routes: [{ pool: "default", pathPrefix: "/urgent/", priority: 10 }],
+  }, async (ctx) => {
+    const order = await servedOrder(
+      ctx,
+      { path: "/a1", headers: tenant("A") },
+      [
+        { path: "/a2", headers: tenant("A") },
+        { path: "/a3", headers: tenant("A") },
+        { path: "/urgent/b1", headers: tenant("B") },
+        { path: "/urgent/a4", headers: tenant("A") },
+        { path: "/b2", headers: tenant("B") },
+        { path: "/urgent/a5", headers: tenant("A") },
+      ],
+      () => {
+        const pool = ctx.server.hub.stats.pools[0];
+        assert.equal(pool.keys, 2, "distinct keys over both classes");
+        assert.deepEqual(
+          pool.classes.map((c) => [c.priority, c.queued]),
+          [[10, 3], [0, 3]],
+        );
+      },
+    );
+    assert.deepEqual(order, [
+      "/urgent/b1",
+      "/urgent/a4",
+      "/urgent/a5",
+      "/a2",
+      "/b2",
+      "/a3",
+    ]);
+  });
+});
+
+Deno.test("fair queuing: each request still times out on its own deadline", async () => {
+  await withHub({
+    fairBy: "header:x-tenant",
+    queueTimeout: 300,
+  }, async (ctx) => {
+    const hub = ctx.server.hub;
+    await using worker = new HeldWorker(ctx);
+    const { held } = await worker.hold(ctx, { path: "/hold" });
+    const start = performance.now();
+    const sent = await queue(ctx, [
+      { path: "/a1", headers: tenant("A") },
+      { path: "/b1", headers: tenant("B") },
+      { path: "/a2", headers: tenant("A") },
+    ]);
+    for (const p of sent) {
+      const res = await p;
+      assert.equal(res.status, 503);
+      assert.match(await res.text(), /waited 300 ms in the queue/);
+    }
+    assert.ok(performance.now() - start >= 290, "not before the deadline");
+    assert.equal(hub.stats.timedOutQueued, 3);
+    assert.equal(hub.stats.queued, 0);
+    assert.equal(hub.stats.pools[0].keys, 0);
+    worker.release();
+    await (await held).body?.cancel();
+  });
+});
+
+Deno.test("a pool's fairBy overrides the hub's, and null turns it off for that pool", async () => {
+  const asks: Ask[] = [
+    { path: "/x/a1", headers: tenant("A") },
+    { path: "/x/a2", headers: tenant("A") },
+    { path: "/x/b1", headers: tenant("B") },
+  ];
+  await withHub({
+    fairBy: "header:x-tenant",
+    pools: { default: { fairBy: null } },
+  }, async (ctx) => {
+    const order = await servedOrder(ctx, { path: "/hold" }, asks);
+    assert.deepEqual(order, ["/x/a1", "/x/a2", "/x/b1"]);
+  });
+  await withHub({
+    pools: { default: { fairBy: "header:x-tenant" } },
+  }, async (ctx) => {
+    const order = await servedOrder(ctx, { path: "/hold" }, asks);
+    assert.deepEqual(order, ["/x/a1", "/x/b1", "/x/a2"]);
+  });
+});
+
+Deno.test("fairBy and maxQueuePerKey are checked at construction", () => {
+  const make = (options: Partial<ServeHubOptions>) => () =>
+    serveHub({ port: 0, workerPort: 0, ...options }).shutdown();
+  for (const fairBy of ["IP", "header:", "header:x tenant", "cookie:a", 5]) {
+    assert.throws(
+      make({ fairBy: fairBy as "ip" }),
+      /Invalid option "fairBy": expected "ip", "header:NAME" \(NAME a field name\) or a function, got /,
+      JSON.stringify(fairBy),
+    );
+  }
+  assert.throws(
+    make({ pools: { gpu: { fairBy: "tenant" as "ip" } } }),
+    /Invalid option "pools.gpu.fairBy": expected "ip"/,
+  );
+  assert.throws(
+    make({ maxQueuePerKey: 5 }),
+    /Invalid option "maxQueuePerKey": it limits each fair-queuing key, and no pool has fairBy/,
+  );
+  assert.throws(
+    make({ pools: { gpu: { maxQueuePerKey: 5 } } }),
+    /Invalid option "pools.gpu.maxQueuePerKey": it limits each fair-queuing key, and pool "gpu" has no fairBy/,
+  );
+  assert.throws(
+    make({
+      fairBy: "ip",
+      pools: { gpu: { fairBy: null, maxQueuePerKey: 5 } },
+    }),
+    /Invalid option "pools.gpu.maxQueuePerKey": .* pool "gpu" has no fairBy/,
+  );
+  for (const n of [0, -1, NaN]) {
+    assert.throws(
+      make({ fairBy: "ip", maxQueuePerKey: n }),
+      /Invalid option "maxQueuePerKey": expected a number >= 1/,
+    );
+  }
+  assert.throws(
+    make({ fairBy: "ip", pools: { gpu: { maxQueuePerKey: 0 } } }),
+    /Invalid option "pools.gpu.maxQueuePerKey": expected a number >= 1/,
+  );
+});
+
+Deno.test("maxQueuePerKey hub-wide applies to the pools with fairBy only", async () => {
+  await withHub({
+    maxQueuePerKey: 1,
+    routes: [{ pool: "gpu", pathPrefix: "/gpu/" }],
+    pools: { gpu: { fairBy: "header:x-tenant" } },
+  }, async (ctx) => {
+    const hub = ctx.server.hub;
+    // Neither pool has a worker: every request queues (or is refused).
+    const leave = new AbortController();
+    const sent = await queue(
+      ctx,
+      ["/d1", "/d2", "/d3", "/gpu/1", "/gpu/2"].map((path) => ({
+        path,
+        headers: tenant(path === "/gpu/2" ? "B" : "A"),
+        signal: leave.signal,
+      })),
+    );
+    const pools = () =>
+      Object.fromEntries(
+        hub.stats.pools.map((p) => [p.name, [p.queued, p.keys]]),
+      );
+    assert.deepEqual(pools(), { default: [3, 0], gpu: [2, 2] });
+    const refused = await send(ctx, { path: "/gpu/3", headers: tenant("A") });
+    assert.equal(refused.status, 429);
+    await refused.body?.cancel();
+    leave.abort();
+    for (const p of sent) await assert.rejects(p);
+    await waitFor(() => hub.stats.queued === 0, "the consumers gone");
+    assert.deepEqual(pools(), { default: [0, 0], gpu: [0, 0] });
+  });
+});
