@@ -35,6 +35,13 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_MAX_QUEUE] (10000)
   --queue-timeout T        longest wait in the queue, then 503; 0 = forever
                            [POTHEAD_QUEUE_TIMEOUT] (30s)
+  --fair-by KEY            fair queuing: serve consumers in turn, by KEY = ip
+                           (the consumer's address; behind a proxy only with
+                           --trust-forwarded) or header:NAME (a field a trusted
+                           gateway sets) [POTHEAD_FAIR_BY] (off: first come,
+                           first served)
+  --max-queue-per-key N    with --fair-by, most queued requests of one key;
+                           more get 429 [POTHEAD_MAX_QUEUE_PER_KEY] (no limit)
   --head-timeout T         time a worker has to send its response head, then 504;
                            0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)
   --body-idle-timeout T    longest pause in a worker's response body, then the
@@ -104,8 +111,10 @@ Options (each also as the environment variable in brackets):
                            @PRIORITY (-1000..1000); others go to "default"
   --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host",
                            "priority" }],
-                           "pools": { NAME: { "maxQueue", "queueTimeout" } } }
-                           (queueTimeout: ms, or a duration like "30s")
+                           "pools": { NAME: { "maxQueue", "queueTimeout",
+                           "fairBy", "maxQueuePerKey" } } }
+                           (queueTimeout: ms, or a duration like "30s";
+                           fairBy: "ip", "header:NAME", or null for off)
   --admin-port N           admin listener: /metrics, /healthz, /readyz, /status and a
                            live status page at /; off unless given [POTHEAD_ADMIN_PORT]
   --admin-hostname ADDR    its address [POTHEAD_ADMIN_HOSTNAME] (127.0.0.1)
@@ -121,6 +130,9 @@ Durations: 500ms, 30s, 2m, or a bare number of seconds.
 `;
 
 const LEVELS = ["debug", "info", "warn", "error"];
+
+// --fair-by: ip, or header: and a field name (RFC 9110 token).
+const FAIR_BY = /^(ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$/;
 
 /**
  * Parses a `--route` rule: `/prefix=pool`, `host=pool` or
@@ -254,6 +266,13 @@ export function optionsFrom(
     values["no-websockets"],
     "POTHEAD_NO_WEBSOCKETS",
   );
+  const fairBy = v("fair-by", "POTHEAD_FAIR_BY");
+  if (fairBy !== undefined && !FAIR_BY.test(fairBy)) {
+    throw new UsageError(
+      `Invalid --fair-by: expected ip or header:NAME, got "${fairBy}"`,
+    );
+  }
+  const perKey = v("max-queue-per-key", "POTHEAD_MAX_QUEUE_PER_KEY");
   const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
   if (hostname.trim() === "") {
     throw new UsageError(
@@ -276,6 +295,10 @@ export function optionsFrom(
       10_000,
     ),
     queueTimeout: duration("queue-timeout", "POTHEAD_QUEUE_TIMEOUT", 30_000),
+    fairBy: fairBy as ServeHubOptions["fairBy"],
+    maxQueuePerKey: perKey === undefined
+      ? undefined
+      : parseInteger(perKey, "--max-queue-per-key", 0, 1),
     headTimeout: duration("head-timeout", "POTHEAD_HEAD_TIMEOUT", 300_000),
     bodyIdleTimeout: duration(
       "body-idle-timeout",
@@ -416,6 +439,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "worker-port": { type: "string" },
         "max-queue": { type: "string" },
         "queue-timeout": { type: "string" },
+        "fair-by": { type: "string" },
+        "max-queue-per-key": { type: "string" },
         "head-timeout": { type: "string" },
         "body-idle-timeout": { type: "string" },
         "upload-idle-timeout": { type: "string" },

@@ -127,10 +127,14 @@ Deno.test("hub --help exits 0 and lists its options", async () => {
       "--max-queue",
       "--queue-timeout",
       "--max-request-body",
+      "--fair-by",
+      "--max-queue-per-key",
       "--help",
       "--version",
       "POTHEAD_PORT",
       "POTHEAD_WORKER_PORT",
+      "POTHEAD_FAIR_BY",
+      "POTHEAD_MAX_QUEUE_PER_KEY",
     ]
   ) {
     assert.ok(stdout.includes(option), `help lists ${option}:\n${stdout}`);
@@ -1183,5 +1187,193 @@ Deno.test("parseRoute reads /prefix=POOL, host=POOL and host/prefix=POOL, each w
   });
   for (const bad of ["/x=", "=gpu", "/x=gpu@", "/x=gpu@1.5", "/x=gpu@hi"]) {
     assert.throws(() => parseRoute(bad), /Invalid --route/, bad);
+  }
+});
+
+Deno.test("hub --fair-by and --max-queue-per-key (or their variables) reach the hub's options; a flag wins over its variable", () => {
+  const log = () => {};
+  const names = ["POTHEAD_FAIR_BY", "POTHEAD_MAX_QUEUE_PER_KEY"];
+  const before = names.map((n) => Deno.env.get(n));
+  try {
+    for (const n of names) Deno.env.delete(n);
+    const off = optionsFrom({}, log);
+    assert.equal(off.fairBy, undefined);
+    assert.equal(off.maxQueuePerKey, undefined);
+    const flags = optionsFrom(
+      { "fair-by": "header:X-Tenant", "max-queue-per-key": "20" },
+      log,
+    );
+    assert.equal(flags.fairBy, "header:X-Tenant");
+    assert.equal(flags.maxQueuePerKey, 20);
+    Deno.env.set("POTHEAD_FAIR_BY", "ip");
+    Deno.env.set("POTHEAD_MAX_QUEUE_PER_KEY", "5");
+    const env = optionsFrom({}, log);
+    assert.equal(env.fairBy, "ip");
+    assert.equal(env.maxQueuePerKey, 5);
+    const both = optionsFrom(
+      { "fair-by": "header:x-user", "max-queue-per-key": "7" },
+      log,
+    );
+    assert.equal(both.fairBy, "header:x-user");
+    assert.equal(both.maxQueuePerKey, 7);
+    for (
+      const bad of ["IP", "header:", "header:a b", "cookie:x", "ip,header:x"]
+    ) {
+      assert.throws(
+        () => optionsFrom({ "fair-by": bad }, log),
+        new RegExp(
+          `Invalid --fair-by: expected ip or header:NAME, got "${bad}"`,
+        ),
+      );
+    }
+    Deno.env.set("POTHEAD_FAIR_BY", "anything");
+    assert.throws(
+      () => optionsFrom({}, log),
+      /Invalid --fair-by: .*"anything"/,
+    );
+    for (const bad of ["0", "-1", "many", "1.5"]) {
+      assert.throws(
+        () => optionsFrom({ "fair-by": "ip", "max-queue-per-key": bad }, log),
+        /Invalid --max-queue-per-key/,
+        bad,
+      );
+    }
+  } finally {
+    for (const [i, n] of names.entries()) {
+      if (before[i] === undefined) Deno.env.delete(n);
+      else Deno.env.set(n, before[i]!);
+    }
+  }
+});
+
+Deno.test("hub --config: a pool's fairBy and maxQueuePerKey reach the hub's options", async () => {
+  const file = await Deno.makeTempFile({ suffix: ".json" });
+  const log = () => {};
+  try {
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        pools: {
+          gpu: { fairBy: "header:x-tenant", maxQueuePerKey: 3 },
+          cpu: { fairBy: null },
+        },
+      }),
+    );
+    const { pools } = optionsFrom({ config: file, "fair-by": "ip" }, log);
+    assert.deepEqual(pools, {
+      gpu: { fairBy: "header:x-tenant", maxQueuePerKey: 3 },
+      cpu: { fairBy: null },
+    });
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
+Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags, variables or --config", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = `${dir}/config.json`;
+    const cases: [string[], Record<string, string>, string | null, RegExp][] = [
+      [["--fair-by", "cookie:x"], {}, null, /Invalid --fair-by: .*"cookie:x"/],
+      [[], { POTHEAD_FAIR_BY: "ipv6" }, null, /Invalid --fair-by: .*"ipv6"/],
+      [
+        ["--fair-by", "ip", "--max-queue-per-key", "0"],
+        {},
+        null,
+        /Invalid --max-queue-per-key: 0 is outside 1\.\./,
+      ],
+      [
+        ["--max-queue-per-key", "3"],
+        {},
+        null,
+        /invalid options: Invalid option "maxQueuePerKey": .*no pool has fairBy/,
+      ],
+      [
+        [],
+        { POTHEAD_MAX_QUEUE_PER_KEY: "3" },
+        null,
+        /Invalid option "maxQueuePerKey"/,
+      ],
+      [
+        [],
+        {},
+        '{"pools": {"gpu": {"fairBy": "tenant"}}}',
+        /Invalid option "pools.gpu.fairBy": expected "ip", "header:NAME"/,
+      ],
+      [
+        [],
+        {},
+        '{"pools": {"gpu": {"maxQueuePerKey": 2}}}',
+        /Invalid option "pools.gpu.maxQueuePerKey": .*pool "gpu" has no fairBy/,
+      ],
+      [
+        ["--fair-by", "ip"],
+        {},
+        '{"pools": {"gpu": {"maxQueuePerKey": 0}}}',
+        /Invalid option "pools.gpu.maxQueuePerKey": expected a number >= 1/,
+      ],
+    ];
+    for (const [args, env, text, message] of cases) {
+      const config = text === null ? [] : ["--config", file];
+      if (text !== null) await Deno.writeTextFile(file, text);
+      const { code, stdout, stderr } = await runDeno([
+        "run",
+        ...RUN_PERMISSIONS,
+        "hub.ts",
+        "--port",
+        "0",
+        "--worker-port",
+        "0",
+        ...config,
+        ...args,
+      ], { env });
+      const what = `${args.join(" ")} ${JSON.stringify(env)} ${text}`;
+      assert.equal(code, 2, `${what}: ${stderr}`);
+      assert.match(stderr, message, what);
+      assert.doesNotMatch(stderr, /^\s+at /m, "no stack trace");
+      assert.equal(stdout, "", "no Listening line");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hub --fair-by header:NAME --max-queue-per-key 1 answers a second queued request of one key 429, not another key's", async () => {
+  // No worker: every request queues, so the limit shows at once.
+  const hub = await startHub([
+    "--fair-by",
+    "header:x-tenant",
+    "--max-queue-per-key",
+    "1",
+  ]);
+  const leave = new AbortController();
+  try {
+    const url = `http://127.0.0.1:${hub.port}/`;
+    const ask = (tenant: string) =>
+      fetch(url, { headers: { "x-tenant": tenant }, signal: leave.signal });
+    const other = ask("B");
+    other.catch(() => {});
+    // Whichever of A's two arrives first queues; the other is refused at
+    // once.
+    const both = [ask("A"), ask("A")];
+    for (const p of both) p.catch(() => {});
+    const refused = await guard(Promise.race(both), "the 429");
+    assert.equal(refused.status, 429);
+    assert.equal(refused.headers.get("retry-after"), "1");
+    assert.match(await refused.text(), /too many requests of this consumer/);
+    leave.abort();
+    // One of A's was queued (its consumer left), the other refused; B's was
+    // queued, not refused.
+    const settled = await Promise.allSettled(both);
+    assert.deepEqual(settled.map((s) => s.status).sort(), [
+      "fulfilled",
+      "rejected",
+    ]);
+    await assert.rejects(other);
+    hub.proc.kill("SIGTERM");
+    assert.equal((await guard(hub.proc.status, "hub exit")).code, 0);
+  } finally {
+    leave.abort();
+    await closeAll(hub.proc);
   }
 });
