@@ -6,7 +6,9 @@
  * request (queue, head encoding, response parsing, the `Response` it
  * builds) plus a `Request` and reading the answer, which the baseline
  * measures alone. The difference is the hub's JavaScript cost per request,
- * which is steady from run to run where whole-process CPU is not.
+ * which is steady from run to run where whole-process CPU is not. A second
+ * group sends 16 requests at once through 2 connections, so that 14 take
+ * the queue, first come first served and with `fairBy` over 4 tenants.
  *
  * @module
  */
@@ -91,6 +93,53 @@ Deno.bench("hub.fetch round trip to an in-memory worker", {
   await res.arrayBuffer();
 });
 
+// The queued path: 16 requests at once through 2 slots, so 14 wait, first
+// come first served or (fairBy) in turn over 4 tenants. (Deno.bench awaits
+// only async functions.)
+const TENANTS = ["a", "b", "c", "d"];
+async function burstHub(fair: boolean): Promise<[Hub, AnsweringConn[]]> {
+  const hub = new Hub({
+    handshakeWait: 0,
+    headTimeout: 0,
+    fairBy: fair ? "header:x-tenant" : undefined,
+  });
+  const conns = [new AnsweringConn(), new AnsweringConn()];
+  for (const conn of conns) hub.addWorker(conn, "127.0.0.1:40000");
+  while (hub.stats.idle < conns.length) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  return [hub, conns];
+}
+const [fifoHub, fifoConns] = await burstHub(false);
+const [fairHub, fairConns] = await burstHub(true);
+
+async function burst(target: Hub): Promise<void> {
+  const all: Promise<Response>[] = [];
+  for (let i = 0; i < 16; i++) {
+    all.push(target.fetch(
+      new Request("http://hub.example/v1/items?page=2", {
+        headers: { ...HEADERS, "x-tenant": TENANTS[i % 4] },
+      }),
+      { remoteAddr: { hostname: "203.0.113.7" } },
+    ));
+  }
+  for (const res of await Promise.all(all)) {
+    if (res.status !== 200) {
+      throw new Error(`status ${res.status}: ${await res.text()}`);
+    }
+    await res.arrayBuffer();
+  }
+}
+
+Deno.bench("16 at once through 2 slots: first come, first served", {
+  group: "queued burst",
+  baseline: true,
+}, async () => await burst(fifoHub));
+
+Deno.bench("16 at once through 2 slots: fairBy, 4 tenants", {
+  group: "queued burst",
+}, async () => await burst(fairHub));
+
 globalThis.addEventListener("unload", () => {
-  for (const conn of conns) conn.close();
+  for (const conn of [...conns, ...fifoConns, ...fairConns]) conn.close();
 });
