@@ -15,6 +15,7 @@ import {
 import {
   dispatchGaps,
   percentile,
+  simulateFair,
   simulateFifo,
   simulatePriority,
   summarize,
@@ -27,6 +28,11 @@ import {
   estimateSeconds as prioritySeconds,
   parsePlan as priorityPlan,
 } from "../bench/priority.ts";
+import {
+  estimateSeconds as fairSeconds,
+  makeFairTrace,
+  parsePlan as fairPlan,
+} from "../bench/fairness.ts";
 import { makeJob, requestedMs } from "../bench/workers/serial_worker.ts";
 import { Sleeper } from "../bench/workers/_sleep.ts";
 
@@ -253,6 +259,75 @@ Deno.test("priority simulation serves the higher class first, FIFO within a clas
   const t = simulatePriority([0, 0, 5, 5], [10, 12, 1, 1], [0, 0, 0, 1], 2);
   assert.deepEqual(Array.from(t.start), [0, 0, 11, 10]);
   assert.deepEqual(Array.from(t.server), [0, 1, 0, 0]);
+});
+
+Deno.test("fair simulation serves waiting keys in turn, each key in order of arrival", () => {
+  // One server, 10 ms jobs: key 0 (A) at 0, 1, 2, 3; key 1 (B) at 4, 5. The
+  // first starts at once; then A, B, A, B, A.
+  const r = simulateFair(
+    [0, 1, 2, 3, 4, 5],
+    [10, 10, 10, 10, 10, 10],
+    [0, 0, 0, 0, 1, 1],
+    1,
+  );
+  assert.deepEqual(Array.from(r.start), [0, 10, 30, 50, 20, 40]);
+  // A key that arrives later joins the rotation at its end: C (key 2) at 12
+  // goes after B, which was already waiting.
+  const s = simulateFair(
+    [0, 1, 2, 3, 12],
+    [10, 10, 10, 10, 10],
+    [0, 0, 0, 1, 2],
+    1,
+  );
+  assert.deepEqual(Array.from(s.start), [0, 10, 30, 20, 40]);
+  // A request that finds a server free starts at once; two servers.
+  const t = simulateFair([0, 0, 0, 100], [10, 10, 10, 10], [0, 0, 1, 0], 2);
+  assert.deepEqual(Array.from(t.start), [0, 0, 10, 100]);
+  assert.throws(() => simulateFair([0], [1], [], 1), /Cannot simulate/);
+});
+
+Deno.test("fair simulation with one key is the FIFO simulation; a burst of one key no longer delays the others", () => {
+  const trace = makeTrace({
+    workers: 4,
+    load: 0.9,
+    meanMs: 20,
+    dist: "exp",
+    durationMs: 60_000,
+    seed: 23,
+  });
+  const n = trace.arrivals.length;
+  const fifo = simulateFifo(trace.arrivals, trace.service, 4);
+  const one = simulateFair(trace.arrivals, trace.service, new Int32Array(n), 4);
+  assert.deepEqual(one.start, fifo.start);
+  assert.deepEqual(one.server, fifo.server);
+  // Light keys 1..3 on a 50% trace; key 0 sends 300 jobs at 1 s.
+  const light = makeTrace({
+    workers: 4,
+    load: 0.5,
+    meanMs: 20,
+    dist: "exp",
+    durationMs: 10_000,
+    seed: 24,
+  });
+  const arrivals = [...light.arrivals];
+  const service = [...light.service];
+  const keys = Array.from(light.arrivals, (_, i) => 1 + (i % 3));
+  const at = arrivals.findIndex((a) => a > 1000);
+  arrivals.splice(at, 0, ...new Array(300).fill(1000));
+  service.splice(at, 0, ...new Array(300).fill(20));
+  keys.splice(at, 0, ...new Array(300).fill(0));
+  const waitOfLight = (wait: Float64Array) =>
+    mean(wait.filter((_, i) => keys[i] !== 0));
+  const f = simulateFifo(arrivals, service, 4);
+  const fair = simulateFair(arrivals, service, keys, 4);
+  assert.ok(
+    waitOfLight(fair.wait) * 10 < waitOfLight(f.wait),
+    `light mean wait ${waitOfLight(fair.wait)} fair, ${
+      waitOfLight(f.wait)
+    } fifo`,
+  );
+  // Work-conserving both: the last finish is the same.
+  assert.equal(Math.max(...fair.finish), Math.max(...f.finish));
 });
 
 Deno.test("priority simulation with one class is the FIFO simulation", () => {
@@ -546,4 +621,32 @@ Deno.test("priority benchmark: plans are bounded, flags validated, runs split by
   assert.equal(r.classes.interactive.throughput, 10);
   assert.equal(r.classes.batch.throughput, 20);
   assert.equal(r.all.throughput, 30);
+});
+
+Deno.test("fairness benchmark: plans are bounded and checked; the trace holds the burst in arrival order", () => {
+  const full = fairPlan([]);
+  assert.ok(full !== "help");
+  assert.equal(full.workers, 4);
+  assert.equal(full.burst, 400);
+  assert.ok(fairSeconds(full) < 300, `full ${fairSeconds(full)} s`);
+  const smoke = fairPlan(["--smoke"]);
+  assert.ok(smoke !== "help" && smoke.mode === "smoke" && smoke.out === null);
+  for (
+    const bad of [["--burst=0"], ["--light-load=1"], ["--burst-at=30"], [
+      "--tenants=0",
+    ]]
+  ) {
+    assert.throws(() => fairPlan(bad), /Invalid --/, bad.join(" "));
+  }
+  const { trace, tenant } = makeFairTrace(full);
+  const n = trace.arrivals.length;
+  assert.equal(tenant.length, n);
+  for (let i = 1; i < n; i++) {
+    assert.ok(trace.arrivals[i] >= trace.arrivals[i - 1], `order at ${i}`);
+  }
+  const heavy = [...tenant.keys()].filter((i) => tenant[i] === 0);
+  assert.equal(heavy.length, 400);
+  assert.ok(heavy.every((i) => trace.arrivals[i] === full.burstAtMs));
+  const lightTenants = new Set([...tenant].filter((t) => t !== 0));
+  assert.deepEqual([...lightTenants].sort(), [1, 2, 3]);
 });
