@@ -111,7 +111,8 @@ tr.gone td { color: var(--muted); }
     <div class="card"><h2>Queue depth</h2>
       <div class="big" data-metric="queued">–</div>
       <div class="sub">oldest waiting <span data-metric="oldest">–</span></div>
-      <div class="sub" data-metric="classes"></div></div>
+      <div class="sub" data-metric="classes"></div>
+      <div class="sub" data-metric="keys"></div></div>
     <div class="card"><h2>Busy slots</h2>
       <div class="big"><span data-metric="busy">–</span><span class="of"> / <span data-metric="slots">–</span></span></div>
       <div class="sub"><span data-metric="idle">–</span> idle · <span data-metric="parked">–</span> parked · <span data-metric="slots">–</span> connected ·
@@ -296,6 +297,9 @@ tr.gone td { color: var(--muted); }
     const classes = s.classes || [];
     set("classes", classes.length < 2 ? "" : "by class " +
       classes.map((c) => c.priority + ": " + c.queued).join(" · "));
+    // Only with fair queuing: how many consumers the queue holds.
+    set("keys", !s.keys ? "" : "from " + s.keys +
+      (s.keys === 1 ? " consumer" : " consumers"));
     set("idle", String(s.idle));
     set("parked", String(s.parked ?? 0));
     set("busy", String(s.busy));

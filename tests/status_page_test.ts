@@ -195,6 +195,7 @@ Deno.test({
       workerPort: 0,
       shutdownGrace: 1000,
       trustPriority: true,
+      fairBy: "header:x-tenant",
       onAccess: (r) => metrics.observe(r),
     });
     const adminStop = new AbortController();
@@ -258,13 +259,15 @@ Deno.test({
       for (let i = 0; i < 4; i++) consumers.push(fetch(`${base}/hold`));
       page = await browser.waitFor("queued", "2");
       assert.equal(page.values.classes, "");
+      assert.equal(page.values.keys, "from 1 consumer");
       for (let i = 0; i < 2; i++) {
-        consumers.push(
-          fetch(`${base}/hold`, { headers: { "x-pothead-priority": "5" } }),
-        );
+        consumers.push(fetch(`${base}/hold`, {
+          headers: { "x-pothead-priority": "5", "x-tenant": "t" },
+        }));
       }
       page = await browser.waitFor("queued", "4");
       assert.equal(page.values.classes, "by class 5: 2 · 0: 2");
+      assert.equal(page.values.keys, "from 2 consumers");
       page = await browser.waitFor("busy", "2");
       assert.equal(page.values.idle, "0");
       assert.equal(page.values.received, "9");
