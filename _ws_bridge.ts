@@ -256,7 +256,9 @@ export function bridgeWebSocket(
     let parts: Uint8Array[] = [];
     let size = 0;
     let kind = 0; // the opcode of the message in progress, 0 for none
-    const decoder = new TextDecoder("utf-8", { fatal: true });
+    // ignoreBOM keeps a leading U+FEFF: it is part of the text, which a
+    // decoder would otherwise drop as a byte order mark.
+    const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
     try {
       while (!connClosed) {
         let parsed;

@@ -367,6 +367,21 @@ Deno.test(`[${ENGINE}] a worker breaking the protocol (masked frame, bad UTF-8, 
   }
 });
 
+Deno.test(`[${ENGINE}] a worker's text that starts with U+FEFF reaches the consumer with it (a BOM is text, not a marker)`, () =>
+  withHub({}, null, async ({ server, ws }) => {
+    const w = await rawWorker(server);
+    const opening = client(`${ws}/ws`);
+    await w.write(await accept101(await readUpgrade(w)));
+    const c = await opening;
+    await w.write(
+      encodeFrame(Op.text, new TextEncoder().encode("\uFEFFhi"), null),
+    );
+    assert.equal(await c.next(), "\uFEFFhi");
+    w.conn.close();
+    await deadline(c.closed, 10_000, "the consumer's close");
+    await waitFor(() => server.hub.stats.webSockets === 0, "the tunnel ended");
+  }));
+
 Deno.test(`[${ENGINE}] a worker that drops the connection: the consumer hears 1011`, () =>
   withHub({}, null, async ({ server, ws }) => {
     const w = await rawWorker(server);
