@@ -139,6 +139,9 @@ export function bridgeWebSocket(
     if (pumping !== null) return;
     pumping = drainQueue().then(() => {
       pumping = null;
+      // A frame queued after the loop saw the queue empty, before this ran,
+      // found the pump still running and did not start it.
+      if (queue.length > 0 && !connClosed) pump();
     });
   };
   const waitWritten = async () => {

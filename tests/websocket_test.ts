@@ -14,6 +14,8 @@ import { connectWorker, ENGINE, startHub, startWorker } from "./_hub.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { type WsClient as Client, wsClient as client } from "./_ws_client.ts";
 import { closePayload, encodeFrame, Op } from "../_ws_frame.ts";
+import { bridgeWebSocket } from "../_ws_bridge.ts";
+import { BufferedReader } from "../_io.ts";
 import {
   type Proc,
   startHub as startHubProc,
@@ -939,4 +941,44 @@ Deno.test({
       await server.shutdown();
     }
   },
+});
+
+Deno.test(`[${ENGINE}] a consumer message that comes as the bridge's last write to the worker ends is still written`, async () => {
+  // The bridge on fakes: a consumer socket already open, and a worker
+  // connection whose writes resolve at once. A second message that comes a
+  // few microtasks after the first must not wait in the queue for a third.
+  for (let ticks = 0; ticks < 20; ticks++) {
+    const written: number[] = [];
+    const conn = {
+      read: () => new Promise<null>(() => {}),
+      write: (p: Uint8Array) => {
+        written.push(p[0]);
+        return Promise.resolve(p.length);
+      },
+      close() {},
+    };
+    const socket = {
+      readyState: WebSocket.OPEN,
+      bufferedAmount: 0,
+      close() {},
+    } as unknown as WebSocket;
+    const bridged = bridgeWebSocket(socket, conn, new BufferedReader(conn), {
+      maxMessage: 1024,
+      maxBacklog: 1024,
+      closeTimeout: 10,
+    });
+    const message = (data: string) =>
+      socket.onmessage!(new MessageEvent("message", { data }));
+    message("one");
+    for (let i = 0; i < ticks; i++) await Promise.resolve();
+    message("two");
+    await new Promise((r) => setTimeout(r, 0));
+    assert.deepEqual(
+      written,
+      [0x81, 0x81],
+      `second message after ${ticks} ticks`,
+    );
+    socket.onclose!(new CloseEvent("close", { code: 1000 }));
+    await deadline(bridged, 10_000, "the bridge's end");
+  }
 });
