@@ -272,7 +272,8 @@ export function parseClose(
   }
   let reason;
   try {
-    reason = new TextDecoder("utf-8", { fatal: true }).decode(
+    // ignoreBOM keeps a leading U+FEFF, which is part of the reason.
+    reason = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(
       payload.subarray(2),
     );
   } catch {

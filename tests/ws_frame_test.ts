@@ -182,3 +182,10 @@ Deno.test("masking a word at a time matches masking byte by byte, for every leng
     );
   }
 });
+
+Deno.test("parseClose keeps a reason's leading U+FEFF (text, not a byte order mark)", () => {
+  assert.deepEqual(parseClose(closePayload(1000, "\uFEFFbye")), {
+    code: 1000,
+    reason: "\uFEFFbye",
+  });
+});
