@@ -106,9 +106,8 @@ export function bridgeWebSocket(
     result.code = code;
     result.reason = reason;
   };
-  // Close frames sent to and received from the worker.
+  // A close frame sent to the worker.
   let sentClose = false;
-  let gotClose = false;
   let consumerClosed = false;
   let connClosed = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -291,7 +290,7 @@ export function bridgeWebSocket(
         }
         if (frame.opcode === Op.pong) continue;
         if (frame.opcode === Op.close) {
-          gotClose = true;
+          // A bad close frame throws, and the worker is told why below.
           const { code, reason } = parseClose(frame.payload);
           firstClose("worker", code ?? 1005, reason);
           closeConsumer(code, reason);
@@ -347,7 +346,7 @@ export function bridgeWebSocket(
       const code = error instanceof WebSocketProtocolError ? error.code : 1007;
       firstClose("hub", 1011, `worker broke the WebSocket protocol: ${why}`);
       closeConsumer(1011, "worker broke the WebSocket protocol");
-      if (!gotClose) toWorker(Op.close, closePayload(code, why));
+      toWorker(Op.close, closePayload(code, why));
       await waitWritten();
       endConn();
     }

@@ -314,7 +314,7 @@ Deno.test(`[${ENGINE}] a raw worker's frames: fragments joined, its ping answere
     w.conn.close();
   }));
 
-Deno.test(`[${ENGINE}] a worker breaking the protocol (masked frame, bad UTF-8, too big) closes 1011 for the consumer`, async () => {
+Deno.test(`[${ENGINE}] a worker breaking the protocol (masked frame, bad UTF-8, too big, a bad close frame) closes 1011 for the consumer`, async () => {
   const cases: [string, (key: string) => Promise<Uint8Array>, number][] = [
     ["masked", () =>
       Promise.resolve(
@@ -332,6 +332,20 @@ Deno.test(`[${ENGINE}] a worker breaking the protocol (masked frame, bad UTF-8, 
       "too big",
       () => Promise.resolve(encodeFrame(Op.binary, new Uint8Array(2048), null)),
       1009,
+    ],
+    // A bad close frame is not a close: the worker still hears why.
+    [
+      "close code 1005",
+      () => Promise.resolve(encodeFrame(Op.close, closePayload(1005), null)),
+      1002,
+    ],
+    [
+      "close reason not UTF-8",
+      () =>
+        Promise.resolve(
+          encodeFrame(Op.close, new Uint8Array([0x03, 0xe8, 0xff]), null),
+        ),
+      1007,
     ],
   ];
   for (const [what, frame, workerCode] of cases) {
