@@ -21,6 +21,16 @@
  * reason), end without a close, or end in one invalid frame after a valid
  * prefix. Seeds are fixed; `POTHEAD_DIFF_SEED=N` (and `POTHEAD_DIFF_CASES=N`)
  * runs one seed, to replay a failure, which names its seed and case index.
+ *
+ * Expected differences, each where it is judged: Deno's client and server
+ * take some frames RFC 6455 forbids (an unmasked client frame, a masked
+ * server frame, a close or pong over 125 bytes, a fragmented text that ends
+ * inside a character), which the hub refuses from a worker; Deno's client
+ * answers a 1014 close with 1002; a handler behind the hub hears a consumer
+ * whose connection failed as a close with no code (Deno.serve reports the
+ * failure to a handler it serves directly); the client waits for its echoes
+ * before it closes, as the hub's `Deno.upgradeWebSocket` answers a close at
+ * once and a message still on its way back from the worker is then lost.
  */
 
 import assert from "node:assert/strict";
@@ -261,8 +271,33 @@ function cuts(rng: Rng, n: number): number[] {
   return at.sort((a, b) => a - b);
 }
 
-const VALID_CODES = [1000, 1001, 1003, 1007, 1008, 1011, 3000, 4999];
-const BAD_CODES = [1005, 1006, 1015, 999, 1004, 2999, 5000, 0, 65535];
+const VALID_CODES = [
+  1000,
+  1001,
+  1002,
+  1003,
+  1007,
+  1008,
+  1011,
+  1012,
+  1013,
+  1014,
+  3000,
+  4999,
+];
+const BAD_CODES = [
+  1005,
+  1006,
+  1015,
+  999,
+  1004,
+  2999,
+  5000,
+  0,
+  65535,
+  1016,
+  2000,
+];
 const REASONS = [
   "",
   "bye",
@@ -441,7 +476,7 @@ function invalid(
         : rng.bytes(rng.int(126, 300));
       phase(
         [frame(op, body)],
-        `control frame ${op} of ${body.length} B`,
+        `control frame ${op} over 125 B`,
         "invalid",
       );
       // Deno's server and client take a close frame over 125 bytes, and
@@ -806,6 +841,8 @@ Deno.test({
     const started = performance.now();
     let total = 0;
     let failed = 0;
+    let messages = 0;
+    let bytes = 0;
     try {
       await waitFor(() => server.hub.stats.idle >= 1, "the worker");
       for (const seed of SEEDS) {
@@ -825,6 +862,11 @@ Deno.test({
             handlerView(`/hub/${name}`),
           ]);
           total++;
+          messages += seq.messages.length;
+          bytes += seq.messages.reduce(
+            (n, m) => n + Number(m.split(":")[1]),
+            0,
+          );
           const f = judgeConsumer(seq, ref, hub, refH, hubH);
           const key = `${seq.end} ${seq.kind} => ${f.length ? "FAILED" : "ok"}`;
           tally.set(key, (tally.get(key) ?? 0) + 1);
@@ -852,9 +894,10 @@ Deno.test({
       await server.shutdown();
     }
     console.log(
-      `consumer side: ${total} sequences, seeds ${SEEDS.join(", ")}, ${
-        Math.round(performance.now() - started)
-      } ms\n${tallyLine(tally)}`,
+      `consumer side: ${total} sequences (${messages} messages, ${bytes} B), ` +
+        `seeds ${SEEDS.join(", ")}, ${
+          Math.round(performance.now() - started)
+        } ms\n${tallyLine(tally)}`,
     );
     assert.ok(total > 0);
     assert.equal(
@@ -1021,7 +1064,12 @@ function judgeWorker(
     same("pongs", refS.pongs, hubS.pongs);
     // The hub echoes the close code alone (RFC 6455 §5.5.1 asks no more),
     // Deno's client the reason too.
-    same("close echoed to the worker", code(refS.close), code(hubS.close));
+    // Deno's client answers a 1014 (registered after RFC 6455) with 1002,
+    // though it reports 1014; the hub echoes 1014.
+    const echoed = seq.code === 1014 && code(refS.close) === "1002"
+      ? "1014"
+      : code(refS.close);
+    same("close echoed to the worker", echoed, code(hubS.close));
   } else if (seq.end === "eof") {
     // Deno's client reports a lost connection as `0 "" unclean`; the hub
     // closes the consumer's WebSocket with 1011 (README).
@@ -1069,6 +1117,8 @@ Deno.test({
     const started = performance.now();
     let total = 0;
     let failed = 0;
+    let messages = 0;
+    let bytes = 0;
     try {
       for (const seed of SEEDS) {
         if (failed === MAX_FAILED) break;
@@ -1107,6 +1157,11 @@ Deno.test({
             describe(seq),
           );
           total++;
+          messages += seq.messages.length;
+          bytes += seq.messages.reduce(
+            (n, m) => n + Number(m.split(":")[1]),
+            0,
+          );
           const f = judgeWorker(seq, ref, hub, refS, hubS);
           const key = `${seq.end} ${seq.kind} => ${f.length ? "FAILED" : "ok"}`;
           tally.set(key, (tally.get(key) ?? 0) + 1);
@@ -1125,9 +1180,10 @@ Deno.test({
       await server.shutdown();
     }
     console.log(
-      `worker side: ${total} sequences, seeds ${SEEDS.join(", ")}, ${
-        Math.round(performance.now() - started)
-      } ms\n${tallyLine(tally)}`,
+      `worker side: ${total} sequences (${messages} messages, ${bytes} B), ` +
+        `seeds ${SEEDS.join(", ")}, ${
+          Math.round(performance.now() - started)
+        } ms\n${tallyLine(tally)}`,
     );
     assert.ok(total > 0);
     assert.equal(
