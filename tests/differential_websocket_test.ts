@@ -1057,15 +1057,18 @@ function judgeWorker(
   );
   same("notes of the plain worker", [], hubS.notes);
   same("the hub dropped the worker connection", true, hubS.ended);
+  // Every ping before the end or the bad frame is answered (after the
+  // connection's end, what is still queued need not go out).
+  if (seq.end !== "eof") same("hub's pongs", seq.pings.map(hex), hubS.pongs);
   const code = (close: string | null) => close?.split(" ")[0];
   if (seq.end === "close") {
     same("straight messages", seq.messages, ref.messages);
     same("close", ref.close, hub.close);
     same("pongs", refS.pongs, hubS.pongs);
     // The hub echoes the close code alone (RFC 6455 §5.5.1 asks no more),
-    // Deno's client the reason too.
-    // Deno's client answers a 1014 (registered after RFC 6455) with 1002,
-    // though it reports 1014; the hub echoes 1014.
+    // Deno's client the reason too. Deno's client answers a 1014
+    // (registered after RFC 6455) with 1002, though it reports 1014; the
+    // hub echoes 1014.
     const echoed = seq.code === 1014 && code(refS.close) === "1002"
       ? "1014"
       : code(refS.close);
