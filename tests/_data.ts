@@ -42,6 +42,13 @@ export class Rng {
   pick<T>(items: readonly T[]): T {
     return items[Math.floor(this.#next() * items.length)];
   }
+
+  /** `n` random bytes. */
+  bytes(n: number): Uint8Array<ArrayBuffer> {
+    const out = new Uint8Array(n);
+    for (let i = 0; i < n; i++) out[i] = this.int(0, 255);
+    return out;
+  }
 }
 
 /** Deterministic pseudo-random bytes (xorshift), so failures reproduce. */

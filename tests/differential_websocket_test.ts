@@ -36,6 +36,7 @@
 import assert from "node:assert/strict";
 import { ENGINE, startHub, startWorker } from "./_hub.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
+import { Rng } from "./_data.ts";
 
 const SEEDS = Deno.env.get("POTHEAD_DIFF_SEED")
   ? [Number(Deno.env.get("POTHEAD_DIFF_SEED"))]
@@ -49,37 +50,6 @@ const MAX_FAILED = 10;
 // (Deno.upgradeWebSocket needs it); the worker side uses no runner, so the
 // serve run covers it and the inline run skips both.
 const SERVE = ENGINE !== "inline";
-
-// --- A small seeded PRNG (mulberry32) ----------------------------------------
-
-class Rng {
-  #s: number;
-  constructor(seed: number) {
-    this.#s = seed >>> 0;
-  }
-  /** A float in [0, 1). */
-  next(): number {
-    let t = (this.#s = (this.#s + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  /** An integer in [lo, hi]. */
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[Math.floor(this.next() * items.length)];
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.int(0, 255);
-    return out;
-  }
-}
 
 // --- Frames on the wire (our own encoder: it must write invalid ones) -------
 
@@ -444,8 +414,10 @@ function invalid(
         : [frame(Op.text, body)];
       phase(frames, "text not UTF-8", "invalid", 1007);
       // Deno's server and client take a fragmented text that ends inside a
-      // character (and hand on the text without the cut character).
-      seq.denoTakes = split && last && wrong.length === 2;
+      // character (and hand on the text without the cut character): the bad
+      // bytes last, or alone.
+      seq.denoTakes = split && (last || good.length === 0) &&
+        wrong.length === 2;
       return;
     }
     case 1:
