@@ -916,10 +916,24 @@ function consumerAddress(p: Pending, trustForwarded: boolean): string | null {
     const chain = p.req.headers.get("x-forwarded-for");
     if (chain !== null) {
       const last = chain.slice(chain.lastIndexOf(",") + 1).trim();
-      if (last !== "") return last;
+      if (last !== "") return addressOnly(last);
     }
   }
   return p.clientIp;
+}
+
+// An X-Forwarded-For entry's address: some proxies add the consumer's port
+// ("10.0.0.1:51234", "[2001:db8::1]:443"), which is no part of who it is.
+function addressOnly(entry: string): string {
+  if (entry.charCodeAt(0) === 91) { // "["
+    const end = entry.indexOf("]");
+    return end > 1 ? entry.slice(1, end) : entry;
+  }
+  const colon = entry.indexOf(":");
+  // Two colons or more: an IPv6 address without a port.
+  return colon > 0 && colon === entry.lastIndexOf(":")
+    ? entry.slice(0, colon)
+    : entry;
 }
 
 function checkOption(name: string, value: number, min: number): number {

@@ -236,10 +236,23 @@ Deno.test("fair queuing by ip with trustForwarded: the key is the address the pr
     { path: "/a3", headers: via("2.2.2.2,10.0.0.1") },
     { path: "/b1", headers: via("10.0.0.2") },
     { path: "/direct1" },
+    // Some proxies add the consumer's port: the address is the key.
+    { path: "/a4", headers: via("10.0.0.1:51234") },
+    { path: "/c1", headers: via("[2001:db8::3]:443") },
+    { path: "/c2", headers: via("2001:db8::3") },
   ];
   await withHub({ fairBy: "ip", trustForwarded: true }, async (ctx) => {
     const order = await servedOrder(ctx, { path: "/hold" }, asks);
-    assert.deepEqual(order, ["/a1", "/b1", "/direct1", "/a2", "/a3"]);
+    assert.deepEqual(order, [
+      "/a1",
+      "/b1",
+      "/direct1",
+      "/c1",
+      "/a2",
+      "/c2",
+      "/a3",
+      "/a4",
+    ]);
   });
   // Without trust, all of them are 127.0.0.1: one key, first come first
   // served.
