@@ -93,6 +93,9 @@ Options (each also as the environment variable in brackets):
   --trust-forwarded        keep client X-Forwarded-* fields [POTHEAD_TRUST_FORWARDED]
   --trust-priority         take a request's priority class from its
                            X-Pothead-Priority field [POTHEAD_TRUST_PRIORITY]
+  --priority-step T        the wait one priority class is worth: a request goes
+                           as if it came class x T earlier, so no class starves
+                           [POTHEAD_PRIORITY_STEP] (off: classes are strict)
   --cert FILE --key FILE   TLS for consumers [POTHEAD_CERT, POTHEAD_KEY]
   --worker-cert FILE --worker-key FILE
                            TLS for workers [POTHEAD_WORKER_CERT, POTHEAD_WORKER_KEY]
@@ -112,8 +115,9 @@ Options (each also as the environment variable in brackets):
   --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host",
                            "priority" }],
                            "pools": { NAME: { "maxQueue", "queueTimeout",
-                           "fairBy", "maxQueuePerKey" } } }
-                           (queueTimeout: ms, or a duration like "30s";
+                           "priorityStep", "fairBy", "maxQueuePerKey" } } }
+                           (queueTimeout, priorityStep: ms, or a duration
+                           like "30s";
                            fairBy: "ip", "header:NAME", or null for off)
   --admin-port N           admin listener: /metrics, /healthz, /readyz, /status and a
                            live status page at /; off unless given [POTHEAD_ADMIN_PORT]
@@ -240,13 +244,11 @@ export function optionsFrom(
     // A number is milliseconds, as in the library; a string is a duration
     // like the flags' ("30s"), where a bare number means seconds.
     for (const [name, p] of Object.entries(pools ?? {})) {
-      const t = (p as { queueTimeout?: unknown } | null)?.queueTimeout;
-      if (typeof t === "string") {
-        p.queueTimeout = parseDuration(
-          t,
-          `--config pools.${name}.queueTimeout`,
-          0,
-        );
+      for (const field of ["queueTimeout", "priorityStep"] as const) {
+        const t = (p as Record<string, unknown> | null)?.[field];
+        if (typeof t === "string") {
+          p[field] = parseDuration(t, `--config pools.${name}.${field}`, 0);
+        }
       }
     }
   }
@@ -273,6 +275,7 @@ export function optionsFrom(
     );
   }
   const perKey = v("max-queue-per-key", "POTHEAD_MAX_QUEUE_PER_KEY");
+  const step = v("priority-step", "POTHEAD_PRIORITY_STEP");
   const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
   if (hostname.trim() === "") {
     throw new UsageError(
@@ -296,6 +299,9 @@ export function optionsFrom(
     ),
     queueTimeout: duration("queue-timeout", "POTHEAD_QUEUE_TIMEOUT", 30_000),
     fairBy: fairBy as ServeHubOptions["fairBy"],
+    priorityStep: step === undefined
+      ? undefined
+      : parseDuration(step, "--priority-step", 0),
     maxQueuePerKey: perKey === undefined
       ? undefined
       : parseInteger(perKey, "--max-queue-per-key", 0, 1),
@@ -461,6 +467,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
         "trust-priority": { type: "boolean" },
+        "priority-step": { type: "string" },
         "buffer-uploads": { type: "boolean" },
         "no-websockets": { type: "boolean" },
         "max-websocket-message": { type: "string" },

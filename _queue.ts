@@ -406,6 +406,14 @@ export interface PriorityQueueOptions<T> extends WaitQueueOptions<T> {
    * the keys in turn; without one (the default), a {@linkcode WaitQueue}.
    */
   keyOf?: (value: T) => string;
+  /**
+   * Milliseconds of waiting one class is worth: a value is served as if it
+   * had joined `priority × step` ms earlier, so a lower class goes ahead of
+   * a higher one's values that joined long enough after it, and never
+   * starves. Infinity (the default): strict, a higher class always first.
+   * @default {Infinity}
+   */
+  step?: number;
 }
 
 // One class: first come first served, or fair between keys.
@@ -416,7 +424,9 @@ type Level<T> = WaitQueue<T> | FairQueue<T>;
  * first, and each class is a {@linkcode WaitQueue} (first come, first
  * served, with its own timeout timer), or with `keyOf` a
  * {@linkcode FairQueue} (its keys in turn). Strict: a lower class waits
- * while a higher one has anything, bounded by the queue timeout. Only class
+ * while a higher one has anything, bounded by the queue timeout; unless a
+ * `step` makes a class worth a time, and the class heads are compared by
+ * when they joined, less `priority × step`. Only class
  * 0 and the classes that hold something are looked at (an empty class is
  * kept for its next value), so a request path pays for classes only where
  * they are used.
@@ -428,9 +438,12 @@ export class PriorityQueue<T> {
   #base: Level<T>;
   #options: PriorityQueueOptions<T>;
   #size = 0;
+  // Milliseconds one class is worth; Infinity: strict.
+  #step: number;
 
   constructor(options: PriorityQueueOptions<T>) {
     this.#options = options;
+    this.#step = options.step ?? Infinity;
     this.#base = this.#make(0);
     this.#levels = [this.#base];
   }
@@ -480,9 +493,7 @@ export class PriorityQueue<T> {
    * (its oldest, or with `keyOf` the oldest of the key whose turn it is).
    */
   get head(): QueueNode<T> | null {
-    // Only class 0 can be empty, so the first or the second class has it.
-    for (const level of this.#levels) if (level.size > 0) return level.head;
-    return null;
+    return this.#next()?.head ?? null;
   }
 
   /** When the longest-waiting value joined, over all classes; null if empty. */
@@ -531,14 +542,37 @@ export class PriorityQueue<T> {
 
   /** Removes and returns the head of the highest class (see {@linkcode head}). */
   shift(): QueueNode<T> | null {
-    for (const level of this.#levels) {
-      if (level.size > 0) {
-        const node = level.shift()!;
-        this.#removed(level);
-        return node;
+    const level = this.#next();
+    if (level === null) return null;
+    const node = level.shift()!;
+    this.#removed(level);
+    return node;
+  }
+
+  // The class whose head goes next: the highest that holds something, or
+  // with a step the one whose head joined first less its class's worth (a
+  // tie goes to the higher class). The same at any time: head and shift
+  // agree however long the values wait.
+  #next(): Level<T> | null {
+    const levels = this.#levels;
+    const step = this.#step;
+    if (step === Infinity) {
+      // Only class 0 can be empty, so the first or the second class has it.
+      for (const level of levels) if (level.size > 0) return level;
+      return null;
+    }
+    let best: Level<T> | null = null;
+    let bestAt = Infinity;
+    for (const level of levels) {
+      const head = level.head;
+      if (head === null) continue;
+      const at = head.since - level.priority * step;
+      if (best === null || at < bestAt) {
+        best = level;
+        bestAt = at;
       }
     }
-    return null;
+    return best;
   }
 
   /** Removes `node` if it is still queued; returns whether it was. */

@@ -176,6 +176,11 @@ export interface PoolOptions {
   /** Milliseconds a request may wait in this pool's queue; 0 = forever. */
   queueTimeout?: number;
   /**
+   * Milliseconds of waiting one priority class is worth in this pool (see
+   * {@linkcode HubOptions.priorityStep}); Infinity makes its classes strict.
+   */
+  priorityStep?: number;
+  /**
    * Fair queuing in this pool (see {@linkcode HubOptions.fairBy}); null
    * turns off a hub-wide `fairBy` for this pool.
    */
@@ -396,6 +401,17 @@ export interface HubOptions {
    * @default {false}
    */
   trustPriority?: boolean;
+  /**
+   * Milliseconds of waiting one priority class is worth, in every pool
+   * (`pools` may set its own). Unset, classes are strict: a higher class is
+   * always served first, and a lower one can wait until its queue timeout.
+   * With a step, a request is served as if it had arrived `priority × step`
+   * ms earlier: a request of class -10 with a step of 1000 goes ahead of
+   * class-0 requests that arrive more than 10 s after it, so it never
+   * starves (0: first come, first served whatever the class).
+   * @default {Infinity}
+   */
+  priorityStep?: number;
   /**
    * How consumers reach the hub, for the `X-Forwarded-Proto` it sends. By
    * default each request's URL says so, which `Deno.serve` makes from the
@@ -970,10 +986,12 @@ export class Hub {
       | "consumerScheme"
       | "fairBy"
       | "maxQueuePerKey"
+      | "priorityStep"
     >
   >;
   #fairBy: FairBy | null;
   #maxQueuePerKey: number;
+  #priorityStep: number;
   #scheme: "http" | "https" | null;
   #limits: HeadLimits;
   #routes: Route[];
@@ -1145,6 +1163,9 @@ export class Hub {
     this.#maxQueuePerKey = options.maxQueuePerKey === undefined
       ? Infinity
       : checkOption("maxQueuePerKey", options.maxQueuePerKey, 1);
+    this.#priorityStep = options.priorityStep === undefined
+      ? Infinity
+      : checkOption("priorityStep", options.priorityStep, 0);
     let fairPools = 0;
     for (const [name, p] of Object.entries(this.#poolOptions)) {
       if (!POOL_NAME.test(name)) {
@@ -1164,6 +1185,9 @@ export class Hub {
       }
       if (p.queueTimeout !== undefined) {
         checkOption(`pools.${name}.queueTimeout`, p.queueTimeout, 0);
+      }
+      if (p.priorityStep !== undefined) {
+        checkOption(`pools.${name}.priorityStep`, p.priorityStep, 0);
       }
       const fairBy = p.fairBy === undefined
         ? this.#fairBy
@@ -1279,6 +1303,7 @@ export class Hub {
         // The hub sets a request's key before it queues (#rejectIfFull,
         // #enqueue); without fairBy the classes are plain FIFOs.
         keyOf: keyOf === null ? undefined : (p) => p.key ?? "",
+        step: limits.priorityStep ?? this.#priorityStep,
         timeout: queueTimeout,
         onTimeout: (p) => {
           p.node = null;

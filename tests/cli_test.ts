@@ -129,12 +129,14 @@ Deno.test("hub --help exits 0 and lists its options", async () => {
       "--max-request-body",
       "--fair-by",
       "--max-queue-per-key",
+      "--priority-step",
       "--help",
       "--version",
       "POTHEAD_PORT",
       "POTHEAD_WORKER_PORT",
       "POTHEAD_FAIR_BY",
       "POTHEAD_MAX_QUEUE_PER_KEY",
+      "POTHEAD_PRIORITY_STEP",
     ]
   ) {
     assert.ok(stdout.includes(option), `help lists ${option}:\n${stdout}`);
@@ -1243,6 +1245,56 @@ Deno.test("hub --fair-by and --max-queue-per-key (or their variables) reach the 
       if (before[i] === undefined) Deno.env.delete(n);
       else Deno.env.set(n, before[i]!);
     }
+  }
+});
+
+Deno.test("hub --priority-step (or its variable, or a pool's priorityStep in --config) reaches the hub's options as milliseconds", async () => {
+  const log = () => {};
+  const before = Deno.env.get("POTHEAD_PRIORITY_STEP");
+  const file = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    Deno.env.delete("POTHEAD_PRIORITY_STEP");
+    assert.equal(optionsFrom({}, log).priorityStep, undefined);
+    assert.equal(
+      optionsFrom({ "priority-step": "2s" }, log).priorityStep,
+      2000,
+    );
+    assert.equal(optionsFrom({ "priority-step": "0" }, log).priorityStep, 0);
+    Deno.env.set("POTHEAD_PRIORITY_STEP", "250ms");
+    assert.equal(optionsFrom({}, log).priorityStep, 250);
+    assert.equal(
+      optionsFrom({ "priority-step": "1m" }, log).priorityStep,
+      60_000,
+    );
+    for (const bad of ["-1s", "soon", "1d"]) {
+      assert.throws(
+        () => optionsFrom({ "priority-step": bad }, log),
+        /Invalid --priority-step: expected a duration/,
+        bad,
+      );
+    }
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        pools: { gpu: { priorityStep: "500ms" }, cpu: { priorityStep: 30 } },
+      }),
+    );
+    assert.deepEqual(optionsFrom({ config: file }, log).pools, {
+      gpu: { priorityStep: 500 },
+      cpu: { priorityStep: 30 },
+    });
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({ pools: { gpu: { priorityStep: "fast" } } }),
+    );
+    assert.throws(
+      () => optionsFrom({ config: file }, log),
+      /Invalid --config pools\.gpu\.priorityStep: expected a duration/,
+    );
+  } finally {
+    await Deno.remove(file);
+    if (before === undefined) Deno.env.delete("POTHEAD_PRIORITY_STEP");
+    else Deno.env.set("POTHEAD_PRIORITY_STEP", before);
   }
 });
 

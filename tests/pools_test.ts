@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   type AccessRecord,
+  Hub,
   type HubServer,
   serveHub,
   type ServeHubOptions,
@@ -472,11 +473,12 @@ Deno.test("path prefix routes match the path as the worker resolves it: dot segm
 /**
  * One slot, held by `/hold` until released; every other request records
  * its path and answers at once. Sends `paths` one by one, each queued
- * before the next, then releases the slot and returns the order served.
+ * before the next (after a pause of its third element's milliseconds, if
+ * any), then releases the slot and returns the order served.
  */
 async function servedOrder(
   ctx: Ctx,
-  paths: [string, Record<string, string>?][],
+  paths: [string, Record<string, string>?, number?][],
 ): Promise<string[]> {
   const order: string[] = [];
   const hold = Promise.withResolvers<void>();
@@ -495,7 +497,8 @@ async function servedOrder(
   const held = later(`${ctx.url}/hold`);
   await deadline(entered.promise, HANG, "the held request");
   const rest: Promise<Response>[] = [];
-  for (const [i, [path, headers]] of paths.entries()) {
+  for (const [i, [path, headers, pause]] of paths.entries()) {
+    if (pause !== undefined) await new Promise((r) => setTimeout(r, pause));
     rest.push(later(`${ctx.url}${path}`, { headers }));
     await waitFor(() => hub.stats.queued === i + 1, `${path} queued`);
   }
@@ -544,6 +547,45 @@ Deno.test("priority classes: a pool serves its highest class first, each class f
   );
 });
 
+Deno.test("priorityStep: a class is worth that much waiting, so a lower class that waited long enough goes first", async () => {
+  const routes = [
+    { pool: "default", pathPrefix: "/urgent/", priority: 1 },
+    { pool: "default", pathPrefix: "/batch/", priority: -1 },
+  ];
+  // With a step of 1 s, /batch/1 counts as arriving 1 s late and
+  // /urgent/1 1 s early. /plain/1 comes right after /batch/1 (well within
+  // a second), so it goes first; /urgent/1 comes more than 2 s after it,
+  // so /batch/1 has waited long enough to go before it. Only "more than"
+  // gaps are asserted: a slow machine cannot reorder them.
+  const paths: [string, undefined?, number?][] = [
+    ["/batch/1"],
+    ["/plain/1"],
+    ["/urgent/1", undefined, 2500],
+    ["/plain/2"],
+  ];
+  await withHub({ routes, priorityStep: 1000 }, async (ctx) => {
+    assert.deepEqual(await servedOrder(ctx, paths), [
+      "/plain/1",
+      "/batch/1",
+      "/urgent/1",
+      "/plain/2",
+    ]);
+  });
+  // A pool's own step wins: Infinity, strict.
+  await withHub({
+    routes,
+    priorityStep: 1000,
+    pools: { default: { priorityStep: Infinity } },
+  }, async (ctx) => {
+    assert.deepEqual(await servedOrder(ctx, paths), [
+      "/urgent/1",
+      "/plain/1",
+      "/plain/2",
+      "/batch/1",
+    ]);
+  });
+});
+
 Deno.test("priority classes: X-Pothead-Priority counts only with trustPriority, over the route's; a bad one is a 400", async () => {
   const field = (n: string) => ({ "x-pothead-priority": n });
   // Ignored by default: first come, first served.
@@ -588,6 +630,19 @@ Deno.test("a route's priority must be an integer from -1000 to 1000", () => {
           routes: [{ pool: "p", priority: priority as number }],
         }),
       /Invalid option "routes": priority must be an integer from -1000 to 1000/,
+    );
+  }
+});
+
+Deno.test("priorityStep must be a number of milliseconds, 0 or more", () => {
+  for (const step of [-1, NaN, "1s"]) {
+    assert.throws(
+      () => new Hub({ priorityStep: step as number }),
+      /Invalid option "priorityStep"/,
+    );
+    assert.throws(
+      () => new Hub({ pools: { p: { priorityStep: step as number } } }),
+      /Invalid option "pools\.p\.priorityStep"/,
     );
   }
 });

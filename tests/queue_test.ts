@@ -484,13 +484,14 @@ Deno.test("WaitQueue puts a value back behind an older one that joined meanwhile
 // ---------------------------------------------------------------------------
 // Priority classes
 
-function priorityFixture(timeout: number) {
+function priorityFixture(timeout: number, step?: number) {
   const clock = { now: 1000 };
   const expired: string[] = [];
   const q = new PriorityQueue<string>({
     timeout,
     onTimeout: (v) => expired.push(v),
     now: () => clock.now,
+    step,
   });
   const order = () => {
     const out: string[] = [];
@@ -516,6 +517,46 @@ Deno.test("PriorityQueue serves a higher class first and each class in order of 
   assert.equal(q.size, 0);
   assert.equal(q.head, null);
   assert.equal(q.shift(), null);
+});
+
+Deno.test("PriorityQueue with a step: a class is worth step ms of waiting, so a lower class goes ahead of a higher one that came long enough after it", () => {
+  const { q, order } = priorityFixture(0, 100);
+  // Served by since - priority × 100: l1 900+200=1100, n1 1000, h1
+  // 1150-100=1050, l2 1050+200=1250, n2 1120, h2 1400-100=1300, m1
+  // 1290-300=990 (class 3).
+  q.push("l1", 900, -2);
+  q.push("n1", 1000);
+  q.push("h1", 1150, 1);
+  q.push("l2", 1050, -2);
+  q.push("n2", 1120);
+  q.push("h2", 1400, 1);
+  q.push("m1", 1290, 3);
+  const heads: string[] = [];
+  const served: string[] = [];
+  for (let h = q.head; h !== null; h = q.head) {
+    heads.push(h.value);
+    served.push(q.shift()!.value);
+  }
+  assert.deepEqual(served, ["m1", "n1", "h1", "l1", "n2", "l2", "h2"]);
+  assert.deepEqual(heads, served, "head is what shift returns");
+  assert.equal(q.size, 0);
+  // A tie goes to the higher class; a value put back keeps its since.
+  q.push("n3", 1100);
+  q.push("h3", 1200, 1);
+  assert.equal(q.head?.value, "h3");
+  const h3 = q.shift()!;
+  q.unshift("h3", h3.since, 1);
+  q.push("l3", 1050, -1);
+  assert.deepEqual(order(), ["h3", "n3", "l3"]);
+  // Infinity is strict; 0 is first come, first served whatever the class.
+  const fifo = priorityFixture(0, 0);
+  fifo.q.push("h", 1001, 5);
+  fifo.q.push("l", 1000, -5);
+  assert.deepEqual(fifo.order(), ["l", "h"]);
+  const strict = priorityFixture(0, Infinity);
+  strict.q.push("l", 0, -5);
+  strict.q.push("h", 1e9, 5);
+  assert.deepEqual(strict.order(), ["h", "l"]);
 });
 
 Deno.test("PriorityQueue puts a value back at the head of its own class", () => {
