@@ -8,6 +8,7 @@
  */
 
 import { fileURLToPath } from "node:url";
+import { deadline } from "./_wait.ts";
 
 /** The project directory (where deno.json is). */
 export const ROOT: string = fileURLToPath(new URL("../", import.meta.url));
@@ -217,6 +218,51 @@ export async function runDeno(
     code: out.code,
     stdout: decoder.decode(out.stdout),
     stderr: decoder.decode(out.stderr),
+  };
+}
+
+/** What {@linkcode runTool} gives back. */
+export interface ToolResult {
+  code: number;
+  stdout: Uint8Array;
+  stderr: string;
+}
+
+/**
+ * Runs a program (curl, nghttp, ...) to completion, writing `stdin` to it
+ * when given; rejects if it takes longer than `ms`.
+ */
+export async function runTool(
+  tool: string,
+  args: string[],
+  stdin?: Uint8Array,
+  ms = LINE_TIMEOUT,
+): Promise<ToolResult> {
+  const child = new Deno.Command(tool, {
+    args,
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(stdin);
+    await w.close();
+  }
+  const output = child.output();
+  let out: Deno.CommandOutput;
+  try {
+    out = await deadline(output, ms, `${tool} ${args.join(" ")}`);
+  } catch (error) {
+    // Not left running past its test.
+    child.kill();
+    await output.catch(() => {});
+    throw error;
+  }
+  return {
+    code: out.code,
+    stdout: out.stdout,
+    stderr: new TextDecoder().decode(out.stderr),
   };
 }
 

@@ -23,6 +23,7 @@ import {
 } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
 import { sha256 } from "./_data.ts";
+import { runTool, type ToolResult } from "./_procs.ts";
 
 const CURL = "/usr/bin/curl";
 const HAS_CURL = (() => {
@@ -51,30 +52,8 @@ function field(headers: [string, string][], name: string): string | undefined {
   return headers.find(([n]) => n === name)?.[1];
 }
 
-interface CurlResult {
-  code: number;
-  stdout: Uint8Array;
-  stderr: string;
-}
-
-async function curl(args: string[], stdin?: Uint8Array): Promise<CurlResult> {
-  const child = new Deno.Command(CURL, {
-    args: ["-sS", "--max-time", "20", ...args],
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(stdin);
-    await w.close();
-  }
-  const out = await child.output();
-  return {
-    code: out.code,
-    stdout: out.stdout,
-    stderr: dec.decode(out.stderr),
-  };
+function curl(args: string[], stdin?: Uint8Array): Promise<ToolResult> {
+  return runTool(CURL, ["-sS", "--max-time", "20", ...args], stdin, HANG);
 }
 
 /** Splits curl `-i` output into response heads and the final body. */

@@ -20,6 +20,7 @@ import {
   type TestCerts,
 } from "./fixtures/tls/make_certs.ts";
 import { connectWorker } from "./_hub.ts";
+import { runTool, type ToolResult } from "./_procs.ts";
 
 const HANG = 20_000;
 const CURL = "/usr/bin/curl";
@@ -185,30 +186,12 @@ function countingRelay(port: number) {
   };
 }
 
-interface ToolResult {
-  code: number;
-  stdout: Uint8Array;
-  stderr: string;
-}
-
-async function run(
+function run(
   tool: string,
   args: string[],
   stdin?: Uint8Array,
 ): Promise<ToolResult> {
-  const child = new Deno.Command(tool, {
-    args,
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(stdin);
-    await w.close();
-  }
-  const out = await deadline(child.output(), HANG, `${tool} ${args}`);
-  return { code: out.code, stdout: out.stdout, stderr: dec.decode(out.stderr) };
+  return runTool(tool, args, stdin, HANG);
 }
 
 /** curl over HTTP/2 only (TLS with ALPN h2), trusting the test CA. */
