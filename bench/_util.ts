@@ -648,6 +648,37 @@ export function percentile(sorted: number[], p: number): number {
 }
 
 /** Rounds to `digits` decimals. */
+/**
+ * Milliseconds for a report's table: whole from 100 up, else one decimal;
+ * "–" for no figure.
+ */
+export function formatMs(n: number): string {
+  if (!Number.isFinite(n)) return "–";
+  return n >= 100 ? n.toFixed(0) : n.toFixed(1);
+}
+
+/**
+ * A numeric command-line flag: `fallback` when absent.
+ *
+ * @throws {RangeError} naming the flag when `valid` refuses the value.
+ */
+export function numberFlag(
+  name: string,
+  text: string | undefined,
+  fallback: number,
+  valid: (n: number) => boolean,
+  expected: string,
+): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!valid(n)) {
+    throw new RangeError(
+      `Invalid --${name}: expected ${expected}, got "${text}"`,
+    );
+  }
+  return n;
+}
+
 export function round(n: number, digits = 2): number {
   const f = 10 ** digits;
   return Math.round(n * f) / f;

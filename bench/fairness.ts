@@ -38,9 +38,11 @@ import {
 } from "./_sim.ts";
 import { killAll, ROOT, setNiceness, startSystems } from "./_systems.ts";
 import {
+  formatMs,
   loadAverage,
   type MachineInfo,
   machineInfo,
+  numberFlag,
   writeReport,
 } from "./_util.ts";
 import { replay, type Sample, saturate } from "./queueing.ts";
@@ -90,23 +92,6 @@ const HELP = `Usage: deno run -A bench/fairness.ts [options]
   --out=DIR           where to write fairness.{md,json}
   --nice=N            nice value (default -10 as root)
 `;
-
-function numberFlag(
-  name: string,
-  text: string | undefined,
-  fallback: number,
-  valid: (n: number) => boolean,
-  expected: string,
-): number {
-  if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!valid(n)) {
-    throw new RangeError(
-      `Invalid --${name}: expected ${expected}, got "${text}"`,
-    );
-  }
-  return n;
-}
 
 /**
  * Turns command-line arguments into a plan.
@@ -348,10 +333,7 @@ function simulated(
   };
 }
 
-function ms(n: number): string {
-  if (!Number.isFinite(n)) return "–";
-  return n >= 100 ? n.toFixed(0) : n.toFixed(1);
-}
+const ms = formatMs;
 
 /** The Markdown report. */
 export function renderMarkdown(report: Report): string {

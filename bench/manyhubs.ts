@@ -41,6 +41,7 @@ import { parseArgs } from "node:util";
 import {
   cpuSeconds,
   DENO,
+  formatMs,
   killAll,
   listeningPorts,
   loadAverage,
@@ -986,10 +987,7 @@ async function runProbe(
 
 // ------------------------------------------------------------------ report
 
-function ms(n: number): string {
-  if (!Number.isFinite(n)) return "–";
-  return n >= 100 ? n.toFixed(0) : n.toFixed(1);
-}
+const ms = formatMs;
 
 function x(n: number): string {
   return Number.isFinite(n) ? `${n.toFixed(2)}×` : "–";

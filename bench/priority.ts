@@ -42,9 +42,11 @@ import {
 } from "./_sim.ts";
 import { killAll, ROOT, setNiceness, startSystems } from "./_systems.ts";
 import {
+  formatMs,
   loadAverage,
   type MachineInfo,
   machineInfo,
+  numberFlag,
   writeReport,
 } from "./_util.ts";
 import { replay, type Sample, saturate } from "./queueing.ts";
@@ -95,23 +97,6 @@ const HELP = `Usage: deno run -A bench/priority.ts [options]
   --nice=N            nice value for the benchmark and all it starts
                       (default -10 as root, to keep other jobs' noise out)
 `;
-
-function numberFlag(
-  name: string,
-  text: string | undefined,
-  fallback: number,
-  valid: (n: number) => boolean,
-  expected: string,
-): number {
-  if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!valid(n)) {
-    throw new RangeError(
-      `Invalid --${name}: expected ${expected}, got "${text}"`,
-    );
-  }
-  return n;
-}
 
 /**
  * Turns command-line arguments into a plan.
@@ -326,10 +311,7 @@ export function analyseRun(samples: Sample[], marked: Uint8Array): RunResult {
 
 // ------------------------------------------------------------------- report
 
-function ms(n: number): string {
-  if (!Number.isFinite(n)) return "–";
-  return n >= 100 ? n.toFixed(0) : n.toFixed(1);
-}
+const ms = formatMs;
 
 function ratio(a: number, b: number): string {
   return b > 0 && Number.isFinite(a / b) ? `${(a / b).toFixed(2)}×` : "–";
