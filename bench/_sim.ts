@@ -67,6 +67,37 @@ export function simulateFifo(
   );
 }
 
+// The number of requests, once the inputs agree on it and `servers` is a
+// positive integer; `labels` are the classes or keys, named `what`.
+function checkInput(
+  arrivals: ArrayLike<number>,
+  service: ArrayLike<number>,
+  labels: ArrayLike<number>,
+  what: string,
+  servers: number,
+): number {
+  const n = arrivals.length;
+  if (service.length !== n || labels.length !== n) {
+    throw new RangeError(
+      `Cannot simulate: ${n} arrivals, ${service.length} service times and ${labels.length} ${what}`,
+    );
+  }
+  if (!Number.isInteger(servers) || servers < 1) {
+    throw new RangeError(`Invalid servers: got ${servers}`);
+  }
+  return n;
+}
+
+function emptyResult(n: number): SimResult {
+  return {
+    start: new Float64Array(n),
+    finish: new Float64Array(n),
+    latency: new Float64Array(n),
+    wait: new Float64Array(n),
+    server: new Int32Array(n),
+  };
+}
+
 /**
  * Simulates a central queue with strict priority classes in front of
  * `servers` servers: whenever a server frees, it takes the request of the
@@ -90,15 +121,7 @@ export function simulatePriority(
   servers: number,
   options: SimOptions = {},
 ): SimResult {
-  const n = arrivals.length;
-  if (service.length !== n || classes.length !== n) {
-    throw new RangeError(
-      `Cannot simulate: ${n} arrivals, ${service.length} service times and ${classes.length} classes`,
-    );
-  }
-  if (!Number.isInteger(servers) || servers < 1) {
-    throw new RangeError(`Invalid servers: got ${servers}`);
-  }
+  const n = checkInput(arrivals, service, classes, "classes", servers);
   // Each class's requests in arrival order, classes highest first; `head`
   // is the first of each not yet started (a class's own FIFO).
   const byClass = new Map<number, number[]>();
@@ -122,13 +145,7 @@ export function simulatePriority(
   // When each server can next start a job. K is small (≤ a few hundred), so a
   // linear scan beats a heap and keeps the lowest-index tie rule obvious.
   const freeAt = new Float64Array(servers);
-  const result: SimResult = {
-    start: new Float64Array(n),
-    finish: new Float64Array(n),
-    latency: new Float64Array(n),
-    wait: new Float64Array(n),
-    server: new Int32Array(n),
-  };
+  const result = emptyResult(n);
   // One request starts per step: n steps, each O(classes + servers).
   for (let step = 0; step < n; step++) {
     let best = 0;
@@ -185,15 +202,7 @@ export function simulateFair(
   servers: number,
   options: SimOptions = {},
 ): SimResult {
-  const n = arrivals.length;
-  if (service.length !== n || keys.length !== n) {
-    throw new RangeError(
-      `Cannot simulate: ${n} arrivals, ${service.length} service times and ${keys.length} keys`,
-    );
-  }
-  if (!Number.isInteger(servers) || servers < 1) {
-    throw new RangeError(`Invalid servers: got ${servers}`);
-  }
+  const n = checkInput(arrivals, service, keys, "keys", servers);
   for (let i = 1; i < n; i++) {
     if (arrivals[i] < arrivals[i - 1]) {
       throw new RangeError(`Cannot simulate: arrival ${i} is out of order`);
@@ -201,13 +210,7 @@ export function simulateFair(
   }
   const gap = options.dispatchGapMs ?? 0;
   const freeAt = new Float64Array(servers);
-  const result: SimResult = {
-    start: new Float64Array(n),
-    finish: new Float64Array(n),
-    latency: new Float64Array(n),
-    wait: new Float64Array(n),
-    server: new Int32Array(n),
-  };
+  const result = emptyResult(n);
   // Waiting requests per key (indices, arrival order) and the rotation of
   // keys with something waiting; `admitted` arrivals have been placed.
   const waiting = new Map<number, number[]>();
