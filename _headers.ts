@@ -113,6 +113,19 @@ export interface ForwardInfo {
 /** The prefix of the worker link protocol's request fields. */
 export const LINK_FIELD_PREFIX = "x-pothead-";
 
+// `value` without the empty last elements an empty field line leaves in a
+// list ("a, " from "a" and ""). A loop, not a regular expression: a long
+// run of commas must not cost time squared.
+function withoutEmptyTail(value: string): string {
+  let end = value.length;
+  while (end > 0) {
+    const c = value.charCodeAt(end - 1);
+    if (c !== 44 && c !== 32 && c !== 9) break; // ",", SP, HT
+    end--;
+  }
+  return end === value.length ? value : value.slice(0, end);
+}
+
 /**
  * Builds the fields the hub sends to a worker: the consumer's end-to-end
  * fields (without any `X-Pothead-*` field, which only the hub may send),
@@ -147,9 +160,10 @@ export function forwardRequestHeaders(
     }
     if (FORWARDED_FIELDS.has(name)) {
       if (!info.trustForwarded) continue;
-      if (name === "x-forwarded-for") priorFor = field[1];
-      else if (name === "x-forwarded-proto") priorProto = field[1];
-      else if (name === "x-forwarded-host") priorHost = field[1];
+      const value = withoutEmptyTail(field[1]);
+      if (name === "x-forwarded-for") priorFor = value;
+      else if (name === "x-forwarded-proto") priorProto = value;
+      else if (name === "x-forwarded-host") priorHost = value;
       if (name !== "forwarded") continue;
     }
     out[w++] = out[r];

@@ -113,6 +113,35 @@ Deno.test("forwarded request replaces client-supplied forwarding fields unless t
   );
 });
 
+Deno.test("trusted X-Forwarded-* fields with an empty last line are taken without it", () => {
+  // "x-forwarded-proto: https" then "x-forwarded-proto:" is "https, " in
+  // Deno.serve's Headers: the hub's own field must say "https", and the
+  // chain must not get an empty element.
+  const headers = new Headers([["host", "example.test"]]);
+  for (
+    const [name, value] of [
+      ["x-forwarded-proto", "https"],
+      ["x-forwarded-proto", ""],
+      ["x-forwarded-for", "10.9.9.9"],
+      ["x-forwarded-for", ""],
+      ["x-forwarded-host", "front.test"],
+      ["x-forwarded-host", ""],
+    ]
+  ) headers.append(name, value);
+  const out = forwardRequestHeaders(headers, {
+    clientIp: "192.0.2.1",
+    proto: "http",
+    host: "example.test",
+    requestId: "ours",
+    trustForwarded: true,
+  });
+  assert.deepEqual(out.filter(([n]) => n.startsWith("x-forwarded-")), [
+    ["x-forwarded-for", "10.9.9.9, 192.0.2.1"],
+    ["x-forwarded-proto", "https"],
+    ["x-forwarded-host", "front.test"],
+  ]);
+});
+
 Deno.test("forwarded request drops the link protocol's fields a consumer sent", () => {
   const headers = new Headers([
     ["host", "example.test"],
