@@ -110,6 +110,16 @@ export interface ForwardInfo {
   trustForwarded: boolean;
 }
 
+/**
+ * The last address of an `X-Forwarded-For` value, the one its last proxy
+ * saw (those before it are the client's own word); null if it has none.
+ */
+export function lastForwardedFor(value: string | null): string | null {
+  if (value === null) return null;
+  const last = value.slice(value.lastIndexOf(",") + 1).trim();
+  return last === "" ? null : last;
+}
+
 /** The prefix of the worker link protocol's request fields. */
 export const LINK_FIELD_PREFIX = "x-pothead-";
 

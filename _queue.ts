@@ -455,19 +455,10 @@ export class PriorityQueue<T> {
 
   /**
    * Number of distinct keys with values waiting, over all classes; 0
-   * without `keyOf`. O(keys) when several classes hold values.
+   * without `keyOf`. O(keys): for the stats, not the request path.
    */
   get keys(): number {
     if (!this.fair) return 0;
-    let only: FairQueue<T> | null = null;
-    let several = false;
-    for (const level of this.#levels) {
-      if (level.size === 0) continue;
-      if (only === null) only = level as FairQueue<T>;
-      else several = true;
-    }
-    if (only === null) return 0;
-    if (!several) return only.keys;
     const seen = new Set<string>();
     for (const level of this.#levels) {
       for (const key of (level as FairQueue<T>).keyNames()) seen.add(key);

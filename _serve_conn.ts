@@ -24,6 +24,7 @@ import {
   endToEnd,
   fieldPairs,
   fieldValue,
+  lastForwardedFor,
   QUEUE_TIME_HEADER,
 } from "./_headers.ts";
 import {
@@ -386,9 +387,8 @@ export function forwardedAddr(
   value: string | null,
   peer: Deno.NetAddr,
 ): Deno.NetAddr {
-  if (value === null) return peer;
-  const last = value.slice(value.lastIndexOf(",") + 1).trim();
-  return last === "" ? peer : { transport: "tcp", hostname: last, port: 0 };
+  const last = lastForwardedFor(value);
+  return last === null ? peer : { transport: "tcp", hostname: last, port: 0 };
 }
 
 /**

@@ -34,6 +34,7 @@ import { acceptKey, asksForWebSocket, webSocketProblem } from "./_ws_frame.ts";
 import {
   endToEnd,
   forwardRequestHeaders,
+  lastForwardedFor,
   QUEUE_TIME_HEADER,
   relayedResponse,
   requestTarget,
@@ -928,14 +929,10 @@ function checkFairBy(name: string, value: unknown): FairBy | null {
 // proxy the address that proxy saw (the last one in X-Forwarded-For; those
 // before it are the consumer's word).
 function consumerAddress(p: Pending, trustForwarded: boolean): string | null {
-  if (trustForwarded) {
-    const chain = p.req.headers.get("x-forwarded-for");
-    if (chain !== null) {
-      const last = chain.slice(chain.lastIndexOf(",") + 1).trim();
-      if (last !== "") return addressOnly(last);
-    }
-  }
-  return p.clientIp;
+  const last = trustForwarded
+    ? lastForwardedFor(p.req.headers.get("x-forwarded-for"))
+    : null;
+  return last === null ? p.clientIp : addressOnly(last);
 }
 
 // An X-Forwarded-For entry's address: some proxies add the consumer's port
