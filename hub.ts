@@ -29,6 +29,7 @@ import {
   listTokens,
   reasonPhrase,
 } from "./_codec.ts";
+import { addressKey, addressOnly } from "./_address.ts";
 import { bridgeWebSocket } from "./_ws_bridge.ts";
 import { acceptKey, asksForWebSocket, webSocketProblem } from "./_ws_frame.ts";
 import {
@@ -160,10 +161,11 @@ export interface Route {
 
 /**
  * How fair queuing tells consumers apart (see {@linkcode HubOptions.fairBy}):
- * `"ip"`, the consumer's address; `"header:NAME"`, the value of the request
- * field NAME (missing or empty: the key `""`, one group for all such
- * requests); or a function of the request and the consumer's address (as
- * `"ip"` takes it; null when unknown) that returns the key.
+ * `"ip"`, the consumer's address (an IPv6 address by its /64 prefix, an
+ * IPv4-mapped one as its IPv4 address); `"header:NAME"`, the value of the
+ * request field NAME (missing or empty: the key `""`, one group for all such
+ * requests); or a function of the request and the consumer's address (the
+ * whole address `"ip"` starts from; null when unknown) that returns the key.
  */
 export type FairBy =
   | "ip"
@@ -927,7 +929,8 @@ function checkFairBy(name: string, value: unknown): FairBy | null {
 
 // The consumer's address for fair queuing: the peer, or behind a trusted
 // proxy the address that proxy saw (the last one in X-Forwarded-For; those
-// before it are the consumer's word).
+// before it are the consumer's word). The "ip" key is made of it by
+// addressKey (an IPv6 /64 is one consumer).
 function consumerAddress(p: Pending, trustForwarded: boolean): string | null {
   const last = trustForwarded
     ? lastForwardedFor(p.req.headers.get("x-forwarded-for"))
@@ -935,24 +938,22 @@ function consumerAddress(p: Pending, trustForwarded: boolean): string | null {
   return last === null ? p.clientIp : addressOnly(last);
 }
 
-// An X-Forwarded-For entry's address: some proxies add the consumer's port
-// ("10.0.0.1:51234", "[2001:db8::1]:443"), which is no part of who it is.
-function addressOnly(entry: string): string {
-  if (entry.charCodeAt(0) === 91) { // "["
-    const end = entry.indexOf("]");
-    return end > 1 ? entry.slice(1, end) : entry;
-  }
-  const colon = entry.indexOf(":");
-  // Two colons or more: an IPv6 address without a port.
-  return colon > 0 && colon === entry.lastIndexOf(":")
-    ? entry.slice(0, colon)
-    : entry;
-}
-
 function checkOption(name: string, value: number, min: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
     throw new RangeError(
       `Invalid option "${name}": expected a number >= ${min}, got ${value}`,
+    );
+  }
+  return value;
+}
+
+// Options that count requests: a whole number (or Infinity, no limit).
+const COUNTS = new Set(["maxQueue", "maxRetries", "maxQueuePerKey"]);
+function checkCount(name: string, value: number, min: number): number {
+  checkOption(name, value, min);
+  if (!Number.isInteger(value) && value !== Infinity) {
+    throw new RangeError(
+      `Invalid option "${name}": expected a whole number >= ${min}, got ${value}`,
     );
   }
   return value;
@@ -1046,7 +1047,11 @@ export class Hub {
   constructor(options: HubOptions = {}) {
     const numbers = {} as Record<keyof typeof DEFAULTS, number>;
     for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
-      numbers[key] = checkOption(key, options[key] ?? DEFAULTS[key], 0);
+      numbers[key] = (COUNTS.has(key) ? checkCount : checkOption)(
+        key,
+        options[key] ?? DEFAULTS[key],
+        0,
+      );
     }
     if (numbers.pingTimeout <= 0) {
       throw new RangeError(
@@ -1159,7 +1164,7 @@ export class Hub {
     this.#fairBy = checkFairBy("fairBy", options.fairBy);
     this.#maxQueuePerKey = options.maxQueuePerKey === undefined
       ? Infinity
-      : checkOption("maxQueuePerKey", options.maxQueuePerKey, 1);
+      : checkCount("maxQueuePerKey", options.maxQueuePerKey, 1);
     this.#priorityStep = options.priorityStep === undefined
       ? Infinity
       : checkOption("priorityStep", options.priorityStep, 0);
@@ -1178,7 +1183,7 @@ export class Hub {
         );
       }
       if (p.maxQueue !== undefined) {
-        checkOption(`pools.${name}.maxQueue`, p.maxQueue, 0);
+        checkCount(`pools.${name}.maxQueue`, p.maxQueue, 0);
       }
       if (p.queueTimeout !== undefined) {
         checkOption(`pools.${name}.queueTimeout`, p.queueTimeout, 0);
@@ -1191,7 +1196,7 @@ export class Hub {
         : checkFairBy(`pools.${name}.fairBy`, p.fairBy);
       if (fairBy !== null) fairPools++;
       if (p.maxQueuePerKey !== undefined) {
-        checkOption(`pools.${name}.maxQueuePerKey`, p.maxQueuePerKey, 1);
+        checkCount(`pools.${name}.maxQueuePerKey`, p.maxQueuePerKey, 1);
         if (fairBy === null) {
           throw new TypeError(
             `Invalid option "pools.${name}.maxQueuePerKey": it limits each fair-queuing key, and pool "${name}" has no fairBy`,
@@ -1328,7 +1333,9 @@ export class Hub {
   #keyFunction(fairBy: FairBy | null): ((p: Pending) => string) | null {
     if (fairBy === null) return null;
     const trust = this.#opts.trustForwarded;
-    if (fairBy === "ip") return (p) => consumerAddress(p, trust) ?? "";
+    if (fairBy === "ip") {
+      return (p) => addressKey(consumerAddress(p, trust) ?? "");
+    }
     if (typeof fairBy === "string") {
       const field = fairBy.slice("header:".length).toLowerCase();
       return (p) => p.req.headers.get(field) ?? "";

@@ -214,6 +214,11 @@ Deno.test("fair queuing by ip: the consumer's address is the key", async () => {
       { path: "/a3", ip: "10.0.0.1" },
       { path: "/b1", ip: "10.0.0.2" },
       { path: "/c1", ip: "2001:db8::3" },
+      // An IPv6 consumer is its /64: another address in it is the same key.
+      { path: "/c2", ip: "2001:db8:0:0:ffff::9" },
+      { path: "/d1", ip: "2001:db8:0:1::3" },
+      // An IPv4-mapped address is the IPv4 consumer.
+      { path: "/b2", ip: "::ffff:10.0.0.2" },
       // A forwarded address counts for nothing without trustForwarded.
       {
         path: "/a4",
@@ -221,7 +226,17 @@ Deno.test("fair queuing by ip: the consumer's address is the key", async () => {
         headers: { "x-forwarded-for": "9.9.9.9" },
       },
     ]);
-    assert.deepEqual(order, ["/a1", "/b1", "/c1", "/a2", "/a3", "/a4"]);
+    assert.deepEqual(order, [
+      "/a1",
+      "/b1",
+      "/c1",
+      "/d1",
+      "/a2",
+      "/b2",
+      "/c2",
+      "/a3",
+      "/a4",
+    ]);
   });
 });
 
@@ -561,6 +576,26 @@ Deno.test("fairBy and maxQueuePerKey are checked at construction", () => {
     make({ fairBy: "ip", pools: { gpu: { maxQueuePerKey: 0 } } }),
     /Invalid option "pools.gpu.maxQueuePerKey": expected a number >= 1/,
   );
+  // Counts of requests are whole numbers (Infinity: no limit).
+  for (
+    const [options, name] of [
+      [{ fairBy: "ip", maxQueuePerKey: 2.5 }, "maxQueuePerKey"],
+      [
+        { fairBy: "ip", pools: { gpu: { maxQueuePerKey: 1.5 } } },
+        "pools.gpu.maxQueuePerKey",
+      ],
+      [{ maxQueue: 0.5 }, "maxQueue"],
+      [{ pools: { gpu: { maxQueue: 10.1 } } }, "pools.gpu.maxQueue"],
+      [{ maxRetries: 1.5 }, "maxRetries"],
+    ] as [Partial<ServeHubOptions>, string][]
+  ) {
+    assert.throws(
+      make(options),
+      new RegExp(`Invalid option "${name}": expected a whole number >= \\d`),
+      name,
+    );
+  }
+  make({ fairBy: "ip", maxQueuePerKey: Infinity, maxQueue: Infinity })();
 });
 
 Deno.test("maxQueuePerKey hub-wide applies to the pools with fairBy only", async () => {

@@ -1,0 +1,85 @@
+/**
+ * Consumer addresses as fair-queuing keys: pure functions on strings.
+ *
+ * @module
+ */
+
+/**
+ * An `X-Forwarded-For` entry's address: some proxies add the consumer's
+ * port ("10.0.0.1:51234", "[2001:db8::1]:443"), which is no part of who it
+ * is.
+ */
+export function addressOnly(entry: string): string {
+  if (entry.charCodeAt(0) === 91) { // "["
+    const end = entry.indexOf("]");
+    return end > 1 ? entry.slice(1, end) : entry;
+  }
+  const colon = entry.indexOf(":");
+  // Two colons or more: an IPv6 address without a port.
+  return colon > 0 && colon === entry.lastIndexOf(":")
+    ? entry.slice(0, colon)
+    : entry;
+}
+
+/**
+ * The key of a consumer's address: an IPv4 address whole; an IPv6 address
+ * by its first 64 bits, as `"2001:db8:0:1::/64"`, because one subscriber
+ * is given at least a /64 (RFC 6177) and could otherwise take a new key for
+ * every request; an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, what a
+ * dual-stack listener reports) as its IPv4 address. Anything else that is
+ * not an IPv6 address is returned as it is.
+ */
+export function addressKey(address: string): string {
+  if (address.indexOf(":") < 0) return address;
+  const groups = ipv6Groups(address);
+  if (groups === null) return address;
+  if (
+    groups[0] === 0 && groups[1] === 0 && groups[2] === 0 && groups[3] === 0 &&
+    groups[4] === 0 && groups[5] === 0xffff
+  ) {
+    return `${groups[6] >> 8}.${groups[6] & 255}.${groups[7] >> 8}.${
+      groups[7] & 255
+    }`;
+  }
+  return `${groups.slice(0, 4).map((g) => g.toString(16)).join(":")}::/64`;
+}
+
+const HEX_GROUP = /^[0-9A-Fa-f]{1,4}$/;
+const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+
+// The eight 16-bit groups of an IPv6 address in text (RFC 4291 §2.2: "::"
+// once, an IPv4 address in the last 32 bits, a zone after "%"), or null.
+function ipv6Groups(text: string): number[] | null {
+  const zone = text.indexOf("%");
+  if (zone >= 0) text = text.slice(0, zone);
+  const halves = text.split("::");
+  if (halves.length > 2) return null;
+  const parse = (part: string, last: boolean): number[] | null => {
+    if (part === "") return [];
+    const out: number[] = [];
+    const pieces = part.split(":");
+    for (let i = 0; i < pieces.length; i++) {
+      const piece = pieces[i];
+      if (HEX_GROUP.test(piece)) {
+        out.push(parseInt(piece, 16));
+        continue;
+      }
+      const v4 = last && i === pieces.length - 1 ? IPV4.exec(piece) : null;
+      if (v4 === null) return null;
+      const b = v4.slice(1).map(Number);
+      if (b.some((n) => n > 255)) return null;
+      out.push((b[0] << 8) | b[1], (b[2] << 8) | b[3]);
+    }
+    return out;
+  };
+  const head = parse(halves[0], halves.length === 1);
+  if (head === null) return null;
+  if (halves.length === 1) return head.length === 8 ? head : null;
+  const tail = parse(halves[1], true);
+  if (tail === null || head.length + tail.length > 7) return null;
+  return [
+    ...head,
+    ...new Array(8 - head.length - tail.length).fill(0),
+    ...tail,
+  ];
+}
