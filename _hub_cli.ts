@@ -40,6 +40,10 @@ Options (each also as the environment variable in brackets):
                            --trust-forwarded) or header:NAME (a field a trusted
                            gateway sets) [POTHEAD_FAIR_BY] (off: first come,
                            first served)
+  --fair-share S           with --fair-by, what consumers get equal shares of:
+                           requests (a turn each) or time (of the workers: one
+                           whose jobs run longer gets fewer turns)
+                           [POTHEAD_FAIR_SHARE] (requests)
   --max-queue-per-key N    with --fair-by, most queued requests of one key;
                            more get 429 [POTHEAD_MAX_QUEUE_PER_KEY] (no limit)
   --head-timeout T         time a worker has to send its response head, then 504;
@@ -115,10 +119,12 @@ Options (each also as the environment variable in brackets):
   --config FILE            JSON: { "routes": [{ "pool", "pathPrefix", "host",
                            "priority" }],
                            "pools": { NAME: { "maxQueue", "queueTimeout",
-                           "priorityStep", "fairBy", "maxQueuePerKey" } } }
+                           "priorityStep", "fairBy", "fairShare",
+                           "maxQueuePerKey" } } }
                            (queueTimeout, priorityStep: ms, or a duration
                            like "30s";
-                           fairBy: "ip", "header:NAME", or null for off)
+                           fairBy: "ip", "header:NAME", or null for off;
+                           fairShare: "requests" or "time")
   --admin-port N           admin listener: /metrics, /healthz, /readyz, /status and a
                            live status page at /; off unless given [POTHEAD_ADMIN_PORT]
   --admin-hostname ADDR    its address [POTHEAD_ADMIN_HOSTNAME] (127.0.0.1)
@@ -274,6 +280,14 @@ export function optionsFrom(
       `Invalid --fair-by: expected ip or header:NAME, got "${fairBy}"`,
     );
   }
+  const fairShare = v("fair-share", "POTHEAD_FAIR_SHARE");
+  if (
+    fairShare !== undefined && fairShare !== "requests" && fairShare !== "time"
+  ) {
+    throw new UsageError(
+      `Invalid --fair-share: expected requests or time, got "${fairShare}"`,
+    );
+  }
   const perKey = v("max-queue-per-key", "POTHEAD_MAX_QUEUE_PER_KEY");
   const step = v("priority-step", "POTHEAD_PRIORITY_STEP");
   const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
@@ -299,6 +313,7 @@ export function optionsFrom(
     ),
     queueTimeout: duration("queue-timeout", "POTHEAD_QUEUE_TIMEOUT", 30_000),
     fairBy: fairBy as ServeHubOptions["fairBy"],
+    fairShare,
     priorityStep: step === undefined
       ? undefined
       : parseDuration(step, "--priority-step", 0),
@@ -446,6 +461,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "max-queue": { type: "string" },
         "queue-timeout": { type: "string" },
         "fair-by": { type: "string" },
+        "fair-share": { type: "string" },
         "max-queue-per-key": { type: "string" },
         "head-timeout": { type: "string" },
         "body-idle-timeout": { type: "string" },

@@ -11,6 +11,8 @@
  * @module
  */
 
+import type { ShareEntry, ShareLedger } from "./_share.ts";
+
 /** A queued item with its links and the time it joined. */
 export interface QueueNode<T> {
   readonly value: T;
@@ -204,15 +206,27 @@ export interface FairQueueOptions<T> extends WaitQueueOptions<T> {
    * {@linkcode FairQueue.unshift} that puts the value back.
    */
   keyOf(value: T): string;
+  /**
+   * Serve the key that has used least worker time, by this ledger, instead
+   * of the keys in turn. The queue holds a key in it for each value it
+   * queues; whoever runs a value it shifts charges the key (see
+   * `ShareLedger`).
+   */
+  ledger?: ShareLedger;
 }
 
-// One key's values (a WaitQueue, with its own timer) and its place in the
-// rotation of keys that have something queued.
+// One key's values (a WaitQueue, with its own timer) and its place among
+// the keys that have something queued: in the rotation (prev, next), or
+// with a ledger in the heap (index), by the key's use and then by when it
+// was last served or joined (seq).
 interface Turn<T> {
   readonly key: string;
   readonly queue: WaitQueue<T>;
   prev: Turn<T> | null;
   next: Turn<T> | null;
+  entry: ShareEntry | null;
+  index: number;
+  seq: number;
 }
 
 /**
@@ -220,22 +234,30 @@ interface Turn<T> {
  * and the keys served in turn, one value per turn (round robin). One key
  * with hundreds of values waiting then delays another key's next value by
  * at most one value per other waiting key, instead of by all of its own.
+ * With a `ledger`, the key served next is instead the one that has used
+ * least worker time (ties in turn), so that a key whose values take
+ * longer gets fewer turns.
  *
  * A key joins the rotation at its end when its first value arrives and
  * leaves it (its memory freed) when its last one goes: keys are
  * unbounded (client addresses), so only keys with something queued cost
  * anything. A value put back ({@linkcode unshift}: a retry, a worker's
- * decline) goes to the head of its key, and that key serves next, so a
- * retry never waits a whole round again. Each key is a
- * {@linkcode WaitQueue} with its own timeout timer, armed while it holds
- * something. The same surface as {@linkcode WaitQueue}, so that a
- * {@linkcode PriorityQueue} class can be either.
+ * decline) goes to the head of its key, and that key serves next (with a
+ * ledger: first among the keys that have used as little), so a retry
+ * never waits a whole round again. Each key is a {@linkcode WaitQueue}
+ * with its own timeout timer, armed while it holds something. The same
+ * surface as {@linkcode WaitQueue}, so that a {@linkcode PriorityQueue}
+ * class can be either.
  */
 export class FairQueue<T> {
   #turns = new Map<string, Turn<T>>();
   // The rotation: #first serves next; a served key moves to #last.
   #first: Turn<T> | null = null;
   #last: Turn<T> | null = null;
+  // With a ledger: a binary heap, least used first.
+  #ledger: ShareLedger | null;
+  #heap: Turn<T>[] = [];
+  #seq = 0;
   #size = 0;
   #options: FairQueueOptions<T>;
   #keyOf: (value: T) => string;
@@ -245,6 +267,11 @@ export class FairQueue<T> {
     this.#options = options;
     this.#keyOf = options.keyOf;
     this.#priority = options.priority ?? 0;
+    this.#ledger = options.ledger ?? null;
+    this.#ledger?.listen((entry) => {
+      const turn = this.#turns.get(entry.key);
+      if (turn !== undefined && turn.entry === entry) this.#resift(turn);
+    });
   }
 
   /** Number of waiting values, over all keys. */
@@ -264,14 +291,14 @@ export class FairQueue<T> {
 
   /** The node {@linkcode shift} would return: the oldest of the key whose turn it is. */
   get head(): QueueNode<T> | null {
-    return this.#first === null ? null : this.#first.queue.head;
+    return this.#next()?.queue.head ?? null;
   }
 
   /** When the longest-waiting value joined, over all keys; null if empty. */
   get oldestSince(): number | null {
     // O(keys): for stats, not for the request path.
     let oldest: number | null = null;
-    for (let t = this.#first; t !== null; t = t.next) {
+    for (const t of this.#turns.values()) {
       const since = t.queue.oldestSince;
       if (since !== null && (oldest === null || since < oldest)) oldest = since;
     }
@@ -283,8 +310,15 @@ export class FairQueue<T> {
     return this.#turns.get(key)?.queue.size ?? 0;
   }
 
-  /** The keys with values waiting, in the order they will be served. */
+  /**
+   * The keys with values waiting: in the order they will be served, or
+   * with a ledger in no set order.
+   */
   *keyNames(): IterableIterator<string> {
+    if (this.#ledger !== null) {
+      yield* this.#turns.keys();
+      return;
+    }
     for (let t = this.#first; t !== null; t = t.next) yield t.key;
   }
 
@@ -294,7 +328,9 @@ export class FairQueue<T> {
    */
   push(value: T, since?: number): QueueNode<T> {
     const key = this.#keyOf(value);
-    const turn = this.#turns.get(key) ?? this.#join(key, false);
+    let turn = this.#turns.get(key);
+    if (turn === undefined) turn = this.#join(key, false);
+    else this.#ledger?.hold(key);
     const node = turn.queue.push(value, since);
     this.#size++;
     return node;
@@ -303,13 +339,18 @@ export class FairQueue<T> {
   /**
    * Puts `value` back at the head of its key (behind only values of the key
    * that joined earlier, see {@linkcode WaitQueue.unshift}), and makes that
-   * key the next served.
+   * key the next served (with a ledger: the first of those that have used
+   * as little).
    */
   unshift(value: T, since: number): QueueNode<T> {
     const key = this.#keyOf(value);
     let turn = this.#turns.get(key);
     if (turn === undefined) turn = this.#join(key, true);
-    else if (turn !== this.#first) {
+    else if (this.#ledger !== null) {
+      turn.seq = -++this.#seq;
+      this.#ledger.hold(key);
+      this.#resift(turn);
+    } else if (turn !== this.#first) {
       this.#unlink(turn);
       this.#link(turn, true);
     }
@@ -320,12 +361,16 @@ export class FairQueue<T> {
 
   /** Removes and returns the head of the key whose turn it is; that key's turn passes. */
   shift(): QueueNode<T> | null {
-    const turn = this.#first;
+    const turn = this.#next();
     if (turn === null) return null;
     const node = turn.queue.shift()!;
     this.#size--;
+    this.#ledger?.release(turn.key);
     if (turn.queue.size === 0) this.#leave(turn);
-    else if (turn.next !== null) {
+    else if (this.#ledger !== null) {
+      turn.seq = ++this.#seq;
+      this.#resift(turn);
+    } else if (turn.next !== null) {
       this.#unlink(turn);
       this.#link(turn, false);
     }
@@ -337,8 +382,7 @@ export class FairQueue<T> {
     if (!node.queued) return false;
     const turn = this.#turns.get(this.#keyOf(node.value));
     if (turn === undefined || !turn.queue.delete(node)) return false;
-    this.#size--;
-    if (turn.queue.size === 0) this.#leave(turn);
+    this.#left(turn);
     return true;
   }
 
@@ -349,6 +393,11 @@ export class FairQueue<T> {
     return out;
   }
 
+  // The key whose turn it is.
+  #next(): Turn<T> | null {
+    return this.#ledger === null ? this.#first : this.#heap[0] ?? null;
+  }
+
   #join(key: string, front: boolean): Turn<T> {
     const turn: Turn<T> = {
       key,
@@ -356,17 +405,28 @@ export class FairQueue<T> {
         ...this.#options,
         priority: this.#priority,
         onTimeout: (value) => {
-          this.#size--;
-          if (turn.queue.size === 0) this.#leave(turn);
+          this.#left(turn);
           this.#options.onTimeout(value);
         },
       }),
       prev: null,
       next: null,
+      entry: null,
+      index: -1,
+      seq: front ? -++this.#seq : ++this.#seq,
     };
     this.#turns.set(key, turn);
+    // The ledger holds the key once per value queued, the first one here.
+    if (this.#ledger !== null) turn.entry = this.#ledger.hold(key);
     this.#link(turn, front);
     return turn;
+  }
+
+  // A value left a key without being served (it timed out or was deleted).
+  #left(turn: Turn<T>): void {
+    this.#size--;
+    this.#ledger?.release(turn.key);
+    if (turn.queue.size === 0) this.#leave(turn);
   }
 
   // An emptied key leaves the rotation and is forgotten (its WaitQueue has
@@ -377,7 +437,10 @@ export class FairQueue<T> {
   }
 
   #link(turn: Turn<T>, front: boolean): void {
-    if (front) {
+    if (this.#ledger !== null) {
+      turn.index = this.#heap.push(turn) - 1;
+      this.#up(turn);
+    } else if (front) {
       turn.next = this.#first;
       if (this.#first !== null) this.#first.prev = turn;
       else this.#last = turn;
@@ -391,11 +454,65 @@ export class FairQueue<T> {
   }
 
   #unlink(turn: Turn<T>): void {
+    if (this.#ledger !== null) {
+      const heap = this.#heap;
+      const last = heap.pop()!;
+      if (last !== turn) {
+        heap[turn.index] = last;
+        last.index = turn.index;
+        this.#resift(last);
+      }
+      turn.index = -1;
+      return;
+    }
     if (turn.prev !== null) turn.prev.next = turn.next;
     else this.#first = turn.next;
     if (turn.next !== null) turn.next.prev = turn.prev;
     else this.#last = turn.prev;
     turn.prev = turn.next = null;
+  }
+
+  // Heap order: least used first, then the one served or joined longest ago.
+  #before(a: Turn<T>, b: Turn<T>): boolean {
+    const used = a.entry!.used - b.entry!.used;
+    return used < 0 || (used === 0 && a.seq < b.seq);
+  }
+
+  #resift(turn: Turn<T>): void {
+    if (turn.index < 0) return;
+    this.#up(turn);
+    this.#down(turn);
+  }
+
+  #up(turn: Turn<T>): void {
+    const heap = this.#heap;
+    let i = turn.index;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!this.#before(turn, heap[parent])) break;
+      heap[i] = heap[parent];
+      heap[i].index = i;
+      i = parent;
+    }
+    heap[i] = turn;
+    turn.index = i;
+  }
+
+  #down(turn: Turn<T>): void {
+    const heap = this.#heap;
+    const n = heap.length;
+    let i = turn.index;
+    for (;;) {
+      let child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && this.#before(heap[child + 1], heap[child])) child++;
+      if (!this.#before(heap[child], turn)) break;
+      heap[i] = heap[child];
+      heap[i].index = i;
+      i = child;
+    }
+    heap[i] = turn;
+    turn.index = i;
   }
 }
 
@@ -406,6 +523,12 @@ export interface PriorityQueueOptions<T> extends WaitQueueOptions<T> {
    * the keys in turn; without one (the default), a {@linkcode WaitQueue}.
    */
   keyOf?: (value: T) => string;
+  /**
+   * With `keyOf`: serve in each class the key that has used least worker
+   * time by this ledger (see {@linkcode FairQueueOptions.ledger}), shared
+   * by the classes.
+   */
+  ledger?: ShareLedger;
   /**
    * Milliseconds of waiting one class is worth: a value is served as if it
    * had joined `priority × step` ms earlier, so a lower class goes ahead of

@@ -48,6 +48,7 @@ import type {
   SpillOptions,
 } from "./_readahead.ts";
 import { PriorityQueue, type QueueNode } from "./_queue.ts";
+import { ShareLedger } from "./_share.ts";
 import {
   errorText,
   type IncomingResponse,
@@ -172,6 +173,12 @@ export type FairBy =
   | `header:${string}`
   | ((req: Request, clientIp: string | null) => string);
 
+/**
+ * What fair queuing shares out between keys (see
+ * {@linkcode HubOptions.fairShare}): turns, one request each, or worker time.
+ */
+export type FairShare = "requests" | "time";
+
 /** Limits of one pool; unset fields take the hub-wide option. */
 export interface PoolOptions {
   /** Most queued requests in this pool. */
@@ -188,6 +195,11 @@ export interface PoolOptions {
    * turns off a hub-wide `fairBy` for this pool.
    */
   fairBy?: FairBy | null;
+  /**
+   * What fair queuing shares out in this pool (see
+   * {@linkcode HubOptions.fairShare}); needs `fairBy` for this pool.
+   */
+  fairShare?: FairShare;
   /**
    * Most queued requests of one key in this pool (see
    * {@linkcode HubOptions.maxQueuePerKey}); needs `fairBy` for this pool.
@@ -226,6 +238,19 @@ export interface HubOptions {
    * @default {undefined}
    */
   fairBy?: FairBy;
+  /**
+   * With `fairBy`, what the keys get equal shares of: `"requests"`, a
+   * turn each, one request per turn; or `"time"`, worker time: the key
+   * served next is the one whose requests have kept workers busy least
+   * (each request charged, while it runs, its key's recent mean time, and
+   * when its worker connection frees, what it took), so a consumer whose
+   * jobs run ten times longer gets a tenth of the turns. Keys compare only
+   * while they have requests queued or running: a key that comes back
+   * after a spell with neither starts level with the key served last.
+   * Setting it where no pool has `fairBy` is an error.
+   * @default {"requests"}
+   */
+  fairShare?: FairShare;
   /**
    * With `fairBy`: most requests of one key that may wait in a pool's queue
    * (over all its classes). A request whose key has that many queued, and
@@ -804,6 +829,14 @@ interface Group {
   answersContinue: boolean;
 }
 
+// What a busy slot's request was charged when it started (see #settle).
+interface Charge {
+  ledger: ShareLedger;
+  key: string;
+  estimate: number;
+  since: number;
+}
+
 interface Pool {
   name: string;
   queueTimeout: number;
@@ -813,6 +846,8 @@ interface Pool {
   // and how many of one key may wait.
   keyOf: ((p: Pending) => string) | null;
   maxQueuePerKey: number;
+  // Fair queuing by worker time: what each key has used.
+  ledger: ShareLedger | null;
   groups: Map<string, Group>;
   idle: number;
   // Idle slots taken out for a ping: still counted as idle in the stats.
@@ -938,6 +973,17 @@ function consumerAddress(p: Pending, trustForwarded: boolean): string | null {
   return last === null ? p.clientIp : addressOnly(last);
 }
 
+function checkFairShare(name: string, value: unknown): FairShare {
+  if (value === undefined || value === "requests" || value === "time") {
+    return value ?? "requests";
+  }
+  throw new TypeError(
+    `Invalid option "${name}": expected "requests" or "time", got ${
+      JSON.stringify(value)
+    }`,
+  );
+}
+
 function checkOption(name: string, value: number, min: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
     throw new RangeError(
@@ -983,11 +1029,13 @@ export class Hub {
       | "requestSpillDir"
       | "consumerScheme"
       | "fairBy"
+      | "fairShare"
       | "maxQueuePerKey"
       | "priorityStep"
     >
   >;
   #fairBy: FairBy | null;
+  #fairShare: FairShare;
   #maxQueuePerKey: number;
   #priorityStep: number;
   #scheme: "http" | "https" | null;
@@ -1003,6 +1051,8 @@ export class Hub {
   #namedPools = new Set<string>([DEFAULT_POOL]);
   #slots = new Set<WorkerSlot>();
   #busy = new Set<WorkerSlot>();
+  // Busy slots of pools that share by time: whose request each runs.
+  #charges = new Map<WorkerSlot, Charge>();
   // Slots the worker parked: attached, but taking no request until it says.
   #parked = new Set<WorkerSlot>();
   // Idle slots whose ping is out: the stats count them as idle.
@@ -1162,6 +1212,7 @@ export class Hub {
     }
     this.#poolOptions = { ...pools as Record<string, PoolOptions> };
     this.#fairBy = checkFairBy("fairBy", options.fairBy);
+    this.#fairShare = checkFairShare("fairShare", options.fairShare);
     this.#maxQueuePerKey = options.maxQueuePerKey === undefined
       ? Infinity
       : checkCount("maxQueuePerKey", options.maxQueuePerKey, 1);
@@ -1203,6 +1254,14 @@ export class Hub {
           );
         }
       }
+      if (p.fairShare !== undefined) {
+        checkFairShare(`pools.${name}.fairShare`, p.fairShare);
+        if (fairBy === null) {
+          throw new TypeError(
+            `Invalid option "pools.${name}.fairShare": it shares the workers between fair-queuing keys, and pool "${name}" has no fairBy`,
+          );
+        }
+      }
     }
     // A per-key limit where nothing is keyed is a mistake, not a no-op.
     if (
@@ -1211,6 +1270,14 @@ export class Hub {
     ) {
       throw new TypeError(
         'Invalid option "maxQueuePerKey": it limits each fair-queuing key, and no pool has fairBy',
+      );
+    }
+    if (
+      options.fairShare !== undefined && this.#fairBy === null &&
+      fairPools === 0
+    ) {
+      throw new TypeError(
+        'Invalid option "fairShare": it shares the workers between fair-queuing keys, and no pool has fairBy',
       );
     }
     this.#log = options.onLog ?? (() => {});
@@ -1290,12 +1357,17 @@ export class Hub {
     const keyOf = this.#keyFunction(
       limits.fairBy === undefined ? this.#fairBy : limits.fairBy,
     );
+    const ledger = keyOf !== null &&
+        (limits.fairShare ?? this.#fairShare) === "time"
+      ? new ShareLedger()
+      : null;
     const created: Pool = {
       name,
       queueTimeout,
       maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
       keyOf,
       maxQueuePerKey: limits.maxQueuePerKey ?? this.#maxQueuePerKey,
+      ledger,
       groups: new Map(),
       idle: 0,
       pinging: 0,
@@ -1305,6 +1377,7 @@ export class Hub {
         // The hub sets a request's key before it queues (#rejectIfFull,
         // #enqueue); without fairBy the classes are plain FIFOs.
         keyOf: keyOf === null ? undefined : (p) => p.key ?? "",
+        ledger: ledger ?? undefined,
         step: limits.priorityStep ?? this.#priorityStep,
         timeout: queueTimeout,
         onTimeout: (p) => {
@@ -1714,7 +1787,7 @@ export class Hub {
     if (group.idle.delete(slot)) pool.idle--;
     if (this.#parked.delete(slot)) pool.parked--;
     if (this.#pinging.delete(slot)) pool.pinging--;
-    if (this.#busy.delete(slot)) group.busy--;
+    this.#free(slot, group);
     group.slots--;
     pool.slots--;
     if (group.slots === 0) pool.groups.delete(group.key);
@@ -2307,11 +2380,29 @@ export class Hub {
     if (stream !== undefined && !stream.locked) stream.cancel().catch(() => {});
   }
 
+  // A busy slot is no longer (it is free again, parked or gone).
+  #free(slot: WorkerSlot, group: Group): void {
+    if (!this.#busy.delete(slot)) return;
+    group.busy--;
+    if (this.#charges.size > 0) this.#settle(slot);
+  }
+
+  // Fair queuing by time: the time a slot was busy with a request is
+  // charged to the request's key.
+  #settle(slot: WorkerSlot): void {
+    const charge = this.#charges.get(slot);
+    if (charge === undefined) return;
+    this.#charges.delete(slot);
+    const { ledger, key } = charge;
+    ledger.finish(key, charge.estimate, performance.now() - charge.since);
+    ledger.release(key);
+  }
+
   // The worker parked a slot: it carries nothing until the worker offers it.
   #park(slot: WorkerSlot): void {
     const group = this.#slotGroup.get(slot);
     if (group === undefined || this.#parked.has(slot)) return;
-    if (this.#busy.delete(slot)) group.busy--;
+    this.#free(slot, group);
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     if (this.#pinging.delete(slot)) pool.pinging--;
     this.#parked.add(slot);
@@ -2322,7 +2413,7 @@ export class Hub {
   #offer(slot: WorkerSlot): void {
     const group = this.#slotGroup.get(slot);
     if (group === undefined) return;
-    if (this.#busy.delete(slot)) group.busy--;
+    this.#free(slot, group);
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     if (this.#parked.delete(slot)) pool.parked--;
     if (this.#pinging.delete(slot)) pool.pinging--;
@@ -2367,6 +2458,18 @@ export class Hub {
     this.#startSweeper();
     p.attempts++;
     const sentAt = performance.now();
+    const ledger = p.pool.ledger;
+    if (ledger !== null) {
+      const key = p.key ??= p.pool.keyOf!(p);
+      ledger.hold(key);
+      this.#settle(slot);
+      this.#charges.set(slot, {
+        ledger,
+        key,
+        estimate: ledger.start(key),
+        since: sentAt,
+      });
+    }
     p.queueMs = sentAt - p.queuedSince;
     if (p.upload !== null) this.#wholeUpload(p);
     const out = this.#outgoing(p);

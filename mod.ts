@@ -35,6 +35,7 @@
 export {
   type AccessRecord,
   type FairBy,
+  type FairShare,
   type HeadLimits,
   Hub,
   type HubLogRecord,

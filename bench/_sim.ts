@@ -177,6 +177,19 @@ export function simulatePriority(
   return result;
 }
 
+/** Options for {@linkcode simulateFair}. */
+export interface FairSimOptions extends SimOptions {
+  /**
+   * What the keys get equal shares of: `"requests"`, a turn each (round
+   * robin); or `"time"`, server time: the key served next is the one whose
+   * started requests add up to the least service time (the hub's
+   * `fairShare: "time"`, which this ideal runs with every service time
+   * known when its request starts).
+   * @default {"requests"}
+   */
+  share?: "requests" | "time";
+}
+
 /**
  * Simulates a central queue with fair queuing between keys in front of
  * `servers` servers: waiting requests are grouped by key, each key first
@@ -188,11 +201,18 @@ export function simulatePriority(
  * `fairBy` queue (one class), with no dispatch cost; with one key it is
  * {@linkcode simulateFifo}.
  *
+ * With `share: "time"` the key served is instead the one that has used
+ * least service time, the first in the rotation among equals; a key with
+ * nothing waiting or running when a request of it arrives starts level with
+ * the clock, what the key served last had used when it started (as the
+ * hub's ledger).
+ *
  * @param arrivals arrival times, ascending.
  * @param service service time of each request.
  * @param keys key (consumer) of each request.
  * @param servers how many servers.
- * @param options dispatch gap model (as {@linkcode simulateFifo}'s).
+ * @param options dispatch gap model (as {@linkcode simulateFifo}'s) and
+ * the share.
  * @returns start, finish, latency and wait of every request.
  */
 export function simulateFair(
@@ -200,7 +220,7 @@ export function simulateFair(
   service: ArrayLike<number>,
   keys: ArrayLike<number>,
   servers: number,
-  options: SimOptions = {},
+  options: FairSimOptions = {},
 ): SimResult {
   const n = checkInput(arrivals, service, keys, "keys", servers);
   for (let i = 1; i < n; i++) {
@@ -209,6 +229,7 @@ export function simulateFair(
     }
   }
   const gap = options.dispatchGapMs ?? 0;
+  const byTime = options.share === "time";
   const freeAt = new Float64Array(servers);
   const result = emptyResult(n);
   // Waiting requests per key (indices, arrival order) and the rotation of
@@ -216,11 +237,31 @@ export function simulateFair(
   const waiting = new Map<number, number[]>();
   const rotation: number[] = [];
   let admitted = 0;
+  // By time: each key's use, and when its last started request finishes.
+  const used = new Map<number, number>();
+  const busyUntil = new Map<number, number>();
+  let clock = 0;
+  // A key with nothing waiting or running starts level with the clock.
+  const arrive = (i: number) => {
+    const key = keys[i];
+    if (
+      byTime && !waiting.has(key) && (busyUntil.get(key) ?? -1) <= arrivals[i]
+    ) used.set(key, clock);
+  };
+  const started = (i: number, finish: number) => {
+    if (!byTime) return;
+    const key = keys[i];
+    const u = used.get(key)!;
+    if (u > clock) clock = u;
+    used.set(key, u + service[i]);
+    busyUntil.set(key, Math.max(busyUntil.get(key) ?? 0, finish));
+  };
   // Requests that arrived before `t` found every server busy (`t` is the
   // earliest a server frees): they wait, in the order they arrived.
   const admit = (t: number) => {
     while (admitted < n && arrivals[admitted] < t) {
       const key = keys[admitted];
+      arrive(admitted);
       let list = waiting.get(key);
       if (list === undefined) {
         waiting.set(key, list = []);
@@ -228,6 +269,16 @@ export function simulateFair(
       }
       list.push(admitted++);
     }
+  };
+  // The key served next: the rotation's first, or by time the least used
+  // (the first in the rotation among equals).
+  const nextAt = () => {
+    if (!byTime) return 0;
+    let at = 0;
+    for (let r = 1; r < rotation.length; r++) {
+      if (used.get(rotation[r])! < used.get(rotation[at])!) at = r;
+    }
+    return at;
   };
   // Server free times only grow from step to step, so admitting in order of
   // them is admitting in time order. O(n × servers) plus the rotation's
@@ -240,9 +291,10 @@ export function simulateFair(
     let i: number;
     if (rotation.length === 0) {
       // Nothing waits: the next arrival finds this server free.
+      arrive(admitted);
       i = admitted++;
     } else {
-      const key = rotation.shift()!;
+      const key = rotation.splice(nextAt(), 1)[0];
       const list = waiting.get(key)!;
       i = list.shift()!;
       if (list.length > 0) rotation.push(key);
@@ -250,6 +302,7 @@ export function simulateFair(
     }
     const start = Math.max(arrivals[i], t);
     const finish = start + service[i];
+    started(i, finish);
     freeAt[best] = finish + gap;
     result.start[i] = start;
     result.finish[i] = finish;

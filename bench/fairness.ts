@@ -7,22 +7,24 @@
  * times. One seeded trace: light tenants send open-loop Poisson traffic
  * (each request's tenant drawn from its own seeded stream), and one heavy
  * tenant sends a burst of several hundred requests at one instant. Each
- * request carries its tenant in `X-Bench-Tenant`. The trace is replayed
- * through two hubs in turn: **fifo** (no `--fair-by`: one FIFO queue) and
- * **fair** (`--fair-by header:x-bench-tenant`). Both are set against
- * discrete-event simulations of the ideal central queue on the same trace:
- * FIFO (`simulateFifo`) and per-tenant round robin (`simulateFair`), with
- * and without a dispatch gap (`--model-gap-ms`).
+ * request carries its tenant in `X-Bench-Tenant`. The heavy tenant's jobs
+ * may run longer than the light tenants' (`--heavy-ms`). The trace is
+ * replayed through three hubs in turn: **fifo** (no `--fair-by`: one FIFO
+ * queue), **fair** (`--fair-by header:x-bench-tenant`, a turn per request)
+ * and **time** (the same with `--fair-share time`). Each is set against a
+ * discrete-event simulation of the ideal central queue on the same trace:
+ * FIFO (`simulateFifo`) and per-tenant fair queuing by requests or by time
+ * (`simulateFair`), with and without a dispatch gap (`--model-gap-ms`).
  *
  * ```sh
  * deno run -A bench/fairness.ts [--smoke] [--k=4] [--mean-ms=20]
- *   [--light-load=0.5] [--tenants=3] [--burst=400] [--duration=20]
- *   [--seed=1] [--out=DIR]
+ *   [--heavy-ms=20] [--light-load=0.5] [--tenants=3] [--burst=400]
+ *   [--duration=20] [--seed=1] [--name=fairness] [--out=DIR]
  * ```
  *
- * Writes `fairness.md` and `fairness.json` under `bench/results/` (a
- * temporary directory for `--smoke`, which checks only that every request
- * was answered, never a timing).
+ * Writes `NAME.md` and `NAME.json` (`fairness.*` by default) under
+ * `bench/results/` (a temporary directory for `--smoke`, which checks only
+ * that every request was answered, never a timing).
  *
  * @module
  */
@@ -53,8 +55,10 @@ export interface Plan {
   mode: "full" | "smoke";
   /** Workers, each serving one request at a time. */
   workers: number;
-  /** Mean service time (exponential), ms. */
+  /** Mean service time (exponential) of the light tenants' jobs, ms. */
   meanMs: number;
+  /** Mean service time (exponential) of the heavy tenant's jobs, ms. */
+  heavyMs: number;
   /** Utilisation of the light tenants' traffic alone. */
   lightLoad: number;
   /** How many light tenants share that traffic. */
@@ -73,6 +77,8 @@ export interface Plan {
   modelGapMs: number;
   /** Output directory, or null for a temporary one. */
   out: string | null;
+  /** Report file name, without extension. */
+  name: string;
   /** Nice value for the benchmark and every process it starts (0: as is). */
   nice: number;
 }
@@ -82,6 +88,7 @@ const HELP = `Usage: deno run -A bench/fairness.ts [options]
   --smoke             K=2, a burst of 60, 3 s; proves it runs, judges nothing
   --k=N               workers (default 4), one slot each
   --mean-ms=20        mean (exponential) service time
+  --heavy-ms=MS       the heavy tenant's mean service time (default: mean-ms)
   --light-load=0.5    utilisation of the light tenants' Poisson traffic
   --tenants=3         light tenants sharing it
   --burst=400         requests of the heavy tenant, all at once
@@ -89,7 +96,8 @@ const HELP = `Usage: deno run -A bench/fairness.ts [options]
   --duration=S        trace length in seconds (default 20)
   --seed=N            trace seed (default 1)
   --model-gap-ms=MS   dispatch gap of the model simulations (default 0.5)
-  --out=DIR           where to write fairness.{md,json}
+  --out=DIR           where to write NAME.{md,json}
+  --name=fairness     the report's file name
   --nice=N            nice value (default -10 as root)
 `;
 
@@ -105,6 +113,8 @@ export function parsePlan(args: string[]): Plan | "help" {
       smoke: { type: "boolean" },
       k: { type: "string" },
       "mean-ms": { type: "string" },
+      "heavy-ms": { type: "string" },
+      name: { type: "string" },
       "light-load": { type: "string" },
       tenants: { type: "string" },
       burst: { type: "string" },
@@ -136,15 +146,29 @@ export function parsePlan(args: string[]): Plan | "help" {
     (n) => n >= 0 && n < durationS,
     "[0, duration)",
   );
+  const meanMs = numberFlag(
+    "mean-ms",
+    values["mean-ms"],
+    20,
+    (n) => n > 0 && n <= 10_000,
+    "(0, 10000]",
+  );
+  const name = values.name ?? "fairness";
+  if (!/^[A-Za-z0-9_-]+$/.test(name)) {
+    throw new RangeError(
+      `Invalid --name: expected letters, digits, "-" or "_", got "${name}"`,
+    );
+  }
   return {
     mode: smoke ? "smoke" : "full",
     workers: numberFlag("k", values.k, smoke ? 2 : 4, integer(1, 64), "1..64"),
-    meanMs: numberFlag(
-      "mean-ms",
-      values["mean-ms"],
-      20,
-      (n) => n > 0 && n <= 10_000,
-      "(0, 10000]",
+    meanMs,
+    heavyMs: numberFlag(
+      "heavy-ms",
+      values["heavy-ms"],
+      meanMs,
+      (n) => n > 0 && n <= 100_000,
+      "(0, 100000]",
     ),
     lightLoad: numberFlag(
       "light-load",
@@ -179,6 +203,7 @@ export function parsePlan(args: string[]): Plan | "help" {
       "[0, 100]",
     ),
     out: values.out ?? (smoke ? null : join(ROOT, "bench/results")),
+    name,
     nice: numberFlag(
       "nice",
       values.nice,
@@ -191,7 +216,7 @@ export function parsePlan(args: string[]): Plan | "help" {
 
 /** Rough wall time of the plan, in seconds. */
 export function estimateSeconds(plan: Plan): number {
-  const backlog = (plan.burst * plan.meanMs) /
+  const backlog = (plan.burst * plan.heavyMs) /
     (plan.workers * (1 - plan.lightLoad) * 1000);
   return Math.round(10 + 2 * (plan.warmS + plan.durationS + backlog + 3));
 }
@@ -223,7 +248,7 @@ export function makeFairTrace(plan: Plan): FairTrace {
   const addBurst = () => {
     for (let b = 0; b < plan.burst; b++) {
       arrivals.push(plan.burstAtMs);
-      service.push(exponential(heavy, plan.meanMs));
+      service.push(exponential(heavy, plan.heavyMs));
       tenant.push(0);
     }
     burstDone = true;
@@ -246,8 +271,20 @@ export function makeFairTrace(plan: Plan): FairTrace {
   };
 }
 
-/** The two runs. */
-export type RunName = "fifo" | "fair";
+/** The runs, one hub each. */
+export type RunName = "fifo" | "fair" | "time";
+
+/** The runs in the order they go, with the hub's arguments for each. */
+export const RUNS: readonly [RunName, string[]][] = [
+  ["fifo", []],
+  ["fair", ["--fair-by", "header:x-bench-tenant"]],
+  ["time", [
+    "--fair-by",
+    "header:x-bench-tenant",
+    "--fair-share",
+    "time",
+  ]],
+];
 /** The two groups of tenants. */
 export type Group = "light" | "heavy";
 
@@ -315,7 +352,7 @@ export interface Report {
   args: string[];
 }
 
-/** Both ideal disciplines on the trace, with a dispatch gap of `gap` ms. */
+/** The ideal of each run's discipline on the trace, with a dispatch gap of `gap` ms. */
 function simulated(
   trace: Trace,
   tenant: Int32Array,
@@ -327,9 +364,14 @@ function simulated(
   const fifo = simulateFifo(arrivals, service, workers, options).latency;
   const fair = simulateFair(arrivals, service, tenant, workers, options)
     .latency;
+  const time = simulateFair(arrivals, service, tenant, workers, {
+    ...options,
+    share: "time",
+  }).latency;
   return {
     fifo: byGroup((i) => fifo[i], tenant),
     fair: byGroup((i) => fair[i], tenant),
+    time: byGroup((i) => time[i], tenant),
   };
 }
 
@@ -352,14 +394,18 @@ export function renderMarkdown(report: Report): string {
       plan.lightLoad * 100
     }% of the workers' capacity (seed ${plan.seed}; each request's tenant drawn at random), ` +
     `exponential service times with mean ${plan.meanMs} ms, for ${plan.durationS} s; ` +
-    `the heavy tenant sends ${plan.burst} requests (same distribution) at once, ${
+    `the heavy tenant sends ${plan.burst} requests (${
+      plan.heavyMs === plan.meanMs
+        ? "same distribution"
+        : `exponential, mean ${plan.heavyMs} ms`
+    }) at once, ${
       plan.burstAtMs / 1000
     } s in. ${report.requests} requests in all; the trace's own utilisation ${
       (report.utilisation * 100).toFixed(1)
     }%. ` +
-    "The same trace runs through two hubs in turn: **fifo** (no `--fair-by`) and **fair** (`--fair-by header:x-bench-tenant`, each request carrying its tenant). " +
+    "The same trace runs through three hubs in turn: **fifo** (no `--fair-by`), **fair** (`--fair-by header:x-bench-tenant`, each request carrying its tenant: a turn per request) and **time** (the same with `--fair-share time`: equal shares of worker time). " +
     "Latency runs from the client sending a request to the last byte of its answer. " +
-    "**ideal** is a discrete-event simulation of one central queue on the same trace with no dispatch or network cost: FIFO (`simulateFifo`) and per-tenant round robin (`simulateFair`, bench/_sim.ts); " +
+    "**ideal** is a discrete-event simulation of one central queue on the same trace with no dispatch or network cost: FIFO (`simulateFifo`), per-tenant round robin and per-tenant shares of server time with every job's length known when it starts (`simulateFair`, bench/_sim.ts); " +
     `**model** is the same with each server idle ${plan.modelGapMs} ms after each job before it takes a queued request.`,
     "",
   ];
@@ -372,7 +418,7 @@ export function renderMarkdown(report: Report): string {
     "| run | tenants | n | p50 | p90 | p99 | max | errors | ideal p50 | ideal p99 | model p50 | model p99 |",
     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   );
-  for (const run of ["fifo", "fair"] as const) {
+  for (const [run] of RUNS) {
     const r = report.runs[run];
     for (const group of ["light", "heavy"] as const) {
       const x = r?.[group];
@@ -460,13 +506,13 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   const dir = await Deno.makeTempDir({ prefix: "pothead-fairness-" });
   let failed = false;
   try {
-    for (const run of ["fifo", "fair"] as const) {
+    for (const [run, hubArgs] of RUNS) {
       const running = await startSystems(["pothead"], {
         workers: plan.workers,
         mode: "sleep",
         dir,
         maxSeconds,
-        hubArgs: run === "fair" ? ["--fair-by", "header:x-bench-tenant"] : [],
+        hubArgs,
       });
       try {
         const [hub] = running.systems;
@@ -521,7 +567,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     model,
     args,
   };
-  for (const run of ["fifo", "fair"] as const) {
+  for (const [run] of RUNS) {
     const r = runs[run];
     const answered = r ? r.light.latency.n + r.heavy.latency.n : 0;
     const errors = r ? r.light.errors + r.heavy.errors : n;
@@ -537,7 +583,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   }
   const dirOut = out ?? await Deno.makeTempDir({ prefix: "pothead-smoke-" });
   if (!failed || plan.mode === "smoke") {
-    await writeReport(dirOut, "fairness", renderMarkdown(report), report);
+    await writeReport(dirOut, plan.name, renderMarkdown(report), report);
   }
   log(`done in ${Math.round(report.elapsedS)} s`);
   if (plan.mode === "smoke") log("smoke: timings not judged");

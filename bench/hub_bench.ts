@@ -8,7 +8,8 @@
  * measures alone. The difference is the hub's JavaScript cost per request,
  * which is steady from run to run where whole-process CPU is not. A second
  * group sends 16 requests at once through 2 connections, so that 14 take
- * the queue, first come first served and with `fairBy` over 4 tenants.
+ * the queue, first come first served and with `fairBy` over 4 tenants, in
+ * turn and by worker time (`fairShare: "time"`).
  *
  * @module
  */
@@ -94,14 +95,17 @@ Deno.bench("hub.fetch round trip to an in-memory worker", {
 });
 
 // The queued path: 16 requests at once through 2 slots, so 14 wait, first
-// come first served or (fairBy) in turn over 4 tenants. (Deno.bench awaits
-// only async functions.)
+// come first served or (fairBy) over 4 tenants, in turn or by time.
+// (Deno.bench awaits only async functions.)
 const TENANTS = ["a", "b", "c", "d"];
-async function burstHub(fair: boolean): Promise<[Hub, AnsweringConn[]]> {
+async function burstHub(
+  fair: "off" | "requests" | "time",
+): Promise<[Hub, AnsweringConn[]]> {
   const hub = new Hub({
     handshakeWait: 0,
     headTimeout: 0,
-    fairBy: fair ? "header:x-tenant" : undefined,
+    fairBy: fair === "off" ? undefined : "header:x-tenant",
+    fairShare: fair === "off" ? undefined : fair,
   });
   const conns = [new AnsweringConn(), new AnsweringConn()];
   for (const conn of conns) hub.addWorker(conn, "127.0.0.1:40000");
@@ -110,8 +114,9 @@ async function burstHub(fair: boolean): Promise<[Hub, AnsweringConn[]]> {
   }
   return [hub, conns];
 }
-const [fifoHub, fifoConns] = await burstHub(false);
-const [fairHub, fairConns] = await burstHub(true);
+const [fifoHub, fifoConns] = await burstHub("off");
+const [fairHub, fairConns] = await burstHub("requests");
+const [timeHub, timeConns] = await burstHub("time");
 
 async function burst(target: Hub): Promise<void> {
   const all: Promise<Response>[] = [];
@@ -140,6 +145,12 @@ Deno.bench("16 at once through 2 slots: fairBy, 4 tenants", {
   group: "queued burst",
 }, async () => await burst(fairHub));
 
+Deno.bench("16 at once through 2 slots: fairBy by time, 4 tenants", {
+  group: "queued burst",
+}, async () => await burst(timeHub));
+
 globalThis.addEventListener("unload", () => {
-  for (const conn of [...conns, ...fifoConns, ...fairConns]) conn.close();
+  for (const conn of [...conns, ...fifoConns, ...fairConns, ...timeConns]) {
+    conn.close();
+  }
 });

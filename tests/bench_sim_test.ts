@@ -330,6 +330,72 @@ Deno.test("fair simulation with one key is the FIFO simulation; a burst of one k
   assert.equal(Math.max(...fair.finish), Math.max(...f.finish));
 });
 
+Deno.test("fair simulation by time serves the key that has used least; a key back from idle starts at the clock", () => {
+  // One server. A (key 0) has 100 ms jobs at 0, 1, 2; B (key 1) 10 ms jobs
+  // at 3, 4, 5, 6. A's first starts at once (A has used 100); then B's four
+  // (B 40 < 100), then A's. By requests: A, B, A, B, B, B.
+  const arrivals = [0, 1, 2, 3, 4, 5, 6];
+  const service = [100, 100, 100, 10, 10, 10, 10];
+  const keys = [0, 0, 0, 1, 1, 1, 1];
+  const time = simulateFair(arrivals, service, keys, 1, { share: "time" });
+  assert.deepEqual(Array.from(time.start), [0, 140, 240, 100, 110, 120, 130]);
+  const turns = simulateFair(arrivals, service, keys, 1);
+  assert.deepEqual(Array.from(turns.start), [0, 100, 210, 200, 310, 320, 330]);
+  // C (key 2) arrives at 150, idle until then: it starts level with the
+  // clock (A's 100 when its second job started), not at 0, so it does not
+  // go ahead of everything for what it did not use: A (200) and C (100)
+  // tie-break by rotation, and C goes before A's third.
+  const late = simulateFair(
+    [0, 1, 2, 3, 150],
+    [100, 100, 100, 10, 50],
+    [0, 0, 0, 1, 2],
+    1,
+    { share: "time" },
+  );
+  assert.deepEqual(Array.from(late.start), [0, 110, 260, 100, 210]);
+});
+
+Deno.test("fair simulation by time: with jobs ten times longer, a burst no longer takes the light keys' share", () => {
+  // Light keys 1..3 at 50% of 4 servers; key 0 sends 100 jobs of 200 ms
+  // mean at 1 s. By turns it gets ten times the light keys' time per turn
+  // and their requests back up; by time they keep their share.
+  const light = makeTrace({
+    workers: 4,
+    load: 0.5,
+    meanMs: 20,
+    dist: "exp",
+    durationMs: 10_000,
+    seed: 24,
+  });
+  const arrivals = [...light.arrivals];
+  const service = [...light.service];
+  const keys = Array.from(light.arrivals, (_, i) => 1 + (i % 3));
+  const at = arrivals.findIndex((a) => a > 1000);
+  arrivals.splice(at, 0, ...new Array(100).fill(1000));
+  service.splice(at, 0, ...new Array(100).fill(200));
+  keys.splice(at, 0, ...new Array(100).fill(0));
+  const waitOfLight = (wait: Float64Array) =>
+    mean(wait.filter((_, i) => keys[i] !== 0));
+  const turns = simulateFair(arrivals, service, keys, 4);
+  const time = simulateFair(arrivals, service, keys, 4, { share: "time" });
+  assert.ok(
+    waitOfLight(time.wait) * 5 < waitOfLight(turns.wait),
+    `light mean wait ${waitOfLight(time.wait)} by time, ${
+      waitOfLight(turns.wait)
+    } by turns`,
+  );
+  // One key: the FIFO simulation.
+  const fifo = simulateFifo(light.arrivals, light.service, 4);
+  const one = simulateFair(
+    light.arrivals,
+    light.service,
+    new Int32Array(light.arrivals.length),
+    4,
+    { share: "time" },
+  );
+  assert.deepEqual(one.start, fifo.start);
+});
+
 Deno.test("priority simulation with one class is the FIFO simulation", () => {
   const trace = makeTrace({
     workers: 4,
@@ -629,12 +695,29 @@ Deno.test("fairness benchmark: plans are bounded and checked; the trace holds th
   assert.equal(full.workers, 4);
   assert.equal(full.burst, 400);
   assert.ok(fairSeconds(full) < 300, `full ${fairSeconds(full)} s`);
+  assert.equal(full.heavyMs, full.meanMs);
+  assert.equal(full.name, "fairness");
   const smoke = fairPlan(["--smoke"]);
   assert.ok(smoke !== "help" && smoke.mode === "smoke" && smoke.out === null);
+  const long = fairPlan(["--heavy-ms=200", "--burst=100", "--name=f-time"]);
+  assert.ok(long !== "help" && long.heavyMs === 200 && long.name === "f-time");
+  assert.ok(fairSeconds(long) < 300, `heavy ${fairSeconds(long)} s`);
+  const made = makeFairTrace(long);
+  const heavyMean = mean(
+    made.trace.service.filter((_, i) => made.tenant[i] === 0),
+  );
+  assert.ok(heavyMean > 120 && heavyMean < 300, `heavy mean ${heavyMean}`);
   for (
-    const bad of [["--burst=0"], ["--light-load=1"], ["--burst-at=30"], [
-      "--tenants=0",
-    ]]
+    const bad of [
+      ["--burst=0"],
+      ["--light-load=1"],
+      ["--burst-at=30"],
+      [
+        "--tenants=0",
+      ],
+      ["--heavy-ms=0"],
+      ["--name=../x"],
+    ]
   ) {
     assert.throws(() => fairPlan(bad), /Invalid --/, bad.join(" "));
   }

@@ -128,6 +128,7 @@ Deno.test("hub --help exits 0 and lists its options", async () => {
       "--queue-timeout",
       "--max-request-body",
       "--fair-by",
+      "--fair-share",
       "--max-queue-per-key",
       "--priority-step",
       "--help",
@@ -135,6 +136,7 @@ Deno.test("hub --help exits 0 and lists its options", async () => {
       "POTHEAD_PORT",
       "POTHEAD_WORKER_PORT",
       "POTHEAD_FAIR_BY",
+      "POTHEAD_FAIR_SHARE",
       "POTHEAD_MAX_QUEUE_PER_KEY",
       "POTHEAD_PRIORITY_STEP",
     ]
@@ -1192,32 +1194,58 @@ Deno.test("parseRoute reads /prefix=POOL, host=POOL and host/prefix=POOL, each w
   }
 });
 
-Deno.test("hub --fair-by and --max-queue-per-key (or their variables) reach the hub's options; a flag wins over its variable", () => {
+Deno.test("hub --fair-by, --fair-share and --max-queue-per-key (or their variables) reach the hub's options; a flag wins over its variable", () => {
   const log = () => {};
-  const names = ["POTHEAD_FAIR_BY", "POTHEAD_MAX_QUEUE_PER_KEY"];
+  const names = [
+    "POTHEAD_FAIR_BY",
+    "POTHEAD_MAX_QUEUE_PER_KEY",
+    "POTHEAD_FAIR_SHARE",
+  ];
   const before = names.map((n) => Deno.env.get(n));
   try {
     for (const n of names) Deno.env.delete(n);
     const off = optionsFrom({}, log);
     assert.equal(off.fairBy, undefined);
     assert.equal(off.maxQueuePerKey, undefined);
+    assert.equal(off.fairShare, undefined);
     const flags = optionsFrom(
-      { "fair-by": "header:X-Tenant", "max-queue-per-key": "20" },
+      {
+        "fair-by": "header:X-Tenant",
+        "max-queue-per-key": "20",
+        "fair-share": "time",
+      },
       log,
     );
     assert.equal(flags.fairBy, "header:X-Tenant");
     assert.equal(flags.maxQueuePerKey, 20);
+    assert.equal(flags.fairShare, "time");
     Deno.env.set("POTHEAD_FAIR_BY", "ip");
     Deno.env.set("POTHEAD_MAX_QUEUE_PER_KEY", "5");
+    Deno.env.set("POTHEAD_FAIR_SHARE", "time");
     const env = optionsFrom({}, log);
     assert.equal(env.fairBy, "ip");
     assert.equal(env.maxQueuePerKey, 5);
+    assert.equal(env.fairShare, "time");
     const both = optionsFrom(
-      { "fair-by": "header:x-user", "max-queue-per-key": "7" },
+      {
+        "fair-by": "header:x-user",
+        "max-queue-per-key": "7",
+        "fair-share": "requests",
+      },
       log,
     );
     assert.equal(both.fairBy, "header:x-user");
     assert.equal(both.maxQueuePerKey, 7);
+    assert.equal(both.fairShare, "requests");
+    for (const bad of ["", "Time", "turns", "worker-time"]) {
+      assert.throws(
+        () => optionsFrom({ "fair-by": "ip", "fair-share": bad }, log),
+        new RegExp(
+          `Invalid --fair-share: expected requests or time, got "${bad}"`,
+        ),
+      );
+    }
+    Deno.env.delete("POTHEAD_FAIR_SHARE");
     for (
       const bad of ["IP", "header:", "header:a b", "cookie:x", "ip,header:x"]
     ) {
@@ -1298,7 +1326,7 @@ Deno.test("hub --priority-step (or its variable, or a pool's priorityStep in --c
   }
 });
 
-Deno.test("hub --config: a pool's fairBy and maxQueuePerKey reach the hub's options", async () => {
+Deno.test("hub --config: a pool's fairBy, fairShare and maxQueuePerKey reach the hub's options", async () => {
   const file = await Deno.makeTempFile({ suffix: ".json" });
   const log = () => {};
   try {
@@ -1306,14 +1334,18 @@ Deno.test("hub --config: a pool's fairBy and maxQueuePerKey reach the hub's opti
       file,
       JSON.stringify({
         pools: {
-          gpu: { fairBy: "header:x-tenant", maxQueuePerKey: 3 },
+          gpu: {
+            fairBy: "header:x-tenant",
+            maxQueuePerKey: 3,
+            fairShare: "time",
+          },
           cpu: { fairBy: null },
         },
       }),
     );
     const { pools } = optionsFrom({ config: file, "fair-by": "ip" }, log);
     assert.deepEqual(pools, {
-      gpu: { fairBy: "header:x-tenant", maxQueuePerKey: 3 },
+      gpu: { fairBy: "header:x-tenant", maxQueuePerKey: 3, fairShare: "time" },
       cpu: { fairBy: null },
     });
   } finally {
@@ -1363,6 +1395,24 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         {},
         '{"pools": {"gpu": {"maxQueuePerKey": 0}}}',
         /Invalid option "pools.gpu.maxQueuePerKey": expected a number >= 1/,
+      ],
+      [
+        ["--fair-share", "time"],
+        {},
+        null,
+        /invalid options: Invalid option "fairShare": .*no pool has fairBy/,
+      ],
+      [
+        ["--fair-by", "ip"],
+        { POTHEAD_FAIR_SHARE: "weights" },
+        null,
+        /Invalid --fair-share: .*"weights"/,
+      ],
+      [
+        ["--fair-by", "ip"],
+        {},
+        '{"pools": {"gpu": {"fairShare": "cost"}}}',
+        /Invalid option "pools.gpu.fairShare": expected "requests" or "time"/,
       ],
     ];
     for (const [args, env, text, message] of cases) {

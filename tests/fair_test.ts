@@ -67,7 +67,7 @@ function send(ctx: Ctx, ask: Ask): Promise<Response> {
 
 /**
  * A worker with one slot that records the paths it serves and holds the
- * first request until released.
+ * first request until released; a request with `?ms=N` takes N ms.
  */
 class HeldWorker {
   served: string[] = [];
@@ -84,6 +84,8 @@ class HeldWorker {
         this.#entered.resolve();
         await this.#hold.promise;
       }
+      const ms = Number(url.searchParams.get("ms") ?? 0);
+      if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
       return new Response(path);
     }, {
       hostname: "127.0.0.1",
@@ -537,6 +539,47 @@ Deno.test("a pool's fairBy overrides the hub's, and null turns it off for that p
   });
 });
 
+Deno.test('fairShare "time": a tenant whose jobs run longer gets fewer turns; "requests" gives it as many', async () => {
+  // A's jobs take 500 ms, B's next to nothing: by time, B's three go after
+  // A's first (A has then used 500 ms, B almost none), however slow the
+  // machine, as long as B's three take under 500 ms in all.
+  const asks: Ask[] = [
+    { path: "/a1?ms=500", headers: tenant("A") },
+    { path: "/a2?ms=500", headers: tenant("A") },
+    { path: "/b1", headers: tenant("B") },
+    { path: "/b2", headers: tenant("B") },
+    { path: "/b3", headers: tenant("B") },
+  ];
+  await withHub(
+    { fairBy: "header:x-tenant", fairShare: "time" },
+    async (ctx) => {
+      const order = await servedOrder(ctx, { path: "/hold" }, asks);
+      assert.deepEqual(order, [
+        "/a1?ms=500",
+        "/b1",
+        "/b2",
+        "/b3",
+        "/a2?ms=500",
+      ]);
+    },
+  );
+  // Per pool, and in turn.
+  await withHub({
+    fairBy: "header:x-tenant",
+    fairShare: "time",
+    pools: { default: { fairShare: "requests" } },
+  }, async (ctx) => {
+    const order = await servedOrder(ctx, { path: "/hold" }, asks);
+    assert.deepEqual(order, [
+      "/a1?ms=500",
+      "/b1",
+      "/a2?ms=500",
+      "/b2",
+      "/b3",
+    ]);
+  });
+});
+
 Deno.test("fairBy and maxQueuePerKey are checked at construction", () => {
   const make = (options: Partial<ServeHubOptions>) => () =>
     serveHub({ port: 0, workerPort: 0, ...options }).shutdown();
@@ -596,6 +639,25 @@ Deno.test("fairBy and maxQueuePerKey are checked at construction", () => {
     );
   }
   make({ fairBy: "ip", maxQueuePerKey: Infinity, maxQueue: Infinity })();
+  for (const fairShare of ["turns", "", null, 1]) {
+    assert.throws(
+      make({ fairBy: "ip", fairShare: fairShare as "time" }),
+      /Invalid option "fairShare": expected "requests" or "time", got /,
+    );
+  }
+  assert.throws(
+    make({ fairShare: "time" }),
+    /Invalid option "fairShare": it shares the workers between fair-queuing keys, and no pool has fairBy/,
+  );
+  assert.throws(
+    make({ pools: { gpu: { fairShare: "time" } } }),
+    /Invalid option "pools.gpu.fairShare": .* pool "gpu" has no fairBy/,
+  );
+  assert.throws(
+    make({ fairBy: "ip", pools: { gpu: { fairShare: "x" as "time" } } }),
+    /Invalid option "pools.gpu.fairShare": expected "requests" or "time"/,
+  );
+  make({ pools: { gpu: { fairBy: "ip", fairShare: "time" } } })();
 });
 
 Deno.test("maxQueuePerKey hub-wide applies to the pools with fairBy only", async () => {

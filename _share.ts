@@ -1,0 +1,144 @@
+/**
+ * Fair shares of worker time: how much of a pool's workers each
+ * fair-queuing key has used, for a {@linkcode FairQueue} that serves the
+ * key that has used least (start-time fair queuing over keys).
+ *
+ * What a request will cost is not known when it starts, so it is charged
+ * an estimate then (its key's recent mean, or the pool's) and corrected
+ * with what it took, in milliseconds of a busy worker connection, when
+ * that connection frees. A key is remembered only while it holds
+ * something (a request queued or running); one that comes back after that
+ * starts level with the key served last (the virtual clock), so it can
+ * neither bank an idle spell nor be made to pay for a past burst.
+ *
+ * @module
+ */
+
+/** One key's account; kept by a {@linkcode ShareLedger} while held. */
+export interface ShareEntry {
+  readonly key: string;
+  /** Milliseconds of worker time charged, on the ledger's clock. */
+  used: number;
+  /** Queued and running requests that hold it. */
+  refs: number;
+  /** Mean milliseconds its requests took (moving), or -1 before one ended. */
+  mean: number;
+}
+
+// Weight of the newest request in a key's mean, and in the pool's.
+const KEY_WEIGHT = 1 / 4;
+const POOL_WEIGHT = 1 / 16;
+
+/** Worker time used per key, in one pool (see the module docs). */
+export class ShareLedger {
+  #entries = new Map<string, ShareEntry>();
+  #clock = 0;
+  #mean = -1;
+  #listeners: ((entry: ShareEntry) => void)[] = [];
+  #released: ShareEntry[] = [];
+
+  /** Keys remembered (holding a request, or released in this task). */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** The virtual clock: what the key served last had used when it started. */
+  get clock(): number {
+    return this.#clock;
+  }
+
+  /** Mean milliseconds a request of the pool took (moving), or -1 before one ended. */
+  get mean(): number {
+    return this.#mean;
+  }
+
+  /** The entry of `key` if it is remembered. */
+  get(key: string): ShareEntry | undefined {
+    return this.#entries.get(key);
+  }
+
+  /** Calls `fn` whenever a key's `used` changes (its queues reorder). */
+  listen(fn: (entry: ShareEntry) => void): void {
+    this.#listeners.push(fn);
+  }
+
+  /**
+   * A request of `key` is queued or running: remembers the key (starting
+   * level with the clock) until as many {@linkcode release}s.
+   */
+  hold(key: string): ShareEntry {
+    let entry = this.#entries.get(key);
+    if (entry === undefined) {
+      entry = { key, used: this.#clock, refs: 0, mean: -1 };
+      this.#entries.set(key, entry);
+    }
+    entry.refs++;
+    return entry;
+  }
+
+  /**
+   * Ends one {@linkcode hold}. A key held by nothing is forgotten once the
+   * current task ends, so a request that leaves the queue to start on a
+   * worker keeps its key's account.
+   */
+  release(key: string): void {
+    const entry = this.#entries.get(key);
+    if (entry === undefined || entry.refs <= 0) return;
+    if (--entry.refs > 0) return;
+    if (this.#released.push(entry) === 1) {
+      queueMicrotask(() => this.#forget());
+    }
+  }
+
+  /**
+   * A request of `key` starts on a worker: moves the clock up to the key's
+   * use and charges it the estimate, which it returns for
+   * {@linkcode finish}. The key must be held.
+   */
+  start(key: string): number {
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return 0;
+    if (entry.used > this.#clock) this.#clock = entry.used;
+    const estimate = entry.mean >= 0
+      ? entry.mean
+      : this.#mean >= 0
+      ? this.#mean
+      : 0;
+    this.#charge(entry, estimate);
+    return estimate;
+  }
+
+  /**
+   * A request of `key` that {@linkcode start} charged `estimate` ended
+   * after `ms` on its worker: the key is charged the difference, and the
+   * means learn the time.
+   */
+  finish(key: string, estimate: number, ms: number): void {
+    if (!(ms >= 0)) ms = 0;
+    this.#mean = this.#mean < 0
+      ? ms
+      : this.#mean + (ms - this.#mean) * POOL_WEIGHT;
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return;
+    entry.mean = entry.mean < 0
+      ? ms
+      : entry.mean + (ms - entry.mean) * KEY_WEIGHT;
+    this.#charge(entry, ms - estimate);
+  }
+
+  #charge(entry: ShareEntry, ms: number): void {
+    if (ms === 0) return;
+    entry.used += ms;
+    for (const fn of this.#listeners) fn(entry);
+  }
+
+  #forget(): void {
+    const released = this.#released;
+    this.#released = [];
+    for (const entry of released) {
+      if (entry.refs === 0 && this.#entries.get(entry.key) === entry) {
+        this.#entries.delete(entry.key);
+      }
+    }
+  }
+}

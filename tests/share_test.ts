@@ -1,0 +1,161 @@
+// The worker-time ledger of fair queuing by time (_share.ts), and a
+// FairQueue ordered by it, driven by hand: no sockets, no clocks.
+
+import assert from "node:assert/strict";
+import { ShareLedger } from "../_share.ts";
+import { FairQueue } from "../_queue.ts";
+
+const microtask = () => new Promise<void>((resolve) => queueMicrotask(resolve));
+
+Deno.test("ShareLedger: a key is remembered while held and forgotten once the task that released it ends", async () => {
+  const ledger = new ShareLedger();
+  const a = ledger.hold("a");
+  assert.deepEqual({ ...a }, { key: "a", used: 0, refs: 1, mean: -1 });
+  ledger.hold("a");
+  assert.equal(a.refs, 2);
+  ledger.release("a");
+  ledger.release("a");
+  // Released, then held again in the same task (a request leaves the queue
+  // and starts on a worker): the account stays.
+  ledger.finish("a", 0, 40);
+  ledger.hold("a");
+  await microtask();
+  assert.equal(ledger.get("a"), a);
+  assert.equal(a.used, 40);
+  ledger.release("a");
+  ledger.release("a"); // one too many: ignored
+  assert.equal(a.refs, 0);
+  await microtask();
+  assert.equal(ledger.get("a"), undefined);
+  assert.equal(ledger.size, 0);
+});
+
+Deno.test("ShareLedger: start charges the key's mean, or the pool's, and finish charges the rest", () => {
+  const ledger = new ShareLedger();
+  ledger.hold("a");
+  ledger.hold("b");
+  assert.equal(ledger.start("a"), 0, "nothing known yet");
+  ledger.finish("a", 0, 100);
+  assert.equal(ledger.get("a")!.used, 100);
+  assert.equal(ledger.get("a")!.mean, 100);
+  assert.equal(ledger.mean, 100);
+  // The key's own mean.
+  assert.equal(ledger.start("a"), 100);
+  assert.equal(ledger.get("a")!.used, 200);
+  ledger.finish("a", 100, 20); // took less than charged: 80 back
+  assert.equal(ledger.get("a")!.used, 120);
+  assert.equal(ledger.get("a")!.mean, 100 + (20 - 100) / 4);
+  assert.equal(ledger.mean, 100 + (20 - 100) / 16);
+  // A key with no mean of its own is charged the pool's.
+  assert.equal(ledger.start("b"), ledger.mean);
+  // A failed clock reading charges nothing.
+  const before = ledger.get("b")!.used;
+  ledger.finish("b", 0, NaN);
+  assert.equal(ledger.get("b")!.used, before);
+  // Unknown keys change nothing.
+  assert.equal(ledger.start("zz"), 0);
+  ledger.finish("zz", 0, 5);
+  assert.equal(ledger.get("zz"), undefined);
+});
+
+Deno.test("ShareLedger: the clock is what the key served last had used; a key new or back starts there", async () => {
+  const ledger = new ShareLedger();
+  ledger.hold("a");
+  ledger.finish("a", 0, 500);
+  assert.equal(ledger.clock, 0, "finishing does not move it");
+  ledger.start("a");
+  assert.equal(ledger.clock, 500);
+  const b = ledger.hold("b");
+  assert.equal(b.used, 500, "a newcomer does not get a's 500 ms back");
+  ledger.release("a");
+  ledger.release("b");
+  await microtask();
+  // Back after an idle spell: level with the clock, not with its old debt
+  // nor with credit for the spell.
+  assert.equal(ledger.hold("a").used, 500);
+  // The clock never goes back.
+  ledger.hold("c").used = 100;
+  ledger.start("c");
+  assert.equal(ledger.clock, 500);
+});
+
+Deno.test("ShareLedger: listeners hear every change of a key's use", () => {
+  const ledger = new ShareLedger();
+  const heard: [string, number][] = [];
+  ledger.listen((entry) => heard.push([entry.key, entry.used]));
+  ledger.hold("a");
+  ledger.start("a"); // estimate 0: no change
+  ledger.finish("a", 0, 30);
+  ledger.start("a");
+  ledger.finish("a", 30, 30); // as estimated: no change
+  assert.deepEqual(heard, [["a", 30], ["a", 60]]);
+});
+
+// One worker serves two keys through a FairQueue on a ledger; `a`'s jobs
+// take `long` ms, `b`'s 10. Returns the worker time each key got in the
+// first `horizon` ms.
+function share(long: number, horizon: number, ledger?: ShareLedger) {
+  const q = new FairQueue<string>({
+    timeout: 0,
+    onTimeout: () => {},
+    keyOf: (v) => v[0],
+    ledger,
+  });
+  for (let i = 0; i < 3000; i++) {
+    q.push(`a${i}`);
+    q.push(`b${i}`);
+  }
+  const got = { a: 0, b: 0 };
+  for (let now = 0; now < horizon;) {
+    const key = q.shift()!.value[0] as "a" | "b";
+    const ms = key === "a" ? long : 10;
+    const estimate = ledger?.start(key) ?? 0;
+    ledger?.finish(key, estimate, ms);
+    got[key] += Math.min(ms, horizon - now);
+    now += ms;
+  }
+  return got;
+}
+
+Deno.test("FairQueue with a ledger: keys get equal worker time, not equal turns", () => {
+  for (const long of [30, 100, 1000]) {
+    const byTime = share(long, 20_000, new ShareLedger());
+    const share_ = byTime.a / (byTime.a + byTime.b);
+    assert.ok(
+      Math.abs(share_ - 0.5) <= long / 20_000 + 0.01,
+      `jobs of ${long} ms: a got ${(share_ * 100).toFixed(1)}% of the time`,
+    );
+    // In turn, a's share is its job length's share.
+    const byTurn = share(long, 20_000);
+    assert.ok(
+      Math.abs(byTurn.a / (byTurn.a + byTurn.b) - long / (long + 10)) < 0.01,
+    );
+  }
+});
+
+Deno.test("FairQueue with a ledger: a value put back serves next among keys that used as little, and a key's turn passes when served", () => {
+  const ledger = new ShareLedger();
+  const q = new FairQueue<string>({
+    timeout: 0,
+    onTimeout: () => {},
+    keyOf: (v) => v[0],
+    ledger,
+  });
+  for (const v of ["a1", "a2", "b1", "b2", "c1"]) q.push(v);
+  assert.equal(q.shift()!.value, "a1");
+  assert.equal(q.shift()!.value, "b1");
+  // Nothing charged yet: c, then a, b in turn.
+  q.unshift("b1", 0);
+  assert.equal(q.head!.value, "b1");
+  assert.equal(q.shift()!.value, "b1");
+  ledger.start("c");
+  ledger.finish("c", 0, 50);
+  // c has used 50 ms: a and b go first.
+  assert.deepEqual([q.shift()!.value, q.shift()!.value, q.shift()!.value], [
+    "a2",
+    "b2",
+    "c1",
+  ]);
+  assert.equal(q.size, 0);
+  assert.equal(q.keys, 0);
+});
