@@ -44,6 +44,9 @@ Options (each also as the environment variable in brackets):
                            requests (a turn each) or time (of the workers: one
                            whose jobs run longer gets fewer turns)
                            [POTHEAD_FAIR_SHARE] (requests)
+  --fair-weight KEY=W      with --fair-share time, key KEY gets W times the
+                           share of others (repeatable; W a number above 0)
+                           [POTHEAD_FAIR_WEIGHTS, KEY=W,KEY=W] (all 1)
   --max-queue-per-key N    with --fair-by, most queued requests of one key;
                            more get 429 [POTHEAD_MAX_QUEUE_PER_KEY] (no limit)
   --head-timeout T         time a worker has to send its response head, then 504;
@@ -120,11 +123,12 @@ Options (each also as the environment variable in brackets):
                            "priority" }],
                            "pools": { NAME: { "maxQueue", "queueTimeout",
                            "priorityStep", "fairBy", "fairShare",
-                           "maxQueuePerKey" } } }
+                           "fairWeights", "maxQueuePerKey" } } }
                            (queueTimeout, priorityStep: ms, or a duration
                            like "30s";
                            fairBy: "ip", "header:NAME", or null for off;
-                           fairShare: "requests" or "time")
+                           fairShare: "requests" or "time";
+                           fairWeights: { KEY: W })
   --admin-port N           admin listener: /metrics, /healthz, /readyz, /status and a
                            live status page at /; off unless given [POTHEAD_ADMIN_PORT]
   --admin-hostname ADDR    its address [POTHEAD_ADMIN_HOSTNAME] (127.0.0.1)
@@ -174,6 +178,31 @@ export function parseRoute(rule: string): Route {
     : { pool, host: match.slice(0, slash), pathPrefix: match.slice(slash) };
   if (priority !== undefined) route.priority = priority;
   return route;
+}
+
+/**
+ * Parses `--fair-weight` rules, `KEY=W` (the last `=` ends the key, which
+ * may hold one), into weights by key; a later rule for a key wins.
+ */
+export function parseWeights(rules: string[]): Record<string, number> {
+  const weights: Record<string, number> = {};
+  for (const rule of rules) {
+    const eq = rule.lastIndexOf("=");
+    const text = rule.slice(eq + 1).trim();
+    const weight = Number(text);
+    if (eq < 0 || text === "" || !(weight > 0) || !Number.isFinite(weight)) {
+      throw new UsageError(
+        `Invalid --fair-weight: expected KEY=W with W a number above 0, got "${rule}"`,
+      );
+    }
+    Object.defineProperty(weights, rule.slice(0, eq), {
+      value: weight,
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  }
+  return weights;
 }
 
 /** Builds serveHub options from parsed flags and the environment. */
@@ -288,6 +317,13 @@ export function optionsFrom(
       `Invalid --fair-share: expected requests or time, got "${fairShare}"`,
     );
   }
+  const weightRules = values["fair-weight"] as string[] | undefined;
+  const weightsEnv = Deno.env.get("POTHEAD_FAIR_WEIGHTS");
+  const fairWeights = weightRules !== undefined && weightRules.length > 0
+    ? parseWeights(weightRules)
+    : weightsEnv !== undefined && weightsEnv.trim() !== ""
+    ? parseWeights(weightsEnv.split(",").map((rule) => rule.trim()))
+    : undefined;
   const perKey = v("max-queue-per-key", "POTHEAD_MAX_QUEUE_PER_KEY");
   const step = v("priority-step", "POTHEAD_PRIORITY_STEP");
   const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
@@ -314,6 +350,7 @@ export function optionsFrom(
     queueTimeout: duration("queue-timeout", "POTHEAD_QUEUE_TIMEOUT", 30_000),
     fairBy: fairBy as ServeHubOptions["fairBy"],
     fairShare,
+    fairWeights,
     priorityStep: step === undefined
       ? undefined
       : parseDuration(step, "--priority-step", 0),
@@ -462,6 +499,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "queue-timeout": { type: "string" },
         "fair-by": { type: "string" },
         "fair-share": { type: "string" },
+        "fair-weight": { type: "string", multiple: true },
         "max-queue-per-key": { type: "string" },
         "head-timeout": { type: "string" },
         "body-idle-timeout": { type: "string" },

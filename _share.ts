@@ -9,7 +9,9 @@
  * that connection frees. A key is remembered only while it holds
  * something (a request queued or running); one that comes back after that
  * starts level with the key served last (the virtual clock), so it can
- * neither bank an idle spell nor be made to pay for a past burst.
+ * neither bank an idle spell nor be made to pay for a past burst. A key
+ * with a weight is charged its time divided by the weight, so that keys
+ * get shares in proportion to their weights.
  *
  * @module
  */
@@ -17,8 +19,10 @@
 /** One key's account; kept by a {@linkcode ShareLedger} while held. */
 export interface ShareEntry {
   readonly key: string;
-  /** Milliseconds of worker time charged, on the ledger's clock. */
+  /** Milliseconds of worker time charged (divided by the weight), on the ledger's clock. */
   used: number;
+  /** Its weight (1 unless the ledger's `weightOf` says otherwise). */
+  readonly weight: number;
   /** Queued and running requests that hold it. */
   refs: number;
   /** Mean milliseconds its requests took (moving), or -1 before one ended. */
@@ -29,13 +33,24 @@ export interface ShareEntry {
 const KEY_WEIGHT = 1 / 4;
 const POOL_WEIGHT = 1 / 16;
 
+/** Options for {@linkcode ShareLedger}. */
+export interface ShareLedgerOptions {
+  /** A key's weight (a positive finite number); 1 for every key if unset. */
+  weightOf?: (key: string) => number;
+}
+
 /** Worker time used per key, in one pool (see the module docs). */
 export class ShareLedger {
   #entries = new Map<string, ShareEntry>();
+  #weightOf: ((key: string) => number) | null;
   #clock = 0;
   #mean = -1;
   #listeners: ((entry: ShareEntry) => void)[] = [];
   #released: ShareEntry[] = [];
+
+  constructor(options: ShareLedgerOptions = {}) {
+    this.#weightOf = options.weightOf ?? null;
+  }
 
   /** Keys remembered (holding a request, or released in this task). */
   get size(): number {
@@ -69,7 +84,8 @@ export class ShareLedger {
   hold(key: string): ShareEntry {
     let entry = this.#entries.get(key);
     if (entry === undefined) {
-      entry = { key, used: this.#clock, refs: 0, mean: -1 };
+      const weight = this.#weightOf?.(key) ?? 1;
+      entry = { key, used: this.#clock, weight, refs: 0, mean: -1 };
       this.#entries.set(key, entry);
     }
     entry.refs++;
@@ -92,8 +108,8 @@ export class ShareLedger {
 
   /**
    * A request of `key` starts on a worker: moves the clock up to the key's
-   * use and charges it the estimate, which it returns for
-   * {@linkcode finish}. The key must be held.
+   * use and charges it the estimate (in milliseconds of worker time, which
+   * it returns for {@linkcode finish}). The key must be held.
    */
   start(key: string): number {
     const entry = this.#entries.get(key);
@@ -128,7 +144,7 @@ export class ShareLedger {
 
   #charge(entry: ShareEntry, ms: number): void {
     if (ms === 0) return;
-    entry.used += ms;
+    entry.used += ms / entry.weight;
     for (const fn of this.#listeners) fn(entry);
   }
 

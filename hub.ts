@@ -201,6 +201,12 @@ export interface PoolOptions {
    */
   fairShare?: FairShare;
   /**
+   * Weights of fair-queuing keys in this pool, in place of the hub-wide
+   * ones (see {@linkcode HubOptions.fairWeights}); needs `fairShare:
+   * "time"` for this pool.
+   */
+  fairWeights?: Record<string, number>;
+  /**
    * Most queued requests of one key in this pool (see
    * {@linkcode HubOptions.maxQueuePerKey}); needs `fairBy` for this pool.
    */
@@ -251,6 +257,16 @@ export interface HubOptions {
    * @default {"requests"}
    */
   fairShare?: FairShare;
+  /**
+   * With `fairShare: "time"`: weights of keys by name (positive numbers;
+   * a key not named weighs 1). Keys get worker time in proportion to their
+   * weights: a key of weight 3 is charged a third of its time, so it gets
+   * three times the share of a key of weight 1 when both have requests
+   * queued. `pools` may set their own. Setting it where no pool shares by
+   * time is an error.
+   * @default {{}}
+   */
+  fairWeights?: Record<string, number>;
   /**
    * With `fairBy`: most requests of one key that may wait in a pool's queue
    * (over all its classes). A request whose key has that many queued, and
@@ -984,6 +1000,36 @@ function checkFairShare(name: string, value: unknown): FairShare {
   );
 }
 
+// fairWeights: an object of key names to positive finite numbers; null
+// when unset.
+function checkWeights(
+  name: string,
+  value: unknown,
+): Map<string, number> | null {
+  if (value === undefined) return null;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new TypeError(
+      `Invalid option "${name}": expected an object of key names to weights, got ${
+        JSON.stringify(value)
+      }`,
+    );
+  }
+  const weights = new Map<string, number>();
+  for (const [key, weight] of Object.entries(value)) {
+    if (
+      typeof weight !== "number" || !(weight > 0) || !Number.isFinite(weight)
+    ) {
+      throw new RangeError(
+        `Invalid option "${name}": the weight of ${
+          JSON.stringify(key)
+        } must be a number above 0, got ${JSON.stringify(weight)}`,
+      );
+    }
+    weights.set(key, weight);
+  }
+  return weights;
+}
+
 function checkOption(name: string, value: number, min: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
     throw new RangeError(
@@ -1030,12 +1076,14 @@ export class Hub {
       | "consumerScheme"
       | "fairBy"
       | "fairShare"
+      | "fairWeights"
       | "maxQueuePerKey"
       | "priorityStep"
     >
   >;
   #fairBy: FairBy | null;
   #fairShare: FairShare;
+  #fairWeights: Map<string, number> | null;
   #maxQueuePerKey: number;
   #priorityStep: number;
   #scheme: "http" | "https" | null;
@@ -1213,6 +1261,7 @@ export class Hub {
     this.#poolOptions = { ...pools as Record<string, PoolOptions> };
     this.#fairBy = checkFairBy("fairBy", options.fairBy);
     this.#fairShare = checkFairShare("fairShare", options.fairShare);
+    this.#fairWeights = checkWeights("fairWeights", options.fairWeights);
     this.#maxQueuePerKey = options.maxQueuePerKey === undefined
       ? Infinity
       : checkCount("maxQueuePerKey", options.maxQueuePerKey, 1);
@@ -1220,6 +1269,8 @@ export class Hub {
       ? Infinity
       : checkOption("priorityStep", options.priorityStep, 0);
     let fairPools = 0;
+    // Pools that take the hub-wide weights: sharing by time, without their own.
+    let weightedPools = 0;
     for (const [name, p] of Object.entries(this.#poolOptions)) {
       if (!POOL_NAME.test(name)) {
         throw new TypeError(
@@ -1262,6 +1313,16 @@ export class Hub {
           );
         }
       }
+      const byTime = fairBy !== null &&
+        (p.fairShare ?? this.#fairShare) === "time";
+      if (p.fairWeights !== undefined) {
+        checkWeights(`pools.${name}.fairWeights`, p.fairWeights);
+        if (!byTime) {
+          throw new TypeError(
+            `Invalid option "pools.${name}.fairWeights": weights apply to fair shares of worker time, and pool "${name}" has no fairBy with fairShare "time"`,
+          );
+        }
+      } else if (byTime) weightedPools++;
     }
     // A per-key limit where nothing is keyed is a mistake, not a no-op.
     if (
@@ -1270,6 +1331,13 @@ export class Hub {
     ) {
       throw new TypeError(
         'Invalid option "maxQueuePerKey": it limits each fair-queuing key, and no pool has fairBy',
+      );
+    }
+    // Unnamed pools (routes, workers' own) take the hub-wide options.
+    if (this.#fairBy !== null && this.#fairShare === "time") weightedPools++;
+    if (this.#fairWeights !== null && weightedPools === 0) {
+      throw new TypeError(
+        'Invalid option "fairWeights": weights apply to fair shares of worker time, and no pool has fairBy with fairShare "time" (and no weights of its own)',
       );
     }
     if (
@@ -1357,9 +1425,14 @@ export class Hub {
     const keyOf = this.#keyFunction(
       limits.fairBy === undefined ? this.#fairBy : limits.fairBy,
     );
+    const weights = limits.fairWeights === undefined
+      ? this.#fairWeights
+      : checkWeights(`pools.${name}.fairWeights`, limits.fairWeights);
     const ledger = keyOf !== null &&
         (limits.fairShare ?? this.#fairShare) === "time"
-      ? new ShareLedger()
+      ? new ShareLedger({
+        weightOf: weights === null ? undefined : (k) => weights.get(k) ?? 1,
+      })
       : null;
     const created: Pool = {
       name,

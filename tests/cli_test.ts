@@ -129,6 +129,7 @@ Deno.test("hub --help exits 0 and lists its options", async () => {
       "--max-request-body",
       "--fair-by",
       "--fair-share",
+      "--fair-weight",
       "--max-queue-per-key",
       "--priority-step",
       "--help",
@@ -137,6 +138,7 @@ Deno.test("hub --help exits 0 and lists its options", async () => {
       "POTHEAD_WORKER_PORT",
       "POTHEAD_FAIR_BY",
       "POTHEAD_FAIR_SHARE",
+      "POTHEAD_FAIR_WEIGHTS",
       "POTHEAD_MAX_QUEUE_PER_KEY",
       "POTHEAD_PRIORITY_STEP",
     ]
@@ -1200,6 +1202,7 @@ Deno.test("hub --fair-by, --fair-share and --max-queue-per-key (or their variabl
     "POTHEAD_FAIR_BY",
     "POTHEAD_MAX_QUEUE_PER_KEY",
     "POTHEAD_FAIR_SHARE",
+    "POTHEAD_FAIR_WEIGHTS",
   ];
   const before = names.map((n) => Deno.env.get(n));
   try {
@@ -1246,6 +1249,32 @@ Deno.test("hub --fair-by, --fair-share and --max-queue-per-key (or their variabl
       );
     }
     Deno.env.delete("POTHEAD_FAIR_SHARE");
+    // Weights: repeatable KEY=W, or the variable's KEY=W,KEY=W.
+    assert.equal(optionsFrom({}, log).fairWeights, undefined);
+    assert.deepEqual(
+      optionsFrom({
+        "fair-weight": ["gold=4", "tenant=a=b=0.5", "=2", "gold=3"],
+      }, log).fairWeights,
+      { gold: 3, "tenant=a=b": 0.5, "": 2 },
+    );
+    const proto = optionsFrom({ "fair-weight": ["__proto__=2"] }, log)
+      .fairWeights!;
+    assert.deepEqual(Object.entries(proto), [["__proto__", 2]]);
+    Deno.env.set("POTHEAD_FAIR_WEIGHTS", "a=2, b=3");
+    assert.deepEqual(optionsFrom({}, log).fairWeights, { a: 2, b: 3 });
+    assert.deepEqual(
+      optionsFrom({ "fair-weight": ["c=5"] }, log).fairWeights,
+      { c: 5 },
+    );
+    for (const bad of ["gold", "gold=", "gold=0", "gold=-1", "gold=x"]) {
+      assert.throws(
+        () => optionsFrom({ "fair-weight": [bad] }, log),
+        new RegExp(
+          `Invalid --fair-weight: expected KEY=W with W a number above 0, got "${bad}"`,
+        ),
+      );
+    }
+    Deno.env.delete("POTHEAD_FAIR_WEIGHTS");
     for (
       const bad of ["IP", "header:", "header:a b", "cookie:x", "ip,header:x"]
     ) {
@@ -1413,6 +1442,18 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         {},
         '{"pools": {"gpu": {"fairShare": "cost"}}}',
         /Invalid option "pools.gpu.fairShare": expected "requests" or "time"/,
+      ],
+      [
+        ["--fair-by", "ip", "--fair-weight", "a=2"],
+        {},
+        null,
+        /Invalid option "fairWeights": .*no pool has fairBy with fairShare "time"/,
+      ],
+      [
+        ["--fair-by", "ip", "--fair-share", "time"],
+        { POTHEAD_FAIR_WEIGHTS: "a=heavy" },
+        null,
+        /Invalid --fair-weight: .*"a=heavy"/,
       ],
     ];
     for (const [args, env, text, message] of cases) {

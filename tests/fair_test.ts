@@ -580,6 +580,34 @@ Deno.test('fairShare "time": a tenant whose jobs run longer gets fewer turns; "r
   });
 });
 
+Deno.test("fairWeights: a key of weight 10 gets ten times the worker time of a key of weight 1", async () => {
+  // Jobs of 100 ms each. After a1 and b1, A has been charged 10 ms and B
+  // 100: A's next three go first (A reaches about 40), then b2.
+  const asks: Ask[] = [
+    { path: "/a1?ms=100", headers: tenant("A") },
+    { path: "/a2?ms=100", headers: tenant("A") },
+    { path: "/a3?ms=100", headers: tenant("A") },
+    { path: "/a4?ms=100", headers: tenant("A") },
+    { path: "/b1?ms=100", headers: tenant("B") },
+    { path: "/b2?ms=100", headers: tenant("B") },
+  ];
+  await withHub({
+    fairBy: "header:x-tenant",
+    fairShare: "time",
+    fairWeights: { A: 10 },
+  }, async (ctx) => {
+    const order = await servedOrder(ctx, { path: "/hold" }, asks);
+    assert.deepEqual(order, [
+      "/a1?ms=100",
+      "/b1?ms=100",
+      "/a2?ms=100",
+      "/a3?ms=100",
+      "/a4?ms=100",
+      "/b2?ms=100",
+    ]);
+  });
+});
+
 Deno.test("fairBy and maxQueuePerKey are checked at construction", () => {
   const make = (options: Partial<ServeHubOptions>) => () =>
     serveHub({ port: 0, workerPort: 0, ...options }).shutdown();
@@ -658,6 +686,50 @@ Deno.test("fairBy and maxQueuePerKey are checked at construction", () => {
     /Invalid option "pools.gpu.fairShare": expected "requests" or "time"/,
   );
   make({ pools: { gpu: { fairBy: "ip", fairShare: "time" } } })();
+  // Weights: positive numbers by key, where a pool shares by time.
+  for (const weights of [[], "a=2", null, 5]) {
+    assert.throws(
+      make({
+        fairBy: "ip",
+        fairShare: "time",
+        fairWeights: weights as unknown as Record<string, number>,
+      }),
+      /Invalid option "fairWeights": expected an object of key names to weights, got /,
+    );
+  }
+  for (const weight of [0, -1, NaN, Infinity, "2"]) {
+    assert.throws(
+      make({
+        fairBy: "ip",
+        fairShare: "time",
+        fairWeights: { a: weight as number },
+      }),
+      /Invalid option "fairWeights": the weight of "a" must be a number above 0, got /,
+    );
+  }
+  assert.throws(
+    make({ fairBy: "ip", fairWeights: { a: 2 } }),
+    /Invalid option "fairWeights": weights apply to fair shares of worker time, and no pool has fairBy with fairShare "time"/,
+  );
+  assert.throws(
+    make({ fairBy: "ip", pools: { gpu: { fairWeights: { a: 2 } } } }),
+    /Invalid option "pools.gpu.fairWeights": .* pool "gpu" has no fairBy with fairShare "time"/,
+  );
+  assert.throws(
+    make({
+      fairBy: "ip",
+      fairShare: "time",
+      pools: { gpu: { fairWeights: { a: 0 } } },
+    }),
+    /Invalid option "pools.gpu.fairWeights": the weight of "a"/,
+  );
+  make({
+    fairBy: "ip",
+    pools: {
+      gpu: { fairShare: "time", fairWeights: { a: 2, constructor: 3 } },
+    },
+  })();
+  make({ fairBy: "ip", fairShare: "time", fairWeights: { "10.0.0.1": 0.5 } })();
 });
 
 Deno.test("maxQueuePerKey hub-wide applies to the pools with fairBy only", async () => {

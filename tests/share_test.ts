@@ -10,7 +10,13 @@ const microtask = () => new Promise<void>((resolve) => queueMicrotask(resolve));
 Deno.test("ShareLedger: a key is remembered while held and forgotten once the task that released it ends", async () => {
   const ledger = new ShareLedger();
   const a = ledger.hold("a");
-  assert.deepEqual({ ...a }, { key: "a", used: 0, refs: 1, mean: -1 });
+  assert.deepEqual({ ...a }, {
+    key: "a",
+    used: 0,
+    weight: 1,
+    refs: 1,
+    mean: -1,
+  });
   ledger.hold("a");
   assert.equal(a.refs, 2);
   ledger.release("a");
@@ -91,6 +97,25 @@ Deno.test("ShareLedger: listeners hear every change of a key's use", () => {
   assert.deepEqual(heard, [["a", 30], ["a", 60]]);
 });
 
+Deno.test("ShareLedger: a key is charged its time divided by its weight; the mean stays in milliseconds", () => {
+  const ledger = new ShareLedger({
+    weightOf: (key) => key === "gold" ? 4 : 1,
+  });
+  const gold = ledger.hold("gold");
+  const base = ledger.hold("base");
+  assert.equal(gold.weight, 4);
+  assert.equal(base.weight, 1);
+  ledger.finish("gold", 0, 100);
+  ledger.finish("base", 0, 100);
+  assert.equal(gold.used, 25);
+  assert.equal(base.used, 100);
+  assert.equal(gold.mean, 100);
+  assert.equal(ledger.start("gold"), 100, "the estimate is in worker ms");
+  assert.equal(gold.used, 50);
+  ledger.finish("gold", 100, 60);
+  assert.equal(gold.used, 40);
+});
+
 // One worker serves two keys through a FairQueue on a ledger; `a`'s jobs
 // take `long` ms, `b`'s 10. Returns the worker time each key got in the
 // first `horizon` ms.
@@ -131,6 +156,27 @@ Deno.test("FairQueue with a ledger: keys get equal worker time, not equal turns"
       Math.abs(byTurn.a / (byTurn.a + byTurn.b) - long / (long + 10)) < 0.01,
     );
   }
+});
+
+Deno.test("FairQueue with a weighted ledger: worker time goes in proportion to the weights", () => {
+  // Equal jobs: a (weight 3) gets three quarters of the time.
+  const weighted = share(
+    10,
+    20_000,
+    new ShareLedger({ weightOf: (k) => k === "a" ? 3 : 1 }),
+  );
+  assert.ok(
+    Math.abs(weighted.a / (weighted.a + weighted.b) - 0.75) < 0.01,
+    `a got ${weighted.a} ms, b ${weighted.b}`,
+  );
+  // Jobs of 30 ms against 10 and weight 3: even shares of turns, three
+  // quarters of the time.
+  const long = share(
+    30,
+    20_000,
+    new ShareLedger({ weightOf: (k) => k === "a" ? 3 : 1 }),
+  );
+  assert.ok(Math.abs(long.a / (long.a + long.b) - 0.75) < 0.01);
 });
 
 Deno.test("FairQueue with a ledger: a value put back serves next among keys that used as little, and a key's turn passes when served", () => {
