@@ -330,7 +330,7 @@ export class FairQueue<T> {
     const key = this.#keyOf(value);
     let turn = this.#turns.get(key);
     if (turn === undefined) turn = this.#join(key, false);
-    else this.#ledger?.hold(key);
+    else this.#ledger?.hold(key, true);
     const node = turn.queue.push(value, since);
     this.#size++;
     return node;
@@ -348,7 +348,7 @@ export class FairQueue<T> {
     if (turn === undefined) turn = this.#join(key, true);
     else if (this.#ledger !== null) {
       turn.seq = -++this.#seq;
-      this.#ledger.hold(key);
+      this.#ledger.hold(key, true);
       this.#resift(turn);
     } else if (turn !== this.#first) {
       this.#unlink(turn);
@@ -365,7 +365,7 @@ export class FairQueue<T> {
     if (turn === null) return null;
     const node = turn.queue.shift()!;
     this.#size--;
-    this.#ledger?.release(turn.key);
+    this.#ledger?.release(turn.key, true);
     if (turn.queue.size === 0) this.#leave(turn);
     else if (this.#ledger !== null) {
       turn.seq = ++this.#seq;
@@ -417,7 +417,7 @@ export class FairQueue<T> {
     };
     this.#turns.set(key, turn);
     // The ledger holds the key once per value queued, the first one here.
-    if (this.#ledger !== null) turn.entry = this.#ledger.hold(key);
+    if (this.#ledger !== null) turn.entry = this.#ledger.hold(key, true);
     this.#link(turn, front);
     return turn;
   }
@@ -425,7 +425,7 @@ export class FairQueue<T> {
   // A value left a key without being served (it timed out or was deleted).
   #left(turn: Turn<T>): void {
     this.#size--;
-    this.#ledger?.release(turn.key);
+    this.#ledger?.release(turn.key, true);
     if (turn.queue.size === 0) this.#leave(turn);
   }
 

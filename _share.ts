@@ -10,8 +10,12 @@
  * something (a request queued or running); one that comes back after that
  * starts level with the key served last (the virtual clock), so it can
  * neither bank an idle spell nor be made to pay for a past burst. A key
- * with a weight is charged its time divided by the weight, so that keys
- * get shares in proportion to their weights.
+ * that queues again while only running requests held it is raised to the
+ * clock if it is behind it (as start-time fair queuing takes a flow's
+ * start tag as at least the virtual time): a long request, charged its
+ * estimate until it ends, must not bank the time it runs as a lead over
+ * keys that waited. A key with a weight is charged its time divided by the
+ * weight, so that keys get shares in proportion to their weights.
  *
  * @module
  */
@@ -25,6 +29,8 @@ export interface ShareEntry {
   readonly weight: number;
   /** Queued and running requests that hold it. */
   refs: number;
+  /** Of those, the queued ones (over all the queues that share the ledger). */
+  queued: number;
   /** Mean milliseconds its requests took (moving), or -1 before one ended. */
   mean: number;
 }
@@ -78,28 +84,43 @@ export class ShareLedger {
   }
 
   /**
-   * A request of `key` is queued or running: remembers the key (starting
-   * level with the clock) until as many {@linkcode release}s.
+   * A request of `key` is queued (`queued`) or running: remembers the key
+   * (starting level with the clock) until as many {@linkcode release}s. A
+   * key that had nothing queued and is behind the clock (only running
+   * requests held it while others were served) is raised to the clock.
    */
-  hold(key: string): ShareEntry {
+  hold(key: string, queued = false): ShareEntry {
     let entry = this.#entries.get(key);
     if (entry === undefined) {
       const weight = this.#weightOf?.(key) ?? 1;
-      entry = { key, used: this.#clock, weight, refs: 0, mean: -1 };
+      entry = {
+        key,
+        used: this.#clock,
+        weight,
+        refs: 0,
+        queued: 0,
+        mean: -1,
+      };
       this.#entries.set(key, entry);
     }
     entry.refs++;
+    if (queued && entry.queued++ === 0 && entry.used < this.#clock) {
+      // Set, not charged: `used` is already divided by the weight.
+      entry.used = this.#clock;
+      for (const fn of this.#listeners) fn(entry);
+    }
     return entry;
   }
 
   /**
-   * Ends one {@linkcode hold}. A key held by nothing is forgotten once the
-   * current task ends, so a request that leaves the queue to start on a
-   * worker keeps its key's account.
+   * Ends one {@linkcode hold} (of a queued request if `queued`). A key held
+   * by nothing is forgotten once the current task ends, so a request that
+   * leaves the queue to start on a worker keeps its key's account.
    */
-  release(key: string): void {
+  release(key: string, queued = false): void {
     const entry = this.#entries.get(key);
     if (entry === undefined || entry.refs <= 0) return;
+    if (queued && entry.queued > 0) entry.queued--;
     if (--entry.refs > 0) return;
     if (this.#released.push(entry) === 1) {
       queueMicrotask(() => this.#forget());

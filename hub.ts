@@ -252,7 +252,9 @@ export interface HubOptions {
    * when its worker connection frees, what it took), so a consumer whose
    * jobs run ten times longer gets a tenth of the turns. Keys compare only
    * while they have requests queued or running: a key that comes back
-   * after a spell with neither starts level with the key served last.
+   * after a spell with neither starts level with the key served last, and
+   * one that had only requests running is raised to that level when it
+   * queues again, if it is behind it.
    * Setting it where no pool has `fairBy` is an error.
    * @default {"requests"}
    */

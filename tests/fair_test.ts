@@ -608,6 +608,60 @@ Deno.test("fairWeights: a key of weight 10 gets ten times the worker time of a k
   });
 });
 
+Deno.test('fairShare "time": a tenant with a long request running does not bank its run time as a lead over the tenants served meanwhile', async () => {
+  await withHub(
+    { fairBy: "header:x-tenant", fairShare: "time" },
+    async (ctx) => {
+      // Two slots: k's long request holds one; a and b queue for the
+      // other, 10 ms a job.
+      const release = Promise.withResolvers<void>();
+      const served: string[] = [];
+      const worker = connectWorker(async (req) => {
+        if (new URL(req.url).pathname === "/long") {
+          await release.promise;
+          return new Response("long");
+        }
+        served.push(req.headers.get("x-tenant")!);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        return new Response("ok");
+      }, {
+        hostname: "127.0.0.1",
+        port: ctx.server.workerAddr.port,
+        concurrency: 2,
+      });
+      try {
+        const hub = ctx.server.hub;
+        await waitFor(() => hub.stats.idle === 2, "two slots");
+        // Through hub.fetch: a request is queued when the call returns.
+        const go = (path: string, t: string) =>
+          send(ctx, { path, headers: tenant(t), ip: "10.0.0.1" }).then((r) =>
+            r.text()
+          );
+        const long = go("/long", "k");
+        await waitFor(() => hub.stats.idle === 1, "the long request running");
+        const all: Promise<string>[] = [];
+        for (let i = 0; i < 30; i++) all.push(go("/a", "a"), go("/b", "b"));
+        await waitFor(() => served.length >= 30, "a and b served a while");
+        const from = served.length;
+        for (let i = 0; i < 10; i++) all.push(go("/k", "k"));
+        await Promise.all(all);
+        // k takes its turns with a and b (by the clock), not its ten first
+        // (its account still at the estimate of the long request).
+        const next = served.slice(from, from + 9).join("");
+        assert.ok(
+          (next.match(/k/g) ?? []).length <= 4,
+          `served after k queued: ${next}`,
+        );
+        release.resolve();
+        assert.equal(await long, "long");
+      } finally {
+        release.resolve();
+        await worker.close();
+      }
+    },
+  );
+});
+
 Deno.test("fairBy and maxQueuePerKey are checked at construction", () => {
   const make = (options: Partial<ServeHubOptions>) => () =>
     serveHub({ port: 0, workerPort: 0, ...options }).shutdown();

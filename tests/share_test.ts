@@ -15,6 +15,7 @@ Deno.test("ShareLedger: a key is remembered while held and forgotten once the ta
     used: 0,
     weight: 1,
     refs: 1,
+    queued: 0,
     mean: -1,
   });
   ledger.hold("a");
@@ -116,6 +117,21 @@ Deno.test("ShareLedger: a key is charged its time divided by its weight; the mea
   assert.equal(gold.used, 40);
 });
 
+Deno.test("ShareLedger: a weighted key raised to the clock is at the clock, not past it", () => {
+  const ledger = new ShareLedger({ weightOf: (k) => k === "w" ? 4 : 1 });
+  ledger.hold("a");
+  ledger.finish("a", 0, 400);
+  ledger.start("a"); // clock 400
+  const w = ledger.hold("w"); // running only: starts at the clock
+  ledger.hold("a", true);
+  ledger.finish("a", 0, 0);
+  ledger.start("a"); // clock moves on to a's use
+  assert.equal(ledger.clock, 800);
+  assert.ok(w.used < ledger.clock);
+  ledger.hold("w", true);
+  assert.equal(w.used, ledger.clock);
+});
+
 // One worker serves two keys through a FairQueue on a ledger; `a`'s jobs
 // take `long` ms, `b`'s 10. Returns the worker time each key got in the
 // first `horizon` ms.
@@ -204,4 +220,62 @@ Deno.test("FairQueue with a ledger: a value put back serves next among keys that
   ]);
   assert.equal(q.size, 0);
   assert.equal(q.keys, 0);
+});
+
+Deno.test("FairQueue with a ledger: a key that only had a request running while others were served queues level with the clock, not ahead by that time", () => {
+  // k has a long request running (a WebSocket, a long poll), charged its
+  // estimate until it ends, and nothing queued; a and b are served 100
+  // jobs of 10 ms meanwhile. When k queues again it must not be 500 ms
+  // ahead of them: it takes its turns with theirs, as a key that had
+  // nothing running would.
+  const order = (running: boolean) => {
+    const ledger = new ShareLedger();
+    const q = new FairQueue<string>({
+      timeout: 0,
+      onTimeout: () => {},
+      keyOf: (v) => v[0],
+      ledger,
+    });
+    if (running) {
+      ledger.hold("k");
+      ledger.start("k");
+    }
+    for (let i = 0; i < 100; i++) q.push(`a${i}`), q.push(`b${i}`);
+    const serve = () => {
+      const key = q.shift()!.value[0];
+      ledger.hold(key);
+      ledger.finish(key, ledger.start(key), 10);
+      ledger.release(key);
+      return key;
+    };
+    for (let i = 0; i < 100; i++) serve();
+    for (let i = 0; i < 40; i++) q.push(`k${i}`);
+    let out = "";
+    for (let i = 0; i < 12; i++) out += serve();
+    return out;
+  };
+  assert.equal(order(false), "kabkabkabkab");
+  assert.equal(order(true), "kabkabkabkab");
+});
+
+Deno.test("ShareLedger: a key queued again is raised to the clock only if nothing of it was queued", () => {
+  const ledger = new ShareLedger();
+  const k = ledger.hold("k"); // running
+  ledger.hold("a", true);
+  ledger.finish("a", ledger.start("a"), 0);
+  ledger.get("a")!.used = 300;
+  ledger.start("a"); // the clock: 300
+  assert.equal(ledger.clock, 300);
+  assert.equal(k.used, 0);
+  ledger.hold("k", true);
+  assert.deepEqual([k.used, k.queued, k.refs], [300, 1, 2]);
+  // Queued already: not raised again (it is behind only by waiting).
+  k.used = 100;
+  ledger.hold("k", true);
+  assert.deepEqual([k.used, k.queued, k.refs], [100, 2, 3]);
+  ledger.release("k", true);
+  ledger.release("k", true);
+  assert.deepEqual([k.queued, k.refs], [0, 1]);
+  ledger.hold("k", true);
+  assert.equal(k.used, 300);
 });
