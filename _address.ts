@@ -25,23 +25,32 @@ export function addressOnly(entry: string): string {
  * The key of a consumer's address: an IPv4 address whole; an IPv6 address
  * by its first 64 bits, as `"2001:db8:0:1::/64"`, because one subscriber
  * is given at least a /64 (RFC 6177) and could otherwise take a new key for
- * every request; an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, what a
- * dual-stack listener reports) as its IPv4 address. Anything else that is
- * not an IPv6 address is returned as it is.
+ * every request; an IPv6 address that stands for an IPv4 one as that IPv4
+ * address: IPv4-mapped (`::ffff:192.0.2.1`, what a dual-stack listener
+ * reports), IPv4-translated (`::ffff:0:192.0.2.1`, RFC 7915) and the NAT64
+ * well-known prefix (`64:ff9b::192.0.2.1`, RFC 6052), which would
+ * otherwise put every IPv4 consumer behind a translator in one key.
+ * Anything else that is not an IPv6 address is returned as it is.
  */
 export function addressKey(address: string): string {
   if (address.indexOf(":") < 0) return address;
   const groups = ipv6Groups(address);
   if (groups === null) return address;
-  if (
-    groups[0] === 0 && groups[1] === 0 && groups[2] === 0 && groups[3] === 0 &&
-    groups[4] === 0 && groups[5] === 0xffff
-  ) {
+  if (embedsIpv4(groups)) {
     return `${groups[6] >> 8}.${groups[6] & 255}.${groups[7] >> 8}.${
       groups[7] & 255
     }`;
   }
   return `${groups.slice(0, 4).map((g) => g.toString(16)).join(":")}::/64`;
+}
+
+// Whether the first 96 bits are a prefix whose last 32 bits are an IPv4
+// address: ::ffff:0:0/96, ::ffff:0:0:0/96 or 64:ff9b::/96.
+function embedsIpv4(g: number[]): boolean {
+  if (g[2] !== 0 || g[3] !== 0) return false;
+  if (g[0] === 0x64 && g[1] === 0xff9b) return g[4] === 0 && g[5] === 0;
+  if (g[0] !== 0 || g[1] !== 0) return false;
+  return (g[4] === 0 && g[5] === 0xffff) || (g[4] === 0xffff && g[5] === 0);
 }
 
 const HEX_GROUP = /^[0-9A-Fa-f]{1,4}$/;

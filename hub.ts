@@ -163,7 +163,7 @@ export interface Route {
 /**
  * How fair queuing tells consumers apart (see {@linkcode HubOptions.fairBy}):
  * `"ip"`, the consumer's address (an IPv6 address by its /64 prefix, an
- * IPv4-mapped one as its IPv4 address); `"header:NAME"`, the value of the
+ * IPv4-mapped, IPv4-translated or NAT64 one as its IPv4 address); `"header:NAME"`, the value of the
  * request field NAME (missing or empty: the key `""`, one group for all such
  * requests); or a function of the request and the consumer's address (the
  * whole address `"ip"` starts from; null when unknown) that returns the key.

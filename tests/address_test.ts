@@ -15,7 +15,14 @@ Deno.test("addressKey: IPv4 whole, IPv6 by its /64, IPv4-mapped as IPv4", () => 
     ["::", "0:0:0:0::/64"],
     ["::ffff:192.0.2.1", "192.0.2.1"],
     ["::FFFF:c000:201", "192.0.2.1"],
-    ["64:ff9b::192.0.2.1", "64:ff9b:0:0::/64"],
+    // Translated and NAT64 addresses stand for IPv4 consumers.
+    ["::ffff:0:192.0.2.1", "192.0.2.1"],
+    ["64:ff9b::198.51.100.7", "198.51.100.7"],
+    ["64:FF9B::c633:6407", "198.51.100.7"],
+    // Not those prefixes: an IPv6 /64 like any other.
+    ["64:ff9b:1::192.0.2.1", "64:ff9b:1:0::/64"],
+    ["::1.2.3.4", "0:0:0:0::/64"],
+    ["::ffff:1:192.0.2.1", "0:0:0:0::/64"],
     ["2001:db8:1:2:3:4:5::", "2001:db8:1:2::/64"],
   ];
   for (const [address, key] of cases) {
