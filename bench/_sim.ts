@@ -203,8 +203,9 @@ export interface FairSimOptions extends SimOptions {
  *
  * With `share: "time"` the key served is instead the one that has used
  * least service time, the first in the rotation among equals; a key with
- * nothing waiting or running when a request of it arrives starts level with
- * the clock, what the key served last had used when it started (as the
+ * nothing waiting when a request of it arrives starts level with the
+ * clock, what the key served last had used when it started: afresh if it
+ * has nothing running either, raised to it if it has and is behind (as the
  * hub's ledger).
  *
  * @param arrivals arrival times, ascending.
@@ -241,12 +242,13 @@ export function simulateFair(
   const used = new Map<number, number>();
   const busyUntil = new Map<number, number>();
   let clock = 0;
-  // A key with nothing waiting or running starts level with the clock.
+  // A key with nothing waiting starts level with the clock: afresh if it
+  // has nothing running either, and if it has, raised to it when behind.
   const arrive = (i: number) => {
     const key = keys[i];
-    if (
-      byTime && !waiting.has(key) && (busyUntil.get(key) ?? -1) <= arrivals[i]
-    ) used.set(key, clock);
+    if (!byTime || waiting.has(key)) return;
+    const idle = (busyUntil.get(key) ?? -1) <= arrivals[i];
+    used.set(key, idle ? clock : Math.max(used.get(key)!, clock));
   };
   const started = (i: number, finish: number) => {
     if (!byTime) return;
