@@ -6,7 +6,9 @@
  * What a request will cost is not known when it starts, so it is charged
  * an estimate then (its key's recent mean, or the pool's) and corrected
  * with what it took, in milliseconds of a busy worker connection, when
- * that connection frees. A key is remembered only while it holds
+ * that connection frees. The means of the keys seen last are kept after
+ * their accounts go (a light consumer is often idle between requests,
+ * and the pool's mean may be a heavy one's). A key is remembered only while it holds
  * something (a request queued or running); one that comes back after that
  * starts level with the key served last (the virtual clock), so it can
  * neither bank an idle spell nor be made to pay for a past burst. A key
@@ -35,6 +37,9 @@ export interface ShareEntry {
   mean: number;
 }
 
+// Keys whose means are kept after their accounts go, the last seen first.
+const MEANS_KEPT = 4096;
+
 // Weight of the newest request in a key's mean, and in the pool's.
 const KEY_WEIGHT = 1 / 4;
 const POOL_WEIGHT = 1 / 16;
@@ -51,6 +56,8 @@ export class ShareLedger {
   #weightOf: ((key: string) => number) | null;
   #clock = 0;
   #mean = -1;
+  // Means of recent keys, in the order they were last updated (oldest first).
+  #means = new Map<string, number>();
   #listeners: ((entry: ShareEntry) => void)[] = [];
   #released: ShareEntry[] = [];
 
@@ -99,7 +106,7 @@ export class ShareLedger {
         weight,
         refs: 0,
         queued: 0,
-        mean: -1,
+        mean: this.#means.get(key) ?? -1,
       };
       this.#entries.set(key, entry);
     }
@@ -160,6 +167,10 @@ export class ShareLedger {
     entry.mean = entry.mean < 0
       ? ms
       : entry.mean + (ms - entry.mean) * KEY_WEIGHT;
+    const means = this.#means;
+    means.delete(key);
+    means.set(key, entry.mean);
+    if (means.size > MEANS_KEPT) means.delete(means.keys().next().value!);
     this.#charge(entry, ms - estimate);
   }
 

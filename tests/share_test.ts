@@ -65,6 +65,32 @@ Deno.test("ShareLedger: start charges the key's mean, or the pool's, and finish 
   assert.equal(ledger.get("zz"), undefined);
 });
 
+Deno.test("ShareLedger: a key's mean outlives its account, for the 4096 keys seen last", async () => {
+  const ledger = new ShareLedger();
+  ledger.hold("heavy");
+  ledger.finish("heavy", 0, 1000);
+  ledger.hold("light");
+  ledger.finish("light", 0, 10);
+  ledger.release("light");
+  await microtask();
+  assert.equal(ledger.get("light"), undefined, "the account went");
+  ledger.hold("light");
+  assert.equal(ledger.start("light"), 10, "its own mean, not the pool's");
+  assert.ok(ledger.mean > 500);
+  // 4096 other keys later, its mean is gone too.
+  ledger.release("light");
+  for (let i = 0; i < 4096; i++) {
+    ledger.hold(`k${i}`);
+    ledger.finish(`k${i}`, 0, 1);
+    ledger.release(`k${i}`);
+  }
+  await microtask();
+  ledger.hold("light");
+  assert.equal(ledger.start("light"), ledger.mean);
+  ledger.hold("k4095");
+  assert.equal(ledger.start("k4095"), 1);
+});
+
 Deno.test("ShareLedger: the clock is what the key served last had used; a key new or back starts there", async () => {
   const ledger = new ShareLedger();
   ledger.hold("a");
