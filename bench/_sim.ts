@@ -98,6 +98,15 @@ function emptyResult(n: number): SimResult {
   };
 }
 
+/** Options for {@linkcode simulatePriority}. */
+export interface PrioritySimOptions extends SimOptions {
+  /**
+   * Milliseconds of waiting one class is worth; Infinity is strict.
+   * @default {Infinity}
+   */
+  step?: number;
+}
+
 /**
  * Simulates a central queue with strict priority classes in front of
  * `servers` servers: whenever a server frees, it takes the request of the
@@ -107,11 +116,16 @@ function emptyResult(n: number): SimResult {
  * hub's priority queue, with no dispatch cost; with one class it is
  * {@linkcode simulateFifo}.
  *
+ * With a `step`, classes age instead (the hub's `priorityStep`): of the
+ * requests waiting, the one whose arrival less its class × `step` is
+ * earliest goes first (a tie to the higher class).
+ *
  * @param arrivals arrival times, ascending.
  * @param service service time of each request.
  * @param classes priority class of each request (higher is served first).
  * @param servers how many servers.
- * @param options dispatch gap model (as {@linkcode simulateFifo}'s).
+ * @param options dispatch gap model (as {@linkcode simulateFifo}'s) and
+ * the step.
  * @returns start, finish, latency and wait of every request.
  */
 export function simulatePriority(
@@ -119,7 +133,7 @@ export function simulatePriority(
   service: ArrayLike<number>,
   classes: ArrayLike<number>,
   servers: number,
-  options: SimOptions = {},
+  options: PrioritySimOptions = {},
 ): SimResult {
   const n = checkInput(arrivals, service, classes, "classes", servers);
   // Each class's requests in arrival order, classes highest first; `head`
@@ -137,9 +151,10 @@ export function simulatePriority(
     if (list === undefined) byClass.set(c, list = []);
     list.push(i);
   }
-  const levels = [...byClass.entries()].sort((a, b) => b[0] - a[0]).map((
-    [, list],
-  ) => list);
+  const sorted = [...byClass.entries()].sort((a, b) => b[0] - a[0]);
+  const levels = sorted.map(([, list]) => list);
+  const worth = sorted.map(([c]) => c);
+  const stepMs = options.step ?? Infinity;
   const head = new Int32Array(levels.length);
   const gap = options.dispatchGapMs ?? 0;
   // When each server can next start a job. K is small (≤ a few hundred), so a
@@ -153,13 +168,22 @@ export function simulatePriority(
     const t = freeAt[best];
     // The highest class with a request waiting at t; failing that, the
     // request that arrives next (the highest class among equal arrivals).
-    let pick = -1, next = -1;
+    let pick = -1, next = -1, pickAt = Infinity;
     for (let l = 0; l < levels.length; l++) {
       if (head[l] >= levels[l].length) continue;
       const a = arrivals[levels[l][head[l]]];
       if (a <= t) {
-        pick = l;
-        break;
+        if (stepMs === Infinity) {
+          pick = l;
+          break;
+        }
+        // Aging: the earliest arrival less its class's worth.
+        const at = a - worth[l] * stepMs;
+        if (pick < 0 || at < pickAt) {
+          pick = l;
+          pickAt = at;
+        }
+        continue;
       }
       if (next < 0 || a < arrivals[levels[next][head[next]]]) next = l;
     }

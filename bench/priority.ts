@@ -18,15 +18,18 @@
  * priority (`simulatePriority`); and against the same simulations with a
  * dispatch gap (`--model-gap-ms`, a server idle that long after each job
  * before it takes a queued request), a model of the hub's own hand-over.
+ * With `--step-ms`, the hub runs with `--priority-step` and the classes
+ * age (as the simulation with the same step) instead of being strict.
  *
  * ```sh
  * deno run -A bench/priority.ts [--smoke] [--k=4] [--loads=0.9,0.95]
- *   [--mean-ms=20] [--share=0.2] [--duration=60] [--seed=1] [--out=DIR]
+ *   [--mean-ms=20] [--share=0.2] [--step-ms=MS] [--duration=60] [--seed=1]
+ *   [--name=priority] [--out=DIR]
  * ```
  *
- * Writes `priority.md` and `priority.json` under `bench/results/` (a
- * temporary directory for `--smoke`, which checks only that every request
- * was answered, never a timing).
+ * Writes `NAME.md` and `NAME.json` (`priority.*` by default) under
+ * `bench/results/` (a temporary directory for `--smoke`, which checks only
+ * that every request was answered, never a timing).
  *
  * @module
  */
@@ -67,6 +70,10 @@ export interface Plan {
   share: number;
   /** The interactive class in the priority run (batch is 0). */
   priority: number;
+  /** The hub's `--priority-step` in ms; Infinity: strict classes. */
+  stepMs: number;
+  /** Report file name, without extension. */
+  name: string;
   /** Trace length per load, seconds. */
   durationS: number;
   /** Warm-up (saturated burst of 1 ms jobs), seconds. */
@@ -89,11 +96,14 @@ const HELP = `Usage: deno run -A bench/priority.ts [options]
   --mean-ms=20        mean (exponential) service time
   --share=0.2         probability that a request is interactive
   --priority=10       X-Pothead-Priority of interactive requests (1..1000)
+  --step-ms=MS        the hub's --priority-step (default: none, strict):
+                      a class is worth MS ms of waiting
   --duration=S        trace length per load in seconds (default 60)
   --seed=N            trace seed (default 1)
   --model-gap-ms=MS   dispatch gap of the model simulations (default 0.5,
                       about the hub's median gap at K=4 in queueing.md)
-  --out=DIR           where to write priority.{md,json}
+  --out=DIR           where to write NAME.{md,json}
+  --name=priority     the report's file name
   --nice=N            nice value for the benchmark and all it starts
                       (default -10 as root, to keep other jobs' noise out)
 `;
@@ -113,6 +123,8 @@ export function parsePlan(args: string[]): Plan | "help" {
       "mean-ms": { type: "string" },
       share: { type: "string" },
       priority: { type: "string" },
+      "step-ms": { type: "string" },
+      name: { type: "string" },
       duration: { type: "string" },
       seed: { type: "string" },
       "model-gap-ms": { type: "string" },
@@ -132,8 +144,22 @@ export function parsePlan(args: string[]): Plan | "help" {
   if (loads.length === 0) throw new RangeError("Invalid --loads: empty");
   const integer = (lo: number, hi: number) => (n: number) =>
     Number.isInteger(n) && n >= lo && n <= hi;
+  const name = values.name ?? "priority";
+  if (!/^[A-Za-z0-9_-]+$/.test(name)) {
+    throw new RangeError(
+      `Invalid --name: expected letters, digits, "-" or "_", got "${name}"`,
+    );
+  }
   return {
     mode: smoke ? "smoke" : "full",
+    name,
+    stepMs: numberFlag(
+      "step-ms",
+      values["step-ms"],
+      Infinity,
+      (n) => n >= 0 && n <= 3_600_000,
+      "[0, 3600000]",
+    ),
     workers: numberFlag("k", values.k, smoke ? 2 : 4, integer(1, 64), "1..64"),
     loads: loads.sort((a, b) => a - b),
     meanMs: numberFlag(
@@ -333,10 +359,18 @@ export function renderMarkdown(report: Report): string {
     `Open-loop Poisson arrivals (seed ${plan.seed}), exponential service times with mean ${plan.meanMs} ms, ${plan.durationS} s per load; ` +
     `each request is interactive with probability ${plan.share}, else batch (its own seeded draw). ` +
     `The same trace runs twice through the same hub: **fifo**, no request carries a priority (one FIFO queue); ` +
-    `**priority**, interactive requests send \`X-Pothead-Priority: ${plan.priority}\` and batch ones nothing (class 0). ` +
+    `**priority**, interactive requests send \`X-Pothead-Priority: ${plan.priority}\` and batch ones nothing (class 0)${
+      plan.stepMs === Infinity
+        ? ""
+        : `; the hub runs with \`--priority-step ${plan.stepMs}ms\`, so a class is worth ${plan.stepMs} ms of waiting and an interactive request goes ahead of batch ones that arrived up to ${
+          plan.stepMs * plan.priority
+        } ms before it, not of older ones`
+    }. ` +
     `The order of the two runs alternates from load to load. ` +
     `Latency runs from the client sending a request to the last byte of its answer. ` +
-    `**ideal** is a discrete-event simulation of one central queue on the same trace with no dispatch or network cost: FIFO (\`simulateFifo\`) and strict non-preemptive priority (\`simulatePriority\`, bench/_sim.ts); ` +
+    `**ideal** is a discrete-event simulation of one central queue on the same trace with no dispatch or network cost: FIFO (\`simulateFifo\`) and ${
+      plan.stepMs === Infinity ? "strict" : `aged (step ${plan.stepMs} ms)`
+    } non-preemptive priority (\`simulatePriority\`, bench/_sim.ts); ` +
     `**model** is the same with each server idle ${plan.modelGapMs} ms after each job before it takes a queued request (about the hub's median dispatch gap at K=4 in queueing.md). ` +
     "A trace's own utilisation (its work over its span and K) differs from the asked load by chance; near saturation the queue is very sensitive to both.",
     "",
@@ -490,7 +524,9 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       mode: "sleep",
       dir,
       maxSeconds,
-      hubArgs: ["--trust-priority"],
+      hubArgs: plan.stepMs === Infinity
+        ? ["--trust-priority"]
+        : ["--trust-priority", "--priority-step", `${plan.stepMs}ms`],
     });
     try {
       const [hub] = running.systems;
@@ -527,7 +563,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
               trace.service,
               classes,
               plan.workers,
-              { dispatchGapMs: gap },
+              { dispatchGapMs: gap, step: plan.stepMs },
             ).latency,
             marked,
           ),
@@ -620,7 +656,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   }
   const dirOut = out ?? await Deno.makeTempDir({ prefix: "pothead-smoke-" });
   if (!failed || plan.mode === "smoke") {
-    await writeReport(dirOut, "priority", renderMarkdown(report), report);
+    await writeReport(dirOut, plan.name, renderMarkdown(report), report);
   }
   log(`done in ${Math.round(report.elapsedS)} s`);
   if (plan.mode === "smoke") log("smoke: timings not judged");

@@ -261,6 +261,29 @@ Deno.test("priority simulation serves the higher class first, FIFO within a clas
   assert.deepEqual(Array.from(t.server), [0, 1, 0, 0]);
 });
 
+Deno.test("priority simulation with a step: a class is worth class × step ms of waiting", () => {
+  // One server, 10 ms jobs; class 0 at 0 (starts at once), 1 and 2, class 1
+  // at 5 and 6. Step 3: class 1 counts as arrived at 2 and 3. At 10 the
+  // class-0 request of 1 goes (1 before 2); at 20 class 1's of 5 (2 ties
+  // with class 0's 2: the higher class); at 30 class 0's of 2, at 40 the
+  // last.
+  const arrivals = [0, 1, 2, 5, 6];
+  const service = [10, 10, 10, 10, 10];
+  const classes = [0, 0, 0, 1, 1];
+  const aged = simulatePriority(arrivals, service, classes, 1, { step: 3 });
+  assert.deepEqual(Array.from(aged.start), [0, 10, 30, 20, 40]);
+  // Strict (no step): class 1 first, then class 0.
+  const strict = simulatePriority(arrivals, service, classes, 1);
+  assert.deepEqual(Array.from(strict.start), [0, 30, 40, 10, 20]);
+  // A step of 0 is first come, first served.
+  const none = simulatePriority(arrivals, service, classes, 1, { step: 0 });
+  const fifo = simulateFifo(arrivals, service, 1);
+  assert.deepEqual(none.start, fifo.start);
+  // A large step is strict again.
+  const large = simulatePriority(arrivals, service, classes, 1, { step: 1e9 });
+  assert.deepEqual(large.start, strict.start);
+});
+
 Deno.test("fair simulation serves waiting keys in turn, each key in order of arrival", () => {
   // One server, 10 ms jobs: key 0 (A) at 0, 1, 2, 3; key 1 (B) at 4, 5. The
   // first starts at once; then A, B, A, B, A.
@@ -668,6 +691,13 @@ Deno.test("priority benchmark: plans are bounded, flags validated, runs split by
   assert.throws(() => priorityPlan(["--priority=0"]), RangeError);
   assert.throws(() => priorityPlan(["--loads=0.9,1"]), RangeError);
   assert.throws(() => priorityPlan(["--k=2.5"]), RangeError);
+  assert.throws(() => priorityPlan(["--step-ms=-1"]), RangeError);
+  assert.throws(() => priorityPlan(["--name=a/b"]), RangeError);
+  assert.equal(full.stepMs, Infinity, "strict unless asked");
+  assert.equal(full.name, "priority");
+  const aged = priorityPlan(["--step-ms=20", "--name=priority-step"]);
+  assert.ok(aged !== "help" && aged.stepMs === 20);
+  assert.equal(aged.name, "priority-step");
   assert.equal(priorityPlan(["--help"]), "help");
   const sample = (sent: number, done: number, status = 200) => ({
     scheduled: sent,
