@@ -44,8 +44,8 @@ Options (each also as the environment variable in brackets):
                            requests (a turn each) or time (of the workers: one
                            whose jobs run longer gets fewer turns)
                            [POTHEAD_FAIR_SHARE] (requests)
-  --fair-weight KEY=W      with --fair-share time, key KEY gets W times the
-                           share of others (repeatable; W a number above 0)
+  --fair-weight KEY=W      with --fair-by, key KEY gets W times the share of
+                           others (repeatable; W a number above 0)
                            [POTHEAD_FAIR_WEIGHTS, KEY=W,KEY=W] (all 1)
   --max-queue-per-key N    with --fair-by, most queued requests of one key;
                            more get 429 [POTHEAD_MAX_QUEUE_PER_KEY] (no limit)

@@ -268,11 +268,15 @@ export class FairQueue<T> {
     this.#keyOf = options.keyOf;
     this.#priority = options.priority ?? 0;
     this.#ledger = options.ledger ?? null;
-    this.#ledger?.listen((entry) => {
-      const turn = this.#turns.get(entry.key);
-      if (turn !== undefined && turn.entry === entry) this.#resift(turn);
-    });
   }
+
+  // With a ledger, a key's use changed: its place in the heap follows. Heard
+  // only while a key waits here, so a charge costs the classes that hold
+  // something, not every class ever made.
+  #heard = (entry: ShareEntry): void => {
+    const turn = this.#turns.get(entry.key);
+    if (turn !== undefined && turn.entry === entry) this.#resift(turn);
+  };
 
   /** Number of waiting values, over all keys. */
   get size(): number {
@@ -415,6 +419,7 @@ export class FairQueue<T> {
       index: -1,
       seq: front ? -++this.#seq : ++this.#seq,
     };
+    if (this.#turns.size === 0) this.#ledger?.listen(this.#heard);
     this.#turns.set(key, turn);
     // The ledger holds the key once per value queued, the first one here.
     if (this.#ledger !== null) turn.entry = this.#ledger.hold(key, true);
@@ -434,6 +439,7 @@ export class FairQueue<T> {
   #leave(turn: Turn<T>): void {
     this.#unlink(turn);
     this.#turns.delete(turn.key);
+    if (this.#turns.size === 0) this.#ledger?.unlisten(this.#heard);
   }
 
   #link(turn: Turn<T>, front: boolean): void {

@@ -17,7 +17,9 @@
  * start tag as at least the virtual time): a long request, charged its
  * estimate until it ends, must not bank the time it runs as a lead over
  * keys that waited. A key with a weight is charged its time divided by the
- * weight, so that keys get shares in proportion to their weights.
+ * weight, so that keys get shares in proportion to their weights. Counting
+ * requests instead of time (`per: "request"`), each request costs 1 (over
+ * its key's weight): weighted turns.
  *
  * @module
  */
@@ -48,21 +50,29 @@ const POOL_WEIGHT = 1 / 16;
 export interface ShareLedgerOptions {
   /** A key's weight (a positive finite number); 1 for every key if unset. */
   weightOf?: (key: string) => number;
+  /**
+   * What a request costs: the worker time it takes (`"time"`), or 1
+   * (`"request"`), whatever it takes.
+   * @default {"time"}
+   */
+  per?: "time" | "request";
 }
 
 /** Worker time used per key, in one pool (see the module docs). */
 export class ShareLedger {
   #entries = new Map<string, ShareEntry>();
   #weightOf: ((key: string) => number) | null;
+  #perRequest: boolean;
   #clock = 0;
   #mean = -1;
   // Means of recent keys, in the order they were last updated (oldest first).
   #means = new Map<string, number>();
-  #listeners: ((entry: ShareEntry) => void)[] = [];
+  #listeners = new Set<(entry: ShareEntry) => void>();
   #released: ShareEntry[] = [];
 
   constructor(options: ShareLedgerOptions = {}) {
     this.#weightOf = options.weightOf ?? null;
+    this.#perRequest = options.per === "request";
   }
 
   /** Keys remembered (holding a request, or released in this task). */
@@ -85,9 +95,17 @@ export class ShareLedger {
     return this.#entries.get(key);
   }
 
-  /** Calls `fn` whenever a key's `used` changes (its queues reorder). */
+  /**
+   * Calls `fn` whenever a key's `used` changes (its queues reorder), until
+   * {@linkcode unlisten}.
+   */
   listen(fn: (entry: ShareEntry) => void): void {
-    this.#listeners.push(fn);
+    this.#listeners.add(fn);
+  }
+
+  /** Stops calling `fn`. */
+  unlisten(fn: (entry: ShareEntry) => void): void {
+    this.#listeners.delete(fn);
   }
 
   /**
@@ -143,7 +161,9 @@ export class ShareLedger {
     const entry = this.#entries.get(key);
     if (entry === undefined) return 0;
     if (entry.used > this.#clock) this.#clock = entry.used;
-    const estimate = entry.mean >= 0
+    const estimate = this.#perRequest
+      ? 1
+      : entry.mean >= 0
       ? entry.mean
       : this.#mean >= 0
       ? this.#mean
@@ -158,6 +178,8 @@ export class ShareLedger {
    * means learn the time.
    */
   finish(key: string, estimate: number, ms: number): void {
+    // Counting requests, what it took changes nothing.
+    if (this.#perRequest) return;
     if (!(ms >= 0)) ms = 0;
     this.#mean = this.#mean < 0
       ? ms

@@ -202,8 +202,8 @@ export interface PoolOptions {
   fairShare?: FairShare;
   /**
    * Weights of fair-queuing keys in this pool, in place of the hub-wide
-   * ones (see {@linkcode HubOptions.fairWeights}); needs `fairShare:
-   * "time"` for this pool.
+   * ones (see {@linkcode HubOptions.fairWeights}); needs `fairBy` for this
+   * pool.
    */
   fairWeights?: Record<string, number>;
   /**
@@ -260,12 +260,12 @@ export interface HubOptions {
    */
   fairShare?: FairShare;
   /**
-   * With `fairShare: "time"`: weights of keys by name (positive numbers;
-   * a key not named weighs 1). Keys get worker time in proportion to their
-   * weights: a key of weight 3 is charged a third of its time, so it gets
-   * three times the share of a key of weight 1 when both have requests
-   * queued. `pools` may set their own. Setting it where no pool shares by
-   * time is an error.
+   * With `fairBy`: weights of keys by name (positive numbers; a key not
+   * named weighs 1). Keys get shares in proportion to their weights: a key
+   * of weight 3 is charged a third of what it uses (worker time with
+   * `fairShare: "time"`, turns otherwise), so it gets three times the share
+   * of a key of weight 1 while both have requests queued. `pools` may set
+   * their own. Setting it where no pool has `fairBy` is an error.
    * @default {{}}
    */
   fairWeights?: Record<string, number>;
@@ -1271,7 +1271,7 @@ export class Hub {
       ? Infinity
       : checkOption("priorityStep", options.priorityStep, 0);
     let fairPools = 0;
-    // Pools that take the hub-wide weights: sharing by time, without their own.
+    // Pools that take the hub-wide weights: with fairBy, without their own.
     let weightedPools = 0;
     for (const [name, p] of Object.entries(this.#poolOptions)) {
       if (!POOL_NAME.test(name)) {
@@ -1315,16 +1315,14 @@ export class Hub {
           );
         }
       }
-      const byTime = fairBy !== null &&
-        (p.fairShare ?? this.#fairShare) === "time";
       if (p.fairWeights !== undefined) {
         checkWeights(`pools.${name}.fairWeights`, p.fairWeights);
-        if (!byTime) {
+        if (fairBy === null) {
           throw new TypeError(
-            `Invalid option "pools.${name}.fairWeights": weights apply to fair shares of worker time, and pool "${name}" has no fairBy with fairShare "time"`,
+            `Invalid option "pools.${name}.fairWeights": it weighs fair-queuing keys, and pool "${name}" has no fairBy`,
           );
         }
-      } else if (byTime) weightedPools++;
+      } else if (fairBy !== null) weightedPools++;
     }
     // A per-key limit where nothing is keyed is a mistake, not a no-op.
     if (
@@ -1336,10 +1334,10 @@ export class Hub {
       );
     }
     // Unnamed pools (routes, workers' own) take the hub-wide options.
-    if (this.#fairBy !== null && this.#fairShare === "time") weightedPools++;
+    if (this.#fairBy !== null) weightedPools++;
     if (this.#fairWeights !== null && weightedPools === 0) {
       throw new TypeError(
-        'Invalid option "fairWeights": weights apply to fair shares of worker time, and no pool has fairBy with fairShare "time" (and no weights of its own)',
+        'Invalid option "fairWeights": it weighs fair-queuing keys, and no pool has fairBy (without weights of its own)',
       );
     }
     if (
@@ -1430,10 +1428,12 @@ export class Hub {
     const weights = limits.fairWeights === undefined
       ? this.#fairWeights
       : checkWeights(`pools.${name}.fairWeights`, limits.fairWeights);
-    const ledger = keyOf !== null &&
-        (limits.fairShare ?? this.#fairShare) === "time"
+    // By time, or weighted turns: a ledger; plain turns: the rotation.
+    const byTime = (limits.fairShare ?? this.#fairShare) === "time";
+    const ledger = keyOf !== null && (byTime || weights !== null)
       ? new ShareLedger({
         weightOf: weights === null ? undefined : (k) => weights.get(k) ?? 1,
+        per: byTime ? "time" : "request",
       })
       : null;
     const created: Pool = {

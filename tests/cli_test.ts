@@ -1444,10 +1444,10 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         /Invalid option "pools.gpu.fairShare": expected "requests" or "time"/,
       ],
       [
-        ["--fair-by", "ip", "--fair-weight", "a=2"],
+        ["--fair-weight", "a=2"],
         {},
         null,
-        /Invalid option "fairWeights": .*no pool has fairBy with fairShare "time"/,
+        /Invalid option "fairWeights": it weighs fair-queuing keys, and no pool has fairBy/,
       ],
       [
         ["--fair-by", "ip", "--fair-share", "time"],

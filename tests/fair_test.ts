@@ -580,6 +580,23 @@ Deno.test('fairShare "time": a tenant whose jobs run longer gets fewer turns; "r
   });
 });
 
+Deno.test("fairWeights in turns: a key of weight 2 gets two turns to another's one", async () => {
+  const asks: Ask[] = ["a1", "a2", "a3", "a4", "b1", "b2", "b3"].map((p) => ({
+    path: `/${p}`,
+    headers: tenant(p[0].toUpperCase()),
+  }));
+  await withHub({
+    fairBy: "header:x-tenant",
+    fairWeights: { A: 2 },
+  }, async (ctx) => {
+    const order = await servedOrder(ctx, { path: "/hold" }, asks);
+    // A and B alternate while they have used as much (a tie goes to the
+    // key served longer ago), each turn costing A a half: a1 (A 0.5), b1
+    // (B 1), a2 (A 1), b2 (B 2), a3, a4 (A 2), b3.
+    assert.deepEqual(order, ["/a1", "/b1", "/a2", "/b2", "/a3", "/a4", "/b3"]);
+  });
+});
+
 Deno.test("fairWeights: a key of weight 10 gets ten times the worker time of a key of weight 1", async () => {
   // Jobs of 100 ms each. After a1 and b1, A has been charged 10 ms and B
   // 100: A's next three go first (A reaches about 40), then b2.
@@ -762,13 +779,21 @@ Deno.test("fairBy and maxQueuePerKey are checked at construction", () => {
     );
   }
   assert.throws(
-    make({ fairBy: "ip", fairWeights: { a: 2 } }),
-    /Invalid option "fairWeights": weights apply to fair shares of worker time, and no pool has fairBy with fairShare "time"/,
+    make({ fairWeights: { a: 2 } }),
+    /Invalid option "fairWeights": it weighs fair-queuing keys, and no pool has fairBy/,
   );
   assert.throws(
-    make({ fairBy: "ip", pools: { gpu: { fairWeights: { a: 2 } } } }),
-    /Invalid option "pools.gpu.fairWeights": .* pool "gpu" has no fairBy with fairShare "time"/,
+    make({
+      pools: { gpu: { fairBy: "ip", fairWeights: { a: 2 } } },
+      fairWeights: { b: 3 },
+    }),
+    /Invalid option "fairWeights": .*no pool has fairBy \(without weights of its own\)/,
   );
+  assert.throws(
+    make({ pools: { gpu: { fairWeights: { a: 2 } } } }),
+    /Invalid option "pools.gpu.fairWeights": it weighs fair-queuing keys, and pool "gpu" has no fairBy/,
+  );
+  make({ fairBy: "ip", fairWeights: { a: 2 } })();
   assert.throws(
     make({
       fairBy: "ip",

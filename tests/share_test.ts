@@ -158,6 +158,23 @@ Deno.test("ShareLedger: a weighted key raised to the clock is at the clock, not 
   assert.equal(w.used, ledger.clock);
 });
 
+Deno.test("ShareLedger per request: each request costs 1 over its key's weight, whatever it takes", () => {
+  const ledger = new ShareLedger({
+    per: "request",
+    weightOf: (key) => key === "gold" ? 4 : 1,
+  });
+  const gold = ledger.hold("gold");
+  const base = ledger.hold("base");
+  assert.equal(ledger.start("gold"), 1);
+  ledger.finish("gold", 1, 5000);
+  assert.equal(ledger.start("base"), 1);
+  ledger.finish("base", 1, 3);
+  assert.equal(gold.used, 0.25);
+  assert.equal(base.used, 1);
+  assert.equal(gold.mean, -1, "no time is learnt");
+  assert.equal(ledger.mean, -1);
+});
+
 // One worker serves two keys through a FairQueue on a ledger; `a`'s jobs
 // take `long` ms, `b`'s 10. Returns the worker time each key got in the
 // first `horizon` ms.
