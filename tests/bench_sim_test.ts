@@ -309,6 +309,30 @@ Deno.test("fair simulation serves waiting keys in turn, each key in order of arr
   assert.throws(() => simulateFair([0], [1], [], 1), /Cannot simulate/);
 });
 
+// Light keys 1..3 on a seeded 50% trace of 4 servers (20 ms mean jobs),
+// and key 0's burst of `count` jobs of `ms` each at 1 s; with the light
+// keys' mean wait in a simulation's result.
+function lightAndBurst(count: number, ms: number) {
+  const light = makeTrace({
+    workers: 4,
+    load: 0.5,
+    meanMs: 20,
+    dist: "exp",
+    durationMs: 10_000,
+    seed: 24,
+  });
+  const arrivals = [...light.arrivals];
+  const service = [...light.service];
+  const keys = Array.from(light.arrivals, (_, i) => 1 + (i % 3));
+  const at = arrivals.findIndex((a) => a > 1000);
+  arrivals.splice(at, 0, ...new Array(count).fill(1000));
+  service.splice(at, 0, ...new Array(count).fill(ms));
+  keys.splice(at, 0, ...new Array(count).fill(0));
+  const waitOfLight = (wait: Float64Array) =>
+    mean(wait.filter((_, i) => keys[i] !== 0));
+  return { light, arrivals, service, keys, waitOfLight };
+}
+
 Deno.test("fair simulation with one key is the FIFO simulation; a burst of one key no longer delays the others", () => {
   const trace = makeTrace({
     workers: 4,
@@ -324,23 +348,7 @@ Deno.test("fair simulation with one key is the FIFO simulation; a burst of one k
   assert.deepEqual(one.start, fifo.start);
   assert.deepEqual(one.server, fifo.server);
   // Light keys 1..3 on a 50% trace; key 0 sends 300 jobs at 1 s.
-  const light = makeTrace({
-    workers: 4,
-    load: 0.5,
-    meanMs: 20,
-    dist: "exp",
-    durationMs: 10_000,
-    seed: 24,
-  });
-  const arrivals = [...light.arrivals];
-  const service = [...light.service];
-  const keys = Array.from(light.arrivals, (_, i) => 1 + (i % 3));
-  const at = arrivals.findIndex((a) => a > 1000);
-  arrivals.splice(at, 0, ...new Array(300).fill(1000));
-  service.splice(at, 0, ...new Array(300).fill(20));
-  keys.splice(at, 0, ...new Array(300).fill(0));
-  const waitOfLight = (wait: Float64Array) =>
-    mean(wait.filter((_, i) => keys[i] !== 0));
+  const { arrivals, service, keys, waitOfLight } = lightAndBurst(300, 20);
   const f = simulateFifo(arrivals, service, 4);
   const fair = simulateFair(arrivals, service, keys, 4);
   assert.ok(
@@ -382,23 +390,10 @@ Deno.test("fair simulation by time: with jobs ten times longer, a burst no longe
   // Light keys 1..3 at 50% of 4 servers; key 0 sends 100 jobs of 200 ms
   // mean at 1 s. By turns it gets ten times the light keys' time per turn
   // and their requests back up; by time they keep their share.
-  const light = makeTrace({
-    workers: 4,
-    load: 0.5,
-    meanMs: 20,
-    dist: "exp",
-    durationMs: 10_000,
-    seed: 24,
-  });
-  const arrivals = [...light.arrivals];
-  const service = [...light.service];
-  const keys = Array.from(light.arrivals, (_, i) => 1 + (i % 3));
-  const at = arrivals.findIndex((a) => a > 1000);
-  arrivals.splice(at, 0, ...new Array(100).fill(1000));
-  service.splice(at, 0, ...new Array(100).fill(200));
-  keys.splice(at, 0, ...new Array(100).fill(0));
-  const waitOfLight = (wait: Float64Array) =>
-    mean(wait.filter((_, i) => keys[i] !== 0));
+  const { arrivals, service, keys, waitOfLight, light } = lightAndBurst(
+    100,
+    200,
+  );
   const turns = simulateFair(arrivals, service, keys, 4);
   const time = simulateFair(arrivals, service, keys, 4, { share: "time" });
   assert.ok(

@@ -175,16 +175,21 @@ Deno.test("ShareLedger per request: each request costs 1 over its key's weight, 
   assert.equal(ledger.mean, -1);
 });
 
-// One worker serves two keys through a FairQueue on a ledger; `a`'s jobs
-// take `long` ms, `b`'s 10. Returns the worker time each key got in the
-// first `horizon` ms.
-function share(long: number, horizon: number, ledger?: ShareLedger) {
-  const q = new FairQueue<string>({
+// A FairQueue keyed by a value's first letter, on `ledger` (or in turn).
+function queueOn(ledger?: ShareLedger): FairQueue<string> {
+  return new FairQueue<string>({
     timeout: 0,
     onTimeout: () => {},
     keyOf: (v) => v[0],
     ledger,
   });
+}
+
+// One worker serves two keys through a FairQueue on a ledger; `a`'s jobs
+// take `long` ms, `b`'s 10. Returns the worker time each key got in the
+// first `horizon` ms.
+function share(long: number, horizon: number, ledger?: ShareLedger) {
+  const q = queueOn(ledger);
   for (let i = 0; i < 3000; i++) {
     q.push(`a${i}`);
     q.push(`b${i}`);
@@ -240,12 +245,7 @@ Deno.test("FairQueue with a weighted ledger: worker time goes in proportion to t
 
 Deno.test("FairQueue with a ledger: a value put back serves next among keys that used as little, and a key's turn passes when served", () => {
   const ledger = new ShareLedger();
-  const q = new FairQueue<string>({
-    timeout: 0,
-    onTimeout: () => {},
-    keyOf: (v) => v[0],
-    ledger,
-  });
+  const q = queueOn(ledger);
   for (const v of ["a1", "a2", "b1", "b2", "c1"]) q.push(v);
   assert.equal(q.shift()!.value, "a1");
   assert.equal(q.shift()!.value, "b1");
@@ -273,12 +273,7 @@ Deno.test("FairQueue with a ledger: a key that only had a request running while 
   // nothing running would.
   const order = (running: boolean) => {
     const ledger = new ShareLedger();
-    const q = new FairQueue<string>({
-      timeout: 0,
-      onTimeout: () => {},
-      keyOf: (v) => v[0],
-      ledger,
-    });
+    const q = queueOn(ledger);
     if (running) {
       ledger.hold("k");
       ledger.start("k");
