@@ -1355,7 +1355,7 @@ Deno.test("hub --priority-step (or its variable, or a pool's priorityStep in --c
   }
 });
 
-Deno.test("hub --config: a pool's fairBy, fairShare and maxQueuePerKey reach the hub's options", async () => {
+Deno.test("hub --config: a pool's fairBy, fairShare, fairWeights and maxQueuePerKey reach the hub's options", async () => {
   const file = await Deno.makeTempFile({ suffix: ".json" });
   const log = () => {};
   try {
@@ -1367,6 +1367,7 @@ Deno.test("hub --config: a pool's fairBy, fairShare and maxQueuePerKey reach the
             fairBy: "header:x-tenant",
             maxQueuePerKey: 3,
             fairShare: "time",
+            fairWeights: { gold: 4 },
           },
           cpu: { fairBy: null },
         },
@@ -1374,7 +1375,12 @@ Deno.test("hub --config: a pool's fairBy, fairShare and maxQueuePerKey reach the
     );
     const { pools } = optionsFrom({ config: file, "fair-by": "ip" }, log);
     assert.deepEqual(pools, {
-      gpu: { fairBy: "header:x-tenant", maxQueuePerKey: 3, fairShare: "time" },
+      gpu: {
+        fairBy: "header:x-tenant",
+        maxQueuePerKey: 3,
+        fairShare: "time",
+        fairWeights: { gold: 4 },
+      },
       cpu: { fairBy: null },
     });
   } finally {
@@ -1442,6 +1448,12 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         {},
         '{"pools": {"gpu": {"fairShare": "cost"}}}',
         /Invalid option "pools.gpu.fairShare": expected "requests" or "time"/,
+      ],
+      [
+        ["--fair-by", "ip"],
+        {},
+        '{"pools": {"gpu": {"fairWeights": {"gold": "4"}}}}',
+        /Invalid option "pools.gpu.fairWeights": the weight of "gold" must be a number above 0/,
       ],
       [
         ["--fair-weight", "a=2"],
