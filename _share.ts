@@ -132,7 +132,7 @@ export class ShareLedger {
     if (queued && entry.queued++ === 0 && entry.used < this.#clock) {
       // Set, not charged: `used` is already divided by the weight.
       entry.used = this.#clock;
-      for (const fn of this.#listeners) fn(entry);
+      this.#moved(entry);
     }
     return entry;
   }
@@ -199,6 +199,11 @@ export class ShareLedger {
   #charge(entry: ShareEntry, ms: number): void {
     if (ms === 0) return;
     entry.used += ms / entry.weight;
+    this.#moved(entry);
+  }
+
+  // A key's use changed: its queues reorder.
+  #moved(entry: ShareEntry): void {
     for (const fn of this.#listeners) fn(entry);
   }
 

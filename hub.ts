@@ -1086,6 +1086,8 @@ export class Hub {
   #fairBy: FairBy | null;
   #fairShare: FairShare;
   #fairWeights: Map<string, number> | null;
+  // Pools' own weights, checked and made into maps once.
+  #poolWeights = new Map<string, Map<string, number>>();
   #maxQueuePerKey: number;
   #priorityStep: number;
   #scheme: "http" | "https" | null;
@@ -1316,7 +1318,10 @@ export class Hub {
         }
       }
       if (p.fairWeights !== undefined) {
-        checkWeights(`pools.${name}.fairWeights`, p.fairWeights);
+        this.#poolWeights.set(
+          name,
+          checkWeights(`pools.${name}.fairWeights`, p.fairWeights)!,
+        );
         if (fairBy === null) {
           throw new TypeError(
             `Invalid option "pools.${name}.fairWeights": it weighs fair-queuing keys, and pool "${name}" has no fairBy`,
@@ -1425,9 +1430,7 @@ export class Hub {
     const keyOf = this.#keyFunction(
       limits.fairBy === undefined ? this.#fairBy : limits.fairBy,
     );
-    const weights = limits.fairWeights === undefined
-      ? this.#fairWeights
-      : checkWeights(`pools.${name}.fairWeights`, limits.fairWeights);
+    const weights = this.#poolWeights.get(name) ?? this.#fairWeights;
     // By time, or weighted turns: a ledger; plain turns: the rotation.
     const byTime = (limits.fairShare ?? this.#fairShare) === "time";
     const ledger = keyOf !== null && (byTime || weights !== null)
