@@ -11,6 +11,7 @@
  * @module
  */
 
+import { IndexedHeap } from "./_heap.ts";
 import type { ShareEntry, ShareLedger } from "./_share.ts";
 
 /** A queued item with its links and the time it joined. */
@@ -47,12 +48,47 @@ export interface WaitQueueOptions<T> {
   priority?: number;
 }
 
+// One timer for a queue's earliest deadline. It is armed again only for an
+// earlier deadline, so serving the oldest value never touches it: it then
+// fires early, finds nothing due, and the queue arms it for the next.
+class Alarm {
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #due = Infinity;
+  #fire: () => void;
+  #now: () => number;
+
+  constructor(fire: () => void, now: () => number) {
+    this.#fire = fire;
+    this.#now = now;
+  }
+
+  // The clock is read only when the timer is set: not on every push.
+  set(due: number): void {
+    if (this.#timer !== undefined) {
+      if (this.#due <= due) return;
+      clearTimeout(this.#timer);
+    }
+    this.#due = due;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#fire();
+    }, Math.ceil(Math.max(0, due - this.#now())));
+  }
+
+  clear(): void {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+}
+
 /** A FIFO with O(1) removal, re-queue at the head and a single expiry timer. */
 export class WaitQueue<T> {
   #head: QueueNode<T> | null = null;
   #tail: QueueNode<T> | null = null;
   #size = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #alarm: Alarm;
   #timeout: number;
   #onTimeout: (value: T) => void;
   #now: () => number;
@@ -63,6 +99,7 @@ export class WaitQueue<T> {
     this.#onTimeout = options.onTimeout;
     this.#now = options.now ?? (() => performance.now());
     this.#priority = options.priority ?? 0;
+    this.#alarm = new Alarm(() => this.#expire(), this.#now);
   }
 
   /** Number of waiting values. */
@@ -105,10 +142,7 @@ export class WaitQueue<T> {
     if (node.next !== null) node.next.prev = node;
     else this.#tail = node;
     if (after !== null) after.next = node;
-    else {
-      this.#head = node;
-      this.#disarm(); // a new head: its own deadline
-    }
+    else this.#head = node;
     this.#size++;
     this.#arm();
     return node;
@@ -136,8 +170,6 @@ export class WaitQueue<T> {
     if (before !== null) before.prev = node;
     else this.#tail = node;
     this.#size++;
-    // A new head may be due before the deadline the timer was armed for.
-    if (node.prev === null) this.#disarm();
     this.#arm();
     return node;
   }
@@ -159,7 +191,7 @@ export class WaitQueue<T> {
     else this.#tail = node.prev;
     node.prev = node.next = null;
     this.#size--;
-    if (this.#size === 0) this.#disarm();
+    if (this.#size === 0) this.#alarm.clear();
     return true;
   }
 
@@ -167,24 +199,14 @@ export class WaitQueue<T> {
   drain(): T[] {
     const out: T[] = [];
     for (let n = this.shift(); n; n = this.shift()) out.push(n.value);
-    this.#disarm();
+    this.#alarm.clear();
     return out;
   }
 
+  // A new head may be due before the deadline the timer was armed for.
   #arm(): void {
-    if (this.#timeout <= 0 || this.#timer !== undefined || !this.#head) return;
-    const wait = Math.max(0, this.#head.since + this.#timeout - this.#now());
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined;
-      this.#expire();
-    }, Math.ceil(wait));
-  }
-
-  #disarm(): void {
-    if (this.#timer !== undefined) {
-      clearTimeout(this.#timer);
-      this.#timer = undefined;
-    }
+    if (this.#timeout <= 0 || this.#head === null) return;
+    this.#alarm.set(this.#head.since + this.#timeout);
   }
 
   #expire(): void {
@@ -215,10 +237,11 @@ export interface FairQueueOptions<T> extends WaitQueueOptions<T> {
   ledger?: ShareLedger;
 }
 
-// One key's values (a WaitQueue, with its own timer) and its place among
-// the keys that have something queued: in the rotation (prev, next), or
-// with a ledger in the heap (index), by the key's use and then by when it
-// was last served or joined (seq).
+// One key's values (a WaitQueue without a timer of its own) and its places:
+// among the keys by their oldest value (age), which the one timer follows;
+// and among the keys in the rotation (prev, next), or with a ledger in the
+// heap by the key's use and then by when it was last served or joined
+// (index, seq).
 interface Turn<T> {
   readonly key: string;
   readonly queue: WaitQueue<T>;
@@ -227,7 +250,18 @@ interface Turn<T> {
   entry: ShareEntry | null;
   index: number;
   seq: number;
+  age: number;
 }
+
+// Least used first, then the one served or joined longest ago.
+const byUse = <T>(a: Turn<T>, b: Turn<T>): boolean => {
+  const used = a.entry!.used - b.entry!.used;
+  return used < 0 || (used === 0 && a.seq < b.seq);
+};
+// The key whose oldest value joined first.
+const byAge = <T>(a: Turn<T>, b: Turn<T>): boolean =>
+  a.queue.head!.since < b.queue.head!.since;
+const never = (): void => {};
 
 /**
  * Fair queuing: values grouped by key, each key first come first served,
@@ -244,30 +278,53 @@ interface Turn<T> {
  * anything. A value put back ({@linkcode unshift}: a retry, a worker's
  * decline) goes to the head of its key, and that key serves next (with a
  * ledger: first among the keys that have used as little), so a retry
- * never waits a whole round again. Each key is a {@linkcode WaitQueue}
- * with its own timeout timer, armed while it holds something. The same
- * surface as {@linkcode WaitQueue}, so that a {@linkcode PriorityQueue}
- * class can be either.
+ * never waits a whole round again. The keys are also kept in order of
+ * their oldest value, so that one timer, armed while anything waits,
+ * times out every key's values. The same surface as
+ * {@linkcode WaitQueue}, so that a {@linkcode PriorityQueue} class can be
+ * either.
  */
 export class FairQueue<T> {
   #turns = new Map<string, Turn<T>>();
   // The rotation: #first serves next; a served key moves to #last.
   #first: Turn<T> | null = null;
   #last: Turn<T> | null = null;
-  // With a ledger: a binary heap, least used first.
+  // With a ledger: the keys least used first.
   #ledger: ShareLedger | null;
-  #heap: Turn<T>[] = [];
+  #byUse: IndexedHeap<Turn<T>>;
   #seq = 0;
+  // The keys by their oldest value, for the timer and oldestSince.
+  #byAge: IndexedHeap<Turn<T>>;
+  #alarm: Alarm;
   #size = 0;
   #options: FairQueueOptions<T>;
   #keyOf: (value: T) => string;
   #priority: number;
+  #now: () => number;
+  // What each key's WaitQueue is made with: no timer of its own.
+  #keyQueue: WaitQueueOptions<T>;
 
   constructor(options: FairQueueOptions<T>) {
     this.#options = options;
     this.#keyOf = options.keyOf;
     this.#priority = options.priority ?? 0;
     this.#ledger = options.ledger ?? null;
+    this.#now = options.now ?? (() => performance.now());
+    this.#keyQueue = {
+      timeout: 0,
+      onTimeout: never,
+      now: this.#now,
+      priority: this.#priority,
+    };
+    this.#alarm = new Alarm(() => this.#expire(), this.#now);
+    this.#byUse = new IndexedHeap<Turn<T>>(byUse, {
+      get: (t) => t.index,
+      set: (t, i) => t.index = i,
+    });
+    this.#byAge = new IndexedHeap<Turn<T>>(byAge, {
+      get: (t) => t.age,
+      set: (t, i) => t.age = i,
+    });
   }
 
   // With a ledger, a key's use changed: its place in the heap follows. Heard
@@ -275,7 +332,7 @@ export class FairQueue<T> {
   // something, not every class ever made.
   #heard = (entry: ShareEntry): void => {
     const turn = this.#turns.get(entry.key);
-    if (turn !== undefined && turn.entry === entry) this.#resift(turn);
+    if (turn !== undefined && turn.entry === entry) this.#byUse.update(turn);
   };
 
   /** Number of waiting values, over all keys. */
@@ -300,13 +357,7 @@ export class FairQueue<T> {
 
   /** When the longest-waiting value joined, over all keys; null if empty. */
   get oldestSince(): number | null {
-    // O(keys): for stats, not for the request path.
-    let oldest: number | null = null;
-    for (const t of this.#turns.values()) {
-      const since = t.queue.oldestSince;
-      if (since !== null && (oldest === null || since < oldest)) oldest = since;
-    }
-    return oldest;
+    return this.#byAge.peek()?.queue.head?.since ?? null;
   }
 
   /** Values of `key` waiting. */
@@ -336,7 +387,7 @@ export class FairQueue<T> {
     if (turn === undefined) turn = this.#join(key, false);
     else this.#ledger?.hold(key, true);
     const node = turn.queue.push(value, since);
-    this.#size++;
+    this.#joined(turn, node);
     return node;
   }
 
@@ -353,13 +404,13 @@ export class FairQueue<T> {
     else if (this.#ledger !== null) {
       turn.seq = -++this.#seq;
       this.#ledger.hold(key, true);
-      this.#resift(turn);
+      this.#byUse.update(turn);
     } else if (turn !== this.#first) {
       this.#unlink(turn);
       this.#link(turn, true);
     }
     const node = turn.queue.unshift(value, since);
-    this.#size++;
+    this.#joined(turn, node);
     return node;
   }
 
@@ -371,12 +422,15 @@ export class FairQueue<T> {
     this.#size--;
     this.#ledger?.release(turn.key, true);
     if (turn.queue.size === 0) this.#leave(turn);
-    else if (this.#ledger !== null) {
-      turn.seq = ++this.#seq;
-      this.#resift(turn);
-    } else if (turn.next !== null) {
-      this.#unlink(turn);
-      this.#link(turn, false);
+    else {
+      this.#byAge.update(turn);
+      if (this.#ledger !== null) {
+        turn.seq = ++this.#seq;
+        this.#byUse.update(turn);
+      } else if (turn.next !== null) {
+        this.#unlink(turn);
+        this.#link(turn, false);
+      }
     }
     return node;
   }
@@ -385,12 +439,14 @@ export class FairQueue<T> {
   delete(node: QueueNode<T>): boolean {
     if (!node.queued) return false;
     const turn = this.#turns.get(this.#keyOf(node.value));
-    if (turn === undefined || !turn.queue.delete(node)) return false;
-    this.#left(turn);
+    if (turn === undefined) return false;
+    const head = turn.queue.head === node;
+    if (!turn.queue.delete(node)) return false;
+    this.#left(turn, head);
     return true;
   }
 
-  /** Removes every node, in the order {@linkcode shift} would, and stops the timers. */
+  /** Removes every node, in the order {@linkcode shift} would, and stops the timer. */
   drain(): T[] {
     const out: T[] = [];
     for (let n = this.shift(); n; n = this.shift()) out.push(n.value);
@@ -399,25 +455,19 @@ export class FairQueue<T> {
 
   // The key whose turn it is.
   #next(): Turn<T> | null {
-    return this.#ledger === null ? this.#first : this.#heap[0] ?? null;
+    return this.#ledger === null ? this.#first : this.#byUse.peek() ?? null;
   }
 
   #join(key: string, front: boolean): Turn<T> {
     const turn: Turn<T> = {
       key,
-      queue: new WaitQueue<T>({
-        ...this.#options,
-        priority: this.#priority,
-        onTimeout: (value) => {
-          this.#left(turn);
-          this.#options.onTimeout(value);
-        },
-      }),
+      queue: new WaitQueue<T>(this.#keyQueue),
       prev: null,
       next: null,
       entry: null,
       index: -1,
       seq: front ? -++this.#seq : ++this.#seq,
+      age: -1,
     };
     if (this.#turns.size === 0) this.#ledger?.listen(this.#heard);
     this.#turns.set(key, turn);
@@ -427,26 +477,37 @@ export class FairQueue<T> {
     return turn;
   }
 
+  // `node` joined `turn`'s queue: a new head moves the key among the ages,
+  // and may be due before the deadline the timer was armed for.
+  #joined(turn: Turn<T>, node: QueueNode<T>): void {
+    this.#size++;
+    if (turn.age < 0) this.#byAge.push(turn);
+    else if (node.prev === null) this.#byAge.update(turn);
+    this.#arm();
+  }
+
   // A value left a key without being served (it timed out or was deleted).
-  #left(turn: Turn<T>): void {
+  #left(turn: Turn<T>, head: boolean): void {
     this.#size--;
     this.#ledger?.release(turn.key, true);
     if (turn.queue.size === 0) this.#leave(turn);
+    else if (head) this.#byAge.update(turn);
   }
 
-  // An emptied key leaves the rotation and is forgotten (its WaitQueue has
-  // no timer once empty).
+  // An emptied key leaves the rotation and is forgotten; with nothing left
+  // the timer stops.
   #leave(turn: Turn<T>): void {
     this.#unlink(turn);
+    this.#byAge.delete(turn);
     this.#turns.delete(turn.key);
-    if (this.#turns.size === 0) this.#ledger?.unlisten(this.#heard);
+    if (this.#turns.size > 0) return;
+    this.#ledger?.unlisten(this.#heard);
+    this.#alarm.clear();
   }
 
   #link(turn: Turn<T>, front: boolean): void {
-    if (this.#ledger !== null) {
-      turn.index = this.#heap.push(turn) - 1;
-      this.#up(turn);
-    } else if (front) {
+    if (this.#ledger !== null) this.#byUse.push(turn);
+    else if (front) {
       turn.next = this.#first;
       if (this.#first !== null) this.#first.prev = turn;
       else this.#last = turn;
@@ -461,14 +522,7 @@ export class FairQueue<T> {
 
   #unlink(turn: Turn<T>): void {
     if (this.#ledger !== null) {
-      const heap = this.#heap;
-      const last = heap.pop()!;
-      if (last !== turn) {
-        heap[turn.index] = last;
-        last.index = turn.index;
-        this.#resift(last);
-      }
-      turn.index = -1;
+      this.#byUse.delete(turn);
       return;
     }
     if (turn.prev !== null) turn.prev.next = turn.next;
@@ -478,47 +532,25 @@ export class FairQueue<T> {
     turn.prev = turn.next = null;
   }
 
-  // Heap order: least used first, then the one served or joined longest ago.
-  #before(a: Turn<T>, b: Turn<T>): boolean {
-    const used = a.entry!.used - b.entry!.used;
-    return used < 0 || (used === 0 && a.seq < b.seq);
+  // The oldest value's deadline (see Alarm).
+  #arm(): void {
+    const timeout = this.#options.timeout;
+    const oldest = this.#byAge.peek();
+    if (timeout <= 0 || oldest === undefined) return;
+    this.#alarm.set(oldest.queue.head!.since + timeout);
   }
 
-  #resift(turn: Turn<T>): void {
-    if (turn.index < 0) return;
-    this.#up(turn);
-    this.#down(turn);
-  }
-
-  #up(turn: Turn<T>): void {
-    const heap = this.#heap;
-    let i = turn.index;
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (!this.#before(turn, heap[parent])) break;
-      heap[i] = heap[parent];
-      heap[i].index = i;
-      i = parent;
+  #expire(): void {
+    const now = this.#now();
+    const timeout = this.#options.timeout;
+    for (let t = this.#byAge.peek(); t !== undefined; t = this.#byAge.peek()) {
+      const node = t.queue.head!;
+      if (node.since + timeout > now) break;
+      t.queue.delete(node);
+      this.#left(t, true);
+      this.#options.onTimeout(node.value);
     }
-    heap[i] = turn;
-    turn.index = i;
-  }
-
-  #down(turn: Turn<T>): void {
-    const heap = this.#heap;
-    const n = heap.length;
-    let i = turn.index;
-    for (;;) {
-      let child = 2 * i + 1;
-      if (child >= n) break;
-      if (child + 1 < n && this.#before(heap[child + 1], heap[child])) child++;
-      if (!this.#before(heap[child], turn)) break;
-      heap[i] = heap[child];
-      heap[i].index = i;
-      i = child;
-    }
-    heap[i] = turn;
-    turn.index = i;
+    this.#arm();
   }
 }
 
@@ -554,8 +586,8 @@ type Level<T> = WaitQueue<T> | FairQueue<T>;
  * served, with its own timeout timer), or with `keyOf` a
  * {@linkcode FairQueue} (its keys in turn). Strict: a lower class waits
  * while a higher one has anything, bounded by the queue timeout; unless a
- * `step` makes a class worth a time, and the class heads are compared by
- * when they joined, less `priority × step`. Only class
+ * `step` makes a class worth a time, and the classes are compared by when
+ * their oldest value joined, less `priority × step`. Only class
  * 0 and the classes that hold something are looked at (an empty class is
  * kept for its next value), so a request path pays for classes only where
  * they are used.
@@ -609,8 +641,9 @@ export class PriorityQueue<T> {
   }
 
   /**
-   * The node {@linkcode shift} would return: the head of the highest class
-   * (its oldest, or with `keyOf` the oldest of the key whose turn it is).
+   * The node {@linkcode shift} would return: the head of the highest class,
+   * or with a `step` of the class whose oldest value is due first (its
+   * oldest, or with `keyOf` the oldest of the key whose turn it is).
    */
   get head(): QueueNode<T> | null {
     return this.#next()?.head ?? null;
@@ -670,9 +703,11 @@ export class PriorityQueue<T> {
   }
 
   // The class whose head goes next: the highest that holds something, or
-  // with a step the one whose head joined first less its class's worth (a
-  // tie goes to the higher class). The same at any time: head and shift
-  // agree however long the values wait.
+  // with a step the one whose oldest value joined first less its class's
+  // worth (a tie goes to the higher class). The oldest, not the head: with
+  // keys, a class's head is the value of the key whose turn it is, which
+  // may have joined just now while another of its keys has waited long.
+  // The same at any time: head and shift agree however long values wait.
   #next(): Level<T> | null {
     const levels = this.#levels;
     const step = this.#step;
@@ -684,9 +719,9 @@ export class PriorityQueue<T> {
     let best: Level<T> | null = null;
     let bestAt = Infinity;
     for (const level of levels) {
-      const head = level.head;
-      if (head === null) continue;
-      const at = head.since - level.priority * step;
+      const since = level.oldestSince;
+      if (since === null) continue;
+      const at = since - level.priority * step;
       if (best === null || at < bestAt) {
         best = level;
         bestAt = at;

@@ -738,37 +738,51 @@ Deno.test("FairQueue delete takes a node out of its key; a key's last node takes
   assert.equal(q.delete(a1), false, "a shifted or deleted node is not queued");
 });
 
-Deno.test("FairQueue times out each value on its deadline, whatever its key, and clears an emptied key's timer", () => {
+Deno.test("FairQueue times out each value on its deadline, whatever its key, on one timer armed for the oldest", () => {
   using timers = fakeTimers();
   const { q, clock, expired } = fairFixture(100);
   q.push("a.1", 1000);
   q.push("a.2", 1040);
   q.push("b.1", 1020);
   const c1 = q.push("c.1", 1030);
-  assert.equal(timers.live.size, 3, "one timer per key with something queued");
-  // c's only value leaves: its timer goes with it.
+  assert.equal(timers.only().delay, 100, "one timer, for a.1's deadline");
+  assert.equal(timers.created.length, 1, "later values did not touch it");
+  // A value that joined earlier than every other (its body took a while)
+  // is due first: the timer is armed again for it.
+  const d1 = q.push("d.1", 990);
+  assert.equal(timers.only().delay, 90);
+  assert.equal(q.oldestSince, 990);
+  // It leaves before its deadline; the timer stays, fires early, and
+  // re-arms for the oldest left (a.1, at 1100).
+  q.delete(d1);
   q.delete(c1);
-  assert.equal(timers.live.size, 2);
-  const byDelay = [...timers.live.values()].sort((x, y) => x.delay - y.delay);
-  assert.deepEqual(byDelay.map((t) => t.delay), [100, 120]);
-  // a.1 is due first.
+  assert.equal(q.oldestSince, 1000);
+  clock.now = 1090;
+  timers.fire();
+  assert.deepEqual(expired, []);
+  assert.equal(timers.only().delay, 10);
   clock.now = 1100;
-  timers.live.delete(byDelay[0].id);
-  byDelay[0].fn();
+  timers.fire();
   assert.deepEqual(expired, ["a.1"]);
   assert.equal(q.size, 2);
-  // a re-armed for a.2 (at 1140); b is due at 1120.
-  clock.now = 1120;
-  timers.live.delete(byDelay[1].id);
-  byDelay[1].fn();
-  assert.deepEqual(expired, ["a.1", "b.1"]);
-  assert.equal(q.keys, 1, "b left the rotation when it expired");
-  clock.now = 1140;
+  // b.1 is due at 1120, before a.2 (1140).
+  assert.equal(timers.only().delay, 20);
+  clock.now = 1145;
   timers.fire();
-  assert.deepEqual(expired, ["a.1", "b.1", "a.2"]);
+  assert.deepEqual(expired, ["a.1", "b.1", "a.2"], "oldest first, over keys");
   assert.equal(q.size, 0);
   assert.equal(q.keys, 0);
+  assert.equal(q.oldestSince, null);
   assert.equal(timers.live.size, 0, "no timer while empty");
+  // Serving the oldest value leaves the timer alone; emptying stops it.
+  q.push("e.1", 1200);
+  q.push("f.1", 1210);
+  assert.equal(timers.created.length, 5);
+  assert.equal(q.shift()?.value, "e.1");
+  assert.equal(timers.created.length, 5);
+  assert.equal(timers.live.size, 1);
+  q.shift();
+  assert.equal(timers.live.size, 0);
 });
 
 Deno.test("FairQueue knows its oldest value, which need not be its head", () => {
@@ -784,11 +798,11 @@ Deno.test("FairQueue knows its oldest value, which need not be its head", () => 
   assert.equal(q.oldestSince, 980);
 });
 
-Deno.test("FairQueue drain returns every value in the order it would serve them and stops every timer", () => {
+Deno.test("FairQueue drain returns every value in the order it would serve them and stops the timer", () => {
   using timers = fakeTimers();
   const { q, expired } = fairFixture(100);
   for (const v of ["a.1", "a.2", "b.1", "c.1", "c.2", "c.3"]) q.push(v);
-  assert.equal(timers.live.size, 3);
+  assert.equal(timers.live.size, 1);
   assert.deepEqual(q.drain(), ["a.1", "b.1", "c.1", "a.2", "c.2", "c.3"]);
   assert.equal(q.size, 0);
   assert.equal(q.keys, 0);
@@ -932,6 +946,9 @@ for (
       const nodes = new Map<string, QueueNode<string>>();
       // Values shifted and not yet put back, with when they first joined.
       const out: { value: string; since: number }[] = [];
+      // When each timer was armed, by id; timers.created up to `seen` noted.
+      const armedAt = new Map<number, number>();
+      let seen = 0;
       let made = 0;
       const pick = <T>(list: T[]) => list[Math.floor(rand() * list.length)];
       for (let step = 0; step < 3000; step++) {
@@ -1012,11 +1029,23 @@ for (
         );
         assert.equal(q.head?.value ?? null, model.head(), `head at ${step}`);
         assert.equal(q.oldestSince, model.oldest(), `oldest at ${step}`);
+        // One timer while anything waits, armed no later than the oldest
+        // value's deadline (or at once, if that has passed).
+        for (; seen < timers.created.length; seen++) {
+          armedAt.set(timers.created[seen].id, clock.now);
+        }
         assert.equal(
           timers.live.size,
-          model.keys.size,
-          `one timer per key at ${step}`,
+          model.size > 0 ? 1 : 0,
+          `timer at ${step}`,
         );
+        for (const t of timers.live.values()) {
+          const at = armedAt.get(t.id)!;
+          assert.ok(
+            at + t.delay <= Math.max(model.oldest()! + timeout, at),
+            `the timer is due by the oldest deadline at ${step}`,
+          );
+        }
       }
       assert.ok(made > 500, `${made} values pushed`);
       q.drain();
@@ -1075,6 +1104,36 @@ Deno.test("PriorityQueue with keyOf: classes stay strict, each class serves its 
   assert.deepEqual(q.drain(), ["c.2", "b.0", "a.6", "b.3"]);
 });
 
+Deno.test("PriorityQueue with keyOf and a step compares each class by its oldest value, not by the head of the key whose turn it is", () => {
+  const clock = { now: 1000 };
+  const q = new PriorityQueue<string>({
+    timeout: 0,
+    onTimeout: () => {},
+    now: () => clock.now,
+    keyOf,
+    step: 100,
+  });
+  // Class 0: a.1 (900) and a.2 (905) wait; b.1 joins at 1150. Class 1: c.1
+  // at 1000, worth 900.
+  q.push("a.1", 900);
+  q.push("a.2", 905);
+  q.push("b.1", 1150);
+  q.push("c.1", 1000, 1);
+  // Class 0's oldest (900) goes before class 1's (1000 - 100 = 900: a tie,
+  // to the higher class), so c.1 first; then class 0.
+  assert.equal(q.shift()?.value, "c.1");
+  q.push("c.2", 1040, 1); // worth 940
+  assert.equal(q.shift()?.value, "a.1", "class 0's oldest is due first");
+  // Class 0's head is now b.1 (a's turn passed), which joined at 1150,
+  // after c.2's 940; but a.2 (905) still waits in class 0, so class 0
+  // still goes first, and serves b.1 in its turn.
+  assert.equal(q.head?.value, "b.1");
+  assert.equal(q.shift()?.value, "b.1");
+  assert.equal(q.shift()?.value, "a.2");
+  assert.equal(q.shift()?.value, "c.2");
+  assert.equal(q.size, 0);
+});
+
 Deno.test("PriorityQueue without keyOf counts no keys", () => {
   const { q } = priorityFixture(0);
   assert.equal(q.fair, false);
@@ -1097,7 +1156,7 @@ Deno.test("PriorityQueue with keyOf times out a value of any key and class, and 
   q.push("a.1", 1000);
   q.push("b.1", 1010, 2);
   q.push("b.2", 1050);
-  assert.equal(timers.live.size, 3);
+  assert.equal(timers.live.size, 2, "one timer per class");
   clock.now = 1110;
   for (const t of [...timers.live.values()]) {
     timers.live.delete(t.id);
