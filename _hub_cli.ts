@@ -97,6 +97,10 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_MAX_RETRIES] (2)
   --shutdown-grace T       on SIGTERM, time queued and running requests and open
                            WebSockets get [POTHEAD_SHUTDOWN_GRACE] (30s)
+  --reuse-port             listen with SO_REUSEPORT, so that a new hub can start
+                           on the same ports and this one hands over to it on
+                           SIGTERM (needs deno run --unstable-net)
+                           [POTHEAD_REUSE_PORT]
   --trust-forwarded        keep client X-Forwarded-* fields [POTHEAD_TRUST_FORWARDED]
   --trust-priority         take a request's priority class from its
                            X-Pothead-Priority field [POTHEAD_TRUST_PRIORITY]
@@ -303,6 +307,18 @@ export function optionsFrom(
     values["no-websockets"],
     "POTHEAD_NO_WEBSOCKETS",
   );
+  const reusePort = switchOn(values["reuse-port"], "POTHEAD_REUSE_PORT");
+  // Deno has SO_REUSEPORT only with --unstable-net; its unstable network
+  // APIs are there only then.
+  if (
+    reusePort &&
+    typeof (Deno as { listenDatagram?: unknown }).listenDatagram !== "function"
+  ) {
+    throw new UsageError(
+      "Invalid --reuse-port: Deno needs the --unstable-net flag for it " +
+        "(deno run --unstable-net ... hub.ts --reuse-port)",
+    );
+  }
   const fairBy = v("fair-by", "POTHEAD_FAIR_BY");
   if (fairBy !== undefined && !FAIR_BY.test(fairBy)) {
     throw new UsageError(
@@ -448,6 +464,7 @@ export function optionsFrom(
       1,
     ),
     shutdownGrace: duration("shutdown-grace", "POTHEAD_SHUTDOWN_GRACE", 30_000),
+    reusePort,
     handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
     pingInterval: duration("ping-interval", "POTHEAD_PING_INTERVAL", 30_000),
     pingTimeout: duration("ping-timeout", "POTHEAD_PING_TIMEOUT", 10_000),
@@ -524,6 +541,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "priority-step": { type: "string" },
         "buffer-uploads": { type: "boolean" },
         "no-websockets": { type: "boolean" },
+        "reuse-port": { type: "boolean" },
         "max-websocket-message": { type: "string" },
         cert: { type: "string" },
         key: { type: "string" },
@@ -651,6 +669,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
           port: admin.port,
           signal: adminStop.signal,
           onListen() {},
+          ...(options.reusePort ? { reusePort: true } : {}),
         },
         createAdminHandler(server.hub, metrics, {
           readyMinSlots: admin.readyMinSlots,
@@ -694,7 +713,14 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   const { promise: stopped, resolve: stop } = Promise.withResolvers<void>();
   const onSignal = () => {
     if (++signals > 1) Deno.exit(1);
-    console.error("pothead: shutting down (send the signal again to exit now)");
+    console.error(
+      options.reusePort
+        ? "pothead: handing over (send the signal again to exit now)"
+        : "pothead: shutting down (send the signal again to exit now)",
+    );
+    // Handing over, the admin listener goes at once too: the other hub's
+    // answers /readyz and /metrics on the same port.
+    if (options.reusePort) adminStop.abort();
     server.shutdown().then(async () => {
       clearInterval(sampler);
       adminStop.abort();

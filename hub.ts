@@ -1118,6 +1118,9 @@ export class Hub {
   #abandonFn = (p: Pending) => this.#abandon(p);
   #closing = false;
   #closed = false;
+  // Another hub takes over on the same ports: free connections go back to
+  // their workers as soon as nothing here waits for them.
+  #handingOver = false;
   // Resolves when the grace of shutdown() ends: body reads stop waiting.
   #whenClosed = Promise.withResolvers<void>();
   // How far response bodies are read ahead of slow consumers: the memory
@@ -2308,10 +2311,26 @@ export class Hub {
    * still queued are answered 503, WebSockets still open are closed with
    * 1001 on both sides, and every worker connection is closed (cutting what
    * is still in progress).
+   *
+   * With `handOver` (another hub has taken the ports over, see
+   * {@linkcode ServeHubOptions.reusePort}), open WebSockets are closed with
+   * 1001 at once, and each worker connection is closed as soon as it is
+   * free while its pool has nothing queued, so that its worker dials the
+   * other hub instead of idling here until the drain ends.
    */
-  async shutdown(grace = 30_000): Promise<void> {
+  async shutdown(
+    grace = 30_000,
+    options: { handOver?: boolean } = {},
+  ): Promise<void> {
     if (this.#closed) return;
     this.#closing = true;
+    if (options.handOver && !this.#handingOver) {
+      this.#handingOver = true;
+      this.#goingAway.abort();
+      for (const slot of [...this.#slots]) {
+        if (!this.#busy.has(slot)) this.#handBack(slot);
+      }
+    }
     const deadline = performance.now() + grace;
     const queued = () => {
       let n = 0;
@@ -2485,6 +2504,17 @@ export class Hub {
     if (this.#pinging.delete(slot)) pool.pinging--;
     this.#parked.add(slot);
     pool.parked++;
+    if (this.#handingOver) this.#handBack(slot);
+  }
+
+  // While handing over: a free connection whose pool has nothing queued
+  // goes back to its worker (closed), which dials the other hub. Returns
+  // whether it did.
+  #handBack(slot: WorkerSlot): boolean {
+    const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
+    if (pool.queue.size > 0) return false;
+    slot.close("hub handed over");
+    return true;
   }
 
   // A slot is free: give it the head of its pool's queue, or keep it idle.
@@ -2502,6 +2532,7 @@ export class Hub {
       slot.close("hub shut down");
       return;
     }
+    if (this.#handingOver && this.#handBack(slot)) return;
     let node = pool.queue.shift();
     // While the hub shuts down a WebSocket would open only to be closed by
     // the hub: its handshake gets 503 without costing a worker anything.
@@ -2892,6 +2923,13 @@ export class Hub {
   }
 }
 
+// Whether Deno runs with --unstable-net (SO_REUSEPORT needs it): its
+// unstable network APIs are there only then.
+function unstableNet(): boolean {
+  return typeof (Deno as { listenDatagram?: unknown }).listenDatagram ===
+    "function";
+}
+
 /**
  * A plain-text error response from the hub itself. 499 is not sent (the
  * consumer is gone); it only settles the request's promise.
@@ -2946,6 +2984,21 @@ export interface ServeHubOptions extends HubOptions {
    * @default {30000}
    */
   shutdownGrace?: number;
+  /**
+   * Listen on both ports with `SO_REUSEPORT` (Linux; Deno needs
+   * `--unstable-net`), so that a new hub can start on the same ports while
+   * this one runs: a restart or upgrade that refuses no connection. The
+   * kernel spreads new connections over the hubs listening. On shutdown
+   * such a hub hands over: it stops listening on both ports at once (new
+   * consumers and reconnecting workers reach the other hub), closes open
+   * WebSockets with 1001 at once, and gives each worker connection back as
+   * soon as it is free while its pool has nothing queued (see
+   * {@linkcode Hub.shutdown}), while what it had queued and in progress
+   * finishes here. Without it, shutdown keeps the worker port open, and
+   * the consumer port while WebSockets are open, until the drain ends.
+   * @default {false}
+   */
+  reusePort?: boolean;
 }
 
 /** A running hub with its two listeners. */
@@ -2993,6 +3046,12 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
   });
   const workerPort = options.workerPort ?? 4040;
   const tls = options.workerCert !== undefined;
+  const reusePort = options.reusePort === true;
+  if (reusePort && !unstableNet()) {
+    throw new TypeError(
+      "Invalid options: reusePort needs Deno's --unstable-net flag",
+    );
+  }
   // Which listener failed, on which address: "Address already in use" alone
   // does not say whether the consumer or the worker port is taken.
   const cannotListen = (what: string, port: number, error: unknown) => {
@@ -3010,8 +3069,14 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
         cert: options.workerCert!,
         key: options.workerKey!,
         transport: "tcp",
+        ...(reusePort ? { reusePort } : {}),
       })
-      : Deno.listen({ hostname, port: workerPort, transport: "tcp" });
+      : Deno.listen({
+        hostname,
+        port: workerPort,
+        transport: "tcp",
+        ...(reusePort ? { reusePort } : {}),
+      });
   } catch (error) {
     throw cannotListen("workers", workerPort, error);
   }
@@ -3021,6 +3086,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       hostname,
       port: options.port ?? 8080,
       onListen() {},
+      ...(reusePort ? { reusePort } : {}),
       ...(options.cert !== undefined
         ? { cert: options.cert, key: options.key! }
         : {}),
@@ -3087,22 +3153,30 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       // any is open it waits: they get the hub's grace to end (new requests
       // meanwhile get the hub's 503), and the hub closes those left with
       // 1001 before Deno.serve would.
+      // Handing over (reusePort), both listeners close at once: another hub
+      // listens on the same ports. Deno.serve's shutdown tells consumers'
+      // WebSockets 1001; the hub tells the workers' sides.
       const grace = options.shutdownGrace ?? 30_000;
       const deadline = performance.now() + grace;
+      const closeListener = () => {
+        try {
+          listener.close();
+        } catch {
+          // already closed
+        }
+      };
+      if (reusePort) closeListener();
       let drained = false;
-      const draining = hub.shutdown(grace).finally(() => drained = true);
+      const draining = hub.shutdown(grace, { handOver: reusePort })
+        .finally(() => drained = true);
       const serving = (async () => {
-        while (hub.stats.webSockets > 0 && !drained) {
+        while (!reusePort && hub.stats.webSockets > 0 && !drained) {
           await new Promise((r) => setTimeout(r, 20));
         }
         await server.shutdown();
       })();
       await draining;
-      try {
-        listener.close();
-      } catch {
-        // already closed
-      }
+      closeListener();
       // Responses read ahead of slow consumers (responseBuffer) may still
       // be going out from memory or disk: they get the rest of the grace.
       const held = () => {

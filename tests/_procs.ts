@@ -328,10 +328,13 @@ export function startHub(
     entry?: string;
     /** Where the "Listening on" lines come (stderr with an access log). */
     listening?: "stdout" | "stderr";
+    /** Flags for `deno run` itself (`--unstable-net`). */
+    denoFlags?: string[];
   } = {},
 ): Promise<HubProc> {
   const proc = spawnDeno(options.entry ?? "hub", [
     "run",
+    ...options.denoFlags ?? [],
     ...RUN_PERMISSIONS,
     options.entry ?? "hub.ts",
     "--hostname",
