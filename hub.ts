@@ -2011,7 +2011,7 @@ export class Hub {
         pending.priority = priority;
       }
     }
-    if (this.#closing) {
+    if (this.#closing && !this.#servesLate(pending.pool, req)) {
       // Deno.serve's shutdown, which closes idle keep-alive connections, may
       // be held for open WebSockets (serveHub): a consumer must not keep
       // sending on this connection for the rest of the grace.
@@ -2316,7 +2316,9 @@ export class Hub {
    * {@linkcode ServeHubOptions.reusePort}), open WebSockets are closed with
    * 1001 at once, and each worker connection is closed as soon as it is
    * free while its pool has nothing queued, so that its worker dials the
-   * other hub instead of idling here until the drain ends.
+   * other hub instead of idling here until the drain ends. A request that
+   * still arrives is served while a connection of its pool is busy here,
+   * and gets the 503 otherwise.
    */
   async shutdown(
     grace = 30_000,
@@ -2505,6 +2507,16 @@ export class Hub {
     this.#parked.add(slot);
     pool.parked++;
     if (this.#handingOver) this.#handBack(slot);
+  }
+
+  // Handing over, a request that still reaches this hub (on a connection
+  // it had accepted before it stopped listening) is served while its pool
+  // has a worker connection here that will take it: one busy now frees
+  // into a queue that is not empty, so it is not given back first.
+  #servesLate(pool: Pool, req: Request): boolean {
+    return this.#handingOver && !this.#closed &&
+      pool.slots - pool.parked > 0 &&
+      !(this.#opts.webSockets && asksForWebSocket(req));
   }
 
   // While handing over: a free connection whose pool has nothing queued

@@ -198,3 +198,39 @@ Deno.test("a hub handing over gives a worker connection back once it is free and
     for (const c of [w1, w2, w3]) c.close();
   }
 });
+
+Deno.test("a hub handing over still serves a request that reaches it while a worker connection of its pool is busy there; with none left, 503", async () => {
+  const hub = new Hub({ queueTimeout: 20_000, handshakeWait: 0 });
+  const [hub1, w1] = memPair();
+  try {
+    hub.addWorker(hub1, "w1");
+    await waitFor(() => hub.stats.idle === 1, "an idle slot");
+    const ok = (path: string) =>
+      `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`;
+    const r1 = hub.fetch(new Request("http://hub/r1"));
+    assert.match(await readHead(w1), /^GET \/r1 /);
+    const draining = hub.shutdown(20_000, { handOver: true });
+    // Late, but w1 will free into it: queued, not refused.
+    const r2 = hub.fetch(new Request("http://hub/r2"));
+    await waitFor(() => hub.stats.queued === 1, "r2 queued");
+    await w1.write(bytes(ok("/r1")));
+    assert.match(await readHead(w1), /^GET \/r2 /);
+    await w1.write(bytes(ok("/r2")));
+    assert.equal(
+      await deadline(w1.read(new Uint8Array(16)), 10_000, "w1 given back"),
+      null,
+    );
+    for (const [res, path] of [[await r1, "/r1"], [await r2, "/r2"]] as const) {
+      assert.deepEqual([res.status, await res.text()], [200, path]);
+    }
+    // No connection left here for it: refused, and told to go elsewhere.
+    const r3 = await hub.fetch(new Request("http://hub/r3"));
+    assert.equal(r3.status, 503);
+    assert.equal(r3.headers.get("connection"), "close");
+    await r3.body?.cancel();
+    await draining;
+  } finally {
+    await hub.shutdown(0);
+    w1.close();
+  }
+});
