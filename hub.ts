@@ -2554,6 +2554,9 @@ export class Hub {
       node = pool.queue.shift();
     }
     if (node === null) {
+      // Handing over, what waited were only handshakes: nothing is left
+      // for it here.
+      if (this.#handingOver && this.#handBack(slot)) return;
       group.idle.add(slot);
       pool.idle++;
       return;

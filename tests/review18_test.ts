@@ -1,0 +1,71 @@
+/**
+ * Hand-over cases found by review: a worker connection left idle at the
+ * hub handing over, and requests left waiting there with no worker
+ * connection that could ever take them.
+ */
+
+import assert from "node:assert/strict";
+import { Hub } from "../hub.ts";
+import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
+import { deadline, waitFor } from "./_wait.ts";
+
+const ok = (path: string, extra = "") =>
+  `HTTP/1.1 200 OK\r\n${extra}content-length: ${path.length}\r\n\r\n${path}`;
+
+async function readHead(conn: MemConn): Promise<string> {
+  let got = "";
+  const buf = new Uint8Array(4096);
+  while (!got.includes("\r\n\r\n")) {
+    const n = await conn.read(buf);
+    if (n === null) throw new Error(`Cannot read a head: ended after ${got}`);
+    got += text(buf.subarray(0, n));
+  }
+  return got;
+}
+
+const end = (c: MemConn, what: string) =>
+  deadline(c.read(new Uint8Array(16)), 5_000, what);
+
+Deno.test("review18: a hub handing over gives back a connection that frees into a queue holding only WebSocket handshakes", async () => {
+  const hub = new Hub({ queueTimeout: 20_000, handshakeWait: 0 });
+  const [hub1, w1] = memPair();
+  const [hub2, w2] = memPair();
+  try {
+    hub.addWorker(hub1, "w1");
+    hub.addWorker(hub2, "w2");
+    await waitFor(() => hub.stats.idle === 2, "two idle slots");
+    const r1 = hub.fetch(new Request("http://hub/r1"));
+    assert.match(await readHead(w1), /^GET \/r1 /);
+    const r2 = hub.fetch(new Request("http://hub/r2"));
+    assert.match(await readHead(w2), /^GET \/r2 /);
+    const ws = hub.fetch(
+      new Request("http://hub/ws", {
+        headers: {
+          upgrade: "websocket",
+          connection: "Upgrade",
+          "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+          "sec-websocket-version": "13",
+        },
+      }),
+    );
+    await waitFor(() => hub.stats.queued === 1, "handshake queued");
+    const draining = hub.shutdown(20_000, { handOver: true });
+    // w1 frees: the handshake gets 503 and nothing else waits, so w1 goes
+    // back to its worker while w2 is still busy.
+    await w1.write(bytes(ok("/r1")));
+    const w = await ws;
+    assert.equal(w.status, 503);
+    await w.body?.cancel();
+    assert.equal(await end(w1, "w1 given back"), null);
+    assert.equal(hub.stats.idle, 0);
+    await w2.write(bytes(ok("/r2")));
+    for (const [res, path] of [[await r1, "/r1"], [await r2, "/r2"]] as const) {
+      assert.deepEqual([res.status, await res.text()], [200, path]);
+    }
+    await draining;
+  } finally {
+    await hub.shutdown(0);
+    w1.close();
+    w2.close();
+  }
+});
