@@ -1888,6 +1888,8 @@ export class Hub {
     // address has handshake workers, so its next connections wait again.
     if (slot.handshakeCrossed) this.#handshakeFrom(peerHost(slot.peer));
     const group = this.#unregister(slot);
+    const pool = this.#pools.get(slot.identity?.pool ?? DEFAULT_POOL);
+    if (pool !== undefined) this.#strand(pool);
     if (group === undefined) return;
     // A worker silent to a ping is news (gone without a word); any other
     // close is routine.
@@ -2332,6 +2334,7 @@ export class Hub {
       for (const slot of [...this.#slots]) {
         if (!this.#busy.has(slot)) this.#handBack(slot);
       }
+      for (const pool of this.#pools.values()) this.#strand(pool);
     }
     const deadline = performance.now() + grace;
     const queued = () => {
@@ -2527,6 +2530,21 @@ export class Hub {
     if (pool.queue.size > 0) return false;
     slot.close("hub handed over");
     return true;
+  }
+
+  // Handing over, no worker connection joins this hub any more: a pool
+  // with none left here answers what it has queued with 503 at once (as a
+  // request that arrives late), instead of holding it to its queue
+  // timeout or the end of the grace while the other hub has the workers.
+  #strand(pool: Pool): void {
+    if (!this.#handingOver || this.#closed || pool.slots > 0) return;
+    if (pool.queue.size === 0) return;
+    for (const p of pool.queue.drain()) {
+      p.node = null;
+      this.#fail(p, "shutting-down", 503, "hub is shutting down", {
+        connection: "close",
+      });
+    }
   }
 
   // A slot is free: give it the head of its pool's queue, or keep it idle.
@@ -2745,7 +2763,10 @@ export class Hub {
       });
       const next = this.#takeIdle(p.pool);
       if (next !== undefined) this.#dispatch(p, next);
-      else this.#enqueue(p, true);
+      else {
+        this.#enqueue(p, true);
+        this.#strand(p.pool);
+      }
       return;
     }
     p.workerMs = performance.now() - p.queuedSince - p.queueMs;

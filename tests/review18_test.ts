@@ -9,6 +9,9 @@ import { Hub } from "../hub.ts";
 import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
 import { deadline, waitFor } from "./_wait.ts";
 
+const NOT_STARTED = "HTTP/1.1 408 Request Timeout\r\n" +
+  "X-Pothead-Not-Started: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
 const ok = (path: string, extra = "") =>
   `HTTP/1.1 200 OK\r\n${extra}content-length: ${path.length}\r\n\r\n${path}`;
 
@@ -67,5 +70,80 @@ Deno.test("review18: a hub handing over gives back a connection that frees into 
     await hub.shutdown(0);
     w1.close();
     w2.close();
+  }
+});
+
+Deno.test("review18: a hub handing over answers a declined request at once when no worker connection of its pool is left there", async () => {
+  const hub = new Hub({ queueTimeout: 20_000, handshakeWait: 0 });
+  const [hub1, w1] = memPair();
+  const [hub2, w2] = memPair();
+  try {
+    hub.addWorker(hub1, "w1");
+    hub.addWorker(hub2, "w2");
+    await waitFor(() => hub.stats.idle === 2, "two idle slots");
+    const r1 = hub.fetch(new Request("http://hub/r1"));
+    assert.match(await readHead(w1), /^GET \/r1 /);
+    const r2 = hub.fetch(new Request("http://hub/r2"));
+    assert.match(await readHead(w2), /^GET \/r2 /);
+    const draining = hub.shutdown(20_000, { handOver: true });
+    await w1.write(bytes(ok("/r1")));
+    assert.equal(await end(w1, "w1 given back"), null);
+    // w2 declines r2 and leaves: no connection of the pool is left here,
+    // and none can come (the worker port is the other hub's now).
+    await w2.write(bytes(NOT_STARTED));
+    w2.close();
+    const res2 = await deadline(r2, 5_000, "r2 answered");
+    assert.equal(res2.status, 503);
+    await res2.body?.cancel();
+    const res1 = await r1;
+    assert.deepEqual([res1.status, await res1.text()], [200, "/r1"]);
+    await deadline(draining, 5_000, "drain over");
+    assert.equal(hub.stats.queued, 0);
+  } finally {
+    await hub.shutdown(0);
+    w1.close();
+    w2.close();
+  }
+});
+
+Deno.test("review18: a hub handing over answers a queued request at once when the last worker connection of its pool closes", async () => {
+  const hub = new Hub({ queueTimeout: 20_000, handshakeWait: 0 });
+  const [hub1, w1] = memPair();
+  try {
+    hub.addWorker(hub1, "w1");
+    await waitFor(() => hub.stats.idle === 1, "an idle slot");
+    const r1 = hub.fetch(new Request("http://hub/r1"));
+    assert.match(await readHead(w1), /^GET \/r1 /);
+    const draining = hub.shutdown(20_000, { handOver: true });
+    // Late, but w1 is busy here: queued.
+    const r2 = hub.fetch(new Request("http://hub/r2"));
+    await waitFor(() => hub.stats.queued === 1, "r2 queued");
+    // w1 answers and closes its connection: nothing can take r2 here.
+    await w1.write(bytes(ok("/r1", "connection: close\r\n")));
+    const res1 = await r1;
+    assert.deepEqual([res1.status, await res1.text()], [200, "/r1"]);
+    const res2 = await deadline(r2, 5_000, "r2 answered");
+    assert.equal(res2.status, 503);
+    await res2.body?.cancel();
+    await deadline(draining, 5_000, "drain over");
+  } finally {
+    await hub.shutdown(0);
+    w1.close();
+  }
+});
+
+Deno.test("review18: a hub handing over answers at once what a pool with no worker connection there had queued", async () => {
+  const hub = new Hub({ queueTimeout: 20_000, handshakeWait: 0 });
+  try {
+    const r1 = hub.fetch(new Request("http://hub/r1"));
+    await waitFor(() => hub.stats.queued === 1, "r1 queued");
+    const draining = hub.shutdown(20_000, { handOver: true });
+    const res1 = await deadline(r1, 5_000, "r1 answered");
+    assert.equal(res1.status, 503);
+    assert.equal(res1.headers.get("connection"), "close");
+    await res1.body?.cancel();
+    await deadline(draining, 5_000, "drain over");
+  } finally {
+    await hub.shutdown(0);
   }
 });
