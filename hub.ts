@@ -2077,6 +2077,9 @@ export class Hub {
       this.#dispatch(pending, slot);
     } else if (!this.#rejectIfFull(pending)) {
       this.#enqueue(pending, false);
+      // Handing over, the last connection of its pool may have gone while
+      // its body was read.
+      this.#strand(pool);
     }
     return promise;
   }

@@ -147,3 +147,39 @@ Deno.test("review18: a hub handing over answers at once what a pool with no work
     await hub.shutdown(0);
   }
 });
+
+Deno.test("review18: a hub handing over answers at once a late request whose body arrived after the last worker connection of its pool closed", async () => {
+  const hub = new Hub({ queueTimeout: 20_000, handshakeWait: 0 });
+  const [hub1, w1] = memPair();
+  try {
+    hub.addWorker(hub1, "w1");
+    await waitFor(() => hub.stats.idle === 1, "an idle slot");
+    const r1 = hub.fetch(new Request("http://hub/r1"));
+    assert.match(await readHead(w1), /^GET \/r1 /);
+    const draining = hub.shutdown(20_000, { handOver: true });
+    // Late, while w1 is busy here: taken, and its small body read first.
+    let send!: ReadableStreamDefaultController<Uint8Array>;
+    const body = new ReadableStream<Uint8Array>({ start: (c) => send = c });
+    const r2 = hub.fetch(
+      new Request("http://hub/r2", {
+        method: "POST",
+        headers: { "content-length": "2" },
+        body,
+      }),
+    );
+    // Meanwhile w1 answers and closes its connection.
+    await w1.write(bytes(ok("/r1", "connection: close\r\n")));
+    const res1 = await r1;
+    assert.deepEqual([res1.status, await res1.text()], [200, "/r1"]);
+    await waitFor(() => hub.stats.slots === 0, "w1 gone");
+    send.enqueue(bytes("ok"));
+    send.close();
+    const res2 = await deadline(r2, 5_000, "r2 answered");
+    assert.equal(res2.status, 503);
+    await res2.body?.cancel();
+    await deadline(draining, 5_000, "drain over");
+  } finally {
+    await hub.shutdown(0);
+    w1.close();
+  }
+});
