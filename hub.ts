@@ -2323,7 +2323,8 @@ export class Hub {
    * free while its pool has nothing queued, so that its worker dials the
    * other hub instead of idling here until the drain ends. A request that
    * still arrives is served while a connection of its pool is busy here,
-   * and gets the 503 otherwise.
+   * and gets the 503 otherwise; so does what a pool left with no worker
+   * connection here still has queued, at once.
    */
   async shutdown(
     grace = 30_000,

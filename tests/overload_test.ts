@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { type AccessRecord, Hub } from "../hub.ts";
 import { HubMetrics } from "../_metrics.ts";
 import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
-import { deadline, waitFor } from "./_wait.ts";
+import { waitFor } from "./_wait.ts";
 
 const NOT_STARTED = "HTTP/1.1 408 Request Timeout\r\n" +
   "X-Pothead-Not-Started: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
@@ -147,90 +147,5 @@ Deno.test("a request put back for another worker and then timed out in the queue
   } finally {
     worker.close();
     await hub.shutdown(0);
-  }
-});
-
-Deno.test("a hub handing over gives a worker connection back once it is free and its pool has nothing queued, not before", async () => {
-  const hub = new Hub({ queueTimeout: 20_000, handshakeWait: 0 });
-  const [hub1, w1] = memPair();
-  const [hub2, w2] = memPair();
-  const [hub3, w3] = memPair();
-  try {
-    hub.addWorker(hub1, "w1");
-    hub.addWorker(hub2, "w2");
-    await waitFor(() => hub.stats.idle === 2, "two idle slots");
-    const ok = (path: string) =>
-      `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`;
-    const r1 = hub.fetch(new Request("http://hub/r1"));
-    assert.match(await readHead(w1), /^GET \/r1 /);
-    const r2 = hub.fetch(new Request("http://hub/r2"));
-    assert.match(await readHead(w2), /^GET \/r2 /);
-    const r3 = hub.fetch(new Request("http://hub/r3"));
-    await waitFor(() => hub.stats.queued === 1, "r3 queued");
-    // A third connection takes r3.
-    hub.addWorker(hub3, "w3");
-    await waitFor(() => hub.stats.queued === 0, "r3 taken by w3");
-    assert.match(await readHead(w3), /^GET \/r3 /);
-    const r4 = hub.fetch(new Request("http://hub/r4"));
-    await waitFor(() => hub.stats.queued === 1, "r4 queued");
-    const draining = hub.shutdown(20_000, { handOver: true });
-    // w2 frees while r4 waits: it takes r4 and stays.
-    await w2.write(bytes(ok("/r2")));
-    assert.match(await readHead(w2), /^GET \/r4 /);
-    // w1 frees with nothing queued: it goes back (the worker reads the
-    // end) while w2 and w3 are still busy, so before the drain ends.
-    const end = (c: MemConn, what: string) =>
-      deadline(c.read(new Uint8Array(16)), 10_000, what);
-    await w1.write(bytes(ok("/r1")));
-    assert.equal(await end(w1, "w1 given back"), null);
-    await w3.write(bytes(ok("/r3")));
-    assert.equal(await end(w3, "w3 given back"), null);
-    await w2.write(bytes(ok("/r4")));
-    assert.equal(await end(w2, "w2 given back"), null);
-    const answers = await Promise.all([r1, r2, r3, r4]);
-    for (const [i, res] of answers.entries()) {
-      assert.deepEqual([res.status, await res.text()], [200, `/r${i + 1}`]);
-    }
-    await draining;
-    assert.equal(hub.stats.slots, 0);
-  } finally {
-    await hub.shutdown(0);
-    for (const c of [w1, w2, w3]) c.close();
-  }
-});
-
-Deno.test("a hub handing over still serves a request that reaches it while a worker connection of its pool is busy there; with none left, 503", async () => {
-  const hub = new Hub({ queueTimeout: 20_000, handshakeWait: 0 });
-  const [hub1, w1] = memPair();
-  try {
-    hub.addWorker(hub1, "w1");
-    await waitFor(() => hub.stats.idle === 1, "an idle slot");
-    const ok = (path: string) =>
-      `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`;
-    const r1 = hub.fetch(new Request("http://hub/r1"));
-    assert.match(await readHead(w1), /^GET \/r1 /);
-    const draining = hub.shutdown(20_000, { handOver: true });
-    // Late, but w1 will free into it: queued, not refused.
-    const r2 = hub.fetch(new Request("http://hub/r2"));
-    await waitFor(() => hub.stats.queued === 1, "r2 queued");
-    await w1.write(bytes(ok("/r1")));
-    assert.match(await readHead(w1), /^GET \/r2 /);
-    await w1.write(bytes(ok("/r2")));
-    assert.equal(
-      await deadline(w1.read(new Uint8Array(16)), 10_000, "w1 given back"),
-      null,
-    );
-    for (const [res, path] of [[await r1, "/r1"], [await r2, "/r2"]] as const) {
-      assert.deepEqual([res.status, await res.text()], [200, path]);
-    }
-    // No connection left here for it: refused, and told to go elsewhere.
-    const r3 = await hub.fetch(new Request("http://hub/r3"));
-    assert.equal(r3.status, 503);
-    assert.equal(r3.headers.get("connection"), "close");
-    await r3.body?.cancel();
-    await draining;
-  } finally {
-    await hub.shutdown(0);
-    w1.close();
   }
 });

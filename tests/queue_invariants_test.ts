@@ -161,7 +161,7 @@ for (
     { fair: true, ledger: true, step: 10 },
   ]
 ) {
-  Deno.test(`review18: queue invariants under random operations (${JSON.stringify(opts)})`, async () => {
+  Deno.test(`queue invariants under random operations (${JSON.stringify(opts)})`, async () => {
     for (let seed = 1; seed <= 30; seed++) run(seed, opts);
     // The ledger forgets released keys in a microtask.
     await Promise.resolve();
