@@ -6,7 +6,8 @@
  * O(1), and a request that must be retried goes back to the head. Entries
  * stay in order of arrival, so queue timeouts use one timer for the oldest
  * entry, armed only while something waits: a request that finds an idle
- * worker never touches a timer.
+ * worker never touches a timer. A fair queue keeps its keys in a heap by
+ * their oldest entry, so that one timer serves all of them too.
  *
  * @module
  */
