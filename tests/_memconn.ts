@@ -274,3 +274,18 @@ export async function readAll(conn: Connection): Promise<Uint8Array> {
   }
   throw new Error("readAll: too many reads");
 }
+
+/**
+ * Reads from `conn` until a blank line; returns what it read (a request
+ * head, as a worker sees it). Throws if the stream ends first.
+ */
+export async function readHead(conn: Connection): Promise<string> {
+  let got = "";
+  const buf = new Uint8Array(4096);
+  while (!got.includes("\r\n\r\n")) {
+    const n = await conn.read(buf);
+    if (n === null) throw new Error(`Cannot read a head: ended after ${got}`);
+    got += text(buf.subarray(0, n));
+  }
+  return got;
+}

@@ -9,23 +9,11 @@
 import assert from "node:assert/strict";
 import { type AccessRecord, Hub } from "../hub.ts";
 import { HubMetrics } from "../_metrics.ts";
-import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
+import { bytes, type MemConn, memPair, readHead } from "./_memconn.ts";
 import { waitFor } from "./_wait.ts";
 
 const NOT_STARTED = "HTTP/1.1 408 Request Timeout\r\n" +
   "X-Pothead-Not-Started: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-
-/** Reads from `conn` until a blank line; returns what it read. */
-async function readHead(conn: MemConn): Promise<string> {
-  let got = "";
-  const buf = new Uint8Array(4096);
-  while (!got.includes("\r\n\r\n")) {
-    const n = await conn.read(buf);
-    if (n === null) throw new Error(`Cannot read a head: ended after ${got}`);
-    got += text(buf.subarray(0, n));
-  }
-  return got;
-}
 
 Deno.test("a declined request put back in the queue does not hold back the queue timeout of an older one", async () => {
   // "slow" arrives first but its small body takes a while, so it joins the
