@@ -485,7 +485,11 @@ Deno.test("WaitQueue puts a value back behind an older one that joined meanwhile
 // ---------------------------------------------------------------------------
 // Priority classes
 
-function priorityFixture(timeout: number, step?: number) {
+function priorityFixture(
+  timeout: number,
+  step?: number,
+  keyOf?: (v: string) => string,
+) {
   const clock = { now: 1000 };
   const expired: string[] = [];
   const q = new PriorityQueue<string>({
@@ -493,6 +497,7 @@ function priorityFixture(timeout: number, step?: number) {
     onTimeout: (v) => expired.push(v),
     now: () => clock.now,
     step,
+    keyOf,
   });
   const order = () => {
     const out: string[] = [];
@@ -1055,13 +1060,7 @@ for (
 }
 
 Deno.test("PriorityQueue with keyOf: classes stay strict, each class serves its keys in turn", () => {
-  const clock = { now: 1000 };
-  const q = new PriorityQueue<string>({
-    timeout: 0,
-    onTimeout: () => {},
-    now: () => clock.now,
-    keyOf,
-  });
+  const { q } = priorityFixture(0, undefined, keyOf);
   assert.equal(q.fair, true);
   q.push("a.1");
   q.push("a.2");
@@ -1105,14 +1104,7 @@ Deno.test("PriorityQueue with keyOf: classes stay strict, each class serves its 
 });
 
 Deno.test("PriorityQueue with keyOf and a step compares each class by its oldest value, not by the head of the key whose turn it is", () => {
-  const clock = { now: 1000 };
-  const q = new PriorityQueue<string>({
-    timeout: 0,
-    onTimeout: () => {},
-    now: () => clock.now,
-    keyOf,
-    step: 100,
-  });
+  const { q } = priorityFixture(0, 100, keyOf);
   // Class 0: a.1 (900) and a.2 (905) wait; b.1 joins at 1150. Class 1: c.1
   // at 1000, worth 900.
   q.push("a.1", 900);
