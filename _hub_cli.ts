@@ -8,6 +8,7 @@
 import { parseArgs } from "node:util";
 import type { HubLogRecord, HubServer, Route, ServeHubOptions } from "./hub.ts";
 import { serveHub } from "./hub.ts";
+import { hasUnstableNet } from "./_io.ts";
 import { formatAccess, HubMetrics } from "./_metrics.ts";
 import { createAdminHandler } from "./_admin.ts";
 import {
@@ -308,12 +309,8 @@ export function optionsFrom(
     "POTHEAD_NO_WEBSOCKETS",
   );
   const reusePort = switchOn(values["reuse-port"], "POTHEAD_REUSE_PORT");
-  // Deno has SO_REUSEPORT only with --unstable-net; its unstable network
-  // APIs are there only then.
-  if (
-    reusePort &&
-    typeof (Deno as { listenDatagram?: unknown }).listenDatagram !== "function"
-  ) {
+  // Named here with the flag to pass, rather than as serveHub's TypeError.
+  if (reusePort && !hasUnstableNet()) {
     throw new UsageError(
       "Invalid --reuse-port: Deno needs the --unstable-net flag for it " +
         "(deno run --unstable-net ... hub.ts --reuse-port)",

@@ -173,3 +173,12 @@ export function joinBytes(parts: Uint8Array[], size: number): Uint8Array {
   }
   return out;
 }
+
+/**
+ * Whether Deno runs with `--unstable-net`, which `SO_REUSEPORT` needs: its
+ * unstable network APIs are there only then.
+ */
+export function hasUnstableNet(): boolean {
+  return typeof (Deno as { listenDatagram?: unknown }).listenDatagram ===
+    "function";
+}

@@ -40,7 +40,13 @@ import {
   relayedResponse,
   requestTarget,
 } from "./_headers.ts";
-import { BufferedReader, type Connection, joinBytes, writeAll } from "./_io.ts";
+import {
+  BufferedReader,
+  type Connection,
+  hasUnstableNet,
+  joinBytes,
+  writeAll,
+} from "./_io.ts";
 import { readAheadStream } from "./_readahead.ts";
 import type {
   ReadAheadControl,
@@ -2077,9 +2083,6 @@ export class Hub {
       this.#dispatch(pending, slot);
     } else if (!this.#rejectIfFull(pending)) {
       this.#enqueue(pending, false);
-      // Handing over, the last connection of its pool may have gone while
-      // its body was read.
-      this.#strand(pool);
     }
     return promise;
   }
@@ -2414,6 +2417,9 @@ export class Hub {
       p.req.signal.addEventListener("abort", p, { once: true });
       if (p.req.signal.aborted) this.#abandon(p);
     }
+    // Handing over, the last connection of its pool may have gone (while
+    // its body was read, or the one that declined it).
+    this.#strand(p.pool);
   }
 
   #unwatch(p: Pending): void {
@@ -2566,7 +2572,6 @@ export class Hub {
       slot.close("hub shut down");
       return;
     }
-    if (this.#handingOver && this.#handBack(slot)) return;
     let node = pool.queue.shift();
     // While the hub shuts down a WebSocket would open only to be closed by
     // the hub: its handshake gets 503 without costing a worker anything.
@@ -2576,8 +2581,8 @@ export class Hub {
       node = pool.queue.shift();
     }
     if (node === null) {
-      // Handing over, what waited were only handshakes: nothing is left
-      // for it here.
+      // Handing over, nothing is left for it here (what waited, if
+      // anything, were handshakes, answered above).
       if (this.#handingOver && this.#handBack(slot)) return;
       group.idle.add(slot);
       pool.idle++;
@@ -2767,10 +2772,7 @@ export class Hub {
       });
       const next = this.#takeIdle(p.pool);
       if (next !== undefined) this.#dispatch(p, next);
-      else {
-        this.#enqueue(p, true);
-        this.#strand(p.pool);
-      }
+      else this.#enqueue(p, true);
       return;
     }
     p.workerMs = performance.now() - p.queuedSince - p.queueMs;
@@ -2963,13 +2965,6 @@ export class Hub {
   }
 }
 
-// Whether Deno runs with --unstable-net (SO_REUSEPORT needs it): its
-// unstable network APIs are there only then.
-function unstableNet(): boolean {
-  return typeof (Deno as { listenDatagram?: unknown }).listenDatagram ===
-    "function";
-}
-
 /**
  * A plain-text error response from the hub itself. 499 is not sent (the
  * consumer is gone); it only settles the request's promise.
@@ -3087,7 +3082,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
   const workerPort = options.workerPort ?? 4040;
   const tls = options.workerCert !== undefined;
   const reusePort = options.reusePort === true;
-  if (reusePort && !unstableNet()) {
+  if (reusePort && !hasUnstableNet()) {
     throw new TypeError(
       "Invalid options: reusePort needs Deno's --unstable-net flag",
     );

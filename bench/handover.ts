@@ -165,7 +165,7 @@ async function run(way: Way, client: Client, o: Plan): Promise<RunResult> {
     let newListeningMs = NaN;
     const replace = (async () => {
       await sleep(at - performance.now());
-      if (way === "handover") {
+      const startNew = async () => {
         b = await startHub({
           args: [
             ...reuse,
@@ -178,26 +178,21 @@ async function run(way: Way, client: Client, o: Plan): Promise<RunResult> {
           maxSeconds,
         });
         listening = performance.now();
-      }
+      };
+      if (way === "handover") await startNew();
       const old = a!;
       const killed = performance.now();
       old.proc.kill("SIGTERM");
+      const exited = old.proc.status.then((status) => {
+        oldExitMs = performance.now() - killed;
+        oldExitCode = status.code;
+      });
+      // Restarting, the ports are free once it has exited.
       if (way === "restart") {
-        // The ports are free once it has exited.
-        const status = await old.proc.status;
-        oldExitMs = performance.now() - killed;
-        oldExitCode = status.code;
-        b = await startHub({
-          args: ["--port", String(port), "--worker-port", String(workerPort)],
-          denoFlags: FLAGS,
-          maxSeconds,
-        });
-        listening = performance.now();
-      } else {
-        const status = await old.proc.status;
-        oldExitMs = performance.now() - killed;
-        oldExitCode = status.code;
+        await exited;
+        await startNew();
       }
+      await exited;
       a = undefined;
       newListeningMs = listening - killed;
     })();
