@@ -2,19 +2,25 @@
  * Adaptive capacity (the original POTHEAD's `--poll-jobs`): a gate the worker
  * awaits before offering each slot to the hub, which lets another slot
  * through only while the machine has room, measured from Linux `/proc` and
- * cgroup v2 files.
+ * the files of the cgroups (v2 or v1) that limit the process (`_cgroup.ts`).
  *
  * The measuring is done by pure functions on file contents
  * ({@linkcode parseProcStat}, {@linkcode cpuIdleFraction},
- * {@linkcode parseMeminfo}, {@linkcode parseCpuMax},
- * {@linkcode parseCpuStatUsage}, {@linkcode cgroupMemoryHeadroom},
- * {@linkcode capacityFrom}); only {@linkcode readCapacitySample} and the gate
- * touch the file system.
+ * {@linkcode parseMeminfo}, {@linkcode capacityFrom}); only
+ * {@linkcode readCapacitySample} and the gate touch the file system.
  *
  * @module
  */
 
 import { join } from "node:path";
+import {
+  type CgroupDir,
+  cgroupDirs,
+  type CgroupFiles,
+  cgroupLimits,
+  readCgroupFiles,
+  readOptional,
+} from "./_cgroup.ts";
 
 /**
  * Awaited by the worker before it offers (connects) slot number `slot`;
@@ -164,98 +170,6 @@ export function parseMeminfo(text: string): MemInfo {
   return { total: kb.get("MemTotal") ?? available, available };
 }
 
-/**
- * Parses a cgroup v2 `cpu.max` ("$MAX $PERIOD", or "max $PERIOD") into the
- * number of CPUs the quota allows.
- *
- * @returns CPUs (e.g. 1.5 for "150000 100000"), or `null` for no limit.
- * @throws {SyntaxError} on anything else.
- */
-export function parseCpuMax(text: string): number | null {
-  const m = /^\s*(max|[0-9]+)(?:\s+([0-9]+))?\s*$/.exec(text);
-  if (m === null) {
-    throw new SyntaxError(
-      `Cannot parse cpu.max: received ${JSON.stringify(text)}`,
-    );
-  }
-  if (m[1] === "max") return null;
-  const period = Number(m[2] ?? 100_000);
-  if (!(period > 0)) {
-    throw new SyntaxError(
-      `Cannot parse cpu.max: period is 0 in ${JSON.stringify(text)}`,
-    );
-  }
-  return Number(m[1]) / period;
-}
-
-/**
- * Reads `usage_usec` (CPU time used by the cgroup, in microseconds) from a
- * cgroup v2 `cpu.stat`.
- *
- * @throws {SyntaxError} when the field is missing.
- */
-export function parseCpuStatUsage(text: string): number {
-  const m = /^usage_usec\s+([0-9]+)\s*$/m.exec(text);
-  if (m === null) {
-    throw new SyntaxError(
-      `Cannot parse cpu.stat: no usage_usec in ${
-        JSON.stringify(text.slice(0, 80))
-      }`,
-    );
-  }
-  return Number(m[1]);
-}
-
-/**
- * Bytes a cgroup may still allocate: `memory.max` minus the working set
- * (`memory.current` less the reclaimable `inactive_file` of `memory.stat`,
- * as Kubernetes counts it), never below 0.
- *
- * @param max the contents of `memory.max` ("max" or bytes).
- * @param current the contents of `memory.current` (bytes).
- * @param stat the contents of `memory.stat`, if readable.
- * @returns the headroom in bytes, or `null` when `memory.max` is "max".
- * @throws {SyntaxError} on unparsable contents.
- */
-export function cgroupMemoryHeadroom(
-  max: string,
-  current: string,
-  stat?: string,
-): number | null {
-  const limit = max.trim();
-  if (limit === "max") return null;
-  if (!/^[0-9]+$/.test(limit)) {
-    throw new SyntaxError(
-      `Cannot parse memory.max: received ${JSON.stringify(max)}`,
-    );
-  }
-  const used = current.trim();
-  if (!/^[0-9]+$/.test(used)) {
-    throw new SyntaxError(
-      `Cannot parse memory.current: received ${JSON.stringify(current)}`,
-    );
-  }
-  const inactive = stat === undefined
-    ? 0
-    : Number(/^inactive_file\s+([0-9]+)\s*$/m.exec(stat)?.[1] ?? 0);
-  const working = Math.max(0, Number(used) - inactive);
-  return Math.max(0, Number(limit) - working);
-}
-
-/** The contents of one cgroup directory's files; absent when unreadable. */
-export interface CgroupFiles {
-  /** `cpu.max`: the CPU quota and period. */
-  cpuMax?: string;
-  /** `cpu.stat`: CPU time used (`usage_usec`). */
-  cpuStat?: string;
-  /** `memory.max`: the memory limit. */
-  memoryMax?: string;
-  /** `memory.current`: memory in use, page cache included. */
-  memoryCurrent?: string;
-  /** `memory.stat`: the breakdown (`inactive_file` is reclaimable). */
-  memoryStat?: string;
-}
-
 /** One reading of the files that {@linkcode capacityFrom} compares. */
 export interface CapacitySample {
   /** When it was read, in milliseconds (`performance.now()`). */
@@ -264,7 +178,7 @@ export interface CapacitySample {
   stat?: string;
   /** `/proc/meminfo`, if readable. */
   meminfo?: string;
-  /** The process's cgroup and its ancestors, innermost first. */
+  /** The files of each cgroup that limits the process (see `cgroupDirs`). */
   cgroups: CgroupFiles[];
 }
 
@@ -318,48 +232,26 @@ export function capacityFrom(
     freeMemory = parseMeminfo(after.meminfo).available;
   }
   for (let i = 0; i < after.cgroups.length; i++) {
-    const now = after.cgroups[i];
-    const then = before.cgroups[i];
-    const quota = now.cpuMax === undefined ? null : parseCpuMax(now.cpuMax);
-    if (quota !== null) {
-      cpus = Math.min(cpus, quota);
-      let left = quota;
+    const now = cgroupLimits(after.cgroups[i]);
+    const then = before.cgroups[i] === undefined
+      ? null
+      : cgroupLimits(before.cgroups[i]);
+    if (now.cpus !== null) {
+      cpus = Math.min(cpus, now.cpus);
+      let left = now.cpus;
       if (
-        then?.cpuStat !== undefined && now.cpuStat !== undefined && elapsed > 0
+        now.usageUsec !== null && then?.usageUsec != null && elapsed > 0
       ) {
-        const used = (parseCpuStatUsage(now.cpuStat) -
-          parseCpuStatUsage(then.cpuStat)) / (elapsed * 1000);
-        left = Math.max(0, quota - used);
+        const used = (now.usageUsec - then.usageUsec) / (elapsed * 1000);
+        left = Math.max(0, now.cpus - used);
       }
       idleCpu = Math.min(idleCpu, left);
     }
-    if (now.memoryMax !== undefined && now.memoryCurrent !== undefined) {
-      const headroom = cgroupMemoryHeadroom(
-        now.memoryMax,
-        now.memoryCurrent,
-        now.memoryStat,
-      );
-      if (headroom !== null) freeMemory = Math.min(freeMemory, headroom);
+    if (now.memoryHeadroom !== null) {
+      freeMemory = Math.min(freeMemory, now.memoryHeadroom);
     }
   }
   return { idleCpu, cpus, idleFraction, freeMemory, elapsed };
-}
-
-async function readOptional(path: string): Promise<string | undefined> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (error) {
-    // Missing (not Linux, cgroup v1, a cgroup without that limit): the
-    // resource is not limited. Anything else must not pass for "no limit".
-    if (error instanceof Deno.errors.NotFound) return undefined;
-    if (error instanceof Deno.errors.NotCapable) {
-      throw new Deno.errors.NotCapable(
-        `Cannot read "${path}" for adaptive capacity: Deno reads /proc and /sys only with --allow-all`,
-        { cause: error },
-      );
-    }
-    throw error;
-  }
 }
 
 /** Where {@linkcode readCapacitySample} reads. */
@@ -370,29 +262,10 @@ export interface CapacityRoots {
    */
   procRoot?: string;
   /**
-   * The cgroup v2 mount.
-   * @default {"/sys/fs/cgroup"}
+   * A cgroup v2 tree to read instead of the cgroup mounts (v2 and v1) that
+   * `/proc/self/mountinfo` lists; for tests and unusual mounts.
    */
   cgroupRoot?: string;
-}
-
-/**
- * The cgroup v2 directories that limit this process, innermost first: its
- * own (from the `0::` line of `/proc/self/cgroup`) and each ancestor below
- * the mount. Just the mount itself when the line is missing (cgroup v1) or
- * names `/` (a container's own namespace).
- */
-export async function cgroupDirs(roots: CapacityRoots = {}): Promise<string[]> {
-  const procRoot = roots.procRoot ?? "/proc";
-  const cgroupRoot = roots.cgroupRoot ?? "/sys/fs/cgroup";
-  const text = await readOptional(join(procRoot, "self", "cgroup"));
-  const path = /^0::(\/.*)$/m.exec(text ?? "")?.[1] ?? "/";
-  const parts = path.split("/").filter((p) => p !== "" && p !== "..");
-  const dirs: string[] = [];
-  for (let n = parts.length; n >= 0; n--) {
-    dirs.push(join(cgroupRoot, ...parts.slice(0, n)));
-  }
-  return dirs;
 }
 
 /**
@@ -403,23 +276,14 @@ export async function cgroupDirs(roots: CapacityRoots = {}): Promise<string[]> {
  *   and `/sys` need `--allow-all`.
  */
 export async function readCapacitySample(
-  dirs: string[],
+  dirs: CgroupDir[],
   roots: CapacityRoots = {},
 ): Promise<CapacitySample> {
   const procRoot = roots.procRoot ?? "/proc";
-  const readDir = async (dir: string): Promise<CgroupFiles> => {
-    const [cpuMax, cpuStat, memoryMax, memoryCurrent, memoryStat] =
-      await Promise
-        .all(
-          ["cpu.max", "cpu.stat", "memory.max", "memory.current", "memory.stat"]
-            .map((name) => readOptional(join(dir, name))),
-        );
-    return { cpuMax, cpuStat, memoryMax, memoryCurrent, memoryStat };
-  };
   const [stat, meminfo, cgroups] = await Promise.all([
     readOptional(join(procRoot, "stat")),
     readOptional(join(procRoot, "meminfo")),
-    Promise.all(dirs.map(readDir)),
+    Promise.all(dirs.map(readCgroupFiles)),
   ]);
   return { at: performance.now(), stat, meminfo, cgroups };
 }
@@ -486,11 +350,14 @@ function checkOption(name: string, value: number, min: number): number {
  * agrees), and no other slot was admitted in the last `settle`
  * milliseconds.
  *
- * Readings come from `/proc/stat` and `/proc/meminfo` and from the cgroup v2
- * files of the process's cgroup and its ancestors (`cpu.max` with the
- * `usage_usec` of `cpu.stat`; `memory.max` with `memory.current` and
- * `memory.stat`). A file that is missing (not Linux, cgroup v1, no limit
- * set) limits nothing, so elsewhere only the settle time applies. A file
+ * Readings come from `/proc/stat` and `/proc/meminfo` and from the files of
+ * the process's cgroup and its ancestors, found through
+ * `/proc/self/mountinfo`: with cgroup v2, `cpu.max` with the `usage_usec` of
+ * `cpu.stat`, and `memory.max` with `memory.current` and `memory.stat`; with
+ * cgroup v1, `cpu.cfs_quota_us` and `cpu.cfs_period_us` with
+ * `cpuacct.usage`, and `memory.limit_in_bytes` with `memory.usage_in_bytes`
+ * and `memory.stat`. A file that is missing (not Linux, no limit set) limits
+ * nothing, so elsewhere only the settle time applies. A file
  * that exists but cannot be read fails the wait with that error; note that
  * Deno reads `/proc` and `/sys` only under `--allow-all` (`-A`), so a
  * worker using this gate must run with it.
@@ -526,7 +393,7 @@ export function capacityGate(options: CapacityOptions = {}): SlotGate {
   const interval = checkOption("interval", options.interval ?? 250, 1);
   const roots = { procRoot: options.procRoot, cgroupRoot: options.cgroupRoot };
   const waiters: Waiter[] = [];
-  let dirs: Promise<string[]> | null = null;
+  let dirs: Promise<CgroupDir[]> | null = null;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let reading = false;
   let previous: CapacitySample | null = null;

@@ -113,6 +113,23 @@ export interface SpawnOptions {
    * @default {ROOT}
    */
   cwd?: string;
+  /**
+   * Cgroup directories to start in (Linux, as root): a shell writes its own
+   * pid into each one's `cgroup.procs` and then becomes Deno, so the process
+   * is in them from its first instruction.
+   */
+  cgroups?: string[];
+}
+
+/** Runs `command args` after joining `cgroups` (see SpawnOptions). */
+function inCgroups(
+  cgroups: string[],
+  command: string,
+  args: string[],
+): [string, string[]] {
+  const join = 'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || ' +
+    'exit 97; shift; done; shift; exec "$@"';
+  return ["/bin/sh", ["-c", join, "sh", ...cgroups, "--", command, ...args]];
 }
 
 async function pump(stream: ReadableStream<Uint8Array>, lines: Lines) {
@@ -145,8 +162,11 @@ export class Proc {
 
   constructor(name: string, args: string[], options: SpawnOptions = {}) {
     this.name = name;
-    this.child = new Deno.Command(Deno.execPath(), {
-      args,
+    const [command, argv] = options.cgroups === undefined
+      ? [Deno.execPath(), args]
+      : inCgroups(options.cgroups, Deno.execPath(), args);
+    this.child = new Deno.Command(command, {
+      args: argv,
       cwd: options.cwd ?? ROOT,
       env: { NO_COLOR: "1", ...options.env },
       stdin: "null",
@@ -207,8 +227,11 @@ export async function runDeno(
   args: string[],
   options: SpawnOptions = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args,
+  const [command, argv] = options.cgroups === undefined
+    ? [Deno.execPath(), args]
+    : inCgroups(options.cgroups, Deno.execPath(), args);
+  const out = await new Deno.Command(command, {
+    args: argv,
     cwd: options.cwd ?? ROOT,
     env: { NO_COLOR: "1", ...options.env },
     stdin: "null",

@@ -12,15 +12,17 @@ import {
   capacityGate,
   type CapacitySample,
   type CapacityUsage,
-  cgroupDirs,
-  cgroupMemoryHeadroom,
   cpuIdleFraction,
-  parseCpuMax,
-  parseCpuStatUsage,
   parseMeminfo,
   parseProcStat,
   readCapacitySample,
 } from "../_capacity.ts";
+import {
+  cgroupDirs,
+  cgroupMemoryHeadroom,
+  parseCpuMax,
+  parseCpuStatUsage,
+} from "../_cgroup.ts";
 
 const FIXTURES = fileURLToPath(new URL("fixtures/proc", import.meta.url));
 const HANG_GUARD = 20_000;
@@ -162,6 +164,7 @@ function statText(idle: number, total: number): string {
 
 test("capacityFrom combines the machine and every cgroup limit", () => {
   const pod = {
+    version: 2 as const,
     cpuMax: "150000 100000\n",
     cpuStat: "usage_usec 5000000\n",
     memoryMax: "1073741824\n",
@@ -171,14 +174,14 @@ test("capacityFrom combines the machine and every cgroup limit", () => {
     at: 1000,
     stat: statText(8000, 10000),
     meminfo: fixture("proc/meminfo"),
-    cgroups: [{ cpuMax: "max 100000\n" }, pod],
+    cgroups: [{ version: 2, cpuMax: "max 100000\n" }, pod],
   };
   const after: CapacitySample = {
     at: 2000, // one second later
     stat: statText(8100, 10200), // half of the 2 CPUs idle
     meminfo: fixture("proc/meminfo"),
     // The pod used 0.25 CPU-seconds in that second: 1.25 of 1.5 left.
-    cgroups: [{ cpuMax: "max 100000\n" }, {
+    cgroups: [{ version: 2, cpuMax: "max 100000\n" }, {
       ...pod,
       cpuStat: "usage_usec 5250000\n",
     }],
@@ -194,10 +197,35 @@ test("capacityFrom combines the machine and every cgroup limit", () => {
   // The pod using 1.4 CPUs leaves 0.1, below the machine's idle CPU.
   const busy = capacityFrom(before, {
     ...after,
-    cgroups: [{}, { ...pod, cpuStat: "usage_usec 6400000\n" }],
+    cgroups: [{ version: 2 }, { ...pod, cpuStat: "usage_usec 6400000\n" }],
   });
   assert.ok(busy !== null);
   assert.ok(Math.abs(busy.idleCpu - 0.1) < 1e-9, String(busy.idleCpu));
+
+  // cgroup v1: a cpu quota of 0.5 CPU, whose cpuacct shows 0.2 CPU-seconds
+  // used in that second, beside a memory cgroup limited to 256 MiB.
+  const v1 = (usedNs: number) => [
+    {
+      version: 1 as const,
+      cfsQuota: "50000\n",
+      cfsPeriod: "100000\n",
+      cpuacctUsage: `${usedNs}\n`,
+    },
+    {
+      version: 1 as const,
+      memoryLimit: "268435456\n",
+      memoryUsage: "67108864\n",
+      memoryStat: "total_inactive_file 0\n",
+    },
+  ];
+  const v1Usage = capacityFrom(
+    { ...before, cgroups: v1(7_000_000_000) },
+    { ...after, cgroups: v1(7_200_000_000) },
+  );
+  assert.ok(v1Usage !== null);
+  assert.equal(v1Usage.cpus, 0.5);
+  assert.ok(Math.abs(v1Usage.idleCpu - 0.3) < 1e-9, String(v1Usage.idleCpu));
+  assert.equal(v1Usage.freeMemory, 192 * MiB);
 
   // No files: nothing limits.
   const none = capacityFrom({ at: 0, cgroups: [] }, { at: 5, cgroups: [] });
@@ -217,16 +245,16 @@ test("cgroupDirs lists the process's cgroup and its ancestors, innermost first",
     procRoot: join(FIXTURES, "proc"),
     cgroupRoot: "/cg",
   });
-  assert.deepEqual(dirs, [
-    "/cg/kubepods.slice/pod-a/worker",
-    "/cg/kubepods.slice/pod-a",
-    "/cg/kubepods.slice",
-    "/cg",
+  assert.deepEqual(dirs.map((d) => [d.path, d.version]), [
+    ["/cg/kubepods.slice/pod-a/worker", 2],
+    ["/cg/kubepods.slice/pod-a", 2],
+    ["/cg/kubepods.slice", 2],
+    ["/cg", 2],
   ]);
   // No cgroup v2 line (cgroup v1, or not Linux): the mount alone.
   assert.deepEqual(
     await cgroupDirs({ procRoot: "/nonexistent", cgroupRoot: "/cg" }),
-    ["/cg"],
+    [{ path: "/cg", version: 2 }],
   );
 });
 
@@ -618,7 +646,10 @@ const PROBE = `
 const mod = await import(${
   JSON.stringify(new URL("../_capacity.ts", import.meta.url).href)
 });
-const dirs = await mod.cgroupDirs();
+const { cgroupDirs } = await import(${
+  JSON.stringify(new URL("../_cgroup.ts", import.meta.url).href)
+});
+const dirs = await cgroupDirs();
 const before = await mod.readCapacitySample(dirs);
 await new Promise((r) => setTimeout(r, 1000));
 const after = await mod.readCapacitySample(dirs);
