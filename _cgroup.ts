@@ -134,36 +134,57 @@ export function cgroupDirsFrom(
     if (m[1] === "") paths.set("", m[2]);
     else for (const c of m[1].split(",")) paths.set(c, m[2]);
   }
-  const v2Path = paths.get("");
-  if (v2Path !== undefined) {
-    const mount = mounts.find((m) => m.fsType === "cgroup2");
-    const rel = mount === undefined ? null : below(mount.root, v2Path);
-    if (rel !== null) {
-      for (const path of chain(mount!.mountPoint, rel)) {
-        add({ path, version: 2 });
-      }
+  // The first mount of a tree that shows the process's cgroup in it (a
+  // tree can be mounted more than once, at different roots), and that
+  // cgroup's place below the mount's root.
+  const find = (path: string | undefined, is: (m: CgroupMount) => boolean) => {
+    if (path === undefined) return undefined;
+    for (const mount of mounts) {
+      if (!is(mount)) continue;
+      const rel = below(mount.root, path);
+      if (rel !== null) return { mount, rel };
+    }
+    return undefined;
+  };
+  const v2 = find(paths.get(""), (m) => m.fsType === "cgroup2");
+  if (v2 !== undefined) {
+    for (const path of chain(v2.mount.mountPoint, v2.rel)) {
+      add({ path, version: 2 });
     }
   }
-  const v1 = (controller: string) => {
-    const path = paths.get(controller);
-    const mount = mounts.find((m) =>
-      m.fsType === "cgroup" && m.options.includes(controller)
+  const v1 = (controller: string) =>
+    find(
+      paths.get(controller),
+      (m) => m.fsType === "cgroup" && m.options.includes(controller),
     );
-    if (path === undefined || mount === undefined) return undefined;
-    return { mount, rel: below(mount.root, path) };
-  };
   const cpuacct = v1("cpuacct");
   for (const controller of V1_CONTROLLERS) {
     const tree = v1(controller);
-    if (tree === undefined || tree.rel === null) continue;
-    const paths = chain(tree.mount.mountPoint, tree.rel);
-    // Pair each cpu cgroup with the same cgroup in a separate cpuacct
-    // tree, when the process sits at the same place in both.
+    if (tree === undefined) continue;
+    const { mount, rel } = tree;
+    // Pair each cpu cgroup with the same cgroup (by its path in the
+    // hierarchy, not below the mount) in a separate cpuacct tree, when the
+    // process is in the same cgroup in both and that tree's mount shows it.
     const pair = controller === "cpu" && cpuacct !== undefined &&
-      cpuacct.mount !== tree.mount && cpuacct.rel !== null &&
-      tree.rel.join("/") === cpuacct.rel.join("/");
-    const acct = pair ? chain(cpuacct.mount.mountPoint, cpuacct.rel!) : [];
-    paths.forEach((path, i) => add({ path, version: 1, cpuacct: acct[i] }));
+      cpuacct.mount !== mount &&
+      paths.get("cpu") === paths.get("cpuacct");
+    const rootParts = mount.root.split("/").filter((p) => p !== "");
+    for (let n = rel.length; n >= 0; n--) {
+      const path = join(mount.mountPoint, ...rel.slice(0, n));
+      const acctRel = pair
+        ? below(
+          cpuacct.mount.root,
+          "/" + [...rootParts, ...rel.slice(0, n)].join("/"),
+        )
+        : null;
+      add({
+        path,
+        version: 1,
+        cpuacct: acctRel === null
+          ? undefined
+          : join(cpuacct!.mount.mountPoint, ...acctRel),
+      });
+    }
   }
   return dirs;
 }

@@ -207,6 +207,66 @@ test("cgroupDirsFrom in containers: the mount shows the container's own cgroup",
   );
 });
 
+test("cgroupDirsFrom picks the mount of a tree that shows the process's cgroup, and pairs cpuacct by cgroup", () => {
+  // A tree mounted twice: first a part of it that does not hold the
+  // process (another pod's cgroup, bind-mounted for a monitoring agent),
+  // then the whole tree. The limits are read in the second.
+  const twice = parseMountinfo(`\
+30 1 0:26 /kubepods.slice/pod-b /host/pod-b rw - cgroup2 cgroup2 rw
+31 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw
+`);
+  assert.deepEqual(
+    paths(cgroupDirsFrom("0::/kubepods.slice/pod-a\n", twice)),
+    [
+      ["/sys/fs/cgroup/kubepods.slice/pod-a", 2, null],
+      ["/sys/fs/cgroup/kubepods.slice", 2, null],
+      ["/sys/fs/cgroup", 2, null],
+    ],
+  );
+  const v1Twice = parseMountinfo(`\
+32 1 0:29 /other /mnt/cpu-other rw - cgroup cgroup rw,cpu
+33 1 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+34 1 0:30 /other /mnt/mem-other rw - cgroup cgroup rw,memory
+35 1 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+`);
+  assert.deepEqual(
+    paths(cgroupDirsFrom("4:memory:/job\n1:cpu:/job\n", v1Twice)),
+    [
+      ["/sys/fs/cgroup/cpu/job", 1, null],
+      ["/sys/fs/cgroup/cpu", 1, null],
+      ["/sys/fs/cgroup/memory/job", 1, null],
+      ["/sys/fs/cgroup/memory", 1, null],
+    ],
+  );
+  // cpu and cpuacct mounted apart at different roots: the cpu cgroup
+  // /docker/x is paired with the same cgroup in the cpuacct tree, whose
+  // mount shows only that cgroup, and its ancestors with nothing there.
+  const roots = parseMountinfo(`\
+40 1 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+41 1 0:30 /docker/x /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct
+`);
+  assert.deepEqual(
+    paths(cgroupDirsFrom("2:cpuacct:/docker/x\n1:cpu:/docker/x\n", roots)),
+    [
+      ["/sys/fs/cgroup/cpu/docker/x", 1, "/sys/fs/cgroup/cpuacct"],
+      ["/sys/fs/cgroup/cpu/docker", 1, null],
+      ["/sys/fs/cgroup/cpu", 1, null],
+    ],
+  );
+  // The same place below each mount, but different cgroups: not paired.
+  const shifted = parseMountinfo(`\
+40 1 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+41 1 0:30 /a /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct
+`);
+  assert.deepEqual(
+    paths(cgroupDirsFrom("2:cpuacct:/a/x\n1:cpu:/x\n", shifted)),
+    [
+      ["/sys/fs/cgroup/cpu/x", 1, null],
+      ["/sys/fs/cgroup/cpu", 1, null],
+    ],
+  );
+});
+
 test("parseCfsQuota turns a v1 quota and period into CPUs, or null for -1", () => {
   assert.equal(parseCfsQuota("50000\n", "100000\n"), 0.5);
   assert.equal(parseCfsQuota("250000\n", "100000\n"), 2.5);
