@@ -92,3 +92,112 @@ function ipv6Groups(text: string): number[] | null {
     ...tail,
   ];
 }
+
+/**
+ * A range of addresses, as in a CIDR block: the first `prefix` bits of
+ * `groups`. IPv4 ranges are held as IPv4-mapped IPv6 (`::ffff:0:0/96`), so
+ * a dual-stack listener's peer `::ffff:10.0.0.1` is in `10.0.0.0/8`.
+ */
+export interface AddressRange {
+  /** The eight 16-bit groups of the network address, host bits zero. */
+  groups: number[];
+  /** How many leading bits must match, 0 to 128. */
+  prefix: number;
+}
+
+// An address as eight 16-bit groups (IPv4 as IPv4-mapped IPv6), or null.
+function addressGroups(text: string): number[] | null {
+  const v4 = IPV4.exec(text);
+  if (v4 !== null) {
+    const b = v4.slice(1).map(Number);
+    if (b.some((n) => n > 255)) return null;
+    return [0, 0, 0, 0, 0, 0xffff, (b[0] << 8) | b[1], (b[2] << 8) | b[3]];
+  }
+  return text.indexOf(":") < 0 ? null : ipv6Groups(text);
+}
+
+/**
+ * Parses `"10.0.0.0/8"`, `"fd00::/8"` or a single address (a /32 or /128)
+ * into a range. Bits past the prefix are ignored (`10.1.2.3/8` is
+ * `10.0.0.0/8`).
+ *
+ * @throws {TypeError} naming the text when it is not one.
+ */
+export function parseAddressRange(text: string): AddressRange {
+  const slash = text.indexOf("/");
+  const address = (slash < 0 ? text : text.slice(0, slash)).trim();
+  const groups = addressGroups(address);
+  const v4 = IPV4.test(address);
+  const max = v4 ? 32 : 128;
+  const bits = slash < 0 ? String(max) : text.slice(slash + 1).trim();
+  const prefix = Number(bits);
+  if (
+    groups === null || !/^[0-9]{1,3}$/.test(bits) || prefix > max ||
+    address.indexOf("%") >= 0
+  ) {
+    throw new TypeError(
+      `Invalid address range ${
+        JSON.stringify(text)
+      }: expected an IPv4 or IPv6 address, optionally with a prefix length ("10.0.0.0/8", "fd00::/8")`,
+    );
+  }
+  const total = v4 ? prefix + 96 : prefix;
+  return { groups: masked(groups, total), prefix: total };
+}
+
+// `groups` with every bit past the first `prefix` cleared.
+function masked(groups: number[], prefix: number): number[] {
+  return groups.map((g, i) => {
+    const keep = Math.min(16, Math.max(0, prefix - i * 16));
+    return keep === 16 ? g : g & (0xffff << (16 - keep)) & 0xffff;
+  });
+}
+
+/**
+ * Whether `address` (IPv4 or IPv6, without a port) is in any of `ranges`.
+ * Anything that is not an address is in none.
+ */
+export function inRanges(
+  address: string,
+  ranges: readonly AddressRange[],
+): boolean {
+  const groups = addressGroups(address);
+  if (groups === null) return false;
+  for (const range of ranges) {
+    const mine = masked(groups, range.prefix);
+    if (mine.every((g, i) => g === range.groups[i])) return true;
+  }
+  return false;
+}
+
+/**
+ * The consumer's address behind trusted proxies. A request from a peer
+ * outside `trusted` is the peer's own (whatever `X-Forwarded-For` says).
+ * From a trusted peer, `X-Forwarded-For` is read from its end, where each
+ * trusted proxy appended the address it saw: the first address that is not
+ * a trusted proxy's is the consumer's (those before it are that consumer's
+ * own word). When every address is a trusted proxy's, the first one is
+ * taken; with no `X-Forwarded-For`, the peer.
+ *
+ * @param peer the connection's peer address, or null when unknown.
+ * @param forwardedFor the request's `X-Forwarded-For` value, if any.
+ * @param trusted the proxies whose word is taken.
+ */
+export function forwardedClient(
+  peer: string | null,
+  forwardedFor: string | null,
+  trusted: readonly AddressRange[],
+): string | null {
+  if (peer === null || forwardedFor === null || !inRanges(peer, trusted)) {
+    return peer;
+  }
+  const entries = forwardedFor.split(",");
+  let first: string | null = null;
+  for (let i = entries.length - 1; i >= 0; i--) {
+    const entry = entries[i].trim();
+    if (entry === "") continue;
+    first = addressOnly(entry);
+    if (!inRanges(first, trusted)) return first;
+  }
+  return first ?? peer;
+}

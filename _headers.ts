@@ -88,6 +88,13 @@ export function endToEnd(
 /** Request header that tells the worker how long the request was queued. */
 export const QUEUE_TIME_HEADER = "x-pothead-queue-ms";
 
+/**
+ * Request header that names the consumer when it is not the hub's peer
+ * (behind proxies the hub trusts: `trustedProxies`, `trustForwarded`); the
+ * worker runner makes it a handler's `info.remoteAddr`.
+ */
+export const CLIENT_HEADER = "x-pothead-client";
+
 /** Lower-case names of the forwarding fields the hub sets itself. */
 export const FORWARDED_FIELDS: ReadonlySet<string> = new Set([
   "x-forwarded-for",

@@ -8,6 +8,7 @@
 import { parseArgs } from "node:util";
 import type { HubLogRecord, HubServer, Route, ServeHubOptions } from "./hub.ts";
 import { serveHub } from "./hub.ts";
+import { parseAddressRange } from "./_address.ts";
 import { hasUnstableNet } from "./_io.ts";
 import { formatAccess, HubMetrics } from "./_metrics.ts";
 import { createAdminHandler } from "./_admin.ts";
@@ -102,7 +103,12 @@ Options (each also as the environment variable in brackets):
                            on the same ports and this one hands over to it on
                            SIGTERM (needs deno run --unstable-net)
                            [POTHEAD_REUSE_PORT]
-  --trust-forwarded        keep client X-Forwarded-* fields [POTHEAD_TRUST_FORWARDED]
+  --trust-forwarded        keep client X-Forwarded-* fields from every peer
+                           [POTHEAD_TRUST_FORWARDED]
+  --trusted-proxies LIST   the proxies in front (CIDRs or addresses, comma-
+                           separated) whose X-Forwarded-* are kept; the consumer
+                           is the last X-Forwarded-For address not among them
+                           [POTHEAD_TRUSTED_PROXIES]
   --trust-priority         take a request's priority class from its
                            X-Pothead-Priority field [POTHEAD_TRUST_PRIORITY]
   --priority-step T        the wait one priority class is worth: a request goes
@@ -296,6 +302,22 @@ export function optionsFrom(
     routes.push(parseRoute(rule));
   }
   const trust = switchOn(values["trust-forwarded"], "POTHEAD_TRUST_FORWARDED");
+  const trustedProxies = (v("trusted-proxies", "POTHEAD_TRUSTED_PROXIES") ?? "")
+    .split(/[\s,]+/).filter((r) => r !== "");
+  for (const range of trustedProxies) {
+    try {
+      parseAddressRange(range);
+    } catch (error) {
+      throw new UsageError(
+        `Invalid --trusted-proxies: ${(error as Error).message}`,
+      );
+    }
+  }
+  if (trust && trustedProxies.length > 0) {
+    throw new UsageError(
+      "--trusted-proxies names the proxies to trust and --trust-forwarded trusts every peer: use one",
+    );
+  }
   const trustPriority = switchOn(
     values["trust-priority"],
     "POTHEAD_TRUST_PRIORITY",
@@ -466,6 +488,7 @@ export function optionsFrom(
     pingInterval: duration("ping-interval", "POTHEAD_PING_INTERVAL", 30_000),
     pingTimeout: duration("ping-timeout", "POTHEAD_PING_TIMEOUT", 10_000),
     trustForwarded: trust,
+    trustedProxies,
     trustPriority,
     workerTokens: tokens,
     routes,
@@ -534,6 +557,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "request-spill-total": { type: "string" },
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
+        "trusted-proxies": { type: "string" },
         "trust-priority": { type: "boolean" },
         "priority-step": { type: "string" },
         "buffer-uploads": { type: "boolean" },

@@ -1114,9 +1114,9 @@ function field(value: string): string {
  * Formats one access-log line (without the trailing newline).
  *
  * `text`: `TIME ID POOL METHOD PATH STATUS OUTCOME queue_ms=N worker_ms=N
- * total_ms=N bytes_in=N bytes_out=N worker=ID retries=N`, with any field
- * holding spaces, quotes or control characters written as a JSON string and
- * a missing worker as `-`. `json`: one JSON object with `time` and every
+ * total_ms=N bytes_in=N bytes_out=N worker=ID retries=N priority=N
+ * client=ADDRESS`, with any field holding spaces, quotes or control
+ * characters written as a JSON string and a missing worker or client as `-`. `json`: one JSON object with `time` and every
  * field of the record, milliseconds rounded to 0.01.
  *
  * @example
@@ -1161,6 +1161,7 @@ export function formatAccess(
       worker: record.worker,
       retries: record.retries,
       priority: record.priority ?? 0,
+      client: record.client ?? null,
     });
   }
   if (format !== "text") {
@@ -1176,5 +1177,7 @@ export function formatAccess(
     ms(record.totalMs)
   } bytes_in=${record.bytesIn} bytes_out=${record.bytesOut} worker=${
     record.worker === null ? "-" : field(record.worker)
-  } retries=${record.retries} priority=${record.priority ?? 0}`;
+  } retries=${record.retries} priority=${record.priority ?? 0} client=${
+    record.client == null ? "-" : field(record.client)
+  }`;
 }

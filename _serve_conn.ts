@@ -21,6 +21,7 @@ import { bodyStream, writeBody, type WriteFraming } from "./_body.ts";
 import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import {
   asksToClose,
+  CLIENT_HEADER,
   endToEnd,
   fieldPairs,
   fieldValue,
@@ -45,7 +46,10 @@ import { PING_FIELD, PONG_RESPONSE } from "./_ping.ts";
  * `Deno.ServeHandlerInfo`, so `deno serve` handlers run unchanged.
  */
 export interface WorkerHandlerInfo {
-  /** The consumer's address as the hub reported it (X-Forwarded-For). */
+  /**
+   * The consumer's address as the hub reported it (`X-Pothead-Client`, else
+   * the last `X-Forwarded-For` entry), with port 0.
+   */
   remoteAddr: Deno.NetAddr;
   /** Resolves when the response has been written (or failed). */
   completed: Promise<void>;
@@ -372,23 +376,30 @@ function simpleResponse(status: number, close: boolean): Uint8Array {
 }
 
 function clientAddr(head: RequestHead, peer: Deno.NetAddr): Deno.NetAddr {
-  let value: string | null = null;
+  let forwardedFor: string | null = null;
+  let client: string | null = null;
   for (const [name, v] of head.headers) {
-    if (name === "x-forwarded-for") value = v;
+    if (name === "x-forwarded-for") forwardedFor = v;
+    else if (name === CLIENT_HEADER) client = v;
   }
-  return forwardedAddr(value, peer);
+  return forwardedAddr(client, forwardedFor, peer);
 }
 
 /**
- * The consumer's address for a handler's `info.remoteAddr`: the last entry
- * of the `X-Forwarded-For` value the hub appended to, else `peer`.
+ * The consumer's address for a handler's `info.remoteAddr`: the hub's
+ * `X-Pothead-Client` (the consumer behind proxies it trusts), else the last
+ * entry of the `X-Forwarded-For` value the hub appended to (its peer), else
+ * `peer` (no hub: a plain client).
  */
 export function forwardedAddr(
-  value: string | null,
+  client: string | null,
+  forwardedFor: string | null,
   peer: Deno.NetAddr,
 ): Deno.NetAddr {
-  const last = lastForwardedFor(value);
-  return last === null ? peer : { transport: "tcp", hostname: last, port: 0 };
+  const address = client ?? lastForwardedFor(forwardedFor);
+  return address === null
+    ? peer
+    : { transport: "tcp", hostname: address, port: 0 };
 }
 
 /**

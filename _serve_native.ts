@@ -21,6 +21,7 @@
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
 import {
   asksToClose,
+  CLIENT_HEADER,
   fieldPairs,
   QUEUE_TIME_HEADER,
   withEmptyFields,
@@ -386,6 +387,7 @@ export class NativeEngine {
     link.abort = abort;
     const response = await callHandler(this.#handler, request, {
       remoteAddr: forwardedAddr(
+        req.headers.get(CLIENT_HEADER),
         req.headers.get("x-forwarded-for"),
         options.peer,
       ),

@@ -29,10 +29,18 @@ import {
   listTokens,
   reasonPhrase,
 } from "./_codec.ts";
-import { addressKey, addressOnly } from "./_address.ts";
+import {
+  addressKey,
+  addressOnly,
+  type AddressRange,
+  forwardedClient,
+  inRanges,
+  parseAddressRange,
+} from "./_address.ts";
 import { bridgeWebSocket } from "./_ws_bridge.ts";
 import { acceptKey, asksForWebSocket, webSocketProblem } from "./_ws_frame.ts";
 import {
+  CLIENT_HEADER,
   endToEnd,
   forwardRequestHeaders,
   lastForwardedFor,
@@ -144,6 +152,12 @@ export interface AccessRecord {
   retries: number;
   /** The request's priority class (see {@linkcode Route.priority}). */
   priority: number;
+  /**
+   * The consumer's address: the peer's, or the one `X-Forwarded-For` gives
+   * with {@linkcode HubOptions.trustForwarded} or
+   * {@linkcode HubOptions.trustedProxies}; null when unknown.
+   */
+  client: string | null;
 }
 
 /**
@@ -242,7 +256,8 @@ export interface HubOptions {
    * request by at most one request per other waiting consumer. The key:
    * `"ip"`, the consumer's address (with `trustForwarded`, the last address
    * in `X-Forwarded-For`, the one the proxy in front of the hub saw, when
-   * there is one); `"header:NAME"`, a request field's value (missing or
+   * there is one; with `trustedProxies`, the last one that is not a trusted
+   * proxy's); `"header:NAME"`, a request field's value (missing or
    * empty: the key `""`, shared); or a function (a throw or a non-string
    * makes the key `""`, logged). A header key must come from a gateway the
    * hub trusts, or any consumer can pose as many. Unset: first come, first
@@ -440,11 +455,26 @@ export interface HubOptions {
   /** Limits on response heads and chunk lines from workers. */
   limits?: Partial<HeadLimits>;
   /**
-   * Keep client-supplied `X-Forwarded-*` fields and append to them. Enable
-   * only behind a proxy you trust; by default they are replaced.
+   * Keep client-supplied `X-Forwarded-*` fields and append to them, from
+   * any peer. Enable only when every peer is a proxy you trust; by default
+   * they are replaced. `trustedProxies` names the proxies instead.
    * @default {false}
    */
   trustForwarded?: boolean;
+  /**
+   * The proxies in front of the hub whose word it takes: CIDR ranges
+   * (`"10.0.0.0/8"`, `"fd00::/8"`) or single addresses. A request from one
+   * of them keeps its `X-Forwarded-*` fields (appended to, as with
+   * `trustForwarded`), and its consumer is the last address in
+   * `X-Forwarded-For` that is not one of them, so a chain of proxies (a CDN
+   * in front of a load balancer) gives the address the first of them saw;
+   * from any other peer the fields are replaced and the peer is the
+   * consumer. The consumer's address is the `ip` fair-queuing key, the
+   * `fairBy` function's second argument and the access record's `client`.
+   * Not with `trustForwarded`.
+   * @default {[]}
+   */
+  trustedProxies?: string[];
   /**
    * Take a request's priority class from its `X-Pothead-Priority` field (an
    * integer from -1000 to 1000; anything else is a `400`), over its route's.
@@ -673,6 +703,8 @@ class Pending {
   node: QueueNode<Pending> | null = null;
   watching = false;
   clientIp: string | null = null;
+  /** The consumer's address, once worked out (see Hub.#consumerAddress). */
+  client: string | null | undefined = undefined;
   /** Its fair-queuing key, once its pool has needed it (see fairBy). */
   key: string | null = null;
   /** Its priority class in the queue (see Route.priority). */
@@ -986,15 +1018,29 @@ function checkFairBy(name: string, value: unknown): FairBy | null {
   );
 }
 
-// The consumer's address for fair queuing: the peer, or behind a trusted
-// proxy the address that proxy saw (the last one in X-Forwarded-For; those
-// before it are the consumer's word). The "ip" key is made of it by
-// addressKey (an IPv6 /64 is one consumer).
-function consumerAddress(p: Pending, trustForwarded: boolean): string | null {
-  const last = trustForwarded
-    ? lastForwardedFor(p.req.headers.get("x-forwarded-for"))
-    : null;
-  return last === null ? p.clientIp : addressOnly(last);
+function checkTrustedProxies(
+  value: unknown,
+  trustForwarded: boolean,
+): AddressRange[] | null {
+  if (value === undefined) return null;
+  if (!Array.isArray(value) || value.some((v) => typeof v !== "string")) {
+    throw new TypeError(
+      'Invalid option "trustedProxies": expected an array of address ranges like "10.0.0.0/8"',
+    );
+  }
+  if (value.length === 0) return null;
+  if (trustForwarded) {
+    throw new TypeError(
+      'Invalid options: "trustedProxies" names the proxies to trust, "trustForwarded" trusts every peer; set one',
+    );
+  }
+  try {
+    return value.map(parseAddressRange);
+  } catch (error) {
+    throw new TypeError(
+      `Invalid option "trustedProxies": ${(error as Error).message}`,
+    );
+  }
 }
 
 function checkFairShare(name: string, value: unknown): FairShare {
@@ -1087,8 +1133,11 @@ export class Hub {
       | "fairWeights"
       | "maxQueuePerKey"
       | "priorityStep"
+      | "trustedProxies"
     >
   >;
+  // Parsed trustedProxies; null when none are named.
+  #trustedProxies: AddressRange[] | null;
   #fairBy: FairBy | null;
   #fairShare: FairShare;
   #fairWeights: Map<string, number> | null;
@@ -1186,6 +1235,10 @@ export class Hub {
       );
     }
     this.#scheme = scheme ?? null;
+    this.#trustedProxies = checkTrustedProxies(
+      options.trustedProxies,
+      options.trustForwarded ?? false,
+    );
     this.#opts = {
       ...numbers,
       trustForwarded: options.trustForwarded ?? false,
@@ -1492,9 +1545,8 @@ export class Hub {
   // How a pool with this fairBy keys its requests; null for none.
   #keyFunction(fairBy: FairBy | null): ((p: Pending) => string) | null {
     if (fairBy === null) return null;
-    const trust = this.#opts.trustForwarded;
     if (fairBy === "ip") {
-      return (p) => addressKey(consumerAddress(p, trust) ?? "");
+      return (p) => addressKey(this.#consumerAddress(p) ?? "");
     }
     if (typeof fairBy === "string") {
       const field = fairBy.slice("header:".length).toLowerCase();
@@ -1502,7 +1554,7 @@ export class Hub {
     }
     return (p) => {
       try {
-        const key = fairBy(p.req, consumerAddress(p, trust));
+        const key = fairBy(p.req, this.#consumerAddress(p));
         if (typeof key === "string") return key;
         throw new TypeError(`expected a string, got ${typeof key}`);
       } catch (error) {
@@ -2294,13 +2346,19 @@ export class Hub {
         (p.req.url.slice(0, 6).toLowerCase() === "https:" ? "https" : "http"),
       host: p.host,
       requestId: p.id,
-      trustForwarded: this.#opts.trustForwarded,
+      trustForwarded: this.#trustsForwarded(p),
     });
     if (p.webSocket) {
       // Messages cross the hub whole, so no extension (compression) is
       // offered to the worker; the consumer gets none either.
       headers = headers.filter(([name]) => name !== "sec-websocket-extensions");
       headers.push(["connection", "Upgrade"], ["upgrade", "websocket"]);
+    }
+    // Behind trusted proxies the consumer is not the peer the hub appended
+    // to X-Forwarded-For: say who it is, for a handler's info.remoteAddr.
+    const client = this.#consumerAddress(p);
+    if (client !== null && client !== p.clientIp) {
+      headers.push([CLIENT_HEADER, client]);
     }
     return p.out = {
       method: p.req.method,
@@ -2481,7 +2539,35 @@ export class Hub {
       // timed out in the queue was retried without a second attempt.
       retries: p.resent,
       priority: p.priority,
+      client: this.#consumerAddress(p),
     });
+  }
+
+  // Whether a request's X-Forwarded-* fields are kept: from every peer with
+  // trustForwarded, from the trusted proxies with trustedProxies.
+  #trustsForwarded(p: Pending): boolean {
+    if (this.#trustedProxies === null) return this.#opts.trustForwarded;
+    return p.clientIp !== null && inRanges(p.clientIp, this.#trustedProxies);
+  }
+
+  // The consumer's address: the peer, or behind trusted proxies the address
+  // the first of them saw (with trustForwarded, the last one in
+  // X-Forwarded-For; those before it are the consumer's word). The "ip" key
+  // is made of it by addressKey (an IPv6 /64 is one consumer).
+  #consumerAddress(p: Pending): string | null {
+    if (p.client !== undefined) return p.client;
+    const forwardedFor = this.#trustedProxies !== null ||
+        this.#opts.trustForwarded
+      ? p.req.headers.get("x-forwarded-for")
+      : null;
+    let client = p.clientIp;
+    if (this.#trustedProxies !== null) {
+      client = forwardedClient(p.clientIp, forwardedFor, this.#trustedProxies);
+    } else if (forwardedFor !== null) {
+      const last = lastForwardedFor(forwardedFor);
+      if (last !== null) client = addressOnly(last);
+    }
+    return p.client = client;
   }
 
   // Ends a request's upload read-ahead unless a worker connection is

@@ -1,7 +1,14 @@
-// The fair-queuing key of an address, on strings.
+// The fair-queuing key of an address, and address ranges and the consumer
+// behind trusted proxies, on strings.
 
 import assert from "node:assert/strict";
-import { addressKey, addressOnly } from "../_address.ts";
+import {
+  addressKey,
+  addressOnly,
+  forwardedClient,
+  inRanges,
+  parseAddressRange,
+} from "../_address.ts";
 
 Deno.test("addressKey: IPv4 whole, IPv6 by its /64, IPv4-mapped as IPv4", () => {
   const cases: [string, string][] = [
@@ -60,5 +67,111 @@ Deno.test("addressOnly: a port some proxies add is dropped", () => {
   ];
   for (const [entry, address] of cases) {
     assert.equal(addressOnly(entry), address, entry);
+  }
+});
+
+Deno.test("parseAddressRange and inRanges: CIDR blocks and single addresses, IPv4 inside IPv6", () => {
+  const ranges = ["10.0.0.0/8", "192.168.1.7", "fd00::/8", "2001:db8::1"]
+    .map(parseAddressRange);
+  const cases: [string, boolean][] = [
+    ["10.0.0.1", true],
+    ["10.255.255.255", true],
+    ["11.0.0.0", false],
+    ["9.255.255.255", false],
+    ["192.168.1.7", true],
+    ["192.168.1.8", false],
+    ["fd12:3456::1", true],
+    ["FD00::", true],
+    ["fe00::1", false],
+    ["2001:db8::1", true],
+    ["2001:db8::2", false],
+    // A dual-stack listener reports an IPv4 peer as IPv4-mapped.
+    ["::ffff:10.9.8.7", true],
+    ["::ffff:192.168.1.7", true],
+    ["::ffff:11.0.0.1", false],
+    ["fd00::1%eth0", true],
+    // Not an address: in no range.
+    ["", false],
+    ["unknown", false],
+    ["10.0.0.256", false],
+    ["10.0.0", false],
+  ];
+  for (const [address, expected] of cases) {
+    assert.equal(inRanges(address, ranges), expected, address);
+  }
+  // Bits past the prefix do not matter; /0 takes everything of its family
+  // (an IPv4 /0 is every IPv4 address, not IPv6 ones).
+  assert.ok(inRanges("10.200.0.1", [parseAddressRange("10.1.2.3/8")]));
+  assert.ok(inRanges("203.0.113.9", [parseAddressRange("0.0.0.0/0")]));
+  assert.ok(!inRanges("2001:db8::9", [parseAddressRange("0.0.0.0/0")]));
+  assert.ok(inRanges("2001:db8::9", [parseAddressRange("::/0")]));
+  // Prefixes that are not a whole number of groups.
+  const odd = [
+    parseAddressRange("172.16.0.0/12"),
+    parseAddressRange("fc00::/7"),
+  ];
+  assert.ok(inRanges("172.31.255.255", odd));
+  assert.ok(!inRanges("172.32.0.0", odd));
+  assert.ok(inRanges("fdff::1", odd));
+  assert.ok(!inRanges("fe00::1", odd));
+  assert.ok(inRanges("::1", [parseAddressRange(" ::1/128 ")]));
+  assert.ok(!inRanges("::1", []));
+});
+
+Deno.test("parseAddressRange refuses what is not a range, naming it", () => {
+  for (
+    const bad of [
+      "",
+      "10.0.0.0/33",
+      "fd00::/129",
+      "10.0.0.0/",
+      "10.0.0.0/8/8",
+      "10.0.0.0/-1",
+      "10.0.0.0/0x8",
+      "localhost",
+      "10.0.0.256/32",
+      "fe80::1%eth0/64",
+      "2001:db8::1::2",
+    ]
+  ) {
+    assert.throws(
+      () => parseAddressRange(bad),
+      (error: Error) =>
+        error instanceof TypeError &&
+        error.message.includes(JSON.stringify(bad)),
+      bad,
+    );
+  }
+});
+
+Deno.test("forwardedClient: from a trusted peer, the last X-Forwarded-For address that is not a trusted proxy's", () => {
+  const trusted = ["10.0.0.0/8", "fd00::/8"].map(parseAddressRange);
+  const cases: [string | null, string | null, string | null][] = [
+    // An untrusted peer is the consumer, whatever it says.
+    ["203.0.113.9", "198.51.100.1", "203.0.113.9"],
+    // A trusted proxy's word: the address it saw.
+    ["10.0.0.1", "198.51.100.1", "198.51.100.1"],
+    // A chain: CDN (10.1.1.1) saw 198.51.100.1 and told the balancer
+    // (10.0.0.1); what comes before is the consumer's own word.
+    ["10.0.0.1", "6.6.6.6, 198.51.100.1, 10.1.1.1", "198.51.100.1"],
+    ["10.0.0.1", "6.6.6.6,198.51.100.1 ,10.1.1.1,", "198.51.100.1"],
+    // Ports and brackets some proxies add.
+    ["10.0.0.1", "[2001:db8::5]:443, 10.1.1.1:8080", "2001:db8::5"],
+    ["fd00::1", "198.51.100.1:5000", "198.51.100.1"],
+    // Every address a trusted proxy's: the first.
+    ["10.0.0.1", "10.2.2.2, 10.1.1.1", "10.2.2.2"],
+    // No field, or an empty one: the peer.
+    ["10.0.0.1", null, "10.0.0.1"],
+    ["10.0.0.1", " , ", "10.0.0.1"],
+    // Something that is not an address stops the walk (it is no proxy).
+    ["10.0.0.1", "198.51.100.1, unknown", "unknown"],
+    [null, "198.51.100.1", null],
+  ];
+  for (const [peer, field, expected] of cases) {
+    assert.equal(
+      forwardedClient(peer, field, trusted),
+      expected,
+      `${peer} ${field}`,
+    );
   }
 });

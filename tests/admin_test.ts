@@ -76,6 +76,7 @@ function record(over: Partial<AccessRecord> = {}): AccessRecord {
     worker: "addr:127.0.0.1",
     retries: 0,
     priority: 0,
+    client: "127.0.0.1",
     ...over,
   };
 }
@@ -1004,10 +1005,11 @@ Deno.test("formatAccess writes one text line or one JSON object per request", ()
     worker: "gpu-1",
     retries: 1,
     priority: -5,
+    client: "2001:db8::5",
   });
   assert.equal(
     formatAccess(r, "text", { time }),
-    "2025-01-02T03:04:05.678Z abc default POST /jobs?x=1 201 ok queue_ms=1.23 worker_ms=45.68 total_ms=50 bytes_in=12 bytes_out=34 worker=gpu-1 retries=1 priority=-5",
+    "2025-01-02T03:04:05.678Z abc default POST /jobs?x=1 201 ok queue_ms=1.23 worker_ms=45.68 total_ms=50 bytes_in=12 bytes_out=34 worker=gpu-1 retries=1 priority=-5 client=2001:db8::5",
   );
   assert.deepEqual(JSON.parse(formatAccess(r, "json", { time })), {
     time: "2025-01-02T03:04:05.678Z",
@@ -1025,6 +1027,7 @@ Deno.test("formatAccess writes one text line or one JSON object per request", ()
     worker: "gpu-1",
     retries: 1,
     priority: -5,
+    client: "2001:db8::5",
   });
   const odd = formatAccess(
     record({
@@ -1033,12 +1036,14 @@ Deno.test("formatAccess writes one text line or one JSON object per request", ()
       workerMs: -1,
       status: 503,
       outcome: "queue-full",
+      client: null,
     }),
     "text",
     { time },
   );
   assert.ok(!odd.includes("\n"), "one line");
   assert.match(odd, / "\/a b\\"\\n" 503 queue-full .*worker_ms=-1 .*worker=- /);
+  assert.match(odd, / client=-$/);
   assert.throws(() => formatAccess(r, "xml" as "text"), TypeError);
 });
 

@@ -390,10 +390,37 @@ Deno.test("with --access-log json, stdout carries only access records (the start
     const record = JSON.parse(line.input!);
     assert.equal(record.path, "/logged");
     assert.equal(record.status, 200);
+    assert.equal(record.client, "127.0.0.1");
     // Every line on stdout is a record.
     for (const l of proc.stdout.lines) JSON.parse(l);
   } finally {
     await closeAll(worker, proc);
+  }
+});
+
+Deno.test("POTHEAD_TRUSTED_PROXIES: from a trusted peer the consumer is the address it forwarded, in the access log", async () => {
+  for (
+    const [env, expected] of [
+      ["127.0.0.1/32, ::1", "203.0.113.9"],
+      ["10.0.0.0/8", "127.0.0.1"],
+    ]
+  ) {
+    const hub = await startHub(["--access-log", "json"], {
+      listening: "stderr",
+      env: { POTHEAD_TRUSTED_PROXIES: env },
+    });
+    let worker: Proc | undefined;
+    try {
+      worker = await startWorker(hub.workerPort, "examples/hello.ts");
+      const res = await fetch(`http://127.0.0.1:${hub.port}/who`, {
+        headers: { "x-forwarded-for": "203.0.113.9" },
+      });
+      await res.text();
+      const line = await hub.proc.stdout.next(/who/);
+      assert.equal(JSON.parse(line.input!).client, expected, env);
+    } finally {
+      await closeAll(worker, hub.proc);
+    }
   }
 });
 
@@ -914,6 +941,16 @@ Deno.test("hub exits 2 on a --config that is not an object, a route without a po
         /priority must be an integer from -1000 to 1000, got 5000/,
       ],
       [["--ping-timeout", "0"], 2, /pingTimeout/],
+      [
+        ["--trusted-proxies", "10.0.0.0/8,10.0.0.0/33"],
+        2,
+        /Invalid --trusted-proxies: Invalid address range "10\.0\.0\.0\/33"/,
+      ],
+      [
+        ["--trusted-proxies", "::1", "--trust-forwarded"],
+        2,
+        /--trusted-proxies names the proxies to trust and --trust-forwarded/,
+      ],
       [
         ["--hostname", "127.0.0.1", "--port", String(busy.addr.port)],
         1,

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   type AccessRecord,
+  Hub,
   type HubLogRecord,
   type HubServer,
   serveHub,
@@ -277,6 +278,50 @@ Deno.test("fair queuing by ip with trustForwarded: the key is the address the pr
     const order = await servedOrder(ctx, { path: "/hold" }, asks);
     assert.deepEqual(order, asks.map((a) => a.path));
   });
+});
+
+Deno.test("fair queuing by ip with trustedProxies: from a trusted peer, the last address no trusted proxy's; from another, the peer", async () => {
+  const via = (ip: string, chain: string): Partial<Ask> => ({
+    ip,
+    headers: { "x-forwarded-for": chain },
+  });
+  // 10.0.0.0/8 are the proxies (a CDN and a balancer); 198.51.100.x are
+  // consumers.
+  const asks: Ask[] = [
+    { path: "/a1", ...via("10.0.0.1", "198.51.100.1") },
+    // Through both proxies; what the consumer wrote first never counts.
+    { path: "/a2", ...via("10.0.0.1", "6.6.6.6, 198.51.100.1, 10.9.9.9") },
+    { path: "/b1", ...via("10.0.0.1", "198.51.100.2, 10.9.9.9") },
+    // Not from a proxy: the peer, whatever it writes.
+    { path: "/c1", ...via("198.51.100.3", "198.51.100.1") },
+    { path: "/c2", ...via("198.51.100.3", "198.51.100.2") },
+    { path: "/a3", ...via("10.0.0.2", "198.51.100.1:4431") },
+  ];
+  await withHub(
+    { fairBy: "ip", trustedProxies: ["10.0.0.0/8"] },
+    async (ctx) => {
+      const order = await servedOrder(ctx, { path: "/hold" }, asks);
+      assert.deepEqual(order, ["/a1", "/b1", "/c1", "/a2", "/c2", "/a3"]);
+    },
+  );
+});
+
+Deno.test("trustedProxies: a bad range, or with trustForwarded too, is refused by name", () => {
+  assert.throws(
+    () => new Hub({ trustedProxies: ["10.0.0.0/33"] }),
+    /Invalid option "trustedProxies": Invalid address range "10.0.0.0\/33"/,
+  );
+  assert.throws(
+    () => new Hub({ trustedProxies: "10.0.0.0/8" as unknown as string[] }),
+    /Invalid option "trustedProxies": expected an array/,
+  );
+  assert.throws(
+    () => new Hub({ trustedProxies: ["::1"], trustForwarded: true }),
+    /"trustedProxies" names the proxies to trust, "trustForwarded" trusts every peer/,
+  );
+  // An empty list names no proxy: trustForwarded alone decides.
+  const hub = new Hub({ trustedProxies: [], trustForwarded: true });
+  return hub.shutdown(0);
 });
 
 Deno.test('fair queuing by a function of the request; one that throws puts the request in the key "" and is logged', async () => {

@@ -580,6 +580,77 @@ test(
   { ignore: !haveOpenssl() },
 );
 
+test("with trustedProxies the consumer is the address the trusted proxy saw, and a chain of them is walked", async (kind) => {
+  const seen: { for: string | null; remote: string }[] = [];
+  const clients: (string | null)[] = [];
+  // The consumer dials from its own loopback address, so it can be told
+  // from the proxy's (127.0.0.2) and from 127.0.0.1.
+  const consumer = Deno.createHttpClient({ localAddress: "127.0.0.3" });
+  const spoofed = { "x-forwarded-for": "203.0.113.9" };
+  try {
+    for (
+      const [trusted, expected, directFor] of [
+        // The proxy alone is trusted: the consumer is who dialled it, and
+        // what that consumer wrote itself does not count. Straight to the
+        // hub, 127.0.0.3 is not trusted: its X-Forwarded-For is replaced.
+        [[PROXY_SOURCE], "127.0.0.3", "127.0.0.3"],
+        // 127.0.0.3 is a trusted proxy too (say, a CDN in front): its word
+        // is taken, one hop further, through the proxy and straight.
+        [
+          [PROXY_SOURCE, "127.0.0.3/32"],
+          "203.0.113.9",
+          "203.0.113.9, 127.0.0.3",
+        ],
+      ] as const
+    ) {
+      seen.length = 0;
+      clients.length = 0;
+      await withFront(
+        kind,
+        {
+          hub: {
+            trustedProxies: [...trusted],
+            onAccess: (r) => void clients.push(r.client),
+          },
+          handler: (req, info) => {
+            seen.push({
+              for: req.headers.get("x-forwarded-for"),
+              remote: info.remoteAddr.hostname,
+            });
+            return new Response("seen");
+          },
+        },
+        async ({ url, server }) => {
+          const via = await fetch(`${url}/via`, {
+            client: consumer,
+            headers: spoofed,
+          });
+          assert.equal(await via.text(), "seen");
+          const direct = await fetch(`http://127.0.0.1:${server.addr.port}/`, {
+            client: consumer,
+            headers: spoofed,
+          });
+          assert.equal(await direct.text(), "seen");
+          await waitFor(() => clients.length === 2, "two access records", HANG);
+        },
+      );
+      assert.deepEqual(clients, [expected, expected], String(trusted));
+      assert.deepEqual(seen, [
+        // Kept from the trusted proxy, with what it appended, and the
+        // proxy appended by the hub; the handler's remoteAddr is the
+        // consumer the hub worked out.
+        {
+          for: `203.0.113.9, 127.0.0.3, ${PROXY_SOURCE}`,
+          remote: expected,
+        },
+        { for: directFor, remote: expected },
+      ]);
+    }
+  } finally {
+    consumer.close();
+  }
+});
+
 // 3. A streamed response arrives piece by piece: the worker sends each
 // event only once the client has read the one before, so a proxy (or hub)
 // that held the body until its end would stall the test.

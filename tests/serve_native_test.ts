@@ -103,11 +103,20 @@ Deno.test("serve engine: requests on one hub connection reach the handler in tur
     const second = await readUntil(link.hub, (s) => s.endsWith("hi 2"));
     assert.match(second, /^HTTP\/1\.1 200 OK\r\n/);
     assert.doesNotMatch(second, /connection: close/i);
+    // Behind trusted proxies the hub names the consumer.
+    await link.hub.write(
+      bytes(
+        "GET /c HTTP/1.1\r\nhost: h\r\nx-forwarded-for: 1.2.3.4, 10.0.0.2\r\n" +
+          "x-pothead-client: 1.2.3.4\r\n\r\n",
+      ),
+    );
+    await readUntil(link.hub, (s) => s.endsWith("hi 3"));
     link.hub.close();
-    assert.equal(await ended(link), 2);
+    assert.equal(await ended(link), 3);
     assert.deepEqual(seen, [
       "GET http://h/a 10.0.0.9",
       "POST http://h/b?x=1 1.2.3.4",
+      "GET http://h/c 1.2.3.4",
     ]);
     assert.deepEqual(link.errors, []);
   });
