@@ -171,13 +171,30 @@ export function inRanges(
 }
 
 /**
+ * An `X-Forwarded-For` entry's address (see {@linkcode addressOnly}) when
+ * it is an IPv4 or IPv6 address without a zone, else null: what goes on as
+ * the consumer's address (a handler's `info.remoteAddr`, the access log)
+ * must be an address, never whatever text a header held ("unknown", a
+ * zone, spaces, quotes).
+ */
+export function forwardedAddress(entry: string): string | null {
+  const address = addressOnly(entry.trim());
+  return address.indexOf("%") < 0 && addressGroups(address) !== null
+    ? address
+    : null;
+}
+
+/**
  * The consumer's address behind trusted proxies. A request from a peer
  * outside `trusted` is the peer's own (whatever `X-Forwarded-For` says).
  * From a trusted peer, `X-Forwarded-For` is read from its end, where each
  * trusted proxy appended the address it saw: the first address that is not
  * a trusted proxy's is the consumer's (those before it are that consumer's
  * own word). When every address is a trusted proxy's, the first one is
- * taken; with no `X-Forwarded-For`, the peer.
+ * taken; with no `X-Forwarded-For`, the peer. An entry that is not an
+ * address ("unknown", garbage) ends the walk as in nginx's
+ * `real_ip_recursive`: the consumer is then the last address read (a
+ * trusted proxy's), or the peer; what comes before it is not taken.
  *
  * @param peer the connection's peer address, or null when unknown.
  * @param forwardedFor the request's `X-Forwarded-For` value, if any.
@@ -196,7 +213,9 @@ export function forwardedClient(
   for (let i = entries.length - 1; i >= 0; i--) {
     const entry = entries[i].trim();
     if (entry === "") continue;
-    first = addressOnly(entry);
+    const address = forwardedAddress(entry);
+    if (address === null) break;
+    first = address;
     if (!inRanges(first, trusted)) return first;
   }
   return first ?? peer;

@@ -31,8 +31,8 @@ import {
 } from "./_codec.ts";
 import {
   addressKey,
-  addressOnly,
   type AddressRange,
+  forwardedAddress,
   forwardedClient,
   inRanges,
   parseAddressRange,
@@ -469,9 +469,13 @@ export interface HubOptions {
    * `X-Forwarded-For` that is not one of them, so a chain of proxies (a CDN
    * in front of a load balancer) gives the address the first of them saw;
    * from any other peer the fields are replaced and the peer is the
-   * consumer. The consumer's address is the `ip` fair-queuing key, the
-   * `fairBy` function's second argument and the access record's `client`.
-   * Not with `trustForwarded`.
+   * consumer. An entry that is not an address ends the walk (the consumer
+   * is then the last address read, or the peer). Every address listed may
+   * name any consumer: list the proxies, not networks consumers share. The
+   * consumer's address is the `ip` fair-queuing key, the `fairBy`
+   * function's second argument, the access record's `client` and, sent as
+   * `X-Pothead-Client`, a worker handler's `info.remoteAddr`. Not with
+   * `trustForwarded`.
    * @default {[]}
    */
   trustedProxies?: string[];
@@ -2564,8 +2568,11 @@ export class Hub {
     if (this.#trustedProxies !== null) {
       client = forwardedClient(p.clientIp, forwardedFor, this.#trustedProxies);
     } else if (forwardedFor !== null) {
+      // Only an address: not "unknown" or other text, which would reach a
+      // handler's info.remoteAddr.
       const last = lastForwardedFor(forwardedFor);
-      if (last !== null) client = addressOnly(last);
+      const address = last === null ? null : forwardedAddress(last);
+      if (address !== null) client = address;
     }
     return p.client = client;
   }

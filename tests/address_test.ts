@@ -163,8 +163,17 @@ Deno.test("forwardedClient: from a trusted peer, the last X-Forwarded-For addres
     // No field, or an empty one: the peer.
     ["10.0.0.1", null, "10.0.0.1"],
     ["10.0.0.1", " , ", "10.0.0.1"],
-    // Something that is not an address stops the walk (it is no proxy).
-    ["10.0.0.1", "198.51.100.1, unknown", "unknown"],
+    // Something that is not an address stops the walk, as in nginx: the
+    // consumer is the last address read, or the peer, never the text (it
+    // would be a handler's info.remoteAddr) nor what comes before it.
+    ["10.0.0.1", "198.51.100.1, unknown", "10.0.0.1"],
+    ["10.0.0.1", "198.51.100.1, 10.1.1.1, unknown", "10.0.0.1"],
+    ["10.0.0.1", '198.51.100.1, x"y z, 10.1.1.1', "10.1.1.1"],
+    ["10.0.0.1", "198.51.100.1, _hidden, 10.1.1.1:80", "10.1.1.1"],
+    ["10.0.0.1", "198.51.100.1, [unknown]:80", "10.0.0.1"],
+    // A zone means nothing off its host; text after "%" is no address.
+    ["10.0.0.1", "fe80::1%eth0 evil", "10.0.0.1"],
+    ["10.0.0.1", "198.51.100.1, 10.0.0.256", "10.0.0.1"],
     [null, "198.51.100.1", null],
   ];
   for (const [peer, field, expected] of cases) {

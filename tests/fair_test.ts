@@ -306,6 +306,46 @@ Deno.test("fair queuing by ip with trustedProxies: from a trusted peer, the last
   );
 });
 
+Deno.test("a forwarded entry that is not an address never becomes the consumer: not in the access log, X-Pothead-Client or a handler's remoteAddr", async () => {
+  for (
+    const options of [
+      { trustForwarded: true },
+      { trustedProxies: ["127.0.0.1"] },
+    ]
+  ) {
+    const clients: (string | null)[] = [];
+    const seen: [string | null, string][] = [];
+    await withHub({
+      ...options,
+      onAccess: (r) => void clients.push(r.client),
+    }, async (ctx) => {
+      const worker = connectWorker((req, info) => {
+        seen.push([
+          req.headers.get("x-pothead-client"),
+          info.remoteAddr.hostname,
+        ]);
+        return new Response("ok");
+      }, { hostname: "127.0.0.1", port: ctx.server.workerAddr.port });
+      try {
+        await waitFor(() => ctx.server.hub.stats.idle > 0, "the worker");
+        for (const chain of ['198.51.100.1, x"y z', "unknown", "fe80::1%a b"]) {
+          const res = await fetch(`${ctx.url}/`, {
+            headers: { "x-forwarded-for": chain },
+          });
+          assert.equal(await res.text(), "ok");
+        }
+        await waitFor(() => clients.length === 3, "three access records");
+      } finally {
+        worker.close();
+        await worker.finished;
+      }
+    });
+    const name = JSON.stringify(options);
+    assert.deepEqual(clients, Array(3).fill("127.0.0.1"), name);
+    assert.deepEqual(seen, Array(3).fill([null, "127.0.0.1"]), name);
+  }
+});
+
 Deno.test("trustedProxies: a bad range, or with trustForwarded too, is refused by name", () => {
   assert.throws(
     () => new Hub({ trustedProxies: ["10.0.0.0/33"] }),
