@@ -37,6 +37,12 @@ Options (each also as the environment variable in brackets):
                         hubs; names resolve to all A/AAAA records
                         [POTHEAD_CONNECT] (127.0.0.1:4040)
   --concurrency N       most requests at once [POTHEAD_CONCURRENCY] (1)
+  --max-requests N      after N requests, drain and exit 0 (for handlers that
+                        leak; a supervisor starts a fresh process)
+                        [POTHEAD_MAX_REQUESTS] (0: never)
+  --max-requests-jitter N  up to N more, drawn at start, so workers started
+                        together do not exit together
+                        [POTHEAD_MAX_REQUESTS_JITTER] (0)
   --engine E            serve: Deno.serve on a private 127.0.0.1 listener, each
                         hub connection relayed to it (half the CPU per
                         request); inline: our HTTP/1.1 server on the hub
@@ -58,7 +64,7 @@ Options (each also as the environment variable in brackets):
   --plain               no handshake: for hubs that only know the original
                         protocol (no token, id, pool or labels then)
   --adaptive            offer a slot beyond the first only while the machine has
-                        room (idle CPU and free memory from /proc and cgroup v2;
+                        room (idle CPU and free memory from /proc and cgroups;
                         needs -A to read them) [POTHEAD_ADAPTIVE]
   --min-idle-cpu N      idle CPUs needed to offer another slot (0.75)
   --min-free-memory MB  free memory needed to offer another slot (256)
@@ -86,6 +92,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       options: {
         connect: { type: "string", multiple: true },
         concurrency: { type: "string" },
+        "max-requests": { type: "string" },
+        "max-requests-jitter": { type: "string" },
         engine: { type: "string" },
         "max-backoff": { type: "string" },
         "resolve-interval": { type: "string" },
@@ -171,9 +179,29 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     const ns = dns === undefined
       ? undefined
       : parseHostPort(dns, "--dns-server");
+    const maxRequests = parseInteger(
+      flagOrEnv(values["max-requests"], "POTHEAD_MAX_REQUESTS"),
+      "--max-requests",
+      0,
+    );
+    const maxRequestsJitter = parseInteger(
+      flagOrEnv(values["max-requests-jitter"], "POTHEAD_MAX_REQUESTS_JITTER"),
+      "--max-requests-jitter",
+      0,
+    );
+    if (maxRequestsJitter > 0 && maxRequests === 0) {
+      throw new UsageError("--max-requests-jitter needs --max-requests");
+    }
     options = {
       hubs,
       concurrency,
+      maxRequests,
+      maxRequestsJitter,
+      onMaxRequests(n) {
+        console.error(
+          `pothead-worker: ${n} requests started (--max-requests): draining`,
+        );
+      },
       engine,
       maxBackoff: Math.max(
         100,

@@ -86,6 +86,27 @@ export interface WorkerOptions {
    * @default {1}
    */
   concurrency?: number;
+  /**
+   * Requests after which the worker drains by itself, as on
+   * {@linkcode WorkerHandle.drain}: it starts no more (the hub sends them
+   * to other workers), finishes those in progress, and `finished`
+   * resolves, so the process can exit and its supervisor start a fresh one.
+   * For handlers that leak memory or handles from request to request
+   * (native libraries, long-lived caches). 0: never.
+   * @default {0}
+   */
+  maxRequests?: number;
+  /**
+   * With `maxRequests`: up to this many more, drawn once at random when the
+   * worker starts, so workers started together do not all drain together.
+   * @default {0}
+   */
+  maxRequestsJitter?: number;
+  /**
+   * Called once when the worker has started `maxRequests` requests (the
+   * number, jitter included), just before it drains.
+   */
+  onMaxRequests?: (requests: number) => void;
   /** Aborting it drains the worker (see {@linkcode WorkerHandle.drain}). */
   signal?: AbortSignal;
   /**
@@ -223,6 +244,20 @@ export function connectWorker(
       `Invalid option "concurrency": expected an integer >= 1, got ${concurrency}`,
     );
   }
+  for (const name of ["maxRequests", "maxRequestsJitter"] as const) {
+    const value = options[name] ?? 0;
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new RangeError(
+        `Invalid option "${name}": expected an integer >= 0, got ${value}`,
+      );
+    }
+  }
+  // The request that drains the worker; Infinity for none.
+  const lastRequest = (options.maxRequests ?? 0) === 0
+    ? Infinity
+    : options.maxRequests! +
+      Math.floor(Math.random() * ((options.maxRequestsJitter ?? 0) + 1));
+  let started = 0;
   const targets = options.hubs !== undefined
     ? options.hubs.map(parseTarget)
     : [{
@@ -436,7 +471,22 @@ export function connectWorker(
             port: endpoint.port,
           },
           maxRequests: options.gate === undefined ? Infinity : 1,
-          acquire: hooks.acquire,
+          acquire: lastRequest === Infinity
+            ? hooks.acquire
+            : (queuedMs: () => number) => {
+              // Past the last request (its drain is on its way): declined,
+              // so the hub sends it to another worker.
+              if (started >= lastRequest || !hooks.acquire(queuedMs)) {
+                return false;
+              }
+              if (++started === lastRequest) {
+                queueMicrotask(() => {
+                  options.onMaxRequests?.(lastRequest);
+                  draining.abort();
+                });
+              }
+              return true;
+            },
           release: hooks.release,
           reuse: hooks.reuse,
           wait: hooks.wait,

@@ -22,6 +22,7 @@ import {
 import { chooseToken, defaultWorkerId } from "../_worker_cli.ts";
 import { optionsFrom, parseRoute } from "../_hub_cli.ts";
 import { parseDuration } from "../_cli.ts";
+import { deadline } from "./_wait.ts";
 
 const CURL = "/usr/bin/curl";
 const HANG_GUARD = 30_000;
@@ -421,6 +422,31 @@ Deno.test("POTHEAD_TRUSTED_PROXIES: from a trusted peer the consumer is the addr
     } finally {
       await closeAll(worker, hub.proc);
     }
+  }
+});
+
+Deno.test("worker --max-requests 2 serves two requests, says so, drains and exits 0; the next request waits for another worker", async () => {
+  const hub = await startHub();
+  let first: Proc | undefined;
+  let second: Proc | undefined;
+  try {
+    first = await startWorker(hub.workerPort, "examples/hello.ts", [
+      "--max-requests",
+      "2",
+    ]);
+    for (const path of ["/one", "/two"]) {
+      const res = await fetch(`http://127.0.0.1:${hub.port}${path}`);
+      assert.match(await res.text(), new RegExp(`^Hello from ${path}`));
+    }
+    await first.stderr.next(/2 requests started \(--max-requests\): draining/);
+    const status = await deadline(first.status, 20_000, "the worker's exit");
+    assert.equal(status.code, 0, first.describe());
+    // Queued at the hub, not lost: served once another worker comes.
+    const third = fetch(`http://127.0.0.1:${hub.port}/three`);
+    second = await startWorker(hub.workerPort, "examples/hello.ts");
+    assert.match(await (await third).text(), /^Hello from \/three/);
+  } finally {
+    await closeAll(first, second, hub.proc);
   }
 });
 
@@ -1104,6 +1130,11 @@ Deno.test("worker exits 2 on an id, pool, label or token a hub would refuse, or 
     [["--adaptive", "--min-idle-cpu", "0x10"], /Invalid --min-idle-cpu/],
     [["--min-idle-cpu", "1.5"], /--min-idle-cpu needs --adaptive/],
     [["--settle", "1s"], /--settle needs --adaptive/],
+    [["--max-requests", "1.5"], /Invalid --max-requests/],
+    [
+      ["--max-requests-jitter", "3"],
+      /--max-requests-jitter needs --max-requests/,
+    ],
   ];
   // The hub's token file format (a comment, several lines) is not a worker's:
   // sent as is, the line break would end the Authorization field.

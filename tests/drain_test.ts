@@ -236,6 +236,88 @@ Deno.test("worker drain while idle loses no request: all are answered by the rem
   });
 });
 
+Deno.test("maxRequests: a worker starts exactly that many requests, finishes them and drains; the hub sends the rest to the others", async () => {
+  for (const concurrency of [1, 3]) {
+    await withHub({}, async (ctx) => {
+      const servedBy = { a: 0, b: 0 };
+      const count = new Map<string, number>();
+      const reached: number[] = [];
+      const handler = (id: "a" | "b"): FetchHandler => async (req) => {
+        const path = new URL(req.url).pathname;
+        count.set(path, (count.get(path) ?? 0) + 1);
+        servedBy[id]++;
+        for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 1));
+        return new Response(`${id} ${path}`);
+      };
+      const a = ctx.add(handler("a"), {
+        workerId: "a",
+        concurrency,
+        maxRequests: 5,
+        onMaxRequests: (n) => void reached.push(n),
+      });
+      ctx.add(handler("b"), { workerId: "b", concurrency });
+      await waitFor(
+        () => ctx.server.hub.stats.idle === 2 * concurrency,
+        "both workers' slots idle",
+      );
+      const results = await Promise.all(
+        Array.from({ length: 30 }, (_, i) => text(later(`${ctx.url}/${i}`))),
+      );
+      // Drained by itself: no connection left, and finished.
+      await deadline(a.finished, HANG, "worker a to finish");
+      for (const [status, body] of results) assert.equal(status, 200, body);
+      assert.equal(servedBy.a, 5, `concurrency ${concurrency}`);
+      assert.equal(servedBy.b, 25);
+      assert.deepEqual(reached, [5]);
+      for (const [path, n] of count) assert.equal(n, 1, `${path} ran ${n}`);
+      assert.equal(a.connected, 0);
+      assert.equal(ctx.server.hub.stats.failed, 0);
+    });
+  }
+});
+
+Deno.test("maxRequestsJitter: the limit is drawn once between maxRequests and maxRequests + jitter", async () => {
+  const drawn = new Set<number>();
+  for (let round = 0; round < 8; round++) {
+    await withHub({}, async (ctx) => {
+      let servedByA = 0;
+      let reached = -1;
+      const a = ctx.add(() => (servedByA++, new Response("a")), {
+        maxRequests: 2,
+        maxRequestsJitter: 3,
+        onMaxRequests: (n) => reached = n,
+      });
+      ctx.add(() => new Response("b"));
+      await waitFor(() => ctx.server.hub.stats.idle === 2, "two slots idle");
+      // One at a time, so that a takes its share before b takes them all.
+      for (let sent = 0; reached < 0; sent++) {
+        assert.ok(sent < 200, "worker a never reached its limit");
+        const [status] = await text(later(`${ctx.url}/`));
+        assert.equal(status, 200);
+      }
+      await deadline(a.finished, HANG, "worker a to finish");
+      assert.ok(reached >= 2 && reached <= 5, String(reached));
+      assert.equal(servedByA, reached);
+      drawn.add(reached);
+    });
+  }
+  // Eight draws from four values, all the same: 4 * (1/4)^8, about 1 in 16 000.
+  assert.ok(drawn.size > 1, `always ${[...drawn]}`);
+});
+
+Deno.test("maxRequests and maxRequestsJitter refuse what is not a whole number >= 0", () => {
+  for (const bad of [-1, 1.5, NaN, Infinity]) {
+    assert.throws(
+      () => connectWorker(() => new Response(), { maxRequests: bad }),
+      /Invalid option "maxRequests"/,
+    );
+    assert.throws(
+      () => connectWorker(() => new Response(), { maxRequestsJitter: bad }),
+      /Invalid option "maxRequestsJitter"/,
+    );
+  }
+});
+
 Deno.test("worker drain under load finishes its requests in progress and loses none", async () => {
   await withHub({}, async (ctx) => {
     const count = new Map<string, number>();
