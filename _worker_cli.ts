@@ -43,6 +43,8 @@ Options (each also as the environment variable in brackets):
   --max-requests-jitter N  up to N more, drawn at start, so workers started
                         together do not exit together
                         [POTHEAD_MAX_REQUESTS_JITTER] (0)
+  --max-rss MB          drain and exit 0 once the process's resident memory is
+                        over MB when a request ends [POTHEAD_MAX_RSS] (0: never)
   --engine E            serve: Deno.serve on a private 127.0.0.1 listener, each
                         hub connection relayed to it (half the CPU per
                         request); inline: our HTTP/1.1 server on the hub
@@ -94,6 +96,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         concurrency: { type: "string" },
         "max-requests": { type: "string" },
         "max-requests-jitter": { type: "string" },
+        "max-rss": { type: "string" },
         engine: { type: "string" },
         "max-backoff": { type: "string" },
         "resolve-interval": { type: "string" },
@@ -189,6 +192,11 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       "--max-requests-jitter",
       0,
     );
+    const maxRssMiB = parseInteger(
+      flagOrEnv(values["max-rss"], "POTHEAD_MAX_RSS"),
+      "--max-rss",
+      0,
+    );
     if (maxRequestsJitter > 0 && maxRequests === 0) {
       throw new UsageError("--max-requests-jitter needs --max-requests");
     }
@@ -197,9 +205,14 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       concurrency,
       maxRequests,
       maxRequestsJitter,
-      onMaxRequests(n) {
+      maxRss: maxRssMiB * 1024 * 1024,
+      onRecycle(reason) {
         console.error(
-          `pothead-worker: ${n} requests started (--max-requests): draining`,
+          reason.why === "requests"
+            ? `pothead-worker: ${reason.requests} requests started (--max-requests): draining`
+            : `pothead-worker: resident memory ${
+              Math.round(reason.rss / 1024 / 1024)
+            } MiB is over --max-rss ${maxRssMiB} after ${reason.requests} requests: draining`,
         );
       },
       engine,

@@ -67,6 +67,7 @@ export {
   type HandlerExport,
   loadHandler,
   NOT_STARTED_RESPONSE,
+  type RecycleReason,
   type SlotGate,
   type WorkerHandle,
   type WorkerHandlerInfo,

@@ -103,10 +103,17 @@ export interface WorkerOptions {
    */
   maxRequestsJitter?: number;
   /**
-   * Called once when the worker has started `maxRequests` requests (the
-   * number, jitter included), just before it drains.
+   * Bytes of resident memory (RSS) past which the worker drains by itself,
+   * as with `maxRequests`: checked each time a request ends, so a handler
+   * that leaks is recycled before the machine runs short. 0: never.
+   * @default {0}
    */
-  onMaxRequests?: (requests: number) => void;
+  maxRss?: number;
+  /**
+   * Called once when the worker begins to drain by itself (`maxRequests`
+   * or `maxRss`), with why.
+   */
+  onRecycle?: (reason: RecycleReason) => void;
   /** Aborting it drains the worker (see {@linkcode WorkerHandle.drain}). */
   signal?: AbortSignal;
   /**
@@ -221,6 +228,23 @@ function parseTarget(text: string): Target {
   return { hostname: m[1] ?? m[2], port };
 }
 
+/** Why a worker began to drain by itself (see `WorkerOptions.onRecycle`). */
+export type RecycleReason =
+  | {
+    /** It had started `maxRequests` requests (jitter included). */
+    why: "requests";
+    /** Requests it had started. */
+    requests: number;
+  }
+  | {
+    /** Its resident memory was over `maxRss` when a request ended. */
+    why: "rss";
+    /** Its resident memory then, in bytes. */
+    rss: number;
+    /** Requests it had started. */
+    requests: number;
+  };
+
 /**
  * Connects to one or more hubs and serves `handler` there, at most
  * `concurrency` requests at a time, reconnecting with jittered exponential
@@ -244,7 +268,7 @@ export function connectWorker(
       `Invalid option "concurrency": expected an integer >= 1, got ${concurrency}`,
     );
   }
-  for (const name of ["maxRequests", "maxRequestsJitter"] as const) {
+  for (const name of ["maxRequests", "maxRequestsJitter", "maxRss"] as const) {
     const value = options[name] ?? 0;
     if (!Number.isSafeInteger(value) || value < 0) {
       throw new RangeError(
@@ -258,6 +282,15 @@ export function connectWorker(
     : options.maxRequests! +
       Math.floor(Math.random() * ((options.maxRequestsJitter ?? 0) + 1));
   let started = 0;
+  const maxRss = options.maxRss ?? 0;
+  // Drains once, for the first reason that comes.
+  let recycling = false;
+  const recycle = (reason: RecycleReason) => {
+    if (recycling || draining.signal.aborted) return;
+    recycling = true;
+    options.onRecycle?.(reason);
+    draining.abort();
+  };
   const targets = options.hubs !== undefined
     ? options.hubs.map(parseTarget)
     : [{
@@ -471,7 +504,7 @@ export function connectWorker(
             port: endpoint.port,
           },
           maxRequests: options.gate === undefined ? Infinity : 1,
-          acquire: lastRequest === Infinity
+          acquire: lastRequest === Infinity && maxRss === 0
             ? hooks.acquire
             : (queuedMs: () => number) => {
               // Past the last request (its drain is on its way): declined,
@@ -480,14 +513,17 @@ export function connectWorker(
                 return false;
               }
               if (++started === lastRequest) {
-                queueMicrotask(() => {
-                  options.onMaxRequests?.(lastRequest);
-                  draining.abort();
-                });
+                queueMicrotask(() =>
+                  recycle({ why: "requests", requests: started })
+                );
               }
               return true;
             },
-          release: hooks.release,
+          release: maxRss === 0 ? hooks.release : () => {
+            hooks.release();
+            const rss = Deno.memoryUsage().rss;
+            if (rss > maxRss) recycle({ why: "rss", rss, requests: started });
+          },
           reuse: hooks.reuse,
           wait: hooks.wait,
           noPark: hooks.noPark,

@@ -22,7 +22,7 @@ import {
 import { chooseToken, defaultWorkerId } from "../_worker_cli.ts";
 import { optionsFrom, parseRoute } from "../_hub_cli.ts";
 import { parseDuration } from "../_cli.ts";
-import { deadline } from "./_wait.ts";
+import { deadline, waitFor } from "./_wait.ts";
 
 const CURL = "/usr/bin/curl";
 const HANG_GUARD = 30_000;
@@ -447,6 +447,65 @@ Deno.test("worker --max-requests 2 serves two requests, says so, drains and exit
     assert.match(await (await third).text(), /^Hello from \/three/);
   } finally {
     await closeAll(first, second, hub.proc);
+  }
+});
+
+Deno.test("worker --max-rss: a handler that leaks is recycled once the process is over the limit, and nothing is lost", async () => {
+  const hub = await startHub();
+  let leaky: Proc | undefined;
+  let fresh: Proc | undefined;
+  try {
+    leaky = await startWorker(
+      hub.workerPort,
+      "tests/fixtures/leaky_handler.ts",
+      [
+        "--max-rss",
+        "200",
+      ],
+    );
+    // Each request keeps 48 MiB: within a few the process is over 200 MiB.
+    // One at a time; a request sent as the worker recycles waits at the hub
+    // for the fresh worker below.
+    const worker = leaky;
+    const recycled = () => worker.stderr.lines.some((l) => /--max-rss/.test(l));
+    let kept = 0;
+    let pending: Promise<Response> | undefined;
+    while (!recycled()) {
+      assert.ok(kept < 10, `no recycle after ${kept} requests`);
+      const res = fetch(`http://127.0.0.1:${hub.port}/`);
+      let done = false;
+      res.then(() => done = true, () => done = true);
+      await waitFor(() => done || recycled(), "a response or the recycle");
+      if (!done) {
+        pending = res;
+        break;
+      }
+      assert.equal(await (await res).text(), `kept ${++kept}\n`);
+    }
+    const line = leaky.stderr.lines.find((l) => /--max-rss/.test(l))!;
+    const m =
+      /resident memory (\d+) MiB is over --max-rss 200 after (\d+) requests: draining/
+        .exec(line);
+    assert.ok(m !== null, line);
+    assert.ok(Number(m[1]) > 200, line);
+    const status = await deadline(leaky.status, 20_000, "the worker's exit");
+    assert.equal(status.code, 0, leaky.describe());
+    fresh = await startWorker(
+      hub.workerPort,
+      "tests/fixtures/leaky_handler.ts",
+    );
+    // A request in flight as the line came was served by the leaky worker
+    // (its last) or waited at the hub for the fresh one; none is lost.
+    if (pending !== undefined) {
+      const text = await (await pending).text();
+      if (text === `kept ${kept + 1}\n`) kept++;
+      else assert.equal(text, "kept 1\n");
+    }
+    assert.equal(Number(m[2]), kept, line);
+    const next = await fetch(`http://127.0.0.1:${hub.port}/`);
+    assert.match(await next.text(), /^kept [12]\n$/);
+  } finally {
+    await closeAll(leaky, fresh, hub.proc);
   }
 });
 

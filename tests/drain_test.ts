@@ -14,7 +14,12 @@ import {
   serveHub,
   type ServeHubOptions,
 } from "../hub.ts";
-import type { FetchHandler, WorkerHandle, WorkerOptions } from "../worker.ts";
+import type {
+  FetchHandler,
+  RecycleReason,
+  WorkerHandle,
+  WorkerOptions,
+} from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
 import { sha256 } from "./_data.ts";
@@ -253,7 +258,8 @@ Deno.test("maxRequests: a worker starts exactly that many requests, finishes the
         workerId: "a",
         concurrency,
         maxRequests: 5,
-        onMaxRequests: (n) => void reached.push(n),
+        onRecycle: (r) =>
+          void reached.push(r.why === "requests" ? r.requests : -1),
       });
       ctx.add(handler("b"), { workerId: "b", concurrency });
       await waitFor(
@@ -285,7 +291,7 @@ Deno.test("maxRequestsJitter: the limit is drawn once between maxRequests and ma
       const a = ctx.add(() => (servedByA++, new Response("a")), {
         maxRequests: 2,
         maxRequestsJitter: 3,
-        onMaxRequests: (n) => reached = n,
+        onRecycle: (r) => reached = r.why === "requests" ? r.requests : -2,
       });
       ctx.add(() => new Response("b"));
       await waitFor(() => ctx.server.hub.stats.idle === 2, "two slots idle");
@@ -305,8 +311,38 @@ Deno.test("maxRequestsJitter: the limit is drawn once between maxRequests and ma
   assert.ok(drawn.size > 1, `always ${[...drawn]}`);
 });
 
-Deno.test("maxRequests and maxRequestsJitter refuse what is not a whole number >= 0", () => {
+Deno.test("maxRss: a worker over it when a request ends drains, says why, and the rest go to the others", async () => {
+  await withHub({}, async (ctx) => {
+    const servedBy = { a: 0, b: 0 };
+    const reasons: RecycleReason[] = [];
+    // One byte: any process is over it, so the first request to end
+    // recycles the worker.
+    const a = ctx.add(() => (servedBy.a++, new Response("a")), {
+      maxRss: 1,
+      onRecycle: (r) => void reasons.push(r),
+    });
+    ctx.add(() => (servedBy.b++, new Response("b")));
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "two slots idle");
+    const results = await Promise.all(
+      Array.from({ length: 10 }, () => text(later(`${ctx.url}/`))),
+    );
+    await deadline(a.finished, HANG, "worker a to finish");
+    for (const [status] of results) assert.equal(status, 200);
+    assert.equal(servedBy.a, 1);
+    assert.equal(servedBy.b, 9);
+    assert.equal(reasons.length, 1);
+    const [reason] = reasons;
+    assert.ok(reason.why === "rss" && reason.rss > 1, JSON.stringify(reason));
+    assert.equal(reason.requests, 1);
+  });
+});
+
+Deno.test("maxRequests, maxRequestsJitter and maxRss refuse what is not a whole number >= 0", () => {
   for (const bad of [-1, 1.5, NaN, Infinity]) {
+    assert.throws(
+      () => connectWorker(() => new Response(), { maxRss: bad }),
+      /Invalid option "maxRss"/,
+    );
     assert.throws(
       () => connectWorker(() => new Response(), { maxRequests: bad }),
       /Invalid option "maxRequests"/,
