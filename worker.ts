@@ -288,7 +288,14 @@ export function connectWorker(
   const recycle = (reason: RecycleReason) => {
     if (recycling || draining.signal.aborted) return;
     recycling = true;
-    options.onRecycle?.(reason);
+    // It drains whatever the callback does: it runs in a microtask or in
+    // an engine's release, where a throw would crash the process or leave
+    // the worker declining every request without draining.
+    try {
+      options.onRecycle?.(reason);
+    } catch (error) {
+      onError(error, "recycle");
+    }
     draining.abort();
   };
   const targets = options.hubs !== undefined

@@ -337,6 +337,35 @@ Deno.test("maxRss: a worker over it when a request ends drains, says why, and th
   });
 });
 
+Deno.test("onRecycle that throws: the worker still drains (the error goes to onError), loses nothing and does not crash", async () => {
+  for (const limit of [{ maxRequests: 2 }, { maxRss: 1 }]) {
+    await withHub({}, async (ctx) => {
+      const servedBy = { a: 0, b: 0 };
+      const errors: string[] = [];
+      const a = ctx.add(() => (servedBy.a++, new Response("a")), {
+        ...limit,
+        onRecycle: () => {
+          throw new Error("onRecycle broke");
+        },
+        onError: (error, context) =>
+          void errors.push(`${context}: ${(error as Error).message}`),
+      });
+      ctx.add(() => (servedBy.b++, new Response("b")));
+      await waitFor(() => ctx.server.hub.stats.idle === 2, "two slots idle");
+      // One at a time until worker a has drained by itself.
+      for (let sent = 0; a.connected > 0 || servedBy.a === 0; sent++) {
+        assert.ok(sent < 100, `worker a never drained: ${errors}`);
+        const [status] = await text(later(`${ctx.url}/`));
+        assert.equal(status, 200);
+      }
+      await deadline(a.finished, HANG, "worker a to finish");
+      const expected = "maxRss" in limit ? 1 : 2;
+      assert.equal(servedBy.a, expected, JSON.stringify(limit));
+      assert.deepEqual(errors, ["recycle: onRecycle broke"]);
+    });
+  }
+});
+
 Deno.test("maxRequests, maxRequestsJitter and maxRss refuse what is not a whole number >= 0", () => {
   for (const bad of [-1, 1.5, NaN, Infinity]) {
     assert.throws(
