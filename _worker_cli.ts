@@ -196,6 +196,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       flagOrEnv(values["max-rss"], "POTHEAD_MAX_RSS"),
       "--max-rss",
       0,
+      0,
+      Math.floor(Number.MAX_SAFE_INTEGER / (1024 * 1024)),
     );
     if (maxRequestsJitter > 0 && maxRequests === 0) {
       throw new UsageError("--max-requests-jitter needs --max-requests");

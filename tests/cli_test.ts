@@ -1190,6 +1190,9 @@ Deno.test("worker exits 2 on an id, pool, label or token a hub would refuse, or 
     [["--min-idle-cpu", "1.5"], /--min-idle-cpu needs --adaptive/],
     [["--settle", "1s"], /--settle needs --adaptive/],
     [["--max-requests", "1.5"], /Invalid --max-requests/],
+    // More MiB than bytes can count exactly: named as the flag, not as
+    // connectWorker's option.
+    [["--max-rss", "9999999999999"], /Invalid --max-rss: .* is outside/],
     [
       ["--max-requests-jitter", "3"],
       /--max-requests-jitter needs --max-requests/,
