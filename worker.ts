@@ -527,9 +527,11 @@ export function connectWorker(
               return true;
             },
           release: maxRss === 0 ? hooks.release : () => {
-            hooks.release();
+            // Before the release: a permit freed by a worker about to drain
+            // must not be offered to the hubs first (a wasted round trip).
             const rss = Deno.memoryUsage().rss;
             if (rss > maxRss) recycle({ why: "rss", rss, requests: started });
+            hooks.release();
           },
           reuse: hooks.reuse,
           wait: hooks.wait,
