@@ -1,7 +1,9 @@
 /**
  * A bounded soak run: a hub (or several, every worker serving all of them)
  * and several worker processes under steady load, while workers are
- * SIGKILLed and restarted at random and consumers abort at random. It
+ * SIGKILLed and restarted at random (and, with `--recycle-after N`, recycle
+ * themselves with `--max-requests` and are started again) and consumers
+ * abort at random. It
  * reports how every request ended, whether any request ran twice or got
  * another request's answer, and the hubs' peak RSS.
  *
@@ -39,6 +41,12 @@ export interface SoakOptions {
    * Default 1.
    */
   hubs?: number;
+  /**
+   * Workers recycle themselves after this many requests (plus up to as
+   * many again: `--max-requests` and `--max-requests-jitter`) and are
+   * started again, as a supervisor would. 0 or unset: never.
+   */
+  recycleAfter?: number;
 }
 
 /** What {@linkcode runSoak} saw. */
@@ -64,6 +72,8 @@ export interface SoakReport {
   retries: number;
   /** Worker processes killed. */
   kills: number;
+  /** Worker processes that recycled themselves (exit 0) and were restarted. */
+  recycles: number;
   /** The largest peak resident set size of a hub in KiB (VmHWM). */
   hubPeakRssKiB: number;
   /** Wall time in seconds. */
@@ -86,6 +96,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   const started = performance.now();
   const hubs: HubProc[] = [];
   let kills = 0;
+  let recycles = 0;
   let logSeq = 0;
   try {
     for (let i = 0; i < (options.hubs ?? 1); i++) {
@@ -118,6 +129,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           String(options.concurrency),
           "--max-backoff",
           "200ms",
+          ...(options.recycleAfter
+            ? [
+              "--max-requests",
+              String(options.recycleAfter),
+              "--max-requests-jitter",
+              String(options.recycleAfter),
+            ]
+            : []),
           "tests/fixtures/soak_handler.ts",
         ],
         cwd: new URL("../", import.meta.url),
@@ -128,8 +147,20 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       }).spawn();
       return p;
     };
+    // Each worker's place is kept filled, as a supervisor would: one that
+    // exits (recycled, or killed by the chaos below) is started again.
     const procs: Deno.ChildProcess[] = [];
-    for (let i = 0; i < options.workers; i++) procs.push(launch());
+    let supervising = true;
+    const supervisors = Array.from(
+      { length: options.workers },
+      async (_, i) => {
+        while (supervising) {
+          const p = procs[i] = launch();
+          const status = await p.status;
+          if (supervising && status.success) recycles++;
+        }
+      },
+    );
 
     const bases = hubs.map((h) => `http://127.0.0.1:${h.port}`);
     const statuses: Record<string, number> = {};
@@ -151,14 +182,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
         );
         if (!chaos) break;
         const victim = Math.floor(random() * procs.length);
+        const p = procs[victim];
         try {
-          procs[victim].kill("SIGKILL");
+          p.kill("SIGKILL");
         } catch {
           // already gone
         }
-        await procs[victim].status;
-        kills++;
-        procs[victim] = launch();
+        await p.status;
+        kills++; // its supervisor starts it again
       }
     })();
 
@@ -215,14 +246,15 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     chaos = false;
     await chaosLoop;
     const hubPeak = Math.max(...hubs.map((h) => peakRss(h.proc.pid)));
+    supervising = false;
     for (const p of procs) {
       try {
         p.kill("SIGKILL");
       } catch {
         // gone
       }
-      await p.status;
     }
+    await Promise.all(supervisors);
 
     // Count how often workers started each request.
     const runs = new Map<number, number>();
@@ -261,6 +293,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       ranTwiceIdempotent,
       retries,
       kills,
+      recycles,
       hubPeakRssKiB: hubPeak,
       seconds: (performance.now() - started) / 1000,
     };
@@ -283,6 +316,7 @@ if (import.meta.main) {
       deadline: { type: "string", default: "1200" },
       seed: { type: "string", default: "42" },
       hubs: { type: "string", default: "1" },
+      "recycle-after": { type: "string", default: "0" },
     },
   });
   const options: SoakOptions = {
@@ -295,6 +329,7 @@ if (import.meta.main) {
     deadline: Number(values.deadline) * 1000,
     seed: Number(values.seed),
     hubs: Number(values.hubs),
+    recycleAfter: Number(values["recycle-after"]),
   };
   console.log(`soak: ${JSON.stringify(options)}`);
   const report = await runSoak(options);

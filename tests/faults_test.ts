@@ -337,19 +337,25 @@ Deno.test("consumers aborting at random leak no worker slot", async () => {
   }
 });
 
-for (const hubs of [1, 2]) {
+for (const [hubs, recycleAfter] of [[1, 0], [2, 0], [1, 60]]) {
   Deno.test({
     name:
       `a short soak with worker kills and consumer aborts runs nothing unsafe twice and loses nothing (${hubs} hub${
         hubs > 1 ? "s, workers parking between them" : ""
+      }${
+        recycleAfter > 0
+          ? `, workers recycling themselves after ${recycleAfter} to ${
+            2 * recycleAfter
+          } requests`
+          : ""
       })`,
     sanitizeResources: false,
     sanitizeOps: false,
-    fn: () => soak(hubs),
+    fn: () => soak(hubs, recycleAfter),
   });
 }
 
-async function soak(hubs: number): Promise<void> {
+async function soak(hubs: number, recycleAfter: number): Promise<void> {
   const report = await runSoak({
     requests: 1500,
     inflight: 16,
@@ -360,7 +366,11 @@ async function soak(hubs: number): Promise<void> {
     deadline: 240_000,
     seed: 1,
     hubs,
+    recycleAfter,
   });
+  // 1 500 requests over 3 workers recycling after at most 120 each: some
+  // did (the kills end some workers before they get there).
+  if (recycleAfter > 0) assert.ok(report.recycles > 0, JSON.stringify(report));
   assert.equal(report.sent, 1500);
   assert.equal(report.lost, 0);
   assert.equal(report.wrongAnswer, 0);
