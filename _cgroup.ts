@@ -109,11 +109,11 @@ const V1_CONTROLLERS = ["cpu", "memory"];
 /**
  * The cgroup directories that limit this process, innermost first within
  * each tree: for the unified tree and for each version 1 tree that carries
- * `cpu` or `memory`, the process's own cgroup and each ancestor
- * up to the mount point. A tree whose mount does not show the process's
- * cgroup (a mount of another part of the tree, or a process moved out of
- * its cgroup namespace: `/..`) is left out: its limits are not this
- * process's.
+ * `cpu` or `memory`, the process's own cgroup and each ancestor up to the
+ * mount point (the first mount of that tree that shows the cgroup). A tree
+ * whose mounts do not show the process's cgroup (mounts of other parts of
+ * the tree, or a process moved out of its cgroup namespace: `/..`) is left
+ * out: their limits are not this process's.
  *
  * @param cgroup the contents of `/proc/self/cgroup`.
  * @param mounts the cgroup mounts, from {@linkcode parseMountinfo}.
