@@ -14,6 +14,7 @@
 
 import { join } from "node:path";
 import {
+  type CapacityRoots,
   type CgroupDir,
   cgroupDirs,
   type CgroupFiles,
@@ -21,6 +22,8 @@ import {
   readCgroupFiles,
   readOptional,
 } from "./_cgroup.ts";
+
+export type { CapacityRoots } from "./_cgroup.ts";
 
 /**
  * Awaited by the worker before it offers (connects) slot number `slot`;
@@ -252,20 +255,6 @@ export function capacityFrom(
     }
   }
   return { idleCpu, cpus, idleFraction, freeMemory, elapsed };
-}
-
-/** Where {@linkcode readCapacitySample} reads. */
-export interface CapacityRoots {
-  /**
-   * The proc file system.
-   * @default {"/proc"}
-   */
-  procRoot?: string;
-  /**
-   * A cgroup v2 tree to read instead of the cgroup mounts (v2 and v1) that
-   * `/proc/self/mountinfo` lists; for tests and unusual mounts.
-   */
-  cgroupRoot?: string;
 }
 
 /**

@@ -169,8 +169,8 @@ export function cgroupDirsFrom(
       cpuacct.mount !== mount &&
       paths.get("cpu") === paths.get("cpuacct");
     const rootParts = mount.root.split("/").filter((p) => p !== "");
-    for (let n = rel.length; n >= 0; n--) {
-      const path = join(mount.mountPoint, ...rel.slice(0, n));
+    chain(mount.mountPoint, rel).forEach((path, i) => {
+      const n = rel.length - i; // path is the cgroup rel.slice(0, n)
       const acctRel = pair
         ? below(
           cpuacct.mount.root,
@@ -184,7 +184,7 @@ export function cgroupDirsFrom(
           ? undefined
           : join(cpuacct!.mount.mountPoint, ...acctRel),
       });
-    }
+    });
   }
   return dirs;
 }
@@ -215,16 +215,18 @@ export async function readOptional(
   }
 }
 
-/** Where {@linkcode cgroupDirs} looks. */
-export interface CgroupRoots {
+/** Where the capacity readings come from: `/proc` and the cgroup files. */
+export interface CapacityRoots {
   /**
-   * The proc file system (`self/cgroup` and `self/mountinfo` are read).
+   * The proc file system (`stat`, `meminfo`, `self/cgroup` and
+   * `self/mountinfo` are read).
    * @default {"/proc"}
    */
   procRoot?: string;
   /**
-   * A cgroup v2 tree to use instead of the mounts that `self/mountinfo`
-   * lists. Without `self/mountinfo`, `/sys/fs/cgroup` is taken as one.
+   * A cgroup v2 tree to read instead of the cgroup mounts (v2 and v1) that
+   * `self/mountinfo` lists; for tests and unusual mounts. Without
+   * `self/mountinfo`, `/sys/fs/cgroup` is taken as one.
    */
   cgroupRoot?: string;
 }
@@ -238,7 +240,7 @@ export interface CgroupRoots {
  * @throws {Deno.errors.NotCapable} when Deno may not read `/proc`.
  */
 export async function cgroupDirs(
-  roots: CgroupRoots = {},
+  roots: CapacityRoots = {},
 ): Promise<CgroupDir[]> {
   const procRoot = roots.procRoot ?? "/proc";
   const [cgroup, mountinfo] = await Promise.all([
