@@ -134,9 +134,12 @@ Options (each also as the environment variable in brackets):
                            "priority" }],
                            "pools": { NAME: { "maxQueue", "queueTimeout",
                            "priorityStep", "fairBy", "fairShare",
-                           "fairWeights", "maxQueuePerKey" } } }
-                           (queueTimeout, priorityStep: ms, or a duration
-                           like "30s";
+                           "fairWeights", "maxQueuePerKey", "headTimeout",
+                           "bodyIdleTimeout", "uploadIdleTimeout",
+                           "maxRequestBodySize", "maxResponseBodySize" } } }
+                           (queueTimeout, priorityStep and the timeouts: ms,
+                           or a duration like "30s"; the sizes: bytes, 0 = no
+                           limit; each in place of its flag for that pool;
                            fairBy: "ip", "header:NAME", or null for off;
                            fairShare: "requests" or "time";
                            fairWeights: { KEY: W })
@@ -290,10 +293,26 @@ export function optionsFrom(
     // A number is milliseconds, as in the library; a string is a duration
     // like the flags' ("30s"), where a bare number means seconds.
     for (const [name, p] of Object.entries(pools ?? {})) {
-      for (const field of ["queueTimeout", "priorityStep"] as const) {
+      for (
+        const field of [
+          "queueTimeout",
+          "priorityStep",
+          "headTimeout",
+          "bodyIdleTimeout",
+          "uploadIdleTimeout",
+        ] as const
+      ) {
         const t = (p as Record<string, unknown> | null)?.[field];
         if (typeof t === "string") {
           p[field] = parseDuration(t, `--config pools.${name}.${field}`, 0);
+        }
+      }
+      // Sizes as the flags take them: 0 is no limit (JSON has no Infinity).
+      for (
+        const field of ["maxRequestBodySize", "maxResponseBodySize"] as const
+      ) {
+        if ((p as Record<string, unknown> | null)?.[field] === 0) {
+          p[field] = Infinity;
         }
       }
     }

@@ -58,7 +58,25 @@ export interface OutgoingRequest {
   upgrade?: boolean;
   /** Cache of {@linkcode requestLines}. */
   lines?: string;
+  /**
+   * Timeouts and body limits for this exchange, in place of the slot's own
+   * (a pool's, when they differ from the hub's).
+   */
+  limits?: ExchangeLimits;
 }
+
+/**
+ * The timeouts and body limits of one exchange: the slot's options, or a
+ * request's own ({@linkcode OutgoingRequest.limits}).
+ */
+export type ExchangeLimits = Pick<
+  SlotOptions,
+  | "headTimeout"
+  | "bodyIdleTimeout"
+  | "uploadIdleTimeout"
+  | "maxBodySize"
+  | "maxUploadSize"
+>;
 
 /**
  * The part of a request head that is the same on every attempt: start
@@ -266,6 +284,8 @@ export class WorkerSlot {
   }
 
   #options: SlotOptions;
+  // Those of the exchange in progress (or the last one).
+  #limits: ExchangeLimits;
   #state: SlotState = "busy";
   #closeReason: unknown = undefined;
   /** Requests carried so far. */
@@ -299,6 +319,7 @@ export class WorkerSlot {
     this.#conn = conn;
     this.peer = peer;
     this.#options = options;
+    this.#limits = options;
     this.#reader = reader ?? new BufferedReader(conn);
     this.identity = identity;
   }
@@ -314,13 +335,13 @@ export class WorkerSlot {
       this.close(
         new WorkerLinkError(
           "timeout",
-          `Worker sent no complete response head within ${this.#options.headTimeout} ms`,
+          `Worker sent no complete response head within ${this.#limits.headTimeout} ms`,
         ),
       );
       return true;
     }
     const { headTimeout, bodyIdleTimeout = 0, uploadIdleTimeout = 0 } =
-      this.#options;
+      this.#limits;
     // A worker that stops taking the upload (frozen, or a handler that
     // neither reads its body nor answers) has the head timeout to move.
     if (
@@ -458,6 +479,7 @@ export class WorkerSlot {
     this.#state = "busy";
     this.served++;
     const opts = this.#options;
+    const limits = this.#limits = req.limits ?? opts;
     const streamed = req.body instanceof ReadableStream;
     // A streamed body is sent only once the worker asks for it (100
     // Continue) or after CONTINUE_WAIT; until then the request can still go
@@ -535,13 +557,15 @@ export class WorkerSlot {
     // (a stalled upload is the upload idle timeout's business).
     let headSeen = false;
     const startHeadClock = () => {
-      if (headSeen || opts.headTimeout <= 0 || this.#state !== "busy") return;
-      this.#headDeadline = performance.now() + opts.headTimeout;
+      if (headSeen || limits.headTimeout <= 0 || this.#state !== "busy") {
+        return;
+      }
+      this.#headDeadline = performance.now() + limits.headTimeout;
       if (opts.ownHeadTimer) {
         clearTimeout(headTimer);
         headTimer = setTimeout(
           () => this.checkStalled(performance.now()),
-          opts.headTimeout,
+          limits.headTimeout,
         );
       }
     };
@@ -697,10 +721,10 @@ export class WorkerSlot {
       : framing.kind === "none"
       ? 0
       : -1;
-    if (contentLength > opts.maxBodySize) {
+    if (contentLength > limits.maxBodySize) {
       const e = new WorkerLinkError(
         "protocol",
-        `Worker response body of ${contentLength} bytes is over the limit of ${opts.maxBodySize}`,
+        `Worker response body of ${contentLength} bytes is over the limit of ${limits.maxBodySize}`,
       );
       settle(e);
       throw e;
@@ -728,7 +752,7 @@ export class WorkerSlot {
       this.#inBody = true;
       body = bodyStream(this.#reader, framing, {
         limits: opts.limits,
-        maxBodySize: opts.maxBodySize,
+        maxBodySize: limits.maxBodySize,
         readAhead: opts.readAhead,
         onDone: (error, bytes, cancelled) => {
           this.#inBody = false;
@@ -905,7 +929,7 @@ export class WorkerSlot {
     onBodyDone: (error?: unknown) => void,
   ): void {
     const reader = body.getReader();
-    const limit = this.#options.maxUploadSize ?? Infinity;
+    const limit = this.#limits.maxUploadSize ?? Infinity;
     let sent = 0;
     const tracked = {
       read: async () => {
@@ -937,15 +961,16 @@ export class WorkerSlot {
     // that blocks (the worker's socket buffer is full) counts towards the
     // head timeout, which otherwise starts only after the last byte.
     const conn = this.#conn;
-    const opts = this.#options;
+    const own = this.#options.ownHeadTimer;
+    const headTimeout = this.#limits.headTimeout;
     const timed = {
       read: (p: Uint8Array) => conn.read(p),
       write: async (p: Uint8Array) => {
         this.#takeSince = performance.now();
-        const timer = opts.ownHeadTimer && opts.headTimeout > 0
+        const timer = own && headTimeout > 0
           ? setTimeout(
             () => this.checkStalled(performance.now()),
-            opts.headTimeout,
+            headTimeout,
           )
           : undefined;
         try {

@@ -65,6 +65,7 @@ import { PriorityQueue, type QueueNode } from "./_queue.ts";
 import { ShareLedger } from "./_share.ts";
 import {
   errorText,
+  type ExchangeLimits,
   type IncomingResponse,
   type OutgoingRequest,
   requestLines,
@@ -231,6 +232,33 @@ export interface PoolOptions {
    * {@linkcode HubOptions.maxQueuePerKey}); needs `fairBy` for this pool.
    */
   maxQueuePerKey?: number;
+  /**
+   * Milliseconds a worker of this pool has to send its response head (see
+   * {@linkcode HubOptions.headTimeout}), in place of the hub's: a pool of
+   * ten-minute transcodes and one of one-second thumbnails need different
+   * ones. 0 for no limit.
+   */
+  headTimeout?: number;
+  /**
+   * Longest pause in a response body from a worker of this pool (see
+   * {@linkcode HubOptions.bodyIdleTimeout}); 0 for no limit.
+   */
+  bodyIdleTimeout?: number;
+  /**
+   * Longest pause in an upload to this pool (see
+   * {@linkcode HubOptions.uploadIdleTimeout}); 0 for no limit.
+   */
+  uploadIdleTimeout?: number;
+  /**
+   * Largest response body from a worker of this pool, in bytes (see
+   * {@linkcode HubOptions.maxResponseBodySize}); Infinity for no limit.
+   */
+  maxResponseBodySize?: number;
+  /**
+   * Largest request body to this pool, in bytes (see
+   * {@linkcode HubOptions.maxRequestBodySize}); Infinity for no limit.
+   */
+  maxRequestBodySize?: number;
 }
 
 /** Options for {@linkcode Hub}. Every field is optional. */
@@ -900,6 +928,9 @@ interface Charge {
 interface Pool {
   name: string;
   queueTimeout: number;
+  // Its timeouts and body limits (the hub's unless its options set some).
+  limits: ExchangeLimits;
+  maxRequestBodySize: number;
   queue: PriorityQueue<Pending>;
   maxQueue: number;
   // Fair queuing: the key of a request (null: first come, first served),
@@ -1363,6 +1394,19 @@ export class Hub {
       if (p.priorityStep !== undefined) {
         checkOption(`pools.${name}.priorityStep`, p.priorityStep, 0);
       }
+      for (
+        const key of [
+          "headTimeout",
+          "bodyIdleTimeout",
+          "uploadIdleTimeout",
+          "maxResponseBodySize",
+          "maxRequestBodySize",
+        ] as const
+      ) {
+        if (p[key] !== undefined) {
+          checkOption(`pools.${name}.${key}`, p[key], 0);
+        }
+      }
       const fairBy = p.fairBy === undefined
         ? this.#fairBy
         : checkFairBy(`pools.${name}.fairBy`, p.fairBy);
@@ -1488,6 +1532,18 @@ export class Hub {
     };
   }
 
+  // The pool's timeouts and body limits, each the hub's unless it has its own.
+  #poolLimits(options: PoolOptions): ExchangeLimits {
+    const hub = this.#opts;
+    return {
+      headTimeout: options.headTimeout ?? hub.headTimeout,
+      bodyIdleTimeout: options.bodyIdleTimeout ?? hub.bodyIdleTimeout,
+      uploadIdleTimeout: options.uploadIdleTimeout ?? hub.uploadIdleTimeout,
+      maxBodySize: options.maxResponseBodySize ?? hub.maxResponseBodySize,
+      maxUploadSize: options.maxRequestBodySize ?? hub.maxRequestBodySize,
+    };
+  }
+
   #pool(name: string): Pool {
     let pool = this.#pools.get(name);
     if (pool !== undefined) return pool;
@@ -1508,6 +1564,9 @@ export class Hub {
     const created: Pool = {
       name,
       queueTimeout,
+      limits: this.#poolLimits(limits),
+      maxRequestBodySize: limits.maxRequestBodySize ??
+        this.#opts.maxRequestBodySize,
       maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
       keyOf,
       maxQueuePerKey: limits.maxQueuePerKey ?? this.#maxQueuePerKey,
@@ -2099,7 +2158,7 @@ export class Hub {
         ? Number(declared)
         : -1;
       pending.contentLength = length;
-      const max = this.#opts.maxRequestBodySize;
+      const max = pending.pool.maxRequestBodySize;
       if (length > max) {
         this.#fail(
           pending,
@@ -2110,7 +2169,11 @@ export class Hub {
         return promise;
       }
       const read = length >= 0 && length <= this.#opts.bufferRequestBody
-        ? () => bytesUnlessStalled(req.body!, this.#opts.uploadIdleTimeout)
+        ? () =>
+          bytesUnlessStalled(
+            req.body!,
+            pending.pool.limits.uploadIdleTimeout ?? 0,
+          )
         : length < 0 && !req.headers.has("transfer-encoding")
         // Declares no body: over HTTP/1.1 it has none, yet Deno.serve gives
         // it an (empty) stream; over HTTP/2 one may follow.
@@ -2211,7 +2274,7 @@ export class Hub {
     p.uploadAt = performance.now();
     const paused = Promise.withResolvers<void>();
     const stop = watchStall(
-      this.#opts.uploadIdleTimeout,
+      p.pool.limits.uploadIdleTimeout ?? 0,
       () => p.uploadAt,
       (error) => {
         if (!p.uploading) return;
@@ -2277,7 +2340,7 @@ export class Hub {
     onPause?: () => void,
   ): void {
     const reader = (p.body as ReadableStream<Uint8Array>).getReader();
-    const max = this.#opts.maxRequestBodySize;
+    const max = p.pool.maxRequestBodySize;
     let total = 0;
     // Takes the request out of the queue, or out of reading before it
     // queues; false if it is in neither (a worker has it, or it is settled).
@@ -2322,7 +2385,7 @@ export class Hub {
       p,
       "too-large",
       413,
-      `request body is larger than the limit of ${this.#opts.maxRequestBodySize} bytes`,
+      `request body is larger than the limit of ${p.pool.maxRequestBodySize} bytes`,
     );
   }
 
@@ -2371,6 +2434,7 @@ export class Hub {
       body: p.body,
       contentLength: p.contentLength,
       upgrade: p.webSocket,
+      limits: p.pool.limits,
     };
   }
 
@@ -3032,11 +3096,9 @@ export class Hub {
   // own. It runs only while some slot is busy.
   #startSweeper(): void {
     if (this.#sweeper !== undefined) return;
-    const limits = [
-      this.#opts.headTimeout,
-      this.#opts.bodyIdleTimeout,
-      this.#opts.uploadIdleTimeout,
-    ].filter((t) => t > 0);
+    const limits = [this.#opts, ...Object.values(this.#poolOptions)].flatMap(
+      (o) => [o.headTimeout, o.bodyIdleTimeout, o.uploadIdleTimeout],
+    ).filter((t) => t !== undefined && t > 0) as number[];
     if (limits.length === 0) return;
     // Precise to a quarter of the shortest limit (and at most 1 s late).
     const every = Math.max(10, Math.min(1000, ...limits.map((t) => t / 4)));

@@ -21,6 +21,7 @@ import {
 } from "./_procs.ts";
 import { chooseToken, defaultWorkerId } from "../_worker_cli.ts";
 import { optionsFrom, parseRoute } from "../_hub_cli.ts";
+import { Hub } from "../hub.ts";
 import { parseDuration } from "../_cli.ts";
 import { deadline, waitFor } from "./_wait.ts";
 
@@ -1116,6 +1117,59 @@ Deno.test("hub --config: a pool's queueTimeout is milliseconds as a number, a du
     assert.throws(
       () => optionsFrom({ config: file }, log),
       /Invalid --config pools\.gpu\.queueTimeout: .*"soon"/,
+    );
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
+Deno.test("hub --config: a pool's own timeouts take durations, its body sizes bytes with 0 for no limit, and the hub checks them", async () => {
+  const file = await Deno.makeTempFile({ suffix: ".json" });
+  const log = () => {};
+  try {
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        pools: {
+          video: {
+            headTimeout: "20m",
+            bodyIdleTimeout: 0,
+            uploadIdleTimeout: "90s",
+            maxRequestBodySize: 0,
+            maxResponseBodySize: 4096,
+          },
+          thumbs: { headTimeout: 2500, maxRequestBodySize: 1024 },
+        },
+      }),
+    );
+    const { pools } = optionsFrom({ config: file }, log);
+    assert.deepEqual(pools?.video, {
+      headTimeout: 1_200_000,
+      bodyIdleTimeout: 0,
+      uploadIdleTimeout: 90_000,
+      maxRequestBodySize: Infinity,
+      maxResponseBodySize: 4096,
+    });
+    assert.deepEqual(pools?.thumbs, {
+      headTimeout: 2500,
+      maxRequestBodySize: 1024,
+    });
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({ pools: { video: { headTimeout: "never" } } }),
+    );
+    assert.throws(
+      () => optionsFrom({ config: file }, log),
+      /Invalid --config pools\.video\.headTimeout: .*"never"/,
+    );
+    // A number the hub cannot take is the hub's error, naming the pool.
+    assert.throws(
+      () => new Hub({ pools: { video: { maxRequestBodySize: -1 } } }),
+      /Invalid option "pools\.video\.maxRequestBodySize": expected a number >= 0, got -1/,
+    );
+    assert.throws(
+      () => new Hub({ pools: { video: { bodyIdleTimeout: NaN } } }),
+      /Invalid option "pools\.video\.bodyIdleTimeout"/,
     );
   } finally {
     await Deno.remove(file);

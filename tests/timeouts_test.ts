@@ -466,3 +466,178 @@ Deno.test("uploadIdleTimeout: a consumer that stalls in the middle of a small bo
     },
   );
 });
+
+// Per-pool timeouts and body limits (`pools`), in place of the hub's.
+
+/** A handler that answers only when its request's signal aborts. */
+function hangs(req: Request): Promise<Response> {
+  const { promise, resolve } = Promise.withResolvers<Response>();
+  req.signal.addEventListener("abort", () => resolve(new Response("late")), {
+    once: true,
+  });
+  return promise;
+}
+
+Deno.test("pools: a pool's headTimeout of 0 lets its jobs run past the hub's, while the default pool keeps the hub's", async () => {
+  await withHub({
+    headTimeout: 300,
+    routes: [{ pool: "long", pathPrefix: "/long/" }],
+    pools: { long: { headTimeout: 0 } },
+  }, async (ctx) => {
+    const entered = Promise.withResolvers<void>();
+    const release = Promise.withResolvers<void>();
+    const port = ctx.server.workerAddr.port;
+    ctx.workers.push(
+      connectWorker(async () => {
+        entered.resolve();
+        await release.promise;
+        return new Response("long done");
+      }, { port, pool: "long", minBackoff: 10 }),
+      connectWorker(hangs, { port, minBackoff: 10 }),
+    );
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "both idle");
+    const long = later(`${ctx.url}/long/job`);
+    await deadline(entered.promise, HANG, "long job started");
+    const started = performance.now();
+    const short = await later(`${ctx.url}/short`);
+    assert.equal(short.status, 504);
+    assert.equal(
+      await short.text(),
+      "504 Gateway Timeout: Worker sent no complete response head within 300 ms\n",
+    );
+    // The long job has run longer than the hub's head timeout by now.
+    assert.ok(performance.now() - started >= 250);
+    release.resolve();
+    const res = await long;
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), "long done");
+  });
+});
+
+Deno.test("pools: a pool's headTimeout shorter than the hub's times out its own requests only", async () => {
+  await withHub({
+    routes: [{ pool: "quick", pathPrefix: "/quick/" }],
+    pools: { quick: { headTimeout: 300 } },
+  }, async (ctx) => {
+    const entered = Promise.withResolvers<void>();
+    const release = Promise.withResolvers<void>();
+    const port = ctx.server.workerAddr.port;
+    ctx.workers.push(
+      connectWorker(hangs, { port, pool: "quick", minBackoff: 10 }),
+      connectWorker(async () => {
+        entered.resolve();
+        await release.promise;
+        return new Response("default done");
+      }, { port, minBackoff: 10 }),
+    );
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "both idle");
+    const slow = later(`${ctx.url}/slow`);
+    await deadline(entered.promise, HANG, "default job started");
+    const quick = await later(`${ctx.url}/quick/job`);
+    assert.equal(quick.status, 504);
+    assert.match(await quick.text(), /within 300 ms/);
+    release.resolve();
+    const res = await slow;
+    assert.equal(await res.text(), "default done");
+    assert.equal(ctx.server.hub.stats.failed, 1);
+  });
+});
+
+Deno.test("pools: a pool's bodyIdleTimeout is kept where the hub has no timeouts at all", async () => {
+  await withHub({
+    headTimeout: 0,
+    bodyIdleTimeout: 0,
+    uploadIdleTimeout: 0,
+    pools: { default: { bodyIdleTimeout: 300 } },
+  }, async (ctx) => {
+    const w = await ctx.rawWorker();
+    const pending = later(`${ctx.url}/stall`);
+    await w.readMessage();
+    await w.write(
+      "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    );
+    const res = await pending;
+    const reader = res.body!.getReader();
+    assert.equal(dec.decode((await reader.read()).value), "hello");
+    await assert.rejects(async () => {
+      for (let i = 0; i < 100; i++) if ((await reader.read()).done) return;
+    });
+    assert.equal((await w.readToEnd()).length, 0);
+    const closed = ctx.logs.find((r) => r.msg === "worker connection closed");
+    assert.equal(closed?.reason, "Worker sent no body byte for 300 ms");
+  });
+});
+
+Deno.test("pools: a pool's uploadIdleTimeout answers a stalled upload 408 where the hub waits for ever", async () => {
+  await withHub({
+    uploadIdleTimeout: 0,
+    routes: [{ pool: "up", pathPrefix: "/upload" }],
+    pools: { up: { uploadIdleTimeout: 300 } },
+  }, async (ctx) => {
+    ctx.workers.push(
+      connectWorker(async (req) => {
+        try {
+          await req.arrayBuffer();
+        } catch {
+          // the upload was cut
+        }
+        return new Response("read");
+      }, { port: ctx.server.workerAddr.port, pool: "up", minBackoff: 10 }),
+    );
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    const consumer = await ctx.chunkedUpload("5\r\nhello\r\n");
+    const msg = await consumer.readMessage();
+    assert.equal(msg?.status, 408);
+    assert.match(
+      dec.decode(msg?.body),
+      /Consumer sent no request body byte for 300 ms/,
+    );
+  });
+});
+
+Deno.test("pools: a pool's body sizes apply to its requests and responses only", async () => {
+  await withHub({
+    routes: [{ pool: "small", pathPrefix: "/small/" }],
+    pools: { small: { maxRequestBodySize: 100, maxResponseBodySize: 10 } },
+  }, async (ctx) => {
+    const port = ctx.server.workerAddr.port;
+    const handler = async (req: Request) => {
+      let got = 0;
+      try {
+        for await (const part of req.body ?? []) got += part.length;
+      } catch {
+        return new Response("cut");
+      }
+      const n = Number(new URL(req.url).searchParams.get("n") ?? 0);
+      return new Response("x".repeat(n), { headers: { "x-got": `${got}` } });
+    };
+    ctx.workers.push(
+      connectWorker(handler, { port, pool: "small", minBackoff: 10 }),
+      connectWorker(handler, { port, minBackoff: 10 }),
+    );
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "both idle");
+    const post = (path: string, body: BodyInit) =>
+      fetch(`${ctx.url}${path}`, { method: "POST", body });
+    const over = await post("/small/up", new Uint8Array(101));
+    assert.equal(over.status, 413);
+    assert.match(await over.text(), /larger than the limit of 100 bytes/);
+    const elsewhere = await post("/big/up", new Uint8Array(101));
+    assert.equal(elsewhere.headers.get("x-got"), "101");
+    await elsewhere.body?.cancel();
+    // A streamed upload that grows past the pool's limit is cut on its way.
+    const chunks = [60, 60].map((n) => new Uint8Array(n));
+    const streamed = await fetch(`${ctx.url}/small/stream`, {
+      method: "POST",
+      body: ReadableStream.from(chunks),
+    });
+    assert.equal(streamed.status, 413);
+    assert.match(await streamed.text(), /larger than the limit of 100 bytes/);
+    const big = await fetch(`${ctx.url}/small/r?n=11`);
+    assert.equal(big.status, 502);
+    assert.match(await big.text(), /over the limit of 10/);
+    const fits = await fetch(`${ctx.url}/small/r?n=10`);
+    assert.equal(await fits.text(), "x".repeat(10));
+    const other = await fetch(`${ctx.url}/big/r?n=11`);
+    assert.equal(await other.text(), "x".repeat(11));
+  });
+});
