@@ -207,13 +207,14 @@ async function digest(text: string): Promise<Uint8Array> {
  * not depend on where they differ or on their lengths; every token is
  * compared, so it does not depend on which one matched either.
  *
+ * @returns the valid token it matched.
  * @throws {HandshakeError} 401 when no bearer token was sent, 403 when it is
  *   not valid.
  */
 export async function checkToken(
   head: RequestHead,
   valid: readonly string[],
-): Promise<void> {
+): Promise<string> {
   const auth = fieldOf(head.headers, "authorization");
   const m = auth === null ? null : /^Bearer +(\S+)$/i.exec(auth);
   if (m === null) {
@@ -224,15 +225,20 @@ export async function checkToken(
   }
   const given = await digest(m[1]);
   let ok = 0;
-  for (const token of valid) {
-    const want = await digest(token);
+  let matched = 0;
+  for (let t = 0; t < valid.length; t++) {
+    const want = await digest(valid[t]);
     let diff = 0;
     for (let i = 0; i < want.length; i++) diff |= want[i] ^ given[i];
-    ok |= diff === 0 ? 1 : 0;
+    const same = diff === 0 ? 1 : 0;
+    ok |= same;
+    // The last match, without a branch on which one it is.
+    matched = matched * (1 - same) + t * same;
   }
   if (ok !== 1) {
     throw new HandshakeError(403, "Cannot accept worker: invalid token");
   }
+  return valid[matched];
 }
 
 /**

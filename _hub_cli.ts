@@ -118,7 +118,9 @@ Options (each also as the environment variable in brackets):
   --worker-cert FILE --worker-key FILE
                            TLS for workers [POTHEAD_WORKER_CERT, POTHEAD_WORKER_KEY]
   --worker-token-file FILE valid worker tokens, one per line; workers must then
-                           pass the PTTH handshake [POTHEAD_WORKER_TOKEN_FILE]
+                           pass the PTTH handshake; read again when it changes
+                           (checked every 5 s) and on SIGHUP
+                           [POTHEAD_WORKER_TOKEN_FILE]
   --worker-token TOKEN     a valid worker token (repeatable; visible in ps: prefer
                            the file or [POTHEAD_WORKER_TOKENS], comma-separated)
   --handshake-wait T       without tokens, how long a new worker connection may
@@ -219,25 +221,24 @@ export function parseWeights(rules: string[]): Record<string, number> {
   return weights;
 }
 
-/** Builds serveHub options from parsed flags and the environment. */
-export function optionsFrom(
+/**
+ * The worker tokens from `--worker-token`, `--worker-token-file` and
+ * `POTHEAD_WORKER_TOKENS`; the file is read at each call (see
+ * {@linkcode watchTokenFile}).
+ *
+ * @throws {UsageError} when a source holds no token or an invalid one.
+ */
+export function workerTokensFrom(
   values: Record<string, string | string[] | boolean | undefined>,
-  log: (record: HubLogRecord) => void,
-): ServeHubOptions {
-  const v = (flag: string, env: string) =>
-    flagOrEnv(values[flag] as string | undefined, env);
-  const duration = (flag: string, env: string, fallback: number) =>
-    parseDuration(v(flag, env), `--${flag}`, fallback);
-  const file = (flag: string, env: string, what: string) => {
-    const path = v(flag, env);
-    return path === undefined ? undefined : readText(path, what);
-  };
+): string[] {
   const tokens: string[] = [...(values["worker-token"] as string[] ?? [])];
-  const tokenFile = file(
-    "worker-token-file",
+  const path = flagOrEnv(
+    values["worker-token-file"] as string | undefined,
     "POTHEAD_WORKER_TOKEN_FILE",
-    "worker token file",
   );
+  const tokenFile = path === undefined
+    ? undefined
+    : readText(path, "worker token file");
   // A token file or variable that holds no token (a secret that was not
   // mounted) must not leave the worker port open to anyone.
   const none = (what: string) =>
@@ -266,6 +267,87 @@ export function optionsFrom(
       );
     }
   }
+  return tokens;
+}
+
+// How often the hub looks at its worker token file for changes.
+const TOKEN_FILE_CHECK = 5_000;
+
+/** Options for {@linkcode watchTokens}. */
+export interface WatchTokensOptions {
+  /** The tokens in force now. */
+  current: readonly string[];
+  /** Milliseconds between reads. */
+  every: number;
+  /** Stops watching. */
+  signal: AbortSignal;
+}
+
+/**
+ * Reads the worker tokens again every `every` ms and on SIGHUP, and applies
+ * them when they changed, so a rotated secret takes effect without a
+ * restart. A read that fails, or finds no valid token, keeps the tokens in
+ * force (a secret caught in mid-update, or unmounted, must not shut every
+ * worker out); it is logged once until the next change.
+ */
+export function watchTokens(
+  read: () => string[],
+  apply: (tokens: string[]) => void,
+  log: (record: HubLogRecord) => void,
+  options: WatchTokensOptions,
+): void {
+  let current = options.current.join("\n");
+  let failed = "";
+  const check = () => {
+    let tokens;
+    try {
+      tokens = read();
+    } catch (error) {
+      const reason = (error as Error).message;
+      if (reason !== failed) {
+        log({
+          level: "warn",
+          msg: "worker tokens not reloaded: the old ones stay valid",
+          reason,
+        });
+      }
+      failed = reason;
+      return;
+    }
+    failed = "";
+    if (tokens.join("\n") === current) return;
+    current = tokens.join("\n");
+    apply(tokens);
+  };
+  const timer = setInterval(check, options.every);
+  Deno.unrefTimer(timer);
+  let hangup = false;
+  try {
+    Deno.addSignalListener("SIGHUP", check);
+    hangup = true;
+  } catch {
+    // No SIGHUP here (Windows): the periodic read alone.
+  }
+  options.signal.addEventListener("abort", () => {
+    clearInterval(timer);
+    if (hangup) Deno.removeSignalListener("SIGHUP", check);
+  }, { once: true });
+}
+
+/** Builds serveHub options from parsed flags and the environment. */
+export function optionsFrom(
+  values: Record<string, string | string[] | boolean | undefined>,
+  log: (record: HubLogRecord) => void,
+): ServeHubOptions {
+  const v = (flag: string, env: string) =>
+    flagOrEnv(values[flag] as string | undefined, env);
+  const duration = (flag: string, env: string, fallback: number) =>
+    parseDuration(v(flag, env), `--${flag}`, fallback);
+  const file = (flag: string, env: string, what: string) => {
+    const path = v(flag, env);
+    return path === undefined ? undefined : readText(path, what);
+  };
+  const tokens = workerTokensFrom(values);
   const routes: Route[] = [];
   let pools: ServeHubOptions["pools"];
   const config = file("config", "POTHEAD_CONFIG", "config file");
@@ -749,6 +831,24 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   if (adminServer !== null) {
     say(`Listening on ${formatAddr("http", adminServer.addr)} (admin)`);
   }
+  const unwatch = new AbortController();
+  if (
+    flagOrEnv(
+      values["worker-token-file"] as string | undefined,
+      "POTHEAD_WORKER_TOKEN_FILE",
+    ) !== undefined
+  ) {
+    watchTokens(
+      () => workerTokensFrom(values),
+      (tokens) => server.hub.setWorkerTokens(tokens),
+      options.onLog ?? (() => {}),
+      {
+        current: options.workerTokens ?? [],
+        every: TOKEN_FILE_CHECK,
+        signal: unwatch.signal,
+      },
+    );
+  }
   let signals = 0;
   const { promise: stopped, resolve: stop } = Promise.withResolvers<void>();
   const onSignal = () => {
@@ -770,6 +870,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
   await stopped;
+  unwatch.abort();
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;

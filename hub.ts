@@ -1119,6 +1119,16 @@ function checkWeights(
   return weights;
 }
 
+function checkTokens(tokens: readonly string[]): void {
+  for (const t of tokens) {
+    if (typeof t !== "string" || !/^[\x21-\x7e]{8,}$/.test(t)) {
+      throw new TypeError(
+        'Invalid option "workerTokens": each token must be 8 or more visible ASCII characters',
+      );
+    }
+  }
+}
+
 function checkOption(name: string, value: number, min: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
     throw new RangeError(
@@ -1192,6 +1202,12 @@ export class Hub {
   // reach, and it goes with its last worker.
   #namedPools = new Set<string>([DEFAULT_POOL]);
   #slots = new Set<WorkerSlot>();
+  // The token each handshake passed with (never logged), so that a token
+  // withdrawn later ends the connections that came with it.
+  #tokenOf = new WeakMap<WorkerIdentity, string>();
+  // Slots whose token was withdrawn while they carried a request: closed
+  // when it ends, instead of taking another.
+  #withdrawn = new Set<WorkerSlot>();
   #busy = new Set<WorkerSlot>();
   // Busy slots of pools that share by time: whose request each runs.
   #charges = new Map<WorkerSlot, Charge>();
@@ -1256,13 +1272,7 @@ export class Hub {
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
     for (const [k, v] of Object.entries(this.#limits)) checkOption(k, v, 1);
     const tokens = options.workerTokens ?? [];
-    for (const t of tokens) {
-      if (typeof t !== "string" || !/^[\x21-\x7e]{8,}$/.test(t)) {
-        throw new TypeError(
-          'Invalid option "workerTokens": each token must be 8 or more visible ASCII characters',
-        );
-      }
-    }
+    checkTokens(tokens);
     const scheme = options.consumerScheme;
     if (scheme !== undefined && scheme !== "http" && scheme !== "https") {
       throw new TypeError(
@@ -1650,6 +1660,56 @@ export class Hub {
   }
 
   /**
+   * Replaces the worker tokens (see {@linkcode HubOptions.workerTokens}),
+   * for rotation without a restart: new handshakes are checked against
+   * these. Connections that came with a token no longer listed (or with
+   * none, if the hub had no tokens before) are ended: at once when they
+   * carry no request, after their request otherwise (a job in progress is
+   * never cut). Their workers redial, and must then present a listed token.
+   *
+   * @param tokens the valid tokens; at least one (an empty list would shut
+   *   out every worker, and a hub cannot go back to taking any).
+   * @returns how many connections were ended or will end after their
+   *   request.
+   * @throws {TypeError} when a token is not 8 or more visible ASCII
+   *   characters, or the list is empty.
+   */
+  setWorkerTokens(tokens: readonly string[]): number {
+    if (!Array.isArray(tokens) || tokens.length === 0) {
+      throw new TypeError(
+        "Invalid worker tokens: give at least one (an empty list would refuse every worker)",
+      );
+    }
+    checkTokens(tokens);
+    this.#opts.workerTokens = [...tokens];
+    let ended = 0;
+    for (const slot of [...this.#slots]) {
+      if (this.#admits(slot.identity)) continue;
+      ended++;
+      if (slot.state === "busy" && !this.#pinging.has(slot)) {
+        this.#withdrawn.add(slot);
+      } else {
+        slot.close(new WorkerLinkError("closed", "its token was withdrawn"));
+      }
+    }
+    this.#log({
+      level: "info",
+      msg: "worker tokens replaced",
+      tokens: tokens.length,
+      ended,
+    });
+    return ended;
+  }
+
+  // Whether a connection may carry requests under the tokens valid now.
+  #admits(identity: WorkerIdentity | null): boolean {
+    const tokens = this.#opts.workerTokens;
+    if (tokens.length === 0) return true;
+    const token = identity === null ? undefined : this.#tokenOf.get(identity);
+    return token !== undefined && tokens.includes(token);
+  }
+
+  /**
    * Attaches a worker connection: from now on it is one slot that carries one
    * request at a time. The hub owns and eventually closes it. With worker
    * tokens set, the connection must first pass the PTTH handshake.
@@ -1809,7 +1869,10 @@ export class Hub {
       }
       const identity = parseHandshake(head);
       if (this.#opts.workerTokens.length > 0) {
-        await checkToken(head, this.#opts.workerTokens);
+        this.#tokenOf.set(
+          identity,
+          await checkToken(head, this.#opts.workerTokens),
+        );
       }
       if (reader.buffered > 0) {
         throw new HandshakeError(
@@ -1868,6 +1931,16 @@ export class Hub {
     identity: WorkerIdentity | null,
     how: Attached,
   ): void {
+    // Its token was withdrawn while it shook hands.
+    if (!this.#admits(identity)) {
+      this.#log({
+        level: "info",
+        msg: "worker connection closed: its token was withdrawn",
+        peer,
+      });
+      conn.close();
+      return;
+    }
     const slot = new WorkerSlot(
       conn,
       peer,
@@ -2005,6 +2078,7 @@ export class Hub {
 
   #detach(slot: WorkerSlot, reason: unknown): void {
     this.#slots.delete(slot);
+    this.#withdrawn.delete(slot);
     // Taken for plain, but a handshake crossed its first request: the
     // address has handshake workers, so its next connections wait again.
     if (slot.handshakeCrossed) this.#handshakeFrom(peerHost(slot.peer));
@@ -2055,6 +2129,10 @@ export class Hub {
     }
     if (this.#closed || slot.state === "closed") {
       slot.close("hub shut down");
+      return;
+    }
+    if (!this.#admits(identity)) {
+      slot.close(new WorkerLinkError("closed", "its token was withdrawn"));
       return;
     }
     slot.adopt(identity);
@@ -2718,6 +2796,10 @@ export class Hub {
   #offer(slot: WorkerSlot): void {
     const group = this.#slotGroup.get(slot);
     if (group === undefined) return;
+    if (this.#withdrawn.delete(slot)) {
+      slot.close(new WorkerLinkError("closed", "its token was withdrawn"));
+      return;
+    }
     this.#free(slot, group);
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     if (this.#parked.delete(slot)) pool.parked--;

@@ -20,7 +20,12 @@ import {
   startWorker,
 } from "./_procs.ts";
 import { chooseToken, defaultWorkerId } from "../_worker_cli.ts";
-import { optionsFrom, parseRoute } from "../_hub_cli.ts";
+import {
+  optionsFrom,
+  parseRoute,
+  watchTokens,
+  workerTokensFrom,
+} from "../_hub_cli.ts";
 import { Hub } from "../hub.ts";
 import { parseDuration } from "../_cli.ts";
 import { deadline, waitFor } from "./_wait.ts";
@@ -962,6 +967,110 @@ Deno.test("CLI: token file, pool routes and a worker that declares its pool", as
   } finally {
     await closeAll(good, bad, hub.proc);
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("CLI: a hub reads its worker token file again on SIGHUP: a withdrawn token's worker is cut off, one with the new token served", async () => {
+  const dir = await Deno.makeTempDir();
+  const tokens = `${dir}/tokens`;
+  await Deno.writeTextFile(tokens, "old-token-123\n");
+  await Deno.writeTextFile(`${dir}/old`, "old-token-123\n");
+  await Deno.writeTextFile(`${dir}/new`, "new-token-456\n");
+  const hub = await startHub(["--worker-token-file", tokens]);
+  let old: Proc | undefined;
+  let fresh: Proc | undefined;
+  try {
+    old = await startWorker(hub.workerPort, "examples/hello.ts", [
+      "--token-file",
+      `${dir}/old`,
+    ]);
+    const url = `http://127.0.0.1:${hub.port}/x`;
+    assert.match(await (await fetch(url)).text(), new RegExp(`pid ${old.pid}`));
+    // Replaced as a mounted secret is: a new file renamed over the old.
+    await Deno.writeTextFile(`${tokens}.tmp`, "# rotated\nnew-token-456\n");
+    await Deno.rename(`${tokens}.tmp`, tokens);
+    hub.proc.kill("SIGHUP");
+    const line = await hub.proc.stderr.next(/worker tokens replaced/);
+    assert.match(line.input ?? "", /tokens=1 ended=1/);
+    assert.doesNotMatch(hub.proc.stderr.text(), /old-token|new-token/);
+    await old.stderr.next(/Hub refused the handshake: 403 Forbidden/);
+    fresh = await startWorker(hub.workerPort, "examples/hello.ts", [
+      "--token-file",
+      `${dir}/new`,
+    ]);
+    assert.match(
+      await (await fetch(url)).text(),
+      new RegExp(`pid ${fresh.pid}`),
+    );
+    // A file that holds no token now keeps the tokens in force.
+    await Deno.writeTextFile(tokens, "# nothing yet\n");
+    hub.proc.kill("SIGHUP");
+    await hub.proc.stderr.next(/worker tokens not reloaded/);
+    assert.match(
+      await (await fetch(url)).text(),
+      new RegExp(`pid ${fresh.pid}`),
+    );
+  } finally {
+    await closeAll(old, fresh, hub.proc);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("watchTokens: applies a changed list only, keeps the tokens on a failed read (logged once), stops on abort", async () => {
+  let next: string[] | Error = ["token-one-1"];
+  let reads = 0;
+  const applied: string[][] = [];
+  const logs: string[] = [];
+  const stop = new AbortController();
+  watchTokens(
+    () => {
+      reads++;
+      if (next instanceof Error) throw next;
+      return next;
+    },
+    (t) => applied.push(t),
+    (r) => logs.push(`${r.level} ${r.msg} ${r.reason}`),
+    { current: ["token-one-1"], every: 10, signal: stop.signal },
+  );
+  try {
+    await waitFor(() => reads >= 3, "reads");
+    assert.deepEqual(applied, []);
+    next = ["token-one-1", "token-two-2"];
+    await waitFor(() => applied.length === 1, "applied");
+    assert.deepEqual(applied, [["token-one-1", "token-two-2"]]);
+    next = new Error("no token in it");
+    const at = reads;
+    await waitFor(() => reads >= at + 3, "failed reads");
+    assert.deepEqual(logs, [
+      "warn worker tokens not reloaded: the old ones stay valid no token in it",
+    ]);
+    next = ["token-one-1", "token-two-2"];
+    const back = reads;
+    await waitFor(() => reads >= back + 2, "reads after");
+    assert.equal(applied.length, 1);
+  } finally {
+    stop.abort();
+  }
+  const stopped = reads;
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(reads, stopped);
+});
+
+Deno.test("workerTokensFrom: the file is read at each call", async () => {
+  const file = await Deno.makeTempFile();
+  try {
+    await Deno.writeTextFile(file, "first-token-1\n");
+    const values = { "worker-token-file": file };
+    assert.deepEqual(workerTokensFrom(values), ["first-token-1"]);
+    await Deno.writeTextFile(file, "second-token-2\nthird-token-3\n");
+    assert.deepEqual(workerTokensFrom(values), [
+      "second-token-2",
+      "third-token-3",
+    ]);
+    await Deno.writeTextFile(file, "\n");
+    assert.throws(() => workerTokensFrom(values), /holds no token/);
+  } finally {
+    await Deno.remove(file);
   }
 });
 

@@ -156,9 +156,20 @@ Deno.test({
 Deno.test("checkToken accepts any configured bearer token and refuses others", async () => {
   const valid = [TOKEN_A, TOKEN_B];
   const withAuth = (v: string) => head(KAZUHO + `Authorization: ${v}\r\n\r\n`);
-  await checkToken(withAuth(`Bearer ${TOKEN_A}`), valid);
-  await checkToken(withAuth(`Bearer ${TOKEN_B}`), valid);
-  await checkToken(withAuth(`bearer ${TOKEN_B}`), valid);
+  assert.equal(await checkToken(withAuth(`Bearer ${TOKEN_A}`), valid), TOKEN_A);
+  assert.equal(await checkToken(withAuth(`Bearer ${TOKEN_B}`), valid), TOKEN_B);
+  assert.equal(await checkToken(withAuth(`bearer ${TOKEN_B}`), valid), TOKEN_B);
+  // It names the token matched (the hub ends connections whose token is
+  // withdrawn), listed twice or not.
+  assert.equal(
+    await checkToken(withAuth(`Bearer ${TOKEN_A}`), [
+      TOKEN_B,
+      TOKEN_A,
+      "another-token",
+      TOKEN_A,
+    ]),
+    TOKEN_A,
+  );
   await assert.rejects(checkToken(head(KAZUHO + "\r\n"), valid), isStatus(401));
   await assert.rejects(
     checkToken(withAuth(`Basic ${btoa(`user:${TOKEN_A}`)}`), valid),
@@ -833,4 +844,96 @@ Deno.test("connectWorker refuses an id, pool or label that hubs would refuse", (
       JSON.stringify(options),
     );
   }
+});
+
+// ---------------------------------------------------------------------------
+// Rotating tokens without a restart (setWorkerTokens)
+
+const TOKEN_C = "token-charlie-5555555555";
+
+Deno.test("setWorkerTokens: a withdrawn token ends its idle connections at once; the others serve on, and its worker is refused on redial", async () => {
+  await withHub({ workerTokens: [TOKEN_A, TOKEN_B] }, async (ctx) => {
+    worker(ctx, { token: TOKEN_A, workerId: "old", concurrency: 2 }, "old");
+    worker(ctx, { token: TOKEN_B, workerId: "new" }, "new");
+    await waitFor(() => ctx.server.hub.stats.idle === 3, "workers attached");
+    const refusedBefore = ctx.server.hub.stats.handshakesRefused;
+    assert.equal(ctx.server.hub.setWorkerTokens([TOKEN_B, TOKEN_C]), 2);
+    await waitFor(() => ctx.server.hub.stats.slots === 1, "old slots ended");
+    // The old worker redials with its old token and is refused.
+    await waitFor(
+      () => ctx.server.hub.stats.handshakesRefused > refusedBefore,
+      "old worker refused",
+    );
+    assert.equal(ctx.server.hub.stats.slots, 1);
+    for (let i = 0; i < 3; i++) {
+      assert.deepEqual(await get(`${ctx.url}/x${i}`), [200, `new /x${i}`]);
+    }
+    // A worker with the token just added is taken.
+    worker(ctx, { token: TOKEN_C, workerId: "newest" }, "newest");
+    await waitFor(() => ctx.server.hub.stats.slots === 2, "newest attached");
+    const replaced = ctx.logs.find((r) => r.msg === "worker tokens replaced");
+    assert.deepEqual(
+      { tokens: replaced?.tokens, ended: replaced?.ended },
+      { tokens: 2, ended: 2 },
+    );
+    // No token in any log record.
+    for (const r of ctx.logs) {
+      assert.doesNotMatch(JSON.stringify(r), /token-(alpha|bravo|charlie)/);
+    }
+  });
+});
+
+Deno.test("setWorkerTokens: a connection whose token is withdrawn mid-request finishes that request, then ends instead of taking the next", async () => {
+  await withHub({ workerTokens: [TOKEN_A, TOKEN_B] }, async (ctx) => {
+    const entered = Promise.withResolvers<void>();
+    const release = Promise.withResolvers<void>();
+    const old = connectWorker(async (req) => {
+      entered.resolve();
+      await release.promise;
+      return new Response(`old ${new URL(req.url).pathname}`);
+    }, {
+      port: ctx.server.workerAddr.port,
+      token: TOKEN_A,
+      workerId: "old",
+      minBackoff: 10,
+      maxBackoff: 100,
+    });
+    ctx.workers.push(old);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "old attached");
+    const job = fetch(`${ctx.url}/job`);
+    await deadline(entered.promise, HANG, "job started");
+    assert.equal(ctx.server.hub.setWorkerTokens([TOKEN_B]), 1);
+    // The next request waits: the old connection is busy, and not reused.
+    const next = fetch(`${ctx.url}/next`);
+    await waitFor(() => ctx.server.hub.stats.queued === 1, "next queued");
+    release.resolve();
+    const res = await job;
+    assert.deepEqual([res.status, await res.text()], [200, "old /job"]);
+    await waitFor(() => ctx.server.hub.stats.slots === 0, "old slot ended");
+    worker(ctx, { token: TOKEN_B, workerId: "new" }, "new");
+    const later = await next;
+    assert.deepEqual([later.status, await later.text()], [200, "new /next"]);
+  });
+});
+
+Deno.test("setWorkerTokens: turning tokens on ends plain connections; an empty list or a bad token is refused and changes nothing", async () => {
+  await withHub({}, async (ctx) => {
+    const plain = await raw(ctx);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "plain attached");
+    assert.throws(
+      () => ctx.server.hub.setWorkerTokens([]),
+      /give at least one/,
+    );
+    assert.throws(
+      () => ctx.server.hub.setWorkerTokens(["short"]),
+      /8 or more visible ASCII characters/,
+    );
+    assert.equal(ctx.server.hub.stats.idle, 1);
+    assert.equal(ctx.server.hub.setWorkerTokens([TOKEN_A]), 1);
+    assert.equal((await plain.readToEnd()).length, 0);
+    assert.equal(plain.eof, true);
+    worker(ctx, { token: TOKEN_A, workerId: "w" }, "w");
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker attached");
+    assert.deepEqual(await get(`${ctx.url}/a`), [200, "w /a"]);
+  });
 });
