@@ -94,6 +94,17 @@ function ipv6Groups(text: string): number[] | null {
 }
 
 /**
+ * 4 for an IPv4 address, 6 for an IPv6 one without a zone, else null (a
+ * name, a port, brackets, spaces).
+ */
+export function addressFamily(text: string): 4 | 6 | null {
+  if (text.indexOf(":") < 0) {
+    return IPV4.test(text) && addressGroups(text) !== null ? 4 : null;
+  }
+  return text.indexOf("%") < 0 && ipv6Groups(text) !== null ? 6 : null;
+}
+
+/**
  * A range of addresses, as in a CIDR block: the first `prefix` bits of
  * `groups`. IPv4 ranges are held as IPv4-mapped IPv6 (`::ffff:0:0/96`), so
  * a dual-stack listener's peer `::ffff:10.0.0.1` is in `10.0.0.0/8`.
@@ -208,14 +219,34 @@ export function forwardedClient(
   if (peer === null || forwardedFor === null || !inRanges(peer, trusted)) {
     return peer;
   }
-  const entries = forwardedFor.split(",");
+  return walkTrusted(peer, forwardedFor.split(","), xffEntry, trusted);
+}
+
+// An X-Forwarded-For entry for walkTrusted: undefined when empty.
+function xffEntry(entry: string): string | null | undefined {
+  const trimmed = entry.trim();
+  return trimmed === "" ? undefined : forwardedAddress(trimmed);
+}
+
+/**
+ * The walk both forwarding fields share (see {@linkcode forwardedClient}),
+ * from a trusted `peer`: `entries` from the last, each read by `address`
+ * (an address; null for one that is not, which ends the walk; undefined
+ * for an empty one, skipped). The first address outside `trusted` is the
+ * consumer; else the last address read, or the peer.
+ */
+export function walkTrusted<T>(
+  peer: string,
+  entries: readonly T[],
+  address: (entry: T) => string | null | undefined,
+  trusted: readonly AddressRange[],
+): string {
   let first: string | null = null;
   for (let i = entries.length - 1; i >= 0; i--) {
-    const entry = entries[i].trim();
-    if (entry === "") continue;
-    const address = forwardedAddress(entry);
-    if (address === null) break;
-    first = address;
+    const read = address(entries[i]);
+    if (read === undefined) continue;
+    if (read === null) break;
+    first = read;
     if (!inRanges(first, trusted)) return first;
   }
   return first ?? peer;

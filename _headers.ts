@@ -6,6 +6,7 @@
  */
 
 import { framingFields } from "./_codec.ts";
+import { forwardedElement } from "./_forwarded.ts";
 
 // RFC 9110 §7.6.1 plus the fields older proxies treat as hop-by-hop.
 // content-length is here because each hop frames its own body.
@@ -115,6 +116,12 @@ export interface ForwardInfo {
   requestId: string;
   /** Keep client-supplied X-Forwarded-* fields and append to them. */
   trustForwarded: boolean;
+  /**
+   * Append the hub's own element to `Forwarded` (the hub's
+   * `forwardedField: "forwarded"`); else that field is passed on when
+   * trusted and dropped when not.
+   */
+  appendForwarded?: boolean;
 }
 
 /**
@@ -147,8 +154,9 @@ function withoutEmptyTail(value: string): string {
  * Builds the fields the hub sends to a worker: the consumer's end-to-end
  * fields (without any `X-Pothead-*` field, which only the hub may send),
  * X-Forwarded-For/-Proto/-Host (client-supplied ones dropped unless
- * trusted) and X-Request-Id. Host is `info.host`, in the place of the
- * consumer's field if it sent one.
+ * trusted), with `info.appendForwarded` a `Forwarded` field ending in the
+ * hub's element (see {@linkcode forwardedElement}), and X-Request-Id. Host
+ * is `info.host`, in the place of the consumer's field if it sent one.
  */
 export function forwardRequestHeaders(
   headers: Headers,
@@ -158,6 +166,8 @@ export function forwardRequestHeaders(
   let priorFor: string | null = null;
   let priorProto: string | null = null;
   let priorHost: string | null = null;
+  let priorForwarded: string | null = null;
+  const append = info.appendForwarded ?? false;
   let hasHost = false;
   let spaced = false;
   let w = 0;
@@ -181,13 +191,18 @@ export function forwardRequestHeaders(
       if (name === "x-forwarded-for") priorFor = value;
       else if (name === "x-forwarded-proto") priorProto = value;
       else if (name === "x-forwarded-host") priorHost = value;
-      if (name !== "forwarded") continue;
+      else if (append) priorForwarded = value;
+      if (name !== "forwarded" || append) continue;
     }
     out[w++] = out[r];
   }
   out.length = w;
   if (spaced) out = withEmptyFields(out);
   if (!hasHost && info.host !== "") out.push(["host", info.host]);
+  if (append) {
+    const own = forwardedElement(info.clientIp, info.proto, info.host);
+    out.push(["forwarded", priorForwarded ? `${priorForwarded}, ${own}` : own]);
+  }
   const chain = [priorFor, info.clientIp].filter((v) => v).join(", ");
   if (chain !== "") out.push(["x-forwarded-for", chain]);
   out.push(["x-forwarded-proto", priorProto ?? info.proto]);
