@@ -37,6 +37,7 @@ import {
   inRanges,
   parseAddressRange,
 } from "./_address.ts";
+import { forwardedFieldClient, lastForwardedAddress } from "./_forwarded.ts";
 import { bridgeWebSocket } from "./_ws_bridge.ts";
 import { acceptKey, asksForWebSocket, webSocketProblem } from "./_ws_frame.ts";
 import {
@@ -154,8 +155,9 @@ export interface AccessRecord {
   /** The request's priority class (see {@linkcode Route.priority}). */
   priority: number;
   /**
-   * The consumer's address: the peer's, or the one `X-Forwarded-For` gives
-   * with {@linkcode HubOptions.trustForwarded} or
+   * The consumer's address: the peer's, or the one `X-Forwarded-For` (or
+   * `Forwarded`, see {@linkcode HubOptions.forwardedField}) gives with
+   * {@linkcode HubOptions.trustForwarded} or
    * {@linkcode HubOptions.trustedProxies}; null when unknown.
    */
   client: string | null;
@@ -285,11 +287,12 @@ export interface HubOptions {
    * `"ip"`, the consumer's address (with `trustForwarded`, the last address
    * in `X-Forwarded-For`, the one the proxy in front of the hub saw, when
    * there is one; with `trustedProxies`, the last one that is not a trusted
-   * proxy's); `"header:NAME"`, a request field's value (missing or
-   * empty: the key `""`, shared); or a function (a throw or a non-string
-   * makes the key `""`, logged). A header key must come from a gateway the
-   * hub trusts, or any consumer can pose as many. Unset: first come, first
-   * served, at no cost.
+   * proxy's; read from `Forwarded` instead with `forwardedField`);
+   * `"header:NAME"`, a request field's value (missing or empty: the key
+   * `""`, shared); or a function (a throw or a non-string makes the key
+   * `""`, logged). A header key must come from a gateway the hub trusts,
+   * or any consumer can pose as many. Unset: first come, first served, at
+   * no cost.
    * @default {undefined}
    */
   fairBy?: FairBy;
@@ -507,6 +510,22 @@ export interface HubOptions {
    * @default {[]}
    */
   trustedProxies?: string[];
+  /**
+   * Which field names the consumer behind trusted proxies
+   * (`trustForwarded`, `trustedProxies`): `"x-forwarded-for"`, or
+   * `"forwarded"`, the `for=` parameters of the standard `Forwarded` field
+   * (RFC 7239), read the same way (from the end, skipping trusted
+   * proxies; an element whose `for=` is no address, such as `unknown` or
+   * `_hidden`, ends the walk). With `"forwarded"` the hub also appends its
+   * own element (`for=` its peer, `proto=`, `host=`) to the `Forwarded`
+   * field it sends a worker, after the consumer's when that is trusted;
+   * the `X-Forwarded-*` fields are sent as always. Choose `"forwarded"`
+   * only when every trusted proxy appends to `Forwarded`: many append to
+   * `X-Forwarded-For` alone and pass a consumer's `Forwarded` on as it
+   * came, so by default that field is never read.
+   * @default {"x-forwarded-for"}
+   */
+  forwardedField?: "x-forwarded-for" | "forwarded";
   /**
    * Take a request's priority class from its `X-Pothead-Priority` field (an
    * integer from -1000 to 1000; anything else is a `400`), over its route's.
@@ -1179,10 +1198,14 @@ export class Hub {
       | "maxQueuePerKey"
       | "priorityStep"
       | "trustedProxies"
+      | "forwardedField"
     >
   >;
   // Parsed trustedProxies; null when none are named.
   #trustedProxies: AddressRange[] | null;
+  // forwardedField is "forwarded": the consumer is read from, and the hub
+  // appends to, the standard Forwarded field.
+  #forwardedStandard: boolean;
   #fairBy: FairBy | null;
   #fairShare: FairShare;
   #fairWeights: Map<string, number> | null;
@@ -1284,6 +1307,18 @@ export class Hub {
       options.trustedProxies,
       options.trustForwarded ?? false,
     );
+    const field = options.forwardedField;
+    if (
+      field !== undefined && field !== "x-forwarded-for" &&
+      field !== "forwarded"
+    ) {
+      throw new TypeError(
+        `Invalid option "forwardedField": expected "x-forwarded-for" or "forwarded", got ${
+          JSON.stringify(field)
+        }`,
+      );
+    }
+    this.#forwardedStandard = field === "forwarded";
     this.#opts = {
       ...numbers,
       trustForwarded: options.trustForwarded ?? false,
@@ -2492,6 +2527,7 @@ export class Hub {
       host: p.host,
       requestId: p.id,
       trustForwarded: this.#trustsForwarded(p),
+      appendForwarded: this.#forwardedStandard,
     });
     if (p.webSocket) {
       // Messages cross the hub whole, so no extension (compression) is
@@ -2698,22 +2734,32 @@ export class Hub {
 
   // The consumer's address: the peer, or behind trusted proxies the address
   // the first of them saw (with trustForwarded, the last one in
-  // X-Forwarded-For; those before it are the consumer's word). The "ip" key
-  // is made of it by addressKey (an IPv6 /64 is one consumer).
+  // X-Forwarded-For, or in Forwarded with forwardedField "forwarded"; those
+  // before it are the consumer's word). The "ip" key is made of it by
+  // addressKey (an IPv6 /64 is one consumer).
   #consumerAddress(p: Pending): string | null {
     if (p.client !== undefined) return p.client;
-    const forwardedFor = this.#trustedProxies !== null ||
-        this.#opts.trustForwarded
-      ? p.req.headers.get("x-forwarded-for")
-      : null;
+    if (this.#trustedProxies === null && !this.#opts.trustForwarded) {
+      return p.client = p.clientIp;
+    }
+    const standard = this.#forwardedStandard;
+    const field = p.req.headers.get(
+      standard ? "forwarded" : "x-forwarded-for",
+    );
     let client = p.clientIp;
     if (this.#trustedProxies !== null) {
-      client = forwardedClient(p.clientIp, forwardedFor, this.#trustedProxies);
-    } else if (forwardedFor !== null) {
+      client = standard
+        ? forwardedFieldClient(p.clientIp, field, this.#trustedProxies)
+        : forwardedClient(p.clientIp, field, this.#trustedProxies);
+    } else if (field !== null) {
       // Only an address: not "unknown" or other text, which would reach a
       // handler's info.remoteAddr.
-      const last = lastForwardedFor(forwardedFor);
-      const address = last === null ? null : forwardedAddress(last);
+      let address: string | null;
+      if (standard) address = lastForwardedAddress(field);
+      else {
+        const last = lastForwardedFor(field);
+        address = last === null ? null : forwardedAddress(last);
+      }
       if (address !== null) client = address;
     }
     return p.client = client;
