@@ -109,6 +109,11 @@ Options (each also as the environment variable in brackets):
                            separated) whose X-Forwarded-* are kept; the consumer
                            is the last X-Forwarded-For address not among them
                            [POTHEAD_TRUSTED_PROXIES]
+  --forwarded-field NAME   where trusted proxies name the consumer:
+                           x-forwarded-for, or forwarded (RFC 7239's
+                           Forwarded for=, which the hub then appends to as
+                           well; only if every trusted proxy appends to it)
+                           [POTHEAD_FORWARDED_FIELD] (x-forwarded-for)
   --trust-priority         take a request's priority class from its
                            X-Pothead-Priority field [POTHEAD_TRUST_PRIORITY]
   --priority-step T        the wait one priority class is worth: a request goes
@@ -419,6 +424,15 @@ export function optionsFrom(
       "--trusted-proxies names the proxies to trust and --trust-forwarded trusts every peer: use one",
     );
   }
+  const forwardedField = v("forwarded-field", "POTHEAD_FORWARDED_FIELD");
+  if (
+    forwardedField !== undefined && forwardedField !== "x-forwarded-for" &&
+    forwardedField !== "forwarded"
+  ) {
+    throw new UsageError(
+      `Invalid --forwarded-field: expected x-forwarded-for or forwarded, got "${forwardedField}"`,
+    );
+  }
   const trustPriority = switchOn(
     values["trust-priority"],
     "POTHEAD_TRUST_PRIORITY",
@@ -590,6 +604,7 @@ export function optionsFrom(
     pingTimeout: duration("ping-timeout", "POTHEAD_PING_TIMEOUT", 10_000),
     trustForwarded: trust,
     trustedProxies,
+    forwardedField,
     trustPriority,
     workerTokens: tokens,
     routes,
@@ -659,6 +674,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "shutdown-grace": { type: "string" },
         "trust-forwarded": { type: "boolean" },
         "trusted-proxies": { type: "string" },
+        "forwarded-field": { type: "string" },
         "trust-priority": { type: "boolean" },
         "priority-step": { type: "string" },
         "buffer-uploads": { type: "boolean" },

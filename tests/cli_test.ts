@@ -1147,6 +1147,11 @@ Deno.test("hub exits 2 on a --config that is not an object, a route without a po
         /--trusted-proxies names the proxies to trust and --trust-forwarded/,
       ],
       [
+        ["--trusted-proxies", "::1", "--forwarded-field", "Forwarded"],
+        2,
+        /Invalid --forwarded-field: expected x-forwarded-for or forwarded, got "Forwarded"/,
+      ],
+      [
         ["--hostname", "127.0.0.1", "--port", String(busy.addr.port)],
         1,
         /in use/,
@@ -1486,6 +1491,40 @@ Deno.test("parseRoute reads /prefix=POOL, host=POOL and host/prefix=POOL, each w
   });
   for (const bad of ["/x=", "=gpu", "/x=gpu@", "/x=gpu@1.5", "/x=gpu@hi"]) {
     assert.throws(() => parseRoute(bad), /Invalid --route/, bad);
+  }
+});
+
+Deno.test("hub --forwarded-field (or its variable) reaches the hub's options; a bad value names the flag", () => {
+  const log = () => {};
+  const before = Deno.env.get("POTHEAD_FORWARDED_FIELD");
+  try {
+    Deno.env.delete("POTHEAD_FORWARDED_FIELD");
+    assert.equal(optionsFrom({}, log).forwardedField, undefined);
+    const trusted = { "trusted-proxies": "10.0.0.0/8" };
+    assert.equal(
+      optionsFrom({ ...trusted, "forwarded-field": "forwarded" }, log)
+        .forwardedField,
+      "forwarded",
+    );
+    Deno.env.set("POTHEAD_FORWARDED_FIELD", "forwarded");
+    assert.equal(optionsFrom(trusted, log).forwardedField, "forwarded");
+    assert.equal(
+      optionsFrom({ ...trusted, "forwarded-field": "x-forwarded-for" }, log)
+        .forwardedField,
+      "x-forwarded-for",
+    );
+    Deno.env.delete("POTHEAD_FORWARDED_FIELD");
+    for (const bad of ["", "Forwarded", "x-real-ip", "both"]) {
+      assert.throws(
+        () => optionsFrom({ ...trusted, "forwarded-field": bad }, log),
+        new RegExp(
+          `Invalid --forwarded-field: expected x-forwarded-for or forwarded, got "${bad}"`,
+        ),
+      );
+    }
+  } finally {
+    if (before === undefined) Deno.env.delete("POTHEAD_FORWARDED_FIELD");
+    else Deno.env.set("POTHEAD_FORWARDED_FIELD", before);
   }
 });
 
