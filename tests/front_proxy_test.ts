@@ -4,7 +4,8 @@
 // hub's consumer side that we did not write. For each proxy: large bodies
 // both ways byte for byte over a reused proxy→hub connection,
 // X-Forwarded-* with and without `trustForwarded` (the proxy terminates
-// TLS), a streamed response that arrives in pieces, a WebSocket with its
+// TLS), the consumer named by X-Forwarded-For or, with `forwardedField`,
+// by Forwarded (which the proxies append to as well), a streamed response that arrives in pieces, a WebSocket with its
 // close codes, the hub's 503 for a full queue, and a consumer that leaves
 // mid-request aborting the worker handler's signal.
 
@@ -92,6 +93,9 @@ function haproxyConfig(
     "  http-request set-header X-Forwarded-Proto http if !{ ssl_fc }",
     // Before Host is replaced: the public name the client asked for.
     "  http-request set-header X-Forwarded-Host %[req.hdr(host)]",
+    // HAProxy 2.6 has no `option forwarded`: a field line of its own after
+    // the client's, which the hub reads as the last element.
+    "  http-request add-header Forwarded for=%[src]",
     `  http-request set-header Host ${UPSTREAM_HOST}`,
     "  default_backend hub",
     "backend hub",
@@ -126,6 +130,12 @@ function nginxConfig(
     "    default upgrade;",
     `    "" "";`,
     "  }",
+    // nginx appends nothing to Forwarded by itself: the client's value,
+    // then the address the proxy saw.
+    "  map $http_forwarded $proxy_add_forwarded {",
+    `    "" "for=$remote_addr;proto=$scheme";`,
+    `    default "$http_forwarded, for=$remote_addr;proto=$scheme";`,
+    "  }",
     "  upstream hub {",
     `    server 127.0.0.1:${upstream} max_fails=0;`,
     "    keepalive 8;",
@@ -148,6 +158,7 @@ function nginxConfig(
     "    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
     "    proxy_set_header X-Forwarded-Proto $scheme;",
     "    proxy_set_header X-Forwarded-Host $http_host;",
+    "    proxy_set_header Forwarded $proxy_add_forwarded;",
     "    location / {",
     "      proxy_pass http://hub;",
     "    }",
@@ -646,6 +657,151 @@ test("with trustedProxies the consumer is the address the trusted proxy saw, and
         { for: directFor, remote: expected },
       ]);
     }
+  } finally {
+    consumer.close();
+  }
+});
+
+test('with forwardedField "forwarded" the consumer is read from Forwarded\'s for= and the hub appends its element', async (kind) => {
+  const seen: { forwarded: string | null; remote: string }[] = [];
+  const clients: (string | null)[] = [];
+  const consumer = Deno.createHttpClient({ localAddress: "127.0.0.3" });
+  // A forged Forwarded, and an X-Forwarded-For that names yet another
+  // address: in this mode only Forwarded counts.
+  const forged = {
+    forwarded: "for=203.0.113.9",
+    "x-forwarded-for": "198.51.100.7",
+  };
+  // A stray quote that would swallow what the proxy appends after it.
+  const quote = { forwarded: 'for="' };
+  try {
+    for (
+      const [trusted, expected] of [
+        // The proxy alone is trusted: the consumer is who dialled it.
+        [[PROXY_SOURCE], "127.0.0.3"],
+        // 127.0.0.3 is trusted too: its word is taken.
+        [[PROXY_SOURCE, "127.0.0.3/32"], "203.0.113.9"],
+      ] as const
+    ) {
+      seen.length = 0;
+      clients.length = 0;
+      let direct = "";
+      await withFront(
+        kind,
+        {
+          hub: {
+            trustedProxies: [...trusted],
+            forwardedField: "forwarded",
+            onAccess: (r) => void clients.push(r.client),
+          },
+          handler: (req, info) => {
+            seen.push({
+              forwarded: req.headers.get("forwarded"),
+              remote: info.remoteAddr.hostname,
+            });
+            return new Response("seen");
+          },
+        },
+        async ({ url, server }) => {
+          direct = `127.0.0.1:${server.addr.port}`;
+          for (
+            const [target, headers] of [
+              [`${url}/via`, forged],
+              [`http://${direct}/`, forged],
+              [`${url}/quote`, quote],
+            ] as const
+          ) {
+            const res = await fetch(target, { client: consumer, headers });
+            assert.equal(await res.text(), "seen");
+          }
+          await waitFor(
+            () => clients.length === 3,
+            "three access records",
+            HANG,
+          );
+        },
+      );
+      // nginx writes proto= after for=; HAProxy only for=.
+      const proxied = kind === "nginx" ? ";proto=http" : "";
+      // The hub's element: a host with a port is no token, so quoted.
+      const hub = (peer: string, host: string) =>
+        `for=${peer};proto=http;host=${
+          host.includes(":") ? `"${host}"` : host
+        }`;
+      const trustsConsumer = trusted.length === 2;
+      assert.deepEqual(
+        clients,
+        [expected, expected, "127.0.0.3"],
+        String(trusted),
+      );
+      assert.deepEqual(seen, [
+        // Kept from the trusted proxy, with what it appended, and the
+        // hub's element for the proxy.
+        {
+          forwarded: `for=203.0.113.9, for=127.0.0.3${proxied}, ${
+            hub(PROXY_SOURCE, UPSTREAM_HOST)
+          }`,
+          remote: expected,
+        },
+        // Straight to the hub: kept only when 127.0.0.3 is trusted.
+        {
+          forwarded: trustsConsumer
+            ? `for=203.0.113.9, ${hub("127.0.0.3", direct)}`
+            : hub("127.0.0.3", direct),
+          remote: expected,
+        },
+        // The stray quote spoils its own element only: the proxy's is read.
+        {
+          forwarded: `for=", for=127.0.0.3${proxied}, ${
+            hub(PROXY_SOURCE, UPSTREAM_HOST)
+          }`,
+          remote: "127.0.0.3",
+        },
+      ]);
+    }
+  } finally {
+    consumer.close();
+  }
+});
+
+test("by default Forwarded is never read, even when it names another address through trusted proxies", async (kind) => {
+  const seen: { forwarded: string | null; remote: string }[] = [];
+  const clients: (string | null)[] = [];
+  const consumer = Deno.createHttpClient({ localAddress: "127.0.0.3" });
+  try {
+    await withFront(
+      kind,
+      {
+        // Read from Forwarded, this chain would name 203.0.113.9.
+        hub: {
+          trustedProxies: [PROXY_SOURCE, "127.0.0.3/32"],
+          onAccess: (r) => void clients.push(r.client),
+        },
+        handler: (req, info) => {
+          seen.push({
+            forwarded: req.headers.get("forwarded"),
+            remote: info.remoteAddr.hostname,
+          });
+          return new Response("seen");
+        },
+      },
+      async ({ url }) => {
+        const res = await fetch(`${url}/via`, {
+          client: consumer,
+          headers: { forwarded: "for=203.0.113.9" },
+        });
+        assert.equal(await res.text(), "seen");
+        await waitFor(() => clients.length === 1, "the access record", HANG);
+      },
+    );
+    // X-Forwarded-For holds only 127.0.0.3, a trusted address: the first.
+    assert.deepEqual(clients, ["127.0.0.3"]);
+    // Passed on as it came, from a trusted peer; the hub adds nothing.
+    const proxied = kind === "nginx" ? ";proto=http" : "";
+    assert.deepEqual(seen, [{
+      forwarded: `for=203.0.113.9, for=127.0.0.3${proxied}`,
+      remote: "127.0.0.3",
+    }]);
   } finally {
     consumer.close();
   }
