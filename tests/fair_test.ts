@@ -346,6 +346,82 @@ Deno.test("a forwarded entry that is not an address never becomes the consumer: 
   }
 });
 
+Deno.test('forwardedField "forwarded": the consumer from Forwarded\'s for= (the last with trustForwarded), never text that is no address; X-Forwarded-For unread', async () => {
+  const requests: [Record<string, string>, string][] = [
+    [
+      { forwarded: 'for=6.6.6.6, for="[2001:db8::1]:80";proto=https' },
+      "2001:db8::1",
+    ],
+    [{ forwarded: "for=198.51.100.1, for=unknown" }, "127.0.0.1"],
+    [{ forwarded: "for=198.51.100.1, for=_hidden" }, "127.0.0.1"],
+    [{ forwarded: 'for="' }, "127.0.0.1"],
+    [{ forwarded: "for=198.51.100.1;for=198.51.100.2" }, "127.0.0.1"],
+    [{ "x-forwarded-for": "198.51.100.9" }, "127.0.0.1"],
+  ];
+  for (
+    const options of [
+      { trustForwarded: true },
+      { trustedProxies: ["127.0.0.1"] },
+    ]
+  ) {
+    const clients: (string | null)[] = [];
+    const seen: [string | null, string][] = [];
+    await withHub({
+      ...options,
+      forwardedField: "forwarded",
+      onAccess: (r) => void clients.push(r.client),
+    }, async (ctx) => {
+      const worker = connectWorker((req, info) => {
+        seen.push([req.headers.get("forwarded"), info.remoteAddr.hostname]);
+        return new Response("ok");
+      }, { hostname: "127.0.0.1", port: ctx.server.workerAddr.port });
+      try {
+        await waitFor(() => ctx.server.hub.stats.idle > 0, "the worker");
+        for (const [headers] of requests) {
+          const res = await fetch(`${ctx.url}/`, { headers });
+          assert.equal(await res.text(), "ok");
+        }
+        await waitFor(
+          () => clients.length === requests.length,
+          "the access records",
+        );
+      } finally {
+        worker.close();
+        await worker.finished;
+      }
+      const name = JSON.stringify(options);
+      const expected = requests.map(([, client]) => client);
+      assert.deepEqual(clients, expected, name);
+      assert.deepEqual(seen.map(([, remote]) => remote), expected, name);
+      // The hub's element ends the Forwarded it sends (the peer trusted).
+      const host = `"${new URL(ctx.url).host}"`;
+      assert.equal(
+        seen[0][0],
+        `${requests[0][0].forwarded}, for=127.0.0.1;proto=http;host=${host}`,
+      );
+      assert.equal(seen[5][0], `for=127.0.0.1;proto=http;host=${host}`);
+    });
+  }
+});
+
+Deno.test('forwardedField: anything but "x-forwarded-for" or "forwarded" is refused by name', async () => {
+  for (const bad of ["Forwarded", "x-real-ip", ""]) {
+    assert.throws(
+      () =>
+        new Hub({
+          forwardedField: bad as "forwarded",
+          trustedProxies: ["10.0.0.0/8"],
+        }),
+      new RegExp(
+        `Invalid option "forwardedField": expected "x-forwarded-for" or "forwarded", got "${bad}"`,
+      ),
+    );
+  }
+  for (const field of ["x-forwarded-for", "forwarded"] as const) {
+    await new Hub({ forwardedField: field }).shutdown(0);
+  }
+});
+
 Deno.test("trustedProxies: a bad range, or with trustForwarded too, is refused by name", () => {
   assert.throws(
     () => new Hub({ trustedProxies: ["10.0.0.0/33"] }),
