@@ -139,6 +139,7 @@ Deno.test("hub --help exits 0 and lists its options", async () => {
       "--fair-weight",
       "--max-queue-per-key",
       "--priority-step",
+      "--forwarded-field",
       "--help",
       "--version",
       "POTHEAD_PORT",
@@ -148,6 +149,7 @@ Deno.test("hub --help exits 0 and lists its options", async () => {
       "POTHEAD_FAIR_WEIGHTS",
       "POTHEAD_MAX_QUEUE_PER_KEY",
       "POTHEAD_PRIORITY_STEP",
+      "POTHEAD_FORWARDED_FIELD",
     ]
   ) {
     assert.ok(stdout.includes(option), `help lists ${option}:\n${stdout}`);
