@@ -519,10 +519,13 @@ export interface HubOptions {
    * `_hidden`, ends the walk). With `"forwarded"` the hub also appends its
    * own element (`for=` its peer, `proto=`, `host=`) to the `Forwarded`
    * field it sends a worker, after the consumer's when that is trusted;
-   * the `X-Forwarded-*` fields are sent as always. Choose `"forwarded"`
-   * only when every trusted proxy appends to `Forwarded`: many append to
+   * the `X-Forwarded-*` fields are sent as always. Without
+   * `trustForwarded` or `trustedProxies` no consumer's field is read and
+   * `"forwarded"` only adds that element. Choose `"forwarded"` only when
+   * every trusted proxy appends to `Forwarded`: many append to
    * `X-Forwarded-For` alone and pass a consumer's `Forwarded` on as it
-   * came, so by default that field is never read.
+   * came, so by default that field is never read (it is passed on from a
+   * trusted peer, dropped from others).
    * @default {"x-forwarded-for"}
    */
   forwardedField?: "x-forwarded-for" | "forwarded";
