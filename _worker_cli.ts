@@ -56,7 +56,8 @@ Options (each also as the environment variable in brackets):
   --dns-server H:P      DNS server for hub names instead of the system's
   --tls                 connect with TLS [POTHEAD_TLS]
   --ca FILE             PEM CA certificate for the hub's certificate [POTHEAD_CA]
-  --token-file FILE     bearer token for the hub's handshake [POTHEAD_TOKEN_FILE]
+  --token-file FILE     bearer token for the hub's handshake, read again for
+                        each connection [POTHEAD_TOKEN_FILE]
   --token TOKEN         the same, inline (visible in ps; prefer the file or
                         [POTHEAD_TOKEN])
   --worker-id ID        this worker's id at the hub [POTHEAD_WORKER_ID]
@@ -163,6 +164,12 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         `Invalid --engine: expected auto, serve or inline, got "${engine}"`,
       );
     }
+    // A token from a file is read again for each connection (see
+    // tokenFromFile); chooseToken's order decides which source that is.
+    const tokenPath = (values["token-file"] as string | undefined) ??
+      (values.token === undefined
+        ? flagOrEnv(undefined, "POTHEAD_TOKEN_FILE")
+        : undefined);
     const token = chooseToken(
       values["token-file"] as string | undefined,
       values.token as string | undefined,
@@ -234,7 +241,15 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       nameServer: ns && { ipAddr: ns.hostname, port: ns.port },
       tls: switchOn(values.tls, "POTHEAD_TLS"),
       caCerts: caFile === undefined ? undefined : [readText(caFile, "CA file")],
-      token: token === "" ? undefined : token,
+      token: token === "" || token === undefined
+        ? undefined
+        : tokenPath === undefined
+        ? token
+        : tokenFromFile(
+          tokenPath,
+          token,
+          (msg) => console.error(`pothead: ${msg}`),
+        ),
       // An id by default, so the hub groups this process's slots (fewest
       // in progress first) and names it in logs and on the status page.
       workerId: flagOrEnv(values["worker-id"], "POTHEAD_WORKER_ID") ??
@@ -243,7 +258,10 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       labels: Object.keys(labels).length > 0 ? labels : undefined,
     };
     // Refused here rather than by every hub, handshake after handshake.
-    const problem = identityProblem(options);
+    const problem = identityProblem({
+      ...options,
+      token: token === "" ? undefined : token,
+    });
     if (problem !== null) {
       throw new UsageError(`Cannot connect as a worker: ${problem}`);
     }
@@ -354,6 +372,44 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;
+}
+
+/**
+ * A token read from `path` again at each call, so that a worker uses a
+ * rotated secret from its next connection on. A read that fails, or finds
+ * no valid token (a secret caught in mid-update), gives the last good one
+ * (`first` at the start) and is reported through `warn` once until it
+ * changes.
+ */
+export function tokenFromFile(
+  path: string,
+  first: string,
+  warn: (message: string) => void,
+): () => string {
+  let last = first;
+  let failed = "";
+  return () => {
+    let problem: string;
+    try {
+      const token = Deno.readTextFileSync(path).trim();
+      const invalid = identityProblem({ token });
+      if (invalid === null) {
+        last = token;
+        failed = "";
+        return token;
+      }
+      problem = invalid;
+    } catch (error) {
+      problem = (error as Error).message;
+    }
+    if (problem !== failed) {
+      warn(
+        `cannot read a new token from "${path}" (${problem}): using the one read before`,
+      );
+    }
+    failed = problem;
+    return last;
+  };
 }
 
 /**

@@ -142,8 +142,12 @@ export interface WorkerOptions {
    * Bearer token for the PTTH handshake. Giving a token, `workerId`,
    * `pool` or `labels` makes the worker open each connection with the
    * handshake; otherwise it is a plain worker (the original protocol).
+   * A function is called for each connection the worker opens, so a
+   * rotated secret is used from the next one on (the hub ends connections
+   * whose token it withdrew, and the worker redials); a token it returns
+   * that no hub would take fails that connection, which is retried.
    */
-  token?: string;
+  token?: string | (() => string);
   /** Worker id sent in the handshake; groups this worker's slots. */
   workerId?: string;
   /** Pool to serve, sent in the handshake. */
@@ -323,7 +327,7 @@ export function connectWorker(
     options.token !== undefined || options.workerId !== undefined ||
       options.pool !== undefined || options.labels !== undefined
       ? {
-        token: options.token,
+        token: undefined,
         workerId: options.workerId,
         pool: options.pool,
         labels: options.labels,
@@ -341,8 +345,12 @@ export function connectWorker(
       }`,
     );
   }
+  const tokenOf = options.token;
   if (handshake !== null) {
-    const problem = identityProblem(handshake);
+    const problem = identityProblem({
+      ...handshake,
+      token: typeof tokenOf === "function" ? tokenOf() : tokenOf,
+    });
     if (problem !== null) throw new TypeError(`Invalid option: ${problem}`);
   }
   let native: NativeEngine | null = null;
@@ -472,8 +480,14 @@ export function connectWorker(
           cut.signal.addEventListener("abort", stop, { once: true });
           try {
             const reader = new BufferedReader(conn);
+            const token = typeof tokenOf === "function" ? tokenOf() : tokenOf;
+            if (typeof tokenOf === "function") {
+              const problem = identityProblem({ token });
+              if (problem !== null) throw new Error(problem);
+            }
             const pingInterval = await workerHandshake(conn, reader, {
               ...handshake,
+              token,
               host: endpoint.name,
             });
             // Requests that followed the 101 at once are in `reader`.

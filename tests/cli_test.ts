@@ -19,7 +19,7 @@ import {
   startHub,
   startWorker,
 } from "./_procs.ts";
-import { chooseToken, defaultWorkerId } from "../_worker_cli.ts";
+import { chooseToken, defaultWorkerId, tokenFromFile } from "../_worker_cli.ts";
 import {
   optionsFrom,
   parseRoute,
@@ -972,48 +972,73 @@ Deno.test("CLI: token file, pool routes and a worker that declares its pool", as
   }
 });
 
-Deno.test("CLI: a hub reads its worker token file again on SIGHUP: a withdrawn token's worker is cut off, one with the new token served", async () => {
+Deno.test("CLI: a hub reads its worker token file again on SIGHUP and cuts off a withdrawn token; the worker reads its own again and redials with the new one", async () => {
   const dir = await Deno.makeTempDir();
   const tokens = `${dir}/tokens`;
+  const mine = `${dir}/mine`;
   await Deno.writeTextFile(tokens, "old-token-123\n");
-  await Deno.writeTextFile(`${dir}/old`, "old-token-123\n");
-  await Deno.writeTextFile(`${dir}/new`, "new-token-456\n");
+  await Deno.writeTextFile(mine, "old-token-123\n");
+  // Replaced as a mounted secret is: a new file renamed over the old.
+  const replace = async (path: string, text: string) => {
+    await Deno.writeTextFile(`${path}.tmp`, text);
+    await Deno.rename(`${path}.tmp`, path);
+  };
   const hub = await startHub(["--worker-token-file", tokens]);
-  let old: Proc | undefined;
-  let fresh: Proc | undefined;
+  let worker: Proc | undefined;
   try {
-    old = await startWorker(hub.workerPort, "examples/hello.ts", [
+    worker = await startWorker(hub.workerPort, "examples/hello.ts", [
       "--token-file",
-      `${dir}/old`,
+      mine,
+      "--max-backoff",
+      "200ms",
     ]);
     const url = `http://127.0.0.1:${hub.port}/x`;
-    assert.match(await (await fetch(url)).text(), new RegExp(`pid ${old.pid}`));
-    // Replaced as a mounted secret is: a new file renamed over the old.
-    await Deno.writeTextFile(`${tokens}.tmp`, "# rotated\nnew-token-456\n");
-    await Deno.rename(`${tokens}.tmp`, tokens);
+    const byWorker = new RegExp(`pid ${worker.pid}`);
+    assert.match(await (await fetch(url)).text(), byWorker);
+    await replace(tokens, "# rotated\nnew-token-456\n");
     hub.proc.kill("SIGHUP");
     const line = await hub.proc.stderr.next(/worker tokens replaced/);
     assert.match(line.input ?? "", /tokens=1 ended=1/);
-    assert.doesNotMatch(hub.proc.stderr.text(), /old-token|new-token/);
-    await old.stderr.next(/Hub refused the handshake: 403 Forbidden/);
-    fresh = await startWorker(hub.workerPort, "examples/hello.ts", [
-      "--token-file",
-      `${dir}/new`,
-    ]);
-    assert.match(
-      await (await fetch(url)).text(),
-      new RegExp(`pid ${fresh.pid}`),
-    );
-    // A file that holds no token now keeps the tokens in force.
+    // Its connection ended, the worker redials with the old token: refused.
+    await worker.stderr.next(/Hub refused the handshake: 403 Forbidden/);
+    // Its own secret is rotated: the next dial takes the new token.
+    await replace(mine, "new-token-456\n");
+    assert.match(await (await fetch(url)).text(), byWorker);
+    // A hub token file that holds no token now keeps the tokens in force.
     await Deno.writeTextFile(tokens, "# nothing yet\n");
     hub.proc.kill("SIGHUP");
     await hub.proc.stderr.next(/worker tokens not reloaded/);
-    assert.match(
-      await (await fetch(url)).text(),
-      new RegExp(`pid ${fresh.pid}`),
-    );
+    assert.match(await (await fetch(url)).text(), byWorker);
+    assert.doesNotMatch(hub.proc.stderr.text(), /old-token|new-token/);
+    assert.doesNotMatch(worker.stderr.text(), /old-token|new-token/);
   } finally {
-    await closeAll(old, fresh, hub.proc);
+    await closeAll(worker, hub.proc);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("tokenFromFile: a new valid token is used from the next call; an unreadable or invalid file keeps the last good one, reported once", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/token`;
+  const warnings: string[] = [];
+  try {
+    await Deno.writeTextFile(path, "first-token-1\n");
+    const token = tokenFromFile(path, "first-token-1", (m) => warnings.push(m));
+    assert.equal(token(), "first-token-1");
+    await Deno.writeTextFile(path, "  second-token-2\n");
+    assert.equal(token(), "second-token-2");
+    await Deno.writeTextFile(path, "has a space\n");
+    assert.equal(token(), "second-token-2");
+    assert.equal(token(), "second-token-2");
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0], /using the one read before/);
+    assert.doesNotMatch(warnings[0], /second-token/);
+    await Deno.remove(path);
+    assert.equal(token(), "second-token-2");
+    assert.equal(warnings.length, 2);
+    await Deno.writeTextFile(path, "third-token-3");
+    assert.equal(token(), "third-token-3");
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

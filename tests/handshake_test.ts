@@ -937,3 +937,31 @@ Deno.test("setWorkerTokens: turning tokens on ends plain connections; an empty l
     assert.deepEqual(await get(`${ctx.url}/a`), [200, "w /a"]);
   });
 });
+
+Deno.test("a worker's token given as a function is asked for each connection: after a rotation it redials with the new one", async () => {
+  await withHub({ workerTokens: [TOKEN_A] }, async (ctx) => {
+    let current = TOKEN_A;
+    const asked: string[] = [];
+    const errors: string[] = [];
+    worker(ctx, {
+      token: () => {
+        asked.push(current);
+        return current;
+      },
+      workerId: "w",
+      onError: (where, error) => errors.push(`${where}: ${error}`),
+    }, "w");
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "attached");
+    assert.deepEqual(await get(`${ctx.url}/a`), [200, "w /a"]);
+    // An invalid token fails that dial, before it reaches a hub.
+    current = "no good";
+    ctx.server.hub.setWorkerTokens([TOKEN_B]);
+    await waitFor(() => errors.length > 0, "a failed dial");
+    assert.match(errors[0], /invalid token/);
+    assert.doesNotMatch(errors.join("\n"), /no good/);
+    current = TOKEN_B;
+    assert.deepEqual(await get(`${ctx.url}/b`), [200, "w /b"]);
+    assert.equal(asked[0], TOKEN_A);
+    assert.equal(asked.at(-1), TOKEN_B);
+  });
+});
