@@ -2798,6 +2798,12 @@ export class Hub {
   #park(slot: WorkerSlot): void {
     const group = this.#slotGroup.get(slot);
     if (group === undefined || this.#parked.has(slot)) return;
+    // Its token was withdrawn during the request it answered or declined:
+    // parked, it would stay for as long as its worker is busy elsewhere.
+    if (this.#withdrawn.delete(slot)) {
+      slot.close(new WorkerLinkError("closed", "its token was withdrawn"));
+      return;
+    }
     this.#free(slot, group);
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     if (this.#pinging.delete(slot)) pool.pinging--;

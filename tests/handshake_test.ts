@@ -35,6 +35,7 @@ import {
   waitFor,
 } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
+import { PARKED_RESPONSE } from "../_park.ts";
 
 const HANG = 15_000;
 const TOKEN_A = "token-alpha-0123456789";
@@ -963,5 +964,60 @@ Deno.test("a worker's token given as a function is asked for each connection: af
     assert.deepEqual(await get(`${ctx.url}/b`), [200, "w /b"]);
     assert.equal(asked[0], TOKEN_A);
     assert.equal(asked.at(-1), TOKEN_B);
+  });
+});
+
+Deno.test("setWorkerTokens: a connection whose token is withdrawn mid-request ends after it even when the worker parks it (after its response, or declining)", async () => {
+  await withHub({ workerTokens: [TOKEN_A, TOKEN_B] }, async (ctx) => {
+    const hub = ctx.server.hub;
+    // A raw worker with token A that has the request for `path`.
+    const busyWorker = async (path: string) => {
+      const r = await raw(ctx);
+      await r.write(
+        KAZUHO + `Authorization: Bearer ${TOKEN_A}\r\n` +
+          "Pothead-Worker-Id: parker\r\n\r\n",
+      );
+      const answer = await deadline(r.readHead(), HANG, "the 101");
+      assert.ok(answer?.startsWith("HTTP/1.1 101 "), `handshake: ${answer}`);
+      await waitFor(() => hub.stats.idle === 1, "attached");
+      const res = fetch(`${ctx.url}${path}`);
+      const req = await deadline(r.readMessage(), HANG, "the request");
+      assert.equal(req?.start, `GET ${path} HTTP/1.1`);
+      return { r, res };
+    };
+    // Parked by its response: the request is answered, the connection ends.
+    const first = await busyWorker("/job");
+    assert.equal(hub.setWorkerTokens([TOKEN_B]), 1);
+    await first.r.write(
+      "HTTP/1.1 200 OK\r\nconnection: pothead-park\r\n" +
+        "content-length: 4\r\n\r\ndone",
+    );
+    const res = await first.res;
+    assert.deepEqual([res.status, await res.text()], [200, "done"]);
+    assert.equal(
+      await deadline(first.r.readMessage(), HANG, "the close"),
+      null,
+      "no wait request on a withdrawn connection",
+    );
+    await waitFor(() => hub.stats.slots === 0, "the slot ended");
+    assert.equal(hub.stats.parked, 0);
+    // Parked by declining: the request waits for another worker.
+    hub.setWorkerTokens([TOKEN_A, TOKEN_B]);
+    const second = await busyWorker("/declined");
+    assert.equal(hub.setWorkerTokens([TOKEN_B]), 1);
+    await second.r.write(PARKED_RESPONSE);
+    assert.equal(
+      await deadline(second.r.readMessage(), HANG, "the close"),
+      null,
+      "no wait request on a withdrawn connection",
+    );
+    await waitFor(() => hub.stats.slots === 0, "the slot ended");
+    assert.equal(hub.stats.parked, 0);
+    worker(ctx, { token: TOKEN_B, workerId: "new" }, "new");
+    const later = await second.res;
+    assert.deepEqual([later.status, await later.text()], [
+      200,
+      "new /declined",
+    ]);
   });
 });
