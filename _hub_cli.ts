@@ -229,7 +229,7 @@ export function parseWeights(rules: string[]): Record<string, number> {
 /**
  * The worker tokens from `--worker-token`, `--worker-token-file` and
  * `POTHEAD_WORKER_TOKENS`; the file is read at each call (see
- * {@linkcode watchTokenFile}).
+ * {@linkcode watchTokens}).
  *
  * @throws {UsageError} when a source holds no token or an invalid one.
  */
