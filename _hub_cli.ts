@@ -51,6 +51,10 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_FAIR_WEIGHTS, KEY=W,KEY=W] (all 1)
   --max-queue-per-key N    with --fair-by, most queued requests of one key;
                            more get 429 [POTHEAD_MAX_QUEUE_PER_KEY] (no limit)
+  --affinity-by KEY        soft worker affinity: a request that finds idle
+                           workers goes to the one that served its KEY last (ip
+                           or header:NAME, as --fair-by) if it is idle
+                           [POTHEAD_AFFINITY_BY] (off: the least loaded)
   --head-timeout T         time a worker has to send its response head, then 504;
                            0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)
   --body-idle-timeout T    longest pause in a worker's response body, then the
@@ -141,13 +145,15 @@ Options (each also as the environment variable in brackets):
                            "priority" }],
                            "pools": { NAME: { "maxQueue", "queueTimeout",
                            "priorityStep", "fairBy", "fairShare",
-                           "fairWeights", "maxQueuePerKey", "headTimeout",
+                           "fairWeights", "maxQueuePerKey", "affinityBy",
+                           "headTimeout",
                            "bodyIdleTimeout", "uploadIdleTimeout",
                            "maxRequestBodySize", "maxResponseBodySize" } } }
                            (queueTimeout, priorityStep and the timeouts: ms,
                            or a duration like "30s"; the sizes: bytes, 0 = no
                            limit; each in place of its flag for that pool;
-                           fairBy: "ip", "header:NAME", or null for off;
+                           fairBy, affinityBy: "ip", "header:NAME", or null
+                           for off;
                            fairShare: "requests" or "time";
                            fairWeights: { KEY: W })
   --admin-port N           admin listener: /metrics, /healthz, /readyz, /status and a
@@ -459,6 +465,12 @@ export function optionsFrom(
       `Invalid --fair-by: expected ip or header:NAME, got "${fairBy}"`,
     );
   }
+  const affinityBy = v("affinity-by", "POTHEAD_AFFINITY_BY");
+  if (affinityBy !== undefined && !FAIR_BY.test(affinityBy)) {
+    throw new UsageError(
+      `Invalid --affinity-by: expected ip or header:NAME, got "${affinityBy}"`,
+    );
+  }
   const fairShare = v("fair-share", "POTHEAD_FAIR_SHARE");
   if (
     fairShare !== undefined && fairShare !== "requests" && fairShare !== "time"
@@ -499,6 +511,7 @@ export function optionsFrom(
     ),
     queueTimeout: duration("queue-timeout", "POTHEAD_QUEUE_TIMEOUT", 30_000),
     fairBy: fairBy as ServeHubOptions["fairBy"],
+    affinityBy: affinityBy as ServeHubOptions["affinityBy"],
     fairShare,
     fairWeights,
     priorityStep: step === undefined
@@ -651,6 +664,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "max-queue": { type: "string" },
         "queue-timeout": { type: "string" },
         "fair-by": { type: "string" },
+        "affinity-by": { type: "string" },
         "fair-share": { type: "string" },
         "fair-weight": { type: "string", multiple: true },
         "max-queue-per-key": { type: "string" },

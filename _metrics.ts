@@ -922,6 +922,18 @@ export class HubMetrics {
       extra.handshakesRefused,
     );
     hubWide(
+      "pothead_affinity_hits_total",
+      "counter",
+      "Requests sent to the worker that served their affinity key last.",
+      extra.affinityHits,
+    );
+    hubWide(
+      "pothead_affinity_misses_total",
+      "counter",
+      "Requests whose affinity key's last worker was busy or gone, sent to the least loaded.",
+      extra.affinityMisses,
+    );
+    hubWide(
       "pothead_worker_pings_total",
       "counter",
       "Pings sent on idle worker connections.",

@@ -235,6 +235,11 @@ export interface PoolOptions {
    */
   maxQueuePerKey?: number;
   /**
+   * Worker affinity in this pool (see {@linkcode HubOptions.affinityBy});
+   * null turns a hub-wide one off for this pool.
+   */
+  affinityBy?: FairBy | null;
+  /**
    * Milliseconds a worker of this pool has to send its response head (see
    * {@linkcode HubOptions.headTimeout}), in place of the hub's: a pool of
    * ten-minute transcodes and one of one-second thumbnails need different
@@ -296,6 +301,20 @@ export interface HubOptions {
    * @default {undefined}
    */
   fairBy?: FairBy;
+  /**
+   * Soft worker affinity, in every pool (`pools` may set or turn it off per
+   * pool): the hub remembers, for each key (the forms of `fairBy`: `"ip"`,
+   * `"header:NAME"` or a function), the worker that served the key's last
+   * request, and a request that finds idle slots goes to that worker when
+   * it has one idle, instead of the least loaded. So requests that share a
+   * model, a tenant's data or a session land where it is warm, while the
+   * load allows. It never makes a request wait: a request that finds that
+   * worker busy (or gone) goes to the least loaded one as usual, and a slot
+   * that frees takes the head of the queue whatever its key. The last 4 096
+   * keys are remembered per pool. Unset: no affinity, at no cost.
+   * @default {undefined}
+   */
+  affinityBy?: FairBy;
   /**
    * With `fairBy`, what the keys get equal shares of: `"requests"`, a
    * turn each, one request per turn; or `"time"`, worker time: the key
@@ -710,6 +729,16 @@ export interface HubStats {
   answered: number;
   /** Requests sent to another worker after a provably unstarted attempt. */
   retries: number;
+  /**
+   * Requests that found idle slots and went to the worker that served
+   * their key last (see {@linkcode HubOptions.affinityBy}).
+   */
+  affinityHits: number;
+  /**
+   * Requests that found idle slots, but not at the worker that served
+   * their key last (busy or gone), and went to the least loaded one.
+   */
+  affinityMisses: number;
   /** Requests answered 503 because the queue was full. */
   rejectedFull: number;
   /**
@@ -761,6 +790,8 @@ class Pending {
   client: string | null | undefined = undefined;
   /** Its fair-queuing key, once its pool has needed it (see fairBy). */
   key: string | null = null;
+  /** Its worker-affinity key (affinityBy), once worked out. */
+  affinity: string | null = null;
   /** Its priority class in the queue (see Route.priority). */
   priority = 0;
   /** The host asked for (see requestTarget). */
@@ -959,6 +990,10 @@ interface Pool {
   // and how many of one key may wait.
   keyOf: ((p: Pending) => string) | null;
   maxQueuePerKey: number;
+  // Worker affinity: a request's key, and the worker (its group's key) that
+  // served each key last, oldest first.
+  affinityOf: ((p: Pending) => string) | null;
+  affinity: Map<string, string>;
   // Fair queuing by worker time: what each key has used.
   ledger: ShareLedger | null;
   groups: Map<string, Group>;
@@ -1008,6 +1043,9 @@ const SMALL_BODY = 64 * 1024;
 // Peer addresses remembered (see Hub.#accept), and how many plain
 // connections in a row, with no handshake ever, make an address known plain.
 const MAX_PLAIN_PEERS = 4096;
+
+// Keys whose last worker a pool remembers for affinityBy.
+const MAX_AFFINITY_KEYS = 4096;
 const PLAIN_AFTER = 3;
 
 // How a worker connection became a slot (logged at debug level).
@@ -1196,6 +1234,7 @@ export class Hub {
       | "requestSpillDir"
       | "consumerScheme"
       | "fairBy"
+      | "affinityBy"
       | "fairShare"
       | "fairWeights"
       | "maxQueuePerKey"
@@ -1210,6 +1249,7 @@ export class Hub {
   // appends to, the standard Forwarded field.
   #forwardedStandard: boolean;
   #fairBy: FairBy | null;
+  #affinityBy: FairBy | null;
   #fairShare: FairShare;
   #fairWeights: Map<string, number> | null;
   // Pools' own weights, checked and made into maps once.
@@ -1270,6 +1310,8 @@ export class Hub {
     received: 0,
     answered: 0,
     retries: 0,
+    affinityHits: 0,
+    affinityMisses: 0,
     rejectedFull: 0,
     rejectedKeyFull: 0,
     timedOutQueued: 0,
@@ -1409,6 +1451,7 @@ export class Hub {
     }
     this.#poolOptions = { ...pools as Record<string, PoolOptions> };
     this.#fairBy = checkFairBy("fairBy", options.fairBy);
+    this.#affinityBy = checkFairBy("affinityBy", options.affinityBy);
     this.#fairShare = checkFairShare("fairShare", options.fairShare);
     this.#fairWeights = checkWeights("fairWeights", options.fairWeights);
     this.#maxQueuePerKey = options.maxQueuePerKey === undefined
@@ -1458,6 +1501,9 @@ export class Hub {
       const fairBy = p.fairBy === undefined
         ? this.#fairBy
         : checkFairBy(`pools.${name}.fairBy`, p.fairBy);
+      if (p.affinityBy !== undefined) {
+        checkFairBy(`pools.${name}.affinityBy`, p.affinityBy);
+      }
       if (fairBy !== null) fairPools++;
       if (p.maxQueuePerKey !== undefined) {
         checkCount(`pools.${name}.maxQueuePerKey`, p.maxQueuePerKey, 1);
@@ -1599,6 +1645,7 @@ export class Hub {
     const queueTimeout = limits.queueTimeout ?? this.#opts.queueTimeout;
     const keyOf = this.#keyFunction(
       limits.fairBy === undefined ? this.#fairBy : limits.fairBy,
+      "fairBy",
     );
     const weights = this.#poolWeights.get(name) ?? this.#fairWeights;
     // By time, or weighted turns: a ledger; plain turns: the rotation.
@@ -1618,6 +1665,11 @@ export class Hub {
       maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
       keyOf,
       maxQueuePerKey: limits.maxQueuePerKey ?? this.#maxQueuePerKey,
+      affinityOf: this.#keyFunction(
+        limits.affinityBy === undefined ? this.#affinityBy : limits.affinityBy,
+        "affinityBy",
+      ),
+      affinity: new Map(),
       ledger,
       groups: new Map(),
       idle: 0,
@@ -1653,8 +1705,12 @@ export class Hub {
     return pool;
   }
 
-  // How a pool with this fairBy keys its requests; null for none.
-  #keyFunction(fairBy: FairBy | null): ((p: Pending) => string) | null {
+  // How a pool with this fairBy (or affinityBy, `option`) keys its
+  // requests; null for none.
+  #keyFunction(
+    fairBy: FairBy | null,
+    option: "fairBy" | "affinityBy",
+  ): ((p: Pending) => string) | null {
     if (fairBy === null) return null;
     if (fairBy === "ip") {
       return (p) => addressKey(this.#consumerAddress(p) ?? "");
@@ -1672,7 +1728,7 @@ export class Hub {
         // The request still queues: with the others the function failed for.
         this.#log({
           level: "warn",
-          msg: 'fairBy function failed: the request takes the key ""',
+          msg: `${option} function failed: the request takes the key ""`,
           id: p.id,
           reason: errorText(error),
         });
@@ -2313,7 +2369,7 @@ export class Hub {
       this.#gone(pending);
       return promise;
     }
-    const slot = this.#takeIdle(pool);
+    const slot = this.#takeIdle(pool, pending);
     if (slot !== undefined) {
       this.#dispatch(pending, slot);
     } else if (!this.#rejectIfFull(pending)) {
@@ -2620,15 +2676,29 @@ export class Hub {
     this.#pinger = undefined;
   }
 
-  #takeIdle(pool: Pool): WorkerSlot | undefined {
+  #takeIdle(pool: Pool, p?: Pending): WorkerSlot | undefined {
     if (pool.idle === 0) return undefined;
-    // The worker with the fewest requests in progress gets the request, so
-    // slots of several workers share the load evenly.
+    // With affinity, the worker that served the request's key last, if it
+    // has a slot idle.
     let best: Group | undefined;
-    for (const g of pool.groups.values()) {
-      if (g.idle.size > 0 && (best === undefined || g.busy < best.busy)) {
-        best = g;
-        if (g.busy === 0) break;
+    if (p !== undefined && pool.affinityOf !== null) {
+      const worker = pool.affinity.get(p.affinity ??= pool.affinityOf(p));
+      if (worker !== undefined) {
+        const group = pool.groups.get(worker);
+        if (group !== undefined && group.idle.size > 0) {
+          best = group;
+          this.#stats.affinityHits++;
+        } else this.#stats.affinityMisses++;
+      }
+    }
+    // Otherwise the worker with the fewest requests in progress, so slots
+    // of several workers share the load evenly.
+    if (best === undefined) {
+      for (const g of pool.groups.values()) {
+        if (g.idle.size > 0 && (best === undefined || g.busy < best.busy)) {
+          best = g;
+          if (g.busy === 0) break;
+        }
       }
     }
     if (best === undefined) return undefined;
@@ -2900,6 +2970,16 @@ export class Hub {
     const group = this.#slotGroup.get(slot)!;
     this.#busy.add(slot);
     group.busy++;
+    const pool = p.pool;
+    if (pool.affinityOf !== null) {
+      const key = p.affinity ??= pool.affinityOf(p);
+      // Most recent last; the oldest is forgotten past the bound.
+      pool.affinity.delete(key);
+      pool.affinity.set(key, group.key);
+      if (pool.affinity.size > MAX_AFFINITY_KEYS) {
+        pool.affinity.delete(pool.affinity.keys().next().value!);
+      }
+    }
     this.#startSweeper();
     p.attempts++;
     const sentAt = performance.now();

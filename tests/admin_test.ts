@@ -46,6 +46,8 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     received: 0,
     answered: 0,
     retries: 0,
+    affinityHits: 0,
+    affinityMisses: 0,
     rejectedFull: 0,
     rejectedKeyFull: 0,
     timedOutQueued: 0,
@@ -372,6 +374,8 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
     busy: 4,
     received: 11,
     handshakesRefused: 2,
+    affinityHits: 7,
+    affinityMisses: 3,
     pings: 9,
     pingTimeouts: 1,
     pools: [
@@ -540,6 +544,8 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
   assert.equal(value(exp, "pothead_bytes_out_total", d), 106);
   assert.equal(value(exp, "pothead_worker_handshakes_refused_total"), 2);
   assert.equal(value(exp, "pothead_worker_pings_total"), 9);
+  assert.equal(value(exp, "pothead_affinity_hits_total"), 7);
+  assert.equal(value(exp, "pothead_affinity_misses_total"), 3);
   assert.equal(value(exp, "pothead_worker_ping_timeouts_total"), 1);
   assert.ok(value(exp, "process_resident_memory_bytes")! > 0);
 

@@ -1317,6 +1317,32 @@ Deno.test("hub --config: a pool's own timeouts take durations, its body sizes by
   }
 });
 
+Deno.test("hub --affinity-by: ip or header:NAME, from the flag or POTHEAD_AFFINITY_BY; anything else is refused by name", () => {
+  const log = () => {};
+  const before = Deno.env.get("POTHEAD_AFFINITY_BY");
+  try {
+    Deno.env.delete("POTHEAD_AFFINITY_BY");
+    assert.equal(optionsFrom({}, log).affinityBy, undefined);
+    assert.equal(
+      optionsFrom({ "affinity-by": "header:X-Model" }, log).affinityBy,
+      "header:X-Model",
+    );
+    Deno.env.set("POTHEAD_AFFINITY_BY", "ip");
+    assert.equal(optionsFrom({}, log).affinityBy, "ip");
+    for (const bad of ["IP", "header:", "model"]) {
+      assert.throws(
+        () => optionsFrom({ "affinity-by": bad }, log),
+        new RegExp(
+          `Invalid --affinity-by: expected ip or header:NAME, got "${bad}"`,
+        ),
+      );
+    }
+  } finally {
+    if (before === undefined) Deno.env.delete("POTHEAD_AFFINITY_BY");
+    else Deno.env.set("POTHEAD_AFFINITY_BY", before);
+  }
+});
+
 Deno.test("hub exits 2 when its token file or variable holds no token, instead of taking any worker", async () => {
   const dir = await Deno.makeTempDir();
   try {

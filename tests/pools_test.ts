@@ -724,3 +724,81 @@ Deno.test("priority classes: maxQueue counts every class, a consumer that leaves
     },
   );
 });
+
+Deno.test("affinityBy: a request that finds idle workers goes to the one that served its key last, over the least loaded; if that one is busy, to another at once", async () => {
+  await withHub({ affinityBy: "header:x-model" }, async (ctx) => {
+    const holds = [
+      Promise.withResolvers<void>(),
+      Promise.withResolvers<void>(),
+    ];
+    const entered = [
+      Promise.withResolvers<void>(),
+      Promise.withResolvers<void>(),
+    ];
+    const named = (name: string) => async (req: Request) => {
+      const path = new URL(req.url).pathname;
+      const hold = /^\/hold([01])$/.exec(path);
+      if (hold !== null) {
+        entered[Number(hold[1])].resolve();
+        await holds[Number(hold[1])].promise;
+      }
+      return new Response(`${name} ${path}`);
+    };
+    ctx.add(named("a"), { workerId: "a", concurrency: 2 });
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "a attached");
+    ctx.add(named("b"), { workerId: "b" });
+    await waitFor(() => ctx.server.hub.stats.idle === 3, "b attached");
+    const get = (path: string, model: string) =>
+      text(later(`${ctx.url}${path}`, { headers: { "x-model": model } }));
+    // With a busy, the least loaded is b: it serves m1 first.
+    const held = get("/hold0", "m0");
+    await deadline(entered[0].promise, HANG, "a held");
+    assert.deepEqual(await get("/first", "m1"), [200, "b /first"]);
+    holds[0].resolve();
+    assert.deepEqual(await held, [200, "a /hold0"]);
+    // Both idle, a first in line and as little loaded: m1 still goes to b.
+    for (let i = 0; i < 5; i++) {
+      assert.deepEqual(await get(`/again${i}`, "m1"), [200, `b /again${i}`]);
+    }
+    // A key seen for the first time goes to the least loaded.
+    assert.deepEqual(await get("/new", "m2"), [200, "a /new"]);
+    assert.equal(ctx.server.hub.stats.affinityHits, 5);
+    assert.equal(ctx.server.hub.stats.affinityMisses, 0);
+    // b busy with m1: the next m1 does not wait for it.
+    const busy = get("/hold1", "m1");
+    await deadline(entered[1].promise, HANG, "b held");
+    assert.deepEqual(await get("/meanwhile", "m1"), [200, "a /meanwhile"]);
+    assert.equal(ctx.server.hub.stats.affinityMisses, 1);
+    holds[1].resolve();
+    assert.deepEqual(await busy, [200, "b /hold1"]);
+    // The key now follows a, which served it last.
+    assert.deepEqual(await get("/last", "m1"), [200, "a /last"]);
+  });
+});
+
+Deno.test("affinityBy: a pool can turn the hub's off; bad keys are refused by name", async () => {
+  await withHub({
+    affinityBy: "header:x-model",
+    pools: { default: { affinityBy: null } },
+  }, async (ctx) => {
+    ctx.add(recorder("a", []), { workerId: "a", concurrency: 2 });
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "a attached");
+    ctx.add(recorder("b", []), { workerId: "b" });
+    await waitFor(() => ctx.server.hub.stats.idle === 3, "b attached");
+    for (let i = 0; i < 3; i++) {
+      const res = await later(`${ctx.url}/x${i}`, {
+        headers: { "x-model": "m1" },
+      });
+      assert.equal(await res.text(), `a /x${i}`);
+    }
+    assert.equal(ctx.server.hub.stats.affinityHits, 0);
+  });
+  assert.throws(
+    () => new Hub({ affinityBy: "header:" as "ip" }),
+    /Invalid option "affinityBy"/,
+  );
+  assert.throws(
+    () => new Hub({ pools: { gpu: { affinityBy: 5 as unknown as "ip" } } }),
+    /Invalid option "pools\.gpu\.affinityBy"/,
+  );
+});
