@@ -1778,6 +1778,8 @@ export class Hub {
     this.#opts.workerTokens = [...tokens];
     let ended = 0;
     for (const slot of [...this.#slots]) {
+      // One in a late handshake is checked when its handshake ends.
+      if (!this.#slotGroup.has(slot)) continue;
       if (this.#admits(slot.identity)) continue;
       ended++;
       if (slot.state === "busy" && !this.#pinging.has(slot)) {

@@ -1021,3 +1021,19 @@ Deno.test("setWorkerTokens: a connection whose token is withdrawn mid-request en
     ]);
   });
 });
+
+Deno.test("setWorkerTokens during a plain connection's late handshake: the handshake is checked against the new tokens when it ends, not cut and counted as refused", async () => {
+  await withHub({}, async (ctx) => {
+    const r = await raw(ctx);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "plain attached");
+    // The handshake starts late (after handshakeWait) and is not whole yet.
+    await r.write(KAZUHO);
+    await waitFor(() => ctx.server.hub.stats.idle === 0, "late handshake");
+    assert.equal(ctx.server.hub.setWorkerTokens([TOKEN_B]), 0);
+    await r.write(`Authorization: Bearer ${TOKEN_B}\r\n\r\n`);
+    const msg = await r.readMessage();
+    assert.equal(msg?.start, "HTTP/1.1 101 Switching Protocols");
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "attached again");
+    assert.equal(ctx.server.hub.stats.handshakesRefused, 0);
+  });
+});
