@@ -404,6 +404,8 @@ export interface JobTiming {
   started: number;
   /** When the job ended and the response was handed back. */
   finished: number;
+  /** `warm` or `cold`, from jobs that load something (`x-bench-cache`). */
+  cache?: string;
 }
 
 /**

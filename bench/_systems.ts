@@ -379,6 +379,10 @@ export interface StartOptions {
   maxSeconds: number;
   /** Extra flags for the POTHEAD hub (e.g. `--trust-priority`). */
   hubArgs?: string[];
+  /** The POTHEAD workers' handler module (default `bench/workers/pothead_job.ts`). */
+  handler?: string;
+  /** Extra environment for the POTHEAD workers. */
+  workerEnv?: Record<string, string>;
 }
 
 /** A set of running systems; `stop()` ends every process of them. */
@@ -485,7 +489,14 @@ async function startSerialWorkers(
 
 async function startPothead(
   children: Child[],
-  { workers, mode, maxSeconds, hubArgs = [] }: StartOptions,
+  {
+    workers,
+    mode,
+    maxSeconds,
+    hubArgs = [],
+    handler = "bench/workers/pothead_job.ts",
+    workerEnv = {},
+  }: StartOptions,
 ): Promise<{ url: string; hub: Child; workers: Child[] }> {
   const hub = new Child("POTHEAD hub", DENO, [
     "run",
@@ -530,10 +541,10 @@ async function startPothead(
       `127.0.0.1:${worker[1]}`,
       "--concurrency",
       "1",
-      "bench/workers/pothead_job.ts",
+      handler,
     ], {
       maxSeconds,
-      env: { BENCH_WORKER_ID: `p${i}`, BENCH_SERVICE_MODE: mode },
+      env: { ...workerEnv, BENCH_WORKER_ID: `p${i}`, BENCH_SERVICE_MODE: mode },
     });
     children.push(child);
     started.push(child);

@@ -367,11 +367,13 @@ export interface Sample {
 function jobTiming(headers: Headers): JobTiming | undefined {
   const worker = headers.get("x-bench-worker");
   if (worker === null) return undefined;
+  const cache = headers.get("x-bench-cache");
   return {
     worker,
     arrived: Number(headers.get("x-bench-arrived")),
     started: Number(headers.get("x-bench-started")),
     finished: Number(headers.get("x-bench-finished")),
+    ...(cache === null ? {} : { cache }),
   };
 }
 
