@@ -52,8 +52,8 @@ Options (each also as the environment variable in brackets):
   --max-queue-per-key N    with --fair-by, most queued requests of one key;
                            more get 429 [POTHEAD_MAX_QUEUE_PER_KEY] (no limit)
   --affinity-by KEY        soft worker affinity: a request that finds idle
-                           workers goes to the one that served its KEY last (ip
-                           or header:NAME, as --fair-by) if it is idle
+                           workers goes to the one its KEY (ip or header:NAME,
+                           as --fair-by) ranks highest, by rendezvous hashing
                            [POTHEAD_AFFINITY_BY] (off: the least loaded)
   --head-timeout T         time a worker has to send its response head, then 504;
                            0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)

@@ -924,13 +924,13 @@ export class HubMetrics {
     hubWide(
       "pothead_affinity_hits_total",
       "counter",
-      "Requests sent to the worker that served their affinity key last.",
+      "Requests that found idle slots and went to the worker their affinity key ranks first.",
       extra.affinityHits,
     );
     hubWide(
       "pothead_affinity_misses_total",
       "counter",
-      "Requests whose affinity key's last worker was busy or gone, sent to the least loaded.",
+      "Requests that found their affinity key's first worker busy and went to the next idle one.",
       extra.affinityMisses,
     );
     hubWide(

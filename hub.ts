@@ -38,6 +38,7 @@ import {
   parseAddressRange,
 } from "./_address.ts";
 import { forwardedFieldClient, lastForwardedAddress } from "./_forwarded.ts";
+import { hash32, mix32 } from "./_hash.ts";
 import { bridgeWebSocket } from "./_ws_bridge.ts";
 import { acceptKey, asksForWebSocket, webSocketProblem } from "./_ws_frame.ts";
 import {
@@ -303,15 +304,16 @@ export interface HubOptions {
   fairBy?: FairBy;
   /**
    * Soft worker affinity, in every pool (`pools` may set or turn it off per
-   * pool): the hub remembers, for each key (the forms of `fairBy`: `"ip"`,
-   * `"header:NAME"` or a function), the worker that served the key's last
-   * request, and a request that finds idle slots goes to that worker when
-   * it has one idle, instead of the least loaded. So requests that share a
-   * model, a tenant's data or a session land where it is warm, while the
-   * load allows. It never makes a request wait: a request that finds that
-   * worker busy (or gone) goes to the least loaded one as usual, and a slot
-   * that frees takes the head of the queue whatever its key. The last 4 096
-   * keys are remembered per pool. Unset: no affinity, at no cost.
+   * pool): each key (the forms of `fairBy`: `"ip"`, `"header:NAME"` or a
+   * function) ranks the pool's workers by rendezvous hashing of the key and
+   * the worker ids, and a request that finds idle slots goes to the idle
+   * worker its key ranks highest, instead of the least loaded: the key's
+   * first worker while it is idle, else its second, and so on. So requests
+   * that share a model, a tenant's data or a session land where it is warm,
+   * keys spread evenly over the workers, every hub ranks alike, and a
+   * worker that comes or goes moves only the keys it ranks first for. It
+   * never makes a request wait, and a slot that frees takes the head of the
+   * queue whatever its key. Unset: no affinity, at no cost.
    * @default {undefined}
    */
   affinityBy?: FairBy;
@@ -730,13 +732,13 @@ export interface HubStats {
   /** Requests sent to another worker after a provably unstarted attempt. */
   retries: number;
   /**
-   * Requests that found idle slots and went to the worker that served
-   * their key last (see {@linkcode HubOptions.affinityBy}).
+   * Requests that found idle slots and went to the worker their key ranks
+   * first (see {@linkcode HubOptions.affinityBy}).
    */
   affinityHits: number;
   /**
-   * Requests that found idle slots, but not at the worker that served
-   * their key last (busy or gone), and went to the least loaded one.
+   * Requests that found idle slots, but their key's first worker busy, and
+   * went to the idle one it ranks highest.
    */
   affinityMisses: number;
   /** Requests answered 503 because the queue was full. */
@@ -790,8 +792,8 @@ class Pending {
   client: string | null | undefined = undefined;
   /** Its fair-queuing key, once its pool has needed it (see fairBy). */
   key: string | null = null;
-  /** Its worker-affinity key (affinityBy), once worked out. */
-  affinity: string | null = null;
+  /** The hash of its worker-affinity key (affinityBy), once worked out. */
+  affinity = -1;
   /** Its priority class in the queue (see Route.priority). */
   priority = 0;
   /** The host asked for (see requestTarget). */
@@ -958,6 +960,8 @@ const VALID_HOST =
 
 interface Group {
   key: string;
+  // Its key's hash, for worker affinity (see #takeIdle).
+  hash: number;
   busy: number;
   slots: number;
   idle: Set<WorkerSlot>;
@@ -990,10 +994,8 @@ interface Pool {
   // and how many of one key may wait.
   keyOf: ((p: Pending) => string) | null;
   maxQueuePerKey: number;
-  // Worker affinity: a request's key, and the worker (its group's key) that
-  // served each key last, oldest first.
+  // Worker affinity: a request's key (see #takeIdle).
   affinityOf: ((p: Pending) => string) | null;
-  affinity: Map<string, string>;
   // Fair queuing by worker time: what each key has used.
   ledger: ShareLedger | null;
   groups: Map<string, Group>;
@@ -1044,8 +1046,6 @@ const SMALL_BODY = 64 * 1024;
 // connections in a row, with no handshake ever, make an address known plain.
 const MAX_PLAIN_PEERS = 4096;
 
-// Keys whose last worker a pool remembers for affinityBy.
-const MAX_AFFINITY_KEYS = 4096;
 const PLAIN_AFTER = 3;
 
 // How a worker connection became a slot (logged at debug level).
@@ -1669,7 +1669,6 @@ export class Hub {
         limits.affinityBy === undefined ? this.#affinityBy : limits.affinityBy,
         "affinityBy",
       ),
-      affinity: new Map(),
       ledger,
       groups: new Map(),
       idle: 0,
@@ -2126,6 +2125,7 @@ export class Hub {
     if (group === undefined) {
       group = {
         key,
+        hash: hash32(key),
         busy: 0,
         slots: 0,
         idle: new Set(),
@@ -2680,17 +2680,24 @@ export class Hub {
 
   #takeIdle(pool: Pool, p?: Pending): WorkerSlot | undefined {
     if (pool.idle === 0) return undefined;
-    // With affinity, the worker that served the request's key last, if it
-    // has a slot idle.
     let best: Group | undefined;
     if (p !== undefined && pool.affinityOf !== null) {
-      const worker = pool.affinity.get(p.affinity ??= pool.affinityOf(p));
-      if (worker !== undefined) {
-        const group = pool.groups.get(worker);
-        if (group !== undefined && group.idle.size > 0) {
-          best = group;
-          this.#stats.affinityHits++;
-        } else this.#stats.affinityMisses++;
+      // Rendezvous (highest random weight) hashing: each worker scores the
+      // key, and the idle one scoring highest takes it.
+      if (p.affinity < 0) p.affinity = hash32(pool.affinityOf(p));
+      let top = -1;
+      let bestScore = -1;
+      for (const g of pool.groups.values()) {
+        const score = mix32(p.affinity ^ g.hash);
+        if (score > top) top = score;
+        if (g.idle.size > 0 && score > bestScore) {
+          best = g;
+          bestScore = score;
+        }
+      }
+      if (best !== undefined) {
+        if (bestScore === top) this.#stats.affinityHits++;
+        else this.#stats.affinityMisses++;
       }
     }
     // Otherwise the worker with the fewest requests in progress, so slots
@@ -2972,16 +2979,6 @@ export class Hub {
     const group = this.#slotGroup.get(slot)!;
     this.#busy.add(slot);
     group.busy++;
-    const pool = p.pool;
-    if (pool.affinityOf !== null) {
-      const key = p.affinity ??= pool.affinityOf(p);
-      // Most recent last; the oldest is forgotten past the bound.
-      pool.affinity.delete(key);
-      pool.affinity.set(key, group.key);
-      if (pool.affinity.size > MAX_AFFINITY_KEYS) {
-        pool.affinity.delete(pool.affinity.keys().next().value!);
-      }
-    }
     this.#startSweeper();
     p.attempts++;
     const sentAt = performance.now();

@@ -404,7 +404,7 @@ export function findings(report: Report): string[] {
     const counted = seen
       ? `the hub counted ${aff.affinityHits} hits and ${aff.affinityMisses} misses (${
         pct(seen / Math.max(1, aff.requests))
-      } of the requests found idle slots and a remembered worker; the rest found their key new or, queued, took the next free slot)`
+      } of the requests found idle slots, a hit going to their key's first worker, a miss to the next idle one in its order; the rest, queued, took the next free slot)`
       : "the hub counted no hits or misses";
     const effect = Math.abs(drop) < 0.02
       ? `affinity made no real difference to the cold share (${
@@ -531,8 +531,8 @@ export function renderMarkdown(report: Report): string {
       `The load is counted at the warm cost, and a cold request costs ${
         round(plan.coldMs / plan.warmMs, 1)
       }× a warm one, so the busy column, not the load, says how near the workers came to a backlog. ` +
-      "It is also soft and remembers only the last worker of each key: when that worker is busy the request goes to the least loaded one, which becomes the key's worker, " +
-      "so with more models than one worker holds, keys move between workers and evict each other rather than settling into a partition.",
+      "It is soft: each key ranks the workers by rendezvous hashing, and a request goes to the idle worker its key ranks highest, so a key whose first worker is busy spills over to the same next ones; " +
+      "the per-worker table shows how many models each worker served.",
     "",
     "## What limited these figures",
     "",

@@ -725,54 +725,65 @@ Deno.test("priority classes: maxQueue counts every class, a consumer that leaves
   );
 });
 
-Deno.test("affinityBy: a request that finds idle workers goes to the one that served its key last, over the least loaded; if that one is busy, to another at once", async () => {
+Deno.test("affinityBy: each key keeps to one worker while it is idle, keys spread over the workers, a busy one sends its keys to their next worker at once, and a new worker takes only keys from others", async () => {
   await withHub({ affinityBy: "header:x-model" }, async (ctx) => {
-    const holds = [
-      Promise.withResolvers<void>(),
-      Promise.withResolvers<void>(),
-    ];
-    const entered = [
-      Promise.withResolvers<void>(),
-      Promise.withResolvers<void>(),
-    ];
+    let release = Promise.withResolvers<void>();
+    const entered: string[] = [];
     const named = (name: string) => async (req: Request) => {
       const path = new URL(req.url).pathname;
-      const hold = /^\/hold([01])$/.exec(path);
-      if (hold !== null) {
-        entered[Number(hold[1])].resolve();
-        await holds[Number(hold[1])].promise;
+      if (path === "/hold") {
+        entered.push(name);
+        await release.promise;
       }
-      return new Response(`${name} ${path}`);
+      return new Response(name);
     };
-    ctx.add(named("a"), { workerId: "a", concurrency: 2 });
-    await waitFor(() => ctx.server.hub.stats.idle === 2, "a attached");
+    ctx.add(named("a"), { workerId: "a" });
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "a attached");
     ctx.add(named("b"), { workerId: "b" });
-    await waitFor(() => ctx.server.hub.stats.idle === 3, "b attached");
-    const get = (path: string, model: string) =>
-      text(later(`${ctx.url}${path}`, { headers: { "x-model": model } }));
-    // With a busy, the least loaded is b: it serves m1 first.
-    const held = get("/hold0", "m0");
-    await deadline(entered[0].promise, HANG, "a held");
-    assert.deepEqual(await get("/first", "m1"), [200, "b /first"]);
-    holds[0].resolve();
-    assert.deepEqual(await held, [200, "a /hold0"]);
-    // Both idle, a first in line and as little loaded: m1 still goes to b.
-    for (let i = 0; i < 5; i++) {
-      assert.deepEqual(await get(`/again${i}`, "m1"), [200, `b /again${i}`]);
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "b attached");
+    const get = async (path: string, model: string) => {
+      const [status, body] = await text(
+        later(`${ctx.url}${path}`, { headers: { "x-model": model } }),
+      );
+      assert.equal(status, 200);
+      return body;
+    };
+    const keys = Array.from({ length: 20 }, (_, i) => `m${i}`);
+    // Each key, asked three times with every worker idle, goes to one
+    // worker (least-loaded dispatch would send all of them to a).
+    const home = new Map<string, string>();
+    for (const key of keys) {
+      const seen = new Set<string>();
+      for (let i = 0; i < 3; i++) seen.add(await get("/x", key));
+      assert.equal(seen.size, 1, `${key} went to ${[...seen]}`);
+      home.set(key, [...seen][0]);
     }
-    // A key seen for the first time goes to the least loaded.
-    assert.deepEqual(await get("/new", "m2"), [200, "a /new"]);
-    assert.equal(ctx.server.hub.stats.affinityHits, 5);
+    assert.deepEqual(new Set(home.values()), new Set(["a", "b"]));
+    assert.equal(ctx.server.hub.stats.affinityHits, 60);
     assert.equal(ctx.server.hub.stats.affinityMisses, 0);
-    // b busy with m1: the next m1 does not wait for it.
-    const busy = get("/hold1", "m1");
-    await deadline(entered[1].promise, HANG, "b held");
-    assert.deepEqual(await get("/meanwhile", "m1"), [200, "a /meanwhile"]);
+    // Its first worker busy, a key's request goes to its next one at once.
+    const key = keys[0];
+    const first = home.get(key)!;
+    const held = get("/hold", key);
+    await waitFor(() => entered.length === 1, "held");
+    assert.equal(entered[0], first);
+    assert.equal(await get("/x", key), first === "a" ? "b" : "a");
     assert.equal(ctx.server.hub.stats.affinityMisses, 1);
-    holds[1].resolve();
-    assert.deepEqual(await busy, [200, "b /hold1"]);
-    // The key now follows a, which served it last.
-    assert.deepEqual(await get("/last", "m1"), [200, "a /last"]);
+    release.resolve();
+    assert.equal(await held, first);
+    release = Promise.withResolvers<void>();
+    // A third worker: keys move to it or stay, never between a and b.
+    ctx.add(named("c"), { workerId: "c" });
+    await waitFor(() => ctx.server.hub.stats.idle === 3, "c attached");
+    let moved = 0;
+    for (const k of keys) {
+      const now = await get("/x", k);
+      if (now !== home.get(k)) {
+        assert.equal(now, "c", `${k} moved from ${home.get(k)} to ${now}`);
+        moved++;
+      }
+    }
+    assert.ok(moved > 0 && moved < keys.length, `${moved} keys moved`);
   });
 });
 
