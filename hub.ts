@@ -313,7 +313,9 @@ export interface HubOptions {
    * keys spread evenly over the workers, every hub ranks alike, and a
    * worker that comes or goes moves only the keys it ranks first for. It
    * never makes a request wait, and a slot that frees takes the head of the
-   * queue whatever its key. Unset: no affinity, at no cost.
+   * queue whatever its key. A request without a key (the key `""`: its
+   * header missing or empty, say) goes to the least loaded, as without
+   * affinity. Unset: no affinity, at no cost.
    * @default {undefined}
    */
   affinityBy?: FairBy;
@@ -732,8 +734,8 @@ export interface HubStats {
   /** Requests sent to another worker after a provably unstarted attempt. */
   retries: number;
   /**
-   * Requests that found idle slots and went to the worker their key ranks
-   * first (see {@linkcode HubOptions.affinityBy}).
+   * Requests with an affinity key that found idle slots and went to the
+   * worker their key ranks first (see {@linkcode HubOptions.affinityBy}).
    */
   affinityHits: number;
   /**
@@ -792,7 +794,10 @@ class Pending {
   client: string | null | undefined = undefined;
   /** Its fair-queuing key, once its pool has needed it (see fairBy). */
   key: string | null = null;
-  /** The hash of its worker-affinity key (affinityBy), once worked out. */
+  /**
+   * The hash of its worker-affinity key (affinityBy), once worked out: -1
+   * not yet, -2 no key (the key "").
+   */
   affinity = -1;
   /** Its priority class in the queue (see Route.priority). */
   priority = 0;
@@ -2683,16 +2688,24 @@ export class Hub {
     let best: Group | undefined;
     if (p !== undefined && pool.affinityOf !== null) {
       // Rendezvous (highest random weight) hashing: each worker scores the
-      // key, and the idle one scoring highest takes it.
-      if (p.affinity < 0) p.affinity = hash32(pool.affinityOf(p));
+      // key, and the idle one scoring highest takes it. A request without
+      // a key (the key "", as when its header is missing) has nothing to
+      // keep warm: rather than pile onto the worker "" ranks first, it
+      // takes the least loaded, as without affinity, and is not counted.
+      if (p.affinity === -1) {
+        const key = pool.affinityOf(p);
+        p.affinity = key === "" ? -2 : hash32(key);
+      }
       let top = -1;
       let bestScore = -1;
-      for (const g of pool.groups.values()) {
-        const score = mix32(p.affinity ^ g.hash);
-        if (score > top) top = score;
-        if (g.idle.size > 0 && score > bestScore) {
-          best = g;
-          bestScore = score;
+      if (p.affinity >= 0) {
+        for (const g of pool.groups.values()) {
+          const score = mix32(p.affinity ^ g.hash);
+          if (score > top) top = score;
+          if (g.idle.size > 0 && score > bestScore) {
+            best = g;
+            bestScore = score;
+          }
         }
       }
       if (best !== undefined) {

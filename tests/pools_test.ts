@@ -813,3 +813,33 @@ Deno.test("affinityBy: a pool can turn the hub's off; bad keys are refused by na
     /Invalid option "pools\.gpu\.affinityBy"/,
   );
 });
+
+Deno.test('affinityBy: requests without a key (header missing) go to the least loaded worker, not all to the one the key "" ranks first, and count neither hit nor miss', async () => {
+  await withHub({ affinityBy: "header:x-model" }, async (ctx) => {
+    const release = Promise.withResolvers<void>();
+    const entered: string[] = [];
+    const named = (name: string) => async () => {
+      entered.push(name);
+      await release.promise;
+      return new Response(name);
+    };
+    ctx.add(named("a"), { workerId: "a", concurrency: 2 });
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "a attached");
+    ctx.add(named("b"), { workerId: "b", concurrency: 2 });
+    await waitFor(() => ctx.server.hub.stats.idle === 4, "b attached");
+    const first = text(later(`${ctx.url}/one`));
+    const second = waitFor(() => entered.length === 1, "first held")
+      .then(() => text(later(`${ctx.url}/two`)));
+    try {
+      await waitFor(() => entered.length === 2, "second held");
+      // The least loaded: the second goes to the worker with nothing on it.
+      assert.deepEqual(new Set(entered), new Set(["a", "b"]));
+      assert.equal(ctx.server.hub.stats.affinityHits, 0);
+      assert.equal(ctx.server.hub.stats.affinityMisses, 0);
+    } finally {
+      release.resolve();
+      assert.equal((await first)[0], 200);
+      assert.equal((await second)[0], 200);
+    }
+  });
+});
