@@ -538,6 +538,7 @@ export function renderMarkdown(report: Report): string {
     "",
     `- ${machine.cpus} shared vCPUs run the client, the hub and every worker, so absolute figures move from run to run; compare the two hubs at one load.`,
     "- Each hub starts with fresh workers, so both pay the same first loads; the traces are short, so those first loads are part of the cold share.",
+    `- The workers have the default ids (host and pid), new for every hub and load, so which worker each model ranks first is chance and changes from run to run; with ${plan.models} models over ${plan.workers} workers that split is seldom even (see the per-worker table).`,
     "",
   );
   return lines.join("\n");
