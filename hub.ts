@@ -310,8 +310,8 @@ export interface HubOptions {
    * worker its key ranks highest, instead of the least loaded: the key's
    * first worker while it is idle, else its second, and so on. So requests
    * that share a model, a tenant's data or a session land where it is warm,
-   * keys spread evenly over the workers, every hub ranks alike, and a
-   * worker that comes or goes moves only the keys it ranks first for. It
+   * many keys spread evenly over the workers, every hub ranks alike, and a
+   * worker that comes or goes moves only the keys that rank it first. It
    * never makes a request wait, and a slot that frees takes the head of the
    * queue whatever its key. A request without a key (the key `""`: its
    * header missing or empty, say) goes to the least loaded, as without
