@@ -111,8 +111,8 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_TRUST_FORWARDED]
   --trusted-proxies LIST   the proxies in front (CIDRs or addresses, comma-
                            separated) whose X-Forwarded-* are kept; the consumer
-                           is the last X-Forwarded-For address not among them
-                           [POTHEAD_TRUSTED_PROXIES]
+                           is the last X-Forwarded-For (or, below, Forwarded)
+                           address not among them [POTHEAD_TRUSTED_PROXIES]
   --forwarded-field NAME   where trusted proxies name the consumer:
                            x-forwarded-for, or forwarded (RFC 7239's
                            Forwarded for=, which the hub then appends to as
