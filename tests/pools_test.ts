@@ -765,11 +765,15 @@ Deno.test("affinityBy: each key keeps to one worker while it is idle, keys sprea
     const key = keys[0];
     const first = home.get(key)!;
     const held = get("/hold", key);
-    await waitFor(() => entered.length === 1, "held");
-    assert.equal(entered[0], first);
-    assert.equal(await get("/x", key), first === "a" ? "b" : "a");
-    assert.equal(ctx.server.hub.stats.affinityMisses, 1);
-    release.resolve();
+    try {
+      await waitFor(() => entered.length === 1, "held");
+      assert.equal(entered[0], first);
+      assert.equal(await get("/x", key), first === "a" ? "b" : "a");
+      assert.equal(ctx.server.hub.stats.affinityMisses, 1);
+    } finally {
+      // Released on a failure too, so the test fails rather than hangs.
+      release.resolve();
+    }
     assert.equal(await held, first);
     release = Promise.withResolvers<void>();
     // A third worker: keys move to it or stay, never between a and b.
