@@ -164,17 +164,17 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         `Invalid --engine: expected auto, serve or inline, got "${engine}"`,
       );
     }
-    // A token from a file is read again for each connection (see
-    // tokenFromFile); chooseToken's order decides which source that is.
-    const tokenPath = (values["token-file"] as string | undefined) ??
-      (values.token === undefined
-        ? flagOrEnv(undefined, "POTHEAD_TOKEN_FILE")
-        : undefined);
+    let tokenPath: string | undefined;
     const token = chooseToken(
       values["token-file"] as string | undefined,
       values.token as string | undefined,
       (name) => flagOrEnv(undefined, name),
-      (path) => readText(path, "token file").trim(),
+      (path) => {
+        // A token from a file is read again for each connection (see
+        // tokenFromFile): whichever file chooseToken picked.
+        tokenPath = path;
+        return readText(path, "token file").trim();
+      },
     );
     const caFile = flagOrEnv(values.ca, "POTHEAD_CA");
     const labels: Record<string, string> = {};

@@ -991,8 +991,7 @@ interface Pool {
   name: string;
   queueTimeout: number;
   // Its timeouts and body limits (the hub's unless its options set some).
-  limits: ExchangeLimits;
-  maxRequestBodySize: number;
+  limits: Required<ExchangeLimits>;
   queue: PriorityQueue<Pending>;
   maxQueue: number;
   // Fair queuing: the key of a request (null: first come, first served),
@@ -1632,7 +1631,7 @@ export class Hub {
   }
 
   // The pool's timeouts and body limits, each the hub's unless it has its own.
-  #poolLimits(options: PoolOptions): ExchangeLimits {
+  #poolLimits(options: PoolOptions): Required<ExchangeLimits> {
     const hub = this.#opts;
     return {
       headTimeout: options.headTimeout ?? hub.headTimeout,
@@ -1665,8 +1664,6 @@ export class Hub {
       name,
       queueTimeout,
       limits: this.#poolLimits(limits),
-      maxRequestBodySize: limits.maxRequestBodySize ??
-        this.#opts.maxRequestBodySize,
       maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
       keyOf,
       maxQueuePerKey: limits.maxQueuePerKey ?? this.#maxQueuePerKey,
@@ -2337,7 +2334,7 @@ export class Hub {
         ? Number(declared)
         : -1;
       pending.contentLength = length;
-      const max = pending.pool.maxRequestBodySize;
+      const max = pending.pool.limits.maxUploadSize;
       if (length > max) {
         this.#fail(
           pending,
@@ -2351,7 +2348,7 @@ export class Hub {
         ? () =>
           bytesUnlessStalled(
             req.body!,
-            pending.pool.limits.uploadIdleTimeout ?? 0,
+            pending.pool.limits.uploadIdleTimeout,
           )
         : length < 0 && !req.headers.has("transfer-encoding")
         // Declares no body: over HTTP/1.1 it has none, yet Deno.serve gives
@@ -2453,7 +2450,7 @@ export class Hub {
     p.uploadAt = performance.now();
     const paused = Promise.withResolvers<void>();
     const stop = watchStall(
-      p.pool.limits.uploadIdleTimeout ?? 0,
+      p.pool.limits.uploadIdleTimeout,
       () => p.uploadAt,
       (error) => {
         if (!p.uploading) return;
@@ -2519,7 +2516,7 @@ export class Hub {
     onPause?: () => void,
   ): void {
     const reader = (p.body as ReadableStream<Uint8Array>).getReader();
-    const max = p.pool.maxRequestBodySize;
+    const max = p.pool.limits.maxUploadSize;
     let total = 0;
     // Takes the request out of the queue, or out of reading before it
     // queues; false if it is in neither (a worker has it, or it is settled).
@@ -2564,7 +2561,7 @@ export class Hub {
       p,
       "too-large",
       413,
-      `request body is larger than the limit of ${p.pool.maxRequestBodySize} bytes`,
+      `request body is larger than the limit of ${p.pool.limits.maxUploadSize} bytes`,
     );
   }
 
