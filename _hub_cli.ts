@@ -55,6 +55,10 @@ Options (each also as the environment variable in brackets):
                            workers goes to the one its KEY (ip or header:NAME,
                            as --fair-by) ranks highest, by rendezvous hashing
                            [POTHEAD_AFFINITY_BY] (off: the least loaded)
+  --affinity-wait T        with --affinity-by, how long a request may wait for
+                           its key's first worker when that one is busy and
+                           others idle, before it goes elsewhere; about what a
+                           cold start costs [POTHEAD_AFFINITY_WAIT] (0: never)
   --head-timeout T         time a worker has to send its response head, then 504;
                            0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)
   --body-idle-timeout T    longest pause in a worker's response body, then the
@@ -146,10 +150,11 @@ Options (each also as the environment variable in brackets):
                            "pools": { NAME: { "maxQueue", "queueTimeout",
                            "priorityStep", "fairBy", "fairShare",
                            "fairWeights", "maxQueuePerKey", "affinityBy",
-                           "headTimeout",
+                           "affinityWait", "headTimeout",
                            "bodyIdleTimeout", "uploadIdleTimeout",
                            "maxRequestBodySize", "maxResponseBodySize" } } }
-                           (queueTimeout, priorityStep and the timeouts: ms,
+                           (queueTimeout, priorityStep, affinityWait and the
+                           timeouts: ms,
                            or a duration like "30s"; the sizes: bytes, 0 = no
                            limit; each in place of its flag for that pool;
                            fairBy, affinityBy: "ip", "header:NAME", or null
@@ -390,6 +395,7 @@ export function optionsFrom(
         const field of [
           "queueTimeout",
           "priorityStep",
+          "affinityWait",
           "headTimeout",
           "bodyIdleTimeout",
           "uploadIdleTimeout",
@@ -471,6 +477,22 @@ export function optionsFrom(
       `Invalid --affinity-by: expected ip or header:NAME, got "${affinityBy}"`,
     );
   }
+  const affinityWait = duration(
+    "affinity-wait",
+    "POTHEAD_AFFINITY_WAIT",
+    0,
+  );
+  // A wait with no affinity anywhere would be silently ignored.
+  if (
+    affinityWait > 0 && affinityBy === undefined &&
+    !Object.values(pools ?? {}).some((p) =>
+      p?.affinityBy !== undefined && p.affinityBy !== null
+    )
+  ) {
+    throw new UsageError(
+      "--affinity-wait needs --affinity-by (or affinityBy in a --config pool): it is how long a request waits for its key's worker",
+    );
+  }
   const fairShare = v("fair-share", "POTHEAD_FAIR_SHARE");
   if (
     fairShare !== undefined && fairShare !== "requests" && fairShare !== "time"
@@ -512,6 +534,7 @@ export function optionsFrom(
     queueTimeout: duration("queue-timeout", "POTHEAD_QUEUE_TIMEOUT", 30_000),
     fairBy: fairBy as ServeHubOptions["fairBy"],
     affinityBy: affinityBy as ServeHubOptions["affinityBy"],
+    affinityWait,
     fairShare,
     fairWeights,
     priorityStep: step === undefined
@@ -665,6 +688,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "queue-timeout": { type: "string" },
         "fair-by": { type: "string" },
         "affinity-by": { type: "string" },
+        "affinity-wait": { type: "string" },
         "fair-share": { type: "string" },
         "fair-weight": { type: "string", multiple: true },
         "max-queue-per-key": { type: "string" },

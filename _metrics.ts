@@ -463,6 +463,7 @@ function poolGauges(stats: HubStats): Map<string, PoolGauges> {
       queued: stats.queued,
       keys: 0,
       oldestWaitMs: stats.oldestWaitMs,
+      waiting: 0,
       slots: stats.slots,
       idle: stats.idle,
       parked: stats.parked ?? 0,
@@ -681,6 +682,7 @@ export class HubMetrics {
           queued: 0,
           keys: 0,
           oldestWaitMs: 0,
+          waiting: 0,
           slots: 0,
           idle: 0,
           parked: 0,
@@ -783,6 +785,11 @@ export class HubMetrics {
       "pothead_queue_oldest_age_seconds",
       "How long the oldest queued request has waited (0 if none).",
       (g) => g.oldestWaitMs / 1000,
+    );
+    gauge(
+      "pothead_affinity_waiting",
+      "Requests waiting for their affinity key's first worker, outside the queue.",
+      (g) => g.waiting ?? 0,
     );
     gauge(
       "pothead_queue_keys",
@@ -932,6 +939,18 @@ export class HubMetrics {
       "counter",
       "Requests that found their affinity key's first worker busy and went to the next idle one.",
       extra.affinityMisses,
+    );
+    hubWide(
+      "pothead_affinity_waits_total",
+      "counter",
+      "Requests that waited for their affinity key's first worker (affinityWait).",
+      extra.affinityWaits,
+    );
+    hubWide(
+      "pothead_affinity_wait_timeouts_total",
+      "counter",
+      "Requests whose wait for their affinity key's first worker ran out.",
+      extra.affinityWaitTimeouts,
     );
     hubWide(
       "pothead_worker_pings_total",

@@ -241,6 +241,12 @@ export interface PoolOptions {
    */
   affinityBy?: FairBy | null;
   /**
+   * How long a request of this pool may wait for its affinity key's first
+   * worker (see {@linkcode HubOptions.affinityWait}), in place of the
+   * hub's; 0 for never.
+   */
+  affinityWait?: number;
+  /**
    * Milliseconds a worker of this pool has to send its response head (see
    * {@linkcode HubOptions.headTimeout}), in place of the hub's: a pool of
    * ten-minute transcodes and one of one-second thumbnails need different
@@ -311,14 +317,33 @@ export interface HubOptions {
    * first worker while it is idle, else its second, and so on. So requests
    * that share a model, a tenant's data or a session land where it is warm,
    * many keys spread evenly over the workers, every hub ranks alike, and a
-   * worker that comes or goes moves only the keys that rank it first. It
-   * never makes a request wait, and a slot that frees takes the head of the
-   * queue whatever its key. A request without a key (the key `""`: its
-   * header missing or empty, say) goes to the least loaded, as without
-   * affinity. Unset: no affinity, at no cost.
+   * worker that comes or goes moves only the keys that rank it first. By
+   * default it never makes a request wait (see `affinityWait`), and a slot
+   * that frees takes the head of the queue whatever its key. A request
+   * without a key (the key `""`: its header missing or empty, say) goes to
+   * the least loaded, as without affinity. Unset: no affinity, at no cost.
    * @default {undefined}
    */
   affinityBy?: FairBy;
+  /**
+   * With `affinityBy`: milliseconds a request may wait for its key's first
+   * worker when that worker is busy while others idle, instead of going at
+   * once to the next idle one (where its model, say, is not loaded). When a
+   * slot of that worker frees within the wait, the request takes it ahead
+   * of anything queued (it came before any of them: it found idle slots);
+   * otherwise it then takes the idle slot its key ranks highest, or the
+   * front of the queue. So a key queues briefly at its own worker rather
+   * than spilling over and evicting other keys' warm state, and the keys
+   * stay split between the workers. Set it to about what a cold start
+   * costs: a wait that runs out while the worker finishes a cold job costs
+   * the request the wait and a cold start both (`bench/affinity.ts`: 15 or
+   * 30 ms of wait did not pay where a cold start took 60 ms, 50 and 100 ms
+   * did). It lengthens the tail while a pool is nearly idle: a hot key's
+   * requests wait their turn at one worker. 0: never wait, and no worker
+   * idles while a request waits.
+   * @default {0}
+   */
+  affinityWait?: number;
   /**
    * With `fairBy`, what the keys get equal shares of: `"requests"`, a
    * turn each, one request per turn; or `"time"`, worker time: the key
@@ -645,6 +670,11 @@ export interface PoolStats {
   keys: number;
   /** Milliseconds the oldest queued request has waited (0 if none). */
   oldestWaitMs: number;
+  /**
+   * Requests waiting for their affinity key's first worker, outside the
+   * queue (see {@linkcode HubOptions.affinityWait}).
+   */
+  waiting: number;
   /** Worker connections serving it. */
   slots: number;
   /** Of those, waiting for a request. */
@@ -740,9 +770,17 @@ export interface HubStats {
   affinityHits: number;
   /**
    * Requests that found idle slots, but their key's first worker busy, and
-   * went to the idle one it ranks highest.
+   * went to the idle one it ranks highest (or, after waiting for it in
+   * vain, to that or to the queue).
    */
   affinityMisses: number;
+  /**
+   * Requests that waited for their affinity key's first worker (see
+   * {@linkcode HubOptions.affinityWait}); those it took count as hits.
+   */
+  affinityWaits: number;
+  /** Of those, the ones whose wait ran out (counted as misses). */
+  affinityWaitTimeouts: number;
   /** Requests answered 503 because the queue was full. */
   rejectedFull: number;
   /**
@@ -799,6 +837,9 @@ class Pending {
    * not yet, -2 no key (the key "").
    */
   affinity = -1;
+  /** The worker it waits for (see affinityWait), and until when. */
+  waitingFor: Group | null = null;
+  waitTimer: ReturnType<typeof setTimeout> | undefined = undefined;
   /** Its priority class in the queue (see Route.priority). */
   priority = 0;
   /** The host asked for (see requestTarget). */
@@ -847,6 +888,26 @@ class Pending {
   handleEvent(): void {
     this.onAbandon(this);
   }
+}
+
+// Whether the queue's next request goes before `waiter`, which waited for a
+// worker since before anything now queued in its class: as the queue orders
+// its classes, when the next one is higher, or with a priorityStep, when
+// its oldest request joined earlier less its class's worth (a tie to the
+// higher class).
+function queueGoesFirst(pool: Pool, waiter: Pending): boolean {
+  const head = pool.queue.head;
+  if (head === null) return false;
+  const priority = head.value.priority;
+  const step = pool.priorityStep;
+  if (step === Infinity || priority === waiter.priority) {
+    return priority > waiter.priority;
+  }
+  const oldest = pool.queue.classes().find((c) => c.priority === priority)
+    ?.oldestSince ?? head.value.queuedSince;
+  const at = oldest - priority * step;
+  const waiterAt = waiter.queuedSince - waiter.priority * step;
+  return at < waiterAt || (at === waiterAt && priority > waiter.priority);
 }
 
 // The path a route matches: as a worker's URL parser will resolve it, so
@@ -967,6 +1028,8 @@ interface Group {
   key: string;
   // Its key's hash, for worker affinity (see #takeIdle).
   hash: number;
+  // Requests waiting for this worker (affinityWait), oldest first.
+  waiters: Pending[];
   busy: number;
   slots: number;
   idle: Set<WorkerSlot>;
@@ -998,8 +1061,14 @@ interface Pool {
   // and how many of one key may wait.
   keyOf: ((p: Pending) => string) | null;
   maxQueuePerKey: number;
-  // Worker affinity: a request's key (see #takeIdle).
+  // Worker affinity: a request's key (see #takeIdle), and how long a
+  // request may wait for its key's first worker (0: never).
   affinityOf: ((p: Pending) => string) | null;
+  affinityWait: number;
+  // Requests waiting so, in their groups' waiters.
+  waiting: number;
+  // Its queue's priorityStep (Infinity: strict classes).
+  priorityStep: number;
   // Fair queuing by worker time: what each key has used.
   ledger: ShareLedger | null;
   groups: Map<string, Group>;
@@ -1042,6 +1111,7 @@ const DEFAULTS = {
   handshakeTimeout: 10_000,
   pingInterval: 30_000,
   pingTimeout: 10_000,
+  affinityWait: 0,
 };
 
 // Response bodies up to this length are read whole and passed as bytes.
@@ -1316,6 +1386,8 @@ export class Hub {
     retries: 0,
     affinityHits: 0,
     affinityMisses: 0,
+    affinityWaits: 0,
+    affinityWaitTimeouts: 0,
     rejectedFull: 0,
     rejectedKeyFull: 0,
     timedOutQueued: 0,
@@ -1508,6 +1580,9 @@ export class Hub {
       if (p.affinityBy !== undefined) {
         checkFairBy(`pools.${name}.affinityBy`, p.affinityBy);
       }
+      if (p.affinityWait !== undefined) {
+        checkOption(`pools.${name}.affinityWait`, p.affinityWait, 0);
+      }
       if (fairBy !== null) fairPools++;
       if (p.maxQueuePerKey !== undefined) {
         checkCount(`pools.${name}.maxQueuePerKey`, p.maxQueuePerKey, 1);
@@ -1590,6 +1665,7 @@ export class Hub {
         queued: pool.queue.size,
         keys: pool.queue.keys,
         oldestWaitMs: wait,
+        waiting: pool.waiting,
         slots: pool.slots,
         idle: pool.idle + pool.pinging,
         parked: pool.parked,
@@ -1671,6 +1747,9 @@ export class Hub {
         limits.affinityBy === undefined ? this.#affinityBy : limits.affinityBy,
         "affinityBy",
       ),
+      affinityWait: limits.affinityWait ?? this.#opts.affinityWait,
+      waiting: 0,
+      priorityStep: limits.priorityStep ?? this.#priorityStep,
       ledger,
       groups: new Map(),
       idle: 0,
@@ -2128,6 +2207,7 @@ export class Hub {
       group = {
         key,
         hash: hash32(key),
+        waiters: [],
         busy: 0,
         slots: 0,
         idle: new Set(),
@@ -2163,7 +2243,11 @@ export class Hub {
     this.#free(slot, group);
     group.slots--;
     pool.slots--;
-    if (group.slots === 0) pool.groups.delete(group.key);
+    if (group.slots === 0) {
+      pool.groups.delete(group.key);
+      // Its worker is gone: what waited for it goes elsewhere now.
+      this.#releaseWaiters(group);
+    }
     if (
       pool.slots === 0 && pool.queue.size === 0 &&
       !this.#namedPools.has(pool.name)
@@ -2373,8 +2457,10 @@ export class Hub {
       this.#gone(pending);
       return promise;
     }
-    const slot = this.#takeIdle(pool, pending);
-    if (slot !== undefined) {
+    const slot = this.#takeIdle(pool, pending, true);
+    if (slot === null) {
+      // It waits for its key's first worker (affinityWait).
+    } else if (slot !== undefined) {
       this.#dispatch(pending, slot);
     } else if (!this.#rejectIfFull(pending)) {
       this.#enqueue(pending, false);
@@ -2572,7 +2658,10 @@ export class Hub {
   }
 
   #abandon(p: Pending): void {
-    if (p.node !== null && p.pool.queue.delete(p.node)) {
+    if (p.waitingFor !== null) {
+      this.#unwait(p);
+      this.#gone(p);
+    } else if (p.node !== null && p.pool.queue.delete(p.node)) {
       p.node = null;
       this.#gone(p);
     }
@@ -2638,6 +2727,10 @@ export class Hub {
   ): Promise<void> {
     if (this.#closed) return;
     this.#closing = true;
+    // Nothing waits for a worker of its choice while the hub drains.
+    for (const pool of this.#pools.values()) {
+      for (const group of pool.groups.values()) this.#releaseWaiters(group);
+    }
     if (options.handOver && !this.#handingOver) {
       this.#handingOver = true;
       this.#goingAway.abort();
@@ -2680,7 +2773,14 @@ export class Hub {
     this.#pinger = undefined;
   }
 
-  #takeIdle(pool: Pool, p?: Pending): WorkerSlot | undefined {
+  // An idle slot for `p` (undefined: none idle). With `mayWait`, a request
+  // whose key's first worker is busy while others idle may instead wait
+  // for it (affinityWait): then null, and it is in that worker's waiters.
+  #takeIdle(
+    pool: Pool,
+    p?: Pending,
+    mayWait = false,
+  ): WorkerSlot | null | undefined {
     if (pool.idle === 0) return undefined;
     let best: Group | undefined;
     if (p !== undefined && pool.affinityOf !== null) {
@@ -2694,11 +2794,15 @@ export class Hub {
         p.affinity = key === "" ? -2 : hash32(key);
       }
       let top = -1;
+      let first: Group | undefined;
       let bestScore = -1;
       if (p.affinity >= 0) {
         for (const g of pool.groups.values()) {
           const score = mix32(p.affinity ^ g.hash);
-          if (score > top) top = score;
+          if (score > top) {
+            top = score;
+            first = g;
+          }
           if (g.idle.size > 0 && score > bestScore) {
             best = g;
             bestScore = score;
@@ -2707,7 +2811,10 @@ export class Hub {
       }
       if (best !== undefined) {
         if (bestScore === top) this.#stats.affinityHits++;
-        else this.#stats.affinityMisses++;
+        else if (mayWait && pool.affinityWait > 0 && !this.#closing) {
+          this.#wait(p, first!);
+          return null;
+        } else this.#stats.affinityMisses++;
       }
     }
     // Otherwise the worker with the fewest requests in progress, so slots
@@ -2729,6 +2836,61 @@ export class Hub {
     return undefined;
   }
 
+  // `p` found idle slots but its key's first worker busy: it waits for that
+  // worker's next free slot (see #offer), up to the pool's affinityWait.
+  #wait(p: Pending, group: Group): void {
+    const pool = p.pool;
+    p.waitingFor = group;
+    group.waiters.push(p);
+    pool.waiting++;
+    this.#stats.affinityWaits++;
+    // setTimeout takes at most 2^31 - 1 ms (a longer one fires at once).
+    p.waitTimer = setTimeout(
+      () => this.#endWait(p),
+      Math.min(pool.affinityWait, 0x7fffffff),
+    );
+    this.#watch(p);
+  }
+
+  // Takes `p` out of its worker's waiters.
+  #unwait(p: Pending): void {
+    const group = p.waitingFor;
+    if (group === null) return;
+    p.waitingFor = null;
+    clearTimeout(p.waitTimer);
+    const i = group.waiters.indexOf(p);
+    if (i >= 0) group.waiters.splice(i, 1);
+    p.pool.waiting--;
+  }
+
+  // Its wait ran out (or its worker left, or the hub began shutting down):
+  // the idle slot its key ranks highest, else the front of the queue, since
+  // it came before anything queued (it found idle slots).
+  #endWait(p: Pending, timedOut = true): void {
+    this.#unwait(p);
+    if (timedOut) this.#stats.affinityWaitTimeouts++;
+    const slot = this.#takeIdle(p.pool, p);
+    if (slot) this.#dispatch(p, slot);
+    else {
+      this.#stats.affinityMisses++;
+      this.#enqueue(p, true);
+    }
+  }
+
+  // Releases every request waiting for `group`'s worker (see #endWait).
+  #releaseWaiters(group: Group): void {
+    while (group.waiters.length > 0) this.#endWait(group.waiters[0], false);
+  }
+
+  // A request that is not being served is answered when its consumer leaves.
+  #watch(p: Pending): void {
+    if (!p.watching) {
+      p.watching = true;
+      p.req.signal.addEventListener("abort", p, { once: true });
+      if (p.req.signal.aborted) this.#abandon(p);
+    }
+  }
+
   #enqueue(p: Pending, front: boolean): void {
     const ahead = this.#uploadAhead;
     if (
@@ -2743,12 +2905,8 @@ export class Hub {
       ? queue.unshift(p, since, p.priority)
       : queue.push(p, since, p.priority);
     if (p.node === queue.head) this.#prepareHead(p.pool);
-    if (!p.watching) {
-      // A consumer that leaves while queued never reaches a worker.
-      p.watching = true;
-      p.req.signal.addEventListener("abort", p, { once: true });
-      if (p.req.signal.aborted) this.#abandon(p);
-    }
+    // A consumer that leaves while queued never reaches a worker.
+    this.#watch(p);
     // Handing over, the last connection of its pool may have gone (while
     // its body was read, or the one that declined it).
     this.#strand(p.pool);
@@ -2948,11 +3106,21 @@ export class Hub {
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     if (this.#parked.delete(slot)) pool.parked--;
     if (this.#pinging.delete(slot)) pool.pinging--;
+    const waiter = group.waiters.length > 0 ? group.waiters[0] : null;
     // An idle connection is watched only if it is going to wait.
-    slot.idle(this.#closed || pool.queue.size === 0);
+    slot.idle(this.#closed || (pool.queue.size === 0 && waiter === null));
     if (slot.state !== "idle") return;
     if (this.#closed) {
       slot.close("hub shut down");
+      return;
+    }
+    if (waiter !== null && !queueGoesFirst(pool, waiter)) {
+      // It waited for this worker, and came before anything queued in its
+      // class: only a higher class (or, with a priorityStep, one that has
+      // aged past it) goes first.
+      this.#unwait(waiter);
+      this.#stats.affinityHits++;
+      this.#dispatch(waiter, slot);
       return;
     }
     let node = pool.queue.shift();
@@ -3154,7 +3322,7 @@ export class Hub {
         reason: e.message,
       });
       const next = this.#takeIdle(p.pool);
-      if (next !== undefined) this.#dispatch(p, next);
+      if (next) this.#dispatch(p, next);
       else this.#enqueue(p, true);
       return;
     }

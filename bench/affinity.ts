@@ -11,14 +11,15 @@
  * *at the warm cost* (constant `--warm-ms` jobs), each request's model drawn
  * from M models with Zipf popularity (its own seeded stream, the same
  * sequence of models at every load), carried in `X-Bench-Model`. Each trace
- * is replayed through two hubs in turn, each with fresh workers (nothing
- * loaded): **none** (no affinity: least-loaded dispatch) and **affinity**
- * (`--affinity-by header:x-bench-model`). The hub's affinity hits and misses
- * are read from its admin listener's `/metrics` around each replay.
+ * is replayed through three hubs in turn, each with fresh workers (nothing
+ * loaded): **none** (no affinity: least-loaded dispatch), **affinity**
+ * (`--affinity-by header:x-bench-model`) and **wait** (the same with
+ * `--affinity-wait`, `--wait-ms`). The hub's affinity counters are read
+ * from its admin listener's `/metrics` around each replay.
  *
  * ```sh
  * deno run -A bench/affinity.ts [--smoke] [--k=4] [--models=8] [--slots=2]
- *   [--warm-ms=10] [--cold-ms=60] [--zipf=1] [--loads=0.1,0.2,0.5]
+ *   [--warm-ms=10] [--cold-ms=60] [--wait-ms=60] [--zipf=1] [--loads=0.1,0.2,0.5]
  *   [--duration=15] [--seed=1] [--name=affinity] [--out=DIR]
  * ```
  *
@@ -65,6 +66,8 @@ export interface Plan {
   warmMs: number;
   /** Cost of a request whose model is not loaded (the load), ms. */
   coldMs: number;
+  /** The wait hub's `--affinity-wait`, ms. */
+  waitMs: number;
   /** Zipf exponent of the models' popularity. */
   zipf: number;
   /** Load levels: arrival rate × warm cost / workers. */
@@ -91,6 +94,7 @@ const HELP = `Usage: deno run -A bench/affinity.ts [options]
   --slots=2           models each worker keeps loaded (LRU)
   --warm-ms=10        cost of a request whose model is loaded
   --cold-ms=60        cost of one whose model is not (the load)
+  --wait-ms=60        the wait hub's --affinity-wait (default: the cold cost)
   --zipf=1            Zipf exponent of the models' popularity
   --loads=0.1,0.2,0.5 load levels, as shares of the capacity at the warm cost
   --duration=S        trace length in seconds (default 15)
@@ -115,6 +119,7 @@ export function parsePlan(args: string[]): Plan | "help" {
       slots: { type: "string" },
       "warm-ms": { type: "string" },
       "cold-ms": { type: "string" },
+      "wait-ms": { type: "string" },
       zipf: { type: "string" },
       loads: { type: "string" },
       duration: { type: "string" },
@@ -144,6 +149,13 @@ export function parsePlan(args: string[]): Plan | "help" {
     );
   }
   const range = (lo: number, hi: number) => (n: number) => n > lo && n <= hi;
+  const coldMs = numberFlag(
+    "cold-ms",
+    values["cold-ms"],
+    60,
+    range(0, 100_000),
+    "(0, 100000]",
+  );
   return {
     mode: smoke ? "smoke" : "full",
     workers: numberFlag("k", values.k, smoke ? 2 : 4, integer(1, 64), "1..64"),
@@ -156,10 +168,11 @@ export function parsePlan(args: string[]): Plan | "help" {
       range(0, 10_000),
       "(0, 10000]",
     ),
-    coldMs: numberFlag(
-      "cold-ms",
-      values["cold-ms"],
-      60,
+    coldMs,
+    waitMs: numberFlag(
+      "wait-ms",
+      values["wait-ms"],
+      coldMs,
       range(0, 100_000),
       "(0, 100000]",
     ),
@@ -204,7 +217,7 @@ export function estimateSeconds(plan: Plan): number {
   for (const load of plan.loads) {
     const likely = (worstWorkMs(plan, load) * 2 / 3 +
       worstWorkMs(plan, load) * plan.warmMs / plan.coldMs / 3) / 1000;
-    total += 2 * (4 + plan.warmS + Math.max(plan.durationS, likely));
+    total += RUNS.length * (4 + plan.warmS + Math.max(plan.durationS, likely));
   }
   return Math.round(total);
 }
@@ -253,13 +266,18 @@ export function makeAffinityTrace(plan: Plan, load: number): Trace {
 }
 
 /** The hubs, in the order they run. */
-export type RunName = "none" | "affinity";
+export type RunName = "none" | "affinity" | "wait";
 
-/** The runs with the hub's arguments for each. */
-export const RUNS: readonly [RunName, string[]][] = [
-  ["none", []],
-  ["affinity", ["--affinity-by", "header:x-bench-model"]],
-];
+/** The runs, in order. */
+export const RUNS: readonly RunName[] = ["none", "affinity", "wait"];
+
+/** The hub's arguments for a run. */
+export function runArgs(run: RunName, plan: Plan): string[] {
+  const affinity = ["--affinity-by", "header:x-bench-model"];
+  if (run === "none") return [];
+  if (run === "affinity") return affinity;
+  return [...affinity, "--affinity-wait", `${plan.waitMs}ms`];
+}
 
 /** One hub's figures on one trace. */
 export interface RunResult {
@@ -285,6 +303,10 @@ export interface RunResult {
   affinityHits: number | null;
   /** Affinity misses counted by the hub during the replay. */
   affinityMisses: number | null;
+  /** Requests that waited for their key's first worker (the wait hub). */
+  affinityWaits: number | null;
+  /** Of those, the ones whose wait ran out. */
+  affinityWaitTimeouts: number | null;
   /** Per worker: requests served, and distinct models among them. */
   perWorker: Record<string, { requests: number; models: number }>;
 }
@@ -312,7 +334,7 @@ export function measure(
   models: Int32Array,
   plan: Plan,
   span: number,
-  counters: { hits: number; misses: number } | null,
+  counters: AffinityCounters | null,
 ): RunResult {
   const n = samples.length;
   const latencies: number[] = [];
@@ -357,16 +379,30 @@ export function measure(
       : NaN,
     affinityHits: counters?.hits ?? null,
     affinityMisses: counters?.misses ?? null,
+    affinityWaits: counters?.waits ?? null,
+    affinityWaitTimeouts: counters?.timeouts ?? null,
     perWorker: Object.fromEntries(
       Object.entries(perWorker).sort(([a], [b]) => a.localeCompare(b)),
     ),
   };
 }
 
+/** The hub's affinity counters (see `HubStats`). */
+export interface AffinityCounters {
+  /** `pothead_affinity_hits_total`. */
+  hits: number;
+  /** `pothead_affinity_misses_total`. */
+  misses: number;
+  /** `pothead_affinity_waits_total`. */
+  waits: number;
+  /** `pothead_affinity_wait_timeouts_total`. */
+  timeouts: number;
+}
+
 /** Reads the hub's affinity counters from its admin `/metrics`; null if it cannot. */
 export async function readAffinityCounters(
   adminUrl: string,
-): Promise<{ hits: number; misses: number } | null> {
+): Promise<AffinityCounters | null> {
   try {
     const response = await fetch(new URL("/metrics", adminUrl), {
       signal: AbortSignal.timeout(5000),
@@ -377,11 +413,13 @@ export async function readAffinityCounters(
       const m = text.match(new RegExp(`^${name} (\\d+)`, "m"));
       return m === null ? NaN : Number(m[1]);
     };
-    const hits = value("pothead_affinity_hits_total");
-    const misses = value("pothead_affinity_misses_total");
-    return Number.isFinite(hits) && Number.isFinite(misses)
-      ? { hits, misses }
-      : null;
+    const counters = {
+      hits: value("pothead_affinity_hits_total"),
+      misses: value("pothead_affinity_misses_total"),
+      waits: value("pothead_affinity_waits_total"),
+      timeouts: value("pothead_affinity_wait_timeouts_total"),
+    };
+    return Object.values(counters).every(Number.isFinite) ? counters : null;
   } catch {
     return null;
   }
@@ -394,39 +432,49 @@ const pct = (x: number) =>
 /** Sentences on what the runs show, worked out from the figures. */
 export function findings(report: Report): string[] {
   const out: string[] = [];
+  const cold = report.plan.coldMs;
   for (const level of report.levels) {
     const none = level.runs.none;
-    const aff = level.runs.affinity;
-    if (none === undefined || aff === undefined) continue;
+    if (none === undefined) continue;
     const load = `${level.load * 100}%`;
-    const drop = none.coldShare - aff.coldShare;
-    const seen = (aff.affinityHits ?? 0) + (aff.affinityMisses ?? 0);
-    const counted = seen
-      ? `the hub counted ${aff.affinityHits} hits and ${aff.affinityMisses} misses (${
-        pct(seen / Math.max(1, aff.requests))
-      } of the requests found idle slots, a hit going to their key's first worker, a miss to the next idle one in its order; the rest, queued, took the next free slot)`
-      : "the hub counted no hits or misses";
-    const effect = Math.abs(drop) < 0.02
-      ? `affinity made no real difference to the cold share (${
-        pct(none.coldShare)
-      } without, ${pct(aff.coldShare)} with)`
-      : drop > 0
-      ? `affinity cut the cold share from ${pct(none.coldShare)} to ${
-        pct(aff.coldShare)
-      }`
-      : `affinity raised the cold share from ${pct(none.coldShare)} to ${
-        pct(aff.coldShare)
-      }`;
-    const backlog = none.latency.p50 > 3 * report.plan.coldMs &&
-      aff.latency.p50 > 3 * report.plan.coldMs;
+    const parts: string[] = [];
+    for (const run of ["affinity", "wait"] as const) {
+      const r = level.runs[run];
+      if (r === undefined) continue;
+      const drop = none.coldShare - r.coldShare;
+      const effect = Math.abs(drop) < 0.02
+        ? `left the cold share about as it was (${pct(none.coldShare)} → ${
+          pct(r.coldShare)
+        })`
+        : `${drop > 0 ? "cut" : "raised"} the cold share from ${
+          pct(none.coldShare)
+        } to ${pct(r.coldShare)}`;
+      const seen = (r.affinityHits ?? 0) + (r.affinityMisses ?? 0);
+      const counted = seen
+        ? `${r.affinityHits} hits and ${r.affinityMisses} misses${
+          run === "wait"
+            ? `, ${r.affinityWaits} waits of which ${r.affinityWaitTimeouts} ran out`
+            : ""
+        }`
+        : "no hits or misses";
+      parts.push(
+        `**${run}** ${effect}, p50 ${ms(none.latency.p50)} → ${
+          ms(r.latency.p50)
+        } ms, p99 ${ms(none.latency.p99)} → ${ms(r.latency.p99)}, mean ${
+          ms(none.latency.mean)
+        } → ${ms(r.latency.mean)} (${counted})`,
+      );
+    }
+    const backlog = RUNS.every((run) => {
+      const r = level.runs[run];
+      return r !== undefined && r.latency.p50 > 3 * cold;
+    });
     out.push(
-      `- At ${load} of the warm capacity, ${effect}; mean latency ${
-        ms(none.latency.mean)
-      } → ${ms(aff.latency.mean)} ms, p50 ${ms(none.latency.p50)} → ${
-        ms(aff.latency.p50)
-      }, p99 ${ms(none.latency.p99)} → ${ms(aff.latency.p99)}; ${counted}.${
+      `- At ${load} of the warm capacity, against **none**: ${
+        parts.join("; ")
+      }.${
         backlog
-          ? " Both hubs ran a backlog (p50 over three cold loads): every freed slot took the head of the queue whatever its model, so affinity had nothing to choose."
+          ? " Every hub ran a backlog (p50 over three cold loads): each freed slot took the head of the queue whatever its model, so affinity had nothing to choose."
           : ""
       }`,
     );
@@ -454,11 +502,12 @@ export function renderMarkdown(report: Report): string {
     }). ` +
     `Open-loop Poisson arrivals for ${plan.durationS} s (seed ${plan.seed}); the load is the arrival rate × ${plan.warmMs} ms / ${plan.workers} workers, ` +
     "the share of the workers' capacity if every request were warm. " +
-    "Each trace runs through two hubs in turn, each with fresh workers (nothing loaded) and a warm-up of 1 ms jobs without a model: " +
-    "**none** (no affinity: least-loaded dispatch) and **affinity** (`--affinity-by header:x-bench-model`). " +
+    "Each trace runs through three hubs in turn, each with fresh workers (nothing loaded) and a warm-up of 1 ms jobs without a model: " +
+    "**none** (no affinity: least-loaded dispatch), **affinity** (`--affinity-by header:x-bench-model`) and " +
+    `**wait** (the same with \`--affinity-wait ${plan.waitMs}ms\`: a request whose model's first worker is busy while others idle waits up to that long for it). ` +
     "Latency runs from the client sending a request to the last byte of its answer. " +
     "*Busy* is the work the jobs cost (warm and cold) over the workers' time in the trace's span: over 100% means a backlog that drains after the last arrival. " +
-    "Hits and misses are the hub's own counters (`pothead_affinity_hits_total`, `pothead_affinity_misses_total` on its admin listener) over the replay.",
+    "Hits, misses, waits and waits that ran out are the hub's own counters (`pothead_affinity_hits_total`, `_misses_total`, `_waits_total`, `_wait_timeouts_total` on its admin listener) over the replay.",
     "",
   ];
   if (plan.mode === "smoke") {
@@ -467,17 +516,17 @@ export function renderMarkdown(report: Report): string {
   lines.push(
     "Latencies in ms.",
     "",
-    "| load | hub | requests | errors | cold share | p50 | p90 | p99 | max | mean | req/s | busy | hits | misses |",
-    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| load | hub | requests | errors | cold share | p50 | p90 | p99 | max | mean | req/s | busy | hits | misses | waits (ran out) |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   );
   for (const level of report.levels) {
-    for (const [run] of RUNS) {
+    for (const run of RUNS) {
       const r = level.runs[run];
       if (r === undefined) {
         lines.push(
           `| ${
             level.load * 100
-          }% | ${run} | ${level.requests} | not run | | | | | | | | | | |`,
+          }% | ${run} | ${level.requests} | not run | | | | | | | | | | | |`,
         );
         continue;
       }
@@ -496,7 +545,11 @@ export function renderMarkdown(report: Report): string {
           ms(l.mean)
         } | ${r.throughput.toFixed(0)} | ${pct(r.busy)} | ${
           counter(r.affinityHits)
-        } | ${counter(r.affinityMisses)} |`,
+        } | ${counter(r.affinityMisses)} | ${
+          run === "wait"
+            ? `${counter(r.affinityWaits)} (${counter(r.affinityWaitTimeouts)})`
+            : "–"
+        } |`,
       );
     }
   }
@@ -508,7 +561,7 @@ export function renderMarkdown(report: Report): string {
     "|---:|---|---|",
   );
   for (const level of report.levels) {
-    for (const [run] of RUNS) {
+    for (const run of RUNS) {
       const r = level.runs[run];
       if (r === undefined) continue;
       lines.push(
@@ -526,17 +579,18 @@ export function renderMarkdown(report: Report): string {
     "",
     ...findings(report),
     "",
-    "Affinity only chooses among idle slots: a request that finds none waits in the queue, and the slot that frees next takes the head of the queue whatever its model. " +
-      "So it can only help while the pool has idle slots, and in a backlog (busy over 100%) both hubs dispatch alike. " +
+    "Affinity only chooses among idle slots: a request that finds none waits in the queue, and the slot that frees next takes the head of the queue whatever its model " +
+      "(with a wait, after those that wait for that worker). " +
+      "So it can only help while the pool has idle slots, and in a backlog (busy over 100%) every hub dispatches alike. " +
       `The load is counted at the warm cost, and a cold request costs ${
         round(plan.coldMs / plan.warmMs, 1)
       }× a warm one, so the busy column, not the load, says how near the workers came to a backlog. ` +
-      "It is soft: each key ranks the workers by rendezvous hashing, and a request goes to the idle worker its key ranks highest, so a key whose first worker is busy spills over to the same next ones; " +
+      "Each key ranks the workers by rendezvous hashing, and a request goes to the idle worker its key ranks highest, so without a wait a key whose first worker is busy spills over to the same next ones; " +
       "the per-worker table shows how many models each worker served.",
     "",
     "## What limited these figures",
     "",
-    `- ${machine.cpus} shared vCPUs run the client, the hub and every worker, so absolute figures move from run to run; compare the two hubs at one load.`,
+    `- ${machine.cpus} shared vCPUs run the client, the hub and every worker, so absolute figures move from run to run; compare the hubs at one load.`,
     "- Each hub starts with fresh workers, so both pay the same first loads; the traces are short, so those first loads are part of the cold share.",
     `- The workers have the default ids (host and pid), new for every hub and load, so which worker each model ranks first is chance and changes from run to run; with ${plan.models} models over ${plan.workers} workers that split is seldom even (see the per-worker table).`,
     "",
@@ -601,14 +655,14 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       const span = n ? trace.arrivals[n - 1] : 0;
       // Time for the worst case (every request cold) to drain, and more.
       const drain = Math.max(15_000, worstWorkMs(plan, load) * 1.5 + 10_000);
-      for (const [run, runArgs] of RUNS) {
+      for (const run of RUNS) {
         const adminPort = freePort();
         const running = await startSystems(["pothead"], {
           workers: plan.workers,
           mode: "sleep",
           dir,
           maxSeconds,
-          hubArgs: [...runArgs, "--admin-port", String(adminPort)],
+          hubArgs: [...runArgs(run, plan), "--admin-port", String(adminPort)],
           handler: "bench/workers/affinity_job.ts",
           workerEnv: {
             BENCH_MODEL_SLOTS: String(plan.slots),
@@ -637,6 +691,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
             ? {
               hits: after.hits - before.hits,
               misses: after.misses - before.misses,
+              waits: after.waits - before.waits,
+              timeouts: after.timeouts - before.timeouts,
             }
             : null;
           const r = measure(samples, models, plan, span, counters);
@@ -653,6 +709,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
                 ? ""
                 : ` hits=${r.affinityHits ?? "?"} misses=${
                   r.affinityMisses ?? "?"
+                } waits=${r.affinityWaits ?? "?"} ran out=${
+                  r.affinityWaitTimeouts ?? "?"
                 }`
             }`,
           );
@@ -680,7 +738,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     args,
   };
   for (const level of levels) {
-    for (const [run] of RUNS) {
+    for (const run of RUNS) {
       const r = level.runs[run];
       // Every request answered.
       if (r === undefined || r.errors > 0 || r.latency.n !== level.requests) {

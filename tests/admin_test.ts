@@ -48,6 +48,8 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     retries: 0,
     affinityHits: 0,
     affinityMisses: 0,
+    affinityWaits: 0,
+    affinityWaitTimeouts: 0,
     rejectedFull: 0,
     rejectedKeyFull: 0,
     timedOutQueued: 0,
@@ -376,6 +378,8 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
     handshakesRefused: 2,
     affinityHits: 7,
     affinityMisses: 3,
+    affinityWaits: 5,
+    affinityWaitTimeouts: 2,
     pings: 9,
     pingTimeouts: 1,
     pools: [
@@ -384,6 +388,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
         queued: 2,
         keys: 0,
         oldestWaitMs: 1500,
+        waiting: 0,
         slots: 3,
         idle: 0,
         parked: 0,
@@ -396,6 +401,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
         queued: 1,
         keys: 1,
         oldestWaitMs: 250,
+        waiting: 4,
         slots: 3,
         idle: 1,
         parked: 1,
@@ -546,6 +552,10 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
   assert.equal(value(exp, "pothead_worker_pings_total"), 9);
   assert.equal(value(exp, "pothead_affinity_hits_total"), 7);
   assert.equal(value(exp, "pothead_affinity_misses_total"), 3);
+  assert.equal(value(exp, "pothead_affinity_waits_total"), 5);
+  assert.equal(value(exp, "pothead_affinity_wait_timeouts_total"), 2);
+  assert.equal(value(exp, "pothead_affinity_waiting", gpu), 4);
+  assert.equal(value(exp, "pothead_affinity_waiting", d), 0);
   assert.equal(value(exp, "pothead_worker_ping_timeouts_total"), 1);
   assert.ok(value(exp, "process_resident_memory_bytes")! > 0);
 
@@ -785,6 +795,7 @@ Deno.test("admin /status reports version, uptime, totals, pools, series and work
         queued: 7,
         keys: 0,
         oldestWaitMs: 80,
+        waiting: 0,
         slots: 3,
         idle: 0,
         parked: 0,

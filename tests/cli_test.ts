@@ -1917,3 +1917,47 @@ Deno.test("hub --fair-by header:NAME --max-queue-per-key 1 answers a second queu
     await closeAll(hub.proc);
   }
 });
+
+Deno.test("hub --affinity-wait: a duration, from the flag or POTHEAD_AFFINITY_WAIT, in a --config pool as ms or a duration; refused without any --affinity-by", async () => {
+  const log = () => {};
+  const before = Deno.env.get("POTHEAD_AFFINITY_WAIT");
+  const file = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    Deno.env.delete("POTHEAD_AFFINITY_WAIT");
+    assert.equal(optionsFrom({}, log).affinityWait, 0);
+    assert.equal(
+      optionsFrom({ "affinity-by": "ip", "affinity-wait": "30ms" }, log)
+        .affinityWait,
+      30,
+    );
+    Deno.env.set("POTHEAD_AFFINITY_WAIT", "0.05");
+    assert.equal(optionsFrom({ "affinity-by": "ip" }, log).affinityWait, 50);
+    // Without affinity it would be ignored: refused, saying why.
+    assert.throws(
+      () => optionsFrom({}, log),
+      /--affinity-wait needs --affinity-by/,
+    );
+    assert.throws(
+      () => optionsFrom({ "affinity-by": "ip", "affinity-wait": "soon" }, log),
+      /Invalid --affinity-wait: .*"soon"/,
+    );
+    // A pool's affinityBy is enough; its own wait as ms or a duration.
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        pools: {
+          gpu: { affinityBy: "header:x-model", affinityWait: "40ms" },
+          cpu: { affinityWait: 25 },
+        },
+      }),
+    );
+    const options = optionsFrom({ config: file }, log);
+    assert.equal(options.affinityWait, 50);
+    assert.equal(options.pools!.gpu.affinityWait, 40);
+    assert.equal(options.pools!.cpu.affinityWait, 25);
+  } finally {
+    await Deno.remove(file);
+    if (before === undefined) Deno.env.delete("POTHEAD_AFFINITY_WAIT");
+    else Deno.env.set("POTHEAD_AFFINITY_WAIT", before);
+  }
+});

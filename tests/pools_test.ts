@@ -296,6 +296,7 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
           queued: 0,
           keys: 0,
           oldestWaitMs: 0,
+          waiting: 0,
           slots: 1,
           idle: 1,
           parked: 0,
@@ -308,6 +309,7 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
           queued: 1,
           keys: 0,
           oldestWaitMs: 0,
+          waiting: 0,
           slots: 1,
           idle: 0,
           parked: 0,
@@ -846,4 +848,270 @@ Deno.test('affinityBy: requests without a key (header missing) go to the least l
       assert.equal((await second)[0], 200);
     }
   });
+});
+
+// Two one-slot workers a and b behind a hub with affinity by x-model; each
+// request is logged as "worker path" on entry and held while its path has
+// a gate. `keyOf(w)` is a key whose first worker is w (found by asking).
+async function affinityPair(ctx: Ctx) {
+  const gates = new Map<string, PromiseWithResolvers<void>>();
+  const log: string[] = [];
+  const named = (name: string) => async (req: Request) => {
+    const path = new URL(req.url).pathname;
+    log.push(`${name} ${path}`);
+    await gates.get(path)?.promise;
+    return new Response(`${name} ${path}`);
+  };
+  const a = ctx.add(named("a"), { workerId: "a" });
+  await waitFor(() => ctx.server.hub.stats.idle === 1, "a attached");
+  const b = ctx.add(named("b"), { workerId: "b" });
+  await waitFor(() => ctx.server.hub.stats.idle === 2, "b attached");
+  const send = (path: string, model: string, signal?: AbortSignal) =>
+    later(`${ctx.url}${path}`, { headers: { "x-model": model }, signal });
+  const home = new Map<string, string>();
+  for (let i = 0; home.size < 2 && i < 64; i++) {
+    const [, body] = await text(send("/probe", `m${i}`));
+    const worker = body.split(" ")[0];
+    if (!home.has(worker)) home.set(worker, `m${i}`);
+  }
+  assert.equal(home.size, 2, "keys for both workers");
+  log.length = 0;
+  const hold = (path: string) => {
+    const gate = Promise.withResolvers<void>();
+    gates.set(path, gate);
+    return gate;
+  };
+  return {
+    a,
+    b,
+    log,
+    send,
+    hold,
+    keyOf: (worker: string) => home.get(worker)!,
+    pool: () => ctx.server.hub.stats.pools.find((p) => p.name === "default")!,
+  };
+}
+
+Deno.test("affinityWait: a request whose key's worker is busy waits for it while another idles, and takes it when it frees, ahead of what queued after it", async () => {
+  await withHub(
+    { affinityBy: "header:x-model", affinityWait: HANG },
+    async (ctx) => {
+      const t = await affinityPair(ctx);
+      const hub = ctx.server.hub;
+      const hits = hub.stats.affinityHits;
+      const h1 = t.hold("/h1");
+      const h2 = t.hold("/h2");
+      try {
+        const held = t.send("/h1", t.keyOf("a"));
+        await waitFor(() => t.log.includes("a /h1"), "a busy");
+        // a is busy and b idle: the request waits for a, outside the queue.
+        const waited = t.send("/w", t.keyOf("a"));
+        await waitFor(() => t.pool().waiting === 1, "waiting for a");
+        assert.equal(hub.stats.affinityWaits, 1);
+        assert.equal(hub.stats.idle, 1);
+        assert.equal(hub.stats.queued, 0);
+        // b still serves its own keys at once.
+        const other = t.send("/h2", t.keyOf("b"));
+        await waitFor(() => t.log.includes("b /h2"), "b busy");
+        // Both busy: a later request queues.
+        const queued = t.send("/q", t.keyOf("b"));
+        await waitFor(() => hub.stats.queued === 1, "queued");
+        assert.deepEqual(t.log, ["a /h1", "b /h2"]);
+        // a frees: the one that waited for it goes first, then the queue.
+        h1.resolve();
+        assert.deepEqual(await text(held), [200, "a /h1"]);
+        assert.deepEqual(await text(waited), [200, "a /w"]);
+        assert.deepEqual(await text(queued), [200, "a /q"]);
+        assert.deepEqual(t.log, ["a /h1", "b /h2", "a /w", "a /q"]);
+        h2.resolve();
+        assert.deepEqual(await text(other), [200, "b /h2"]);
+        assert.equal(t.pool().waiting, 0);
+        // /h1, /w and /h2 went to their keys' first workers; /q queued.
+        assert.equal(hub.stats.affinityHits - hits, 3);
+        assert.equal(hub.stats.affinityWaitTimeouts, 0);
+      } finally {
+        h1.resolve();
+        h2.resolve();
+      }
+    },
+  );
+});
+
+Deno.test("affinityWait: a wait that runs out goes to the next idle worker; a consumer that leaves while waiting is dropped; a worker that leaves lets its waiters go at once", async () => {
+  // A wait that runs out.
+  await withHub(
+    { affinityBy: "header:x-model", affinityWait: 200 },
+    async (ctx) => {
+      const t = await affinityPair(ctx);
+      const hub = ctx.server.hub;
+      const misses = hub.stats.affinityMisses;
+      const h1 = t.hold("/h1");
+      try {
+        const held = t.send("/h1", t.keyOf("a"));
+        await waitFor(() => t.log.includes("a /h1"), "a busy");
+        const start = performance.now();
+        assert.deepEqual(await text(t.send("/w", t.keyOf("a"))), [200, "b /w"]);
+        // Timers never fire early; the margin is for clock granularity.
+        assert.ok(performance.now() - start >= 190, "it waited");
+        assert.equal(hub.stats.affinityWaits, 1);
+        assert.equal(hub.stats.affinityWaitTimeouts, 1);
+        assert.equal(hub.stats.affinityMisses - misses, 1);
+        assert.equal(t.pool().waiting, 0);
+        h1.resolve();
+        assert.deepEqual(await text(held), [200, "a /h1"]);
+      } finally {
+        h1.resolve();
+      }
+    },
+  );
+  // The consumer leaves, then the worker.
+  await withHub(
+    { affinityBy: "header:x-model", affinityWait: HANG },
+    async (ctx) => {
+      const t = await affinityPair(ctx);
+      const hub = ctx.server.hub;
+      const h1 = t.hold("/h1");
+      try {
+        const held = t.send("/h1", t.keyOf("a"));
+        await waitFor(() => t.log.includes("a /h1"), "a busy");
+        const leaving = new AbortController();
+        const left = t.send("/left", t.keyOf("a"), leaving.signal);
+        await waitFor(() => t.pool().waiting === 1, "waiting");
+        const abandoned = hub.stats.abandoned;
+        leaving.abort();
+        await assert.rejects(left);
+        await waitFor(() => t.pool().waiting === 0, "dropped");
+        assert.equal(hub.stats.abandoned, abandoned + 1);
+        // Another waits for a; a goes away, and it goes to b at once
+        // (its wait would last the whole test).
+        const waited = t.send("/w", t.keyOf("a"));
+        await waitFor(() => t.pool().waiting === 1, "waiting again");
+        t.a.close();
+        assert.deepEqual(await text(waited), [200, "b /w"]);
+        assert.equal(hub.stats.affinityWaitTimeouts, 0);
+        // (The GET a was cut from is sent again, to b, held there too.)
+        h1.resolve();
+        await held.then((r) => r.body?.cancel(), () => {});
+        assert.ok(!t.log.includes("a /left") && !t.log.includes("b /left"));
+      } finally {
+        h1.resolve();
+      }
+    },
+  );
+});
+
+Deno.test("affinityWait: a higher priority class queued after a waiting request goes first, unless a priorityStep has the waiting one due first", async () => {
+  // Strict classes: the urgent request first. With 1 ms per class, one
+  // that joined over 5 ms after the waiting one is due after it.
+  for (
+    const [step, order] of [[undefined, ["/urgent", "/w"]], [1, [
+      "/w",
+      "/urgent",
+    ]]] as const
+  ) {
+    await withHub(
+      {
+        affinityBy: "header:x-model",
+        affinityWait: HANG,
+        trustPriority: true,
+        priorityStep: step,
+      },
+      async (ctx) => {
+        const t = await affinityPair(ctx);
+        const hub = ctx.server.hub;
+        const h1 = t.hold("/h1");
+        const h2 = t.hold("/h2");
+        try {
+          const held = t.send("/h1", t.keyOf("a"));
+          await waitFor(() => t.log.includes("a /h1"), "a busy");
+          const waited = t.send("/w", t.keyOf("a"));
+          await waitFor(() => t.pool().waiting === 1, "waiting for a");
+          const other = t.send("/h2", t.keyOf("b"));
+          await waitFor(() => t.log.includes("b /h2"), "b busy");
+          await new Promise((r) => setTimeout(r, 50));
+          const urgent = later(`${ctx.url}/urgent`, {
+            headers: { "x-model": t.keyOf("b"), "x-pothead-priority": "5" },
+          });
+          await waitFor(() => hub.stats.queued === 1, "urgent queued");
+          const plain = t.send("/plain", t.keyOf("b"));
+          await waitFor(() => hub.stats.queued === 2, "plain queued");
+          h1.resolve();
+          assert.deepEqual(await text(held), [200, "a /h1"]);
+          assert.deepEqual(await text(urgent), [200, "a /urgent"]);
+          assert.deepEqual(await text(waited), [200, "a /w"]);
+          assert.deepEqual(await text(plain), [200, "a /plain"]);
+          assert.deepEqual(t.log, [
+            "a /h1",
+            "b /h2",
+            ...order.map((path) => `a ${path}`),
+            "a /plain",
+          ]);
+          h2.resolve();
+          assert.deepEqual(await text(other), [200, "b /h2"]);
+        } finally {
+          h1.resolve();
+          h2.resolve();
+        }
+      },
+    );
+  }
+});
+
+Deno.test("affinityWait: shutting down lets waiting requests go to idle workers at once", async () => {
+  await withHub(
+    { affinityBy: "header:x-model", affinityWait: HANG, shutdownGrace: HANG },
+    async (ctx) => {
+      const t = await affinityPair(ctx);
+      const h1 = t.hold("/h1");
+      try {
+        const held = t.send("/h1", t.keyOf("a"));
+        await waitFor(() => t.log.includes("a /h1"), "a busy");
+        const waited = t.send("/w", t.keyOf("a"));
+        await waitFor(() => t.pool().waiting === 1, "waiting");
+        const draining = ctx.server.hub.shutdown(HANG);
+        assert.deepEqual(await text(waited), [200, "b /w"]);
+        // Let go, not timed out.
+        assert.equal(ctx.server.hub.stats.affinityWaitTimeouts, 0);
+        h1.resolve();
+        assert.deepEqual(await text(held), [200, "a /h1"]);
+        await draining;
+      } finally {
+        h1.resolve();
+      }
+    },
+  );
+});
+
+Deno.test("affinityWait: a pool sets its own; bad values are refused by name", async () => {
+  // The hub's wait is long, the pool's none: the request goes to b at once.
+  await withHub(
+    {
+      affinityBy: "header:x-model",
+      affinityWait: HANG,
+      pools: { default: { affinityWait: 0 } },
+    },
+    async (ctx) => {
+      const t = await affinityPair(ctx);
+      const h1 = t.hold("/h1");
+      try {
+        const held = t.send("/h1", t.keyOf("a"));
+        await waitFor(() => t.log.includes("a /h1"), "a busy");
+        assert.deepEqual(await text(t.send("/w", t.keyOf("a"))), [200, "b /w"]);
+        assert.equal(ctx.server.hub.stats.affinityWaits, 0);
+        h1.resolve();
+        assert.deepEqual(await text(held), [200, "a /h1"]);
+      } finally {
+        h1.resolve();
+      }
+    },
+  );
+  assert.throws(
+    () => new Hub({ affinityWait: -1 }),
+    /Invalid option "affinityWait"/,
+  );
+  assert.throws(
+    () =>
+      new Hub({ pools: { gpu: { affinityWait: "5" as unknown as number } } }),
+    /Invalid option "pools\.gpu\.affinityWait"/,
+  );
 });
