@@ -330,9 +330,16 @@ export interface HubOptions {
    * worker when that worker is busy while others idle, instead of going at
    * once to the next idle one (where its model, say, is not loaded). When a
    * slot of that worker frees within the wait, the request takes it ahead
-   * of anything queued (it came before any of them: it found idle slots);
-   * otherwise it then takes the idle slot its key ranks highest, or the
-   * front of the queue. So a key queues briefly at its own worker rather
+   * of what queued after it (a higher priority class, or with
+   * `priorityStep` one aged past it, still goes first; several waiting for
+   * one worker go in the queue's order); otherwise it then takes the idle
+   * slot its key ranks highest, or its place in the queue by its arrival.
+   * Waiting requests count against `maxQueue` and `maxQueuePerKey`: past
+   * them a request goes to the next idle worker at once. A worker that
+   * leaves (or whose token is withdrawn) and a hub that starts to drain let
+   * their waiting requests go at once; a worker that joins and ranks first
+   * for a waiting request's key does not take it (the wait is bounded). So
+   * a key queues briefly at its own worker rather
    * than spilling over and evicting other keys' warm state, and the keys
    * stay split between the workers. Set it to about what a cold start
    * costs: a wait that runs out while the worker finishes a cold job costs
@@ -770,8 +777,9 @@ export interface HubStats {
   affinityHits: number;
   /**
    * Requests that found idle slots, but their key's first worker busy, and
-   * went to the idle one it ranks highest (or, after waiting for it in
-   * vain, to that or to the queue).
+   * went to the idle one it ranks highest; and those whose wait for it
+   * (see {@linkcode HubOptions.affinityWait}) ended without it, which then
+   * went to an idle slot or queued.
    */
   affinityMisses: number;
   /**
@@ -839,6 +847,7 @@ class Pending {
   affinity = -1;
   /** The worker it waits for (see affinityWait), and until when. */
   waitingFor: Group | null = null;
+  waitNode: QueueNode<Pending> | null = null;
   waitTimer: ReturnType<typeof setTimeout> | undefined = undefined;
   /** Its priority class in the queue (see Route.priority). */
   priority = 0;
@@ -890,21 +899,24 @@ class Pending {
   }
 }
 
-// Whether the queue's next request goes before `waiter`, which waited for a
-// worker since before anything now queued in its class: as the queue orders
-// its classes, when the next one is higher, or with a priorityStep, when
-// its oldest request joined earlier less its class's worth (a tie to the
-// higher class).
+// Whether the queue's next request goes before `waiter`, by the queue's own
+// order of its classes: the class of its next request when that is higher
+// than the waiter's (strict classes), or, with a priorityStep, when its
+// oldest request joined earlier less its class's worth (a tie to the
+// higher class); in the waiter's own class, when its oldest request joined
+// before the waiter did (a retry put back, say: the waiter came before any
+// request that joined while it waited).
 function queueGoesFirst(pool: Pool, waiter: Pending): boolean {
   const head = pool.queue.head;
   if (head === null) return false;
   const priority = head.value.priority;
   const step = pool.priorityStep;
-  if (step === Infinity || priority === waiter.priority) {
+  if (step === Infinity && priority !== waiter.priority) {
     return priority > waiter.priority;
   }
   const oldest = pool.queue.classes().find((c) => c.priority === priority)
     ?.oldestSince ?? head.value.queuedSince;
+  if (priority === waiter.priority) return oldest < waiter.queuedSince;
   const at = oldest - priority * step;
   const waiterAt = waiter.queuedSince - waiter.priority * step;
   return at < waiterAt || (at === waiterAt && priority > waiter.priority);
@@ -1028,8 +1040,12 @@ interface Group {
   key: string;
   // Its key's hash, for worker affinity (see #takeIdle).
   hash: number;
-  // Requests waiting for this worker (affinityWait), oldest first.
-  waiters: Pending[];
+  // Requests waiting for this worker (affinityWait), in the order of the
+  // pool's queue; made for the first.
+  waiters: PriorityQueue<Pending> | null;
+  // Its connections whose token was withdrawn while busy: they close when
+  // free, so once all are, no request waits for it.
+  leaving: number;
   busy: number;
   slots: number;
   idle: Set<WorkerSlot>;
@@ -1065,8 +1081,10 @@ interface Pool {
   // request may wait for its key's first worker (0: never).
   affinityOf: ((p: Pending) => string) | null;
   affinityWait: number;
-  // Requests waiting so, in their groups' waiters.
+  // Requests waiting so, in their groups' waiters; with fairBy, by key
+  // (counted against maxQueuePerKey).
   waiting: number;
+  waitingKeys: Map<string, number>;
   // Its queue's priorityStep (Infinity: strict classes).
   priorityStep: number;
   // Fair queuing by worker time: what each key has used.
@@ -1749,6 +1767,7 @@ export class Hub {
       ),
       affinityWait: limits.affinityWait ?? this.#opts.affinityWait,
       waiting: 0,
+      waitingKeys: new Map(),
       priorityStep: limits.priorityStep ?? this.#priorityStep,
       ledger,
       groups: new Map(),
@@ -1863,9 +1882,18 @@ export class Hub {
       if (this.#admits(slot.identity)) continue;
       ended++;
       if (slot.state === "busy" && !this.#pinging.has(slot)) {
-        this.#withdrawn.add(slot);
+        if (!this.#withdrawn.has(slot)) {
+          this.#withdrawn.add(slot);
+          this.#slotGroup.get(slot)!.leaving++;
+        }
       } else {
         slot.close(new WorkerLinkError("closed", "its token was withdrawn"));
+      }
+    }
+    // No request waits for a worker that is only finishing its last jobs.
+    for (const pool of this.#pools.values()) {
+      for (const group of pool.groups.values()) {
+        if (group.leaving === group.slots) this.#releaseWaiters(group);
       }
     }
     this.#log({
@@ -2207,7 +2235,8 @@ export class Hub {
       group = {
         key,
         hash: hash32(key),
-        waiters: [],
+        waiters: null,
+        leaving: 0,
         busy: 0,
         slots: 0,
         idle: new Set(),
@@ -2233,8 +2262,10 @@ export class Hub {
 
   // The reverse of #register; returns the group the slot was in.
   #unregister(slot: WorkerSlot): Group | undefined {
+    const withdrawn = this.#withdrawn.delete(slot);
     const group = this.#slotGroup.get(slot);
     if (group === undefined) return undefined;
+    if (withdrawn) group.leaving--;
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     this.#slotGroup.delete(slot);
     if (group.idle.delete(slot)) pool.idle--;
@@ -2260,7 +2291,6 @@ export class Hub {
 
   #detach(slot: WorkerSlot, reason: unknown): void {
     this.#slots.delete(slot);
-    this.#withdrawn.delete(slot);
     // Taken for plain, but a handshake crossed its first request: the
     // address has handshake workers, so its next connections wait again.
     if (slot.handshakeCrossed) this.#handshakeFrom(peerHost(slot.peer));
@@ -2488,7 +2518,9 @@ export class Hub {
         return true;
       }
     }
-    if (pool.queue.size < pool.maxQueue) return false;
+    // Requests waiting for their worker (affinityWait) will queue if their
+    // wait runs out: they count.
+    if (pool.queue.size + pool.waiting < pool.maxQueue) return false;
     this.#stats.rejectedFull++;
     this.#fail(
       p,
@@ -2776,10 +2808,12 @@ export class Hub {
   // An idle slot for `p` (undefined: none idle). With `mayWait`, a request
   // whose key's first worker is busy while others idle may instead wait
   // for it (affinityWait): then null, and it is in that worker's waiters.
+  // `count`: affinity hits and misses are counted here.
   #takeIdle(
     pool: Pool,
     p?: Pending,
     mayWait = false,
+    count = true,
   ): WorkerSlot | null | undefined {
     if (pool.idle === 0) return undefined;
     let best: Group | undefined;
@@ -2798,6 +2832,8 @@ export class Hub {
       let bestScore = -1;
       if (p.affinity >= 0) {
         for (const g of pool.groups.values()) {
+          // A worker whose every connection is leaving ranks no key.
+          if (g.leaving === g.slots) continue;
           const score = mix32(p.affinity ^ g.hash);
           if (score > top) {
             top = score;
@@ -2810,11 +2846,12 @@ export class Hub {
         }
       }
       if (best !== undefined) {
-        if (bestScore === top) this.#stats.affinityHits++;
-        else if (mayWait && pool.affinityWait > 0 && !this.#closing) {
+        if (bestScore === top) {
+          if (count) this.#stats.affinityHits++;
+        } else if (mayWait && this.#mayWait(pool, p)) {
           this.#wait(p, first!);
           return null;
-        } else this.#stats.affinityMisses++;
+        } else if (count) this.#stats.affinityMisses++;
       }
     }
     // Otherwise the worker with the fewest requests in progress, so slots
@@ -2836,13 +2873,36 @@ export class Hub {
     return undefined;
   }
 
+  // Whether `p` may wait for its key's first worker: the pool waits, the
+  // hub is not draining, and the waiting requests, counted with the queue,
+  // leave room under maxQueue (and maxQueuePerKey for its key).
+  #mayWait(pool: Pool, p: Pending): boolean {
+    if (pool.affinityWait === 0 || this.#closing) return false;
+    if (pool.queue.size + pool.waiting >= pool.maxQueue) return false;
+    if (pool.keyOf === null) return true;
+    const key = p.key ??= pool.keyOf(p);
+    return pool.queue.sizeOf(key) + (pool.waitingKeys.get(key) ?? 0) <
+      pool.maxQueuePerKey;
+  }
+
   // `p` found idle slots but its key's first worker busy: it waits for that
   // worker's next free slot (see #offer), up to the pool's affinityWait.
   #wait(p: Pending, group: Group): void {
     const pool = p.pool;
     p.waitingFor = group;
-    group.waiters.push(p);
+    // Ordered as the pool's queue orders, so that #offer serves the waiter
+    // the queue would serve first; no timeout: each has its own timer.
+    group.waiters ??= new PriorityQueue<Pending>({
+      timeout: 0,
+      onTimeout: () => {},
+      step: pool.priorityStep,
+    });
+    p.waitNode = group.waiters.push(p, p.queuedSince, p.priority);
     pool.waiting++;
+    if (pool.keyOf !== null) {
+      const key = p.key!;
+      pool.waitingKeys.set(key, (pool.waitingKeys.get(key) ?? 0) + 1);
+    }
     this.#stats.affinityWaits++;
     // setTimeout takes at most 2^31 - 1 ms (a longer one fires at once).
     p.waitTimer = setTimeout(
@@ -2858,28 +2918,43 @@ export class Hub {
     if (group === null) return;
     p.waitingFor = null;
     clearTimeout(p.waitTimer);
-    const i = group.waiters.indexOf(p);
-    if (i >= 0) group.waiters.splice(i, 1);
-    p.pool.waiting--;
+    group.waiters!.delete(p.waitNode!);
+    p.waitNode = null;
+    const pool = p.pool;
+    pool.waiting--;
+    if (pool.keyOf !== null) {
+      const key = p.key!;
+      const n = pool.waitingKeys.get(key)! - 1;
+      if (n === 0) pool.waitingKeys.delete(key);
+      else pool.waitingKeys.set(key, n);
+    }
   }
 
-  // Its wait ran out (or its worker left, or the hub began shutting down):
-  // the idle slot its key ranks highest, else the front of the queue, since
-  // it came before anything queued (it found idle slots).
+  // Its wait ran out (or its worker left or its token was withdrawn, or the
+  // hub began shutting down): counted as a miss, it takes the idle slot its
+  // key ranks highest, else its place in the queue, by its arrival.
   #endWait(p: Pending, timedOut = true): void {
     this.#unwait(p);
     if (timedOut) this.#stats.affinityWaitTimeouts++;
-    const slot = this.#takeIdle(p.pool, p);
-    if (slot) this.#dispatch(p, slot);
-    else {
-      this.#stats.affinityMisses++;
-      this.#enqueue(p, true);
+    this.#stats.affinityMisses++;
+    if (this.#closing && p.webSocket) {
+      // As for a queued one: no worker connection spent on a WebSocket the
+      // hub would close at once.
+      this.#fail(p, "shutting-down", 503, "hub is shutting down");
+      return;
     }
+    const slot = this.#takeIdle(p.pool, p, false, false);
+    if (slot) this.#dispatch(p, slot);
+    else this.#enqueue(p, true);
   }
 
   // Releases every request waiting for `group`'s worker (see #endWait).
   #releaseWaiters(group: Group): void {
-    while (group.waiters.length > 0) this.#endWait(group.waiters[0], false);
+    const waiters = group.waiters;
+    if (waiters === null) return;
+    for (let head = waiters.head; head !== null; head = waiters.head) {
+      this.#endWait(head.value, false);
+    }
   }
 
   // A request that is not being served is answered when its consumer leaves.
@@ -3047,7 +3122,7 @@ export class Hub {
     if (group === undefined || this.#parked.has(slot)) return;
     // Its token was withdrawn during the request it answered or declined:
     // parked, it would stay for as long as its worker is busy elsewhere.
-    if (this.#withdrawn.delete(slot)) {
+    if (this.#withdrawn.has(slot)) {
       slot.close(new WorkerLinkError("closed", "its token was withdrawn"));
       return;
     }
@@ -3098,7 +3173,7 @@ export class Hub {
   #offer(slot: WorkerSlot): void {
     const group = this.#slotGroup.get(slot);
     if (group === undefined) return;
-    if (this.#withdrawn.delete(slot)) {
+    if (this.#withdrawn.has(slot)) {
       slot.close(new WorkerLinkError("closed", "its token was withdrawn"));
       return;
     }
@@ -3106,7 +3181,7 @@ export class Hub {
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     if (this.#parked.delete(slot)) pool.parked--;
     if (this.#pinging.delete(slot)) pool.pinging--;
-    const waiter = group.waiters.length > 0 ? group.waiters[0] : null;
+    const waiter = group.waiters?.head?.value ?? null;
     // An idle connection is watched only if it is going to wait.
     slot.idle(this.#closed || (pool.queue.size === 0 && waiter === null));
     if (slot.state !== "idle") return;
@@ -3115,9 +3190,8 @@ export class Hub {
       return;
     }
     if (waiter !== null && !queueGoesFirst(pool, waiter)) {
-      // It waited for this worker, and came before anything queued in its
-      // class: only a higher class (or, with a priorityStep, one that has
-      // aged past it) goes first.
+      // It waited for this worker: it goes unless the queue holds a request
+      // that it would serve first.
       this.#unwait(waiter);
       this.#stats.affinityHits++;
       this.#dispatch(waiter, slot);

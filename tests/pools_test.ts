@@ -853,7 +853,10 @@ Deno.test('affinityBy: requests without a key (header missing) go to the least l
 // Two one-slot workers a and b behind a hub with affinity by x-model; each
 // request is logged as "worker path" on entry and held while its path has
 // a gate. `keyOf(w)` is a key whose first worker is w (found by asking).
-async function affinityPair(ctx: Ctx) {
+async function affinityPair(
+  ctx: Ctx,
+  options: { a?: WorkerOptions; b?: WorkerOptions } = {},
+) {
   const gates = new Map<string, PromiseWithResolvers<void>>();
   const log: string[] = [];
   const named = (name: string) => async (req: Request) => {
@@ -862,9 +865,9 @@ async function affinityPair(ctx: Ctx) {
     await gates.get(path)?.promise;
     return new Response(`${name} ${path}`);
   };
-  const a = ctx.add(named("a"), { workerId: "a" });
+  const a = ctx.add(named("a"), { workerId: "a", ...options.a });
   await waitFor(() => ctx.server.hub.stats.idle === 1, "a attached");
-  const b = ctx.add(named("b"), { workerId: "b" });
+  const b = ctx.add(named("b"), { workerId: "b", ...options.b });
   await waitFor(() => ctx.server.hub.stats.idle === 2, "b attached");
   const send = (path: string, model: string, signal?: AbortSignal) =>
     later(`${ctx.url}${path}`, { headers: { "x-model": model }, signal });
@@ -1057,6 +1060,158 @@ Deno.test("affinityWait: a higher priority class queued after a waiting request 
   }
 });
 
+Deno.test("affinityWait: requests waiting for one worker are served in the queue's order: a higher class first, even one that waited less", async () => {
+  await withHub(
+    { affinityBy: "header:x-model", affinityWait: HANG, trustPriority: true },
+    async (ctx) => {
+      const t = await affinityPair(ctx);
+      const h1 = t.hold("/h1");
+      const h2 = t.hold("/h2");
+      try {
+        const held = t.send("/h1", t.keyOf("a"));
+        await waitFor(() => t.log.includes("a /h1"), "a busy");
+        const low = t.send("/w0", t.keyOf("a"));
+        await waitFor(() => t.pool().waiting === 1, "w0 waiting");
+        const high = later(`${ctx.url}/w5`, {
+          headers: { "x-model": t.keyOf("a"), "x-pothead-priority": "5" },
+        });
+        await waitFor(() => t.pool().waiting === 2, "w5 waiting");
+        const other = t.send("/h2", t.keyOf("b"));
+        await waitFor(() => t.log.includes("b /h2"), "b busy");
+        const mid = later(`${ctx.url}/q3`, {
+          headers: { "x-model": t.keyOf("b"), "x-pothead-priority": "3" },
+        });
+        await waitFor(() => ctx.server.hub.stats.queued === 1, "q3 queued");
+        h1.resolve();
+        for (const p of [held, high, mid, low]) {
+          assert.equal((await p).ok, true);
+        }
+        assert.deepEqual(t.log, [
+          "a /h1",
+          "b /h2",
+          "a /w5",
+          "a /q3",
+          "a /w0",
+        ]);
+        h2.resolve();
+        await (await other).text();
+        for (const p of [held, high, mid, low]) await (await p).text();
+      } finally {
+        h1.resolve();
+        h2.resolve();
+      }
+    },
+  );
+});
+
+Deno.test("affinityWait: waiting requests count against maxQueue and maxQueuePerKey: past them a request goes to the next idle worker, and later ones are refused", async () => {
+  await withHub(
+    { affinityBy: "header:x-model", affinityWait: HANG, maxQueue: 2 },
+    async (ctx) => {
+      const t = await affinityPair(ctx);
+      const hub = ctx.server.hub;
+      const h1 = t.hold("/h1");
+      const hb = t.hold("/b");
+      try {
+        const held = t.send("/h1", t.keyOf("a"));
+        await waitFor(() => t.log.includes("a /h1"), "a busy");
+        const w1 = t.send("/w1", t.keyOf("a"));
+        const w2 = t.send("/w2", t.keyOf("a"));
+        await waitFor(() => t.pool().waiting === 2, "two waiting");
+        // A third would make three waiting for a queue of two: it goes to b.
+        const third = t.send("/b", t.keyOf("a"));
+        await waitFor(() => t.log.includes("b /b"), "third on b");
+        assert.equal(t.pool().waiting, 2);
+        // No slot idle, and two waiting: the queue is full.
+        const refused = await t.send("/x", t.keyOf("b"));
+        assert.equal(refused.status, 503);
+        assert.match(await refused.text(), /is full/);
+        assert.equal(hub.stats.rejectedFull, 1);
+        h1.resolve();
+        hb.resolve();
+        for (const p of [held, w1, w2, third]) {
+          assert.equal((await p).status, 200);
+        }
+        for (const p of [held, w1, w2, third]) await (await p).text();
+      } finally {
+        h1.resolve();
+        hb.resolve();
+      }
+    },
+  );
+  await withHub(
+    {
+      affinityBy: "header:x-model",
+      affinityWait: HANG,
+      fairBy: "header:x-tenant",
+      maxQueuePerKey: 1,
+    },
+    async (ctx) => {
+      const t = await affinityPair(ctx);
+      const h1 = t.hold("/h1");
+      const hb = t.hold("/b");
+      try {
+        const held = t.send("/h1", t.keyOf("a"));
+        await waitFor(() => t.log.includes("a /h1"), "a busy");
+        const tenant = (path: string) =>
+          later(`${ctx.url}${path}`, {
+            headers: { "x-model": t.keyOf("a"), "x-tenant": "t1" },
+          });
+        const w1 = tenant("/w1");
+        await waitFor(() => t.pool().waiting === 1, "one waiting");
+        // Its tenant has one waiting already: the next goes to b.
+        const second = tenant("/b");
+        await waitFor(() => t.log.includes("b /b"), "second on b");
+        assert.equal(t.pool().waiting, 1);
+        h1.resolve();
+        hb.resolve();
+        for (const p of [held, w1, second]) assert.equal((await p).status, 200);
+        for (const p of [held, w1, second]) await (await p).text();
+      } finally {
+        h1.resolve();
+        hb.resolve();
+      }
+    },
+  );
+});
+
+Deno.test("affinityWait: no request waits for a worker whose token was withdrawn: those waiting go at once, new ones go to the next idle worker", async () => {
+  const [tokenA, tokenB] = [
+    "token-for-worker-a-0123456789",
+    "token-for-worker-b-0123456789",
+  ];
+  await withHub(
+    {
+      affinityBy: "header:x-model",
+      affinityWait: HANG,
+      workerTokens: [tokenA, tokenB],
+    },
+    async (ctx) => {
+      const t = await affinityPair(ctx, {
+        a: { token: tokenA },
+        b: { token: tokenB },
+      });
+      const hub = ctx.server.hub;
+      const h1 = t.hold("/h1");
+      try {
+        const held = t.send("/h1", t.keyOf("a"));
+        await waitFor(() => t.log.includes("a /h1"), "a busy");
+        const waited = t.send("/w", t.keyOf("a"));
+        await waitFor(() => t.pool().waiting === 1, "waiting");
+        assert.equal(hub.setWorkerTokens([tokenB]), 1);
+        assert.deepEqual(await text(waited), [200, "b /w"]);
+        assert.deepEqual(await text(t.send("/n", t.keyOf("a"))), [200, "b /n"]);
+        assert.equal(hub.stats.affinityWaits, 1);
+        assert.equal(hub.stats.affinityWaitTimeouts, 0);
+        h1.resolve();
+        assert.deepEqual(await text(held), [200, "a /h1"]);
+      } finally {
+        h1.resolve();
+      }
+    },
+  );
+});
+
 Deno.test("affinityWait: shutting down lets waiting requests go to idle workers at once", async () => {
   await withHub(
     { affinityBy: "header:x-model", affinityWait: HANG, shutdownGrace: HANG },
@@ -1077,6 +1232,52 @@ Deno.test("affinityWait: shutting down lets waiting requests go to idle workers 
         await draining;
       } finally {
         h1.resolve();
+      }
+    },
+  );
+});
+
+Deno.test("affinityWait: a WebSocket handshake waiting when the hub starts to drain gets 503 without costing a worker connection", async () => {
+  await withHub(
+    { affinityBy: "ip", affinityWait: HANG, shutdownGrace: HANG },
+    async (ctx) => {
+      // Keyed by address, every request here ranks the same worker first.
+      const gate = Promise.withResolvers<void>();
+      const log: string[] = [];
+      const named = (name: string) => async (req: Request) => {
+        const path = new URL(req.url).pathname;
+        log.push(`${name} ${path}`);
+        if (path === "/hold") await gate.promise;
+        return new Response(name);
+      };
+      ctx.add(named("a"), { workerId: "a" });
+      ctx.add(named("b"), { workerId: "b" });
+      await waitFor(() => ctx.server.hub.stats.idle === 2, "both attached");
+      const hub = ctx.server.hub;
+      try {
+        const held = later(`${ctx.url}/hold`);
+        await waitFor(() => log.length === 1, "first busy");
+        const ws = new WebSocket(`${ctx.url.replace("http", "ws")}/ws`);
+        const closed = new Promise<void>((resolve) => {
+          ws.onerror = () => {};
+          ws.onclose = () => resolve();
+        });
+        await waitFor(
+          () => hub.stats.pools[0].waiting === 1,
+          "handshake waiting",
+        );
+        const draining = hub.shutdown(HANG);
+        await closed;
+        assert.equal(ws.readyState, WebSocket.CLOSED);
+        // The idle worker never saw it, and still has its connection.
+        assert.deepEqual(log, [log[0]]);
+        assert.equal(hub.stats.idle, 1);
+        gate.resolve();
+        assert.equal((await held).status, 200);
+        await (await held).text().catch(() => {});
+        await draining;
+      } finally {
+        gate.resolve();
       }
     },
   );
