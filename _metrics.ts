@@ -953,6 +953,12 @@ export class HubMetrics {
       extra.affinityWaitTimeouts,
     );
     hubWide(
+      "pothead_affinity_picks_total",
+      "counter",
+      "Queued requests a freed slot took ahead of the queue's head, its worker being their affinity key's first.",
+      extra.affinityPicks,
+    );
+    hubWide(
       "pothead_worker_pings_total",
       "counter",
       "Pings sent on idle worker connections.",

@@ -338,8 +338,14 @@ export interface HubOptions {
    * them a request goes to the next idle worker at once. A worker that
    * leaves (or whose token is withdrawn) and a hub that starts to drain let
    * their waiting requests go at once; a worker that joins and ranks first
-   * for a waiting request's key does not take it (the wait is bounded). So
-   * a key queues briefly at its own worker rather
+   * for a waiting request's key does not take it (the wait is bounded).
+   * While requests queue (no slot idle), a slot that frees takes the oldest
+   * of the first 32 requests of the queue's next class whose key ranks its
+   * worker first (or that have no key), passing over the head of the queue
+   * for at most this long from when a slot could first have taken it, then
+   * the head (counted in `affinityPicks`); not in a pool with `fairBy`,
+   * whose turns it would upset. So a key queues briefly at its own worker
+   * rather
    * than spilling over and evicting other keys' warm state, and the keys
    * stay split between the workers. Set it to about what a cold start
    * costs: a wait that runs out while the worker finishes a cold job costs
@@ -789,6 +795,12 @@ export interface HubStats {
   affinityWaits: number;
   /** Of those, the ones whose wait ran out (counted as misses). */
   affinityWaitTimeouts: number;
+  /**
+   * Queued requests that a freed slot took ahead of the head of the queue,
+   * its worker being their key's first (see
+   * {@linkcode HubOptions.affinityWait}).
+   */
+  affinityPicks: number;
   /** Requests answered 503 because the queue was full. */
   rejectedFull: number;
   /**
@@ -845,6 +857,12 @@ class Pending {
    * not yet, -2 no key (the key "").
    */
   affinity = -1;
+  /**
+   * The worker its affinity key ranks first, as of its pool's
+   * `workersChanged` count `firstOf` (see Hub.#firstGroup).
+   */
+  first: Group | null = null;
+  firstOf = -1;
   /** The worker it waits for (see affinityWait), and until when. */
   waitingFor: Group | null = null;
   waitNode: QueueNode<Pending> | null = null;
@@ -1087,6 +1105,14 @@ interface Pool {
   waitingKeys: Map<string, number>;
   // Its queue's priorityStep (Infinity: strict classes).
   priorityStep: number;
+  // A freed slot may pick from the queue by affinity (see #pick), and when
+  // the head it may pass over first could have been taken.
+  picks: boolean;
+  headSince: number;
+  headAt: number;
+  // Counts workers joining and leaving, so that a request's first worker,
+  // once worked out, is known to be current (see #firstGroup).
+  workersChanged: number;
   // Fair queuing by worker time: what each key has used.
   ledger: ShareLedger | null;
   groups: Map<string, Group>;
@@ -1134,6 +1160,9 @@ const DEFAULTS = {
 
 // Response bodies up to this length are read whole and passed as bytes.
 const SMALL_BODY = 64 * 1024;
+// How far down the queue a freed slot looks for a request of its own keys
+// (see Hub.#pick).
+const PICK_WINDOW = 32;
 // Peer addresses remembered (see Hub.#accept), and how many plain
 // connections in a row, with no handshake ever, make an address known plain.
 const MAX_PLAIN_PEERS = 4096;
@@ -1406,6 +1435,7 @@ export class Hub {
     affinityMisses: 0,
     affinityWaits: 0,
     affinityWaitTimeouts: 0,
+    affinityPicks: 0,
     rejectedFull: 0,
     rejectedKeyFull: 0,
     timedOutQueued: 0,
@@ -1769,6 +1799,10 @@ export class Hub {
       waiting: 0,
       waitingKeys: new Map(),
       priorityStep: limits.priorityStep ?? this.#priorityStep,
+      picks: false,
+      headSince: -1,
+      headAt: 0,
+      workersChanged: 0,
       ledger,
       groups: new Map(),
       idle: 0,
@@ -1799,6 +1833,8 @@ export class Hub {
         },
       }),
     };
+    created.picks = created.affinityOf !== null && created.affinityWait > 0 &&
+      keyOf === null;
     this.#pools.set(name, created);
     pool = created;
     return pool;
@@ -1892,6 +1928,7 @@ export class Hub {
     }
     // No request waits for a worker that is only finishing its last jobs.
     for (const pool of this.#pools.values()) {
+      pool.workersChanged++;
       for (const group of pool.groups.values()) {
         if (group.leaving === group.slots) this.#releaseWaiters(group);
       }
@@ -2245,6 +2282,7 @@ export class Hub {
         answersContinue: false,
       };
       pool.groups.set(key, group);
+      pool.workersChanged++;
     }
     group.slots++;
     pool.slots++;
@@ -2276,6 +2314,7 @@ export class Hub {
     pool.slots--;
     if (group.slots === 0) {
       pool.groups.delete(group.key);
+      pool.workersChanged++;
       // Its worker is gone: what waited for it goes elsewhere now.
       this.#releaseWaiters(group);
     }
@@ -3197,7 +3236,7 @@ export class Hub {
       this.#dispatch(waiter, slot);
       return;
     }
-    let node = pool.queue.shift();
+    let node = pool.picks ? this.#pick(pool, group) : pool.queue.shift();
     // While the hub shuts down a WebSocket would open only to be closed by
     // the hub: its handshake gets 503 without costing a worker anything.
     while (node !== null && this.#closing && node.value.webSocket) {
@@ -3216,6 +3255,65 @@ export class Hub {
     node.value.node = null;
     this.#dispatch(node.value, slot);
     this.#prepareHead(pool);
+  }
+
+  // With affinityWait, a freed slot may take, instead of the head of the
+  // queue, the oldest of the first PICK_WINDOW requests whose key ranks its
+  // worker first (or that has no key), so that under a backlog, too, each
+  // worker keeps to its keys. A head is passed over so for at most
+  // affinityWait from the first time a slot could have taken it. Not in a
+  // fair pool, whose turns a request taken out of order would upset.
+  #pick(pool: Pool, group: Group): QueueNode<Pending> | null {
+    const queue = pool.queue;
+    const head = queue.head;
+    if (head === null) return null;
+    const now = performance.now();
+    // The head is known by when it joined (holding the node would keep a
+    // served request alive).
+    if (pool.headSince !== head.since) {
+      pool.headSince = head.since;
+      pool.headAt = now;
+    }
+    let picked = head;
+    if (now - pool.headAt < pool.affinityWait) {
+      // The window is the head's class: the nodes after it are of it.
+      let node: QueueNode<Pending> | null = head;
+      for (let i = 0; node !== null && i < PICK_WINDOW; i++) {
+        const first = this.#firstGroup(pool, node.value);
+        if (first === group || first === null) {
+          picked = node;
+          break;
+        }
+        node = node.next;
+      }
+    }
+    queue.delete(picked);
+    if (picked !== head) this.#stats.affinityPicks++;
+    return picked;
+  }
+
+  // The worker `p`'s key ranks first (null: it has no key), as of the
+  // pool's current workers.
+  #firstGroup(pool: Pool, p: Pending): Group | null {
+    if (p.affinity === -1) {
+      const key = pool.affinityOf!(p);
+      p.affinity = key === "" ? -2 : hash32(key);
+    }
+    if (p.affinity < 0) return null;
+    if (p.firstOf === pool.workersChanged && p.first !== null) return p.first;
+    let top = -1;
+    let first: Group | null = null;
+    for (const g of pool.groups.values()) {
+      if (g.leaving === g.slots) continue; // as in #takeIdle
+      const score = mix32(p.affinity ^ g.hash);
+      if (score > top) {
+        top = score;
+        first = g;
+      }
+    }
+    p.first = first;
+    p.firstOf = pool.workersChanged;
+    return first;
   }
 
   // Encodes the request at the head of the queue ahead of time, so the next

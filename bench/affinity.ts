@@ -307,6 +307,8 @@ export interface RunResult {
   affinityWaits: number | null;
   /** Of those, the ones whose wait ran out. */
   affinityWaitTimeouts: number | null;
+  /** Queued requests a freed slot took out of order, for its own keys. */
+  affinityPicks: number | null;
   /** Per worker: requests served, and distinct models among them. */
   perWorker: Record<string, { requests: number; models: number }>;
 }
@@ -381,6 +383,7 @@ export function measure(
     affinityMisses: counters?.misses ?? null,
     affinityWaits: counters?.waits ?? null,
     affinityWaitTimeouts: counters?.timeouts ?? null,
+    affinityPicks: counters?.picks ?? null,
     perWorker: Object.fromEntries(
       Object.entries(perWorker).sort(([a], [b]) => a.localeCompare(b)),
     ),
@@ -397,6 +400,8 @@ export interface AffinityCounters {
   waits: number;
   /** `pothead_affinity_wait_timeouts_total`. */
   timeouts: number;
+  /** `pothead_affinity_picks_total`. */
+  picks: number;
 }
 
 /** Reads the hub's affinity counters from its admin `/metrics`; null if it cannot. */
@@ -418,6 +423,7 @@ export async function readAffinityCounters(
       misses: value("pothead_affinity_misses_total"),
       waits: value("pothead_affinity_waits_total"),
       timeouts: value("pothead_affinity_wait_timeouts_total"),
+      picks: value("pothead_affinity_picks_total"),
     };
     return Object.values(counters).every(Number.isFinite) ? counters : null;
   } catch {
@@ -453,7 +459,7 @@ export function findings(report: Report): string[] {
       const counted = seen
         ? `${r.affinityHits} hits and ${r.affinityMisses} misses${
           run === "wait"
-            ? `, ${r.affinityWaits} waits of which ${r.affinityWaitTimeouts} ran out`
+            ? `, ${r.affinityWaits} waits of which ${r.affinityWaitTimeouts} ran out, ${r.affinityPicks} taken out of the queue out of order`
             : ""
         }`
         : "no hits or misses";
@@ -507,7 +513,7 @@ export function renderMarkdown(report: Report): string {
     `**wait** (the same with \`--affinity-wait ${plan.waitMs}ms\`: a request whose model's first worker is busy while others idle waits up to that long for it). ` +
     "Latency runs from the client sending a request to the last byte of its answer. " +
     "*Busy* is the work the jobs cost (warm and cold) over the workers' time in the trace's span: over 100% means a backlog that drains after the last arrival. " +
-    "Hits, misses, waits and waits that ran out are the hub's own counters (`pothead_affinity_hits_total`, `_misses_total`, `_waits_total`, `_wait_timeouts_total` on its admin listener) over the replay.",
+    "Hits, misses, waits, waits that ran out and picks (queued requests a freed slot took out of order, its worker being their model's first) are the hub's own counters (`pothead_affinity_hits_total`, `_misses_total`, `_waits_total`, `_wait_timeouts_total`, `_picks_total` on its admin listener) over the replay.",
     "",
   ];
   if (plan.mode === "smoke") {
@@ -516,8 +522,8 @@ export function renderMarkdown(report: Report): string {
   lines.push(
     "Latencies in ms.",
     "",
-    "| load | hub | requests | errors | cold share | p50 | p90 | p99 | max | mean | req/s | busy | hits | misses | waits (ran out) |",
-    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| load | hub | requests | errors | cold share | p50 | p90 | p99 | max | mean | req/s | busy | hits | misses | waits (ran out) | picks |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   );
   for (const level of report.levels) {
     for (const run of RUNS) {
@@ -526,7 +532,7 @@ export function renderMarkdown(report: Report): string {
         lines.push(
           `| ${
             level.load * 100
-          }% | ${run} | ${level.requests} | not run | | | | | | | | | | | |`,
+          }% | ${run} | ${level.requests} | not run | | | | | | | | | | | | |`,
         );
         continue;
       }
@@ -547,8 +553,10 @@ export function renderMarkdown(report: Report): string {
           counter(r.affinityHits)
         } | ${counter(r.affinityMisses)} | ${
           run === "wait"
-            ? `${counter(r.affinityWaits)} (${counter(r.affinityWaitTimeouts)})`
-            : "–"
+            ? `${counter(r.affinityWaits)} (${
+              counter(r.affinityWaitTimeouts)
+            }) | ${counter(r.affinityPicks)}`
+            : "– | –"
         } |`,
       );
     }
@@ -579,9 +587,9 @@ export function renderMarkdown(report: Report): string {
     "",
     ...findings(report),
     "",
-    "Affinity only chooses among idle slots: a request that finds none waits in the queue, and the slot that frees next takes the head of the queue whatever its model " +
-      "(with a wait, after those that wait for that worker). " +
-      "So it can only help while the pool has idle slots, and in a backlog (busy over 100%) every hub dispatches alike. " +
+    "Without a wait, affinity only chooses among idle slots: a request that finds none waits in the queue, and the slot that frees next takes the head of the queue whatever its model, " +
+      "so in a backlog (busy over 100%) it dispatches as none does. " +
+      "With a wait, a slot that frees takes first a request that waited for its worker, then the oldest of the first 32 queued requests whose model ranks its worker first, passing over the head of the queue for at most the wait. " +
       `The load is counted at the warm cost, and a cold request costs ${
         round(plan.coldMs / plan.warmMs, 1)
       }× a warm one, so the busy column, not the load, says how near the workers came to a backlog. ` +
@@ -693,6 +701,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
               misses: after.misses - before.misses,
               waits: after.waits - before.waits,
               timeouts: after.timeouts - before.timeouts,
+              picks: after.picks - before.picks,
             }
             : null;
           const r = measure(samples, models, plan, span, counters);
@@ -711,7 +720,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
                   r.affinityMisses ?? "?"
                 } waits=${r.affinityWaits ?? "?"} ran out=${
                   r.affinityWaitTimeouts ?? "?"
-                }`
+                } picks=${r.affinityPicks ?? "?"}`
             }`,
           );
         } finally {

@@ -50,6 +50,7 @@ function fakeStats(over: Partial<HubStats> = {}): HubStats {
     affinityMisses: 0,
     affinityWaits: 0,
     affinityWaitTimeouts: 0,
+    affinityPicks: 0,
     rejectedFull: 0,
     rejectedKeyFull: 0,
     timedOutQueued: 0,
@@ -380,6 +381,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
     affinityMisses: 3,
     affinityWaits: 5,
     affinityWaitTimeouts: 2,
+    affinityPicks: 6,
     pings: 9,
     pingTimeouts: 1,
     pools: [
@@ -554,6 +556,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
   assert.equal(value(exp, "pothead_affinity_misses_total"), 3);
   assert.equal(value(exp, "pothead_affinity_waits_total"), 5);
   assert.equal(value(exp, "pothead_affinity_wait_timeouts_total"), 2);
+  assert.equal(value(exp, "pothead_affinity_picks_total"), 6);
   assert.equal(value(exp, "pothead_affinity_waiting", gpu), 4);
   assert.equal(value(exp, "pothead_affinity_waiting", d), 0);
   assert.equal(value(exp, "pothead_worker_ping_timeouts_total"), 1);

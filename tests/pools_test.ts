@@ -1283,6 +1283,82 @@ Deno.test("affinityWait: a WebSocket handshake waiting when the hub starts to dr
   );
 });
 
+Deno.test("affinityWait: under a backlog a freed slot takes the oldest queued request its worker ranks first, passing the head over for at most the wait; not in a fair pool", async () => {
+  for (const fair of [false, true]) {
+    await withHub(
+      {
+        affinityBy: "header:x-model",
+        affinityWait: HANG,
+        fairBy: fair ? "header:x-tenant" : undefined,
+      },
+      async (ctx) => {
+        const t = await affinityPair(ctx);
+        const hub = ctx.server.hub;
+        const h1 = t.hold("/h1");
+        const h2 = t.hold("/h2");
+        try {
+          const held1 = t.send("/h1", t.keyOf("a"));
+          const held2 = t.send("/h2", t.keyOf("b"));
+          await waitFor(() => t.log.length === 2, "both busy");
+          const q1 = t.send("/q1", t.keyOf("a"));
+          await waitFor(() => hub.stats.queued === 1, "q1 queued");
+          const q2 = t.send("/q2", t.keyOf("b"));
+          await waitFor(() => hub.stats.queued === 2, "q2 queued");
+          // b frees: it takes q2, its own key's, over q1 (a's) at the head;
+          // in a fair pool, the head.
+          h2.resolve();
+          await waitFor(() => t.log.length >= 3, "b took one");
+          assert.equal(t.log[2], fair ? "b /q1" : "b /q2");
+          assert.equal(hub.stats.affinityPicks, fair ? 0 : 1);
+          h1.resolve();
+          for (const p of [held1, held2, q1, q2]) {
+            assert.equal((await p).status, 200);
+            await (await p).text();
+          }
+        } finally {
+          h1.resolve();
+          h2.resolve();
+        }
+      },
+    );
+  }
+  // The head is passed over for at most the wait: then the next slot to
+  // free takes it, whatever its key.
+  await withHub(
+    { affinityBy: "header:x-model", affinityWait: 200 },
+    async (ctx) => {
+      const t = await affinityPair(ctx);
+      const hub = ctx.server.hub;
+      const gates = ["/h1", "/h2", "/q2"].map((path) => t.hold(path));
+      try {
+        const held1 = t.send("/h1", t.keyOf("a"));
+        const held2 = t.send("/h2", t.keyOf("b"));
+        await waitFor(() => t.log.length === 2, "both busy");
+        const q1 = t.send("/q1", t.keyOf("a"));
+        await waitFor(() => hub.stats.queued === 1, "q1 queued");
+        const q2 = t.send("/q2", t.keyOf("b"));
+        await waitFor(() => hub.stats.queued === 2, "q2 queued");
+        gates[1].resolve();
+        await waitFor(() => t.log.includes("b /q2"), "b took q2");
+        const q3 = t.send("/q3", t.keyOf("b"));
+        await waitFor(() => hub.stats.queued === 2, "q3 queued");
+        // q1 was first passed over when b freed; past the wait, b takes it.
+        await new Promise((r) => setTimeout(r, 300));
+        gates[2].resolve();
+        await waitFor(() => t.log.length >= 4, "b took the next");
+        assert.equal(t.log[3], "b /q1");
+        gates[0].resolve();
+        for (const p of [held1, held2, q1, q2, q3]) {
+          assert.equal((await p).status, 200);
+          await (await p).text();
+        }
+      } finally {
+        for (const gate of gates) gate.resolve();
+      }
+    },
+  );
+});
+
 Deno.test("affinityWait: a pool sets its own; bad values are refused by name", async () => {
   // The hub's wait is long, the pool's none: the request goes to b at once.
   await withHub(
