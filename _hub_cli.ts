@@ -57,8 +57,10 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_AFFINITY_BY] (off: the least loaded)
   --affinity-wait T        with --affinity-by, how long a request may wait for
                            its key's first worker when that one is busy and
-                           others idle, before it goes elsewhere; about what a
-                           cold start costs [POTHEAD_AFFINITY_WAIT] (0: never)
+                           others idle, before it goes elsewhere; and, while
+                           requests queue, how long a freed slot may pass the
+                           head over for a request of its own keys; about what
+                           a cold start costs [POTHEAD_AFFINITY_WAIT] (0: never)
   --head-timeout T         time a worker has to send its response head, then 504;
                            0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)
   --body-idle-timeout T    longest pause in a worker's response body, then the

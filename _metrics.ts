@@ -955,7 +955,7 @@ export class HubMetrics {
     hubWide(
       "pothead_affinity_picks_total",
       "counter",
-      "Queued requests a freed slot took ahead of the queue's head, its worker being their affinity key's first.",
+      "Queued requests a freed slot took ahead of the queue's head, its worker being their affinity key's first (or they having no key).",
       extra.affinityPicks,
     );
     hubWide(

@@ -343,8 +343,8 @@ export interface HubOptions {
    * of the first 32 requests of the queue's next class whose key ranks its
    * worker first (or that have no key), passing over the head of the queue
    * for at most this long from when a slot could first have taken it, then
-   * the head (counted in `affinityPicks`); not in a pool with `fairBy`,
-   * whose turns it would upset. So a key queues briefly at its own worker
+   * the head (counted in `affinityPicks`); a retry at the head is not passed
+   * over; not in a pool with `fairBy`, whose turns it would upset. So a key queues briefly at its own worker
    * rather
    * than spilling over and evicting other keys' warm state, and the keys
    * stay split between the workers. Set it to about what a cold start
@@ -797,7 +797,7 @@ export interface HubStats {
   affinityWaitTimeouts: number;
   /**
    * Queued requests that a freed slot took ahead of the head of the queue,
-   * its worker being their key's first (see
+   * its worker being their key's first, or they having no key (see
    * {@linkcode HubOptions.affinityWait}).
    */
   affinityPicks: number;
@@ -863,6 +863,11 @@ class Pending {
    */
   first: Group | null = null;
   firstOf = -1;
+  /**
+   * When a freed slot first could have taken it as the head of its queue
+   * (-1: not yet), for the bound on passing it over (see Hub.#pick).
+   */
+  headAt = -1;
   /** The worker it waits for (see affinityWait), and until when. */
   waitingFor: Group | null = null;
   waitNode: QueueNode<Pending> | null = null;
@@ -917,24 +922,32 @@ class Pending {
   }
 }
 
-// Whether the queue's next request goes before `waiter`, by the queue's own
-// order of its classes: the class of its next request when that is higher
-// than the waiter's (strict classes), or, with a priorityStep, when its
-// oldest request joined earlier less its class's worth (a tie to the
-// higher class); in the waiter's own class, when its oldest request joined
-// before the waiter did (a retry put back, say: the waiter came before any
-// request that joined while it waited).
-function queueGoesFirst(pool: Pool, waiter: Pending): boolean {
-  const head = pool.queue.head;
-  if (head === null) return false;
-  const priority = head.value.priority;
-  const step = pool.priorityStep;
-  if (step === Infinity && priority !== waiter.priority) {
-    return priority > waiter.priority;
+// Whether `node`, the request the queue would give a freed slot (its head,
+// or one picked by affinity from the head's class), goes before `waiter`,
+// which waits for that slot's worker: by the queue's own order of its
+// classes, when its class is higher than the waiter's (strict classes),
+// or, with a priorityStep, when the class's oldest request joined earlier
+// less its class's worth (a tie to the higher class); in the waiter's own
+// class, when it joined before the waiter did (a retry put back, say: the
+// waiter came before any request that joined while it waited).
+function goesBefore(
+  pool: Pool,
+  node: QueueNode<Pending>,
+  waiter: Pending,
+): boolean {
+  const priority = node.priority;
+  if (priority === waiter.priority) {
+    // The head of a fair class may be younger than the class's oldest.
+    const since = node === pool.queue.head
+      ? pool.queue.classes().find((c) => c.priority === priority)
+        ?.oldestSince ?? node.since
+      : node.since;
+    return since < waiter.queuedSince;
   }
+  const step = pool.priorityStep;
+  if (step === Infinity) return priority > waiter.priority;
   const oldest = pool.queue.classes().find((c) => c.priority === priority)
-    ?.oldestSince ?? head.value.queuedSince;
-  if (priority === waiter.priority) return oldest < waiter.queuedSince;
+    ?.oldestSince ?? node.since;
   const at = oldest - priority * step;
   const waiterAt = waiter.queuedSince - waiter.priority * step;
   return at < waiterAt || (at === waiterAt && priority > waiter.priority);
@@ -1105,11 +1118,8 @@ interface Pool {
   waitingKeys: Map<string, number>;
   // Its queue's priorityStep (Infinity: strict classes).
   priorityStep: number;
-  // A freed slot may pick from the queue by affinity (see #pick), and when
-  // the head it may pass over first could have been taken.
+  // A freed slot may pick from the queue by affinity (see #pick).
   picks: boolean;
-  headSince: number;
-  headAt: number;
   // Counts workers joining and leaving, so that a request's first worker,
   // once worked out, is known to be current (see #firstGroup).
   workersChanged: number;
@@ -1800,8 +1810,6 @@ export class Hub {
       waitingKeys: new Map(),
       priorityStep: limits.priorityStep ?? this.#priorityStep,
       picks: false,
-      headSince: -1,
-      headAt: 0,
       workersChanged: 0,
       ledger,
       groups: new Map(),
@@ -2282,8 +2290,10 @@ export class Hub {
         answersContinue: false,
       };
       pool.groups.set(key, group);
-      pool.workersChanged++;
     }
+    // A group made, or one whose connections were all leaving joined by a
+    // new one: requests' first workers are worked out afresh.
+    pool.workersChanged++;
     group.slots++;
     pool.slots++;
     this.#slotGroup.set(slot, group);
@@ -2312,9 +2322,9 @@ export class Hub {
     this.#free(slot, group);
     group.slots--;
     pool.slots--;
+    pool.workersChanged++;
     if (group.slots === 0) {
       pool.groups.delete(group.key);
-      pool.workersChanged++;
       // Its worker is gone: what waited for it goes elsewhere now.
       this.#releaseWaiters(group);
     }
@@ -3228,15 +3238,25 @@ export class Hub {
       slot.close("hub shut down");
       return;
     }
-    if (waiter !== null && !queueGoesFirst(pool, waiter)) {
+    const head = pool.queue.head;
+    // What the queue gives this slot: its head, or with picks (see #pick)
+    // maybe a later request of this worker's keys.
+    const next = head !== null && pool.picks
+      ? this.#pick(pool, group, head)
+      : head;
+    if (waiter !== null && (next === null || !goesBefore(pool, next, waiter))) {
       // It waited for this worker: it goes unless the queue holds a request
-      // that it would serve first.
+      // it would serve first.
       this.#unwait(waiter);
       this.#stats.affinityHits++;
       this.#dispatch(waiter, slot);
       return;
     }
-    let node = pool.picks ? this.#pick(pool, group) : pool.queue.shift();
+    let node = next;
+    if (node !== null) {
+      pool.queue.delete(node);
+      if (node !== head) this.#stats.affinityPicks++;
+    }
     // While the hub shuts down a WebSocket would open only to be closed by
     // the hub: its handshake gets 503 without costing a worker anything.
     while (node !== null && this.#closing && node.value.webSocket) {
@@ -3258,38 +3278,31 @@ export class Hub {
   }
 
   // With affinityWait, a freed slot may take, instead of the head of the
-  // queue, the oldest of the first PICK_WINDOW requests whose key ranks its
-  // worker first (or that has no key), so that under a backlog, too, each
-  // worker keeps to its keys. A head is passed over so for at most
-  // affinityWait from the first time a slot could have taken it. Not in a
-  // fair pool, whose turns a request taken out of order would upset.
-  #pick(pool: Pool, group: Group): QueueNode<Pending> | null {
-    const queue = pool.queue;
-    const head = queue.head;
-    if (head === null) return null;
+  // queue, the oldest of the first PICK_WINDOW requests of the head's class
+  // whose key ranks its worker first (or that has no key), so that under a
+  // backlog, too, each worker keeps to its keys. A head is passed over so
+  // for at most affinityWait from the first time a slot could have taken
+  // it, and a retry (put back after a decline or a failure) not at all.
+  // Not in a fair pool, whose turns a request taken out of order would
+  // upset. Returns the node, still queued.
+  #pick(
+    pool: Pool,
+    group: Group,
+    head: QueueNode<Pending>,
+  ): QueueNode<Pending> {
+    const first = head.value;
+    if (first.attempts > 0) return head;
     const now = performance.now();
-    // The head is known by when it joined (holding the node would keep a
-    // served request alive).
-    if (pool.headSince !== head.since) {
-      pool.headSince = head.since;
-      pool.headAt = now;
+    if (first.headAt < 0) first.headAt = now;
+    if (now - first.headAt >= pool.affinityWait) return head;
+    // The window is the head's class: the nodes after it are of it.
+    let node: QueueNode<Pending> | null = head;
+    for (let i = 0; node !== null && i < PICK_WINDOW; i++) {
+      const top = this.#firstGroup(pool, node.value);
+      if (top === group || top === null) return node;
+      node = node.next;
     }
-    let picked = head;
-    if (now - pool.headAt < pool.affinityWait) {
-      // The window is the head's class: the nodes after it are of it.
-      let node: QueueNode<Pending> | null = head;
-      for (let i = 0; node !== null && i < PICK_WINDOW; i++) {
-        const first = this.#firstGroup(pool, node.value);
-        if (first === group || first === null) {
-          picked = node;
-          break;
-        }
-        node = node.next;
-      }
-    }
-    queue.delete(picked);
-    if (picked !== head) this.#stats.affinityPicks++;
-    return picked;
+    return head;
   }
 
   // The worker `p`'s key ranks first (null: it has no key), as of the

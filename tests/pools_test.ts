@@ -14,6 +14,7 @@ import {
 import type { WorkerHandle, WorkerOptions } from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
+import { hash32, mix32 } from "../_hash.ts";
 
 const HANG = 15_000;
 
@@ -1390,5 +1391,224 @@ Deno.test("affinityWait: a pool sets its own; bad values are refused by name", a
     () =>
       new Hub({ pools: { gpu: { affinityWait: "5" as unknown as number } } }),
     /Invalid option "pools\.gpu\.affinityWait"/,
+  );
+});
+
+// Several workers with chosen ids, and keys chosen by how they rank them.
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// A key whose ranking over `ids` starts with `order`.
+function keyRanking(ids: string[], order: string[]): string {
+  for (let i = 0; i < 100000; i++) {
+    const k = `m${i}`;
+    const h = hash32(k);
+    const ranked = [...ids].sort((x, y) =>
+      mix32(h ^ hash32(y)) - mix32(h ^ hash32(x))
+    );
+    if (order.every((id, j) => ranked[j] === id)) return k;
+  }
+  throw new Error("no key");
+}
+
+async function affinityHub(
+  options: Partial<ServeHubOptions>,
+  ids: string[],
+  fn: (t: {
+    server: HubServer;
+    log: string[];
+    hold: (p: string) => PromiseWithResolvers<void>;
+    send: (
+      p: string,
+      key: string | null,
+      headers?: Record<string, string>,
+    ) => Promise<Response>;
+    add: (id: string, o?: WorkerOptions) => WorkerHandle;
+  }) => Promise<void>,
+  workerOpts: Record<string, WorkerOptions> = {},
+) {
+  const server = serveHub({
+    hostname: "127.0.0.1",
+    port: 0,
+    workerPort: 0,
+    shutdownGrace: 500,
+    queueTimeout: HANG,
+    ...options,
+  });
+  const workers: WorkerHandle[] = [];
+  const gates = new Map<string, PromiseWithResolvers<void>>();
+  const log: string[] = [];
+  const add = (id: string, o: WorkerOptions = {}) => {
+    const w = connectWorker(async (req: Request) => {
+      const path = new URL(req.url).pathname;
+      log.push(`${id} ${path}`);
+      await gates.get(path)?.promise;
+      return new Response(`${id} ${path}`);
+    }, {
+      hostname: "127.0.0.1",
+      port: server.workerAddr.port,
+      minBackoff: 10,
+      maxBackoff: 100,
+      workerId: id,
+      ...o,
+    });
+    workers.push(w);
+    return w;
+  };
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  // Every request sent, answered and read before the hub goes.
+  const sent: Promise<Response>[] = [];
+  const send = (
+    path: string,
+    key: string | null,
+    headers: Record<string, string> = {},
+  ) => {
+    const p = fetch(url + path, {
+      headers: key === null ? headers : { "x-model": key, ...headers },
+    });
+    p.catch(() => {});
+    sent.push(p);
+    return p;
+  };
+  const hold = (path: string) => {
+    const g = Promise.withResolvers<void>();
+    gates.set(path, g);
+    return g;
+  };
+  try {
+    for (const id of ids) {
+      const n = server.hub.stats.idle;
+      add(id, workerOpts[id]);
+      await waitFor(() => server.hub.stats.idle === n + 1, `${id} attached`);
+    }
+    await deadline(fn({ server, log, hold, send, add }), HANG * 2, "body");
+  } finally {
+    for (const g of gates.values()) g.resolve();
+    await Promise.all(
+      sent.map((p) => p.then((r) => r.body?.cancel(), () => {})),
+    );
+    for (const w of workers) w.close();
+    await Promise.all(workers.map((w) => w.finished));
+    await server.shutdown();
+  }
+}
+
+Deno.test("affinityWait: a request waiting for a worker goes before a younger queued request that worker would pick, even behind an older head", async () => {
+  const ids = ["a", "b", "c"];
+  const ka = keyRanking(ids, ["a"]);
+  const kb = keyRanking(ids, ["b"]);
+  const kc = keyRanking(ids, ["c"]);
+  await affinityHub(
+    { affinityBy: "header:x-model", affinityWait: 2000 },
+    ids,
+    async (t) => {
+      const hub = t.server.hub;
+      const pool = () => hub.stats.pools.find((p) => p.name === "default")!;
+      const h1 = t.hold("/h1");
+      t.hold("/h2");
+      t.hold("/h3");
+      const rs: Promise<Response>[] = [];
+      rs.push(t.send("/h1", ka), t.send("/h2", kb));
+      await waitFor(() => t.log.length === 2, "a, b busy");
+      rs.push(t.send("/z", kb)); // c idle: z waits for b
+      await waitFor(() => pool().waiting === 1, "z waits");
+      await sleep(1000);
+      rs.push(t.send("/x", ka)); // c idle: x waits for a
+      await waitFor(() => pool().waiting === 2, "x waits");
+      rs.push(t.send("/h3", kc));
+      await waitFor(() => t.log.includes("c /h3"), "c busy");
+      await waitFor(
+        () => hub.stats.queued === 1 && pool().waiting === 1,
+        "z's wait ran out, z queued; x still waits",
+      );
+      rs.push(t.send("/y", ka));
+      await waitFor(() => hub.stats.queued === 2, "y queued");
+      h1.resolve();
+      await waitFor(() => t.log.length >= 4, "a took one");
+      assert.equal(t.log[3], "a /x", "x waited for a before y arrived");
+    },
+  );
+});
+
+Deno.test("affinityWait: a head passed over keeps its clock while a higher class goes first: past the wait it is taken", async () => {
+  const ids = ["a", "b"];
+  const ka = keyRanking(ids, ["a"]);
+  const kb = keyRanking(ids, ["b"]);
+  await affinityHub(
+    { affinityBy: "header:x-model", affinityWait: 300, trustPriority: true },
+    ids,
+    async (t) => {
+      const hub = t.server.hub;
+      t.hold("/h1");
+      const h2 = t.hold("/h2");
+      const q2 = t.hold("/q2");
+      const p = t.hold("/p");
+      t.send("/h1", ka);
+      t.send("/h2", kb);
+      await waitFor(() => t.log.length === 2, "a, b busy");
+      t.send("/q1", ka);
+      await waitFor(() => hub.stats.queued === 1, "q1");
+      t.send("/q2", kb);
+      await waitFor(() => hub.stats.queued === 2, "q2");
+      t.send("/q3", kb);
+      await waitFor(() => hub.stats.queued === 3, "q3");
+      h2.resolve(); // b frees: passes q1 over (its clock starts), takes q2
+      await waitFor(() => t.log.includes("b /q2"), "b /q2");
+      t.send("/p", null, { "x-pothead-priority": "1" });
+      await waitFor(() => hub.stats.queued === 3, "p");
+      await sleep(400);
+      q2.resolve(); // b takes p, the class-1 head
+      await waitFor(() => t.log.includes("b /p"), "b /p");
+      p.resolve(); // q1 is head again, passed over since > 300 ms
+      await waitFor(() => t.log.length >= 5, "b took the next");
+      assert.equal(
+        t.log[4],
+        "b /q1",
+        "q1 was passed over for more than the wait",
+      );
+    },
+  );
+});
+
+Deno.test("affinityWait: a worker whose token was withdrawn ranks again once a connection with a valid token joins it, for requests already queued", async () => {
+  const ids = ["a", "b", "c"];
+  const ka = keyRanking(ids, ["a", "b", "c"]);
+  const kb = keyRanking(ids, ["b"]);
+  const kc = keyRanking(ids, ["c"]);
+  const tA = "token-aaaaaaaa", tB = "token-bbbbbbbb", tA2 = "token-aaaaaaa2";
+  await affinityHub(
+    {
+      affinityBy: "header:x-model",
+      affinityWait: HANG,
+      workerTokens: [tA, tB],
+    },
+    ids,
+    async (t) => {
+      const hub = t.server.hub;
+      t.hold("/h1");
+      t.hold("/h2");
+      const h3 = t.hold("/h3");
+      t.hold("/q3");
+      t.send("/h1", ka);
+      t.send("/h2", kb);
+      t.send("/h3", kc);
+      await waitFor(() => t.log.length === 3, "a, b, c busy");
+      t.send("/q1", kb);
+      await waitFor(() => hub.stats.queued === 1, "q1");
+      t.send("/q2", ka);
+      await waitFor(() => hub.stats.queued === 2, "q2");
+      t.send("/q3", kc);
+      await waitFor(() => hub.stats.queued === 3, "q3");
+      assert.equal(hub.setWorkerTokens([tB, tA2]), 1);
+      h3.resolve(); // c frees: takes q3, having ranked q2 (a leaving) for b
+      await waitFor(() => t.log.includes("c /q3"), "c /q3");
+      t.add("a", { token: tA2 }); // a's new instance joins group a while the old one is busy
+      await waitFor(() => t.log.length >= 5, "new a took one");
+      assert.equal(t.log[4], "a /q2", "q2's key ranks a first again");
+    },
+    {
+      a: { token: "token-aaaaaaaa" },
+      b: { token: "token-bbbbbbbb" },
+      c: { token: "token-bbbbbbbb" },
+    },
   );
 });
