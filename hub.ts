@@ -3253,9 +3253,12 @@ export class Hub {
       return;
     }
     let node = next;
-    if (node !== null) {
+    if (node === head) {
+      // Shifted, not deleted: a fair queue moves its turns on a shift.
+      pool.queue.shift();
+    } else if (node !== null) {
       pool.queue.delete(node);
-      if (node !== head) this.#stats.affinityPicks++;
+      this.#stats.affinityPicks++;
     }
     // While the hub shuts down a WebSocket would open only to be closed by
     // the hub: its handshake gets 503 without costing a worker anything.
