@@ -318,10 +318,11 @@ export interface HubOptions {
    * that share a model, a tenant's data or a session land where it is warm,
    * many keys spread evenly over the workers, every hub ranks alike, and a
    * worker that comes or goes moves only the keys that rank it first. By
-   * default it never makes a request wait (see `affinityWait`), and a slot
-   * that frees takes the head of the queue whatever its key. A request
-   * without a key (the key `""`: its header missing or empty, say) goes to
-   * the least loaded, as without affinity. Unset: no affinity, at no cost.
+   * default it never makes a request wait, and a slot that frees takes the
+   * head of the queue whatever its key (`affinityWait` changes both). A
+   * request without a key (the key `""`: its header missing or empty, say)
+   * goes to the least loaded, as without affinity. Unset: no affinity, at
+   * no cost.
    * @default {undefined}
    */
   affinityBy?: FairBy;
@@ -344,16 +345,15 @@ export interface HubOptions {
    * worker first (or that have no key), passing over the head of the queue
    * for at most this long from when a slot could first have taken it, then
    * the head (counted in `affinityPicks`); a retry at the head is not passed
-   * over; not in a pool with `fairBy`, whose turns it would upset. So a key queues briefly at its own worker
-   * rather
-   * than spilling over and evicting other keys' warm state, and the keys
-   * stay split between the workers. Set it to about what a cold start
-   * costs: a wait that runs out while the worker finishes a cold job costs
-   * the request the wait and a cold start both (`bench/affinity.ts`: 15 or
-   * 30 ms of wait did not pay where a cold start took 60 ms, 50 and 100 ms
-   * did). It lengthens the tail while a pool is nearly idle: a hot key's
-   * requests wait their turn at one worker. 0: never wait, and no worker
-   * idles while a request waits.
+   * over; not in a pool with `fairBy`, whose turns it would upset. So a key
+   * queues briefly at its own worker rather than spilling over and evicting
+   * other keys' warm state, and the keys stay split between the workers.
+   * Set it to about what a cold start costs: a wait that runs out while the
+   * worker finishes a cold job costs the request the wait and a cold start
+   * both (`bench/affinity.ts`: 15 or 30 ms of wait did not pay where a cold
+   * start took 60 ms, 50 and 100 ms did). It lengthens the tail while a
+   * pool is nearly idle: a hot key's requests wait their turn at one
+   * worker. 0: never wait, and no worker idles while a request waits.
    * @default {0}
    */
   affinityWait?: number;
