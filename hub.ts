@@ -922,6 +922,17 @@ class Pending {
   }
 }
 
+// What a pool holds against maxQueue, and a key against maxQueuePerKey:
+// the queue, and the requests waiting for their worker (affinityWait),
+// which queue if their wait runs out.
+function poolWaiting(pool: Pool): number {
+  return pool.queue.size + pool.waiting;
+}
+
+function keyWaiting(pool: Pool, key: string): number {
+  return pool.queue.sizeOf(key) + (pool.waitingKeys.get(key) ?? 0);
+}
+
 // Whether `node`, the request the queue would give a freed slot (its head,
 // or one picked by affinity from the head's class), goes before `waiter`,
 // which waits for that slot's worker: by the queue's own order of its
@@ -936,19 +947,18 @@ function goesBefore(
   waiter: Pending,
 ): boolean {
   const priority = node.priority;
-  if (priority === waiter.priority) {
-    // The head of a fair class may be younger than the class's oldest.
-    const since = node === pool.queue.head
-      ? pool.queue.classes().find((c) => c.priority === priority)
-        ?.oldestSince ?? node.since
-      : node.since;
-    return since < waiter.queuedSince;
-  }
   const step = pool.priorityStep;
-  if (step === Infinity) return priority > waiter.priority;
-  const oldest = pool.queue.classes().find((c) => c.priority === priority)
-    ?.oldestSince ?? node.since;
-  const at = oldest - priority * step;
+  if (priority !== waiter.priority && step === Infinity) {
+    return priority > waiter.priority;
+  }
+  // The class's oldest (the head of a fair class may be younger), unless
+  // the node is a pick from the waiter's own class.
+  const since = priority === waiter.priority && node !== pool.queue.head
+    ? node.since
+    : pool.queue.classes().find((c) => c.priority === priority)
+      ?.oldestSince ?? node.since;
+  if (priority === waiter.priority) return since < waiter.queuedSince;
+  const at = since - priority * step;
   const waiterAt = waiter.queuedSince - waiter.priority * step;
   return at < waiterAt || (at === waiterAt && priority > waiter.priority);
 }
@@ -1794,6 +1804,12 @@ export class Hub {
         per: byTime ? "time" : "request",
       })
       : null;
+    const affinityOf = this.#keyFunction(
+      limits.affinityBy === undefined ? this.#affinityBy : limits.affinityBy,
+      "affinityBy",
+    );
+    const affinityWait = limits.affinityWait ?? this.#opts.affinityWait;
+    const priorityStep = limits.priorityStep ?? this.#priorityStep;
     const created: Pool = {
       name,
       queueTimeout,
@@ -1801,15 +1817,12 @@ export class Hub {
       maxQueue: limits.maxQueue ?? this.#opts.maxQueue,
       keyOf,
       maxQueuePerKey: limits.maxQueuePerKey ?? this.#maxQueuePerKey,
-      affinityOf: this.#keyFunction(
-        limits.affinityBy === undefined ? this.#affinityBy : limits.affinityBy,
-        "affinityBy",
-      ),
-      affinityWait: limits.affinityWait ?? this.#opts.affinityWait,
+      affinityOf,
+      affinityWait,
       waiting: 0,
       waitingKeys: new Map(),
-      priorityStep: limits.priorityStep ?? this.#priorityStep,
-      picks: false,
+      priorityStep,
+      picks: affinityOf !== null && affinityWait > 0 && keyOf === null,
       workersChanged: 0,
       ledger,
       groups: new Map(),
@@ -1822,7 +1835,7 @@ export class Hub {
         // #enqueue); without fairBy the classes are plain FIFOs.
         keyOf: keyOf === null ? undefined : (p) => p.key ?? "",
         ledger: ledger ?? undefined,
-        step: limits.priorityStep ?? this.#priorityStep,
+        step: priorityStep,
         timeout: queueTimeout,
         onTimeout: (p) => {
           p.node = null;
@@ -1841,8 +1854,6 @@ export class Hub {
         },
       }),
     };
-    created.picks = created.affinityOf !== null && created.affinityWait > 0 &&
-      keyOf === null;
     this.#pools.set(name, created);
     pool = created;
     return pool;
@@ -2554,7 +2565,7 @@ export class Hub {
     if (pool.idle > 0) return false;
     if (pool.keyOf !== null) {
       const key = p.key ??= pool.keyOf(p);
-      if (pool.queue.sizeOf(key) >= pool.maxQueuePerKey) {
+      if (keyWaiting(pool, key) >= pool.maxQueuePerKey) {
         this.#stats.rejectedKeyFull++;
         // The key is not echoed: it may be another consumer's secret.
         this.#fail(
@@ -2567,9 +2578,7 @@ export class Hub {
         return true;
       }
     }
-    // Requests waiting for their worker (affinityWait) will queue if their
-    // wait runs out: they count.
-    if (pool.queue.size + pool.waiting < pool.maxQueue) return false;
+    if (poolWaiting(pool) < pool.maxQueue) return false;
     this.#stats.rejectedFull++;
     this.#fail(
       p,
@@ -2872,35 +2881,26 @@ export class Hub {
       // a key (the key "", as when its header is missing) has nothing to
       // keep warm: rather than pile onto the worker "" ranks first, it
       // takes the least loaded, as without affinity, and is not counted.
-      if (p.affinity === -1) {
-        const key = pool.affinityOf(p);
-        p.affinity = key === "" ? -2 : hash32(key);
-      }
-      let top = -1;
-      let first: Group | undefined;
-      let bestScore = -1;
-      if (p.affinity >= 0) {
+      const first = this.#firstGroup(pool, p);
+      if (first !== null) {
+        let bestScore = -1;
         for (const g of pool.groups.values()) {
-          // A worker whose every connection is leaving ranks no key.
-          if (g.leaving === g.slots) continue;
+          if (g.idle.size === 0) continue;
           const score = mix32(p.affinity ^ g.hash);
-          if (score > top) {
-            top = score;
-            first = g;
-          }
-          if (g.idle.size > 0 && score > bestScore) {
+          if (score > bestScore) {
             best = g;
             bestScore = score;
           }
         }
       }
-      if (best !== undefined) {
-        if (bestScore === top) {
-          if (count) this.#stats.affinityHits++;
-        } else if (mayWait && this.#mayWait(pool, p)) {
+      if (best === first) {
+        if (count) this.#stats.affinityHits++;
+      } else if (best !== undefined) {
+        if (mayWait && this.#mayWait(pool, p)) {
           this.#wait(p, first!);
           return null;
-        } else if (count) this.#stats.affinityMisses++;
+        }
+        if (count) this.#stats.affinityMisses++;
       }
     }
     // Otherwise the worker with the fewest requests in progress, so slots
@@ -2927,11 +2927,9 @@ export class Hub {
   // leave room under maxQueue (and maxQueuePerKey for its key).
   #mayWait(pool: Pool, p: Pending): boolean {
     if (pool.affinityWait === 0 || this.#closing) return false;
-    if (pool.queue.size + pool.waiting >= pool.maxQueue) return false;
+    if (poolWaiting(pool) >= pool.maxQueue) return false;
     if (pool.keyOf === null) return true;
-    const key = p.key ??= pool.keyOf(p);
-    return pool.queue.sizeOf(key) + (pool.waitingKeys.get(key) ?? 0) <
-      pool.maxQueuePerKey;
+    return keyWaiting(pool, p.key ??= pool.keyOf(p)) < pool.maxQueuePerKey;
   }
 
   // `p` found idle slots but its key's first worker busy: it waits for that
@@ -3309,7 +3307,9 @@ export class Hub {
   }
 
   // The worker `p`'s key ranks first (null: it has no key), as of the
-  // pool's current workers.
+  // pool's current workers; a worker whose every connection is leaving
+  // (its token withdrawn) ranks no key. Kept on the request until a worker
+  // comes or goes.
   #firstGroup(pool: Pool, p: Pending): Group | null {
     if (p.affinity === -1) {
       const key = pool.affinityOf!(p);
@@ -3320,7 +3320,7 @@ export class Hub {
     let top = -1;
     let first: Group | null = null;
     for (const g of pool.groups.values()) {
-      if (g.leaving === g.slots) continue; // as in #takeIdle
+      if (g.leaving === g.slots) continue;
       const score = mix32(p.affinity ^ g.hash);
       if (score > top) {
         top = score;

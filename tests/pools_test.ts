@@ -1164,6 +1164,10 @@ Deno.test("affinityWait: waiting requests count against maxQueue and maxQueuePer
         const second = tenant("/b");
         await waitFor(() => t.log.includes("b /b"), "second on b");
         assert.equal(t.pool().waiting, 1);
+        // No slot idle now: its waiting one fills the tenant's place.
+        const third = await tenant("/x");
+        assert.equal(third.status, 429);
+        await third.text();
         h1.resolve();
         hb.resolve();
         for (const p of [held, w1, second]) assert.equal((await p).status, 200);
