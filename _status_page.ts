@@ -112,7 +112,8 @@ tr.gone td { color: var(--muted); }
       <div class="big" data-metric="queued">–</div>
       <div class="sub">oldest waiting <span data-metric="oldest">–</span></div>
       <div class="sub" data-metric="classes"></div>
-      <div class="sub" data-metric="keys"></div></div>
+      <div class="sub" data-metric="keys"></div>
+      <div class="sub" data-metric="waiting"></div></div>
     <div class="card"><h2>Busy slots</h2>
       <div class="big"><span data-metric="busy">–</span><span class="of"> / <span data-metric="slots">–</span></span></div>
       <div class="sub"><span data-metric="idle">–</span> idle · <span data-metric="parked">–</span> parked · <span data-metric="slots">–</span> connected ·
@@ -300,6 +301,10 @@ tr.gone td { color: var(--muted); }
     // Only with fair queuing: how many consumers the queue holds.
     set("keys", !s.keys ? "" : "from " + s.keys +
       (s.keys === 1 ? " consumer" : " consumers"));
+    // Only with --affinity-wait: requests waiting for their key's worker,
+    // outside the queue.
+    set("waiting", !s.waiting ? "" : "+ " + s.waiting + " waiting for " +
+      (s.waiting === 1 ? "its worker" : "their workers"));
     set("idle", String(s.idle));
     set("parked", String(s.parked ?? 0));
     set("busy", String(s.busy));

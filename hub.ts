@@ -339,7 +339,7 @@ export interface HubOptions {
    * them a request goes to the next idle worker at once. A worker that
    * leaves (or whose token is withdrawn) and a hub that starts to drain let
    * their waiting requests go at once; a worker that joins and ranks first
-   * for a waiting request's key does not take it (the wait is bounded).
+   * for a waiting request's key takes it over (from its first free slot).
    * While requests queue (no slot idle), a slot that frees takes the oldest
    * of the first 32 requests of the queue's next class whose key ranks its
    * worker first (or that have no key), passing over the head of the queue
@@ -1133,6 +1133,9 @@ interface Pool {
   // Counts workers joining and leaving, so that a request's first worker,
   // once worked out, is known to be current (see #firstGroup).
   workersChanged: number;
+  // workersChanged when the waiting requests last had their first workers
+  // worked out (see #rehome).
+  waitersAt: number;
   // Fair queuing by worker time: what each key has used.
   ledger: ShareLedger | null;
   groups: Map<string, Group>;
@@ -1824,6 +1827,7 @@ export class Hub {
       priorityStep,
       picks: affinityOf !== null && affinityWait > 0 && keyOf === null,
       workersChanged: 0,
+      waitersAt: 0,
       ledger,
       groups: new Map(),
       idle: 0,
@@ -2939,11 +2943,7 @@ export class Hub {
     p.waitingFor = group;
     // Ordered as the pool's queue orders, so that #offer serves the waiter
     // the queue would serve first; no timeout: each has its own timer.
-    group.waiters ??= new PriorityQueue<Pending>({
-      timeout: 0,
-      onTimeout: () => {},
-      step: pool.priorityStep,
-    });
+    group.waiters ??= this.#waiters(pool);
     p.waitNode = group.waiters.push(p, p.queuedSince, p.priority);
     pool.waiting++;
     if (pool.keyOf !== null) {
@@ -2957,6 +2957,17 @@ export class Hub {
       Math.min(pool.affinityWait, 0x7fffffff),
     );
     this.#watch(p);
+  }
+
+  // A worker's waiters, ordered as the pool's queue orders, so that #offer
+  // serves the waiter the queue would serve first; no timeout: each waiter
+  // has its own timer.
+  #waiters(pool: Pool): PriorityQueue<Pending> {
+    return new PriorityQueue<Pending>({
+      timeout: 0,
+      onTimeout: () => {},
+      step: pool.priorityStep,
+    });
   }
 
   // Takes `p` out of its worker's waiters.
@@ -2993,6 +3004,24 @@ export class Hub {
     const slot = this.#takeIdle(p.pool, p, false, false);
     if (slot) this.#dispatch(p, slot);
     else this.#enqueue(p, true);
+  }
+
+  // Workers came or went while requests waited: each waits from now on for
+  // its key's first worker as of now (a worker that joined may rank first),
+  // with what is left of its wait. Its place among that worker's waiters
+  // is by its arrival, as in the queue.
+  #rehome(pool: Pool): void {
+    pool.waitersAt = pool.workersChanged;
+    const all: Pending[] = [];
+    for (const group of pool.groups.values()) {
+      if (group.waiters !== null) all.push(...group.waiters.drain());
+    }
+    for (const p of all) {
+      const first = this.#firstGroup(pool, p) ?? p.waitingFor!;
+      first.waiters ??= this.#waiters(pool);
+      p.waitNode = first.waiters.push(p, p.queuedSince, p.priority);
+      p.waitingFor = first;
+    }
   }
 
   // Releases every request waiting for `group`'s worker (see #endWait).
@@ -3228,6 +3257,9 @@ export class Hub {
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     if (this.#parked.delete(slot)) pool.parked--;
     if (this.#pinging.delete(slot)) pool.pinging--;
+    if (pool.waiting > 0 && pool.waitersAt !== pool.workersChanged) {
+      this.#rehome(pool);
+    }
     const waiter = group.waiters?.head?.value ?? null;
     // An idle connection is watched only if it is going to wait.
     slot.idle(this.#closed || (pool.queue.size === 0 && waiter === null));

@@ -1616,3 +1616,34 @@ Deno.test("affinityWait: a worker whose token was withdrawn ranks again once a c
     },
   );
 });
+
+Deno.test("affinityWait: a worker that joins and ranks first for a waiting request's key takes it over; the others keep waiting for theirs", async () => {
+  const ids = ["a", "b"];
+  // x ranks c first, then a; y ranks a first whoever joins.
+  const kx = keyRanking(["a", "b", "c"], ["c", "a"]);
+  const ky = keyRanking(["a", "b", "c"], ["a"]);
+  await affinityHub(
+    { affinityBy: "header:x-model", affinityWait: HANG },
+    ids,
+    async (t) => {
+      const hub = t.server.hub;
+      const pool = () => hub.stats.pools.find((p) => p.name === "default")!;
+      const h1 = t.hold("/h1");
+      t.send("/h1", ky);
+      await waitFor(() => t.log.length === 1, "a busy");
+      t.send("/x", kx); // b idle: x waits for a
+      t.send("/y", ky); // and y too
+      await waitFor(() => pool().waiting === 2, "x and y wait");
+      const hits = hub.stats.affinityHits;
+      t.add("c");
+      await waitFor(() => t.log.includes("c /x"), "c took x over");
+      assert.equal(pool().waiting, 1, "y still waits for a");
+      assert.equal(hub.stats.affinityWaitTimeouts, 0);
+      assert.equal(hub.stats.affinityHits, hits + 1);
+      h1.resolve();
+      await waitFor(() => t.log.includes("a /y"), "a took y");
+      assert.equal(pool().waiting, 0);
+      assert.ok(!t.log.some((l) => l.startsWith("b ")), `b idle: ${t.log}`);
+    },
+  );
+});

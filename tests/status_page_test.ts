@@ -13,6 +13,7 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { createAdminHandler } from "../_admin.ts";
+import { hash32, mix32 } from "../_hash.ts";
 import { HubMetrics } from "../_metrics.ts";
 import { serveHub } from "../hub.ts";
 import { connectWorker, ENGINE } from "./_hub.ts";
@@ -322,6 +323,91 @@ Deno.test({
       );
       worker.close();
       await guard(worker.finished, "worker to stop");
+      await guard(server.shutdown(), "hub shutdown");
+      adminStop.abort();
+      await guard(admin.shutdown(), "admin shutdown");
+    }
+  },
+});
+
+Deno.test({
+  name: missing.length === 0
+    ? "status page shows the requests waiting for their worker (affinityWait)"
+    : `status page, affinity waits (ignored: missing ${missing.join(", ")})`,
+  ignore: missing.length > 0,
+  async fn() {
+    const metrics = new HubMetrics();
+    const server = serveHub({
+      hostname: "127.0.0.1",
+      port: 0,
+      workerPort: 0,
+      shutdownGrace: 1000,
+      affinityBy: "header:x-model",
+      affinityWait: HANG_GUARD,
+      onAccess: (r) => metrics.observe(r),
+    });
+    const adminStop = new AbortController();
+    const admin = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      createAdminHandler(server.hub, metrics, {
+        eventInterval: 250,
+        signal: adminStop.signal,
+      }),
+    );
+    // A key that worker "a" ranks above worker "b" (rendezvous hashing).
+    let model = "";
+    for (let i = 0; model === ""; i++) {
+      const h = hash32(`m${i}`);
+      if (mix32(h ^ hash32("a")) > mix32(h ^ hash32("b"))) model = `m${i}`;
+    }
+    const gate = Promise.withResolvers<void>();
+    const workers = ["a", "b"].map((id) =>
+      connectWorker(async (req) => {
+        if (new URL(req.url).pathname === "/hold") await gate.promise;
+        return new Response(`${id}\n`);
+      }, {
+        hostname: "127.0.0.1",
+        port: server.workerAddr.port,
+        workerId: id,
+        minBackoff: 10,
+        maxBackoff: 100,
+      })
+    );
+    const base = `http://127.0.0.1:${server.addr.port}`;
+    const send = (path: string) =>
+      fetch(base + path, { headers: { "x-model": model } });
+    const consumers: Promise<Response>[] = [];
+    const browser = new Browser();
+    let closed = false;
+    try {
+      let page = await browser.open(`http://127.0.0.1:${admin.addr.port}/`);
+      page = await browser.waitFor("slots", "2");
+      assert.equal(page.values.waiting, "");
+      // a is busy with /hold; b idles, so the next two of a's key wait.
+      consumers.push(send("/hold"));
+      page = await browser.waitFor("busy", "1");
+      consumers.push(send("/x"));
+      page = await browser.waitFor("waiting", "+ 1 waiting for its worker");
+      consumers.push(send("/y"));
+      page = await browser.waitFor("waiting", "+ 2 waiting for their workers");
+      assert.equal(page.values.queued, "0");
+      assert.equal(page.values.idle, "1");
+      gate.resolve();
+      for (const res of await guard(Promise.all(consumers), "requests")) {
+        assert.equal(await res.text(), "a\n");
+      }
+      page = await browser.waitFor("waiting", "");
+      await browser.close();
+      closed = true;
+      assert.deepEqual(browser.errors, [], "no errors in the page");
+    } finally {
+      gate.resolve();
+      if (!closed) await browser.close().catch(() => browser.kill());
+      await Promise.allSettled(
+        consumers.map(async (p) => await (await p).body?.cancel()),
+      );
+      for (const w of workers) w.close();
+      for (const w of workers) await guard(w.finished, "worker to stop");
       await guard(server.shutdown(), "hub shutdown");
       adminStop.abort();
       await guard(admin.shutdown(), "admin shutdown");
