@@ -74,6 +74,52 @@ const REQUEST_LINE =
 const DIGITS = /^[0-9]+$/;
 
 /**
+ * RFC 9112 §3.2: a Host field value is uri-host [":" port]. Anything else
+ * ("/", "?", "\\" and the like) would move the boundary between authority
+ * and path in a URL built from it, and so change the path a request is
+ * routed and served by. Empty is allowed (a request may carry an empty Host).
+ */
+export const VALID_HOST: RegExp =
+  /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?$/;
+
+const ABSOLUTE_HTTP = /^https?:\/\//i;
+const ASCII_TARGET = /^[\x21-\x7e]+$/;
+
+/**
+ * Checks a parsed request's target and Host field as a server must before
+ * it builds a URL from them (RFC 9112 §3.2, §3.2.3, §3.2.4): at most one
+ * Host field, and a valid one; the target in origin form, absolute form
+ * (http or https), or `*` for OPTIONS only; no bytes outside ASCII (a
+ * sender percent-encodes them). Returns the Host field's value ("" when
+ * absent); throws a `SyntaxError` saying what is wrong.
+ */
+export function checkRequestTarget(head: RequestHead): string {
+  let host: string | null = null;
+  for (const [name, value] of head.headers) {
+    if (name !== "host") continue;
+    if (host !== null) throw new SyntaxError("more than one Host field");
+    host = value;
+  }
+  if (host !== null && !VALID_HOST.test(host)) {
+    throw new SyntaxError(`invalid Host field ${JSON.stringify(host)}`);
+  }
+  const target = head.target;
+  if (!ASCII_TARGET.test(target)) {
+    throw new SyntaxError("request target with bytes outside ASCII");
+  }
+  if (target.charCodeAt(0) === 47) return host ?? ""; // "/": origin form
+  if (target === "*" && head.method === "OPTIONS") return host ?? "";
+  if (!ABSOLUTE_HTTP.test(target)) {
+    throw new SyntaxError(
+      `request target ${
+        JSON.stringify(target)
+      } is neither a path nor an http(s) URL`,
+    );
+  }
+  return host ?? "";
+}
+
+/**
  * Decodes `buf[start, end)` as ISO-8859-1, one char per byte.
  * (`TextDecoder("latin1")` is windows-1252, which maps 0x80-0x9f elsewhere.)
  */

@@ -7,6 +7,7 @@
  */
 
 import {
+  checkRequestTarget,
   encodeChunk,
   encodeHead,
   framingFields,
@@ -509,9 +510,11 @@ async function serveOne(
 ): Promise<"reuse" | "closed" | "end"> {
   let fields;
   let framing;
+  let hostField;
   try {
     fields = framingFields(head.headers);
     framing = requestFraming(fields);
+    hostField = checkRequestTarget(head);
   } catch (error) {
     options.onError(error, "request framing");
     await writeAll(conn, simpleResponse(400, true)).catch(() => {});
@@ -584,14 +587,13 @@ async function serveOne(
 
   let request: Request;
   try {
-    let host = "localhost";
+    // An empty Host (which the hub passes on) would make "http:///x",
+    // whose host the URL parser takes from the path.
+    const host = hostField || "localhost";
     let proto = "http";
     let expect = false;
     for (const [n, v] of head.headers) {
-      // An empty Host (which the hub passes on) would make "http:///x",
-      // whose host the URL parser takes from the path.
-      if (n === "host") host = v || "localhost";
-      else if (n === "x-forwarded-proto" && v === "https") proto = v;
+      if (n === "x-forwarded-proto" && v === "https") proto = v;
       else if (n === "expect") expect = true;
     }
     // A string, not a URL object: Request parses it once anyway.

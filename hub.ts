@@ -28,6 +28,7 @@ import {
   type HeadLimits,
   listTokens,
   reasonPhrase,
+  VALID_HOST,
 } from "./_codec.ts";
 import {
   addressKey,
@@ -1070,12 +1071,6 @@ async function bodyOrNull(
     });
   }
 }
-
-// RFC 9112 §3.2: uri-host [":" port]. Anything else ("/", "?", "\\" and
-// the like) would move the boundary between authority and path in the URL
-// `Deno.serve` builds, and so change the path the hub routes and forwards.
-const VALID_HOST =
-  /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?$/;
 
 interface Group {
   key: string;

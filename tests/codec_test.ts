@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import {
+  checkRequestTarget,
   DEFAULT_LIMITS,
   encodeChunk,
   encodeHead,
@@ -1149,3 +1150,70 @@ Deno.test("encodeLines writes into the caller's buffer when head and extra fit, 
   );
   assert.equal(text(latin.buf), "GET / HTTP/1.1\r\nx-c: caf\xe9\r\n\r\n");
 });
+
+// RFC 9112 §3.2 (one valid Host), §3.2.3 (authority form only for CONNECT),
+// §3.2.4 (asterisk form only for OPTIONS); bytes, as the parser gives them.
+function checkTarget(raw: string): string {
+  const buf = bytes(raw);
+  const head = parseRequestHead(buf, 0, buf.length)!.value;
+  return checkRequestTarget(head);
+}
+
+for (
+  const [name, raw, host] of [
+    [
+      "origin form",
+      "GET /a?b HTTP/1.1\r\nHost: h.example:8080\r\n\r\n",
+      "h.example:8080",
+    ],
+    ["an empty Host", "GET / HTTP/1.1\r\nHost:\r\n\r\n", ""],
+    ["no Host (HTTP/1.0)", "GET / HTTP/1.0\r\n\r\n", ""],
+    ["an IPv6 Host", "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", "[::1]:80"],
+    ["absolute form", "GET HTTP://h/x HTTP/1.1\r\nHost: h\r\n\r\n", "h"],
+    ["OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "h"],
+  ] as const
+) {
+  Deno.test(`checkRequestTarget accepts ${name}`, () => {
+    assert.equal(checkTarget(raw), host);
+  });
+}
+
+for (
+  const [name, raw, message] of [
+    [
+      "two Host fields",
+      "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+      /more than one Host/,
+    ],
+    [
+      "a Host with a path",
+      "GET /x HTTP/1.1\r\nHost: evil.example/admin?\r\n\r\n",
+      /invalid Host/,
+    ],
+    [
+      "a Host with a backslash",
+      "GET /x HTTP/1.1\r\nHost: a\\b\r\n\r\n",
+      /invalid Host/,
+    ],
+    [
+      "authority form on GET",
+      "GET evil.example:443 HTTP/1.1\r\nHost: h\r\n\r\n",
+      /neither a path nor/,
+    ],
+    [
+      "another scheme",
+      "GET javascript:alert(1) HTTP/1.1\r\nHost: h\r\n\r\n",
+      /neither a path nor/,
+    ],
+    ["* on GET", "GET * HTTP/1.1\r\nHost: h\r\n\r\n", /neither a path nor/],
+    [
+      "a byte past ASCII",
+      "GET /\xff HTTP/1.1\r\nHost: h\r\n\r\n",
+      /outside ASCII/,
+    ],
+  ] as const
+) {
+  Deno.test(`checkRequestTarget refuses ${name}`, () => {
+    assert.throws(() => checkTarget(raw), message);
+  });
+}

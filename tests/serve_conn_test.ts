@@ -280,3 +280,36 @@ Deno.test("a request with the ping field and a body is not a ping: its body is n
     2,
   );
 });
+
+for (
+  const [name, request] of [
+    [
+      "two Host fields",
+      "GET /x HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n",
+    ],
+    [
+      "a Host that holds a path",
+      "GET /x HTTP/1.1\r\nhost: evil.example/admin?\r\n\r\n",
+    ],
+    [
+      "an authority-form target on GET",
+      "GET evil.example:443 HTTP/1.1\r\nhost: h\r\n\r\n",
+    ],
+    [
+      "a byte past ASCII in the target",
+      "GET /\xff HTTP/1.1\r\nhost: h\r\n\r\n",
+    ],
+  ]
+) {
+  Deno.test(`a request with ${name} is refused with 400 before the handler runs`, async () => {
+    let called = false;
+    const { conn, errors } = await serve(() => {
+      called = true;
+      return new Response("ok");
+    }, request);
+    assert.equal(called, false);
+    assert.match(text(conn.writes[0]), /^HTTP\/1\.1 400 /);
+    assert.equal(errors.length, 1, errors.join("; "));
+    assert.ok(conn.closed, "the connection is closed");
+  });
+}
