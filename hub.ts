@@ -336,7 +336,8 @@ export interface HubOptions {
    * `priorityStep` one aged past it, still goes first; several waiting for
    * one worker go in the queue's order); otherwise it then takes the idle
    * slot its key ranks highest, or its place in the queue by its arrival.
-   * Waiting requests count against `maxQueue` and `maxQueuePerKey`: past
+   * The queue timeout bounds the wait too, counted from the request's
+   * arrival. Waiting requests count against `maxQueue` and `maxQueuePerKey`: past
    * them a request goes to the next idle worker at once. A worker that
    * leaves (or whose token is withdrawn) and a hub that starts to drain let
    * their waiting requests go at once; a worker that joins and ranks first
@@ -2946,10 +2947,17 @@ export class Hub {
       pool.waitingKeys.set(key, (pool.waitingKeys.get(key) ?? 0) + 1);
     }
     this.#stats.affinityWaits++;
+    // The queue timeout bounds the wait too, counted from the request's
+    // arrival: then it takes an idle slot after all, or queues and times out.
+    let wait = pool.affinityWait;
+    if (pool.queueTimeout > 0) {
+      const left = pool.queueTimeout - (performance.now() - p.queuedSince);
+      wait = Math.max(0, Math.min(wait, left));
+    }
     // setTimeout takes at most 2^31 - 1 ms (a longer one fires at once).
     p.waitTimer = setTimeout(
       () => this.#endWait(p),
-      Math.min(pool.affinityWait, 0x7fffffff),
+      Math.min(wait, 0x7fffffff),
     );
     this.#watch(p);
   }

@@ -1488,7 +1488,10 @@ async function affinityHub(
   } finally {
     for (const g of gates.values()) g.resolve();
     await Promise.all(
-      sent.map((p) => p.then((r) => r.body?.cancel(), () => {})),
+      // A body a test read is locked (and done).
+      sent.map((p) =>
+        p.then((r) => r.body?.locked ? undefined : r.body?.cancel(), () => {})
+      ),
     );
     for (const w of workers) w.close();
     await Promise.all(workers.map((w) => w.finished));
@@ -1644,6 +1647,28 @@ Deno.test("affinityWait: a worker that joins and ranks first for a waiting reque
       await waitFor(() => t.log.includes("a /y"), "a took y");
       assert.equal(pool().waiting, 0);
       assert.ok(!t.log.some((l) => l.startsWith("b ")), `b idle: ${t.log}`);
+    },
+  );
+});
+
+Deno.test("affinityWait: the queue timeout bounds a wait too: past it the request takes an idle slot after all", async () => {
+  const ids = ["a", "b"];
+  const ka = keyRanking(ids, ["a"]);
+  await affinityHub(
+    { affinityBy: "header:x-model", affinityWait: HANG, queueTimeout: 300 },
+    ids,
+    async (t) => {
+      const hub = t.server.hub;
+      const pool = () => hub.stats.pools.find((p) => p.name === "default")!;
+      const h1 = t.hold("/h1");
+      t.send("/h1", ka);
+      await waitFor(() => t.log.length === 1, "a busy");
+      const x = t.send("/x", ka); // b idle: x waits for a, up to 300 ms
+      await waitFor(() => pool().waiting === 1, "x waits");
+      assert.deepEqual(await text(x), [200, "b /x"]);
+      assert.equal(hub.stats.affinityWaitTimeouts, 1);
+      assert.equal(hub.stats.timedOutQueued, 0);
+      h1.resolve();
     },
   );
 });
