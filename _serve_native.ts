@@ -380,10 +380,7 @@ export class NativeEngine {
     const last = link.served >= (options.maxRequests ?? Infinity);
     // `Deno.upgradeWebSocket` takes only the request Deno.serve made.
     link.upgrading = req.headers.has("upgrade");
-    const [request, abort] = abortable(
-      link.upgrading ? httpsAware(req, true) : withoutExpect(httpsAware(req)),
-      link.upgrading,
-    );
+    const [request, abort] = abortable(asHandlerSees(req), link.upgrading);
     link.abort = abort;
     const response = await callHandler(this.#handler, request, {
       remoteAddr: forwardedAddr(
@@ -695,35 +692,37 @@ export function abortable(
   return [req, abort];
 }
 
-// The hub asks for 100 Continue on every streamed upload, and the runner
-// (here Deno.serve) answers it: it is not the handler's business, and a
-// handler run by Deno.serve for the consumer itself would not see it unless
-// the consumer sent one.
-function withoutExpect(req: Request): Request {
-  if (!req.headers.has("expect")) return req;
-  // As pairs: `Request` trims each value it takes, and a `Headers` gives
-  // "one, " (from "one" and "") whole, which would lose its space.
-  const headers = withEmptyFields(fieldPairs(req.headers))
-    .filter(([name]) => name !== "expect");
-  return new Request(req, { headers });
-}
-
-// `Deno.serve` builds an http: URL; the hub says when the consumer used TLS.
-// In place (`same`) for a request that must stay Deno.serve's own.
-function httpsAware(req: Request, same = false): Request {
+// The request as the handler sees it, changed in place: Deno.serve's own
+// request, not a copy. A copy would take over the body stream, and
+// Deno.serve would then no longer discard a body the handler leaves unread
+// (the link stalls until a timeout); and `new Request` refuses TRACE and
+// TRACK. What changes:
+// - the URL's scheme: `Deno.serve` builds an http: URL, and the hub says
+//   when the consumer used TLS;
+// - the `Expect` field: the hub asks for 100 Continue on every streamed
+//   upload, and the runner (here Deno.serve) answers it: it is not the
+//   handler's business, and a handler run by Deno.serve for the consumer
+//   itself would not see it unless the consumer sent one.
+// (`clone()` and `new Request(req)` read Deno's own fields, as they came.)
+function asHandlerSees(req: Request): Request {
   if (
-    req.headers.get("x-forwarded-proto") !== "https" ||
-    !req.url.startsWith("http:")
-  ) return req;
-  const url = "https:" + req.url.slice(5);
-  if (!same) {
-    const copy = new Request(url, req);
-    // The copy's Headers trimmed "one, " (see withoutExpect): as pairs.
-    const pairs = fieldPairs(req.headers);
-    return pairs.some(([, v]) => v.endsWith(" "))
-      ? new Request(copy, { headers: withEmptyFields(pairs) })
-      : copy;
+    req.headers.get("x-forwarded-proto") === "https" &&
+    req.url.startsWith("http:")
+  ) {
+    const url = "https:" + req.url.slice(5);
+    Object.defineProperty(req, "url", { configurable: true, value: url });
   }
-  Object.defineProperty(req, "url", { configurable: true, value: url });
+  if (req.headers.has("expect")) {
+    // As pairs: a `Headers` gives "one, " (from "one" and "") whole, which
+    // would lose its space.
+    const headers = new Headers(
+      withEmptyFields(fieldPairs(req.headers))
+        .filter(([name]) => name !== "expect"),
+    );
+    Object.defineProperty(req, "headers", {
+      configurable: true,
+      value: headers,
+    });
+  }
   return req;
 }
