@@ -646,7 +646,13 @@ async function serveOne(
   const connection = reuse ? park ? PARK_OPTION : null : "close";
   try {
     try {
-      await writeResponse(conn, head.method, response, connection);
+      await writeResponse(
+        conn,
+        head.method,
+        response,
+        connection,
+        controller.signal,
+      );
     } catch (error) {
       if (!(error instanceof Unsent)) throw error;
       // The body failed before the head went out: a 500, as for a handler
@@ -725,6 +731,7 @@ async function writeResponse(
   method: string,
   res: Response,
   connection: string | null,
+  signal?: AbortSignal,
 ): Promise<void> {
   const status = res.status;
   let all = fieldPairs(res.headers);
@@ -789,11 +796,15 @@ async function writeResponse(
       await writeAll(conn, buf.subarray(0, n + size));
       return;
     }
+    // A stream that goes quiet (an event stream between events) is given
+    // up once the request's signal aborts: the hub dropped the connection
+    // (its consumer left) or the worker closed. Its cancel then runs, as
+    // Deno.serve cancels it, and the permit comes back.
     const rest = {
       read() {
         const read = next ?? reader.read().then(asBytes);
         next = undefined;
-        return read;
+        return signal === undefined ? read : unlessAborted(read, signal);
       },
     };
     // Otherwise a stream: by the declared length, else chunked with each
@@ -829,6 +840,21 @@ async function writeResponse(
     reader.cancel(error).catch(() => {});
     throw error;
   }
+}
+
+// `promise`, or its signal's reason once that aborts first.
+function unlessAborted<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() =>
+      signal.removeEventListener("abort", onAbort)
+    );
+  });
 }
 
 /**

@@ -72,6 +72,12 @@ export interface ScriptedConnOptions {
   maxWrite?: number;
   /** Thrown by every `write` when set. */
   writeError?: unknown;
+  /**
+   * Reads after the last piece wait until `close()` instead of returning
+   * end of stream: a peer that keeps the connection open (as the hub does
+   * while a response comes; its end of stream means it has gone).
+   */
+  open?: boolean;
 }
 
 /**
@@ -88,6 +94,8 @@ export class ScriptedConn implements Connection {
   closed = false;
   #pieces: Uint8Array[];
   #options: ScriptedConnOptions;
+  // Reads waiting on an open connection (see `open`).
+  #onClose: ((error: Error) => void)[] = [];
 
   constructor(
     pieces: Iterable<Uint8Array | string>,
@@ -117,6 +125,9 @@ export class ScriptedConn implements Connection {
     }
     const piece = this.#pieces.shift();
     if (piece === undefined) {
+      if (this.#options.open) {
+        return new Promise((_, reject) => this.#onClose.push(reject));
+      }
       if (this.#options.readError !== undefined) {
         return Promise.reject(this.#options.readError);
       }
@@ -143,6 +154,9 @@ export class ScriptedConn implements Connection {
 
   close(): void {
     this.closed = true;
+    for (const reject of this.#onClose.splice(0)) {
+      reject(new Deno.errors.BadResource("Connection closed"));
+    }
   }
 }
 

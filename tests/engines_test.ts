@@ -666,3 +666,72 @@ Deno.test(`[${ENGINE}] streamed uploads the handler answers without reading them
     { queueTimeout: 5_000 },
   );
 });
+
+// A stream whose next chunk does not come (an event stream between events).
+// `stop()` ends every such stream made, so that a worker that failed to give
+// one up can still finish (withWorker's cleanup waits for it).
+function quietStream() {
+  const stops: (() => void)[] = [];
+  let cancelled = false;
+  const stream = () =>
+    new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(new TextEncoder().encode("first\n"));
+        stops.push(() => {
+          try {
+            c.close();
+          } catch { /* cancelled */ }
+        });
+      },
+      pull: () => new Promise<void>((r) => stops.push(r)),
+      cancel() {
+        cancelled = true;
+      },
+    });
+  return {
+    stream,
+    cancelled: () => cancelled,
+    stop: () => stops.splice(0).forEach((s) => s()),
+  };
+}
+
+Deno.test(`[${ENGINE}] a response stream gone quiet is cancelled when its consumer leaves, and the slot comes back`, async () => {
+  const quiet = quietStream();
+  await withWorker((req) =>
+    new Response(
+      new URL(req.url).pathname === "/events" ? quiet.stream() : "next",
+    ), async ({ url, worker }) => {
+    try {
+      const ac = new AbortController();
+      const res = await fetch(`${url}/events`, { signal: ac.signal });
+      await res.body!.getReader().read();
+      ac.abort();
+      await waitFor(() => quiet.cancelled(), "the stream cancelled");
+      await waitFor(() => worker.active === 0, "the permit back");
+      const next = await deadline(fetch(url), 10_000, "the next request");
+      assert.equal(await next.text(), "next");
+    } finally {
+      quiet.stop();
+    }
+  });
+});
+
+Deno.test(`[${ENGINE}] close() gives up a response stream gone quiet: finished resolves`, async () => {
+  const quiet = quietStream();
+  await withWorker(
+    () => new Response(quiet.stream()),
+    async ({ url, worker }) => {
+      const res = await fetch(url);
+      const reader = res.body!.getReader();
+      try {
+        await reader.read();
+        worker.close();
+        await deadline(worker.finished, 10_000, "finished after close()");
+        assert.ok(quiet.cancelled(), "the stream was cancelled");
+      } finally {
+        quiet.stop();
+        await reader.cancel();
+      }
+    },
+  );
+});

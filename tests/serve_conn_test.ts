@@ -13,11 +13,16 @@ const PEER: Deno.NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: 1 };
 // The connection of the latest serve(), for tests that watch it mid-way.
 let connOf: Promise<ScriptedConn> = Promise.resolve(new ScriptedConn([]));
 
+// A request after which the engine closes the connection itself, for a
+// connection that stays open meanwhile (`open`): its end of stream during
+// a response would mean the hub has gone, and the response is given up.
+const CLOSING = "GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+
 async function serve(
   handler: FetchHandler,
   request = "GET / HTTP/1.1\r\nhost: a\r\n\r\n",
 ): Promise<{ conn: ScriptedConn; errors: string[] }> {
-  const conn = new ScriptedConn([request]);
+  const conn = new ScriptedConn([request], { open: request === CLOSING });
   connOf = Promise.resolve(conn);
   const errors: string[] = [];
   await serveConnection(conn, {
@@ -63,7 +68,7 @@ Deno.test("a slow body with Content-Length does not hold the head back", async (
       },
     });
     return new Response(body, { headers: { "content-length": "4" } });
-  });
+  }, CLOSING);
   const conn = await deadline(connOf, 10_000, "serving to start");
   await waitFor(() => conn.writes.length > 0, "the head to be written");
   assert.match(text(conn.writes[0]), /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\n$/);
@@ -85,8 +90,7 @@ Deno.test("a streamed body shorter than its Content-Length ends the connection w
         },
       }),
       { headers: { "content-length": "10" } },
-    )
-  );
+    ), CLOSING);
   assert.ok(conn.closed);
   assert.equal(errors.length, 1);
   assert.match(errors[0], /^response: .*3 of the declared 10 bytes/);
@@ -99,7 +103,7 @@ Deno.test("a body of several chunks with Content-Length arrives whole", async ()
       parts.map((p) => new TextEncoder().encode(p)),
     );
     return new Response(body, { headers: { "content-length": "13" } });
-  });
+  }, CLOSING);
   assert.deepEqual(errors, []);
   assert.equal(text(conn.written).split("\r\n\r\n")[1], "one two three");
 });
@@ -131,8 +135,7 @@ Deno.test("a streamed body of unknown length goes out chunked, first chunk at on
           controller.close();
         },
       }),
-    )
-  );
+    ), CLOSING);
   const conn = await deadline(connOf, 10_000, "serving to start");
   await waitFor(() => conn.writes.length > 0, "the first chunk");
   const head = text(conn.writes[0]);
@@ -164,8 +167,7 @@ Deno.test("a body stream that errors with no reason is reported as an error", as
           }
         },
       }),
-    )
-  );
+    ), CLOSING);
   assert.ok(conn.closed);
   assert.equal(errors.length, 1);
   assert.match(errors[0], /^response: Error: body stream errored/);
