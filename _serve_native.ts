@@ -703,14 +703,17 @@ export function abortable(
 //   upload, and the runner (here Deno.serve) answers it: it is not the
 //   handler's business, and a handler run by Deno.serve for the consumer
 //   itself would not see it unless the consumer sent one.
-// (`clone()` and `new Request(req)` read Deno's own fields, as they came.)
+// `clone()` gives a clone changed the same way; `new Request(req)` reads
+// Deno's own fields, as they came.
 function asHandlerSees(req: Request): Request {
+  let changed = false;
   if (
     req.headers.get("x-forwarded-proto") === "https" &&
     req.url.startsWith("http:")
   ) {
     const url = "https:" + req.url.slice(5);
     Object.defineProperty(req, "url", { configurable: true, value: url });
+    changed = true;
   }
   if (req.headers.has("expect")) {
     // As pairs: a `Headers` gives "one, " (from "one" and "") whole, which
@@ -723,6 +726,15 @@ function asHandlerSees(req: Request): Request {
       configurable: true,
       value: headers,
     });
+    changed = true;
+  }
+  if (changed) {
+    Object.defineProperty(req, "clone", {
+      configurable: true,
+      value: () => asHandlerSees(CLONE.call(req)),
+    });
   }
   return req;
 }
+
+const CLONE = Request.prototype.clone;

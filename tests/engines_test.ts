@@ -94,7 +94,7 @@ for (const https of [false, true]) {
           new Response(
             `${req.method} ${new URL(req.url).protocol}${
               new URL(req.url).pathname
-            }`,
+            } clone ${new URL(req.clone().url).protocol}`,
           ),
         async ({ server, connects, errors, worker }) => {
           const proto = https ? "https:" : "http:";
@@ -111,7 +111,7 @@ for (const https of [false, true]) {
               const [method, path] = line.split(" ");
               assert.equal(
                 new TextDecoder().decode(m!.body),
-                `${method} ${proto}${path}`,
+                `${method} ${proto}${path} clone ${proto}`,
               );
             } finally {
               c.close();
@@ -570,8 +570,14 @@ Deno.test(`[${ENGINE}] a request without a body has request.body null only for G
 
 Deno.test(`[${ENGINE}] a handler does not see Expect on a streamed upload: not the hub's (the runner answered it), nor a consumer's (the hub did)`, async () => {
   const handler: FetchHandler = async (req) => {
+    const copy = req.clone();
     const bytes = (await req.arrayBuffer()).byteLength;
-    return new Response(`${bytes} expect=${req.headers.get("expect")}`);
+    const copied = (await copy.arrayBuffer()).byteLength;
+    return new Response(
+      `${bytes} expect=${req.headers.get("expect")} clone: ${copied} expect=${
+        copy.headers.get("expect")
+      }`,
+    );
   };
   const upload = () =>
     new ReadableStream<Uint8Array>({
@@ -594,7 +600,7 @@ Deno.test(`[${ENGINE}] a handler does not see Expect on a streamed upload: not t
   } finally {
     await direct.shutdown();
   }
-  assert.equal(expected, "131072 expect=null");
+  assert.equal(expected, "131072 expect=null clone: 131072 expect=null");
   await withWorker(handler, async ({ url }) => {
     // Chunked, so the hub streams it and asks the worker for 100 Continue.
     const res = await fetch(`${url}/up`, { method: "POST", body: upload() });
