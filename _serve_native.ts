@@ -711,7 +711,8 @@ function asHandlerSees(req: Request): Request {
     req.headers.get("x-forwarded-proto") === "https" &&
     req.url.startsWith("http:")
   ) {
-    const url = "https:" + req.url.slice(5);
+    // Parsed, as `new Request` would: the host lower-cased.
+    const url = new URL("https:" + req.url.slice(5)).href;
     Object.defineProperty(req, "url", { configurable: true, value: url });
     changed = true;
   }
