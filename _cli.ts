@@ -37,11 +37,29 @@ export function flagOrEnv(
 
 /**
  * Whether a boolean flag is on: given, or its environment variable is `1`,
- * `true` or `yes`.
+ * `true` or `yes` (`0`, `false`, `no` or empty: off; anything else is a
+ * usage error, so that a typo does not turn a setting off unnoticed).
  */
 export function switchOn(flag: unknown, env: string): boolean {
-  return flag === true ||
-    /^(1|true|yes)$/i.test(flagOrEnv(undefined, env) ?? "");
+  if (flag === true) return true;
+  const value = (flagOrEnv(undefined, env) ?? "").trim();
+  if (/^(1|true|yes)$/i.test(value)) return true;
+  if (/^(0|false|no|)$/i.test(value)) return false;
+  throw new UsageError(
+    `Invalid ${env}: expected 1, true or yes (on), or 0, false, no or empty (off), got "${value}"`,
+  );
+}
+
+/**
+ * The name to give in an error about an option: the flag if it was given,
+ * else its environment variable (where the value came from).
+ */
+export function sourceOf(
+  given: unknown,
+  flag: string,
+  env: string,
+): string {
+  return given !== undefined ? `--${flag}` : env;
 }
 
 /** Parses a non-negative integer option, naming the option in the error. */

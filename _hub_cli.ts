@@ -18,6 +18,7 @@ import {
   parseDuration,
   parseInteger,
   readText,
+  sourceOf,
   switchOn,
   UsageError,
   VERSION,
@@ -39,7 +40,8 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_QUEUE_TIMEOUT] (30s)
   --fair-by KEY            fair queuing: serve consumers in turn, by KEY = ip
                            (the consumer's address; behind a proxy only with
-                           --trust-forwarded) or header:NAME (a field a trusted
+                           --trusted-proxies or --trust-forwarded) or
+                           header:NAME (a field a trusted
                            gateway sets) [POTHEAD_FAIR_BY] (off: first come,
                            first served)
   --fair-share S           with --fair-by, what consumers get equal shares of:
@@ -107,7 +109,7 @@ Options (each also as the environment variable in brackets):
                            [POTHEAD_MAX_WEBSOCKET_MESSAGE] (16777216)
   --max-retries N          resends of a request a worker provably did not start
                            [POTHEAD_MAX_RETRIES] (2)
-  --shutdown-grace T       on SIGTERM, time queued and running requests and open
+  --shutdown-grace T       on SIGINT/SIGTERM, time queued and running requests and open
                            WebSockets get [POTHEAD_SHUTDOWN_GRACE] (30s)
   --reuse-port             listen with SO_REUSEPORT, so that a new hub can start
                            on the same ports and this one hands over to it on
@@ -163,8 +165,9 @@ Options (each also as the environment variable in brackets):
                            for off;
                            fairShare: "requests" or "time";
                            fairWeights: { KEY: W })
-  --admin-port N           admin listener: /metrics, /healthz, /readyz, /status and a
-                           live status page at /; off unless given [POTHEAD_ADMIN_PORT]
+  --admin-port N           admin listener: /metrics, /healthz, /readyz, /status,
+                           /events and a live status page at /; off unless
+                           given [POTHEAD_ADMIN_PORT]
   --admin-hostname ADDR    its address [POTHEAD_ADMIN_HOSTNAME] (127.0.0.1)
   --ready-min-slots N      /readyz is 200 with at least N worker slots
                            [POTHEAD_READY_MIN_SLOTS] (1)
@@ -174,7 +177,8 @@ Options (each also as the environment variable in brackets):
   -h, --help               show this help
   -V, --version            show the version
 
-Durations: 500ms, 30s, 2m, or a bare number of seconds.
+Durations: 500ms, 30s, 2m, 1h, or a bare number of seconds. Switches from the
+environment: 1, true or yes (on); 0, false, no or empty (off).
 `;
 
 const LEVELS = ["debug", "info", "warn", "error"];
@@ -218,7 +222,10 @@ export function parseRoute(rule: string): Route {
  * Parses `--fair-weight` rules, `KEY=W` (the last `=` ends the key, which
  * may hold one), into weights by key; a later rule for a key wins.
  */
-export function parseWeights(rules: string[]): Record<string, number> {
+export function parseWeights(
+  rules: string[],
+  name = "--fair-weight",
+): Record<string, number> {
   const weights: Record<string, number> = {};
   for (const rule of rules) {
     const eq = rule.lastIndexOf("=");
@@ -226,7 +233,7 @@ export function parseWeights(rules: string[]): Record<string, number> {
     const weight = Number(text);
     if (eq < 0 || text === "" || !(weight > 0) || !Number.isFinite(weight)) {
       throw new UsageError(
-        `Invalid --fair-weight: expected KEY=W with W a number above 0, got "${rule}"`,
+        `Invalid ${name}: expected KEY=W with W a number above 0, got "${rule}"`,
       );
     }
     Object.defineProperty(weights, rule.slice(0, eq), {
@@ -249,7 +256,21 @@ export function parseWeights(rules: string[]): Record<string, number> {
 export function workerTokensFrom(
   values: Record<string, string | string[] | boolean | undefined>,
 ): string[] {
-  const tokens: string[] = [...(values["worker-token"] as string[] ?? [])];
+  // Errors name the source of the bad token.
+  const checked = (found: string[], source: string) => {
+    for (const t of found) {
+      if (!/^[\x21-\x7e]{8,}$/.test(t)) {
+        throw new UsageError(
+          `Invalid worker token in ${source}: use 8 or more visible ASCII characters`,
+        );
+      }
+    }
+    return found;
+  };
+  const tokens: string[] = checked(
+    [...(values["worker-token"] as string[] ?? [])],
+    "--worker-token",
+  );
   const path = flagOrEnv(
     values["worker-token-file"] as string | undefined,
     "POTHEAD_WORKER_TOKEN_FILE",
@@ -266,7 +287,7 @@ export function workerTokensFrom(
       t !== "" && !t.startsWith("#")
     );
     if (found.length === 0) throw none("--worker-token-file");
-    tokens.push(...found);
+    tokens.push(...checked(found, "--worker-token-file"));
   }
   // A --worker-token flag wins over the variable (rotating a token with
   // flags must not leave the old one valid).
@@ -276,14 +297,7 @@ export function workerTokensFrom(
   if (envTokens !== undefined) {
     const found = envTokens.split(/[\s,]+/).filter((t) => t !== "");
     if (found.length === 0) throw none("POTHEAD_WORKER_TOKENS");
-    tokens.push(...found);
-  }
-  for (const t of tokens) {
-    if (!/^[\x21-\x7e]{8,}$/.test(t)) {
-      throw new UsageError(
-        "Invalid worker token: use 8 or more visible ASCII characters",
-      );
-    }
+    tokens.push(...checked(found, "POTHEAD_WORKER_TOKENS"));
   }
   return tokens;
 }
@@ -359,8 +373,11 @@ export function optionsFrom(
 ): ServeHubOptions {
   const v = (flag: string, env: string) =>
     flagOrEnv(values[flag] as string | undefined, env);
+  // Errors name the flag or the variable, whichever gave the value.
+  const nameOf = (flag: string, env: string) =>
+    sourceOf(values[flag], flag, env);
   const duration = (flag: string, env: string, fallback: number) =>
-    parseDuration(v(flag, env), `--${flag}`, fallback);
+    parseDuration(v(flag, env), nameOf(flag, env), fallback);
   const file = (flag: string, env: string, what: string) => {
     const path = v(flag, env);
     return path === undefined ? undefined : readText(path, what);
@@ -384,6 +401,15 @@ export function optionsFrom(
       throw new UsageError(
         'Invalid --config: expected an object { "routes": [...], "pools": {...} }',
       );
+    }
+    for (const key of Object.keys(parsed)) {
+      if (key !== "routes" && key !== "pools") {
+        throw new UsageError(
+          `Invalid --config: unknown key ${
+            JSON.stringify(key)
+          } (known: routes, pools)`,
+        );
+      }
     }
     if (parsed.routes !== undefined && !Array.isArray(parsed.routes)) {
       throw new UsageError('Invalid --config: "routes" must be an array');
@@ -429,7 +455,9 @@ export function optionsFrom(
       parseAddressRange(range);
     } catch (error) {
       throw new UsageError(
-        `Invalid --trusted-proxies: ${(error as Error).message}`,
+        `Invalid ${nameOf("trusted-proxies", "POTHEAD_TRUSTED_PROXIES")}: ${
+          (error as Error).message
+        }`,
       );
     }
   }
@@ -444,7 +472,9 @@ export function optionsFrom(
     forwardedField !== "forwarded"
   ) {
     throw new UsageError(
-      `Invalid --forwarded-field: expected x-forwarded-for or forwarded, got "${forwardedField}"`,
+      `Invalid ${
+        nameOf("forwarded-field", "POTHEAD_FORWARDED_FIELD")
+      }: expected x-forwarded-for or forwarded, got "${forwardedField}"`,
     );
   }
   const trustPriority = switchOn(
@@ -470,13 +500,17 @@ export function optionsFrom(
   const fairBy = v("fair-by", "POTHEAD_FAIR_BY");
   if (fairBy !== undefined && !FAIR_BY.test(fairBy)) {
     throw new UsageError(
-      `Invalid --fair-by: expected ip or header:NAME, got "${fairBy}"`,
+      `Invalid ${
+        nameOf("fair-by", "POTHEAD_FAIR_BY")
+      }: expected ip or header:NAME, got "${fairBy}"`,
     );
   }
   const affinityBy = v("affinity-by", "POTHEAD_AFFINITY_BY");
   if (affinityBy !== undefined && !FAIR_BY.test(affinityBy)) {
     throw new UsageError(
-      `Invalid --affinity-by: expected ip or header:NAME, got "${affinityBy}"`,
+      `Invalid ${
+        nameOf("affinity-by", "POTHEAD_AFFINITY_BY")
+      }: expected ip or header:NAME, got "${affinityBy}"`,
     );
   }
   const affinityWait = duration(
@@ -500,7 +534,9 @@ export function optionsFrom(
     fairShare !== undefined && fairShare !== "requests" && fairShare !== "time"
   ) {
     throw new UsageError(
-      `Invalid --fair-share: expected requests or time, got "${fairShare}"`,
+      `Invalid ${
+        nameOf("fair-share", "POTHEAD_FAIR_SHARE")
+      }: expected requests or time, got "${fairShare}"`,
     );
   }
   const weightRules = values["fair-weight"] as string[] | undefined;
@@ -508,29 +544,40 @@ export function optionsFrom(
   const fairWeights = weightRules !== undefined && weightRules.length > 0
     ? parseWeights(weightRules)
     : weightsEnv !== undefined && weightsEnv.trim() !== ""
-    ? parseWeights(weightsEnv.split(",").map((rule) => rule.trim()))
+    ? parseWeights(
+      weightsEnv.split(",").map((rule) => rule.trim()),
+      "POTHEAD_FAIR_WEIGHTS",
+    )
     : undefined;
   const perKey = v("max-queue-per-key", "POTHEAD_MAX_QUEUE_PER_KEY");
   const step = v("priority-step", "POTHEAD_PRIORITY_STEP");
   const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
   if (hostname.trim() === "") {
     throw new UsageError(
-      "Invalid --hostname: expected an address such as 0.0.0.0 or ::, got an empty value",
+      `Invalid ${
+        nameOf("hostname", "POTHEAD_HOSTNAME")
+      }: expected an address such as 0.0.0.0 or ::, got an empty value`,
     );
   }
   return {
     hostname,
-    port: parseInteger(v("port", "POTHEAD_PORT"), "--port", 8080, 0, 65535),
+    port: parseInteger(
+      v("port", "POTHEAD_PORT"),
+      nameOf("port", "POTHEAD_PORT"),
+      8080,
+      0,
+      65535,
+    ),
     workerPort: parseInteger(
       v("worker-port", "POTHEAD_WORKER_PORT"),
-      "--worker-port",
+      nameOf("worker-port", "POTHEAD_WORKER_PORT"),
       4040,
       0,
       65535,
     ),
     maxQueue: parseInteger(
       v("max-queue", "POTHEAD_MAX_QUEUE"),
-      "--max-queue",
+      nameOf("max-queue", "POTHEAD_MAX_QUEUE"),
       10_000,
     ),
     queueTimeout: duration("queue-timeout", "POTHEAD_QUEUE_TIMEOUT", 30_000),
@@ -539,12 +586,17 @@ export function optionsFrom(
     affinityWait,
     fairShare,
     fairWeights,
-    priorityStep: step === undefined
-      ? undefined
-      : parseDuration(step, "--priority-step", 0),
-    maxQueuePerKey: perKey === undefined
-      ? undefined
-      : parseInteger(perKey, "--max-queue-per-key", 0, 1),
+    priorityStep: step === undefined ? undefined : parseDuration(
+      step,
+      nameOf("priority-step", "POTHEAD_PRIORITY_STEP"),
+      0,
+    ),
+    maxQueuePerKey: perKey === undefined ? undefined : parseInteger(
+      perKey,
+      nameOf("max-queue-per-key", "POTHEAD_MAX_QUEUE_PER_KEY"),
+      0,
+      1,
+    ),
     headTimeout: duration("head-timeout", "POTHEAD_HEAD_TIMEOUT", 300_000),
     bodyIdleTimeout: duration(
       "body-idle-timeout",
@@ -558,80 +610,80 @@ export function optionsFrom(
     ),
     maxRetries: parseInteger(
       v("max-retries", "POTHEAD_MAX_RETRIES"),
-      "--max-retries",
+      nameOf("max-retries", "POTHEAD_MAX_RETRIES"),
       2,
     ),
     limits: {
       maxHeadSize: parseInteger(
         v("max-head-size", "POTHEAD_MAX_HEAD_SIZE"),
-        "--max-head-size",
+        nameOf("max-head-size", "POTHEAD_MAX_HEAD_SIZE"),
         64 * 1024,
         256,
       ),
     },
     maxResponseBodySize: parseInteger(
       v("max-response-body", "POTHEAD_MAX_RESPONSE_BODY"),
-      "--max-response-body",
+      nameOf("max-response-body", "POTHEAD_MAX_RESPONSE_BODY"),
       0,
     ) || Infinity,
     maxRequestBodySize: parseInteger(
       v("max-request-body", "POTHEAD_MAX_REQUEST_BODY"),
-      "--max-request-body",
+      nameOf("max-request-body", "POTHEAD_MAX_REQUEST_BODY"),
       0,
     ) || Infinity,
     responseBuffer: parseInteger(
       v("response-buffer", "POTHEAD_RESPONSE_BUFFER"),
-      "--response-buffer",
+      nameOf("response-buffer", "POTHEAD_RESPONSE_BUFFER"),
       1024 * 1024,
     ),
     responseBufferTotal: parseInteger(
       v("response-buffer-total", "POTHEAD_RESPONSE_BUFFER_TOTAL"),
-      "--response-buffer-total",
+      nameOf("response-buffer-total", "POTHEAD_RESPONSE_BUFFER_TOTAL"),
       64 * 1024 * 1024,
     ),
     responseSpillDir: spillDir(
-      "--response-spill-dir",
+      nameOf("response-spill-dir", "POTHEAD_RESPONSE_SPILL_DIR"),
       v("response-spill-dir", "POTHEAD_RESPONSE_SPILL_DIR"),
     ),
     responseSpillMax: parseInteger(
       v("response-spill-max", "POTHEAD_RESPONSE_SPILL_MAX"),
-      "--response-spill-max",
+      nameOf("response-spill-max", "POTHEAD_RESPONSE_SPILL_MAX"),
       1024 * 1024 * 1024,
     ),
     responseSpillTotal: parseInteger(
       v("response-spill-total", "POTHEAD_RESPONSE_SPILL_TOTAL"),
-      "--response-spill-total",
+      nameOf("response-spill-total", "POTHEAD_RESPONSE_SPILL_TOTAL"),
       16 * 1024 * 1024 * 1024,
     ),
     requestBuffer: parseInteger(
       v("request-buffer", "POTHEAD_REQUEST_BUFFER"),
-      "--request-buffer",
+      nameOf("request-buffer", "POTHEAD_REQUEST_BUFFER"),
       1024 * 1024,
     ),
     requestBufferTotal: parseInteger(
       v("request-buffer-total", "POTHEAD_REQUEST_BUFFER_TOTAL"),
-      "--request-buffer-total",
+      nameOf("request-buffer-total", "POTHEAD_REQUEST_BUFFER_TOTAL"),
       64 * 1024 * 1024,
     ),
     requestSpillDir: spillDir(
-      "--request-spill-dir",
+      nameOf("request-spill-dir", "POTHEAD_REQUEST_SPILL_DIR"),
       v("request-spill-dir", "POTHEAD_REQUEST_SPILL_DIR"),
     ),
     requestSpillMax: parseInteger(
       v("request-spill-max", "POTHEAD_REQUEST_SPILL_MAX"),
-      "--request-spill-max",
+      nameOf("request-spill-max", "POTHEAD_REQUEST_SPILL_MAX"),
       1024 * 1024 * 1024,
     ),
     requestSpillTotal: parseInteger(
       v("request-spill-total", "POTHEAD_REQUEST_SPILL_TOTAL"),
-      "--request-spill-total",
+      nameOf("request-spill-total", "POTHEAD_REQUEST_SPILL_TOTAL"),
       16 * 1024 * 1024 * 1024,
     ),
     bufferUploads,
     webSockets,
     maxWebSocketMessage: parseInteger(
       v("max-websocket-message", "POTHEAD_MAX_WEBSOCKET_MESSAGE"),
-      "--max-websocket-message",
+      nameOf("max-websocket-message", "POTHEAD_MAX_WEBSOCKET_MESSAGE"),
       16 * 1024 * 1024,
       1,
     ),
@@ -770,13 +822,23 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     }
     if (adminPort !== undefined) {
       admin = {
-        port: parseInteger(adminPort, "--admin-port", 0, 0, 65535),
+        port: parseInteger(
+          adminPort,
+          sourceOf(values["admin-port"], "admin-port", "POTHEAD_ADMIN_PORT"),
+          0,
+          0,
+          65535,
+        ),
         hostname:
           flagOrEnv(values["admin-hostname"], "POTHEAD_ADMIN_HOSTNAME") ??
             "127.0.0.1",
         readyMinSlots: parseInteger(
           flagOrEnv(values["ready-min-slots"], "POTHEAD_READY_MIN_SLOTS"),
-          "--ready-min-slots",
+          sourceOf(
+            values["ready-min-slots"],
+            "ready-min-slots",
+            "POTHEAD_READY_MIN_SLOTS",
+          ),
           1,
         ),
       };

@@ -70,10 +70,12 @@ class Alarm {
       clearTimeout(this.#timer);
     }
     this.#due = due;
+    // At most 2^31 - 1 ms: a longer delay would fire at once (and again
+    // and again, nothing being due). Firing early, #expire sets it anew.
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       this.#fire();
-    }, Math.ceil(Math.max(0, due - this.#now())));
+    }, Math.min(Math.ceil(Math.max(0, due - this.#now())), 0x7fffffff));
   }
 
   clear(): void {

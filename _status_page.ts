@@ -286,7 +286,9 @@ tr.gone td { color: var(--muted); }
     if (!pools.length) return;
     const picker = document.getElementById("pool");
     document.getElementById("pool-picker").hidden = pools.length < 2;
-    if (picker.options.length !== pools.length) {
+    // By name: a pool that went and another that came keep the count.
+    const names = pools.map((p) => p.name).join(" ");
+    if ([...picker.options].map((o) => o.value).join(" ") !== names) {
       picker.replaceChildren(...pools.map((p) => new Option(p.name, p.name)));
     }
     const pool = pools.find((p) => p.name === selectedPool) || pools[0];

@@ -1228,6 +1228,8 @@ function peerHost(peer: string): string {
 }
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
 const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+// A route's host: a name or address as the Host field has it, no port.
+const ROUTE_HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)$/;
 
 // Priority classes: routes set them, and so may consumers with trustPriority.
 const PRIORITY_FIELD = "x-pothead-priority";
@@ -1340,6 +1342,66 @@ function checkOption(name: string, value: number, min: number): number {
 
 // Options that count requests: a whole number (or Infinity, no limit).
 const COUNTS = new Set(["maxQueue", "maxRetries", "maxQueuePerKey"]);
+
+// Options that set a timer: setTimeout takes at most 2^31 - 1 ms, and a
+// longer delay fires at once (over and over, for a queue's timer).
+const TIMERS = new Set([
+  "queueTimeout",
+  "headTimeout",
+  "bodyIdleTimeout",
+  "uploadIdleTimeout",
+  "handshakeWait",
+  "handshakeTimeout",
+  "pingInterval",
+  "pingTimeout",
+  "affinityWait",
+]);
+const MAX_TIMER_MS = 2 ** 31 - 1;
+function checkTimer(name: string, value: number): number {
+  checkOption(name, value, 0);
+  if (value > MAX_TIMER_MS) {
+    throw new RangeError(
+      `Invalid option "${name}": ${value} ms is longer than the longest timer (${MAX_TIMER_MS} ms, about 24.8 days)`,
+    );
+  }
+  return value;
+}
+
+// The keys a route and a pool may have: a misspelled one (from a JSON
+// config) would otherwise be dropped without a word, and a route without
+// its condition would match every request.
+const ROUTE_KEYS = new Set(["pool", "host", "pathPrefix", "priority"]);
+const POOL_KEYS = new Set([
+  "maxQueue",
+  "queueTimeout",
+  "priorityStep",
+  "fairBy",
+  "fairShare",
+  "fairWeights",
+  "maxQueuePerKey",
+  "affinityBy",
+  "affinityWait",
+  "headTimeout",
+  "bodyIdleTimeout",
+  "uploadIdleTimeout",
+  "maxResponseBodySize",
+  "maxRequestBodySize",
+]);
+function checkKeys(
+  name: string,
+  value: object,
+  known: Set<string>,
+): void {
+  for (const key of Object.keys(value)) {
+    if (!known.has(key)) {
+      throw new TypeError(
+        `Invalid option "${name}": unknown key ${JSON.stringify(key)} (known: ${
+          [...known].join(", ")
+        })`,
+      );
+    }
+  }
+}
 function checkCount(name: string, value: number, min: number): number {
   checkOption(name, value, min);
   if (!Number.isInteger(value) && value !== Infinity) {
@@ -1469,11 +1531,12 @@ export class Hub {
   constructor(options: HubOptions = {}) {
     const numbers = {} as Record<keyof typeof DEFAULTS, number>;
     for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
-      numbers[key] = (COUNTS.has(key) ? checkCount : checkOption)(
-        key,
-        options[key] ?? DEFAULTS[key],
-        0,
-      );
+      const value = options[key] ?? DEFAULTS[key];
+      numbers[key] = COUNTS.has(key)
+        ? checkCount(key, value, 0)
+        : TIMERS.has(key)
+        ? checkTimer(key, value)
+        : checkOption(key, value, 0);
     }
     if (numbers.pingTimeout <= 0) {
       throw new RangeError(
@@ -1557,6 +1620,7 @@ export class Hub {
           `Invalid option "routes": expected objects, got ${JSON.stringify(r)}`,
         );
       }
+      checkKeys("routes", r, ROUTE_KEYS);
       if (typeof r.pool !== "string" || !POOL_NAME.test(r.pool)) {
         throw new TypeError(
           `Invalid option "routes": invalid pool name ${
@@ -1572,6 +1636,21 @@ export class Hub {
             }`,
           );
         }
+      }
+      // Matched against the request's host without its port, and its path.
+      if (r.host !== undefined && !ROUTE_HOST.test(r.host)) {
+        throw new TypeError(
+          `Invalid option "routes": host must be a host name without a port, got ${
+            JSON.stringify(r.host)
+          }`,
+        );
+      }
+      if (r.pathPrefix !== undefined && !r.pathPrefix.startsWith("/")) {
+        throw new TypeError(
+          `Invalid option "routes": pathPrefix must start with "/", got ${
+            JSON.stringify(r.pathPrefix)
+          }`,
+        );
       }
       if (r.priority !== undefined && !validPriority(r.priority)) {
         throw new TypeError(
@@ -1604,6 +1683,7 @@ export class Hub {
       ? Infinity
       : checkOption("priorityStep", options.priorityStep, 0);
     let fairPools = 0;
+    let affinityPools = 0;
     // Pools that take the hub-wide weights: with fairBy, without their own.
     let weightedPools = 0;
     for (const [name, p] of Object.entries(this.#poolOptions)) {
@@ -1619,11 +1699,12 @@ export class Hub {
           }`,
         );
       }
+      checkKeys(`pools.${name}`, p, POOL_KEYS);
       if (p.maxQueue !== undefined) {
         checkCount(`pools.${name}.maxQueue`, p.maxQueue, 0);
       }
       if (p.queueTimeout !== undefined) {
-        checkOption(`pools.${name}.queueTimeout`, p.queueTimeout, 0);
+        checkTimer(`pools.${name}.queueTimeout`, p.queueTimeout);
       }
       if (p.priorityStep !== undefined) {
         checkOption(`pools.${name}.priorityStep`, p.priorityStep, 0);
@@ -1633,9 +1714,12 @@ export class Hub {
           "headTimeout",
           "bodyIdleTimeout",
           "uploadIdleTimeout",
-          "maxResponseBodySize",
-          "maxRequestBodySize",
         ] as const
+      ) {
+        if (p[key] !== undefined) checkTimer(`pools.${name}.${key}`, p[key]);
+      }
+      for (
+        const key of ["maxResponseBodySize", "maxRequestBodySize"] as const
       ) {
         if (p[key] !== undefined) {
           checkOption(`pools.${name}.${key}`, p[key], 0);
@@ -1644,11 +1728,18 @@ export class Hub {
       const fairBy = p.fairBy === undefined
         ? this.#fairBy
         : checkFairBy(`pools.${name}.fairBy`, p.fairBy);
-      if (p.affinityBy !== undefined) {
-        checkFairBy(`pools.${name}.affinityBy`, p.affinityBy);
-      }
+      const affinityBy = p.affinityBy === undefined
+        ? this.#affinityBy
+        : checkFairBy(`pools.${name}.affinityBy`, p.affinityBy);
+      if (affinityBy !== null) affinityPools++;
       if (p.affinityWait !== undefined) {
-        checkOption(`pools.${name}.affinityWait`, p.affinityWait, 0);
+        checkTimer(`pools.${name}.affinityWait`, p.affinityWait);
+        // A wait with nothing to wait for would be ignored without a word.
+        if (p.affinityWait > 0 && affinityBy === null) {
+          throw new TypeError(
+            `Invalid option "pools.${name}.affinityWait": it is how long a request waits for its key's worker, and pool "${name}" has no affinityBy`,
+          );
+        }
       }
       if (fairBy !== null) fairPools++;
       if (p.maxQueuePerKey !== undefined) {
@@ -1686,6 +1777,14 @@ export class Hub {
     ) {
       throw new TypeError(
         'Invalid option "maxQueuePerKey": it limits each fair-queuing key, and no pool has fairBy',
+      );
+    }
+    if (
+      numbers.affinityWait > 0 && this.#affinityBy === null &&
+      affinityPools === 0
+    ) {
+      throw new TypeError(
+        'Invalid option "affinityWait": it is how long a request waits for its key\'s worker, and no pool has affinityBy',
       );
     }
     // Unnamed pools (routes, workers' own) take the hub-wide options.

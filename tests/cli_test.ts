@@ -179,7 +179,7 @@ Deno.test("hub exits 2 naming an unknown flag", async () => {
   assert.equal(stdout, "", "nothing on stdout, so no Listening line");
 });
 
-Deno.test("hub exits 2 naming --max-queue when its value is invalid", async () => {
+Deno.test("hub exits 2 naming --max-queue (or POTHEAD_MAX_QUEUE, where the value came from) when its value is invalid", async () => {
   const flag = await runDeno([
     "run",
     ...RUN_PERMISSIONS,
@@ -201,7 +201,7 @@ Deno.test("hub exits 2 naming --max-queue when its value is invalid", async () =
     { env: { POTHEAD_MAX_QUEUE: "-5" } },
   );
   assert.equal(env.code, 2, env.stderr);
-  assert.match(env.stderr, /--max-queue/);
+  assert.match(env.stderr, /Invalid POTHEAD_MAX_QUEUE: /);
   assert.match(env.stderr, /"-5"/);
   // An empty address (a variable set to nothing) is a usage error too.
   const empty = await runDeno(
@@ -209,7 +209,7 @@ Deno.test("hub exits 2 naming --max-queue when its value is invalid", async () =
     { env: { POTHEAD_HOSTNAME: "" } },
   );
   assert.equal(empty.code, 2, empty.stderr);
-  assert.match(empty.stderr, /--hostname/);
+  assert.match(empty.stderr, /Invalid POTHEAD_HOSTNAME: /);
 });
 
 Deno.test("hub exits 2 naming --response-spill-dir or --request-spill-dir when it cannot make files there", async () => {
@@ -1132,6 +1132,41 @@ Deno.test("hub exits 2 on a --config that is not an object, a route without a po
         2,
         /priority must be an integer from -1000 to 1000, got "high"/,
       ],
+      // Misspelled keys: a route without its condition would take every
+      // request, a pool's limit would not apply (found by review).
+      [
+        '{"routes": [{"pool": "video", "prefix": "/transcode/"}]}',
+        2,
+        /"routes": unknown key "prefix" \(known: pool, host, pathPrefix, priority\)/,
+      ],
+      ['{"route": []}', 2, /Invalid --config: unknown key "route"/],
+      [
+        '{"pools": {"default": {"maxqueue": 5}}}',
+        2,
+        /"pools\.default": unknown key "maxqueue"/,
+      ],
+      // Past the longest timer, which would fire at once, again and again.
+      [
+        '{"pools": {"gpu": {"queueTimeout": 3000000000}}}',
+        2,
+        /"pools\.gpu\.queueTimeout": 3000000000 ms is longer than the longest timer/,
+      ],
+      [
+        '{"pools": {"default": {"affinityWait": "50ms"}}}',
+        2,
+        /"pools\.default\.affinityWait": .* pool "default" has no affinityBy/,
+      ],
+      // Matched against the host without its port, and a path.
+      [
+        '{"routes": [{"pool": "x", "host": "example.com:8080"}]}',
+        2,
+        /host must be a host name without a port, got "example\.com:8080"/,
+      ],
+      [
+        '{"routes": [{"pool": "x", "pathPrefix": "api/"}]}',
+        2,
+        /pathPrefix must start with "\/", got "api\/"/,
+      ],
     ];
     for (const [text, want, message] of cases) {
       const file = `${dir}/config.json`;
@@ -1673,7 +1708,7 @@ Deno.test("hub --fair-by, --fair-share and --max-queue-per-key (or their variabl
     Deno.env.set("POTHEAD_FAIR_BY", "anything");
     assert.throws(
       () => optionsFrom({}, log),
-      /Invalid --fair-by: .*"anything"/,
+      /Invalid POTHEAD_FAIR_BY: .*"anything"/,
     );
     for (const bad of ["0", "-1", "many", "1.5"]) {
       assert.throws(
@@ -1779,7 +1814,12 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
     const file = `${dir}/config.json`;
     const cases: [string[], Record<string, string>, string | null, RegExp][] = [
       [["--fair-by", "cookie:x"], {}, null, /Invalid --fair-by: .*"cookie:x"/],
-      [[], { POTHEAD_FAIR_BY: "ipv6" }, null, /Invalid --fair-by: .*"ipv6"/],
+      [
+        [],
+        { POTHEAD_FAIR_BY: "ipv6" },
+        null,
+        /Invalid POTHEAD_FAIR_BY: .*"ipv6"/,
+      ],
       [
         ["--fair-by", "ip", "--max-queue-per-key", "0"],
         {},
@@ -1826,7 +1866,7 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         ["--fair-by", "ip"],
         { POTHEAD_FAIR_SHARE: "weights" },
         null,
-        /Invalid --fair-share: .*"weights"/,
+        /Invalid POTHEAD_FAIR_SHARE: .*"weights"/,
       ],
       [
         ["--fair-by", "ip"],
@@ -1850,7 +1890,7 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         ["--fair-by", "ip", "--fair-share", "time"],
         { POTHEAD_FAIR_WEIGHTS: "a=heavy" },
         null,
-        /Invalid --fair-weight: .*"a=heavy"/,
+        /Invalid POTHEAD_FAIR_WEIGHTS: .*"a=heavy"/,
       ],
     ];
     for (const [args, env, text, message] of cases) {
@@ -1960,4 +2000,87 @@ Deno.test("hub --affinity-wait: a duration, from the flag or POTHEAD_AFFINITY_WA
     if (before === undefined) Deno.env.delete("POTHEAD_AFFINITY_WAIT");
     else Deno.env.set("POTHEAD_AFFINITY_WAIT", before);
   }
+});
+
+// Sets environment variables for `fn` and puts them back after.
+function withEnv(vars: Record<string, string>, fn: () => void): void {
+  const before = new Map(
+    Object.keys(vars).map((k) => [k, Deno.env.get(k)] as const),
+  );
+  try {
+    for (const [k, v] of Object.entries(vars)) Deno.env.set(k, v);
+    fn();
+  } finally {
+    for (const [k, v] of before) {
+      if (v === undefined) Deno.env.delete(k);
+      else Deno.env.set(k, v);
+    }
+  }
+}
+
+Deno.test("hub: an invalid value from an environment variable is reported by the variable's name, not a flag's", () => {
+  const log = () => {};
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ POTHEAD_PORT: "abc" }, /Invalid POTHEAD_PORT: expected an integer/],
+    [{ POTHEAD_QUEUE_TIMEOUT: "soon" }, /Invalid POTHEAD_QUEUE_TIMEOUT: /],
+    [{ POTHEAD_FAIR_BY: "model" }, /Invalid POTHEAD_FAIR_BY: /],
+    [{ POTHEAD_FAIR_WEIGHTS: "a=x" }, /Invalid POTHEAD_FAIR_WEIGHTS: /],
+    [
+      { POTHEAD_RESPONSE_SPILL_DIR: "/nonexistent/pothead" },
+      /Invalid POTHEAD_RESPONSE_SPILL_DIR: cannot make a file/,
+    ],
+    [{ POTHEAD_WORKER_TOKENS: "short" }, /in POTHEAD_WORKER_TOKENS: use 8/],
+  ];
+  for (const [vars, message] of cases) {
+    withEnv(vars, () => {
+      assert.throws(() => optionsFrom({}, log), message, JSON.stringify(vars));
+    });
+  }
+  // The flag, where one was given.
+  withEnv({ POTHEAD_PORT: "1" }, () => {
+    assert.throws(
+      () => optionsFrom({ port: "abc" }, log),
+      /Invalid --port: /,
+    );
+  });
+});
+
+Deno.test("hub: a switch from the environment is on for 1, true or yes, off for 0, false, no or empty, and anything else is refused", () => {
+  const log = () => {};
+  for (
+    const [value, on] of [
+      ["1", true],
+      ["YES", true],
+      ["true", true],
+      ["0", false],
+      ["no", false],
+      ["", false],
+    ] as const
+  ) {
+    withEnv({ POTHEAD_BUFFER_UPLOADS: value }, () => {
+      assert.equal(optionsFrom({}, log).bufferUploads, on, value);
+    });
+  }
+  withEnv({ POTHEAD_BUFFER_UPLOADS: "on" }, () => {
+    assert.throws(
+      () => optionsFrom({}, log),
+      /Invalid POTHEAD_BUFFER_UPLOADS: expected 1, true or yes \(on\), or 0, false, no or empty \(off\), got "on"/,
+    );
+  });
+});
+
+Deno.test("hub options: a hub-wide affinityWait with no affinityBy anywhere, or a timer past 2^31 - 1 ms, is refused", () => {
+  assert.throws(
+    () => new Hub({ affinityWait: 50 }),
+    /"affinityWait": .* no pool has affinityBy/,
+  );
+  new Hub({ affinityWait: 50, pools: { gpu: { affinityBy: "ip" } } });
+  assert.throws(
+    () => new Hub({ queueTimeout: 2 ** 31 }),
+    /"queueTimeout": 2147483648 ms is longer than the longest timer/,
+  );
+  assert.throws(
+    () => new Hub({ pools: { a: { headTimeout: Infinity } } }),
+    /"pools\.a\.headTimeout": Infinity ms is longer/,
+  );
 });

@@ -15,6 +15,7 @@ import { fileURLToPath } from "node:url";
 import { createAdminHandler } from "../_admin.ts";
 import { hash32, mix32 } from "../_hash.ts";
 import { HubMetrics } from "../_metrics.ts";
+import { statusPage } from "../_status_page.ts";
 import { serveHub } from "../hub.ts";
 import { connectWorker, ENGINE } from "./_hub.ts";
 
@@ -494,4 +495,171 @@ Deno.test({
       await guard(server.shutdown(), "hub shutdown");
     }
   },
+});
+
+// The page's own script run against a minimal fake DOM, for what a browser
+// test cannot set up cheaply: pools that come and go between snapshots.
+class El {
+  id: string;
+  children: unknown[] = [];
+  dataset: Record<string, string> = {};
+  hidden = false;
+  textContent = "";
+  innerHTML = "";
+  className = "";
+  style: Record<string, string> = {};
+  clientWidth = 600;
+  listeners: Record<string, (e: unknown) => void> = {};
+  constructor(id = "") {
+    this.id = id;
+  }
+  setAttribute() {}
+  replaceChildren(...c: unknown[]) {
+    this.children = c;
+  }
+  append(...c: unknown[]) {
+    this.children.push(...c);
+  }
+  addEventListener(t: string, f: (e: unknown) => void) {
+    this.listeners[t] = f;
+  }
+}
+class Select extends El {
+  #value = "";
+  get options() {
+    return this.children as { text: string; value: string }[];
+  }
+  get value() {
+    return this.#value;
+  }
+  set value(v: string) {
+    this.#value = this.options.some((o) => o.value === v) ? v : "";
+  }
+}
+
+function pool(name: string) {
+  const series = {
+    requests: [0],
+    errors: [0],
+    queued: [0],
+    busy: [0],
+    idle: [0],
+    queueP50Ms: [null],
+    queueP99Ms: [null],
+    workerP50Ms: [null],
+    workerP99Ms: [null],
+  };
+  return {
+    name,
+    stats: {
+      queued: 0,
+      keys: 0,
+      oldestWaitMs: 0,
+      waiting: 0,
+      slots: 1,
+      idle: 1,
+      parked: 0,
+      busy: 0,
+      workers: 1,
+      classes: [],
+    },
+    recent: {
+      requestsPerSecond: 0,
+      queueP50Ms: null,
+      queueP99Ms: null,
+      workerP50Ms: null,
+      workerP99Ms: null,
+    },
+    series,
+    workers: [],
+  };
+}
+function snap(names: string[]) {
+  return {
+    version: "x",
+    uptimeSeconds: 5,
+    now: Date.now(),
+    stats: {
+      received: 0,
+      failed: 0,
+      rejectedFull: 0,
+      timedOutQueued: 0,
+      abandoned: 0,
+      retries: 0,
+    },
+    pools: names.map(pool),
+  };
+}
+
+Deno.test("status page script (in a minimal fake DOM): the pool picker follows the pools' names, when one goes and another comes too", async () => {
+  const html = statusPage({ version: "x" });
+  const script = html.slice(
+    html.indexOf("<script>") + 8,
+    html.lastIndexOf("</script>"),
+  );
+  const els = new Map<string, El>();
+  const picker = new Select("pool");
+  els.set("pool", picker);
+  const document = {
+    title: "",
+    documentElement: {},
+    getElementById: (id: string) => {
+      if (!els.has(id)) els.set(id, new El(id));
+      return els.get(id)!;
+    },
+    querySelectorAll: () => [],
+    createElement: () => new El(),
+  };
+  const snaps = [snap(["default", "a"]), snap(["default", "b"])];
+  let next = 0;
+  let poll: (() => void) | null = null;
+  const fakeFetch = () =>
+    Promise.resolve({
+      ok: true,
+      json: () => Promise.resolve(snaps[Math.min(next++, snaps.length - 1)]),
+    });
+  const Option = function (
+    this: { text: string; value: string },
+    text: string,
+    value: string,
+  ) {
+    this.text = text;
+    this.value = value;
+  };
+  new Function(
+    "document",
+    "fetch",
+    "setInterval",
+    "clearInterval",
+    "setTimeout",
+    "clearTimeout",
+    "getComputedStyle",
+    "addEventListener",
+    "Option",
+    "EventSource",
+    script,
+  )(
+    document,
+    fakeFetch,
+    (f: () => void) => {
+      poll = f;
+      return 1;
+    },
+    () => {},
+    () => 0,
+    () => {},
+    () => ({ getPropertyValue: () => "" }),
+    () => {},
+    Option,
+    undefined,
+  );
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(picker.options.map((o) => o.value), ["default", "a"]);
+  poll!();
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(
+    picker.options.map((o) => o.value),
+    ["default", "b"],
+    "the picker lists the pools of the latest snapshot",
+  );
 });
