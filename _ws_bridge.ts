@@ -152,6 +152,7 @@ export function bridgeWebSocket(
     const mask = crypto.getRandomValues(new Uint8Array(4));
     const frame = encodeFrame(opcode, payload, mask);
     queue.push(frame);
+    // Counted as the frame's bytes go out (see pump), head and all.
     backlog += frame.length;
     pump();
   };
@@ -224,7 +225,10 @@ export function bridgeWebSocket(
     // sign of a worker that does not read (Deno bounds its size).
     const waiting = backlog;
     toWorker(typeof data === "string" ? Op.text : Op.binary, payload);
-    if (waiting > maxBacklog) {
+    // Past the limit by more than a frame's head (up to 14 bytes): one
+    // message of the largest size waiting is no sign of a worker that does
+    // not read.
+    if (waiting > maxBacklog + 14) {
       closeBoth(
         1008,
         `worker is not reading: over ${maxBacklog} bytes waiting for it`,
@@ -323,11 +327,16 @@ export function bridgeWebSocket(
         kind = 0;
         // A large message grew the buffer: the tunnel may last for hours.
         reader.shrink(SHRUNK);
-        // A slow consumer slows the worker down (TCP backpressure).
-        while (
-          socket.bufferedAmount > HIGH_WATER && !consumerClosed && !connClosed
+        // A slow consumer slows the worker down (TCP backpressure). Deno's
+        // WebSocket has no event for a drained buffer: it is looked at
+        // again after 1 ms, then less and less often (up to every 100 ms),
+        // so that tunnels whose consumers stopped reading cost no CPU.
+        for (
+          let pause = 1;
+          socket.bufferedAmount > HIGH_WATER && !consumerClosed && !connClosed;
+          pause = Math.min(pause * 2, 100)
         ) {
-          await new Promise((r) => setTimeout(r, 1));
+          await new Promise((r) => setTimeout(r, pause));
         }
       }
     } catch (error) {

@@ -148,7 +148,7 @@ export function encodeFrame(
 /**
  * Parses one frame from `buf[start..end)`: null when more bytes are needed,
  * else the frame and how many bytes it used. A frame's payload may be up to
- * `maxPayload` bytes.
+ * `maxPayload` bytes (a control frame at most 125, whatever `maxPayload`).
  *
  * @param masked whether frames must be masked (a server reading a client)
  *   or must not be (a client reading a server).
@@ -211,7 +211,9 @@ export function parseFrame(
     length = high * 0x1_0000_0000 + low;
     at += 8;
   }
-  if (length > maxPayload) {
+  // Data frames only: a control frame (at most 125 bytes, above) may come
+  // between the fragments of a message that is nearly at its limit.
+  if (!control && length > maxPayload) {
     throw new WebSocketProtocolError(
       1009,
       `frame of ${length} bytes is over the limit of ${maxPayload}`,

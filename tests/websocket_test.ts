@@ -996,3 +996,69 @@ Deno.test(`[${ENGINE}] a consumer message that comes as the bridge's last write 
     await deadline(bridged, 10_000, "the bridge's end");
   }
 });
+
+Deno.test(`[${ENGINE}] a ping inside a fragmented message near --max-websocket-message is answered, and the message arrives (the limit is a message's, not a control frame's)`, async () => {
+  const server = startHub({ maxWebSocketMessage: 1000 });
+  try {
+    const w = await rawWorker(server);
+    const opening = client(`ws://127.0.0.1:${server.addr.port}/ws`);
+    await w.write(await accept101(await readUpgrade(w)));
+    const c = await opening;
+    // 950 bytes of a 1000-byte message, a 100-byte ping, the last 50 bytes.
+    await w.write(
+      encodeFrame(Op.binary, new Uint8Array(950).fill(1), null, false),
+    );
+    await w.write(encodeFrame(Op.ping, new Uint8Array(100).fill(9), null));
+    await w.write(
+      encodeFrame(Op.continuation, new Uint8Array(50).fill(2), null, true),
+    );
+    const got = await deadline(c.next(), 10_000, "the message");
+    assert.equal((got as Uint8Array).length, 1000);
+    // The hub's pong: masked, 100 bytes of payload.
+    const head = await w.readExactly(2);
+    assert.deepEqual([head[0], head[1]], [0x8a, 0x80 | 100]);
+    await w.readExactly(104);
+    c.ws.close(1000);
+    await deadline(c.closed, 10_000, "close");
+    w.close();
+    await waitFor(() => server.hub.stats.webSockets === 0, "tunnel ended");
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test({
+  name:
+    `[${ENGINE}] a consumer message of the largest size, then another at once, to a worker that reads: both go through (no 1008 for a frame's head)`,
+  ignore: !SERVE,
+  async fn() {
+    const max = 1 << 20;
+    const closes: HubLogRecord[] = [];
+    const server = startHub({
+      maxWebSocketMessage: max,
+      onLog: (r) => void (r.msg === "websocket closed" && closes.push(r)),
+    });
+    const worker = startWorker(server, (req) => {
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onmessage = (e) => socket.send(e.data);
+      return response;
+    });
+    try {
+      await waitFor(() => server.hub.stats.idle === 1, "slot");
+      const c = await client(`ws://127.0.0.1:${server.addr.port}/`);
+      const big = new Uint8Array(max).fill(7);
+      c.ws.send(big);
+      c.ws.send("small");
+      assert.deepEqual(await deadline(c.next(), 10_000, "the echo"), big);
+      assert.equal(await deadline(c.next(), 10_000, "the second"), "small");
+      c.ws.close(1000);
+      await deadline(c.closed, 10_000, "close");
+      await waitFor(() => server.hub.stats.webSockets === 0, "tunnel ended");
+      assert.equal(closes[0]?.code, 1000, JSON.stringify(closes));
+    } finally {
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
+    }
+  },
+});
