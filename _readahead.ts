@@ -73,6 +73,10 @@ export interface ReadAheadControl {
 }
 
 const MAX_CHUNK = 64 * 1024;
+// Chunks smaller than this are gathered into blocks of BLOCK bytes (see
+// keep in readAheadStream).
+const SMALL_CHUNK = 4 * 1024;
+const BLOCK = 16 * 1024;
 // After a spill file could not be made or written, bodies stay in memory
 // for this long before trying the disk again.
 const RETRY_SPILL_AFTER = 5000;
@@ -117,13 +121,38 @@ export function readAheadStream(
     spill!.held < (spill!.total ?? Infinity) &&
     !(spill!.failedAt !== undefined &&
       performance.now() - spill!.failedAt < RETRY_SPILL_AFTER);
+  // Small chunks are copied into a shared block, one after another: a peer
+  // can send a body one byte per chunk, and an array each would hold some
+  // hundred bytes for every byte counted. The last entry grows in place
+  // while it ends where the block's bytes end (the reader has not taken it).
+  let block: Uint8Array | null = null;
+  let blockUsed = 0;
   const keep = (chunk: Uint8Array) => {
-    // A small read may be a view of a 64 KiB array: keep a copy, so what
-    // is held is what is counted.
-    if (chunk.byteLength * 2 < chunk.buffer.byteLength) chunk = chunk.slice();
-    queue.push(chunk);
     inMemory += chunk.length;
     budget.held += chunk.length;
+    if (chunk.length >= SMALL_CHUNK) {
+      // A read may be a view of a larger array: keep a copy, so what is
+      // held is what is counted.
+      if (chunk.byteLength * 2 < chunk.buffer.byteLength) chunk = chunk.slice();
+      queue.push(chunk);
+      return;
+    }
+    if (block === null || blockUsed + chunk.length > BLOCK) {
+      block = new Uint8Array(BLOCK);
+      blockUsed = 0;
+    }
+    const from = blockUsed;
+    block.set(chunk, from);
+    blockUsed += chunk.length;
+    const last = queue.length > first ? queue[queue.length - 1] : undefined;
+    if (
+      last instanceof Uint8Array && last.buffer === block.buffer &&
+      last.byteOffset + last.length === from
+    ) {
+      queue[queue.length - 1] = block.subarray(last.byteOffset, blockUsed);
+    } else {
+      queue.push(block.subarray(from, blockUsed));
+    }
   };
   const spillFailed = (error: unknown) => {
     noDisk = true;

@@ -74,11 +74,12 @@ Deno.test("bodyStream read ahead: reads up to its limit unasked, then as the rea
   assert.equal(budget.held, 30);
   const reader = body.getReader();
   const first = await reader.read();
-  assert.deepEqual(first.value, data.slice(0, 10));
-  // A small read is held as a copy, not as a view of a 64 KiB array.
-  assert.equal(first.value!.buffer.byteLength, 10);
+  // Small reads are held together (and copied: not views of a 64 KiB
+  // array), so the reader takes all three at once.
+  assert.deepEqual(first.value, data.slice(0, 30));
+  assert.ok(first.value!.buffer.byteLength <= 16 * 1024);
   await turn();
-  assert.equal(conn.reads, 4);
+  assert.equal(conn.reads, 6);
   assert.equal(budget.held, 30);
   assert.deepEqual(done, []);
   const rest: Uint8Array[] = [];
@@ -483,4 +484,34 @@ Deno.test("read-ahead bodies that share a spill directory stop going to disk at 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("read-ahead gathers small chunks into blocks (a body sent a byte per chunk holds about what it counts), in order, and large ones stay whole", async () => {
+  // 3000 one-byte chunks, then a large one, then more small ones.
+  const tiny = Array.from(
+    { length: 3000 },
+    (_, i) => new Uint8Array([i & 0xff]),
+  );
+  const large = new Uint8Array(8192).fill(7);
+  const tail = Array.from({ length: 20 }, () => new Uint8Array([9, 9]));
+  const all = [...tiny, large, ...tail];
+  const budget = { max: 1 << 20, held: 0 };
+  let paused = 0;
+  let i = 0;
+  const stream = readAheadStream(
+    () => Promise.resolve(i < all.length ? all[i++] : null),
+    { limit: 1 << 20, budget },
+    () => {},
+    { onPause: () => paused++ },
+  );
+  await until(() => paused > 0, "the end reached");
+  assert.equal(budget.held, 3000 + 8192 + 40);
+  const chunks = await Array.fromAsync(stream);
+  assert.deepEqual(concat(...chunks), concat(...all));
+  assert.deepEqual(
+    chunks.map((c) => c.length),
+    [3000, 8192, 40],
+    "small chunks held together, the large one as it came",
+  );
+  assert.equal(budget.held, 0);
 });
