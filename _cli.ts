@@ -6,6 +6,7 @@
  */
 
 import config from "./deno.json" with { type: "json" };
+import { MAX_TIMER_MS } from "./_queue.ts";
 
 /** The package version, from deno.json. */
 export const VERSION: string = config.version;
@@ -113,10 +114,6 @@ export function parseDuration(
   }
   return ms;
 }
-
-// Timers take at most a signed 32-bit number of milliseconds; a longer
-// delay fires at once.
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Parses `host:port` (IPv6 in brackets), naming the option in the error. */
 export function parseHostPort(

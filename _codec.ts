@@ -73,14 +73,20 @@ const REQUEST_LINE =
   /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP\/1\.([01])$/;
 const DIGITS = /^[0-9]+$/;
 
+// RFC 3986 host: an IP literal in brackets or a reg-name (which may be
+// empty).
+const HOST = String.raw`(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)`;
+
 /**
  * RFC 9112 §3.2: a Host field value is uri-host [":" port]. Anything else
  * ("/", "?", "\\" and the like) would move the boundary between authority
  * and path in a URL built from it, and so change the path a request is
  * routed and served by. Empty is allowed (a request may carry an empty Host).
  */
-export const VALID_HOST: RegExp =
-  /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?$/;
+export const VALID_HOST: RegExp = new RegExp(`^${HOST}(?::[0-9]*)?$`);
+
+/** A route's host: a host as in {@linkcode VALID_HOST}, not empty, no port. */
+export const ROUTE_HOST: RegExp = new RegExp(`^(?!$)${HOST}$`);
 
 const ABSOLUTE_HTTP = /^https?:\/\//i;
 const ASCII_TARGET = /^[\x21-\x7e]+$/;

@@ -378,6 +378,13 @@ export function optionsFrom(
     sourceOf(values[flag], flag, env);
   const duration = (flag: string, env: string, fallback: number) =>
     parseDuration(v(flag, env), nameOf(flag, env), fallback);
+  const int = (
+    flag: string,
+    env: string,
+    fallback: number,
+    min?: number,
+    max?: number,
+  ) => parseInteger(v(flag, env), nameOf(flag, env), fallback, min, max);
   const file = (flag: string, env: string, what: string) => {
     const path = v(flag, env);
     return path === undefined ? undefined : readText(path, what);
@@ -561,25 +568,9 @@ export function optionsFrom(
   }
   return {
     hostname,
-    port: parseInteger(
-      v("port", "POTHEAD_PORT"),
-      nameOf("port", "POTHEAD_PORT"),
-      8080,
-      0,
-      65535,
-    ),
-    workerPort: parseInteger(
-      v("worker-port", "POTHEAD_WORKER_PORT"),
-      nameOf("worker-port", "POTHEAD_WORKER_PORT"),
-      4040,
-      0,
-      65535,
-    ),
-    maxQueue: parseInteger(
-      v("max-queue", "POTHEAD_MAX_QUEUE"),
-      nameOf("max-queue", "POTHEAD_MAX_QUEUE"),
-      10_000,
-    ),
+    port: int("port", "POTHEAD_PORT", 8080, 0, 65535),
+    workerPort: int("worker-port", "POTHEAD_WORKER_PORT", 4040, 0, 65535),
+    maxQueue: int("max-queue", "POTHEAD_MAX_QUEUE", 10_000),
     queueTimeout: duration("queue-timeout", "POTHEAD_QUEUE_TIMEOUT", 30_000),
     fairBy: fairBy as ServeHubOptions["fairBy"],
     affinityBy: affinityBy as ServeHubOptions["affinityBy"],
@@ -608,82 +599,68 @@ export function optionsFrom(
       "POTHEAD_UPLOAD_IDLE_TIMEOUT",
       60_000,
     ),
-    maxRetries: parseInteger(
-      v("max-retries", "POTHEAD_MAX_RETRIES"),
-      nameOf("max-retries", "POTHEAD_MAX_RETRIES"),
-      2,
-    ),
+    maxRetries: int("max-retries", "POTHEAD_MAX_RETRIES", 2),
     limits: {
-      maxHeadSize: parseInteger(
-        v("max-head-size", "POTHEAD_MAX_HEAD_SIZE"),
-        nameOf("max-head-size", "POTHEAD_MAX_HEAD_SIZE"),
+      maxHeadSize: int(
+        "max-head-size",
+        "POTHEAD_MAX_HEAD_SIZE",
         64 * 1024,
         256,
       ),
     },
-    maxResponseBodySize: parseInteger(
-      v("max-response-body", "POTHEAD_MAX_RESPONSE_BODY"),
-      nameOf("max-response-body", "POTHEAD_MAX_RESPONSE_BODY"),
-      0,
-    ) || Infinity,
-    maxRequestBodySize: parseInteger(
-      v("max-request-body", "POTHEAD_MAX_REQUEST_BODY"),
-      nameOf("max-request-body", "POTHEAD_MAX_REQUEST_BODY"),
-      0,
-    ) || Infinity,
-    responseBuffer: parseInteger(
-      v("response-buffer", "POTHEAD_RESPONSE_BUFFER"),
-      nameOf("response-buffer", "POTHEAD_RESPONSE_BUFFER"),
+    maxResponseBodySize:
+      int("max-response-body", "POTHEAD_MAX_RESPONSE_BODY", 0) || Infinity,
+    maxRequestBodySize:
+      int("max-request-body", "POTHEAD_MAX_REQUEST_BODY", 0) || Infinity,
+    responseBuffer: int(
+      "response-buffer",
+      "POTHEAD_RESPONSE_BUFFER",
       1024 * 1024,
     ),
-    responseBufferTotal: parseInteger(
-      v("response-buffer-total", "POTHEAD_RESPONSE_BUFFER_TOTAL"),
-      nameOf("response-buffer-total", "POTHEAD_RESPONSE_BUFFER_TOTAL"),
+    responseBufferTotal: int(
+      "response-buffer-total",
+      "POTHEAD_RESPONSE_BUFFER_TOTAL",
       64 * 1024 * 1024,
     ),
     responseSpillDir: spillDir(
       nameOf("response-spill-dir", "POTHEAD_RESPONSE_SPILL_DIR"),
       v("response-spill-dir", "POTHEAD_RESPONSE_SPILL_DIR"),
     ),
-    responseSpillMax: parseInteger(
-      v("response-spill-max", "POTHEAD_RESPONSE_SPILL_MAX"),
-      nameOf("response-spill-max", "POTHEAD_RESPONSE_SPILL_MAX"),
+    responseSpillMax: int(
+      "response-spill-max",
+      "POTHEAD_RESPONSE_SPILL_MAX",
       1024 * 1024 * 1024,
     ),
-    responseSpillTotal: parseInteger(
-      v("response-spill-total", "POTHEAD_RESPONSE_SPILL_TOTAL"),
-      nameOf("response-spill-total", "POTHEAD_RESPONSE_SPILL_TOTAL"),
+    responseSpillTotal: int(
+      "response-spill-total",
+      "POTHEAD_RESPONSE_SPILL_TOTAL",
       16 * 1024 * 1024 * 1024,
     ),
-    requestBuffer: parseInteger(
-      v("request-buffer", "POTHEAD_REQUEST_BUFFER"),
-      nameOf("request-buffer", "POTHEAD_REQUEST_BUFFER"),
-      1024 * 1024,
-    ),
-    requestBufferTotal: parseInteger(
-      v("request-buffer-total", "POTHEAD_REQUEST_BUFFER_TOTAL"),
-      nameOf("request-buffer-total", "POTHEAD_REQUEST_BUFFER_TOTAL"),
+    requestBuffer: int("request-buffer", "POTHEAD_REQUEST_BUFFER", 1024 * 1024),
+    requestBufferTotal: int(
+      "request-buffer-total",
+      "POTHEAD_REQUEST_BUFFER_TOTAL",
       64 * 1024 * 1024,
     ),
     requestSpillDir: spillDir(
       nameOf("request-spill-dir", "POTHEAD_REQUEST_SPILL_DIR"),
       v("request-spill-dir", "POTHEAD_REQUEST_SPILL_DIR"),
     ),
-    requestSpillMax: parseInteger(
-      v("request-spill-max", "POTHEAD_REQUEST_SPILL_MAX"),
-      nameOf("request-spill-max", "POTHEAD_REQUEST_SPILL_MAX"),
+    requestSpillMax: int(
+      "request-spill-max",
+      "POTHEAD_REQUEST_SPILL_MAX",
       1024 * 1024 * 1024,
     ),
-    requestSpillTotal: parseInteger(
-      v("request-spill-total", "POTHEAD_REQUEST_SPILL_TOTAL"),
-      nameOf("request-spill-total", "POTHEAD_REQUEST_SPILL_TOTAL"),
+    requestSpillTotal: int(
+      "request-spill-total",
+      "POTHEAD_REQUEST_SPILL_TOTAL",
       16 * 1024 * 1024 * 1024,
     ),
     bufferUploads,
     webSockets,
-    maxWebSocketMessage: parseInteger(
-      v("max-websocket-message", "POTHEAD_MAX_WEBSOCKET_MESSAGE"),
-      nameOf("max-websocket-message", "POTHEAD_MAX_WEBSOCKET_MESSAGE"),
+    maxWebSocketMessage: int(
+      "max-websocket-message",
+      "POTHEAD_MAX_WEBSOCKET_MESSAGE",
       16 * 1024 * 1024,
       1,
     ),

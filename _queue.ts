@@ -52,6 +52,12 @@ export interface WaitQueueOptions<T> {
 // One timer for a queue's earliest deadline. It is armed again only for an
 // earlier deadline, so serving the oldest value never touches it: it then
 // fires early, finds nothing due, and the queue arms it for the next.
+/**
+ * The longest delay `setTimeout` takes, 2^31 - 1 ms (about 24.8 days); a
+ * longer one fires at once.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 class Alarm {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #due = Infinity;
@@ -70,12 +76,12 @@ class Alarm {
       clearTimeout(this.#timer);
     }
     this.#due = due;
-    // At most 2^31 - 1 ms: a longer delay would fire at once (and again
+    // At most MAX_TIMER_MS: a longer delay would fire at once (and again
     // and again, nothing being due). Firing early, #expire sets it anew.
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       this.#fire();
-    }, Math.min(Math.ceil(Math.max(0, due - this.#now())), 0x7fffffff));
+    }, Math.min(Math.ceil(Math.max(0, due - this.#now())), MAX_TIMER_MS));
   }
 
   clear(): void {

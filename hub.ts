@@ -28,6 +28,7 @@ import {
   type HeadLimits,
   listTokens,
   reasonPhrase,
+  ROUTE_HOST,
   VALID_HOST,
 } from "./_codec.ts";
 import {
@@ -64,7 +65,7 @@ import type {
   ReadAheadOptions,
   SpillOptions,
 } from "./_readahead.ts";
-import { PriorityQueue, type QueueNode } from "./_queue.ts";
+import { MAX_TIMER_MS, PriorityQueue, type QueueNode } from "./_queue.ts";
 import { ShareLedger } from "./_share.ts";
 import {
   errorText,
@@ -1228,8 +1229,6 @@ function peerHost(peer: string): string {
 }
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
 const POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
-// A route's host: a name or address as the Host field has it, no port.
-const ROUTE_HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)$/;
 
 // Priority classes: routes set them, and so may consumers with trustPriority.
 const PRIORITY_FIELD = "x-pothead-priority";
@@ -1356,7 +1355,6 @@ const TIMERS = new Set([
   "pingTimeout",
   "affinityWait",
 ]);
-const MAX_TIMER_MS = 2 ** 31 - 1;
 function checkTimer(name: string, value: number): number {
   checkOption(name, value, 0);
   if (value > MAX_TIMER_MS) {
@@ -3053,11 +3051,8 @@ export class Hub {
       const left = pool.queueTimeout - (performance.now() - p.queuedSince);
       wait = Math.max(0, Math.min(wait, left));
     }
-    // setTimeout takes at most 2^31 - 1 ms (a longer one fires at once).
-    p.waitTimer = setTimeout(
-      () => this.#endWait(p),
-      Math.min(wait, 0x7fffffff),
-    );
+    // (At most MAX_TIMER_MS: affinityWait is checked against it.)
+    p.waitTimer = setTimeout(() => this.#endWait(p), wait);
     this.#watch(p);
   }
 
