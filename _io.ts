@@ -17,6 +17,15 @@ export interface Connection {
   close(): void;
 }
 
+/** Closes `conn`, ignoring that it may be closed already. */
+export function closeQuietly(conn: Connection): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
+}
+
 /** Writes all of `data` to `conn`, looping over short writes. */
 export async function writeAll(
   conn: Connection,

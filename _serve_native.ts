@@ -18,7 +18,12 @@
  * @module
  */
 
-import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
+import {
+  type BufferedReader,
+  closeQuietly,
+  type Connection,
+  writeAll,
+} from "./_io.ts";
 import {
   asksToClose,
   CLIENT_HEADER,
@@ -615,14 +620,6 @@ function parked(): Response {
     status: 408,
     headers: { "x-pothead-not-started": "1", connection: PARK_OPTION },
   });
-}
-
-function closeQuietly(conn: Connection): void {
-  try {
-    conn.close();
-  } catch {
-    // already closed
-  }
 }
 
 function notStarted(): Response {

@@ -54,6 +54,7 @@ import {
 } from "./_headers.ts";
 import {
   BufferedReader,
+  closeQuietly,
   type Connection,
   hasUnstableNet,
   joinBytes,
@@ -1485,6 +1486,9 @@ export class Hub {
   // Per peer address: how many of its new connections in a row turned out
   // to be plain workers, or -1 once it sent a handshake (see #accept).
   #plainPeers = new Map<string, number>();
+  // Connections still in setup (handshake wait, token check): shutdown
+  // closes them and waits for their setup to end.
+  #settingUp = new Map<Connection, Promise<void>>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #pinger: ReturnType<typeof setInterval> | undefined;
   #abandonFn = (p: Pending) => this.#abandon(p);
@@ -2088,19 +2092,18 @@ export class Hub {
       conn.close();
       return;
     }
-    this.#accept(conn, peer, arrived).catch((error) => {
+    const setup = this.#accept(conn, peer, arrived).catch((error) => {
+      // A connection the hub closed at shutdown fails its setup: not news.
+      if (this.#closed) return;
       this.#log({
         level: "warn",
         msg: "worker connection failed during setup",
         worker: peer,
         reason: errorText(error),
       });
-      try {
-        conn.close();
-      } catch {
-        // already closed
-      }
-    });
+      closeQuietly(conn);
+    }).finally(() => this.#settingUp.delete(conn));
+    this.#settingUp.set(conn, setup);
   }
 
   async #accept(
@@ -2138,7 +2141,7 @@ export class Hub {
       ]);
       clearTimeout(timer);
       if (got === "eof") {
-        conn.close();
+        closeQuietly(conn);
         return;
       }
       if (got === "timeout" && required) {
@@ -2157,7 +2160,7 @@ export class Hub {
         if (startsLikeResponse(reader)) {
           // A worker handing back a connection it no longer wants (the
           // "not started" 408) before the hub used it.
-          conn.close();
+          closeQuietly(conn);
           return;
         }
         identity = await this.#handshake(conn, reader, peer, until);
@@ -2167,7 +2170,7 @@ export class Hub {
       }
     }
     if (this.#closed) {
-      conn.close();
+      closeQuietly(conn);
       return;
     }
     this.#attach(conn, peer, reader, identity, how);
@@ -2221,7 +2224,7 @@ export class Hub {
         }),
       ]);
       if (head === null) {
-        conn.close();
+        closeQuietly(conn);
         return null;
       }
       const identity = parseHandshake(head);
@@ -2252,6 +2255,11 @@ export class Hub {
       });
       return identity;
     } catch (error) {
+      // Shutdown closed it mid-handshake: nothing to refuse.
+      if (this.#closed) {
+        closeQuietly(conn);
+        return null;
+      }
       const e = error instanceof HandshakeError
         ? error
         : new HandshakeError(400, `Cannot accept worker: ${errorText(error)}`);
@@ -2273,11 +2281,7 @@ export class Hub {
       reason: error.message,
     });
     writeAll(conn, refusal(error)).catch(() => {}).finally(() => {
-      try {
-        conn.close();
-      } catch {
-        // already closed
-      }
+      closeQuietly(conn);
     });
   }
 
@@ -2955,6 +2959,10 @@ export class Hub {
     const closing = performance.now() + WEBSOCKET_CLOSE_WAIT;
     while (this.#webSockets > 0 && performance.now() < closing) await sleep();
     for (const slot of [...this.#slots]) slot.close("hub shut down");
+    // Connections still in their handshake would otherwise linger until
+    // its timeout (a token check in progress, a worker slow to send it).
+    for (const conn of this.#settingUp.keys()) closeQuietly(conn);
+    await Promise.all(this.#settingUp.values());
     this.#stopSweeper();
     clearInterval(this.#pinger);
     this.#pinger = undefined;
@@ -3996,6 +4004,9 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
     listener.close();
     throw cannotListen("consumers", options.port ?? 8080, error);
   }
+  let stopping: Promise<void> | null = null;
+  // Worker connections still in their TLS handshake: shutdown ends them.
+  const inTls = new Map<Deno.Conn, Promise<void>>();
   const accepting = (async () => {
     try {
       for await (const conn of listener) {
@@ -4016,7 +4027,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
         // never completes it must not receive requests.
         const timeout = options.handshakeTimeout ?? 10_000;
         let timer: ReturnType<typeof setTimeout> | undefined;
-        Promise.race([
+        const shaking = Promise.race([
           (conn as Deno.TlsConn).handshake(),
           new Promise((_, reject) => {
             timer = setTimeout(
@@ -4025,24 +4036,26 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
             );
           }),
         ]).then(() => hub.addWorker(conn, peer, arrived), (error) => {
-          options.onLog?.({
-            level: "warn",
-            msg: "worker TLS handshake failed",
-            worker: peer,
-            reason: errorText(error),
-          });
-          try {
-            conn.close();
-          } catch {
-            // already closed
+          // Closed by shutdown: not a failure to report.
+          if (stopping === null) {
+            options.onLog?.({
+              level: "warn",
+              msg: "worker TLS handshake failed",
+              worker: peer,
+              reason: errorText(error),
+            });
           }
-        }).finally(() => clearTimeout(timer));
+          closeQuietly(conn);
+        }).finally(() => {
+          clearTimeout(timer);
+          inTls.delete(conn);
+        });
+        inTls.set(conn, shaking);
       }
     } catch (error) {
       if (!(error instanceof Deno.errors.BadResource)) throw error;
     }
   })();
-  let stopping: Promise<void> | null = null;
   const shutdown = () =>
     stopping ??= (async () => {
       // server.shutdown() stops accepting and waits for responses in
@@ -4078,6 +4091,8 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       })();
       await draining;
       closeListener();
+      for (const conn of inTls.keys()) closeQuietly(conn);
+      await Promise.all(inTls.values());
       // Responses read ahead of slow consumers (responseBuffer) may still
       // be going out from memory or disk: they get the rest of the grace.
       const held = () => {

@@ -917,6 +917,32 @@ Deno.test("setWorkerTokens: a connection whose token is withdrawn mid-request fi
   });
 });
 
+Deno.test("shutdown ends worker connections still in their handshake at once, refusing none", async () => {
+  await withHub(
+    { workerTokens: [TOKEN_A], handshakeTimeout: HANG },
+    async (ctx) => {
+      const silent = await raw(ctx);
+      const half = await raw(ctx);
+      await half.write(KAZUHO + `Authorization: Bearer ${TOKEN_A}\r\n`);
+      // Let the hub take both from its listener (one still in the backlog
+      // is reset when the listener closes: EOF as well).
+      await new Promise((go) => setTimeout(go, 200));
+      await ctx.server.shutdown();
+      // Ended by the shutdown, not by the handshake timeout (HANG): the
+      // test's leak check would also see the timer the hub left running.
+      for (const r of [silent, half]) {
+        const rest = await deadline(r.readToEnd(), HANG / 3, "closed");
+        assert.equal(rest.length, 0);
+      }
+      assert.equal(ctx.server.hub.stats.handshakesRefused, 0);
+      assert.deepEqual(
+        ctx.logs.filter((r) => r.level === "warn").map((r) => r.msg),
+        [],
+      );
+    },
+  );
+});
+
 Deno.test("setWorkerTokens: turning tokens on ends plain connections; an empty list or a bad token is refused and changes nothing", async () => {
   await withHub({}, async (ctx) => {
     const plain = await raw(ctx);
