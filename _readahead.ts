@@ -52,6 +52,11 @@ export interface ReadAheadOptions {
   budget: ReadAheadBudget;
   /** Where to go on once the memory is used; unset: nowhere. */
   spill?: SpillOptions;
+  /**
+   * Cuts every body still held when it aborts: the reader gets the reason
+   * as an error, and what was held is given back.
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -114,6 +119,12 @@ export function readAheadStream(
   // is kept.
   let dropped = false;
   let inFlight: Promise<void> | null = null;
+  // Listens to options.signal while the body is held (see start()).
+  const signal = options.signal;
+  let cut: (() => void) | undefined;
+  const unwatch = () => {
+    if (cut !== undefined) signal!.removeEventListener("abort", cut);
+  };
 
   const memoryRoom = () => inMemory < limit && budget.held < budget.max;
   const diskRoom = () =>
@@ -163,7 +174,9 @@ export function readAheadStream(
   const toDisk = async (chunk: Uint8Array): Promise<boolean> => {
     try {
       if (file === null) {
-        const opened = await SpillFile.open(spill!.dir);
+        const opened = await SpillFile.open(spill!.dir, {
+          segment: segmentFor(spill!.max),
+        });
         if (dropped) {
           opened.close();
           return true;
@@ -261,11 +274,24 @@ export function readAheadStream(
       }
       dropped = true;
       release();
+      unwatch();
       return out;
     };
   }
   readAhead();
   return new ReadableStream<Uint8Array>({
+    start(controller) {
+      if (signal === undefined) return;
+      cut = () => {
+        if (dropped) return;
+        dropped = true;
+        release();
+        cancel(signal.reason);
+        controller.error(signal.reason);
+      };
+      if (signal.aborted) cut();
+      else signal.addEventListener("abort", cut, { once: true });
+    },
     async pull(controller) {
       pulled = true;
       while (first === queue.length && !ended && failure === null) {
@@ -282,6 +308,7 @@ export function readAheadStream(
           // and the rest is not worth reading.
           dropped = true;
           release();
+          unwatch();
           cancel(error);
           controller.error(error);
           return;
@@ -294,13 +321,16 @@ export function readAheadStream(
         readAhead();
       } else if (failure !== null) {
         file?.close();
+        unwatch();
         controller.error(failure.error);
       } else {
         file?.close();
+        unwatch();
         controller.close();
       }
     },
     cancel(reason) {
+      unwatch();
       dropped = true;
       release();
       cancel(reason);
@@ -309,3 +339,10 @@ export function readAheadStream(
 }
 
 const EMPTY = new Uint8Array(0);
+
+// Spill segments are a quarter of what one body may keep on disk, within
+// 64 KiB and 4 MiB: the disk then holds at most what waits plus one
+// segment, without a new file every few reads.
+function segmentFor(max: number): number {
+  return Math.min(4 * 1024 * 1024, Math.max(64 * 1024, Math.floor(max / 4)));
+}

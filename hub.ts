@@ -1503,6 +1503,9 @@ export class Hub {
   // budget and spill directory all slots share (bodyStream decides from
   // them whether a body reads ahead at all).
   #readAhead: ReadAheadOptions;
+  // Aborted when shutdown's grace is over: response bodies still read
+  // ahead of their consumers are cut.
+  #cutHeld = new AbortController();
   // How far queued uploads are read ahead (null: not at all).
   #uploadAhead: ReadAheadOptions | null;
   // Requests whose (small) body is being read before they queue.
@@ -1602,6 +1605,7 @@ export class Hub {
         numbers.responseSpillTotal,
         "a response body",
       ),
+      signal: this.#cutHeld.signal,
     };
     const uploadSpill = spill(
       "requestSpillDir",
@@ -2901,7 +2905,10 @@ export class Hub {
    * WebSockets may end by themselves. After `grace` milliseconds, requests
    * still queued are answered 503, WebSockets still open are closed with
    * 1001 on both sides, and every worker connection is closed (cutting what
-   * is still in progress).
+   * is still in progress). Responses read ahead of slow consumers (see
+   * {@linkcode HubOptions.responseBuffer}) go on from memory or disk until
+   * the grace ends, and are cut then; the promise resolves when nothing is
+   * left.
    *
    * With `handOver` (another hub has taken the ports over, see
    * {@linkcode ServeHubOptions.reusePort}), open WebSockets are closed with
@@ -2963,6 +2970,12 @@ export class Hub {
     // its timeout (a token check in progress, a worker slow to send it).
     for (const conn of this.#settingUp.keys()) closeQuietly(conn);
     await Promise.all(this.#settingUp.values());
+    // Responses read ahead of slow consumers (responseBuffer) go on from
+    // memory or disk for the rest of the grace; then they are cut.
+    const held = () =>
+      this.#readAhead.budget.held + (this.#readAhead.spill?.held ?? 0);
+    while (held() > 0 && performance.now() < deadline) await sleep();
+    this.#cutHeld.abort(new Error("hub shut down before the consumer read it"));
     this.#stopSweeper();
     clearInterval(this.#pinger);
     this.#pinger = undefined;
@@ -4071,7 +4084,6 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       // listens on the same ports. Deno.serve's shutdown tells consumers'
       // WebSockets 1001; the hub tells the workers' sides.
       const grace = options.shutdownGrace ?? 30_000;
-      const deadline = performance.now() + grace;
       const closeListener = () => {
         try {
           listener.close();
@@ -4093,17 +4105,6 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       closeListener();
       for (const conn of inTls.keys()) closeQuietly(conn);
       await Promise.all(inTls.values());
-      // Responses read ahead of slow consumers (responseBuffer) may still
-      // be going out from memory or disk: they get the rest of the grace.
-      const held = () => {
-        const { responseBuffered, responseSpilled } = hub.stats;
-        return responseBuffered + responseSpilled;
-      };
-      let done = false;
-      serving.finally(() => done = true);
-      while (!done && held() > 0 && performance.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
       // Every request has its answer by now; what Deno.serve still waits
       // for is flushing them, or a consumer that never finishes a request
       // body (it waits for that for ever): bounded, so the process can exit.

@@ -233,6 +233,50 @@ Deno.test("SpillFile gives bytes back in order, empties itself when caught up, a
   }
 });
 
+Deno.test("SpillFile in segments: a reader a little behind a faster writer gets every byte in order, and the disk holds what waits plus at most one segment", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const segment = 64;
+    const file = await SpillFile.open(dir, { segment });
+    // Seeded: appends of 1-100 bytes, takes of 1-80; the writer stays
+    // ahead, as a worker faster than its consumer.
+    let seed = 7;
+    const next = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return 1 + (seed % n);
+    };
+    let written = 0;
+    let read = 0;
+    let most = 0;
+    for (let i = 0; i < 300; i++) {
+      const chunk = new Uint8Array(next(100)).map((_, j) => written + j);
+      await file.append(chunk);
+      written += chunk.length;
+      const got = await file.take(next(80));
+      for (const [j, b] of got.entries()) {
+        assert.equal(b, (read + j) & 0xff, `byte ${read + j}`);
+      }
+      read += got.length;
+      const waiting = written - read;
+      const onDisk = await file.diskUsage();
+      assert.ok(
+        onDisk <= waiting + segment,
+        `${onDisk} on disk with ${waiting} waiting`,
+      );
+      most = Math.max(most, waiting);
+    }
+    assert.ok(most > 4 * segment, "the writer got well ahead");
+    const rest = await file.take(written);
+    assert.equal(read + rest.length, written);
+    assert.equal(await file.diskUsage(), 0, "emptied when caught up");
+    file.close();
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "no file left");
+    await assert.rejects(SpillFile.open(dir, { segment: 0 }), RangeError);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("read-ahead goes on to disk past its memory and gives every byte back in order", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -514,4 +558,41 @@ Deno.test("read-ahead gathers small chunks into blocks (a body sent a byte per c
     "small chunks held together, the large one as it came",
   );
   assert.equal(budget.held, 0);
+});
+
+Deno.test("readAheadStream with a signal: its abort cuts a body still held (the reader gets the reason, the budget is given back); a finished body is not touched", async () => {
+  const budget = { max: 100_000, held: 0 };
+  const cutter = new AbortController();
+  // Large enough to stay chunks of their own (not gathered into a block).
+  const chunks = [new Uint8Array(5000).fill(1), new Uint8Array(5000), null];
+  const cancelled: unknown[] = [];
+  const held = readAheadStream(
+    () => Promise.resolve(chunks.shift() ?? null),
+    { limit: 100_000, budget, signal: cutter.signal },
+    (reason) => cancelled.push(reason),
+  );
+  // A second body, read to its end before the abort.
+  const other = [bytes("xyz"), null];
+  const finished = readAheadStream(
+    () => Promise.resolve(other.shift() ?? null),
+    { limit: 100, budget, signal: cutter.signal },
+    (reason) => cancelled.push(reason),
+  );
+  assert.equal(text(await readAll(finished)), "xyz");
+  await until(() => budget.held === 10_000, "the first body held");
+  const reader = held.getReader();
+  assert.deepEqual((await reader.read()).value, new Uint8Array(5000).fill(1));
+  assert.equal(budget.held, 5000);
+  const reason = new Error("hub shut down");
+  cutter.abort(reason);
+  assert.equal(budget.held, 0);
+  assert.deepEqual(cancelled, [reason]);
+  await assert.rejects(reader.read(), (e) => e === reason);
+  // Made after the abort: cut at once.
+  const late = readAheadStream(
+    () => Promise.resolve(null),
+    { limit: 100, budget, signal: cutter.signal },
+    () => {},
+  );
+  await assert.rejects(late.getReader().read(), (e) => e === reason);
 });

@@ -301,6 +301,30 @@ Deno.test("shutdown gives a response read ahead of a slow consumer the rest of t
   }
 });
 
+Deno.test("a response still read ahead when shutdown's grace ends is cut, and shutdown resolves with nothing held", async () => {
+  const t = setup({ responseBuffer: 64 * 1024 * 1024, shutdownGrace: 1000 });
+  let big: Response | undefined;
+  try {
+    await waitFor(() => t.server.hub.stats.idle === 1, "1 idle slot");
+    big = await deadline(fetch(t.url("/big")), HANG_GUARD, "the big head");
+    await waitFor(() => t.server.hub.stats.idle === 1, "the slot idle again");
+    const held = () =>
+      t.server.hub.stats.responseBuffered + t.server.hub.stats.responseSpilled;
+    assert.ok(held() > 0, "the body is held for its consumer");
+    t.worker.close();
+    await t.worker.finished;
+    // The consumer reads nothing while the hub shuts down.
+    await deadline(t.server.shutdown(), HANG_GUARD, "shutdown");
+    assert.equal(held(), 0);
+    await assert.rejects(
+      deadline(digest(big.body!), HANG_GUARD, "the cut body"),
+    );
+  } finally {
+    await big?.body?.cancel().catch(() => {});
+    await t.server.shutdown();
+  }
+});
+
 Deno.test("many consumers reading fast, slowly or leaving midway: every body whole, and nothing held after", async () => {
   const dir = await Deno.makeTempDir();
   const size = 1024 * 1024;
