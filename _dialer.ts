@@ -14,7 +14,11 @@
  * connections and no churn.
  *
  * Hub names are resolved to all their A and AAAA records and re-resolved
- * periodically, so a worker follows hubs behind a headless Service.
+ * periodically, so a worker follows hubs behind a headless Service. Two
+ * addresses of one name that turn out to reach the same hub (the id it
+ * sends in its handshake answer: a dual-stack hub with an A and an AAAA
+ * record) are served as one: the later found is an alias, given back and
+ * not dialed while the other serves.
  *
  * @module
  */
@@ -79,6 +83,12 @@ export interface DialerOptions {
    */
   silence?(conn: Connection): number;
   /**
+   * The identity of the hub at the other end of an open connection (from
+   * its handshake answer); undefined if unknown (a plain worker, a hub of
+   * an earlier version). Asked once per connection.
+   */
+  hubId?(conn: Connection): string | undefined;
+  /**
    * Adaptive capacity: awaited before a connection beyond the first (at each
    * hub) opens.
    */
@@ -128,6 +138,13 @@ interface EndpointState {
   owed: boolean;
   /** When the oldest such request reached its hub (this process's clock). */
   owedSince: number;
+  /** The id its hub sent on its latest connection, if any. */
+  hubId: string | undefined;
+  /**
+   * Another endpoint of the same name that reaches the same hub (same id)
+   * and serves it: this one is not dialed while that holds.
+   */
+  aliasOf: EndpointState | null;
 }
 
 const IPV4 = /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/;
@@ -174,9 +191,14 @@ export class Dialer {
 
   /** The endpoints currently known. */
   get endpoints(): Endpoint[] {
-    return [...this.#states.values()].filter((s) => !s.removed).map((s) =>
-      s.endpoint
-    );
+    return [...this.#states.values()].filter((s) => this.#serves(s)).map((
+      s,
+    ) => s.endpoint);
+  }
+
+  // Neither gone from DNS nor an alias of another endpoint.
+  #serves(s: EndpointState): boolean {
+    return !s.removed && s.aliasOf === null;
   }
 
   /** Resolves targets, opens connections; resolves when fully stopped. */
@@ -266,6 +288,7 @@ export class Dialer {
         s.removed = true;
         clearTimeout(s.timer);
         for (const l of s.links) l.withdraw.abort();
+        this.#unalias(s);
       }
     }
     for (const [key, endpoint] of found) {
@@ -283,6 +306,8 @@ export class Dialer {
           admitted: 0,
           owed: false,
           owedSince: 0,
+          hubId: undefined,
+          aliasOf: null,
         });
       }
     }
@@ -299,7 +324,7 @@ export class Dialer {
     const free = this.#o.concurrency - this.#inUse;
     const now = performance.now();
     for (const s of this.#fairOrder()) {
-      if (s.removed) continue;
+      if (!this.#serves(s)) continue;
       let idle = this.#idleLinks(s);
       if (idle > free && s.parks === false) {
         for (const l of s.links) {
@@ -407,11 +432,13 @@ export class Dialer {
     }
     link.conn = conn;
     s.links.add(link);
-    // Draining, or the hub left DNS, while this connection was being made:
-    // the hub may already have sent a request on it, so it is handed back
-    // the usual way (the engine answers such a request with the "not
-    // started" 408 and the hub sends it elsewhere) rather than closed.
-    if (this.#stop.aborted || s.removed) link.withdraw.abort();
+    this.#learn(s, this.#o.hubId?.(conn));
+    // Draining, the hub left DNS, or it is served at another address, while
+    // this connection was being made: the hub may already have sent a
+    // request on it, so it is handed back the usual way (the engine answers
+    // such a request with the "not started" 408 and the hub sends it
+    // elsewhere) rather than closed.
+    if (this.#stop.aborted || !this.#serves(s)) link.withdraw.abort();
     // The permits may have gone while this connection was being made: a hub
     // that does not park gets it back at once rather than send a request
     // it would have to decline (elsewhere a request on it parks it).
@@ -567,8 +594,62 @@ export class Dialer {
    */
   get rotate(): boolean {
     let n = 0;
-    for (const s of this.#states.values()) if (!s.removed) n++;
+    for (const s of this.#states.values()) if (this.#serves(s)) n++;
     return n > 1;
+  }
+
+  // `s` has a connection to the hub with id `id`. If another address of the
+  // same name already serves that hub, `s` becomes its alias: its
+  // connections are handed back (busy ones once their request is done).
+  #learn(s: EndpointState, id: string | undefined): void {
+    // A plain worker, or a hub of an earlier version: nothing learned.
+    if (id === undefined || s.hubId === id) return;
+    // Another hub answers here now (a restart, or a hand-over on the same
+    // port): aliases of this address may no longer be the same hub.
+    let changed = s.hubId !== undefined && this.#unalias(s);
+    s.hubId = id;
+    if (s.aliasOf !== null && s.aliasOf.hubId !== id) {
+      // Not the same hub after all (one of them was handed over).
+      s.aliasOf = null;
+      changed = true;
+    }
+    const kept = s.aliasOf === null ? this.#servingHub(s) : undefined;
+    if (kept !== undefined) {
+      s.aliasOf = kept;
+      s.owed = false;
+      clearTimeout(s.timer);
+      s.timer = undefined;
+      for (const l of s.links) l.withdraw.abort();
+    }
+    if (changed) this.#reconcile();
+  }
+
+  // Another address that serves the hub `s` reaches. Only addresses of one
+  // name count: a hub behind another name cannot, by claiming an id, take a
+  // worker away from this one.
+  #servingHub(s: EndpointState): EndpointState | undefined {
+    for (const t of this.#states.values()) {
+      if (
+        t !== s && this.#serves(t) && t.hubId === s.hubId &&
+        t.endpoint.name === s.endpoint.name &&
+        t.endpoint.port === s.endpoint.port
+      ) return t;
+    }
+    return undefined;
+  }
+
+  // `s` no longer serves its hub, or it is another hub now: its aliases
+  // are to be dialed again (by the caller's reconcile), each learning afresh
+  // which hub it reaches. Whether there were any.
+  #unalias(s: EndpointState): boolean {
+    let freed = false;
+    for (const a of this.#states.values()) {
+      if (a.aliasOf !== s) continue;
+      a.aliasOf = null;
+      a.hubId = undefined;
+      freed = true;
+    }
+    return freed;
   }
 
   // The addresses `t` resolved to last time (none if it never did).
@@ -586,6 +667,9 @@ export class Dialer {
 
   #failed(s: EndpointState, error: unknown): void {
     s.parks = undefined;
+    // The hub may come back as another one; its aliases re-learn too.
+    s.hubId = undefined;
+    this.#unalias(s);
     this.#o.onError(error, `connect ${s.endpoint.key}`);
     // Connections opened together fail together: one failure per round, or
     // the backoff would grow with the concurrency.

@@ -8,8 +8,8 @@
  * `Upgrade: PTTH/1.0`). It carries credentials (`Authorization: Bearer`)
  * and what the worker declares about itself (`Pothead-Worker-Id`,
  * `Pothead-Pool`, `Pothead-Labels`). The hub answers `101 Switching
- * Protocols` and from then on sends requests on the connection, or answers
- * 4xx and closes.
+ * Protocols`, naming itself (`Pothead-Hub-Id`), and from then on sends
+ * requests on the connection, or answers 4xx and closes.
  *
  * @module
  */
@@ -19,6 +19,7 @@ import {
   encodeHead,
   fieldOf,
   framingFields,
+  type HeaderList,
   listTokens,
   parseRequestHead,
   parseResponseHead,
@@ -242,26 +243,71 @@ export async function checkToken(
 }
 
 /**
- * The hub's `101 Switching Protocols` answer; with `pingInterval` (ms), it
- * tells a worker that answers pings how often an idle connection hears
- * from the hub (`Pothead-Ping-Interval`).
+ * The field in the hub's `101` naming the hub process (`Pothead-Hub-Id`), so
+ * a worker that reaches one hub at two addresses (a name with an A and an
+ * AAAA record of one dual-stack hub) serves it as one.
+ */
+export const HUB_ID_FIELD = "pothead-hub-id";
+
+// Longest hub id a worker takes; a longer one is ignored, as is one with
+// characters outside the visible ASCII range.
+const MAX_HUB_ID = 128;
+const HUB_ID = /^[\x21-\x7e]+$/;
+
+/** What the hub says in its `101`, besides switching. */
+export interface SwitchingOptions {
+  /**
+   * Milliseconds between pings on an idle connection, for a worker that
+   * answers them (`Pothead-Ping-Interval`); 0 or absent: not sent.
+   */
+  pingInterval?: number;
+  /** The hub's identity (`Pothead-Hub-Id`); absent: not sent. */
+  hubId?: string;
+}
+
+/**
+ * The hub's `101 Switching Protocols` answer: the upgrade token the worker
+ * asked for, and what `options` gives.
  */
 export function switchingProtocols(
   protocol: string,
-  pingInterval = 0,
+  options: SwitchingOptions = {},
 ): Uint8Array {
   const fields: [string, string][] = [
     ["upgrade", protocol],
     ["connection", "Upgrade"],
   ];
+  const pingInterval = options.pingInterval ?? 0;
   if (pingInterval > 0) {
     fields.push([PING_INTERVAL_FIELD, String(Math.ceil(pingInterval))]);
   }
+  if (options.hubId !== undefined) fields.push([HUB_ID_FIELD, options.hubId]);
   const { buf, length } = encodeHead(
     "HTTP/1.1 101 Switching Protocols",
     fields,
   );
   return buf.subarray(0, length);
+}
+
+/** What a worker learns from the hub's `101`. */
+export interface HubAnswer {
+  /** The hub's ping interval in ms; 0 if it does not ping. */
+  pingInterval: number;
+  /**
+   * The hub's identity; undefined from a hub that sends none (an earlier
+   * version) or an unusable one.
+   */
+  hubId: string | undefined;
+}
+
+// Reads what the worker needs from a 101's fields.
+function hubAnswer(headers: HeaderList): HubAnswer {
+  const interval = Number(fieldOf(headers, PING_INTERVAL_FIELD));
+  const id = fieldOf(headers, HUB_ID_FIELD)?.trim() ?? "";
+  return {
+    pingInterval: Number.isSafeInteger(interval) && interval > 0 ? interval : 0,
+    hubId: id.length <= MAX_HUB_ID && HUB_ID.test(id) ? id : undefined,
+  };
 }
 
 /** The hub's refusal: a short response that closes the connection. */
@@ -333,7 +379,7 @@ export function encodeHandshake(options: HandshakeOptions): Uint8Array {
 /**
  * Worker side: sends the handshake on `conn` and reads the hub's answer.
  * Bytes after the 101 stay in `reader` (they are the first request).
- * Resolves with the hub's ping interval in ms (0 if it does not ping).
+ * Resolves with what the 101 said (ping interval, hub id).
  *
  * @throws {Error} naming the hub's status and message when refused.
  */
@@ -341,7 +387,7 @@ export async function workerHandshake(
   conn: Connection,
   reader: BufferedReader,
   options: HandshakeOptions,
-): Promise<number> {
+): Promise<HubAnswer> {
   await writeAll(conn, encodeHandshake(options));
   while (true) {
     const parsed = parseResponseHead(
@@ -353,10 +399,7 @@ export async function workerHandshake(
     if (parsed !== null) {
       reader.consume(parsed.used);
       const head = parsed.value;
-      if (head.status === 101) {
-        const interval = Number(fieldOf(head.headers, PING_INTERVAL_FIELD));
-        return Number.isSafeInteger(interval) && interval > 0 ? interval : 0;
-      }
+      if (head.status === 101) return hubAnswer(head.headers);
       const fields = framingFields(head.headers);
       let text = "";
       if (fields.contentLength > 0 && fields.contentLength < 4096) {

@@ -1513,6 +1513,14 @@ export class Hub {
   // WebSockets open, and what tells them the hub is going away.
   #webSockets = 0;
   #goingAway = new AbortController();
+  /**
+   * This hub's identity, random, made when it is constructed: sent in the
+   * `101` of the worker handshake (`Pothead-Hub-Id`) so that a worker
+   * reaching it at two addresses (a name with an A and an AAAA record)
+   * serves it as one hub. A hub that takes over another's ports has its
+   * own.
+   */
+  readonly id: string = crypto.randomUUID();
   #stats = {
     received: 0,
     answered: 0,
@@ -2246,10 +2254,10 @@ export class Hub {
       }
       await writeAll(
         conn,
-        switchingProtocols(
-          identity.protocol,
-          identity.ping ? this.#opts.pingInterval : 0,
-        ),
+        switchingProtocols(identity.protocol, {
+          pingInterval: identity.ping ? this.#opts.pingInterval : 0,
+          hubId: this.id,
+        }),
       );
       this.#log({
         level: "debug",

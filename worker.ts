@@ -77,7 +77,9 @@ export interface WorkerOptions {
   /**
    * Several hubs as `host:port`. Names resolve to all their A and AAAA
    * records, re-resolved every `resolveInterval`; the worker offers its free
-   * slots to every hub (see the README, "Many hubs").
+   * slots to every hub (see the README, "Many hubs"). Addresses of one name
+   * that reach the same hub (by the id it sends in the handshake) are served
+   * as one.
    */
   hubs?: string[];
   /**
@@ -485,7 +487,7 @@ export function connectWorker(
               const problem = identityProblem({ token });
               if (problem !== null) throw new Error(problem);
             }
-            const pingInterval = await workerHandshake(conn, reader, {
+            const answer = await workerHandshake(conn, reader, {
               ...handshake,
               token,
               host: endpoint.name,
@@ -493,7 +495,8 @@ export function connectWorker(
             // Requests that followed the 101 at once are in `reader`.
             return Object.assign(conn, {
               [READER]: reader,
-              [PING_INTERVAL]: pingInterval,
+              [PING_INTERVAL]: answer.pingInterval,
+              [HUB_ID]: answer.hubId,
             });
           } catch (error) {
             stop();
@@ -513,6 +516,10 @@ export function connectWorker(
       silence(conn) {
         const interval = (conn as { [PING_INTERVAL]?: number })[PING_INTERVAL];
         return interval ? Math.max(3 * interval, interval + 2000) : 0;
+      },
+      // Learned in the handshake; a plain worker learns none.
+      hubId(conn) {
+        return (conn as { [HUB_ID]?: string })[HUB_ID];
       },
       serve(conn, endpoint, hooks) {
         const reader = (conn as { [READER]?: BufferedReader })[READER];
@@ -596,6 +603,7 @@ const CONNECT_TIMEOUT = 10_000;
 
 const READER = Symbol("reader");
 const PING_INTERVAL = Symbol("pingInterval");
+const HUB_ID = Symbol("hubId");
 
 /**
  * Imports a handler module and returns its fetch handler: the default export

@@ -689,3 +689,207 @@ Deno.test("a DNS lookup that never answers neither piles up nor holds up the dra
   stop.abort();
   await deadline(running, 5_000, "the drain despite the pending lookup");
 });
+
+// The Dialer alone, with fake connections to hubs that say who they are:
+// addresses of one name that reach one hub (same id) are served as one.
+interface FakeHubs {
+  /** The hub id each address answers with (undefined: none, as plain). */
+  ids: Map<string, string | undefined>;
+  /** What each name resolves to next. */
+  answers: Record<string, string[]>;
+  /** Connections opened, by endpoint key. */
+  dials: Map<string, number>;
+  /** Keys of the links being served and not handed back. */
+  live(): string[];
+  /** Ends the live link at `key` as its hub would, after `served`. */
+  end(key: string, served: number): void;
+  lookups: number;
+  dialer: Dialer;
+}
+
+async function hubsByName(
+  targets: { hostname: string; port: number }[],
+  answers: Record<string, string[]>,
+  ids: Record<string, string | undefined>,
+  fn: (h: FakeHubs) => Promise<void>,
+): Promise<void> {
+  const stop = new AbortController();
+  const kill = new AbortController();
+  const links = new Map<{ key: string }, (served: number) => void>();
+  const h = {
+    ids: new Map(Object.entries(ids)),
+    answers,
+    dials: new Map<string, number>(),
+    live: () => [...links.keys()].map((l) => l.key).sort(),
+    end: (key: string, served: number) => {
+      for (const [l, end] of links) if (l.key === key) return end(served);
+      throw new Error(`no live link at ${key}`);
+    },
+    lookups: 0,
+  } as FakeHubs;
+  h.dialer = new Dialer(
+    {
+      targets,
+      concurrency: 1,
+      resolveInterval: 10,
+      minBackoff: 10,
+      maxBackoff: 10,
+      resolve: (name) => {
+        h.lookups++;
+        return Promise.resolve(h.answers[name] ?? []);
+      },
+      connect: (endpoint) => {
+        h.dials.set(endpoint.key, (h.dials.get(endpoint.key) ?? 0) + 1);
+        return Promise.resolve(
+          Object.assign(silentConn(), { hubId: h.ids.get(endpoint.address) }),
+        );
+      },
+      hubId: (conn) => (conn as { hubId?: string }).hubId,
+      serve: (_conn, endpoint, hooks) => {
+        const link = { key: endpoint.key };
+        return new Promise<number>((resolve) => {
+          const end = (served: number) => {
+            links.delete(link);
+            resolve(served);
+          };
+          // Handed back before it was served (an alias): an engine ends it
+          // at once.
+          if (hooks.withdraw.aborted) return resolve(0);
+          links.set(link, end);
+          hooks.withdraw.addEventListener("abort", () => end(0), {
+            once: true,
+          });
+          kill.signal.addEventListener("abort", () => end(0), { once: true });
+        });
+      },
+      onError: () => {},
+    },
+    stop.signal,
+    kill.signal,
+  );
+  const running = h.dialer.run();
+  try {
+    await deadline(fn(h), HANG, "the scenario");
+  } finally {
+    kill.abort();
+    await running;
+  }
+}
+
+const V4 = "127.0.0.1:4040";
+const V6 = "[::1]:4040";
+const DUAL = [{ hostname: "hub.test", port: 4040 }];
+// The name's answer: an A and an AAAA record (a fresh copy each time).
+const both = () => ({ "hub.test": ["127.0.0.1", "::1"] });
+
+/** Waits for `count` more lookups (a wait on the dialer, not a duration). */
+async function lookups(h: FakeHubs, count: number): Promise<void> {
+  const until = h.lookups + count;
+  await waitFor(() => h.lookups >= until, `${count} more lookups`);
+}
+
+Deno.test("two addresses of one name that reach one hub are served as one, and the other is not dialed again", async () => {
+  await hubsByName(
+    DUAL,
+    both(),
+    { "127.0.0.1": "A", "::1": "A" },
+    async (h) => {
+      await waitFor(
+        () => h.dials.size === 2 && h.live().length === 1,
+        "both dialed, one kept",
+      );
+      const [kept] = h.live();
+      const alias = kept === V4 ? V6 : V4;
+      await lookups(h, 5);
+      assert.deepEqual(h.live(), [kept]);
+      assert.equal(h.dials.get(alias), 1, "the alias dialed once");
+      assert.deepEqual(h.dialer.endpoints.map((e) => e.key), [kept]);
+      // One hub: a connection serves request after request.
+      assert.equal(h.dialer.rotate, false);
+    },
+  );
+});
+
+Deno.test("the alias of an address that leaves DNS or fails is dialed again", async () => {
+  await hubsByName(
+    DUAL,
+    both(),
+    { "127.0.0.1": "A", "::1": "A" },
+    async (h) => {
+      await waitFor(() => h.live().length === 1, "one kept");
+      const [kept] = h.live();
+      const alias = kept === V4 ? V6 : V4;
+      const address = (key: string) => key === V4 ? "127.0.0.1" : "::1";
+      // The kept address leaves the answer: the alias serves.
+      h.answers["hub.test"] = [address(alias)];
+      await waitFor(() => h.live()[0] === alias, "the alias served");
+      assert.equal(h.dials.get(alias), 2);
+      // It comes back, and is the alias now.
+      h.answers["hub.test"] = ["127.0.0.1", "::1"];
+      await waitFor(() => h.dials.get(kept) === 2, "the address dialed again");
+      await lookups(h, 3);
+      assert.deepEqual(h.live(), [alias]);
+      // The one kept drops its connection at once (as a hub going down):
+      // a failure, so the other address is dialed again.
+      h.end(alias, 0);
+      await waitFor(() => h.dials.get(kept) === 3, "the other dialed again");
+      await waitFor(() => h.live().length === 1, "one kept again");
+    },
+  );
+});
+
+Deno.test("when the hub at the kept address changes (a restart or a hand-over), the alias re-learns which hub it reaches", async () => {
+  await hubsByName(
+    DUAL,
+    both(),
+    { "127.0.0.1": "A", "::1": "A" },
+    async (h) => {
+      await waitFor(() => h.live().length === 1, "one kept");
+      const [kept] = h.live();
+      const alias = kept === V4 ? V6 : V4;
+      // A new hub (id B) took the kept address's port; the alias's address
+      // still reaches hub A: two hubs now, both served.
+      h.ids.set(kept === V4 ? "127.0.0.1" : "::1", "B");
+      h.end(kept, 1);
+      await waitFor(() => h.live().length === 2, "both served");
+      assert.equal(h.dials.get(alias), 2);
+      assert.equal(h.dialer.rotate, true);
+      // Hub A goes too, and B answers at both: one again.
+      h.ids.set(alias === V4 ? "127.0.0.1" : "::1", "B");
+      h.end(alias, 1);
+      await waitFor(() => h.dials.get(alias) === 3, "dialed again");
+      await waitFor(() => h.live().length === 1, "one hub again");
+      assert.deepEqual(h.live(), [kept]);
+      assert.equal(h.dialer.rotate, false);
+    },
+  );
+});
+
+Deno.test("addresses with different hub ids, or no id, or of different names are all served", async () => {
+  await hubsByName(
+    DUAL,
+    both(),
+    { "127.0.0.1": "A", "::1": "B" },
+    async (h) => {
+      await waitFor(() => h.live().length === 2, "two hubs");
+    },
+  );
+  await hubsByName(DUAL, both(), {}, async (h) => {
+    await waitFor(() => h.live().length === 2, "two plain hubs");
+  });
+  // A hub behind another name cannot take a worker away by its id.
+  const names = [
+    { hostname: "a.test", port: 4040 },
+    { hostname: "b.test", port: 4040 },
+  ];
+  await hubsByName(
+    names,
+    { "a.test": ["127.0.0.1"], "b.test": ["::1"] },
+    { "127.0.0.1": "A", "::1": "A" },
+    async (h) => {
+      await waitFor(() => h.live().length === 2, "two names");
+      await lookups(h, 3);
+      assert.deepEqual(h.live(), [V4, V6].sort());
+    },
+  );
+});

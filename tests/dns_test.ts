@@ -35,15 +35,23 @@ interface Dns {
   stop(): Promise<void>;
 }
 
+// Whether NAME's A and AAAA records are `want`.
 async function resolves(port: number, want: string[]): Promise<boolean> {
-  try {
-    const got = await Deno.resolveDns(NAME, "A", {
-      nameServer: { ipAddr: "127.0.0.1", port },
-    });
-    return got.slice().sort().join() === want.slice().sort().join();
-  } catch {
-    return false;
+  const got: string[] = [];
+  let answered = false;
+  for (const type of ["A", "AAAA"] as const) {
+    try {
+      got.push(
+        ...await Deno.resolveDns(NAME, type, {
+          nameServer: { ipAddr: "127.0.0.1", port },
+        }),
+      );
+      answered = true;
+    } catch {
+      // no records of this type (or no answer yet)
+    }
   }
+  return answered && got.sort().join() === want.slice().sort().join();
 }
 
 async function startDns(addrs: string[]): Promise<Dns> {
@@ -216,6 +224,97 @@ Deno.test({
       worker.close();
       await worker.finished;
       await Promise.all([a.shutdown(), b.shutdown()]);
+      await dns.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a worker reaching one dual-stack hub by a name with an A and an AAAA record serves it as one hub",
+  ignore: !haveDnsmasq(),
+  fn: async () => {
+    // One hub listening on "::", which takes IPv4 too (dual-stack).
+    const server = serveHub({
+      hostname: "::",
+      port: 0,
+      workerPort: 0,
+      shutdownGrace: 500,
+    });
+    const port = server.workerAddr.port;
+    const dns = await startDns(["127.0.0.1", "::1"]).catch(async (e) => {
+      await server.shutdown();
+      throw e;
+    });
+    const dialed = new Set<string>();
+    // Requests wait in the handler until the test lets them go.
+    let entered = 0;
+    let gate = Promise.withResolvers<void>();
+    const worker = connectWorker(async () => {
+      entered++;
+      await gate.promise;
+      return new Response("ok");
+    }, {
+      hubs: [`${NAME}:${port}`],
+      nameServer: { ipAddr: "127.0.0.1", port: dns.port },
+      resolveInterval: 50,
+      concurrency: 1,
+      // An id makes the worker handshake, which is where it learns the
+      // hub's.
+      workerId: "dual",
+      minBackoff: 10,
+      maxBackoff: 100,
+      connect: (hostname, port) => {
+        dialed.add(hostname);
+        return Deno.connect({ hostname, port });
+      },
+    });
+    const stats = () => server.hub.stats;
+    const consumer = `http://127.0.0.1:${server.addr.port}/`;
+    const ask = () => fetch(consumer).then((res) => res.text());
+    try {
+      await deadline(
+        (async () => {
+          await waitFor(
+            () => dialed.size === 2 && stats().idle >= 1,
+            "both addresses dialed",
+            HANG,
+          );
+          assert.deepEqual([...dialed].sort(), ["127.0.0.1", "::1"]);
+          // Each round: one request in the handler, a second one sent. The
+          // worker's one permit is taken: served as two hubs, the second
+          // goes to the other address's connection and is declined and
+          // resent; served as one, it waits in the queue.
+          for (let round = 0; round < 10; round++) {
+            const first = ask();
+            await waitFor(() => entered === 2 * round + 1, "first request");
+            const second = ask();
+            await waitFor(
+              () => stats().queued === 1 && stats().busy === 1,
+              "second request queued",
+            );
+            gate.resolve();
+            assert.equal(await first, "ok");
+            assert.equal(await second, "ok");
+            gate = Promise.withResolvers<void>();
+          }
+          // At most one, that crossed the second address's connection as
+          // it was handed back.
+          const { retries } = stats();
+          assert.ok(retries <= 1, `${retries} retries for 20 requests`);
+          await waitFor(() => stats().slots === 1, "one connection", HANG);
+          // Lookups go on (every 50 ms) without dialing the alias again.
+          dialed.clear();
+          await new Promise((r) => setTimeout(r, 300));
+          assert.deepEqual([...dialed], []);
+        })(),
+        HANG * 2,
+        "dual-stack scenario",
+      );
+    } finally {
+      worker.close();
+      await worker.finished;
+      await server.shutdown();
       await dns.stop();
     }
   },

@@ -19,7 +19,9 @@ import {
   parseHandshake,
   refusal,
   switchingProtocols,
+  workerHandshake,
 } from "../_handshake.ts";
+import { BufferedReader } from "../_io.ts";
 import {
   type HubLogRecord,
   type HubServer,
@@ -234,6 +236,58 @@ Deno.test("switchingProtocols echoes the upgrade token the worker asked for", ()
       ["upgrade", protocol],
       ["connection", "Upgrade"],
     ]);
+  }
+});
+
+Deno.test("switchingProtocols names the hub and its ping interval when given", () => {
+  const bytes = switchingProtocols("ptth", {
+    pingInterval: 1500,
+    hubId: "h-1",
+  });
+  const parsed = parseResponseHead(bytes, 0, bytes.length, DEFAULT_LIMITS);
+  assert.ok(parsed !== null);
+  assert.deepEqual(parsed.value.headers, [
+    ["upgrade", "ptth"],
+    ["connection", "Upgrade"],
+    ["pothead-ping-interval", "1500"],
+    ["pothead-hub-id", "h-1"],
+  ]);
+});
+
+// What a worker's handshake makes of the hub's 101 `answer`.
+async function answerTo(answer: string) {
+  let unread: Uint8Array | null = latin1Bytes(answer);
+  const conn = {
+    read(p: Uint8Array): Promise<number | null> {
+      if (unread === null) return Promise.resolve(null);
+      p.set(unread);
+      const n = unread.length;
+      unread = null;
+      return Promise.resolve(n);
+    },
+    write: (p: Uint8Array) => Promise.resolve(p.length),
+    close() {},
+  };
+  return await workerHandshake(conn, new BufferedReader(conn), { host: "h" });
+}
+
+Deno.test("a worker reads the hub's id from the 101, and ignores a malformed one", async () => {
+  const up = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\n";
+  assert.deepEqual(
+    await answerTo(`${up}Pothead-Hub-Id: 3f2a\r\n\r\n`),
+    { pingInterval: 0, hubId: "3f2a" },
+  );
+  // An earlier hub sends none.
+  assert.deepEqual(
+    await answerTo(`${up}Pothead-Ping-Interval: 30000\r\n\r\n`),
+    {
+      pingInterval: 30000,
+      hubId: undefined,
+    },
+  );
+  for (const bad of ["a b", "x".repeat(129), ""]) {
+    const got = await answerTo(`${up}Pothead-Hub-Id: ${bad}\r\n\r\n`);
+    assert.equal(got.hubId, undefined, bad);
   }
 });
 
@@ -604,6 +658,7 @@ Deno.test("without tokens, the 2009 handshake (Upgrade: PTTH/1.0) is optional an
     assert.deepEqual(up.headers, [
       ["upgrade", "PTTH/1.0"],
       ["connection", "Upgrade"],
+      ["pothead-hub-id", ctx.server.hub.id],
     ]);
     await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
     const res = fetch(`${ctx.url}/after-upgrade`);
