@@ -265,6 +265,8 @@ export class Dialer {
         try {
           addrs = await this.#o.resolve(t.hostname);
         } catch (error) {
+          // Stopped: the lookup was abandoned, not failed.
+          if (this.#stop.aborted || this.#kill.aborted) return;
           this.#o.onError(error, `resolve ${t.hostname}`);
           // A failed lookup says nothing about the hubs: keep the addresses
           // the name had. (Deno reports a SERVFAIL as NotFound, like a name

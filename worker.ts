@@ -436,9 +436,12 @@ export function connectWorker(
       maxBackoff,
       resolve: async (name) => {
         if (name === "localhost") return ["127.0.0.1"];
-        const opts = options.nameServer
-          ? { nameServer: options.nameServer }
-          : {};
+        // A lookup still out when the worker stops is abandoned, not
+        // left running (the dialer does not wait for one that hangs).
+        const opts = {
+          signal: AbortSignal.any([draining.signal, closing.signal]),
+          ...(options.nameServer ? { nameServer: options.nameServer } : {}),
+        };
         const found: string[] = [];
         const errors: unknown[] = [];
         for (const type of ["A", "AAAA"] as const) {

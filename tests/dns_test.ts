@@ -4,6 +4,7 @@
 // changes (hosts file rewritten, dnsmasq reloaded with SIGHUP).
 
 import assert from "node:assert/strict";
+import dgram from "node:dgram";
 import { type HubServer, serveHub } from "../hub.ts";
 
 import { deadline, waitFor } from "./_relay.ts";
@@ -318,4 +319,31 @@ Deno.test({
       await dns.stop();
     }
   },
+});
+
+Deno.test("a worker closed while a DNS lookup is out abandons the lookup: nothing is left running", async () => {
+  // A name server that takes queries and never answers.
+  const silent = dgram.createSocket("udp4");
+  let queries = 0;
+  silent.on("message", () => queries++);
+  await new Promise<void>((r) => silent.bind(0, "127.0.0.1", r));
+  const errors: string[] = [];
+  const worker = connectWorker(() => new Response("never"), {
+    hubs: [`${NAME}:9`],
+    nameServer: { ipAddr: "127.0.0.1", port: silent.address().port },
+    resolveInterval: 0,
+    onError: (error, where) => errors.push(`${where}: ${error}`),
+  });
+  try {
+    await waitFor(() => queries > 0, "the lookup sent", HANG);
+    worker.close();
+    // The lookup would go on for its timeout; the test's op check sees it.
+    await deadline(worker.finished, HANG, "the worker finished");
+    // Abandoned on purpose: not reported as a failed lookup.
+    assert.deepEqual(errors, []);
+  } finally {
+    worker.close();
+    await worker.finished;
+    await new Promise<void>((r) => silent.close(() => r()));
+  }
 });
