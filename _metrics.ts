@@ -445,8 +445,11 @@ class PoolMetrics {
   }
 }
 
+// An error of the hub's or a worker's: not a consumer that went away
+// (abandoned), wherever it was.
 function isError(record: AccessRecord): boolean {
-  return record.outcome !== "ok" || record.status >= 500;
+  return (record.outcome !== "ok" && record.outcome !== "abandoned") ||
+    record.status >= 500;
 }
 
 /**

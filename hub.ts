@@ -3533,12 +3533,17 @@ export class Hub {
     slot.send(out, p.req.signal, (status, bytes, error, cancelled) => {
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
       // A body cut by the worker (or a timeout) failed; one the consumer
-      // stopped reading, or the end of the shutdown grace cut, did not.
-      if (
-        error !== undefined && !cancelled && !this.#closed &&
-        !(error instanceof WorkerLinkError &&
-          (error.code === "aborted" || error.code === "upload-failed"))
-      ) {
+      // stopped reading (abandoned: the worker did nothing wrong), or the
+      // end of the shutdown grace cut, did not.
+      const consumerLeft = cancelled ||
+        (error instanceof WorkerLinkError &&
+          (error.code === "aborted" || error.code === "upload-failed"));
+      const outcome: Outcome = error === undefined
+        ? "ok"
+        : consumerLeft && !this.#closed
+        ? "abandoned"
+        : "body-error";
+      if (error !== undefined && !consumerLeft && !this.#closed) {
         this.#stats.failed++;
         this.#log({
           level: "warn",
@@ -3549,14 +3554,7 @@ export class Hub {
           reason: errorText(error),
         });
       }
-      this.#record(
-        p,
-        status,
-        error === undefined ? "ok" : "body-error",
-        performance.now(),
-        bytes,
-        worker,
-      );
+      this.#record(p, status, outcome, performance.now(), bytes, worker);
     }).then((res) => {
       // An upload the worker had not begun to take when it answered never
       // will be sent, however long the answer streams.

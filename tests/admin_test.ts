@@ -1124,6 +1124,18 @@ function addWorker(rig: Rig, concurrency: number): WorkerHandle {
       await rig.hold();
     }
     if (path === "/missing") return new Response("no\n", { status: 404 });
+    if (path === "/big") {
+      // 8 MiB in 64 KiB chunks, made as they are read.
+      let left = 128;
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          pull(c) {
+            if (left-- === 0) c.close();
+            else c.enqueue(new Uint8Array(64 * 1024));
+          },
+        }, { highWaterMark: 0 }),
+      );
+    }
     return new Response(`hello ${path}\n`);
   }, {
     hostname: "127.0.0.1",
@@ -1348,4 +1360,36 @@ Deno.test("metrics count open WebSockets as a hub-wide gauge", () => {
   const metrics = new HubMetrics();
   const exp = parseExposition(metrics.render(fakeStats({ webSockets: 3 })));
   assert.equal(value(exp, "pothead_websockets", {}), 3);
+});
+
+Deno.test("a consumer that stops reading its response is recorded as abandoned, not as an error of the worker", async () => {
+  const rig = startRig({ responseBuffer: 64 * 1024 });
+  try {
+    addWorker(rig, 1);
+    await waitFor(() => rig.hub.hub.stats.idle === 1, "worker idle");
+    const res = await fetch(`http://127.0.0.1:${rig.hub.addr.port}/big`);
+    const reader = res.body!.getReader();
+    await reader.read();
+    await reader.cancel();
+    let exp = await scrape(rig);
+    await waitFor(async () => {
+      exp = await scrape(rig);
+      return value(exp, "pothead_requests_total", { status: "200" }) === 1;
+    }, "the request recorded");
+    assert.equal(
+      value(exp, "pothead_requests_total", {
+        status: "200",
+        outcome: "abandoned",
+      }),
+      1,
+    );
+    assert.equal(rig.hub.hub.stats.failed, 0);
+    const status = JSON.parse((await adminGet(rig, "/status")).body);
+    const pool = status.pools[0];
+    assert.equal(pool.workers[0].requests, 1);
+    assert.equal(pool.workers[0].errors, 0, "the worker blamed");
+    assert.equal(pool.recent.errors, 0);
+  } finally {
+    await stopRig(rig);
+  }
 });
