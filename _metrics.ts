@@ -563,7 +563,8 @@ export class HubMetrics {
     byOutcome.set(record.outcome, (byOutcome.get(record.outcome) ?? 0) + 1);
 
     // Requests turned away before they queued have no queue wait.
-    const queued = record.outcome !== "queue-full" &&
+    const queued = record.queueMs >= 0 &&
+      record.outcome !== "queue-full" &&
       record.outcome !== "key-full" &&
       record.outcome !== "bad-request" &&
       !(record.outcome === "too-large" && record.workerMs < 0);

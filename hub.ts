@@ -137,8 +137,10 @@ export interface AccessRecord {
   outcome: Outcome;
   /**
    * Milliseconds from joining the queue to dispatch (to the final attempt),
-   * or to the answer if never dispatched. A request joins the queue on
-   * arrival, or with `bufferUploads` once its streamed upload has been read.
+   * or to the answer if never dispatched; -1 if it was turned away before it
+   * asked for a worker (a full queue, a bad request, a shutdown, a body that
+   * failed while read first). A request joins the queue on arrival, or with
+   * `bufferUploads` once its streamed upload has been read.
    */
   queueMs: number;
   /** Milliseconds from dispatch to the response head; -1 if never dispatched. */
@@ -849,6 +851,9 @@ class Pending {
   resent = 0;
   queueMs = 0;
   workerMs = -1;
+  // It asked for a worker (went to one, queued or waited for its own):
+  // from then on its queue time counts; turned away before, it has none.
+  sought = false;
   node: QueueNode<Pending> | null = null;
   watching = false;
   clientIp: string | null = null;
@@ -2663,9 +2668,12 @@ export class Hub {
     const slot = this.#takeIdle(pool, pending, true);
     if (slot === null) {
       // It waits for its key's first worker (affinityWait).
+      pending.sought = true;
     } else if (slot !== undefined) {
+      pending.sought = true;
       this.#dispatch(pending, slot);
     } else if (!this.#rejectIfFull(pending)) {
+      pending.sought = true;
       this.#enqueue(pending, false);
     }
     return promise;
@@ -3207,7 +3215,7 @@ export class Hub {
   ): void {
     this.#unwatch(p);
     const now = performance.now();
-    if (p.workerMs < 0) p.queueMs = now - p.queuedSince;
+    if (p.workerMs < 0) p.queueMs = p.sought ? now - p.queuedSince : -1;
     this.#record(p, status, outcome, now, 0, worker);
     p.resolve(errorResponse(status, message, p.id, extra));
   }

@@ -11,6 +11,7 @@ import { createAdminHandler } from "../_admin.ts";
 import { formatAccess, HubMetrics } from "../_metrics.ts";
 import {
   type AccessRecord,
+  Hub,
   type HubServer,
   type HubStats,
   serveHub,
@@ -1392,4 +1393,39 @@ Deno.test("a consumer that stops reading its response is recorded as abandoned, 
   } finally {
     await stopRig(rig);
   }
+});
+
+Deno.test("requests turned away on arrival while the hub drains have no queue wait (-1), and the queue-wait metrics leave them out", async () => {
+  const records: AccessRecord[] = [];
+  const metrics = new HubMetrics();
+  const hub = new Hub({
+    onAccess: (r) => {
+      records.push(r);
+      metrics.observe(r);
+    },
+  });
+  const ask = (path: string) => hub.fetch(new Request(`http://hub${path}`));
+  // One request queued (no worker), so the drain lasts while others come.
+  const queued = ask("/queued");
+  assert.equal(hub.stats.queued, 1);
+  const stopping = hub.shutdown(300);
+  for (let i = 0; i < 3; i++) {
+    const res = await ask(`/late${i}`);
+    assert.equal(res.status, 503);
+    await res.text();
+  }
+  await (await queued).text();
+  await stopping;
+  assert.deepEqual(records.map((r) => [r.path, r.outcome, r.queueMs < 0]), [
+    ["/late0", "shutting-down", true],
+    ["/late1", "shutting-down", true],
+    ["/late2", "shutting-down", true],
+    ["/queued", "shutting-down", false],
+  ]);
+  assert.equal(records[0].queueMs, -1);
+  // Only the one that waited counts in the queue wait.
+  assert.match(
+    metrics.render(hub.stats),
+    /^pothead_queue_wait_seconds_count\{pool="default"\} 1$/m,
+  );
 });
