@@ -818,7 +818,10 @@ export interface HubStats {
   timedOutQueued: number;
   /** Requests that failed at a worker (502/504 or an errored body). */
   failed: number;
-  /** Requests whose consumer left before the response head. */
+  /**
+   * Requests whose consumer left before its response was whole: before the
+   * head, or while the body came (access records: outcome `abandoned`).
+   */
   abandoned: number;
   /** Worker handshakes refused (bad or missing token, malformed). */
   handshakesRefused: number;
@@ -3551,6 +3554,7 @@ export class Hub {
         : consumerLeft && !this.#closed
         ? "abandoned"
         : "body-error";
+      if (outcome === "abandoned") this.#stats.abandoned++;
       if (error !== undefined && !consumerLeft && !this.#closed) {
         this.#stats.failed++;
         this.#log({

@@ -1385,6 +1385,7 @@ Deno.test("a consumer that stops reading its response is recorded as abandoned, 
       1,
     );
     assert.equal(rig.hub.hub.stats.failed, 0);
+    assert.equal(rig.hub.hub.stats.abandoned, 1);
     const status = JSON.parse((await adminGet(rig, "/status")).body);
     const pool = status.pools[0];
     assert.equal(pool.workers[0].requests, 1);
