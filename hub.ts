@@ -2108,8 +2108,10 @@ export class Hub {
     arrived: number = performance.now(),
   ): void {
     // While draining, workers may still (re)connect to serve the queue.
+    // serveHub's shutdown may have closed this one already (its TLS
+    // handshake ended as shutdown closed those in progress).
     if (this.#closed) {
-      conn.close();
+      closeQuietly(conn);
       return;
     }
     const setup = this.#accept(conn, peer, arrived).catch((error) => {

@@ -23,6 +23,7 @@ import {
 } from "../_handshake.ts";
 import { BufferedReader } from "../_io.ts";
 import {
+  Hub,
   type HubLogRecord,
   type HubServer,
   serveHub,
@@ -970,6 +971,23 @@ Deno.test("setWorkerTokens: a connection whose token is withdrawn mid-request fi
     const later = await next;
     assert.deepEqual([later.status, await later.text()], [200, "new /next"]);
   });
+});
+
+Deno.test("a connection added after shutdown is closed, and one closed already (a TLS handshake shutdown ended as it completed) does not throw", async () => {
+  const hub = new Hub({});
+  await hub.shutdown(0);
+  let closes = 0;
+  const conn = {
+    read: () => Promise.resolve(null),
+    write: (p: Uint8Array) => Promise.resolve(p.length),
+    close() {
+      if (++closes > 1) throw new Deno.errors.BadResource("closed already");
+    },
+  };
+  hub.addWorker(conn, "w");
+  assert.equal(closes, 1);
+  hub.addWorker(conn, "w");
+  assert.equal(closes, 2);
 });
 
 Deno.test("shutdown ends worker connections still in their handshake at once, refusing none", async () => {
