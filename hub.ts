@@ -4038,8 +4038,10 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
     throw cannotListen("consumers", options.port ?? 8080, error);
   }
   let stopping: Promise<void> | null = null;
-  // Worker connections still in their TLS handshake: shutdown ends them.
+  // Worker connections still in their TLS handshake: shutdown ends them
+  // (once it has, their failures are not news).
   const inTls = new Map<Deno.Conn, Promise<void>>();
+  let tlsCut = false;
   const accepting = (async () => {
     try {
       for await (const conn of listener) {
@@ -4069,8 +4071,9 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
             );
           }),
         ]).then(() => hub.addWorker(conn, peer, arrived), (error) => {
-          // Closed by shutdown: not a failure to report.
-          if (stopping === null) {
+          // Closed by shutdown: not a failure to report. One that fails
+          // while the hub drains still is.
+          if (!tlsCut) {
             options.onLog?.({
               level: "warn",
               msg: "worker TLS handshake failed",
@@ -4123,6 +4126,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       })();
       await draining;
       closeListener();
+      tlsCut = true;
       for (const conn of inTls.keys()) closeQuietly(conn);
       await Promise.all(inTls.values());
       // Every request has its answer by now; what Deno.serve still waits
