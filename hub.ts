@@ -4127,8 +4127,11 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       await draining;
       closeListener();
       tlsCut = true;
-      for (const conn of inTls.keys()) closeQuietly(conn);
-      await Promise.all(inTls.values());
+      const cutTls = async () => {
+        for (const conn of inTls.keys()) closeQuietly(conn);
+        await Promise.all(inTls.values());
+      };
+      await cutTls();
       // Every request has its answer by now; what Deno.serve still waits
       // for is flushing them, or a consumer that never finishes a request
       // body (it waits for that for ever): bounded, so the process can exit.
@@ -4139,6 +4142,8 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       ]);
       clearTimeout(timer);
       await accepting;
+      // One accepted as the listener closed joined after the first cut.
+      await cutTls();
     })();
   // Shutdown does not fail; a bug in it is reported, not left unhandled.
   const stopOnAbort = () =>
