@@ -2115,6 +2115,7 @@ export class Hub {
       return;
     }
     const setup = this.#accept(conn, peer, arrived).catch((error) => {
+      closeQuietly(conn);
       // A connection the hub closed at shutdown fails its setup: not news.
       if (this.#closed) return;
       this.#log({
@@ -2123,7 +2124,6 @@ export class Hub {
         worker: peer,
         reason: errorText(error),
       });
-      closeQuietly(conn);
     }).finally(() => this.#settingUp.delete(conn));
     this.#settingUp.set(conn, setup);
   }
