@@ -67,6 +67,16 @@ export interface AdminStatus {
 
 const ENCODER = new TextEncoder();
 
+// Slots that can serve requests: those of pools the hub's options name (a
+// worker declaring a pool no route leads to serves nothing).
+function servingSlots(stats: HubStats): number {
+  const pools = (stats as { pools?: HubStats["pools"] }).pools;
+  if (pools === undefined || pools.length === 0) return stats.slots;
+  let n = 0;
+  for (const p of pools) if (p.named !== false) n += p.slots;
+  return n;
+}
+
 const PAGE_CSP = "default-src 'none'; script-src 'unsafe-inline'; " +
   "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; " +
   "base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -94,7 +104,8 @@ function text(status: number, body: string, extra: HeadersInit = {}): Response {
  * - `/metrics`: Prometheus text format 0.0.4.
  * - `/healthz`: 200 `ok` while the process serves HTTP.
  * - `/readyz`: 200 when the hub is not draining and at least `readyMinSlots` worker slots are
- *   connected, else 503; the body says why.
+ *   connected to pools the hub's options name (`PoolStats.named`), else 503; the body says
+ *   why.
  * - `/status`: JSON ({@linkcode AdminStatus}).
  * - `/events`: server-sent events, one {@linkcode AdminStatus} message per
  *   `eventInterval`; ends when the client leaves or `signal` aborts.
@@ -146,7 +157,7 @@ export function createAdminHandler(
       startedAt: new Date(metrics.startedAt).toISOString(),
       uptimeSeconds: Math.max(0, Math.round(now - metrics.startedAt) / 1000),
       now,
-      ready: !stats.draining && stats.slots >= readyMinSlots,
+      ready: !stats.draining && servingSlots(stats) >= readyMinSlots,
       stats: totals,
       pools: metrics.status(stats),
     };
@@ -215,7 +226,7 @@ export function createAdminHandler(
         const stats = hub.stats;
         // Draining: the consumer listener is closing, so send no more.
         if (stats.draining) return text(503, "not ready: draining\n");
-        const slots = stats.slots;
+        const slots = servingSlots(stats);
         const noun = slots === 1 ? "slot" : "slots";
         return slots >= readyMinSlots
           ? text(200, `ready: ${slots} worker ${noun} connected\n`)

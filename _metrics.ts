@@ -473,6 +473,7 @@ function poolGauges(stats: HubStats): Map<string, PoolGauges> {
       busy: stats.busy,
       workers: (stats as { workers?: unknown[] }).workers?.length ?? 0,
       classes: [],
+      named: true,
     });
   }
   return out;
@@ -693,6 +694,7 @@ export class HubMetrics {
           busy: 0,
           workers: 0,
           classes: [],
+          named: false,
         },
         recent: p.series.summary(sec, 60, elapsed),
         series: p.series.read(sec, seconds),

@@ -712,6 +712,12 @@ export interface PoolStats {
    * other class while it holds a request.
    */
   classes: QueueClassStats[];
+  /**
+   * Whether the hub's options name it: the default pool, a route's pool or
+   * one configured in {@linkcode HubOptions.pools}. A pool only workers
+   * name gets no request (no route leads to it).
+   */
+  named: boolean;
 }
 
 /** One priority class of a pool's queue, in {@linkcode PoolStats.classes}. */
@@ -1864,6 +1870,7 @@ export class Hub {
           queued: c.size,
           oldestWaitMs: c.oldestSince === null ? 0 : now - c.oldestSince,
         })),
+        named: this.#namedPools.has(pool.name),
       });
       for (const g of pool.groups.values()) {
         workers.push({

@@ -398,6 +398,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
         busy: 3,
         workers: 1,
         classes: [{ priority: 0, queued: 2, oldestWaitMs: 1500 }],
+        named: true,
       },
       {
         name: "gpu",
@@ -414,6 +415,7 @@ Deno.test("admin /metrics is valid Prometheus text and counts what the records s
           { priority: 7, queued: 1, oldestWaitMs: 250 },
           { priority: 0, queued: 0, oldestWaitMs: 0 },
         ],
+        named: true,
       },
     ],
   });
@@ -806,6 +808,7 @@ Deno.test("admin /status reports version, uptime, totals, pools, series and work
         busy: 3,
         workers: 1,
         classes: [{ priority: 0, queued: 7, oldestWaitMs: 80 }],
+        named: true,
       },
     ],
     workers: [
@@ -1429,4 +1432,45 @@ Deno.test("requests turned away on arrival while the hub drains have no queue wa
     metrics.render(hub.stats),
     /^pothead_queue_wait_seconds_count\{pool="default"\} 1$/m,
   );
+});
+
+Deno.test("/readyz counts only slots of pools the hub's options name: a worker of a pool no route leads to does not make the hub ready", async () => {
+  const rig = startRig({
+    routes: [{ pool: "images", pathPrefix: "/img/" }],
+  });
+  const stray = connectWorker(() => new Response("never asked"), {
+    hostname: "127.0.0.1",
+    port: rig.hub.workerAddr.port,
+    pool: "imagse",
+    minBackoff: 10,
+    maxBackoff: 100,
+  });
+  rig.workers.push(stray);
+  try {
+    await waitFor(() => rig.hub.hub.stats.slots === 1, "the stray slot");
+    let r = await adminGet(rig, "/readyz");
+    assert.equal(r.status, 503, r.body);
+    assert.match(r.body, /not ready: 0 worker slots connected/);
+    const status = JSON.parse((await adminGet(rig, "/status")).body);
+    assert.equal(status.ready, false);
+    const named = Object.fromEntries(
+      rig.hub.hub.stats.pools.map((p) => [p.name, p.named]),
+    );
+    assert.deepEqual(named, { default: true, images: true, imagse: false });
+    // A worker of a routed pool does.
+    const images = connectWorker(() => new Response("img"), {
+      hostname: "127.0.0.1",
+      port: rig.hub.workerAddr.port,
+      pool: "images",
+      minBackoff: 10,
+      maxBackoff: 100,
+    });
+    rig.workers.push(images);
+    await waitFor(() => rig.hub.hub.stats.slots === 2, "the images slot");
+    r = await adminGet(rig, "/readyz");
+    assert.equal(r.status, 200, r.body);
+    assert.match(r.body, /ready: 1 worker slot connected/);
+  } finally {
+    await stopRig(rig);
+  }
 });
