@@ -304,6 +304,7 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
           busy: 0,
           workers: 1,
           classes: [{ priority: 0, queued: 0, oldestWaitMs: 0 }],
+          named: true,
         },
         images: {
           name: "images",
@@ -317,6 +318,7 @@ Deno.test("per-pool maxQueue answers 503 for one pool while another still serves
           busy: 1,
           workers: 1,
           classes: [{ priority: 0, queued: 1, oldestWaitMs: 0 }],
+          named: true,
         },
       });
       const imagesPool = stats.pools.find((p) => p.name === "images")!;
