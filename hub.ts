@@ -1064,12 +1064,32 @@ async function bytesUnlessStalled(
 
 // A body stream that may turn out empty: null if it ends before its first
 // byte, else a stream of the same bytes (the first chunk was read to know).
+// No first byte for `idle` ms (0: no limit) cancels it, as a small body's
+// read: an HTTP/2 upload of unknown length must not wait, unseen in any
+// gauge, for a byte that never comes.
 async function bodyOrNull(
   body: ReadableStream<Uint8Array>,
+  idle: number,
 ): Promise<ReadableStream<Uint8Array> | null> {
   const reader = body.getReader();
+  const since = performance.now();
+  let stalled: UploadStalled | undefined;
+  const stop = watchStall(idle, () => since, (error) => {
+    stalled = error;
+    reader.cancel(error).catch(() => {});
+  });
   while (true) {
-    const { done, value } = await reader.read();
+    let chunk;
+    try {
+      chunk = await reader.read();
+      // A cancelled read ends as if the body had.
+      if (stalled !== undefined) throw stalled;
+    } catch (error) {
+      stop();
+      throw stalled ?? error;
+    }
+    const { done, value } = chunk;
+    if (done || value.length > 0) stop();
     if (done) return null;
     if (value.length === 0) continue;
     let first: Uint8Array | null = value;
@@ -2657,7 +2677,7 @@ export class Hub {
         : length < 0 && !req.headers.has("transfer-encoding")
         // Declares no body: over HTTP/1.1 it has none, yet Deno.serve gives
         // it an (empty) stream; over HTTP/2 one may follow.
-        ? () => bodyOrNull(req.body!)
+        ? () => bodyOrNull(req.body!, pending.pool.limits.uploadIdleTimeout)
         : null;
       if (read === null) pending.body = req.body;
       else if (!(await this.#readBody(pending, read))) return promise;
