@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import type { AccessRecord, HubServer } from "../hub.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import { waitFor } from "./_wait.ts";
-import { RawH2 } from "./review_h2_raw.ts";
+import { RawH2 } from "./_h2_raw.ts";
 
 const HANG = 20_000;
 
@@ -122,11 +122,6 @@ Deno.test({
       const next = await h2.request(post("/next"), true);
       assert.equal(await h2.status(next, HANG), 200);
       await atRest(server, 1);
-      console.log("worker ends", ends);
-      console.log(
-        "access",
-        access.map((r) => `${r.path}:${r.status}:${r.outcome}`),
-      );
       assert.ok(
         !ends.some((e) => e.startsWith("/queued")),
         "never reached a worker",

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import type { AccessRecord, HubServer } from "../hub.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import { deadline, waitFor } from "./_wait.ts";
-import { RawH2 } from "./review_h2_raw.ts";
+import { RawH2 } from "./_h2_raw.ts";
 
 const HANG = 20_000;
 const MiB = 1024 * 1024;
@@ -99,7 +99,6 @@ Deno.test({
       const after = await h2.request(get("/after?n=10"), true);
       await h2.windowUpdate(after, 2 ** 20);
       assert.equal(await h2.status(after, HANG), 200);
-      console.log("outcomes", outcomes, "aborted", aborted);
     } finally {
       h2.close();
       await h2.done;

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import type { AccessRecord } from "../hub.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import { deadline, waitFor } from "./_wait.ts";
-import { RawH2 } from "./review_h2_raw.ts";
+import { RawH2 } from "./_h2_raw.ts";
 
 const HANG = 20_000;
 

@@ -1,5 +1,5 @@
 /**
- * A minimal raw HTTP/2 client for review tests: cleartext prior knowledge
+ * A minimal raw HTTP/2 client for tests: cleartext prior knowledge
  * (h2c) or TLS with ALPN h2, frames written by hand (HPACK literals without
  * indexing only), so a test controls exactly what the server sees: HEADERS
  * without END_STREAM and no body byte, RST_STREAM at any point, no

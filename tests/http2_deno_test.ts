@@ -11,9 +11,9 @@
 import assert from "node:assert/strict";
 import { startHub, startWorker } from "./_hub.ts";
 import { waitFor } from "./_wait.ts";
-import { RawH2 } from "./review_h2_raw.ts";
+import { RawH2 } from "./_h2_raw.ts";
 
-const KNOWN_BUGS = Deno.env.get("REVIEW_H2_KNOWN_BUGS") === "1";
+const KNOWN_BUGS = Deno.env.get("POTHEAD_KNOWN_BUGS") === "1";
 
 function post(
   path: string,
