@@ -4059,7 +4059,27 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       ...(options.cert !== undefined
         ? { cert: options.cert, key: options.key! }
         : {}),
-    }, (req, info) => hub.fetch(req, info));
+      // Only a response body that errors comes here (a worker cut it, or
+      // the end of the grace): the consumer sees its connection cut, the
+      // hub has logged why, and Deno would print a stack trace for each.
+      onError(error) {
+        options.onLog?.({
+          level: "debug",
+          msg: "response to a consumer cut",
+          reason: errorText(error),
+        });
+        return new Response(null, { status: 500 });
+      },
+    }, (req, info) =>
+      hub.fetch(req, info).catch((error) => {
+        // Not expected: the hub answers every request itself.
+        options.onLog?.({
+          level: "error",
+          msg: "request failed in the hub",
+          reason: errorText(error),
+        });
+        return new Response("internal error in the hub\n", { status: 500 });
+      }));
   } catch (error) {
     listener.close();
     throw cannotListen("consumers", options.port ?? 8080, error);

@@ -302,7 +302,12 @@ Deno.test("shutdown gives a response read ahead of a slow consumer the rest of t
 });
 
 Deno.test("a response still read ahead when shutdown's grace ends is cut, and shutdown resolves with nothing held", async () => {
-  const t = setup({ responseBuffer: 64 * 1024 * 1024, shutdownGrace: 1000 });
+  const logs: string[] = [];
+  const t = setup({
+    responseBuffer: 64 * 1024 * 1024,
+    shutdownGrace: 1000,
+    onLog: (r) => logs.push(`${r.level} ${r.msg} ${r.reason ?? ""}`),
+  });
   let big: Response | undefined;
   try {
     await waitFor(() => t.server.hub.stats.idle === 1, "1 idle slot");
@@ -318,6 +323,15 @@ Deno.test("a response still read ahead when shutdown's grace ends is cut, and sh
     assert.equal(held(), 0);
     await assert.rejects(
       deadline(digest(big.body!), HANG_GUARD, "the cut body"),
+    );
+    // Logged by the hub (not a stack trace from Deno on stderr).
+    await waitFor(
+      () => logs.some((l) => l.startsWith("debug response to a consumer cut")),
+      "the cut logged",
+    );
+    assert.match(
+      logs.find((l) => l.includes("response to a consumer cut"))!,
+      /hub shut down before the consumer read it/,
     );
   } finally {
     await big?.body?.cancel().catch(() => {});
