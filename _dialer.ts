@@ -189,6 +189,14 @@ export class Dialer {
     return this.#inUse;
   }
 
+  /**
+   * Endpoints remembered: those that serve, aliases, and addresses gone
+   * from DNS whose connections have not all ended yet (then forgotten).
+   */
+  get remembered(): number {
+    return this.#states.size;
+  }
+
   /** The endpoints currently known. */
   get endpoints(): Endpoint[] {
     return [...this.#states.values()].filter((s) => this.#serves(s)).map((
@@ -289,8 +297,10 @@ export class Dialer {
       if (!found.has(key) && !s.removed) {
         s.removed = true;
         clearTimeout(s.timer);
+        s.timer = undefined;
         for (const l of s.links) l.withdraw.abort();
         this.#unalias(s);
+        this.#forgetGone(s);
       }
     }
     for (const [key, endpoint] of found) {
@@ -413,6 +423,7 @@ export class Dialer {
         }
         if (this.#stop.aborted || this.#kill.aborted) {
           s.opening--;
+          this.#forgetGone(s);
           return;
         }
       }
@@ -423,12 +434,14 @@ export class Dialer {
       if (admitted) s.admitted--;
       s.opening--;
       this.#failed(s, error);
+      this.#forgetGone(s);
       return;
     }
     s.admitted--;
     s.opening--;
     if (this.#kill.aborted) {
       conn.close();
+      this.#forgetGone(s);
       this.#reconcile();
       return;
     }
@@ -560,6 +573,7 @@ export class Dialer {
       unwait();
       s.links.delete(link);
       link.conn = null;
+      this.#forgetGone(s);
     }
     // A hub that accepts and drops connections at once gets backoff too;
     // not one that sent a request (a declined upload closes its connection),
@@ -573,6 +587,20 @@ export class Dialer {
     } else {
       s.failures = 0;
       this.#reconcile();
+    }
+  }
+
+  // An address gone from DNS is forgotten once nothing of it is open or
+  // opening (unless it came back meanwhile as a fresh entry): a hub name
+  // whose addresses change (hub pods replaced) must not pile them up.
+  #forgetGone(s: EndpointState): void {
+    if (
+      s.removed && s.links.size === 0 && s.opening === 0 &&
+      this.#states.get(s.endpoint.key) === s
+    ) {
+      clearTimeout(s.timer);
+      s.timer = undefined;
+      this.#states.delete(s.endpoint.key);
     }
   }
 

@@ -316,34 +316,15 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     console.error(`pothead-worker: ${(error as Error).message}`);
     return 1;
   }
-  const announced = new Set<string>();
-  // Per hub, the connect failure last printed: once it connects again, a
-  // line says so, or the log would end with "cannot connect" for good.
-  const failing = new Map<string, string>();
+  const notices = connectionNotices(concurrency);
   let worker;
   try {
     worker = connectWorker(handler, {
       ...options,
-      onConnect(hub) {
-        const failed = failing.delete(hub);
-        if (!announced.has(hub)) {
-          announced.add(hub);
-          console.log(`Connected to ${hub} (concurrency ${concurrency})`);
-        } else if (failed) console.log(`Connected to ${hub} again`);
-      },
+      onConnect: notices.onConnect,
       onError(error, context) {
+        if (notices.onConnectError(error, context)) return;
         const text = (error as Error)?.message ?? String(error);
-        if (context.startsWith("connect ")) {
-          const hub = context.slice("connect ".length);
-          // One line per distinct failure, not one per retry.
-          if (text !== failing.get(hub)) {
-            console.error(
-              `pothead-worker: cannot connect to ${hub}: ${text} (retrying)`,
-            );
-          }
-          failing.set(hub, text);
-          return;
-        }
         // A handler's error is the user's bug: its stack says where.
         const stack = context === "handler" && error instanceof Error &&
             error.stack !== undefined
@@ -372,6 +353,70 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   return 0;
+}
+
+// Hub addresses the notices below remember: a hub name whose addresses
+// change (hub pods replaced) must not pile them up over weeks. One
+// forgotten is at worst announced again as newly connected.
+const NOTICES_KEPT = 1024;
+
+/** What {@linkcode connectionNotices} gives. */
+export interface ConnectionNotices {
+  /** For `onConnect`: prints `Connected to HUB` once, or `… again` after a failure. */
+  onConnect(hub: string): void;
+  /**
+   * For `onError`: prints a connect failure once per distinct failure of a
+   * hub (not once per retry); true if `context` was a connect failure.
+   */
+  onConnectError(error: unknown, context: string): boolean;
+  /** Hub addresses remembered (announced or failing). */
+  readonly remembered: number;
+}
+
+/**
+ * The worker CLI's lines about connecting to hubs, remembering at most
+ * NOTICES_KEPT addresses (the least recently heard of forgotten first).
+ */
+export function connectionNotices(
+  concurrency: number,
+  print: { log(line: string): void; error(line: string): void } = console,
+): ConnectionNotices {
+  const announced = new Set<string>();
+  // Per hub, the connect failure last printed: once it connects again, a
+  // line says so, or the log would end with "cannot connect" for good.
+  const failing = new Map<string, string>();
+  const bound = (kept: Set<string> | Map<string, string>) => {
+    if (kept.size > NOTICES_KEPT) kept.delete(kept.keys().next().value!);
+  };
+  return {
+    onConnect(hub) {
+      const failed = failing.delete(hub);
+      if (!announced.delete(hub)) {
+        print.log(`Connected to ${hub} (concurrency ${concurrency})`);
+      } else if (failed) print.log(`Connected to ${hub} again`);
+      announced.add(hub);
+      bound(announced);
+    },
+    onConnectError(error, context) {
+      if (!context.startsWith("connect ")) return false;
+      const text = (error as Error)?.message ?? String(error);
+      const hub = context.slice("connect ".length);
+      // One line per distinct failure, not one per retry.
+      const last = failing.get(hub);
+      if (text !== last) {
+        print.error(
+          `pothead-worker: cannot connect to ${hub}: ${text} (retrying)`,
+        );
+      }
+      failing.delete(hub);
+      failing.set(hub, text);
+      bound(failing);
+      return true;
+    },
+    get remembered() {
+      return announced.size + failing.size;
+    },
+  };
 }
 
 /**
