@@ -381,3 +381,18 @@ export class RawH2 {
     }
   }
 }
+
+/** A request's pseudo-header fields (http, authority `localhost`) and more. */
+export function requestHead(
+  method: string,
+  path: string,
+  extra: [string, string][] = [],
+): [string, string][] {
+  return [
+    [":method", method],
+    [":scheme", "http"],
+    [":authority", "localhost"],
+    [":path", path],
+    ...extra,
+  ];
+}

@@ -11,22 +11,12 @@
 import assert from "node:assert/strict";
 import { startHub, startWorker } from "./_hub.ts";
 import { waitFor } from "./_wait.ts";
-import { RawH2 } from "./_h2_raw.ts";
+import { RawH2, requestHead } from "./_h2_raw.ts";
 
 const KNOWN_BUGS = Deno.env.get("POTHEAD_KNOWN_BUGS") === "1";
 
-function post(
-  path: string,
-  extra: [string, string][] = [],
-): [string, string][] {
-  return [
-    [":method", "POST"],
-    [":scheme", "http"],
-    [":authority", "localhost"],
-    [":path", path],
-    ...extra,
-  ];
-}
+const post = (path: string, extra: [string, string][] = []) =>
+  requestHead("POST", path, extra);
 
 Deno.test({
   name:

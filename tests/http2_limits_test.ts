@@ -5,19 +5,12 @@ import assert from "node:assert/strict";
 import type { AccessRecord } from "../hub.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import { deadline, waitFor } from "./_wait.ts";
-import { GOAWAY, RawH2 } from "./_h2_raw.ts";
+import { GOAWAY, RawH2, requestHead } from "./_h2_raw.ts";
 
 const HANG = 20_000;
 
-function get(path: string, extra: [string, string][] = []): [string, string][] {
-  return [
-    [":method", "GET"],
-    [":scheme", "http"],
-    [":authority", "localhost"],
-    [":path", path],
-    ...extra,
-  ];
-}
+const get = (path: string, extra: [string, string][] = []) =>
+  requestHead("GET", path, extra);
 
 Deno.test({
   name:

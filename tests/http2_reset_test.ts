@@ -5,22 +5,12 @@ import assert from "node:assert/strict";
 import type { AccessRecord, HubServer } from "../hub.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import { waitFor } from "./_wait.ts";
-import { RawH2 } from "./_h2_raw.ts";
+import { RawH2, requestHead } from "./_h2_raw.ts";
 
 const HANG = 20_000;
 
-function post(
-  path: string,
-  extra: [string, string][] = [],
-): [string, string][] {
-  return [
-    [":method", "POST"],
-    [":scheme", "http"],
-    [":authority", "localhost"],
-    [":path", path],
-    ...extra,
-  ];
-}
+const post = (path: string, extra: [string, string][] = []) =>
+  requestHead("POST", path, extra);
 
 function gauges(server: HubServer) {
   const s = server.hub.stats;

@@ -7,20 +7,13 @@ import assert from "node:assert/strict";
 import type { AccessRecord, HubServer } from "../hub.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import { deadline, waitFor } from "./_wait.ts";
-import { RawH2 } from "./_h2_raw.ts";
+import { RawH2, requestHead } from "./_h2_raw.ts";
 
 const HANG = 20_000;
 const MiB = 1024 * 1024;
 
-function get(path: string, extra: [string, string][] = []): [string, string][] {
-  return [
-    [":method", "GET"],
-    [":scheme", "http"],
-    [":authority", "localhost"],
-    [":path", path],
-    ...extra,
-  ];
-}
+const get = (path: string, extra: [string, string][] = []) =>
+  requestHead("GET", path, extra);
 
 function settled(server: HubServer): boolean {
   const s = server.hub.stats;
