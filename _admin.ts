@@ -73,7 +73,7 @@ function servingSlots(stats: HubStats): number {
   const pools = (stats as { pools?: HubStats["pools"] }).pools;
   if (pools === undefined || pools.length === 0) return stats.slots;
   let n = 0;
-  for (const p of pools) if (p.named !== false) n += p.slots;
+  for (const p of pools) if (p.named) n += p.slots;
   return n;
 }
 

@@ -231,7 +231,9 @@ export function readAheadStream(
       readOne(true).then(readAhead);
     } else control?.onPause?.();
   };
+  // Gives back all that is held; the body keeps nothing from here on.
   const release = () => {
+    unwatch();
     budget.held -= inMemory;
     inMemory = 0;
     if (spill !== undefined) spill.held -= onDisk;
@@ -274,7 +276,6 @@ export function readAheadStream(
       }
       dropped = true;
       release();
-      unwatch();
       return out;
     };
   }
@@ -308,7 +309,6 @@ export function readAheadStream(
           // and the rest is not worth reading.
           dropped = true;
           release();
-          unwatch();
           cancel(error);
           controller.error(error);
           return;
@@ -330,7 +330,6 @@ export function readAheadStream(
       }
     },
     cancel(reason) {
-      unwatch();
       dropped = true;
       release();
       cancel(reason);

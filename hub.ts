@@ -1062,6 +1062,15 @@ async function bytesUnlessStalled(
   return parts.length === 1 ? parts[0] : joinBytes(parts, size);
 }
 
+// Closes connections still being set up (a handshake in progress) and waits
+// for their setup to settle; each setup removes its own entry.
+async function closeAndSettle(
+  setups: Map<Connection, Promise<void>>,
+): Promise<void> {
+  for (const conn of setups.keys()) closeQuietly(conn);
+  await Promise.all(setups.values());
+}
+
 // A body stream that may turn out empty: null if it ends before its first
 // byte, else a stream of the same bytes (the first chunk was read to know).
 // No first byte for `idle` ms (0: no limit) cancels it, as a small body's
@@ -3016,8 +3025,7 @@ export class Hub {
     for (const slot of [...this.#slots]) slot.close("hub shut down");
     // Connections still in their handshake would otherwise linger until
     // its timeout (a token check in progress, a worker slow to send it).
-    for (const conn of this.#settingUp.keys()) closeQuietly(conn);
-    await Promise.all(this.#settingUp.values());
+    await closeAndSettle(this.#settingUp);
     // Responses read ahead of slow consumers (responseBuffer) go on from
     // memory or disk for the rest of the grace; then they are cut.
     const held = () =>
@@ -4174,11 +4182,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       await draining;
       closeListener();
       tlsCut = true;
-      const cutTls = async () => {
-        for (const conn of inTls.keys()) closeQuietly(conn);
-        await Promise.all(inTls.values());
-      };
-      await cutTls();
+      await closeAndSettle(inTls);
       // Every request has its answer by now; what Deno.serve still waits
       // for is flushing them, or a consumer that never finishes a request
       // body (it waits for that for ever): bounded, so the process can exit.
@@ -4190,7 +4194,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       clearTimeout(timer);
       await accepting;
       // One accepted as the listener closed joined after the first cut.
-      await cutTls();
+      await closeAndSettle(inTls);
     })();
   // Shutdown does not fail; a bug in it is reported, not left unhandled.
   const stopOnAbort = () =>
