@@ -491,6 +491,8 @@ export class WorkerSlot {
     const replayable = () => !streamed || !bodyStarted;
 
     let requestDone = !streamed;
+    // The rest of a bytes body could not be written: the worker is gone.
+    let writeFailed = false;
     let responseDone = false;
     let reusable = false;
     let parkAfter = false;
@@ -589,7 +591,23 @@ export class WorkerSlot {
           );
         }
       });
-      if (start !== null) {
+      if (start instanceof Uint8Array) {
+        requestDone = false;
+        writeAll(this.#conn, start).then(() => {
+          requestDone = true;
+          settle();
+        }, (error) => {
+          if (headSeen || this.#state !== "busy") {
+            settle(error);
+            return;
+          }
+          // The worker stopped reading: it may have answered first (an
+          // early 413) and closed. That answer is read, and the connection
+          // goes after it; no answer fails the read as a close does.
+          writeFailed = true;
+          requestDone = true;
+        });
+      } else if (start !== null) {
         startBody = () => {
           if (bodyStarted || this.#state !== "busy") return;
           bodyStarted = true;
@@ -714,7 +732,7 @@ export class WorkerSlot {
       throw e;
     }
     reusable = keepAlive(head.minor, fields) &&
-      framing.kind !== "close" && !bodyWithheld;
+      framing.kind !== "close" && !bodyWithheld && !writeFailed;
     parkAfter = parks;
     const contentLength = framing.kind === "length"
       ? framing.length
@@ -902,11 +920,12 @@ export class WorkerSlot {
   }
 
   // Writes the head (and a bytes body). For a stream body, returns the
-  // function that starts sending it; the caller decides when.
+  // function that starts sending it; the caller decides when. For a bytes
+  // body, returns what the first write left, for the caller to send.
   async #writeRequest(
     req: OutgoingRequest,
     onBodyDone: (error?: unknown) => void,
-  ): Promise<(() => void) | null> {
+  ): Promise<(() => void) | Uint8Array | null> {
     const body = req.body;
     // The head goes into this slot's own buffer: its next request is
     // written only after this write has completed and the answer been read.
@@ -916,10 +935,17 @@ export class WorkerSlot {
       body instanceof Uint8Array ? body.length : 0,
       this.#scratch ??= new Uint8Array(HEAD_SCRATCH),
     );
-    // Head and a bytes body go out in one write.
-    if (body instanceof Uint8Array) buf.set(body, length);
+    if (body instanceof Uint8Array) {
+      // Head and body in one write, which takes what the socket can. What
+      // it leaves goes out while the answer is read, as a streamed body
+      // does: a worker may answer before it has read a large body (an
+      // early 413) and then never read the rest, or close.
+      buf.set(body, length);
+      const n = await this.#conn.write(buf);
+      return n < buf.length ? buf.subarray(n) : null;
+    }
     await writeAll(this.#conn, buf);
-    if (!(body instanceof ReadableStream)) return null;
+    if (body === null) return null;
     return () => this.#pump(req, body, onBodyDone);
   }
 

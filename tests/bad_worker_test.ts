@@ -756,3 +756,43 @@ Deno.test("an HTTP/1.0 response with Transfer-Encoding is relayed, but its conne
     await waitFor(() => ctx.server.hub.stats.slots === 0, "slot removed");
   });
 });
+
+// A worker may answer before it has read the request body (an early 413),
+// and then read no more of it, or close. An upload read whole while queued
+// goes as bytes, larger than the sockets hold: 16 MiB here (Linux's send
+// buffer grows to 4 MiB at most, and a receive buffer nobody reads stays
+// small), so the hub is still writing it when the answer comes.
+for (const closes of [false, true]) {
+  Deno.test(`a worker's early answer to a large upload sent as bytes reaches the consumer (worker ${closes ? "closes" : "keeps the connection, unread"})`, async () => {
+    const size = 16 << 20;
+    await withHub({
+      bufferUploads: true,
+      requestBuffer: size * 2,
+      requestBufferTotal: size * 2,
+      // Well under the case's deadline: a hub deaf to the answer gives 504.
+      headTimeout: 5000,
+    }, async ({ url, client, fake }) => {
+      const w = await fake();
+      const pending = fetch(`${url}/up`, {
+        method: "POST",
+        body: new Uint8Array(size),
+        client,
+      });
+      const head = await deadline(w.readHead(), HANG, "request head");
+      assert.match(head ?? "", new RegExp(`content-length: ${size}\\r\\n`));
+      assert.doesNotMatch(head ?? "", /expect:/i, "not sent as bytes");
+      await w.write(
+        "HTTP/1.1 413 Content Too Large\r\nconnection: close\r\n" +
+          "content-length: 9\r\n\r\ntoo large",
+      );
+      if (closes) w.close();
+      const res = await deadline(pending, HANG, "consumer response");
+      assert.equal(res.headers.get("x-pothead-error"), null);
+      assert.equal(res.status, 413);
+      assert.equal(await res.text(), "too large");
+      // The rest of the body still goes out (read off here), then the
+      // connection closes, as the answer said.
+      if (!closes) await hubCloses(w);
+    });
+  });
+}
