@@ -51,7 +51,8 @@ Options (each also as the environment variable in brackets):
                         request); inline: our HTTP/1.1 server on the hub
                         connection, no listener; auto: serve if it can listen
                         [POTHEAD_ENGINE] (auto)
-  --max-backoff T       longest reconnect delay [POTHEAD_MAX_BACKOFF] (5s)
+  --max-backoff T       longest reconnect delay, at least 100ms
+                        [POTHEAD_MAX_BACKOFF] (5s)
   --resolve-interval T  how often hub names are resolved again; 0 = once
                         [POTHEAD_RESOLVE_INTERVAL] (5s)
   --dns-server H:P      DNS server for hub names instead of the system's
