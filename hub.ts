@@ -1378,8 +1378,10 @@ function checkTokens(tokens: readonly string[]): void {
 
 function checkOption(name: string, value: number, min: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
+    // Quoted unless a number: "10" from a JSON config is not 10.
+    const got = typeof value === "number" ? value : JSON.stringify(value);
     throw new RangeError(
-      `Invalid option "${name}": expected a number >= ${min}, got ${value}`,
+      `Invalid option "${name}": expected a number >= ${min}, got ${got}`,
     );
   }
   return value;

@@ -2155,6 +2155,41 @@ Deno.test("hub: a switch from the environment is on for 1, true or yes, off for 
   });
 });
 
+Deno.test("hub --config: a number written as a string is refused showing it quoted, not as the number it looks like", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const config = `${dir}/pothead.json`;
+    await Deno.writeTextFile(
+      config,
+      JSON.stringify({ pools: { default: { maxQueue: "10" } } }),
+    );
+    const { code, stderr } = await runDeno([
+      "run",
+      ...RUN_PERMISSIONS,
+      "hub.ts",
+      "--hostname",
+      "127.0.0.1",
+      "--port",
+      "0",
+      "--worker-port",
+      "0",
+      "--config",
+      config,
+    ]);
+    assert.equal(code, 2, stderr);
+    assert.match(
+      stderr,
+      /"pools\.default\.maxQueue": expected a number >= 0, got "10"/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  assert.throws(
+    () => new Hub({ headTimeout: "5s" as unknown as number }),
+    /"headTimeout": expected a number >= 0, got "5s"/,
+  );
+});
+
 Deno.test("hub options: a hub-wide affinityWait with no affinityBy anywhere, or a timer past 2^31 - 1 ms, is refused", () => {
   assert.throws(
     () => new Hub({ affinityWait: 50 }),
