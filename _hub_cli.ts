@@ -69,8 +69,8 @@ Options (each also as the environment variable in brackets):
                            body is cut; 0 = forever [POTHEAD_BODY_IDLE_TIMEOUT] (120s)
   --upload-idle-timeout T  longest pause in a consumer's request body, then 408;
                            0 = forever [POTHEAD_UPLOAD_IDLE_TIMEOUT] (60s)
-  --max-head-size N        largest response head from a worker, bytes
-                           [POTHEAD_MAX_HEAD_SIZE] (65536)
+  --max-head-size N        largest response head from a worker, bytes, at
+                           least 256 [POTHEAD_MAX_HEAD_SIZE] (65536)
   --max-response-body N    largest response body from a worker, bytes; 0 = no
                            limit [POTHEAD_MAX_RESPONSE_BODY] (0)
   --max-request-body N     largest request body from a consumer, bytes, else 413;
@@ -145,7 +145,7 @@ Options (each also as the environment variable in brackets):
   --ping-interval T        ping worker connections idle this long (workers that
                            answer pings); 0 = never [POTHEAD_PING_INTERVAL] (30s)
   --ping-timeout T         time a worker has to answer, then its connection is
-                           closed [POTHEAD_PING_TIMEOUT] (10s)
+                           closed; above 0 [POTHEAD_PING_TIMEOUT] (10s)
   --route RULE             route to a pool (repeatable): /prefix=POOL,
                            host=POOL or host/prefix=POOL, each with an optional
                            @PRIORITY (-1000..1000); others go to "default"
@@ -566,6 +566,16 @@ export function optionsFrom(
       }: expected an address such as 0.0.0.0 or ::, got an empty value`,
     );
   }
+  // Named here by its flag or variable, rather than as serveHub's
+  // RangeError about "pingTimeout".
+  const pingTimeout = duration("ping-timeout", "POTHEAD_PING_TIMEOUT", 10_000);
+  if (pingTimeout === 0) {
+    throw new UsageError(
+      `Invalid ${
+        nameOf("ping-timeout", "POTHEAD_PING_TIMEOUT")
+      }: expected a duration above 0 (--ping-interval 0 turns pings off)`,
+    );
+  }
   return {
     hostname,
     port: int("port", "POTHEAD_PORT", 8080, 0, 65535),
@@ -668,7 +678,7 @@ export function optionsFrom(
     reusePort,
     handshakeWait: duration("handshake-wait", "POTHEAD_HANDSHAKE_WAIT", 50),
     pingInterval: duration("ping-interval", "POTHEAD_PING_INTERVAL", 30_000),
-    pingTimeout: duration("ping-timeout", "POTHEAD_PING_TIMEOUT", 10_000),
+    pingTimeout,
     trustForwarded: trust,
     trustedProxies,
     forwardedField,
@@ -798,6 +808,21 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       }
     }
     if (adminPort !== undefined) {
+      const adminHostname =
+        flagOrEnv(values["admin-hostname"], "POTHEAD_ADMIN_HOSTNAME") ??
+          "127.0.0.1";
+      // Refused before any listener starts, as an empty --hostname is.
+      if (adminHostname.trim() === "") {
+        throw new UsageError(
+          `Invalid ${
+            sourceOf(
+              values["admin-hostname"],
+              "admin-hostname",
+              "POTHEAD_ADMIN_HOSTNAME",
+            )
+          }: expected an address such as 127.0.0.1 or ::, got an empty value`,
+        );
+      }
       admin = {
         port: parseInteger(
           adminPort,
@@ -806,9 +831,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
           0,
           65535,
         ),
-        hostname:
-          flagOrEnv(values["admin-hostname"], "POTHEAD_ADMIN_HOSTNAME") ??
-            "127.0.0.1",
+        hostname: adminHostname,
         readyMinSlots: parseInteger(
           flagOrEnv(values["ready-min-slots"], "POTHEAD_READY_MIN_SLOTS"),
           sourceOf(
@@ -824,7 +847,9 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       "off";
     if (format !== "text" && format !== "json" && format !== "off") {
       throw new UsageError(
-        `Invalid --access-log: expected text, json or off, got "${format}"`,
+        `Invalid ${
+          sourceOf(values["access-log"], "access-log", "POTHEAD_ACCESS_LOG")
+        }: expected text, json or off, got "${format}"`,
       );
     }
     accessLog = format;
@@ -833,9 +858,9 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     const level = LEVELS.indexOf(levelName);
     if (level < 0) {
       throw new UsageError(
-        `Invalid --log-level: expected one of ${
-          LEVELS.join(", ")
-        }, got "${levelName}"`,
+        `Invalid ${
+          sourceOf(values["log-level"], "log-level", "POTHEAD_LOG_LEVEL")
+        }: expected one of ${LEVELS.join(", ")}, got "${levelName}"`,
       );
     }
     options = optionsFrom(values, (record) => {

@@ -17,6 +17,7 @@ import {
   parseHostPort,
   parseInteger,
   readText,
+  sourceOf,
   switchOn,
   UsageError,
   VERSION,
@@ -50,8 +51,9 @@ Options (each also as the environment variable in brackets):
                         request); inline: our HTTP/1.1 server on the hub
                         connection, no listener; auto: serve if it can listen
                         [POTHEAD_ENGINE] (auto)
-  --max-backoff T       longest reconnect delay [POTHEAD_MAX_BACKOFF] (5s)
-  --resolve-interval T  how often hub names are resolved again
+  --max-backoff T       longest reconnect delay, at least 100ms
+                        [POTHEAD_MAX_BACKOFF] (5s)
+  --resolve-interval T  how often hub names are resolved again; 0 = once
                         [POTHEAD_RESOLVE_INTERVAL] (5s)
   --dns-server H:P      DNS server for hub names instead of the system's
   --tls                 connect with TLS [POTHEAD_TLS]
@@ -125,6 +127,9 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     return 2;
   }
   const { values, positionals } = parsed;
+  // Errors name the flag or the variable, whichever gave the value.
+  const nameOf = (flag: keyof typeof values, env: string) =>
+    sourceOf(values[flag], flag, env);
   if (values.help) {
     console.log(HELP);
     return 0;
@@ -148,12 +153,15 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       .filter((v) => v !== "")
       // Checked here, and an empty host (":4040") made 127.0.0.1.
       .map((v) => {
-        const { hostname, port } = parseHostPort(v, "--connect");
+        const { hostname, port } = parseHostPort(
+          v,
+          sourceOf(values.connect, "connect", "POTHEAD_CONNECT"),
+        );
         return `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
       });
     concurrency = parseInteger(
       flagOrEnv(values.concurrency, "POTHEAD_CONCURRENCY"),
-      "--concurrency",
+      nameOf("concurrency", "POTHEAD_CONCURRENCY"),
       1,
       1,
       10_000,
@@ -161,7 +169,9 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     const engine = flagOrEnv(values.engine, "POTHEAD_ENGINE") ?? "auto";
     if (engine !== "auto" && engine !== "serve" && engine !== "inline") {
       throw new UsageError(
-        `Invalid --engine: expected auto, serve or inline, got "${engine}"`,
+        `Invalid ${
+          nameOf("engine", "POTHEAD_ENGINE")
+        }: expected auto, serve or inline, got "${engine}"`,
       );
     }
     let tokenPath: string | undefined;
@@ -191,17 +201,17 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       : parseHostPort(dns, "--dns-server");
     const maxRequests = parseInteger(
       flagOrEnv(values["max-requests"], "POTHEAD_MAX_REQUESTS"),
-      "--max-requests",
+      nameOf("max-requests", "POTHEAD_MAX_REQUESTS"),
       0,
     );
     const maxRequestsJitter = parseInteger(
       flagOrEnv(values["max-requests-jitter"], "POTHEAD_MAX_REQUESTS_JITTER"),
-      "--max-requests-jitter",
+      nameOf("max-requests-jitter", "POTHEAD_MAX_REQUESTS_JITTER"),
       0,
     );
     const maxRssMiB = parseInteger(
       flagOrEnv(values["max-rss"], "POTHEAD_MAX_RSS"),
-      "--max-rss",
+      nameOf("max-rss", "POTHEAD_MAX_RSS"),
       0,
       0,
       Math.floor(Number.MAX_SAFE_INTEGER / (1024 * 1024)),
@@ -229,13 +239,13 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         100,
         parseDuration(
           flagOrEnv(values["max-backoff"], "POTHEAD_MAX_BACKOFF"),
-          "--max-backoff",
+          nameOf("max-backoff", "POTHEAD_MAX_BACKOFF"),
           5000,
         ),
       ),
       resolveInterval: parseDuration(
         flagOrEnv(values["resolve-interval"], "POTHEAD_RESOLVE_INTERVAL"),
-        "--resolve-interval",
+        nameOf("resolve-interval", "POTHEAD_RESOLVE_INTERVAL"),
         5000,
       ),
       nameServer: ns && { ipAddr: ns.hostname, port: ns.port },

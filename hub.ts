@@ -468,9 +468,11 @@ export interface HubOptions {
    * A directory where a response body goes on once its `responseBuffer` is
    * full (or `responseBufferTotal` is reached), so a worker is free as soon
    * as it has sent its response, however large, to a slow consumer. Each
-   * body gets a temporary file that is unlinked as soon as it is open
-   * (nothing is left behind) and emptied whenever its consumer catches up.
-   * Needs write permission there. Unset: no spilling.
+   * body gets temporary files that are unlinked as soon as they are open
+   * (nothing is left behind): segments of a quarter of `responseSpillMax`
+   * (64 KiB to 4 MiB), each closed once its consumer has read it, so the
+   * disk holds what waits plus at most one segment. Needs write permission
+   * there. Unset: no spilling.
    */
   responseSpillDir?: string;
   /**
@@ -1376,8 +1378,10 @@ function checkTokens(tokens: readonly string[]): void {
 
 function checkOption(name: string, value: number, min: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
+    // Quoted unless a number: "10" from a JSON config is not 10.
+    const got = typeof value === "number" ? value : JSON.stringify(value);
     throw new RangeError(
-      `Invalid option "${name}": expected a number >= ${min}, got ${value}`,
+      `Invalid option "${name}": expected a number >= ${min}, got ${got}`,
     );
   }
   return value;

@@ -1197,7 +1197,7 @@ Deno.test("hub exits 2 on a --config that is not an object, a route without a po
         2,
         /priority must be an integer from -1000 to 1000, got 5000/,
       ],
-      [["--ping-timeout", "0"], 2, /pingTimeout/],
+      [["--ping-timeout", "0"], 2, /Invalid --ping-timeout: /],
       [
         ["--trusted-proxies", "10.0.0.0/8,10.0.0.0/33"],
         2,
@@ -2045,6 +2045,92 @@ Deno.test("hub: an invalid value from an environment variable is reported by the
   });
 });
 
+Deno.test("hub exits 2 before listening on an invalid POTHEAD_ACCESS_LOG, POTHEAD_LOG_LEVEL or an empty admin address, naming the variable or flag that gave it", async () => {
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [[], { POTHEAD_ACCESS_LOG: "yes" }, /Invalid POTHEAD_ACCESS_LOG: /],
+    [[], { POTHEAD_LOG_LEVEL: "loud" }, /Invalid POTHEAD_LOG_LEVEL: /],
+    [["--log-level", "loud"], {}, /Invalid --log-level: /],
+    [
+      ["--admin-port", "0", "--admin-hostname", ""],
+      {},
+      /Invalid --admin-hostname: .*empty/,
+    ],
+    [
+      [],
+      { POTHEAD_ADMIN_PORT: "0", POTHEAD_ADMIN_HOSTNAME: " " },
+      /Invalid POTHEAD_ADMIN_HOSTNAME: .*empty/,
+    ],
+  ];
+  for (const [args, env, message] of cases) {
+    const { code, stdout, stderr } = await runDeno([
+      "run",
+      ...RUN_PERMISSIONS,
+      "hub.ts",
+      "--hostname",
+      "127.0.0.1",
+      "--port",
+      "0",
+      "--worker-port",
+      "0",
+      ...args,
+    ], { env });
+    const what = JSON.stringify({ args, env });
+    assert.equal(code, 2, `${what}: ${stderr}`);
+    assert.match(stderr, message, what);
+    assert.doesNotMatch(stdout + stderr, /Listening/, what);
+  }
+});
+
+Deno.test("hub --ping-timeout 0 (or POTHEAD_PING_TIMEOUT=0) is refused by its name, not as the library's pingTimeout", () => {
+  const log = () => {};
+  assert.throws(
+    () => optionsFrom({ "ping-timeout": "0" }, log),
+    /Invalid --ping-timeout: expected a duration above 0/,
+  );
+  withEnv({ POTHEAD_PING_TIMEOUT: "0ms" }, () => {
+    assert.throws(
+      () => optionsFrom({}, log),
+      /Invalid POTHEAD_PING_TIMEOUT: expected a duration above 0/,
+    );
+  });
+});
+
+Deno.test("worker: an invalid value from an environment variable is reported by the variable's name, not a flag's", async () => {
+  const cases: [Record<string, string>, string][] = [
+    [{ POTHEAD_CONCURRENCY: "two" }, "POTHEAD_CONCURRENCY"],
+    [{ POTHEAD_ENGINE: "fast" }, "POTHEAD_ENGINE"],
+    [{ POTHEAD_MAX_REQUESTS: "-1" }, "POTHEAD_MAX_REQUESTS"],
+    [{ POTHEAD_MAX_RSS: "1GB" }, "POTHEAD_MAX_RSS"],
+    [{ POTHEAD_MAX_BACKOFF: "soon" }, "POTHEAD_MAX_BACKOFF"],
+    [{ POTHEAD_RESOLVE_INTERVAL: "soon" }, "POTHEAD_RESOLVE_INTERVAL"],
+    [{ POTHEAD_CONNECT: "hub" }, "POTHEAD_CONNECT"],
+  ];
+  for (const [env, name] of cases) {
+    const { code, stderr } = await runDeno(
+      ["run", ...RUN_PERMISSIONS, "worker.ts", "examples/hello.ts"],
+      { env: { POTHEAD_CONNECT: "127.0.0.1:9", ...env } },
+    );
+    assert.equal(code, 2, `${name}: ${stderr}`);
+    assert.match(stderr, new RegExp(`Invalid ${name}: `), stderr);
+  }
+  // The flag, where one was given.
+  const flag = await runDeno(
+    [
+      "run",
+      ...RUN_PERMISSIONS,
+      "worker.ts",
+      "--connect",
+      "127.0.0.1:9",
+      "--concurrency",
+      "two",
+      "examples/hello.ts",
+    ],
+    { env: { POTHEAD_CONCURRENCY: "1" } },
+  );
+  assert.equal(flag.code, 2, flag.stderr);
+  assert.match(flag.stderr, /Invalid --concurrency: /);
+});
+
 Deno.test("hub: a switch from the environment is on for 1, true or yes, off for 0, false, no or empty, and anything else is refused", () => {
   const log = () => {};
   for (
@@ -2067,6 +2153,41 @@ Deno.test("hub: a switch from the environment is on for 1, true or yes, off for 
       /Invalid POTHEAD_BUFFER_UPLOADS: expected 1, true or yes \(on\), or 0, false, no or empty \(off\), got "on"/,
     );
   });
+});
+
+Deno.test("hub --config: a number written as a string is refused showing it quoted, not as the number it looks like", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const config = `${dir}/pothead.json`;
+    await Deno.writeTextFile(
+      config,
+      JSON.stringify({ pools: { default: { maxQueue: "10" } } }),
+    );
+    const { code, stderr } = await runDeno([
+      "run",
+      ...RUN_PERMISSIONS,
+      "hub.ts",
+      "--hostname",
+      "127.0.0.1",
+      "--port",
+      "0",
+      "--worker-port",
+      "0",
+      "--config",
+      config,
+    ]);
+    assert.equal(code, 2, stderr);
+    assert.match(
+      stderr,
+      /"pools\.default\.maxQueue": expected a number >= 0, got "10"/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  assert.throws(
+    () => new Hub({ headTimeout: "5s" as unknown as number }),
+    /"headTimeout": expected a number >= 0, got "5s"/,
+  );
 });
 
 Deno.test("hub options: a hub-wide affinityWait with no affinityBy anywhere, or a timer past 2^31 - 1 ms, is refused", () => {
