@@ -557,6 +557,48 @@ export function optionsFrom(
     )
     : undefined;
   const perKey = v("max-queue-per-key", "POTHEAD_MAX_QUEUE_PER_KEY");
+  // Named here by the flag or variable rather than as the library's option:
+  // without a key to queue by, these settings would mean nothing.
+  if (
+    fairBy === undefined &&
+    !Object.values(pools ?? {}).some((p) =>
+      p?.fairBy !== undefined && p.fairBy !== null
+    )
+  ) {
+    const given = [
+      ["fair-share", "POTHEAD_FAIR_SHARE", fairShare],
+      ["fair-weight", "POTHEAD_FAIR_WEIGHTS", fairWeights],
+      ["max-queue-per-key", "POTHEAD_MAX_QUEUE_PER_KEY", perKey],
+    ].find(([, , value]) => value !== undefined);
+    if (given !== undefined) {
+      const [flag, env] = given as [string, string];
+      throw new UsageError(
+        `Invalid ${
+          nameOf(flag, env)
+        }: it is a fair-queuing setting, which needs --fair-by (or fairBy in a --config pool)`,
+      );
+    }
+  }
+  // Each half of a pair alone is refused by its own name.
+  for (
+    const [a, aEnv, b, bEnv] of [
+      ["cert", "POTHEAD_CERT", "key", "POTHEAD_KEY"],
+      [
+        "worker-cert",
+        "POTHEAD_WORKER_CERT",
+        "worker-key",
+        "POTHEAD_WORKER_KEY",
+      ],
+    ]
+  ) {
+    const hasA = v(a, aEnv) !== undefined;
+    if (hasA !== (v(b, bEnv) !== undefined)) {
+      const [flag, env, other] = hasA ? [a, aEnv, b] : [b, bEnv, a];
+      throw new UsageError(
+        `Invalid ${nameOf(flag, env)}: it needs --${other} as well`,
+      );
+    }
+  }
   const step = v("priority-step", "POTHEAD_PRIORITY_STEP");
   const hostname = v("hostname", "POTHEAD_HOSTNAME") ?? "0.0.0.0";
   if (hostname.trim() === "") {
@@ -800,10 +842,19 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   let accessLog: "text" | "json" | "off";
   try {
     const adminPort = flagOrEnv(values["admin-port"], "POTHEAD_ADMIN_PORT");
-    for (const flag of ["admin-hostname", "ready-min-slots"] as const) {
-      if (adminPort === undefined && values[flag] !== undefined) {
+    for (
+      const [flag, env] of [
+        ["admin-hostname", "POTHEAD_ADMIN_HOSTNAME"],
+        ["ready-min-slots", "POTHEAD_READY_MIN_SLOTS"],
+      ] as const
+    ) {
+      if (
+        adminPort === undefined && flagOrEnv(values[flag], env) !== undefined
+      ) {
         throw new UsageError(
-          `Invalid --${flag}: it sets the admin listener, which needs --admin-port`,
+          `Invalid ${
+            sourceOf(values[flag], flag, env)
+          }: it sets the admin listener, which needs --admin-port (or POTHEAD_ADMIN_PORT)`,
         );
       }
     }

@@ -222,21 +222,37 @@ export function spawnDeno(
   return new Proc(name, args, options);
 }
 
-/** Runs `deno <args>` to completion and returns its code and output. */
+/**
+ * Runs `deno <args>` to completion and returns its code and output. With
+ * `timeout` (ms), a process still running then is killed and the call
+ * rejects (for a command that should exit at once, such as a usage error).
+ */
 export async function runDeno(
   args: string[],
-  options: SpawnOptions = {},
+  options: SpawnOptions & { timeout?: number } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const [command, argv] = options.cgroups === undefined
     ? [Deno.execPath(), args]
     : inCgroups(options.cgroups, Deno.execPath(), args);
+  const signal = options.timeout === undefined
+    ? undefined
+    : AbortSignal.timeout(options.timeout);
   const out = await new Deno.Command(command, {
     args: argv,
     cwd: options.cwd ?? ROOT,
     env: { NO_COLOR: "1", ...options.env },
     stdin: "null",
+    signal,
   }).output();
   const decoder = new TextDecoder();
+  // Killed (SIGTERM, which a hub takes as a shutdown) for running too long.
+  if (signal?.aborted) {
+    throw new Error(
+      `deno ${args.join(" ")} still ran after ${options.timeout} ms: ${
+        decoder.decode(out.stderr)
+      }`,
+    );
+  }
   return {
     code: out.code,
     stdout: decoder.decode(out.stdout),

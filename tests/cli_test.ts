@@ -232,10 +232,14 @@ Deno.test("hub exits 2 naming --response-spill-dir or --request-spill-dir when i
   }
 });
 
-Deno.test("hub exits 2 on --ready-min-slots or --admin-hostname without --admin-port", async () => {
-  for (
-    const args of [["--ready-min-slots", "abc"], ["--admin-hostname", "::"]]
-  ) {
+Deno.test("hub exits 2 on --ready-min-slots or --admin-hostname (flag or variable) without --admin-port", async () => {
+  const cases: [string[], Record<string, string>, string][] = [
+    [["--ready-min-slots", "abc"], {}, "--ready-min-slots"],
+    [["--admin-hostname", "::"], {}, "--admin-hostname"],
+    [[], { POTHEAD_ADMIN_HOSTNAME: "::" }, "POTHEAD_ADMIN_HOSTNAME"],
+    [[], { POTHEAD_READY_MIN_SLOTS: "2" }, "POTHEAD_READY_MIN_SLOTS"],
+  ];
+  for (const [args, env, name] of cases) {
     const { code, stdout, stderr } = await runDeno([
       "run",
       ...RUN_PERMISSIONS,
@@ -245,10 +249,49 @@ Deno.test("hub exits 2 on --ready-min-slots or --admin-hostname without --admin-
       "--worker-port",
       "0",
       ...args,
-    ]);
+    ], { env, timeout: 30_000 });
     assert.equal(code, 2, stderr);
-    assert.match(stderr, new RegExp(`${args[0]}.*needs --admin-port`));
+    assert.match(stderr, new RegExp(`Invalid ${name}: .*needs --admin-port`));
     assert.doesNotMatch(stdout, /Listening/);
+  }
+});
+
+Deno.test("hub exits 2 naming the flag or variable when --cert or --worker-cert comes without its key, or a key without its certificate", async () => {
+  const dir = await Deno.makeTempDir();
+  const pem = `${dir}/x.pem`;
+  await Deno.writeTextFile(pem, "not read: the pair is checked first\n");
+  try {
+    const cases: [string[], Record<string, string>, RegExp][] = [
+      [["--cert", pem], {}, /Invalid --cert: it needs --key as well/],
+      [[], { POTHEAD_KEY: pem }, /Invalid POTHEAD_KEY: it needs --cert/],
+      [
+        ["--worker-key", pem],
+        {},
+        /Invalid --worker-key: it needs --worker-cert as well/,
+      ],
+      [
+        [],
+        { POTHEAD_WORKER_CERT: pem },
+        /Invalid POTHEAD_WORKER_CERT: it needs --worker-key as well/,
+      ],
+    ];
+    for (const [args, env, message] of cases) {
+      const { code, stdout, stderr } = await runDeno([
+        "run",
+        ...RUN_PERMISSIONS,
+        "hub.ts",
+        "--port",
+        "0",
+        "--worker-port",
+        "0",
+        ...args,
+      ], { env, timeout: 30_000 });
+      assert.equal(code, 2, stderr);
+      assert.match(stderr, message);
+      assert.doesNotMatch(stdout, /Listening/);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 
@@ -1830,13 +1873,13 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         ["--max-queue-per-key", "3"],
         {},
         null,
-        /invalid options: Invalid option "maxQueuePerKey": .*no pool has fairBy/,
+        /Invalid --max-queue-per-key: it is a fair-queuing setting, which needs --fair-by/,
       ],
       [
         [],
         { POTHEAD_MAX_QUEUE_PER_KEY: "3" },
         null,
-        /Invalid option "maxQueuePerKey"/,
+        /Invalid POTHEAD_MAX_QUEUE_PER_KEY: .*needs --fair-by/,
       ],
       [
         [],
@@ -1860,7 +1903,7 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         ["--fair-share", "time"],
         {},
         null,
-        /invalid options: Invalid option "fairShare": .*no pool has fairBy/,
+        /Invalid --fair-share: .*needs --fair-by/,
       ],
       [
         ["--fair-by", "ip"],
@@ -1884,7 +1927,13 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         ["--fair-weight", "a=2"],
         {},
         null,
-        /Invalid option "fairWeights": it weighs fair-queuing keys, and no pool has fairBy/,
+        /Invalid --fair-weight: .*needs --fair-by/,
+      ],
+      [
+        [],
+        { POTHEAD_FAIR_WEIGHTS: "a=2" },
+        null,
+        /Invalid POTHEAD_FAIR_WEIGHTS: .*needs --fair-by/,
       ],
       [
         ["--fair-by", "ip", "--fair-share", "time"],
@@ -1906,7 +1955,7 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
         "0",
         ...config,
         ...args,
-      ], { env });
+      ], { env, timeout: 30_000 });
       const what = `${args.join(" ")} ${JSON.stringify(env)} ${text}`;
       assert.equal(code, 2, `${what}: ${stderr}`);
       assert.match(stderr, message, what);
@@ -2073,7 +2122,7 @@ Deno.test("hub exits 2 before listening on an invalid POTHEAD_ACCESS_LOG, POTHEA
       "--worker-port",
       "0",
       ...args,
-    ], { env });
+    ], { env, timeout: 30_000 });
     const what = JSON.stringify({ args, env });
     assert.equal(code, 2, `${what}: ${stderr}`);
     assert.match(stderr, message, what);
