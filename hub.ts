@@ -2904,9 +2904,9 @@ export class Hub {
   }
 
   // The consumer left: counted, and its request settled (nothing is sent).
-  #gone(p: Pending): void {
+  #gone(p: Pending, worker: string | null = null): void {
     this.#stats.abandoned++;
-    this.#fail(p, "abandoned", 499, "consumer went away");
+    this.#fail(p, "abandoned", 499, "consumer went away", undefined, worker);
   }
 
   #abandon(p: Pending): void {
@@ -3649,22 +3649,35 @@ export class Hub {
         : null);
     const malformed = upload !== null && !p.req.signal.aborted &&
       !consumerGone(upload.error);
+    // Ended at the worker, not in the queue: the record keeps the queue
+    // time of the dispatch and names the worker, which may have run it.
+    const atWorker = () =>
+      p.workerMs = performance.now() - p.queuedSince - p.queueMs;
     if (
       !malformed &&
       (e.code === "aborted" || e.code === "upload-failed" ||
         upload !== null || p.req.signal.aborted)
     ) {
-      this.#gone(p);
+      atWorker();
+      this.#gone(p, worker);
       return;
     }
     if (this.#closed) {
       // Cut by the end of the shutdown grace: not the worker's failure.
-      this.#fail(p, "shutting-down", 503, "hub is shutting down");
+      atWorker();
+      this.#fail(
+        p,
+        "shutting-down",
+        503,
+        "hub is shutting down",
+        undefined,
+        worker,
+      );
       return;
     }
     if (malformed) {
       // A 400, as for a malformed body found before dispatch; never resent.
-      p.workerMs = performance.now() - p.queuedSince - p.queueMs;
+      atWorker();
       this.#fail(
         p,
         "bad-request",
@@ -3772,7 +3785,7 @@ export class Hub {
       // Gone while the answer was checked: upgrading now could leave Deno
       // with a handshake it never finishes.
       slot.close(new WorkerLinkError("aborted", "Consumer went away"));
-      this.#gone(p);
+      this.#gone(p, worker);
       return;
     }
     let upgraded: { socket: WebSocket; response: Response } | undefined;

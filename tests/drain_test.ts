@@ -671,6 +671,9 @@ Deno.test("a request still at a worker when the shutdown grace ends is answered 
     assert.equal(answer.status, 503);
     await answer.body?.cancel();
     assert.equal(records[0].outcome, "shutting-down");
+    // Cut at the worker, not in the queue: the record says so.
+    assert.notEqual(records[0].worker, null);
+    assert.ok(records[0].workerMs >= 0, `${records[0].workerMs}`);
     assert.equal(hub.stats.failed, 0);
     assert.deepEqual(logs.filter((l) => l.level === "warn"), []);
   } finally {
