@@ -2649,7 +2649,7 @@ export class Hub {
     }
     if (this.#closing && !this.#servesLate(pending.pool, req)) {
       // Deno.serve's shutdown, which closes idle keep-alive connections, may
-      // be held for open WebSockets (serveHub): a consumer must not keep
+      // be held for open WebSockets or uploads (serveHub): a consumer must not keep
       // sending on this connection for the rest of the grace.
       this.#fail(pending, "shutting-down", 503, "hub is shutting down", {
         connection: "close",
@@ -2908,9 +2908,9 @@ export class Hub {
   }
 
   // The consumer left: counted, and its request settled (nothing is sent).
-  #gone(p: Pending): void {
+  #gone(p: Pending, worker: string | null = null): void {
     this.#stats.abandoned++;
-    this.#fail(p, "abandoned", 499, "consumer went away");
+    this.#fail(p, "abandoned", 499, "consumer went away", undefined, worker);
   }
 
   #abandon(p: Pending): void {
@@ -3653,22 +3653,35 @@ export class Hub {
         : null);
     const malformed = upload !== null && !p.req.signal.aborted &&
       !consumerGone(upload.error);
+    // Ended at the worker, not in the queue: the record keeps the queue
+    // time of the dispatch and names the worker, which may have run it.
+    const atWorker = () =>
+      p.workerMs = performance.now() - p.queuedSince - p.queueMs;
     if (
       !malformed &&
       (e.code === "aborted" || e.code === "upload-failed" ||
         upload !== null || p.req.signal.aborted)
     ) {
-      this.#gone(p);
+      atWorker();
+      this.#gone(p, worker);
       return;
     }
     if (this.#closed) {
       // Cut by the end of the shutdown grace: not the worker's failure.
-      this.#fail(p, "shutting-down", 503, "hub is shutting down");
+      atWorker();
+      this.#fail(
+        p,
+        "shutting-down",
+        503,
+        "hub is shutting down",
+        undefined,
+        worker,
+      );
       return;
     }
     if (malformed) {
       // A 400, as for a malformed body found before dispatch; never resent.
-      p.workerMs = performance.now() - p.queuedSince - p.queueMs;
+      atWorker();
       this.#fail(
         p,
         "bad-request",
@@ -3776,7 +3789,7 @@ export class Hub {
       // Gone while the answer was checked: upgrading now could leave Deno
       // with a handshake it never finishes.
       slot.close(new WorkerLinkError("aborted", "Consumer went away"));
-      this.#gone(p);
+      this.#gone(p, worker);
       return;
     }
     let upgraded: { socket: WebSocket; response: Response } | undefined;
@@ -3976,7 +3989,10 @@ export interface ServeHubOptions extends HubOptions {
    * soon as it is free while its pool has nothing queued (see
    * {@linkcode Hub.shutdown}), while what it had queued and in progress
    * finishes here. Without it, shutdown keeps the worker port open, and
-   * the consumer port while WebSockets are open, until the drain ends.
+   * the consumer port while WebSockets are open or request bodies are
+   * still arriving, until the drain ends. (Handing over, an upload still
+   * arriving when the listener closes is cut: Deno.serve's shutdown ends
+   * its body.)
    * @default {false}
    */
   reusePort?: boolean;
@@ -4062,6 +4078,10 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
     throw cannotListen("workers", workerPort, error);
   }
   let server: Deno.HttpServer<Deno.NetAddr>;
+  // Requests with a body not yet answered: Deno.serve's shutdown makes the
+  // rest of a body it is still reading unreadable (BadResource), which
+  // would cut uploads the drain lets finish.
+  let uploading = 0;
   try {
     server = Deno.serve({
       hostname,
@@ -4082,8 +4102,8 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
         });
         return new Response(null, { status: 500 });
       },
-    }, (req, info) =>
-      hub.fetch(req, info).catch((error) => {
+    }, (req, info) => {
+      const answer = hub.fetch(req, info).catch((error) => {
         // Not expected: the hub answers every request itself.
         options.onLog?.({
           level: "error",
@@ -4091,7 +4111,11 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
           reason: errorText(error),
         });
         return new Response("internal error in the hub\n", { status: 500 });
-      }));
+      });
+      if (req.body === null) return answer;
+      uploading++;
+      return answer.finally(() => uploading--);
+    });
   } catch (error) {
     listener.close();
     throw cannotListen("consumers", options.port ?? 8080, error);
@@ -4158,10 +4182,11 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       // lets them finish and answers what is still queued after the grace.
       // The worker listener stays open meanwhile: workers that reconnect
       // help drain the queue.
-      // Deno.serve's shutdown closes upgraded WebSockets at once, so while
-      // any is open it waits: they get the hub's grace to end (new requests
-      // meanwhile get the hub's 503), and the hub closes those left with
-      // 1001 before Deno.serve would.
+      // Deno.serve's shutdown closes upgraded WebSockets at once, and cuts
+      // request bodies still arriving, so while any WebSocket is open or
+      // any request with a body unanswered it waits: they get the hub's
+      // grace to end (new requests meanwhile get the hub's 503), and the
+      // hub closes those left with 1001 before Deno.serve would.
       // Handing over (reusePort), both listeners close at once: another hub
       // listens on the same ports. Deno.serve's shutdown tells consumers'
       // WebSockets 1001; the hub tells the workers' sides.
@@ -4178,7 +4203,10 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       const draining = hub.shutdown(grace, { handOver: reusePort })
         .finally(() => drained = true);
       const serving = (async () => {
-        while (!reusePort && hub.stats.webSockets > 0 && !drained) {
+        while (
+          !reusePort && (hub.stats.webSockets > 0 || uploading > 0) &&
+          !drained
+        ) {
           await new Promise((r) => setTimeout(r, 20));
         }
         await server.shutdown();

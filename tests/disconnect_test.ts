@@ -7,7 +7,7 @@ import { deadline, waitFor as waitUntil } from "./_wait.ts";
 import { startHub, startWorker } from "./_hub.ts";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import type { HubLogRecord, HubServer } from "../hub.ts";
+import type { AccessRecord, HubLogRecord, HubServer } from "../hub.ts";
 import type { WorkerHandle } from "../worker.ts";
 
 const HANG_GUARD = 20_000;
@@ -417,5 +417,35 @@ Deno.test("a consumer that leaves during its streamed upload counts as abandoned
   } finally {
     worker.close();
     await server.shutdown();
+  }
+});
+
+Deno.test("a consumer that leaves while its request is at a worker is recorded with that worker and its real queue time, not as a queue wait", async () => {
+  const records: AccessRecord[] = [];
+  const server = startHub({ onAccess: (r) => records.push(r) });
+  const entered = Promise.withResolvers<string>();
+  const worker = startWorker(server, async (req) => {
+    // The queue time the hub sent with the request: what the record keeps.
+    entered.resolve(req.headers.get("x-pothead-queue-ms") ?? "");
+    await aborted(req.signal);
+    return new Response("too late");
+  });
+  try {
+    await waitFor(() => server.hub.stats.idle === 1, "1 idle slot");
+    const consumer = new AbortController();
+    const slow = later(url(server, "/slow"), { signal: consumer.signal });
+    const sent = Number(await guard(entered.promise, "the handler"));
+    // Long enough at the worker that a queue time counted to the end shows.
+    await new Promise((r) => setTimeout(r, 100));
+    consumer.abort();
+    await assert.rejects(slow, (e: Error) => e.name === "AbortError");
+    await waitFor(() => records.length === 1, "the access record");
+    const [record] = records;
+    assert.equal(record.outcome, "abandoned");
+    assert.ok(Math.abs(record.queueMs - sent) < 0.1, `${record.queueMs}`);
+    assert.ok(record.workerMs >= 100, `${record.workerMs}`);
+    assert.ok(record.worker !== null, "the worker is named");
+  } finally {
+    await stop(server, [worker]);
   }
 });
