@@ -94,6 +94,11 @@ const CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n";
 
 const RELAY_BUFFER = 64 * 1024;
 
+// How many ended links' local ports are remembered (see NativeEngine.#ended):
+// far more than can end between Deno.serve reading a request and calling
+// its handler.
+const ENDED_KEPT = 1024;
+
 /**
  * One private `Deno.serve` listener for a worker, and the relays from hub
  * connections to it. Create it once per worker and {@linkcode close} it
@@ -104,6 +109,10 @@ export class NativeEngine {
   #onError: (error: unknown, context: string) => void;
   #server: Deno.HttpServer<Deno.NetAddr> | null = null;
   #links = new Map<number, Link>();
+  // Local ports of links that have ended, most recent last (at most
+  // ENDED_KEPT): Deno.serve may still call the handler for a request it
+  // read just before the hub dropped the link. Not an intruder's.
+  #ended = new Set<number>();
 
   constructor(
     handler: FetchHandler,
@@ -206,6 +215,11 @@ export class NativeEngine {
       drain.removeEventListener("abort", onDrain);
       link.tunnel?.();
       this.#links.delete(key);
+      this.#ended.delete(key);
+      this.#ended.add(key);
+      if (this.#ended.size > ENDED_KEPT) {
+        this.#ended.delete(this.#ended.values().next().value!);
+      }
       closeQuietly(local);
       closeQuietly(conn);
     }
@@ -329,7 +343,13 @@ export class NativeEngine {
   }
 
   async #serve(req: Request, info: Deno.ServeHandlerInfo): Promise<Response> {
-    const link = this.#links.get((info.remoteAddr as Deno.NetAddr).port);
+    const port = (info.remoteAddr as Deno.NetAddr).port;
+    const link = this.#links.get(port);
+    if (link === undefined && this.#ended.has(port)) {
+      // The hub left after sending it: nobody would read the answer, so
+      // the handler is not run.
+      return notStarted();
+    }
     if (link === undefined) {
       // Not one of our relays: the listener is private.
       const from = info.remoteAddr as Deno.NetAddr;
