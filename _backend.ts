@@ -123,8 +123,7 @@ function checkOption(name: string, value: number): number {
  *
  * @example Put a Python service behind a hub
  * ```ts ignore
- * import { connectWorker } from "./worker.ts";
- * import { backendHandler } from "./_backend.ts";
+ * import { backendHandler, connectWorker } from "@pothead/hub/worker";
  *
  * // python3 -m http.server 8000 runs next to this worker.
  * const backend = backendHandler("http://127.0.0.1:8000");

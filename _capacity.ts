@@ -36,8 +36,11 @@ export type { CapacityRoots } from "./_cgroup.ts";
  *
  * @example An extra rule on free GPU memory, beside CPU and memory
  * ```ts ignore
- * import { connectWorker } from "./worker.ts";
- * import { capacityGate, type SlotGate } from "./_capacity.ts";
+ * import {
+ *   capacityGate,
+ *   connectWorker,
+ *   type SlotGate,
+ * } from "@pothead/hub/worker";
  *
  * async function gpuFreeBytes(): Promise<number> {
  *   const { stdout } = await new Deno.Command("nvidia-smi", {
@@ -55,8 +58,7 @@ export type { CapacityRoots } from "./_cgroup.ts";
  *
  * @example A gate of your own: slot 0 always, others while 2 GiB are free
  * ```ts ignore
- * import { connectWorker } from "./worker.ts";
- * import type { SlotGate } from "./_capacity.ts";
+ * import { connectWorker, type SlotGate } from "@pothead/hub/worker";
  *
  * declare function gpuFreeBytes(): Promise<number>;
  *
@@ -185,7 +187,7 @@ export interface CapacitySample {
   cgroups: CgroupFiles[];
 }
 
-/** What {@linkcode capacityFrom} measured between two samples. */
+/** What the gate measured between two readings (see {@linkcode capacityGate}). */
 export interface CapacityUsage {
   /**
    * Idle CPUs: the machine's idle share times its CPUs, lowered to what any
@@ -361,8 +363,7 @@ function checkOption(name: string, value: number, min: number): number {
  *
  * @example Four slots at most, each opened while a CPU is idle
  * ```ts ignore
- * import { connectWorker } from "./worker.ts";
- * import { capacityGate } from "./_capacity.ts";
+ * import { capacityGate, connectWorker } from "@pothead/hub/worker";
  *
  * const worker = connectWorker((req) => new Response(req.url), {
  *   concurrency: 4,

@@ -578,7 +578,7 @@ export interface HubOptions {
    * `trustForwarded`.
    * @default {[]}
    */
-  trustedProxies?: string[];
+  trustedProxies?: readonly string[];
   /**
    * Which field names the consumer behind trusted proxies
    * (`trustForwarded`, `trustedProxies`): `"x-forwarded-for"`, or
@@ -632,7 +632,7 @@ export interface HubOptions {
    * request. Several may be valid at once, for rotation.
    * @default {[]}
    */
-  workerTokens?: string[];
+  workerTokens?: readonly string[];
   /**
    * Without tokens the handshake is optional: milliseconds a new worker
    * connection may take to start one before it counts as a plain worker (a
@@ -665,15 +665,19 @@ export interface HubOptions {
    */
   pingTimeout?: number;
   /** Routing rules from Host and path to pools. */
-  routes?: Route[];
+  routes?: readonly Route[];
   /** Per-pool limits by pool name. */
   pools?: Record<string, PoolOptions>;
-  /** Receives log records. By default nothing is logged. */
+  /**
+   * Receives log records. By default nothing is logged. A throw from it is
+   * ignored.
+   */
   onLog?: (record: HubLogRecord) => void;
   /**
    * Called exactly once per consumer request when it is finished: answered
    * by the hub, or the worker's response body fully read (or failed).
    * For access logs and metrics; keep it cheap, it runs on the hot path.
+   * A throw from it is logged (`onLog`, level `error`).
    */
   onAccess?: (record: AccessRecord) => void;
 }
@@ -1464,6 +1468,8 @@ function checkCount(name: string, value: number, min: number): number {
  *
  * @example Send a request through a hub without sockets on the consumer side
  * ```ts ignore
+ * import { Hub } from "@pothead/hub";
+ *
  * const hub = new Hub();
  * hub.addWorker(await Deno.connect({ port: 9000 })); // a worker's connection
  * const res = await hub.fetch(new Request("http://hub/hello"));
@@ -1863,7 +1869,10 @@ export class Hub {
         'Invalid option "fairShare": it shares the workers between fair-queuing keys, and no pool has fairBy',
       );
     }
-    this.#log = options.onLog ?? (() => {});
+    // Bound, so that `hub.fetch` can be handed over as a fetch handler on
+    // its own (`Deno.serve(hub.fetch)`, `export default { fetch: hub.fetch }`).
+    this.fetch = this.fetch.bind(this);
+    this.#log = quietLog(options.onLog);
     this.#onAccess = options.onAccess;
     for (const r of this.#routes) this.#namedPools.add(r.pool);
     for (const name of Object.keys(this.#poolOptions)) {
@@ -1911,7 +1920,8 @@ export class Hub {
           pool: pool.name,
           slots: g.slots,
           busy: g.busy,
-          labels: g.labels,
+          // A copy: a snapshot the caller changes must not change the hub's.
+          labels: { ...g.labels },
         });
       }
     }
@@ -3278,30 +3288,40 @@ export class Hub {
     const onAccess = this.#onAccess;
     if (onAccess === undefined) return;
     const body = p.body;
-    onAccess({
-      id: p.id,
-      pool: p.pool.name,
-      method: p.req.method,
-      path: p.path,
-      status,
-      outcome,
-      queueMs: p.queueMs,
-      workerMs: p.workerMs,
-      totalMs: now - p.since,
-      bytesIn: bytesIn ??
-        (body instanceof Uint8Array
-          ? body.length
-          : body === null || body === undefined
-          ? 0
-          : p.contentLength),
-      bytesOut,
-      worker,
-      // Counted when resent, as stats.retries: a request put back that then
-      // timed out in the queue was retried without a second attempt.
-      retries: p.resent,
-      priority: p.priority,
-      client: this.#consumerAddress(p),
-    });
+    // A throw here would leave the consumer without its response (this
+    // runs in the response's path) and escape as an unhandled rejection.
+    try {
+      onAccess({
+        id: p.id,
+        pool: p.pool.name,
+        method: p.req.method,
+        path: p.path,
+        status,
+        outcome,
+        queueMs: p.queueMs,
+        workerMs: p.workerMs,
+        totalMs: now - p.since,
+        bytesIn: bytesIn ??
+          (body instanceof Uint8Array
+            ? body.length
+            : body === null || body === undefined
+            ? 0
+            : p.contentLength),
+        bytesOut,
+        worker,
+        // Counted when resent, as stats.retries: a request put back that then
+        // timed out in the queue was retried without a second attempt.
+        retries: p.resent,
+        priority: p.priority,
+        client: this.#consumerAddress(p),
+      });
+    } catch (error) {
+      this.#log({
+        level: "error",
+        msg: "onAccess failed",
+        reason: errorText(error),
+      });
+    }
   }
 
   // Whether a request's X-Forwarded-* fields are kept: from every peer with
@@ -3945,6 +3965,22 @@ function errorResponse(
   });
 }
 
+// onLog as the hub calls it: a log callback that throws (a closed file, a
+// record it cannot serialize) must not break the request or shutdown that
+// logged, and there is nowhere left to report it.
+function quietLog(
+  onLog: ((record: HubLogRecord) => void) | undefined,
+): (record: HubLogRecord) => void {
+  if (onLog === undefined) return () => {};
+  return (record) => {
+    try {
+      onLog(record);
+    } catch {
+      // ignored, as documented
+    }
+  };
+}
+
 /** Options for {@linkcode serveHub}. */
 export interface ServeHubOptions extends HubOptions {
   /**
@@ -4014,8 +4050,12 @@ export interface HubServer {
 
 /**
  * Runs a hub: consumers on `Deno.serve` at `port`, workers on `Deno.listen`
- * (or `Deno.listenTls`) at `workerPort`.
+ * (or `Deno.listenTls`) at `workerPort`. Both listen when it returns.
  *
+ * @throws {RangeError} or {TypeError} naming an invalid option, as
+ *   {@linkcode Hub}'s constructor does.
+ * @throws {Deno.errors.AddrInUse} (or the listener's other error), its
+ *   message naming the listener and address that failed.
  * @example
  * ```ts ignore
  * import { serveHub } from "@pothead/hub";
@@ -4036,6 +4076,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       'Invalid options: "workerCert" and "workerKey" go together',
     );
   }
+  const log = quietLog(options.onLog);
   const hub = new Hub({
     ...options,
     consumerScheme: options.consumerScheme ??
@@ -4095,7 +4136,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       // the end of the grace): the consumer sees its connection cut, the
       // hub has logged why, and Deno would print a stack trace for each.
       onError(error) {
-        options.onLog?.({
+        log({
           level: "debug",
           msg: "response to a consumer cut",
           reason: errorText(error),
@@ -4105,7 +4146,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
     }, (req, info) => {
       const answer = hub.fetch(req, info).catch((error) => {
         // Not expected: the hub answers every request itself.
-        options.onLog?.({
+        log({
           level: "error",
           msg: "request failed in the hub",
           reason: errorText(error),
@@ -4157,7 +4198,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
           // Closed by shutdown: not a failure to report. One that fails
           // while the hub drains still is.
           if (!tlsCut) {
-            options.onLog?.({
+            log({
               level: "warn",
               msg: "worker TLS handshake failed",
               worker: peer,
@@ -4231,7 +4272,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
   // Shutdown does not fail; a bug in it is reported, not left unhandled.
   const stopOnAbort = () =>
     shutdown().catch((error) =>
-      options.onLog?.({
+      log({
         level: "error",
         msg: "shutdown failed",
         reason: errorText(error),

@@ -81,7 +81,7 @@ export interface WorkerOptions {
    * that reach the same hub (by the id it sends in the handshake) are served
    * as one.
    */
-  hubs?: string[];
+  hubs?: readonly string[];
   /**
    * Most requests this worker runs at once (and connections it keeps open
    * to each hub while idle).
@@ -139,7 +139,7 @@ export interface WorkerOptions {
   /** Connect with TLS; the certificate must match the hub's name. */
   tls?: boolean;
   /** Extra PEM root certificates for TLS (a private CA). */
-  caCerts?: string[];
+  caCerts?: readonly string[];
   /**
    * Bearer token for the PTTH handshake. Giving a token, `workerId`,
    * `pool` or `labels` makes the worker open each connection with the
@@ -188,9 +188,15 @@ export interface WorkerOptions {
    * Default: no gate.
    */
   gate?: (slot: number, signal: AbortSignal) => Promise<void>;
-  /** Receives handler, protocol and connection errors. Default: ignored. */
+  /**
+   * Receives handler, protocol and connection errors. Default: ignored. A
+   * throw from it is ignored too.
+   */
   onError?: (error: unknown, context: string) => void;
-  /** Called after each successful connection to a hub. */
+  /**
+   * Called after each successful connection to a hub. A throw from it goes
+   * to `onError` (context `"onConnect"`); the connection serves.
+   */
   onConnect?: (hub: string) => void;
 }
 
@@ -324,7 +330,17 @@ export function connectWorker(
     );
   }
   const limits = { ...DEFAULT_LIMITS, ...options.limits };
-  const onError = options.onError ?? (() => {});
+  // A callback that throws must not take the worker with it: onError is
+  // called from engines and the dialer, where a throw lost the slot (or the
+  // connection, from onConnect) and never reached the user either.
+  const userOnError = options.onError;
+  const onError = (error: unknown, context: string) => {
+    try {
+      userOnError?.(error, context);
+    } catch {
+      // nowhere left to report it
+    }
+  };
   const handshake: Omit<HandshakeOptions, "host"> | null =
     options.token !== undefined || options.workerId !== undefined ||
       options.pool !== undefined || options.labels !== undefined
@@ -412,7 +428,7 @@ export function connectWorker(
       // name the user gave.
       tls = await Deno.startTls(tcp, {
         hostname: endpoint.name,
-        caCerts: options.caCerts,
+        caCerts: options.caCerts && [...options.caCerts],
       });
       signal.throwIfAborted();
       // The handshake is lazy; finish it here so a bad certificate is a
@@ -571,7 +587,13 @@ export function connectWorker(
       },
       gate: options.gate,
       onError,
-      onConnect: (e) => options.onConnect?.(e.key),
+      onConnect: (e) => {
+        try {
+          options.onConnect?.(e.key);
+        } catch (error) {
+          onError(error, "onConnect");
+        }
+      },
     },
     draining.signal,
     closing.signal,
