@@ -243,6 +243,7 @@ export class NativeEngine {
   async #up(link: Link): Promise<void> {
     const buf = new Uint8Array(RELAY_BUFFER);
     let first = true;
+    let failure: unknown = null;
     try {
       while (true) {
         const n = await link.hub.read(buf);
@@ -255,8 +256,9 @@ export class NativeEngine {
         this.#follow(link, buf.subarray(0, n));
         await writeAll(link.local, buf.subarray(0, n));
       }
-    } catch {
+    } catch (error) {
       // the hub connection failed or was closed under us
+      failure = error;
     }
     if (!link.ending) {
       // The hub dropped the connection: close the local side too, and abort
@@ -266,7 +268,17 @@ export class NativeEngine {
       // A handshake's answer ends #down (writing to the closed hub), and
       // the link with it.
       closeQuietly(link.upgrading ? link.hub : link.local);
-      link.abort?.(new Error("Hub closed the connection"));
+      link.abort?.(
+        failure === null
+          ? new Error("Hub closed the connection")
+          // Closed here: the worker's own close() (or drain) cut it.
+          : failure instanceof Deno.errors.BadResource ||
+              failure instanceof Deno.errors.Interrupted
+          ? new Error("Worker closed the connection")
+          : failure instanceof Error
+          ? failure
+          : new Error(String(failure)),
+      );
     }
   }
 

@@ -4077,6 +4077,9 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
     );
   }
   const log = quietLog(options.onLog);
+  if (options.shutdownGrace !== undefined) {
+    checkOption("shutdownGrace", options.shutdownGrace, 0);
+  }
   const hub = new Hub({
     ...options,
     consumerScheme: options.consumerScheme ??
@@ -4278,15 +4281,20 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
         reason: errorText(error),
       })
     );
+  const finished = Promise.all([server.finished, accepting]).then(() => {});
   if (options.signal?.aborted) stopOnAbort();
-  else {
-    options.signal?.addEventListener("abort", stopOnAbort, { once: true });
+  else if (options.signal !== undefined) {
+    const signal = options.signal;
+    signal.addEventListener("abort", stopOnAbort, { once: true });
+    // A long-lived signal must not keep a hub that has finished reachable.
+    const forget = () => signal.removeEventListener("abort", stopOnAbort);
+    finished.then(forget, forget);
   }
   return {
     hub,
     addr: server.addr,
     workerAddr: listener.addr as Deno.NetAddr,
-    finished: Promise.all([server.finished, accepting]).then(() => {}),
+    finished,
     shutdown,
   };
 }

@@ -274,6 +274,12 @@ export function connectWorker(
   const fetch = toHandler(handler);
   const concurrency = options.concurrency ?? 1;
   const minBackoff = options.minBackoff ?? 100;
+  const resolveInterval = options.resolveInterval ?? 5000;
+  if (!(resolveInterval >= 0)) {
+    throw new RangeError(
+      `Invalid option "resolveInterval": expected a number >= 0, got ${resolveInterval}`,
+    );
+  }
   const maxBackoff = options.maxBackoff ?? 5000;
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new RangeError(
@@ -365,10 +371,18 @@ export function connectWorker(
   }
   const tokenOf = options.token;
   if (handshake !== null) {
-    const problem = identityProblem({
-      ...handshake,
-      token: typeof tokenOf === "function" ? tokenOf() : tokenOf,
-    });
+    let token: string | undefined;
+    try {
+      token = typeof tokenOf === "function" ? tokenOf() : tokenOf;
+    } catch (error) {
+      throw new TypeError(
+        `Invalid option "token": the function threw: ${
+          error instanceof Error ? error.message : String(error)
+        }`,
+        { cause: error },
+      );
+    }
+    const problem = identityProblem({ ...handshake, token });
     if (problem !== null) throw new TypeError(`Invalid option: ${problem}`);
   }
   let native: NativeEngine | null = null;
@@ -447,7 +461,7 @@ export function connectWorker(
     {
       targets,
       concurrency,
-      resolveInterval: options.resolveInterval ?? 5000,
+      resolveInterval,
       minBackoff,
       maxBackoff,
       resolve: async (name) => {
@@ -600,10 +614,15 @@ export function connectWorker(
   );
 
   const finished = dialer.run().finally(() => native?.close());
-  options.signal?.addEventListener("abort", () => draining.abort(), {
-    once: true,
-  });
-  if (options.signal?.aborted) draining.abort();
+  const signal = options.signal;
+  if (signal?.aborted) draining.abort();
+  else if (signal !== undefined) {
+    const onAbort = () => draining.abort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    // A long-lived signal must not keep a worker that has ended reachable.
+    const forget = () => signal.removeEventListener("abort", onAbort);
+    finished.then(forget, forget);
+  }
 
   return {
     finished,

@@ -148,3 +148,96 @@ Deno.test("option arrays may be readonly (configuration written as constants)", 
   await hub.shutdown(0);
   await other.shutdown(0);
 });
+
+Deno.test("invalid shutdownGrace or resolveInterval, and a token function that throws, are option errors", () => {
+  for (const shutdownGrace of [-5, NaN]) {
+    assert.throws(
+      () => startHub({ shutdownGrace }),
+      (e: unknown) =>
+        e instanceof RangeError && /"shutdownGrace"/.test(e.message),
+      String(shutdownGrace),
+    );
+  }
+  assert.throws(
+    () => connectWorker(() => new Response(), { resolveInterval: -1 }),
+    (e: unknown) =>
+      e instanceof RangeError && /"resolveInterval"/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      connectWorker(() => new Response(), {
+        token: () => {
+          throw new Error("vault sealed");
+        },
+      }),
+    (e: unknown) =>
+      e instanceof TypeError && /"token".*vault sealed/.test(e.message),
+  );
+});
+
+Deno.test("serveHub and connectWorker take their listener off the caller's signal once they have ended", async () => {
+  // A signal that outlives them, counting its listeners.
+  class Counted extends EventTarget {
+    listeners = 0;
+    override addEventListener(
+      ...args: Parameters<EventTarget["addEventListener"]>
+    ): void {
+      this.listeners++;
+      super.addEventListener(...args);
+    }
+    override removeEventListener(
+      ...args: Parameters<EventTarget["removeEventListener"]>
+    ): void {
+      this.listeners--;
+      super.removeEventListener(...args);
+    }
+  }
+  const controller = new AbortController();
+  const counted = new Counted();
+  const signal = Object.assign(counted, {
+    get aborted() {
+      return controller.signal.aborted;
+    },
+  }) as unknown as AbortSignal;
+  const server = startHub({ signal });
+  const worker = connectWorker(() => new Response("ok"), {
+    port: server.workerAddr.port,
+    signal,
+    minBackoff: 10,
+    maxBackoff: 100,
+  });
+  assert.equal(counted.listeners, 2);
+  await deadline(worker.drain(), HANG_GUARD, "the worker to drain");
+  await deadline(server.shutdown(), HANG_GUARD, "the hub to shut down");
+  await deadline(server.finished, HANG_GUARD, "the hub to finish");
+  await waitFor(() => counted.listeners === 0, "the listeners taken off");
+});
+
+Deno.test("a worker's own close() aborts a running handler's signal as its own doing, not the hub's", async () => {
+  const server = startHub();
+  const { promise: reason, resolve } = Promise.withResolvers<unknown>();
+  const { promise: started, resolve: start } = Promise.withResolvers<void>();
+  const worker = startWorker(server, (req) => {
+    start();
+    return new Promise<Response>((answer) =>
+      req.signal.addEventListener("abort", () => {
+        resolve(req.signal.reason);
+        answer(new Response("late"));
+      })
+    );
+  });
+  const answer = fetch(`http://127.0.0.1:${server.addr.port}/`).then(
+    (res) => res.body?.cancel(),
+    () => {},
+  );
+  try {
+    await deadline(started, HANG_GUARD, "the handler to start");
+    worker.close();
+    const why = await deadline(reason, HANG_GUARD, "the signal to abort");
+    assert.doesNotMatch(String(why), /Hub closed/);
+  } finally {
+    await deadline(worker.finished, HANG_GUARD, "the worker to end");
+    await server.shutdown();
+    await answer;
+  }
+});
