@@ -3480,6 +3480,13 @@ export class Hub {
       this.#dispatch(waiter, slot);
       return;
     }
+    const before = next === null ? null : this.#waitsBefore(pool, group, next);
+    if (before !== null) {
+      this.#unwait(before);
+      this.#stats.affinityMisses++;
+      this.#dispatch(before, slot);
+      return;
+    }
     let node = next;
     if (node === head) {
       // Shifted, not deleted: a fair queue moves its turns on a shift.
@@ -3506,6 +3513,24 @@ export class Hub {
     node.value.node = null;
     this.#dispatch(node.value, slot);
     this.#prepareHead(pool);
+  }
+
+  // The request the queue gives `group`'s freed slot, `node`, goes to a
+  // worker its key does not rank first, while requests wait (outside the
+  // queue) for the worker it does: the first of those, if it goes before
+  // `node` in the queue's order, takes the slot instead, and `node` keeps
+  // its place. Either way the key starts cold here; so the older one does.
+  #waitsBefore(
+    pool: Pool,
+    group: Group,
+    node: QueueNode<Pending>,
+  ): Pending | null {
+    if (pool.waiting === 0) return null;
+    const first = this.#firstGroup(pool, node.value);
+    if (first === null || first === group) return null;
+    const waiter = first.waiters?.head?.value ?? null;
+    if (waiter === null || goesBefore(pool, node, waiter)) return null;
+    return waiter;
   }
 
   // With affinityWait, a freed slot may take, instead of the head of the

@@ -1538,6 +1538,52 @@ Deno.test("affinityWait: a request waiting for a worker goes before a younger qu
   );
 });
 
+for (const fair of [false, true]) {
+  Deno.test(
+    `affinityWait: a freed slot of another worker takes a request waiting for its worker before a younger queued one of that worker's keys${
+      fair ? " (fair pool)" : ""
+    }`,
+    async () => {
+      const ids = ["a", "b"];
+      const ka = keyRanking(ids, ["a"]);
+      const kb = keyRanking(ids, ["b"]);
+      await affinityHub(
+        {
+          affinityBy: "header:x-model",
+          affinityWait: HANG,
+          ...(fair ? { fairBy: "header:x-user" as const } : {}),
+        },
+        ids,
+        async (t) => {
+          const hub = t.server.hub;
+          const pool = () => hub.stats.pools.find((p) => p.name === "default")!;
+          const h1 = t.hold("/h1");
+          const h2 = t.hold("/h2");
+          t.hold("/x");
+          const rs = [t.send("/h1", ka)];
+          await waitFor(() => t.log.length === 1, "a busy");
+          rs.push(t.send("/x", ka, { "x-user": "u" })); // b idle: x waits for a
+          await waitFor(() => pool().waiting === 1, "x waits");
+          rs.push(t.send("/h2", kb));
+          await waitFor(() => t.log.length === 2, "b busy");
+          rs.push(t.send("/y", ka, { "x-user": "u" })); // none idle: y queues
+          await waitFor(() => hub.stats.queued === 1, "y queued");
+          // b frees: a's key starts cold there whichever goes, so x, which
+          // came first, does; y keeps its place and gets a.
+          h2.resolve();
+          await waitFor(() => t.log.length === 3, "b took one");
+          assert.equal(t.log[2], "b /x");
+          assert.equal(pool().waiting, 0);
+          assert.equal(hub.stats.queued, 1);
+          h1.resolve();
+          await waitFor(() => t.log.length === 4, "a took y");
+          assert.equal(t.log[3], "a /y");
+        },
+      );
+    },
+  );
+}
+
 Deno.test("affinityWait: a head passed over keeps its clock while a higher class goes first: past the wait it is taken", async () => {
   const ids = ["a", "b"];
   const ka = keyRanking(ids, ["a"]);
