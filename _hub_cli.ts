@@ -65,8 +65,9 @@ Options (each also as the environment variable in brackets):
                            a cold start costs [POTHEAD_AFFINITY_WAIT] (0: never)
   --head-timeout T         time a worker has to send its response head, then 504;
                            0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)
-  --body-idle-timeout T    longest pause in a worker's response body, then the
-                           body is cut; 0 = forever [POTHEAD_BODY_IDLE_TIMEOUT] (120s)
+  --body-idle-timeout T    longest pause in a worker's response body, or in its
+                           consumer's taking of it, then the body is cut;
+                           0 = forever [POTHEAD_BODY_IDLE_TIMEOUT] (120s)
   --upload-idle-timeout T  longest pause in a consumer's request body, then 408;
                            0 = forever [POTHEAD_UPLOAD_IDLE_TIMEOUT] (60s)
   --max-head-size N        largest response head from a worker, bytes, at

@@ -57,6 +57,11 @@ export class BufferedReader {
   eof = false;
   /** `performance.now()` when the read in flight started, or 0 if none. */
   readSince = 0;
+  /**
+   * Calls to `fill` and `readChunk` so far: a count that stands still while
+   * nobody asks for bytes (a body whose reader takes nothing).
+   */
+  asks = 0;
   #conn: Connection;
   #pending: Promise<boolean> | null = null;
 
@@ -111,6 +116,7 @@ export class BufferedReader {
    * Rejects with the connection's error.
    */
   fill(): Promise<boolean> {
+    this.asks++;
     // #fill clears #pending itself before it settles (one promise, not a
     // `finally` chain). At end of stream the settled `false` stays cached.
     return this.#pending ??= this.#fill();
@@ -150,6 +156,7 @@ export class BufferedReader {
    * copy). Resolves `null` at end of stream.
    */
   async readChunk(max: number): Promise<Uint8Array | null> {
+    this.asks++;
     // Buffered bytes first: a read in flight may never complete if the peer
     // waits for our answer (a pipelined request's body is already here).
     if (this.end > this.start) return this.take(max);

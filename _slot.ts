@@ -138,7 +138,8 @@ export type LinkErrorCode =
   | "request-body"
   | "upload-timeout"
   | "upload-too-large"
-  | "upload-failed";
+  | "upload-failed"
+  | "consumer-stalled";
 
 /** An exchange on a worker connection failed; the connection is closed. */
 export class WorkerLinkError extends Error {
@@ -300,6 +301,10 @@ export class WorkerSlot {
   /** The worker's declared identity (from the handshake), or null. */
   identity: WorkerIdentity | null;
   #inBody = false;
+  // The reader's asks when the sweeper last saw them move during a response
+  // body, and when (see checkStalled).
+  #bodyAsks = -1;
+  #bodyAsksSince = 0;
   #uploadSince = 0;
   // When the write of upload bytes to the worker in progress began (0: none).
   #takeSince = 0;
@@ -368,6 +373,26 @@ export class WorkerSlot {
         ),
       );
       return true;
+    }
+    // No read in flight and none asked for: the body waits for its consumer
+    // (directly, or through a full read-ahead), which holds this worker for
+    // as long as it takes nothing. The same idle time, then it is cut.
+    if (this.#inBody && bodyIdleTimeout > 0 && since === 0) {
+      const asks = this.#reader.asks;
+      if (asks !== this.#bodyAsks) {
+        this.#bodyAsks = asks;
+        this.#bodyAsksSince = now;
+      } else if (now - this.#bodyAsksSince > bodyIdleTimeout) {
+        this.close(
+          new WorkerLinkError(
+            "consumer-stalled",
+            `Consumer took no response body byte for ${bodyIdleTimeout} ms`,
+          ),
+        );
+        return true;
+      }
+    } else {
+      this.#bodyAsks = -1;
     }
     if (
       uploadIdleTimeout > 0 && this.#uploadSince > 0 &&
@@ -768,6 +793,7 @@ export class WorkerSlot {
       onEnd?.(head.status, body.length);
     } else {
       this.#inBody = true;
+      this.#bodyAsks = -1;
       body = bodyStream(this.#reader, framing, {
         limits: opts.limits,
         maxBodySize: limits.maxBodySize,

@@ -406,8 +406,11 @@ export interface HubOptions {
   headTimeout?: number;
   /**
    * Milliseconds a response body may go without a byte from the worker
-   * while the consumer is reading (the worker idle timeout); 0 for no
-   * limit. Server-sent-event streams should send something more often.
+   * while the consumer is reading (the worker idle timeout), or without its
+   * consumer taking a byte while the hub has some waiting for it (a consumer
+   * that stops reading would otherwise hold the worker for ever): the body
+   * is then cut; 0 for no limit. Server-sent-event streams should send
+   * something more often.
    * @default {120000}
    */
   bodyIdleTimeout?: number;
@@ -2536,6 +2539,19 @@ export class Hub {
     const silent = reason instanceof WorkerLinkError &&
       reason.code === "ping-timeout";
     if (silent) this.#stats.pingTimeouts++;
+    if (
+      reason instanceof WorkerLinkError && reason.code === "consumer-stalled"
+    ) {
+      // Not the worker's fault, but worth a line: a consumer kept a worker.
+      this.#log({
+        level: "info",
+        msg: "response cut: its consumer stopped reading",
+        worker: group.key,
+        peer: slot.peer,
+        reason: reason.message,
+      });
+      return;
+    }
     this.#log({
       level: silent ? "warn" : "debug",
       msg: silent
@@ -3634,7 +3650,8 @@ export class Hub {
       // end of the shutdown grace cut, did not.
       const consumerLeft = cancelled ||
         (error instanceof WorkerLinkError &&
-          (error.code === "aborted" || error.code === "upload-failed"));
+          (error.code === "aborted" || error.code === "upload-failed" ||
+            error.code === "consumer-stalled"));
       const outcome: Outcome = error === undefined
         ? "ok"
         : consumerLeft && !this.#closed

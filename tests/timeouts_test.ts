@@ -192,6 +192,62 @@ Deno.test("bodyIdleTimeout: an event stream with an event every 100 ms keeps wor
   });
 });
 
+for (const responseBuffer of [0, 1024 * 1024]) {
+  Deno.test(`bodyIdleTimeout: a consumer that never reads a large response loses it and frees the worker (responseBuffer ${responseBuffer})`, async () => {
+    await withHub({ bodyIdleTimeout: 300, responseBuffer }, async (ctx) => {
+      const w = await ctx.rawWorker();
+      const consumer = await RawSocket.connect(ctx.server.addr.port);
+      ctx.raws.push(consumer);
+      await consumer.write("GET /big HTTP/1.1\r\nHost: hub\r\n\r\n");
+      assert.equal((await w.readMessage())?.start, "GET /big HTTP/1.1");
+      // Far more than the socket buffers on both sides and the read-ahead
+      // hold, so the worker is held until the consumer reads, which it
+      // never does; the writes stop when the hub closes the connection.
+      const SIZE = 256 * 1024 * 1024;
+      const chunk = new Uint8Array(256 * 1024);
+      const writing = (async () => {
+        if (
+          !await w.write(`HTTP/1.1 200 OK\r\ncontent-length: ${SIZE}\r\n\r\n`)
+        ) return 0;
+        let sent = 0;
+        while (sent < SIZE && await w.write(chunk)) sent += chunk.length;
+        return sent;
+      })();
+      const sent = await writing;
+      assert.ok(sent < SIZE, `the hub took all ${sent} bytes`);
+      assert.equal((await w.readToEnd()).length, 0);
+      await waitFor(() => ctx.server.hub.stats.slots === 0, "slot removed");
+      const cut = ctx.logs.filter((r) =>
+        r.msg === "response cut: its consumer stopped reading"
+      );
+      assert.equal(cut.length, 1);
+      assert.equal(
+        cut[0].reason,
+        "Consumer took no response body byte for 300 ms",
+      );
+      // Everyone else is served meanwhile.
+      ctx.workers.push(connectWorker(() => new Response("fine"), {
+        port: ctx.server.workerAddr.port,
+        minBackoff: 10,
+      }));
+      const ok = await fetch(`${ctx.url}/next`);
+      assert.equal(await ok.text(), "fine");
+      // Once that consumer goes, its request counts as abandoned, not as a
+      // failure of the worker, and nothing stays held for it.
+      consumer.close();
+      await waitFor(
+        () => ctx.server.hub.stats.abandoned === 1,
+        "abandoned counted",
+      );
+      assert.equal(ctx.server.hub.stats.failed, 0);
+      await waitFor(
+        () => ctx.server.hub.stats.responseBuffered === 0,
+        "read-ahead given back",
+      );
+    });
+  });
+}
+
 Deno.test("uploadIdleTimeout: a consumer that stalls mid-upload gets 408, the worker connection closes and the handler's signal aborts", async () => {
   await withHub({ uploadIdleTimeout: 300 }, async (ctx) => {
     const got: string[] = [];
