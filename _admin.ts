@@ -163,6 +163,18 @@ export function createAdminHandler(
     };
   }
 
+  // One snapshot serves every /events subscriber for half an interval:
+  // each runs on its own timer, and computing the snapshot per subscriber
+  // made the hub's cost grow with how many watch (or connect and never read).
+  let shared: { at: number; text: string } | null = null;
+  function eventText(): string {
+    const at = performance.now();
+    if (shared === null || at - shared.at >= interval / 2) {
+      shared = { at, text: `data: ${JSON.stringify(snapshot())}\n\n` };
+    }
+    return shared.text;
+  }
+
   function events(req: Request): Response {
     let timer: ReturnType<typeof setInterval> | undefined;
     let close = () => {};
@@ -185,9 +197,7 @@ export function createAdminHandler(
         const send = () => {
           // A client that does not read gets no backlog: skip a beat.
           if ((controller.desiredSize ?? 1) <= 0) return;
-          controller.enqueue(
-            ENCODER.encode(`data: ${JSON.stringify(snapshot())}\n\n`),
-          );
+          controller.enqueue(ENCODER.encode(eventText()));
         };
         if (req.signal.aborted || options.signal?.aborted) {
           controller.close();

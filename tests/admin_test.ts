@@ -953,6 +953,37 @@ Deno.test("admin /events sends a snapshot at once and then every interval, and e
   assert.ok(ended, "the event stream ended after the request aborted");
 });
 
+Deno.test("admin /events subscribers share one snapshot per interval", async () => {
+  // Many watchers (or connections that never read) must not each cost a
+  // snapshot of the hub per interval.
+  let reads = 0;
+  const hub = {
+    get stats() {
+      reads++;
+      return fakeStats();
+    },
+  };
+  const stop = new AbortController();
+  const handler = createAdminHandler(hub, new HubMetrics(), {
+    eventInterval: 200,
+    signal: stop.signal,
+  });
+  const streams = Array.from(
+    { length: 50 },
+    () => handler(new Request("http://admin/events")),
+  );
+  // Each sent its first event at once, from one snapshot (or two, if the
+  // loop above straddled half an interval on a loaded machine).
+  assert.ok(reads >= 1 && reads <= 2, `${reads} snapshots for 50 streams`);
+  stop.abort();
+  for (const res of streams) {
+    assert.match(
+      await guard(res.text(), "the stream to end"),
+      /^retry: 2000\n\ndata: \{/,
+    );
+  }
+});
+
 Deno.test("admin /events streams end when the admin signal aborts", async () => {
   const stop = new AbortController();
   const handler = createAdminHandler({ stats: fakeStats() }, new HubMetrics(), {
