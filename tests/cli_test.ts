@@ -49,6 +49,29 @@ async function guard<T>(promise: Promise<T>, what: string): Promise<T> {
   }
 }
 
+/**
+ * Runs the hub CLI on free ports with `args` (and `env`) where it must exit
+ * at once, as on a usage error: one that starts serving instead is killed
+ * after HANG_GUARD and fails the test.
+ */
+function runHubToExit(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runDeno([
+    "run",
+    ...RUN_PERMISSIONS,
+    "hub.ts",
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--worker-port",
+    "0",
+    ...args,
+  ], { env, timeout: HANG_GUARD });
+}
+
 /** Fetches with a hang guard on the response head. */
 function get(url: string): Promise<Response> {
   return guard(fetch(url), `GET ${url}`);
@@ -240,16 +263,7 @@ Deno.test("hub exits 2 on --ready-min-slots or --admin-hostname (flag or variabl
     [[], { POTHEAD_READY_MIN_SLOTS: "2" }, "POTHEAD_READY_MIN_SLOTS"],
   ];
   for (const [args, env, name] of cases) {
-    const { code, stdout, stderr } = await runDeno([
-      "run",
-      ...RUN_PERMISSIONS,
-      "hub.ts",
-      "--port",
-      "0",
-      "--worker-port",
-      "0",
-      ...args,
-    ], { env, timeout: 30_000 });
+    const { code, stdout, stderr } = await runHubToExit(args, env);
     assert.equal(code, 2, stderr);
     assert.match(stderr, new RegExp(`Invalid ${name}: .*needs --admin-port`));
     assert.doesNotMatch(stdout, /Listening/);
@@ -276,16 +290,7 @@ Deno.test("hub exits 2 naming the flag or variable when --cert or --worker-cert 
       ],
     ];
     for (const [args, env, message] of cases) {
-      const { code, stdout, stderr } = await runDeno([
-        "run",
-        ...RUN_PERMISSIONS,
-        "hub.ts",
-        "--port",
-        "0",
-        "--worker-port",
-        "0",
-        ...args,
-      ], { env, timeout: 30_000 });
+      const { code, stdout, stderr } = await runHubToExit(args, env);
       assert.equal(code, 2, stderr);
       assert.match(stderr, message);
       assert.doesNotMatch(stdout, /Listening/);
@@ -1434,28 +1439,8 @@ Deno.test("hub exits 2 when its token file or variable holds no token, instead o
       [[], { POTHEAD_WORKER_TOKENS: " , " }, /POTHEAD_WORKER_TOKENS/],
     ];
     for (const [args, env, message] of cases) {
-      // Killed by the signal if it starts listening instead.
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          ...RUN_PERMISSIONS,
-          "hub.ts",
-          "--hostname",
-          "127.0.0.1",
-          "--port",
-          "0",
-          "--worker-port",
-          "0",
-          ...args,
-        ],
-        cwd: ROOT,
-        env: { NO_COLOR: "1", ...env },
-        stdin: "null",
-        signal: AbortSignal.timeout(HANG_GUARD),
-      }).output();
-      const stdout = new TextDecoder().decode(out.stdout);
-      const stderr = new TextDecoder().decode(out.stderr);
-      assert.equal(out.code, 2, `${args} ${JSON.stringify(env)}: ${stdout}`);
+      const { code, stdout, stderr } = await runHubToExit(args, env);
+      assert.equal(code, 2, `${args} ${JSON.stringify(env)}: ${stdout}`);
       assert.match(stderr, message);
       assert.equal(stdout, "", "no Listening line");
     }
@@ -1945,17 +1930,10 @@ Deno.test("hub exits 2 on an invalid --fair-by or --max-queue-per-key, in flags,
     for (const [args, env, text, message] of cases) {
       const config = text === null ? [] : ["--config", file];
       if (text !== null) await Deno.writeTextFile(file, text);
-      const { code, stdout, stderr } = await runDeno([
-        "run",
-        ...RUN_PERMISSIONS,
-        "hub.ts",
-        "--port",
-        "0",
-        "--worker-port",
-        "0",
-        ...config,
-        ...args,
-      ], { env, timeout: 30_000 });
+      const { code, stdout, stderr } = await runHubToExit(
+        [...config, ...args],
+        env,
+      );
       const what = `${args.join(" ")} ${JSON.stringify(env)} ${text}`;
       assert.equal(code, 2, `${what}: ${stderr}`);
       assert.match(stderr, message, what);
@@ -2111,18 +2089,7 @@ Deno.test("hub exits 2 before listening on an invalid POTHEAD_ACCESS_LOG, POTHEA
     ],
   ];
   for (const [args, env, message] of cases) {
-    const { code, stdout, stderr } = await runDeno([
-      "run",
-      ...RUN_PERMISSIONS,
-      "hub.ts",
-      "--hostname",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--worker-port",
-      "0",
-      ...args,
-    ], { env, timeout: 30_000 });
+    const { code, stdout, stderr } = await runHubToExit(args, env);
     const what = JSON.stringify({ args, env });
     assert.equal(code, 2, `${what}: ${stderr}`);
     assert.match(stderr, message, what);
