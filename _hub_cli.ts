@@ -529,9 +529,7 @@ export function optionsFrom(
   // A wait with no affinity anywhere would be silently ignored.
   if (
     affinityWait > 0 && affinityBy === undefined &&
-    !Object.values(pools ?? {}).some((p) =>
-      p?.affinityBy !== undefined && p.affinityBy !== null
-    )
+    !anyPoolSets(pools, "affinityBy")
   ) {
     throw new UsageError(
       "--affinity-wait needs --affinity-by (or affinityBy in a --config pool): it is how long a request waits for its key's worker",
@@ -560,12 +558,7 @@ export function optionsFrom(
   const perKey = v("max-queue-per-key", "POTHEAD_MAX_QUEUE_PER_KEY");
   // Named here by the flag or variable rather than as the library's option:
   // without a key to queue by, these settings would mean nothing.
-  if (
-    fairBy === undefined &&
-    !Object.values(pools ?? {}).some((p) =>
-      p?.fairBy !== undefined && p.fairBy !== null
-    )
-  ) {
+  if (fairBy === undefined && !anyPoolSets(pools, "fairBy")) {
     const given = [
       ["fair-share", "POTHEAD_FAIR_SHARE", fairShare],
       ["fair-weight", "POTHEAD_FAIR_WEIGHTS", fairWeights],
@@ -735,6 +728,16 @@ export function optionsFrom(
     workerKey: file("worker-key", "POTHEAD_WORKER_KEY", "key"),
     onLog: log,
   };
+}
+
+// Whether a --config pool sets `option` (to other than null).
+function anyPoolSets(
+  pools: ServeHubOptions["pools"],
+  option: "fairBy" | "affinityBy",
+): boolean {
+  return Object.values(pools ?? {}).some((p) =>
+    p?.[option] !== undefined && p[option] !== null
+  );
 }
 
 // A spill directory option's value, checked to be a directory the hub can

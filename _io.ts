@@ -198,3 +198,23 @@ export function hasUnstableNet(): boolean {
   return typeof (Deno as { listenDatagram?: unknown }).listenDatagram ===
     "function";
 }
+
+/**
+ * Calls `onAbort` when `signal` aborts (at once if it has) until `done`
+ * settles; then the listener comes off, so that a long-lived signal keeps
+ * nothing that has ended reachable.
+ */
+export function onAbortUntil(
+  signal: AbortSignal | undefined,
+  onAbort: () => void,
+  done: Promise<unknown>,
+): void {
+  if (signal === undefined) return;
+  if (signal.aborted) {
+    onAbort();
+    return;
+  }
+  signal.addEventListener("abort", onAbort, { once: true });
+  const forget = () => signal.removeEventListener("abort", onAbort);
+  done.then(forget, forget);
+}

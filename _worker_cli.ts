@@ -155,7 +155,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       .map((v) => {
         const { hostname, port } = parseHostPort(
           v,
-          sourceOf(values.connect, "connect", "POTHEAD_CONNECT"),
+          nameOf("connect", "POTHEAD_CONNECT"),
         );
         return `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
       });

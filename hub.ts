@@ -58,6 +58,7 @@ import {
   type Connection,
   hasUnstableNet,
   joinBytes,
+  onAbortUntil,
   writeAll,
 } from "./_io.ts";
 import { readAheadStream } from "./_readahead.ts";
@@ -3798,7 +3799,7 @@ export class Hub {
       else this.#enqueue(p, true);
       return;
     }
-    p.workerMs = performance.now() - p.queuedSince - p.queueMs;
+    atWorker();
     if (e.code === "upload-too-large") {
       // The consumer's fault, not the worker's.
       this.#log({ level: "info", msg: "request body too large", id: p.id });
@@ -4324,14 +4325,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       })
     );
   const finished = Promise.all([server.finished, accepting]).then(() => {});
-  if (options.signal?.aborted) stopOnAbort();
-  else if (options.signal !== undefined) {
-    const signal = options.signal;
-    signal.addEventListener("abort", stopOnAbort, { once: true });
-    // A long-lived signal must not keep a hub that has finished reachable.
-    const forget = () => signal.removeEventListener("abort", stopOnAbort);
-    finished.then(forget, forget);
-  }
+  onAbortUntil(options.signal, stopOnAbort, finished);
   return {
     hub,
     addr: server.addr,

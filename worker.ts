@@ -31,7 +31,7 @@
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { DEFAULT_LIMITS, type HeadLimits } from "./_codec.ts";
-import { BufferedReader, type Connection } from "./_io.ts";
+import { BufferedReader, type Connection, onAbortUntil } from "./_io.ts";
 import { type FetchHandler, serveConnection } from "./_serve_conn.ts";
 import { NativeEngine } from "./_serve_native.ts";
 import { Dialer, type Endpoint, type Target } from "./_dialer.ts";
@@ -614,15 +614,7 @@ export function connectWorker(
   );
 
   const finished = dialer.run().finally(() => native?.close());
-  const signal = options.signal;
-  if (signal?.aborted) draining.abort();
-  else if (signal !== undefined) {
-    const onAbort = () => draining.abort();
-    signal.addEventListener("abort", onAbort, { once: true });
-    // A long-lived signal must not keep a worker that has ended reachable.
-    const forget = () => signal.removeEventListener("abort", onAbort);
-    finished.then(forget, forget);
-  }
+  onAbortUntil(options.signal, () => draining.abort(), finished);
 
   return {
     finished,

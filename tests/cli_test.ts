@@ -62,8 +62,6 @@ function runHubToExit(
     "run",
     ...RUN_PERMISSIONS,
     "hub.ts",
-    "--hostname",
-    "127.0.0.1",
     "--port",
     "0",
     "--worker-port",
@@ -203,48 +201,25 @@ Deno.test("hub exits 2 naming an unknown flag", async () => {
 });
 
 Deno.test("hub exits 2 naming --max-queue (or POTHEAD_MAX_QUEUE, where the value came from) when its value is invalid", async () => {
-  const flag = await runDeno([
-    "run",
-    ...RUN_PERMISSIONS,
-    "hub.ts",
-    "--port",
-    "0",
-    "--worker-port",
-    "0",
-    "--max-queue",
-    "lots",
-  ]);
+  const flag = await runHubToExit(["--max-queue", "lots"]);
   assert.equal(flag.code, 2, flag.stderr);
   assert.match(flag.stderr, /--max-queue/);
   assert.match(flag.stderr, /"lots"/);
   assert.doesNotMatch(flag.stdout, /Listening/);
   // The same check applies to the environment variable.
-  const env = await runDeno(
-    ["run", ...RUN_PERMISSIONS, "hub.ts", "--port", "0", "--worker-port", "0"],
-    { env: { POTHEAD_MAX_QUEUE: "-5" } },
-  );
+  const env = await runHubToExit([], { POTHEAD_MAX_QUEUE: "-5" });
   assert.equal(env.code, 2, env.stderr);
   assert.match(env.stderr, /Invalid POTHEAD_MAX_QUEUE: /);
   assert.match(env.stderr, /"-5"/);
   // An empty address (a variable set to nothing) is a usage error too.
-  const empty = await runDeno(
-    ["run", ...RUN_PERMISSIONS, "hub.ts", "--port", "0", "--worker-port", "0"],
-    { env: { POTHEAD_HOSTNAME: "" } },
-  );
+  const empty = await runHubToExit([], { POTHEAD_HOSTNAME: "" });
   assert.equal(empty.code, 2, empty.stderr);
   assert.match(empty.stderr, /Invalid POTHEAD_HOSTNAME: /);
 });
 
 Deno.test("hub exits 2 naming --response-spill-dir or --request-spill-dir when it cannot make files there", async () => {
   for (const flag of ["--response-spill-dir", "--request-spill-dir"]) {
-    const { code, stdout, stderr } = await runDeno([
-      "run",
-      ...RUN_PERMISSIONS,
-      "hub.ts",
-      "--port",
-      "0",
-      "--worker-port",
-      "0",
+    const { code, stdout, stderr } = await runHubToExit([
       flag,
       "/nonexistent/pothead-spill",
     ]);
@@ -2179,19 +2154,7 @@ Deno.test("hub --config: a number written as a string is refused showing it quot
       config,
       JSON.stringify({ pools: { default: { maxQueue: "10" } } }),
     );
-    const { code, stderr } = await runDeno([
-      "run",
-      ...RUN_PERMISSIONS,
-      "hub.ts",
-      "--hostname",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--worker-port",
-      "0",
-      "--config",
-      config,
-    ]);
+    const { code, stderr } = await runHubToExit(["--config", config]);
     assert.equal(code, 2, stderr);
     assert.match(
       stderr,
