@@ -20,6 +20,7 @@ import {
   simulatePriority,
   summarize,
 } from "../bench/_sim.ts";
+import { simulateHold } from "../bench/_hold_sim.ts";
 import { haproxyConfig, nginxConfig } from "../bench/_systems.ts";
 import { escapeXml, lineChart, logTicks } from "../bench/_svg.ts";
 import { estimateSeconds, parsePlan, type Plan } from "../bench/queueing.ts";
@@ -757,4 +758,81 @@ Deno.test("fairness benchmark: plans are bounded and checked; the trace holds th
   assert.ok(heavy.every((i) => trace.arrivals[i] === full.burstAtMs));
   const lightTenants = new Set([...tenant].filter((t) => t !== 0));
   assert.deepEqual([...lightTenants].sort(), [1, 2, 3]);
+});
+
+// The hold-ahead model (bench/_hold_sim.ts): a model to choose a rule by, so
+// it is checked against the ideal queue and on cases worked out by hand.
+
+Deno.test("hold model without holding or costs is the ideal queue", () => {
+  for (const dist of ["const", "exp"] as const) {
+    const trace = makeTrace({
+      workers: 4,
+      load: 0.9,
+      meanMs: 20,
+      dist,
+      durationMs: 20_000,
+      seed: 7,
+    });
+    const ideal = simulateFifo(trace.arrivals, trace.service, 4);
+    const plain = simulateHold(trace.arrivals, trace.service, 4, {
+      hold: false,
+      gapMs: 0,
+    });
+    assert.equal(plain.held, 0);
+    for (let i = 0; i < trace.arrivals.length; i++) {
+      assert.ok(
+        Math.abs(plain.latency[i] - ideal.latency[i]) < 1e-9,
+        `${dist} request ${i}: ${plain.latency[i]} against ${ideal.latency[i]}`,
+      );
+    }
+  }
+});
+
+Deno.test("hold model: a held request behind a long job is taken back for an idle worker", () => {
+  // Two workers: a 100 ms job and a 10 ms one at once, a third request 1 ms
+  // later, held (always) behind the job that started first, the long one.
+  const arrivals = [0, 0, 1];
+  const service = [100, 10, 10];
+  const costs = { gapMs: 0.5, handMs: 0.1, revokeMs: 0.3, inOrder: 0 };
+  const back = simulateHold(arrivals, service, 2, costs);
+  assert.equal(back.held, 1);
+  assert.equal(back.takeBacks, 1);
+  assert.equal(back.failedTakeBacks, 0);
+  // The short job ends at 10.25, seen at 10.5; revoked by 10.8; at the
+  // idle worker at 11.05; done at 21.05.
+  assert.ok(Math.abs(back.latency[2] - 20.05) < 1e-9, `${back.latency[2]}`);
+  const bound = simulateHold(arrivals, service, 2, {
+    ...costs,
+    takeBack: false,
+  });
+  // Without take-back it waits out the long job: 100.25 + 0.1 + 10, less 1.
+  assert.ok(Math.abs(bound.latency[2] - 109.35) < 1e-9, `${bound.latency[2]}`);
+  const plain = simulateHold(arrivals, service, 2, { ...costs, hold: false });
+  // Plain: sent to the short job's worker when it is seen idle.
+  assert.equal(plain.held, 0);
+  assert.ok(Math.abs(plain.latency[2] - 19.75) < 1e-9, `${plain.latency[2]}`);
+});
+
+Deno.test("hold model: holding ahead of even jobs takes the gap out of a long queue", () => {
+  const trace = makeTrace({
+    workers: 4,
+    load: 0.95,
+    meanMs: 20,
+    dist: "const",
+    durationMs: 60_000,
+    seed: 11,
+  });
+  const p99 = (latency: Float64Array) =>
+    percentile(Float64Array.from(latency).sort(), 99);
+  const plain = simulateHold(trace.arrivals, trace.service, 4, { hold: false });
+  const held = simulateHold(trace.arrivals, trace.service, 4);
+  assert.ok(held.held > trace.arrivals.length / 2, `held ${held.held}`);
+  assert.ok(!held.latency.some(Number.isNaN), "every request finished");
+  assert.ok(
+    p99(held.latency) < p99(plain.latency) * 0.9,
+    `${p99(held.latency)} against ${p99(plain.latency)}`,
+  );
+  // Exponential jobs finish out of order: the rule holds only in long queues.
+  const exp = makeTrace({ ...trace.options, dist: "exp", load: 0.5 });
+  assert.equal(simulateHold(exp.arrivals, exp.service, 4).held, 0);
 });
