@@ -3220,9 +3220,11 @@ export class Hub {
     this.#unwait(p);
     if (timedOut) this.#stats.affinityWaitTimeouts++;
     this.#stats.affinityMisses++;
-    if (this.#closing && p.webSocket) {
+    if ((this.#closing && p.webSocket) || this.#closed) {
       // As for a queued one: no worker connection spent on a WebSocket the
-      // hub would close at once.
+      // hub would close at once. Past the grace nothing is queued any more:
+      // a worker's waiters let go after the request its last connection
+      // gave back (see #returned) may come after the queue was emptied.
       this.#fail(p, "shutting-down", 503, "hub is shutting down");
       return;
     }

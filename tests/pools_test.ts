@@ -16,6 +16,7 @@ import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
 import { hash32, mix32 } from "../_hash.ts";
 import { encodeHandshake } from "../_handshake.ts";
+import { type MemConn, memPair, text as memText } from "./_memconn.ts";
 
 const HANG = 15_000;
 
@@ -1310,6 +1311,72 @@ Deno.test("affinityWait: shutting down lets waiting requests go to idle workers 
       }
     },
   );
+});
+
+Deno.test("affinityWait: a request waiting for a worker whose last connection closed under another gets 503 when the hub shuts down before that one came back, not a place in the emptied queue", async () => {
+  // In-process, on in-memory connections: the consumer leaving and the
+  // shutdown must fall between the close and the request coming back,
+  // which are microtasks apart.
+  const score = (key: string, worker: string) =>
+    mix32(hash32(key) ^ hash32(worker));
+  let key = "";
+  for (let i = 0; key === "" && i < 64; i++) {
+    if (score(`m${i}`, "a") > score(`m${i}`, "b")) key = `m${i}`;
+  }
+  const records: AccessRecord[] = [];
+  const hub = new Hub({
+    affinityBy: "header:x-model",
+    affinityWait: HANG,
+    // Where it queued, only this would answer it (with another outcome).
+    queueTimeout: 2_000,
+    pingInterval: 0,
+    onAccess: (r) => records.push(r),
+  });
+  const ends: MemConn[] = [];
+  const buf = new Uint8Array(4096);
+  try {
+    for (const workerId of ["a", "b"]) {
+      const [hubEnd, end] = memPair();
+      ends.push(end);
+      await end.write(encodeHandshake({ host: "hub", workerId }));
+      hub.addWorker(hubEnd);
+      const n = await end.read(buf);
+      assert.match(memText(buf.subarray(0, n ?? 0)), /^HTTP\/1\.1 101/);
+    }
+    await waitFor(() => hub.stats.idle === 2, "a and b attached");
+    const leaving = new AbortController();
+    const first = hub.fetch(
+      new Request("http://hub/first", {
+        headers: { "x-model": key, "x-request-id": "first" },
+        signal: leaving.signal,
+      }),
+    );
+    const n = await ends[0].read(buf);
+    assert.match(memText(buf.subarray(0, n ?? 0)), /^GET \/first /);
+    // a is busy, b idles: this one waits for a.
+    const second = hub.fetch(
+      new Request("http://hub/second", {
+        headers: { "x-model": key, "x-request-id": "second" },
+      }),
+    );
+    assert.equal(hub.stats.pools[0].waiting, 1);
+    // The consumer of /first leaves: a's only connection is closed under
+    // it; then the hub shuts down with no grace, at once.
+    leaving.abort();
+    const down = hub.shutdown(0);
+    const res = await deadline(second, HANG, "/second answered");
+    await res.body?.cancel();
+    assert.equal(res.status, 503);
+    assert.equal(
+      records.find((r) => r.id === "second")?.outcome,
+      "shutting-down",
+    );
+    await (await first).body?.cancel();
+    await down;
+  } finally {
+    for (const end of ends) end.close();
+    await hub.shutdown(0);
+  }
 });
 
 Deno.test("affinityWait: a WebSocket handshake waiting when the hub starts to drain gets 503 without costing a worker connection", async () => {
