@@ -345,7 +345,9 @@ export interface HubOptions {
    * arrival. Waiting requests count against `maxQueue` and `maxQueuePerKey`: past
    * them a request goes to the next idle worker at once. A worker that
    * leaves (or whose token is withdrawn) and a hub that starts to drain let
-   * their waiting requests go at once; a worker that joins and ranks first
+   * their waiting requests go at once (a request the leaving worker's last
+   * connection gave back is put back among them in the queue's order); a
+   * worker that joins and ranks first
    * for a waiting request's key takes it over (from its first free slot).
    * While requests queue (no slot idle), a slot that frees takes the oldest
    * of the first 32 requests of the queue's next class whose key ranks its
@@ -991,6 +993,18 @@ function goesBefore(
   return at < waiterAt || (at === waiterAt && priority > waiter.priority);
 }
 
+// Whether `a` goes before `b` in their pool's queue order: the higher
+// class, or with a priorityStep the one that joined earlier less its
+// class's worth (a tie to the higher class); in one class, the older.
+function precedes(pool: Pool, a: Pending, b: Pending): boolean {
+  const step = pool.priorityStep;
+  if (a.priority === b.priority) return a.queuedSince < b.queuedSince;
+  if (step === Infinity) return a.priority > b.priority;
+  const at = a.queuedSince - a.priority * step;
+  const bt = b.queuedSince - b.priority * step;
+  return at < bt || (at === bt && a.priority > b.priority);
+}
+
 // The path a route matches: as a worker's URL parser will resolve it, so
 // "/images/../admin" (or "%2e%2e", or "\\" for "/") is not routed into the
 // pool of "/images/" to be served there as "/admin".
@@ -1139,6 +1153,9 @@ interface Group {
   // free, so once all are, no request waits for it.
   leaving: number;
   busy: number;
+  // Its requests sent and not yet answered or given back: once its last
+  // connection closed, its waiters go after these (see #returned).
+  sending: number;
   slots: number;
   idle: Set<WorkerSlot>;
   labels: Record<string, string>;
@@ -2471,6 +2488,7 @@ export class Hub {
         waiters: null,
         leaving: 0,
         busy: 0,
+        sending: 0,
         slots: 0,
         idle: new Set(),
         labels: identity?.labels ?? {},
@@ -2513,8 +2531,10 @@ export class Hub {
     pool.workersChanged++;
     if (group.slots === 0) {
       pool.groups.delete(group.key);
-      // Its worker is gone: what waited for it goes elsewhere now.
-      this.#releaseWaiters(group);
+      // Its worker is gone: what waited for it goes elsewhere now, but
+      // after a request it gave back with its last connection, which joined
+      // before them (see #returned).
+      if (group.sending === 0) this.#releaseWaiters(group);
     }
     if (
       pool.slots === 0 && pool.queue.size === 0 &&
@@ -3200,9 +3220,11 @@ export class Hub {
     this.#unwait(p);
     if (timedOut) this.#stats.affinityWaitTimeouts++;
     this.#stats.affinityMisses++;
-    if (this.#closing && p.webSocket) {
+    if ((this.#closing && p.webSocket) || this.#closed) {
       // As for a queued one: no worker connection spent on a WebSocket the
-      // hub would close at once.
+      // hub would close at once. Past the grace nothing is queued any more:
+      // a worker's waiters let go after the request its last connection
+      // gave back (see #returned) may come after the queue was emptied.
       this.#fail(p, "shutting-down", 503, "hub is shutting down");
       return;
     }
@@ -3644,6 +3666,7 @@ export class Hub {
       }
     }
     const worker = group.key;
+    group.sending++;
     slot.send(out, p.req.signal, (status, bytes, error, cancelled) => {
       if (p.workerMs < 0) p.workerMs = performance.now() - sentAt;
       // A body cut by the worker (or a timeout) failed; one the consumer
@@ -3672,6 +3695,7 @@ export class Hub {
       }
       this.#record(p, status, outcome, performance.now(), bytes, worker);
     }).then((res) => {
+      this.#returned(group);
       // An upload the worker had not begun to take when it answered never
       // will be sent, however long the answer streams.
       this.#dropReadAhead(p);
@@ -3683,7 +3707,37 @@ export class Hub {
       }
       this.#stats.answered++;
       p.resolve(this.#toResponse(p, res));
-    }, (error) => this.#failed(p, worker, error));
+    }, (error) => {
+      try {
+        this.#failed(p, group, error);
+      } finally {
+        this.#returned(group);
+      }
+    });
+  }
+
+  // A request sent to `group`'s worker was answered, or given back and
+  // answered or put back. Once none is out and the worker's last
+  // connection has closed, its waiters are let go: so a request put back
+  // takes an idle slot, or its place in the queue, before those that come
+  // after it (those that come before it went first, see #releaseAhead).
+  #returned(group: Group): void {
+    if (--group.sending === 0 && group.slots === 0) {
+      this.#releaseWaiters(group);
+    }
+  }
+
+  // `p` is put back, given back by `group`'s worker: if that worker's last
+  // connection has closed, its waiters that go before `p` in the queue's
+  // order are let go first (a higher class that came while `p` was there).
+  #releaseAhead(group: Group, p: Pending): void {
+    const waiters = group.waiters;
+    if (group.slots > 0 || waiters === null) return;
+    for (
+      let head = waiters.head;
+      head !== null && precedes(p.pool, head.value, p);
+      head = waiters.head
+    ) this.#endWait(head.value, false);
   }
 
   // An upload read ahead to its end, all in memory, goes as bytes: in one
@@ -3703,7 +3757,8 @@ export class Hub {
     }
   }
 
-  #failed(p: Pending, worker: string, error: unknown): void {
+  #failed(p: Pending, group: Group, error: unknown): void {
+    const worker = group.key;
     const e = error instanceof WorkerLinkError
       ? error
       : new WorkerLinkError("protocol", errorText(error), { cause: error });
@@ -3794,6 +3849,7 @@ export class Hub {
         attempt: p.attempts,
         reason: e.message,
       });
+      this.#releaseAhead(group, p);
       const next = this.#takeIdle(p.pool);
       if (next) this.#dispatch(p, next);
       else this.#enqueue(p, true);

@@ -15,6 +15,8 @@ import type { WorkerHandle, WorkerOptions } from "../worker.ts";
 import { deadline, RawSocket, waitFor } from "./_relay.ts";
 import { connectWorker } from "./_hub.ts";
 import { hash32, mix32 } from "../_hash.ts";
+import { encodeHandshake } from "../_handshake.ts";
+import { type MemConn, memPair, text as memText } from "./_memconn.ts";
 
 const HANG = 15_000;
 
@@ -988,15 +990,18 @@ Deno.test("affinityWait: a wait that runs out goes to the next idle worker; a co
         await assert.rejects(left);
         await waitFor(() => t.pool().waiting === 0, "dropped");
         assert.equal(hub.stats.abandoned, abandoned + 1);
-        // Another waits for a; a goes away, and it goes to b at once
-        // (its wait would last the whole test).
+        // Another waits for a; a goes away, and it stops waiting at once
+        // (its wait would last the whole test): the GET a was cut from is
+        // sent again, to b, which it came before; it queues behind that.
         const waited = t.send("/w", t.keyOf("a"));
         await waitFor(() => t.pool().waiting === 1, "waiting again");
         t.a.close();
+        await waitFor(() => hub.stats.queued === 1, "queued behind /h1");
+        assert.equal(t.pool().waiting, 0);
+        assert.deepEqual(t.log, ["a /h1", "b /h1"]);
+        h1.resolve();
         assert.deepEqual(await text(waited), [200, "b /w"]);
         assert.equal(hub.stats.affinityWaitTimeouts, 0);
-        // (The GET a was cut from is sent again, to b, held there too.)
-        h1.resolve();
         await held.then((r) => r.body?.cancel(), () => {});
         assert.ok(!t.log.includes("a /left") && !t.log.includes("b /left"));
       } finally {
@@ -1004,6 +1009,70 @@ Deno.test("affinityWait: a wait that runs out goes to the next idle worker; a co
       }
     },
   );
+});
+
+Deno.test("affinityWait: a request given back by its worker's last connection (declined, or the worker died) goes to the idle worker before a younger one of its key that waited for that worker, and after one of a higher class", async () => {
+  // A key that worker "a" ranks first, before "b" (rendezvous hashing, as
+  // the hub's): both requests below wait for a while b idles.
+  const score = (key: string, worker: string) =>
+    mix32(hash32(key) ^ hash32(worker));
+  let key = "";
+  for (let i = 0; key === "" && i < 64; i++) {
+    if (score(`m${i}`, "a") > score(`m${i}`, "b")) key = `m${i}`;
+  }
+  assert.notEqual(key, "");
+  const cases = [
+    { how: "declines", priority: "0", order: ["/first", "/second"] },
+    { how: "dies", priority: "0", order: ["/first", "/second"] },
+    // The queue's order: the higher class first, though it came later.
+    { how: "declines", priority: "1", order: ["/second", "/first"] },
+  ];
+  for (const { how, priority, order } of cases) {
+    await withHub(
+      { affinityBy: "header:x-model", affinityWait: HANG, trustPriority: true },
+      async (ctx) => {
+        const hub = ctx.server.hub;
+        // a: one scripted connection.
+        const a = await RawSocket.connect(ctx.server.workerAddr.port);
+        try {
+          await a.write(encodeHandshake({ host: "hub", workerId: "a" }));
+          assert.match((await a.readHead())!, /^HTTP\/1\.1 101/);
+          await waitFor(() => hub.stats.idle === 1, "a attached");
+          const log: string[] = [];
+          ctx.add((req) => {
+            log.push(new URL(req.url).pathname);
+            return new Response(`b ${new URL(req.url).pathname}`);
+          }, { workerId: "b" });
+          await waitFor(() => hub.stats.idle === 2, "b attached");
+          const send = (path: string, priority = "0") =>
+            later(`${ctx.url}${path}`, {
+              headers: { "x-model": key, "x-pothead-priority": priority },
+            });
+          const first = send("/first");
+          assert.match((await a.readHead())!, /^GET \/first /);
+          // a is busy, b idles: the later one waits for a.
+          const second = send("/second", priority);
+          await waitFor(() => hub.stats.pools[0].waiting === 1, "waiting");
+          if (how === "declines") {
+            // Without the park option: the hub closes the connection.
+            await a.write(
+              "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\n" +
+                "content-length: 0\r\n\r\n",
+            );
+          } else a.close();
+          // The one that goes first in the queue's order takes b, and the
+          // other queues behind it (the one put back used to go last).
+          assert.deepEqual(await text(first), [200, "b /first"]);
+          assert.deepEqual(await text(second), [200, "b /second"]);
+          assert.deepEqual(log, order, `${how}, class ${priority}`);
+          assert.equal(hub.stats.retries, 1);
+          assert.equal(hub.stats.affinityWaitTimeouts, 0);
+        } finally {
+          a.close();
+        }
+      },
+    );
+  }
 });
 
 Deno.test("affinityWait: a higher priority class queued after a waiting request goes first, unless a priorityStep has the waiting one due first", async () => {
@@ -1242,6 +1311,72 @@ Deno.test("affinityWait: shutting down lets waiting requests go to idle workers 
       }
     },
   );
+});
+
+Deno.test("affinityWait: a request waiting for a worker whose last connection closed under another gets 503 when the hub shuts down before that one came back, not a place in the emptied queue", async () => {
+  // In-process, on in-memory connections: the consumer leaving and the
+  // shutdown must fall between the close and the request coming back,
+  // which are microtasks apart.
+  const score = (key: string, worker: string) =>
+    mix32(hash32(key) ^ hash32(worker));
+  let key = "";
+  for (let i = 0; key === "" && i < 64; i++) {
+    if (score(`m${i}`, "a") > score(`m${i}`, "b")) key = `m${i}`;
+  }
+  const records: AccessRecord[] = [];
+  const hub = new Hub({
+    affinityBy: "header:x-model",
+    affinityWait: HANG,
+    // Where it queued, only this would answer it (with another outcome).
+    queueTimeout: 2_000,
+    pingInterval: 0,
+    onAccess: (r) => records.push(r),
+  });
+  const ends: MemConn[] = [];
+  const buf = new Uint8Array(4096);
+  try {
+    for (const workerId of ["a", "b"]) {
+      const [hubEnd, end] = memPair();
+      ends.push(end);
+      await end.write(encodeHandshake({ host: "hub", workerId }));
+      hub.addWorker(hubEnd);
+      const n = await end.read(buf);
+      assert.match(memText(buf.subarray(0, n ?? 0)), /^HTTP\/1\.1 101/);
+    }
+    await waitFor(() => hub.stats.idle === 2, "a and b attached");
+    const leaving = new AbortController();
+    const first = hub.fetch(
+      new Request("http://hub/first", {
+        headers: { "x-model": key, "x-request-id": "first" },
+        signal: leaving.signal,
+      }),
+    );
+    const n = await ends[0].read(buf);
+    assert.match(memText(buf.subarray(0, n ?? 0)), /^GET \/first /);
+    // a is busy, b idles: this one waits for a.
+    const second = hub.fetch(
+      new Request("http://hub/second", {
+        headers: { "x-model": key, "x-request-id": "second" },
+      }),
+    );
+    assert.equal(hub.stats.pools[0].waiting, 1);
+    // The consumer of /first leaves: a's only connection is closed under
+    // it; then the hub shuts down with no grace, at once.
+    leaving.abort();
+    const down = hub.shutdown(0);
+    const res = await deadline(second, HANG, "/second answered");
+    await res.body?.cancel();
+    assert.equal(res.status, 503);
+    assert.equal(
+      records.find((r) => r.id === "second")?.outcome,
+      "shutting-down",
+    );
+    await (await first).body?.cancel();
+    await down;
+  } finally {
+    for (const end of ends) end.close();
+    await hub.shutdown(0);
+  }
 });
 
 Deno.test("affinityWait: a WebSocket handshake waiting when the hub starts to drain gets 503 without costing a worker connection", async () => {
