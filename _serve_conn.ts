@@ -10,6 +10,8 @@ import {
   checkRequestTarget,
   encodeChunk,
   encodeHead,
+  type Framing,
+  type FramingFields,
   framingFields,
   type HeadLimits,
   keepAlive,
@@ -204,6 +206,27 @@ export async function serveConnection(
         await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
         break;
       }
+      // Read here, before hubLeft needs the framing. Deno.serve answers a
+      // malformed request with no handler and so no permit.
+      let fields;
+      let framing;
+      let hostField;
+      try {
+        fields = framingFields(head.headers);
+        framing = requestFraming(fields);
+        hostField = checkRequestTarget(head);
+      } catch (error) {
+        options.onError(error, "request framing");
+        await writeAll(conn, simpleResponse(400, true)).catch(() => {});
+        break;
+      }
+      if (await hubLeft(reader, framing)) {
+        // The hub dropped the connection right after sending this request
+        // (its consumer left, or it timed the worker out): nobody would read
+        // the answer, so the handler is not run, as with the serve engine.
+        await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+        break;
+      }
       if (
         options.acquire !== undefined &&
         !options.acquire(() =>
@@ -224,7 +247,15 @@ export async function serveConnection(
       const park = !last && after === "park" && parks;
       let outcome;
       try {
-        outcome = await serveOne(conn, reader, head, options, last, park);
+        outcome = await serveOne(
+          conn,
+          reader,
+          head,
+          { fields, framing, hostField },
+          options,
+          last,
+          park,
+        );
       } finally {
         options.release?.();
       }
@@ -262,6 +293,31 @@ function bodiless(head: RequestHead): boolean {
   } catch {
     return false;
   }
+}
+
+// Microtask turns within which a read settles through BufferedReader.fill
+// when its bytes or end are already there (Deno polls a TCP read as it
+// starts it): 3 were seen; the rest is margin.
+const SOON_TURNS = 8;
+
+// Whether the hub's end of the stream (or a reset) is already there behind
+// a request that is here whole: the engine reads for the next request once
+// this one's body is in (the watch in serveOne), so that read is started
+// now and given a few microtask turns, no timer and no extra syscall.
+// Requests whose body is still coming are not checked: reading ahead would
+// buffer the body.
+async function hubLeft(
+  reader: BufferedReader,
+  framing: Framing,
+): Promise<boolean> {
+  if (
+    framing.kind === "chunked" || framing.kind === "close" ||
+    (framing.kind === "length" && reader.buffered < framing.length)
+  ) return false;
+  let left: boolean | undefined;
+  reader.fill().then((more) => left = !more, () => left = true);
+  for (let i = 0; i < SOON_TURNS && left === undefined; i++) await null;
+  return left === true;
 }
 
 /** The hub's queue time field as a number of ms, or NaN. */
@@ -504,22 +560,12 @@ async function serveOne(
   conn: Connection,
   reader: BufferedReader,
   head: RequestHead,
+  checked: { fields: FramingFields; framing: Framing; hostField: string },
   options: ServeConnectionOptions,
   last: boolean,
   park: boolean,
 ): Promise<"reuse" | "closed" | "end"> {
-  let fields;
-  let framing;
-  let hostField;
-  try {
-    fields = framingFields(head.headers);
-    framing = requestFraming(fields);
-    hostField = checkRequestTarget(head);
-  } catch (error) {
-    options.onError(error, "request framing");
-    await writeAll(conn, simpleResponse(400, true)).catch(() => {});
-    return "closed";
-  }
+  const { fields, framing, hostField } = checked;
   if (framing.kind !== "none" && expectsContinue(head)) {
     // The request is accepted: ask the hub for its body (RFC 9110 §10.1.1).
     try {

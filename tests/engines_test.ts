@@ -741,3 +741,54 @@ Deno.test(`[${ENGINE}] close() gives up a response stream gone quiet: finished r
     },
   );
 });
+
+Deno.test(`[${ENGINE}] a request the hub sent just before dropping the connection is not run`, async () => {
+  // A scripted hub writes a request and closes at once (its consumer left,
+  // or it timed the worker out), so the request and the end of the stream
+  // reach the worker together: nobody would read the answer.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const ran: string[] = [];
+  const errors: string[] = [];
+  const worker = connectWorker((req) => {
+    ran.push(new URL(req.url).pathname);
+    return new Response("ok");
+  }, {
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+    minBackoff: 10,
+    maxBackoff: 100,
+    onError: (error, context) => errors.push(`${context}: ${error}`),
+  });
+  const rounds = 20;
+  try {
+    for (let i = 0; i <= rounds; i++) {
+      // The worker dials again once its last connection has ended, so
+      // whatever it ran there has run by now.
+      const conn = await deadline(listener.accept(), 10_000, "the worker");
+      if (i === rounds) {
+        conn.close();
+        break;
+      }
+      // A bodiless request, and one whose short body came with its head.
+      await conn.write(
+        new TextEncoder().encode(
+          i % 2 === 0
+            ? `GET /get${i} HTTP/1.1\r\nhost: w\r\n\r\n`
+            : `POST /post${i} HTTP/1.1\r\nhost: w\r\ncontent-length: 5\r\n\r\nhello`,
+        ),
+      );
+      conn.close();
+    }
+  } finally {
+    worker.close();
+    await worker.finished;
+    listener.close();
+  }
+  assert.deepEqual(ran, []);
+  // The dialer reports each connection ended with nothing served; nothing
+  // else (not a stranger's request on the serve engine's listener).
+  assert.deepEqual(
+    errors.filter((e) => !e.endsWith("hub closed the connection at once")),
+    [],
+  );
+});
