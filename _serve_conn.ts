@@ -269,9 +269,10 @@ export async function serveConnection(
       parked = park;
     }
   } catch (error) {
-    // A read the worker's own close cut short is no error to report (the
-    // serve engine's relay is silent about it too).
-    if (!(error instanceof Deno.errors.Interrupted)) {
+    // A connection that failed under it (the hub gone, or the worker's own
+    // close) is no error to report (the serve engine's relay is silent
+    // about it too).
+    if (!connectionGone(error)) {
       options.onError(error, "connection");
     }
   } finally {
@@ -571,7 +572,7 @@ async function serveOne(
     try {
       await writeAll(conn, CONTINUE);
     } catch (error) {
-      options.onError(error, "response");
+      if (!connectionGone(error)) options.onError(error, "response");
       return "closed";
     }
   }
@@ -708,8 +709,13 @@ async function serveOne(
       await writeResponse(conn, head.method, internalError(), connection);
     }
   } catch (error) {
+    // The hub dropped the connection (its consumer left mid-response: the
+    // watch saw the end, or a write failed), or the worker's own close cut
+    // it: no fault to report, and the serve engine's relay says nothing.
+    const gone = connectionGone(error) ||
+      (controller.signal.aborted && error === controller.signal.reason);
     controller.abort(error);
-    options.onError(error, "response");
+    if (!gone) options.onError(error, "response");
     complete();
     return "closed";
   }
@@ -722,6 +728,17 @@ async function serveOne(
     reuse = !body.locked && await discard(body, MAX_DISCARD);
   }
   return reuse && bodyDone ? "reuse" : "end";
+}
+
+// Whether `error` is a connection's failure: the peer gone, or the
+// connection closed under the operation.
+function connectionGone(error: unknown): boolean {
+  return error instanceof Deno.errors.BrokenPipe ||
+    error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.ConnectionAborted ||
+    error instanceof Deno.errors.NotConnected ||
+    error instanceof Deno.errors.BadResource ||
+    error instanceof Deno.errors.Interrupted;
 }
 
 /** A response body that failed before any byte of the response was written. */

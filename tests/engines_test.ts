@@ -792,3 +792,39 @@ Deno.test(`[${ENGINE}] a request the hub sent just before dropping the connectio
     [],
   );
 });
+
+Deno.test(`[${ENGINE}] a consumer that leaves in the middle of a response is no error to report`, async () => {
+  // An event stream (the hub's close is seen while it waits) and a large
+  // body (a write fails): both are the consumer's choice, not a fault.
+  const quiet = quietStream();
+  await withWorker((req) => {
+    if (new URL(req.url).pathname === "/events") {
+      return new Response(quiet.stream());
+    }
+    let left = 1024;
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        pull(c) {
+          if (left-- > 0) c.enqueue(new Uint8Array(64 * 1024));
+          else c.close();
+        },
+      }),
+    );
+  }, async ({ url, worker, errors }) => {
+    try {
+      for (const path of ["/events", "/big"]) {
+        const ac = new AbortController();
+        const res = await fetch(`${url}${path}`, { signal: ac.signal });
+        await res.body!.getReader().read();
+        ac.abort();
+        await waitFor(
+          () => worker.active === 0,
+          `the permit back after ${path}`,
+        );
+      }
+      assert.deepEqual(errors, []);
+    } finally {
+      quiet.stop();
+    }
+  });
+});
