@@ -246,6 +246,11 @@ export async function serveConnection(
       const last = served >= (options.maxRequests ?? Infinity) || !after;
       const park = !last && after === "park" && parks;
       let outcome;
+      let held = true;
+      const release = () => {
+        if (held) options.release?.();
+        held = false;
+      };
       try {
         outcome = await serveOne(
           conn,
@@ -255,9 +260,10 @@ export async function serveConnection(
           options,
           last,
           park,
+          release,
         );
       } finally {
-        options.release?.();
+        release();
       }
       if (outcome === "closed") break;
       if (outcome === "end" || options.drain.aborted || last) {
@@ -565,6 +571,7 @@ async function serveOne(
   options: ServeConnectionOptions,
   last: boolean,
   park: boolean,
+  release: () => void,
 ): Promise<"reuse" | "closed" | "end"> {
   const { fields, framing, hostField } = checked;
   if (framing.kind !== "none" && expectsContinue(head)) {
@@ -724,7 +731,9 @@ async function serveOne(
   if (!reuse) return "closed";
   if (!bodyDone && body !== null) {
     // The handler did not read the whole upload: skip the rest if it is
-    // short, else end the connection.
+    // short, else end the connection. Its permit goes back first, as with
+    // Deno.serve: the rest may come at the consumer's pace.
+    release();
     reuse = !body.locked && await discard(body, MAX_DISCARD);
   }
   return reuse && bodyDone ? "reuse" : "end";

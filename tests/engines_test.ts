@@ -828,3 +828,39 @@ Deno.test(`[${ENGINE}] a consumer that leaves in the middle of a response is no 
     }
   });
 });
+
+Deno.test(`[${ENGINE}] a handler that answers without reading an upload still coming gives its permit back with the response`, async () => {
+  // A scripted hub sends the head and part of the body, then nothing: the
+  // rest would come at its consumer's pace. Another hub's request could
+  // use the permit meanwhile.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const worker = connectWorker(() => new Response("early"), {
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+    minBackoff: 10,
+    maxBackoff: 100,
+  });
+  const conn = await deadline(listener.accept(), 10_000, "the worker");
+  try {
+    await conn.write(
+      new TextEncoder().encode(
+        "POST /up HTTP/1.1\r\nhost: w\r\ncontent-length: 200000\r\n\r\n" +
+          "a".repeat(1000),
+      ),
+    );
+    let answer = "";
+    const buf = new Uint8Array(4096);
+    while (!answer.endsWith("\r\n\r\nearly")) {
+      const n = await deadline(conn.read(buf), 10_000, "the answer");
+      if (n === null) break;
+      answer += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    assert.match(answer, /^HTTP\/1\.1 200 /);
+    await waitFor(() => worker.active === 0, "the permit back", 3_000);
+  } finally {
+    conn.close();
+    worker.close();
+    await worker.finished;
+    listener.close();
+  }
+});
