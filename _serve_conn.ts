@@ -10,6 +10,8 @@ import {
   checkRequestTarget,
   encodeChunk,
   encodeHead,
+  type Framing,
+  type FramingFields,
   framingFields,
   type HeadLimits,
   keepAlive,
@@ -204,6 +206,27 @@ export async function serveConnection(
         await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
         break;
       }
+      // Read here, before hubLeft needs the framing. Deno.serve answers a
+      // malformed request with no handler and so no permit.
+      let fields;
+      let framing;
+      let hostField;
+      try {
+        fields = framingFields(head.headers);
+        framing = requestFraming(fields);
+        hostField = checkRequestTarget(head);
+      } catch (error) {
+        options.onError(error, "request framing");
+        await writeAll(conn, simpleResponse(400, true)).catch(() => {});
+        break;
+      }
+      if (await hubLeft(reader, framing)) {
+        // The hub dropped the connection right after sending this request
+        // (its consumer left, or it timed the worker out): nobody would read
+        // the answer, so the handler is not run, as with the serve engine.
+        await writeAll(conn, NOT_STARTED_RESPONSE).catch(() => {});
+        break;
+      }
       if (
         options.acquire !== undefined &&
         !options.acquire(() =>
@@ -223,10 +246,24 @@ export async function serveConnection(
       const last = served >= (options.maxRequests ?? Infinity) || !after;
       const park = !last && after === "park" && parks;
       let outcome;
+      let held = true;
+      const release = () => {
+        if (held) options.release?.();
+        held = false;
+      };
       try {
-        outcome = await serveOne(conn, reader, head, options, last, park);
+        outcome = await serveOne(
+          conn,
+          reader,
+          head,
+          { fields, framing, hostField },
+          options,
+          last,
+          park,
+          release,
+        );
       } finally {
-        options.release?.();
+        release();
       }
       if (outcome === "closed") break;
       if (outcome === "end" || options.drain.aborted || last) {
@@ -238,9 +275,10 @@ export async function serveConnection(
       parked = park;
     }
   } catch (error) {
-    // A read the worker's own close cut short is no error to report (the
-    // serve engine's relay is silent about it too).
-    if (!(error instanceof Deno.errors.Interrupted)) {
+    // A connection that failed under it (the hub gone, or the worker's own
+    // close) is no error to report (the serve engine's relay is silent
+    // about it too).
+    if (!connectionGone(error)) {
       options.onError(error, "connection");
     }
   } finally {
@@ -262,6 +300,31 @@ function bodiless(head: RequestHead): boolean {
   } catch {
     return false;
   }
+}
+
+// Microtask turns within which a read settles through BufferedReader.fill
+// when its bytes or end are already there (Deno polls a TCP read as it
+// starts it): 3 were seen; the rest is margin.
+const SOON_TURNS = 8;
+
+// Whether the hub's end of the stream (or a reset) is already there behind
+// a request that is here whole: the engine reads for the next request once
+// this one's body is in (the watch in serveOne), so that read is started
+// now and given a few microtask turns, no timer and no extra syscall.
+// Requests whose body is still coming are not checked: reading ahead would
+// buffer the body.
+async function hubLeft(
+  reader: BufferedReader,
+  framing: Framing,
+): Promise<boolean> {
+  if (
+    framing.kind === "chunked" || framing.kind === "close" ||
+    (framing.kind === "length" && reader.buffered < framing.length)
+  ) return false;
+  let left: boolean | undefined;
+  reader.fill().then((more) => left = !more, () => left = true);
+  for (let i = 0; i < SOON_TURNS && left === undefined; i++) await null;
+  return left === true;
 }
 
 /** The hub's queue time field as a number of ms, or NaN. */
@@ -504,28 +567,19 @@ async function serveOne(
   conn: Connection,
   reader: BufferedReader,
   head: RequestHead,
+  checked: { fields: FramingFields; framing: Framing; hostField: string },
   options: ServeConnectionOptions,
   last: boolean,
   park: boolean,
+  release: () => void,
 ): Promise<"reuse" | "closed" | "end"> {
-  let fields;
-  let framing;
-  let hostField;
-  try {
-    fields = framingFields(head.headers);
-    framing = requestFraming(fields);
-    hostField = checkRequestTarget(head);
-  } catch (error) {
-    options.onError(error, "request framing");
-    await writeAll(conn, simpleResponse(400, true)).catch(() => {});
-    return "closed";
-  }
+  const { fields, framing, hostField } = checked;
   if (framing.kind !== "none" && expectsContinue(head)) {
     // The request is accepted: ask the hub for its body (RFC 9110 §10.1.1).
     try {
       await writeAll(conn, CONTINUE);
     } catch (error) {
-      options.onError(error, "response");
+      if (!connectionGone(error)) options.onError(error, "response");
       return "closed";
     }
   }
@@ -662,8 +716,13 @@ async function serveOne(
       await writeResponse(conn, head.method, internalError(), connection);
     }
   } catch (error) {
+    // The hub dropped the connection (its consumer left mid-response: the
+    // watch saw the end, or a write failed), or the worker's own close cut
+    // it: no fault to report, and the serve engine's relay says nothing.
+    const gone = connectionGone(error) ||
+      (controller.signal.aborted && error === controller.signal.reason);
     controller.abort(error);
-    options.onError(error, "response");
+    if (!gone) options.onError(error, "response");
     complete();
     return "closed";
   }
@@ -672,10 +731,23 @@ async function serveOne(
   if (!reuse) return "closed";
   if (!bodyDone && body !== null) {
     // The handler did not read the whole upload: skip the rest if it is
-    // short, else end the connection.
+    // short, else end the connection. Its permit goes back first, as with
+    // Deno.serve: the rest may come at the consumer's pace.
+    release();
     reuse = !body.locked && await discard(body, MAX_DISCARD);
   }
   return reuse && bodyDone ? "reuse" : "end";
+}
+
+// Whether `error` is a connection's failure: the peer gone, or the
+// connection closed under the operation.
+function connectionGone(error: unknown): boolean {
+  return error instanceof Deno.errors.BrokenPipe ||
+    error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.ConnectionAborted ||
+    error instanceof Deno.errors.NotConnected ||
+    error instanceof Deno.errors.BadResource ||
+    error instanceof Deno.errors.Interrupted;
 }
 
 /** A response body that failed before any byte of the response was written. */

@@ -741,3 +741,126 @@ Deno.test(`[${ENGINE}] close() gives up a response stream gone quiet: finished r
     },
   );
 });
+
+Deno.test(`[${ENGINE}] a request the hub sent just before dropping the connection is not run`, async () => {
+  // A scripted hub writes a request and closes at once (its consumer left,
+  // or it timed the worker out), so the request and the end of the stream
+  // reach the worker together: nobody would read the answer.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const ran: string[] = [];
+  const errors: string[] = [];
+  const worker = connectWorker((req) => {
+    ran.push(new URL(req.url).pathname);
+    return new Response("ok");
+  }, {
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+    minBackoff: 10,
+    maxBackoff: 100,
+    onError: (error, context) => errors.push(`${context}: ${error}`),
+  });
+  const rounds = 20;
+  try {
+    for (let i = 0; i <= rounds; i++) {
+      // The worker dials again once its last connection has ended, so
+      // whatever it ran there has run by now.
+      const conn = await deadline(listener.accept(), 10_000, "the worker");
+      if (i === rounds) {
+        conn.close();
+        break;
+      }
+      // A bodiless request, and one whose short body came with its head.
+      await conn.write(
+        new TextEncoder().encode(
+          i % 2 === 0
+            ? `GET /get${i} HTTP/1.1\r\nhost: w\r\n\r\n`
+            : `POST /post${i} HTTP/1.1\r\nhost: w\r\ncontent-length: 5\r\n\r\nhello`,
+        ),
+      );
+      conn.close();
+    }
+  } finally {
+    worker.close();
+    await worker.finished;
+    listener.close();
+  }
+  assert.deepEqual(ran, []);
+  // The dialer reports each connection ended with nothing served; nothing
+  // else (not a stranger's request on the serve engine's listener).
+  assert.deepEqual(
+    errors.filter((e) => !e.endsWith("hub closed the connection at once")),
+    [],
+  );
+});
+
+Deno.test(`[${ENGINE}] a consumer that leaves in the middle of a response is no error to report`, async () => {
+  // An event stream (the hub's close is seen while it waits) and a large
+  // body (a write fails): both are the consumer's choice, not a fault.
+  const quiet = quietStream();
+  await withWorker((req) => {
+    if (new URL(req.url).pathname === "/events") {
+      return new Response(quiet.stream());
+    }
+    let left = 1024;
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        pull(c) {
+          if (left-- > 0) c.enqueue(new Uint8Array(64 * 1024));
+          else c.close();
+        },
+      }),
+    );
+  }, async ({ url, worker, errors }) => {
+    try {
+      for (const path of ["/events", "/big"]) {
+        const ac = new AbortController();
+        const res = await fetch(`${url}${path}`, { signal: ac.signal });
+        await res.body!.getReader().read();
+        ac.abort();
+        await waitFor(
+          () => worker.active === 0,
+          `the permit back after ${path}`,
+        );
+      }
+      assert.deepEqual(errors, []);
+    } finally {
+      quiet.stop();
+    }
+  });
+});
+
+Deno.test(`[${ENGINE}] a handler that answers without reading an upload still coming gives its permit back with the response`, async () => {
+  // A scripted hub sends the head and part of the body, then nothing: the
+  // rest would come at its consumer's pace. Another hub's request could
+  // use the permit meanwhile.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const worker = connectWorker(() => new Response("early"), {
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+    minBackoff: 10,
+    maxBackoff: 100,
+  });
+  const conn = await deadline(listener.accept(), 10_000, "the worker");
+  try {
+    await conn.write(
+      new TextEncoder().encode(
+        "POST /up HTTP/1.1\r\nhost: w\r\ncontent-length: 200000\r\n\r\n" +
+          "a".repeat(1000),
+      ),
+    );
+    let answer = "";
+    const buf = new Uint8Array(4096);
+    while (!answer.endsWith("\r\n\r\nearly")) {
+      const n = await deadline(conn.read(buf), 10_000, "the answer");
+      if (n === null) break;
+      answer += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    assert.match(answer, /^HTTP\/1\.1 200 /);
+    await waitFor(() => worker.active === 0, "the permit back", 3_000);
+  } finally {
+    conn.close();
+    worker.close();
+    await worker.finished;
+    listener.close();
+  }
+});

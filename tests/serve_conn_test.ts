@@ -15,14 +15,19 @@ let connOf: Promise<ScriptedConn> = Promise.resolve(new ScriptedConn([]));
 
 // A request after which the engine closes the connection itself, for a
 // connection that stays open meanwhile (`open`): its end of stream during
-// a response would mean the hub has gone, and the response is given up.
+// a response would mean the hub has gone, and the response is given up
+// (and right behind the request, that the request is not run).
 const CLOSING = "GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
 
+// Serves `request` on a connection that stays open when it ends with a
+// request asking to close, else ends after it.
 async function serve(
   handler: FetchHandler,
-  request = "GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+  request = CLOSING,
 ): Promise<{ conn: ScriptedConn; errors: string[] }> {
-  const conn = new ScriptedConn([request], { open: request === CLOSING });
+  const conn = new ScriptedConn([request], {
+    open: request.endsWith("connection: close\r\n\r\n"),
+  });
   connOf = Promise.resolve(conn);
   const errors: string[] = [];
   await serveConnection(conn, {
@@ -52,7 +57,7 @@ Deno.test("an empty Host keeps the request's path in its URL", async () => {
   const { errors } = await serve((req) => {
     url = req.url;
     return new Response("ok");
-  }, "GET /e/f?q HTTP/1.1\r\nhost:\r\n\r\n");
+  }, "GET /e/f?q HTTP/1.1\r\nhost:\r\nconnection: close\r\n\r\n");
   assert.deepEqual(errors, []);
   assert.equal(new URL(url).pathname + new URL(url).search, "/e/f?q");
 });
@@ -270,7 +275,7 @@ Deno.test("a request with the ping field and a body is not a ping: its body is n
     },
     `POST /p HTTP/1.1\r\nhost: a\r\nx-pothead-ping: 1\r\ncontent-length: ${smuggled.length}\r\n\r\n` +
       smuggled +
-      "GET /after HTTP/1.1\r\nhost: a\r\n\r\n",
+      "GET /after HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
   );
   assert.deepEqual(errors, []);
   assert.deepEqual(seen, [
@@ -315,3 +320,60 @@ for (
     assert.ok(conn.closed, "the connection is closed");
   });
 }
+
+Deno.test("a request whole before the hub's end of stream or reset is not run; one whose body is still coming is", async () => {
+  // The hub wrote it and dropped the connection at once (its consumer left,
+  // or it timed the worker out): nobody would read the answer.
+  const whole = [
+    "GET /get HTTP/1.1\r\nhost: a\r\n\r\n",
+    "POST /post HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nhi",
+  ];
+  for (const request of whole) {
+    for (const readError of [undefined, new Deno.errors.ConnectionReset()]) {
+      const ran: string[] = [];
+      const conn = new ScriptedConn([request], { readError });
+      const errors: string[] = [];
+      const served = await serveConnection(conn, {
+        handler: (req) => {
+          ran.push(req.url);
+          return new Response("ok");
+        },
+        limits: DEFAULT_LIMITS,
+        drain: new AbortController().signal,
+        onError: (error, context) => errors.push(`${context}: ${error}`),
+        peer: PEER,
+        acquire: () => {
+          ran.push("acquire");
+          return true;
+        },
+      });
+      const what = `${request.split(" ", 2)[1]} ${readError ?? "end"}`;
+      assert.deepEqual(ran, [], what);
+      assert.equal(served, 0, what);
+      assert.deepEqual(errors, [], what);
+      assert.ok(conn.closed, what);
+      // Answered "not started", to nobody, as the serve engine does.
+      assert.match(
+        text(conn.written),
+        /^HTTP\/1\.1 408 .*x-pothead-not-started/s,
+      );
+    }
+  }
+  // Its body cut short: the handler had started (as with Deno.serve), and
+  // its body errors.
+  let read = "";
+  const conn = new ScriptedConn([
+    "POST /cut HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nhi",
+  ]);
+  await serveConnection(conn, {
+    handler: async (req) => {
+      read = await req.text().catch((e) => `failed: ${e.name}`);
+      return new Response("ok");
+    },
+    limits: DEFAULT_LIMITS,
+    drain: new AbortController().signal,
+    onError: () => {},
+    peer: PEER,
+  });
+  assert.match(read, /^failed/);
+});
