@@ -24,7 +24,10 @@
  *   answer (whether it was taken back or had already started).
  * - A hub that closes the connection, or a worker that drains, with a
  *   request held: the held request never runs (when draining it is answered
- *   the closing "not started" 408, if the connection still carries it).
+ *   the closing "not started" 408).
+ * - A response that parks the connection (`_park.ts`) before a held request
+ *   still parks it if the held request is taken back; otherwise the held
+ *   request's own answer decides (its response, or a declining 408).
  *
  * @module
  */

@@ -646,9 +646,11 @@ export class RequestFraming {
   #length = 0;
   #chunked = false;
   #expect = false;
-  // How many bytes of the line in progress matched REVOKE_LINE (the request
-  // line) or LINK_PREFIX (a field), -1 when it did not or is not compared.
+  // How many bytes of the line in progress matched #pattern: REVOKE_LINE
+  // (the request line), HOLD_NAME or REVOKE_NAME (a field); -1 when it did
+  // not or is not compared.
   #matched = -1;
+  #pattern = REVOKE_LINE;
   // The current head is a held request's, or the revoke's (its line and its
   // field).
   #hold = false;
@@ -685,6 +687,7 @@ export class RequestFraming {
             (this.#lines === 0 ? first === 0x47 : (first | 0x20) === 0x78) // G, x
           ? 0
           : -1;
+        this.#pattern = this.#lines === 0 ? REVOKE_LINE : HOLD_NAME;
       }
       const lf = bytes.indexOf(LF, i);
       const end = lf < 0 ? bytes.length : lf;
@@ -718,19 +721,23 @@ export class RequestFraming {
 
   // Compares `bytes[i, end)` of the line in progress with the pattern it
   // may be, from where the earlier bytes left off; returns where the rest of
-  // the line starts. A field found to be one of ours is read on as text.
+  // the line starts. A field found to be one of ours is read on as text
+  // (its value).
   #match(bytes: Uint8Array, i: number, end: number): number {
     const line = this.#lines === 0;
-    const pattern = line ? REVOKE_LINE : LINK_PREFIX;
+    let pattern = this.#pattern;
     let m = this.#matched;
     for (; i < end && m < pattern.length; i++, m++) {
       // Field names are case-insensitive (a mismatch of |0x20 on CR or the
-      // like only lets the comparison go on: the whole prefix must match).
+      // like only lets the comparison go on: the whole name must match).
       const b = line ? bytes[i] : bytes[i] | 0x20;
-      if (b !== pattern.charCodeAt(m)) {
-        this.#matched = -1;
-        return end;
+      if (b === pattern.charCodeAt(m)) continue;
+      if (m === NAMES_DIFFER && b === REVOKE_NAME.charCodeAt(m)) {
+        this.#pattern = pattern = REVOKE_NAME; // the same up to here
+        continue;
       }
+      this.#matched = -1;
+      return end;
     }
     if (line) {
       this.#matched = i < end ? -1 : m; // more than the revoke's line
@@ -740,7 +747,7 @@ export class RequestFraming {
     if (m === pattern.length) {
       this.#matched = -1;
       this.#keep = true;
-      this.#line = LINK_PREFIX;
+      this.#line = pattern;
     }
     return i;
   }
@@ -807,9 +814,12 @@ export class RequestFraming {
 const LF = 10;
 const CR = 13;
 const MAX_LINE = 256;
-// What the lines of our own requests start with (see RequestFraming).
+// What the lines of our own requests start with (see RequestFraming); the
+// two names are the same up to where they differ.
 const REVOKE_LINE = `GET ${REVOKE_PATH} HTTP/1.1\r`;
-const LINK_PREFIX = "x-pothead-";
+const HOLD_NAME = `${HOLD_FIELD}:`;
+const REVOKE_NAME = `${REVOKE_FIELD}:`;
+const NAMES_DIFFER = "x-pothead-".length;
 
 function startsWith(chunk: Uint8Array, ascii: string): boolean {
   if (chunk.length < ascii.length) return false;

@@ -378,9 +378,12 @@ Deno.test("RequestFraming reports held requests and revokes however the bytes ar
       "POST /z HTTP/1.1\r\nhost: h\r\nx-pothead-hold: 1\r\ncontent-length: 3\r\n\r\nabc" +
       "GET /.pothead/revoke HTTP/1.1\r\nhost: h\r\n\r\n" +
       "GET /.pothead/revokes HTTP/1.1\r\nx-pothead-revoke: 1\r\n\r\n" +
-      "GET /w HTTP/1.1\r\nx-pothead-hold: 0\r\n\r\n",
+      "GET /w HTTP/1.1\r\nx-pothead-hold: 0\r\n\r\n" +
+      "GET /.pothead/revoke HTTP/1.1\r\nx-pothead-hevoke: 1\r\n\r\n" +
+      "GET /v HTTP/1.1\r\nx-pothead-holds: 1\r\nX-POTHEAD-REVOKE-X: 1\r\n\r\n" +
+      "GET /.pothead/revoke HTTP/1.1\r\nHost: h\r\nX-Pothead-Revoke: 1\r\n\r\n",
   );
-  const want = ["hold", "revoke"];
+  const want = ["hold", "revoke", "revoke"];
   const marksOf = (chunks: Uint8Array[]) => {
     const marks: string[] = [];
     const framing = new RequestFraming((m) => marks.push(m));
