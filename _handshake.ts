@@ -29,6 +29,7 @@ import {
 import { type BufferedReader, type Connection, writeAll } from "./_io.ts";
 import { PING_INTERVAL_FIELD, PING_OPTION_FIELD } from "./_ping.ts";
 import { RENEW_OPTION_FIELD } from "./_park.ts";
+import { HOLD_OPTION_FIELD } from "./_hold.ts";
 
 /** What a worker declared in its handshake. */
 export interface WorkerIdentity {
@@ -47,6 +48,11 @@ export interface WorkerIdentity {
    * (`Pothead-Park-Renew: 1`; see `_park.ts`).
    */
   renew?: boolean;
+  /**
+   * It takes requests held ahead behind the one in progress, and their
+   * revokes (`Pothead-Hold: 1`; see `_hold.ts`). The hub sends none yet.
+   */
+  hold?: boolean;
 }
 
 /** The pool plain workers and workers that name none serve. */
@@ -193,7 +199,8 @@ export function parseHandshake(head: RequestHead): WorkerIdentity {
   }
   const ping = fieldOf(head.headers, PING_OPTION_FIELD)?.trim() === "1";
   const renew = fieldOf(head.headers, RENEW_OPTION_FIELD)?.trim() === "1";
-  return { id, pool, labels, protocol, ping, renew };
+  const hold = fieldOf(head.headers, HOLD_OPTION_FIELD)?.trim() === "1";
+  return { id, pool, labels, protocol, ping, renew, hold };
 }
 
 async function digest(text: string): Promise<Uint8Array> {
@@ -346,6 +353,8 @@ export interface HandshakeOptions {
   ping?: boolean;
   /** Says the worker renews parked connections (`Pothead-Park-Renew: 1`). */
   renew?: boolean;
+  /** Says the worker takes held requests (`Pothead-Hold: 1`; `_hold.ts`). */
+  hold?: boolean;
 }
 
 /** Encodes a worker's handshake request (draft-kazuho-ptth-ptth form). */
@@ -372,6 +381,7 @@ export function encodeHandshake(options: HandshakeOptions): Uint8Array {
   }
   if (options.ping === true) fields.push([PING_OPTION_FIELD, "1"]);
   if (options.renew === true) fields.push([RENEW_OPTION_FIELD, "1"]);
+  if (options.hold === true) fields.push([HOLD_OPTION_FIELD, "1"]);
   const { buf, length } = encodeHead("GET / HTTP/1.1", fields);
   return buf.subarray(0, length);
 }

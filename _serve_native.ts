@@ -41,6 +41,12 @@ import {
 } from "./_park.ts";
 import { PING_FIELD } from "./_ping.ts";
 import {
+  HOLD_FIELD,
+  REVOKE_FIELD,
+  REVOKE_PATH,
+  REVOKED_RESPONSE,
+} from "./_hold.ts";
+import {
   callHandler,
   decodedByFetch,
   type FetchHandler,
@@ -88,6 +94,25 @@ interface Link {
   // closed connection never ends: the handler's socket hangs, the permit
   // is never given back, and Deno.serve's shutdown waits for ever).
   upgrading: boolean;
+  // A handler is running (set just before it is called, cleared when it
+  // returns): no byte of its response can be on the wire yet.
+  handling: boolean;
+  // Holding ahead (_hold.ts): "seen" once the head of a held request has
+  // gone to `Deno.serve`, "revoked" when a revoke followed it, until it
+  // reaches #serve; "none" otherwise.
+  held: "none" | "seen" | "revoked";
+  // Resumes the held request waiting in #serve for the one before it to
+  // give its permit back.
+  resume: (() => void) | null;
+  // Revoke requests gone to `Deno.serve` and not yet answered.
+  revokes: number;
+  // The hub closed the connection (or it failed): a held request must not
+  // run.
+  dropped: boolean;
+  // The write to the hub #down has in progress, and the interim 150 one
+  // going out (#down waits for it before writing on).
+  writing: Promise<void> | null;
+  interim: Promise<void> | null;
 }
 
 const CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -181,13 +206,21 @@ export class NativeEngine {
       announced: false,
       parked: false,
       parks: options.wait !== undefined,
-      requests: new RequestFraming(),
+      requests: null!, // below: it reports to the link
       expects: false,
       verdict: null,
       abort: null,
       tunnel: null,
       upgrading: false,
+      handling: false,
+      held: "none",
+      resume: null,
+      revokes: 0,
+      dropped: false,
+      writing: null,
+      interim: null,
     };
+    link.requests = new RequestFraming((mark) => this.#mark(link, mark));
     this.#links.set(key, link);
     const drain = options.drain;
     const onDrain = () => {
@@ -261,6 +294,8 @@ export class NativeEngine {
       failure = error;
     }
     if (!link.ending) {
+      link.dropped = true;
+      link.resume?.();
       // The hub dropped the connection: close the local side too, and abort
       // the signal of a handler still running (Deno.serve does not always:
       // not while the request body is being read, nor, under
@@ -332,17 +367,56 @@ export class NativeEngine {
             if (!taken) chunk = chunk.subarray(CONTINUE.length);
           }
         }
-        if (chunk.length > 0) await writeAll(link.hub, chunk);
+        if (chunk.length > 0) {
+          // An interim 150 goes whole between two responses (#revoked).
+          if (link.interim !== null) await link.interim;
+          const writing = link.writing = writeAll(link.hub, chunk);
+          await writing;
+          link.writing = null;
+        }
       }
-      if (link.ending && !link.announced) {
+      if (link.ending && (!link.announced || link.held !== "none")) {
         // Every response is out; this tells the hub the connection is not
-        // taking work, and answers a request that crossed on the wire.
+        // taking work, and answers a request that crossed on the wire (or
+        // one held behind a last response, which Deno.serve leaves unread).
         await writeAll(link.hub, NOT_STARTED_RESPONSE).catch(() => {});
       }
     } catch {
       // either side failed
     }
     closeQuietly(link.hub);
+  }
+
+  // The relay saw the head of a held request, or of a revoke, go by.
+  #mark(link: Link, mark: "hold" | "revoke"): void {
+    if (mark === "hold") {
+      link.held = "seen";
+      return;
+    }
+    link.revokes++;
+    // Nothing held, or it has started: the revoke is just answered.
+    if (link.held !== "seen") return;
+    link.held = "revoked";
+    // A handler running is that of the request before the held one (they
+    // run in order): the hub hears at once, before its response, that the
+    // held request will not run. Not before a 101 nor inside a tunnel.
+    if (link.handling && !link.upgrading && link.tunnel === null) {
+      this.#revoked(link);
+    }
+  }
+
+  // Writes the interim 150 to the hub, after any write #down has in
+  // progress (the tail of an earlier response: the one being handled has
+  // written nothing yet).
+  #revoked(link: Link): void {
+    const before = link.writing ?? link.interim ?? Promise.resolve();
+    const interim = before.then(() => writeAll(link.hub, REVOKED_RESPONSE))
+      // A hub that is gone fails #down's next write too.
+      .catch(() => {});
+    link.interim = interim;
+    interim.then(() => {
+      if (link.interim === interim) link.interim = null;
+    });
   }
 
   // Takes no more requests on `link`: half-closing the local connection
@@ -377,16 +451,44 @@ export class NativeEngine {
       });
     }
     const options = link.options;
+    if (link.revokes > 0 && req.headers.has(REVOKE_FIELD)) {
+      // After the held request it came behind, answered or started.
+      link.revokes--;
+      return new Response(null, { status: 204 });
+    }
+    // Whether the 100 Continue Deno.serve sent for it may go on (#down).
+    // (The verdict is this request's if it asked for one: #follow saw its
+    // head before Deno.serve did.)
+    const decide = (taken: boolean) => link.verdict?.resolve(taken);
+    if (
+      link.held !== "none" && req.headers.has(HOLD_FIELD) &&
+      req.body === null && !req.headers.has("upgrade")
+    ) {
+      // Held (_hold.ts): Deno.serve calls this once the response before it
+      // is out, but maybe before that request's permit is back.
+      if (link.busy && !link.dropped) {
+        await new Promise<void>((resolve) => link.resume = resolve);
+        link.resume = null;
+      }
+      const revoked = link.held === "revoked";
+      link.held = "none";
+      // Nobody would read its answer.
+      if (link.dropped) return notStarted();
+      if (revoked && !link.stopped && !options.drain.aborted) {
+        return takenBack();
+      }
+      // Sent before the hub read that the request before it parked the
+      // link (taken back, it stays parked): that hub knows parking, and this
+      // request is answered as one just arrived (declined with the park 408
+      // if no permit is free).
+      link.parked = false;
+    }
     if (link.parked) {
       link.parked = false;
       if (req.headers.has(WAIT_FIELD)) return await this.#wait(link, req);
       link.parks = false;
       options.noPark?.();
     }
-    // Whether the 100 Continue Deno.serve sent for it may go on (#down).
-    // (The verdict is this request's if it asked for one: #follow saw its
-    // head before Deno.serve did.)
-    const decide = (taken: boolean) => link.verdict?.resolve(taken);
     if (link.stopped || options.drain.aborted) {
       decide(false);
       link.announced = true;
@@ -419,6 +521,7 @@ export class NativeEngine {
     link.upgrading = req.headers.has("upgrade");
     const [request, abort] = abortable(asHandlerSees(req), link.upgrading);
     link.abort = abort;
+    link.handling = true;
     const response = await callHandler(this.#handler, request, {
       remoteAddr: forwardedAddr(
         req.headers.get(CLIENT_HEADER),
@@ -427,6 +530,7 @@ export class NativeEngine {
       ),
       completed: info.completed,
     }, this.#onError);
+    link.handling = false;
     link.upgrading = false;
     if (response.status === 101) {
       // A WebSocket: it holds the link, and the request its permit, until
@@ -458,6 +562,7 @@ export class NativeEngine {
       link.busy = false;
       options.release?.();
       if (close || options.drain.aborted) this.#end(link);
+      link.resume?.();
     };
     info.completed.then(done, done);
     if (park) {
@@ -520,8 +625,10 @@ async function skippable(req: Request): Promise<boolean> {
  * Content-Length or chunked) without copying them, to tell when a request
  * that asks for 100 Continue has been sent whole up to its body.
  * `Deno.serve` answers one with the 100 unless it declares an empty body.
+ * It also reports the heads of held requests and of revokes (_hold.ts) as
+ * they end, however the bytes were split.
  */
-class RequestFraming {
+export class RequestFraming {
   // "head": a head or the blank lines before one; "length" and "data": body
   // or chunk bytes (#left of them); "size": a chunk-size line, or the line
   // end after a chunk; "trailer": trailer lines; "lost": bytes that do not
@@ -539,6 +646,22 @@ class RequestFraming {
   #length = 0;
   #chunked = false;
   #expect = false;
+  // How many bytes of the line in progress matched #pattern: REVOKE_LINE
+  // (the request line), HOLD_NAME or REVOKE_NAME (a field); -1 when it did
+  // not or is not compared.
+  #matched = -1;
+  #pattern = REVOKE_LINE;
+  // The current head is a held request's, or the revoke's (its line and its
+  // field).
+  #hold = false;
+  #revokeLine = false;
+  #revokeField = false;
+  #onMark: (mark: "hold" | "revoke") => void;
+
+  /** `onMark` hears of each held request's and revoke's head as it ends. */
+  constructor(onMark: (mark: "hold" | "revoke") => void = () => {}) {
+    this.#onMark = onMark;
+  }
 
   /** Follows `bytes`; true if a head asking for 100 Continue ended in them. */
   push(bytes: Uint8Array): boolean {
@@ -556,10 +679,19 @@ class RequestFraming {
       }
       if (this.#atStart) {
         this.#atStart = false;
-        this.#keep = this.#state !== "head" || this.#matters(bytes[i]);
+        const first = bytes[i];
+        this.#keep = this.#state !== "head" || this.#matters(first);
+        // The request line may be the revoke's, and a field that starts
+        // with "x" one of ours: compared as they come, not read as text.
+        this.#matched = !this.#keep && this.#state === "head" &&
+            (this.#lines === 0 ? first === 0x47 : (first | 0x20) === 0x78) // G, x
+          ? 0
+          : -1;
+        this.#pattern = this.#lines === 0 ? REVOKE_LINE : HOLD_NAME;
       }
       const lf = bytes.indexOf(LF, i);
       const end = lf < 0 ? bytes.length : lf;
+      if (this.#matched >= 0) i = this.#match(bytes, i, end);
       if (this.#keep) {
         // Only a field's name and the start of its value matter here.
         const keep = Math.min(
@@ -572,7 +704,10 @@ class RequestFraming {
       i = lf + 1;
       this.#atStart = true;
       if (!this.#keep) {
-        this.#lines++; // the request line, or a field that does not matter
+        // The request line, or a field that does not matter.
+        if (this.#lines++ === 0 && this.#matched >= REVOKE_LINE.length - 1) {
+          this.#revokeLine = true; // with or without its CR
+        }
         continue;
       }
       const line = this.#line.endsWith("\r")
@@ -582,6 +717,39 @@ class RequestFraming {
       if (this.#onLine(line)) asks = true;
     }
     return asks;
+  }
+
+  // Compares `bytes[i, end)` of the line in progress with the pattern it
+  // may be, from where the earlier bytes left off; returns where the rest of
+  // the line starts. A field found to be one of ours is read on as text
+  // (its value).
+  #match(bytes: Uint8Array, i: number, end: number): number {
+    const line = this.#lines === 0;
+    let pattern = this.#pattern;
+    let m = this.#matched;
+    for (; i < end && m < pattern.length; i++, m++) {
+      // Field names are case-insensitive (a mismatch of |0x20 on CR or the
+      // like only lets the comparison go on: the whole name must match).
+      const b = line ? bytes[i] : bytes[i] | 0x20;
+      if (b === pattern.charCodeAt(m)) continue;
+      if (m === NAMES_DIFFER && b === REVOKE_NAME.charCodeAt(m)) {
+        this.#pattern = pattern = REVOKE_NAME; // the same up to here
+        continue;
+      }
+      this.#matched = -1;
+      return end;
+    }
+    if (line) {
+      this.#matched = i < end ? -1 : m; // more than the revoke's line
+      return end;
+    }
+    this.#matched = m;
+    if (m === pattern.length) {
+      this.#matched = -1;
+      this.#keep = true;
+      this.#line = pattern;
+    }
+    return i;
   }
 
   // Whether a head line starting with `first` is read as text: a blank line,
@@ -621,9 +789,17 @@ class RequestFraming {
       } else if (name === "transfer-encoding") {
         this.#chunked = value.endsWith("chunked");
       } else if (name === "expect") this.#expect = value === "100-continue";
+      else if (name === HOLD_FIELD) this.#hold = value === "1";
+      else if (name === REVOKE_FIELD) this.#revokeField = value === "1";
       return false;
     }
     if (this.#lines === 0) return false; // a blank line before a request
+    const bodiless = !this.#chunked && this.#length === 0;
+    if (this.#hold && bodiless) this.#onMark("hold");
+    if (this.#revokeLine && this.#revokeField && bodiless) {
+      this.#onMark("revoke");
+    }
+    this.#hold = this.#revokeLine = this.#revokeField = false;
     const asks = this.#expect && (this.#chunked || this.#length > 0);
     this.#state = this.#chunked ? "size" : this.#length > 0 ? "length" : "head";
     this.#left = this.#length;
@@ -638,6 +814,12 @@ class RequestFraming {
 const LF = 10;
 const CR = 13;
 const MAX_LINE = 256;
+// What the lines of our own requests start with (see RequestFraming); the
+// two names are the same up to where they differ.
+const REVOKE_LINE = `GET ${REVOKE_PATH} HTTP/1.1\r`;
+const HOLD_NAME = `${HOLD_FIELD}:`;
+const REVOKE_NAME = `${REVOKE_FIELD}:`;
+const NAMES_DIFFER = "x-pothead-".length;
 
 function startsWith(chunk: Uint8Array, ascii: string): boolean {
   if (chunk.length < ascii.length) return false;
@@ -651,6 +833,15 @@ function parked(): Response {
   return new Response(null, {
     status: 408,
     headers: { "x-pothead-not-started": "1", connection: PARK_OPTION },
+  });
+}
+
+// A held request taken back before it started (_hold.ts): declined, and
+// the link goes on.
+function takenBack(): Response {
+  return new Response(null, {
+    status: 408,
+    headers: { "x-pothead-not-started": "1", "content-length": "0" },
   });
 }
 

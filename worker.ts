@@ -522,6 +522,8 @@ export function connectWorker(
             }
             const answer = await workerHandshake(conn, reader, {
               ...handshake,
+              // Only the Deno.serve engine takes held requests (_hold.ts).
+              hold: native !== null,
               token,
               host: endpoint.name,
             });

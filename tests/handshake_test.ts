@@ -73,6 +73,7 @@ Deno.test("parseHandshake accepts the draft-kazuho form (Upgrade: ptth with ALPN
     protocol: "ptth",
     ping: false,
     renew: false,
+    hold: false,
   });
 });
 
@@ -88,6 +89,7 @@ Deno.test("parseHandshake accepts the 2009 form (Upgrade: PTTH/1.0, no ALPN)", (
     protocol: "PTTH/1.0",
     ping: false,
     renew: false,
+    hold: false,
   });
 });
 
@@ -103,6 +105,7 @@ Deno.test("parseHandshake reads worker id, pool and labels", () => {
     protocol: "ptth",
     ping: false,
     renew: false,
+    hold: false,
   });
 });
 
@@ -199,6 +202,7 @@ Deno.test("encodeHandshake writes the draft-kazuho form that parseHandshake read
     labels: { gpu: "a100", zone: "eu" },
     ping: true,
     renew: true,
+    hold: true,
   });
   assert.equal(
     latin1Text(bytes),
@@ -206,7 +210,7 @@ Deno.test("encodeHandshake writes the draft-kazuho form that parseHandshake read
       "connection: Upgrade\r\nalpn: http%2F1.1\r\n" +
       `authorization: Bearer ${TOKEN_A}\r\npothead-worker-id: w-1\r\n` +
       "pothead-pool: images\r\npothead-labels: gpu=a100, zone=eu\r\n" +
-      "pothead-ping: 1\r\npothead-park-renew: 1\r\n\r\n",
+      "pothead-ping: 1\r\npothead-park-renew: 1\r\npothead-hold: 1\r\n\r\n",
   );
   const h = head(latin1Text(bytes));
   assert.deepEqual(parseHandshake(h), {
@@ -216,6 +220,7 @@ Deno.test("encodeHandshake writes the draft-kazuho form that parseHandshake read
     protocol: "ptth",
     ping: true,
     renew: true,
+    hold: true,
   });
   await checkToken(h, [TOKEN_B, TOKEN_A]);
   // Without a token or declarations only the upgrade fields are sent.
