@@ -41,6 +41,7 @@ import {
 } from "./_address.ts";
 import { forwardedFieldClient, lastForwardedAddress } from "./_forwarded.ts";
 import { hash32, mix32 } from "./_hash.ts";
+import { AddressLogLimit, type Suppressed } from "./_log_limit.ts";
 import { bridgeWebSocket } from "./_ws_bridge.ts";
 import { acceptKey, asksForWebSocket, webSocketProblem } from "./_ws_frame.ts";
 import {
@@ -1259,6 +1260,12 @@ const PICK_WINDOW = 32;
 const MAX_PLAIN_PEERS = 4096;
 
 const PLAIN_AFTER = 3;
+// Refused worker handshakes are logged in full once per address and
+// window, the rest summed up (anyone who reaches the worker port could
+// otherwise write thousands of lines a second); at most this many
+// addresses per window, the others counted together.
+const REFUSAL_LOG_WINDOW = 10_000;
+const REFUSAL_LOG_ADDRESSES = 100;
 
 // How a worker connection became a slot (logged at debug level).
 type Attached =
@@ -1291,6 +1298,17 @@ function spillOptions(
   }
   if (!info.isDirectory) throw bad(`"${dir}" is not a directory`);
   return { dir, max, total, held: 0, onError };
+}
+
+// The summary line of events an AddressLogLimit did not log one by one.
+function suppressedRecord(msg: string, s: Suppressed): HubLogRecord {
+  return {
+    level: "warn",
+    msg,
+    worker: s.address ?? "other addresses",
+    count: s.count,
+    within: `${s.windowMs / 1000}s`,
+  };
 }
 
 // The address part of a peer written as `host:port`.
@@ -1563,6 +1581,11 @@ export class Hub {
   // Connections still in setup (handshake wait, token check): shutdown
   // closes them and waits for their setup to end.
   #settingUp = new Map<Connection, Promise<void>>();
+  #refusalLog = new AddressLogLimit(
+    REFUSAL_LOG_WINDOW,
+    REFUSAL_LOG_ADDRESSES,
+    (s) => this.#log(suppressedRecord("more worker handshakes refused", s)),
+  );
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #pinger: ReturnType<typeof setInterval> | undefined;
   #abandonFn = (p: Pending) => this.#abandon(p);
@@ -2366,13 +2389,15 @@ export class Hub {
   #refuse(conn: Connection, peer: string, error: HandshakeError): void {
     this.#stats.handshakesRefused++;
     // The message never contains the token, only what was wrong.
-    this.#log({
-      level: "warn",
-      msg: "worker handshake refused",
-      worker: peer,
-      status: error.status,
-      reason: error.message,
-    });
+    if (this.#refusalLog.admit(peerHost(peer))) {
+      this.#log({
+        level: "warn",
+        msg: "worker handshake refused",
+        worker: peer,
+        status: error.status,
+        reason: error.message,
+      });
+    }
     writeAll(conn, refusal(error)).catch(() => {}).finally(() => {
       closeQuietly(conn);
     });
@@ -3086,6 +3111,7 @@ export class Hub {
     this.#stopSweeper();
     clearInterval(this.#pinger);
     this.#pinger = undefined;
+    this.#refusalLog.close();
   }
 
   // An idle slot for `p` (undefined: none idle). With `mayWait`, a request
@@ -4186,6 +4212,12 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
   });
   const workerPort = options.workerPort ?? 4040;
   const tls = options.workerCert !== undefined;
+  // Anyone can fail a TLS handshake as often as they can connect.
+  const tlsFailures = new AddressLogLimit(
+    REFUSAL_LOG_WINDOW,
+    REFUSAL_LOG_ADDRESSES,
+    (s) => log(suppressedRecord("more worker TLS handshakes failed", s)),
+  );
   const reusePort = options.reusePort === true;
   if (reusePort && !hasUnstableNet()) {
     throw new TypeError(
@@ -4299,7 +4331,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
         ]).then(() => hub.addWorker(conn, peer, arrived), (error) => {
           // Closed by shutdown: not a failure to report. One that fails
           // while the hub drains still is.
-          if (!tlsCut) {
+          if (!tlsCut && tlsFailures.admit(ra.hostname)) {
             log({
               level: "warn",
               msg: "worker TLS handshake failed",
@@ -4370,6 +4402,7 @@ export function serveHub(options: ServeHubOptions = {}): HubServer {
       await accepting;
       // One accepted as the listener closed joined after the first cut.
       await closeAndSettle(inTls);
+      tlsFailures.close();
     })();
   // Shutdown does not fail; a bug in it is reported, not left unhandled.
   const stopOnAbort = () =>

@@ -511,6 +511,11 @@ async function countLines(
     needles.forEach((n, i) => {
       if (line.includes(n)) counts[i]++;
     });
+    // Refusals past the first of an address in a 10 s window come as one
+    // summary line (written when the window ends) counting them.
+    const summed = REFUSED_SUMMED.exec(line);
+    const at = needles.indexOf(REFUSED);
+    if (summed !== null && at >= 0) counts[at] += Number(summed[1]);
   }
   return counts;
 }
@@ -518,6 +523,7 @@ async function countLines(
 const RETRY = "retrying request";
 const ATTACH = "worker connection attached";
 const REFUSED = "worker handshake refused";
+const REFUSED_SUMMED = /more worker handshakes refused .*count=([0-9]+)/;
 // Log lines read `<ISO date> <level> <message> key=value…`.
 const WARN = "Z warn ";
 const ERROR = "Z error ";

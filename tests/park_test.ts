@@ -573,3 +573,75 @@ Deno.test("hub: a worker that does not declare renewal is never asked to, and it
     await (await res)?.body?.cancel();
   }
 });
+
+// Answers every wait request at once "still parked" for `ms`; the number
+// of wait requests that came, and the time it took.
+async function renewAtOnce(
+  raw: RawSocket,
+  ms: number,
+): Promise<{ waits: number; elapsed: number }> {
+  const started = performance.now();
+  let waits = 0;
+  // Bounded by time and, should the hub not pace them, by count.
+  while (performance.now() - started < ms && waits < 100_000) {
+    await raw.write(STILL_PARKED_RESPONSE);
+    const wait = await deadline(raw.readMessage(), 10_000, "a new wait");
+    assert.equal(wait?.start, "GET /.pothead/wait HTTP/1.1");
+    waits++;
+  }
+  return { waits, elapsed: performance.now() - started };
+}
+
+Deno.test("hub: a worker that answers each wait request at once, still parked, gets the next no sooner than half the renewal time", async () => {
+  const server = startHub({
+    pingInterval: 200,
+    pingTimeout: 1000,
+    queueTimeout: 5000,
+  });
+  let raw: RawSocket | undefined;
+  let res: Promise<Response> | undefined;
+  try {
+    const parked = await parkedRawWorker(
+      server.workerAddr.port,
+      "Pothead-Worker-Id: eager\r\nPothead-Ping: 1\r\nPothead-Park-Renew: 1\r\n",
+      `http://127.0.0.1:${server.addr.port}/job`,
+    );
+    raw = parked.raw;
+    res = parked.res;
+    const { waits, elapsed } = await renewAtOnce(raw, 1000);
+    // One every 100 ms at most (back to back, thousands came).
+    assert.ok(waits <= 2 + elapsed / 100, `${waits} waits in ${elapsed} ms`);
+    assert.equal(server.hub.stats.parked, 1);
+  } finally {
+    raw?.conn.close();
+    await server.shutdown();
+    await (await res)?.body?.cancel();
+  }
+});
+
+Deno.test("hub: a plain worker that answers each wait request unasked, still parked, gets at most one a second", async () => {
+  const server = startHub({ queueTimeout: 5000 });
+  let raw: RawSocket | undefined;
+  let res: Promise<Response> | undefined;
+  try {
+    raw = await RawSocket.connect(server.workerAddr.port);
+    await waitFor(() => server.hub.stats.idle === 1, "the plain worker");
+    res = fetch(`http://127.0.0.1:${server.addr.port}/job`);
+    const first = await deadline(raw.readMessage(), 10_000, "the request");
+    assert.equal(first?.start, "GET /job HTTP/1.1");
+    await raw.write(PARKED_RESPONSE);
+    const wait = await deadline(raw.readMessage(), 10_000, "the wait");
+    assert.equal(wait?.start, "GET /.pothead/wait HTTP/1.1");
+    const { waits, elapsed } = await renewAtOnce(raw, 1500);
+    assert.ok(waits <= 2 + elapsed / 1000, `${waits} waits in ${elapsed} ms`);
+    assert.equal(server.hub.stats.parked, 1);
+    // Closed by the worker while the hub holds off: it leaves at once.
+    raw.conn.close();
+    raw = undefined;
+    await waitFor(() => server.hub.stats.slots === 0, "the slot detached");
+  } finally {
+    raw?.conn.close();
+    await server.shutdown();
+    await (await res)?.body?.cancel();
+  }
+});

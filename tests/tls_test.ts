@@ -545,3 +545,49 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name:
+    "failed TLS handshakes on the worker port from one address are logged in full once, the rest summed up",
+  ignore,
+  fn: async () => {
+    const c = await certs();
+    const attempts = 20;
+    const logs: Record<string, unknown>[] = [];
+    const started = performance.now();
+    await withHub(
+      { workerCert: c.cert, workerKey: c.key, onLog: (r) => logs.push(r) },
+      async (server) => {
+        for (let i = 0; i < attempts; i++) {
+          const conn = await Deno.connect({
+            hostname: "127.0.0.1",
+            port: server.workerAddr.port,
+          });
+          try {
+            await conn.write(
+              new TextEncoder().encode("GET / HTTP/1.1\r\n\r\n"),
+            );
+            // The hub closes it once TLS fails.
+            const buf = new Uint8Array(1024);
+            while ((await conn.read(buf).catch(() => null)) !== null);
+          } finally {
+            conn.close();
+          }
+        }
+        const failed = () =>
+          logs.filter((r) => r.msg === "worker TLS handshake failed").length;
+        await waitFor(() => failed() >= 1, "a failure logged");
+      },
+    );
+    // Shutdown wrote the summary of the window.
+    const full = logs.filter((r) => r.msg === "worker TLS handshake failed");
+    const summed = logs.filter((r) =>
+      r.msg === "more worker TLS handshakes failed"
+    );
+    const counted = summed.reduce((n, s) => n + (s.count as number), 0);
+    assert.equal(full.length + counted, attempts);
+    for (const s of summed) assert.equal(s.worker, "127.0.0.1");
+    const windows = 1 + Math.floor((performance.now() - started) / 10_000);
+    assert.ok(full.length <= windows, `${full.length} lines in full`);
+  },
+});
