@@ -1594,6 +1594,10 @@ export class Hub {
   // Another hub takes over on the same ports: free connections go back to
   // their workers as soon as nothing here waits for them.
   #handingOver = false;
+  // When shutdown()'s grace ends (the earliest any call gave), and its one
+  // run, which every call waits for.
+  #drainEnd = Infinity;
+  #shutting: Promise<void> | null = null;
   // Resolves when the grace of shutdown() ends: body reads stop waiting.
   #whenClosed = Promise.withResolvers<void>();
   // How far response bodies are read ahead of slow consumers: the memory
@@ -3051,26 +3055,37 @@ export class Hub {
    * still arrives is served while a connection of its pool is busy here,
    * and gets the 503 otherwise; so does what a pool left with no worker
    * connection here still has queued, at once.
+   *
+   * Called again, it resolves when the first call's shutdown is done (never
+   * before, even after the grace), and only shortens the grace: the drain
+   * ends at the earliest end any call gave it. A call with `handOver` before
+   * the grace ends starts the hand-over if the first did not.
    */
   async shutdown(
     grace = 30_000,
     options: { handOver?: boolean } = {},
   ): Promise<void> {
-    if (this.#closed) return;
-    this.#closing = true;
-    // Nothing waits for a worker of its choice while the hub drains.
-    for (const pool of this.#pools.values()) {
-      for (const group of pool.groups.values()) this.#releaseWaiters(group);
-    }
-    if (options.handOver && !this.#handingOver) {
-      this.#handingOver = true;
-      this.#goingAway.abort();
-      for (const slot of [...this.#slots]) {
-        if (!this.#busy.has(slot)) this.#handBack(slot);
+    if (!this.#closed) {
+      this.#closing = true;
+      this.#drainEnd = Math.min(this.#drainEnd, performance.now() + grace);
+      // Nothing waits for a worker of its choice while the hub drains.
+      for (const pool of this.#pools.values()) {
+        for (const group of pool.groups.values()) this.#releaseWaiters(group);
       }
-      for (const pool of this.#pools.values()) this.#strand(pool);
+      if (options.handOver && !this.#handingOver) {
+        this.#handingOver = true;
+        this.#goingAway.abort();
+        for (const slot of [...this.#slots]) {
+          if (!this.#busy.has(slot)) this.#handBack(slot);
+        }
+        for (const pool of this.#pools.values()) this.#strand(pool);
+      }
     }
-    const deadline = performance.now() + grace;
+    await (this.#shutting ??= this.#drain());
+  }
+
+  // shutdown()'s one run: the drain until #drainEnd, then the close.
+  async #drain(): Promise<void> {
     const queued = () => {
       let n = 0;
       for (const pool of this.#pools.values()) n += pool.queue.size;
@@ -3080,7 +3095,7 @@ export class Hub {
     while (
       (queued() > 0 || this.#busy.size > 0 || this.#reading > 0 ||
         this.#webSockets > 0) &&
-      performance.now() < deadline
+      performance.now() < this.#drainEnd
     ) await sleep();
     // The grace is over: what still waits in the queue is answered now,
     // and no slot that frees takes anything more.
@@ -3106,7 +3121,7 @@ export class Hub {
     // memory or disk for the rest of the grace; then they are cut.
     const held = () =>
       this.#readAhead.budget.held + (this.#readAhead.spill?.held ?? 0);
-    while (held() > 0 && performance.now() < deadline) await sleep();
+    while (held() > 0 && performance.now() < this.#drainEnd) await sleep();
     this.#cutHeld.abort(new Error("hub shut down before the consumer read it"));
     this.#stopSweeper();
     clearInterval(this.#pinger);

@@ -203,6 +203,64 @@ Deno.test("hub shutdown answers requests still queued after the grace period wit
   });
 });
 
+Deno.test("a second hub shutdown before the grace ends: a shorter grace ends the drain then, a longer one does not extend it, and both calls resolve together", async () => {
+  await withHub({}, async (ctx) => {
+    const held = new Held();
+    ctx.add(held.handler);
+    await waitFor(() => ctx.server.hub.stats.idle === 1, "worker idle");
+    const r1 = later(`${ctx.url}/busy`);
+    try {
+      await held.entered("/busy");
+      const r2 = later(`${ctx.url}/queued`);
+      await waitFor(() => ctx.server.hub.stats.queued === 1, "one queued");
+      const order: string[] = [];
+      const hub = ctx.server.hub;
+      // Graces of 15 and 20 s, a hang guard of 5 s: every call must resolve
+      // once the shorter one has ended the drain, not at its own grace.
+      const first = hub.shutdown(15_000).then(() => order.push("first"));
+      // Longer: the first's grace still holds. Shorter: ends the drain now.
+      const longer = hub.shutdown(20_000).then(() => order.push("longer"));
+      const shorter = hub.shutdown(0).then(() => order.push("shorter"));
+      const res = await deadline(r2, HANG, "the queued request's answer");
+      assert.equal(res.status, 503);
+      assert.match(await res.text(), /shutting down/);
+      await deadline(
+        Promise.all([first, longer, shorter]),
+        5_000,
+        "the shutdowns",
+      );
+      // Each resolves with the one run, in the order they were made.
+      assert.deepEqual(order, ["first", "longer", "shorter"]);
+    } finally {
+      // However it ends: the worker's close waits for its handler.
+      held.releaseAll();
+    }
+    const cut = await r1;
+    assert.equal(cut.status, 503);
+    await cut.body?.cancel();
+  });
+});
+
+Deno.test("a second hub shutdown with handOver, before the grace ends, starts the hand-over: the idle worker connection goes back at once", async () => {
+  await withHub({}, async (ctx) => {
+    const held = new Held();
+    ctx.add(held.handler, { concurrency: 2 });
+    await waitFor(() => ctx.server.hub.stats.idle === 2, "two slots idle");
+    const r1 = later(`${ctx.url}/busy`);
+    await held.entered("/busy");
+    const hub = ctx.server.hub;
+    const first = hub.shutdown(HANG);
+    // A plain drain keeps the idle slot until the grace ends.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(hub.stats.slots, 2);
+    const second = hub.shutdown(HANG, { handOver: true });
+    await waitFor(() => hub.stats.slots === 1, "the idle slot handed back");
+    held.releaseAll();
+    assert.deepEqual(await text(r1), [200, "done /busy"]);
+    await deadline(Promise.all([first, second]), HANG, "the shutdowns");
+  });
+});
+
 Deno.test("worker drain while idle loses no request: all are answered by the remaining worker", async () => {
   await withHub({}, async (ctx) => {
     const served = { a: 0, b: 0 };

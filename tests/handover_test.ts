@@ -4,19 +4,26 @@
 import assert from "node:assert/strict";
 import { closeAll, runDeno, runTool, startHub, startWorker } from "./_procs.ts";
 import { deadline, waitFor } from "./_wait.ts";
+import { writeAll } from "../_io.ts";
 import { serveHub } from "../hub.ts";
+
+// Deno 2.9 reads nothing under /proc/sys or /proc/net without --allow-all
+// (the test task's --allow-read gets NotCapable, which once ignored these
+// tests): such files are read through `cat` ("" if that fails).
+function readProc(path: string): string {
+  try {
+    const out = new Deno.Command("cat", { args: [path], stderr: "null" })
+      .outputSync();
+    return new TextDecoder().decode(out.stdout);
+  } catch {
+    return "";
+  }
+}
 
 // With it, connections waiting in the accept queue of a listener that
 // closes move to another on the same port (Linux 5.14+); without it they
 // are reset, which a hand-over under load can hit. .ci/run sets it.
-const MIGRATE = (() => {
-  try {
-    return Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_migrate_req")
-      .trim() === "1";
-  } catch {
-    return false;
-  }
-})();
+const MIGRATE = readProc("/proc/sys/net/ipv4/tcp_migrate_req").trim() === "1";
 
 const UNSTABLE_NET = ["--unstable-net"];
 
@@ -25,7 +32,7 @@ const UNSTABLE_NET = ["--unstable-net"];
 function sockets(port: number, state: "0A" | "01"): number {
   const hex = port.toString(16).toUpperCase().padStart(4, "0");
   let n = 0;
-  for (const line of Deno.readTextFileSync("/proc/net/tcp").split("\n")) {
+  for (const line of readProc("/proc/net/tcp").split("\n")) {
     const f = line.trim().split(/\s+/);
     if (f[1]?.endsWith(`:${hex}`) && f[3] === state) n++;
   }
@@ -137,7 +144,12 @@ Deno.test({
     });
     let worker;
     try {
-      worker = await startWorker(a.workerPort, "examples/websocket.ts");
+      // The serve engine whatever POTHEAD_ENGINE says: the inline one cannot
+      // upgrade.
+      worker = await startWorker(a.workerPort, "examples/websocket.ts", [
+        "--engine",
+        "serve",
+      ]);
       const ws = new WebSocket(`ws://127.0.0.1:${a.port}/`);
       const closed = new Promise<CloseEvent>((resolve) => ws.onclose = resolve);
       await new Promise((resolve, reject) => {
@@ -154,6 +166,53 @@ Deno.test({
       await closeAll(worker, a.proc);
     }
   },
+});
+
+// Why a hub handing over cuts an upload still arriving (README "Not done
+// yet"): its consumer listener can close only through Deno.serve's graceful
+// shutdown, which in Deno 2.9 makes the rest of every request body still
+// arriving unreadable (denoland/deno#36809). When this fails, Deno keeps
+// such bodies: let the hand-over keep them too, and drop the limitation.
+Deno.test("Deno.serve's graceful shutdown still cuts a request body that is arriving (the hand-over's upload limitation)", async () => {
+  const seen = Promise.withResolvers<string>();
+  const started = Promise.withResolvers<void>();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    async (req) => {
+      let n = 0;
+      try {
+        for await (const chunk of req.body!) {
+          n += chunk.length;
+          started.resolve();
+        }
+        seen.resolve(`read ${n}`);
+      } catch (error) {
+        seen.resolve(`cut after ${n}: ${(error as Error).name}`);
+      }
+      return new Response("done");
+    },
+  );
+  const conn = await Deno.connect({ port: server.addr.port });
+  try {
+    await writeAll(
+      conn,
+      new TextEncoder().encode(
+        "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\n12345",
+      ),
+    );
+    await started.promise;
+    const stopping = server.shutdown();
+    // The rest may not even be taken once the body is cut.
+    await writeAll(conn, new TextEncoder().encode("67890")).catch(() => {});
+    assert.equal(
+      await deadline(seen.promise, 10_000, "the body's end"),
+      "cut after 5: BadResource",
+    );
+    await stopping;
+  } finally {
+    conn.close();
+    await server.finished;
+  }
 });
 
 Deno.test("serveHub with reusePort, when Deno runs without --unstable-net, is refused by name", () => {

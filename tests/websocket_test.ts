@@ -1130,3 +1130,25 @@ Deno.test({
     }
   },
 });
+
+Deno.test(`[${ENGINE}] a second Hub.shutdown() after the grace resolves with the first, once its WebSocket close wait is over`, () =>
+  withHub({}, null, async ({ server, ws }) => {
+    const w = await rawWorker(server);
+    const opening = client(`${ws}/ws`);
+    const key = await readUpgrade(w);
+    await w.write(new TextEncoder().encode(await accept101(key)));
+    const c = await opening;
+    await waitFor(() => server.hub.stats.webSockets === 1, "the tunnel open");
+    // The grace is over at once; the raw worker never answers the hub's
+    // close, so the tunnel is held for the close wait (about a second).
+    const order: string[] = [];
+    const first = server.hub.shutdown(0).then(() => order.push("first"));
+    const second = server.hub.shutdown(0).then(() => order.push("second"));
+    await deadline(second, 10_000, "the second shutdown");
+    assert.deepEqual(order, ["first", "second"]);
+    // A third, after all is done, resolves at once.
+    await deadline(server.hub.shutdown(0), 1_000, "a third shutdown");
+    await first;
+    await deadline(c.closed, 10_000, "the consumer's close");
+    w.conn.close();
+  }));
