@@ -50,7 +50,8 @@ export interface WorkerIdentity {
   renew?: boolean;
   /**
    * It takes requests held ahead behind the one in progress, and their
-   * revokes (`Pothead-Hold: 1`; see `_hold.ts`). The hub sends none yet.
+   * revokes (`Pothead-Hold: 1`; see `_hold.ts`). The hub sends them only
+   * with `holdAhead`.
    */
   hold?: boolean;
 }

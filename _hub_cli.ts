@@ -63,6 +63,12 @@ Options (each also as the environment variable in brackets):
                            requests queue, how long a freed slot may pass the
                            head over for a request of its own keys; about what
                            a cold start costs [POTHEAD_AFFINITY_WAIT] (0: never)
+  --hold-ahead             while every worker connection of a pool is busy and
+                           requests queue, write a queued bodiless GET, HEAD or
+                           OPTIONS behind a request in progress, so its worker
+                           starts it without a round trip (workers of the serve
+                           engine); not with --fair-by or --affinity-by
+                           [POTHEAD_HOLD_AHEAD] (off)
   --head-timeout T         time a worker has to send its response head, then 504;
                            0 = forever [POTHEAD_HEAD_TIMEOUT] (300s)
   --body-idle-timeout T    longest pause in a worker's response body, or in its
@@ -155,7 +161,7 @@ Options (each also as the environment variable in brackets):
                            "pools": { NAME: { "maxQueue", "queueTimeout",
                            "priorityStep", "fairBy", "fairShare",
                            "fairWeights", "maxQueuePerKey", "affinityBy",
-                           "affinityWait", "headTimeout",
+                           "affinityWait", "holdAhead", "headTimeout",
                            "bodyIdleTimeout", "uploadIdleTimeout",
                            "maxRequestBodySize", "maxResponseBodySize" } } }
                            (queueTimeout, priorityStep, affinityWait and the
@@ -535,6 +541,17 @@ export function optionsFrom(
       "--affinity-wait needs --affinity-by (or affinityBy in a --config pool): it is how long a request waits for its key's worker",
     );
   }
+  const holdAhead = switchOn(values["hold-ahead"], "POTHEAD_HOLD_AHEAD");
+  // Refused here by its flag rather than as the library's TypeError.
+  if (holdAhead && (fairBy !== undefined || affinityBy !== undefined)) {
+    throw new UsageError(
+      `Invalid ${nameOf("hold-ahead", "POTHEAD_HOLD_AHEAD")}: not with ${
+        fairBy !== undefined
+          ? nameOf("fair-by", "POTHEAD_FAIR_BY")
+          : nameOf("affinity-by", "POTHEAD_AFFINITY_BY")
+      } (a held request would skip its order)`,
+    );
+  }
   const fairShare = v("fair-share", "POTHEAD_FAIR_SHARE");
   if (
     fairShare !== undefined && fairShare !== "requests" && fairShare !== "time"
@@ -621,6 +638,7 @@ export function optionsFrom(
     fairBy: fairBy as ServeHubOptions["fairBy"],
     affinityBy: affinityBy as ServeHubOptions["affinityBy"],
     affinityWait,
+    holdAhead: holdAhead || undefined,
     fairShare,
     fairWeights,
     priorityStep: step === undefined ? undefined : parseDuration(
@@ -776,6 +794,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "fair-by": { type: "string" },
         "affinity-by": { type: "string" },
         "affinity-wait": { type: "string" },
+        "hold-ahead": { type: "boolean" },
         "fair-share": { type: "string" },
         "fair-weight": { type: "string", multiple: true },
         "max-queue-per-key": { type: "string" },

@@ -471,6 +471,9 @@ function poolGauges(stats: HubStats): Map<string, PoolGauges> {
       idle: stats.idle,
       parked: stats.parked ?? 0,
       busy: stats.busy,
+      held: 0,
+      heldTotal: 0,
+      takeBacks: 0,
       workers: (stats as { workers?: unknown[] }).workers?.length ?? 0,
       classes: [],
       named: true,
@@ -692,6 +695,9 @@ export class HubMetrics {
           idle: 0,
           parked: 0,
           busy: 0,
+          held: 0,
+          heldTotal: 0,
+          takeBacks: 0,
           workers: 0,
           classes: [],
           named: false,
@@ -802,6 +808,34 @@ export class HubMetrics {
       "Distinct fair-queuing keys (consumers) with requests queued; 0 without fairBy.",
       (g) => g.keys ?? 0,
     );
+    gauge(
+      "pothead_held",
+      "Requests held ahead now: written behind a busy connection's request (holdAhead).",
+      (g) => g.held ?? 0,
+    );
+    // Counters the hub keeps itself (a hub's stats, not access records).
+    for (
+      const [name, help, value] of [
+        [
+          "pothead_held_total",
+          "Requests held ahead (holdAhead), each time one was.",
+          (g: PoolGauges) => g.heldTotal ?? 0,
+        ],
+        [
+          "pothead_take_backs_total",
+          "Held requests asked back for a connection that went idle with nothing queued.",
+          (g: PoolGauges) => g.takeBacks ?? 0,
+        ],
+      ] as const
+    ) {
+      header(out, name, "counter", help);
+      for (const [pool] of pools) {
+        const g = gauges.get(pool);
+        if (g !== undefined) {
+          out.push(`${name}{pool="${label(pool)}"} ${num(value(g))}`);
+        }
+      }
+    }
     header(
       out,
       "pothead_worker_slots",

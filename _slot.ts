@@ -27,6 +27,7 @@ import { BufferedReader, type Connection, writeAll } from "./_io.ts";
 import type { WorkerIdentity } from "./_handshake.ts";
 import { PARK_OPTION, renewingWaitRequest, WAIT_REQUEST } from "./_park.ts";
 import { PING_REQUEST } from "./_ping.ts";
+import { REVOKE_REQUEST, REVOKED_FIELD } from "./_hold.ts";
 
 /** Response header our worker runner puts on its "not started" 408. */
 export const NOT_STARTED_HEADER = "x-pothead-not-started";
@@ -227,7 +228,38 @@ export interface SlotOptions {
    * deadlines in one periodic sweep ({@linkcode WorkerSlot.checkStalled}).
    */
   ownHeadTimer?: boolean;
+  /**
+   * Called when a held request (see {@linkcode WorkerSlot.hold}) becomes
+   * the exchange in progress: the one before it ended and kept the
+   * connection.
+   */
+  onTurn?: (slot: WorkerSlot) => void;
 }
+
+// A request written behind the exchange in progress (holding ahead,
+// `_hold.ts`), until it becomes the exchange in progress itself.
+interface Held {
+  req: OutgoingRequest;
+  signal: AbortSignal | undefined;
+  onEnd: OnEnd | undefined;
+  // A revoke went out behind it.
+  revoked: boolean;
+  // The worker said (interim 150) that it will not run it.
+  givenBack: boolean;
+  // Its promise is settled (given back, or its consumer left): its answer
+  // is still read in its turn, and dropped.
+  done: boolean;
+  resolve: (res: IncomingResponse) => void;
+  reject: (error: unknown) => void;
+  onAbort: () => void;
+}
+
+type OnEnd = (
+  status: number,
+  bytes: number,
+  error?: unknown,
+  cancelled?: boolean,
+) => void;
 
 const MAX_INTERIM = 16;
 
@@ -243,6 +275,13 @@ const LINGER = 5000;
 // Least time between wait requests on a connection whose worker renews
 // unasked (see #park).
 const PARK_RESEND_GAP = 1000;
+/** The methods of requests that may be held (see {@linkcode WorkerSlot.hold}). */
+export const HOLDABLE: ReadonlySet<string> = new Set([
+  "GET",
+  "HEAD",
+  "OPTIONS",
+]);
+
 const IDEMPOTENT = new Set([
   "GET",
   "HEAD",
@@ -312,6 +351,17 @@ export class WorkerSlot {
   // When the write of upload bytes to the worker in progress began (0: none).
   #takeSince = 0;
   #headDeadline = 0;
+  // Holding ahead: the exchange in progress is a bodiless consumer request
+  // or one whose bytes body is out (no streamed upload, no upgrade), so one
+  // may go behind it; the
+  // request held behind it; whether the answer to a revoke is still to be
+  // read (after the held request's); and whether a response that parked
+  // the connection came before the held request now in progress (it
+  // parks it still if that one was taken back).
+  #holdable = false;
+  #held: Held | null = null;
+  #revokeOwed = false;
+  #parkBehind = false;
 
   /**
    * @param reader a reader already used on `conn` (for the handshake); one
@@ -469,11 +519,213 @@ export class WorkerSlot {
     });
   }
 
+  /**
+   * Whether a request may be held behind the exchange in progress (see
+   * {@linkcode hold}): the worker takes held requests, and the slot is
+   * busy with a consumer request without a body or whose bytes body is
+   * out (not a streamed upload, not an upgrade), with nothing held behind
+   * it nor a revoke's answer to read.
+   */
+  get canHold(): boolean {
+    return this.#holdable && this.#held === null && !this.#revokeOwed &&
+      this.#state === "busy" && this.identity?.hold === true;
+  }
+
+  /**
+   * Holding ahead (`_hold.ts`): writes bodiless `req` now, behind the
+   * exchange in progress, marked held (the caller puts `X-Pothead-Hold: 1`
+   * among its extra fields). Once that exchange ends and keeps the
+   * connection, `req` becomes the exchange in progress (`onTurn`), as if
+   * {@linkcode send} had sent it then: its head timeout starts then. It
+   * fails retryable, "not started", when taken back ({@linkcode takeBack});
+   * as a request whose connection closed if the connection ends first (the
+   * worker may have started it); and "aborted" at once if `signal` aborts
+   * before its turn: it is then taken back, and its answer read and
+   * dropped, without closing the connection.
+   */
+  hold(
+    req: OutgoingRequest,
+    signal?: AbortSignal,
+    onEnd?: OnEnd,
+  ): Promise<IncomingResponse> {
+    if (!this.canHold || req.body !== null || req.upgrade === true) {
+      return Promise.reject(
+        new WorkerLinkError("not-started", "Cannot hold a request here", {
+          retryable: true,
+        }),
+      );
+    }
+    const { promise, resolve, reject } = Promise.withResolvers<
+      IncomingResponse
+    >();
+    const held: Held = {
+      req,
+      signal,
+      onEnd,
+      revoked: false,
+      givenBack: false,
+      done: false,
+      resolve,
+      reject,
+      onAbort: () => {
+        if (held.done) return;
+        held.done = true;
+        reject(
+          new WorkerLinkError("aborted", "Consumer went away", {
+            cause: signal?.reason,
+          }),
+        );
+        // The connection carries another consumer's request: not closed.
+        if (!held.revoked) this.#revoke(held);
+      },
+    };
+    this.#held = held;
+    // Its own buffer: the slot's scratch one may still be the request's in
+    // progress.
+    const { buf } = encodeLines(requestLines(req), req.extraHeaders);
+    this.#write(buf);
+    if (signal?.aborted) held.onAbort();
+    else signal?.addEventListener("abort", held.onAbort, { once: true });
+    return promise;
+  }
+
+  /**
+   * Asks the worker to give the held request back (the revoke request goes
+   * behind it): it then fails retryable, "not started", and the
+   * connection stays. Returns false when there is none to take back (or
+   * it is being taken back already).
+   */
+  takeBack(): boolean {
+    const held = this.#held;
+    if (held === null || held.revoked || this.#state !== "busy") return false;
+    this.#revoke(held);
+    return true;
+  }
+
+  #revoke(held: Held): void {
+    held.revoked = true;
+    this.#revokeOwed = true;
+    this.#write(REVOKE_REQUEST);
+  }
+
+  // Writes behind the exchange in progress, in order: its own bodiless
+  // request's head (#writeRequest), a held request, then its revoke.
+  #writing: Promise<void> = Promise.resolve();
+  #write(bytes: Uint8Array): void {
+    this.#writing = this.#writing.then(() => writeAll(this.#conn, bytes))
+      .catch((error) => {
+        this.close(
+          new WorkerLinkError("closed", `Cannot write: ${errorText(error)}`),
+        );
+      });
+  }
+
+  // The interim 150 (`_hold.ts`): the worker will not run the held request,
+  // which fails now (retryable: the hub sends it elsewhere at once); its
+  // 408 is still read in its turn.
+  #givenBack(): void {
+    const held = this.#held;
+    if (held === null || !held.revoked || held.givenBack) {
+      throw new WorkerLinkError(
+        "protocol",
+        "Invalid response from worker: it gave back a request it did not hold",
+      );
+    }
+    held.givenBack = true;
+    if (held.done) return;
+    held.done = true;
+    held.signal?.removeEventListener("abort", held.onAbort);
+    held.reject(
+      new WorkerLinkError("not-started", "Held request taken back", {
+        retryable: true,
+      }),
+    );
+  }
+
+  // The exchange in progress ended and kept the connection, with a request
+  // held behind it or a revoke's answer to read: those are read in order,
+  // then the slot parks (`parkAfter`) or is offered again.
+  #next(parkAfter: boolean): void {
+    const held = this.#held;
+    if (held !== null) {
+      this.#held = null;
+      held.signal?.removeEventListener("abort", held.onAbort);
+      this.#parkBehind = parkAfter;
+      if (held.done) {
+        // Given back or abandoned: its answer (a 408, or the response of one
+        // that had started) is read and dropped.
+        this.#run(held.req, undefined, undefined, held).then((res) => {
+          if (res.body instanceof ReadableStream) {
+            res.body.pipeTo(new WritableStream()).catch(() => {});
+          }
+        }, () => {});
+        return;
+      }
+      const sent = this.#run(held.req, held.signal, held.onEnd, held);
+      // After #run began: the slot is busy with it, and may hold another.
+      this.#options.onTurn?.(this);
+      sent.then(held.resolve, held.reject);
+      return;
+    }
+    if (this.#revokeOwed) {
+      this.#readRevoke(parkAfter);
+      return;
+    }
+    if (parkAfter) this.#park();
+    else this.#options.onIdle(this);
+  }
+
+  // Reads the revoke's answer, an empty 204 (after the held request's).
+  async #readRevoke(parkAfter: boolean): Promise<void> {
+    this.#revokeOwed = false;
+    const timeout = this.#limits.headTimeout;
+    this.#headDeadline = timeout > 0 ? performance.now() + timeout : 0;
+    try {
+      const head = await this.#readHead("GET", () => {});
+      this.#headDeadline = 0;
+      if (this.#state !== "busy") return;
+      const fields = framingFields(head.headers);
+      if (
+        head.status !== 204 || !keepAlive(head.minor, fields) ||
+        fields.chunked || fields.contentLength > 0
+      ) {
+        throw new WorkerLinkError(
+          "protocol",
+          `Invalid response from worker: ${head.status} to a revoke`,
+        );
+      }
+      if (parkAfter) this.#park();
+      else this.#options.onIdle(this);
+    } catch (error) {
+      this.close(error);
+    }
+  }
+
   /** Closes the connection; pending work on it fails with `reason`. */
   close(reason?: unknown): void {
     if (this.#state === "closed") return;
     this.#state = "closed";
     this.#closeReason = reason;
+    this.#holdable = false;
+    const held = this.#held;
+    if (held !== null) {
+      this.#held = null;
+      held.signal?.removeEventListener("abort", held.onAbort);
+      if (!held.done) {
+        held.done = true;
+        // The worker starts a held request only once the response before it
+        // is out, which the hub may not have read whole: maybe started.
+        held.reject(
+          new WorkerLinkError(
+            "closed",
+            `Connection ended before the held request's turn: ${
+              errorText(reason)
+            }`,
+            { retryable: IDEMPOTENT.has(held.req.method), cause: reason },
+          ),
+        );
+      }
+    }
     try {
       this.#conn.close();
     } catch {
@@ -489,23 +741,34 @@ export class WorkerSlot {
    *
    * @throws {WorkerLinkError} when no valid response head arrives.
    */
-  async send(
+  send(
     req: OutgoingRequest,
     signal?: AbortSignal,
-    onEnd?: (
-      status: number,
-      bytes: number,
-      error?: unknown,
-      cancelled?: boolean,
-    ) => void,
+    onEnd?: OnEnd,
   ): Promise<IncomingResponse> {
     if (this.#state !== "idle") {
-      throw new WorkerLinkError("closed", "Worker connection is not idle", {
-        retryable: true,
-      });
+      return Promise.reject(
+        new WorkerLinkError("closed", "Worker connection is not idle", {
+          retryable: true,
+        }),
+      );
     }
     this.#state = "busy";
+    return this.#run(req, signal, onEnd, null);
+  }
+
+  // The exchange of `req`: written here, or already written when it was
+  // `held` behind the one before.
+  async #run(
+    req: OutgoingRequest,
+    signal: AbortSignal | undefined,
+    onEnd: OnEnd | undefined,
+    held: Held | null,
+  ): Promise<IncomingResponse> {
     this.served++;
+    // A bodiless request (not an upgrade) may have one held behind it at
+    // once: that one is written after its head (see #write).
+    this.#holdable = req.body === null && req.upgrade !== true;
     const opts = this.#options;
     const limits = this.#limits = req.limits ?? opts;
     const streamed = req.body instanceof ReadableStream;
@@ -536,6 +799,7 @@ export class WorkerSlot {
     let headTimer: ReturnType<typeof setTimeout> | undefined;
     let linger: ReturnType<typeof setTimeout> | undefined;
     const cleanup = () => {
+      this.#holdable = false;
       this.#headDeadline = 0;
       clearTimeout(headTimer);
       clearTimeout(linger);
@@ -573,6 +837,8 @@ export class WorkerSlot {
       cleanup();
       if (!reusable) {
         this.close(new WorkerLinkError("closed", "Connection: close"));
+      } else if (this.#held !== null || this.#revokeOwed) {
+        this.#next(parkAfter);
       } else if (parkAfter) this.#park();
       else opts.onIdle(this);
     };
@@ -604,25 +870,33 @@ export class WorkerSlot {
 
     let head;
     try {
-      const start = await this.#writeRequest(req, (error) => {
-        if (error === undefined) {
-          requestDone = true;
-          if (streamed) startHeadClock();
-          settle();
-        } else {
-          settle(
-            error instanceof WorkerLinkError ? error : new WorkerLinkError(
-              "request-body",
-              `Cannot forward request body: ${errorText(error)}`,
-              { cause: error },
-            ),
-          );
-        }
-      });
+      const start = held !== null
+        ? null
+        : await this.#writeRequest(req, (error) => {
+          if (error === undefined) {
+            requestDone = true;
+            if (streamed) startHeadClock();
+            settle();
+          } else {
+            settle(
+              error instanceof WorkerLinkError ? error : new WorkerLinkError(
+                "request-body",
+                `Cannot forward request body: ${errorText(error)}`,
+                { cause: error },
+              ),
+            );
+          }
+        });
+      // A bytes body written whole: one may go behind it.
+      if (start === null && req.body instanceof Uint8Array) {
+        this.#holdable = this.#state === "busy" && req.upgrade !== true;
+      }
       if (start instanceof Uint8Array) {
         requestDone = false;
         writeAll(this.#conn, start).then(() => {
           requestDone = true;
+          // (settle below clears it if the exchange ends with this write.)
+          this.#holdable = this.#state === "busy" && req.upgrade !== true;
           settle();
         }, (error) => {
           if (headSeen || this.#state !== "busy") {
@@ -739,21 +1013,38 @@ export class WorkerSlot {
     }
     const parks = opts.onPark !== undefined &&
       fields.connection.includes(PARK_OPTION);
-    if (head.status === 408 && hasField(head.headers, NOT_STARTED_HEADER)) {
+    const notStarted = head.status === 408 &&
+      hasField(head.headers, NOT_STARTED_HEADER);
+    // Nothing of the exchange is left on the wire: the request went out
+    // whole (no stream body) and the answer has no body.
+    const empty = !streamed && keepAlive(head.minor, fields) &&
+      (framing.kind === "none" ||
+        (framing.kind === "length" && framing.length === 0));
+    if (held?.givenBack && !notStarted) {
+      const e = new WorkerLinkError(
+        "protocol",
+        `Worker answered ${head.status} to a held request it had given back`,
+      );
+      settle(e);
+      throw e;
+    }
+    if (notStarted) {
       const e = new WorkerLinkError(
         "not-started",
         "Worker declined the request before starting it",
         { retryable: replayable() },
       );
-      // Parked only when nothing of the exchange is left on the wire: the
-      // request went out whole (no stream body) and the 408 has no body.
-      if (
-        parks && !streamed && keepAlive(head.minor, fields) &&
-        (framing.kind === "none" ||
-          (framing.kind === "length" && framing.length === 0))
-      ) {
+      if (held?.revoked && empty && !parks) {
+        // Taken back (_hold.ts): the connection goes on, parked still if
+        // the response before it parked it.
+        const park = this.#parkBehind;
         cleanup();
-        this.#park();
+        this.#next(park);
+      } else if (parks && empty) {
+        cleanup();
+        // A request held behind this one is answered as one just arrived.
+        if (this.#held !== null || this.#revokeOwed) this.#next(true);
+        else this.#park();
       } else {
         settle(e);
       }
@@ -1004,8 +1295,12 @@ export class WorkerSlot {
       const n = await this.#conn.write(buf);
       return n < buf.length ? buf.subarray(n) : null;
     }
+    if (body === null) {
+      // A request held behind this one is written after this write.
+      await (this.#writing = writeAll(this.#conn, buf));
+      return null;
+    }
     await writeAll(this.#conn, buf);
-    if (body === null) return null;
     return () => this.#pump(req, body, onBodyDone);
   }
 
@@ -1134,6 +1429,11 @@ export class WorkerSlot {
       const status = parsed.value.status;
       if (status >= 200) return parsed.value;
       if (status === 100) onContinue();
+      else if (
+        status === 150 && hasField(parsed.value.headers, REVOKED_FIELD)
+      ) {
+        this.#givenBack();
+      }
       if (status === 101) {
         if (upgrade) return parsed.value;
         throw new WorkerLinkError(

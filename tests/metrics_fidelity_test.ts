@@ -558,6 +558,7 @@ withTools(
             "pothead_workers_connected",
             "pothead_affinity_waiting",
             "pothead_queue_keys",
+            "pothead_held",
             "pothead_queue_class_depth",
             "pothead_response_buffered_bytes",
             "pothead_response_spilled_bytes",

@@ -1,0 +1,637 @@
+// Holding ahead, the hub's half (`holdAhead`, `_hold.ts`): a real hub
+// (serveHub) and in-process workers of the serve engine (concurrency 1),
+// whose handlers wait at gates the test opens; a raw worker for the bytes
+// on the wire; the CLI's flag.
+
+import assert from "node:assert/strict";
+import {
+  type AccessRecord,
+  Hub,
+  type HubLogRecord,
+  type HubServer,
+} from "../hub.ts";
+import { connectWorker, type WorkerHandle } from "../worker.ts";
+import { HOLD_FIELD } from "../_hold.ts";
+import { startHub } from "./_hub.ts";
+import { deadline, waitFor } from "./_wait.ts";
+import { RawSocket } from "./_relay.ts";
+import { optionsFrom } from "../_hub_cli.ts";
+import { HubMetrics } from "../_metrics.ts";
+import { RUN_PERMISSIONS, runDeno } from "./_procs.ts";
+
+// Handlers that log what they see ("/a" or "/a held") and, for paths that
+// start with /slow, wait until the test opens that path's gate (or the
+// request is aborted).
+class Gates {
+  #gates = new Map<string, PromiseWithResolvers<void>>();
+  #gate(path: string): PromiseWithResolvers<void> {
+    let g = this.#gates.get(path);
+    if (g === undefined) this.#gates.set(path, g = Promise.withResolvers());
+    return g;
+  }
+  open(path: string): void {
+    this.#gate(path).resolve();
+  }
+  handler(seen: string[]): (req: Request) => Promise<Response> {
+    return async (req) => {
+      const path = new URL(req.url).pathname;
+      seen.push(path + (req.headers.get(HOLD_FIELD) === "1" ? " held" : ""));
+      if (path.startsWith("/slow")) {
+        const aborted = new Promise<void>((r) =>
+          req.signal.addEventListener("abort", () => r(), { once: true })
+        );
+        await Promise.race([this.#gate(path).promise, aborted]);
+      }
+      return new Response(path);
+    };
+  }
+}
+
+let workers = 0;
+
+function worker(
+  server: HubServer,
+  handler: (req: Request) => Promise<Response>,
+  engine: "serve" | "inline" = "serve",
+): WorkerHandle {
+  return connectWorker(handler, {
+    engine,
+    // A handshake (plain workers say nothing, so take no held request).
+    workerId: `w${++workers}`,
+    hostname: "127.0.0.1",
+    port: server.workerAddr.port,
+    concurrency: 1,
+    minBackoff: 10,
+    maxBackoff: 100,
+  });
+}
+
+function get(
+  server: HubServer,
+  path: string,
+  signal?: AbortSignal,
+): Promise<{ status: number; text: string }> {
+  return fetch(`http://127.0.0.1:${server.addr.port}${path}`, { signal })
+    .then(async (res) => ({ status: res.status, text: await res.text() }));
+}
+
+function pool(server: HubServer) {
+  return server.hub.stats.pools.find((p) => p.name === "default")!;
+}
+
+async function teardown(server: HubServer, workers: WorkerHandle[]) {
+  for (const w of workers) w.close();
+  await Promise.all(workers.map((w) => w.finished));
+  await server.shutdown();
+}
+
+// Worker connections the hub closed (logged at debug level).
+function closes(log: HubLogRecord[]): HubLogRecord[] {
+  return log.filter((r) => r.msg === "worker connection closed");
+}
+
+Deno.test("holdAhead: with every slot busy and four requests per slot queued, the queue's head is written behind the busy request and its worker runs it next, marked held", async () => {
+  const records: AccessRecord[] = [];
+  const server = startHub({
+    holdAhead: true,
+    onAccess: (r) => records.push(r),
+  });
+  const gates = new Gates();
+  const seen: string[] = [];
+  const w = worker(server, gates.handler(seen));
+  try {
+    await waitFor(() => pool(server).idle === 1, "worker attached");
+    const slow = get(server, "/slow");
+    await waitFor(() => seen.length === 1, "/slow started");
+    const fast = ["/f1", "/f2", "/f3", "/f4"].map((p) => get(server, p));
+    await waitFor(() => pool(server).held === 1, "a request held", 5000);
+    assert.equal(pool(server).queued, 3);
+    assert.equal(pool(server).heldTotal, 1);
+    const exposition = new HubMetrics().render(server.hub.stats);
+    assert.match(exposition, /\npothead_held\{pool="default"\} 1\n/);
+    assert.match(exposition, /\npothead_held_total\{pool="default"\} 1\n/);
+    assert.match(
+      exposition,
+      /\npothead_take_backs_total\{pool="default"\} 0\n/,
+    );
+    gates.open("/slow");
+    const answers = await deadline(
+      Promise.all([slow, ...fast]),
+      10_000,
+      "answers",
+    );
+    assert.deepEqual(answers.map((a) => a.text), [
+      "/slow",
+      "/f1",
+      "/f2",
+      "/f3",
+      "/f4",
+    ]);
+    // Run next, on the same worker, as held; the others were not held.
+    assert.deepEqual(seen, ["/slow", "/f1 held", "/f2", "/f3", "/f4"]);
+    assert.equal(pool(server).held, 0);
+    assert.equal(pool(server).heldTotal, 1);
+    const f1 = records.find((r) => r.path === "/f1")!;
+    assert.equal(f1.held, true);
+    assert.equal(f1.outcome, "ok");
+    assert.equal(records.find((r) => r.path === "/f2")!.held, undefined);
+  } finally {
+    await teardown(server, [w]);
+  }
+});
+
+Deno.test("holdAhead: a request sent from the queue gets the next one held behind it at once, before its head is out", async () => {
+  const server = startHub({ holdAhead: true });
+  const gates = new Gates();
+  const seen: string[] = [];
+  const w = worker(server, gates.handler(seen));
+  try {
+    await waitFor(() => pool(server).idle === 1, "worker attached");
+    const slow = get(server, "/slow");
+    await waitFor(() => seen.length === 1, "/slow started");
+    // A DELETE at the head is not held, so nothing is while it waits.
+    const del = fetch(`http://127.0.0.1:${server.addr.port}/d`, {
+      method: "DELETE",
+    }).then((res) => res.text());
+    const fast = ["/f1", "/f2", "/f3", "/f4", "/f5"].map((p) => get(server, p));
+    await waitFor(() => pool(server).queued === 6, "all queued");
+    assert.equal(pool(server).held, 0);
+    gates.open("/slow");
+    await deadline(Promise.all([slow, del, ...fast]), 10_000, "answers");
+    assert.deepEqual(seen.slice(0, 3), ["/slow", "/d", "/f1 held"]);
+  } finally {
+    await teardown(server, [w]);
+  }
+});
+
+// Two workers busy at their gates, 8 requests queued: the first is held
+// behind the worker whose request began first (X). The other (Y) is let go,
+// serves the rest, goes idle with nothing queued and takes the held one back.
+async function twoBusy(server: HubServer, gates: Gates) {
+  const seenA: string[] = [];
+  const seenB: string[] = [];
+  const a = worker(server, gates.handler(seenA));
+  const b = worker(server, gates.handler(seenB));
+  await waitFor(() => pool(server).idle === 2, "workers attached");
+  const slow1 = get(server, "/slow1");
+  await waitFor(() => seenA.length + seenB.length === 1, "/slow1 started");
+  const slow2 = get(server, "/slow2");
+  await waitFor(() => seenA.length + seenB.length === 2, "/slow2 started");
+  const [x, y, seenX, seenY] = seenA[0] === "/slow1"
+    ? [a, b, seenA, seenB]
+    : [b, a, seenB, seenA];
+  const paths = Array.from({ length: 8 }, (_, i) => `/f${i + 1}`);
+  const fast = paths.map((p) => get(server, p));
+  await waitFor(() => pool(server).held === 1, "a request held", 5000);
+  return { x, y, seenX, seenY, slow1, slow2, fast };
+}
+
+Deno.test("holdAhead: a slot that goes idle with nothing queued takes back the request held behind a busy one; the idle worker serves it, the busy one never sees it, and its connection stays", async () => {
+  const log: HubLogRecord[] = [];
+  const server = startHub({ holdAhead: true, onLog: (r) => log.push(r) });
+  const gates = new Gates();
+  const t = await twoBusy(server, gates);
+  try {
+    gates.open("/slow2");
+    const fast = await deadline(Promise.all(t.fast), 10_000, "fast answers");
+    assert.deepEqual(
+      fast.map((a) => a.status),
+      Array(8).fill(200),
+    );
+    assert.ok(t.seenY.includes("/f1"), t.seenY.join());
+    assert.ok(!t.seenX.some((s) => s.startsWith("/f1")), t.seenX.join());
+    assert.equal(pool(server).takeBacks, 1);
+    assert.equal(pool(server).held, 0);
+    assert.equal(server.hub.stats.retries, 1);
+    gates.open("/slow1");
+    assert.equal((await deadline(t.slow1, 10_000, "/slow1")).text, "/slow1");
+    await deadline(t.slow2, 10_000, "/slow2");
+    // X's connection read the 408 and the revoke's 204 and goes on.
+    await waitFor(() => pool(server).idle === 2, "both idle");
+    const more = await deadline(
+      Promise.all(["/g1", "/g2", "/g3", "/g4"].map((p) => get(server, p))),
+      10_000,
+      "more answers",
+    );
+    assert.deepEqual(more.map((a) => a.status), [200, 200, 200, 200]);
+    assert.deepEqual(closes(log), []);
+    assert.equal(pool(server).slots, 2);
+  } finally {
+    await teardown(server, [t.x, t.y]);
+  }
+});
+
+Deno.test("holdAhead: a consumer that leaves while its request is held is answered at once; the request is taken back without closing the connection, its handler never runs, and the request in progress there is answered", async () => {
+  const log: HubLogRecord[] = [];
+  const server = startHub({ holdAhead: true, onLog: (r) => log.push(r) });
+  const gates = new Gates();
+  const seen: string[] = [];
+  const w = worker(server, gates.handler(seen));
+  try {
+    await waitFor(() => pool(server).idle === 1, "worker attached");
+    const slow = get(server, "/slow");
+    await waitFor(() => seen.length === 1, "/slow started");
+    const leave = new AbortController();
+    const left = get(server, "/f1", leave.signal).catch((e) => e);
+    const fast = ["/f2", "/f3", "/f4"].map((p) => get(server, p));
+    await waitFor(() => pool(server).held === 1, "a request held", 5000);
+    leave.abort();
+    await waitFor(
+      () => server.hub.stats.abandoned === 1,
+      "counted as abandoned",
+    );
+    assert.equal(pool(server).held, 0);
+    gates.open("/slow");
+    assert.equal((await deadline(slow, 10_000, "/slow")).text, "/slow");
+    const rest = await deadline(Promise.all(fast), 10_000, "the others");
+    assert.deepEqual(rest.map((a) => a.text), ["/f2", "/f3", "/f4"]);
+    assert.ok((await left) instanceof Error);
+    assert.deepEqual(seen, ["/slow", "/f2", "/f3", "/f4"]);
+    assert.deepEqual(closes(log), []);
+    assert.equal(pool(server).slots, 1);
+  } finally {
+    await teardown(server, [w]);
+  }
+});
+
+Deno.test("holdAhead: a worker that dies with a request held behind its busy one: the held GET goes to another worker", async () => {
+  const server = startHub({ holdAhead: true });
+  const gates = new Gates();
+  const t = await twoBusy(server, gates);
+  try {
+    // The worker holding /f1 behind /slow1 goes away.
+    t.x.close();
+    await waitFor(() => pool(server).slots === 1, "X gone");
+    // (A GET whose worker died is resent too: /slow1 comes to Y.)
+    gates.open("/slow1");
+    gates.open("/slow2");
+    const fast = await deadline(Promise.all(t.fast), 10_000, "fast answers");
+    assert.deepEqual(
+      fast.map((a) => a.text),
+      t.fast.map((_, i) => `/f${i + 1}`),
+    );
+    // Y alone now: with four requests per slot queued, it holds too.
+    assert.ok(t.seenY.some((s) => s.startsWith("/f1")), t.seenY.join());
+    assert.ok(!t.seenX.some((s) => s.startsWith("/f1")), t.seenX.join());
+    assert.equal((await t.slow1).text, "/slow1");
+    await t.slow2;
+  } finally {
+    await teardown(server, [t.x, t.y]);
+  }
+});
+
+Deno.test("holdAhead: inline-engine workers (no Pothead-Hold in their handshake) never get a held request", async () => {
+  const server = startHub({ holdAhead: true });
+  const gates = new Gates();
+  const seen: string[] = [];
+  const w = worker(server, gates.handler(seen), "inline");
+  try {
+    await waitFor(() => pool(server).idle === 1, "worker attached");
+    const slow = get(server, "/slow");
+    await waitFor(() => seen.length === 1, "/slow started");
+    const fast = ["/f1", "/f2", "/f3", "/f4", "/f5"].map((p) => get(server, p));
+    await waitFor(
+      () => pool(server).queued + pool(server).held === 5,
+      "all queued",
+    );
+    assert.equal(pool(server).held, 0);
+    gates.open("/slow");
+    await deadline(Promise.all([slow, ...fast]), 10_000, "answers");
+    assert.deepEqual(seen, ["/slow", "/f1", "/f2", "/f3", "/f4", "/f5"]);
+    assert.equal(pool(server).heldTotal, 0);
+  } finally {
+    gates.open("/slow");
+    await teardown(server, [w]);
+  }
+});
+
+// A worker on a raw socket that says it takes held requests: the test
+// reads the bytes the hub writes.
+async function rawWorker(server: HubServer): Promise<RawSocket> {
+  const sock = await RawSocket.connect(server.workerAddr.port);
+  await sock.write(
+    "GET / HTTP/1.1\r\nhost: hub\r\nupgrade: ptth\r\nconnection: Upgrade\r\n" +
+      "pothead-hold: 1\r\n\r\n",
+  );
+  const head = await deadline(sock.readHead(), 10_000, "the 101");
+  assert.match(head!, /^HTTP\/1\.1 101 /);
+  return sock;
+}
+
+for (const on of [false, true]) {
+  Deno.test(`holdAhead ${on ? "on" : "off"}: a worker that takes held requests gets the queue's head ${on ? "written behind its request in progress, with X-Pothead-Hold: 1" : "only after it answered, as before"}`, async () => {
+    const server = startHub({ holdAhead: on });
+    const sock = await rawWorker(server);
+    try {
+      await waitFor(() => pool(server).idle === 1, "worker attached");
+      const answers = ["/a", "/f1", "/f2", "/f3", "/f4"].map((p) =>
+        get(server, p)
+      );
+      const a = await deadline(sock.readHead(), 10_000, "/a");
+      assert.match(a!, /^GET \/a HTTP\/1\.1\r\n/);
+      assert.doesNotMatch(a!, /x-pothead-hold/i);
+      await waitFor(
+        () => pool(server).queued + pool(server).held === 4,
+        "all queued",
+      );
+      if (!on) {
+        await sock.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n/a");
+      }
+      const f1 = await deadline(sock.readHead(), 10_000, "/f1");
+      assert.match(f1!, /^GET \/f1 HTTP\/1\.1\r\n/);
+      const marks = f1!.split("\r\n").filter((l) =>
+        /^x-pothead-hold:/i.test(l)
+      );
+      assert.deepEqual(marks, on ? [`${HOLD_FIELD}: 1`] : []);
+      assert.equal(pool(server).heldTotal, on ? 1 : 0);
+      if (on) {
+        await sock.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n/a");
+      }
+      await sock.write("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n/f1");
+      for (const path of ["/f2", "/f3", "/f4"]) {
+        const head = await deadline(sock.readHead(), 10_000, path);
+        assert.match(head!, new RegExp(`^GET ${path} HTTP/1\\.1\\r\\n`));
+        assert.doesNotMatch(head!, /x-pothead-hold/i);
+        await sock.write(
+          `HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n${path}`,
+        );
+      }
+      const texts = await deadline(Promise.all(answers), 10_000, "answers");
+      assert.deepEqual(texts.map((t) => t.text), [
+        "/a",
+        "/f1",
+        "/f2",
+        "/f3",
+        "/f4",
+      ]);
+    } finally {
+      sock.close();
+      await server.shutdown();
+    }
+  });
+}
+
+Deno.test("holdAhead option: per pool or hub-wide; refused with fairBy or affinityBy in the same pool", () => {
+  const off = new Hub({});
+  assert.equal(off.stats.pools[0].heldTotal, 0);
+  assert.throws(
+    () => new Hub({ holdAhead: true, fairBy: "ip" }),
+    /Invalid option "holdAhead": not with fairBy/,
+  );
+  assert.throws(
+    () => new Hub({ holdAhead: true, affinityBy: "ip" }),
+    /Invalid option "holdAhead": not with affinityBy/,
+  );
+  assert.throws(
+    () => new Hub({ pools: { gpu: { holdAhead: true, affinityBy: "ip" } } }),
+    /Invalid option "pools\.gpu\.holdAhead": not with affinityBy/,
+  );
+  assert.throws(
+    () => new Hub({ fairBy: "ip", pools: { gpu: { holdAhead: true } } }),
+    /Invalid option "pools\.gpu\.holdAhead": not with fairBy/,
+  );
+  assert.throws(
+    // deno-lint-ignore no-explicit-any
+    () => new Hub({ holdAhead: "yes" as any }),
+    /Invalid option "holdAhead": expected true or false/,
+  );
+  // A pool may turn it on where fairBy is off for that pool.
+  new Hub({ fairBy: "ip", pools: { gpu: { holdAhead: true, fairBy: null } } });
+});
+
+Deno.test("hub --hold-ahead: from the flag or POTHEAD_HOLD_AHEAD; refused with --fair-by or --affinity-by, exit 2", async () => {
+  const log = () => {};
+  const before = Deno.env.get("POTHEAD_HOLD_AHEAD");
+  try {
+    Deno.env.delete("POTHEAD_HOLD_AHEAD");
+    assert.equal(optionsFrom({}, log).holdAhead, undefined);
+    assert.equal(optionsFrom({ "hold-ahead": true }, log).holdAhead, true);
+    Deno.env.set("POTHEAD_HOLD_AHEAD", "1");
+    assert.equal(optionsFrom({}, log).holdAhead, true);
+    assert.throws(
+      () => optionsFrom({ "fair-by": "ip" }, log),
+      /Invalid POTHEAD_HOLD_AHEAD: not with --fair-by/,
+    );
+    Deno.env.delete("POTHEAD_HOLD_AHEAD");
+    assert.throws(
+      () => optionsFrom({ "hold-ahead": true, "affinity-by": "ip" }, log),
+      /Invalid --hold-ahead: not with --affinity-by/,
+    );
+  } finally {
+    if (before === undefined) Deno.env.delete("POTHEAD_HOLD_AHEAD");
+    else Deno.env.set("POTHEAD_HOLD_AHEAD", before);
+  }
+  const { code, stdout, stderr } = await runDeno([
+    "run",
+    ...RUN_PERMISSIONS,
+    "hub.ts",
+    "--hold-ahead",
+    "--fair-by",
+    "ip",
+  ]);
+  assert.equal(code, 2, stderr);
+  assert.match(stderr, /--hold-ahead: not with --fair-by/);
+  assert.equal(stdout, "");
+});
+
+// A raw worker (R) with /a in progress and /f1 held behind it, /f2../f4
+// queued; then a real worker (W, the serve engine) joins, serves /f2../f4,
+// goes idle with nothing queued and takes /f1 back from R: R reads the
+// revoke and answers as `script` says. Returns what the consumers got.
+async function takeBack(
+  script: (r: RawSocket, server: HubServer, seen: string[]) => Promise<void>,
+  log: HubLogRecord[] = [],
+) {
+  const server = startHub({ holdAhead: true, onLog: (r) => log.push(r) });
+  const r = await rawWorker(server);
+  const seen: string[] = [];
+  let w: WorkerHandle | undefined;
+  try {
+    await waitFor(() => pool(server).idle === 1, "R attached");
+    const answers = ["/a", "/f1", "/f2", "/f3", "/f4"].map((p) =>
+      get(server, p)
+    );
+    assert.match((await deadline(r.readHead(), 10_000, "/a"))!, /^GET \/a /);
+    const held = await deadline(r.readHead(), 10_000, "/f1");
+    assert.match(held!, /^GET \/f1 [^]*\r\nx-pothead-hold: 1\r\n/);
+    w = worker(server, new Gates().handler(seen));
+    const revoke = await deadline(r.readHead(), 10_000, "the revoke");
+    assert.match(revoke!, /^GET \/\.pothead\/revoke HTTP\/1\.1\r\n/);
+    assert.equal(pool(server).takeBacks, 1);
+    await script(r, server, seen);
+    const got = await deadline(Promise.all(answers), 10_000, "answers");
+    return { got: got.map((g) => `${g.status} ${g.text}`), seen };
+  } finally {
+    r.close();
+    if (w !== undefined) {
+      w.close();
+      await w.finished;
+    }
+    await server.shutdown();
+  }
+}
+
+const OK_A = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nR: /a";
+const TAKEN_BACK =
+  "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\ncontent-length: 0\r\n\r\n";
+const REVOKED = "HTTP/1.1 150 Revoked\r\nx-pothead-revoked: 1\r\n\r\n";
+const REVOKE_DONE = "HTTP/1.1 204 No Content\r\n\r\n";
+
+Deno.test("holdAhead take-back: the interim 150 puts the held request back at once (the idle worker serves it); the held request's 408 and the revoke's 204 are read after the response in progress, and the connection stays", async () => {
+  const { got } = await takeBack(async (r, server, seen) => {
+    await r.write(REVOKED);
+    // /f1 is served elsewhere before R answers /a.
+    await waitFor(() => seen.includes("/f1"), "/f1 at W");
+    await r.write(OK_A + TAKEN_BACK + REVOKE_DONE);
+    await waitFor(() => pool(server).idle === 2, "R idle again");
+    assert.equal(pool(server).slots, 2);
+    assert.equal(server.hub.stats.retries, 1);
+  });
+  assert.deepEqual(got, [
+    "200 R: /a",
+    "200 /f1",
+    "200 /f2",
+    "200 /f3",
+    "200 /f4",
+  ]);
+});
+
+Deno.test("holdAhead take-back without a 150 (the response in progress had begun): the held request's 408 in its turn puts it back, then the 204, and the connection stays", async () => {
+  const { got } = await takeBack(async (r, server, seen) => {
+    await r.write(OK_A + TAKEN_BACK + REVOKE_DONE);
+    // Put back as R went idle: either connection may take it now.
+    let where = "";
+    const next = r.readHead().then((head) => {
+      where ||= "R";
+      return head;
+    });
+    await waitFor(() => {
+      if (seen.includes("/f1")) where ||= "W";
+      return where !== "";
+    }, "/f1 resent");
+    if (where === "R") {
+      assert.match((await next)!, /^GET \/f1 /);
+      assert.doesNotMatch((await next)!, /x-pothead-hold/);
+      await r.write("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n/f1");
+    }
+    await waitFor(() => pool(server).idle === 2, "both idle");
+    assert.equal(pool(server).slots, 2);
+    assert.equal(server.hub.stats.retries, 1);
+  });
+  assert.deepEqual(got, [
+    "200 R: /a",
+    "200 /f1",
+    "200 /f2",
+    "200 /f3",
+    "200 /f4",
+  ]);
+});
+
+Deno.test("holdAhead take-back too late (the held request had started): its own response reaches its consumer, then the 204", async () => {
+  const { got, seen } = await takeBack(async (r, server) => {
+    await r.write(
+      OK_A + "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nR: /f1" +
+        REVOKE_DONE,
+    );
+    await waitFor(() => pool(server).idle === 2, "R idle again");
+  });
+  assert.deepEqual(got, [
+    "200 R: /a",
+    "200 R: /f1",
+    "200 /f2",
+    "200 /f3",
+    "200 /f4",
+  ]);
+  assert.ok(!seen.includes("/f1"));
+});
+
+Deno.test("holdAhead take-back: any other answer to the revoke is a protocol error that closes the connection", async () => {
+  const log: HubLogRecord[] = [];
+  const { got } = await takeBack(async (r, server) => {
+    await r.write(
+      OK_A + TAKEN_BACK + "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    );
+    await waitFor(() => pool(server).slots === 1, "R closed");
+  }, log);
+  assert.deepEqual(got, [
+    "200 R: /a",
+    "200 /f1",
+    "200 /f2",
+    "200 /f3",
+    "200 /f4",
+  ]);
+  assert.ok(
+    closes(log).some((r) => /200 to a revoke/.test(String(r.reason))),
+    JSON.stringify(closes(log)),
+  );
+});
+
+Deno.test("holdAhead: a 150 with nothing taken back is a protocol error: the connection closes, and the held GET goes to another worker", async () => {
+  const server = startHub({ holdAhead: true });
+  const r = await rawWorker(server);
+  const seen: string[] = [];
+  let w: WorkerHandle | undefined;
+  try {
+    await waitFor(() => pool(server).idle === 1, "R attached");
+    const answers = ["/a", "/f1", "/f2", "/f3", "/f4"].map((p) =>
+      get(server, p)
+    );
+    await deadline(r.readHead(), 10_000, "/a");
+    await deadline(r.readHead(), 10_000, "/f1");
+    await r.write(REVOKED);
+    await waitFor(() => pool(server).slots === 0, "R closed");
+    w = worker(server, new Gates().handler(seen));
+    const got = await deadline(Promise.all(answers), 10_000, "answers");
+    // /a failed at R (a protocol error, not resent).
+    assert.deepEqual(got.map((g) => g.status), [502, 200, 200, 200, 200]);
+    assert.deepEqual(got.slice(1).map((g) => g.text), [
+      "/f1",
+      "/f2",
+      "/f3",
+      "/f4",
+    ]);
+  } finally {
+    r.close();
+    if (w !== undefined) {
+      w.close();
+      await w.finished;
+    }
+    await server.shutdown();
+  }
+});
+
+Deno.test("holdAhead: a response in progress that closes the connection sends the held GET to another worker", async () => {
+  const server = startHub({ holdAhead: true });
+  const r = await rawWorker(server);
+  const seen: string[] = [];
+  let w: WorkerHandle | undefined;
+  try {
+    await waitFor(() => pool(server).idle === 1, "R attached");
+    const answers = ["/a", "/f1", "/f2", "/f3", "/f4"].map((p) =>
+      get(server, p)
+    );
+    await deadline(r.readHead(), 10_000, "/a");
+    await deadline(r.readHead(), 10_000, "/f1");
+    await r.write(
+      "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nR: /a",
+    );
+    await waitFor(() => pool(server).slots === 0, "R closed");
+    w = worker(server, new Gates().handler(seen));
+    const got = await deadline(Promise.all(answers), 10_000, "answers");
+    assert.deepEqual(got.map((g) => g.text), [
+      "R: /a",
+      "/f1",
+      "/f2",
+      "/f3",
+      "/f4",
+    ]);
+    assert.equal(server.hub.stats.retries, 1);
+  } finally {
+    r.close();
+    if (w !== undefined) {
+      w.close();
+      await w.finished;
+    }
+    await server.shutdown();
+  }
+});
