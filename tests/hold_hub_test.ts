@@ -635,3 +635,69 @@ Deno.test("holdAhead: a response in progress that closes the connection sends th
     await server.shutdown();
   }
 });
+
+Deno.test("holdAhead: a parking response before a held request that is taken back still parks the connection (the wait request follows the revoke's 204)", async () => {
+  const { got } = await takeBack(async (r, server) => {
+    await r.write(
+      "HTTP/1.1 200 OK\r\nconnection: pothead-park\r\ncontent-length: 5\r\n\r\nR: /a" +
+        TAKEN_BACK + REVOKE_DONE,
+    );
+    const wait = await deadline(r.readHead(), 10_000, "the wait request");
+    assert.match(wait!, /^GET \/\.pothead\/wait HTTP\/1\.1\r\n/);
+    await waitFor(() => pool(server).parked === 1, "R parked");
+    await r.write(REVOKE_DONE); // ready: offered again
+    await waitFor(() => pool(server).idle === 2, "R idle again");
+  });
+  assert.deepEqual(got, [
+    "200 R: /a",
+    "200 /f1",
+    "200 /f2",
+    "200 /f3",
+    "200 /f4",
+  ]);
+});
+
+Deno.test("holdAhead: a held request behind one declined with the parking 408 is answered as one just arrived: its own answer decides, and the declined one is resent", async () => {
+  const server = startHub({ holdAhead: true });
+  const r = await rawWorker(server);
+  try {
+    await waitFor(() => pool(server).idle === 1, "R attached");
+    const answers = ["/a", "/f1", "/f2", "/f3", "/f4"].map((p) =>
+      get(server, p)
+    );
+    assert.match((await deadline(r.readHead(), 10_000, "/a"))!, /^GET \/a /);
+    assert.match(
+      (await deadline(r.readHead(), 10_000, "/f1"))!,
+      /^GET \/f1 [^]*x-pothead-hold: 1/,
+    );
+    await r.write(
+      "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\nconnection: pothead-park\r\ncontent-length: 0\r\n\r\n" +
+        "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nR: /f1",
+    );
+    // Then every request the hub sends (the declined /a among them, maybe
+    // held) is answered; a wait request would mean the hub parked it.
+    const heads: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const head = (await deadline(r.readHead(), 10_000, "a request"))!;
+      heads.push(head.split(" ")[1]);
+      await r.write(
+        `HTTP/1.1 200 OK\r\ncontent-length: ${3 + heads[i].length}\r\n\r\nR: ${
+          heads[i]
+        }`,
+      );
+    }
+    assert.deepEqual(heads.toSorted(), ["/a", "/f2", "/f3", "/f4"]);
+    const got = await deadline(Promise.all(answers), 10_000, "answers");
+    assert.deepEqual(got.map((g) => g.text), [
+      "R: /a",
+      "R: /f1",
+      "R: /f2",
+      "R: /f3",
+      "R: /f4",
+    ]);
+    assert.equal(pool(server).parked, 0);
+  } finally {
+    r.close();
+    await server.shutdown();
+  }
+});
