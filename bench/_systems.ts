@@ -19,13 +19,20 @@ import type { ServiceMode } from "./workers/serial_worker.ts";
 export const ROOT: string = fileURLToPath(new URL("../", import.meta.url));
 
 /** The systems the benchmark knows, in report order. */
-export const SYSTEMS = ["pothead", "haproxy", "nginx-rr", "nginx-lc"] as const;
+export const SYSTEMS = [
+  "pothead",
+  "pothead-hold",
+  "haproxy",
+  "nginx-rr",
+  "nginx-lc",
+] as const;
 /** One of {@linkcode SYSTEMS}. */
 export type SystemName = typeof SYSTEMS[number];
 
 /** Human names for the report. */
 export const SYSTEM_LABELS: Record<SystemName, string> = {
   "pothead": "POTHEAD",
+  "pothead-hold": "POTHEAD --hold-ahead",
   "haproxy": "HAProxy maxconn 1",
   "nginx-rr": "nginx round-robin",
   "nginx-lc": "nginx least_conn",
@@ -421,8 +428,14 @@ export async function startSystems(
     const systems: System[] = [];
     let backends: { ports: number[]; workers: Child[] } | null = null;
     for (const name of names) {
-      if (name === "pothead") {
-        const { url, hub, workers } = await startPothead(children, options);
+      if (name === "pothead" || name === "pothead-hold") {
+        const { url, hub, workers } = await startPothead(
+          children,
+          name === "pothead" ? options : {
+            ...options,
+            hubArgs: [...options.hubArgs ?? [], "--hold-ahead"],
+          },
+        );
         systems.push({
           name,
           url,

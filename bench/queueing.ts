@@ -106,7 +106,8 @@ const HELP = `Usage: deno run -A bench/queueing.ts [options]
   --loads=0.5,0.8,0.9,0.95
   --dist=const,exp    service time distributions
   --mean-ms=20,100    mean service times
-  --systems=pothead,haproxy,nginx-rr,nginx-lc
+  --systems=pothead,haproxy,nginx-rr,nginx-lc (the default; also
+                      pothead-hold: the hub with --hold-ahead)
   --duration=S        base trace length per cell in seconds
   --min-requests=N    lengthen short-rate cells (up to 2x) to N requests
   --gap-duration=S    saturated dispatch-gap run per system and round
@@ -268,7 +269,7 @@ export function parsePlan(
     loads: (loads ?? base.loads).sort((a, b) => a - b),
     dists: dists ?? base.dists,
     means: list(values["mean-ms"], positiveNumber("mean-ms")) ?? base.means,
-    systems: systems ?? [...SYSTEMS],
+    systems: systems ?? [...DEFAULT_SYSTEMS],
     durationS: one("duration", values.duration, base.durationS),
     minRequests: values["min-requests"] === undefined
       ? base.minRequests
@@ -907,9 +908,18 @@ function judge(cells: CellResult[], gaps: GapResult[]): Target[] {
 
 // ------------------------------------------------------------------ report
 
+// What runs without --systems: POTHEAD as it starts by default.
+const DEFAULT_SYSTEMS: SystemName[] = [
+  "pothead",
+  "haproxy",
+  "nginx-rr",
+  "nginx-lc",
+];
+
 const COLORS: Record<SystemName | "ideal", string> = {
   ideal: "#222",
   pothead: "#1b9e3e",
+  "pothead-hold": "#7fc97f",
   haproxy: "#1f5fbf",
   "nginx-rr": "#d9541e",
   "nginx-lc": "#b0309b",
