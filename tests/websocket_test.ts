@@ -957,6 +957,16 @@ Deno.test({
   },
 });
 
+// A consumer's WebSocket as the bridge sees it, open (its handlers are the
+// bridge's to set, the test's to call).
+function openFakeSocket(): WebSocket {
+  return {
+    readyState: WebSocket.OPEN,
+    bufferedAmount: 0,
+    close() {},
+  } as unknown as WebSocket;
+}
+
 Deno.test(`[${ENGINE}] a consumer message that comes as the bridge's last write to the worker ends is still written`, async () => {
   // The bridge on fakes: a consumer socket already open, and a worker
   // connection whose writes resolve at once. A second message that comes a
@@ -971,11 +981,7 @@ Deno.test(`[${ENGINE}] a consumer message that comes as the bridge's last write 
       },
       close() {},
     };
-    const socket = {
-      readyState: WebSocket.OPEN,
-      bufferedAmount: 0,
-      close() {},
-    } as unknown as WebSocket;
+    const socket = openFakeSocket();
     const bridged = bridgeWebSocket(socket, conn, new BufferedReader(conn), {
       maxMessage: 1024,
       maxBacklog: 1024,
@@ -1014,11 +1020,7 @@ Deno.test(`[${ENGINE}] small consumer messages that wait behind a write to the w
     },
     close() {},
   };
-  const socket = {
-    readyState: WebSocket.OPEN,
-    bufferedAmount: 0,
-    close() {},
-  } as unknown as WebSocket;
+  const socket = openFakeSocket();
   const bridged = bridgeWebSocket(socket, conn, new BufferedReader(conn), {
     maxMessage: 1 << 20,
     maxBacklog: 1 << 20,
