@@ -476,6 +476,15 @@ const TAKEN_BACK =
   "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\ncontent-length: 0\r\n\r\n";
 const REVOKED = "HTTP/1.1 150 Revoked\r\nx-pothead-revoked: 1\r\n\r\n";
 const REVOKE_DONE = "HTTP/1.1 204 No Content\r\n\r\n";
+// What the consumers of a take-back get when /f1 was given back: R answers
+// /a, the other worker the rest.
+const TAKEN_BACK_ANSWERS = [
+  "200 R: /a",
+  "200 /f1",
+  "200 /f2",
+  "200 /f3",
+  "200 /f4",
+];
 
 Deno.test("holdAhead take-back: the interim 150 puts the held request back at once (the idle worker serves it); the held request's 408 and the revoke's 204 are read after the response in progress, and the connection stays", async () => {
   const { got } = await takeBack(async (r, server, seen) => {
@@ -487,13 +496,7 @@ Deno.test("holdAhead take-back: the interim 150 puts the held request back at on
     assert.equal(pool(server).slots, 2);
     assert.equal(server.hub.stats.retries, 1);
   });
-  assert.deepEqual(got, [
-    "200 R: /a",
-    "200 /f1",
-    "200 /f2",
-    "200 /f3",
-    "200 /f4",
-  ]);
+  assert.deepEqual(got, TAKEN_BACK_ANSWERS);
 });
 
 Deno.test("holdAhead take-back without a 150 (the response in progress had begun): the held request's 408 in its turn puts it back, then the 204, and the connection stays", async () => {
@@ -518,13 +521,7 @@ Deno.test("holdAhead take-back without a 150 (the response in progress had begun
     assert.equal(pool(server).slots, 2);
     assert.equal(server.hub.stats.retries, 1);
   });
-  assert.deepEqual(got, [
-    "200 R: /a",
-    "200 /f1",
-    "200 /f2",
-    "200 /f3",
-    "200 /f4",
-  ]);
+  assert.deepEqual(got, TAKEN_BACK_ANSWERS);
 });
 
 Deno.test("holdAhead take-back too late (the held request had started): its own response reaches its consumer, then the 204", async () => {
@@ -553,13 +550,7 @@ Deno.test("holdAhead take-back: any other answer to the revoke is a protocol err
     );
     await waitFor(() => pool(server).slots === 1, "R closed");
   }, log);
-  assert.deepEqual(got, [
-    "200 R: /a",
-    "200 /f1",
-    "200 /f2",
-    "200 /f3",
-    "200 /f4",
-  ]);
+  assert.deepEqual(got, TAKEN_BACK_ANSWERS);
   assert.ok(
     closes(log).some((r) => /200 to a revoke/.test(String(r.reason))),
     JSON.stringify(closes(log)),
@@ -632,13 +623,7 @@ Deno.test("holdAhead: a parking response before a held request that is taken bac
     await r.write(REVOKE_DONE); // ready: offered again
     await waitFor(() => pool(server).idle === 2, "R idle again");
   });
-  assert.deepEqual(got, [
-    "200 R: /a",
-    "200 /f1",
-    "200 /f2",
-    "200 /f3",
-    "200 /f4",
-  ]);
+  assert.deepEqual(got, TAKEN_BACK_ANSWERS);
 });
 
 Deno.test("holdAhead: a held request behind one declined with the parking 408 is answered as one just arrived: its own answer decides, and the declined one is resent", async () => {
