@@ -1192,9 +1192,11 @@ function field(value: string): string {
  *
  * `text`: `TIME ID POOL METHOD PATH STATUS OUTCOME queue_ms=N worker_ms=N
  * total_ms=N bytes_in=N bytes_out=N worker=ID retries=N priority=N
- * client=ADDRESS`, with any field holding spaces, quotes or control
- * characters written as a JSON string and a missing worker or client as `-`. `json`: one JSON object with `time` and every
- * field of the record, milliseconds rounded to 0.01.
+ * client=ADDRESS`, then `held=1` for a request held ahead, with any field
+ * holding spaces, quotes or control characters written as a JSON string and
+ * a missing worker or client as `-`. `json`: one JSON object with `time`
+ * and every field of the record (`held` only when true), milliseconds
+ * rounded to 0.01.
  *
  * @example
  * ```ts ignore
@@ -1239,6 +1241,7 @@ export function formatAccess(
       retries: record.retries,
       priority: record.priority ?? 0,
       client: record.client ?? null,
+      ...(record.held ? { held: true } : {}),
     });
   }
   if (format !== "text") {
@@ -1256,5 +1259,5 @@ export function formatAccess(
     record.worker === null ? "-" : field(record.worker)
   } retries=${record.retries} priority=${record.priority ?? 0} client=${
     record.client == null ? "-" : field(record.client)
-  }`;
+  }${record.held ? " held=1" : ""}`;
 }

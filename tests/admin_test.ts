@@ -1093,6 +1093,16 @@ Deno.test("formatAccess writes one text line or one JSON object per request", ()
     priority: -5,
     client: "2001:db8::5",
   });
+  // A request held ahead says so in both formats (and only that one).
+  const held = record({ ...r, held: true });
+  assert.equal(
+    formatAccess(held, "text", { time }),
+    `${formatAccess(r, "text", { time })} held=1`,
+  );
+  assert.deepEqual(JSON.parse(formatAccess(held, "json", { time })), {
+    ...JSON.parse(formatAccess(r, "json", { time })),
+    held: true,
+  });
   const odd = formatAccess(
     record({
       path: '/a b"\n',
