@@ -1047,7 +1047,7 @@ export function renderMarkdown(report: Report): string {
           : ""
       }. ` +
       `Latency runs from the client sending the request to the last byte of the answer; the ideal has no network or proxy cost at all.`,
-    `- Each system is first warmed up for ${plan.warmS} s by a saturated burst of 1 ms jobs (connections, and V8's tier-up of the hub's and workers' code). Systems run one after another within each cell (their order rotates from cell to cell) on the same machine as the client` +
+    `- Each system is first warmed up for ${plan.warmS} s by a saturated burst of 1 ms jobs (connections, and V8's tier-up of the hub's and workers' code); worker processes (not the hub) run with V8's memory reducer off, whose idle-time GCs the workers otherwise ran in lockstep. Systems run one after another within each cell (their order rotates from cell to cell) on the same machine as the client` +
       (report.nice
         ? `; the client, the balancers and every worker ran at nice ${report.nice} so that other jobs on the machine disturbed them less (all systems alike).`
         : "."),
