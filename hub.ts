@@ -391,8 +391,9 @@ export interface HubOptions {
    * requests (the `serve` engine), one per connection, at the connection
    * whose request started earliest, and only while the pool's jobs have
    * been finishing in the order they started (at least 80% of the last
-   * ~20) or at least four requests per connection wait (the rule chosen
-   * in simulation, `bench/_hold_sim.ts`). A connection that goes idle while
+   * ~20) or the queue is long: a request per connection for every 5 ms
+   * of the pool's mean exchange (four per connection until one has ended;
+   * the rule chosen in simulation, `bench/_hold_sim.ts`). A connection that goes idle while
    * nothing is queued takes the oldest held request back (if the worker
    * has not started it). A held request's queue time is until it was
    * written; its worker time runs from then. Not with `fairBy` or
@@ -1267,6 +1268,12 @@ interface Pool {
 
 // A pool's holding ahead (see HubOptions.holdAhead and Hub.#holdAhead).
 interface HoldState {
+  // Its busy slots, and when their requests started, in that order (a Map
+  // keeps the order of insertion): the first is the one to hold behind,
+  // and an exchange ends in start order when its slot is first.
+  started: Map<WorkerSlot, number>;
+  // The mean exchange, ms, over about the last 20 (-1: none has ended).
+  meanMs: number;
   // The share of exchanges that ended in the order they started: an
   // average over about the last 20 (1: no other busy connection of the
   // pool had started its request earlier).
@@ -1277,9 +1284,13 @@ interface HoldState {
 }
 
 // The hold rule (bench/_hold_sim.ts, chosen in simulation): hold while
-// this share of exchanges ends in start order, or while this many requests
-// per connection wait.
+// this share of exchanges ends in start order, or while the queue is long:
+// a request per connection for every HOLD_QUEUE_MS of the mean exchange
+// (HOLD_QUEUE_FACTOR per connection until one has ended). Longer jobs need
+// a longer queue: the gap holding saves is a smaller share of them, and a
+// request held behind one that runs long waits all of it out.
 const HOLD_IN_ORDER = 0.8;
+const HOLD_QUEUE_MS = 5;
 const HOLD_QUEUE_FACTOR = 4;
 
 // How long shutdown waits, after the grace, for WebSockets still open to
@@ -1650,9 +1661,7 @@ export class Hub {
   #busy = new Set<WorkerSlot>();
   // Busy slots of pools that share by time: whose request each runs.
   #charges = new Map<WorkerSlot, Charge>();
-  // Holding ahead: when each busy slot of such a pool began its request,
-  // and the request held behind it (oldest first).
-  #startedAt = new Map<WorkerSlot, number>();
+  // Holding ahead: the request held behind each slot (oldest first).
   #heldOn = new Map<WorkerSlot, Pending>();
   // Slots the worker parked: attached, but taking no request until it says.
   #parked = new Set<WorkerSlot>();
@@ -2154,7 +2163,14 @@ export class Hub {
       waitersAt: 0,
       ledger,
       hold: (limits.holdAhead ?? this.#opts.holdAhead)
-        ? { inOrder: 0, held: 0, total: 0, takeBacks: 0 }
+        ? {
+          started: new Map(),
+          meanMs: -1,
+          inOrder: 0,
+          held: 0,
+          total: 0,
+          takeBacks: 0,
+        }
         : null,
       groups: new Map(),
       idle: 0,
@@ -2664,7 +2680,7 @@ export class Hub {
     if (withdrawn) group.leaving--;
     const pool = this.#pool(slot.identity?.pool ?? DEFAULT_POOL);
     this.#slotGroup.delete(slot);
-    if (pool.hold !== null) this.#startedAt.delete(slot);
+    pool.hold?.started.delete(slot);
     if (group.idle.delete(slot)) pool.idle--;
     if (this.#parked.delete(slot)) pool.parked--;
     if (this.#pinging.delete(slot)) pool.pinging--;
@@ -3813,7 +3829,10 @@ export class Hub {
       p.held = held;
       // (A WebSocket's slot is not a job that ends in any order.)
       if (!held) {
-        if (!p.webSocket) this.#startedAt.set(slot, sentAt);
+        if (!p.webSocket) {
+          hold.started.delete(slot);
+          hold.started.set(slot, sentAt);
+        }
       } else {
         hold.held++;
         hold.total++;
@@ -3914,7 +3933,7 @@ export class Hub {
 
   // Holding ahead: while the pool has no idle slot and requests queue, and
   // its jobs end in the order they started or many wait (HOLD_IN_ORDER,
-  // HOLD_QUEUE_FACTOR), the head of its queue, if it may be held, goes
+  // HOLD_QUEUE_MS), the head of its queue, if it may be held, goes
   // behind the busy slot that began its request earliest and holds none.
   #holdAhead(pool: Pool): void {
     const hold = pool.hold!;
@@ -3923,21 +3942,22 @@ export class Hub {
     while (pool.idle === 0 && pool.queue.head !== null) {
       if (
         hold.inOrder < HOLD_IN_ORDER &&
-        pool.queue.size < HOLD_QUEUE_FACTOR * pool.slots
+        pool.queue.size <
+          (hold.meanMs < 0
+            ? HOLD_QUEUE_FACTOR * pool.slots
+            : pool.slots * hold.meanMs / HOLD_QUEUE_MS)
       ) return;
       const p = pool.queue.head.value;
       if (p.body !== null || p.webSocket || !HOLDABLE.has(p.req.method)) {
         return;
       }
+      // Every busy slot holds one already (a deep queue): no scan.
+      if (hold.held >= hold.started.size) return;
       let at: WorkerSlot | undefined;
-      let atStart = Infinity;
-      for (const slot of this.#busy) {
-        if (!slot.canHold || this.#withdrawn.has(slot)) continue;
-        if ((slot.identity?.pool ?? DEFAULT_POOL) !== pool.name) continue;
-        const started = this.#startedAt.get(slot) ?? Infinity;
-        if (at === undefined || started < atStart) {
+      for (const slot of hold.started.keys()) {
+        if (slot.canHold && !this.#withdrawn.has(slot)) {
           at = slot;
-          atStart = started;
+          break;
         }
       }
       if (at === undefined) return;
@@ -3952,20 +3972,17 @@ export class Hub {
   // went on with its held request): in start order if no other busy slot
   // of the pool began its request earlier.
   #ended(pool: Pool, slot: WorkerSlot): void {
-    const started = this.#startedAt.get(slot);
-    if (started === undefined) return; // not from a request (attached, ping)
-    this.#startedAt.delete(slot);
-    let first = 1;
-    for (const [other, at] of this.#startedAt) {
-      if (
-        at < started && other !== slot &&
-        (other.identity?.pool ?? DEFAULT_POOL) === pool.name
-      ) {
-        first = 0;
-        break;
-      }
-    }
-    pool.hold!.inOrder += (first - pool.hold!.inOrder) / 20;
+    const hold = pool.hold!;
+    const started = hold.started.get(slot);
+    // Not from a request (attached, ping).
+    if (started === undefined) return;
+    const first = hold.started.keys().next().value === slot ? 1 : 0;
+    hold.started.delete(slot);
+    hold.inOrder += (first - hold.inOrder) / 20;
+    const took = performance.now() - started;
+    hold.meanMs = hold.meanMs < 0
+      ? took
+      : hold.meanMs + (took - hold.meanMs) / 20;
   }
 
   // A held request's turn came: the request before it ended on that slot.
@@ -3976,7 +3993,7 @@ export class Hub {
     const pool = p.pool;
     pool.hold!.held--;
     this.#ended(pool, slot);
-    this.#startedAt.set(slot, performance.now());
+    pool.hold!.started.set(slot, performance.now());
     this.#holdAhead(pool);
   }
 

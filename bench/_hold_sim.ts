@@ -23,8 +23,12 @@
  * Requests are held at busy workers (one each, the earliest started first)
  * while no worker is idle and either the workers have been finishing in the
  * order they started (`inOrder` or more of the last ~20 finishes: jobs of
- * even length, where the earliest started is the next to finish) or at
- * least `queueFactor` × workers requests wait.
+ * even length, where the earliest started is the next to finish) or the
+ * queue is long: at least workers × (mean job ÷ `queueMs`) requests wait
+ * (the mean over the last ~20 jobs; 4 × workers until one has ended), or,
+ * with `queueFactor`, at least `queueFactor` × workers. A long queue holds
+ * later for longer jobs: the gap holding saves is a smaller share of them,
+ * and a request held behind one that runs long waits all of it out.
  *
  * @module
  */
@@ -46,9 +50,13 @@ export interface HoldSimOptions {
    */
   inOrder?: number;
   /**
-   * Hold while at least this many requests per worker wait (Infinity: never
-   * by this test).
-   * @default {4}
+   * Hold while at least workers × (mean job ÷ this) requests wait, in ms.
+   * @default {5}
+   */
+  queueMs?: number;
+  /**
+   * Instead of `queueMs`: hold while at least this many requests per worker
+   * wait, whatever the jobs' length (Infinity: never by queue length).
    */
   queueFactor?: number;
   /** Take held requests back for idle workers. @default {true} */
@@ -146,7 +154,16 @@ export function simulateHold(
   const revoke = options.revokeMs ?? 0.3;
   const hold = options.hold ?? true;
   const inOrderMin = options.inOrder ?? 0.8;
-  const queueMin = (options.queueFactor ?? 4) * servers;
+  const queueMs = options.queueMs ?? 5;
+  const queueFactor = options.queueFactor;
+  // The mean job, over the last ~20 (-1: none has ended).
+  let meanJob = -1;
+  const queueMin = (): number =>
+    queueFactor !== undefined
+      ? queueFactor * servers
+      : meanJob < 0
+      ? 4 * servers
+      : servers * meanJob / queueMs;
   const takeBack = options.takeBack ?? true;
   const n = arrivals.length;
   if (service.length !== n) {
@@ -180,6 +197,8 @@ export function simulateHold(
       if (x !== w && x.busy && x.started < w.started) first = false;
     }
     inOrder += ((first ? 1 : 0) - inOrder) / 20;
+    const took = t - w.started;
+    meanJob = meanJob < 0 ? took : meanJob + (took - meanJob) / 20;
     w.busy = false;
     // A revoke on its way has not reached the worker: it starts the request.
     if (w.held >= 0) {
@@ -238,7 +257,7 @@ export function simulateHold(
     }
     if (!hold) return;
     while (head < queue.length && !ws.some((w) => w.seenIdle)) {
-      if (inOrder < inOrderMin && queue.length - head < queueMin) return;
+      if (inOrder < inOrderMin && queue.length - head < queueMin()) return;
       let at: Server | null = null;
       for (const w of ws) {
         if (w.busy && w.held < 0 && (at === null || w.started < at.started)) {

@@ -836,3 +836,29 @@ Deno.test("hold model: holding ahead of even jobs takes the gap out of a long qu
   const exp = makeTrace({ ...trace.options, dist: "exp", load: 0.5 });
   assert.equal(simulateHold(exp.arrivals, exp.service, 4).held, 0);
 });
+
+Deno.test("hold model: the queue that holds is a request per worker for every queueMs of the mean job", () => {
+  // One worker. Request 0 runs alone and sets the mean job; request 1 is
+  // busy when 2..(1+q) queue behind it (one finish so far: 5% in order).
+  const trace = (jobMs: number, queued: number) => {
+    const arrivals = [0, jobMs + 1];
+    const service = [jobMs, jobMs];
+    for (let i = 0; i < queued; i++) {
+      arrivals.push(jobMs + 2);
+      service.push(jobMs);
+    }
+    return { arrivals, service };
+  };
+  const held = (jobMs: number, queued: number, options = {}) => {
+    const { arrivals, service } = trace(jobMs, queued);
+    return simulateHold(arrivals, service, 1, options).held;
+  };
+  // 100 ms jobs: 20 must wait; 8 are four per worker, enough for the
+  // fixed rule.
+  assert.equal(held(100, 8), 0);
+  assert.ok(held(100, 8, { queueFactor: 4 }) > 0);
+  assert.ok(held(100, 21) > 0);
+  // 2 ms jobs: fewer than one request must wait.
+  assert.ok(held(2, 2) > 0);
+  assert.equal(held(2, 2, { queueFactor: 4 }), 0);
+});

@@ -147,18 +147,22 @@ Deno.test("holdAhead: a request sent from the queue gets the next one held behin
   const w = worker(server, gates.handler(seen));
   try {
     await waitFor(() => pool(server).idle === 1, "worker attached");
+    // Short exchanges first: the pool's mean exchange stays short when
+    // /slow ends (however long it took), so the 9 queued behind /d are
+    // many enough to hold (a request per connection per 5 ms of the mean).
+    for (const p of ["/q1", "/q2", "/q3"]) await get(server, p);
     const slow = get(server, "/slow");
-    await waitFor(() => seen.length === 1, "/slow started");
+    await waitFor(() => seen.length === 4, "/slow started");
     // A DELETE at the head is not held, so nothing is while it waits.
     const del = fetch(`http://127.0.0.1:${server.addr.port}/d`, {
       method: "DELETE",
     }).then((res) => res.text());
-    const fast = ["/f1", "/f2", "/f3", "/f4", "/f5"].map((p) => get(server, p));
-    await waitFor(() => pool(server).queued === 6, "all queued");
+    const fast = Array.from({ length: 9 }, (_, i) => get(server, `/f${i + 1}`));
+    await waitFor(() => pool(server).queued === 10, "all queued");
     assert.equal(pool(server).held, 0);
     gates.open("/slow");
     await deadline(Promise.all([slow, del, ...fast]), 10_000, "answers");
-    assert.deepEqual(seen.slice(0, 3), ["/slow", "/d", "/f1 held"]);
+    assert.deepEqual(seen.slice(3, 6), ["/slow", "/d", "/f1 held"]);
   } finally {
     await teardown(server, [w]);
   }
@@ -334,6 +338,9 @@ for (const on of [false, true]) {
         () => pool(server).queued + pool(server).held === 4,
         "all queued",
       );
+      // A job of 100 ms or more: the three left queued are then too few to
+      // hold by queue length (one per connection per 5 ms of the mean).
+      await new Promise((resolve) => setTimeout(resolve, 100));
       if (!on) {
         await sock.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n/a");
       }
@@ -668,5 +675,84 @@ Deno.test("holdAhead: a held request behind one declined with the parking 408 is
   } finally {
     r.close();
     await server.shutdown();
+  }
+});
+
+Deno.test("holdAhead: with fewer than four requests per slot queued, it holds only while most exchanges end in the order they started", async () => {
+  const server = startHub({ holdAhead: true });
+  const gates = new Gates();
+  const seen: string[] = [];
+  const a = worker(server, gates.handler(seen));
+  const b = worker(server, gates.handler(seen));
+  let round = 0;
+  // Both workers busy, then one GET queued behind them: held or not?
+  const busyPlusOne = async (endFirst: "first" | "second") => {
+    const r = ++round;
+    const s1 = get(server, `/slow${r}a`);
+    await waitFor(() => seen.includes(`/slow${r}a`), `/slow${r}a started`);
+    const s2 = get(server, `/slow${r}b`);
+    await waitFor(() => seen.includes(`/slow${r}b`), `/slow${r}b started`);
+    const f = get(server, `/f${r}`);
+    await waitFor(
+      () => pool(server).queued + pool(server).held === 1,
+      `/f${r} queued`,
+    );
+    // The hub decides at once, as the request joins the queue.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const held = pool(server).held === 1;
+    const order = endFirst === "first" ? ["a", "b"] : ["b", "a"];
+    gates.open(`/slow${r}${order[0]}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    gates.open(`/slow${r}${order[1]}`);
+    await deadline(Promise.all([s1, s2, f]), 10_000, `round ${r}`);
+    return held;
+  };
+  try {
+    await waitFor(() => pool(server).idle === 2, "workers attached");
+    // No exchange has ended yet: the share in order starts at 0.
+    assert.equal(await busyPlusOne("first"), false, "held before any end");
+    // 40 exchanges, one at a time: each ends with no other in progress.
+    for (let i = 0; i < 40; i++) await get(server, `/one${i}`);
+    assert.equal(await busyPlusOne("first"), true, "held after in-order ends");
+    // Rounds whose later request ends first: half the ends out of order.
+    for (let i = 0; i < 8; i++) await busyPlusOne("second");
+    assert.equal(
+      await busyPlusOne("first"),
+      false,
+      "held after out-of-order ends",
+    );
+    assert.equal(pool(server).held, 0);
+  } finally {
+    await teardown(server, [a, b]);
+  }
+});
+
+Deno.test("holdAhead: after long exchanges the queue must be longer to hold: 8 queued behind one connection are not held once a 150 ms exchange has ended", async () => {
+  const server = startHub({ holdAhead: true });
+  const gates = new Gates();
+  const seen: string[] = [];
+  const w = worker(server, gates.handler(seen));
+  try {
+    await waitFor(() => pool(server).idle === 1, "worker attached");
+    // One exchange of 150 ms or more: the pool's mean exchange, so a queue
+    // holds from 30 requests per connection (one per 5 ms of the mean).
+    const long = get(server, "/slow-long");
+    await waitFor(() => seen.length === 1, "/slow-long started");
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    gates.open("/slow-long");
+    await deadline(long, 10_000, "/slow-long");
+    const slow = get(server, "/slow");
+    await waitFor(() => seen.length === 2, "/slow started");
+    // Eight would hold before any exchange ended (four per connection).
+    const fast = Array.from({ length: 8 }, (_, i) => get(server, `/f${i + 1}`));
+    await waitFor(() => pool(server).queued === 8, "all queued");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(pool(server).held, 0);
+    gates.open("/slow");
+    await deadline(Promise.all([slow, ...fast]), 10_000, "answers");
+    assert.equal(pool(server).heldTotal, 0);
+    assert.ok(!seen.some((s) => s.endsWith(" held")), seen.join());
+  } finally {
+    await teardown(server, [w]);
   }
 });
