@@ -391,7 +391,8 @@ export interface HubOptions {
    * requests (the `serve` engine), one per connection, at the connection
    * whose request started earliest, and only while the pool's jobs have
    * been finishing in the order they started (at least 80% of the last
-   * ~20) or the queue is long: a request per connection for every 5 ms
+   * ~20; requests that started within 5% of the mean exchange of each
+   * other count as started together) or the queue is long: a request per connection for every 5 ms
    * of the pool's mean exchange (four per connection until one has ended;
    * the rule chosen in simulation, `bench/_hold_sim.ts`). A connection that goes idle while
    * nothing is queued takes the oldest held request back (if the worker
@@ -1292,6 +1293,7 @@ interface HoldState {
 const HOLD_IN_ORDER = 0.8;
 const HOLD_QUEUE_MS = 5;
 const HOLD_QUEUE_FACTOR = 4;
+const HOLD_SAME_START = 0.05;
 
 // How long shutdown waits, after the grace, for WebSockets still open to
 // finish the close handshake it starts (a close round trip on a live link
@@ -3976,7 +3978,15 @@ export class Hub {
     const started = hold.started.get(slot);
     // Not from a request (attached, ping).
     if (started === undefined) return;
-    const first = hold.started.keys().next().value === slot ? 1 : 0;
+    // In order unless a busy connection began its request more than
+    // HOLD_SAME_START of the mean exchange before this one: requests that
+    // started together (a burst) end in either order, and holding behind
+    // either costs about the same.
+    const [earliest, at] = hold.started.entries().next().value!;
+    const first = earliest === slot ||
+        started - at <= HOLD_SAME_START * Math.max(hold.meanMs, 0)
+      ? 1
+      : 0;
     hold.started.delete(slot);
     hold.inOrder += (first - hold.inOrder) / 20;
     const took = performance.now() - started;

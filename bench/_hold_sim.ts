@@ -23,7 +23,9 @@
  * Requests are held at busy workers (one each, the earliest started first)
  * while no worker is idle and either the workers have been finishing in the
  * order they started (`inOrder` or more of the last ~20 finishes: jobs of
- * even length, where the earliest started is the next to finish) or the
+ * even length, where the earliest started is the next to finish; jobs that
+ * started within `sameStart` of the mean job of each other count as
+ * started together) or the
  * queue is long: at least workers × (mean job ÷ `queueMs`) requests wait
  * (the mean over the last ~20 jobs; 4 × workers until one has ended), or,
  * with `queueFactor`, at least `queueFactor` × workers. A long queue holds
@@ -54,6 +56,12 @@ export interface HoldSimOptions {
    * @default {5}
    */
   queueMs?: number;
+  /**
+   * Jobs that started within this share of the mean job of each other
+   * count as started together: either may finish first "in order".
+   * @default {0.05}
+   */
+  sameStart?: number;
   /**
    * Instead of `queueMs`: hold while at least this many requests per worker
    * wait, whatever the jobs' length (Infinity: never by queue length).
@@ -156,6 +164,7 @@ export function simulateHold(
   const inOrderMin = options.inOrder ?? 0.8;
   const queueMs = options.queueMs ?? 5;
   const queueFactor = options.queueFactor;
+  const sameStart = options.sameStart ?? 0.05;
   // The mean job, over the last ~20 (-1: none has ended).
   let meanJob = -1;
   const queueMin = (): number =>
@@ -194,7 +203,10 @@ export function simulateHold(
     latency[i] = t - arrivals[i];
     let first = true;
     for (const x of ws) {
-      if (x !== w && x.busy && x.started < w.started) first = false;
+      if (
+        x !== w && x.busy &&
+        x.started < w.started - sameStart * Math.max(meanJob, 0)
+      ) first = false;
     }
     inOrder += ((first ? 1 : 0) - inOrder) / 20;
     const took = t - w.started;

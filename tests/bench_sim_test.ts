@@ -862,3 +862,20 @@ Deno.test("hold model: the queue that holds is a request per worker for every qu
   assert.ok(held(2, 2) > 0);
   assert.equal(held(2, 2, { queueFactor: 4 }), 0);
 });
+
+Deno.test("hold model: jobs that start together end in order whichever finishes first", () => {
+  // Two workers; 40 pairs 0.1 ms apart whose second finishes first, then a
+  // pair with a third request queued behind it.
+  const arrivals: number[] = [];
+  const service: number[] = [];
+  for (let i = 0; i < 40; i++) {
+    arrivals.push(i * 20, i * 20 + 0.1);
+    service.push(10.3, 10);
+  }
+  arrivals.push(800, 800.1, 800.2);
+  service.push(10, 10, 10);
+  const held = (sameStart: number) =>
+    simulateHold(arrivals, service, 2, { sameStart }).held;
+  assert.equal(held(0.05), 1);
+  assert.equal(held(0), 0);
+});

@@ -690,6 +690,8 @@ Deno.test("holdAhead: with fewer than four requests per slot queued, it holds on
     const r = ++round;
     const s1 = get(server, `/slow${r}a`);
     await waitFor(() => seen.includes(`/slow${r}a`), `/slow${r}a started`);
+    // Well apart: requests that start together end "in order" either way.
+    await new Promise((resolve) => setTimeout(resolve, 30));
     const s2 = get(server, `/slow${r}b`);
     await waitFor(() => seen.includes(`/slow${r}b`), `/slow${r}b started`);
     const f = get(server, `/f${r}`);
@@ -754,5 +756,49 @@ Deno.test("holdAhead: after long exchanges the queue must be longer to hold: 8 q
     assert.ok(!seen.some((s) => s.endsWith(" held")), seen.join());
   } finally {
     await teardown(server, [w]);
+  }
+});
+
+Deno.test("holdAhead: requests that start together (a burst) end in order whichever ends first", async () => {
+  const server = startHub({ holdAhead: true });
+  const gates = new Gates();
+  const seen: string[] = [];
+  const a = worker(server, gates.handler(seen));
+  const b = worker(server, gates.handler(seen));
+  try {
+    await waitFor(() => pool(server).idle === 2, "workers attached");
+    // Pairs sent at once and ended 200 ms later, the one that started
+    // second first: its partner began well within 5% of the mean exchange
+    // before it, so every end counts as in order.
+    for (let r = 1; r <= 20; r++) {
+      const paths = [`/slow${r}a`, `/slow${r}b`];
+      const pair = paths.map((p) => get(server, p));
+      await waitFor(
+        () => paths.every((p) => seen.includes(p)),
+        `pair ${r} started`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const second = paths.find((p) =>
+        seen.indexOf(p) > seen.indexOf(
+          paths.find((q) => q !== p)!,
+        )
+      )!;
+      gates.open(second);
+      await deadline(pair[paths.indexOf(second)], 10_000, second);
+      gates.open(paths.find((p) => p !== second)!);
+      await deadline(Promise.all(pair), 10_000, `pair ${r}`);
+    }
+    // Both busy and one GET queued (far fewer than the queue that holds
+    // for 200 ms jobs): held, by the order of ends.
+    const busy = ["/slowXa", "/slowXb"].map((p) => get(server, p));
+    await waitFor(() => pool(server).idle === 0, "both busy");
+    const f = get(server, "/f");
+    await waitFor(() => pool(server).held === 1, "/f held", 5000);
+    gates.open("/slowXa");
+    gates.open("/slowXb");
+    await deadline(Promise.all([...busy, f]), 10_000, "answers");
+    assert.ok(seen.includes("/f held"), seen.join());
+  } finally {
+    await teardown(server, [a, b]);
   }
 });
