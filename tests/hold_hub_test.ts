@@ -85,6 +85,24 @@ async function teardown(server: HubServer, workers: WorkerHandle[]) {
   await server.shutdown();
 }
 
+// A holding hub with `n` serve-engine workers at gates, attached and idle.
+async function holding(n: number) {
+  const server = startHub({ holdAhead: true });
+  const gates = new Gates();
+  const seen: string[] = [];
+  const workers = Array.from(
+    { length: n },
+    () => worker(server, gates.handler(seen)),
+  );
+  try {
+    await waitFor(() => pool(server).idle === n, "workers attached");
+  } catch (error) {
+    await teardown(server, workers);
+    throw error;
+  }
+  return { server, gates, seen, workers };
+}
+
 // Worker connections the hub closed (logged at debug level).
 function closes(log: HubLogRecord[]): HubLogRecord[] {
   return log.filter((r) => r.msg === "worker connection closed");
@@ -141,12 +159,8 @@ Deno.test("holdAhead: with every slot busy and four requests per slot queued, th
 });
 
 Deno.test("holdAhead: a request sent from the queue gets the next one held behind it at once, before its head is out", async () => {
-  const server = startHub({ holdAhead: true });
-  const gates = new Gates();
-  const seen: string[] = [];
-  const w = worker(server, gates.handler(seen));
+  const { server, gates, seen, workers } = await holding(1);
   try {
-    await waitFor(() => pool(server).idle === 1, "worker attached");
     // Short exchanges first: the pool's mean exchange stays short when
     // /slow ends (however long it took), so the 9 queued behind /d are
     // many enough to hold (a request per connection per 5 ms of the mean).
@@ -164,7 +178,7 @@ Deno.test("holdAhead: a request sent from the queue gets the next one held behin
     await deadline(Promise.all([slow, del, ...fast]), 10_000, "answers");
     assert.deepEqual(seen.slice(3, 6), ["/slow", "/d", "/f1 held"]);
   } finally {
-    await teardown(server, [w]);
+    await teardown(server, workers);
   }
 });
 
@@ -679,11 +693,7 @@ Deno.test("holdAhead: a held request behind one declined with the parking 408 is
 });
 
 Deno.test("holdAhead: with fewer than four requests per slot queued, it holds only while most exchanges end in the order they started", async () => {
-  const server = startHub({ holdAhead: true });
-  const gates = new Gates();
-  const seen: string[] = [];
-  const a = worker(server, gates.handler(seen));
-  const b = worker(server, gates.handler(seen));
+  const { server, gates, seen, workers } = await holding(2);
   let round = 0;
   // Both workers busy, then one GET queued behind them: held or not?
   const busyPlusOne = async (endFirst: "first" | "second") => {
@@ -710,7 +720,6 @@ Deno.test("holdAhead: with fewer than four requests per slot queued, it holds on
     return held;
   };
   try {
-    await waitFor(() => pool(server).idle === 2, "workers attached");
     // No exchange has ended yet: the share in order starts at 0.
     assert.equal(await busyPlusOne("first"), false, "held before any end");
     // 40 exchanges, one at a time: each ends with no other in progress.
@@ -725,17 +734,13 @@ Deno.test("holdAhead: with fewer than four requests per slot queued, it holds on
     );
     assert.equal(pool(server).held, 0);
   } finally {
-    await teardown(server, [a, b]);
+    await teardown(server, workers);
   }
 });
 
 Deno.test("holdAhead: after long exchanges the queue must be longer to hold: 8 queued behind one connection are not held once a 150 ms exchange has ended", async () => {
-  const server = startHub({ holdAhead: true });
-  const gates = new Gates();
-  const seen: string[] = [];
-  const w = worker(server, gates.handler(seen));
+  const { server, gates, seen, workers } = await holding(1);
   try {
-    await waitFor(() => pool(server).idle === 1, "worker attached");
     // One exchange of 150 ms or more: the pool's mean exchange, so a queue
     // holds from 30 requests per connection (one per 5 ms of the mean).
     const long = get(server, "/slow-long");
@@ -755,18 +760,13 @@ Deno.test("holdAhead: after long exchanges the queue must be longer to hold: 8 q
     assert.equal(pool(server).heldTotal, 0);
     assert.ok(!seen.some((s) => s.endsWith(" held")), seen.join());
   } finally {
-    await teardown(server, [w]);
+    await teardown(server, workers);
   }
 });
 
 Deno.test("holdAhead: requests that start together (a burst) end in order whichever ends first", async () => {
-  const server = startHub({ holdAhead: true });
-  const gates = new Gates();
-  const seen: string[] = [];
-  const a = worker(server, gates.handler(seen));
-  const b = worker(server, gates.handler(seen));
+  const { server, gates, seen, workers } = await holding(2);
   try {
-    await waitFor(() => pool(server).idle === 2, "workers attached");
     // Pairs sent at once and ended 200 ms later, the one that started
     // second first: its partner began well within 5% of the mean exchange
     // before it, so every end counts as in order.
@@ -799,6 +799,6 @@ Deno.test("holdAhead: requests that start together (a burst) end in order whiche
     await deadline(Promise.all([...busy, f]), 10_000, "answers");
     assert.ok(seen.includes("/f held"), seen.join());
   } finally {
-    await teardown(server, [a, b]);
+    await teardown(server, workers);
   }
 });
