@@ -396,7 +396,8 @@ export interface HubOptions {
    * of the pool's mean exchange (four per connection until one has ended;
    * the rule chosen in simulation, `bench/_hold_sim.ts`). A connection that goes idle while
    * nothing is queued takes the oldest held request back (if the worker
-   * has not started it). A held request's queue time is until it was
+   * has not started it), and so does a request of a higher priority class
+   * that queues behind one of a lower class held. A held request's queue time is until it was
    * written; its worker time runs from then. Not with `fairBy` or
    * `affinityBy` in the same pool (refused: a held request would skip
    * their order).
@@ -3458,7 +3459,10 @@ export class Hub {
     if (p.node === queue.head) this.#prepareHead(p.pool);
     // A consumer that leaves while queued never reaches a worker.
     this.#watch(p);
-    if (p.pool.hold !== null) this.#holdAhead(p.pool);
+    if (p.pool.hold !== null) {
+      this.#holdAhead(p.pool);
+      this.#passHeld(p);
+    }
     // Handing over, the last connection of its pool may have gone (while
     // its body was read, or the one that declined it).
     this.#strand(p.pool);
@@ -4005,6 +4009,24 @@ export class Hub {
     this.#ended(pool, slot);
     pool.hold!.started.set(slot, performance.now());
     this.#holdAhead(pool);
+  }
+
+  // `p` has joined the queue ahead of a request of another class held in
+  // its pool (a higher priority class, or one aged past it): the request
+  // held last that `p` goes before is taken back, so `p` runs first (it is
+  // put back at the front of its class, behind `p`). Within a class the
+  // order is the queue's: a request put back at its front (declined) does
+  // not take back one held after it.
+  #passHeld(p: Pending): void {
+    const pool = p.pool;
+    if (p.node === null || pool.hold!.held === 0) return;
+    let passed: WorkerSlot | undefined;
+    for (const [slot, h] of this.#heldOn) {
+      if (
+        h.pool === pool && h.priority !== p.priority && precedes(pool, p, h)
+      ) passed = slot;
+    }
+    if (passed?.takeBack()) pool.hold!.takeBacks++;
   }
 
   // A slot of the pool went idle with nothing queued: the oldest request

@@ -802,3 +802,39 @@ Deno.test("holdAhead: requests that start together (a burst) end in order whiche
     await teardown(server, workers);
   }
 });
+
+Deno.test("holdAhead: a request of a higher priority class that queues behind a held one takes its place: the held request is taken back and runs after it", async () => {
+  const server = startHub({ holdAhead: true, trustPriority: true });
+  const gates = new Gates();
+  const seen: string[] = [];
+  const w = worker(server, gates.handler(seen));
+  try {
+    await waitFor(() => pool(server).idle === 1, "worker attached");
+    const slow = get(server, "/slow");
+    await waitFor(() => seen.length === 1, "/slow started");
+    const low = ["/f1", "/f2", "/f3", "/f4"].map((p) => get(server, p));
+    await waitFor(() => pool(server).held === 1, "/f1 held", 5000);
+    const high = fetch(`http://127.0.0.1:${server.addr.port}/hi`, {
+      headers: { "x-pothead-priority": "5" },
+    }).then((res) => res.text());
+    await waitFor(() => pool(server).takeBacks === 1, "/f1 taken back", 5000);
+    await waitFor(() => pool(server).held === 0, "/f1 back in the queue");
+    gates.open("/slow");
+    const [s, h, lows] = await deadline(
+      Promise.all([slow, high, Promise.all(low)]),
+      10_000,
+      "answers",
+    );
+    assert.equal(s.text, "/slow");
+    assert.equal(h, "/hi");
+    assert.deepEqual(lows.map((l) => l.text), ["/f1", "/f2", "/f3", "/f4"]);
+    // The higher class first; the taken-back request next, at the front
+    // of its own class; its handler ran once.
+    assert.equal(seen[0], "/slow");
+    assert.match(seen[1], /^\/hi( held)?$/);
+    assert.equal(seen[2].replace(" held", ""), "/f1");
+    assert.equal(seen.filter((s) => s.startsWith("/f1")).length, 1);
+  } finally {
+    await teardown(server, [w]);
+  }
+});
