@@ -3986,11 +3986,10 @@ export class Hub {
     // HOLD_SAME_START of the mean exchange before this one: requests that
     // started together (a burst) end in either order, and holding behind
     // either costs about the same.
-    const [earliest, at] = hold.started.entries().next().value!;
-    const first = earliest === slot ||
-        started - at <= HOLD_SAME_START * Math.max(hold.meanMs, 0)
-      ? 1
-      : 0;
+    // The first entry began earliest (this slot's own, if it is first).
+    const earliest: number = hold.started.values().next().value!;
+    const first =
+      started - earliest <= HOLD_SAME_START * Math.max(hold.meanMs, 0) ? 1 : 0;
     hold.started.delete(slot);
     hold.inOrder += (first - hold.inOrder) / 20;
     const took = performance.now() - started;

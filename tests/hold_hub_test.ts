@@ -9,6 +9,7 @@ import {
   Hub,
   type HubLogRecord,
   type HubServer,
+  type ServeHubOptions,
 } from "../hub.ts";
 import { connectWorker, type WorkerHandle } from "../worker.ts";
 import { HOLD_FIELD } from "../_hold.ts";
@@ -85,9 +86,10 @@ async function teardown(server: HubServer, workers: WorkerHandle[]) {
   await server.shutdown();
 }
 
-// A holding hub with `n` serve-engine workers at gates, attached and idle.
-async function holding(n: number) {
-  const server = startHub({ holdAhead: true });
+// A holding hub (with `options` besides) and `n` serve-engine workers at
+// gates, attached and idle.
+async function holding(n: number, options: ServeHubOptions = {}) {
+  const server = startHub({ holdAhead: true, ...options });
   const gates = new Gates();
   const seen: string[] = [];
   const workers = Array.from(
@@ -110,15 +112,10 @@ function closes(log: HubLogRecord[]): HubLogRecord[] {
 
 Deno.test("holdAhead: with every slot busy and four requests per slot queued, the queue's head is written behind the busy request and its worker runs it next, marked held", async () => {
   const records: AccessRecord[] = [];
-  const server = startHub({
-    holdAhead: true,
+  const { server, gates, seen, workers } = await holding(1, {
     onAccess: (r) => records.push(r),
   });
-  const gates = new Gates();
-  const seen: string[] = [];
-  const w = worker(server, gates.handler(seen));
   try {
-    await waitFor(() => pool(server).idle === 1, "worker attached");
     const slow = get(server, "/slow");
     await waitFor(() => seen.length === 1, "/slow started");
     const fast = ["/f1", "/f2", "/f3", "/f4"].map((p) => get(server, p));
@@ -154,7 +151,7 @@ Deno.test("holdAhead: with every slot busy and four requests per slot queued, th
     assert.equal(f1.outcome, "ok");
     assert.equal(records.find((r) => r.path === "/f2")!.held, undefined);
   } finally {
-    await teardown(server, [w]);
+    await teardown(server, workers);
   }
 });
 
@@ -804,12 +801,10 @@ Deno.test("holdAhead: requests that start together (a burst) end in order whiche
 });
 
 Deno.test("holdAhead: a request of a higher priority class that queues behind a held one takes its place: the held request is taken back and runs after it", async () => {
-  const server = startHub({ holdAhead: true, trustPriority: true });
-  const gates = new Gates();
-  const seen: string[] = [];
-  const w = worker(server, gates.handler(seen));
+  const { server, gates, seen, workers } = await holding(1, {
+    trustPriority: true,
+  });
   try {
-    await waitFor(() => pool(server).idle === 1, "worker attached");
     const slow = get(server, "/slow");
     await waitFor(() => seen.length === 1, "/slow started");
     const low = ["/f1", "/f2", "/f3", "/f4"].map((p) => get(server, p));
@@ -835,6 +830,6 @@ Deno.test("holdAhead: a request of a higher priority class that queues behind a 
     assert.equal(seen[2].replace(" held", ""), "/f1");
     assert.equal(seen.filter((s) => s.startsWith("/f1")).length, 1);
   } finally {
-    await teardown(server, [w]);
+    await teardown(server, workers);
   }
 });
