@@ -877,6 +877,49 @@ function withConnection(res: Response, value: string): Response {
 const SIGNAL = Object.getOwnPropertyDescriptor(Request.prototype, "signal")!
   .get!;
 
+// What `abortable` keeps for one request, on the request itself.
+class Abortable {
+  #req: Request;
+  #own: boolean;
+  #controller: AbortController | undefined;
+  #combined: AbortSignal | undefined;
+  #reason: Error | undefined;
+
+  constructor(req: Request, own: boolean) {
+    this.#req = req;
+    this.#own = own;
+  }
+
+  signal(): AbortSignal {
+    if (this.#combined === undefined) {
+      this.#controller = new AbortController();
+      if (this.#reason !== undefined) this.#controller.abort(this.#reason);
+      this.#combined = this.#own
+        ? this.#controller.signal
+        : AbortSignal.any([SIGNAL.call(this.#req), this.#controller.signal]);
+    }
+    return this.#combined;
+  }
+
+  abort(reason: Error): void {
+    if (this.#reason !== undefined) return;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+}
+
+const ABORTABLE = Symbol("abortable");
+
+// One getter for every request. A getter made per request (a closure) gives
+// each request a map of its own in V8, kept in the old generation until a
+// full GC and keeping the closure, and what it holds, alive through every
+// scavenge meanwhile: at a few thousand requests a second the worker's
+// scavenges took 5-15 ms instead of a tenth of that.
+function signalOf(this: Request): AbortSignal {
+  const state = (this as { [ABORTABLE]?: Abortable })[ABORTABLE];
+  return state === undefined ? SIGNAL.call(this) : state.signal();
+}
+
 /**
  * `req` with a signal that also aborts through the function returned. The
  * combined signal is made only if the handler looks at it. With `own`, the
@@ -888,28 +931,10 @@ export function abortable(
   req: Request,
   own = false,
 ): [Request, (reason: Error) => void] {
-  let controller: AbortController | undefined;
-  let combined: AbortSignal | undefined;
-  let aborted: Error | undefined;
-  const abort = (reason: Error) => {
-    if (aborted !== undefined) return;
-    aborted = reason;
-    controller?.abort(reason);
-  };
-  Object.defineProperty(req, "signal", {
-    configurable: true,
-    get() {
-      if (combined === undefined) {
-        controller = new AbortController();
-        if (aborted !== undefined) controller.abort(aborted);
-        combined = own
-          ? controller.signal
-          : AbortSignal.any([SIGNAL.call(req), controller.signal]);
-      }
-      return combined;
-    },
-  });
-  return [req, abort];
+  const state = new Abortable(req, own);
+  Object.defineProperty(req, ABORTABLE, { value: state });
+  Object.defineProperty(req, "signal", { configurable: true, get: signalOf });
+  return [req, (reason) => state.abort(reason)];
 }
 
 // The request as the handler sees it, changed in place: Deno.serve's own

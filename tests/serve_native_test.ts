@@ -3,7 +3,11 @@
 // to the engine's private `Deno.serve` listener, which is a real loopback
 // socket. What is checked is the wire the hub sees.
 import assert from "node:assert/strict";
-import { NativeEngine, type RelayOptions } from "../_serve_native.ts";
+import {
+  abortable,
+  NativeEngine,
+  type RelayOptions,
+} from "../_serve_native.ts";
 import { BufferedReader } from "../_io.ts";
 import type { FetchHandler } from "../_serve_conn.ts";
 import { bytes, type MemConn, memPair, text } from "./_memconn.ts";
@@ -445,4 +449,64 @@ Deno.test("serve engine: a request the hub sent just before dropping the connect
   assert.deepEqual(errors, []);
   // Each request was run before the link ended, or not at all.
   assert.ok(calls <= 30);
+});
+
+Deno.test("serve engine: abortable aborts the request's signal with the reason, or on the request's own", () => {
+  const [request, abort] = abortable(new Request("http://w/"));
+  const signal = request.signal;
+  assert.equal(request.signal, signal, "one signal per request");
+  assert.equal(signal.aborted, false);
+  const reason = new Error("gone");
+  abort(reason);
+  abort(new Error("later"));
+  assert.equal(signal.aborted, true);
+  assert.equal(signal.reason, reason);
+  // Aborted before the handler looked: the signal it then gets is aborted.
+  const [early, cut] = abortable(new Request("http://w/"));
+  cut(reason);
+  assert.equal(early.signal.reason, reason);
+  // The request's own signal still counts, unless `own`.
+  const outer = new AbortController();
+  const [inner] = abortable(new Request("http://w/", { signal: outer.signal }));
+  const [alone] = abortable(
+    new Request("http://w/", { signal: outer.signal }),
+    true,
+  );
+  const [innerSignal, aloneSignal] = [inner.signal, alone.signal];
+  outer.abort(reason);
+  assert.equal(innerSignal.aborted, true);
+  assert.equal(aloneSignal.aborted, false);
+});
+
+// A getter made per request (a closure) gives each request its own map in
+// V8, which stays in the old generation until a full GC and keeps what the
+// closure holds alive through every scavenge meanwhile; at a few thousand
+// requests a second the worker's scavenges took 5-15 ms instead of 0.1-0.3.
+// Checked with V8's own map test, in a process that allows it.
+Deno.test("serve engine: requests made abortable all keep one V8 map", async () => {
+  const module = new URL("../_serve_native.ts", import.meta.url).href;
+  const code = `
+    import { abortable } from ${JSON.stringify(module)};
+    const sameMap = new Function("a", "b", "return %HaveSameMap(a, b)");
+    const make = () => abortable(new Request("http://w/"))[0];
+    const [a, b] = [make(), make()];
+    a.signal;
+    b.signal;
+    console.log(JSON.stringify({
+      plain: sameMap(new Request("http://w/"), new Request("http://w/")),
+      abortable: sameMap(a, b),
+    }));
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--v8-flags=--allow-natives-syntax", code],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, stderr);
+  const result = JSON.parse(new TextDecoder().decode(out.stdout));
+  // The check itself works: two plain requests share a map.
+  assert.equal(result.plain, true);
+  assert.equal(result.abortable, true);
 });
