@@ -392,13 +392,14 @@ export interface HubOptions {
    * whose request started earliest, and only while the pool's jobs have
    * been finishing in the order they started (at least 80% of the last
    * ~20; requests that started within 5% of the mean exchange of each
-   * other count as started together) or the queue is long: a request per connection for every 5 ms
-   * of the pool's mean exchange (four per connection until one has ended;
-   * the rule chosen in simulation, `bench/_hold_sim.ts`). A connection that goes idle while
-   * nothing is queued takes the oldest held request back (if the worker
-   * has not started it), and so does a request of a higher priority class
-   * that queues behind one of a lower class held. A held request's queue time is until it was
-   * written; its worker time runs from then. Not with `fairBy` or
+   * other count as started together) or the queue is long: a request per
+   * connection for every 5 ms of the pool's mean exchange (four per
+   * connection until one has ended; the rule chosen in simulation,
+   * `bench/_hold_sim.ts`). A connection that goes idle while nothing is
+   * queued takes the oldest held request back (if the worker has not
+   * started it), and so does a request of a higher priority class that
+   * queues behind one of a lower class held. A held request's queue time
+   * is until it was written; its worker time runs from then. Not with `fairBy` or
    * `affinityBy` in the same pool (refused: a held request would skip
    * their order).
    * @default {false}

@@ -25,11 +25,12 @@
  * order they started (`inOrder` or more of the last ~20 finishes: jobs of
  * even length, where the earliest started is the next to finish; jobs that
  * started within `sameStart` of the mean job of each other count as
- * started together) or the queue is long: at least workers × (mean job ÷ `queueMs`) requests wait
- * (the mean over the last ~20 jobs; 4 × workers until one has ended), or,
- * with `queueFactor`, at least `queueFactor` × workers. A long queue holds
- * later for longer jobs: the gap holding saves is a smaller share of them,
- * and a request held behind one that runs long waits all of it out.
+ * started together) or the queue is long: at least workers × (mean job ÷
+ * `queueMs`) requests wait (the mean over the last ~20 jobs; 4 × workers
+ * until one has ended), or, with `queueFactor`, at least `queueFactor` ×
+ * workers. A long queue holds later for longer jobs: the gap holding saves
+ * is a smaller share of them, and a request held behind one that runs long
+ * waits all of it out.
  *
  * @module
  */

@@ -238,12 +238,10 @@ Deno.test("holdAhead: a slot that goes idle with nothing queued takes back the r
 
 Deno.test("holdAhead: a consumer that leaves while its request is held is answered at once; the request is taken back without closing the connection, its handler never runs, and the request in progress there is answered", async () => {
   const log: HubLogRecord[] = [];
-  const server = startHub({ holdAhead: true, onLog: (r) => log.push(r) });
-  const gates = new Gates();
-  const seen: string[] = [];
-  const w = worker(server, gates.handler(seen));
+  const { server, gates, seen, workers } = await holding(1, {
+    onLog: (r) => log.push(r),
+  });
   try {
-    await waitFor(() => pool(server).idle === 1, "worker attached");
     const slow = get(server, "/slow");
     await waitFor(() => seen.length === 1, "/slow started");
     const leave = new AbortController();
@@ -265,7 +263,7 @@ Deno.test("holdAhead: a consumer that leaves while its request is held is answer
     assert.deepEqual(closes(log), []);
     assert.equal(pool(server).slots, 1);
   } finally {
-    await teardown(server, [w]);
+    await teardown(server, workers);
   }
 });
 
@@ -775,14 +773,12 @@ Deno.test("holdAhead: requests that start together (a burst) end in order whiche
         `pair ${r} started`,
       );
       await new Promise((resolve) => setTimeout(resolve, 200));
-      const second = paths.find((p) =>
-        seen.indexOf(p) > seen.indexOf(
-          paths.find((q) => q !== p)!,
-        )
-      )!;
+      const [first, second] = [...paths].sort((p, q) =>
+        seen.indexOf(p) - seen.indexOf(q)
+      );
       gates.open(second);
       await deadline(pair[paths.indexOf(second)], 10_000, second);
-      gates.open(paths.find((p) => p !== second)!);
+      gates.open(first);
       await deadline(Promise.all(pair), 10_000, `pair ${r}`);
     }
     // Both busy and one GET queued (far fewer than the queue that holds
