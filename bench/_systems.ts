@@ -23,6 +23,7 @@ export const SYSTEMS = [
   "pothead",
   "pothead-hold",
   "haproxy",
+  "haproxy-b",
   "nginx-rr",
   "nginx-lc",
 ] as const;
@@ -34,6 +35,7 @@ export const SYSTEM_LABELS: Record<SystemName, string> = {
   "pothead": "POTHEAD",
   "pothead-hold": "POTHEAD --hold-ahead",
   "haproxy": "HAProxy maxconn 1",
+  "haproxy-b": "HAProxy maxconn 1 (2nd, control)",
   "nginx-rr": "nginx round-robin",
   "nginx-lc": "nginx least_conn",
 };
@@ -457,7 +459,9 @@ export async function startSystems(
         continue;
       }
       backends ??= await startSerialWorkers(children, options);
-      const { url, child } = name === "haproxy"
+      // "haproxy-b" is a second HAProxy with the same configuration: set
+      // against the first, it shows how much two runs of one system differ.
+      const { url, child } = name === "haproxy" || name === "haproxy-b"
         ? await startHaproxy(children, backends.ports, options)
         : await startNginx(
           children,

@@ -107,7 +107,8 @@ const HELP = `Usage: deno run -A bench/queueing.ts [options]
   --dist=const,exp    service time distributions
   --mean-ms=20,100    mean service times
   --systems=pothead,haproxy,nginx-rr,nginx-lc (the default; also
-                      pothead-hold: the hub with --hold-ahead)
+                      pothead-hold: the hub with --hold-ahead, and
+                      haproxy-b: a second HAProxy, the run's noise control)
   --duration=S        base trace length per cell in seconds
   --min-requests=N    lengthen short-rate cells (up to 2x) to N requests
   --gap-duration=S    saturated dispatch-gap run per system and round
@@ -810,8 +811,11 @@ async function machine(): Promise<Record<string, string | number>> {
 export interface Target {
   /** What was promised. */
   target: string;
-  /** `pass`, `FAIL` or `not measured`. */
-  result: "pass" | "FAIL" | "not measured";
+  /**
+   * `pass`, `FAIL` or `not measured`; `control` for the line that sets the
+   * second HAProxy against the first, which judges nothing.
+   */
+  result: "pass" | "FAIL" | "not measured" | "control";
   /** The numbers behind the verdict. */
   detail: string;
 }
@@ -824,20 +828,83 @@ function cellName(
   }%`;
 }
 
-// The targets for each POTHEAD system in the run (by default only
-// "pothead"; with --systems naming it, "pothead-hold" is judged the same way).
-function judge(cells: CellResult[], gaps: GapResult[]): Target[] {
+/**
+ * The verdicts on a run: for each POTHEAD system in it (always "pothead";
+ * "pothead-hold" when it ran), its targets against HAProxy and the ideal
+ * queue; with a second HAProxy (`haproxy-b`), a last line setting it
+ * against the first, the run's noise control.
+ */
+export function judge(cells: CellResult[], gaps: GapResult[]): Target[] {
   const ours = (["pothead", "pothead-hold"] as const).filter((s) =>
     s === "pothead" ||
     cells.some((c) => c.systems[s]) || gaps.some((g) => g.system === s)
   );
-  return ours.flatMap((s) => judgeOne(cells, gaps, s));
+  const control = judgeControl(cells, gaps);
+  const targets = ours.flatMap((s) => judgeOne(cells, gaps, s, control));
+  return control === null ? targets : [...targets, control.line];
+}
+
+// The noise control: a second HAProxy on the same backends, run in the same
+// rotation. How far it lands from the first is how far two runs of one
+// system land apart on this machine in this run.
+interface Control {
+  line: Target;
+  // The largest |2nd / 1st - 1| of p99 over the cells.
+  spread: number;
+}
+
+function judgeControl(
+  cells: CellResult[],
+  gaps: GapResult[],
+): Control | null {
+  const paired = cells.filter((c) =>
+    c.systems.haproxy && c.systems["haproxy-b"]
+  );
+  if (paired.length === 0) return null;
+  const ratios = paired.map((c) =>
+    c.systems["haproxy-b"]!.latency.p99 / c.systems.haproxy!.latency.p99
+  );
+  const spread = Math.max(...ratios.map((r) => Math.abs(r - 1)));
+  const atOrBelow = ratios.filter((r) => r <= 1).length;
+  const long = paired.filter((c) => c.meanMs >= 100);
+  const within = (s: "haproxy" | "haproxy-b") =>
+    long.filter((c) => c.systems[s]!.ratio.p99 <= 1.05).length;
+  const gapText = [...new Set(gaps.map((g) => g.workers))].flatMap((k) => {
+    const a = gaps.find((g) => g.workers === k && g.system === "haproxy");
+    const b = gaps.find((g) => g.workers === k && g.system === "haproxy-b");
+    return a && b
+      ? [
+        `K=${k} median gap ${b.gap.p50.toFixed(3)} vs ${
+          a.gap.p50.toFixed(3)
+        } ms`,
+      ]
+      : [];
+  });
+  const sorted = [...ratios].sort((a, b) => a - b);
+  return {
+    spread,
+    line: {
+      target: `Control: ${SYSTEM_LABELS["haproxy-b"]} against the first`,
+      result: "control",
+      detail: `p99 at or below the first's in ${atOrBelow}/${paired.length} ` +
+        `cells; 2nd/1st p99 from ${sorted[0].toFixed(3)} to ${
+          sorted.at(-1)!.toFixed(3)
+        } (largest difference ${(spread * 100).toFixed(1)}%)` +
+        (long.length
+          ? `; 100 ms jobs within 1.05× of the ideal: first ${
+            within("haproxy")
+          }/${long.length}, 2nd ${within("haproxy-b")}/${long.length}`
+          : "") +
+        (gapText.length ? `; ${gapText.join(", ")}` : ""),
+    },
+  };
 }
 
 function judgeOne(
   cells: CellResult[],
   gaps: GapResult[],
   ours: "pothead" | "pothead-hold",
+  control: Control | null,
 ): Target[] {
   const targets: Target[] = [];
   const name = SYSTEM_LABELS[ours];
@@ -863,7 +930,15 @@ function judgeOne(
         `${name}/HAProxy p99 from ${ratios.at(-1)!.r.toFixed(3)} to ${
           ratios[0].r.toFixed(3)
         } (worst: ${cellName(ratios[0].c)})` +
-        (worse.length ? `; worse in: ${worse.map(cellName).join(", ")}` : ""),
+        (worse.length ? `; worse in: ${worse.map(cellName).join(", ")}` : "") +
+        (worse.length && control !== null
+          ? `; over by no more than the control's largest difference in ${
+            worse.filter((c) =>
+              c.systems[ours]!.latency.p99 / c.systems.haproxy!.latency.p99 -
+                  1 <= control.spread
+            ).length
+          } of ${worse.length}`
+          : ""),
     });
   }
   const ks = [...new Set(gaps.map((g) => g.workers))];
@@ -937,6 +1012,7 @@ const COLORS: Record<SystemName | "ideal", string> = {
   pothead: "#1b9e3e",
   "pothead-hold": "#7fc97f",
   haproxy: "#1f5fbf",
+  "haproxy-b": "#7fa7e0",
   "nginx-rr": "#d9541e",
   "nginx-lc": "#b0309b",
 };
@@ -1300,9 +1376,11 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   const niced = plan.nice !== 0 && await setNiceness(plan.nice);
   if (plan.nice !== 0 && !niced) log(`could not set nice ${plan.nice}`);
   const skipped: Record<string, string> = {};
-  if (plan.systems.includes("haproxy")) {
+  if (plan.systems.some((s) => s.startsWith("haproxy"))) {
     if (!await ensureProgram("haproxy", "haproxy", log)) {
-      skipped.haproxy = "haproxy not installed";
+      for (const s of plan.systems) {
+        if (s.startsWith("haproxy")) skipped[s] = "haproxy not installed";
+      }
     }
   }
   if (plan.systems.some((s) => s.startsWith("nginx"))) {

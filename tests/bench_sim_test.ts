@@ -23,7 +23,15 @@ import {
 import { simulateHold } from "../bench/_hold_sim.ts";
 import { haproxyConfig, nginxConfig } from "../bench/_systems.ts";
 import { escapeXml, lineChart, logTicks } from "../bench/_svg.ts";
-import { estimateSeconds, parsePlan, type Plan } from "../bench/queueing.ts";
+import {
+  type CellResult,
+  estimateSeconds,
+  type GapResult,
+  judge,
+  parsePlan,
+  type Plan,
+  type RunResult,
+} from "../bench/queueing.ts";
 import {
   analyseRun,
   estimateSeconds as prioritySeconds,
@@ -657,6 +665,82 @@ Deno.test("benchmark plans: quick fits in 3 minutes, flags are validated", () =>
   assert.throws(() => parsePlan(["--systems=envoy"]), TypeError);
   assert.equal(parsePlan(["--help"]), "help");
   assert.deepEqual(parsePlan(["--render=x.json"]), { render: "x.json" });
+});
+
+// A run result with only what the verdicts read: p99 and its ratio.
+function p99Run(p99: number, ideal: number): RunResult {
+  return {
+    latency: { p99 },
+    ratio: { p99: p99 / ideal },
+  } as unknown as RunResult;
+}
+
+function p99Cell(
+  meanMs: number,
+  load: number,
+  p99s: Record<string, number>,
+): CellResult {
+  const ideal = meanMs * 1.5;
+  return {
+    workers: 4,
+    dist: "exp",
+    meanMs,
+    load,
+    ideal: { p99: ideal },
+    systems: Object.fromEntries(
+      Object.entries(p99s).map(([s, p]) => [s, p99Run(p, ideal)]),
+    ),
+  } as unknown as CellResult;
+}
+
+Deno.test("benchmark verdicts: a second HAProxy is the run's noise control", () => {
+  const cells = [
+    // POTHEAD 2% over HAProxy; the control 3% over: within the noise.
+    p99Cell(20, 0.5, { pothead: 30.6, haproxy: 30, "haproxy-b": 30.9 }),
+    // POTHEAD 10% over: beyond it.
+    p99Cell(20, 0.9, { pothead: 66, haproxy: 60, "haproxy-b": 59 }),
+    p99Cell(100, 0.5, { pothead: 150, haproxy: 152, "haproxy-b": 153 }),
+  ];
+  const gap = (system: string, p50: number) =>
+    ({
+      workers: 4,
+      system,
+      gap: { p50, p90: p50 * 2 },
+    }) as unknown as GapResult;
+  const targets = judge(cells, [
+    gap("pothead", 0.3),
+    gap("haproxy", 0.5),
+    gap("haproxy-b", 0.45),
+  ]);
+  const control = targets.at(-1)!;
+  assert.equal(control.result, "control");
+  assert.match(control.detail, /at or below the first's in 1\/3 cells/);
+  assert.match(
+    control.detail,
+    /from 0\.983 to 1\.030 \(largest difference 3\.0%\)/,
+  );
+  assert.match(control.detail, /first 1\/1, 2nd 1\/1/);
+  assert.match(control.detail, /K=4 median gap 0\.450 vs 0\.500 ms/);
+  const p99 = targets[0];
+  assert.equal(p99.result, "FAIL");
+  assert.match(p99.detail, /^1\/3 cells/);
+  assert.match(
+    p99.detail,
+    /no more than the control's largest difference in 1 of 2$/,
+  );
+  assert.equal(targets[1].result, "pass", "gap 0.3 < 0.5");
+  // Without the control: the same verdicts, no control line or mention.
+  const plain = judge(
+    cells.map((c) => {
+      const { "haproxy-b": _, ...systems } = c.systems;
+      return { ...c, systems };
+    }),
+    [gap("pothead", 0.3), gap("haproxy", 0.5)],
+  );
+  assert.equal(plain.length, targets.length - 1);
+  assert.ok(plain.every((t) => t.result !== "control"));
+  assert.ok(!plain[0].detail.includes("control"));
+  assert.equal(plain[0].result, "FAIL");
 });
 
 Deno.test("benchmark sleep waits at least a job shorter than the timer's lateness", async () => {
