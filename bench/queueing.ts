@@ -849,7 +849,7 @@ export function judge(cells: CellResult[], gaps: GapResult[]): Target[] {
 // system land apart on this machine in this run.
 interface Control {
   line: Target;
-  // The largest |2nd / 1st - 1| of p99 over the cells.
+  // The median |2nd / 1st - 1| of p99 over the cells.
   spread: number;
 }
 
@@ -864,7 +864,8 @@ function judgeControl(
   const ratios = paired.map((c) =>
     c.systems["haproxy-b"]!.latency.p99 / c.systems.haproxy!.latency.p99
   );
-  const spread = Math.max(...ratios.map((r) => Math.abs(r - 1)));
+  const off = ratios.map((r) => Math.abs(r - 1)).sort((a, b) => a - b);
+  const spread = off[Math.floor(off.length / 2)];
   const atOrBelow = ratios.filter((r) => r <= 1).length;
   const long = paired.filter((c) => c.meanMs >= 100);
   const within = (s: "haproxy" | "haproxy-b") =>
@@ -889,7 +890,9 @@ function judgeControl(
       detail: `p99 at or below the first's in ${atOrBelow}/${paired.length} ` +
         `cells; 2nd/1st p99 from ${sorted[0].toFixed(3)} to ${
           sorted.at(-1)!.toFixed(3)
-        } (largest difference ${(spread * 100).toFixed(1)}%)` +
+        } (difference: median ${(spread * 100).toFixed(1)}%, largest ${
+          (off.at(-1)! * 100).toFixed(1)
+        }%)` +
         (long.length
           ? `; 100 ms jobs within 1.05× of the ideal: first ${
             within("haproxy")
@@ -919,6 +922,18 @@ function judgeOne(
     const worse = paired.filter((c) =>
       c.systems[ours]!.latency.p99 > c.systems.haproxy!.latency.p99
     );
+    const excess = (c: CellResult) =>
+      c.systems[ours]!.latency.p99 / c.systems.haproxy!.latency.p99 - 1;
+    // How far over, and how far the control landed from HAProxy there.
+    const over = (c: CellResult) => {
+      const b = c.systems["haproxy-b"];
+      return `+${percent(excess(c))}` +
+        (b === undefined
+          ? ""
+          : `; control ${
+            signed(b.latency.p99 / c.systems.haproxy!.latency.p99 - 1)
+          }`);
+    };
     const ratios = paired.map((c) => ({
       c,
       r: c.systems[ours]!.latency.p99 / c.systems.haproxy!.latency.p99,
@@ -930,14 +945,17 @@ function judgeOne(
         `${name}/HAProxy p99 from ${ratios.at(-1)!.r.toFixed(3)} to ${
           ratios[0].r.toFixed(3)
         } (worst: ${cellName(ratios[0].c)})` +
-        (worse.length ? `; worse in: ${worse.map(cellName).join(", ")}` : "") +
+        (worse.length
+          ? `; worse in: ${
+            worse.map((c) => `${cellName(c)} (${over(c)})`).join(", ")
+          }`
+          : "") +
         (worse.length && control !== null
-          ? `; over by no more than the control's largest difference in ${
-            worse.filter((c) =>
-              c.systems[ours]!.latency.p99 / c.systems.haproxy!.latency.p99 -
-                  1 <= control.spread
-            ).length
-          } of ${worse.length}`
+          ? `; ${
+            worse.filter((c) => excess(c) <= control.spread).length
+          } of ${worse.length} over by no more than the control's median difference (${
+            percent(control.spread)
+          })`
           : ""),
     });
   }
@@ -1016,6 +1034,15 @@ const COLORS: Record<SystemName | "ideal", string> = {
   "nginx-rr": "#d9541e",
   "nginx-lc": "#b0309b",
 };
+
+function percent(share: number): string {
+  const n = share * 100;
+  return `${n.toFixed(Math.abs(n) < 0.1 ? 2 : 1)}%`;
+}
+
+function signed(share: number): string {
+  return `${share < 0 ? "−" : "+"}${percent(Math.abs(share))}`;
+}
 
 function ms(n: number): string {
   if (!Number.isFinite(n)) return "–";
@@ -1127,8 +1154,13 @@ export function renderMarkdown(report: Report): string {
       (report.nice
         ? `; the client, the balancers and every worker ran at nice ${report.nice} so that other jobs on the machine disturbed them less (all systems alike).`
         : "."),
-    "",
   );
+  if (plan.systems.includes("haproxy-b")) {
+    lines.push(
+      "- Control: a second HAProxy process with the same configuration and backends runs as a system of its own, in the same rotation. Nothing differs between the two but when they ran, so how far its figures land from the first's is how far two runs of one system differ in this run.",
+    );
+  }
+  lines.push("");
   if (plan.mode === "smoke") {
     lines.push("**Smoke run: timings are not judged.**", "");
   }

@@ -695,8 +695,8 @@ function p99Cell(
 
 Deno.test("benchmark verdicts: a second HAProxy is the run's noise control", () => {
   const cells = [
-    // POTHEAD 2% over HAProxy; the control 3% over: within the noise.
-    p99Cell(20, 0.5, { pothead: 30.6, haproxy: 30, "haproxy-b": 30.9 }),
+    // POTHEAD 1% over HAProxy; the control 3% over.
+    p99Cell(20, 0.5, { pothead: 30.3, haproxy: 30, "haproxy-b": 30.9 }),
     // POTHEAD 10% over: beyond it.
     p99Cell(20, 0.9, { pothead: 66, haproxy: 60, "haproxy-b": 59 }),
     p99Cell(100, 0.5, { pothead: 150, haproxy: 152, "haproxy-b": 153 }),
@@ -715,18 +715,21 @@ Deno.test("benchmark verdicts: a second HAProxy is the run's noise control", () 
   const control = targets.at(-1)!;
   assert.equal(control.result, "control");
   assert.match(control.detail, /at or below the first's in 1\/3 cells/);
+  // |2nd/1st - 1|: 3.0%, 1.7%, 0.7%.
   assert.match(
     control.detail,
-    /from 0\.983 to 1\.030 \(largest difference 3\.0%\)/,
+    /from 0\.983 to 1\.030 \(difference: median 1\.7%, largest 3\.0%\)/,
   );
   assert.match(control.detail, /first 1\/1, 2nd 1\/1/);
   assert.match(control.detail, /K=4 median gap 0\.450 vs 0\.500 ms/);
   const p99 = targets[0];
   assert.equal(p99.result, "FAIL");
   assert.match(p99.detail, /^1\/3 cells/);
+  assert.match(p99.detail, /K=4 exp 20 ms @ 50% \(\+1\.0%; control \+3\.0%\)/);
+  assert.match(p99.detail, /K=4 exp 20 ms @ 90% \(\+10\.0%; control −1\.7%\)/);
   assert.match(
     p99.detail,
-    /no more than the control's largest difference in 1 of 2$/,
+    /1 of 2 over by no more than the control's median difference \(1\.7%\)$/,
   );
   assert.equal(targets[1].result, "pass", "gap 0.3 < 0.5");
   // Without the control: the same verdicts, no control line or mention.
