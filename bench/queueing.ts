@@ -890,9 +890,9 @@ function judgeControl(
       detail: `p99 at or below the first's in ${atOrBelow}/${paired.length} ` +
         `cells; 2nd/1st p99 from ${sorted[0].toFixed(3)} to ${
           sorted.at(-1)!.toFixed(3)
-        } (difference: median ${(spread * 100).toFixed(1)}%, largest ${
-          (off.at(-1)! * 100).toFixed(1)
-        }%)` +
+        } (difference: median ${percent(spread)}, largest ${
+          percent(off.at(-1)!)
+        })` +
         (long.length
           ? `; 100 ms jobs within 1.05× of the ideal: first ${
             within("haproxy")
