@@ -844,6 +844,11 @@ export function judge(cells: CellResult[], gaps: GapResult[]): Target[] {
   return control === null ? targets : [...targets, control.line];
 }
 
+// A system's p99 over HAProxy's in a cell that has both.
+function overHaproxy(c: CellResult, system: SystemName): number {
+  return c.systems[system]!.latency.p99 / c.systems.haproxy!.latency.p99;
+}
+
 // The noise control: a second HAProxy on the same backends, run in the same
 // rotation. How far it lands from the first is how far two runs of one
 // system land apart on this machine in this run.
@@ -861,9 +866,7 @@ function judgeControl(
     c.systems.haproxy && c.systems["haproxy-b"]
   );
   if (paired.length === 0) return null;
-  const ratios = paired.map((c) =>
-    c.systems["haproxy-b"]!.latency.p99 / c.systems.haproxy!.latency.p99
-  );
+  const ratios = paired.map((c) => overHaproxy(c, "haproxy-b"));
   const off = ratios.map((r) => Math.abs(r - 1)).sort((a, b) => a - b);
   const spread = off[Math.floor(off.length / 2)];
   const atOrBelow = ratios.filter((r) => r <= 1).length;
@@ -881,15 +884,14 @@ function judgeControl(
       ]
       : [];
   });
-  const sorted = [...ratios].sort((a, b) => a - b);
   return {
     spread,
     line: {
       target: `Control: ${SYSTEM_LABELS["haproxy-b"]} against the first`,
       result: "control",
       detail: `p99 at or below the first's in ${atOrBelow}/${paired.length} ` +
-        `cells; 2nd/1st p99 from ${sorted[0].toFixed(3)} to ${
-          sorted.at(-1)!.toFixed(3)
+        `cells; 2nd/1st p99 from ${Math.min(...ratios).toFixed(3)} to ${
+          Math.max(...ratios).toFixed(3)
         } (difference: median ${percent(spread)}, largest ${
           percent(off.at(-1)!)
         })` +
@@ -919,24 +921,17 @@ function judgeOne(
       detail: "needs both systems",
     });
   } else {
-    const worse = paired.filter((c) =>
-      c.systems[ours]!.latency.p99 > c.systems.haproxy!.latency.p99
-    );
-    const excess = (c: CellResult) =>
-      c.systems[ours]!.latency.p99 / c.systems.haproxy!.latency.p99 - 1;
+    const worse = paired.filter((c) => overHaproxy(c, ours) > 1);
+    const excess = (c: CellResult) => overHaproxy(c, ours) - 1;
     // How far over, and how far the control landed from HAProxy there.
-    const over = (c: CellResult) => {
-      const b = c.systems["haproxy-b"];
-      return `+${percent(excess(c))}` +
-        (b === undefined
-          ? ""
-          : `; control ${
-            signed(b.latency.p99 / c.systems.haproxy!.latency.p99 - 1)
-          }`);
-    };
+    const over = (c: CellResult) =>
+      `+${percent(excess(c))}` +
+      (c.systems["haproxy-b"] === undefined
+        ? ""
+        : `; control ${signed(overHaproxy(c, "haproxy-b") - 1)}`);
     const ratios = paired.map((c) => ({
       c,
-      r: c.systems[ours]!.latency.p99 / c.systems.haproxy!.latency.p99,
+      r: overHaproxy(c, ours),
     })).sort((a, b) => b.r - a.r);
     targets.push({
       target: `${name} p99 ≤ HAProxy maxconn 1 p99 in every cell`,
