@@ -3,7 +3,7 @@
  * and several worker processes under steady load, while workers are
  * SIGKILLed and restarted at random (and, with `--recycle-after N`, recycle
  * themselves with `--max-requests` and are started again) and consumers
- * abort at random. It
+ * abort at random; with `--hold-ahead` the hubs hold requests ahead. It
  * reports how every request ended, whether any request ran twice or got
  * another request's answer, and the hubs' peak RSS.
  *
@@ -47,6 +47,11 @@ export interface SoakOptions {
    * started again, as a supervisor would. 0 or unset: never.
    */
   recycleAfter?: number;
+  /**
+   * The hubs hold requests ahead (`--hold-ahead`), so held requests meet the
+   * kills and the aborts too. Default false.
+   */
+  holdAhead?: boolean;
 }
 
 /** What {@linkcode runSoak} saw. */
@@ -74,6 +79,11 @@ export interface SoakReport {
   kills: number;
   /** Worker processes that recycled themselves (exit 0) and were restarted. */
   recycles: number;
+  /**
+   * Requests the hubs' access logs mark as held ahead (`held=1`); only with
+   * `holdAhead`.
+   */
+  held?: number;
   /** The largest peak resident set size of a hub in KiB (VmHWM). */
   hubPeakRssKiB: number;
   /** Wall time in seconds. */
@@ -110,7 +120,11 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           String(options.inflight * 4),
           "--log-level",
           "debug", // resends of declined requests are logged at debug
-        ]),
+          // With holding ahead, its access log says which requests were held.
+          ...(options.holdAhead
+            ? ["--hold-ahead", "--access-log", "text"]
+            : []),
+        ], { listening: options.holdAhead ? "stderr" : "stdout" }),
       );
     }
     const workerEnv = () => ({ SOAK_LOG: `${dir}/w${logSeq++}.log` });
@@ -294,6 +308,16 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       retries,
       kills,
       recycles,
+      ...(options.holdAhead
+        ? {
+          held: hubs.reduce(
+            (n, h) =>
+              n + h.proc.stdout.lines.filter((l) => / held=1( |$)/.test(l))
+                .length,
+            0,
+          ),
+        }
+        : {}),
       hubPeakRssKiB: hubPeak,
       seconds: (performance.now() - started) / 1000,
     };
@@ -317,6 +341,7 @@ if (import.meta.main) {
       seed: { type: "string", default: "42" },
       hubs: { type: "string", default: "1" },
       "recycle-after": { type: "string", default: "0" },
+      "hold-ahead": { type: "boolean", default: false },
     },
   });
   const options: SoakOptions = {
@@ -330,6 +355,7 @@ if (import.meta.main) {
     seed: Number(values.seed),
     hubs: Number(values.hubs),
     recycleAfter: Number(values["recycle-after"]),
+    holdAhead: values["hold-ahead"],
   };
   console.log(`soak: ${JSON.stringify(options)}`);
   const report = await runSoak(options);

@@ -337,7 +337,14 @@ Deno.test("consumers aborting at random leak no worker slot", async () => {
   }
 });
 
-for (const [hubs, recycleAfter] of [[1, 0], [2, 0], [1, 60]]) {
+for (
+  const [hubs, recycleAfter, holdAhead] of [
+    [1, 0, false],
+    [2, 0, false],
+    [1, 60, false],
+    [1, 0, true],
+  ] as const
+) {
   Deno.test({
     name:
       `a short soak with worker kills and consumer aborts runs nothing unsafe twice and loses nothing (${hubs} hub${
@@ -348,14 +355,18 @@ for (const [hubs, recycleAfter] of [[1, 0], [2, 0], [1, 60]]) {
             2 * recycleAfter
           } requests`
           : ""
-      })`,
+      }${holdAhead ? ", requests held ahead" : ""})`,
     sanitizeResources: false,
     sanitizeOps: false,
-    fn: () => soak(hubs, recycleAfter),
+    fn: () => soak(hubs, recycleAfter, holdAhead),
   });
 }
 
-async function soak(hubs: number, recycleAfter: number): Promise<void> {
+async function soak(
+  hubs: number,
+  recycleAfter: number,
+  holdAhead: boolean,
+): Promise<void> {
   const report = await runSoak({
     requests: 1500,
     inflight: 16,
@@ -367,10 +378,17 @@ async function soak(hubs: number, recycleAfter: number): Promise<void> {
     seed: 1,
     hubs,
     recycleAfter,
+    holdAhead,
   });
   // 1 500 requests over 3 workers recycling after at most 120 each: some
   // did (the kills end some workers before they get there).
   if (recycleAfter > 0) assert.ok(report.recycles > 0, JSON.stringify(report));
+  // 16 in flight on 6 slots keep about 10 queued, over the hold rule's
+  // queue for jobs of a few milliseconds (a request per slot for every 5 ms
+  // of the mean job): the hub holds GETs, some killed with their worker and
+  // resent, some taken back when their consumer aborts.
+  if (holdAhead) assert.ok((report.held ?? 0) > 0, JSON.stringify(report));
+  else assert.equal(report.held, undefined);
   assert.equal(report.sent, 1500);
   assert.equal(report.lost, 0);
   assert.equal(report.wrongAnswer, 0);
