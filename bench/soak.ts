@@ -49,7 +49,8 @@ export interface SoakOptions {
   recycleAfter?: number;
   /**
    * The hubs hold requests ahead (`--hold-ahead`), so held requests meet the
-   * kills and the aborts too. Default false.
+   * kills and the aborts too; the workers then run the `serve` engine, the
+   * one that takes held requests. Default false.
    */
   holdAhead?: boolean;
 }
@@ -143,6 +144,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           String(options.concurrency),
           "--max-backoff",
           "200ms",
+          // Only the serve engine takes held requests (whatever
+          // POTHEAD_ENGINE says, as in the inline run of the test suite).
+          ...(options.holdAhead ? ["--engine", "serve"] : []),
           ...(options.recycleAfter
             ? [
               "--max-requests",
