@@ -385,8 +385,8 @@ async function soak(
   if (recycleAfter > 0) assert.ok(report.recycles > 0, JSON.stringify(report));
   // 16 in flight on 6 slots keep about 10 queued, over the hold rule's
   // queue for jobs of a few milliseconds (a request per slot for every 5 ms
-  // of the mean job): the hub holds GETs, some killed with their worker and
-  // resent, some taken back when their consumer aborts.
+  // of the mean job): the hub holds GETs, which then meet the kills and the
+  // aborts like any request in progress.
   if (holdAhead) assert.ok((report.held ?? 0) > 0, JSON.stringify(report));
   else assert.equal(report.held, undefined);
   assert.equal(report.sent, 1500);
