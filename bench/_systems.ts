@@ -348,6 +348,16 @@ export async function versions(): Promise<Record<string, string>> {
   const first = (text: string) => text.split("\n")[0] || "unavailable";
   return {
     deno: `deno ${Deno.version.deno}`,
+    // The build measured, so runs taken together can say which code each had.
+    pothead: first(
+      await commandOutput("git", [
+        "-C",
+        ROOT,
+        "describe",
+        "--always",
+        "--dirty",
+      ]),
+    ),
     haproxy: first(await commandOutput("haproxy", ["-v"])),
     nginx: first(await commandOutput("nginx", ["-v"])),
   };

@@ -1026,7 +1026,9 @@ function markdown(r: Report): string {
     `- CPU: ${r.machine.cpuModel}, ${r.machine.cpus} cores; load average (1 min) ${r.machine.loadAverageAtStart} at start, ${r.loadAverageAtEnd} at end (a shared machine; other jobs may have run alongside)`,
   );
   L.push(
-    `- ${r.versions.deno}; ${r.versions.haproxy}; ${r.versions.nginx}; ${r.machine.wrk}`,
+    `- ${
+      r.versions.pothead ? `POTHEAD build ${r.versions.pothead}; ` : ""
+    }${r.versions.deno}; ${r.versions.haproxy}; ${r.versions.nginx}; ${r.machine.wrk}`,
   );
   L.push(
     `- Every process of the benchmark (client, balancers, workers) ran at nice ${r.nice}, all systems alike.`,

@@ -1130,7 +1130,11 @@ export function renderMarkdown(report: Report): string {
     `- Machine: \`${report.machine.uname}\``,
     `- CPU: ${report.machine.cpu}, ${report.machine.cores} cores; load average at start ${report.machine.loadavg}` +
       ` (shared machine: other jobs were running, so tails are noisier than on a quiet host)`,
-    `- ${report.versions.deno}; ${report.versions.haproxy}; ${report.versions.nginx}`,
+    `- ${
+      report.versions.pothead
+        ? `POTHEAD build ${report.versions.pothead}; `
+        : ""
+    }${report.versions.deno}; ${report.versions.haproxy}; ${report.versions.nginx}`,
     `- Jobs: ${
       plan.service === "sleep"
         ? "**sleep-based** (a timer per job, corrected for timer lateness), so 16 one-at-a-time workers fit on a 2-core machine; the CPU is left to the balancers and the client"
