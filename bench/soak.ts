@@ -55,6 +55,25 @@ export interface SoakOptions {
   holdAhead?: boolean;
 }
 
+// Held requests in the hubs' text access logs, and their statuses (the
+// sixth field: TIME ID POOL METHOD PATH STATUS ...; the soak's paths hold no
+// spaces).
+function heldCounts(
+  hubs: { stdout: { lines: string[] } }[],
+): { held: number; heldStatuses: Record<string, number> } {
+  const heldStatuses: Record<string, number> = {};
+  let held = 0;
+  for (const h of hubs) {
+    for (const line of h.stdout.lines) {
+      if (!/ held=1( |$)/.test(line)) continue;
+      held++;
+      const status = line.split(" ")[5];
+      heldStatuses[status] = (heldStatuses[status] ?? 0) + 1;
+    }
+  }
+  return { held, heldStatuses };
+}
+
 /** What {@linkcode runSoak} saw. */
 export interface SoakReport {
   sent: number;
@@ -70,6 +89,11 @@ export interface SoakReport {
   networkErrors: number;
   /** Status code counts. */
   statuses: Record<string, number>;
+  /** Status code counts by method (GETs may be retried, POSTs not). */
+  statusesByMethod: {
+    GET: Record<string, number>;
+    POST: Record<string, number>;
+  };
   /** Non-idempotent requests that a worker started twice (must be 0). */
   ranTwiceUnsafe: number;
   /** Idempotent requests a worker started twice (allowed by the retry rule). */
@@ -85,6 +109,11 @@ export interface SoakReport {
    * `holdAhead`.
    */
   held?: number;
+  /**
+   * Status code counts of the held requests, from the same access logs;
+   * only with `holdAhead`.
+   */
+  heldStatuses?: Record<string, number>;
   /** The largest peak resident set size of a hub in KiB (VmHWM). */
   hubPeakRssKiB: number;
   /** Wall time in seconds. */
@@ -182,6 +211,10 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
 
     const bases = hubs.map((h) => `http://127.0.0.1:${h.port}`);
     const statuses: Record<string, number> = {};
+    const statusesByMethod = {
+      GET: {} as Record<string, number>,
+      POST: {} as Record<string, number>,
+    };
     let answeredOnce = 0;
     let wrongAnswer = 0;
     let aborted = 0;
@@ -238,6 +271,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
         });
         const text = await res.text();
         statuses[res.status] = (statuses[res.status] ?? 0) + 1;
+        const mine = statusesByMethod[get ? "GET" : "POST"];
+        mine[res.status] = (mine[res.status] ?? 0) + 1;
         if (res.status === 200) {
           if (text.split(" ")[0] === String(n)) answeredOnce++;
           else wrongAnswer++;
@@ -307,21 +342,13 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       aborted,
       networkErrors,
       statuses,
+      statusesByMethod,
       ranTwiceUnsafe,
       ranTwiceIdempotent,
       retries,
       kills,
       recycles,
-      ...(options.holdAhead
-        ? {
-          held: hubs.reduce(
-            (n, h) =>
-              n + h.proc.stdout.lines.filter((l) => / held=1( |$)/.test(l))
-                .length,
-            0,
-          ),
-        }
-        : {}),
+      ...(options.holdAhead ? heldCounts(hubs.map((h) => h.proc)) : {}),
       hubPeakRssKiB: hubPeak,
       seconds: (performance.now() - started) / 1000,
     };
