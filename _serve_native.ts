@@ -39,6 +39,7 @@ import {
   renewTime,
   WAIT_FIELD,
 } from "./_park.ts";
+import { Latch } from "./_latch.ts";
 import { PING_FIELD } from "./_ping.ts";
 import {
   HOLD_FIELD,
@@ -352,8 +353,12 @@ export class NativeEngine {
   // It is looked for only where one can be: response bodies may hold the
   // same bytes.
   async #down(link: Link, up: Promise<void>): Promise<void> {
-    // The hub gone: no verdict is coming (nor needed).
-    const gone = up.then(() => false);
+    // The hub gone: no verdict is coming (nor needed). A latch: `up` lives
+    // as long as the link, and a race against it per upload would keep each
+    // race (_latch.ts).
+    const gone = new Latch();
+    const open = () => gone.open();
+    up.then(open, open);
     const buf = new Uint8Array(RELAY_BUFFER);
     try {
       while (true) {
@@ -363,7 +368,7 @@ export class NativeEngine {
         if (link.expects) {
           link.expects = false;
           if (startsWith(chunk, CONTINUE)) {
-            const taken = await Promise.race([link.verdict!.promise, gone]);
+            const taken = await gone.race(link.verdict!.promise);
             if (!taken) chunk = chunk.subarray(CONTINUE.length);
           }
         }

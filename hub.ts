@@ -42,6 +42,7 @@ import {
 import { forwardedFieldClient, lastForwardedAddress } from "./_forwarded.ts";
 import { hash32, mix32 } from "./_hash.ts";
 import { AddressLogLimit, type Suppressed } from "./_log_limit.ts";
+import { Latch } from "./_latch.ts";
 import { bridgeWebSocket } from "./_ws_bridge.ts";
 import { acceptKey, asksForWebSocket, webSocketProblem } from "./_ws_frame.ts";
 import {
@@ -1695,8 +1696,10 @@ export class Hub {
   // run, which every call waits for.
   #drainEnd = Infinity;
   #shutting: Promise<void> | null = null;
-  // Resolves when the grace of shutdown() ends: body reads stop waiting.
-  #whenClosed = Promise.withResolvers<void>();
+  // Opens when the grace of shutdown() ends: body reads stop waiting. A
+  // latch, not a promise: a race against a promise that lives as long as the
+  // hub would keep every request body read (_latch.ts).
+  #whenClosed = new Latch();
   // How far response bodies are read ahead of slow consumers: the memory
   // budget and spill directory all slots share (bodyStream decides from
   // them whether a body reads ahead at all).
@@ -2975,7 +2978,7 @@ export class Hub {
   ): Promise<boolean> {
     this.#reading++;
     try {
-      const body = await Promise.race([read(), this.#whenClosed.promise]);
+      const body = await this.#whenClosed.race(read());
       if (body !== undefined && !this.#closed) {
         p.body = body;
         return true;
@@ -3013,7 +3016,7 @@ export class Hub {
     );
     try {
       this.#readUploadAhead(p, options, paused.resolve);
-      await Promise.race([paused.promise, this.#whenClosed.promise]);
+      await this.#whenClosed.race(paused.promise);
       // Answered meanwhile: failed, too large, stalled or gone.
       if (!p.uploading) return false;
       p.uploading = false;
@@ -3234,7 +3237,7 @@ export class Hub {
     // The grace is over: what still waits in the queue is answered now,
     // and no slot that frees takes anything more.
     this.#closed = true;
-    this.#whenClosed.resolve();
+    this.#whenClosed.open();
     for (const pool of this.#pools.values()) {
       for (const p of pool.queue.drain()) {
         p.node = null;
