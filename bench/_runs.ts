@@ -344,6 +344,35 @@ function ratioText(s: Spread): string {
   return `${s.median.toFixed(3)} (${s.min.toFixed(3)}–${s.max.toFixed(3)})`;
 }
 
+// A table with a row per cell and a group of columns per system.
+function cellTable<T extends { cell: CellKey; system: SystemName }>(
+  rows: T[],
+  systems: SystemName[],
+  columns: string[],
+  text: (row: T) => string,
+): string[] {
+  const lines = [
+    "| cell | " +
+    systems.map((s) => `${SYSTEM_LABELS[s]}: ${columns.join(" | ")}`).join(
+      " | ",
+    ) + " |",
+    "| --- |" + systems.map(() => columns.map(() => " ---: |").join(""))
+      .join(""),
+  ];
+  const cells = [...new Map(rows.map((r) => [keyOf(r.cell), r.cell])).values()]
+    .sort(cellOrder);
+  for (const cell of cells) {
+    const row = systems.map((s) => {
+      const r = rows.find((x) =>
+        x.system === s && keyOf(x.cell) === keyOf(cell)
+      );
+      return r ? text(r) : columns.map(() => "–").join(" | ");
+    });
+    lines.push(`| ${cellLabel(cell)} | ${row.join(" | ")} |`);
+  }
+  return lines;
+}
+
 /**
  * The markdown report.
  *
@@ -422,54 +451,29 @@ export function renderAcross(across: Across, command: string): string {
   }
   lines.push("");
 
-  lines.push(`## p99 against ${base}, per cell`, "");
   lines.push(
-    "| cell | " +
-      systems.map((s) => `${SYSTEM_LABELS[s]}: at or below | ratio | p`)
-        .join(" | ") +
-      " |",
-    "| --- |" + systems.map(() => " ---: | ---: | ---: |").join(""),
-  );
-  const cellKeys = [
-    ...new Map(across.cells.map((c) => [keyOf(c.cell), c.cell])).values(),
-  ].sort(cellOrder);
-  for (const cell of cellKeys) {
-    const row = systems.map((s) => {
-      const c = across.cells.find((x) =>
-        x.system === s && keyOf(x.cell) === keyOf(cell)
-      );
-      if (!c) return "– | – | –";
-      const mark = c.verdict === "not shown" ? "" : ` **${c.verdict}**`;
-      return `${c.atOrBelow}/${c.runs} | ${ratioText(c)} | ${
-        pText(c.p)
-      }${mark}`;
-    });
-    lines.push(`| ${cellLabel(cell)} | ${row.join(" | ")} |`);
-  }
-  lines.push("");
-
-  lines.push(
+    `## p99 against ${base}, per cell`,
+    "",
+    ...cellTable(
+      across.cells,
+      systems,
+      ["at or below", "ratio", "p"],
+      (c) =>
+        `${c.atOrBelow}/${c.runs} | ${ratioText(c)} | ${pText(c.p)}${
+          c.verdict === "not shown" ? "" : ` **${c.verdict}**`
+        }`,
+    ),
+    "",
     `## 100 ms jobs: p99 over the ideal queue's (target ${IDEAL_TARGET}×)`,
     "",
-    "| cell | " +
-      idealSystems.map((s) => `${SYSTEM_LABELS[s]}: within | ratio`).join(
-        " | ",
-      ) + " |",
-    "| --- |" + idealSystems.map(() => " ---: | ---: |").join(""),
+    ...cellTable(
+      across.ideal,
+      idealSystems,
+      ["within", "ratio"],
+      (c) => `${c.within}/${c.runs} | ${ratioText(c)}`,
+    ),
+    "",
   );
-  const idealKeys = [
-    ...new Map(across.ideal.map((c) => [keyOf(c.cell), c.cell])).values(),
-  ].sort(cellOrder);
-  for (const cell of idealKeys) {
-    const row = idealSystems.map((s) => {
-      const c = across.ideal.find((x) =>
-        x.system === s && keyOf(x.cell) === keyOf(cell)
-      );
-      return c ? `${c.within}/${c.runs} | ${ratioText(c)}` : "– | –";
-    });
-    lines.push(`| ${cellLabel(cell)} | ${row.join(" | ")} |`);
-  }
-  lines.push("");
 
   lines.push(
     "## Dispatch gap (each run's median), ms",
