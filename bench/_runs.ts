@@ -13,7 +13,7 @@
  */
 
 import type { CellResult, GapResult } from "./queueing.ts";
-import { SYSTEM_LABELS, type SystemName } from "./_systems.ts";
+import { SYSTEM_LABELS, type SystemName, SYSTEMS } from "./_systems.ts";
 
 /** What this module needs of one run's `queueing.json`. */
 export interface RunInput {
@@ -80,20 +80,15 @@ export interface IdealAcross extends Spread {
   within: number;
 }
 
-/** One system's median dispatch gap at one K, over runs. */
-export interface GapAcross {
+/**
+ * One system's median dispatch gap at one K, over runs: the spread of the
+ * runs' median gaps, ms.
+ */
+export interface GapAcross extends Spread {
   /** Workers. */
   workers: number;
   /** The system. */
   system: SystemName;
-  /** Runs that measured it. */
-  runs: number;
-  /** Median over runs of each run's median gap, ms. */
-  median: number;
-  /** Smallest run median, ms. */
-  min: number;
-  /** Largest run median, ms. */
-  max: number;
   /** Runs in which it was below the base's median gap of the same run. */
   belowBase: number;
   /** Runs that measured both it and the base. */
@@ -200,16 +195,12 @@ export function acrossRuns(
   const taken = [...runs].sort((a, b) => a.date.localeCompare(b.date))
     .filter((r) => !seen.has(r.date) && seen.add(r.date));
 
-  const ratios = new Map<
-    string,
-    { cell: CellKey; by: Map<string, number[]> }
-  >();
-  const ideals = new Map<
-    string,
-    { cell: CellKey; by: Map<string, number[]> }
-  >();
+  // Per cell key, the cell and each system's values over the runs.
+  type PerCell = Map<string, { cell: CellKey; by: Map<string, number[]> }>;
+  const ratios: PerCell = new Map();
+  const ideals: PerCell = new Map();
   const push = (
-    into: typeof ratios,
+    into: PerCell,
     cell: CellKey,
     system: string,
     value: number,
@@ -291,14 +282,10 @@ export function acrossRuns(
   }
   const gaps: GapAcross[] = [...gapRuns].map(([k, e]) => {
     const [workers, system] = k.split("/");
-    const s = spread(e.mine);
     return {
       workers: Number(workers),
       system: system as SystemName,
-      runs: s.runs,
-      median: s.median,
-      min: s.min,
-      max: s.max,
+      ...spread(e.mine),
       belowBase: e.below,
       paired: e.paired,
     };
@@ -326,8 +313,7 @@ export function acrossRuns(
 }
 
 function order(a: string, b: string): number {
-  const names = Object.keys(SYSTEM_LABELS);
-  return names.indexOf(a) - names.indexOf(b);
+  return SYSTEMS.indexOf(a as SystemName) - SYSTEMS.indexOf(b as SystemName);
 }
 
 function cellLabel(c: CellKey): string {

@@ -74,6 +74,17 @@ function heldCounts(
   return { held, heldStatuses };
 }
 
+// Counts added key by key.
+function sumCounts(
+  ...counts: Record<string, number>[]
+): Record<string, number> {
+  const sum: Record<string, number> = {};
+  for (const c of counts) {
+    for (const [k, n] of Object.entries(c)) sum[k] = (sum[k] ?? 0) + n;
+  }
+  return sum;
+}
+
 /** What {@linkcode runSoak} saw. */
 export interface SoakReport {
   sent: number;
@@ -210,7 +221,6 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     );
 
     const bases = hubs.map((h) => `http://127.0.0.1:${h.port}`);
-    const statuses: Record<string, number> = {};
     const statusesByMethod = {
       GET: {} as Record<string, number>,
       POST: {} as Record<string, number>,
@@ -270,7 +280,6 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           signal: controller.signal,
         });
         const text = await res.text();
-        statuses[res.status] = (statuses[res.status] ?? 0) + 1;
         const mine = statusesByMethod[get ? "GET" : "POST"];
         mine[res.status] = (mine[res.status] ?? 0) + 1;
         if (res.status === 200) {
@@ -341,7 +350,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       lost,
       aborted,
       networkErrors,
-      statuses,
+      statuses: sumCounts(statusesByMethod.GET, statusesByMethod.POST),
       statusesByMethod,
       ranTwiceUnsafe,
       ranTwiceIdempotent,
