@@ -384,6 +384,8 @@ export interface System {
   balancerPids: number[];
   /** Pids of the worker processes behind it. */
   workerPids: number[];
+  /** The POTHEAD hub's Prometheus metrics (its admin listener). */
+  metricsUrl?: string;
 }
 
 /** Options for {@linkcode startSystems}. */
@@ -453,7 +455,7 @@ export async function startSystems(
     let backends: { ports: number[]; workers: Child[] } | null = null;
     for (const name of names) {
       if (name === "pothead" || name === "pothead-hold") {
-        const { url, hub, workers } = await startPothead(
+        const { url, hub, workers, metricsUrl } = await startPothead(
           children,
           name === "pothead" ? options : {
             ...options,
@@ -465,6 +467,7 @@ export async function startSystems(
           url,
           balancerPids: [hub.pid],
           workerPids: workers.map((w) => w.pid),
+          metricsUrl,
         });
         continue;
       }
@@ -537,7 +540,7 @@ async function startPothead(
     handler = "bench/workers/pothead_job.ts",
     workerEnv = {},
   }: StartOptions,
-): Promise<{ url: string; hub: Child; workers: Child[] }> {
+): Promise<{ url: string; hub: Child; workers: Child[]; metricsUrl: string }> {
   const hub = new Child("POTHEAD hub", DENO, [
     "run",
     LEGACY_ABORT_OFF,
@@ -557,6 +560,9 @@ async function startPothead(
     "600s",
     "--log-level",
     "warn",
+    // Read between runs (the held count), never while one is measured.
+    "--admin-port",
+    "0",
     ...hubArgs,
   ], { maxSeconds });
   children.push(hub);
@@ -566,6 +572,10 @@ async function startPothead(
   );
   const worker = await hub.waitFor(
     /Listening on tcp:\/\/[^ ]*:(\d+)\/ \(workers\)/,
+    STARTUP_MS,
+  );
+  const admin = await hub.waitFor(
+    /Listening on http:\/\/[^ ]*:(\d+)\/ \(admin\)/,
     STARTUP_MS,
   );
   const started: Child[] = [];
@@ -593,7 +603,12 @@ async function startPothead(
   for (const child of started) {
     await child.waitFor(/^Connected to /, STARTUP_MS);
   }
-  return { url: `http://127.0.0.1:${consumer[1]}/`, hub, workers: started };
+  return {
+    url: `http://127.0.0.1:${consumer[1]}/`,
+    hub,
+    workers: started,
+    metricsUrl: `http://127.0.0.1:${admin[1]}/metrics`,
+  };
 }
 
 /** The HAProxy configuration: one central queue, `maxconn 1` per server. */

@@ -90,6 +90,14 @@ export interface Plan {
   gapMs: number;
   /** Seed of every trace. */
   seed: number;
+  /**
+   * Where the systems' rotation starts: cell i runs them in the order given,
+   * rotated by `orderOffset + i`. Drawn at random for each run unless
+   * given, so that over many runs no system always takes the same turn in
+   * a cell (before 12-07 every run used 0: within a cell, each system ran
+   * at the same place in every run).
+   */
+  orderOffset: number;
   /** How jobs spend their time. */
   service: ServiceMode;
   /** Output directory, or null for a temporary one. */
@@ -115,6 +123,8 @@ const HELP = `Usage: deno run -A bench/queueing.ts [options]
   --gap-rounds=N      rounds of gap runs, systems interleaved (default 3)
   --gap-ms=MS         job length in the saturated run (default 20)
   --seed=N            trace seed (default 1)
+  --order-offset=N    start the systems' rotation at N (default: drawn at
+                      random per run, and recorded)
   --service=sleep|cpu jobs sleep on a timer (default) or spin the CPU
   --out=DIR           where to write queueing.{md,svg,json}
   --nice=N            nice value for the benchmark and all it starts
@@ -165,6 +175,7 @@ export function parsePlan(
       "gap-ms": { type: "string" },
       "gap-rounds": { type: "string" },
       seed: { type: "string" },
+      "order-offset": { type: "string" },
       service: { type: "string" },
       out: { type: "string" },
       render: { type: "string" },
@@ -178,7 +189,7 @@ export function parsePlan(
   const mode = values.smoke ? "smoke" : values.quick ? "quick" : "full";
   const base: Omit<
     Plan,
-    "systems" | "seed" | "service" | "out" | "gapMs" | "nice"
+    "systems" | "seed" | "orderOffset" | "service" | "out" | "gapMs" | "nice"
   > = mode === "smoke"
     ? {
       mode,
@@ -265,6 +276,15 @@ export function parsePlan(
   }
   const one = (name: string, text: string | undefined, fallback: number) =>
     text === undefined ? fallback : positiveNumber(name)(text);
+  const offsetText = values["order-offset"];
+  const orderOffset = offsetText === undefined
+    ? Math.floor(Math.random() * 720) // 6!: as likely any turn of up to 6
+    : Number(offsetText);
+  if (!(Number.isInteger(orderOffset) && orderOffset >= 0)) {
+    throw new RangeError(
+      `Invalid --order-offset: expected an integer from 0, got "${offsetText}"`,
+    );
+  }
   return {
     ...base,
     ks: ks ?? base.ks,
@@ -285,6 +305,7 @@ export function parsePlan(
     gapMs: one("gap-ms", values["gap-ms"], 20),
     warmS: base.warmS,
     seed: Math.trunc(one("seed", values.seed, 1)),
+    orderOffset,
     service,
     // Quick runs never overwrite the committed full results.
     out: values.out ??
@@ -333,6 +354,46 @@ function cellsOf(plan: Plan, workers: number): CellSpec[] {
     }
   }
   return cells;
+}
+
+/**
+ * `items` rotated left by `turn` (modulo their count): the order in which
+ * one cell runs the systems.
+ */
+export function rotated<T>(items: readonly T[], turn: number): T[] {
+  const n = items.length;
+  return items.map((_, j) => items[(j + turn) % n]);
+}
+
+/**
+ * The sum of `pothead_held_total` over every pool in a hub's Prometheus
+ * text, or null if it has none.
+ */
+export function heldInMetrics(text: string): number | null {
+  let sum: number | null = null;
+  for (const line of text.split("\n")) {
+    const m = line.match(/^pothead_held_total(?:\{[^}]*\})? (\S+)$/);
+    if (m === null) continue;
+    const value = Number(m[1]);
+    if (Number.isFinite(value)) sum = (sum ?? 0) + value;
+  }
+  return sum;
+}
+
+// The hub's count of requests held ahead so far (`pothead-hold` only: the
+// others hold none), read from its admin listener between runs.
+async function heldTotal(system: System): Promise<number | null> {
+  if (system.name !== "pothead-hold" || system.metricsUrl === undefined) {
+    return null;
+  }
+  try {
+    const res = await fetch(system.metricsUrl, {
+      signal: AbortSignal.timeout(5000),
+    });
+    return res.ok ? heldInMetrics(await res.text()) : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Drain allowance after a trace's last arrival. */
@@ -547,6 +608,12 @@ export interface RunResult {
   balancerCpuMs: number;
   /** CPU the workers used per request, ms (the jobs sleep). */
   workerCpuMs: number;
+  /**
+   * Requests the hub held ahead during the run (`pothead-hold`, from its
+   * `pothead_held_total`; absent for other systems and in results before
+   * 12-07).
+   */
+  held?: number;
 }
 
 /** One cell and load: the ideal and every system. */
@@ -1149,7 +1216,13 @@ export function renderMarkdown(report: Report): string {
           : ""
       }. ` +
       `Latency runs from the client sending the request to the last byte of the answer; the ideal has no network or proxy cost at all.`,
-    `- Each system is first warmed up for ${plan.warmS} s by a saturated burst of 1 ms jobs (connections, and V8's tier-up of the hub's and workers' code); worker processes (not the hub) run with V8's memory reducer off, whose idle-time GCs the workers otherwise ran in lockstep. Systems run one after another within each cell (their order rotates from cell to cell) on the same machine as the client` +
+    `- Each system is first warmed up for ${plan.warmS} s by a saturated burst of 1 ms jobs (connections, and V8's tier-up of the hub's and workers' code); worker processes (not the hub) run with V8's memory reducer off, whose idle-time GCs the workers otherwise ran in lockstep. Systems run one after another within each cell (their order rotates from cell to cell${
+      plan.orderOffset === undefined
+        ? ""
+        : `; this run's first cell started at turn ${
+          plan.orderOffset % systems.length
+        } of the \`--systems\` order`
+    }) on the same machine as the client` +
       (report.nice
         ? `; the client, the balancers and every worker ran at nice ${report.nice} so that other jobs on the machine disturbed them less (all systems alike).`
         : "."),
@@ -1201,6 +1274,30 @@ export function renderMarkdown(report: Report): string {
         }).join(" | ")
       } |`,
     );
+  }
+  const held = report.cells.filter((c) =>
+    c.systems["pothead-hold"]?.held !== undefined
+  );
+  if (held.length > 0) {
+    lines.push(
+      "",
+      "## Requests held ahead",
+      "",
+      `${
+        SYSTEM_LABELS["pothead-hold"]
+      }: the requests its hub held ahead during each cell's run (\`pothead_held_total\` read before and after), of the requests in the trace.`,
+      "",
+      "| cell | load | held | of requests |",
+      "|---|---:|---:|---:|",
+    );
+    for (const c of held) {
+      const n = c.systems["pothead-hold"]!.held!;
+      lines.push(
+        `| ${groupKey(c)} | ${Math.round(c.load * 100)}% | ${n} | ${
+          ((n / c.requests) * 100).toFixed(1)
+        }% |`,
+      );
+    }
   }
   lines.push(
     "",
@@ -1473,19 +1570,22 @@ export async function main(args: string[] = Deno.args): Promise<number> {
             ideal,
             systems: {},
           };
-          const order = running.systems.map((_, j) =>
-            running.systems[(j + index) % running.systems.length]
-          );
+          const order = rotated(running.systems, plan.orderOffset + index);
           for (const system of order) {
             const cpu = cpuMeter(system);
+            const heldBefore = await heldTotal(system);
             const samples = await replay(
               system.url,
               trace,
               `${system.name}-${index}`,
               drainMs(spec),
             );
+            const heldAfter = await heldTotal(system);
             const result = analyseReplay(trace, samples, ideal);
             Object.assign(result, cpu(samples));
+            if (heldBefore !== null && heldAfter !== null) {
+              result.held = heldAfter - heldBefore;
+            }
             cell.systems[system.name] = result;
             log(
               `${cellName(spec)} ${
@@ -1498,7 +1598,9 @@ export async function main(args: string[] = Deno.args): Promise<number> {
                   result.sendLateP99.toFixed(1)
                 } cpu/req balancer=${result.balancerCpuMs.toFixed(2)} workers=${
                   result.workerCpuMs.toFixed(2)
-                } ms client=${(result.clientCpuShare * 100).toFixed(0)}%`,
+                } ms client=${(result.clientCpuShare * 100).toFixed(0)}%${
+                  result.held === undefined ? "" : ` held=${result.held}`
+                }`,
             );
             if (result.errors > 0) {
               log(`  errors: ${JSON.stringify(result.errorKinds)}`);

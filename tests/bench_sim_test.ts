@@ -27,9 +27,11 @@ import {
   type CellResult,
   estimateSeconds,
   type GapResult,
+  heldInMetrics,
   judge,
   parsePlan,
   type Plan,
+  rotated,
   type RunResult,
 } from "../bench/queueing.ts";
 import {
@@ -665,6 +667,37 @@ Deno.test("benchmark plans: quick fits in 3 minutes, flags are validated", () =>
   assert.throws(() => parsePlan(["--systems=envoy"]), TypeError);
   assert.equal(parsePlan(["--help"]), "help");
   assert.deepEqual(parsePlan(["--render=x.json"]), { render: "x.json" });
+  assert.equal(plan(["--order-offset=5"]).orderOffset, 5);
+  assert.throws(() => parsePlan(["--order-offset=-1"]), RangeError);
+  assert.throws(() => parsePlan(["--order-offset=1.5"]), RangeError);
+  // Drawn per run: 40 plans all at one turn of 6 would be a 6^-39 chance.
+  const turns = new Set(
+    Array.from({ length: 40 }, () => plan([]).orderOffset % 6),
+  );
+  assert.ok(turns.size > 1, `offsets ${[...turns]}`);
+});
+
+Deno.test("benchmark cells rotate the systems from the run's offset", () => {
+  const s = ["a", "b", "c"];
+  assert.deepEqual(rotated(s, 0), ["a", "b", "c"]);
+  assert.deepEqual(rotated(s, 1), ["b", "c", "a"]);
+  assert.deepEqual(rotated(s, 5), ["c", "a", "b"]);
+  assert.deepEqual(s, ["a", "b", "c"], "the input is left as it was");
+});
+
+Deno.test("benchmark reads the held count from a hub's metrics", () => {
+  const text = [
+    "# HELP pothead_held_total Requests held ahead (holdAhead), each time one was.",
+    "# TYPE pothead_held_total counter",
+    'pothead_held_total{pool="default"} 12',
+    'pothead_held_total{pool="gpu"} 3',
+    'pothead_held{pool="default"} 1',
+    "pothead_held_totals 99",
+    "",
+  ].join("\n");
+  assert.equal(heldInMetrics(text), 15);
+  assert.equal(heldInMetrics("pothead_held_total 7\n"), 7);
+  assert.equal(heldInMetrics("pothead_queue_depth 4\n"), null);
 });
 
 // A run result with only what the verdicts read: p99 and its ratio.
