@@ -23,6 +23,14 @@ export interface RunInput {
   date: string;
   /** The build measured (`git describe`), where the run recorded it. */
   build?: string;
+  /** The traces' seed, where the run recorded it. */
+  seed?: number;
+  /**
+   * The turn the systems' rotation started at, where the run drew one
+   * (runs before 2026-12-07 14:38 did not: each system took the same turn
+   * in a cell).
+   */
+  orderOffset?: number;
   /** Per cell and load. */
   cells: CellResult[];
   /** The saturated (dispatch gap) runs. */
@@ -95,6 +103,25 @@ export interface GapAcross extends Spread {
   paired: number;
 }
 
+/**
+ * One system against the base over the runs of one trace seed: in how many
+ * cells its median ratio was at or below 1.
+ */
+export interface SeedAcross {
+  /** The traces' seed. */
+  seed: number;
+  /** The system. */
+  system: SystemName;
+  /** The most runs of the seed that had it and the base in a cell. */
+  runs: number;
+  /** Cells whose median ratio over those runs was at or below 1. */
+  notAbove: number;
+  /** Cells it was measured in. */
+  cells: number;
+  /** The highest median ratio. */
+  highest: number;
+}
+
 /** Everything the report is made from. */
 export interface Across {
   /** The runs taken, oldest first, with the systems each had. */
@@ -102,6 +129,8 @@ export interface Across {
     name: string;
     date: string;
     build?: string;
+    seed?: number;
+    orderOffset?: number;
     systems: SystemName[];
   }[];
   /** The system every other is set against. */
@@ -112,6 +141,12 @@ export interface Across {
   ideal: IdealAcross[];
   /** Dispatch gaps per K and system. */
   gaps: GapAcross[];
+  /**
+   * Per trace seed, when the runs used more than one (every run of one
+   * seed replays the same traces, so a seed's runs share its luck): each
+   * system against the base over that seed's runs alone.
+   */
+  bySeed: SeedAcross[];
   /** The sign test's level. */
   alpha: number;
 }
@@ -177,6 +212,8 @@ export interface AcrossOptions {
    * or two show a difference by chance alone).
    */
   alpha?: number;
+  /** Only the runs of this trace seed (default: every run). */
+  seed?: number;
 }
 
 /**
@@ -190,10 +227,11 @@ export function acrossRuns(
   runs: RunInput[],
   options: AcrossOptions = {},
 ): Across {
-  const { base = "haproxy", alpha = 0.05 } = options;
+  const { base = "haproxy", alpha = 0.05, seed } = options;
   const seen = new Set<string>();
   const taken = [...runs].sort((a, b) => a.date.localeCompare(b.date))
-    .filter((r) => !seen.has(r.date) && seen.add(r.date));
+    .filter((r) => !seen.has(r.date) && seen.add(r.date))
+    .filter((r) => seed === undefined || r.seed === seed);
 
   // Per cell key, the cell and each system's values over the runs.
   type PerCell = Map<string, { cell: CellKey; by: Map<string, number[]> }>;
@@ -291,6 +329,28 @@ export function acrossRuns(
     };
   }).sort((a, b) => a.workers - b.workers || order(a.system, b.system));
 
+  const bySeed: SeedAcross[] = [];
+  const seeds = [
+    ...new Set(taken.flatMap((r) => r.seed === undefined ? [] : [r.seed])),
+  ].sort((a, b) => a - b);
+  if (seed === undefined && seeds.length > 1) {
+    for (const s of seeds) {
+      const one = acrossRuns(taken, { base, alpha, seed: s });
+      for (const system of [...new Set(one.cells.map((c) => c.system))]) {
+        const mine = one.cells.filter((c) => c.system === system);
+        bySeed.push({
+          seed: s,
+          system,
+          runs: Math.max(...mine.map((c) => c.runs)),
+          notAbove: mine.filter((c) => c.median <= 1).length,
+          cells: mine.length,
+          highest: Math.max(...mine.map((c) => c.median)),
+        });
+      }
+    }
+    bySeed.sort((a, b) => a.seed - b.seed || order(a.system, b.system));
+  }
+
   const bySystemThenCell = (
     a: { cell: CellKey; system: SystemName },
     b: { cell: CellKey; system: SystemName },
@@ -300,6 +360,8 @@ export function acrossRuns(
       name: r.name,
       date: r.date,
       build: r.build,
+      seed: r.seed,
+      orderOffset: r.orderOffset,
       systems: [
         ...new Set(r.cells.flatMap((c) => Object.keys(c.systems))),
       ].sort(order) as SystemName[],
@@ -307,6 +369,7 @@ export function acrossRuns(
     cells: cells.sort(bySystemThenCell),
     ideal: ideal.sort(bySystemThenCell),
     gaps,
+    bySeed,
     base,
     alpha,
   };
@@ -476,10 +539,34 @@ export function renderAcross(across: Across, command: string): string {
       } |`,
     );
   }
+  if (across.bySeed.length > 0) {
+    lines.push(
+      "",
+      "## By trace seed",
+      "",
+      "Every run of one seed replays the same traces, so its runs share " +
+        "that trace's luck; here each seed's runs are taken alone.",
+      "",
+      `| seed | system | runs | cells with median p99 at or below ${base}'s | highest median ratio |`,
+      "| ---: | --- | ---: | ---: | ---: |",
+    );
+    for (const s of across.bySeed) {
+      lines.push(
+        `| ${s.seed} | ${
+          SYSTEM_LABELS[s.system]
+        } | ${s.runs} | ${s.notAbove}/${s.cells} | ${s.highest.toFixed(3)} |`,
+      );
+    }
+  }
   lines.push("", "## Runs", "");
   for (const r of across.runs) {
+    const facts = [
+      r.build ? `build ${r.build}` : "",
+      r.seed === undefined ? "" : `seed ${r.seed}`,
+      r.orderOffset === undefined ? "" : `turns from ${r.orderOffset}`,
+    ].filter((x) => x !== "");
     lines.push(
-      `- ${r.date}: \`${r.name}\`${r.build ? `, build ${r.build}` : ""} (${
+      `- ${r.date}: \`${r.name}\`${facts.map((f) => `, ${f}`).join("")} (${
         r.systems.map((s) => SYSTEM_LABELS[s]).join(", ")
       })`,
     );

@@ -5,13 +5,13 @@
  *
  * ```sh
  * deno run -R -W bench/queueing_runs.ts [--base=SYSTEM] [--since=ISO-DATE]
- *   [--out=FILE] [PATH...]
+ *   [--seed=N] [--out=FILE] [PATH...]
  * ```
  *
  * PATHs are `queueing.json` files or directories searched for them (default:
  * `bench/results/queueing.json` and `bench/results/reruns/`); runs that are
  * not full runs (`--quick`, `--smoke`) are left out, and so are runs before
- * `--since`. Writes the report to FILE (default: standard output).
+ * `--since` and, with `--seed`, runs of other trace seeds. Writes the report to FILE (default: standard output).
  *
  * @module
  */
@@ -22,12 +22,13 @@ import { acrossRuns, renderAcross, type RunInput } from "./_runs.ts";
 import { ROOT, type SystemName, SYSTEMS } from "./_systems.ts";
 
 const USAGE =
-  `Usage: deno run -R -W bench/queueing_runs.ts [--base=SYSTEM] [--since=ISO-DATE] [--out=FILE] [PATH...]
+  `Usage: deno run -R -W bench/queueing_runs.ts [--base=SYSTEM] [--since=ISO-DATE] [--seed=N] [--out=FILE] [PATH...]
   PATH            queueing.json files, or directories searched for *.json
                   (default: bench/results/queueing.json bench/results/reruns)
   --base=SYSTEM   the system the others are set against (default haproxy;
                   one of ${SYSTEMS.join(", ")})
   --since=DATE    leave out runs that started before DATE (e.g. 2026-12-07)
+  --seed=N        only the runs whose traces had seed N
   --out=FILE      write the markdown report there (default: standard output)`;
 
 async function* jsonFiles(path: string): AsyncGenerator<string> {
@@ -82,6 +83,12 @@ export async function readRuns(
           name,
           date: String(report.date),
           build: report.versions?.pothead,
+          seed: typeof report.plan?.seed === "number"
+            ? report.plan.seed
+            : undefined,
+          orderOffset: typeof report.plan?.orderOffset === "number"
+            ? report.plan.orderOffset
+            : undefined,
           cells: report.cells,
           gaps: report.gaps,
         });
@@ -105,6 +112,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       options: {
         base: { type: "string", default: "haproxy" },
         since: { type: "string", default: "" },
+        seed: { type: "string" },
         out: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
@@ -121,6 +129,11 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   const base = values.base as SystemName;
   if (!SYSTEMS.includes(base)) {
     console.error(`Unknown --base system: ${values.base}\n${USAGE}`);
+    return 2;
+  }
+  const seed = values.seed === undefined ? undefined : Number(values.seed);
+  if (seed !== undefined && !Number.isInteger(seed)) {
+    console.error(`Invalid --seed: ${values.seed}\n${USAGE}`);
     return 2;
   }
   const paths = positionals.length > 0 ? positionals : [
@@ -140,7 +153,12 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     return 1;
   }
   const command = ["deno run -R -W bench/queueing_runs.ts", ...args].join(" ");
-  const text = renderAcross(acrossRuns(read.runs, { base }), command);
+  const across = acrossRuns(read.runs, { base, seed });
+  if (across.runs.length === 0) {
+    console.error(`No full queueing run of seed ${seed} found.`);
+    return 1;
+  }
+  const text = renderAcross(across, command);
   if (values.out) {
     await Deno.writeTextFile(values.out, text);
     console.error(`wrote ${values.out} (${read.runs.length} runs)`);

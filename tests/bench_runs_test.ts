@@ -12,7 +12,7 @@ import {
   type RunInput,
   signTest,
 } from "../bench/_runs.ts";
-import { readRuns } from "../bench/queueing_runs.ts";
+import { main, readRuns } from "../bench/queueing_runs.ts";
 import type { CellResult, GapResult, RunResult } from "../bench/queueing.ts";
 import type { SystemName } from "../bench/_systems.ts";
 
@@ -201,6 +201,54 @@ Deno.test("across runs: the report gives the verdicts and every cell", () => {
   assert.match(text, /- 2026-12-08T00:00:00Z: `run7.json`/);
 });
 
+// The eight runs with seeds: runs 0-5 seed 1, runs 6-7 seed 2, and in the
+// seed 2 runs POTHEAD is above HAProxy in the 20 ms cell too.
+function seeded(): RunInput[] {
+  return runs().map((r, i) =>
+    i < 6 ? { ...r, seed: 1 } : {
+      ...r,
+      seed: 2,
+      orderOffset: 5 + i,
+      cells: [
+        cell(20, 0.9, 50, { pothead: 120, haproxy: 100 }),
+        r.cells[1],
+      ],
+    }
+  );
+}
+
+Deno.test("across runs: each trace seed's runs taken alone, and one seed picked", () => {
+  const a = acrossRuns(seeded());
+  assert.deepEqual(
+    a.bySeed.map((s) => [s.seed, s.system, s.runs, s.notAbove, s.cells]),
+    [
+      [1, "pothead", 6, 1, 2],
+      [1, "pothead-hold", 3, 1, 1],
+      [2, "pothead", 2, 0, 2],
+    ],
+  );
+  close(a.bySeed[2].highest, 1.2);
+  // Over all eight runs the 20 ms cell's median is still below.
+  const fast = a.cells.find((c) =>
+    c.system === "pothead" && c.cell.meanMs === 20
+  )!;
+  assert.equal(fast.atOrBelow, 6);
+  close(fast.median, 0.9);
+
+  const two = acrossRuns(seeded(), { seed: 2 });
+  assert.deepEqual(two.runs.map((r) => r.name), ["run6.json", "run7.json"]);
+  assert.deepEqual(two.bySeed, []);
+  close(two.cells.find((c) => c.cell.meanMs === 20)!.median, 1.2);
+
+  const text = renderAcross(a, "cmd");
+  assert.match(text, /## By trace seed/);
+  assert.match(text, /\| 2 \| POTHEAD \| 2 \| 0\/2 \| 1\.200 \|/);
+  assert.match(text, /`run6\.json`, seed 2, turns from 11 \(/);
+  assert.match(text, /`run0\.json`, seed 1 \(/);
+  // One seed: no section.
+  assert.doesNotMatch(renderAcross(two, "cmd"), /By trace seed/);
+});
+
 Deno.test("reading runs: only full queueing runs, and none before --since", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -223,6 +271,38 @@ Deno.test("reading runs: only full queueing runs, and none before --since", asyn
 
     const late = await readRuns([dir], two.date);
     assert.deepEqual(late.runs.map((r) => r.date), [two.date]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("reading runs: the seed and the first turn, and --seed", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const [one, two] = runs();
+    await Deno.writeTextFile(
+      join(dir, "a.json"),
+      JSON.stringify({ ...one, plan: { mode: "full", seed: 1 } }),
+    );
+    await Deno.writeTextFile(
+      join(dir, "b.json"),
+      JSON.stringify({
+        ...two,
+        plan: { mode: "full", seed: 2, orderOffset: 7 },
+      }),
+    );
+    const read = await readRuns([dir]);
+    assert.deepEqual(
+      read.runs.map((r) => [r.seed, r.orderOffset]),
+      [[1, undefined], [2, 7]],
+    );
+    const out = join(dir, "report.md");
+    assert.equal(await main(["--seed=2", `--out=${out}`, dir]), 0);
+    const text = await Deno.readTextFile(out);
+    assert.match(text, /^1 full runs/m);
+    assert.match(text, /`.*b\.json`, seed 2, turns from 7/);
+    assert.equal(await main(["--seed=3", dir]), 1);
+    assert.equal(await main(["--seed=x", dir]), 2);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
