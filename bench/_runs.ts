@@ -337,14 +337,14 @@ export function acrossRuns(
     for (const s of seeds) {
       const one = acrossRuns(taken, { base, alpha, seed: s });
       for (const system of [...new Set(one.cells.map((c) => c.system))]) {
-        const mine = one.cells.filter((c) => c.system === system);
+        const t = tally(one.cells, system);
         bySeed.push({
           seed: s,
           system,
-          runs: Math.max(...mine.map((c) => c.runs)),
-          notAbove: mine.filter((c) => c.median <= 1).length,
-          cells: mine.length,
-          highest: Math.max(...mine.map((c) => c.median)),
+          runs: t.runs,
+          notAbove: t.notAbove,
+          cells: t.cells.length,
+          highest: t.worst.median,
         });
       }
     }
@@ -372,6 +372,21 @@ export function acrossRuns(
     bySeed,
     base,
     alpha,
+  };
+}
+
+// One system's cells against the base: the most runs any had, how many
+// have a median ratio at or below 1, and the one with the highest.
+function tally(
+  all: CellAcross[],
+  system: SystemName,
+): { cells: CellAcross[]; runs: number; notAbove: number; worst: CellAcross } {
+  const cells = all.filter((c) => c.system === system);
+  return {
+    cells,
+    runs: Math.max(...cells.map((c) => c.runs)),
+    notAbove: cells.filter((c) => c.median <= 1).length,
+    worst: cells.reduce((w, c) => c.median > w.median ? c : w),
   };
 }
 
@@ -460,12 +475,9 @@ export function renderAcross(across: Across, command: string): string {
 
   lines.push("## Verdicts", "");
   for (const system of systems) {
-    const mine = across.cells.filter((c) => c.system === system);
-    const runs = Math.max(...mine.map((c) => c.runs));
-    const notAbove = mine.filter((c) => c.median <= 1).length;
+    const { cells: mine, runs, notAbove, worst } = tally(across.cells, system);
     const below = mine.filter((c) => c.verdict === "below");
     const above = mine.filter((c) => c.verdict === "above");
-    const worst = [...mine].sort((a, b) => b.median - a.median)[0];
     lines.push(
       `- **${SYSTEM_LABELS[system]}** (${runs} runs): median p99 at or below ` +
         `${base}'s in ${notAbove} of ${mine.length} cells (highest ${

@@ -11,7 +11,8 @@
  * PATHs are `queueing.json` files or directories searched for them (default:
  * `bench/results/queueing.json` and `bench/results/reruns/`); runs that are
  * not full runs (`--quick`, `--smoke`) are left out, and so are runs before
- * `--since` and, with `--seed`, runs of other trace seeds. Writes the report to FILE (default: standard output).
+ * `--since` and, with `--seed`, runs of other trace seeds. Writes the
+ * report to FILE (default: standard output).
  *
  * @module
  */
@@ -161,7 +162,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   const text = renderAcross(across, command);
   if (values.out) {
     await Deno.writeTextFile(values.out, text);
-    console.error(`wrote ${values.out} (${read.runs.length} runs)`);
+    console.error(`wrote ${values.out} (${across.runs.length} runs)`);
   } else {
     console.log(text);
   }
