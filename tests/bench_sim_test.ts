@@ -21,6 +21,12 @@ import {
   summarize,
 } from "../bench/_sim.ts";
 import { simulateHold } from "../bench/_hold_sim.ts";
+import { costForThroughput, simulateClosed } from "../bench/_closed_sim.ts";
+import {
+  markdown as overloadMarkdown,
+  type Run as OverloadRun,
+  summarize as summarizeOverload,
+} from "../bench/overload.ts";
 import { haproxyConfig, nginxConfig } from "../bench/_systems.ts";
 import { escapeXml, lineChart, logTicks } from "../bench/_svg.ts";
 import {
@@ -998,4 +1004,143 @@ Deno.test("hold model: jobs that start together end in order whichever finishes 
     simulateHold(arrivals, service, 2, { sameStart }).held;
   assert.equal(held(0.05), 1);
   assert.equal(held(0), 0);
+});
+
+// ------------------------------------------------------- closed-loop model
+
+Deno.test("simulateClosed: constant jobs run at servers / (job + cost), held or not", () => {
+  const service = [20];
+  const base = { servers: 4, customers: 40, service, durationMs: 200_000 };
+  const plain = simulateClosed({
+    ...base,
+    gapMs: 1,
+    handMs: 0.25,
+    hold: false,
+  });
+  const held = simulateClosed({ ...base, gapMs: 1, handMs: 0.25, queueMin: 1 });
+  assert.ok(Math.abs(plain.throughput - 4000 / 21) < 0.005 * 4000 / 21);
+  assert.ok(Math.abs(held.throughput - 4000 / 20.25) < 0.005 * 4000 / 20.25);
+  assert.equal(plain.held, 0);
+  assert.ok(held.held > 0);
+});
+
+Deno.test("simulateClosed: Little's law holds (customers = throughput × mean latency)", () => {
+  const random = makeRandom(3);
+  const service = Float64Array.from(
+    { length: 50_000 },
+    () => exponential(random, 20),
+  );
+  for (const hold of [false, true]) {
+    const r = simulateClosed({
+      servers: 16,
+      customers: 96,
+      service,
+      gapMs: 0.97,
+      handMs: 0.49,
+      hold,
+      durationMs: 300_000,
+    });
+    let sum = 0;
+    for (const x of r.latency) sum += x;
+    const inFlight = (r.throughput / 1000) * (sum / r.latency.length);
+    assert.ok(Math.abs(inFlight - 96) < 96 * 0.01, `hold=${hold}: ${inFlight}`);
+  }
+});
+
+Deno.test("simulateClosed: with exponential jobs holding buys throughput with the p99", () => {
+  const random = makeRandom(7);
+  const service = Float64Array.from(
+    { length: 50_000 },
+    () => exponential(random, 20),
+  );
+  const base = {
+    servers: 16,
+    customers: 96,
+    service,
+    gapMs: 0.97,
+    handMs: 0.49,
+    durationMs: 300_000,
+  };
+  const plain = simulateClosed({ ...base, hold: false });
+  const held = simulateClosed(base);
+  const never = simulateClosed({ ...base, queueMin: Infinity });
+  assert.deepEqual(never.latency, plain.latency);
+  assert.ok(held.held > 0.5 * held.latency.length);
+  assert.ok(held.throughput > plain.throughput * 1.015);
+  assert.ok(percentile(held.latency, 50) < percentile(plain.latency, 50));
+  assert.ok(
+    percentile(held.latency, 99) > percentile(plain.latency, 99) * 1.04,
+  );
+});
+
+Deno.test("simulateClosed refuses bad options; costForThroughput inverts the rate", () => {
+  const ok = {
+    servers: 2,
+    customers: 4,
+    service: [1],
+    gapMs: 0,
+    handMs: 0,
+    durationMs: 10,
+  };
+  assert.throws(() => simulateClosed({ ...ok, servers: 0 }), RangeError);
+  assert.throws(() => simulateClosed({ ...ok, customers: 1 }), RangeError);
+  assert.throws(() => simulateClosed({ ...ok, service: [] }), RangeError);
+  assert.throws(() => simulateClosed({ ...ok, gapMs: -1 }), RangeError);
+  assert.ok(Math.abs(costForThroughput(16, 20, 16_000 / 20.97) - 0.97) < 1e-9);
+  assert.equal(costForThroughput(4, 20, 1000), 0);
+});
+
+Deno.test("overload summary: medians, and the model's costs fitted to the throughputs", () => {
+  const run = (
+    system: OverloadRun["system"],
+    throughput: number,
+    held: number,
+  ): OverloadRun => ({
+    system,
+    round: 0,
+    throughput,
+    p50: 120,
+    p99: 200,
+    errors: 0,
+    hubCpuMs: 0.3,
+    workerCpuMs: 0.6,
+    held,
+    answered: 1000,
+  });
+  const plan = {
+    k: 16,
+    outstanding: 96,
+    meanMs: 20,
+    dist: "exp" as const,
+    durationS: 8,
+    rounds: 2,
+    seed: 1,
+  };
+  const random = makeRandom(1);
+  const jobs = Float64Array.from(
+    { length: 20_000 },
+    () => exponential(random, 20),
+  );
+  const [plain, hold] = summarizeOverload(
+    [
+      run("pothead", 760, 0),
+      run("pothead", 766, 0),
+      run("pothead-hold", 780, 800),
+      run("pothead-hold", 782, 800),
+    ],
+    plan,
+    jobs,
+  );
+  assert.equal(plain.throughput, 763);
+  assert.equal(hold.heldShare, 0.8);
+  const gap = 16_000 / 763 - 20;
+  assert.ok(Math.abs(plain.model.costMs - gap) < 1e-9);
+  const perJob = 16_000 / 781 - 20;
+  assert.ok(Math.abs(hold.model.costMs - (perJob - 0.2 * gap) / 0.8) < 1e-9);
+  // The fitted model lands near the throughputs it was fitted to.
+  assert.ok(Math.abs(plain.model.throughput - 763) < 763 * 0.01);
+  assert.ok(Math.abs(hold.model.throughput - 781) < 781 * 0.015);
+  const text = overloadMarkdown(plan, [], [plain, hold], "test machine");
+  assert.match(text, /\| POTHEAD --hold-ahead \| 781\.0\/s \|/);
+  assert.doesNotMatch(text, /NaN/);
 });

@@ -1,0 +1,148 @@
+/**
+ * A model of steady overload: a closed loop of `customers` requests over
+ * `servers` one-at-a-time workers (each answered request is replaced at once
+ * by a new one, so the queue never empties), under plain dispatch or holding
+ * ahead (issue 5; `bench/overload.ts` measures the same thing on real
+ * processes).
+ *
+ * Costs, in ms: under plain dispatch a queued request starts `gapMs` after
+ * the finish that freed its worker; a held request starts `handMs` after the
+ * job before it ends. The rule is the hub's long-queue arm alone: while at
+ * least `queueMin` requests wait, the head of the queue is held behind the
+ * busy worker whose job began earliest among those holding nothing. (The
+ * in-order arm and take-backs play no part here: jobs of random length do
+ * not end in order, and the queue never empties.)
+ *
+ * @module
+ */
+
+/** Options for {@linkcode simulateClosed}. */
+export interface ClosedSimOptions {
+  /** One-at-a-time workers. */
+  servers: number;
+  /** Requests kept outstanding. */
+  customers: number;
+  /** Job lengths in ms, taken in order (and again from the start if used up). */
+  service: ArrayLike<number>;
+  /** Finish to the next queued request's start, plain dispatch. */
+  gapMs: number;
+  /** Finish to the held request's start. */
+  handMs: number;
+  /** Whether to hold at all. @default {true} */
+  hold?: boolean;
+  /** Hold while at least this many wait. @default {4 × servers} */
+  queueMin?: number;
+  /** Simulated time, ms. */
+  durationMs: number;
+  /** Answers before this time are not counted, ms. @default {durationMs / 10} */
+  warmMs?: number;
+}
+
+/** What {@linkcode simulateClosed} gives. */
+export interface ClosedSimResult {
+  /** Latency of each counted answer (sent to answered), ms, ascending. */
+  latency: Float64Array;
+  /** Counted answers per second. */
+  throughput: number;
+  /** Requests held (counted or not). */
+  held: number;
+}
+
+/**
+ * Runs the closed loop. Pure: the same options give the same result.
+ *
+ * @throws {RangeError} on a non-positive count, an empty service list or
+ *   a negative cost.
+ */
+export function simulateClosed(options: ClosedSimOptions): ClosedSimResult {
+  const { servers, customers, service, gapMs, handMs, durationMs } = options;
+  if (!(Number.isInteger(servers) && servers > 0)) {
+    throw new RangeError(`Invalid servers: got ${servers}`);
+  }
+  if (!(Number.isInteger(customers) && customers >= servers)) {
+    throw new RangeError(
+      `Invalid customers: expected an integer >= servers, got ${customers}`,
+    );
+  }
+  if (service.length === 0) throw new RangeError("Invalid service: empty");
+  if (!(gapMs >= 0 && handMs >= 0 && durationMs > 0)) {
+    throw new RangeError("Invalid costs: expected gapMs, handMs >= 0");
+  }
+  const hold = options.hold ?? true;
+  const queueMin = options.queueMin ?? 4 * servers;
+  const warm = options.warmMs ?? durationMs / 10;
+  let next = 0;
+  const job = (): number => service[next++ % service.length];
+
+  // Per worker: when its job began and ends, when its request was sent, and
+  // the send time of the request held behind it (-1: none).
+  const began = new Float64Array(servers);
+  const ends = new Float64Array(servers);
+  const sentAt = new Float64Array(servers);
+  const heldSent = new Float64Array(servers).fill(-1);
+  // The queue: send times, in order (a ring would do; an index suffices).
+  const queue: number[] = [];
+  let head = 0;
+  for (let i = 0; i < customers - servers; i++) queue.push(0);
+  for (let w = 0; w < servers; w++) {
+    began[w] = 0;
+    ends[w] = job();
+    sentAt[w] = 0;
+  }
+  let held = 0;
+  const holdAhead = (): void => {
+    while (hold && queue.length - head >= queueMin) {
+      let best = -1;
+      for (let w = 0; w < servers; w++) {
+        if (heldSent[w] < 0 && (best < 0 || began[w] < began[best])) best = w;
+      }
+      if (best < 0) return;
+      heldSent[best] = queue[head++];
+      held++;
+    }
+  };
+  holdAhead();
+  const latencies: number[] = [];
+  for (let guard = 0; guard < 1e8; guard++) {
+    let w = 0;
+    for (let j = 1; j < servers; j++) if (ends[j] < ends[w]) w = j;
+    const now = ends[w];
+    if (now >= durationMs) break;
+    if (now >= warm) latencies.push(now - sentAt[w]);
+    queue.push(now); // its customer sends the next request at once
+    if (heldSent[w] >= 0) {
+      sentAt[w] = heldSent[w];
+      heldSent[w] = -1;
+      began[w] = now + handMs;
+    } else {
+      sentAt[w] = queue[head++];
+      began[w] = now + gapMs;
+    }
+    ends[w] = began[w] + job();
+    if (head > 4096 && head * 2 > queue.length) {
+      queue.splice(0, head);
+      head = 0;
+    }
+    holdAhead();
+  }
+  const latency = Float64Array.from(latencies).sort();
+  return {
+    latency,
+    throughput: (latency.length * 1000) / (durationMs - warm),
+    held,
+  };
+}
+
+/**
+ * The cost per job beyond the job itself that makes `servers` workers
+ * answer `throughput` requests per second with jobs of mean `meanMs`: what
+ * to give {@linkcode simulateClosed} as `gapMs` (plain) or `handMs` (held)
+ * to match a measured throughput. Never below 0.
+ */
+export function costForThroughput(
+  servers: number,
+  meanMs: number,
+  throughput: number,
+): number {
+  return Math.max(0, (servers * 1000) / throughput - meanMs);
+}
