@@ -14,6 +14,7 @@
 
 import type { CellResult, GapResult } from "./queueing.ts";
 import { SYSTEM_LABELS, type SystemName, SYSTEMS } from "./_systems.ts";
+import { median } from "./_util.ts";
 
 /** What this module needs of one run's `queueing.json`. */
 export interface RunInput {
@@ -176,12 +177,6 @@ export function signTest(below: number, above: number): number {
     tail += Math.exp(logC - n * Math.LN2);
   }
   return Math.min(1, 2 * tail);
-}
-
-function median(sorted: number[]): number {
-  const n = sorted.length;
-  if (n === 0) return NaN;
-  return n % 2 ? sorted[(n - 1) / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
 }
 
 function spread(values: number[]): Spread {

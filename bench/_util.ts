@@ -647,6 +647,13 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
 }
 
+/** The middle value of `sorted` (ascending), or the mean of the two middle ones. */
+export function median(sorted: number[]): number {
+  const n = sorted.length;
+  if (n === 0) return NaN;
+  return n % 2 ? sorted[(n - 1) / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+}
+
 /** Rounds to `digits` decimals. */
 /**
  * Milliseconds for a report's table: whole from 100 up, else one decimal;

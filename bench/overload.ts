@@ -35,9 +35,16 @@ import { parseArgs } from "node:util";
 import { type Distribution, makeRandom, serviceSampler } from "./_trace.ts";
 import { percentile } from "./_sim.ts";
 import { costForThroughput, simulateClosed } from "./_closed_sim.ts";
-import { heldInMetrics } from "./queueing.ts";
+import { heldTotal } from "./queueing.ts";
 import { cpuMs, killAll, startSystems, type System } from "./_systems.ts";
-import { machineInfo, numberFlag, ROOT, sleep, writeReport } from "./_util.ts";
+import {
+  machineInfo,
+  median,
+  numberFlag,
+  ROOT,
+  sleep,
+  writeReport,
+} from "./_util.ts";
 
 /** What one invocation runs. */
 export interface Plan {
@@ -91,20 +98,9 @@ export interface Summary {
   model: { costMs: number; throughput: number; p50: number; p99: number };
 }
 
-// The middle value, or the mean of the two middle ones.
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  if (sorted.length === 0) return NaN;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
-async function heldSoFar(system: System): Promise<number> {
-  if (system.metricsUrl === undefined) return 0;
-  const res = await fetch(system.metricsUrl, {
-    signal: AbortSignal.timeout(5000),
-  });
-  return heldInMetrics(await res.text()) ?? 0;
+// The median of unsorted values.
+function medianOf(values: number[]): number {
+  return median([...values].sort((a, b) => a - b));
 }
 
 /** Runs one closed loop against `system` and measures it. */
@@ -118,7 +114,7 @@ async function runOnce(
   const sum = (pids: number[]) => pids.reduce((t, pid) => t + cpuMs(pid), 0);
   const hub0 = sum(system.balancerPids);
   const workers0 = sum(system.workerPids);
-  const held0 = await heldSoFar(system);
+  const held0 = await heldTotal(system) ?? 0;
   const start = performance.now();
   const stop = start + durationMs;
   const from = start + durationMs / 4;
@@ -156,7 +152,7 @@ async function runOnce(
     errors,
     hubCpuMs: (sum(system.balancerPids) - hub0) / n,
     workerCpuMs: (sum(system.workerPids) - workers0) / n,
-    held: (await heldSoFar(system)) - held0,
+    held: (await heldTotal(system) ?? 0) - held0,
     answered,
   };
 }
@@ -173,12 +169,12 @@ export function summarize(
 ): Summary[] {
   const of = (name: Run["system"]) => runs.filter((r) => r.system === name);
   const medians = (list: Run[]) => ({
-    throughput: median(list.map((r) => r.throughput)),
-    p50: median(list.map((r) => r.p50)),
-    p99: median(list.map((r) => r.p99)),
-    hubCpuMs: median(list.map((r) => r.hubCpuMs)),
-    workerCpuMs: median(list.map((r) => r.workerCpuMs)),
-    heldShare: median(list.map((r) => r.answered ? r.held / r.answered : 0)),
+    throughput: medianOf(list.map((r) => r.throughput)),
+    p50: medianOf(list.map((r) => r.p50)),
+    p99: medianOf(list.map((r) => r.p99)),
+    hubCpuMs: medianOf(list.map((r) => r.hubCpuMs)),
+    workerCpuMs: medianOf(list.map((r) => r.workerCpuMs)),
+    heldShare: medianOf(list.map((r) => r.answered ? r.held / r.answered : 0)),
   });
   const plain = medians(of("pothead"));
   const hold = medians(of("pothead-hold"));
@@ -188,14 +184,14 @@ export function summarize(
   const hand = share > 0
     ? Math.max(0, (perJob - (1 - share) * gap) / share)
     : perJob;
-  const model = (hold: boolean, cost: number) => {
+  const model = (holding: boolean, cost: number) => {
     const r = simulateClosed({
       servers: plan.k,
       customers: plan.outstanding,
       service: jobs,
       gapMs: gap,
       handMs: hand,
-      hold,
+      hold: holding,
       // The hub's two arms: constant jobs end in the order they began, so
       // it holds whenever all are busy; otherwise only with a long queue.
       queueMin: plan.dist === "const"

@@ -380,9 +380,12 @@ export function heldInMetrics(text: string): number | null {
   return sum;
 }
 
-// The hub's count of requests held ahead so far (`pothead-hold` only: the
-// others hold none), read from its admin listener between runs.
-async function heldTotal(system: System): Promise<number | null> {
+/**
+ * The hub's count of requests held ahead so far (`pothead-hold` only: the
+ * others hold none, and give null), read from its admin listener between
+ * runs; null when it cannot be read.
+ */
+export async function heldTotal(system: System): Promise<number | null> {
   if (system.name !== "pothead-hold" || system.metricsUrl === undefined) {
     return null;
   }
