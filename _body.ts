@@ -41,6 +41,13 @@ export interface BodyStreamOptions {
    * only when its reader asks.
    */
   readAhead?: ReadAheadOptions;
+  /**
+   * Called with true when the stream starts waiting for the next part of
+   * the body from the peer, and with false when that wait ends: while it
+   * waits, what the peer sent before has been read (the stream is not held
+   * back by its reader).
+   */
+  onWait?: (waiting: boolean) => void;
 }
 
 /** Thrown into a body stream when the peer ends the stream too early. */
@@ -79,10 +86,16 @@ export function bodyStream(
   };
   // The next chunk, counted against the limit; null at the end. Settles
   // the body (onDone) at the end or on an error.
+  const onWait = options.onWait;
   const read = async (): Promise<Uint8Array | null> => {
     let chunk: Uint8Array | null;
     try {
-      chunk = await next();
+      onWait?.(true);
+      try {
+        chunk = await next();
+      } finally {
+        onWait?.(false);
+      }
       if (chunk !== null) {
         total += chunk.length;
         if (total > max) {

@@ -22,6 +22,12 @@
  *   so the hub can send the request elsewhere without waiting for it. The
  *   revoke itself is answered `204` in its turn, after the held request's
  *   answer (whether it was taken back or had already started).
+ * - A revoke the worker reads before the held request's turn means the
+ *   held request never runs. So a hub whose revoke went out while the
+ *   response before the held request was still coming, and which still
+ *   sees that response coming a round trip later, may send the held
+ *   request elsewhere without waiting for its 408 (our hub does so for a
+ *   response that streams, see `_slot.ts`, `HELD_STREAM_WAIT`).
  * - A hub that closes the connection, or a worker that drains, with a
  *   request held: the held request never runs (when draining it is answered
  *   the closing "not started" 408).

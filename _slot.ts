@@ -234,6 +234,12 @@ export interface SlotOptions {
    * connection.
    */
   onTurn?: (slot: WorkerSlot) => void;
+  /**
+   * Called when the slot itself asks a held request back, because the
+   * response before it is still coming {@linkcode HELD_STREAM_WAIT} ms
+   * after its head.
+   */
+  onTakeBack?: (slot: WorkerSlot) => void;
 }
 
 // A request written behind the exchange in progress (holding ahead,
@@ -242,8 +248,9 @@ interface Held {
   req: OutgoingRequest;
   signal: AbortSignal | undefined;
   onEnd: OnEnd | undefined;
-  // A revoke went out behind it.
+  // A revoke went out behind it, and when (performance.now()).
   revoked: boolean;
+  revokedAt: number;
   // The worker said (interim 150) that it will not run it.
   givenBack: boolean;
   // Its promise is settled (given back, or its consumer left): its answer
@@ -262,6 +269,23 @@ type OnEnd = (
 ) => void;
 
 const MAX_INTERIM = 16;
+
+/**
+ * How long, in ms, the body of a response may still be coming after its
+ * head before a request held behind it is asked back (an event stream, or
+ * a download at a slow consumer's pace: its end cannot be foreseen), and
+ * then how long after the revoke it is sent elsewhere. A worker starts a
+ * held request only once the response before it is out; one still coming
+ * this long after the revoke went out, read by the hub as it came, was
+ * still going out when the revoke arrived (on a link whose round trip is
+ * shorter), so the worker will not run the held request. The interim 150
+ * cannot say so once a response has begun.
+ */
+export const HELD_STREAM_WAIT = 250;
+
+// A pause in reading a response body at least this long (ms) is its reader
+// holding it back, not the hub's own work between two reads.
+const HELD_BACK_PAUSE = 20;
 
 // Request heads up to this size (with a small body) are encoded into one
 // buffer per slot; most are a few hundred bytes.
@@ -563,6 +587,7 @@ export class WorkerSlot {
       signal,
       onEnd,
       revoked: false,
+      revokedAt: 0,
       givenBack: false,
       done: false,
       resolve,
@@ -604,6 +629,7 @@ export class WorkerSlot {
 
   #revoke(held: Held): void {
     held.revoked = true;
+    held.revokedAt = performance.now();
     this.#revokeOwed = true;
     this.#write(REVOKE_REQUEST);
   }
@@ -639,6 +665,23 @@ export class WorkerSlot {
       new WorkerLinkError("not-started", "Held request taken back", {
         retryable: true,
       }),
+    );
+  }
+
+  // The response before `held` was still coming HELD_STREAM_WAIT ms after
+  // the revoke went out behind it, so the worker will not run it: it fails
+  // now, retryable, as after the interim 150 (which the worker cannot send
+  // once that response has begun), and goes elsewhere. Its answer, the
+  // "not started" 408, is read and dropped in its turn.
+  #release(held: Held): void {
+    held.done = true;
+    held.signal?.removeEventListener("abort", held.onAbort);
+    held.reject(
+      new WorkerLinkError(
+        "not-started",
+        `Held request taken back: the response before it was still coming ${HELD_STREAM_WAIT} ms after the revoke`,
+        { retryable: true },
+      ),
     );
   }
 
@@ -798,11 +841,13 @@ export class WorkerSlot {
     // neither side asked to close.
     let headTimer: ReturnType<typeof setTimeout> | undefined;
     let linger: ReturnType<typeof setTimeout> | undefined;
+    let heldTimer: ReturnType<typeof setTimeout> | undefined;
     const cleanup = () => {
       this.#holdable = false;
       this.#headDeadline = 0;
       clearTimeout(headTimer);
       clearTimeout(linger);
+      clearTimeout(heldTimer);
       clearTimeout(continueTimer);
       signal?.removeEventListener("abort", onAbort);
     };
@@ -896,7 +941,8 @@ export class WorkerSlot {
         writeAll(this.#conn, start).then(() => {
           requestDone = true;
           // (settle below clears it if the exchange ends with this write.)
-          this.#holdable = this.#state === "busy" && req.upgrade !== true;
+          this.#holdable = this.#state === "busy" && req.upgrade !== true &&
+            !headSeen;
           settle();
         }, (error) => {
           if (headSeen || this.#state !== "busy") {
@@ -941,6 +987,9 @@ export class WorkerSlot {
     headSeen = true;
     this.#headDeadline = 0;
     clearTimeout(headTimer);
+    // The answer has begun: its end is not foreseen (a body may stream for
+    // as long as the worker likes), so nothing more is held behind it.
+    this.#holdable = false;
     // A worker that took a body it never said 100 to, is one that does not
     // answer Expect: its next uploads need not wait for it.
     if (streamed && (continued || (bodyStarted && head.status < 400))) {
@@ -1088,7 +1137,19 @@ export class WorkerSlot {
     } else {
       this.#inBody = true;
       this.#bodyAsks = -1;
+      // Whether the hub waits for the worker's next bytes of this body now,
+      // and when it last began to after a pause of HELD_BACK_PAUSE or more
+      // (its reader, a slow consumer, held it back).
+      let waiting = false;
+      let pausedSince = performance.now();
+      let heldBackUntil = pausedSince;
       body = bodyStream(this.#reader, framing, {
+        onWait: (now) => {
+          const t = performance.now();
+          if (now && t - pausedSince >= HELD_BACK_PAUSE) heldBackUntil = t;
+          if (!now) pausedSince = t;
+          waiting = now;
+        },
         limits: opts.limits,
         maxBodySize: limits.maxBodySize,
         readAhead: opts.readAhead,
@@ -1108,6 +1169,33 @@ export class WorkerSlot {
           );
         },
       });
+      // A request held behind a body that keeps coming is asked back, then
+      // sent elsewhere (HELD_STREAM_WAIT); one that ends first clears this.
+      // Sent elsewhere only if the hub has read the body as it came since
+      // the revoke went out: then bytes the worker sent before it had the
+      // revoke, its response's end among them, would have come. (While a
+      // slow consumer holds the body back, the worker may have sent all of
+      // it and started the held request: that one waits.)
+      const checkHeld = () => {
+        heldTimer = undefined;
+        const held = this.#held;
+        if (
+          responseDone || this.#state !== "busy" || held === null || held.done
+        ) return;
+        if (!held.revoked) {
+          this.#revoke(held);
+          this.#options.onTakeBack?.(this);
+        }
+        const now = performance.now();
+        const left = held.revokedAt + HELD_STREAM_WAIT - now;
+        if (left > 0) heldTimer = setTimeout(checkHeld, left);
+        else if (waiting && heldBackUntil < held.revokedAt) {
+          this.#release(held);
+        } else heldTimer = setTimeout(checkHeld, HELD_STREAM_WAIT);
+      };
+      if (this.#held !== null && !this.#held.done) {
+        heldTimer = setTimeout(checkHeld, HELD_STREAM_WAIT);
+      }
     }
     if (head.status === 205 && body instanceof ReadableStream) {
       // A 205 has no content (RFC 9110 §15.3.6): one a worker sent anyway is

@@ -385,24 +385,27 @@ export interface HubOptions {
    * Holding ahead (`pools` may set it per pool): while no connection of a
    * pool is idle and requests queue, the queue's head, if it is a bodiless
    * `GET`, `HEAD` or `OPTIONS` (not a WebSocket), is written down a busy
-   * connection behind the request in progress (HTTP/1.1 pipelining), so
-   * its worker starts it the moment that one ends, without the round trip
+   * connection behind the request in progress (HTTP/1.1 pipelining), so its
+   * worker starts it the moment that one ends, without the round trip
    * through the hub (about 0.2 ms from one job to the next against 0.55 ms
    * on our test machine). Only to workers whose runner says it takes held
-   * requests (the `serve` engine), one per connection, at the connection
-   * whose request started earliest, and only while the pool's jobs have
-   * been finishing in the order they started (at least 80% of the last
-   * ~20; requests that started within 5% of the mean exchange of each
-   * other count as started together) or the queue is long: a request per
-   * connection for every 5 ms of the pool's mean exchange (four per
-   * connection until one has ended; the rule chosen in simulation,
+   * requests (the `serve` engine), one per connection whose answer has not
+   * begun, at the connection whose request started earliest, and only while
+   * the pool's jobs have been finishing in the order they started (at least
+   * 80% of the last ~20; requests that started within 5% of the mean
+   * exchange of each other count as started together) or the queue is long:
+   * a request per connection for every 5 ms of the pool's mean exchange
+   * (four per connection until one has ended; the rule chosen in simulation,
    * `bench/_hold_sim.ts`). A connection that goes idle while nothing is
-   * queued takes the oldest held request back (if the worker has not
-   * started it), and so does a request of a higher priority class that
-   * queues behind one of a lower class held. A held request's queue time
-   * is until it was written; its worker time runs from then. Not with `fairBy` or
-   * `affinityBy` in the same pool (refused: a held request would skip
-   * their order).
+   * queued takes the oldest held request back (if the worker has not started
+   * it), and so does a request of a higher priority class that queues behind
+   * one of a lower class held; one held behind an answer whose body is still
+   * coming 250 ms after its head (a stream) is asked back then, and sent
+   * elsewhere if that body is still coming 250 ms after the revoke and no
+   * slow consumer held it back meanwhile (the worker will then not run it).
+   * A held request's queue time is until it was written; its worker time
+   * runs from then. Not with `fairBy` or `affinityBy` in the same pool
+   * (refused: a held request would skip their order).
    * @default {false}
    */
   holdAhead?: boolean;
@@ -766,7 +769,9 @@ export interface PoolStats {
   heldTotal: number;
   /**
    * Take-backs asked for so far: a connection went idle with nothing
-   * queued while a request was held elsewhere.
+   * queued while a request was held elsewhere, a request of a higher
+   * priority class queued behind one held, or the response before a held
+   * request was still coming 250 ms after its head (a stream).
    */
   takeBacks: number;
   /** Distinct workers (by id, or by address for plain workers). */
@@ -2573,6 +2578,10 @@ export class Hub {
         readAhead: this.#readAhead,
         onIdle: (s) => this.#offer(s),
         onTurn: (s) => this.#turn(s),
+        onTakeBack: (s) => {
+          const p = this.#heldOn.get(s);
+          if (p !== undefined) p.pool.hold!.takeBacks++;
+        },
         onPark: (s) => this.#park(s),
         parkRenew: this.#opts.pingInterval > 0
           ? {

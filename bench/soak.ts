@@ -53,6 +53,12 @@ export interface SoakOptions {
    * one that takes held requests. Default false.
    */
   holdAhead?: boolean;
+  /**
+   * Share of the GETs whose answer streams: its head 50 ms late, then a
+   * chunk every 100 ms for 600 ms, so requests held behind it (with
+   * `holdAhead`) meet answers whose end the hub cannot foresee. Default 0.
+   */
+  streamRate?: number;
 }
 
 // Held requests in the hubs' text access logs, and their statuses (the
@@ -111,6 +117,18 @@ export interface SoakReport {
   ranTwiceIdempotent: number;
   /** Retries the hubs logged. */
   retries: number;
+  /** Requests whose answer streamed (see `streamRate`). */
+  streams: number;
+  /**
+   * Of those, answered 200 but cut before the end (their worker was
+   * killed mid-stream); not counted in `statuses`.
+   */
+  streamsCut: number;
+  /**
+   * Held requests sent elsewhere because the answer before them was still
+   * streaming (from the hubs' logs).
+   */
+  heldReleased: number;
   /** Worker processes killed. */
   kills: number;
   /** Worker processes that recycled themselves (exit 0) and were restarted. */
@@ -230,6 +248,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     let aborted = 0;
     let networkErrors = 0;
     let lost = 0;
+    let streams = 0;
+    let streamsCut = 0;
     let next = 0;
     const idempotent = new Set<number>();
     const stopAt = started + options.deadline;
@@ -254,9 +274,13 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       }
     })();
 
+    const streamRate = options.streamRate ?? 0;
     const one = async (n: number) => {
       const get = random() < 0.5;
       if (get) idempotent.add(n);
+      // (No draw without streams: the same seed gives the same run as before.)
+      const stream = get && streamRate > 0 && random() < streamRate;
+      if (stream) streams++;
       const ms = Math.floor(random() * 4);
       const abort = random() < options.abortRate;
       const controller = new AbortController();
@@ -271,14 +295,17 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           Math.floor(random() * 6),
         );
       }
+      let headIn = false;
       try {
         const base = bases[n % bases.length];
-        const res = await fetch(`${base}/soak?ms=${ms}&id=${n}`, {
+        const query = `ms=${ms}&id=${n}${stream ? "&stream=1" : ""}`;
+        const res = await fetch(`${base}/soak?${query}`, {
           method: get ? "GET" : "POST",
           headers: { "x-soak-id": String(n) },
           body: get ? undefined : `payload ${n}`,
           signal: controller.signal,
         });
+        headIn = true;
         const text = await res.text();
         const mine = statusesByMethod[get ? "GET" : "POST"];
         mine[res.status] = (mine[res.status] ?? 0) + 1;
@@ -290,6 +317,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
         const reason = controller.signal.reason as Error | undefined;
         if (controller.signal.aborted && reason?.message === "lost") lost++;
         else if (controller.signal.aborted) aborted++;
+        else if (stream && headIn) streamsCut++;
         else {
           networkErrors++;
           void error;
@@ -343,6 +371,16 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           .length,
       0,
     );
+    // The reason _slot.ts gives a held request it sends elsewhere.
+    const heldReleased = hubs.reduce(
+      (n, h) =>
+        n +
+        h.proc.stderr.lines.filter((l) =>
+          l.includes("retrying request") &&
+          l.includes("the response before it was still coming")
+        ).length,
+      0,
+    );
     return {
       sent: next,
       answeredOnce,
@@ -355,6 +393,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       ranTwiceUnsafe,
       ranTwiceIdempotent,
       retries,
+      streams,
+      streamsCut,
+      heldReleased,
       kills,
       recycles,
       ...(options.holdAhead ? heldCounts(hubs.map((h) => h.proc)) : {}),
@@ -382,6 +423,7 @@ if (import.meta.main) {
       hubs: { type: "string", default: "1" },
       "recycle-after": { type: "string", default: "0" },
       "hold-ahead": { type: "boolean", default: false },
+      "stream-rate": { type: "string", default: "0" },
     },
   });
   const options: SoakOptions = {
@@ -396,6 +438,7 @@ if (import.meta.main) {
     hubs: Number(values.hubs),
     recycleAfter: Number(values["recycle-after"]),
     holdAhead: values["hold-ahead"],
+    streamRate: Number(values["stream-rate"]),
   };
   console.log(`soak: ${JSON.stringify(options)}`);
   const report = await runSoak(options);

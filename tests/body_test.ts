@@ -305,6 +305,25 @@ Deno.test("bodyStream calls onDone only after the last byte is read", async () =
   assert.equal(done, 1);
 });
 
+Deno.test("bodyStream tells onWait when it waits for the peer's next bytes and when that wait ends, and waits for nothing while its reader reads nothing", async () => {
+  const conn = new ScriptedConn(["3\r\nabc\r\n", "0\r\n\r\n"]);
+  const reader = new BufferedReader(conn);
+  const waits: boolean[] = [];
+  const stream = bodyStream(reader, { kind: "chunked" }, {
+    limits: DEFAULT_LIMITS,
+    onDone: () => {},
+    onWait: (waiting) => waits.push(waiting),
+  })!;
+  // Without read-ahead it reads only when asked.
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.deepEqual(waits, []);
+  const r = stream.getReader();
+  assert.equal(text((await r.read()).value!), "abc");
+  assert.deepEqual(waits, [true, false]);
+  assert.deepEqual(await r.read(), { done: true, value: undefined });
+  assert.deepEqual(waits, [true, false, true, false]);
+});
+
 // ---------------------------------------------------------------------------
 // Errors
 

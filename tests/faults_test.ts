@@ -355,7 +355,11 @@ for (
             2 * recycleAfter
           } requests`
           : ""
-      }${holdAhead ? ", requests held ahead" : ""})`,
+      }${
+        holdAhead
+          ? ", requests held ahead, some behind answers that stream"
+          : ""
+      })`,
     sanitizeResources: false,
     sanitizeOps: false,
     fn: () => soak(hubs, recycleAfter, holdAhead),
@@ -379,6 +383,9 @@ async function soak(
     hubs,
     recycleAfter,
     holdAhead,
+    // Held requests meet answers that stream too (sent elsewhere from
+    // behind them, or not), and kills mid-stream.
+    streamRate: holdAhead ? 0.05 : 0,
   });
   // 1 500 requests over 3 workers recycling after at most 120 each: some
   // did (the kills end some workers before they get there).
@@ -394,6 +401,7 @@ async function soak(
       (report.heldStatuses?.["200"] ?? 0) > report.held! / 2,
       JSON.stringify(report),
     );
+    assert.ok(report.streams > 0, JSON.stringify(report));
   } else assert.equal(report.held, undefined);
   // Every status is counted once, under its request's method.
   for (const [status, n] of Object.entries(report.statuses)) {
@@ -410,7 +418,7 @@ async function soak(
   assert.equal(report.ranTwiceUnsafe, 0);
   assert.equal(report.networkErrors, 0);
   assert.equal(
-    report.answeredOnce + report.aborted +
+    report.answeredOnce + report.aborted + report.streamsCut +
       Object.entries(report.statuses)
         .filter(([s]) => s !== "200")
         .reduce((n, [, c]) => n + c, 0),

@@ -487,6 +487,8 @@ async function takeBack(
   }
 }
 
+// What the consumers get when R answers /a and the rest are served.
+const R_THEN_F = ["R: /a", "/f1", "/f2", "/f3", "/f4"];
 const OK_A = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nR: /a";
 const TAKEN_BACK =
   "HTTP/1.1 408 Request Timeout\r\nx-pothead-not-started: 1\r\ncontent-length: 0\r\n\r\n";
@@ -617,13 +619,7 @@ Deno.test("holdAhead: a response in progress that closes the connection sends th
   const { got, retries } = await heldThenClosed(
     "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nR: /a",
   );
-  assert.deepEqual(got.map((g) => g.text), [
-    "R: /a",
-    "/f1",
-    "/f2",
-    "/f3",
-    "/f4",
-  ]);
+  assert.deepEqual(got.map((g) => g.text), R_THEN_F);
   assert.equal(retries, 1);
 });
 
@@ -827,5 +823,247 @@ Deno.test("holdAhead: a request of a higher priority class that queues behind a 
     assert.equal(seen.filter((s) => s.startsWith("/f1")).length, 1);
   } finally {
     await teardown(server, workers);
+  }
+});
+
+// Streamed answers (an event stream, a download at a slow consumer's pace)
+// have no end the hub can foresee: nothing is held behind one once its head
+// is in, and a request held before that goes elsewhere.
+
+const STREAM_HEAD = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+
+Deno.test("holdAhead: nothing is held behind a response whose head is in and whose body is still coming; the queued requests wait for the connection as in plain dispatch", async () => {
+  const server = startHub({ holdAhead: true });
+  const r = await rawWorker(server);
+  const asked: Promise<unknown>[] = [];
+  try {
+    await waitFor(() => pool(server).idle === 1, "R attached");
+    const a = get(server, "/a");
+    asked.push(a);
+    assert.match((await deadline(r.readHead(), 10_000, "/a"))!, /^GET \/a /);
+    await r.write(STREAM_HEAD + "4\r\nR: /\r\n");
+    // Four per connection queued: enough to hold behind a request whose
+    // answer has not begun (see the first tests).
+    const fast = ["/f1", "/f2", "/f3", "/f4"].map((p) => get(server, p));
+    asked.push(...fast);
+    await waitFor(() => pool(server).queued === 4, "all queued");
+    // Past when a hold would have been written (at once) and asked back.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(pool(server).heldTotal, 0);
+    await r.write("1\r\na\r\n0\r\n\r\n");
+    for (const path of ["/f1", "/f2", "/f3", "/f4"]) {
+      const head = await deadline(r.readHead(), 10_000, path);
+      assert.match(head!, new RegExp(`^GET ${path} HTTP/1\\.1\\r\\n`));
+      assert.doesNotMatch(head!, /x-pothead-hold/i);
+      await r.write(`HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n${path}`);
+    }
+    const got = await deadline(Promise.all([a, ...fast]), 10_000, "answers");
+    assert.deepEqual(got.map((g) => g.text), R_THEN_F);
+    assert.equal(pool(server).heldTotal, 0);
+  } finally {
+    r.close();
+    // Cut if the test failed first.
+    await Promise.allSettled(asked);
+    await server.shutdown();
+  }
+});
+
+Deno.test("holdAhead: a request held before the response in progress began to stream is asked back once the body is still coming 250 ms after its head, then sent elsewhere; the stream goes on, and the connection stays", async () => {
+  const log: HubLogRecord[] = [];
+  const server = startHub({ holdAhead: true, onLog: (rec) => log.push(rec) });
+  const r = await rawWorker(server);
+  let w: WorkerHandle | undefined;
+  const asked: Promise<unknown>[] = [];
+  try {
+    await waitFor(() => pool(server).idle === 1, "R attached");
+    const answer = get(server, "/a");
+    const fast = ["/f1", "/f2", "/f3", "/f4"].map((p) => get(server, p));
+    asked.push(answer, ...fast);
+    assert.match((await deadline(r.readHead(), 10_000, "/a"))!, /^GET \/a /);
+    const held = await deadline(r.readHead(), 10_000, "/f1");
+    assert.match(held!, /^GET \/f1 [^]*\r\nx-pothead-hold: 1\r\n/);
+    const headAt = performance.now();
+    await r.write(STREAM_HEAD + "4\r\nR: /\r\n");
+    const revoke = await deadline(r.readHead(), 10_000, "the revoke");
+    assert.match(revoke!, /^GET \/\.pothead\/revoke HTTP\/1\.1\r\n/);
+    // Not before the wait (a timer fires no earlier than asked).
+    assert.ok(performance.now() - headAt >= 240);
+    assert.equal(pool(server).takeBacks, 1);
+    // Given up on without a 150: back at the front of the queue.
+    await waitFor(() => pool(server).queued === 4, "/f1 back in the queue");
+    assert.equal(pool(server).held, 0);
+    // Another worker serves the queue while the stream is still open, /f1
+    // first.
+    const seen: string[] = [];
+    w = worker(server, new Gates().handler(seen));
+    const got = await deadline(Promise.all(fast), 10_000, "fast answers");
+    assert.deepEqual(got.map((g) => `${g.status} ${g.text}`), [
+      "200 /f1",
+      "200 /f2",
+      "200 /f3",
+      "200 /f4",
+    ]);
+    // (W may get one held behind another.)
+    assert.deepEqual(seen.map((s) => s.split(" ")[0]), [
+      "/f1",
+      "/f2",
+      "/f3",
+      "/f4",
+    ]);
+    // The stream ends; R answers the held /f1 in its turn ("not started")
+    // and the revoke: read and dropped, and the connection stays.
+    await r.write("1\r\na\r\n0\r\n\r\n" + TAKEN_BACK + REVOKE_DONE);
+    assert.equal((await deadline(answer, 10_000, "/a")).text, "R: /a");
+    await waitFor(() => pool(server).idle === 2, "R idle again");
+    assert.deepEqual(closes(log), []);
+    assert.equal(server.hub.stats.retries, 1);
+    assert.equal(pool(server).takeBacks, 1);
+  } finally {
+    r.close();
+    // Cut if the test failed before the stream ended.
+    await Promise.allSettled(asked);
+    if (w !== undefined) {
+      w.close();
+      await w.finished;
+    }
+    await server.shutdown();
+  }
+});
+
+Deno.test("holdAhead with our runner: a request held behind one whose event stream begins late runs once, on the other worker, while the stream goes on", async () => {
+  const gates = new Gates();
+  const seen: string[] = [];
+  const plain = gates.handler(seen);
+  // The stream's own waits, not counted in `seen`.
+  const wait = gates.handler([]);
+  const encoder = new TextEncoder();
+  // /stream answers once /head opens, then streams until /end opens.
+  const handler = async (req: Request): Promise<Response> => {
+    if (new URL(req.url).pathname !== "/stream") return plain(req);
+    seen.push("/stream");
+    await wait(new Request(new URL("/slowhead", req.url)));
+    const body = new ReadableStream<Uint8Array>({
+      async start(c) {
+        c.enqueue(encoder.encode("data: 1\n\n"));
+        await wait(new Request(new URL("/slowend", req.url)));
+        c.close();
+      },
+    });
+    return new Response(body, {
+      headers: { "content-type": "text/event-stream" },
+    });
+  };
+  const log: HubLogRecord[] = [];
+  const server = startHub({ holdAhead: true, onLog: (r) => log.push(r) });
+  const ws = [worker(server, handler), worker(server, handler)];
+  const asked: Promise<unknown>[] = [];
+  try {
+    await waitFor(() => pool(server).idle === 2, "workers attached");
+    const stream = get(server, "/stream");
+    asked.push(stream);
+    await waitFor(() => seen.length === 1, "/stream started");
+    const slow = get(server, "/slow");
+    asked.push(slow);
+    await waitFor(() => seen.length === 2, "/slow started");
+    // Enough to hold one behind each connection (four per connection
+    // queued), the stream's first: its request began first.
+    const paths = Array.from({ length: 10 }, (_, i) => `/f${i + 1}`);
+    const fast = paths.map((p) => get(server, p));
+    asked.push(...fast);
+    await waitFor(() => pool(server).held === 2, "two held", 5000);
+    gates.open("/slowhead");
+    // Asked back and given up on while the stream stays open.
+    await waitFor(
+      () => pool(server).held === 1 && pool(server).takeBacks === 1,
+      "the request held behind the stream given up on",
+      5000,
+    );
+    gates.open("/slow");
+    const got = await deadline(Promise.all(fast), 10_000, "fast answers");
+    assert.deepEqual(got.map((g) => g.text), paths);
+    // Each ran once, none where the stream is: the one held there never
+    // started.
+    assert.deepEqual(
+      seen.filter((s) => s.startsWith("/f")).map((s) => s.split(" ")[0])
+        .sort(),
+      [...paths].sort(),
+    );
+    gates.open("/slowend");
+    assert.equal(
+      (await deadline(stream, 10_000, "/stream")).text,
+      "data: 1\n\n",
+    );
+    assert.equal((await slow).text, "/slow");
+    await waitFor(() => pool(server).idle === 2, "both idle");
+    assert.deepEqual(closes(log), []);
+  } finally {
+    // The stream's handler waits for these whatever happened.
+    for (const g of ["/slowhead", "/slowend", "/slow"]) gates.open(g);
+    await Promise.allSettled(asked);
+    await teardown(server, ws);
+  }
+});
+
+Deno.test("holdAhead: a request held behind a body its consumer holds back (read at its pace) is asked back but not sent elsewhere: the worker may have sent all of that body and started it", async () => {
+  // Read at the consumer's pace: the hub reads no further than it.
+  const server = startHub({ holdAhead: true, responseBuffer: 0 });
+  const r = await rawWorker(server);
+  const asked: Promise<unknown>[] = [];
+  let body: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  try {
+    await waitFor(() => pool(server).idle === 1, "R attached");
+    const a = fetch(`http://127.0.0.1:${server.addr.port}/a`);
+    asked.push(a);
+    const fast = ["/f1", "/f2", "/f3", "/f4"].map((p) => get(server, p));
+    asked.push(...fast);
+    assert.match((await deadline(r.readHead(), 10_000, "/a"))!, /^GET \/a /);
+    const held = await deadline(r.readHead(), 10_000, "/f1");
+    assert.match(held!, /^GET \/f1 [^]*\r\nx-pothead-hold: 1\r\n/);
+    // More than the socket buffers on the way hold: the consumer, which
+    // reads nothing yet, holds the body back.
+    const size = 32 * 1024 * 1024;
+    await r.write(STREAM_HEAD + size.toString(16) + "\r\n");
+    const sent = r.write(new Uint8Array(size).fill(97));
+    asked.push(sent);
+    const revoke = await deadline(r.readHead(), 10_000, "the revoke");
+    assert.match(revoke!, /^GET \/\.pothead\/revoke HTTP\/1\.1\r\n/);
+    // Well past when it would go elsewhere: it is still held.
+    await new Promise((resolve) => setTimeout(resolve, 3 * 250));
+    assert.equal(pool(server).held, 1);
+    assert.equal(pool(server).queued, 3);
+    assert.equal(pool(server).takeBacks, 1);
+    // The consumer reads; R ends the body and answers the held /f1 (it had
+    // not started it) and the revoke; /f1 is put back and served.
+    const res = await a;
+    body = res.body!.getReader();
+    let got = 0;
+    const reading = (async () => {
+      for (;;) {
+        const { done, value } = await body!.read();
+        if (done) return got;
+        got += value.length;
+      }
+    })();
+    asked.push(reading);
+    await deadline(sent, 30_000, "the body sent");
+    await r.write("\r\n0\r\n\r\n" + TAKEN_BACK + REVOKE_DONE);
+    assert.equal(await deadline(reading, 30_000, "the body read"), size);
+    // (/f1, put back as R goes idle, may come after /f2.)
+    const served: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const head = await deadline(r.readHead(), 10_000, "the next request");
+      const path = /^GET (\/f\d) HTTP\/1\.1\r\n/.exec(head!)![1];
+      served.push(path);
+      await r.write(`HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n${path}`);
+    }
+    assert.deepEqual(served.sort(), ["/f1", "/f2", "/f3", "/f4"]);
+    const answers = await deadline(Promise.all(fast), 10_000, "answers");
+    assert.deepEqual(answers.map((g) => g.text), ["/f1", "/f2", "/f3", "/f4"]);
+    assert.equal(server.hub.stats.retries, 1);
+  } finally {
+    r.close();
+    await body?.cancel().catch(() => {});
+    await Promise.allSettled(asked);
+    await server.shutdown();
   }
 });
