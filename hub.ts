@@ -399,10 +399,12 @@ export interface HubOptions {
    * `bench/_hold_sim.ts`). A connection that goes idle while nothing is
    * queued takes the oldest held request back (if the worker has not started
    * it), and so does a request of a higher priority class that queues behind
-   * one of a lower class held; one held behind an answer whose body is still
-   * coming 250 ms after its head (a stream) is asked back then, and sent
-   * elsewhere if that body is still coming 250 ms after the revoke and no
-   * slow consumer held it back meanwhile (the worker will then not run it).
+   * one of a lower class held; one held for two mean exchanges (behind a
+   * job that runs long) is asked back as the pool's exchanges end; one held
+   * behind an answer whose body is still coming 250 ms after its head (a
+   * stream) is asked back then, and sent elsewhere if that body is still
+   * coming 250 ms after the revoke and no slow consumer held it back
+   * meanwhile (the worker will then not run it).
    * A held request's queue time is until it was written; its worker time
    * runs from then. Not with `fairBy` or `affinityBy` in the same pool
    * (refused: a held request would skip their order).
@@ -770,8 +772,9 @@ export interface PoolStats {
   /**
    * Take-backs asked for so far: a connection went idle with nothing
    * queued while a request was held elsewhere, a request of a higher
-   * priority class queued behind one held, or the response before a held
-   * request was still coming 250 ms after its head (a stream).
+   * priority class queued behind one held, a request had been held for
+   * two mean exchanges, or the response before a held request was still
+   * coming 250 ms after its head (a stream).
    */
   takeBacks: number;
   /** Distinct workers (by id, or by address for plain workers). */
@@ -1302,6 +1305,10 @@ const HOLD_IN_ORDER = 0.8;
 const HOLD_QUEUE_MS = 5;
 const HOLD_QUEUE_FACTOR = 4;
 const HOLD_SAME_START = 0.05;
+// A request held this many mean exchanges waits behind a job that runs
+// long (one of the rare long ones of a mix, or a stream's late head): it is
+// asked back, and the interim 150 puts it at the front of the queue.
+const HOLD_MAX_WAIT = 2;
 
 // How long shutdown waits, after the grace, for WebSockets still open to
 // finish the close handshake it starts (a close round trip on a live link
@@ -4005,10 +4012,27 @@ export class Hub {
       started - earliest <= HOLD_SAME_START * Math.max(hold.meanMs, 0) ? 1 : 0;
     hold.started.delete(slot);
     hold.inOrder += (first - hold.inOrder) / 20;
-    const took = performance.now() - started;
+    const now = performance.now();
+    const took = now - started;
     hold.meanMs = hold.meanMs < 0
       ? took
       : hold.meanMs + (took - hold.meanMs) / 20;
+    if (hold.held > 0) this.#boundHeld(pool, now);
+  }
+
+  // Held requests of `pool` that have waited HOLD_MAX_WAIT mean exchanges
+  // are asked back; checked as the pool's exchanges end (while none ends,
+  // a held request waits no longer than the queue would have it).
+  #boundHeld(pool: Pool, now: number): void {
+    const hold = pool.hold!;
+    const heldBefore = now - HOLD_MAX_WAIT * hold.meanMs;
+    // In the order they were held: once one is younger, the rest are too.
+    for (const [slot, p] of this.#heldOn) {
+      if (p.pool !== pool) continue;
+      // When it was written behind the other.
+      if (p.queuedSince + p.queueMs > heldBefore) return;
+      if (slot.takeBack()) hold.takeBacks++;
+    }
   }
 
   // A held request's turn came: the request before it ended on that slot.

@@ -69,6 +69,12 @@ export interface HoldSimOptions {
   queueFactor?: number;
   /** Take held requests back for idle workers. @default {true} */
   takeBack?: boolean;
+  /**
+   * Take a held request back (to the front of the queue) once it has been
+   * held this many mean jobs and its worker has not started it, checked as
+   * jobs finish (as the hub does). @default {Infinity}
+   */
+  maxWait?: number;
 }
 
 /** What {@linkcode simulateHold} returns. */
@@ -89,7 +95,11 @@ interface Server {
   seenIdle: boolean; // the hub knows it is idle
   held: number; // the request held at it, or -1
   heldAt: number; // when that request reaches it
+  heldSince: number; // when it was held
   revoking: boolean;
+  // Asked back for maxWait: it holds nothing more until its job ends (the
+  // hub's connection owes the answers of the held request and the revoke).
+  owes: boolean;
 }
 
 // A binary heap of events by time, then by insertion (equal times in order).
@@ -174,6 +184,7 @@ export function simulateHold(
       ? 4 * servers
       : servers * meanJob / queueMs;
   const takeBack = options.takeBack ?? true;
+  const maxWait = options.maxWait ?? Infinity;
   const n = arrivals.length;
   if (service.length !== n) {
     throw new RangeError("Cannot simulate: lengths differ");
@@ -185,7 +196,9 @@ export function simulateHold(
     seenIdle: true,
     held: -1,
     heldAt: 0,
+    heldSince: 0,
     revoking: false,
+    owes: false,
   }));
   const events = new Events();
   const queue: number[] = [];
@@ -212,6 +225,33 @@ export function simulateHold(
     const took = t - w.started;
     meanJob = meanJob < 0 ? took : meanJob + (took - meanJob) / 20;
     w.busy = false;
+    w.owes = false;
+    // Held too long behind another worker's job (maxWait): asked back; the
+    // worker, still at that job, gives it back at once (the interim 150).
+    for (const x of ws) {
+      if (
+        x === w || x.held < 0 || x.revoking ||
+        t - x.heldSince < maxWait * meanJob
+      ) continue;
+      const holder = x, j = x.held;
+      holder.revoking = true;
+      takeBacks++;
+      events.at(t + revoke / 2, () => {
+        holder.revoking = false;
+        if (holder.held !== j) {
+          failedTakeBacks++;
+          return;
+        }
+        holder.held = -1;
+        holder.owes = true;
+        events.at(t + revoke, () => {
+          // Back at the front of the queue.
+          if (head > 0) queue[--head] = j;
+          else queue.unshift(j);
+          dispatch(t + revoke);
+        });
+      });
+    }
     // A revoke on its way has not reached the worker: it starts the request.
     if (w.held >= 0) {
       const j = w.held;
@@ -272,13 +312,17 @@ export function simulateHold(
       if (inOrder < inOrderMin && queue.length - head < queueMin()) return;
       let at: Server | null = null;
       for (const w of ws) {
-        if (w.busy && w.held < 0 && (at === null || w.started < at.started)) {
+        if (
+          w.busy && w.held < 0 && !w.owes &&
+          (at === null || w.started < at.started)
+        ) {
           at = w;
         }
       }
       if (at === null) return;
       at.held = queue[head++];
       at.heldAt = t + gap / 2;
+      at.heldSince = t;
       held++;
     }
   };

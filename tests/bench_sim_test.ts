@@ -939,6 +939,35 @@ Deno.test("hold model: a held request behind a long job is taken back for an idl
   assert.ok(Math.abs(plain.latency[2] - 19.75) < 1e-9, `${plain.latency[2]}`);
 });
 
+Deno.test("hold model: with maxWait, a request held behind a long job is asked back as other jobs finish, while the queue is still long", () => {
+  // Two workers: a 400 ms job and 30 jobs of 10 ms, all at once; the first
+  // short one queued is held (always) behind the long job, which started
+  // first. No take-back for idle workers: the other worker is never idle.
+  const arrivals = new Array(32).fill(0);
+  const service = [400, ...new Array(31).fill(10)];
+  const costs = {
+    gapMs: 0.5,
+    handMs: 0.1,
+    revokeMs: 0.3,
+    inOrder: 0,
+    takeBack: false,
+  };
+  const waits = simulateHold(arrivals, service, 2, costs);
+  const bounded = simulateHold(arrivals, service, 2, { ...costs, maxWait: 2 });
+  // Held behind the long job: it waits all of it out.
+  assert.ok(waits.latency[2] > 400, `${waits.latency[2]}`);
+  assert.equal(waits.takeBacks, 0);
+  // Asked back once held two mean jobs (20 ms), as a short job ends, it
+  // runs on the other worker a few short jobs later; the long job's worker
+  // holds nothing more until that job ends.
+  assert.equal(bounded.takeBacks, 1);
+  assert.equal(bounded.failedTakeBacks, 0);
+  assert.ok(bounded.latency[2] < 100, `${bounded.latency[2]}`);
+  // Every request is answered either way, the long one unchanged.
+  assert.ok(bounded.latency.every((l) => Number.isFinite(l)));
+  assert.equal(bounded.latency[0], waits.latency[0]);
+});
+
 Deno.test("hold model: holding ahead of even jobs takes the gap out of a long queue", () => {
   const trace = makeTrace({
     workers: 4,
