@@ -1085,9 +1085,12 @@ export class WorkerSlot {
       );
       if (held?.revoked && empty && !parks) {
         // Taken back (_hold.ts): the connection goes on, parked still if
-        // the response before it parked it.
+        // the response before it parked it. The hub hears of it first, so
+        // the request is back at the queue's front before this connection,
+        // idle again, takes the next one.
         const park = this.#parkBehind;
         cleanup();
+        held.reject(e);
         this.#next(park);
       } else if (parks && empty) {
         cleanup();
