@@ -1146,13 +1146,18 @@ export class WorkerSlot {
       let waiting = false;
       let pausedSince = performance.now();
       let heldBackUntil = pausedSince;
+      // Watched only with a request held behind this answer (none can be
+      // held once it has begun): no clock reads per chunk otherwise.
+      const watch = this.#held !== null && !this.#held.done;
       body = bodyStream(this.#reader, framing, {
-        onWait: (now) => {
-          const t = performance.now();
-          if (now && t - pausedSince >= HELD_BACK_PAUSE) heldBackUntil = t;
-          if (!now) pausedSince = t;
-          waiting = now;
-        },
+        onWait: watch
+          ? (now) => {
+            const t = performance.now();
+            if (now && t - pausedSince >= HELD_BACK_PAUSE) heldBackUntil = t;
+            if (!now) pausedSince = t;
+            waiting = now;
+          }
+          : undefined,
         limits: opts.limits,
         maxBodySize: limits.maxBodySize,
         readAhead: opts.readAhead,
@@ -1196,9 +1201,7 @@ export class WorkerSlot {
           this.#release(held);
         } else heldTimer = setTimeout(checkHeld, HELD_STREAM_WAIT);
       };
-      if (this.#held !== null && !this.#held.done) {
-        heldTimer = setTimeout(checkHeld, HELD_STREAM_WAIT);
-      }
+      if (watch) heldTimer = setTimeout(checkHeld, HELD_STREAM_WAIT);
     }
     if (head.status === 205 && body instanceof ReadableStream) {
       // A 205 has no content (RFC 9110 §15.3.6): one a worker sent anyway is

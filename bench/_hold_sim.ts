@@ -233,23 +233,11 @@ export function simulateHold(
         x === w || x.held < 0 || x.revoking ||
         t - x.heldSince < maxWait * meanJob
       ) continue;
-      const holder = x, j = x.held;
-      holder.revoking = true;
-      takeBacks++;
-      events.at(t + revoke / 2, () => {
-        holder.revoking = false;
-        if (holder.held !== j) {
-          failedTakeBacks++;
-          return;
-        }
-        holder.held = -1;
-        holder.owes = true;
-        events.at(t + revoke, () => {
-          // Back at the front of the queue.
-          if (head > 0) queue[--head] = j;
-          else queue.unshift(j);
-          dispatch(t + revoke);
-        });
+      askBack(x, t, () => x.owes = true, (j) => {
+        // Back at the front of the queue.
+        if (head > 0) queue[--head] = j;
+        else queue.unshift(j);
+        dispatch(t + revoke);
       });
     }
     // A revoke on its way has not reached the worker: it starts the request.
@@ -263,6 +251,32 @@ export function simulateHold(
     events.at(t + gap / 2, () => {
       if (!w.busy) w.seenIdle = true;
       dispatch(t + gap / 2);
+    });
+  };
+  // Asks `holder` at `t` for the request held there: the revoke reaches
+  // the worker `revoke / 2` later, which gives the request back (`given`)
+  // unless it has started it; the answer is in at `t + revoke`, where
+  // `back` gets the request, or `late` runs.
+  const askBack = (
+    holder: Server,
+    t: number,
+    given: () => void,
+    back: (j: number) => void,
+    late?: () => void,
+  ): void => {
+    const j = holder.held;
+    holder.revoking = true;
+    takeBacks++;
+    events.at(t + revoke / 2, () => {
+      holder.revoking = false;
+      if (holder.held !== j) {
+        failedTakeBacks++;
+        if (late !== undefined) events.at(t + revoke, late);
+        return;
+      }
+      holder.held = -1;
+      given();
+      events.at(t + revoke, () => back(j));
     });
   };
   const send = (w: Server, i: number, t: number): void => {
@@ -286,24 +300,13 @@ export function simulateHold(
           }
         }
         if (b === null) break;
-        const holder = b, j = b.held;
-        holder.revoking = true;
-        a.seenIdle = false;
-        a.busy = true; // kept for the request taken back
-        takeBacks++;
-        events.at(t + revoke / 2, () => {
-          holder.revoking = false;
-          if (holder.held === j) {
-            holder.held = -1;
-            events.at(t + revoke, () => send(a, j, t + revoke));
-          } else {
-            failedTakeBacks++;
-            events.at(t + revoke, () => {
-              a.busy = false;
-              a.seenIdle = true;
-              dispatch(t + revoke);
-            });
-          }
+        const idle = a;
+        idle.seenIdle = false;
+        idle.busy = true; // kept for the request taken back
+        askBack(b, t, () => {}, (j) => send(idle, j, t + revoke), () => {
+          idle.busy = false;
+          idle.seenIdle = true;
+          dispatch(t + revoke);
         });
       }
     }
