@@ -823,7 +823,7 @@ export class HubMetrics {
         ],
         [
           "pothead_take_backs_total",
-          "Held requests asked back: for a connection idle with nothing queued, for a higher priority class, after two mean exchanges, or from behind a response still streaming.",
+          "Held requests asked back: for a connection idle with nothing queued, for a higher priority class, after two mean exchanges (four in a long queue), or from behind a response still streaming.",
           (g: PoolGauges) => g.takeBacks ?? 0,
         ],
       ] as const

@@ -399,8 +399,9 @@ export interface HubOptions {
    * `bench/_hold_sim.ts`). A connection that goes idle while nothing is
    * queued takes the oldest held request back (if the worker has not started
    * it), and so does a request of a higher priority class that queues behind
-   * one of a lower class held; one held for two mean exchanges (behind a
-   * job that runs long) is asked back as the pool's exchanges end; one held
+   * one of a lower class held; one held for two mean exchanges (four while
+   * the queue is long; behind a job that runs long) is asked back as the
+   * pool's exchanges end; one held
    * behind an answer whose body is still coming 250 ms after its head (a
    * stream) is asked back then, and sent elsewhere if that body is still
    * coming 250 ms after the revoke and no slow consumer held it back
@@ -773,7 +774,7 @@ export interface PoolStats {
    * Take-backs asked for so far: a connection went idle with nothing
    * queued while a request was held elsewhere, a request of a higher
    * priority class queued behind one held, a request had been held for
-   * two mean exchanges, or the response before a held request was still
+   * two mean exchanges (four in a long queue), or the response before a held request was still
    * coming 250 ms after its head (a stream).
    */
   takeBacks: number;
@@ -1309,6 +1310,20 @@ const HOLD_SAME_START = 0.05;
 // long (one of the rare long ones of a mix, or a stream's late head): it is
 // asked back, and the interim 150 puts it at the front of the queue.
 const HOLD_MAX_WAIT = 2;
+// The same while the queue is long (the long-queue arm's test holds): a
+// request asked back there is held again behind another job, so it gains
+// only behind a job far longer than the rest, and each take-back costs its
+// connection a hand-over (it holds nothing more until its exchange ends).
+const HOLD_MAX_WAIT_LONG = 4;
+
+// Whether `pool`'s queue is long by the hold rule: a request per
+// connection for every HOLD_QUEUE_MS of the mean exchange.
+function longQueue(pool: Pool, hold: HoldState): boolean {
+  return pool.queue.size >=
+    (hold.meanMs < 0
+      ? HOLD_QUEUE_FACTOR * pool.slots
+      : pool.slots * hold.meanMs / HOLD_QUEUE_MS);
+}
 
 // How long shutdown waits, after the grace, for WebSockets still open to
 // finish the close handshake it starts (a close round trip on a live link
@@ -3966,13 +3981,7 @@ export class Hub {
     if (this.#closing) return;
     // Bounded: each turn takes a request from the queue, or returns.
     while (pool.idle === 0 && pool.queue.head !== null) {
-      if (
-        hold.inOrder < HOLD_IN_ORDER &&
-        pool.queue.size <
-          (hold.meanMs < 0
-            ? HOLD_QUEUE_FACTOR * pool.slots
-            : pool.slots * hold.meanMs / HOLD_QUEUE_MS)
-      ) return;
+      if (hold.inOrder < HOLD_IN_ORDER && !longQueue(pool, hold)) return;
       const p = pool.queue.head.value;
       if (p.body !== null || p.webSocket || !HOLDABLE.has(p.req.method)) {
         return;
@@ -4021,11 +4030,14 @@ export class Hub {
   }
 
   // Held requests of `pool` that have waited HOLD_MAX_WAIT mean exchanges
-  // are asked back; checked as the pool's exchanges end (while none ends,
-  // a held request waits no longer than the queue would have it).
+  // (HOLD_MAX_WAIT_LONG in a long queue) are asked back; checked as the
+  // pool's exchanges end (while none ends, a held request waits no longer
+  // than the queue would have it).
   #boundHeld(pool: Pool, now: number): void {
     const hold = pool.hold!;
-    const heldBefore = now - HOLD_MAX_WAIT * hold.meanMs;
+    const heldBefore = now -
+      (longQueue(pool, hold) ? HOLD_MAX_WAIT_LONG : HOLD_MAX_WAIT) *
+        hold.meanMs;
     // In the order they were held: once one is younger, the rest are too.
     for (const [slot, p] of this.#heldOn) {
       if (p.pool !== pool) continue;

@@ -9,9 +9,13 @@
  * the finish that freed its worker; a held request starts `handMs` after the
  * job before it ends. The rule is the hub's long-queue arm alone: while at
  * least `queueMin` requests wait, the head of the queue is held behind the
- * busy worker whose job began earliest among those holding nothing. (The
- * in-order arm and take-backs play no part here: jobs of random length do
- * not end in order, and the queue never empties.)
+ * busy worker whose job began earliest among those holding nothing. With
+ * `maxWait`, as jobs end, a request held that many mean exchanges is taken
+ * back to the front of the queue, and its worker holds nothing more until
+ * its job ends (the hub's bound; the revoke's round trip is left out: with
+ * the queue this long, the request waits longer than that at the front).
+ * (The in-order arm and the take-backs for idle workers play no part here:
+ * jobs of random length do not end in order, and the queue never empties.)
  *
  * @module
  */
@@ -32,6 +36,11 @@ export interface ClosedSimOptions {
   hold?: boolean;
   /** Hold while at least this many wait. @default {4 × servers} */
   queueMin?: number;
+  /**
+   * Take a held request back once held this many mean exchanges (a job and
+   * its start cost; the mean over about the last 20). @default {Infinity}
+   */
+  maxWait?: number;
   /** Simulated time, ms. */
   durationMs: number;
   /** Answers before this time are not counted, ms. @default {durationMs / 10} */
@@ -44,8 +53,12 @@ export interface ClosedSimResult {
   latency: Float64Array;
   /** Counted answers per second. */
   throughput: number;
+  /** Answers, counted or not. */
+  answered: number;
   /** Requests held (counted or not). */
   held: number;
+  /** Held requests taken back (maxWait). */
+  takeBacks: number;
 }
 
 /**
@@ -70,16 +83,24 @@ export function simulateClosed(options: ClosedSimOptions): ClosedSimResult {
   }
   const hold = options.hold ?? true;
   const queueMin = options.queueMin ?? 4 * servers;
+  const maxWait = options.maxWait ?? Infinity;
   const warm = options.warmMs ?? durationMs / 10;
   let next = 0;
   const job = (): number => service[next++ % service.length];
 
-  // Per worker: when its job began and ends, when its request was sent, and
-  // the send time of the request held behind it (-1: none).
+  // Per worker: when the hub gave it its request, when its job began and
+  // ends, when its request was sent, the send time of the request held
+  // behind it (-1: none) and when that was held, and whether it was asked
+  // back during the job in progress.
+  const given = new Float64Array(servers);
   const began = new Float64Array(servers);
   const ends = new Float64Array(servers);
   const sentAt = new Float64Array(servers);
   const heldSent = new Float64Array(servers).fill(-1);
+  const heldSince = new Float64Array(servers);
+  const owes = new Uint8Array(servers);
+  // The mean exchange (given to end), over about the last 20 (-1: none).
+  let meanMs = -1;
   // The queue: send times, in order (a ring would do; an index suffices).
   const queue: number[] = [];
   let head = 0;
@@ -89,27 +110,35 @@ export function simulateClosed(options: ClosedSimOptions): ClosedSimResult {
     ends[w] = job();
     sentAt[w] = 0;
   }
-  let held = 0;
-  const holdAhead = (): void => {
+  let held = 0, takeBacks = 0, answered = 0;
+  const holdAhead = (now: number): void => {
     while (hold && queue.length - head >= queueMin) {
       let best = -1;
       for (let w = 0; w < servers; w++) {
-        if (heldSent[w] < 0 && (best < 0 || began[w] < began[best])) best = w;
+        if (
+          heldSent[w] < 0 && !owes[w] && (best < 0 || began[w] < began[best])
+        ) best = w;
       }
       if (best < 0) return;
       heldSent[best] = queue[head++];
+      heldSince[best] = now;
       held++;
     }
   };
-  holdAhead();
+  holdAhead(0);
   const latencies: number[] = [];
   for (let guard = 0; guard < 1e8; guard++) {
     let w = 0;
     for (let j = 1; j < servers; j++) if (ends[j] < ends[w]) w = j;
     const now = ends[w];
     if (now >= durationMs) break;
+    answered++;
     if (now >= warm) latencies.push(now - sentAt[w]);
     queue.push(now); // its customer sends the next request at once
+    const took = now - given[w];
+    meanMs = meanMs < 0 ? took : meanMs + (took - meanMs) / 20;
+    owes[w] = 0;
+    given[w] = now;
     if (heldSent[w] >= 0) {
       sentAt[w] = heldSent[w];
       heldSent[w] = -1;
@@ -119,17 +148,30 @@ export function simulateClosed(options: ClosedSimOptions): ClosedSimResult {
       began[w] = now + gapMs;
     }
     ends[w] = began[w] + job();
+    // Held too long behind another's job: back to the queue's front, for
+    // the next worker to finish (this one has its next request already,
+    // as in the hub, where the revoke's answer comes later).
+    for (let x = 0; x < servers; x++) {
+      if (heldSent[x] < 0 || now - heldSince[x] < maxWait * meanMs) continue;
+      if (head > 0) queue[--head] = heldSent[x];
+      else queue.unshift(heldSent[x]);
+      heldSent[x] = -1;
+      owes[x] = 1;
+      takeBacks++;
+    }
     if (head > 4096 && head * 2 > queue.length) {
       queue.splice(0, head);
       head = 0;
     }
-    holdAhead();
+    holdAhead(now);
   }
   const latency = Float64Array.from(latencies).sort();
   return {
     latency,
     throughput: (latency.length * 1000) / (durationMs - warm),
+    answered,
     held,
+    takeBacks,
   };
 }
 

@@ -75,6 +75,13 @@ export interface HoldSimOptions {
    * jobs finish (as the hub does). @default {Infinity}
    */
   maxWait?: number;
+  /**
+   * `maxWait` while the queue is long (the long-queue arm's test holds):
+   * there a request taken back is held again behind another job, so a
+   * take-back helps only behind a job far longer than the rest, and each
+   * costs its worker a hand-over. @default {maxWait}
+   */
+  maxWaitLong?: number;
 }
 
 /** What {@linkcode simulateHold} returns. */
@@ -97,8 +104,8 @@ interface Server {
   heldAt: number; // when that request reaches it
   heldSince: number; // when it was held
   revoking: boolean;
-  // Asked back for maxWait: it holds nothing more until its job ends (the
-  // hub's connection owes the answers of the held request and the revoke).
+  // Asked back: it holds nothing more until its job ends (the hub's
+  // connection owes the answers of the held request and the revoke).
   owes: boolean;
 }
 
@@ -185,6 +192,7 @@ export function simulateHold(
       : servers * meanJob / queueMs;
   const takeBack = options.takeBack ?? true;
   const maxWait = options.maxWait ?? Infinity;
+  const maxWaitLong = options.maxWaitLong ?? maxWait;
   const n = arrivals.length;
   if (service.length !== n) {
     throw new RangeError("Cannot simulate: lengths differ");
@@ -228,12 +236,13 @@ export function simulateHold(
     w.owes = false;
     // Held too long behind another worker's job (maxWait): asked back; the
     // worker, still at that job, gives it back at once (the interim 150).
+    const longQueue = queue.length - head >= queueMin();
     for (const x of ws) {
       if (
         x === w || x.held < 0 || x.revoking ||
-        t - x.heldSince < maxWait * meanJob
+        t - x.heldSince < (longQueue ? maxWaitLong : maxWait) * meanJob
       ) continue;
-      askBack(x, t, () => x.owes = true, (j) => {
+      askBack(x, t, (j) => {
         // Back at the front of the queue.
         if (head > 0) queue[--head] = j;
         else queue.unshift(j);
@@ -254,28 +263,31 @@ export function simulateHold(
     });
   };
   // Asks `holder` at `t` for the request held there: the revoke reaches
-  // the worker `revoke / 2` later, which gives the request back (`given`)
-  // unless it has started it; the answer is in at `t + revoke`, where
-  // `back` gets the request, or `late` runs.
+  // the worker `revoke / 2` later, which gives the request back unless it
+  // has started it; the answer is in at `t + revoke`, where `back` gets the
+  // request, or `late` runs. Either way the holder's connection owes the
+  // revoke's answer, behind the job it runs then, and holds nothing more
+  // until that job ends (as the hub's does).
   const askBack = (
     holder: Server,
     t: number,
-    given: () => void,
     back: (j: number) => void,
     late?: () => void,
   ): void => {
     const j = holder.held;
     holder.revoking = true;
+    holder.owes = true;
     takeBacks++;
     events.at(t + revoke / 2, () => {
       holder.revoking = false;
+      // Again if its job ended meanwhile: the revoke follows the next.
+      holder.owes = true;
       if (holder.held !== j) {
         failedTakeBacks++;
         if (late !== undefined) events.at(t + revoke, late);
         return;
       }
       holder.held = -1;
-      given();
       events.at(t + revoke, () => back(j));
     });
   };
@@ -303,7 +315,7 @@ export function simulateHold(
         const idle = a;
         idle.seenIdle = false;
         idle.busy = true; // kept for the request taken back
-        askBack(b, t, () => {}, (j) => send(idle, j, t + revoke), () => {
+        askBack(b, t, (j) => send(idle, j, t + revoke), () => {
           idle.busy = false;
           idle.seenIdle = true;
           dispatch(t + revoke);

@@ -29,6 +29,11 @@ const RULES: { name: string; options: HoldSimOptions }[] = [
   { name: "queue ≥ 4K", options: { inOrder: 2, queueFactor: 4 } },
   { name: "in order or queue ≥ 4K", options: { queueFactor: 4 } },
   { name: "in order or queue ≥ K·mean/5 ms", options: {} },
+  // What the hub does (hub.ts HOLD_MAX_WAIT, HOLD_MAX_WAIT_LONG).
+  {
+    name: "the same, held ≤ 2 mean jobs (4 in a long queue; the hub's)",
+    options: { maxWait: 2, maxWaitLong: 4 },
+  },
 ];
 
 const { values } = parseArgs({

@@ -366,13 +366,18 @@ export function rotated<T>(items: readonly T[], turn: number): T[] {
 }
 
 /**
- * The sum of `pothead_held_total` over every pool in a hub's Prometheus
- * text, or null if it has none.
+ * The sum of counter `name` (`pothead_held_total` unless given) over every
+ * pool in a hub's Prometheus text, or null if it has none.
  */
-export function heldInMetrics(text: string): number | null {
+export function heldInMetrics(
+  text: string,
+  name = "pothead_held_total",
+): number | null {
   let sum: number | null = null;
+  const prefix = `${name}{`, bare = `${name} `;
   for (const line of text.split("\n")) {
-    const m = line.match(/^pothead_held_total(?:\{[^}]*\})? (\S+)$/);
+    if (!line.startsWith(prefix) && !line.startsWith(bare)) continue;
+    const m = line.match(/^\S+ (\S+)$/);
     if (m === null) continue;
     const value = Number(m[1]);
     if (Number.isFinite(value)) sum = (sum ?? 0) + value;
@@ -381,11 +386,15 @@ export function heldInMetrics(text: string): number | null {
 }
 
 /**
- * The hub's count of requests held ahead so far (`pothead-hold` only: the
- * others hold none, and give null), read from its admin listener between
- * runs; null when it cannot be read.
+ * The hub's count of requests held ahead so far (or of counter `name`, as
+ * {@linkcode heldInMetrics}; `pothead-hold` only: the others hold none, and
+ * give null), read from its admin listener between runs; null when it
+ * cannot be read.
  */
-export async function heldTotal(system: System): Promise<number | null> {
+export async function heldTotal(
+  system: System,
+  name?: string,
+): Promise<number | null> {
   if (system.name !== "pothead-hold" || system.metricsUrl === undefined) {
     return null;
   }
@@ -393,7 +402,7 @@ export async function heldTotal(system: System): Promise<number | null> {
     const res = await fetch(system.metricsUrl, {
       signal: AbortSignal.timeout(5000),
     });
-    return res.ok ? heldInMetrics(await res.text()) : null;
+    return res.ok ? heldInMetrics(await res.text(), name) : null;
   } catch {
     return null;
   }

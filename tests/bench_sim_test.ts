@@ -704,6 +704,10 @@ Deno.test("benchmark reads the held count from a hub's metrics", () => {
   assert.equal(heldInMetrics(text), 15);
   assert.equal(heldInMetrics("pothead_held_total 7\n"), 7);
   assert.equal(heldInMetrics("pothead_queue_depth 4\n"), null);
+  // Another counter by name.
+  const backs = 'pothead_take_backs_total{pool="default"} 4\n' + text;
+  assert.equal(heldInMetrics(backs, "pothead_take_backs_total"), 4);
+  assert.equal(heldInMetrics(backs), 15);
 });
 
 // A run result with only what the verdicts read: p99 and its ratio.
@@ -939,6 +943,20 @@ Deno.test("hold model: a held request behind a long job is taken back for an idl
   assert.ok(Math.abs(plain.latency[2] - 19.75) < 1e-9, `${plain.latency[2]}`);
 });
 
+Deno.test("hold model: a worker asked back holds nothing more until its job ends, as the hub's connection", () => {
+  // As above, and a fourth request at 12 ms, when both workers are busy
+  // (the long job, and the request taken back): the long job's worker
+  // owes the revoke's answer, so the request is held behind the other.
+  const arrivals = [0, 0, 1, 12];
+  const service = [100, 10, 10, 5];
+  const costs = { gapMs: 0.5, handMs: 0.1, revokeMs: 0.3, inOrder: 0 };
+  const r = simulateHold(arrivals, service, 2, costs);
+  assert.equal(r.held, 2);
+  assert.equal(r.takeBacks, 1);
+  // Behind the request taken back (done at 21.05): starts at 21.15.
+  assert.ok(Math.abs(r.latency[3] - 14.15) < 1e-9, `${r.latency[3]}`);
+});
+
 Deno.test("hold model: with maxWait, a request held behind a long job is asked back as other jobs finish, while the queue is still long", () => {
   // Two workers: a 400 ms job and 30 jobs of 10 ms, all at once; the first
   // short one queued is held (always) behind the long job, which started
@@ -966,6 +984,33 @@ Deno.test("hold model: with maxWait, a request held behind a long job is asked b
   // Every request is answered either way, the long one unchanged.
   assert.ok(bounded.latency.every((l) => Number.isFinite(l)));
   assert.equal(bounded.latency[0], waits.latency[0]);
+});
+
+Deno.test("hold model: maxWaitLong bounds the wait while the queue is long, maxWait once it is short", () => {
+  // As above: the request held behind the 400 ms job is asked back after
+  // maxWaitLong mean jobs (10 ms) while the queue is long (4 or more wait),
+  // and after maxWait once it is short (the other worker drains it at about
+  // 10 ms a job, under 4 after some 270 ms).
+  const arrivals = new Array(32).fill(0);
+  const service = [400, ...new Array(31).fill(10)];
+  const costs = {
+    gapMs: 0.5,
+    handMs: 0.1,
+    revokeMs: 0.3,
+    inOrder: 0,
+    takeBack: false,
+    maxWait: 2,
+  };
+  const wait = (maxWaitLong: number) =>
+    simulateHold(arrivals, service, 2, { ...costs, maxWaitLong }).latency[2];
+  const two = wait(2), four = wait(4), never = wait(Infinity);
+  assert.ok(two < four && four < 100, `${two}, ${four}`);
+  assert.ok(never > 250 && never < 400, `${never}`);
+  // The default is maxWait's.
+  assert.equal(
+    simulateHold(arrivals, service, 2, costs).latency[2],
+    two,
+  );
 });
 
 Deno.test("hold model: holding ahead of even jobs takes the gap out of a long queue", () => {
@@ -1102,6 +1147,32 @@ Deno.test("simulateClosed: with exponential jobs holding buys throughput with th
   );
 });
 
+Deno.test("simulateClosed: with maxWait, a request held behind a long job is taken back and runs on the next worker to finish", () => {
+  // Two workers, four requests in flight: worker 0's first job is long;
+  // every other job takes 1 ms.
+  const service = [100, ...Array(999).fill(1)];
+  const base = {
+    servers: 2,
+    customers: 4,
+    service,
+    gapMs: 0.5,
+    handMs: 0.1,
+    queueMin: 1,
+    durationMs: 150,
+    warmMs: 0,
+  };
+  const unbounded = simulateClosed(base);
+  const bounded = simulateClosed({ ...base, maxWait: 2 });
+  assert.equal(unbounded.takeBacks, 0);
+  assert.ok(bounded.takeBacks >= 1);
+  // Unbounded, the request held behind the 100 ms job waits all of it.
+  assert.ok(unbounded.latency.at(-1)! >= 100);
+  // Bounded, it is taken back within a few short exchanges.
+  const waits = bounded.latency.filter((x) => x < 100);
+  assert.ok(waits.length === bounded.latency.length - 1, `${bounded.latency}`);
+  assert.ok(waits.at(-1)! < 10, `${waits.at(-1)}`);
+});
+
 Deno.test("simulateClosed refuses bad options; costForThroughput inverts the rate", () => {
   const ok = {
     servers: 2,
@@ -1134,6 +1205,7 @@ Deno.test("overload summary: medians, and the model's costs fitted to the throug
     hubCpuMs: 0.3,
     workerCpuMs: 0.6,
     held,
+    takeBacks: held / 16,
     answered: 1000,
   });
   const plan = {
@@ -1162,13 +1234,22 @@ Deno.test("overload summary: medians, and the model's costs fitted to the throug
   );
   assert.equal(plain.throughput, 763);
   assert.equal(hold.heldShare, 0.8);
+  assert.equal(hold.takeBackShare, 0.05);
   const gap = 16_000 / 763 - 20;
   assert.ok(Math.abs(plain.model.costMs - gap) < 1e-9);
+  // The held start's cost is fitted to the share the model runs held (it
+  // holds more than the runs' 75%, so fewer pay the gap): below the gap,
+  // and above the cost that 75% held would need.
   const perJob = 16_000 / 781 - 20;
-  assert.ok(Math.abs(hold.model.costMs - (perJob - 0.2 * gap) / 0.8) < 1e-9);
+  assert.ok(hold.model.costMs > 0 && hold.model.costMs < gap);
+  assert.ok(hold.model.costMs > (perJob - 0.25 * gap) / 0.75);
+  // The model holds with the hub's bound, and asks some back.
+  assert.ok(hold.model.heldShare > 0.75);
+  assert.ok(hold.model.takeBackShare > 0);
+  assert.equal(plain.model.heldShare, 0);
   // The fitted model lands near the throughputs it was fitted to.
   assert.ok(Math.abs(plain.model.throughput - 763) < 763 * 0.01);
-  assert.ok(Math.abs(hold.model.throughput - 781) < 781 * 0.015);
+  assert.ok(Math.abs(hold.model.throughput - 781) < 781 * 0.01);
   const text = overloadMarkdown(plan, [], [plain, hold], "test machine");
   assert.match(text, /\| POTHEAD --hold-ahead \| 781\.0\/s \|/);
   assert.doesNotMatch(text, /NaN/);

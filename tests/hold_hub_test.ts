@@ -453,7 +453,8 @@ Deno.test("hub --hold-ahead: from the flag or POTHEAD_HOLD_AHEAD; refused with -
 // A raw worker (R) with /a in progress and /f1 held behind it, /f2../f4
 // queued; then a real worker (W, the serve engine) joins and serves
 // /f2../f4, and /f1 is taken back from R once W is idle with nothing queued
-// or /f1 has been held for two mean exchanges (the bound on a held wait):
+// or /f1 has been held for two mean exchanges (four in a long queue; the
+// bound on a held wait):
 // R reads the revoke and answers as `script` says. Returns what the consumers got.
 async function takeBack(
   script: (r: RawSocket, server: HubServer, seen: string[]) => Promise<void>,
@@ -1067,7 +1068,7 @@ Deno.test("holdAhead: a request held behind a body its consumer holds back (read
   }
 });
 
-Deno.test("holdAhead: a request held behind a job that runs long is asked back after two mean exchanges, while the other worker still has a queue to serve, and runs there before the rest", async () => {
+Deno.test("holdAhead: a request held behind a job that runs long is asked back after a few mean exchanges (four: the queue is long), while the other worker still has a queue to serve, and runs there before the rest", async () => {
   const server = startHub({ holdAhead: true });
   const gates = new Gates();
   const seenA: string[] = [];
