@@ -8,12 +8,14 @@
  * Costs, in ms: under plain dispatch a queued request starts `gapMs` after
  * the finish that freed its worker; a held request starts `handMs` after the
  * job before it ends. The rule is the hub's long-queue arm alone: while at
- * least `queueMin` requests wait, the head of the queue is held behind the
- * busy worker whose job began earliest among those holding nothing. With
- * `maxWait`, as jobs end, a request held that many mean exchanges is taken
- * back to the front of the queue, and its worker holds nothing more until
- * its job ends (the hub's bound; the revoke's round trip is left out: with
- * the queue this long, the request waits longer than that at the front).
+ * least `queueMin` requests wait (or, with `queueMs`, as many as the hub's
+ * test asks), the head of the queue is held behind the busy worker whose
+ * job began earliest among those holding nothing. With `maxWait`, as jobs
+ * end, a request held that many mean exchanges (`maxWaitLong` while the
+ * queue is long by that test) is taken back to the front of the queue, and
+ * its worker holds nothing more until its job ends (the hub's bound; the
+ * revoke's round trip is left out: with the queue this long, the request
+ * waits longer than that at the front).
  * (The in-order arm and the take-backs for idle workers play no part here:
  * jobs of random length do not end in order, and the queue never empties.)
  *
@@ -37,10 +39,19 @@ export interface ClosedSimOptions {
   /** Hold while at least this many wait. @default {4 × servers} */
   queueMin?: number;
   /**
+   * Instead of `queueMin`, the hub's test: hold while at least `servers` ×
+   * the mean exchange ÷ `queueMs` wait (the mean over about the last 20
+   * exchanges, each a job and its start cost; 4 × `servers` until one has
+   * ended).
+   */
+  queueMs?: number;
+  /**
    * Take a held request back once held this many mean exchanges (a job and
    * its start cost; the mean over about the last 20). @default {Infinity}
    */
   maxWait?: number;
+  /** `maxWait` while the queue is long enough to hold. @default {maxWait} */
+  maxWaitLong?: number;
   /** Simulated time, ms. */
   durationMs: number;
   /** Answers before this time are not counted, ms. @default {durationMs / 10} */
@@ -82,8 +93,10 @@ export function simulateClosed(options: ClosedSimOptions): ClosedSimResult {
     throw new RangeError("Invalid costs: expected gapMs, handMs >= 0");
   }
   const hold = options.hold ?? true;
-  const queueMin = options.queueMin ?? 4 * servers;
+  const queueMs = options.queueMs;
+  const fixedMin = options.queueMin ?? 4 * servers;
   const maxWait = options.maxWait ?? Infinity;
+  const maxWaitLong = options.maxWaitLong ?? maxWait;
   const warm = options.warmMs ?? durationMs / 10;
   let next = 0;
   const job = (): number => service[next++ % service.length];
@@ -110,9 +123,15 @@ export function simulateClosed(options: ClosedSimOptions): ClosedSimResult {
     ends[w] = job();
     sentAt[w] = 0;
   }
+  const queueMin = (): number =>
+    queueMs === undefined
+      ? fixedMin
+      : meanMs < 0
+      ? 4 * servers
+      : servers * meanMs / queueMs;
   let held = 0, takeBacks = 0, answered = 0;
   const holdAhead = (now: number): void => {
-    while (hold && queue.length - head >= queueMin) {
+    while (hold && queue.length - head >= queueMin()) {
       let best = -1;
       for (let w = 0; w < servers; w++) {
         if (
@@ -151,8 +170,10 @@ export function simulateClosed(options: ClosedSimOptions): ClosedSimResult {
     // Held too long behind another's job: back to the queue's front, for
     // the next worker to finish (this one has its next request already,
     // as in the hub, where the revoke's answer comes later).
+    const bound = (queue.length - head >= queueMin() ? maxWaitLong : maxWait) *
+      meanMs;
     for (let x = 0; x < servers; x++) {
-      if (heldSent[x] < 0 || now - heldSince[x] < maxWait * meanMs) continue;
+      if (heldSent[x] < 0 || now - heldSince[x] < bound) continue;
       if (head > 0) queue[--head] = heldSent[x];
       else queue.unshift(heldSent[x]);
       heldSent[x] = -1;

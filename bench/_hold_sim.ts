@@ -30,7 +30,9 @@
  * until one has ended), or, with `queueFactor`, at least `queueFactor` ×
  * workers. A long queue holds later for longer jobs: the gap holding saves
  * is a smaller share of them, and a request held behind one that runs long
- * waits all of it out.
+ * waits all of it out. The "mean job" is the hub's mean exchange: from
+ * sending a request (or a held one's turn) to seeing its job end, so it
+ * includes the hand-over before the job.
  *
  * @module
  */
@@ -99,6 +101,10 @@ export interface HoldSimResult {
 interface Server {
   busy: boolean; // running a job, or one is on its way to it
   started: number; // when its current job started
+  // When the hub began its exchange: sent it, or saw the job before it end
+  // (a held request's turn). The hub's mean exchange runs from then to
+  // when it sees the job end, so it includes the hand-over.
+  from: number;
   seenIdle: boolean; // the hub knows it is idle
   held: number; // the request held at it, or -1
   heldAt: number; // when that request reaches it
@@ -182,7 +188,7 @@ export function simulateHold(
   const queueMs = options.queueMs ?? 5;
   const queueFactor = options.queueFactor;
   const sameStart = options.sameStart ?? 0.05;
-  // The mean job, over the last ~20 (-1: none has ended).
+  // The mean exchange, over the last ~20 (-1: none has ended).
   let meanJob = -1;
   const queueMin = (): number =>
     queueFactor !== undefined
@@ -201,6 +207,7 @@ export function simulateHold(
   const ws: Server[] = Array.from({ length: servers }, () => ({
     busy: false,
     started: 0,
+    from: 0,
     seenIdle: true,
     held: -1,
     heldAt: 0,
@@ -230,7 +237,7 @@ export function simulateHold(
       ) first = false;
     }
     inOrder += ((first ? 1 : 0) - inOrder) / 20;
-    const took = t - w.started;
+    const took = t + gap / 2 - w.from;
     meanJob = meanJob < 0 ? took : meanJob + (took - meanJob) / 20;
     w.busy = false;
     w.owes = false;
@@ -254,6 +261,7 @@ export function simulateHold(
       const j = w.held;
       w.held = -1;
       start(w, j, Math.max(t + hand, w.heldAt));
+      w.from = t + gap / 2;
       events.at(t + gap / 2, () => dispatch(t + gap / 2));
       return;
     }
@@ -295,6 +303,7 @@ export function simulateHold(
     w.seenIdle = false;
     w.busy = true; // on its way
     w.started = t + gap / 2;
+    w.from = t;
     events.at(t + gap / 2, () => start(w, i, t + gap / 2));
   };
   const dispatch = (t: number): void => {

@@ -211,14 +211,14 @@ export function summarize(
       handMs: cost,
       hold: holding,
       // The hub's two arms: constant jobs end in the order they began, so
-      // it holds whenever all are busy; otherwise only with a long queue.
-      queueMin: plan.dist === "const"
-        ? 1
-        : plan.k * Math.max(1, plan.meanMs / 5),
-      // hub.ts HOLD_MAX_WAIT_LONG where the queue stays long by the hold
-      // rule's test (a request per worker for every 5 ms of the mean
-      // job), HOLD_MAX_WAIT otherwise.
-      maxWait: plan.outstanding - plan.k >= plan.k * plan.meanMs / 5 ? 4 : 2,
+      // it holds whenever all are busy; otherwise only with a long queue,
+      // a request per worker for every 5 ms of the mean exchange (hub.ts
+      // HOLD_QUEUE_MS; the exchange includes its start cost, so a loop
+      // that keeps about that many queued holds only part of the time).
+      ...(plan.dist === "const" ? { queueMin: 1 } : { queueMs: 5 }),
+      // hub.ts HOLD_MAX_WAIT and HOLD_MAX_WAIT_LONG.
+      maxWait: 2,
+      maxWaitLong: 4,
       durationMs: 600_000,
     });
     return {
