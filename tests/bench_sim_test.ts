@@ -957,19 +957,23 @@ Deno.test("hold model: a worker asked back holds nothing more until its job ends
   assert.ok(Math.abs(r.latency[3] - 14.15) < 1e-9, `${r.latency[3]}`);
 });
 
-Deno.test("hold model: with maxWait, a request held behind a long job is asked back as other jobs finish, while the queue is still long", () => {
-  // Two workers: a 400 ms job and 30 jobs of 10 ms, all at once; the first
-  // short one queued is held (always) behind the long job, which started
-  // first. No take-back for idle workers: the other worker is never idle.
-  const arrivals = new Array(32).fill(0);
-  const service = [400, ...new Array(31).fill(10)];
-  const costs = {
+// Two workers: a 400 ms job and 31 jobs of 10 ms, all at once; the first
+// short one queued is held (always) behind the long job, which started
+// first. No take-back for idle workers: the other worker is never idle.
+const LONG_AMONG_SHORT = {
+  arrivals: new Array(32).fill(0),
+  service: [400, ...new Array(31).fill(10)],
+  costs: {
     gapMs: 0.5,
     handMs: 0.1,
     revokeMs: 0.3,
     inOrder: 0,
     takeBack: false,
-  };
+  },
+};
+
+Deno.test("hold model: with maxWait, a request held behind a long job is asked back as other jobs finish, while the queue is still long", () => {
+  const { arrivals, service, costs } = LONG_AMONG_SHORT;
   const waits = simulateHold(arrivals, service, 2, costs);
   const bounded = simulateHold(arrivals, service, 2, { ...costs, maxWait: 2 });
   // Held behind the long job: it waits all of it out.
@@ -991,16 +995,8 @@ Deno.test("hold model: maxWaitLong bounds the wait while the queue is long, maxW
   // maxWaitLong mean jobs (10 ms) while the queue is long (4 or more wait),
   // and after maxWait once it is short (the other worker drains it at about
   // 10 ms a job, under 4 after some 270 ms).
-  const arrivals = new Array(32).fill(0);
-  const service = [400, ...new Array(31).fill(10)];
-  const costs = {
-    gapMs: 0.5,
-    handMs: 0.1,
-    revokeMs: 0.3,
-    inOrder: 0,
-    takeBack: false,
-    maxWait: 2,
-  };
+  const { arrivals, service } = LONG_AMONG_SHORT;
+  const costs = { ...LONG_AMONG_SHORT.costs, maxWait: 2 };
   const wait = (maxWaitLong: number) =>
     simulateHold(arrivals, service, 2, { ...costs, maxWaitLong }).latency[2];
   const two = wait(2), four = wait(4), never = wait(Infinity);
