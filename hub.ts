@@ -401,11 +401,10 @@ export interface HubOptions {
    * it), and so does a request of a higher priority class that queues behind
    * one of a lower class held; one held for two mean exchanges (four while
    * the queue is long; behind a job that runs long) is asked back as the
-   * pool's exchanges end; one held
-   * behind an answer whose body is still coming 250 ms after its head (a
-   * stream) is asked back then, and sent elsewhere if that body is still
-   * coming 250 ms after the revoke and no slow consumer held it back
-   * meanwhile (the worker will then not run it).
+   * pool's exchanges end; one held behind an answer whose body is still
+   * coming 250 ms after its head (a stream) is asked back then, and sent
+   * elsewhere if that body is still coming 250 ms after the revoke and no
+   * slow consumer held it back meanwhile (the worker will then not run it).
    * A held request's queue time is until it was written; its worker time
    * runs from then. Not with `fairBy` or `affinityBy` in the same pool
    * (refused: a held request would skip their order).
@@ -774,8 +773,8 @@ export interface PoolStats {
    * Take-backs asked for so far: a connection went idle with nothing
    * queued while a request was held elsewhere, a request of a higher
    * priority class queued behind one held, a request had been held for
-   * two mean exchanges (four in a long queue), or the response before a held request was still
-   * coming 250 ms after its head (a stream).
+   * two mean exchanges (four in a long queue), or the response before a
+   * held request was still coming 250 ms after its head (a stream).
    */
   takeBacks: number;
   /** Distinct workers (by id, or by address for plain workers). */

@@ -35,7 +35,7 @@ import { parseArgs } from "node:util";
 import { type Distribution, makeRandom, serviceSampler } from "./_trace.ts";
 import { percentile } from "./_sim.ts";
 import { costForThroughput, simulateClosed } from "./_closed_sim.ts";
-import { heldTotal } from "./queueing.ts";
+import { hubCounter } from "./queueing.ts";
 import { cpuMs, killAll, startSystems, type System } from "./_systems.ts";
 import {
   machineInfo,
@@ -127,8 +127,8 @@ async function runOnce(
   const sum = (pids: number[]) => pids.reduce((t, pid) => t + cpuMs(pid), 0);
   const hub0 = sum(system.balancerPids);
   const workers0 = sum(system.workerPids);
-  const held0 = await heldTotal(system) ?? 0;
-  const backs0 = await heldTotal(system, TAKE_BACKS) ?? 0;
+  const held0 = await hubCounter(system) ?? 0;
+  const backs0 = await hubCounter(system, TAKE_BACKS) ?? 0;
   const start = performance.now();
   const stop = start + durationMs;
   const from = start + durationMs / 4;
@@ -166,8 +166,8 @@ async function runOnce(
     errors,
     hubCpuMs: (sum(system.balancerPids) - hub0) / n,
     workerCpuMs: (sum(system.workerPids) - workers0) / n,
-    held: (await heldTotal(system) ?? 0) - held0,
-    takeBacks: (await heldTotal(system, TAKE_BACKS) ?? 0) - backs0,
+    held: (await hubCounter(system) ?? 0) - held0,
+    takeBacks: (await hubCounter(system, TAKE_BACKS) ?? 0) - backs0,
     answered,
   };
 }

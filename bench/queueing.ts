@@ -369,7 +369,7 @@ export function rotated<T>(items: readonly T[], turn: number): T[] {
  * The sum of counter `name` (`pothead_held_total` unless given) over every
  * pool in a hub's Prometheus text, or null if it has none.
  */
-export function heldInMetrics(
+export function counterInMetrics(
   text: string,
   name = "pothead_held_total",
 ): number | null {
@@ -386,12 +386,12 @@ export function heldInMetrics(
 }
 
 /**
- * The hub's count of requests held ahead so far (or of counter `name`, as
- * {@linkcode heldInMetrics}; `pothead-hold` only: the others hold none, and
- * give null), read from its admin listener between runs; null when it
- * cannot be read.
+ * A counter of the `pothead-hold` hub so far (`pothead_held_total`, the
+ * requests it held ahead, unless `name` is given; see
+ * {@linkcode counterInMetrics}), read from its admin listener between runs;
+ * null for the other systems (they hold none) or when it cannot be read.
  */
-export async function heldTotal(
+export async function hubCounter(
   system: System,
   name?: string,
 ): Promise<number | null> {
@@ -402,7 +402,7 @@ export async function heldTotal(
     const res = await fetch(system.metricsUrl, {
       signal: AbortSignal.timeout(5000),
     });
-    return res.ok ? heldInMetrics(await res.text(), name) : null;
+    return res.ok ? counterInMetrics(await res.text(), name) : null;
   } catch {
     return null;
   }
@@ -1585,14 +1585,14 @@ export async function main(args: string[] = Deno.args): Promise<number> {
           const order = rotated(running.systems, plan.orderOffset + index);
           for (const system of order) {
             const cpu = cpuMeter(system);
-            const heldBefore = await heldTotal(system);
+            const heldBefore = await hubCounter(system);
             const samples = await replay(
               system.url,
               trace,
               `${system.name}-${index}`,
               drainMs(spec),
             );
-            const heldAfter = await heldTotal(system);
+            const heldAfter = await hubCounter(system);
             const result = analyseReplay(trace, samples, ideal);
             Object.assign(result, cpu(samples));
             if (heldBefore !== null && heldAfter !== null) {

@@ -31,9 +31,9 @@ import { haproxyConfig, nginxConfig } from "../bench/_systems.ts";
 import { escapeXml, lineChart, logTicks } from "../bench/_svg.ts";
 import {
   type CellResult,
+  counterInMetrics,
   estimateSeconds,
   type GapResult,
-  heldInMetrics,
   judge,
   parsePlan,
   type Plan,
@@ -691,7 +691,7 @@ Deno.test("benchmark cells rotate the systems from the run's offset", () => {
   assert.deepEqual(s, ["a", "b", "c"], "the input is left as it was");
 });
 
-Deno.test("benchmark reads the held count from a hub's metrics", () => {
+Deno.test("benchmark reads the held count, or another counter, from a hub's metrics", () => {
   const text = [
     "# HELP pothead_held_total Requests held ahead (holdAhead), each time one was.",
     "# TYPE pothead_held_total counter",
@@ -701,13 +701,13 @@ Deno.test("benchmark reads the held count from a hub's metrics", () => {
     "pothead_held_totals 99",
     "",
   ].join("\n");
-  assert.equal(heldInMetrics(text), 15);
-  assert.equal(heldInMetrics("pothead_held_total 7\n"), 7);
-  assert.equal(heldInMetrics("pothead_queue_depth 4\n"), null);
+  assert.equal(counterInMetrics(text), 15);
+  assert.equal(counterInMetrics("pothead_held_total 7\n"), 7);
+  assert.equal(counterInMetrics("pothead_queue_depth 4\n"), null);
   // Another counter by name.
   const backs = 'pothead_take_backs_total{pool="default"} 4\n' + text;
-  assert.equal(heldInMetrics(backs, "pothead_take_backs_total"), 4);
-  assert.equal(heldInMetrics(backs), 15);
+  assert.equal(counterInMetrics(backs, "pothead_take_backs_total"), 4);
+  assert.equal(counterInMetrics(backs), 15);
 });
 
 // A run result with only what the verdicts read: p99 and its ratio.
